@@ -1,0 +1,351 @@
+//! `GatewayConfig`: the contract between the operator and the gateway.
+//!
+//! The operator writes it into the `gateway-config` ConfigMap; the gateway
+//! reads it from the mounted file (or renders it itself from CRD YAML with
+//! `--manifests DIR`). It carries no secret values: every secret is a path to
+//! a file of the projected Secret volume.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::v1alpha1::{
+    Audit, Guards, Limits, McpTools, MockProvider, Model, PolicyMatch, ProviderType,
+    Routing, SystemPrompt,
+};
+
+/// Format version of [`GatewayConfig`]; bumped on incompatible changes.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// Everything one tenant's gateway runs from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Format version ([`CONFIG_VERSION`]).
+    pub version: u32,
+    /// Which tenant this gateway serves.
+    pub tenant: TenantIdentity,
+    /// How callers authenticate.
+    pub auth: AuthConfig,
+    /// Upstream LLM APIs, in spec order.
+    pub providers: Vec<ProviderConfig>,
+    /// Model names and their targets in failover order.
+    pub models: Vec<Model>,
+    /// Retries, timeouts and circuit breaking.
+    pub routing: Routing,
+    /// Rate limits and quotas; absent: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+    /// Upstream MCP servers, sorted by name.
+    pub mcp: Vec<McpConnectionConfig>,
+    /// Prompt policies in composition order: global, tenant, user; by priority inside a layer.
+    pub policies: Vec<PolicyConfig>,
+    /// Where state lives.
+    pub storage: StorageConfig,
+    /// What the audit trail records.
+    pub audit: Audit,
+    /// Upstream address rules.
+    pub network: NetworkConfig,
+    /// Files of the operator-generated `gateway-keys` Secret.
+    pub keys: KeysConfig,
+    /// SHA-256 of this document with this field empty: changes exactly when the config does.
+    #[serde(default)]
+    pub config_hash: String,
+}
+
+/// Identity of the tenant a gateway serves.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TenantIdentity {
+    /// metadata.name of the Tenant.
+    pub name: String,
+    /// spec.displayName, or the name.
+    pub display_name: String,
+    /// Namespace the gateway runs in.
+    pub namespace: String,
+}
+
+/// Caller authentication.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthConfig {
+    /// JWT validation.
+    pub jwt: JwtConfig,
+    /// Whether API keys minted through the admin API are accepted.
+    pub api_keys_enabled: bool,
+}
+
+/// JWT validation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtConfig {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values.
+    pub audiences: Vec<String>,
+    /// Where verification keys come from.
+    pub keys: JwtKeys,
+    /// Claim holding roles.
+    pub roles_claim: String,
+    /// Roles allowed on the admin API.
+    pub admin_roles: Vec<String>,
+    /// Tolerated clock skew in seconds.
+    pub leeway_seconds: u32,
+}
+
+/// Source of JWT verification keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum JwtKeys {
+    /// Fetched from the identity provider's JWKS URL.
+    JwksUri(String),
+    /// A JWKS document in a mounted Secret file.
+    JwksFile(String),
+    /// A shared HMAC secret in a mounted Secret file (HS256/384/512 only).
+    HmacSecretFile(String),
+}
+
+/// An upstream LLM API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Name targets refer to.
+    pub name: String,
+    /// API the provider speaks.
+    #[serde(rename = "type")]
+    pub type_: ProviderType,
+    /// Base URL (absent for mock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// File holding the API key; read on each use so rotation needs no restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<String>,
+    /// Extra headers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Mock behaviour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mock: Option<MockProvider>,
+}
+
+/// How the gateway reaches an MCP server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum McpEndpointTransport {
+    /// Streamable HTTP.
+    StreamableHttp,
+    /// Legacy HTTP+SSE.
+    Sse,
+    /// A child process of the gateway (local mode only).
+    Stdio,
+}
+
+/// An upstream MCP server as the gateway reaches it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct McpConnectionConfig {
+    /// metadata.name of the McpConnection.
+    pub name: String,
+    /// Transport the gateway uses (a stdio connection in a cluster is reached
+    /// over streamable HTTP through its bridge Service).
+    pub transport: McpEndpointTransport,
+    /// URL for HTTP transports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Process to spawn for the stdio transport.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdio: Option<StdioProcess>,
+    /// Upstream credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<McpAuthConfig>,
+    /// Exposed tool names are `<prefix>_<tool>`.
+    pub prefix: String,
+    /// Tool filters and pins.
+    pub tools: McpTools,
+    /// Timeout of one upstream request, in seconds.
+    pub timeout_seconds: u32,
+}
+
+/// A stdio MCP server process.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StdioProcess {
+    /// Program.
+    pub command: String,
+    /// Arguments (the rest of `command` followed by `args`).
+    pub args: Vec<String>,
+    /// Environment.
+    pub env: Vec<EnvValue>,
+}
+
+/// An environment variable: a literal or the content of a mounted Secret file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvValue {
+    /// Variable name.
+    pub name: String,
+    /// Literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// File whose content is the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+/// Upstream MCP credentials, with secrets as file paths.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum McpAuthConfig {
+    /// A static bearer token.
+    Bearer {
+        /// File holding the token.
+        token_file: String,
+    },
+    /// OAuth 2.0 client credentials.
+    #[serde(rename_all = "camelCase")]
+    Oauth2ClientCredentials {
+        /// Token endpoint.
+        token_url: String,
+        /// Client id.
+        client_id: String,
+        /// File holding the client secret.
+        client_secret_file: String,
+        /// Scopes.
+        scopes: Vec<String>,
+        /// RFC 8707 resource.
+        resource: String,
+    },
+    /// OAuth 2.0 authorization code with PKCE, per user.
+    #[serde(rename_all = "camelCase")]
+    Oauth2AuthorizationCode {
+        /// Authorization endpoint.
+        authorization_url: String,
+        /// Token endpoint.
+        token_url: String,
+        /// Client id.
+        client_id: String,
+        /// File holding the client secret, for confidential clients.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_secret_file: Option<String>,
+        /// Scopes.
+        scopes: Vec<String>,
+        /// RFC 8707 resource.
+        resource: String,
+    },
+}
+
+/// Where a policy came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PolicyOrigin {
+    /// The operator's namespace: applies to every tenant.
+    Global,
+    /// The tenant's namespace.
+    Tenant,
+}
+
+/// Composition layer of a policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PolicyLayer {
+    /// Global policies without roles or subjects.
+    Global,
+    /// Tenant policies without roles or subjects.
+    Tenant,
+    /// Policies whose match names roles or subjects.
+    User,
+}
+
+/// One prompt policy, placed in the composition order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `namespace/name` of the PromptPolicy, as named in errors and audit events.
+    pub id: String,
+    /// Where it came from.
+    pub origin: PolicyOrigin,
+    /// Composition layer.
+    pub layer: PolicyLayer,
+    /// Order inside the layer.
+    pub priority: i32,
+    /// Requests it applies to.
+    #[serde(rename = "match")]
+    pub match_: PolicyMatch,
+    /// System prompt segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<SystemPrompt>,
+    /// Guards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guards: Option<Guards>,
+    /// Allowed model globs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_models: Vec<String>,
+}
+
+/// Where state lives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StorageConfig {
+    /// File holding the Redis URL; absent: in-process limits and sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_url_file: Option<String>,
+    /// The usage/audit database.
+    pub database: DatabaseConfig,
+}
+
+/// The usage/audit database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum DatabaseConfig {
+    /// PostgreSQL; the file holds its URL.
+    PostgresUrlFile(String),
+    /// SQLite at this path (not durable in a pod).
+    SqlitePath(String),
+}
+
+/// Upstream address rules.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Allow loopback and link-local upstream addresses.
+    pub allow_local_upstreams: bool,
+}
+
+/// Files of the `gateway-keys` Secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeysConfig {
+    /// 32-byte key (base64) encrypting stored upstream OAuth tokens.
+    pub token_encryption_key_file: String,
+    /// Pepper (base64) mixed into API key hashes.
+    pub api_key_pepper_file: String,
+}
+
+impl GatewayConfig {
+    /// SHA-256 (hex) of the canonical JSON of this config with `config_hash` empty.
+    pub fn compute_hash(&self) -> String {
+        let mut unsealed = self.clone();
+        unsealed.config_hash.clear();
+        // Serializing plain structs, Vecs and BTreeMaps cannot fail and is deterministic.
+        let bytes = serde_json::to_vec(&unsealed).unwrap_or_default();
+        hex::encode(Sha256::digest(&bytes))
+    }
+
+    /// Sets `config_hash` to [`Self::compute_hash`].
+    pub fn seal(mut self) -> Self {
+        self.config_hash = self.compute_hash();
+        self
+    }
+
+    /// Whether `config_hash` matches the content (a hand-edited file does not).
+    pub fn hash_matches(&self) -> bool {
+        self.config_hash == self.compute_hash()
+    }
+
+    /// Serializes the config as the YAML the ConfigMap holds.
+    pub fn to_yaml(&self) -> Result<String, serde_yaml::Error> {
+        serde_yaml::to_string(self)
+    }
+}

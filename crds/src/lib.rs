@@ -1,0 +1,15 @@
+//! The Tenantgate API: the custom resources a platform team writes, the
+//! [`GatewayConfig`](config::GatewayConfig) contract between operator and
+//! gateway, and the one pure function that renders the second from the first.
+//!
+//! This crate does no I/O, so the operator (in-cluster) and the gateway
+//! (`--manifests DIR`) render exactly the same config from the same objects.
+#![forbid(unsafe_code)]
+
+pub mod crd;
+pub mod v1alpha1;
+pub mod address;
+pub mod config;
+pub mod manifests;
+pub mod render;
+pub mod template;

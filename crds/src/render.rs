@@ -1,0 +1,412 @@
+//! The one pure function that turns a Tenant and the objects around it into
+//! the [`GatewayConfig`] its gateway runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use kube::ResourceExt;
+
+use crate::config::{
+    AuthConfig, CONFIG_VERSION, DatabaseConfig, EnvValue, GatewayConfig, JwtConfig, JwtKeys, KeysConfig,
+    McpAuthConfig, McpConnectionConfig, McpEndpointTransport, NetworkConfig, PolicyConfig, PolicyLayer,
+    PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity,
+};
+use crate::v1alpha1::{McpConnection, McpTransport, PromptPolicy, SecretKeyRef, Tenant};
+
+/// Where the gateway Deployment mounts the projected Secret volume.
+pub const SECRETS_ROOT: &str = "/var/run/secrets/tenantgate";
+/// The operator-generated Secret of per-tenant keys.
+pub const GATEWAY_KEYS_SECRET: &str = "gateway-keys";
+/// Key of the token-encryption key in [`GATEWAY_KEYS_SECRET`].
+pub const TOKEN_ENCRYPTION_KEY: &str = "token-encryption-key";
+/// Key of the API-key pepper in [`GATEWAY_KEYS_SECRET`].
+pub const API_KEY_PEPPER: &str = "api-key-pepper";
+/// Where the gateway keeps SQLite when no database is configured.
+pub const SQLITE_PATH: &str = "/var/lib/tenantgate/gateway.db";
+/// Port of the bridge that serves a stdio McpConnection over streamable HTTP in a cluster.
+pub const STDIO_BRIDGE_PORT: u16 = 8080;
+
+/// Where the gateway runs, which decides how stdio MCP servers are reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RenderMode {
+    /// In a cluster: stdio servers run as their own Deployment behind a bridge Service.
+    #[default]
+    Cluster,
+    /// On a workstation (`gateway --manifests DIR`): the gateway spawns stdio servers.
+    Local,
+}
+
+/// Settings of a render that do not come from the objects.
+#[derive(Clone, Debug)]
+pub struct RenderOptions {
+    /// Root of the Secret files: `<root>/<secret>/<key>`.
+    pub secrets_root: String,
+    /// Where SQLite lives when the tenant has no database.
+    pub sqlite_path: String,
+    /// Cluster or local.
+    pub mode: RenderMode,
+}
+
+impl Default for RenderOptions {
+    fn default() -> Self {
+        Self { secrets_root: SECRETS_ROOT.into(), sqlite_path: SQLITE_PATH.into(), mode: RenderMode::Cluster }
+    }
+}
+
+/// The objects one tenant's config is made of.
+#[derive(Clone, Copy, Debug)]
+pub struct RenderInput<'a> {
+    /// The tenant.
+    pub tenant: &'a Tenant,
+    /// McpConnections in the tenant's namespace.
+    pub mcp_connections: &'a [McpConnection],
+    /// PromptPolicies in the tenant's namespace.
+    pub tenant_policies: &'a [PromptPolicy],
+    /// PromptPolicies in the operator's namespace.
+    pub global_policies: &'a [PromptPolicy],
+}
+
+/// A rendered config and what it needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderedConfig {
+    /// The config, sealed with its hash.
+    pub config: GatewayConfig,
+    /// Every Secret key the config points at (the projected volume mounts exactly these).
+    pub secret_refs: BTreeSet<SecretKeyRef>,
+    /// McpConnections left out, with why.
+    pub skipped: Vec<ObjectIssue>,
+}
+
+/// A problem with one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectIssue {
+    /// `Kind namespace/name`.
+    pub object: String,
+    /// Field path inside the object.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+    /// A CamelCase reason for conditions and metrics.
+    pub reason: &'static str,
+}
+
+impl fmt::Display for ObjectIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.object, self.field, self.message)
+    }
+}
+
+/// Why a tenant's config could not be rendered; the old config stays in force.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct RenderError {
+    /// Every problem found, not just the first.
+    pub issues: Vec<ObjectIssue>,
+}
+
+/// The namespace a tenant's gateway runs in.
+pub fn tenant_namespace(tenant: &Tenant) -> String {
+    tenant.spec.namespace.clone().unwrap_or_else(|| format!("tg-{}", tenant.name_any()))
+}
+
+/// In-cluster URL of the bridge Service of a stdio McpConnection.
+pub fn stdio_bridge_url(connection: &str, namespace: &str) -> String {
+    format!("http://mcp-{connection}.{namespace}.svc:{STDIO_BRIDGE_PORT}/mcp")
+}
+
+/// Renders a tenant's [`GatewayConfig`].
+///
+/// Problems with the tenant or any prompt policy fail the render: a policy
+/// that cannot be applied must not be silently dropped. An McpConnection that
+/// cannot be used is left out and reported in [`RenderedConfig::skipped`].
+pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<RenderedConfig, RenderError> {
+    let mut r = Renderer { options, secret_refs: BTreeSet::new(), issues: Vec::new() };
+    let tenant = input.tenant;
+    let spec = &tenant.spec;
+    let namespace = tenant_namespace(tenant);
+    let tenant_obj = format!("Tenant {}", tenant.name_any());
+
+    let jwt = &spec.auth.jwt;
+    let keys = match (&jwt.jwks_uri, &jwt.jwks_secret_ref, &jwt.hmac_secret_ref) {
+        (Some(uri), None, None) => JwtKeys::JwksUri(uri.clone()),
+        (None, Some(secret), None) => JwtKeys::JwksFile(r.secret_file(secret)),
+        (None, None, Some(secret)) => JwtKeys::HmacSecretFile(r.secret_file(secret)),
+        _ => {
+            r.issue(&tenant_obj, "spec.auth.jwt", "set exactly one of jwksUri, jwksSecretRef or hmacSecretRef", "InvalidSpec");
+            JwtKeys::JwksUri(String::new())
+        }
+    };
+    let auth = AuthConfig {
+        jwt: JwtConfig {
+            issuer: jwt.issuer.clone(),
+            audiences: jwt.audiences.clone(),
+            keys,
+            roles_claim: jwt.roles_claim.clone(),
+            admin_roles: jwt.admin_roles.clone(),
+            leeway_seconds: jwt.leeway_seconds,
+        },
+        api_keys_enabled: spec.auth.api_keys.enabled,
+    };
+
+    let mut provider_names = BTreeSet::new();
+    let mut providers = Vec::with_capacity(spec.providers.len());
+    for (i, p) in spec.providers.iter().enumerate() {
+        if !provider_names.insert(p.name.as_str()) {
+            r.issue(&tenant_obj, &format!("spec.providers[{i}].name"), &format!("duplicate provider name {:?}", p.name), "InvalidSpec");
+        }
+        if let Some(url) = &p.base_url {
+            r.check_upstream_url(&tenant_obj, &format!("spec.providers[{i}].baseUrl"), url, spec.network.allow_local_upstreams);
+        }
+        providers.push(ProviderConfig {
+            name: p.name.clone(),
+            type_: p.type_,
+            base_url: p.base_url.as_ref().map(|u| u.trim_end_matches('/').to_string()),
+            api_key_file: p.api_key_secret_ref.as_ref().map(|s| r.secret_file(s)),
+            headers: p.headers.clone(),
+            mock: p.mock.clone(),
+        });
+    }
+    let mut model_names = BTreeSet::new();
+    for (i, m) in spec.models.iter().enumerate() {
+        if !model_names.insert(m.name.as_str()) {
+            r.issue(&tenant_obj, &format!("spec.models[{i}].name"), &format!("duplicate model name {:?}", m.name), "InvalidSpec");
+        }
+        for (j, t) in m.targets.iter().enumerate() {
+            if !provider_names.contains(t.provider.as_str()) {
+                r.issue(
+                    &tenant_obj,
+                    &format!("spec.models[{i}].targets[{j}].provider"),
+                    &format!("provider {:?} is not declared in spec.providers", t.provider),
+                    "InvalidSpec",
+                );
+            }
+        }
+    }
+
+    let storage = StorageConfig {
+        redis_url_file: spec.storage.redis.as_ref().map(|s| r.secret_file(&s.url_secret_ref)),
+        database: match &spec.storage.database {
+            Some(db) => DatabaseConfig::PostgresUrlFile(r.secret_file(&db.url_secret_ref)),
+            None => DatabaseConfig::SqlitePath(options.sqlite_path.clone()),
+        },
+    };
+    let keys = KeysConfig {
+        token_encryption_key_file: r.secret_file(&SecretKeyRef::new(GATEWAY_KEYS_SECRET, TOKEN_ENCRYPTION_KEY)),
+        api_key_pepper_file: r.secret_file(&SecretKeyRef::new(GATEWAY_KEYS_SECRET, API_KEY_PEPPER)),
+    };
+
+    let mut policies = Vec::new();
+    for (origin, list) in [(PolicyOrigin::Global, input.global_policies), (PolicyOrigin::Tenant, input.tenant_policies)] {
+        for policy in list {
+            if let Some(p) = r.policy(policy, origin) {
+                policies.push(p);
+            }
+        }
+    }
+    policies.sort_by(|a, b| (a.layer, a.priority, &a.id).cmp(&(b.layer, b.priority, &b.id)));
+
+    if !r.issues.is_empty() {
+        return Err(RenderError { issues: r.issues });
+    }
+
+    let mut connections: Vec<&McpConnection> = input.mcp_connections.iter().collect();
+    connections.sort_by_key(|c| c.name_any());
+    let mut skipped = Vec::new();
+    let mut prefixes: BTreeMap<String, String> = BTreeMap::new();
+    let mut mcp = Vec::new();
+    for c in connections {
+        let mut cr = Renderer { options, secret_refs: BTreeSet::new(), issues: Vec::new() };
+        let config = cr.mcp_connection(c, &namespace, spec.network.allow_local_upstreams);
+        if let Some(other) = prefixes.get(&config.prefix) {
+            cr.issue(
+                &format!("McpConnection {namespace}/{}", c.name_any()),
+                "spec.tools.prefix",
+                &format!("prefix {:?} is already used by McpConnection {other}", config.prefix),
+                "PrefixConflict",
+            );
+        }
+        if cr.issues.is_empty() {
+            prefixes.insert(config.prefix.clone(), c.name_any());
+            r.secret_refs.append(&mut cr.secret_refs);
+            mcp.push(config);
+        } else {
+            skipped.append(&mut cr.issues);
+        }
+    }
+
+    let config = GatewayConfig {
+        version: CONFIG_VERSION,
+        tenant: TenantIdentity {
+            name: tenant.name_any(),
+            display_name: spec.display_name.clone().unwrap_or_else(|| tenant.name_any()),
+            namespace,
+        },
+        auth,
+        providers,
+        models: spec.models.clone(),
+        routing: spec.routing.clone(),
+        limits: spec.limits.clone(),
+        mcp,
+        policies,
+        storage,
+        audit: spec.audit.clone(),
+        network: NetworkConfig { allow_local_upstreams: spec.network.allow_local_upstreams },
+        keys,
+        config_hash: String::new(),
+    }
+    .seal();
+    Ok(RenderedConfig { config, secret_refs: r.secret_refs, skipped })
+}
+
+struct Renderer<'o> {
+    options: &'o RenderOptions,
+    secret_refs: BTreeSet<SecretKeyRef>,
+    issues: Vec<ObjectIssue>,
+}
+
+impl Renderer<'_> {
+    fn issue(&mut self, object: &str, field: &str, message: &str, reason: &'static str) {
+        self.issues.push(ObjectIssue { object: object.into(), field: field.into(), message: message.into(), reason });
+    }
+
+    fn secret_file(&mut self, secret: &SecretKeyRef) -> String {
+        self.secret_refs.insert(secret.clone());
+        format!("{}/{}/{}", self.options.secrets_root, secret.name, secret.key)
+    }
+
+    fn check_upstream_url(&mut self, object: &str, field: &str, url: &str, allow_local: bool) {
+        match crate::address::classify_url(url) {
+            Err(message) => self.issue(object, field, &message, "InvalidURL"),
+            Ok(crate::address::HostClass::Local(why)) if !allow_local => self.issue(
+                object,
+                field,
+                &format!("{url} points at a {why} address; set spec.network.allowLocalUpstreams on the Tenant to allow it"),
+                "LocalUpstreamRefused",
+            ),
+            Ok(_) => {}
+        }
+    }
+
+    fn mcp_connection(&mut self, c: &McpConnection, namespace: &str, allow_local: bool) -> McpConnectionConfig {
+        let spec = &c.spec;
+        let name = c.name_any();
+        let obj = format!("McpConnection {namespace}/{name}");
+        if let Some(url) = &spec.url {
+            self.check_upstream_url(&obj, "spec.url", url, allow_local);
+        }
+        let (transport, url, stdio) = match (spec.transport, self.options.mode) {
+            (McpTransport::StreamableHttp, _) => (McpEndpointTransport::StreamableHttp, spec.url.clone(), None),
+            (McpTransport::Sse, _) => (McpEndpointTransport::Sse, spec.url.clone(), None),
+            (McpTransport::Stdio, RenderMode::Cluster) => {
+                if spec.stdio.as_ref().is_none_or(|s| s.image.is_none()) {
+                    self.issue(&obj, "spec.stdio.image", "a stdio connection needs an image to run in a cluster", "MissingImage");
+                }
+                (McpEndpointTransport::StreamableHttp, Some(stdio_bridge_url(&name, namespace)), None)
+            }
+            (McpTransport::Stdio, RenderMode::Local) => {
+                let process = spec.stdio.as_ref().map(|s| {
+                    let mut parts = s.command.iter().chain(&s.args).cloned();
+                    let command = parts.next().unwrap_or_default();
+                    StdioProcess {
+                        command,
+                        args: parts.collect(),
+                        env: s
+                            .env
+                            .iter()
+                            .map(|e| EnvValue {
+                                name: e.name.clone(),
+                                value: e.value.clone(),
+                                file: e.secret_key_ref.as_ref().map(|r| self.secret_file(r)),
+                            })
+                            .collect(),
+                    }
+                });
+                if process.is_none() {
+                    self.issue(&obj, "spec.stdio", "stdio is required when transport is stdio", "InvalidSpec");
+                }
+                (McpEndpointTransport::Stdio, None, process)
+            }
+        };
+        let resource = || spec.url.clone().unwrap_or_else(|| stdio_bridge_url(&name, namespace));
+        let auth = spec.auth.as_ref().and_then(|a| {
+            match (&a.bearer_secret_ref, &a.oauth2_client_credentials, &a.oauth2_authorization_code) {
+                (Some(s), None, None) => Some(McpAuthConfig::Bearer { token_file: self.secret_file(s) }),
+                (None, Some(cc), None) => Some(McpAuthConfig::Oauth2ClientCredentials {
+                    token_url: cc.token_url.clone(),
+                    client_id: cc.client_id.clone(),
+                    client_secret_file: self.secret_file(&cc.client_secret_ref),
+                    scopes: cc.scopes.clone(),
+                    resource: cc.resource.clone().unwrap_or_else(resource),
+                }),
+                (None, None, Some(ac)) => Some(McpAuthConfig::Oauth2AuthorizationCode {
+                    authorization_url: ac.authorization_url.clone(),
+                    token_url: ac.token_url.clone(),
+                    client_id: ac.client_id.clone(),
+                    client_secret_file: ac.client_secret_ref.as_ref().map(|s| self.secret_file(s)),
+                    scopes: ac.scopes.clone(),
+                    resource: ac.resource.clone().unwrap_or_else(resource),
+                }),
+                _ => {
+                    self.issue(
+                        &obj,
+                        "spec.auth",
+                        "set exactly one of bearerSecretRef, oauth2ClientCredentials or oauth2AuthorizationCode",
+                        "InvalidSpec",
+                    );
+                    None
+                }
+            }
+        });
+        McpConnectionConfig {
+            prefix: spec.tools.prefix.clone().unwrap_or_else(|| name.clone()),
+            name,
+            transport,
+            url,
+            stdio,
+            auth,
+            tools: spec.tools.clone(),
+            timeout_seconds: spec.timeout_seconds,
+        }
+    }
+
+    fn policy(&mut self, policy: &PromptPolicy, origin: PolicyOrigin) -> Option<PolicyConfig> {
+        let spec = &policy.spec;
+        let id = format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any());
+        let obj = format!("PromptPolicy {id}");
+        let before = self.issues.len();
+        if let Some(prompt) = &spec.system_prompt {
+            if prompt.locked && origin != PolicyOrigin::Global {
+                self.issue(&obj, "spec.systemPrompt.locked", "only global policies (in the operator's namespace) can lock their prompt", "LockedOutsideGlobal");
+            }
+            if let Err(e) = crate::template::check(&prompt.template) {
+                self.issue(&obj, "spec.systemPrompt.template", &e, "InvalidTemplate");
+            }
+        }
+        if let Some(guards) = &spec.guards {
+            for (i, pattern) in guards.deny_patterns.iter().enumerate() {
+                if let Err(e) = regex::Regex::new(pattern) {
+                    self.issue(&obj, &format!("spec.guards.denyPatterns[{i}]"), &format!("invalid regular expression: {e}"), "InvalidPattern");
+                }
+            }
+        }
+        if self.issues.len() > before {
+            return None;
+        }
+        let user_level = !spec.match_.roles.is_empty() || !spec.match_.subjects.is_empty();
+        let layer = match (user_level, origin) {
+            (true, _) => PolicyLayer::User,
+            (false, PolicyOrigin::Global) => PolicyLayer::Global,
+            (false, PolicyOrigin::Tenant) => PolicyLayer::Tenant,
+        };
+        Some(PolicyConfig {
+            id,
+            origin,
+            layer,
+            priority: spec.priority,
+            match_: spec.match_.clone(),
+            system_prompt: spec.system_prompt.clone(),
+            guards: spec.guards.clone(),
+            allowed_models: spec.allowed_models.clone(),
+        })
+    }
+}

@@ -1,0 +1,618 @@
+//! `Tenant`: one tenant of the platform and everything its gateway needs.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::common::SecretKeyRef;
+
+/// Desired state of a tenant: identity, upstreams, limits, and how its gateway runs.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "tenantgate.dev",
+    doc = "A tenant of the platform. The operator turns each Tenant into an isolated namespace running the tenant's own AI gateway: OpenAI-compatible chat routed to its providers, and one MCP endpoint over its McpConnections.",
+    version = "v1alpha1",
+    derive = "PartialEq",
+    kind = "Tenant",
+    plural = "tenants",
+    shortname = "tgt",
+    category = "tenantgate",
+    status = "TenantStatus",
+    printcolumn(name = "Namespace", type_ = "string", json_path = ".status.namespace", description = "Namespace the tenant's gateway runs in"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the tenant's gateway is ready"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1, description = "Why the tenant is or is not ready"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", description = "URL tenants call"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 60 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label of at most 60 characters (the default namespace is tg-<name>)").field_path(".metadata.name"),
+)]
+#[x_kube(
+    validation = Rule::new("self.models.all(m, m.targets.all(t, self.providers.exists(p, p.name == t.provider)))").message("every model target must name a provider declared in spec.providers").field_path(".models"),
+    validation = Rule::new("(self.gateway.replicas <= 1 && !has(self.gateway.autoscaling)) || (has(self.storage.redis))").message("more than one gateway replica (or autoscaling) needs spec.storage.redis: without Redis, rate limits and MCP sessions live in one process").field_path(".storage.redis"),
+    validation = Rule::new("has(self.namespace) == has(oldSelf.namespace)").message("spec.namespace is immutable: create a new Tenant to move it").field_path(".namespace"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSpec {
+    /// Human-readable name of the tenant, available to prompt templates as `tenant.displayName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub display_name: Option<String>,
+
+    /// Namespace the operator creates for this tenant's gateway. Defaults to `tg-<metadata.name>`.
+    /// The operator owns it: an existing namespace not labelled for this tenant is refused. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(
+        validation = Rule::new(super::common::DNS_LABEL_RULE).message(super::common::DNS_LABEL_MESSAGE),
+        validation = Rule::new("self == oldSelf").message("spec.namespace is immutable: create a new Tenant to move it"),
+    )]
+    pub namespace: Option<String>,
+
+    /// How callers of the gateway prove who they are.
+    pub auth: TenantAuth,
+
+    /// Upstream LLM APIs the tenant's models route to.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub providers: Vec<Provider>,
+
+    /// Model names tenants ask for, each mapped to ordered upstream targets (failover order).
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub models: Vec<Model>,
+
+    /// Retry, timeout and circuit-breaker settings for calls to providers.
+    #[serde(default)]
+    pub routing: Routing,
+
+    /// Rate limits and quotas for the whole tenant and for each user. Absent: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+
+    /// The gateway Deployment: replicas, autoscaling and resources.
+    #[serde(default)]
+    pub gateway: GatewaySpec,
+
+    /// Where limits, sessions, usage and audit events are kept.
+    #[serde(default)]
+    pub storage: Storage,
+
+    /// What the audit trail records.
+    #[serde(default)]
+    pub audit: Audit,
+
+    /// Network fence around the gateway.
+    #[serde(default)]
+    pub network: Network,
+
+    /// Reach the gateway from outside the cluster through an Ingress or a Gateway API HTTPRoute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposure: Option<Exposure>,
+}
+
+/// How callers authenticate. JWTs come from the tenant's identity provider;
+/// API keys are minted by tenant admins through the admin API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantAuth {
+    /// Bearer JWTs issued by the tenant's identity provider. Required: the admin API,
+    /// through which API keys are minted, authenticates with it.
+    pub jwt: JwtAuth,
+    /// API keys as an alternative to JWTs for applications.
+    #[serde(default)]
+    pub api_keys: ApiKeys,
+}
+
+/// JWT validation settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("[has(self.jwksUri), has(self.jwksSecretRef), has(self.hmacSecretRef)].filter(x, x).size() == 1").message("set exactly one of jwksUri, jwksSecretRef or hmacSecretRef"))]
+#[serde(rename_all = "camelCase")]
+pub struct JwtAuth {
+    /// Expected `iss` claim.
+    #[schemars(length(min = 1, max = 1024))]
+    pub issuer: String,
+    /// Accepted `aud` values; a token must carry at least one of them.
+    #[schemars(length(min = 1, max = 16))]
+    pub audiences: Vec<String>,
+    /// URL of the identity provider's JWKS. Keys are cached and refreshed when a token names an unknown `kid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['https', 'http']").message("must be an http(s) URL"))]
+    pub jwks_uri: Option<String>,
+    /// A Secret key holding a static JWKS document (JSON), for identity providers without a JWKS endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_secret_ref: Option<SecretKeyRef>,
+    /// A Secret key holding a shared secret for HS256/384/512 tokens. Only set this
+    /// when the identity provider cannot sign asymmetrically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac_secret_ref: Option<SecretKeyRef>,
+    /// Claim holding the caller's roles (a list of strings, or one space-separated string).
+    #[serde(default = "default_roles_claim")]
+    #[schemars(length(min = 1, max = 256))]
+    pub roles_claim: String,
+    /// Roles that may use the admin API.
+    #[serde(default = "default_admin_roles")]
+    #[schemars(length(max = 16))]
+    pub admin_roles: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway_seconds")]
+    #[schemars(range(max = 300))]
+    pub leeway_seconds: u32,
+}
+
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+
+fn default_admin_roles() -> Vec<String> {
+    vec!["tenant-admin".into()]
+}
+
+fn default_leeway_seconds() -> u32 {
+    30
+}
+
+/// API key settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeys {
+    /// Accept API keys minted through the admin API. Only their hashes are stored.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// Wire protocol of an upstream LLM API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ProviderType {
+    /// Any OpenAI-compatible Chat Completions API: OpenAI, Azure OpenAI, vLLM, Ollama, ...
+    Openai,
+    /// Anthropic's Messages API.
+    Anthropic,
+    /// An in-process deterministic model, for the quickstart and tests.
+    Mock,
+}
+
+/// An upstream LLM API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("self.type == 'mock' || has(self.baseUrl)").message("baseUrl is required unless type is mock"))]
+#[x_kube(validation = Rule::new("self.type == 'mock' || !has(self.mock)").message("mock settings are only allowed when type is mock"))]
+#[serde(rename_all = "camelCase")]
+pub struct Provider {
+    /// Name targets refer to. A DNS label.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new(super::common::DNS_LABEL_RULE).message(super::common::DNS_LABEL_MESSAGE))]
+    pub name: String,
+    /// API the provider speaks.
+    #[serde(rename = "type")]
+    pub type_: ProviderType,
+    /// Base URL of the API, e.g. `https://api.openai.com/v1`. Required unless type is mock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['https', 'http']").message("must be an http(s) URL"))]
+    pub base_url: Option<String>,
+    /// Secret key holding the provider's API key, in the tenant namespace. Rotating it takes effect without a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<SecretKeyRef>,
+    /// Extra HTTP headers sent with every request to this provider (e.g. an API version).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: BTreeMap<String, String>,
+    /// Behaviour of a mock provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mock: Option<MockProvider>,
+}
+
+/// Behaviour of the in-process mock provider.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MockProvider {
+    /// Delay before the first token, in milliseconds.
+    #[serde(default)]
+    #[schemars(range(max = 60000))]
+    pub latency_ms: u32,
+    /// Tokens in each answer.
+    #[serde(default = "default_mock_tokens")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub completion_tokens: u32,
+    /// Delay between streamed chunks, in milliseconds.
+    #[serde(default)]
+    #[schemars(range(max = 10000))]
+    pub chunk_interval_ms: u32,
+}
+
+fn default_mock_tokens() -> u32 {
+    16
+}
+
+/// A model name tenants may ask for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Model {
+    /// The name clients put in `model`, e.g. `chat-default` or `gpt-4o-mini`.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._:/-]*$')").message("must start with a letter or digit and contain only letters, digits, '.', '_', ':', '/' and '-'"))]
+    pub name: String,
+    /// Upstream targets in failover order: the first healthy one serves the request.
+    #[schemars(length(min = 1, max = 8))]
+    pub targets: Vec<ModelTarget>,
+}
+
+/// One upstream model behind a tenant model name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelTarget {
+    /// Name of a provider in spec.providers.
+    #[schemars(length(min = 1, max = 63))]
+    pub provider: String,
+    /// Model name sent to the provider.
+    #[schemars(length(min = 1, max = 256))]
+    pub model: String,
+}
+
+/// Retries, timeouts and circuit breaking for calls to providers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Routing {
+    /// Retries of one target (connect errors, timeouts, 429 and 5xx) before failing over to the next.
+    #[serde(default = "default_max_retries")]
+    #[schemars(range(max = 10))]
+    pub max_retries: u32,
+    /// First retry delay in milliseconds; doubles each retry, with jitter.
+    #[serde(default = "default_backoff_ms")]
+    #[schemars(range(min = 1, max = 60000))]
+    pub initial_backoff_ms: u32,
+    /// Upper bound of a retry delay in milliseconds (a longer Retry-After skips to the next target).
+    #[serde(default = "default_max_backoff_ms")]
+    #[schemars(range(min = 1, max = 300000))]
+    pub max_backoff_ms: u32,
+    /// Time to establish a connection to a provider, in milliseconds.
+    #[serde(default = "default_connect_timeout_ms")]
+    #[schemars(range(min = 1, max = 300000))]
+    pub connect_timeout_ms: u32,
+    /// Time until the provider's response headers arrive, in milliseconds.
+    #[serde(default = "default_first_byte_timeout_ms")]
+    #[schemars(range(min = 1, max = 3600000))]
+    pub first_byte_timeout_ms: u32,
+    /// Time for the whole upstream call, streaming included, in milliseconds.
+    #[serde(default = "default_total_timeout_ms")]
+    #[schemars(range(min = 1, max = 86400000))]
+    pub total_timeout_ms: u32,
+    /// Circuit breaker kept per target.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreaker,
+}
+
+impl Default for Routing {
+    fn default() -> Self {
+        Self {
+            max_retries: default_max_retries(),
+            initial_backoff_ms: default_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            first_byte_timeout_ms: default_first_byte_timeout_ms(),
+            total_timeout_ms: default_total_timeout_ms(),
+            circuit_breaker: CircuitBreaker::default(),
+        }
+    }
+}
+
+fn default_max_retries() -> u32 {
+    2
+}
+fn default_backoff_ms() -> u32 {
+    100
+}
+fn default_max_backoff_ms() -> u32 {
+    2000
+}
+fn default_connect_timeout_ms() -> u32 {
+    5000
+}
+fn default_first_byte_timeout_ms() -> u32 {
+    60000
+}
+fn default_total_timeout_ms() -> u32 {
+    600000
+}
+
+/// Per-target circuit breaker: after `failureThreshold` consecutive failures the
+/// target is skipped for `openSeconds`, then one probe request decides.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    /// Consecutive failures that open the breaker.
+    #[serde(default = "default_failure_threshold")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub failure_threshold: u32,
+    /// Seconds the breaker stays open before a half-open probe.
+    #[serde(default = "default_open_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub open_seconds: u32,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        Self { failure_threshold: default_failure_threshold(), open_seconds: default_open_seconds() }
+    }
+}
+
+fn default_failure_threshold() -> u32 {
+    5
+}
+fn default_open_seconds() -> u32 {
+    30
+}
+
+/// What happens to requests when the limit store (Redis) cannot be reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FailMode {
+    /// Let requests through unlimited until the store is back.
+    #[default]
+    Open,
+    /// Refuse requests with 503 until the store is back.
+    Closed,
+}
+
+/// Limits for the whole tenant, with `perUser` limits applied to each subject or API key.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.burst) || has(self.requestsPerMinute)").message("burst needs requestsPerMinute"))]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Sustained requests per minute for the tenant (GCRA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub requests_per_minute: Option<u32>,
+    /// Requests allowed at once above the sustained rate. Defaults to 10% of requestsPerMinute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub burst: Option<u32>,
+    /// Prompt plus completion tokens per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tokens_per_minute: Option<u64>,
+    /// Prompt plus completion tokens per UTC day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tokens_per_day: Option<u64>,
+    /// Streaming responses and MCP sessions open at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_concurrent_streams: Option<u32>,
+    /// Limits applied to each user (JWT subject or API key) separately.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_user: Option<UserLimits>,
+    /// Behaviour when Redis is unreachable.
+    #[serde(default)]
+    pub fail_mode: FailMode,
+}
+
+/// Limits applied to each user separately.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.burst) || has(self.requestsPerMinute)").message("burst needs requestsPerMinute"))]
+#[serde(rename_all = "camelCase")]
+pub struct UserLimits {
+    /// Sustained requests per minute for one user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub requests_per_minute: Option<u32>,
+    /// Requests one user may make at once above the sustained rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub burst: Option<u32>,
+    /// Tokens per minute for one user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tokens_per_minute: Option<u64>,
+    /// Tokens per UTC day for one user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tokens_per_day: Option<u64>,
+}
+
+/// The gateway Deployment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// Replicas when autoscaling is not set.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: u32,
+    /// HorizontalPodAutoscaler settings. When set, the HPA owns the replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// Compute resources of the gateway container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Gateway image, when it should differ from the operator's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub image: Option<String>,
+}
+
+impl Default for GatewaySpec {
+    fn default() -> Self {
+        Self { replicas: default_replicas(), autoscaling: None, resources: None, image: None }
+    }
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+
+/// HorizontalPodAutoscaler (autoscaling/v2) settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must be less than or equal to maxReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    /// Lower bound of replicas.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub min_replicas: u32,
+    /// Upper bound of replicas.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_replicas: u32,
+    /// Average CPU utilization the autoscaler aims for, in percent of requests.
+    #[serde(default = "default_cpu_target", rename = "targetCPUUtilizationPercentage")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: u32,
+}
+
+fn default_cpu_target() -> u32 {
+    70
+}
+
+/// Where the gateway keeps state.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// Redis for rate limits, quotas and MCP sessions shared by all replicas.
+    /// Absent: kept in process (then only one replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<UrlSecret>,
+    /// PostgreSQL for usage, audit events and API keys.
+    /// Absent: SQLite inside the pod, which is lost with the pod (status says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<UrlSecret>,
+}
+
+/// A connection URL kept in a Secret (it usually carries a password).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UrlSecret {
+    /// Secret key holding the URL, e.g. `redis://:pw@redis:6379/0` or `postgres://user:pw@db/tenantgate`.
+    pub url_secret_ref: SecretKeyRef,
+}
+
+/// What the audit trail records.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Audit {
+    /// Record prompts and completions in audit events, after redaction. Off by default.
+    #[serde(default)]
+    pub record_prompts: bool,
+}
+
+/// The network fence around the gateway.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Network {
+    /// Peers allowed to call the gateway, besides the operator's namespace and metrics scrapers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub allow_ingress_from: Vec<NetworkPolicyPeer>,
+    /// Extra egress peers, beyond DNS and what the config names (providers, MCP servers, storage).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub allow_egress_to: Vec<NetworkPolicyPeer>,
+    /// Allow providers and MCP servers on loopback or link-local addresses (cloud metadata
+    /// endpoints among them). Off by default against SSRF; local development turns it on.
+    #[serde(default)]
+    pub allow_local_upstreams: bool,
+}
+
+/// How the gateway is reached from outside the cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("!(has(self.ingressClassName) && has(self.gatewayRef))").message("set ingressClassName (Ingress) or gatewayRef (HTTPRoute), not both"))]
+#[serde(rename_all = "camelCase")]
+pub struct Exposure {
+    /// Public host name.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("must be a lower-case DNS name"))]
+    pub host: String,
+    /// TLS for the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ExposureTls>,
+    /// IngressClass of the Ingress. Ingress is used unless gatewayRef is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub ingress_class_name: Option<String>,
+    /// Gateway API Gateway the HTTPRoute attaches to (used only where the Gateway API CRDs are installed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_ref: Option<GatewayRef>,
+    /// Extra annotations for the Ingress or HTTPRoute.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(length(max = 32))]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// TLS settings of an exposure.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.secretName) || has(self.certManagerIssuer)").message("set secretName, certManagerIssuer, or both"))]
+#[serde(rename_all = "camelCase")]
+pub struct ExposureTls {
+    /// Secret (type kubernetes.io/tls) in the tenant namespace holding the certificate.
+    /// With certManagerIssuer set, cert-manager writes it; defaults to `<tenant>-tls` then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub secret_name: Option<String>,
+    /// cert-manager issuer that obtains the certificate (adds its annotation to the Ingress).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_manager_issuer: Option<IssuerRef>,
+}
+
+/// A cert-manager Issuer or ClusterIssuer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Name of the issuer.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (in the tenant namespace) or `ClusterIssuer`.
+    #[serde(default = "default_issuer_kind")]
+    #[x_kube(validation = Rule::new("self in ['Issuer', 'ClusterIssuer']").message("must be Issuer or ClusterIssuer"))]
+    #[schemars(length(max = 16))]
+    pub kind: String,
+}
+
+fn default_issuer_kind() -> String {
+    "ClusterIssuer".into()
+}
+
+/// A Gateway API Gateway.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRef {
+    /// Name of the Gateway.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Namespace of the Gateway.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// Listener section of the Gateway to attach to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub section_name: Option<String>,
+}
+
+/// What the operator observed and did.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Namespace the gateway runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// URL tenants call: the external URL when exposed, else the in-cluster Service URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// McpConnections bound to this tenant.
+    #[serde(default)]
+    pub mcp_connections: u32,
+    /// PromptPolicies applied to this tenant (global ones included).
+    #[serde(default)]
+    pub prompt_policies: u32,
+    /// Content hash of the GatewayConfig the gateway runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// Ready, Reconciled, GatewayAvailable and Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}

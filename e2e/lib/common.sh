@@ -1,0 +1,237 @@
+# Shared by the scripts under e2e/: where things are cached and kept.
+# shellcheck shell=bash
+
+E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO_DIR=$(cd "$E2E_DIR/.." && pwd)
+TENANTGATE_CACHE=${TENANTGATE_CACHE:-$HOME/.cache/tenantgate}
+# Runtime state of the services and control plane started from this checkout.
+# The default is keyed by the checkout path so two checkouts never share it.
+TENANTGATE_RUN=${TENANTGATE_RUN:-$TENANTGATE_CACHE/run/$(printf '%s' "$REPO_DIR" | sha256sum | cut -c1-12)}
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# free_port prints a TCP port on 127.0.0.1 that nothing listens on now.
+free_port() {
+  python3 - <<'PY'
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()
+PY
+}
+
+# wait_for DESCRIPTION TIMEOUT_S COMMAND...: retries COMMAND until it succeeds.
+wait_for() {
+  local what=$1 timeout=$2; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      log "timed out after ${timeout}s waiting for $what"
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+# stop_pidfile FILE: stops the process whose PID FILE holds (TERM, then KILL).
+stop_pidfile() {
+  local file=$1 pid
+  [[ -f $file ]] || return 0
+  pid=$(cat "$file")
+  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$file"
+}
+
+# ---------------------------------------------------------------------------
+# Processes started by e2e/cluster/up and e2e/services/up.
+# Every such process runs with its working directory (or an argument) under
+# $TENANTGATE_RUN, which is how pid files are checked before a signal is sent:
+# a stale pid file whose PID now belongs to someone else is only removed.
+
+# reserve_port prints a free TCP port on 127.0.0.1 that no other run of these
+# scripts on this machine picked in the last 10 minutes (between picking a port
+# and binding it, a concurrent run could otherwise be handed the same one).
+reserve_port() {
+  local dir=${TMPDIR:-/tmp}/tenantgate-ports port
+  mkdir -p "$dir"
+  find "$dir" -mindepth 1 -maxdepth 1 -mmin +10 -exec rmdir {} + 2>/dev/null || true
+  for _ in $(seq 1 50); do
+    port=$(free_port)
+    if mkdir "$dir/$port" 2>/dev/null; then
+      echo "$port"
+      return 0
+    fi
+  done
+  die "could not reserve a free port"
+}
+
+# pid_is_ours PID: the process exists and runs from (or names) $TENANTGATE_RUN.
+pid_is_ours() {
+  local pid=$1 cwd
+  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null || true)
+  [[ $cwd == "$TENANTGATE_RUN" || $cwd == "$TENANTGATE_RUN"/* ]] && return 0
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$TENANTGATE_RUN"
+}
+
+# pidfile_alive FILE: FILE names a live process of ours.
+pidfile_alive() { [[ -f $1 ]] && pid_is_ours "$(cat "$1")"; }
+
+# stop_our_pidfile FILE [SIGNAL]: like stop_pidfile, but only signals the
+# process if it is ours (see pid_is_ours); a stale pid file is just removed.
+# SIGNAL (default TERM) is sent first; KILL follows after 5 s.
+stop_our_pidfile() {
+  local file=$1 sig=${2:-TERM} pid
+  [[ -f $file ]] || return 0
+  pid=$(cat "$file")
+  if pid_is_ours "$pid"; then
+    if [[ $sig == TERM ]]; then
+      stop_pidfile "$file"
+      return 0
+    fi
+    kill -"$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+  fi
+  rm -f "$file"
+}
+
+# start_bg DIR LOG PIDFILE COMMAND...: starts COMMAND (a full path) in its own
+# session, in directory DIR, with output to LOG, and writes its PID to PIDFILE.
+# It holds none of the caller's file descriptors, so $(...) around a caller
+# returns, and a signal to the caller's process group does not reach it.
+start_bg() {
+  local dir=$1 logf=$2 pidf=$3; shift 3
+  (cd "$dir" && exec setsid "$@" </dev/null >>"$logf" 2>&1 9>&- 8>&-) &
+  echo $! >"$pidf"
+}
+
+# tail_log FILE: the last 30 lines of a component's log, on stderr.
+tail_log() {
+  [[ -f $1 ]] || return 0
+  log "last 30 lines of $1:"
+  tail -n 30 "$1" >&2
+}
+
+# ---------------------------------------------------------------------------
+# PostgreSQL and Redis of e2e/services/up. Their ports are kept in
+# $TENANTGATE_RUN/services/{postgres,redis}.port, so fault-injection tests can
+# stop and restart them on the same address:
+#   source e2e/lib/common.sh
+#   services_stop_postgres KILL; ...; services_start_postgres
+#   services_stop_redis;         ...; services_start_redis
+
+SERVICES_DIR=$TENANTGATE_RUN/services
+
+services_pg_bindir() {
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [[ -n $d && -x $d/postgres ]] || return 1
+  echo "$d"
+}
+
+# services_as_postgres COMMAND...: runs COMMAND as the postgres user (postgres
+# refuses to run as root). When $TENANTGATE_RUN lies below a directory that
+# user may not enter (such as /root), the command keeps CAP_DAC_READ_SEARCH so
+# it can reach its data directory; nothing else is loosened.
+services_as_postgres() {
+  local cmd
+  mapfile -t cmd < <(services_as_postgres_argv)
+  "${cmd[@]}" "$@"
+}
+# services_as_postgres_argv: the setpriv command line of services_as_postgres, one word a line.
+services_as_postgres_argv() {
+  printf '%s\n' /usr/bin/setpriv --reuid postgres --regid postgres --init-groups
+  /usr/bin/setpriv --reuid postgres --regid postgres --init-groups -- test -x "$SERVICES_DIR" 2>/dev/null ||
+    printf '%s\n' --inh-caps +dac_read_search --ambient-caps +dac_read_search
+  echo --
+}
+
+services_postgres_port() { cat "$SERVICES_DIR/postgres.port"; }
+services_redis_port() { cat "$SERVICES_DIR/redis.port"; }
+services_postgres_url() { echo "postgres://tenantgate:tenantgate@127.0.0.1:$(services_postgres_port)/tenantgate"; }
+services_redis_url() { echo "redis://127.0.0.1:$(services_redis_port)/0"; }
+
+services_postgres_ready() {
+  "$(services_pg_bindir)/pg_isready" -q -h 127.0.0.1 -p "$(services_postgres_port)" -U postgres -d postgres
+}
+services_redis_ready() {
+  [[ $(redis-cli -h 127.0.0.1 -p "$(services_redis_port)" ping 2>/dev/null) == PONG ]]
+}
+
+# services_start_postgres: starts PostgreSQL on its saved port with its existing
+# data directory and waits until it accepts connections. A no-op when it runs.
+services_start_postgres() {
+  local bindir port dir=$SERVICES_DIR/postgres
+  bindir=$(services_pg_bindir) || die "PostgreSQL is not installed"
+  port=$(services_postgres_port)
+  if pidfile_alive "$SERVICES_DIR/postgres.pid" && services_postgres_ready; then return 0; fi
+  stop_our_pidfile "$SERVICES_DIR/postgres.pid"
+  local as_pg
+  mapfile -t as_pg < <(services_as_postgres_argv)
+  # After a KILL, the old server's backends may hold its shared memory for a
+  # moment, and postgres then refuses to start: try a few times.
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    # setpriv execs postgres, so the pid file holds the postmaster's PID.
+    start_bg "$dir/data" "$dir/postgres.log" "$SERVICES_DIR/postgres.pid" \
+      "${as_pg[@]}" "$bindir/postgres" -D "$dir/data" -p "$port" -c listen_addresses=127.0.0.1 \
+      -c unix_socket_directories= -c fsync=off -c synchronous_commit=off \
+      -c full_page_writes=off -c max_connections=200 -c shared_buffers=64MB
+    local deadline=$((SECONDS + 30))
+    while ((SECONDS < deadline)); do
+      services_postgres_ready && return 0
+      pidfile_alive "$SERVICES_DIR/postgres.pid" || break
+      sleep 0.2
+    done
+    stop_our_pidfile "$SERVICES_DIR/postgres.pid"
+    log "postgres did not start (attempt $attempt)"
+    sleep 1
+  done
+  tail_log "$dir/postgres.log"
+  return 1
+}
+
+# services_stop_postgres [SIGNAL]: INT (default) is PostgreSQL's fast shutdown;
+# KILL simulates a crash.
+services_stop_postgres() { stop_our_pidfile "$SERVICES_DIR/postgres.pid" "${1:-INT}"; }
+
+# services_start_redis: starts Redis on its saved port (an empty store: it
+# keeps no data on disk) and waits until it answers PING.
+services_start_redis() {
+  local port dir=$SERVICES_DIR/redis
+  port=$(services_redis_port)
+  if pidfile_alive "$SERVICES_DIR/redis.pid" && services_redis_ready; then return 0; fi
+  stop_our_pidfile "$SERVICES_DIR/redis.pid"
+  mkdir -p "$dir"
+  start_bg "$dir" "$dir/redis.log" "$SERVICES_DIR/redis.pid" \
+    "$(command -v redis-server)" --port "$port" --bind 127.0.0.1 --save '' \
+    --appendonly no --daemonize no --dir "$dir"
+  local deadline=$((SECONDS + 20))
+  while ((SECONDS < deadline)); do
+    services_redis_ready && return 0
+    pidfile_alive "$SERVICES_DIR/redis.pid" || break
+    sleep 0.1
+  done
+  tail_log "$dir/redis.log"
+  return 1
+}
+
+# services_stop_redis [SIGNAL]: TERM by default; KILL simulates a crash.
+services_stop_redis() { stop_our_pidfile "$SERVICES_DIR/redis.pid" "${1:-TERM}"; }
