@@ -103,7 +103,12 @@ mod tests {
 
     #[test]
     fn remote_hosts_pass() {
-        for url in ["https://api.openai.com/v1", "http://10.0.0.5:8000/v1", "http://vllm.models.svc:8000/v1", "https://[2001:db8::1]/"] {
+        for url in [
+            "https://api.openai.com/v1",
+            "http://10.0.0.5:8000/v1",
+            "http://vllm.models.svc:8000/v1",
+            "https://[2001:db8::1]/",
+        ] {
             assert_eq!(classify_url(url), Ok(HostClass::Remote), "{url}");
         }
     }

@@ -12,14 +12,16 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::v1alpha1::{
-    Audit, Guards, Limits, McpTools, MockProvider, Model, PolicyMatch, ProviderType,
-    Routing, SystemPrompt,
+    Audit, Guards, Limits, McpTools, MockProvider, Model, PolicyMatch, ProviderType, Routing, SystemPrompt,
 };
 
 /// Format version of [`GatewayConfig`]; bumped on incompatible changes.
 pub const CONFIG_VERSION: u32 = 1;
 
 /// Everything one tenant's gateway runs from.
+///
+/// Enums are written as single-key maps (`keys: {jwksFile: ...}`), never as
+/// YAML tags, so any YAML or JSON tool reads the ConfigMap.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct GatewayConfig {
@@ -86,6 +88,8 @@ pub struct JwtConfig {
     /// Accepted `aud` values.
     pub audiences: Vec<String>,
     /// Where verification keys come from.
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    #[schemars(with = "JwtKeys")]
     pub keys: JwtKeys,
     /// Claim holding roles.
     pub roles_claim: String,
@@ -158,7 +162,8 @@ pub struct McpConnectionConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdio: Option<StdioProcess>,
     /// Upstream credentials.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "serde_yaml::with::singleton_map")]
+    #[schemars(with = "Option<McpAuthConfig>")]
     pub auth: Option<McpAuthConfig>,
     /// Exposed tool names are `<prefix>_<tool>`.
     pub prefix: String,
@@ -199,6 +204,7 @@ pub struct EnvValue {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub enum McpAuthConfig {
     /// A static bearer token.
+    #[serde(rename_all = "camelCase")]
     Bearer {
         /// File holding the token.
         token_file: String,
@@ -292,6 +298,8 @@ pub struct StorageConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url_file: Option<String>,
     /// The usage/audit database.
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    #[schemars(with = "DatabaseConfig")]
     pub database: DatabaseConfig,
 }
 
@@ -347,5 +355,42 @@ impl GatewayConfig {
     /// Serializes the config as the YAML the ConfigMap holds.
     pub fn to_yaml(&self) -> Result<String, serde_yaml::Error> {
         serde_yaml::to_string(self)
+    }
+}
+
+/// Why a config file was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", .path.as_ref().map(|p| format!("{p}: ")).unwrap_or_default())]
+pub struct ConfigError {
+    /// Field path, when the problem is in one field.
+    pub path: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl GatewayConfig {
+    /// Parses a config file strictly: unknown fields anywhere, wrong types and
+    /// another format version are errors naming the field.
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let mut unknown = Vec::new();
+        let mut track = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let deserializer = serde_ignored::Deserializer::new(serde_yaml::Deserializer::from_str(text), &mut track);
+        let config: Self = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // serde_yaml already starts its messages with the path.
+            let path = (path != "." && !message.starts_with(&path)).then_some(path);
+            ConfigError { path, message }
+        })?;
+        if let Some(path) = unknown.into_iter().next() {
+            return Err(ConfigError { path: Some(path), message: "unknown field".into() });
+        }
+        if config.version != CONFIG_VERSION {
+            return Err(ConfigError {
+                path: Some("version".into()),
+                message: format!("format version {} is not supported (expected {CONFIG_VERSION})", config.version),
+            });
+        }
+        Ok(config)
     }
 }

@@ -6,10 +6,11 @@
 //! (`--manifests DIR`) render exactly the same config from the same objects.
 #![forbid(unsafe_code)]
 
-pub mod crd;
-pub mod v1alpha1;
 pub mod address;
 pub mod config;
+pub mod crd;
 pub mod manifests;
+pub mod reference;
 pub mod render;
 pub mod template;
+pub mod v1alpha1;

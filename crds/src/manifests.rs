@@ -89,15 +89,21 @@ impl ManifestSet {
         Ok(())
     }
 
-    fn add_document(&mut self, document: serde_yaml::Deserializer<'_>, at: &mut Location<'_>) -> Result<(), Vec<ManifestError>> {
-        let yaml: serde_yaml::Value =
-            serde::Deserialize::deserialize(document).map_err(|e| vec![at.error(None, format!("invalid YAML: {e}"))])?;
+    fn add_document(
+        &mut self,
+        document: serde_yaml::Deserializer<'_>,
+        at: &mut Location<'_>,
+    ) -> Result<(), Vec<ManifestError>> {
+        let yaml: serde_yaml::Value = serde::Deserialize::deserialize(document)
+            .map_err(|e| vec![at.error(None, format!("invalid YAML: {e}"))])?;
         if yaml.is_null() {
             return Ok(());
         }
-        let value: Value = serde_json::to_value(&yaml).map_err(|e| vec![at.error(None, format!("not a JSON-compatible document: {e}"))])?;
+        let value: Value = serde_json::to_value(&yaml)
+            .map_err(|e| vec![at.error(None, format!("not a JSON-compatible document: {e}"))])?;
         let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
-        let api_version = text(&value, "apiVersion").ok_or_else(|| vec![at.error(Some("apiVersion"), "is required".into())])?;
+        let api_version =
+            text(&value, "apiVersion").ok_or_else(|| vec![at.error(Some("apiVersion"), "is required".into())])?;
         let kind = text(&value, "kind").ok_or_else(|| vec![at.error(Some("kind"), "is required".into())])?;
         let metadata = value.get("metadata").cloned().unwrap_or(Value::Null);
         let name = text(&metadata, "name").unwrap_or_default();
@@ -112,7 +118,9 @@ impl ManifestSet {
 
         let ours = api_version.split('/').next() == Some(GROUP);
         if ours && api_version != API_VERSION {
-            return Err(vec![at.error(Some("apiVersion"), format!("unsupported version {api_version:?}, expected {API_VERSION:?}"))]);
+            return Err(vec![
+                at.error(Some("apiVersion"), format!("unsupported version {api_version:?}, expected {API_VERSION:?}")),
+            ]);
         }
         let namespaced = matches!((ours, kind.as_str()), (true, "McpConnection" | "PromptPolicy") | (false, "Secret"));
         if namespaced && namespace.is_none() {
@@ -121,7 +129,9 @@ impl ManifestSet {
                 "is required: the namespace decides which tenant the object belongs to".into(),
             )]);
         }
-        if (ours || kind == "Secret") && !self.seen.insert((kind.clone(), namespace.clone().unwrap_or_default(), name.clone())) {
+        if (ours || kind == "Secret")
+            && !self.seen.insert((kind.clone(), namespace.clone().unwrap_or_default(), name.clone()))
+        {
             return Err(vec![at.error(None, "is defined more than once".into())]);
         }
         match (ours, kind.as_str(), api_version.as_str()) {
@@ -129,7 +139,10 @@ impl ManifestSet {
             (true, "McpConnection", _) => self.mcp_connections.push(decode_custom::<McpConnection>(&value, at)?),
             (true, "PromptPolicy", _) => self.prompt_policies.push(decode_custom::<PromptPolicy>(&value, at)?),
             (true, other, _) => {
-                return Err(vec![at.error(Some("kind"), format!("unknown kind {other:?} in {GROUP}: expected Tenant, McpConnection or PromptPolicy"))]);
+                return Err(vec![at.error(
+                    Some("kind"),
+                    format!("unknown kind {other:?} in {GROUP}: expected Tenant, McpConnection or PromptPolicy"),
+                )]);
             }
             (false, "Secret", "v1") => self.secrets.push(decode_strict::<Secret>(&value, at)?),
             (false, other, _) => self.ignored.push(format!("{other} {name}")),
@@ -144,7 +157,12 @@ impl ManifestSet {
 
     /// Renders one tenant's config from the objects of this set; global
     /// PromptPolicies are those in `operator_namespace`.
-    pub fn render(&self, tenant: &Tenant, operator_namespace: &str, options: &RenderOptions) -> Result<RenderedConfig, RenderError> {
+    pub fn render(
+        &self,
+        tenant: &Tenant,
+        operator_namespace: &str,
+        options: &RenderOptions,
+    ) -> Result<RenderedConfig, RenderError> {
         let namespace = tenant_namespace(tenant);
         let in_ns = |ns: &str, obj: &Option<String>| obj.as_deref() == Some(ns);
         let connections: Vec<McpConnection> =
@@ -154,7 +172,12 @@ impl ManifestSet {
         let global_policies: Vec<PromptPolicy> =
             self.prompt_policies.iter().filter(|p| in_ns(operator_namespace, &p.metadata.namespace)).cloned().collect();
         render(
-            RenderInput { tenant, mcp_connections: &connections, tenant_policies: &tenant_policies, global_policies: &global_policies },
+            RenderInput {
+                tenant,
+                mcp_connections: &connections,
+                tenant_policies: &tenant_policies,
+                global_policies: &global_policies,
+            },
             options,
         )
     }

@@ -7,9 +7,9 @@ use std::fmt;
 use kube::ResourceExt;
 
 use crate::config::{
-    AuthConfig, CONFIG_VERSION, DatabaseConfig, EnvValue, GatewayConfig, JwtConfig, JwtKeys, KeysConfig,
-    McpAuthConfig, McpConnectionConfig, McpEndpointTransport, NetworkConfig, PolicyConfig, PolicyLayer,
-    PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity,
+    AuthConfig, CONFIG_VERSION, DatabaseConfig, EnvValue, GatewayConfig, JwtConfig, JwtKeys, KeysConfig, McpAuthConfig,
+    McpConnectionConfig, McpEndpointTransport, NetworkConfig, PolicyConfig, PolicyLayer, PolicyOrigin, ProviderConfig,
+    StdioProcess, StorageConfig, TenantIdentity,
 };
 use crate::v1alpha1::{McpConnection, McpTransport, PromptPolicy, SecretKeyRef, Tenant};
 
@@ -132,7 +132,12 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         (None, Some(secret), None) => JwtKeys::JwksFile(r.secret_file(secret)),
         (None, None, Some(secret)) => JwtKeys::HmacSecretFile(r.secret_file(secret)),
         _ => {
-            r.issue(&tenant_obj, "spec.auth.jwt", "set exactly one of jwksUri, jwksSecretRef or hmacSecretRef", "InvalidSpec");
+            r.issue(
+                &tenant_obj,
+                "spec.auth.jwt",
+                "set exactly one of jwksUri, jwksSecretRef or hmacSecretRef",
+                "InvalidSpec",
+            );
             JwtKeys::JwksUri(String::new())
         }
     };
@@ -152,10 +157,20 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
     let mut providers = Vec::with_capacity(spec.providers.len());
     for (i, p) in spec.providers.iter().enumerate() {
         if !provider_names.insert(p.name.as_str()) {
-            r.issue(&tenant_obj, &format!("spec.providers[{i}].name"), &format!("duplicate provider name {:?}", p.name), "InvalidSpec");
+            r.issue(
+                &tenant_obj,
+                &format!("spec.providers[{i}].name"),
+                &format!("duplicate provider name {:?}", p.name),
+                "InvalidSpec",
+            );
         }
         if let Some(url) = &p.base_url {
-            r.check_upstream_url(&tenant_obj, &format!("spec.providers[{i}].baseUrl"), url, spec.network.allow_local_upstreams);
+            r.check_upstream_url(
+                &tenant_obj,
+                &format!("spec.providers[{i}].baseUrl"),
+                url,
+                spec.network.allow_local_upstreams,
+            );
         }
         providers.push(ProviderConfig {
             name: p.name.clone(),
@@ -169,7 +184,12 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
     let mut model_names = BTreeSet::new();
     for (i, m) in spec.models.iter().enumerate() {
         if !model_names.insert(m.name.as_str()) {
-            r.issue(&tenant_obj, &format!("spec.models[{i}].name"), &format!("duplicate model name {:?}", m.name), "InvalidSpec");
+            r.issue(
+                &tenant_obj,
+                &format!("spec.models[{i}].name"),
+                &format!("duplicate model name {:?}", m.name),
+                "InvalidSpec",
+            );
         }
         for (j, t) in m.targets.iter().enumerate() {
             if !provider_names.contains(t.provider.as_str()) {
@@ -196,7 +216,8 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
     };
 
     let mut policies = Vec::new();
-    for (origin, list) in [(PolicyOrigin::Global, input.global_policies), (PolicyOrigin::Tenant, input.tenant_policies)] {
+    for (origin, list) in [(PolicyOrigin::Global, input.global_policies), (PolicyOrigin::Tenant, input.tenant_policies)]
+    {
         for policy in list {
             if let Some(p) = r.policy(policy, origin) {
                 policies.push(p);
@@ -280,7 +301,9 @@ impl Renderer<'_> {
             Ok(crate::address::HostClass::Local(why)) if !allow_local => self.issue(
                 object,
                 field,
-                &format!("{url} points at a {why} address; set spec.network.allowLocalUpstreams on the Tenant to allow it"),
+                &format!(
+                    "{url} points at a {why} address; set spec.network.allowLocalUpstreams on the Tenant to allow it"
+                ),
                 "LocalUpstreamRefused",
             ),
             Ok(_) => {}
@@ -299,7 +322,12 @@ impl Renderer<'_> {
             (McpTransport::Sse, _) => (McpEndpointTransport::Sse, spec.url.clone(), None),
             (McpTransport::Stdio, RenderMode::Cluster) => {
                 if spec.stdio.as_ref().is_none_or(|s| s.image.is_none()) {
-                    self.issue(&obj, "spec.stdio.image", "a stdio connection needs an image to run in a cluster", "MissingImage");
+                    self.issue(
+                        &obj,
+                        "spec.stdio.image",
+                        "a stdio connection needs an image to run in a cluster",
+                        "MissingImage",
+                    );
                 }
                 (McpEndpointTransport::StreamableHttp, Some(stdio_bridge_url(&name, namespace)), None)
             }
@@ -376,7 +404,12 @@ impl Renderer<'_> {
         let before = self.issues.len();
         if let Some(prompt) = &spec.system_prompt {
             if prompt.locked && origin != PolicyOrigin::Global {
-                self.issue(&obj, "spec.systemPrompt.locked", "only global policies (in the operator's namespace) can lock their prompt", "LockedOutsideGlobal");
+                self.issue(
+                    &obj,
+                    "spec.systemPrompt.locked",
+                    "only global policies (in the operator's namespace) can lock their prompt",
+                    "LockedOutsideGlobal",
+                );
             }
             if let Err(e) = crate::template::check(&prompt.template) {
                 self.issue(&obj, "spec.systemPrompt.template", &e, "InvalidTemplate");
@@ -385,7 +418,12 @@ impl Renderer<'_> {
         if let Some(guards) = &spec.guards {
             for (i, pattern) in guards.deny_patterns.iter().enumerate() {
                 if let Err(e) = regex::Regex::new(pattern) {
-                    self.issue(&obj, &format!("spec.guards.denyPatterns[{i}]"), &format!("invalid regular expression: {e}"), "InvalidPattern");
+                    self.issue(
+                        &obj,
+                        &format!("spec.guards.denyPatterns[{i}]"),
+                        &format!("invalid regular expression: {e}"),
+                        "InvalidPattern",
+                    );
                 }
             }
         }

@@ -100,7 +100,8 @@ fn unrelated_kinds_are_ignored_but_unknown_tenantgate_kinds_are_not() {
     let mut set = tenantgate_crds::manifests::ManifestSet::default();
     set.add_yaml("cm.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n").expect("ignored");
     assert_eq!(set.ignored, ["ConfigMap x"]);
-    let err = set.add_yaml("x.yaml", "apiVersion: tenantgate.dev/v1alpha1\nkind: Tenent\nmetadata: {name: x}\n").unwrap_err();
+    let err =
+        set.add_yaml("x.yaml", "apiVersion: tenantgate.dev/v1alpha1\nkind: Tenent\nmetadata: {name: x}\n").unwrap_err();
     assert!(err.to_string().contains("x.yaml (document 1): Tenent x: kind: unknown kind \"Tenent\""), "{err}");
     let err = set.add_yaml("v.yaml", "apiVersion: tenantgate.dev/v1\nkind: Tenant\nmetadata: {name: x}\n").unwrap_err();
     assert!(err.to_string().contains("apiVersion: unsupported version"), "{err}");
@@ -109,7 +110,8 @@ fn unrelated_kinds_are_ignored_but_unknown_tenantgate_kinds_are_not() {
 #[test]
 fn namespaced_objects_need_a_namespace_and_duplicates_are_refused() {
     let mut set = tenantgate_crds::manifests::ManifestSet::default();
-    let policy = "apiVersion: tenantgate.dev/v1alpha1\nkind: PromptPolicy\nmetadata: {name: p}\nspec: {allowedModels: ['*']}\n";
+    let policy =
+        "apiVersion: tenantgate.dev/v1alpha1\nkind: PromptPolicy\nmetadata: {name: p}\nspec: {allowedModels: ['*']}\n";
     let err = set.add_yaml("p.yaml", policy).unwrap_err();
     assert!(err.to_string().contains("metadata.namespace: is required"), "{err}");
     let policy = policy.replace("{name: p}", "{name: p, namespace: tg-a}");
@@ -128,17 +130,14 @@ fn crds_are_structural_and_documented() {
         assert!(crd.spec.names.short_names.as_ref().is_some_and(|s| !s.is_empty()), "{name}: short name");
         let columns: Vec<_> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
         assert!(columns.contains(&"Age"), "{name}: {columns:?}");
-        let schema = serde_json::to_value(version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).expect("schema"))
-            .expect("schema JSON");
+        let schema =
+            serde_json::to_value(version.schema.as_ref().and_then(|s| s.open_api_v3_schema.as_ref()).expect("schema"))
+                .expect("schema JSON");
         check_structural(&name, "", &schema["properties"]["spec"]);
         check_structural(&name, "", &schema["properties"]["status"]);
     }
-    let tenant_columns: Vec<_> = Tenant::crd().spec.versions[0]
-        .additional_printer_columns
-        .iter()
-        .flatten()
-        .map(|c| c.name.clone())
-        .collect();
+    let tenant_columns: Vec<_> =
+        Tenant::crd().spec.versions[0].additional_printer_columns.iter().flatten().map(|c| c.name.clone()).collect();
     for c in ["Namespace", "Ready", "Endpoint", "Age"] {
         assert!(tenant_columns.iter().any(|t| t == c), "kubectl get tenants shows {c}");
     }
@@ -161,7 +160,10 @@ fn check_structural(crd: &str, path: &str, node: &Value) {
     if let Some(props) = obj.get("properties").and_then(Value::as_object) {
         for (k, v) in props {
             let child = format!("{path}.{k}");
-            assert!(v.get("description").and_then(Value::as_str).is_some_and(|d| !d.is_empty()), "{crd}: {child} has no description");
+            assert!(
+                v.get("description").and_then(Value::as_str).is_some_and(|d| !d.is_empty()),
+                "{crd}: {child} has no description"
+            );
             check_structural(crd, &child, v);
         }
     }

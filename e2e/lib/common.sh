@@ -74,40 +74,51 @@ reserve_port() {
   die "could not reserve a free port"
 }
 
-# pid_is_ours PID: the process exists and runs from (or names) $TENANTGATE_RUN.
+# pid_running PID: the process exists and has not exited. (An exited child of
+# a script that has itself exited stays a zombie until PID 1 reaps it, which
+# here can take seconds; kill -0 still succeeds on it.)
+pid_running() {
+  local state
+  [[ $1 =~ ^[0-9]+$ ]] || return 1
+  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+  [[ -n $state && $state != Z && $state != X ]]
+}
+
+# pid_is_ours PID: the process runs and its working directory or command line
+# lies under $TENANTGATE_RUN.
 pid_is_ours() {
   local pid=$1 cwd
-  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  pid_running "$pid" || return 1
   cwd=$(readlink "/proc/$pid/cwd" 2>/dev/null || true)
   [[ $cwd == "$TENANTGATE_RUN" || $cwd == "$TENANTGATE_RUN"/* ]] && return 0
   tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$TENANTGATE_RUN"
 }
 
-# pidfile_alive FILE: FILE names a live process of ours.
+# pidfile_alive FILE: FILE names a running process of ours.
 pidfile_alive() { [[ -f $1 ]] && pid_is_ours "$(cat "$1")"; }
 
 # stop_our_pidfile FILE [SIGNAL]: like stop_pidfile, but only signals the
-# process if it is ours (see pid_is_ours); a stale pid file is just removed.
-# SIGNAL (default TERM) is sent first; KILL follows after 5 s.
+# process if it is ours (see pid_is_ours), so a stale pid file whose PID was
+# reused is just removed. Sends SIGNAL (default TERM), waits up to 10 s for the
+# process to exit, then sends KILL.
 stop_our_pidfile() {
   local file=$1 sig=${2:-TERM} pid
   [[ -f $file ]] || return 0
   pid=$(cat "$file")
   if pid_is_ours "$pid"; then
-    if [[ $sig == TERM ]]; then
-      stop_pidfile "$file"
-      return 0
-    fi
     kill -"$sig" "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-      kill -0 "$pid" 2>/dev/null || break
+    for _ in $(seq 1 100); do
+      pid_running "$pid" || break
       sleep 0.1
     done
-    kill -KILL "$pid" 2>/dev/null || true
-    for _ in $(seq 1 20); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
+    if pid_running "$pid"; then
+      log "pid $pid ($file) did not exit after SIG$sig; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do
+        pid_running "$pid" || break
+        sleep 0.1
+      done
+    fi
   fi
   rm -f "$file"
 }
@@ -118,7 +129,16 @@ stop_our_pidfile() {
 # returns, and a signal to the caller's process group does not reach it.
 start_bg() {
   local dir=$1 logf=$2 pidf=$3; shift 3
-  (cd "$dir" && exec setsid "$@" </dev/null >>"$logf" 2>&1 9>&- 8>&-) &
+  (
+    cd "$dir"
+    # setsid forks when its caller leads a process group (as a background job
+    # does when job control is on); such a job has its own group already.
+    read -r -a stat <"/proc/$BASHPID/stat"
+    if [[ ${stat[4]} == "$BASHPID" ]]; then
+      exec "$@" </dev/null >>"$logf" 2>&1 9>&- 8>&-
+    fi
+    exec setsid "$@" </dev/null >>"$logf" 2>&1 9>&- 8>&-
+  ) &
   echo $! >"$pidf"
 }
 

@@ -22,10 +22,20 @@ use super::common::SecretKeyRef;
     category = "tenantgate",
     status = "McpConnectionStatus",
     printcolumn(name = "Transport", type_ = "string", json_path = ".spec.transport"),
-    printcolumn(name = "Tenant", type_ = "string", json_path = ".status.tenant", description = "Tenant this connection is bound to"),
+    printcolumn(
+        name = "Tenant",
+        type_ = "string",
+        json_path = ".status.tenant",
+        description = "Tenant this connection is bound to"
+    ),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(
     validation = Rule::new("self.transport == 'stdio' || has(self.url)").message("url is required unless transport is stdio").field_path(".url"),

@@ -18,10 +18,20 @@ use serde::{Deserialize, Serialize};
     category = "tenantgate",
     status = "PromptPolicyStatus",
     printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
-    printcolumn(name = "Tenant", type_ = "string", json_path = ".status.tenant", description = "Tenant this policy applies to, or * for global policies"),
+    printcolumn(
+        name = "Tenant",
+        type_ = "string",
+        json_path = ".status.tenant",
+        description = "Tenant this policy applies to, or * for global policies"
+    ),
     printcolumn(name = "Accepted", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Accepted\")].reason", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].reason",
+        priority = 1
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("has(self.systemPrompt) || has(self.guards) || (has(self.allowedModels) && size(self.allowedModels) > 0)").message("a policy must set systemPrompt, guards or allowedModels"))]
 #[serde(rename_all = "camelCase")]

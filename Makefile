@@ -1,0 +1,52 @@
+# Tenantgate: `make test` runs every test; `make help` lists the targets.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+.PHONY: test
+test: check-generated test-unit test-cluster ## Every test (what CI runs)
+
+.PHONY: test-unit
+test-unit: ## Unit, golden and schema tests of every crate (no services needed)
+	$(CARGO) test --workspace --exclude tenantgate-tests
+
+.PHONY: test-cluster
+test-cluster: ## Tests against a real local control plane (started and stopped around them)
+	e2e/with-cluster $(CARGO) test -p tenantgate-tests -- --test-threads=4
+
+.PHONY: generate
+generate: ## Regenerate CRD YAML and the CRD reference
+	scripts/generate
+
+.PHONY: check-generated
+check-generated: ## Fail when a committed generated file is stale
+	scripts/check-generated
+
+.PHONY: fmt
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+.PHONY: cluster-build
+cluster-build: ## Build the pinned control-plane binaries into the cache
+	e2e/cluster/build
+
+.PHONY: cluster-up
+cluster-up: ## Start etcd, kube-apiserver, controller-manager, scheduler and kwok on 127.0.0.1
+	e2e/cluster/up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local control plane and remove its data
+	e2e/cluster/down
+
+.PHONY: services-up
+services-up: ## Start PostgreSQL and Redis on 127.0.0.1
+	e2e/services/up
+
+.PHONY: services-down
+services-down: ## Stop PostgreSQL and Redis and remove their data
+	e2e/services/down

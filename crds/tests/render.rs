@@ -1,0 +1,288 @@
+//! Rendering: golden files for the examples, composition order, hash stability
+//! and the problems that refuse or skip objects.
+
+mod common;
+
+use common::*;
+use tenantgate_crds::config::{JwtKeys, McpEndpointTransport, PolicyLayer};
+use tenantgate_crds::manifests::ManifestSet;
+use tenantgate_crds::render::{RenderInput, RenderMode, RenderOptions, render};
+use tenantgate_crds::v1alpha1::{McpConnection, PromptPolicy, Tenant};
+
+fn examples() -> ManifestSet {
+    load(&valid_example_files()).expect("examples load")
+}
+
+fn local() -> RenderOptions {
+    RenderOptions {
+        secrets_root: "/run/tenantgate/secrets".into(),
+        sqlite_path: "/run/tenantgate/gateway.db".into(),
+        mode: RenderMode::Local,
+    }
+}
+
+/// Compares with crds/tests/golden/NAME; `UPDATE_GOLDEN=1` rewrites the file.
+fn golden(name: &str, actual: &str) {
+    let path = repo_root().join("crds/tests/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).expect("write golden file");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", path.display()));
+    pretty_assertions::assert_eq!(
+        expected,
+        actual,
+        "{} is stale: run with UPDATE_GOLDEN=1 and review the diff",
+        path.display()
+    );
+}
+
+#[test]
+fn example_tenants_match_their_golden_configs() {
+    let set = examples();
+    for (tenant, options, file) in [
+        ("quickstart", RenderOptions::default(), "quickstart.yaml"),
+        ("quickstart", local(), "quickstart-local.yaml"),
+        ("acme", RenderOptions::default(), "acme.yaml"),
+        ("acme", local(), "acme-local.yaml"),
+    ] {
+        let t = set.tenant(tenant).expect("tenant");
+        let rendered = set.render(t, OPERATOR_NAMESPACE, &options).unwrap_or_else(|e| panic!("{tenant}: {e}"));
+        assert!(rendered.skipped.is_empty(), "{tenant}: {:?}", rendered.skipped);
+        assert!(rendered.config.hash_matches());
+        golden(file, &rendered.config.to_yaml().expect("YAML"));
+    }
+}
+
+#[test]
+fn policies_compose_global_then_tenant_then_user_by_priority() {
+    let set = examples();
+    let acme =
+        set.render(set.tenant("acme").expect("acme"), OPERATOR_NAMESPACE, &RenderOptions::default()).expect("renders");
+    let order: Vec<_> = acme.config.policies.iter().map(|p| (p.layer, p.id.as_str())).collect();
+    assert_eq!(
+        order,
+        [
+            (PolicyLayer::Global, "tenantgate-system/platform-baseline"),
+            (PolicyLayer::Tenant, "tg-acme/acme-base"),
+            (PolicyLayer::User, "tg-acme/contractors"),
+        ]
+    );
+    // Priority orders policies inside a layer; ties go by id.
+    let mut tenant = set.tenant("acme").expect("acme").clone();
+    tenant.metadata.name = Some("acme".into());
+    let mut low = policy("tg-acme", "z-low", 1);
+    let high = policy("tg-acme", "a-high", 500);
+    let same = policy("tg-acme", "b-same", 500);
+    low.spec.priority = 1;
+    let rendered = render(
+        RenderInput {
+            tenant: &tenant,
+            mcp_connections: &[],
+            tenant_policies: &[same, high, low],
+            global_policies: &[],
+        },
+        &RenderOptions::default(),
+    )
+    .expect("renders");
+    let ids: Vec<_> = rendered.config.policies.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["tg-acme/z-low", "tg-acme/a-high", "tg-acme/b-same"]);
+}
+
+fn policy(namespace: &str, name: &str, priority: i32) -> PromptPolicy {
+    serde_yaml::from_str(&format!(
+        "apiVersion: tenantgate.dev/v1alpha1\nkind: PromptPolicy\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
+         spec: {{priority: {priority}, systemPrompt: {{template: 'segment {name}'}}}}\n"
+    ))
+    .expect("policy YAML")
+}
+
+#[test]
+fn hash_is_stable_under_input_order_and_changes_with_content() {
+    let set = examples();
+    let tenant = set.tenant("acme").expect("acme");
+    let conns: Vec<McpConnection> = set.mcp_connections.clone();
+    let tenant_policies: Vec<PromptPolicy> =
+        set.prompt_policies.iter().filter(|p| p.metadata.namespace.as_deref() == Some("tg-acme")).cloned().collect();
+    let global: Vec<PromptPolicy> = set
+        .prompt_policies
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(OPERATOR_NAMESPACE))
+        .cloned()
+        .collect();
+    let run = |c: &[McpConnection], p: &[PromptPolicy]| {
+        render(
+            RenderInput { tenant, mcp_connections: c, tenant_policies: p, global_policies: &global },
+            &RenderOptions::default(),
+        )
+        .expect("renders")
+        .config
+    };
+    let a = run(&conns, &tenant_policies);
+    let b = run(&conns, &tenant_policies);
+    assert_eq!(a.config_hash, b.config_hash, "same input, same hash");
+    let mut rc = conns.clone();
+    rc.reverse();
+    let mut rp = tenant_policies.clone();
+    rp.reverse();
+    let c = run(&rc, &rp);
+    assert_eq!(a, c, "input order does not matter");
+    let mut changed = tenant_policies.clone();
+    changed[0].spec.priority += 1;
+    let d = run(&conns, &changed);
+    assert_ne!(a.config_hash, d.config_hash, "a policy change changes the hash");
+    assert_eq!(a.config_hash.len(), 64);
+    let mut tampered = a.clone();
+    tampered.routing.max_retries = 9;
+    assert!(!tampered.hash_matches(), "an edited config no longer matches its hash");
+}
+
+#[test]
+fn secrets_are_paths_never_values() {
+    let set = examples();
+    for tenant in &set.tenants {
+        let rendered = set.render(tenant, OPERATOR_NAMESPACE, &RenderOptions::default()).expect("renders");
+        let yaml = rendered.config.to_yaml().expect("YAML");
+        for secret in &set.secrets {
+            for value in secret.string_data.iter().flat_map(|d| d.values()) {
+                assert!(
+                    !yaml.contains(value.as_str()),
+                    "{}: secret value leaked into the config",
+                    tenant.metadata.name.as_deref().unwrap_or_default()
+                );
+            }
+        }
+        for r in &rendered.secret_refs {
+            assert!(
+                yaml.contains(&format!("/var/run/secrets/tenantgate/{}/{}", r.name, r.key)),
+                "{r:?} is mounted and used"
+            );
+        }
+    }
+    let quickstart =
+        set.render(set.tenant("quickstart").expect("qs"), OPERATOR_NAMESPACE, &RenderOptions::default()).expect("ok");
+    assert_eq!(
+        quickstart.config.auth.jwt.keys,
+        JwtKeys::JwksFile("/var/run/secrets/tenantgate/quickstart-jwks/jwks.json".into())
+    );
+    let names: Vec<_> = quickstart.secret_refs.iter().map(|r| format!("{}/{}", r.name, r.key)).collect();
+    assert_eq!(
+        names,
+        ["gateway-keys/api-key-pepper", "gateway-keys/token-encryption-key", "quickstart-jwks/jwks.json"]
+    );
+}
+
+#[test]
+fn stdio_connections_run_behind_a_bridge_in_a_cluster_and_as_children_locally() {
+    let set = examples();
+    let acme = set.tenant("acme").expect("acme");
+    let cluster = set.render(acme, OPERATOR_NAMESPACE, &RenderOptions::default()).expect("renders");
+    let everything = cluster.config.mcp.iter().find(|c| c.name == "everything").expect("everything");
+    assert_eq!(everything.transport, McpEndpointTransport::StreamableHttp);
+    assert_eq!(everything.url.as_deref(), Some("http://mcp-everything.tg-acme.svc:8080/mcp"));
+    let local = set.render(acme, OPERATOR_NAMESPACE, &local()).expect("renders");
+    let everything = local.config.mcp.iter().find(|c| c.name == "everything").expect("everything");
+    assert_eq!(everything.transport, McpEndpointTransport::Stdio);
+    let process = everything.stdio.as_ref().expect("process");
+    assert_eq!(
+        (process.command.as_str(), process.args.as_slice()),
+        ("npx", &["-y".to_string(), "@modelcontextprotocol/server-everything".into()][..])
+    );
+}
+
+fn tenant_yaml(extra: &str) -> Tenant {
+    serde_yaml::from_str(&format!(
+        "apiVersion: tenantgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: t}}\nspec:\n  auth:\n    jwt: {{issuer: i, audiences: [a], jwksUri: 'https://idp.example/jwks'}}\n  models: [{{name: m, targets: [{{provider: p, model: x}}]}}]\n{extra}"
+    ))
+    .expect("tenant YAML")
+}
+
+#[test]
+fn local_upstreams_are_refused_unless_allowed() {
+    let tenant = tenant_yaml("  providers: [{name: p, type: openai, baseUrl: 'http://169.254.169.254/v1'}]\n");
+    let input = RenderInput { tenant: &tenant, mcp_connections: &[], tenant_policies: &[], global_policies: &[] };
+    let err = render(input, &RenderOptions::default()).expect_err("metadata address refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("Tenant t: spec.providers[0].baseUrl")
+            && text.contains("link-local")
+            && text.contains("allowLocalUpstreams"),
+        "{text}"
+    );
+    assert_eq!(err.issues[0].reason, "LocalUpstreamRefused");
+    let allowed = tenant_yaml(
+        "  providers: [{name: p, type: openai, baseUrl: 'http://127.0.0.1:9000/v1'}]\n  network: {allowLocalUpstreams: true}\n",
+    );
+    let input = RenderInput { tenant: &allowed, mcp_connections: &[], tenant_policies: &[], global_policies: &[] };
+    assert!(render(input, &RenderOptions::default()).is_ok());
+}
+
+#[test]
+fn bad_policies_refuse_the_whole_config_naming_the_policy() {
+    let tenant = tenant_yaml("  providers: [{name: p, type: mock}]\n");
+    let locked: PromptPolicy = serde_yaml::from_str(
+        "apiVersion: tenantgate.dev/v1alpha1\nkind: PromptPolicy\nmetadata: {name: sneaky, namespace: tg-t}\nspec: {systemPrompt: {template: x, locked: true}}\n",
+    )
+    .expect("yaml");
+    let broken: PromptPolicy = serde_yaml::from_str(
+        "apiVersion: tenantgate.dev/v1alpha1\nkind: PromptPolicy\nmetadata: {name: broken, namespace: tg-t}\nspec: {systemPrompt: {template: 'Hi {{ user.subject '}}\n",
+    )
+    .expect("yaml");
+    let input =
+        RenderInput { tenant: &tenant, mcp_connections: &[], tenant_policies: &[locked, broken], global_policies: &[] };
+    let err = render(input, &RenderOptions::default()).expect_err("refused");
+    let reasons: Vec<_> = err.issues.iter().map(|i| (i.object.as_str(), i.reason)).collect();
+    assert_eq!(
+        reasons,
+        [("PromptPolicy tg-t/sneaky", "LockedOutsideGlobal"), ("PromptPolicy tg-t/broken", "InvalidTemplate")]
+    );
+    assert!(
+        err.to_string().contains("PromptPolicy tg-t/broken: spec.systemPrompt.template: template does not parse"),
+        "{err}"
+    );
+}
+
+#[test]
+fn connections_with_clashing_prefixes_are_skipped_not_fatal() {
+    let tenant = tenant_yaml("  providers: [{name: p, type: mock}]\n");
+    let conn = |name: &str| -> McpConnection {
+        serde_yaml::from_str(&format!(
+            "apiVersion: tenantgate.dev/v1alpha1\nkind: McpConnection\nmetadata: {{name: {name}, namespace: tg-t}}\nspec: {{url: 'https://mcp.example/mcp', tools: {{prefix: shared}}}}\n"
+        ))
+        .expect("yaml")
+    };
+    let conns = [conn("b"), conn("a")];
+    let input = RenderInput { tenant: &tenant, mcp_connections: &conns, tenant_policies: &[], global_policies: &[] };
+    let rendered = render(input, &RenderOptions::default()).expect("renders");
+    assert_eq!(rendered.config.mcp.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["a"]);
+    assert_eq!(rendered.skipped.len(), 1);
+    assert_eq!(rendered.skipped[0].reason, "PrefixConflict");
+    assert!(
+        rendered.skipped[0].to_string().starts_with(
+            "McpConnection tg-t/b: spec.tools.prefix: prefix \"shared\" is already used by McpConnection a"
+        )
+    );
+}
+
+#[test]
+fn golden_configs_parse_back_strictly() {
+    for file in ["quickstart.yaml", "acme.yaml", "acme-local.yaml"] {
+        let text = std::fs::read_to_string(repo_root().join("crds/tests/golden").join(file)).expect("golden file");
+        let config = tenantgate_crds::config::GatewayConfig::from_yaml(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert!(config.hash_matches(), "{file}");
+        assert_eq!(config.to_yaml().expect("YAML"), text, "{file} round-trips byte for byte");
+    }
+    let text = std::fs::read_to_string(repo_root().join("crds/tests/golden/quickstart.yaml")).expect("golden");
+    let err = tenantgate_crds::config::GatewayConfig::from_yaml(
+        &text.replace("  maxRetries: 2", "  maxRetries: 2\n  maxRetry: 3"),
+    )
+    .expect_err("unknown field");
+    assert_eq!(err.to_string(), "routing.maxRetry: unknown field");
+    let err = tenantgate_crds::config::GatewayConfig::from_yaml(&text.replace("  maxRetries: 2", "  maxRetries: many"))
+        .expect_err("type");
+    assert!(err.to_string().starts_with("routing.maxRetries: invalid type"), "{err}");
+    let err = tenantgate_crds::config::GatewayConfig::from_yaml(&text.replacen("version: 1", "version: 7", 1))
+        .expect_err("version");
+    assert!(err.to_string().contains("format version 7 is not supported"), "{err}");
+}
