@@ -74,6 +74,14 @@ reserve_port() {
   die "could not reserve a free port"
 }
 
+# run_lock NAME: the path of a lock file for NAME (cluster, services) of
+# $TENANTGATE_RUN. It lives outside $TENANTGATE_RUN, so down can remove that.
+run_lock() {
+  local dir=${TMPDIR:-/tmp}/tenantgate-locks
+  mkdir -p "$dir"
+  echo "$dir/$(printf '%s' "$TENANTGATE_RUN" | sha256sum | cut -c1-16).$1.lock"
+}
+
 # pid_running PID: the process exists and has not exited. (An exited child of
 # a script that has itself exited stays a zombie until PID 1 reaps it, which
 # here can take seconds; kill -0 still succeeds on it.)
@@ -130,7 +138,7 @@ stop_our_pidfile() {
 start_bg() {
   local dir=$1 logf=$2 pidf=$3; shift 3
   (
-    cd "$dir"
+    cd "$dir" || exit 1
     # setsid forks when its caller leads a process group (as a background job
     # does when job control is on); such a job has its own group already.
     read -r -a stat <"/proc/$BASHPID/stat"

@@ -1,0 +1,13 @@
+//! The Tenantgate operator: turns each Tenant into an isolated gateway stack.
+#![forbid(unsafe_code)]
+
+pub mod bindings;
+pub mod client;
+pub mod context;
+pub mod diff;
+pub mod labels;
+pub mod metrics;
+pub mod render_cmd;
+pub mod run;
+pub mod server;
+pub mod tenant;

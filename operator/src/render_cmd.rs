@@ -1,0 +1,183 @@
+//! `tenantgate-operator render -f DIR`: every object the operator would apply
+//! for the CRD YAML in DIR, without a cluster, for GitOps review and `kubectl diff`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use kube::ResourceExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tenantgate_crds::manifests::ManifestSet;
+use tenantgate_crds::render::{GATEWAY_KEYS_SECRET, RenderOptions, tenant_namespace};
+
+use crate::tenant::build::{BuildInput, BuildSettings, TenantStack, build};
+
+/// Why `render` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderCmdError {
+    /// A file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML was refused.
+    #[error("{0}")]
+    Manifests(#[from] tenantgate_crds::manifests::ManifestErrors),
+    /// A tenant's config was refused.
+    #[error("Tenant {tenant}: {source}")]
+    Render {
+        /// The tenant.
+        tenant: String,
+        /// The cause.
+        #[source]
+        source: tenantgate_crds::render::RenderError,
+    },
+    /// A builder failed (a bug).
+    #[error(transparent)]
+    Build(#[from] crate::tenant::build::BuildError),
+    /// Serializing failed (a bug).
+    #[error("serializing: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    /// DIR has no Tenant.
+    #[error("no Tenant found in {0}")]
+    NoTenant(String),
+}
+
+/// Every YAML file under `dir` (or `dir` itself when it is a file), sorted.
+pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, RenderCmdError> {
+    if dir.is_file() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&d).map_err(|source| RenderCmdError::Read { path: d.display().to_string(), source })?;
+        for entry in entries {
+            let path = entry.map_err(|source| RenderCmdError::Read { path: d.display().to_string(), source })?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Renders every tenant of the YAML under `dirs` into the objects the operator
+/// would apply, as one multi-document YAML stream.
+pub fn render(dirs: &[PathBuf], settings: &BuildSettings) -> Result<String, RenderCmdError> {
+    let mut set = ManifestSet::default();
+    for dir in dirs {
+        for file in yaml_files(dir)? {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|source| RenderCmdError::Read { path: file.display().to_string(), source })?;
+            set.add_yaml(&file.display().to_string(), &text)?;
+        }
+    }
+    if set.tenants.is_empty() {
+        return Err(RenderCmdError::NoTenant(
+            dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "),
+        ));
+    }
+    let mut tenants = set.tenants.clone();
+    tenants.sort_by_key(|t| t.name_any());
+    let mut out = String::new();
+    for tenant in &tenants {
+        let name = tenant.name_any();
+        let rendered = set
+            .render(tenant, &settings.operator_namespace, &RenderOptions::default())
+            .map_err(|source| RenderCmdError::Render { tenant: name.clone(), source })?;
+        let namespace = tenant_namespace(tenant);
+        // Secrets in the directory stand in for the cluster's: their content
+        // hash plays the part of the resourceVersion in the pod checksum.
+        let secret_versions: BTreeMap<String, String> = set
+            .secrets
+            .iter()
+            .filter(|s| s.metadata.namespace.as_deref() == Some(&namespace))
+            .filter(|s| rendered.secret_refs.iter().any(|r| Some(&r.name) == s.metadata.name.as_ref()))
+            .map(|s| {
+                let digest = Sha256::digest(serde_json::to_vec(&(&s.data, &s.string_data)).unwrap_or_default());
+                (s.name_any(), hex::encode(&digest[..8]))
+            })
+            .collect();
+        let connections: Vec<_> = set
+            .mcp_connections
+            .iter()
+            .filter(|c| c.metadata.namespace.as_deref() == Some(&namespace))
+            .cloned()
+            .collect();
+        let stack = build(&BuildInput {
+            tenant,
+            rendered: &rendered,
+            mcp_connections: &connections,
+            secret_versions: &secret_versions,
+            create_gateway_keys: false,
+            settings,
+        })?;
+        let _ = writeln!(out, "# Tenant {name}: config hash {}", rendered.config.config_hash);
+        let _ = writeln!(
+            out,
+            "# Secret {namespace}/{GATEWAY_KEYS_SECRET} is generated in the cluster, once, and never shown."
+        );
+        for issue in &rendered.skipped {
+            let _ = writeln!(out, "# skipped: {issue}");
+        }
+        push_stack(&mut out, stack)?;
+    }
+    Ok(out)
+}
+
+fn push<T: Serialize>(out: &mut String, obj: &T) -> Result<(), serde_yaml::Error> {
+    out.push_str("---\n");
+    out.push_str(&serde_yaml::to_string(obj)?);
+    Ok(())
+}
+
+fn push_stack(out: &mut String, stack: TenantStack) -> Result<(), serde_yaml::Error> {
+    let TenantStack {
+        namespace,
+        service_account,
+        gateway_keys: _,
+        config_map,
+        deployment,
+        service,
+        hpa,
+        pdb,
+        network_policy,
+        ingress,
+        http_route,
+        service_monitor,
+        stdio_bridges,
+    } = stack;
+    push(out, &namespace)?;
+    push(out, &service_account)?;
+    push(out, &config_map)?;
+    push(out, &service)?;
+    push(out, &network_policy)?;
+    for (d, s) in &stdio_bridges {
+        push(out, d)?;
+        push(out, s)?;
+    }
+    push(out, &deployment)?;
+    for o in hpa.iter() {
+        push(out, o)?;
+    }
+    for o in pdb.iter() {
+        push(out, o)?;
+    }
+    for o in ingress.iter() {
+        push(out, o)?;
+    }
+    for o in http_route.iter().chain(service_monitor.iter()) {
+        push(out, o)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,669 @@
+//! Step 3 of the pipeline: the desired objects of one tenant, built without a
+//! client from what dereferencing found. One `build_*` function per object.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::ResourceExt;
+use kube::api::DynamicObject;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tenantgate_crds::address::{HostClass, classify_url};
+use tenantgate_crds::render::{RenderedConfig, STDIO_BRIDGE_PORT, tenant_namespace};
+use tenantgate_crds::v1alpha1::{McpConnection, McpTransport, Tenant};
+
+use crate::labels::*;
+
+/// Settings of the operator that shape what it builds.
+#[derive(Clone, Debug)]
+pub struct BuildSettings {
+    /// Namespace the operator runs in (allowed to reach gateways; global policies live there).
+    pub operator_namespace: String,
+    /// Gateway image.
+    pub gateway_image: String,
+    /// Label selector of namespaces whose pods may scrape gateway metrics.
+    pub metrics_namespace_labels: BTreeMap<String, String>,
+    /// Whether the Gateway API's HTTPRoute exists in the cluster.
+    pub gateway_api: bool,
+    /// Whether the Prometheus Operator's ServiceMonitor exists in the cluster.
+    pub service_monitors: bool,
+}
+
+impl Default for BuildSettings {
+    fn default() -> Self {
+        Self {
+            operator_namespace: "tenantgate-system".into(),
+            gateway_image: "ghcr.io/tenantgate/gateway:0.1.0".into(),
+            metrics_namespace_labels: BTreeMap::from([("tenantgate.dev/metrics-scraper".into(), "true".into())]),
+            gateway_api: false,
+            service_monitors: false,
+        }
+    }
+}
+
+/// What the build step needs besides the Tenant itself.
+#[derive(Clone, Debug)]
+pub struct BuildInput<'a> {
+    /// The tenant.
+    pub tenant: &'a Tenant,
+    /// Its rendered config.
+    pub rendered: &'a RenderedConfig,
+    /// Its McpConnections (stdio ones get a bridge Deployment).
+    pub mcp_connections: &'a [McpConnection],
+    /// resourceVersion of each referenced Secret that exists, by name: part of
+    /// the pod checksum so a Secret change rolls the pods.
+    pub secret_versions: &'a BTreeMap<String, String>,
+    /// Whether the `gateway-keys` Secret must be created (it is never rewritten).
+    pub create_gateway_keys: bool,
+    /// Operator settings.
+    pub settings: &'a BuildSettings,
+}
+
+/// Everything the operator applies for one tenant. The apply step takes it
+/// apart without `..`, so a new object cannot be forgotten there.
+#[derive(Clone, Debug)]
+pub struct TenantStack {
+    /// The tenant namespace.
+    pub namespace: Namespace,
+    /// The gateway's ServiceAccount.
+    pub service_account: ServiceAccount,
+    /// Generated keys, only when they do not exist yet.
+    pub gateway_keys: Option<Secret>,
+    /// The rendered GatewayConfig.
+    pub config_map: ConfigMap,
+    /// The gateway.
+    pub deployment: Deployment,
+    /// Its Service.
+    pub service: Service,
+    /// Its autoscaler, when autoscaling is set.
+    pub hpa: Option<HorizontalPodAutoscaler>,
+    /// Its disruption budget, when more than one replica runs.
+    pub pdb: Option<PodDisruptionBudget>,
+    /// The network fence.
+    pub network_policy: NetworkPolicy,
+    /// External exposure through an Ingress.
+    pub ingress: Option<Ingress>,
+    /// External exposure through a Gateway API HTTPRoute.
+    pub http_route: Option<DynamicObject>,
+    /// Prometheus Operator scraping.
+    pub service_monitor: Option<DynamicObject>,
+    /// A bridge Deployment and Service per stdio McpConnection.
+    pub stdio_bridges: Vec<(Deployment, Service)>,
+}
+
+/// A builder produced an object its type refuses: a bug, reported not panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("building {kind}: {source}")]
+pub struct BuildError {
+    kind: &'static str,
+    #[source]
+    source: serde_json::Error,
+}
+
+fn typed<T: DeserializeOwned>(kind: &'static str, value: Value) -> Result<T, BuildError> {
+    serde_json::from_value(value).map_err(|source| BuildError { kind, source })
+}
+
+fn meta(input: &BuildInput<'_>, name: &str, component: &str) -> Value {
+    json!({
+        "name": name,
+        "namespace": tenant_namespace(input.tenant),
+        "labels": labels(&input.tenant.name_any(), component),
+        "ownerReferences": [owner_reference(input.tenant)],
+    })
+}
+
+/// Builds the whole stack.
+pub fn build(input: &BuildInput<'_>) -> Result<TenantStack, BuildError> {
+    Ok(TenantStack {
+        namespace: build_namespace(input)?,
+        service_account: build_service_account(input)?,
+        gateway_keys: input.create_gateway_keys.then(|| build_gateway_keys(input)).transpose()?,
+        config_map: build_config_map(input)?,
+        deployment: build_deployment(input)?,
+        service: build_service(input)?,
+        hpa: build_hpa(input)?,
+        pdb: build_pdb(input)?,
+        network_policy: build_network_policy(input)?,
+        ingress: build_ingress(input)?,
+        http_route: build_http_route(input)?,
+        service_monitor: build_service_monitor(input)?,
+        stdio_bridges: build_stdio_bridges(input)?,
+    })
+}
+
+/// The tenant namespace: Pod Security `restricted` enforced.
+pub fn build_namespace(input: &BuildInput<'_>) -> Result<Namespace, BuildError> {
+    let tenant = input.tenant.name_any();
+    let mut labels = labels(&tenant, "namespace");
+    labels.insert("pod-security.kubernetes.io/enforce".into(), "restricted".into());
+    labels.insert("pod-security.kubernetes.io/enforce-version".into(), "latest".into());
+    labels.insert("pod-security.kubernetes.io/warn".into(), "restricted".into());
+    typed(
+        "Namespace",
+        json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": { "name": tenant_namespace(input.tenant), "labels": labels, "ownerReferences": [owner_reference(input.tenant)] },
+        }),
+    )
+}
+
+/// The gateway's ServiceAccount; the gateway never talks to the API server.
+pub fn build_service_account(input: &BuildInput<'_>) -> Result<ServiceAccount, BuildError> {
+    typed(
+        "ServiceAccount",
+        json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": meta(input, GATEWAY, "gateway"),
+            "automountServiceAccountToken": false,
+        }),
+    )
+}
+
+/// Per-tenant keys from the operating system's CSPRNG. Created once; the
+/// operator never rewrites it, so stored tokens and API key hashes survive.
+pub fn build_gateway_keys(input: &BuildInput<'_>) -> Result<Secret, BuildError> {
+    use base64::Engine;
+    let key = |len: usize| {
+        let mut bytes = vec![0u8; len];
+        // The OS CSPRNG does not fail on supported platforms; an all-zero key would, so refuse it.
+        getrandom::fill(&mut bytes).map(|()| base64::engine::general_purpose::STANDARD.encode(&bytes))
+    };
+    let (Ok(encryption), Ok(pepper)) = (key(32), key(32)) else {
+        return Err(BuildError {
+            kind: "Secret gateway-keys",
+            source: serde::de::Error::custom("no randomness available"),
+        });
+    };
+    typed(
+        "Secret",
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": meta(input, tenantgate_crds::render::GATEWAY_KEYS_SECRET, "keys"),
+            "type": "Opaque",
+            "stringData": {
+                tenantgate_crds::render::TOKEN_ENCRYPTION_KEY: encryption,
+                tenantgate_crds::render::API_KEY_PEPPER: pepper,
+            },
+        }),
+    )
+}
+
+/// The rendered GatewayConfig (no secret values: only file paths).
+pub fn build_config_map(input: &BuildInput<'_>) -> Result<ConfigMap, BuildError> {
+    let config = &input.rendered.config;
+    let yaml = config.to_yaml().map_err(|e| BuildError { kind: "ConfigMap", source: serde::de::Error::custom(e) })?;
+    let mut metadata = meta(input, GATEWAY_CONFIG, "config");
+    metadata["annotations"] = json!({ CONFIG_HASH_ANNOTATION: config.config_hash });
+    typed(
+        "ConfigMap",
+        json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": { CONFIG_KEY: yaml } }),
+    )
+}
+
+/// Checksum of everything the pods read: the config and the versions of the
+/// Secrets they mount. Its change rolls the pods.
+pub fn pod_checksum(input: &BuildInput<'_>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(input.rendered.config.config_hash.as_bytes());
+    for (name, version) in input.secret_versions {
+        hasher.update(format!("\n{name}={version}").as_bytes());
+    }
+    hex::encode(hasher.finalize())[..16].to_owned()
+}
+
+fn restricted_container_security() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": { "drop": ["ALL"] },
+        "seccompProfile": { "type": "RuntimeDefault" },
+    })
+}
+
+fn restricted_pod_security() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "seccompProfile": { "type": "RuntimeDefault" },
+    })
+}
+
+/// The projected volume of every Secret key the config points at, laid out as
+/// `<secret>/<key>` so the config's paths resolve.
+fn secret_volume(input: &BuildInput<'_>) -> Value {
+    let mut by_secret: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in &input.rendered.secret_refs {
+        by_secret.entry(r.name.as_str()).or_default().push(r.key.as_str());
+    }
+    let sources: Vec<Value> = by_secret
+        .iter()
+        .map(|(name, keys)| {
+            let items: Vec<Value> = keys.iter().map(|k| json!({ "key": k, "path": format!("{name}/{k}") })).collect();
+            json!({ "secret": { "name": name, "items": items } })
+        })
+        .collect();
+    json!({ "name": "secrets", "projected": { "sources": sources, "defaultMode": 0o440 } })
+}
+
+/// The gateway Deployment. `replicas` is left to the HPA when autoscaling is on.
+pub fn build_deployment(input: &BuildInput<'_>) -> Result<Deployment, BuildError> {
+    let spec = &input.tenant.spec;
+    let tenant = input.tenant.name_any();
+    let selector = gateway_selector(&tenant);
+    let mut pod_labels = labels(&tenant, "gateway");
+    pod_labels.extend(selector.clone());
+    let resources =
+        spec.gateway.resources.as_ref().map(|r| serde_json::to_value(r).unwrap_or(Value::Null)).unwrap_or_else(
+            || json!({ "requests": { "cpu": "100m", "memory": "64Mi" }, "limits": { "memory": "256Mi" } }),
+        );
+    let probe = |path: &str, period: u32| json!({ "httpGet": { "path": path, "port": "http" }, "periodSeconds": period, "timeoutSeconds": 2, "failureThreshold": 3 });
+    let mut deployment_spec = json!({
+        "selector": { "matchLabels": selector },
+        "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 0, "maxSurge": 1 } },
+        "template": {
+            "metadata": { "labels": pod_labels, "annotations": { CHECKSUM_ANNOTATION: pod_checksum(input) } },
+            "spec": {
+                "serviceAccountName": GATEWAY,
+                "automountServiceAccountToken": false,
+                "enableServiceLinks": false,
+                "securityContext": restricted_pod_security(),
+                "terminationGracePeriodSeconds": 45,
+                "topologySpreadConstraints": [
+                    { "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": { "matchLabels": selector } },
+                    { "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": { "matchLabels": selector } },
+                ],
+                "containers": [{
+                    "name": "gateway",
+                    "image": spec.gateway.image.clone().unwrap_or_else(|| input.settings.gateway_image.clone()),
+                    "args": ["--config", format!("/etc/tenantgate/{CONFIG_KEY}"), "--listen", format!("0.0.0.0:{GATEWAY_PORT}")],
+                    "ports": [{ "name": "http", "containerPort": GATEWAY_PORT, "protocol": "TCP" }],
+                    "env": [
+                        { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                        { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
+                    ],
+                    "resources": resources,
+                    "livenessProbe": probe("/livez", 10),
+                    "readinessProbe": probe("/readyz", 5),
+                    "startupProbe": { "httpGet": { "path": "/livez", "port": "http" }, "periodSeconds": 2, "failureThreshold": 30 },
+                    "securityContext": restricted_container_security(),
+                    "volumeMounts": [
+                        { "name": "config", "mountPath": "/etc/tenantgate", "readOnly": true },
+                        { "name": "secrets", "mountPath": tenantgate_crds::render::SECRETS_ROOT, "readOnly": true },
+                        { "name": "data", "mountPath": "/var/lib/tenantgate" },
+                        { "name": "tmp", "mountPath": "/tmp" },
+                    ],
+                }],
+                "volumes": [
+                    { "name": "config", "configMap": { "name": GATEWAY_CONFIG } },
+                    secret_volume(input),
+                    { "name": "data", "emptyDir": {} },
+                    { "name": "tmp", "emptyDir": { "medium": "Memory", "sizeLimit": "16Mi" } },
+                ],
+            },
+        },
+    });
+    if spec.gateway.autoscaling.is_none() {
+        deployment_spec["replicas"] = json!(spec.gateway.replicas);
+    }
+    typed(
+        "Deployment",
+        json!({ "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(input, GATEWAY, "gateway"), "spec": deployment_spec }),
+    )
+}
+
+/// The gateway Service.
+pub fn build_service(input: &BuildInput<'_>) -> Result<Service, BuildError> {
+    typed(
+        "Service",
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": meta(input, GATEWAY, "gateway"),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": gateway_selector(&input.tenant.name_any()),
+                "ports": [{ "name": "http", "port": GATEWAY_PORT, "targetPort": "http", "protocol": "TCP" }],
+            },
+        }),
+    )
+}
+
+/// An autoscaling/v2 HPA on CPU, when autoscaling is set.
+pub fn build_hpa(input: &BuildInput<'_>) -> Result<Option<HorizontalPodAutoscaler>, BuildError> {
+    let Some(a) = &input.tenant.spec.gateway.autoscaling else { return Ok(None) };
+    typed(
+        "HorizontalPodAutoscaler",
+        json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": meta(input, GATEWAY, "gateway"),
+            "spec": {
+                "scaleTargetRef": { "apiVersion": "apps/v1", "kind": "Deployment", "name": GATEWAY },
+                "minReplicas": a.min_replicas,
+                "maxReplicas": a.max_replicas,
+                "metrics": [{ "type": "Resource", "resource": { "name": "cpu", "target": { "type": "Utilization", "averageUtilization": a.target_cpu_utilization_percentage } } }],
+            },
+        }),
+    )
+    .map(Some)
+}
+
+/// A PodDisruptionBudget when more than one replica runs.
+pub fn build_pdb(input: &BuildInput<'_>) -> Result<Option<PodDisruptionBudget>, BuildError> {
+    let g = &input.tenant.spec.gateway;
+    let least = g.autoscaling.as_ref().map_or(g.replicas, |a| a.min_replicas);
+    if least <= 1 {
+        return Ok(None);
+    }
+    typed(
+        "PodDisruptionBudget",
+        json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": meta(input, GATEWAY, "gateway"),
+            "spec": { "maxUnavailable": 1, "selector": { "matchLabels": gateway_selector(&input.tenant.name_any()) } },
+        }),
+    )
+    .map(Some)
+}
+
+/// Where an upstream URL is, as NetworkPolicy can express it.
+fn egress_for_url(url: &str) -> Option<Value> {
+    let parsed = url::Url::parse(url).ok()?;
+    let port = parsed.port_or_known_default()?;
+    let ports = json!([{ "protocol": "TCP", "port": port }]);
+    let host = parsed.host_str()?.trim_end_matches('.');
+    if let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        let cidr = if ip.is_ipv4() { format!("{ip}/32") } else { format!("{ip}/128") };
+        return Some(json!({ "to": [{ "ipBlock": { "cidr": cidr } }], "ports": ports }));
+    }
+    // In-cluster Services: <svc>.<namespace>.svc[.cluster.local]
+    let labels: Vec<&str> = host.split('.').collect();
+    if labels.len() >= 3 && labels[2] == "svc" {
+        return Some(json!({
+            "to": [{ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": labels[1] } } }],
+            "ports": ports,
+        }));
+    }
+    // A public name: the internet on that port, nothing inside private ranges.
+    Some(json!({
+        "to": [{ "ipBlock": { "cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8"] } }],
+        "ports": ports,
+    }))
+}
+
+/// Default deny; ingress only from allowed peers, the operator's namespace and
+/// metrics scrapers; egress only to DNS and what the config names.
+pub fn build_network_policy(input: &BuildInput<'_>) -> Result<NetworkPolicy, BuildError> {
+    let spec = &input.tenant.spec;
+    let mut from: Vec<Value> =
+        spec.network.allow_ingress_from.iter().map(|p| serde_json::to_value(p).unwrap_or(Value::Null)).collect();
+    from.push(json!({ "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": input.settings.operator_namespace } } }));
+    from.push(json!({ "namespaceSelector": { "matchLabels": input.settings.metrics_namespace_labels } }));
+
+    let mut egress = vec![json!({
+        "to": [{ "namespaceSelector": {}, "podSelector": { "matchLabels": { "k8s-app": "kube-dns" } } }],
+        "ports": [{ "protocol": "UDP", "port": 53 }, { "protocol": "TCP", "port": 53 }],
+    })];
+    let mut urls: BTreeSet<String> = BTreeSet::new();
+    let config = &input.rendered.config;
+    urls.extend(config.providers.iter().filter_map(|p| p.base_url.clone()));
+    urls.extend(config.mcp.iter().filter_map(|c| c.url.clone()));
+    if let tenantgate_crds::config::JwtKeys::JwksUri(uri) = &config.auth.jwt.keys {
+        urls.insert(uri.clone());
+    }
+    for c in &config.mcp {
+        match &c.auth {
+            Some(tenantgate_crds::config::McpAuthConfig::Oauth2ClientCredentials { token_url, .. }) => {
+                urls.insert(token_url.clone());
+            }
+            Some(tenantgate_crds::config::McpAuthConfig::Oauth2AuthorizationCode { token_url, .. }) => {
+                urls.insert(token_url.clone());
+            }
+            _ => {}
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for url in &urls {
+        if matches!(classify_url(url), Ok(HostClass::Local(_))) {
+            continue; // only reachable with allowLocalUpstreams, and never across pods
+        }
+        if let Some(rule) = egress_for_url(url)
+            && seen.insert(rule.to_string())
+        {
+            egress.push(rule);
+        }
+    }
+    // Storage URLs live in Secrets the operator does not read: allow the
+    // standard ports anywhere, so Redis and PostgreSQL work in or out of cluster.
+    let storage_ports: Vec<Value> =
+        [spec.storage.redis.as_ref().map(|_| 6379), spec.storage.database.as_ref().map(|_| 5432)]
+            .into_iter()
+            .flatten()
+            .map(|port| json!({ "protocol": "TCP", "port": port }))
+            .collect();
+    if !storage_ports.is_empty() {
+        egress.push(json!({ "to": [{ "namespaceSelector": {} }, { "ipBlock": { "cidr": "0.0.0.0/0" } }], "ports": storage_ports }));
+    }
+    if !spec.network.allow_egress_to.is_empty() {
+        let to: Vec<Value> =
+            spec.network.allow_egress_to.iter().map(|p| serde_json::to_value(p).unwrap_or(Value::Null)).collect();
+        egress.push(json!({ "to": to }));
+    }
+    typed(
+        "NetworkPolicy",
+        json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": meta(input, GATEWAY, "gateway"),
+            "spec": {
+                "podSelector": { "matchLabels": gateway_selector(&input.tenant.name_any()) },
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{ "from": from, "ports": [{ "protocol": "TCP", "port": GATEWAY_PORT }] }],
+                "egress": egress,
+            },
+        }),
+    )
+}
+
+fn exposure_annotations(input: &BuildInput<'_>) -> BTreeMap<String, String> {
+    let Some(exposure) = &input.tenant.spec.exposure else { return BTreeMap::new() };
+    let mut annotations = exposure.annotations.clone();
+    if let Some(issuer) = exposure.tls.as_ref().and_then(|t| t.cert_manager_issuer.as_ref()) {
+        let key = if issuer.kind == "Issuer" { "cert-manager.io/issuer" } else { "cert-manager.io/cluster-issuer" };
+        annotations.insert(key.into(), issuer.name.clone());
+    }
+    annotations
+}
+
+fn tls_secret_name(input: &BuildInput<'_>) -> Option<String> {
+    let tls = input.tenant.spec.exposure.as_ref()?.tls.as_ref()?;
+    Some(tls.secret_name.clone().unwrap_or_else(|| format!("{}-tls", input.tenant.name_any())))
+}
+
+/// An Ingress when exposure is set without a gatewayRef.
+pub fn build_ingress(input: &BuildInput<'_>) -> Result<Option<Ingress>, BuildError> {
+    let Some(exposure) = &input.tenant.spec.exposure else { return Ok(None) };
+    if exposure.gateway_ref.is_some() {
+        return Ok(None);
+    }
+    let mut metadata = meta(input, GATEWAY, "exposure");
+    metadata["annotations"] = json!(exposure_annotations(input));
+    let mut spec = json!({
+        "rules": [{ "host": exposure.host, "http": { "paths": [{
+            "path": "/", "pathType": "Prefix",
+            "backend": { "service": { "name": GATEWAY, "port": { "name": "http" } } },
+        }] } }],
+    });
+    if let Some(class) = &exposure.ingress_class_name {
+        spec["ingressClassName"] = json!(class);
+    }
+    if let Some(secret) = tls_secret_name(input) {
+        spec["tls"] = json!([{ "hosts": [exposure.host], "secretName": secret }]);
+    }
+    typed(
+        "Ingress",
+        json!({ "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": metadata, "spec": spec }),
+    )
+    .map(Some)
+}
+
+/// An HTTPRoute when exposure names a Gateway and the Gateway API is installed.
+pub fn build_http_route(input: &BuildInput<'_>) -> Result<Option<DynamicObject>, BuildError> {
+    let Some(exposure) = &input.tenant.spec.exposure else { return Ok(None) };
+    let Some(gateway) = &exposure.gateway_ref else { return Ok(None) };
+    if !input.settings.gateway_api {
+        return Ok(None);
+    }
+    let mut parent = json!({ "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": gateway.name, "namespace": gateway.namespace });
+    if let Some(section) = &gateway.section_name {
+        parent["sectionName"] = json!(section);
+    }
+    let mut metadata = meta(input, GATEWAY, "exposure");
+    metadata["annotations"] = json!(exposure_annotations(input));
+    typed(
+        "HTTPRoute",
+        json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": metadata,
+            "spec": {
+                "parentRefs": [parent],
+                "hostnames": [exposure.host],
+                "rules": [{ "backendRefs": [{ "name": GATEWAY, "port": GATEWAY_PORT }] }],
+            },
+        }),
+    )
+    .map(Some)
+}
+
+/// A ServiceMonitor when the Prometheus Operator is installed.
+pub fn build_service_monitor(input: &BuildInput<'_>) -> Result<Option<DynamicObject>, BuildError> {
+    if !input.settings.service_monitors {
+        return Ok(None);
+    }
+    typed(
+        "ServiceMonitor",
+        json!({
+            "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+            "metadata": meta(input, GATEWAY, "gateway"),
+            "spec": {
+                "selector": { "matchLabels": gateway_selector(&input.tenant.name_any()) },
+                "endpoints": [{ "port": "http", "path": "/metrics", "interval": "30s" }],
+            },
+        }),
+    )
+    .map(Some)
+}
+
+/// Name of the bridge Deployment and Service of a stdio McpConnection.
+pub fn stdio_bridge_name(connection: &str) -> String {
+    format!("mcp-{connection}")
+}
+
+/// A Deployment and Service per stdio McpConnection: the server's image runs
+/// the gateway's `stdio-bridge` (copied in by an init container from the
+/// gateway image), which spawns the server and serves it over streamable HTTP.
+pub fn build_stdio_bridges(input: &BuildInput<'_>) -> Result<Vec<(Deployment, Service)>, BuildError> {
+    let tenant = input.tenant.name_any();
+    let bound: BTreeSet<&str> = input.rendered.config.mcp.iter().map(|c| c.name.as_str()).collect();
+    let mut out = Vec::new();
+    for c in input.mcp_connections {
+        let name = c.name_any();
+        let (McpTransport::Stdio, Some(stdio), true) = (c.spec.transport, &c.spec.stdio, bound.contains(name.as_str()))
+        else {
+            continue;
+        };
+        let Some(image) = &stdio.image else { continue };
+        let object = stdio_bridge_name(&name);
+        let mut selector = gateway_selector(&tenant);
+        selector.insert("app.kubernetes.io/component".into(), "mcp-bridge".into());
+        selector.insert("tenantgate.dev/mcp-connection".into(), name.clone());
+        let mut pod_labels = labels(&tenant, "mcp-bridge");
+        pod_labels.extend(selector.clone());
+        let env: Vec<Value> = stdio
+            .env
+            .iter()
+            .map(|e| match (&e.value, &e.secret_key_ref) {
+                (_, Some(r)) => {
+                    json!({ "name": e.name, "valueFrom": { "secretKeyRef": { "name": r.name, "key": r.key } } })
+                }
+                (v, None) => json!({ "name": e.name, "value": v.clone().unwrap_or_default() }),
+            })
+            .collect();
+        let mut command = vec![
+            "/tenantgate/bin/tenantgate-gateway".to_string(),
+            "stdio-bridge".into(),
+            "--listen".into(),
+            format!("0.0.0.0:{STDIO_BRIDGE_PORT}"),
+            "--".into(),
+        ];
+        command.extend(stdio.command.iter().chain(&stdio.args).cloned());
+        let mut meta_value = meta(input, &object, "mcp-bridge");
+        meta_value["labels"] = json!(pod_labels);
+        let deployment = typed(
+            "Deployment",
+            json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": meta_value,
+                "spec": {
+                    "replicas": 1,
+                    "selector": { "matchLabels": selector },
+                    "template": {
+                        "metadata": { "labels": pod_labels },
+                        "spec": {
+                            "automountServiceAccountToken": false,
+                            "enableServiceLinks": false,
+                            "securityContext": restricted_pod_security(),
+                            "initContainers": [{
+                                "name": "bridge",
+                                "image": input.settings.gateway_image,
+                                "args": ["install-bridge", "/tenantgate/bin"],
+                                "securityContext": restricted_container_security(),
+                                "volumeMounts": [{ "name": "bridge", "mountPath": "/tenantgate/bin" }],
+                            }],
+                            "containers": [{
+                                "name": "server",
+                                "image": image,
+                                "command": command,
+                                "env": env,
+                                "ports": [{ "name": "http", "containerPort": STDIO_BRIDGE_PORT, "protocol": "TCP" }],
+                                "readinessProbe": { "httpGet": { "path": "/livez", "port": "http" }, "periodSeconds": 5 },
+                                "securityContext": restricted_container_security(),
+                                "resources": { "requests": { "cpu": "50m", "memory": "64Mi" }, "limits": { "memory": "512Mi" } },
+                                "volumeMounts": [
+                                    { "name": "bridge", "mountPath": "/tenantgate/bin", "readOnly": true },
+                                    { "name": "tmp", "mountPath": "/tmp" },
+                                ],
+                            }],
+                            "volumes": [{ "name": "bridge", "emptyDir": {} }, { "name": "tmp", "emptyDir": {} }],
+                        },
+                    },
+                },
+            }),
+        )?;
+        let service = typed(
+            "Service",
+            json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": meta(input, &object, "mcp-bridge"),
+                "spec": { "selector": selector, "ports": [{ "name": "http", "port": STDIO_BRIDGE_PORT, "targetPort": "http", "protocol": "TCP" }] },
+            }),
+        )?;
+        out.push((deployment, service));
+    }
+    Ok(out)
+}
+
+/// URL tenants call: the external one when exposed, else the Service's.
+pub fn endpoint(tenant: &Tenant) -> String {
+    match &tenant.spec.exposure {
+        Some(e) if e.tls.is_some() => format!("https://{}", e.host),
+        Some(e) => format!("http://{}", e.host),
+        None => format!("http://{GATEWAY}.{}.svc:{GATEWAY_PORT}", tenant_namespace(tenant)),
+    }
+}

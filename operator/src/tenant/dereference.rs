@@ -1,0 +1,89 @@
+//! Step 1: everything a tenant's stack depends on, read from the caches.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use tenantgate_crds::render::{GATEWAY_KEYS_SECRET, tenant_namespace};
+use tenantgate_crds::v1alpha1::{McpConnection, PromptPolicy, Tenant};
+
+use crate::context::Stores;
+use crate::labels::{GATEWAY, TENANT_LABEL};
+
+/// What a tenant's stack depends on.
+#[derive(Clone, Debug, Default)]
+pub struct Dependencies {
+    /// The tenant namespace.
+    pub namespace: String,
+    /// Who else claims the namespace, when someone does.
+    pub namespace_conflict: Option<String>,
+    /// McpConnections in the tenant namespace, by name.
+    pub mcp_connections: Vec<McpConnection>,
+    /// PromptPolicies in the tenant namespace.
+    pub tenant_policies: Vec<PromptPolicy>,
+    /// PromptPolicies in the operator namespace.
+    pub global_policies: Vec<PromptPolicy>,
+    /// resourceVersion of every Secret in the tenant namespace, by name.
+    pub secret_versions: BTreeMap<String, String>,
+    /// Whether `gateway-keys` exists.
+    pub gateway_keys_exist: bool,
+    /// The gateway Deployment as last seen.
+    pub deployment: Option<Deployment>,
+}
+
+/// Reads a tenant's dependencies from the caches.
+pub fn dereference(tenant: &Tenant, stores: &Stores, operator_namespace: &str) -> Dependencies {
+    let namespace = tenant_namespace(tenant);
+    let name = tenant.name_any();
+    let namespace_conflict =
+        stores.namespaces.get(&ObjectRef::new(&namespace)).and_then(|ns| match ns.labels().get(TENANT_LABEL) {
+            Some(owner) if owner == &name => None,
+            Some(owner) => Some(format!("Tenant {owner}")),
+            None => Some("no tenant (it exists without the tenantgate.dev/tenant label)".to_string()),
+        });
+    let in_ns = |ns: Option<String>, want: &str| ns.as_deref() == Some(want);
+    let mut mcp_connections: Vec<McpConnection> = stores
+        .mcp_connections
+        .state()
+        .iter()
+        .filter(|c| in_ns(c.namespace(), &namespace))
+        .map(|c| (**c).clone())
+        .collect();
+    mcp_connections.sort_by_key(|c| c.name_any());
+    let mut tenant_policies: Vec<PromptPolicy> = stores
+        .prompt_policies
+        .state()
+        .iter()
+        .filter(|p| in_ns(p.namespace(), &namespace))
+        .map(|p| (**p).clone())
+        .collect();
+    tenant_policies.sort_by_key(|p| p.name_any());
+    let mut global_policies: Vec<PromptPolicy> = stores
+        .prompt_policies
+        .state()
+        .iter()
+        .filter(|p| in_ns(p.namespace(), operator_namespace))
+        .map(|p| (**p).clone())
+        .collect();
+    global_policies.sort_by_key(|p| p.name_any());
+    let mut secret_versions = BTreeMap::new();
+    let mut gateway_keys_exist = false;
+    for s in stores.secrets.state().iter().filter(|s| in_ns(s.namespace(), &namespace)) {
+        if s.name_any() == GATEWAY_KEYS_SECRET {
+            gateway_keys_exist = true;
+        }
+        secret_versions.insert(s.name_any(), s.resource_version().unwrap_or_default());
+    }
+    let deployment = stores.deployments.get(&ObjectRef::new(GATEWAY).within(&namespace)).map(|d| (*d).clone());
+    Dependencies {
+        namespace,
+        namespace_conflict,
+        mcp_connections,
+        tenant_policies,
+        global_policies,
+        secret_versions,
+        gateway_keys_exist,
+        deployment,
+    }
+}
