@@ -1,0 +1,323 @@
+//! `mock-llm`: a small, fast server speaking OpenAI Chat Completions and
+//! Anthropic Messages with scripted misbehaviour, for gateway tests and
+//! benchmarks. Answers come from the gateway's deterministic mock model.
+//!
+//! Control API (per upstream model name):
+//! - `POST /_control/script` `{"model": "m", "steps": [Step, ..], "default": Step?}`:
+//!   steps are used in order by the next requests for `m`; `default` applies
+//!   when none is left (omit it to answer normally).
+//! - `POST /_control/reset`, `GET /_control/stats` (requests per model),
+//!   `GET /_control/last?model=m` (the last request's body and credentials header).
+//!
+//! A Step: `{"status": 503, "retry_after": 1, "hang": true, "latency_ms": 50,
+//! "chunk_interval_ms": 5, "fail_after_chunks": 3, "times": 2}` (all optional).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use clap::Parser;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tenantgate_gateway::llm::mock::{OfferedTool, Plan, ToolMode, count_tokens, next_id};
+use tenantgate_gateway::llm::types::ChatRequest;
+
+/// Scripted OpenAI/Anthropic mock.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Address to listen on (port 0: any free port; the address is printed).
+    #[arg(long, env = "MOCK_LLM_LISTEN", default_value = "127.0.0.1:9090")]
+    listen: SocketAddr,
+    /// Words in each answer.
+    #[arg(long, default_value_t = 16)]
+    tokens: u32,
+    /// Default delay before the answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Default delay between streamed chunks, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    chunk_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Step {
+    status: Option<u16>,
+    retry_after: Option<u64>,
+    #[serde(default)]
+    hang: bool,
+    latency_ms: Option<u64>,
+    chunk_interval_ms: Option<u64>,
+    fail_after_chunks: Option<usize>,
+    #[serde(default = "one")]
+    times: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Script {
+    model: String,
+    #[serde(default)]
+    steps: Vec<Step>,
+    default: Option<Step>,
+}
+
+#[derive(Debug, Default)]
+struct Scripts {
+    steps: HashMap<String, VecDeque<Step>>,
+    defaults: HashMap<String, Step>,
+    counts: HashMap<String, u64>,
+    last: HashMap<String, Value>,
+}
+
+#[derive(Clone, Debug)]
+struct Mock {
+    args: Arc<Args>,
+    /// Held only to pick a step, never across an await.
+    scripts: Arc<Mutex<Scripts>>,
+}
+
+impl Mock {
+    fn next_step(&self, model: &str, headers: &HeaderMap, body: Option<Value>) -> Step {
+        let Ok(mut s) = self.scripts.lock() else { return Step::default() };
+        *s.counts.entry(model.to_string()).or_default() += 1;
+        if let Some(body) = body {
+            let credential = headers
+                .get(header::AUTHORIZATION)
+                .or_else(|| headers.get("x-api-key"))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            s.last.insert(model.to_string(), json!({"body": body, "credential": credential}));
+        }
+        if let Some(queue) = s.steps.get_mut(model)
+            && let Some(front) = queue.front_mut()
+        {
+            let step = front.clone();
+            front.times = front.times.saturating_sub(1);
+            if front.times == 0 {
+                queue.pop_front();
+            }
+            return step;
+        }
+        s.defaults.get(model).cloned().unwrap_or_default()
+    }
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let mock = Mock { args: Arc::new(args), scripts: Arc::default() };
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/messages", post(messages))
+        .route(
+            "/v1/models",
+            get(|| async { Json(json!({"object": "list", "data": [{"id": "mock-1", "object": "model"}]})) }),
+        )
+        .route("/_control/script", post(script))
+        .route("/_control/reset", post(reset))
+        .route("/_control/stats", get(stats))
+        .route("/_control/last", get(last))
+        .with_state(mock);
+    println!("listening on {}", listener.local_addr()?);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}
+
+async fn script(State(mock): State<Mock>, Json(script): Json<Script>) -> StatusCode {
+    if let Ok(mut s) = mock.scripts.lock() {
+        s.steps.insert(script.model.clone(), script.steps.into());
+        match script.default {
+            Some(d) => s.defaults.insert(script.model, d),
+            None => s.defaults.remove(&script.model),
+        };
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn reset(State(mock): State<Mock>) -> StatusCode {
+    if let Ok(mut s) = mock.scripts.lock() {
+        *s = Scripts::default();
+    }
+    StatusCode::NO_CONTENT
+}
+
+async fn stats(State(mock): State<Mock>) -> Json<Value> {
+    let counts = mock.scripts.lock().map(|s| json!(s.counts)).unwrap_or_default();
+    Json(json!({"requests": counts}))
+}
+
+#[derive(Deserialize)]
+struct LastQuery {
+    model: String,
+}
+
+async fn last(State(mock): State<Mock>, Query(q): Query<LastQuery>) -> Json<Value> {
+    Json(mock.scripts.lock().ok().and_then(|s| s.last.get(&q.model).cloned()).unwrap_or(Value::Null))
+}
+
+/// Applies the failing parts of a step: hang, latency, error status.
+async fn misbehave(step: &Step, default_latency: u64) -> Option<Response> {
+    if step.hang {
+        // Never answer; the client gives up.
+        std::future::pending::<()>().await;
+    }
+    let latency = step.latency_ms.unwrap_or(default_latency);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let status = StatusCode::from_u16(step.status?).ok()?;
+    let mut response = (
+        status,
+        Json(json!({"error": {"message": format!("mock-llm scripted {status}"), "type": "mock_error", "param": null, "code": null}})),
+    )
+        .into_response();
+    if let Some(after) = step.retry_after
+        && let Ok(v) = HeaderValue::from_str(&after.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    Some(response)
+}
+
+fn event_stream(events: Vec<Bytes>, interval: Duration, fail_after: Option<usize>) -> Response {
+    let stream = futures_util::stream::iter(events.into_iter().enumerate()).then(move |(i, event)| async move {
+        if i > 0 && !interval.is_zero() {
+            tokio::time::sleep(interval).await;
+        }
+        if fail_after.is_some_and(|n| i >= n) {
+            return Err(std::io::Error::other("scripted stream failure"));
+        }
+        Ok(event)
+    });
+    // An error aborts the body mid-stream: the client sees a broken connection.
+    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(stream))
+        .into_response()
+}
+
+async fn chat(State(mock): State<Mock>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: ChatRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"message": e.to_string(), "type": "invalid_request_error"}})),
+            )
+                .into_response();
+        }
+    };
+    let record = serde_json::from_slice(&body).ok();
+    let step = mock.next_step(&request.model, &headers, record);
+    if let Some(response) = misbehave(&step, mock.args.latency_ms).await {
+        return response;
+    }
+    let plan = Plan::for_chat(&request, mock.args.tokens);
+    let id = next_id("chatcmpl-");
+    if !request.stream {
+        return Json(plan.completion(&id, &request.model)).into_response();
+    }
+    let interval = Duration::from_millis(step.chunk_interval_ms.unwrap_or(mock.args.chunk_interval_ms));
+    event_stream(plan.chunks(&id, &request.model, request.include_usage()), interval, step.fail_after_chunks)
+}
+
+async fn messages(State(mock): State<Mock>, headers: HeaderMap, Json(request): Json<Value>) -> Response {
+    let model = request.get("model").and_then(Value::as_str).unwrap_or_default().to_string();
+    let step = mock.next_step(&model, &headers, Some(request.clone()));
+    if let Some(response) = misbehave(&step, mock.args.latency_ms).await {
+        return response;
+    }
+    let tools: Vec<OfferedTool<'_>> = request
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| Some(OfferedTool { name: t.get("name")?.as_str()?, schema: t.get("input_schema") }))
+        .collect();
+    let choice = &request["tool_choice"];
+    let mode = match choice.get("type").and_then(Value::as_str) {
+        Some("none") => ToolMode::None,
+        Some("any") => ToolMode::Required,
+        Some("tool") => choice.get("name").and_then(Value::as_str).map_or(ToolMode::Auto, ToolMode::Named),
+        _ => ToolMode::Auto,
+    };
+    let messages = request.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
+    let user_spoke_last = messages.last().is_some_and(|m| {
+        m["role"] == "user" && !m["content"].as_array().is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"))
+    });
+    let prompt: u64 = messages.iter().map(|m| 4 + count_tokens(&m["content"].to_string())).sum();
+    let max_tokens = request.get("max_tokens").and_then(Value::as_u64).map(|m| m as u32);
+    let plan = Plan::new(&tools, mode, user_spoke_last, prompt, max_tokens, mock.args.tokens);
+    let id = next_id("msg_");
+    let stop_reason = match plan.finish_reason {
+        "tool_calls" => "tool_use",
+        "length" => "max_tokens",
+        _ => "end_turn",
+    };
+    let mut content = Vec::new();
+    if let Some(text) = plan.text() {
+        content.push(json!({"type": "text", "text": text}));
+    }
+    if let Some((call_id, name, arguments)) = &plan.tool_call {
+        let input: Value = serde_json::from_str(arguments).unwrap_or_default();
+        content
+            .push(json!({"type": "tool_use", "id": call_id.replace("call_", "toolu_"), "name": name, "input": input}));
+    }
+    let usage = json!({"input_tokens": plan.usage.prompt_tokens, "output_tokens": plan.usage.completion_tokens});
+    if request.get("stream").and_then(Value::as_bool) != Some(true) {
+        return Json(json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": content,
+            "stop_reason": stop_reason, "stop_sequence": null, "usage": usage}))
+        .into_response();
+    }
+    let ev = |name: &str, data: Value| Bytes::from(format!("event: {name}\ndata: {data}\n\n"));
+    let mut events = vec![ev(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant", "model": model,
+            "content": [], "stop_reason": null, "usage": {"input_tokens": plan.usage.prompt_tokens, "output_tokens": 1}}}),
+    )];
+    let mut index = 0;
+    if let Some(words) = &plan.content {
+        events.push(ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}),
+        ));
+        for w in words {
+            events.push(ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": w}}),
+            ));
+        }
+        events.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": index})));
+        index += 1;
+    }
+    if let Some((call_id, name, arguments)) = &plan.tool_call {
+        events.push(ev("content_block_start", json!({"type": "content_block_start", "index": index,
+            "content_block": {"type": "tool_use", "id": call_id.replace("call_", "toolu_"), "name": name, "input": {}}})));
+        events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": arguments}})));
+        events.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": index})));
+    }
+    events.push(ev(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+        "usage": {"output_tokens": plan.usage.completion_tokens}}),
+    ));
+    events.push(ev("message_stop", json!({"type": "message_stop"})));
+    let interval = Duration::from_millis(step.chunk_interval_ms.unwrap_or(mock.args.chunk_interval_ms));
+    event_stream(events, interval, step.fail_after_chunks)
+}

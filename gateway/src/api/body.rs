@@ -1,0 +1,45 @@
+//! Reading request bodies under a size limit. An oversized body is drained
+//! (up to a bound) before the 413 goes out, so clients that are still sending
+//! read the answer instead of a reset connection.
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+
+use crate::error::AppError;
+
+/// Bodies larger than this are not drained: the connection is dropped after the 413.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// The whole body, or 413 when it is larger than `limit`.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, AppError> {
+    let mut stream = body.into_data_stream();
+    // The common case is one frame: it is kept without a copy.
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| AppError::bad_request(None, format!("reading the request body failed: {e}")))?;
+        seen += chunk.len();
+        if seen > limit {
+            first = None;
+            buf = BytesMut::new();
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+            continue;
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(chunk),
+            Some(f) => {
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&chunk);
+            }
+            None => buf.extend_from_slice(&chunk),
+        }
+    }
+    if seen > limit {
+        return Err(AppError::PayloadTooLarge { limit });
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}

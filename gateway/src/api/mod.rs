@@ -1,0 +1,132 @@
+//! The HTTP surface: OpenAI-compatible API, probes, metrics, and the layers
+//! around them (request ids, access log, timeout, error shape).
+
+mod body;
+mod chat;
+mod models;
+mod ops;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderName, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::{AppError, ErrorReason};
+use crate::state::AppState;
+
+/// The tenant model a response was for, as a metric label.
+#[derive(Clone, Debug)]
+pub struct ModelLabel(pub Arc<str>);
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole application.
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{model}", get(models::get))
+        .route_layer(middleware::from_fn(track));
+    let ops = Router::new()
+        .route("/livez", get(ops::livez))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics));
+    Router::new()
+        .merge(api)
+        .merge(ops)
+        .fallback(not_found)
+        .layer(middleware::map_response(error_shape))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(span)
+                        .on_request(())
+                        .on_response(access_log)
+                        .on_failure(()),
+                )
+                .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+                .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, request_timeout)),
+        )
+        .with_state(state)
+}
+
+fn span(request: &Request) -> tracing::Span {
+    let id = request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("");
+    tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path(), subject = tracing::field::Empty)
+}
+
+fn access_log(response: &Response, latency: Duration, _span: &tracing::Span) {
+    let reason = response.extensions().get::<ErrorReason>().map(|r| r.0);
+    tracing::info!(status = response.status().as_u16(), latency_us = latency.as_micros() as u64, reason, "request");
+}
+
+/// Counts API requests by model and status, and times them to headers.
+async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let model = response.extensions().get::<ModelLabel>().map_or_else(|| "".to_string(), |m| m.0.to_string());
+    let status = response.status();
+    metrics::histogram!("tenantgate_request_duration_seconds", "model" => model.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("tenantgate_requests_total", "model" => model, "status" => status_label(status)).increment(1);
+    response
+}
+
+fn status_label(status: StatusCode) -> &'static str {
+    // Static strings: no allocation per request for the common statuses.
+    match status.as_u16() {
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        429 => "429",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        s if s < 300 => "2xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+async fn not_found(request: Request) -> AppError {
+    AppError::RouteNotFound { method: request.method().to_string(), path: request.uri().path().to_string() }
+}
+
+/// Gives error responses made outside handlers (405, timeouts) OpenAI's error shape.
+async fn error_shape(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this URL".to_string(),
+        StatusCode::GATEWAY_TIMEOUT => "the request took too long".to_string(),
+        other => other.canonical_reason().unwrap_or("error").to_string(),
+    };
+    let mut shaped = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({"error": {"message": message, "type": if status.is_server_error() { "api_error" } else { "invalid_request_error" }, "param": null, "code": null}}).to_string(),
+    )
+        .into_response();
+    for (name, value) in response.headers() {
+        shaped.headers_mut().entry(name).or_insert_with(|| value.clone());
+    }
+    shaped
+}

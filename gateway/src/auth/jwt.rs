@@ -1,0 +1,251 @@
+//! JWT verification with a cache of verified tokens, so the signature check
+//! (an RSA verify costs tens of microseconds) is paid once per token.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use quick_cache::sync::Cache;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use tenantgate_crds::config::JwtConfig;
+
+use super::keys::KeySource;
+use super::{AuthError, Identity};
+
+/// Verified tokens kept at most (each entry is a few hundred bytes).
+const CACHE_ENTRIES: usize = 10_000;
+
+/// Checks bearer tokens against one tenant's issuer, audiences and keys.
+#[derive(Debug)]
+pub struct JwtVerifier {
+    issuer: String,
+    audiences: Vec<String>,
+    leeway: u64,
+    roles_claim: String,
+    admin_roles: HashSet<String>,
+    keys: Arc<KeySource>,
+    /// SHA-256 of the token -> the identity it proved, until `exp`.
+    cache: Cache<[u8; 32], Arc<Identity>>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<String>,
+    exp: u64,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+impl JwtVerifier {
+    /// A verifier for `config`, with keys from `keys`.
+    pub fn new(config: &JwtConfig, keys: Arc<KeySource>) -> Self {
+        Self {
+            issuer: config.issuer.clone(),
+            audiences: config.audiences.clone(),
+            leeway: u64::from(config.leeway_seconds),
+            roles_claim: config.roles_claim.clone(),
+            admin_roles: config.admin_roles.iter().cloned().collect(),
+            keys,
+            cache: Cache::new(CACHE_ENTRIES),
+        }
+    }
+
+    /// The key source (for readiness).
+    pub fn keys(&self) -> &KeySource {
+        &self.keys
+    }
+
+    /// The identity a token proves.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = now_secs();
+        if let Some(identity) = self.cache.get(&digest) {
+            if identity.expires_at + self.leeway > now {
+                return Ok(identity);
+            }
+            self.cache.remove(&digest);
+        }
+        let identity = Arc::new(self.verify_uncached(token).await?);
+        if identity.expires_at > now {
+            self.cache.insert(digest, identity.clone());
+        }
+        Ok(identity)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Identity, AuthError> {
+        // `decode_header` refuses `alg: none` and unknown algorithms.
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::InvalidAlgorithmName => AuthError::Malformed("algorithm is not allowed"),
+            _ => AuthError::Malformed("not a well-formed JWT"),
+        })?;
+        let hmac = matches!(header.alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+        if hmac != self.keys.is_hmac() {
+            // Algorithm confusion: an HMAC token against public keys, or the reverse.
+            return Err(AuthError::Malformed("algorithm is not allowed"));
+        }
+        let kid = header.kid.as_deref();
+        match self.verify_with_current_keys(token, kid, header.alg) {
+            Err(AuthError::UnknownKey | AuthError::KeysUnavailable) if self.keys.refresh().await => {
+                self.verify_with_current_keys(token, kid, header.alg)
+            }
+            Err(AuthError::BadSignature) if self.keys.is_hmac() && self.keys.refresh().await => {
+                // The shared secret may have rotated.
+                self.verify_with_current_keys(token, kid, header.alg)
+            }
+            other => other,
+        }
+    }
+
+    fn verify_with_current_keys(&self, token: &str, kid: Option<&str>, alg: Algorithm) -> Result<Identity, AuthError> {
+        let set = self.keys.current().ok_or(AuthError::KeysUnavailable)?;
+        let key = set.find(kid).ok_or(AuthError::UnknownKey)?;
+        if !key.algorithms.contains(&alg) {
+            return Err(AuthError::Malformed("algorithm is not allowed for this key"));
+        }
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.leeway;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&self.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+            ErrorKind::InvalidAudience => AuthError::WrongAudience,
+            ErrorKind::MissingRequiredClaim(c) => AuthError::BadClaims(format!("missing claim {c}")),
+            ErrorKind::InvalidAlgorithm => AuthError::Malformed("algorithm is not allowed for this key"),
+            ErrorKind::Json(_) => AuthError::BadClaims("claims have the wrong types".into()),
+            _ => AuthError::Malformed("not a well-formed JWT"),
+        })?;
+        let claims = data.claims;
+        let roles = roles(claims.other.get(&self.roles_claim));
+        let admin = roles.iter().any(|r| self.admin_roles.contains(r));
+        Ok(Identity { subject: claims.sub.unwrap_or_default(), roles, admin, expires_at: claims.exp })
+    }
+}
+
+/// Roles from an array of strings or a space-separated string.
+fn roles(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+    use tenantgate_crds::config::JwtKeys;
+
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn config() -> JwtConfig {
+        JwtConfig {
+            issuer: "https://issuer.test".into(),
+            audiences: vec!["tenantgate".into()],
+            keys: JwtKeys::HmacSecretFile(String::new()),
+            roles_claim: "roles".into(),
+            admin_roles: vec!["tenant-admin".into()],
+            leeway_seconds: 0,
+        }
+    }
+
+    async fn verifier() -> (JwtVerifier, tempfile_path::TempPath) {
+        let path = tempfile_path::TempPath::new("hmac");
+        std::fs::write(&path.0, SECRET).expect("write secret");
+        let keys = Arc::new(KeySource::hmac_file(path.0.clone(), Duration::from_secs(30)));
+        keys.load().await.expect("keys load");
+        (JwtVerifier::new(&config(), keys), path)
+    }
+
+    fn token(claims: Value, alg: Algorithm) -> String {
+        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(SECRET)).expect("encode")
+    }
+
+    fn claims(extra: Value) -> Value {
+        let mut base = json!({"iss": "https://issuer.test", "aud": "tenantgate", "sub": "alice", "exp": now_secs() + 600, "roles": ["tenant-admin", "dev"]});
+        if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                b.insert(k.clone(), v.clone());
+            }
+        }
+        base
+    }
+
+    #[tokio::test]
+    async fn valid_token_yields_identity_and_is_cached() {
+        let (v, _p) = verifier().await;
+        let t = token(claims(json!({})), Algorithm::HS256);
+        let id = v.verify(&t).await.expect("valid");
+        assert_eq!(id.subject, "alice");
+        assert!(id.admin);
+        assert_eq!(id.roles, ["tenant-admin", "dev"]);
+        assert!(Arc::ptr_eq(&id, &v.verify(&t).await.expect("cached")));
+    }
+
+    #[tokio::test]
+    async fn bad_tokens_are_refused_with_their_reason() {
+        let (v, _p) = verifier().await;
+        let cases = [
+            (claims(json!({"exp": now_secs() - 10})), AuthError::Expired),
+            (claims(json!({"nbf": now_secs() + 100})), AuthError::NotYetValid),
+            (claims(json!({"iss": "https://evil.test"})), AuthError::WrongIssuer),
+            (claims(json!({"aud": "other"})), AuthError::WrongAudience),
+        ];
+        for (c, expected) in cases {
+            assert_eq!(v.verify(&token(c, Algorithm::HS256)).await, Err(expected));
+        }
+        let forged = encode(&Header::new(Algorithm::HS256), &claims(json!({})), &EncodingKey::from_secret(b"x"))
+            .expect("encode");
+        assert_eq!(v.verify(&forged).await, Err(AuthError::BadSignature));
+        // alg=none: header {"alg":"none"}, no signature.
+        let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", b64(&claims(json!({}))));
+        assert!(matches!(v.verify(&none).await, Err(AuthError::Malformed(_))));
+        assert!(matches!(v.verify("garbage").await, Err(AuthError::Malformed(_))));
+    }
+
+    fn b64(v: &Value) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    #[test]
+    fn roles_from_array_or_string() {
+        assert_eq!(roles(Some(&json!("a b"))), ["a", "b"]);
+        assert_eq!(roles(Some(&json!(["a", 1, "c"]))), ["a", "c"]);
+        assert!(roles(None).is_empty());
+    }
+
+    /// A file removed on drop.
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl TempPath {
+            pub fn new(tag: &str) -> Self {
+                let n = fastrand::u64(..);
+                Self(std::env::temp_dir().join(format!("tg-test-{tag}-{}-{n}", std::process::id())))
+            }
+        }
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+}

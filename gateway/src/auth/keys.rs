@@ -1,0 +1,205 @@
+//! Verification keys: a JWKS from the identity provider or a mounted file, or
+//! an HMAC secret. Keys are refreshed on an unknown `kid` at most once per
+//! interval, and the last good set is served while the source is down.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey};
+
+const RSA_ALGS: &[Algorithm] =
+    &[Algorithm::RS256, Algorithm::RS384, Algorithm::RS512, Algorithm::PS256, Algorithm::PS384, Algorithm::PS512];
+const HMAC_ALGS: &[Algorithm] = &[Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+
+/// One verification key and the algorithms it may verify.
+#[derive(Clone)]
+pub struct VerifyKey {
+    /// `kid`, when the JWK has one.
+    pub kid: Option<String>,
+    /// The key.
+    pub key: DecodingKey,
+    /// Algorithms allowed with this key: never `none`, never HMAC for a public key.
+    pub algorithms: Vec<Algorithm>,
+}
+
+impl std::fmt::Debug for VerifyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("VerifyKey").field("kid", &self.kid).field("algorithms", &self.algorithms).finish()
+    }
+}
+
+/// A loaded set of keys.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    keys: Vec<VerifyKey>,
+}
+
+impl KeySet {
+    /// The key for a token's `kid` (a token without `kid` needs a set of one key).
+    pub fn find(&self, kid: Option<&str>) -> Option<&VerifyKey> {
+        match kid {
+            Some(kid) => self.keys.iter().find(|k| k.kid.as_deref() == Some(kid)),
+            None if self.keys.len() == 1 => self.keys.first(),
+            None => None,
+        }
+    }
+
+    /// Parses a JWKS document; keys of unsupported types are skipped with a log line.
+    pub fn from_jwks(text: &[u8]) -> Result<Self, String> {
+        let set: JwkSet = serde_json::from_slice(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+        let mut keys = Vec::with_capacity(set.keys.len());
+        for jwk in &set.keys {
+            match verify_key(jwk) {
+                Ok(k) => keys.push(k),
+                Err(why) => tracing::warn!(kid = ?jwk.common.key_id, %why, "skipping JWKS key"),
+            }
+        }
+        if keys.is_empty() {
+            return Err("the JWKS has no usable signing key".into());
+        }
+        Ok(Self { keys })
+    }
+
+    /// A shared HMAC secret (HS256/384/512 only).
+    pub fn from_hmac_secret(secret: &[u8]) -> Result<Self, String> {
+        let secret = secret.strip_suffix(b"\n").unwrap_or(secret);
+        if secret.len() < 32 {
+            return Err("the HMAC secret must be at least 32 bytes".into());
+        }
+        Ok(Self {
+            keys: vec![VerifyKey { kid: None, key: DecodingKey::from_secret(secret), algorithms: HMAC_ALGS.to_vec() }],
+        })
+    }
+}
+
+fn verify_key(jwk: &Jwk) -> Result<VerifyKey, String> {
+    if jwk.common.public_key_use.as_ref().is_some_and(|u| *u != jsonwebtoken::jwk::PublicKeyUse::Signature) {
+        return Err("key is not for signatures".into());
+    }
+    let family: Vec<Algorithm> = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => RSA_ALGS.to_vec(),
+        AlgorithmParameters::EllipticCurve(ec) => match &ec.curve {
+            EllipticCurve::P256 => vec![Algorithm::ES256],
+            EllipticCurve::P384 => vec![Algorithm::ES384],
+            other => return Err(format!("unsupported curve {other:?}")),
+        },
+        AlgorithmParameters::OctetKeyPair(_) => vec![Algorithm::EdDSA],
+        AlgorithmParameters::OctetKey(_) => return Err("symmetric keys are not accepted in a JWKS".into()),
+    };
+    let algorithms = match &jwk.common.key_algorithm {
+        // A key that names its algorithm verifies only that one.
+        Some(named) => {
+            let name = serde_json::to_value(named).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let alg = Algorithm::from_str(&name).map_err(|_| format!("unsupported algorithm {name}"))?;
+            if !family.contains(&alg) {
+                return Err(format!("algorithm {name} does not fit the key type"));
+            }
+            vec![alg]
+        }
+        None => family,
+    };
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("invalid key: {e}"))?;
+    Ok(VerifyKey { kid: jwk.common.key_id.clone(), key, algorithms })
+}
+
+/// Where keys come from.
+#[derive(Debug)]
+enum Origin {
+    Uri { url: String, client: reqwest::Client },
+    JwksFile(PathBuf),
+    HmacFile(PathBuf),
+}
+
+/// A refreshable source of keys.
+#[derive(Debug)]
+pub struct KeySource {
+    origin: Origin,
+    current: ArcSwapOption<KeySet>,
+    /// Time of the last refresh attempt; the lock makes refreshes single-flight
+    /// and is only taken on the refresh path, never while verifying.
+    last_refresh: tokio::sync::Mutex<Option<Instant>>,
+    min_refresh: Duration,
+}
+
+impl KeySource {
+    /// Keys from the identity provider.
+    pub fn uri(url: String, client: reqwest::Client, min_refresh: Duration) -> Self {
+        Self::new(Origin::Uri { url, client }, min_refresh)
+    }
+
+    /// Keys from a mounted JWKS file.
+    pub fn jwks_file(path: PathBuf, min_refresh: Duration) -> Self {
+        Self::new(Origin::JwksFile(path), min_refresh)
+    }
+
+    /// A shared HMAC secret from a mounted file.
+    pub fn hmac_file(path: PathBuf, min_refresh: Duration) -> Self {
+        Self::new(Origin::HmacFile(path), min_refresh)
+    }
+
+    fn new(origin: Origin, min_refresh: Duration) -> Self {
+        Self { origin, current: ArcSwapOption::empty(), last_refresh: tokio::sync::Mutex::new(None), min_refresh }
+    }
+
+    /// Whether HMAC algorithms are allowed (only with a shared secret).
+    pub fn is_hmac(&self) -> bool {
+        matches!(self.origin, Origin::HmacFile(_))
+    }
+
+    /// Whether a key set is loaded.
+    pub fn is_loaded(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// The current set, if any.
+    pub fn current(&self) -> Option<Arc<KeySet>> {
+        self.current.load_full()
+    }
+
+    /// Loads the keys now. On failure the previous set stays.
+    pub async fn load(&self) -> Result<(), String> {
+        let loaded = match &self.origin {
+            Origin::Uri { url, client } => {
+                let response = client.get(url).send().await.map_err(|e| format!("fetching the JWKS failed: {e}"))?;
+                if !response.status().is_success() {
+                    return Err(format!("fetching the JWKS failed: HTTP {}", response.status()));
+                }
+                let body = response.bytes().await.map_err(|e| format!("reading the JWKS failed: {e}"))?;
+                KeySet::from_jwks(&body)
+            }
+            Origin::JwksFile(path) => {
+                let text = tokio::fs::read(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+                KeySet::from_jwks(&text).map_err(|e| format!("{}: {e}", path.display()))
+            }
+            Origin::HmacFile(path) => {
+                let secret = tokio::fs::read(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+                KeySet::from_hmac_secret(&secret).map_err(|e| format!("{}: {e}", path.display()))
+            }
+        }?;
+        self.current.store(Some(Arc::new(loaded)));
+        Ok(())
+    }
+
+    /// Reloads the keys unless that was tried within the refresh interval.
+    /// Returns whether a reload happened.
+    pub async fn refresh(&self) -> bool {
+        let mut last = self.last_refresh.lock().await;
+        if last.is_some_and(|t| t.elapsed() < self.min_refresh) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        match self.load().await {
+            Ok(()) => true,
+            Err(e) => {
+                // The stale set keeps serving while the source is down.
+                tracing::warn!(error = %e, "refreshing token keys failed; keeping the previous keys");
+                false
+            }
+        }
+    }
+}

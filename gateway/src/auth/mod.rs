@@ -1,0 +1,158 @@
+//! Caller authentication: JWT bearer tokens against the tenant's keys.
+
+mod jwt;
+mod keys;
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+
+pub use jwt::JwtVerifier;
+pub use keys::KeySource;
+
+use crate::error::AppError;
+use crate::state::AppState;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// `sub` of the token.
+    pub subject: String,
+    /// Roles from the configured claim.
+    pub roles: Vec<String>,
+    /// Whether one of the roles is an admin role.
+    pub admin: bool,
+    /// `exp` of the token, seconds since the epoch.
+    pub expires_at: u64,
+}
+
+/// Why a caller was not authenticated. The message says what is wrong with the
+/// token, never anything about the keys.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization: Bearer` header.
+    #[error("missing bearer token: send an Authorization: Bearer <token> header")]
+    Missing,
+    /// Not a JWT, or an algorithm that is not allowed (`none` included).
+    #[error("invalid token: {0}")]
+    Malformed(&'static str),
+    /// No key with the token's `kid`.
+    #[error("invalid token: signed by an unknown key")]
+    UnknownKey,
+    /// Signature does not verify.
+    #[error("invalid token: signature does not verify")]
+    BadSignature,
+    /// Past `exp`.
+    #[error("invalid token: expired")]
+    Expired,
+    /// Before `nbf`.
+    #[error("invalid token: not valid yet")]
+    NotYetValid,
+    /// Wrong `iss`.
+    #[error("invalid token: wrong issuer")]
+    WrongIssuer,
+    /// Wrong `aud`.
+    #[error("invalid token: wrong audience")]
+    WrongAudience,
+    /// Missing or mistyped claims.
+    #[error("invalid token: {0}")]
+    BadClaims(String),
+    /// The keys could not be loaded (IdP down and nothing cached).
+    #[error("token keys are unavailable, try again later")]
+    KeysUnavailable,
+}
+
+impl AuthError {
+    /// Reason for logs and metrics.
+    pub fn as_reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "MissingToken",
+            Self::Malformed(_) => "MalformedToken",
+            Self::UnknownKey => "UnknownKey",
+            Self::BadSignature => "BadSignature",
+            Self::Expired => "TokenExpired",
+            Self::NotYetValid => "TokenNotYetValid",
+            Self::WrongIssuer => "WrongIssuer",
+            Self::WrongAudience => "WrongAudience",
+            Self::BadClaims(_) => "BadClaims",
+            Self::KeysUnavailable => "KeysUnavailable",
+        }
+    }
+
+    /// RFC 6750 challenge.
+    pub fn www_authenticate(&self) -> HeaderValue {
+        match self {
+            Self::Missing => HeaderValue::from_static(r#"Bearer realm="tenantgate""#),
+            other => {
+                // Messages are static ASCII without quotes, so this cannot fail; fall back anyway.
+                let description = other.to_string().replace('"', "'");
+                HeaderValue::from_str(&format!(
+                    r#"Bearer realm="tenantgate", error="invalid_token", error_description="{description}""#
+                ))
+                .unwrap_or_else(|_| HeaderValue::from_static(r#"Bearer realm="tenantgate", error="invalid_token""#))
+            }
+        }
+    }
+}
+
+/// An authenticated caller: the extractor every API handler takes.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Arc<Identity>);
+
+impl Caller {
+    /// 403 unless the caller has an admin role.
+    pub fn require_admin(&self) -> Result<(), AppError> {
+        if self.0.admin { Ok(()) } else { Err(AppError::Forbidden("this endpoint needs an admin role".into())) }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts.headers.get(header::AUTHORIZATION)).ok_or(AuthError::Missing)?;
+        let runtime = state.runtime();
+        match runtime.auth.verify(token).await {
+            Ok(identity) => {
+                tracing::Span::current().record("subject", identity.subject.as_str());
+                Ok(Caller(identity))
+            }
+            Err(e) => {
+                metrics::counter!("tenantgate_auth_failures_total", "reason" => e.as_reason()).increment(1);
+                tracing::info!(reason = e.as_reason(), "authentication failed");
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn bearer(value: Option<&HeaderValue>) -> Option<&str> {
+    let value = value?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_is_case_insensitive_and_needs_a_token() {
+        assert_eq!(bearer(Some(&HeaderValue::from_static("Bearer abc"))), Some("abc"));
+        assert_eq!(bearer(Some(&HeaderValue::from_static("bearer abc"))), Some("abc"));
+        assert_eq!(bearer(Some(&HeaderValue::from_static("Basic abc"))), None);
+        assert_eq!(bearer(Some(&HeaderValue::from_static("Bearer "))), None);
+        assert_eq!(bearer(None), None);
+    }
+
+    #[test]
+    fn challenge_names_the_problem() {
+        let v = AuthError::Expired.www_authenticate();
+        assert_eq!(
+            v,
+            r#"Bearer realm="tenantgate", error="invalid_token", error_description="invalid token: expired""#
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! Command line: `serve` (the default) and `token`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// The Tenantgate gateway.
+#[derive(Debug, Parser)]
+#[command(name = "tenantgate-gateway", version, about)]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Server options.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the tenant (the default).
+    Serve(Box<ServeArgs>),
+    /// Mint a development token for a tenant of a manifests directory.
+    Token(TokenArgs),
+}
+
+/// How the server runs.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The GatewayConfig file the operator mounts.
+    #[arg(long, env = "TENANTGATE_CONFIG", conflicts_with = "manifests")]
+    pub config: Option<PathBuf>,
+    /// Render the config from the CRD YAML under this directory instead (local mode).
+    #[arg(long, env = "TENANTGATE_MANIFESTS")]
+    pub manifests: Option<PathBuf>,
+    /// Tenant to serve when the manifests hold several.
+    #[arg(long, env = "TENANTGATE_TENANT")]
+    pub tenant: Option<String>,
+    /// Namespace whose PromptPolicies apply to every tenant (local mode).
+    #[arg(long, env = "TENANTGATE_OPERATOR_NAMESPACE", default_value = "tenantgate-system")]
+    pub operator_namespace: String,
+    /// Where local mode writes the manifests' Secrets (mode 0600) and state.
+    #[arg(long, env = "TENANTGATE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "TENANTGATE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// How often the config source is checked for changes, in milliseconds.
+    #[arg(long, env = "TENANTGATE_CONFIG_POLL_MS", default_value_t = 1000)]
+    pub config_poll_ms: u64,
+    /// Largest request body in bytes.
+    #[arg(long, env = "TENANTGATE_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Longest time to response headers, in seconds.
+    #[arg(long, env = "TENANTGATE_REQUEST_TIMEOUT_SECS", default_value_t = 900)]
+    pub request_timeout_secs: u64,
+    /// After SIGTERM, time to stay up (not ready) so load balancers stop sending, in milliseconds.
+    #[arg(long, env = "TENANTGATE_SHUTDOWN_DELAY_MS", default_value_t = 3000)]
+    pub shutdown_delay_ms: u64,
+    /// Longest time to drain in-flight requests and streams after that, in milliseconds.
+    #[arg(long, env = "TENANTGATE_DRAIN_TIMEOUT_MS", default_value_t = 30000)]
+    pub drain_timeout_ms: u64,
+    /// Shortest interval between two JWKS refreshes, in seconds.
+    #[arg(long, env = "TENANTGATE_JWKS_MIN_REFRESH_SECS", default_value_t = 30)]
+    pub jwks_min_refresh_secs: u64,
+    /// Log format.
+    #[arg(long, env = "TENANTGATE_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+/// `token`: mint a JWT with a local signing key.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Manifests directory holding the Tenant (its issuer and audience are used).
+    #[arg(long, env = "TENANTGATE_MANIFESTS")]
+    pub manifests: PathBuf,
+    /// Tenant, when the manifests hold several.
+    #[arg(long, env = "TENANTGATE_TENANT")]
+    pub tenant: Option<String>,
+    /// PEM private key (RSA, EC or Ed25519).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Key id; default: the only key of the tenant's JWKS Secret.
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// Subject.
+    #[arg(long, default_value = "dev@example.com")]
+    pub subject: String,
+    /// Roles (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub roles: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_secs: u64,
+}

@@ -1,0 +1,160 @@
+//! Where the GatewayConfig comes from: the file the operator mounts, or CRD
+//! YAML rendered locally with the same function the operator uses.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tenantgate_crds::config::GatewayConfig;
+use tenantgate_crds::manifests::ManifestSet;
+use tenantgate_crds::render::{RenderMode, RenderOptions};
+
+/// A config source.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// A rendered GatewayConfig file (the ConfigMap volume).
+    File(PathBuf),
+    /// CRD YAML under a directory, rendered locally.
+    Manifests {
+        /// Directory of YAML files (read recursively).
+        dir: PathBuf,
+        /// Tenant to serve; needed when the directory holds several.
+        tenant: Option<String>,
+        /// Namespace whose PromptPolicies are global.
+        operator_namespace: String,
+        /// Where the Secrets of the manifests are laid out as files.
+        state_dir: PathBuf,
+    },
+}
+
+/// The bytes of a source at one moment, and their fingerprint.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// SHA-256 of every file name and content.
+    pub fingerprint: [u8; 32],
+    files: Vec<(String, String)>,
+}
+
+impl ConfigSource {
+    /// Reads the source. Following symlinks on every read is what makes a
+    /// Kubernetes ConfigMap update (an atomic `..data` symlink swap) visible.
+    pub async fn read(&self) -> Result<Snapshot, String> {
+        let paths = match self {
+            Self::File(path) => vec![path.clone()],
+            Self::Manifests { dir, .. } => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || yaml_files(&dir))
+                    .await
+                    .map_err(|e| format!("listing manifests failed: {e}"))??
+            }
+        };
+        let mut hasher = Sha256::new();
+        let mut files = Vec::with_capacity(paths.len());
+        for path in paths {
+            let text = tokio::fs::read_to_string(&path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+            let name = path.display().to_string();
+            hasher.update(name.as_bytes());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+            hasher.update([0]);
+            files.push((name, text));
+        }
+        Ok(Snapshot { fingerprint: hasher.finalize().into(), files })
+    }
+
+    /// Turns a snapshot into a config; for manifests this also writes the
+    /// tenant's Secrets where the config points.
+    pub fn config(&self, snapshot: &Snapshot) -> Result<GatewayConfig, String> {
+        match self {
+            Self::File(path) => {
+                let (_, text) = snapshot.files.first().ok_or_else(|| format!("{}: no content", path.display()))?;
+                let config = GatewayConfig::from_yaml(text).map_err(|e| format!("{}: {e}", path.display()))?;
+                if !config.hash_matches() {
+                    tracing::warn!(path = %path.display(), "configHash does not match the content (edited by hand?)");
+                }
+                Ok(config)
+            }
+            Self::Manifests { dir, tenant, operator_namespace, state_dir } => {
+                let mut set = ManifestSet::default();
+                for (name, text) in &snapshot.files {
+                    let short = Path::new(name).strip_prefix(dir).map_or(name.clone(), |p| p.display().to_string());
+                    set.add_yaml(&short, text).map_err(|e| e.to_string())?;
+                }
+                let tenant = match tenant {
+                    Some(name) => set.tenant(name).ok_or_else(|| format!("no Tenant {name:?} in {}", dir.display()))?,
+                    None => match set.tenants.as_slice() {
+                        [only] => only,
+                        [] => return Err(format!("no Tenant in {}", dir.display())),
+                        _ => return Err(format!("{} holds several Tenants: choose one with --tenant", dir.display())),
+                    },
+                };
+                let secrets_root = state_dir.join("secrets");
+                let options = RenderOptions {
+                    secrets_root: secrets_root.display().to_string(),
+                    sqlite_path: state_dir.join("gateway.db").display().to_string(),
+                    mode: RenderMode::Local,
+                };
+                let rendered = set.render(tenant, operator_namespace, &options).map_err(|e| e.to_string())?;
+                for issue in &rendered.skipped {
+                    tracing::warn!(object = %issue.object, field = %issue.field, reason = issue.reason, "{}", issue.message);
+                }
+                write_secrets(&set, &rendered.config.tenant.namespace, &secrets_root)?;
+                Ok(rendered.config)
+            }
+        }
+    }
+}
+
+/// Lays the Secrets of `namespace` out as a projected volume would: `<root>/<name>/<key>`.
+fn write_secrets(set: &ManifestSet, namespace: &str, root: &Path) -> Result<(), String> {
+    for secret in set.secrets.iter().filter(|s| s.metadata.namespace.as_deref() == Some(namespace)) {
+        let name = secret.metadata.name.as_deref().unwrap_or_default();
+        let dir = root.join(name);
+        create_private_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let data = secret.data.iter().flatten().map(|(k, v)| (k, v.0.clone()));
+        let string_data = secret.string_data.iter().flatten().map(|(k, v)| (k, v.clone().into_bytes()));
+        for (key, value) in data.chain(string_data) {
+            if key.contains('/') || key.starts_with('.') {
+                return Err(format!("Secret {namespace}/{name}: invalid key {key:?}"));
+            }
+            let path = dir.join(key);
+            let tmp = dir.join(format!(".{key}.tmp"));
+            write_private(&tmp, &value).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+fn write_private(path: &Path, value: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(value)
+}
+
+/// Every `.yaml`/`.yml` file under `dir`, recursively, sorted; hidden entries skipped.
+fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        for entry in entries {
+            let path = entry.map_err(|e| format!("{}: {e}", d.display()))?.path();
+            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}

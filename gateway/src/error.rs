@@ -1,0 +1,222 @@
+//! The one error type of request handling and its mapping to OpenAI's error shape.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::auth::AuthError;
+
+/// Everything a request can fail with. Messages are safe to show to clients:
+/// they never carry secrets, key material or upstream credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The request is malformed; `param` names the offending field.
+    #[error("{message}")]
+    BadRequest { message: String, param: Option<String> },
+    /// The body is larger than the limit.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// No valid credentials.
+    #[error("{0}")]
+    Unauthorized(#[from] AuthError),
+    /// Valid credentials without the needed role.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The model is not one of the tenant's models.
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    /// No such route.
+    #[error("Unknown request URL: {method} {path}")]
+    RouteNotFound { method: String, path: String },
+    /// Every target answered 429.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after: Option<Duration> },
+    /// Every target of the model is down or its breaker is open.
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: Option<Duration> },
+    /// An upstream answered with an error the client caused (4xx): passed on.
+    #[error("{message}")]
+    UpstreamRejected { status: StatusCode, message: String, kind: String, param: Option<String>, code: Option<String> },
+    /// Upstreams failed (5xx, protocol errors, connection errors).
+    #[error("{0}")]
+    BadGateway(String),
+    /// Upstreams did not answer in time.
+    #[error("{0}")]
+    GatewayTimeout(String),
+    /// A bug or an unexpected condition; details are logged, not returned.
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    /// The error.
+    pub error: ErrorDetail<'a>,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Serialize)]
+pub struct ErrorDetail<'a> {
+    /// Human-readable message.
+    pub message: &'a str,
+    /// OpenAI error type.
+    #[serde(rename = "type")]
+    pub kind: &'a str,
+    /// The request field at fault.
+    pub param: Option<&'a str>,
+    /// Machine-readable code.
+    pub code: Option<&'a str>,
+}
+
+impl AppError {
+    /// A 400 naming the field at fault.
+    pub fn bad_request(param: impl Into<Option<String>>, message: impl Into<String>) -> Self {
+        Self::BadRequest { message: message.into(), param: param.into() }
+    }
+
+    /// HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::ModelNotFound(_) | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamRejected { status, .. } => *status,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Short CamelCase reason for logs and metric labels.
+    pub fn as_reason(&self) -> &'static str {
+        match self {
+            Self::BadRequest { .. } => "BadRequest",
+            Self::PayloadTooLarge { .. } => "PayloadTooLarge",
+            Self::Unauthorized(e) => e.as_reason(),
+            Self::Forbidden(_) => "Forbidden",
+            Self::ModelNotFound(_) => "ModelNotFound",
+            Self::RouteNotFound { .. } => "RouteNotFound",
+            Self::RateLimited { .. } => "UpstreamRateLimited",
+            Self::Unavailable { .. } => "NoHealthyTarget",
+            Self::UpstreamRejected { .. } => "UpstreamRejected",
+            Self::BadGateway(_) => "UpstreamFailed",
+            Self::GatewayTimeout(_) => "UpstreamTimeout",
+            Self::Internal(_) => "Internal",
+        }
+    }
+
+    fn kind(&self) -> &str {
+        match self {
+            Self::BadRequest { .. } | Self::PayloadTooLarge { .. } | Self::ModelNotFound(_) => "invalid_request_error",
+            Self::RouteNotFound { .. } => "invalid_request_error",
+            Self::Unauthorized(_) => "authentication_error",
+            Self::Forbidden(_) => "permission_error",
+            Self::RateLimited { .. } => "rate_limit_error",
+            Self::UpstreamRejected { kind, .. } => kind,
+            Self::Unavailable { .. } | Self::BadGateway(_) | Self::GatewayTimeout(_) | Self::Internal(_) => "api_error",
+        }
+    }
+
+    fn code(&self) -> Option<&str> {
+        match self {
+            Self::PayloadTooLarge { .. } => Some("request_too_large"),
+            Self::Unauthorized(_) => Some("invalid_token"),
+            Self::ModelNotFound(_) => Some("model_not_found"),
+            Self::RouteNotFound { .. } => Some("unknown_url"),
+            Self::RateLimited { .. } => Some("rate_limit_exceeded"),
+            Self::UpstreamRejected { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn param(&self) -> Option<&str> {
+        match self {
+            Self::BadRequest { param, .. } | Self::UpstreamRejected { param, .. } => param.as_deref(),
+            Self::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// The JSON body of this error, also used for SSE error events.
+    pub fn to_json(&self) -> Vec<u8> {
+        let message = match self {
+            // Internal details go to the log only.
+            Self::Internal(_) => "The server had an error while processing your request.".to_string(),
+            other => other.to_string(),
+        };
+        let body = ErrorBody {
+            error: ErrorDetail { message: &message, kind: self.kind(), param: self.param(), code: self.code() },
+        };
+        serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":{"message":"error","type":"api_error"}}"#.to_vec())
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } | Self::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            // Logged once here; the message of Internal never reaches the client.
+            match &self {
+                Self::Internal(detail) => tracing::error!(reason = self.as_reason(), %detail, "request failed"),
+                other => tracing::warn!(reason = other.as_reason(), error = %other, "request failed"),
+            }
+        }
+        let mut response =
+            (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], self.to_json())
+                .into_response();
+        if let Self::Unauthorized(e) = &self {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, e.www_authenticate());
+        }
+        if let Some(after) = self.retry_after() {
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response.extensions_mut().insert(ErrorReason(self.as_reason()));
+        response
+    }
+}
+
+/// Set on error responses so the access log and metrics can name the reason.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorReason(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_use_openai_shape_and_hide_internal_details() {
+        let body: serde_json::Value =
+            serde_json::from_slice(&AppError::Internal("db password=hunter2".into()).to_json()).expect("json");
+        assert_eq!(body["error"]["type"], "api_error");
+        assert!(!body.to_string().contains("hunter2"));
+        let body: serde_json::Value =
+            serde_json::from_slice(&AppError::ModelNotFound("gpt-x".into()).to_json()).expect("json");
+        assert_eq!(body["error"]["code"], "model_not_found");
+        assert_eq!(body["error"]["param"], "model");
+    }
+
+    #[test]
+    fn rate_limited_sets_retry_after() {
+        let r = AppError::RateLimited { message: "slow down".into(), retry_after: Some(Duration::from_millis(1500)) }
+            .into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "2");
+    }
+}

@@ -1,0 +1,15 @@
+//! The per-tenant Tenantgate gateway: OpenAI-compatible chat for one tenant,
+//! from its GatewayConfig, with JWT auth, routing, failover and metrics.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod llm;
+pub mod routing;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod token;

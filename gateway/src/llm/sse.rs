@@ -1,0 +1,144 @@
+//! Server-sent events: cutting upstream byte streams at event boundaries
+//! without copying, and decoding events for providers that need translation.
+
+use bytes::{Bytes, BytesMut};
+
+/// Cuts a byte stream into runs of whole events. Complete events are handed
+/// on as slices of the upstream buffers; only a trailing partial event is kept.
+#[derive(Debug, Default)]
+pub struct EventBoundary {
+    pending: BytesMut,
+}
+
+impl EventBoundary {
+    /// Whole events from `chunk` (and what was pending), if any.
+    pub fn push(&mut self, chunk: Bytes) -> Option<Bytes> {
+        if self.pending.is_empty() {
+            let end = last_event_end(&chunk);
+            let mut chunk = chunk;
+            let whole = chunk.split_to(end);
+            if !chunk.is_empty() {
+                self.pending.extend_from_slice(&chunk);
+            }
+            return (!whole.is_empty()).then_some(whole);
+        }
+        self.pending.extend_from_slice(&chunk);
+        let end = last_event_end(&self.pending);
+        (end > 0).then(|| self.pending.split_to(end).freeze())
+    }
+
+    /// Whether a partial event is pending.
+    pub fn has_partial(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
+/// Index just past the last blank line (`\n\n` or `\r\n\r\n`) in `buf`, or 0.
+fn last_event_end(buf: &[u8]) -> usize {
+    memchr::memmem::rfind(buf, b"\n\n")
+        .map(|i| i + 2)
+        .max(memchr::memmem::rfind(buf, b"\n\r\n").map(|i| i + 3))
+        .unwrap_or(0)
+}
+
+/// One decoded event.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// `event:` field.
+    pub event: Option<String>,
+    /// `data:` lines joined by `\n`.
+    pub data: String,
+}
+
+/// Incremental SSE decoder.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    buf: BytesMut,
+}
+
+impl Decoder {
+    /// Adds bytes.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next complete event, if any.
+    pub fn next_event(&mut self) -> Option<Event> {
+        loop {
+            let (end, sep) = find_blank_line(&self.buf)?;
+            let raw = self.buf.split_to(end + sep);
+            let text = String::from_utf8_lossy(&raw[..end]);
+            let mut event = Event::default();
+            let mut has_data = false;
+            for line in text.lines() {
+                if let Some(v) = field(line, "data") {
+                    if has_data {
+                        event.data.push('\n');
+                    }
+                    event.data.push_str(v);
+                    has_data = true;
+                } else if let Some(v) = field(line, "event") {
+                    event.event = Some(v.to_string());
+                }
+            }
+            if has_data || event.event.is_some() {
+                return Some(event);
+            }
+        }
+    }
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let rest = line.strip_prefix(name)?.strip_prefix(':')?;
+    Some(rest.strip_prefix(' ').unwrap_or(rest))
+}
+
+fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = memchr::memmem::find(buf, b"\n\n").map(|i| (i, 2));
+    let crlf = memchr::memmem::find(buf, b"\r\n\r\n").map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// `data: <json>\n\n`.
+pub fn data_event(json: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(json.len() + 8);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(json);
+    out.extend_from_slice(b"\n\n");
+    out.freeze()
+}
+
+/// The end of an OpenAI stream.
+pub const DONE: &[u8] = b"data: [DONE]\n\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boundary_passes_whole_events_and_keeps_partials() {
+        let mut b = EventBoundary::default();
+        assert_eq!(
+            b.push(Bytes::from_static(b"data: 1\n\ndata: 2\n\nda")).as_deref(),
+            Some(&b"data: 1\n\ndata: 2\n\n"[..])
+        );
+        assert!(b.has_partial());
+        assert_eq!(b.push(Bytes::from_static(b"ta: 3\n")), None);
+        assert_eq!(b.push(Bytes::from_static(b"\n")).as_deref(), Some(&b"data: 3\n\n"[..]));
+        assert!(!b.has_partial());
+    }
+
+    #[test]
+    fn decoder_reads_events_across_chunks() {
+        let mut d = Decoder::default();
+        d.push(b"event: message_start\ndata: {\"a\"");
+        assert_eq!(d.next_event(), None);
+        d.push(b":1}\n\n: comment\n\nevent: ping\r\ndata: {}\r\n\r\n");
+        assert_eq!(d.next_event(), Some(Event { event: Some("message_start".into()), data: "{\"a\":1}".into() }));
+        assert_eq!(d.next_event(), Some(Event { event: Some("ping".into()), data: "{}".into() }));
+        assert_eq!(d.next_event(), None);
+    }
+}

@@ -1,0 +1,119 @@
+//! Starting, serving and draining.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::cli::ServeArgs;
+use crate::config::{Carried, ConfigSource, load_initial, watch};
+use crate::state::AppState;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Neither --config nor --manifests.
+    #[error("set --config FILE (the mounted GatewayConfig) or --manifests DIR (local mode)")]
+    NoConfig,
+    /// The first config is invalid.
+    #[error("config: {0}")]
+    Config(String),
+    /// Metrics recorder.
+    #[error("metrics: {0}")]
+    Metrics(String),
+    /// Listening or serving failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The config source the arguments name.
+pub fn source(args: &ServeArgs) -> Result<ConfigSource, StartError> {
+    match (&args.config, &args.manifests) {
+        (Some(file), _) => Ok(ConfigSource::File(file.clone())),
+        (None, Some(dir)) => Ok(ConfigSource::Manifests {
+            dir: dir.clone(),
+            tenant: args.tenant.clone(),
+            operator_namespace: args.operator_namespace.clone(),
+            state_dir: args.state_dir.clone().unwrap_or_else(default_state_dir),
+        }),
+        (None, None) => Err(StartError::NoConfig),
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from).join("tenantgate-local")
+}
+
+/// Serves until SIGTERM or SIGINT, then drains.
+pub async fn run(args: ServeArgs) -> Result<(), StartError> {
+    let source = source(&args)?;
+    let metrics = crate::telemetry::init_metrics().map_err(StartError::Metrics)?;
+    let carried = Carried::new(Duration::from_secs(args.jwks_min_refresh_secs));
+    let (runtime, fingerprint) = load_initial(&source, &carried).await.map_err(StartError::Config)?;
+    tracing::info!(
+        tenant = %runtime.config.tenant.name,
+        config_hash = %runtime.config.config_hash,
+        models = runtime.models.len(),
+        "config loaded"
+    );
+    metrics::gauge!("tenantgate_config_valid").set(1.0);
+    let state = AppState::new(runtime, carried, metrics, args.max_body_bytes);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let interval = Duration::from_millis(args.config_poll_ms.max(50));
+    tokio::spawn(watch(state.clone(), source, fingerprint, interval, stop_rx));
+
+    let listener = TcpListener::bind(args.listen).await?;
+    tracing::info!(address = %listener.local_addr()?, "listening");
+    let app = crate::api::router(state.clone(), Duration::from_secs(args.request_timeout_secs));
+
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let signal_state = state.clone();
+    let notify = draining.clone();
+    let delay = Duration::from_millis(args.shutdown_delay_ms);
+    let shutdown = async move {
+        let delay = match wait_for_signal().await {
+            Signal::Term => delay,
+            // Ctrl-C at a terminal: nobody routes to us, no need to wait.
+            Signal::Int => Duration::ZERO,
+        };
+        signal_state.begin_shutdown();
+        tracing::info!(delay_ms = delay.as_millis() as u64, "shutting down: not ready, then draining");
+        tokio::time::sleep(delay).await;
+        let _ = stop_tx.send(true);
+        notify.notify_one();
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let drain_timeout = Duration::from_millis(args.drain_timeout_ms);
+    tokio::select! {
+        result = server => result?,
+        () = async { draining.notified().await; tokio::time::sleep(drain_timeout).await } => {
+            tracing::warn!(open_streams = state.open_streams(), "drain deadline reached; closing what is left");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+enum Signal {
+    Term,
+    Int,
+}
+
+async fn wait_for_signal() -> Signal {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => Signal::Term,
+            _ = int.recv() => Signal::Int,
+        },
+        _ => {
+            // Without signal handlers the process still stops on a plain kill.
+            std::future::pending::<()>().await;
+            Signal::Term
+        }
+    }
+}
