@@ -203,6 +203,8 @@ fn event_stream(events: Vec<Bytes>, interval: Duration, fail_after: Option<usize
             tokio::time::sleep(interval).await;
         }
         if fail_after.is_some_and(|n| i >= n) {
+            // Let the events before reach the client first, so the failure is mid-stream.
+            tokio::time::sleep(Duration::from_millis(20)).await;
             return Err(std::io::Error::other("scripted stream failure"));
         }
         Ok(event)

@@ -10,7 +10,8 @@ use crate::error::AppError;
 /// `POST /v1/chat/completions` body.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ChatRequest {
-    /// The tenant model name (replaced by the target model upstream).
+    /// The tenant model name. Not serialized: providers send the target's model name instead.
+    #[serde(skip_serializing)]
     pub model: String,
     /// The conversation.
     pub messages: Vec<Message>,

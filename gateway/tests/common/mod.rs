@@ -1,0 +1,256 @@
+//! Starts e2e/mock-llm and the gateway binary as processes on free
+//! 127.0.0.1 ports, and mints tokens with the quickstart development key.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("gateway/ has a parent").to_path_buf()
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The mock-llm binary, built once per test run into the current target dir.
+fn mock_llm_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "-q", "-p", "tenantgate-mock-llm", "--message-format=json"])
+            .current_dir(repo_root())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("cargo build mock-llm");
+        assert!(out.status.success(), "building mock-llm failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|m| m["target"]["name"] == "tenantgate-mock-llm")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("mock-llm executable in cargo output")
+    })
+}
+
+/// A child process killed (by its PID) on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running e2e/mock-llm.
+pub struct Upstream {
+    _proc: Proc,
+    pub url: String,
+    client: reqwest::Client,
+}
+
+impl Upstream {
+    pub fn start() -> Self {
+        let mut child = Command::new(mock_llm_bin())
+            .args(["--listen", "127.0.0.1:0", "--tokens", "8"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mock-llm");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("mock-llm prints its address");
+        let addr = line.trim().strip_prefix("listening on ").expect("address line").to_string();
+        Self { _proc: Proc(child), url: format!("http://{addr}"), client: reqwest::Client::new() }
+    }
+
+    /// Scripts the answers for upstream model `model`.
+    pub async fn script(&self, model: &str, steps: Value, default: Option<Value>) {
+        let body = json!({"model": model, "steps": steps, "default": default});
+        let r = self
+            .client
+            .post(format!("{}/_control/script", self.url))
+            .body(body.to_string())
+            .header("content-type", "application/json")
+            .send()
+            .await
+            .expect("script");
+        assert!(r.status().is_success(), "script refused: {}", r.status());
+    }
+
+    /// Requests seen for `model`.
+    pub async fn count(&self, model: &str) -> u64 {
+        let v: Value = get_json(&self.client, &format!("{}/_control/stats", self.url)).await;
+        v["requests"][model].as_u64().unwrap_or(0)
+    }
+
+    /// The last request for `model`: `{"body", "credential"}`.
+    pub async fn last(&self, model: &str) -> Value {
+        get_json(&self.client, &format!("{}/_control/last?model={model}", self.url)).await
+    }
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    let text = client.get(url).send().await.expect("GET").text().await.expect("body");
+    serde_json::from_str(&text).expect("JSON")
+}
+
+/// The public JWKS of the quickstart development key.
+pub fn quickstart_jwks() -> String {
+    let dir = repo_root().join("manifests/examples/quickstart");
+    let mut files: Vec<_> =
+        std::fs::read_dir(&dir).expect("quickstart").filter_map(Result::ok).map(|e| e.path()).collect();
+    files.sort();
+    let marker = "jwks.json: '";
+    for f in files.iter().filter(|p| p.extension().is_some_and(|e| e == "yaml")) {
+        let text = std::fs::read_to_string(f).expect("read");
+        if let Some(at) = text.find(marker) {
+            let start = at + marker.len();
+            let len = text[start..].find('\'').expect("closing quote");
+            return text[start..start + len].to_string();
+        }
+    }
+    panic!("no JWKS in {}", dir.display());
+}
+
+/// The test tenant's manifests for `upstream`.
+pub fn tenant_yaml(upstream: &str) -> String {
+    let template =
+        std::fs::read_to_string(repo_root().join("gateway/tests/fixtures/tenant.yaml.tmpl")).expect("template");
+    template
+        .replace("${UPSTREAM}", upstream)
+        .replace("${DEAD}", &format!("http://127.0.0.1:{}", free_port()))
+        .replace("${JWKS}", &quickstart_jwks())
+}
+
+/// A running gateway in local mode over a temporary manifests directory.
+pub struct Gateway {
+    proc: Option<Proc>,
+    pub url: String,
+    pub dir: PathBuf,
+    pub client: reqwest::Client,
+    pub token: String,
+}
+
+impl Gateway {
+    pub async fn start(manifests: &str) -> Self {
+        Self::start_with(manifests, &[]).await
+    }
+
+    pub async fn start_with(manifests: &str, extra: &[&str]) -> Self {
+        let n = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("tg-gw-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(dir.join("manifests")).expect("temp dir");
+        std::fs::write(dir.join("manifests/tenant.yaml"), manifests).expect("write manifests");
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_tenantgate-gateway"))
+            .arg("--manifests")
+            .arg(dir.join("manifests"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--config-poll-ms", "200", "--shutdown-delay-ms", "0"])
+            .args(extra)
+            .env("RUST_LOG", std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start gateway");
+        let gw = Self {
+            proc: Some(Proc(child)),
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+            client: reqwest::Client::new(),
+            token: token(json!({})),
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.client.get(format!("{}/readyz", self.url)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway at {} did not become ready", self.url);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map(|p| p.0.id()).expect("running")
+    }
+
+    /// Waits for the process to exit and returns whether it exited cleanly.
+    pub fn wait_exit(&mut self) -> bool {
+        let mut proc = self.proc.take().expect("running");
+        let status = proc.0.wait().expect("wait");
+        std::mem::forget(proc);
+        status.success()
+    }
+
+    /// POST a JSON body to `path` with the default token.
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.post_raw(path, body.to_string(), Some(&self.token)).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>, token: Option<&str>) -> reqwest::Response {
+        let mut r =
+            self.client.post(format!("{}{path}", self.url)).header("content-type", "application/json").body(body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().await.expect("request")
+    }
+
+    pub async fn chat(&self, model: &str) -> (u16, Value) {
+        let r = self
+            .post("/v1/chat/completions", &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+            .await;
+        let status = r.status().as_u16();
+        (status, serde_json::from_str(&r.text().await.expect("body")).expect("JSON body"))
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client.get(format!("{}/metrics", self.url)).send().await.expect("metrics").text().await.expect("text")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        drop(self.proc.take());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A token for the test tenant signed with the quickstart key; `overrides` replace claims.
+pub fn token(overrides: Value) -> String {
+    sign(overrides, "manifests/examples/quickstart/dev-signing-key.pem", Some("quickstart-dev"))
+}
+
+pub fn sign(overrides: Value, key: &str, kid: Option<&str>) -> String {
+    let mut claims = json!({"iss": "https://issuer.test", "aud": "tenantgate", "sub": "tester", "exp": now() + 600, "roles": ["dev"]});
+    for (k, v) in overrides.as_object().into_iter().flatten() {
+        claims[k] = v.clone();
+    }
+    let pem = std::fs::read(repo_root().join(key)).expect("key");
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).expect("RSA key")).expect("sign")
+}

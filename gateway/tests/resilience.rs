@@ -1,0 +1,196 @@
+//! Retry, failover, circuit breaking, timeouts and broken streams against
+//! e2e/mock-llm misbehaving; Anthropic translation end to end.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+async fn setup() -> (Upstream, Gateway) {
+    let upstream = Upstream::start();
+    let gateway = Gateway::start(&tenant_yaml(&upstream.url)).await;
+    (upstream, gateway)
+}
+
+#[tokio::test]
+async fn retries_5xx_and_429_then_succeeds() {
+    let (upstream, gw) = setup().await;
+    upstream.script("flaky", json!([{"status": 503}, {"status": 429, "retry_after": 0}]), None).await;
+    let (status, body) = gw.chat("flaky").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(upstream.count("flaky").await, 3);
+}
+
+#[tokio::test]
+async fn honours_retry_after() {
+    let (upstream, gw) = setup().await;
+    upstream.script("flaky", json!([{"status": 429, "retry_after": 1}]), None).await;
+    let started = Instant::now();
+    assert_eq!(gw.chat("flaky").await.0, 200);
+    assert!(started.elapsed() >= Duration::from_millis(950), "waited {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried_and_pass_through() {
+    let (upstream, gw) = setup().await;
+    upstream.script("primary", json!([{"status": 400}]), None).await;
+    let (status, body) = gw.chat("chat").await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["message"], "mock-llm scripted 400 Bad Request");
+    assert_eq!(upstream.count("primary").await, 1);
+}
+
+#[tokio::test]
+async fn fails_over_to_the_next_target() {
+    let (upstream, gw) = setup().await;
+    upstream.script("down", json!([]), Some(json!({"status": 500}))).await;
+    let (status, body) = gw.chat("failover").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "backup");
+    assert_eq!(upstream.count("down").await, 3, "the first target is retried max_retries times first");
+}
+
+#[tokio::test]
+async fn fails_over_from_a_refused_connection() {
+    let (_upstream, gw) = setup().await;
+    let (status, body) = gw.chat("dead-then-up").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "after-dead");
+}
+
+#[tokio::test]
+async fn exhausted_429_is_a_429_with_retry_after() {
+    let (upstream, gw) = setup().await;
+    upstream.script("flaky", json!([]), Some(json!({"status": 429, "retry_after": 0}))).await;
+    let r = gw
+        .post("/v1/chat/completions", &json!({"model": "flaky", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn first_byte_timeout_gives_504() {
+    let (upstream, gw) = setup().await;
+    upstream.script("slow", json!([]), Some(json!({"hang": true}))).await;
+    let started = Instant::now();
+    let (status, body) = gw.chat("slow").await;
+    assert_eq!(status, 504, "{body}");
+    // 1 s first-byte timeout, three attempts, small backoff: well under the 5 s total.
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn breaker_opens_then_recovers_through_half_open() {
+    let (upstream, gw) = setup().await;
+    upstream.script("brk", json!([]), Some(json!({"status": 503}))).await;
+    // Threshold 3: the first request's three attempts open the breaker.
+    let (status, _) = gw.chat("breaker").await;
+    assert_eq!(status, 502);
+    let seen = upstream.count("brk").await;
+    assert_eq!(seen, 3);
+    // Open: refused without calling the upstream.
+    let r = gw
+        .post("/v1/chat/completions", &json!({"model": "breaker", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(upstream.count("brk").await, seen, "an open breaker skips the target");
+    assert!(gw.metrics().await.contains("tenantgate_circuit_breaker_state{target=\"up/brk\"} 1"));
+    // After open_seconds one probe goes through; the upstream has healed, so the breaker closes.
+    upstream.script("brk", json!([]), None).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, body) = gw.chat("breaker").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(gw.metrics().await.contains("tenantgate_circuit_breaker_state{target=\"up/brk\"} 0"));
+    assert_eq!(gw.chat("breaker").await.0, 200);
+}
+
+#[tokio::test]
+async fn failed_half_open_probe_reopens() {
+    let (upstream, gw) = setup().await;
+    upstream.script("brk", json!([]), Some(json!({"status": 503}))).await;
+    assert_eq!(gw.chat("breaker").await.0, 502);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = upstream.count("brk").await;
+    assert_eq!(gw.chat("breaker").await.0, 502, "the probe fails");
+    assert_eq!(upstream.count("brk").await, before + 1, "half-open sends exactly one probe");
+    assert_eq!(gw.chat("breaker").await.0, 503, "open again");
+}
+
+async fn stream_text(gw: &Gateway, model: &str) -> (u16, String) {
+    let body = json!({"model": model, "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let r = gw.post("/v1/chat/completions", &body).await;
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap_or_default())
+}
+
+fn events(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("JSON event"))
+        .collect()
+}
+
+#[tokio::test]
+async fn streams_pass_through_with_usage() {
+    let (_upstream, gw) = setup().await;
+    let (status, text) = stream_text(&gw, "chat").await;
+    assert_eq!(status, 200);
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let events = events(&text);
+    let content: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(content, "Hello from the Tenantgate mock model, a");
+    assert_eq!(events.last().expect("usage chunk")["usage"]["completion_tokens"], 8);
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_ends_with_one_error_event() {
+    let (upstream, gw) = setup().await;
+    upstream.script("broken-stream", json!([{"fail_after_chunks": 3}]), None).await;
+    let (status, text) = stream_text(&gw, "broken-stream").await;
+    assert_eq!(status, 200);
+    let events = events(&text);
+    assert_eq!(events.len(), 4, "three chunks and an error: {text}");
+    assert!(events[3]["error"]["message"].as_str().is_some_and(|m| m.contains("stream")), "{text}");
+    assert!(!text.contains("[DONE]"));
+    assert_eq!(upstream.count("broken-stream").await, 1, "no retry once streaming started");
+}
+
+#[tokio::test]
+async fn anthropic_is_translated_both_ways() {
+    let (upstream, gw) = setup().await;
+    let (status, body) = gw.chat("claude").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello from the Tenantgate mock model, a");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    let last = upstream.last("claude-mock").await;
+    assert_eq!(last["credential"], "key-one", "x-api-key carries the key");
+
+    let request = json!({"model": "claude", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]});
+    let r = gw.post("/v1/chat/completions", &request).await;
+    let body: Value = serde_json::from_str(&r.text().await.expect("text")).expect("json");
+    let call = &body["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather");
+    assert_eq!(call["function"]["arguments"], r#"{"city":"mock"}"#);
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    let sent = &upstream.last("claude-mock").await["body"];
+    assert_eq!(sent["system"], "Be brief.");
+    assert_eq!(sent["tools"][0]["input_schema"]["properties"]["city"]["type"], "string");
+
+    let (status, text) = stream_text(&gw, "claude").await;
+    assert_eq!(status, 200);
+    let events = events(&text);
+    let content: String = events.iter().filter_map(|e| e["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(content, "Hello from the Tenantgate mock model, a");
+    assert_eq!(events.last().expect("usage")["usage"]["completion_tokens"], 8);
+    assert!(text.ends_with("data: [DONE]\n\n"));
+}
