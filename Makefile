@@ -17,6 +17,7 @@ test-unit: ## Unit, golden and schema tests of every crate (no services needed)
 
 .PHONY: test-cluster
 test-cluster: ## Tests against a real local control plane (started and stopped around them)
+	$(CARGO) build -p tenantgate-operator
 	e2e/with-cluster $(CARGO) test -p tenantgate-tests -- --test-threads=4
 
 .PHONY: generate

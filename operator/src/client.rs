@@ -79,7 +79,42 @@ where
             Method::GET | Method::HEAD | Method::OPTIONS => "read",
             _ => "write",
         };
-        self.metrics.api_requests.get_or_create(&RequestLabels { kind, method: request.method().to_string() }).inc();
+        let labels =
+            RequestLabels { kind, method: request.method().to_string(), resource: resource_of(request.uri().path()) };
+        self.metrics.api_requests.get_or_create(&labels).inc();
         self.inner.call(request)
+    }
+}
+
+/// The resource a request path names: `/apis/apps/v1/namespaces/x/deployments/gw`
+/// is `deployments`; a subresource is kept (`tenants/status`).
+fn resource_of(path: &str) -> String {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match segments.as_slice() {
+        ["api", _version, rest @ ..] => rest,
+        ["apis", _group, _version, rest @ ..] => rest,
+        _ => return "other".into(),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] if !rest.is_empty() => rest,
+        other => other,
+    };
+    match rest {
+        [resource, _name, sub, ..] => format!("{resource}/{sub}"),
+        [resource, ..] => (*resource).to_string(),
+        [] => "other".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn resources_are_named_from_paths() {
+        assert_eq!(super::resource_of("/apis/apps/v1/namespaces/tg-a/deployments/gateway"), "deployments");
+        assert_eq!(super::resource_of("/apis/tenantgate.dev/v1alpha1/tenants/acme/status"), "tenants/status");
+        assert_eq!(super::resource_of("/api/v1/namespaces/tg-a"), "namespaces");
+        assert_eq!(super::resource_of("/api/v1/namespaces"), "namespaces");
+        assert_eq!(super::resource_of("/apis/coordination.k8s.io/v1/namespaces/tenantgate-system/leases/op"), "leases");
+        assert_eq!(super::resource_of("/version"), "other");
     }
 }

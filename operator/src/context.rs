@@ -55,6 +55,34 @@ pub struct Stores {
     pub service_monitors: Option<(ApiResource, Store<DynamicObject>)>,
 }
 
+impl Stores {
+    /// Resolves once every cache has finished its first list. A reconcile
+    /// before that could mistake "not listed yet" for "absent" (and, say,
+    /// take over a namespace that belongs to someone else).
+    pub async fn wait_ready(&self) -> bool {
+        let (a, b, c, d, e) = futures::join!(
+            self.tenants.wait_until_ready(),
+            self.mcp_connections.wait_until_ready(),
+            self.prompt_policies.wait_until_ready(),
+            self.secrets.wait_until_ready(),
+            self.namespaces.wait_until_ready(),
+        );
+        let (f, g, h, i, j) = futures::join!(
+            self.deployments.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.config_maps.wait_until_ready(),
+            self.service_accounts.wait_until_ready(),
+            self.network_policies.wait_until_ready(),
+        );
+        let (k, l, m) = futures::join!(
+            self.hpas.wait_until_ready(),
+            self.pdbs.wait_until_ready(),
+            self.ingresses.wait_until_ready()
+        );
+        [a, b, c, d, e, f, g, h, i, j, k, l, m].iter().all(Result::is_ok)
+    }
+}
+
 /// Shared state of the controllers.
 pub struct Context {
     /// The API client.

@@ -28,6 +28,8 @@ pub struct RequestLabels {
     pub kind: &'static str,
     /// HTTP method.
     pub method: String,
+    /// Resource (with subresource), e.g. `deployments` or `tenants/status`.
+    pub resource: String,
 }
 
 /// Every metric the operator exports.

@@ -6,6 +6,8 @@
 //! ServiceAccount (for RBAC tests) and throw-away labelled namespaces.
 #![forbid(unsafe_code)]
 
+pub mod operator;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -101,7 +101,7 @@ async fn valid_examples_are_accepted_by_server_side_apply() -> anyhow::Result<()
     assert_eq!(quickstart.spec.routing.circuit_breaker.open_seconds, 30);
     // Applying the same YAML again changes nothing.
     let before = quickstart.resource_version();
-    let text = std::fs::read_to_string(root.join("quickstart/tenant.yaml"))?;
+    let text = std::fs::read_to_string(root.join("quickstart/00-tenant.yaml"))?;
     apply_yaml(&client, &text, None).await?;
     assert_eq!(tenants.get("quickstart").await?.resource_version(), before, "a second apply must be a no-op");
 

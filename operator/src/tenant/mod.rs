@@ -78,6 +78,10 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
 
 async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let name = tenant.name_any();
+    if !matches!(tokio::time::timeout(Duration::from_secs(5), ctx.stores.wait_ready()).await, Ok(true)) {
+        tracing::debug!(tenant = %name, "caches not synced yet; trying again shortly");
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let deps = dereference(tenant, &ctx.stores, &ctx.settings.operator_namespace);
     if let Some(owner) = &deps.namespace_conflict {
         let message = format!(

@@ -1,0 +1,394 @@
+//! The operator against the real local control plane, running as the chart's
+//! ServiceAccount with the chart's RBAC (a missing permission fails here).
+//! One operator runs at a time: the tests of this file take turns.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use tenantgate_crds::v1alpha1::{McpConnection, PromptPolicy, Tenant};
+use tenantgate_tests::operator::*;
+use tenantgate_tests::*;
+
+static ONE_OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn kubectl(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("kubectl").args(args).output()?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(out.status.success(), "kubectl {}: {text}", args.join(" "));
+    Ok(text)
+}
+
+async fn eventually<F, Fut>(
+    what: &str,
+    timeout: Duration,
+    op: Option<&OperatorProcess>,
+    mut check: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => "not yet".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            let log = op.map(|o| o.log_tail(30)).unwrap_or_default();
+            anyhow::bail!("{what}: not within {timeout:?} ({last})\noperator log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn condition(t: &Tenant, type_: &str) -> Option<(String, String)> {
+    t.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+async fn wait_ready(client: &Client, name: &str, op: &OperatorProcess) -> anyhow::Result<Tenant> {
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    // As the README tells platform teams:
+    let waited = kubectl(&["wait", "--for=condition=Ready", &format!("tenant/{name}"), "--timeout=90s"]);
+    if let Err(e) = waited {
+        let t = tenants.get(name).await?;
+        anyhow::bail!("{e}\nstatus: {:?}\noperator log:\n{}", t.status, op.log_tail(40));
+    }
+    Ok(tenants.get(name).await?)
+}
+
+async fn setup() -> anyhow::Result<Client> {
+    let client = admin_client().await?;
+    install_crds(&client).await?;
+    Ok(client)
+}
+
+async fn delete_tenant_and_wait(
+    client: &Client,
+    name: &str,
+    namespace: &str,
+    op: &OperatorProcess,
+) -> anyhow::Result<()> {
+    kubectl(&["delete", "tenant", name, "--wait=true", "--timeout=60s"])?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    eventually(&format!("namespace {namespace} removed with its tenant"), Duration::from_secs(90), Some(op), || {
+        let namespaces = namespaces.clone();
+        let namespace = namespace.to_owned();
+        async move { Ok(namespaces.get_opt(&namespace).await?.is_none()) }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn quickstart_tenant_becomes_ready_with_its_whole_stack_and_goes_with_it() -> anyhow::Result<()> {
+    let _turn = ONE_OPERATOR.lock().await;
+    let client = setup().await?;
+    let op = OperatorProcess::start(&client, "operator-a").await?;
+    kubectl(&["apply", "-f", &repo_root().join("manifests/examples/quickstart").display().to_string()])?;
+    let tenant = wait_ready(&client, "quickstart", &op).await?;
+    let status = tenant.status.clone().expect("status");
+    assert_eq!(status.namespace.as_deref(), Some("tg-quickstart"));
+    assert_eq!(status.endpoint.as_deref(), Some("http://gateway.tg-quickstart.svc:8080"));
+    assert_eq!(status.observed_generation, tenant.metadata.generation);
+    assert_eq!(condition(&tenant, "Reconciled"), Some(("True".into(), "Applied".into())));
+    assert_eq!(condition(&tenant, "GatewayAvailable").map(|c| c.0), Some("True".into()));
+    // No database: the status says the data is not durable.
+    assert_eq!(condition(&tenant, "Degraded"), Some(("True".into(), "StorageNotDurable".into())));
+
+    let ns = "tg-quickstart";
+    let namespace = Api::<Namespace>::all(client.clone()).get(ns).await?;
+    assert_eq!(namespace.labels().get("pod-security.kubernetes.io/enforce").map(String::as_str), Some("restricted"));
+    assert_eq!(namespace.labels().get("tenantgate.dev/tenant").map(String::as_str), Some("quickstart"));
+    let sa = Api::<ServiceAccount>::namespaced(client.clone(), ns).get("gateway").await?;
+    assert_eq!(sa.automount_service_account_token, Some(false));
+    let keys = Api::<Secret>::namespaced(client.clone(), ns).get("gateway-keys").await?;
+    let data = keys.data.clone().unwrap_or_default();
+    assert_eq!(data.get("token-encryption-key").map(|k| k.0.len()), Some(44), "32 random bytes, base64");
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns).get("gateway-config").await?;
+    let config_yaml = cm.data.as_ref().and_then(|d| d.get("config.yaml")).expect("config.yaml");
+    let config = tenantgate_crds::config::GatewayConfig::from_yaml(config_yaml)?;
+    assert_eq!(Some(config.config_hash.clone()), status.config_hash);
+    assert!(config.hash_matches());
+    assert!(!config_yaml.contains("\"kty\""), "no secret values in the ConfigMap");
+    let deploy = Api::<Deployment>::namespaced(client.clone(), ns).get("gateway").await?;
+    let pod = deploy.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod spec");
+    let container = &pod.containers[0];
+    let sc = container.security_context.as_ref().expect("security context");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert!(container.liveness_probe.is_some() && container.readiness_probe.is_some());
+    let projected = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "secrets")
+        .and_then(|v| v.projected.clone())
+        .expect("projected");
+    let mounted: Vec<String> =
+        projected.sources.iter().flatten().filter_map(|s| s.secret.as_ref()).map(|s| s.name.clone()).collect();
+    assert_eq!(mounted, ["gateway-keys", "quickstart-jwks"]);
+    Api::<Service>::namespaced(client.clone(), ns).get("gateway").await?;
+    Api::<NetworkPolicy>::namespaced(client.clone(), ns).get("gateway").await?;
+    assert!(
+        Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns).get_opt("gateway").await?.is_none(),
+        "no HPA without autoscaling"
+    );
+    assert!(
+        Api::<PodDisruptionBudget>::namespaced(client.clone(), ns).get_opt("gateway").await?.is_none(),
+        "no PDB for one replica"
+    );
+    let policy = Api::<PromptPolicy>::namespaced(client.clone(), ns).get("assistant").await?;
+    let accepted = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Accepted"))
+        .map(|c| c.status.clone());
+    assert_eq!(accepted.as_deref(), Some("True"));
+    assert_eq!(policy.status.as_ref().and_then(|s| s.tenant.clone()).as_deref(), Some("quickstart"));
+    let listing = kubectl(&["get", "tenants"])?;
+    assert!(
+        listing.contains("quickstart") && listing.contains("tg-quickstart") && listing.contains("True"),
+        "{listing}"
+    );
+
+    delete_tenant_and_wait(&client, "quickstart", ns, &op).await?;
+    Ok(())
+}
+
+async fn managed_versions(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let lp = ListParams::default().labels("app.kubernetes.io/managed-by=tenantgate-operator");
+    let mut out = BTreeMap::new();
+    macro_rules! collect {
+        ($t:ty) => {
+            for o in Api::<$t>::namespaced(client.clone(), ns).list(&lp).await?.items {
+                out.insert(format!("{}/{}", stringify!($t), o.name_any()), o.resource_version().unwrap_or_default());
+            }
+        };
+    }
+    collect!(Deployment);
+    collect!(Service);
+    collect!(ConfigMap);
+    collect!(ServiceAccount);
+    collect!(NetworkPolicy);
+    collect!(HorizontalPodAutoscaler);
+    collect!(PodDisruptionBudget);
+    collect!(Ingress);
+    let tenant = Api::<Tenant>::all(client.clone()).get("acme").await?;
+    out.insert("Tenant/acme".into(), tenant.resource_version().unwrap_or_default());
+    Ok(out)
+}
+
+#[tokio::test]
+async fn full_tenant_converges_follows_changes_and_makes_no_writes_at_rest() -> anyhow::Result<()> {
+    let _turn = ONE_OPERATOR.lock().await;
+    let client = setup().await?;
+    let op = OperatorProcess::start(&client, "operator-b").await?;
+    let examples = repo_root().join("manifests/examples");
+    kubectl(&["apply", "-f", &examples.join("global").display().to_string()])?;
+    kubectl(&["apply", "-f", &examples.join("acme").display().to_string()])?;
+    let tenant = wait_ready(&client, "acme", &op).await?;
+    let ns = "tg-acme";
+    assert_eq!(tenant.status.as_ref().map(|s| s.endpoint.clone()), Some(Some("https://acme.ai.example.com".into())));
+    assert_eq!(tenant.status.as_ref().map(|s| (s.mcp_connections, s.prompt_policies)), Some((2, 3)));
+    let deploy = Api::<Deployment>::namespaced(client.clone(), ns).get("gateway").await?;
+    let hpa = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns).get("gateway").await?;
+    assert_eq!((hpa.spec.min_replicas, hpa.spec.max_replicas), (Some(2), 10));
+    Api::<PodDisruptionBudget>::namespaced(client.clone(), ns).get("gateway").await?;
+    let ingress = Api::<Ingress>::namespaced(client.clone(), ns).get("gateway").await?;
+    assert_eq!(ingress.annotations().get("cert-manager.io/cluster-issuer").map(String::as_str), Some("letsencrypt"));
+    Api::<Deployment>::namespaced(client.clone(), ns).get("mcp-everything").await?;
+    let conn = Api::<McpConnection>::namespaced(client.clone(), ns).get("github").await?;
+    assert_eq!(conn.status.as_ref().and_then(|s| s.tenant.clone()).as_deref(), Some("acme"));
+    let global = Api::<PromptPolicy>::namespaced(client.clone(), OPERATOR_NAMESPACE).get("platform-baseline").await?;
+    assert_eq!(global.status.as_ref().and_then(|s| s.tenant.clone()).as_deref(), Some("*"));
+
+    // The HPA owns replicas: the operator does not set them, so it never fights the autoscaler.
+    let managers: Vec<String> = deploy
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| m.manager.as_deref() == Some("tenantgate-operator"))
+        .filter_map(|m| m.fields_v1.as_ref().map(|f| f.0.to_string()))
+        .collect();
+    assert!(
+        managers.iter().all(|f| !f.contains("f:replicas")),
+        "the operator must not own spec.replicas: {managers:?}"
+    );
+
+    // Steady state: no new resourceVersions and no write requests.
+    let settle =
+        Duration::from_secs(std::env::var("TENANTGATE_STEADY_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = managed_versions(&client, ns).await?;
+    // Lease renewals are the only writes allowed at rest.
+    let writes_before = op.writes_except_leases().await?;
+    tokio::time::sleep(settle).await;
+    let after = managed_versions(&client, ns).await?;
+    let writes_after = op.writes_except_leases().await?;
+    assert_eq!(before, after, "managed objects changed at rest");
+    assert_eq!(writes_before, writes_after, "the operator wrote at rest; log:\n{}", op.log_tail(30));
+
+    // A PromptPolicy edit reaches the ConfigMap and rolls the pods.
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let hash = |cm: &ConfigMap| cm.annotations().get("tenantgate.dev/config-hash").cloned();
+    let old_hash = hash(&maps.get("gateway-config").await?);
+    let checksum = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
+            .and_then(|a| a.get("tenantgate.dev/config-checksum").cloned())
+    };
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let old_checksum = checksum(&deployments.get("gateway").await?);
+    let policies: Api<PromptPolicy> = Api::namespaced(client.clone(), ns);
+    policies
+        .patch("acme-base", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"priority": 150}})))
+        .await?;
+    eventually("a PromptPolicy edit changes the config", Duration::from_secs(15), Some(&op), || {
+        let maps = maps.clone();
+        let old = old_hash.clone();
+        async move { Ok(hash(&maps.get("gateway-config").await?) != old) }
+    })
+    .await?;
+    let after_policy = checksum(&deployments.get("gateway").await?);
+    assert_ne!(after_policy, old_checksum, "a config change rolls the pods");
+
+    // Rotating a referenced Secret changes the checksum.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    secrets
+        .patch(
+            "openai-key",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"stringData": {"apiKey": "sk-rotated"}})),
+        )
+        .await?;
+    eventually("a Secret rotation rolls the pods", Duration::from_secs(15), Some(&op), || {
+        let deployments = deployments.clone();
+        let old = after_policy.clone();
+        async move { Ok(checksum(&deployments.get("gateway").await?) != old) }
+    })
+    .await?;
+
+    // Faults: a deleted child comes back, a hand edit is undone.
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    services.delete("gateway", &DeleteParams::default()).await?;
+    eventually("a deleted Service is recreated", Duration::from_secs(15), Some(&op), || {
+        let services = services.clone();
+        async move { Ok(services.get_opt("gateway").await?.is_some_and(|s| s.metadata.deletion_timestamp.is_none())) }
+    })
+    .await?;
+    deployments
+        .patch(
+            "gateway",
+            &PatchParams::apply("someone-else").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "spec": {"template": {"metadata": {"annotations": {"tenantgate.dev/config-checksum": "tampered"}}}}
+            })),
+        )
+        .await?;
+    eventually("a hand edit is undone", Duration::from_secs(15), Some(&op), || {
+        let deployments = deployments.clone();
+        async move { Ok(checksum(&deployments.get("gateway").await?).as_deref() != Some("tampered")) }
+    })
+    .await?;
+    // Removing autoscaling removes the HPA (and the PDB stays: two replicas).
+    Api::<Tenant>::all(client.clone())
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"gateway": {"autoscaling": null}}})),
+        )
+        .await?;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+    eventually("the HPA goes with spec.gateway.autoscaling", Duration::from_secs(15), Some(&op), || {
+        let hpas = hpas.clone();
+        async move { Ok(hpas.get_opt("gateway").await?.is_none()) }
+    })
+    .await?;
+
+    delete_tenant_and_wait(&client, "acme", ns, &op).await?;
+    kubectl(&["delete", "-f", &examples.join("global").display().to_string(), "--ignore-not-found"])?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_names_what_a_human_must_fix() -> anyhow::Result<()> {
+    let _turn = ONE_OPERATOR.lock().await;
+    let client = setup().await?;
+    let op = OperatorProcess::start(&client, "operator-c").await?;
+    // A namespace that belongs to someone else is refused, not taken over.
+    let taken = TestNamespace::create(&client, "taken").await?;
+    let tenant = format!(
+        r#"{{"apiVersion":"tenantgate.dev/v1alpha1","kind":"Tenant","metadata":{{"name":"squatter"}},
+        "spec":{{"namespace":"{ns}","auth":{{"jwt":{{"issuer":"https://idp","audiences":["a"],"jwksUri":"https://idp.example/jwks"}}}},
+        "providers":[{{"name":"m","type":"mock"}}],"models":[{{"name":"chat","targets":[{{"provider":"m","model":"x"}}]}}]}}}}"#,
+        ns = taken.name
+    );
+    apply_yaml(&client, &tenant, None).await?;
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    eventually("NamespaceConflict is reported", Duration::from_secs(20), Some(&op), || {
+        let tenants = tenants.clone();
+        async move {
+            Ok(tenants.get("squatter").await.map(|t| condition(&t, "Reconciled"))?
+                == Some(("False".into(), "NamespaceConflict".into())))
+        }
+    })
+    .await?;
+    assert!(Api::<Deployment>::namespaced(client.clone(), &taken.name).get_opt("gateway").await?.is_none());
+
+    // An McpConnection in a namespace of no tenant says so.
+    let lonely = TestNamespace::create(&client, "lonely").await?;
+    let conn = r#"{"apiVersion":"tenantgate.dev/v1alpha1","kind":"McpConnection","metadata":{"name":"orphan"},"spec":{"url":"https://mcp.example.com/mcp"}}"#;
+    apply_yaml(&client, conn, Some(&lonely.name)).await?;
+    let conns: Api<McpConnection> = Api::namespaced(client.clone(), &lonely.name);
+    eventually("NoTenant is reported", Duration::from_secs(20), Some(&op), || {
+        let conns = conns.clone();
+        async move {
+            let c = conns.get("orphan").await?;
+            Ok(c.status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Accepted"))
+                .map(|c| c.reason.clone())
+                .as_deref()
+                == Some("NoTenant"))
+        }
+    })
+    .await?;
+    tenants.delete("squatter", &DeleteParams::default()).await?;
+    taken.delete().await?;
+    lonely.delete().await
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
+    let _turn = ONE_OPERATOR.lock().await;
+    let client = setup().await?;
+    let mut leader = OperatorProcess::start(&client, "leader").await?;
+    eventually("the first replica leads", Duration::from_secs(15), Some(&leader), || async {
+        Ok(leader.counter("tenantgate_operator_leader", "").await? == 1.0)
+    })
+    .await?;
+    let standby = OperatorProcess::start(&client, "standby").await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(standby.counter("tenantgate_operator_leader", "").await?, 0.0, "only one leader");
+    let killed = tokio::time::Instant::now();
+    leader.kill();
+    eventually("the standby takes over", Duration::from_secs(15), Some(&standby), || async {
+        Ok(standby.counter("tenantgate_operator_leader", "").await? == 1.0)
+    })
+    .await?;
+    eprintln!("takeover after {:?}", killed.elapsed());
+    Ok(())
+}
