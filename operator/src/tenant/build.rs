@@ -667,3 +667,188 @@ pub fn endpoint(tenant: &Tenant) -> String {
         None => format!("http://{GATEWAY}.{}.svc:{GATEWAY_PORT}", tenant_namespace(tenant)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::PodSpec;
+    use tenantgate_crds::render::{RenderInput, RenderOptions, RenderedConfig, render};
+    use tenantgate_crds::v1alpha1::{McpConnection, Tenant};
+
+    use super::*;
+
+    fn tenant(extra: &str) -> Tenant {
+        let mut t: Tenant = serde_yaml::from_str(&format!(
+            "apiVersion: tenantgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: acme, uid: 1234}}\nspec:\n  auth:\n    jwt: {{issuer: 'https://idp', audiences: [a], jwksUri: 'https://idp.example/jwks'}}\n  providers:\n    - {{name: openai, type: openai, baseUrl: 'https://api.openai.com/v1', apiKeySecretRef: {{name: openai-key, key: apiKey}}}}\n    - {{name: vllm, type: openai, baseUrl: 'http://vllm.models.svc:8000/v1'}}\n  models: [{{name: chat, targets: [{{provider: openai, model: gpt}}]}}]\n{extra}"
+        ))
+        .expect("tenant YAML");
+        t.metadata.uid = Some("1234".into());
+        t
+    }
+
+    fn rendered(t: &Tenant, conns: &[McpConnection]) -> RenderedConfig {
+        render(RenderInput { tenant: t, mcp_connections: conns, tenant_policies: &[], global_policies: &[] }, &RenderOptions::default())
+            .expect("renders")
+    }
+
+    fn stack_of(t: &Tenant, conns: &[McpConnection], versions: &BTreeMap<String, String>) -> TenantStack {
+        let r = rendered(t, conns);
+        let settings = BuildSettings::default();
+        build(&BuildInput {
+            tenant: t,
+            rendered: &r,
+            mcp_connections: conns,
+            secret_versions: versions,
+            create_gateway_keys: true,
+            settings: &settings,
+        })
+        .expect("builds")
+    }
+
+    fn pod(stack: &TenantStack) -> PodSpec {
+        stack.deployment.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod spec")
+    }
+
+    #[test]
+    fn everything_is_owned_labelled_and_in_the_tenant_namespace() {
+        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        let metas = [&s.service_account.metadata, &s.config_map.metadata, &s.deployment.metadata, &s.service.metadata, &s.network_policy.metadata];
+        for m in metas {
+            assert_eq!(m.namespace.as_deref(), Some("tg-acme"));
+            let owner = &m.owner_references.as_ref().expect("owned")[0];
+            assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str(), owner.controller), ("Tenant", "acme", "1234", Some(true)));
+            let labels = m.labels.as_ref().expect("labels");
+            assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("tenantgate-operator"));
+            assert_eq!(labels.get("tenantgate.dev/tenant").map(String::as_str), Some("acme"));
+        }
+        let ns_labels = s.namespace.metadata.labels.as_ref().expect("labels");
+        assert_eq!(ns_labels.get("pod-security.kubernetes.io/enforce").map(String::as_str), Some("restricted"));
+    }
+
+    #[test]
+    fn gateway_pods_are_restricted_and_probed() {
+        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        let p = pod(&s);
+        assert_eq!(p.automount_service_account_token, Some(false));
+        let psc = p.security_context.as_ref().expect("pod security");
+        assert_eq!(psc.run_as_non_root, Some(true));
+        let c = &p.containers[0];
+        let sc = c.security_context.as_ref().expect("container security");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_string()]));
+        assert_eq!(c.liveness_probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|h| h.path.clone()), Some(Some("/livez".into())));
+        assert_eq!(c.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|h| h.path.clone()), Some(Some("/readyz".into())));
+        assert!(!p.topology_spread_constraints.clone().unwrap_or_default().is_empty());
+    }
+
+    #[test]
+    fn replicas_belong_to_the_hpa_when_autoscaling_is_on() {
+        let fixed = stack_of(&tenant("  gateway: {replicas: 1}\n"), &[], &BTreeMap::new());
+        assert_eq!(fixed.deployment.spec.as_ref().and_then(|s| s.replicas), Some(1));
+        assert!(fixed.hpa.is_none() && fixed.pdb.is_none());
+        let scaled = stack_of(
+            &tenant("  storage: {redis: {urlSecretRef: {name: r, key: url}}}\n  gateway: {autoscaling: {minReplicas: 2, maxReplicas: 6}}\n"),
+            &[],
+            &BTreeMap::new(),
+        );
+        assert_eq!(scaled.deployment.spec.as_ref().and_then(|s| s.replicas), None, "the HPA owns replicas");
+        let hpa = scaled.hpa.expect("HPA");
+        assert_eq!((hpa.spec.min_replicas, hpa.spec.max_replicas), (Some(2), 6));
+        assert!(scaled.pdb.is_some(), "a PDB for two or more replicas");
+    }
+
+    #[test]
+    fn secrets_are_projected_at_the_paths_the_config_names() {
+        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        let p = pod(&s);
+        let projected = p.volumes.iter().flatten().find(|v| v.name == "secrets").and_then(|v| v.projected.clone()).expect("projected");
+        let paths: Vec<String> = projected
+            .sources
+            .iter()
+            .flatten()
+            .filter_map(|s| s.secret.as_ref())
+            .flat_map(|s| s.items.iter().flatten().map(|i| i.path.clone()))
+            .collect();
+        assert_eq!(paths, ["gateway-keys/api-key-pepper", "gateway-keys/token-encryption-key", "openai-key/apiKey"]);
+        let config = s.config_map.data.as_ref().and_then(|d| d.get("config.yaml")).expect("config");
+        assert!(config.contains("/var/run/secrets/tenantgate/openai-key/apiKey"));
+        let keys = s.gateway_keys.expect("keys created");
+        let data = keys.string_data.expect("data");
+        assert_eq!(data.get("token-encryption-key").map(String::len), Some(44));
+        assert_ne!(data.get("token-encryption-key"), data.get("api-key-pepper"));
+    }
+
+    #[test]
+    fn the_pod_checksum_follows_config_and_secret_versions() {
+        let t = tenant("");
+        let checksum = |s: &TenantStack| s.deployment.spec.as_ref().and_then(|d| d.template.metadata.clone()).and_then(|m| m.annotations).and_then(|a| a.get(CHECKSUM_ANNOTATION).cloned());
+        let v1 = BTreeMap::from([("openai-key".to_string(), "10".to_string())]);
+        let v2 = BTreeMap::from([("openai-key".to_string(), "11".to_string())]);
+        let a = checksum(&stack_of(&t, &[], &v1));
+        assert_eq!(a, checksum(&stack_of(&t, &[], &v1)), "stable");
+        assert_ne!(a, checksum(&stack_of(&t, &[], &v2)), "a Secret update rolls the pods");
+        let mut changed = t.clone();
+        changed.spec.routing.max_retries = 5;
+        assert_ne!(a, checksum(&stack_of(&changed, &[], &v1)), "a config change rolls the pods");
+    }
+
+    #[test]
+    fn the_network_policy_allows_exactly_what_the_config_needs() {
+        let s = stack_of(&tenant("  network: {allowIngressFrom: [{namespaceSelector: {matchLabels: {team: web}}}]}\n"), &[], &BTreeMap::new());
+        let spec = s.network_policy.spec.as_ref().expect("spec");
+        assert_eq!(spec.policy_types.clone().unwrap_or_default(), ["Ingress", "Egress"]);
+        let ingress = serde_json::to_string(&spec.ingress).expect("json");
+        assert!(ingress.contains("\"team\":\"web\"") && ingress.contains("tenantgate-system") && ingress.contains("tenantgate.dev/metrics-scraper"));
+        let egress = serde_json::to_value(&spec.egress).expect("json");
+        let text = egress.to_string();
+        assert!(text.contains("\"port\":53"), "DNS");
+        assert!(text.contains("\"port\":443") && text.contains("0.0.0.0/0") && text.contains("10.0.0.0/8"), "public provider on 443, not private ranges: {text}");
+        assert!(text.contains("\"kubernetes.io/metadata.name\":\"models\"") && text.contains("\"port\":8000"), "in-cluster provider: {text}");
+        assert!(!text.contains("6379") && !text.contains("5432"), "no storage ports without storage");
+    }
+
+    #[test]
+    fn exposure_yields_an_ingress_or_a_route_where_the_gateway_api_exists() {
+        let ingress = stack_of(
+            &tenant("  exposure: {host: acme.example.com, tls: {certManagerIssuer: {name: le}}, ingressClassName: nginx}\n"),
+            &[],
+            &BTreeMap::new(),
+        );
+        let i = ingress.ingress.expect("ingress");
+        assert_eq!(i.annotations().get("cert-manager.io/cluster-issuer").map(String::as_str), Some("le"));
+        let tls = i.spec.as_ref().and_then(|s| s.tls.clone()).expect("tls");
+        assert_eq!(tls[0].secret_name.as_deref(), Some("acme-tls"));
+        assert_eq!(endpoint(&tenant("  exposure: {host: acme.example.com, tls: {secretName: x}}\n")), "https://acme.example.com");
+
+        let t = tenant("  exposure: {host: acme.example.com, gatewayRef: {name: public, namespace: gw}}\n");
+        let r = rendered(&t, &[]);
+        let mut settings = BuildSettings::default();
+        let input = |settings: &BuildSettings| {
+            build(&BuildInput { tenant: &t, rendered: &r, mcp_connections: &[], secret_versions: &BTreeMap::new(), create_gateway_keys: false, settings: &settings.clone() })
+                .expect("builds")
+        };
+        let without = input(&settings);
+        assert!(without.http_route.is_none() && without.ingress.is_none(), "no HTTPRoute where the Gateway API is not installed");
+        settings.gateway_api = true;
+        let route = input(&settings).http_route.expect("route");
+        assert_eq!(route.data["spec"]["parentRefs"][0]["name"], "public");
+    }
+
+    #[test]
+    fn stdio_connections_get_a_bridge() {
+        let conn: McpConnection = serde_yaml::from_str(
+            "apiVersion: tenantgate.dev/v1alpha1\nkind: McpConnection\nmetadata: {name: everything, namespace: tg-acme}\nspec: {transport: stdio, stdio: {image: 'node:22', command: [npx, server]}}\n",
+        )
+        .expect("yaml");
+        let s = stack_of(&tenant(""), &[conn], &BTreeMap::new());
+        assert_eq!(s.stdio_bridges.len(), 1);
+        let (d, svc) = &s.stdio_bridges[0];
+        assert_eq!(d.metadata.name.as_deref(), Some("mcp-everything"));
+        assert_eq!(svc.metadata.name.as_deref(), Some("mcp-everything"));
+        let pod = d.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod");
+        let command = pod.containers[0].command.clone().unwrap_or_default();
+        assert_eq!(command[1..], ["stdio-bridge", "--listen", "0.0.0.0:8080", "--", "npx", "server"]);
+    }
+}
