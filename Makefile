@@ -9,7 +9,25 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: check-generated test-unit test-cluster ## Every test (what CI runs)
+test: check-generated test-unit test-gateway test-cluster ## Every test (what CI runs)
+
+QUICKSTART := manifests/examples/quickstart
+
+.PHONY: run
+run: ## The quickstart tenant's gateway on 127.0.0.1:8080 (mock model, no other service)
+	$(CARGO) run -q -p tenantgate-gateway -- --manifests $(QUICKSTART) --listen 127.0.0.1:8080 --log-format text
+
+.PHONY: token
+token: ## Print a one-hour token for `make run`, signed with the quickstart's development key
+	@$(CARGO) run -q -p tenantgate-gateway -- token --manifests $(QUICKSTART) --key $(QUICKSTART)/dev-signing-key.pem
+
+.PHONY: test-gateway
+test-gateway: ## Gateway end to end with the official openai Python SDK and raw HTTP (venv in the cache)
+	gateway/tests/python/run
+
+.PHONY: bench-gateway
+bench-gateway: ## Gateway vs mock-llm direct (open loop, vegeta): added latency, saturation, streaming, RSS; LiteLLM alongside
+	e2e/bench/gateway
 
 .PHONY: test-unit
 test-unit: ## Unit, golden and schema tests of every crate (no services needed)

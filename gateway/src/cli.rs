@@ -93,7 +93,13 @@ pub struct TokenArgs {
     /// Roles (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub roles: Vec<String>,
-    /// Lifetime in seconds.
-    #[arg(long, default_value_t = 3600)]
-    pub ttl_secs: u64,
+    /// Lifetime in seconds (negative: an already expired token, for tests).
+    #[arg(long, default_value_t = 3600, allow_negative_numbers = true)]
+    pub ttl_secs: i64,
+    /// Audience instead of the tenant's first one (for tests).
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// Issuer instead of the tenant's (for tests).
+    #[arg(long)]
+    pub issuer: Option<String>,
 }

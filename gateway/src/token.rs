@@ -33,7 +33,11 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
         },
     };
     let jwt = &tenant.spec.auth.jwt;
-    let audience = jwt.audiences.first().ok_or("the tenant has no audience")?;
+    let audience = match &args.audience {
+        Some(a) => a,
+        None => jwt.audiences.first().ok_or("the tenant has no audience")?,
+    };
+    let issuer = args.issuer.as_ref().unwrap_or(&jwt.issuer);
     let kid = match &args.kid {
         Some(kid) => Some(kid.clone()),
         None => jwt.jwks_secret_ref.as_ref().and_then(|r| {
@@ -60,9 +64,11 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
         .or_else(|_| EncodingKey::from_ed_pem(&pem).map(|k| (k, Algorithm::EdDSA)))
         .map_err(|_| format!("{}: not an RSA, EC or Ed25519 private key in PEM", args.key.display()))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let exp = now.saturating_add_signed(args.ttl_secs);
+    let issued = now.min(exp);
     let claims = json!({
-        "iss": jwt.issuer, "aud": audience, "sub": args.subject,
-        "iat": now, "nbf": now, "exp": now + args.ttl_secs,
+        "iss": issuer, "aud": audience, "sub": args.subject,
+        "iat": issued, "nbf": issued, "exp": exp,
         jwt.roles_claim.clone(): args.roles,
     });
     let mut header = Header::new(alg);

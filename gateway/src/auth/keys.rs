@@ -203,3 +203,57 @@ impl KeySource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::Router;
+    use axum::routing::get;
+
+    use super::*;
+
+    const JWKS: &str = r#"{"keys":[{"kty":"RSA","use":"sig","alg":"RS256","kid":"k1","n":"31KW0mtK2IzPNoKmbSVN5_pOv1QhQwkH--IQ6nx7o6hEoVGQoO6xETAloWepYElhXe4BkYBo8aQFftxzBnzSjsANd7yzVlg1oFDVpLJ07dR-MQ0TiCYI-KJ7aURb0JrKHOdr8odVk4BebtFoTGTjhu_raEw0TQ0_Ae1Jgdz3YM7i77hA0Hbd4F8ptrkJ7ZOELrbq_lFkH_wNMD3dn_tSJ5T2FoExaw2xGPjL3bP1iTvLibuED1M6yD99msSlpU-lqY_FH_CR4JSvStkXjQ0W_JbBZFBmfLlWQelx-p47C-AZLwkLz19BaCbV9SFu58ve0zef8Ti3-h5IQet-M9JICQ","e":"AQAB"}]}"#;
+
+    #[test]
+    fn jwks_keys_verify_only_their_algorithm_and_symmetric_keys_are_refused() {
+        let set = KeySet::from_jwks(JWKS.as_bytes()).expect("jwks");
+        let key = set.find(Some("k1")).expect("k1");
+        assert_eq!(key.algorithms, [Algorithm::RS256]);
+        assert!(set.find(Some("other")).is_none());
+        assert!(set.find(None).is_some(), "a single key serves tokens without kid");
+        assert!(KeySet::from_jwks(br#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#).is_err());
+        assert!(KeySet::from_hmac_secret(b"short").is_err());
+    }
+
+    #[tokio::test]
+    async fn uri_keys_refresh_at_most_once_per_interval_and_stay_when_the_idp_is_down() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let app = Router::new().route(
+            "/jwks",
+            get(move || {
+                let n = counter.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if n < 2 {
+                        (axum::http::StatusCode::OK, JWKS)
+                    } else {
+                        (axum::http::StatusCode::BAD_GATEWAY, "down")
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let source = KeySource::uri(format!("http://{addr}/jwks"), reqwest::Client::new(), Duration::from_millis(200));
+        source.load().await.expect("first load");
+        assert!(source.is_loaded());
+        assert!(source.refresh().await, "first refresh runs");
+        assert!(!source.refresh().await, "a second refresh within the interval is skipped");
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(!source.refresh().await, "the IdP is down");
+        assert!(source.current().and_then(|s| s.find(Some("k1")).map(|_| ())).is_some(), "stale keys are served");
+    }
+}

@@ -2,15 +2,16 @@
 //! translated to Messages (system prompt, tools, tool calls and results),
 //! answers and streaming events back to Chat Completions.
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
+use super::endpoint::read_all;
 use super::mock::now;
 use super::sse::{DONE, Decoder, data_event};
 use super::types::{ChatRequest, Content, Role, Usage};
-use super::{Call, Reply, SecretFile, UpstreamError, status_error};
+use super::{Call, Endpoint, Reply, UpstreamError, status_error};
 
 /// `anthropic-version` sent with every request.
 pub const API_VERSION: &str = "2023-06-01";
@@ -22,10 +23,7 @@ const PASSTHROUGH: &[&str] = &["top_k", "metadata", "thinking", "service_tier"];
 /// An Anthropic provider.
 #[derive(Debug)]
 pub struct Anthropic {
-    url: String,
-    api_key: Option<SecretFile>,
-    headers: HeaderMap,
-    client: reqwest::Client,
+    endpoint: Endpoint,
 }
 
 impl Anthropic {
@@ -33,41 +31,23 @@ impl Anthropic {
     pub fn new(
         base_url: &str,
         api_key_file: Option<&str>,
-        extra_headers: &std::collections::BTreeMap<String, String>,
+        headers: &std::collections::BTreeMap<String, String>,
         client: reqwest::Client,
     ) -> Result<Self, String> {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
-        for (k, v) in extra_headers {
-            let name = HeaderName::try_from(k.as_str()).map_err(|_| format!("invalid header name {k:?}"))?;
-            let value = HeaderValue::try_from(v.as_str()).map_err(|_| format!("invalid value for header {k:?}"))?;
-            headers.insert(name, value);
-        }
-        Ok(Self {
-            url: format!("{}/messages", base_url.trim_end_matches('/')),
-            api_key: api_key_file.map(|f| SecretFile::new(f, "")),
-            headers,
-            client,
-        })
+        let url = format!("{}/messages", base_url.trim_end_matches('/'));
+        let key = api_key_file.map(|f| (f, HeaderName::from_static("x-api-key"), ""));
+        Ok(Self { endpoint: Endpoint::new(url, key, &[("anthropic-version", API_VERSION)], headers, client)? })
     }
 
     /// Sends one request.
     pub async fn call(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
         let body = serde_json::to_vec(&to_messages(call.request, call.model))
             .map_err(|e| UpstreamError::Protocol(format!("cannot encode the request: {e}")))?;
-        let mut builder = self.client.post(&self.url).headers(self.headers.clone()).body(body);
-        if let Some(key) = &self.api_key {
-            builder = builder.header("x-api-key", key.header()?);
-        }
-        let response = super::openai::send(builder, call).await?;
+        let response = self.endpoint.post(body, call).await?;
         if call.request.stream {
             return Ok(Reply::Stream(translate_stream(response, call.deadline, call.request.include_usage())));
         }
-        let body = tokio::time::timeout_at(call.deadline, response.bytes())
-            .await
-            .map_err(|_| UpstreamError::Timeout("total"))?
-            .map_err(|e| UpstreamError::Protocol(format!("reading the body failed: {e}")))?;
+        let body = read_all(response, call.deadline).await?;
         let message: Value = serde_json::from_slice(&body)
             .map_err(|e| UpstreamError::Protocol(format!("the body is not a message: {e}")))?;
         if message.get("type").and_then(Value::as_str) == Some("error") {

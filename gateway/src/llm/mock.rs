@@ -18,7 +18,7 @@ use super::types::{ChatRequest, Role, Usage};
 use super::{Call, Reply, UpstreamError};
 
 const WORDS: &[&str] =
-    &["Hello", " from", " the", " Tenantgate", " mock", " model", ",", " a", " deterministic", " reply", "."];
+    &[" Hello", " from", " the", " Tenantgate", " mock", " model", ",", " a", " deterministic", " reply", "."];
 
 /// What the mock answers to one request.
 #[derive(Debug, Clone, PartialEq)]

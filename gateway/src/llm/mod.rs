@@ -2,6 +2,7 @@
 //! OpenAI's Chat Completions format, as a whole body or as SSE events.
 
 pub mod anthropic;
+mod endpoint;
 pub mod mock;
 pub mod openai;
 mod secret;
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde::Deserialize;
 
+pub use endpoint::Endpoint;
 pub use secret::SecretFile;
 use types::{ChatRequest, Usage};
 

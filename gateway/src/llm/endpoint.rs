@@ -1,0 +1,71 @@
+//! One upstream HTTP endpoint: URL, fixed and configured headers, the API key
+//! file, and the timeouts of one call.
+
+use std::collections::BTreeMap;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use bytes::Bytes;
+
+use super::{Call, SecretFile, UpstreamError, error_body, status_error};
+
+/// Where and how a provider sends requests.
+#[derive(Debug)]
+pub struct Endpoint {
+    url: String,
+    api_key: Option<(HeaderName, SecretFile)>,
+    headers: HeaderMap,
+    client: reqwest::Client,
+}
+
+impl Endpoint {
+    /// An endpoint at `url`; the API key (file content after `key_prefix`) goes in `key_header`.
+    pub fn new(
+        url: String,
+        key: Option<(&str, HeaderName, &'static str)>,
+        fixed: &[(&'static str, &'static str)],
+        configured: &BTreeMap<String, String>,
+        client: reqwest::Client,
+    ) -> Result<Self, String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (name, value) in fixed {
+            headers.insert(*name, HeaderValue::from_static(value));
+        }
+        for (k, v) in configured {
+            let name = HeaderName::try_from(k.as_str()).map_err(|_| format!("invalid header name {k:?}"))?;
+            let value = HeaderValue::try_from(v.as_str()).map_err(|_| format!("invalid value for header {k:?}"))?;
+            headers.insert(name, value);
+        }
+        let api_key = key.map(|(file, name, prefix)| (name, SecretFile::new(file, prefix)));
+        Ok(Self { url, api_key, headers, client })
+    }
+
+    /// POSTs `body` and waits for a success status within the first-byte timeout.
+    pub async fn post(&self, body: Vec<u8>, call: Call<'_>) -> Result<reqwest::Response, UpstreamError> {
+        let mut builder = self.client.post(&self.url).headers(self.headers.clone()).body(body);
+        if let Some((name, key)) = &self.api_key {
+            builder = builder.header(name, key.header()?);
+        }
+        let first_byte = (tokio::time::Instant::now() + call.first_byte_timeout).min(call.deadline);
+        let response = match tokio::time::timeout_at(first_byte, builder.send()).await {
+            Err(_) => return Err(UpstreamError::Timeout("first byte")),
+            Ok(Err(e)) => return Err(UpstreamError::from_send(&e)),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let headers = response.headers().clone();
+            let body = error_body(response, call.deadline).await;
+            return Err(status_error(status, &headers, &body));
+        }
+        Ok(response)
+    }
+}
+
+/// The whole body of a successful response, before the call's deadline.
+pub async fn read_all(response: reqwest::Response, deadline: tokio::time::Instant) -> Result<Bytes, UpstreamError> {
+    tokio::time::timeout_at(deadline, response.bytes())
+        .await
+        .map_err(|_| UpstreamError::Timeout("total"))?
+        .map_err(|e| UpstreamError::Protocol(format!("reading the body failed: {e}")))
+}

@@ -1,0 +1,149 @@
+"""Starts e2e/mock-llm and the gateway (local mode, the test tenant of
+gateway/tests/fixtures/tenant.yaml.tmpl) as processes on free 127.0.0.1 ports."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+ROOT = Path(os.environ.get("TENANTGATE_ROOT", Path(__file__).resolve().parents[3]))
+GATEWAY_BIN = os.environ["GATEWAY_BIN"]
+MOCK_LLM_BIN = os.environ["MOCK_LLM_BIN"]
+QUICKSTART = ROOT / "manifests/examples/quickstart"
+DEV_KEY = QUICKSTART / "dev-signing-key.pem"
+FOREIGN_KEY = ROOT / "gateway/tests/fixtures/foreign-signing-key.pem"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def quickstart_jwks() -> str:
+    for f in sorted(QUICKSTART.glob("*.yaml")):
+        text = f.read_text()
+        marker = "jwks.json: '"
+        if marker in text:
+            start = text.index(marker) + len(marker)
+            return text[start : text.index("'", start)]
+    raise RuntimeError("no JWKS in the quickstart example")
+
+
+class Upstream:
+    """A running mock-llm and its control API."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [MOCK_LLM_BIN, "--listen", "127.0.0.1:0", "--tokens", "8"], stdout=subprocess.PIPE, text=True
+        )
+        line = self.proc.stdout.readline().strip()
+        self.url = "http://" + line.removeprefix("listening on ")
+        self.http = httpx.Client(base_url=self.url)
+
+    def script(self, model: str, steps: list, default: dict | None = None) -> None:
+        self.http.post("/_control/script", json={"model": model, "steps": steps, "default": default}).raise_for_status()
+
+    def count(self, model: str) -> int:
+        return self.http.get("/_control/stats").json()["requests"].get(model, 0)
+
+    def last(self, model: str) -> dict:
+        return self.http.get("/_control/last", params={"model": model}).json()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+class Gateway:
+    """A running gateway over a temporary manifests directory."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="tg-gw-py-"))
+        manifests = self.dir / "manifests"
+        manifests.mkdir()
+        template = (ROOT / "gateway/tests/fixtures/tenant.yaml.tmpl").read_text()
+        text = (
+            template.replace("${UPSTREAM}", upstream.url)
+            .replace("${DEAD}", f"http://127.0.0.1:{free_port()}")
+            .replace("${JWKS}", quickstart_jwks())
+        )
+        (manifests / "tenant.yaml").write_text(text)
+        self.manifests = manifests
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        env = dict(os.environ, RUST_LOG=os.environ.get("GATEWAY_LOG", "warn"))
+        self.proc = subprocess.Popen(
+            [GATEWAY_BIN, "--manifests", str(manifests), "--state-dir", str(self.dir / "state"),
+             "--listen", f"127.0.0.1:{port}", "--shutdown-delay-ms", "0"],
+            env=env,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        else:
+            raise RuntimeError("the gateway did not become ready")
+        self.token = self.mint()
+
+    def mint(self, *extra: str, key: Path = DEV_KEY) -> str:
+        out = subprocess.run(
+            [GATEWAY_BIN, "token", "--manifests", str(self.manifests), "--key", str(key), "--kid", "quickstart-dev", *extra],
+            check=True, capture_output=True, text=True,
+        )
+        return out.stdout.strip()
+
+    def client(self, **kwargs) -> openai.OpenAI:
+        kwargs.setdefault("max_retries", 0)
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.token, **kwargs)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    u = Upstream()
+    yield u
+    u.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(upstream):
+    g = Gateway(upstream)
+    yield g
+    g.stop()
+
+
+@pytest.fixture
+def client(gateway) -> openai.OpenAI:
+    return gateway.client()
+
+
+def error_body(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert isinstance(body["error"]["message"], str) and isinstance(body["error"]["type"], str), body
+    return body["error"]
+
+
+@pytest.fixture
+def raw(gateway) -> httpx.Client:
+    return httpx.Client(base_url=gateway.url, timeout=30)
+
+
+json_dumps = json.dumps
