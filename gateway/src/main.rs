@@ -17,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: tenantgate_gateway::cli::ServeArgs) -> anyhow::Result<()> {
-    tenantgate_gateway::telemetry::init_logs(args.log_format);
+    let _logs = tenantgate_gateway::telemetry::init_logs(args.log_format);
     if let Err(e) = tenantgate_gateway::server::run(args).await {
         tracing::error!(error = %e, "gateway failed");
         return Err(e.into());

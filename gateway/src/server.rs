@@ -84,6 +84,10 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         let _ = stop_tx.send(true);
         notify.notify_one();
     };
+    // Small SSE events must leave at once, not wait for Nagle's algorithm.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     let drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     tokio::select! {

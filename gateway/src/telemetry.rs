@@ -14,10 +14,16 @@ pub enum LogFormat {
     Text,
 }
 
-/// Installs the log subscriber (`RUST_LOG` filters, default `info`).
-pub fn init_logs(format: LogFormat) {
+/// Installs the log subscriber (`RUST_LOG` filters, default `info`). Lines are
+/// written to stderr by a background thread, so request handling never waits
+/// on the log pipe; keep the returned guard alive to flush them at exit.
+pub fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let result = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -25,6 +31,7 @@ pub fn init_logs(format: LogFormat) {
     if let Err(e) = result {
         eprintln!("logging already initialised: {e}");
     }
+    guard
 }
 
 /// Latency buckets in seconds: fine-grained below a millisecond, where gateway overhead lives.

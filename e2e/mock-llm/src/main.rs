@@ -134,6 +134,9 @@ async fn main() -> std::io::Result<()> {
         .route("/_control/last", get(last))
         .with_state(mock);
     println!("listening on {}", listener.local_addr()?);
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

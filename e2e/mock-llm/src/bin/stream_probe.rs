@@ -26,6 +26,9 @@ struct Args {
     /// How long to keep them coming, in seconds.
     #[arg(long, default_value_t = 10)]
     duration_secs: u64,
+    /// Streams before this many seconds are not counted (connections are being opened).
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
 }
 
 #[derive(Default)]
@@ -42,7 +45,8 @@ async fn main() {
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build().expect("client");
     let body =
         json!({"model": args.model, "stream": true, "messages": [{"role": "user", "content": "hi"}]}).to_string();
-    let until = Instant::now() + Duration::from_secs(args.duration_secs);
+    let from = Instant::now() + Duration::from_secs(args.warmup_secs);
+    let until = from + Duration::from_secs(args.duration_secs);
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
         let (client, body, url, token) = (client.clone(), body.clone(), args.url.clone(), args.token.clone());
@@ -62,6 +66,7 @@ async fn main() {
                     s.errors += 1;
                     continue;
                 }
+                let counted = started >= from;
                 let mut stream = response.bytes_stream();
                 let mut last: Option<Instant> = None;
                 let mut ok = true;
@@ -71,13 +76,19 @@ async fn main() {
                         break;
                     }
                     let now = Instant::now();
-                    match last {
-                        None => s.ttft_us.push(now.duration_since(started).as_micros() as u64),
-                        Some(prev) => s.gap_us.push(now.duration_since(prev).as_micros() as u64),
+                    if counted {
+                        match last {
+                            None => s.ttft_us.push(now.duration_since(started).as_micros() as u64),
+                            Some(prev) => s.gap_us.push(now.duration_since(prev).as_micros() as u64),
+                        }
                     }
                     last = Some(now);
                 }
-                if ok { s.streams += 1 } else { s.errors += 1 }
+                match (counted, ok) {
+                    (false, _) => {}
+                    (true, true) => s.streams += 1,
+                    (true, false) => s.errors += 1,
+                }
             }
             s
         }));
