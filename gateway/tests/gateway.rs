@@ -225,3 +225,87 @@ async fn sigterm_drains_an_open_stream() {
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     assert!(gw.wait_exit(), "the gateway exits cleanly after draining");
 }
+
+/// The operator's way: a rendered GatewayConfig in a ConfigMap volume, which
+/// Kubernetes updates by swapping the `..data` symlink.
+#[tokio::test]
+async fn a_mounted_config_reloads_when_its_configmap_symlink_swaps() {
+    use std::os::unix::fs::symlink;
+
+    use tenantgate_crds::manifests::ManifestSet;
+    use tenantgate_crds::render::{RenderMode, RenderOptions};
+
+    let upstream = Upstream::start();
+    let dir = std::env::temp_dir().join(format!("tg-gw-configmap-{}-{}", std::process::id(), now()));
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(secrets.join("jwks")).expect("dirs");
+    std::fs::create_dir_all(secrets.join("upstream-key")).expect("dirs");
+    std::fs::write(secrets.join("jwks/jwks.json"), quickstart_jwks()).expect("jwks");
+    std::fs::write(secrets.join("upstream-key/apiKey"), "key-one").expect("key");
+    let render = |yaml: &str| {
+        let mut set = ManifestSet::default();
+        set.add_yaml("tenant.yaml", yaml).expect("manifests");
+        let options = RenderOptions {
+            secrets_root: secrets.display().to_string(),
+            sqlite_path: dir.join("gateway.db").display().to_string(),
+            mode: RenderMode::Cluster,
+        };
+        let tenant = set.tenant("test").expect("tenant");
+        set.render(tenant, "tenantgate-system", &options).expect("render").config.to_yaml().expect("yaml")
+    };
+    let base = tenant_yaml(&upstream.url);
+    // Version 1, laid out as the kubelet does: config.yaml -> ..data/config.yaml, ..data -> ..v1.
+    let volume = dir.join("config");
+    std::fs::create_dir_all(volume.join("..v1")).expect("dirs");
+    std::fs::write(volume.join("..v1/config.yaml"), render(&base)).expect("v1");
+    symlink("..v1", volume.join("..data")).expect("symlink");
+    symlink("..data/config.yaml", volume.join("config.yaml")).expect("symlink");
+
+    let port = free_port();
+    let _gw = Proc(
+        std::process::Command::new(env!("CARGO_BIN_EXE_tenantgate-gateway"))
+            .arg("--config")
+            .arg(volume.join("config.yaml"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--config-poll-ms", "200"])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("start"),
+    );
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}");
+    let models = || async {
+        let r = client.get(format!("{url}/v1/models")).bearer_auth(token(json!({}))).send().await.ok()?;
+        let body: Value = serde_json::from_str(&r.text().await.ok()?).ok()?;
+        Some(body["data"].as_array()?.iter().filter_map(|m| m["id"].as_str().map(str::to_owned)).collect::<Vec<_>>())
+    };
+    let mut started = false;
+    for _ in 0..100 {
+        if models().await.is_some() {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started, "the gateway serves the mounted config");
+    assert!(!models().await.unwrap_or_default().contains(&"added-later".to_string()));
+
+    // Version 2 and the atomic swap of ..data.
+    let v2 = base.replace(
+        "    - name: in-process\n",
+        "    - name: added-later\n      targets: [ { provider: up, model: primary } ]\n    - name: in-process\n",
+    );
+    std::fs::create_dir_all(volume.join("..v2")).expect("dirs");
+    std::fs::write(volume.join("..v2/config.yaml"), render(&v2)).expect("v2");
+    symlink("..v2", volume.join("..data_tmp")).expect("symlink");
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).expect("swap");
+    let mut reloaded = false;
+    for _ in 0..50 {
+        if models().await.unwrap_or_default().contains(&"added-later".to_string()) {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reloaded, "the swapped ConfigMap was not picked up");
+    let _ = std::fs::remove_dir_all(&dir);
+}

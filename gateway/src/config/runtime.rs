@@ -12,7 +12,7 @@ use tenantgate_crds::config::{GatewayConfig, JwtKeys};
 use tenantgate_crds::v1alpha1::ProviderType;
 
 use crate::auth::{JwtVerifier, KeySource};
-use crate::llm::{Provider, anthropic::Anthropic, mock::Mock, openai::OpenAi};
+use crate::llm::{Endpoint, Provider, Wire, anthropic::Anthropic, mock::Mock, openai::OpenAi};
 use crate::routing::{Breaker, ModelRoute, RetryPolicy, Target};
 
 /// The config in force, compiled.
@@ -97,15 +97,15 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
 
     let mut providers: HashMap<&str, Arc<Provider>> = HashMap::new();
     for (i, p) in config.providers.iter().enumerate() {
-        let base_url =
-            || p.base_url.as_deref().ok_or_else(|| format!("providers[{i}].baseUrl: required for {:?}", p.type_));
+        let endpoint = |wire: &Wire| {
+            let base_url =
+                p.base_url.as_deref().ok_or_else(|| format!("providers[{i}].baseUrl: required for {:?}", p.type_))?;
+            Endpoint::new(wire, base_url, p.api_key_file.as_deref(), &p.headers, client.clone())
+                .map_err(|e| format!("providers[{i}].headers: {e}"))
+        };
         let provider = match p.type_ {
-            ProviderType::Openai => {
-                Provider::OpenAi(OpenAi::new(base_url()?, p.api_key_file.as_deref(), &p.headers, client.clone())?)
-            }
-            ProviderType::Anthropic => {
-                Provider::Anthropic(Anthropic::new(base_url()?, p.api_key_file.as_deref(), &p.headers, client.clone())?)
-            }
+            ProviderType::Openai => Provider::OpenAi(OpenAi::new(endpoint(&OpenAi::WIRE)?)),
+            ProviderType::Anthropic => Provider::Anthropic(Anthropic::new(endpoint(&Anthropic::WIRE)?)),
             ProviderType::Mock => Provider::Mock(Mock::new(p.mock.as_ref())),
         };
         providers.insert(p.name.as_str(), Arc::new(provider));

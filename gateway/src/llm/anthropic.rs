@@ -2,12 +2,12 @@
 //! translated to Messages (system prompt, tools, tool calls and results),
 //! answers and streaming events back to Chat Completions.
 
-use axum::http::{HeaderMap, HeaderName};
+use axum::http::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
-use super::endpoint::read_all;
+use super::endpoint::{Wire, read_all};
 use super::mock::now;
 use super::sse::{DONE, Decoder, data_event};
 use super::types::{ChatRequest, Content, Role, Usage};
@@ -27,16 +27,17 @@ pub struct Anthropic {
 }
 
 impl Anthropic {
-    /// A provider at `base_url` (e.g. `https://api.anthropic.com/v1`).
-    pub fn new(
-        base_url: &str,
-        api_key_file: Option<&str>,
-        headers: &std::collections::BTreeMap<String, String>,
-        client: reqwest::Client,
-    ) -> Result<Self, String> {
-        let url = format!("{}/messages", base_url.trim_end_matches('/'));
-        let key = api_key_file.map(|f| (f, HeaderName::from_static("x-api-key"), ""));
-        Ok(Self { endpoint: Endpoint::new(url, key, &[("anthropic-version", API_VERSION)], headers, client)? })
+    /// The Messages API.
+    pub const WIRE: Wire = Wire {
+        path: "/messages",
+        key_header: "x-api-key",
+        key_prefix: "",
+        fixed: &[("anthropic-version", API_VERSION)],
+    };
+
+    /// A provider at `endpoint` (e.g. `https://api.anthropic.com/v1` with [`Self::WIRE`]).
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self { endpoint }
     }
 
     /// Sends one request.

@@ -8,6 +8,19 @@ use bytes::Bytes;
 
 use super::{Call, SecretFile, UpstreamError, error_body, status_error};
 
+/// What an API expects on the wire.
+#[derive(Debug, Clone, Copy)]
+pub struct Wire {
+    /// Appended to the base URL.
+    pub path: &'static str,
+    /// Header carrying the API key.
+    pub key_header: &'static str,
+    /// Put before the key in that header.
+    pub key_prefix: &'static str,
+    /// Headers sent with every request.
+    pub fixed: &'static [(&'static str, &'static str)],
+}
+
 /// Where and how a provider sends requests.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -18,17 +31,17 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// An endpoint at `url`; the API key (file content after `key_prefix`) goes in `key_header`.
+    /// An endpoint of an API speaking `wire` at `base_url`, with the key in `api_key_file`.
     pub fn new(
-        url: String,
-        key: Option<(&str, HeaderName, &'static str)>,
-        fixed: &[(&'static str, &'static str)],
+        wire: &Wire,
+        base_url: &str,
+        api_key_file: Option<&str>,
         configured: &BTreeMap<String, String>,
         client: reqwest::Client,
     ) -> Result<Self, String> {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        for (name, value) in fixed {
+        for (name, value) in wire.fixed {
             headers.insert(*name, HeaderValue::from_static(value));
         }
         for (k, v) in configured {
@@ -36,7 +49,9 @@ impl Endpoint {
             let value = HeaderValue::try_from(v.as_str()).map_err(|_| format!("invalid value for header {k:?}"))?;
             headers.insert(name, value);
         }
-        let api_key = key.map(|(file, name, prefix)| (name, SecretFile::new(file, prefix)));
+        let key_header = HeaderName::from_static(wire.key_header);
+        let api_key = api_key_file.map(|file| (key_header, SecretFile::new(file, wire.key_prefix)));
+        let url = format!("{}{}", base_url.trim_end_matches('/'), wire.path);
         Ok(Self { url, api_key, headers, client })
     }
 

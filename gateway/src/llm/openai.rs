@@ -1,11 +1,10 @@
 //! Any OpenAI-compatible Chat Completions API (OpenAI, Azure, vLLM, Ollama):
 //! the request goes up with the target's model name, the answer comes back as is.
 
-use axum::http::header;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::endpoint::read_all;
+use super::endpoint::{Wire, read_all};
 use super::sse::EventBoundary;
 use super::types::{ChatRequest, Usage};
 use super::{Call, Endpoint, Reply, UpstreamError};
@@ -30,16 +29,13 @@ struct UsageOnly {
 }
 
 impl OpenAi {
-    /// A provider at `base_url` (e.g. `https://api.openai.com/v1`).
-    pub fn new(
-        base_url: &str,
-        api_key_file: Option<&str>,
-        headers: &std::collections::BTreeMap<String, String>,
-        client: reqwest::Client,
-    ) -> Result<Self, String> {
-        let url = format!("{}/chat/completions", base_url.trim_end_matches('/'));
-        let key = api_key_file.map(|f| (f, header::AUTHORIZATION, "Bearer "));
-        Ok(Self { endpoint: Endpoint::new(url, key, &[], headers, client)? })
+    /// The Chat Completions API.
+    pub const WIRE: Wire =
+        Wire { path: "/chat/completions", key_header: "authorization", key_prefix: "Bearer ", fixed: &[] };
+
+    /// A provider at `endpoint` (e.g. `https://api.openai.com/v1` with [`Self::WIRE`]).
+    pub fn new(endpoint: Endpoint) -> Self {
+        Self { endpoint }
     }
 
     /// Sends one request.
