@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod llm;
+pub mod log_buffer;
 pub mod routing;
 pub mod server;
 pub mod state;

@@ -5,6 +5,8 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
+use crate::log_buffer::{FlushOnDrop, LogBuffer};
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -14,15 +16,11 @@ pub enum LogFormat {
     Text,
 }
 
-/// Installs the log subscriber (`RUST_LOG` filters, default `info`). Lines are
-/// written to stderr by a background thread, so request handling never waits
-/// on the log pipe; keep the returned guard alive to flush them at exit.
-pub fn init_logs(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Installs the log subscriber (`RUST_LOG` filters, default `info`), writing
+/// to stderr in batches; keep the returned guard alive to flush them at exit.
+pub fn init_logs(format: LogFormat) -> FlushOnDrop {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(std::io::stderr());
+    let (writer, guard) = LogBuffer::start();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let result = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
