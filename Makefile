@@ -69,3 +69,13 @@ services-up: ## Start PostgreSQL and Redis on 127.0.0.1
 .PHONY: services-down
 services-down: ## Stop PostgreSQL and Redis and remove their data
 	e2e/services/down
+
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+
+.PHONY: bench-operator
+bench-operator: ## Benchmark: TENANTGATE_BENCH_TENANTS (500) tenants applied at once on kwok nodes
+	$(CARGO) build --release -p tenantgate-operator
+	$(CARGO) build --release -p tenantgate-tests --bin bench-operator
+	TENANTGATE_OPERATOR_BIN=$(TARGET_DIR)/release/tenantgate-operator TENANTGATE_NODES=$${TENANTGATE_NODES:-5} \
+	TENANTGATE_API_QPS=$${TENANTGATE_API_QPS:-300} TENANTGATE_API_BURST=$${TENANTGATE_API_BURST:-600} \
+	  e2e/with-cluster $(TARGET_DIR)/release/bench-operator

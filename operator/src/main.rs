@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
 use tenantgate_operator::run::{RunOptions, run};
 use tenantgate_operator::tenant::build::BuildSettings;
 

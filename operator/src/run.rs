@@ -126,6 +126,11 @@ where
         .touched_objects()
 }
 
+/// managedFields are the largest part of most objects and nothing here reads them.
+fn strip_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
 async fn discover(client: &Client, group: &str, version: &str, kind: &str) -> Option<ApiResource> {
     let gvk = GroupVersionKind::gvk(group, version, kind);
     match kube::discovery::pinned_kind(client, &gvk).await {
@@ -226,14 +231,17 @@ async fn run_controllers(
 
     let mcp_stream = watcher(Api::<McpConnection>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(strip_managed_fields)
         .reflect(mcp_w)
         .touched_objects();
     let policy_stream = watcher(Api::<PromptPolicy>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(strip_managed_fields)
         .reflect(policies_w)
         .touched_objects();
     let secret_stream = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(strip_managed_fields)
         .reflect(secrets_w)
         .touched_objects();
     let namespace_stream =
@@ -243,7 +251,9 @@ async fn run_controllers(
             .touched_objects();
 
     let mut controller = Controller::for_stream(tenant_stream, tenants.clone())
-        .with_config(ControllerConfig::default().concurrency(opts.concurrency))
+        // A reconcile's own writes come back as a burst of watch events; the
+        // debounce folds them into one reconcile instead of one each.
+        .with_config(ControllerConfig::default().concurrency(opts.concurrency).debounce(Duration::from_millis(500)))
         .owns_stream(watch_managed(Api::<Deployment>::all(client.clone()), deployments_w))
         .owns_stream(watch_managed(Api::<Service>::all(client.clone()), services_w))
         .owns_stream(watch_managed(Api::<ConfigMap>::all(client.clone()), config_maps_w))

@@ -12,14 +12,18 @@ use tenantgate_tests::operator::workspace_binary;
 use tenantgate_tests::*;
 
 fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> anyhow::Result<(bool, String)> {
-    let mut child = Command::new(cmd).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let mut child =
+        Command::new(cmd).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     if let Some(input) = stdin {
         child.stdin.take().expect("stdin").write_all(input.as_bytes())?;
     } else {
         drop(child.stdin.take());
     }
     let out = child.wait_with_output()?;
-    Ok((out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))))
+    Ok((
+        out.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+    ))
 }
 
 async fn restricted_namespace(client: &kube::Client) -> anyhow::Result<String> {
@@ -52,7 +56,11 @@ async fn pods_pass_restricted(client: &kube::Client, namespace: &str, yaml: &str
             s
         });
         let pod = Pod {
-            metadata: kube::api::ObjectMeta { name: Some(format!("pss-{name}")), labels: template.metadata.and_then(|m| m.labels), ..Default::default() },
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("pss-{name}")),
+                labels: template.metadata.and_then(|m| m.labels),
+                ..Default::default()
+            },
             spec,
             ..Default::default()
         };
@@ -66,10 +74,15 @@ async fn pods_pass_restricted(client: &kube::Client, namespace: &str, yaml: &str
 
 #[test]
 fn helm_lint_passes() -> anyhow::Result<()> {
-    let (ok, out) = run("helm", &["lint", "--strict", &repo_root().join("charts/tenantgate").display().to_string()], None)?;
+    let (ok, out) =
+        run("helm", &["lint", "--strict", &repo_root().join("charts/tenantgate").display().to_string()], None)?;
     assert!(ok, "helm lint: {out}");
     // values.schema.json refuses nonsense.
-    let (ok, out) = run("helm", &["template", "x", &repo_root().join("charts/tenantgate").display().to_string(), "--set", "logFormat=xml"], None)?;
+    let (ok, out) = run(
+        "helm",
+        &["template", "x", &repo_root().join("charts/tenantgate").display().to_string(), "--set", "logFormat=xml"],
+        None,
+    )?;
     assert!(!ok && out.contains("logFormat"), "the values schema must refuse logFormat=xml: {out}");
     Ok(())
 }
@@ -120,7 +133,11 @@ async fn every_rendered_pod_passes_restricted() -> anyhow::Result<()> {
 #[test]
 fn render_refuses_bad_yaml_naming_file_object_and_field() -> anyhow::Result<()> {
     let bad = repo_root().join("manifests/examples/invalid/tenant-unknown-provider.yaml");
-    let (ok, out) = run(&workspace_binary("tenantgate-operator").display().to_string(), &["render", "-f", &bad.display().to_string()], None)?;
+    let (ok, out) = run(
+        &workspace_binary("tenantgate-operator").display().to_string(),
+        &["render", "-f", &bad.display().to_string()],
+        None,
+    )?;
     assert!(!ok);
     assert!(
         out.contains("tenant-unknown-provider.yaml (document 1): Tenant invalid-unknown-provider: spec.models: every model target must name a provider"),

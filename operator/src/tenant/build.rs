@@ -688,8 +688,11 @@ mod tests {
     }
 
     fn rendered(t: &Tenant, conns: &[McpConnection]) -> RenderedConfig {
-        render(RenderInput { tenant: t, mcp_connections: conns, tenant_policies: &[], global_policies: &[] }, &RenderOptions::default())
-            .expect("renders")
+        render(
+            RenderInput { tenant: t, mcp_connections: conns, tenant_policies: &[], global_policies: &[] },
+            &RenderOptions::default(),
+        )
+        .expect("renders")
     }
 
     fn stack_of(t: &Tenant, conns: &[McpConnection], versions: &BTreeMap<String, String>) -> TenantStack {
@@ -713,11 +716,20 @@ mod tests {
     #[test]
     fn everything_is_owned_labelled_and_in_the_tenant_namespace() {
         let s = stack_of(&tenant(""), &[], &BTreeMap::new());
-        let metas = [&s.service_account.metadata, &s.config_map.metadata, &s.deployment.metadata, &s.service.metadata, &s.network_policy.metadata];
+        let metas = [
+            &s.service_account.metadata,
+            &s.config_map.metadata,
+            &s.deployment.metadata,
+            &s.service.metadata,
+            &s.network_policy.metadata,
+        ];
         for m in metas {
             assert_eq!(m.namespace.as_deref(), Some("tg-acme"));
             let owner = &m.owner_references.as_ref().expect("owned")[0];
-            assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str(), owner.controller), ("Tenant", "acme", "1234", Some(true)));
+            assert_eq!(
+                (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str(), owner.controller),
+                ("Tenant", "acme", "1234", Some(true))
+            );
             let labels = m.labels.as_ref().expect("labels");
             assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("tenantgate-operator"));
             assert_eq!(labels.get("tenantgate.dev/tenant").map(String::as_str), Some("acme"));
@@ -738,8 +750,14 @@ mod tests {
         assert_eq!(sc.read_only_root_filesystem, Some(true));
         assert_eq!(sc.allow_privilege_escalation, Some(false));
         assert_eq!(sc.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_string()]));
-        assert_eq!(c.liveness_probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|h| h.path.clone()), Some(Some("/livez".into())));
-        assert_eq!(c.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|h| h.path.clone()), Some(Some("/readyz".into())));
+        assert_eq!(
+            c.liveness_probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|h| h.path.clone()),
+            Some(Some("/livez".into()))
+        );
+        assert_eq!(
+            c.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|h| h.path.clone()),
+            Some(Some("/readyz".into()))
+        );
         assert!(!p.topology_spread_constraints.clone().unwrap_or_default().is_empty());
     }
 
@@ -749,7 +767,9 @@ mod tests {
         assert_eq!(fixed.deployment.spec.as_ref().and_then(|s| s.replicas), Some(1));
         assert!(fixed.hpa.is_none() && fixed.pdb.is_none());
         let scaled = stack_of(
-            &tenant("  storage: {redis: {urlSecretRef: {name: r, key: url}}}\n  gateway: {autoscaling: {minReplicas: 2, maxReplicas: 6}}\n"),
+            &tenant(
+                "  storage: {redis: {urlSecretRef: {name: r, key: url}}}\n  gateway: {autoscaling: {minReplicas: 2, maxReplicas: 6}}\n",
+            ),
             &[],
             &BTreeMap::new(),
         );
@@ -763,7 +783,13 @@ mod tests {
     fn secrets_are_projected_at_the_paths_the_config_names() {
         let s = stack_of(&tenant(""), &[], &BTreeMap::new());
         let p = pod(&s);
-        let projected = p.volumes.iter().flatten().find(|v| v.name == "secrets").and_then(|v| v.projected.clone()).expect("projected");
+        let projected = p
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "secrets")
+            .and_then(|v| v.projected.clone())
+            .expect("projected");
         let paths: Vec<String> = projected
             .sources
             .iter()
@@ -783,7 +809,14 @@ mod tests {
     #[test]
     fn the_pod_checksum_follows_config_and_secret_versions() {
         let t = tenant("");
-        let checksum = |s: &TenantStack| s.deployment.spec.as_ref().and_then(|d| d.template.metadata.clone()).and_then(|m| m.annotations).and_then(|a| a.get(CHECKSUM_ANNOTATION).cloned());
+        let checksum = |s: &TenantStack| {
+            s.deployment
+                .spec
+                .as_ref()
+                .and_then(|d| d.template.metadata.clone())
+                .and_then(|m| m.annotations)
+                .and_then(|a| a.get(CHECKSUM_ANNOTATION).cloned())
+        };
         let v1 = BTreeMap::from([("openai-key".to_string(), "10".to_string())]);
         let v2 = BTreeMap::from([("openai-key".to_string(), "11".to_string())]);
         let a = checksum(&stack_of(&t, &[], &v1));
@@ -796,23 +829,39 @@ mod tests {
 
     #[test]
     fn the_network_policy_allows_exactly_what_the_config_needs() {
-        let s = stack_of(&tenant("  network: {allowIngressFrom: [{namespaceSelector: {matchLabels: {team: web}}}]}\n"), &[], &BTreeMap::new());
+        let s = stack_of(
+            &tenant("  network: {allowIngressFrom: [{namespaceSelector: {matchLabels: {team: web}}}]}\n"),
+            &[],
+            &BTreeMap::new(),
+        );
         let spec = s.network_policy.spec.as_ref().expect("spec");
         assert_eq!(spec.policy_types.clone().unwrap_or_default(), ["Ingress", "Egress"]);
         let ingress = serde_json::to_string(&spec.ingress).expect("json");
-        assert!(ingress.contains("\"team\":\"web\"") && ingress.contains("tenantgate-system") && ingress.contains("tenantgate.dev/metrics-scraper"));
+        assert!(
+            ingress.contains("\"team\":\"web\"")
+                && ingress.contains("tenantgate-system")
+                && ingress.contains("tenantgate.dev/metrics-scraper")
+        );
         let egress = serde_json::to_value(&spec.egress).expect("json");
         let text = egress.to_string();
         assert!(text.contains("\"port\":53"), "DNS");
-        assert!(text.contains("\"port\":443") && text.contains("0.0.0.0/0") && text.contains("10.0.0.0/8"), "public provider on 443, not private ranges: {text}");
-        assert!(text.contains("\"kubernetes.io/metadata.name\":\"models\"") && text.contains("\"port\":8000"), "in-cluster provider: {text}");
+        assert!(
+            text.contains("\"port\":443") && text.contains("0.0.0.0/0") && text.contains("10.0.0.0/8"),
+            "public provider on 443, not private ranges: {text}"
+        );
+        assert!(
+            text.contains("\"kubernetes.io/metadata.name\":\"models\"") && text.contains("\"port\":8000"),
+            "in-cluster provider: {text}"
+        );
         assert!(!text.contains("6379") && !text.contains("5432"), "no storage ports without storage");
     }
 
     #[test]
     fn exposure_yields_an_ingress_or_a_route_where_the_gateway_api_exists() {
         let ingress = stack_of(
-            &tenant("  exposure: {host: acme.example.com, tls: {certManagerIssuer: {name: le}}, ingressClassName: nginx}\n"),
+            &tenant(
+                "  exposure: {host: acme.example.com, tls: {certManagerIssuer: {name: le}}, ingressClassName: nginx}\n",
+            ),
             &[],
             &BTreeMap::new(),
         );
@@ -820,17 +869,30 @@ mod tests {
         assert_eq!(i.annotations().get("cert-manager.io/cluster-issuer").map(String::as_str), Some("le"));
         let tls = i.spec.as_ref().and_then(|s| s.tls.clone()).expect("tls");
         assert_eq!(tls[0].secret_name.as_deref(), Some("acme-tls"));
-        assert_eq!(endpoint(&tenant("  exposure: {host: acme.example.com, tls: {secretName: x}}\n")), "https://acme.example.com");
+        assert_eq!(
+            endpoint(&tenant("  exposure: {host: acme.example.com, tls: {secretName: x}}\n")),
+            "https://acme.example.com"
+        );
 
         let t = tenant("  exposure: {host: acme.example.com, gatewayRef: {name: public, namespace: gw}}\n");
         let r = rendered(&t, &[]);
         let mut settings = BuildSettings::default();
         let input = |settings: &BuildSettings| {
-            build(&BuildInput { tenant: &t, rendered: &r, mcp_connections: &[], secret_versions: &BTreeMap::new(), create_gateway_keys: false, settings: &settings.clone() })
-                .expect("builds")
+            build(&BuildInput {
+                tenant: &t,
+                rendered: &r,
+                mcp_connections: &[],
+                secret_versions: &BTreeMap::new(),
+                create_gateway_keys: false,
+                settings: &settings.clone(),
+            })
+            .expect("builds")
         };
         let without = input(&settings);
-        assert!(without.http_route.is_none() && without.ingress.is_none(), "no HTTPRoute where the Gateway API is not installed");
+        assert!(
+            without.http_route.is_none() && without.ingress.is_none(),
+            "no HTTPRoute where the Gateway API is not installed"
+        );
         settings.gateway_api = true;
         let route = input(&settings).http_route.expect("route");
         assert_eq!(route.data["spec"]["parentRefs"][0]["name"], "public");
