@@ -79,10 +79,41 @@ where
             Method::GET | Method::HEAD | Method::OPTIONS => "read",
             _ => "write",
         };
-        let labels =
-            RequestLabels { kind, method: request.method().to_string(), resource: resource_of(request.uri().path()) };
+        let path = request.uri().path();
+        let labels = RequestLabels {
+            kind,
+            verb: verb_of(request.method(), path, request.uri().query()),
+            resource: resource_of(path),
+        };
         self.metrics.api_requests.get_or_create(&labels).inc();
         self.inner.call(request)
+    }
+}
+
+/// The Kubernetes verb of a request, as RBAC names it.
+fn verb_of(method: &Method, path: &str, query: Option<&str>) -> &'static str {
+    let named = resource_of(path).contains('/') || {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let rest = match segments.as_slice() {
+            ["api", _, rest @ ..] => rest,
+            ["apis", _, _, rest @ ..] => rest,
+            _ => &[][..],
+        };
+        match rest {
+            ["namespaces", _, rest @ ..] if !rest.is_empty() => rest.len() >= 2,
+            other => other.len() >= 2,
+        }
+    };
+    match *method {
+        Method::GET if query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1")) => "watch",
+        Method::GET if named => "get",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if named => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "other",
     }
 }
 
@@ -93,6 +124,7 @@ fn resource_of(path: &str) -> String {
     let rest = match segments.as_slice() {
         ["api", _version, rest @ ..] => rest,
         ["apis", _group, _version, rest @ ..] => rest,
+        ["api" | "apis", ..] => return "discovery".into(),
         _ => return "other".into(),
     };
     let rest = match rest {
@@ -102,7 +134,7 @@ fn resource_of(path: &str) -> String {
     match rest {
         [resource, _name, sub, ..] => format!("{resource}/{sub}"),
         [resource, ..] => (*resource).to_string(),
-        [] => "other".into(),
+        [] => "discovery".into(),
     }
 }
 
@@ -116,5 +148,19 @@ mod tests {
         assert_eq!(super::resource_of("/api/v1/namespaces"), "namespaces");
         assert_eq!(super::resource_of("/apis/coordination.k8s.io/v1/namespaces/tenantgate-system/leases/op"), "leases");
         assert_eq!(super::resource_of("/version"), "other");
+        assert_eq!(super::resource_of("/apis/gateway.networking.k8s.io/v1"), "discovery");
+    }
+
+    #[test]
+    fn verbs_are_named_as_rbac_names_them() {
+        use http::Method;
+        let v = |m: Method, p: &str, q: Option<&str>| super::verb_of(&m, p, q);
+        assert_eq!(v(Method::GET, "/apis/apps/v1/deployments", Some("watch=true&labelSelector=x")), "watch");
+        assert_eq!(v(Method::GET, "/apis/apps/v1/deployments", Some("limit=500")), "list");
+        assert_eq!(v(Method::GET, "/apis/coordination.k8s.io/v1/namespaces/ns/leases/op", None), "get");
+        assert_eq!(v(Method::PATCH, "/apis/tenantgate.dev/v1alpha1/tenants/acme/status", None), "patch");
+        assert_eq!(v(Method::POST, "/api/v1/namespaces/tg-a/secrets", None), "create");
+        assert_eq!(v(Method::DELETE, "/apis/apps/v1/namespaces/tg-a/deployments/x", None), "delete");
+        assert_eq!(v(Method::PATCH, "/api/v1/namespaces/tg-a", None), "patch");
     }
 }

@@ -26,8 +26,8 @@ pub struct ErrorLabels {
 pub struct RequestLabels {
     /// `read` (GET, list, watch) or `write` (POST, PUT, PATCH, DELETE).
     pub kind: &'static str,
-    /// HTTP method.
-    pub method: String,
+    /// Kubernetes verb: get, list, watch, create, update, patch, delete, deletecollection.
+    pub verb: &'static str,
     /// Resource (with subresource), e.g. `deployments` or `tenants/status`.
     pub resource: String,
 }

@@ -450,3 +450,88 @@ async fn an_api_server_restart_mid_reconcile_converges_without_duplicates_or_orp
     })
     .await
 }
+
+/// What the operator does with each resource, and why. The chart must grant
+/// exactly this: nothing missing (the operator runs as the chart's account in
+/// every test here), nothing more.
+const NEEDED: &[(&str, &str, &[&str])] = &[
+    // Watches Tenants, McpConnections and PromptPolicies; writes only their status.
+    ("tenantgate.dev", "tenants", &["list", "watch"]),
+    ("tenantgate.dev", "mcpconnections", &["list", "watch"]),
+    ("tenantgate.dev", "promptpolicies", &["list", "watch"]),
+    ("tenantgate.dev", "tenants/status", &["patch"]),
+    ("tenantgate.dev", "mcpconnections/status", &["patch"]),
+    ("tenantgate.dev", "promptpolicies/status", &["patch"]),
+    // Server-side apply creates what does not exist yet: patch and create.
+    ("", "namespaces", &["list", "watch", "create", "patch"]),
+    // Metadata only; creates gateway-keys once, never updates or reads data.
+    ("", "secrets", &["list", "watch", "create"]),
+    ("", "configmaps", &["list", "watch", "create", "patch", "delete"]),
+    ("", "services", &["list", "watch", "create", "patch", "delete"]),
+    ("", "serviceaccounts", &["list", "watch", "create", "patch", "delete"]),
+    ("apps", "deployments", &["list", "watch", "create", "patch", "delete"]),
+    ("autoscaling", "horizontalpodautoscalers", &["list", "watch", "create", "patch", "delete"]),
+    ("policy", "poddisruptionbudgets", &["list", "watch", "create", "patch", "delete"]),
+    ("networking.k8s.io", "networkpolicies", &["list", "watch", "create", "patch", "delete"]),
+    ("networking.k8s.io", "ingresses", &["list", "watch", "create", "patch", "delete"]),
+    ("gateway.networking.k8s.io", "httproutes", &["list", "watch", "create", "patch", "delete"]),
+    ("monitoring.coreos.com", "servicemonitors", &["list", "watch", "create", "patch", "delete"]),
+    // Warning Events on Tenants.
+    ("events.k8s.io", "events", &["create", "patch"]),
+    // Leader election (namespaced Role).
+    ("coordination.k8s.io", "leases", &["get", "create", "patch"]),
+];
+
+fn chart_grants() -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let mut granted = std::collections::BTreeSet::new();
+    for doc in serde_yaml::Deserializer::from_str(&chart_manifests()?) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        if !matches!(v["kind"].as_str(), Some("ClusterRole" | "Role")) {
+            continue;
+        }
+        for rule in v["rules"].as_array().into_iter().flatten() {
+            for g in rule["apiGroups"].as_array().into_iter().flatten() {
+                for r in rule["resources"].as_array().into_iter().flatten() {
+                    for verb in rule["verbs"].as_array().into_iter().flatten() {
+                        granted.insert(format!(
+                            "{}/{}:{}",
+                            g.as_str().unwrap_or(""),
+                            r.as_str().unwrap_or(""),
+                            verb.as_str().unwrap_or("")
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(granted)
+}
+
+#[tokio::test]
+async fn the_chart_grants_exactly_what_the_operator_uses() -> anyhow::Result<()> {
+    let _turn = ONE_OPERATOR.lock().await;
+    let needed: std::collections::BTreeSet<String> =
+        NEEDED.iter().flat_map(|(g, r, verbs)| verbs.iter().map(move |v| format!("{g}/{r}:{v}"))).collect();
+    assert_eq!(chart_grants()?, needed, "the chart's RBAC differs from what the operator needs");
+    // And what a real run uses is inside it: run the quickstart and read the request metrics.
+    let client = setup().await?;
+    let op = OperatorProcess::start(&client, "operator-rbac").await?;
+    kubectl(&["apply", "-f", &repo_root().join("manifests/examples/quickstart").display().to_string()])?;
+    wait_ready(&client, "quickstart", &op).await?;
+    let metrics = op.metrics().await?;
+    let mut used = std::collections::BTreeSet::new();
+    for line in metrics.lines().filter(|l| l.starts_with("tenantgate_operator_api_requests_total{")) {
+        let label =
+            |k: &str| line.split(&format!("{k}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_string();
+        used.insert((label("resource"), label("verb")));
+    }
+    assert!(used.len() >= 10, "{used:?}");
+    for (resource, verb) in used.iter().filter(|(r, _)| r != "discovery") {
+        // (discovery is open to every authenticated user through system:discovery)
+        assert!(
+            NEEDED.iter().any(|(_, r, verbs)| r == resource && verbs.contains(&verb.as_str())),
+            "the operator used {verb} on {resource}, which NEEDED does not list"
+        );
+    }
+    delete_tenant_and_wait(&client, "quickstart", "tg-quickstart", &op).await
+}
