@@ -55,6 +55,12 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "TENANTGATE_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Client connections open at once; more wait in the kernel's accept queue.
+    #[arg(long, env = "TENANTGATE_MAX_CONNECTIONS", default_value_t = 2048)]
+    pub max_connections: usize,
+    /// API requests handled at once (until response headers); beyond it requests get 503 at once.
+    #[arg(long, env = "TENANTGATE_MAX_IN_FLIGHT", default_value_t = 512)]
+    pub max_in_flight: usize,
     /// Longest time to response headers, in seconds.
     #[arg(long, env = "TENANTGATE_REQUEST_TIMEOUT_SECS", default_value_t = 900)]
     pub request_timeout_secs: u64,

@@ -39,6 +39,9 @@ pub enum AppError {
     /// An upstream answered with an error the client caused (4xx): passed on.
     #[error("{message}")]
     UpstreamRejected { status: StatusCode, message: String, kind: String, param: Option<String>, code: Option<String> },
+    /// The gateway is at its in-flight limit: shed rather than queue.
+    #[error("the gateway is at its limit of {0} requests in flight; try again shortly")]
+    Overloaded(usize),
     /// Upstreams failed (5xx, protocol errors, connection errors).
     #[error("{0}")]
     BadGateway(String),
@@ -86,7 +89,7 @@ impl AppError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamRejected { status, .. } => *status,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -105,6 +108,7 @@ impl AppError {
             Self::RouteNotFound { .. } => "RouteNotFound",
             Self::RateLimited { .. } => "UpstreamRateLimited",
             Self::Unavailable { .. } => "NoHealthyTarget",
+            Self::Overloaded(_) => "Overloaded",
             Self::UpstreamRejected { .. } => "UpstreamRejected",
             Self::BadGateway(_) => "UpstreamFailed",
             Self::GatewayTimeout(_) => "UpstreamTimeout",
@@ -120,7 +124,10 @@ impl AppError {
             Self::Forbidden(_) => "permission_error",
             Self::RateLimited { .. } => "rate_limit_error",
             Self::UpstreamRejected { kind, .. } => kind,
-            Self::Unavailable { .. } | Self::BadGateway(_) | Self::GatewayTimeout(_) | Self::Internal(_) => "api_error",
+            Self::Unavailable { .. } | Self::Overloaded(_) | Self::BadGateway(_) | Self::GatewayTimeout(_) => {
+                "api_error"
+            }
+            Self::Internal(_) => "api_error",
         }
     }
 
@@ -131,6 +138,7 @@ impl AppError {
             Self::ModelNotFound(_) => Some("model_not_found"),
             Self::RouteNotFound { .. } => Some("unknown_url"),
             Self::RateLimited { .. } => Some("rate_limit_exceeded"),
+            Self::Overloaded(_) => Some("overloaded"),
             Self::UpstreamRejected { code, .. } => code.as_deref(),
             _ => None,
         }
@@ -160,6 +168,7 @@ impl AppError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::RateLimited { retry_after, .. } | Self::Unavailable { retry_after, .. } => *retry_after,
+            Self::Overloaded(_) => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

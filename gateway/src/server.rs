@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
 use crate::config::{Carried, ConfigSource, load_initial, watch};
+use crate::listener::CappedListener;
 use crate::state::AppState;
 
 /// Why the server could not start.
@@ -58,7 +59,7 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         "config loaded"
     );
     metrics::gauge!("tenantgate_config_valid").set(1.0);
-    let state = AppState::new(runtime, carried, metrics, args.max_body_bytes);
+    let state = AppState::new(runtime, carried, metrics, args.max_body_bytes, args.max_in_flight);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let interval = Duration::from_millis(args.config_poll_ms.max(50));
@@ -84,10 +85,7 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         let _ = stop_tx.send(true);
         notify.notify_one();
     };
-    // Small SSE events must leave at once, not wait for Nagle's algorithm.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let listener = CappedListener::new(listener, args.max_connections);
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     let drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     tokio::select! {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Carried, Runtime};
 
@@ -21,11 +22,19 @@ struct Inner {
     max_body_bytes: usize,
     shutting_down: AtomicBool,
     streams: AtomicUsize,
+    admission: Arc<Semaphore>,
+    max_in_flight: usize,
 }
 
 impl AppState {
     /// State around a first runtime.
-    pub fn new(runtime: Runtime, carried: Carried, metrics: PrometheusHandle, max_body_bytes: usize) -> Self {
+    pub fn new(
+        runtime: Runtime,
+        carried: Carried,
+        metrics: PrometheusHandle,
+        max_body_bytes: usize,
+        max_in_flight: usize,
+    ) -> Self {
         Self(Arc::new(Inner {
             runtime: ArcSwap::from_pointee(runtime),
             carried,
@@ -33,6 +42,8 @@ impl AppState {
             max_body_bytes,
             shutting_down: AtomicBool::new(false),
             streams: AtomicUsize::new(0),
+            admission: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            max_in_flight: max_in_flight.max(1),
         }))
     }
 
@@ -59,6 +70,12 @@ impl AppState {
     /// Largest accepted request body.
     pub fn max_body_bytes(&self) -> usize {
         self.0.max_body_bytes
+    }
+
+    /// A slot for one API request until its response headers, or the
+    /// in-flight limit it ran into (one atomic operation, no queueing).
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, usize> {
+        self.0.admission.clone().try_acquire_owned().map_err(|_| self.0.max_in_flight)
     }
 
     /// Marks the server as draining: `/readyz` fails from now on.

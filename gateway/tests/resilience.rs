@@ -194,3 +194,21 @@ async fn anthropic_is_translated_both_ways() {
     assert_eq!(events.last().expect("usage")["usage"]["completion_tokens"], 8);
     assert!(text.ends_with("data: [DONE]\n\n"));
 }
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_limit_are_shed_with_503() {
+    let upstream = Upstream::start();
+    let gw = Gateway::start_with(&tenant_yaml(&upstream.url), &["--max-in-flight", "1"]).await;
+    upstream.script("slow", json!([{"latency_ms": 500}]), None).await;
+    let body = json!({"model": "slow", "messages": [{"role": "user", "content": "hi"}]});
+    let (first, second) = tokio::join!(gw.post("/v1/chat/completions", &body), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        gw.post("/v1/chat/completions", &body).await
+    });
+    assert_eq!(first.status(), 200);
+    assert_eq!(second.status(), 503);
+    assert_eq!(second.headers()["retry-after"], "1");
+    let error: Value = serde_json::from_str(&second.text().await.expect("body")).expect("json");
+    assert_eq!(error["error"]["code"], "overloaded");
+    assert!(gw.metrics().await.contains("status=\"503\""));
+}

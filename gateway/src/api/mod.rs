@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -35,6 +35,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{model}", get(models::get))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admit))
         .route_layer(middleware::from_fn(track));
     let ops = Router::new()
         .route("/livez", get(ops::livez))
@@ -69,6 +70,15 @@ fn span(request: &Request) -> tracing::Span {
 fn access_log(response: &Response, latency: Duration, _span: &tracing::Span) {
     let reason = response.extensions().get::<ErrorReason>().map(|r| r.0);
     tracing::info!(status = response.status().as_u16(), latency_us = latency.as_micros() as u64, reason, "request");
+}
+
+/// Sheds API requests beyond the in-flight limit with a 503 instead of queueing
+/// them: under overload, latency and memory stay bounded.
+async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match state.admit() {
+        Ok(_slot) => next.run(request).await,
+        Err(limit) => AppError::Overloaded(limit).into_response(),
+    }
 }
 
 /// Counts API requests by model and status, and times them to headers.
