@@ -52,8 +52,21 @@ pub async fn install_chart_rbac(client: &Client) -> anyhow::Result<()> {
         let keep = ["kind: Namespace", "kind: ServiceAccount", "kind: ClusterRole", "kind: Role"]
             .iter()
             .any(|k| doc.contains(k));
-        if keep {
-            apply_yaml(client, doc, None).await.map_err(|e| anyhow::anyhow!("applying chart RBAC: {e}"))?;
+        if !keep {
+            continue;
+        }
+        // A namespace still terminating from an earlier test refuses new content for a while.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            match apply_yaml(client, doc, None).await {
+                Ok(_) => break,
+                Err(crate::ApplyError::Api(kube::Error::Api(s)))
+                    if s.message.contains("being terminated") && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => bail!("applying chart RBAC: {e}"),
+            }
         }
     }
     Ok(())

@@ -108,11 +108,20 @@ async fn valid_examples_are_accepted_by_server_side_apply() -> anyhow::Result<()
     for t in ["quickstart", "acme"] {
         tenants.delete(t, &DeleteParams::default()).await?;
     }
+    // The operator's namespace stays (other tests install into it); the
+    // tenant namespaces go, and the test waits until they are gone so the
+    // next test can create them again.
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    for ns in ["tg-quickstart", "tg-acme", "tenantgate-system"] {
+    for ns in ["tg-quickstart", "tg-acme"] {
         namespaces.delete(ns, &DeleteParams::background()).await?;
     }
-    Ok(())
+    eventually("example namespaces deleted", Duration::from_secs(120), || {
+        let namespaces = namespaces.clone();
+        async move {
+            Ok(namespaces.get_opt("tg-quickstart").await?.is_none() && namespaces.get_opt("tg-acme").await?.is_none())
+        }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -159,8 +168,13 @@ async fn invalid_examples_are_refused_naming_the_field() -> anyhow::Result<()> {
     for t in created_tenants {
         tenants.delete(&t, &DeleteParams::default()).await?;
     }
-    Api::<Namespace>::all(client).delete("tg-invalid", &DeleteParams::background()).await?;
-    Ok(())
+    let namespaces: Api<Namespace> = Api::all(client);
+    namespaces.delete("tg-invalid", &DeleteParams::background()).await?;
+    eventually("tg-invalid deleted", Duration::from_secs(120), || {
+        let namespaces = namespaces.clone();
+        async move { Ok(namespaces.get_opt("tg-invalid").await?.is_none()) }
+    })
+    .await
 }
 
 /// `kubectl apply -f -` with `text`: whether it succeeded, and what it printed.

@@ -164,26 +164,39 @@ async fn quickstart_tenant_becomes_ready_with_its_whole_stack_and_goes_with_it()
     Ok(())
 }
 
+/// What only the operator changes: resourceVersions of objects no other
+/// controller writes, and `metadata.generation` (the spec) of those whose
+/// status other controllers keep up to date (Deployment, HPA, PDB).
 async fn managed_versions(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<String, String>> {
     let lp = ListParams::default().labels("app.kubernetes.io/managed-by=tenantgate-operator");
     let mut out = BTreeMap::new();
     macro_rules! collect {
-        ($t:ty) => {
+        ($t:ty, rv) => {
             for o in Api::<$t>::namespaced(client.clone(), ns).list(&lp).await?.items {
                 out.insert(format!("{}/{}", stringify!($t), o.name_any()), o.resource_version().unwrap_or_default());
             }
         };
+        ($t:ty, generation) => {
+            for o in Api::<$t>::namespaced(client.clone(), ns).list(&lp).await?.items {
+                out.insert(
+                    format!("{}/{} generation", stringify!($t), o.name_any()),
+                    format!("{:?}", o.metadata.generation),
+                );
+            }
+        };
     }
-    collect!(Deployment);
-    collect!(Service);
-    collect!(ConfigMap);
-    collect!(ServiceAccount);
-    collect!(NetworkPolicy);
-    collect!(HorizontalPodAutoscaler);
-    collect!(PodDisruptionBudget);
-    collect!(Ingress);
-    let tenant = Api::<Tenant>::all(client.clone()).get("acme").await?;
-    out.insert("Tenant/acme".into(), tenant.resource_version().unwrap_or_default());
+    collect!(Service, rv);
+    collect!(ConfigMap, rv);
+    collect!(ServiceAccount, rv);
+    collect!(NetworkPolicy, rv);
+    collect!(Ingress, rv);
+    collect!(Deployment, generation);
+    collect!(HorizontalPodAutoscaler, generation);
+    collect!(PodDisruptionBudget, generation);
+    out.insert(
+        "Namespace".into(),
+        Api::<Namespace>::all(client.clone()).get(ns).await?.resource_version().unwrap_or_default(),
+    );
     Ok(out)
 }
 
@@ -228,7 +241,8 @@ async fn full_tenant_converges_follows_changes_and_makes_no_writes_at_rest() -> 
     // Steady state: no new resourceVersions and no write requests.
     let settle =
         Duration::from_secs(std::env::var("TENANTGATE_STEADY_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let the HPA controller take the Deployment to minReplicas (its sync period is 15 s).
+    tokio::time::sleep(Duration::from_secs(20)).await;
     let before = managed_versions(&client, ns).await?;
     // Lease renewals are the only writes allowed at rest.
     let writes_before = op.writes_except_leases().await?;
