@@ -211,7 +211,12 @@ async fn full_tenant_converges_follows_changes_and_makes_no_writes_at_rest() -> 
     let tenant = wait_ready(&client, "acme", &op).await?;
     let ns = "tg-acme";
     assert_eq!(tenant.status.as_ref().map(|s| s.endpoint.clone()), Some(Some("https://acme.ai.example.com".into())));
-    assert_eq!(tenant.status.as_ref().map(|s| (s.mcp_connections, s.prompt_policies)), Some((2, 3)));
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    eventually("both McpConnections and all three policies are bound", Duration::from_secs(15), Some(&op), || {
+        let tenants = tenants.clone();
+        async move { Ok(tenants.get("acme").await?.status.map(|s| (s.mcp_connections, s.prompt_policies)) == Some((2, 3))) }
+    })
+    .await?;
     let deploy = Api::<Deployment>::namespaced(client.clone(), ns).get("gateway").await?;
     let hpa = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), ns).get("gateway").await?;
     assert_eq!((hpa.spec.min_replicas, hpa.spec.max_replicas), (Some(2), 10));
@@ -275,8 +280,14 @@ async fn full_tenant_converges_follows_changes_and_makes_no_writes_at_rest() -> 
         async move { Ok(hash(&maps.get("gateway-config").await?) != old) }
     })
     .await?;
+    // The ConfigMap is applied before the Deployment: the pod checksum follows a moment later.
+    eventually("a config change rolls the pods", Duration::from_secs(15), Some(&op), || {
+        let deployments = deployments.clone();
+        let old = old_checksum.clone();
+        async move { Ok(checksum(&deployments.get("gateway").await?) != old) }
+    })
+    .await?;
     let after_policy = checksum(&deployments.get("gateway").await?);
-    assert_ne!(after_policy, old_checksum, "a config change rolls the pods");
 
     // Rotating a referenced Secret changes the checksum.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
