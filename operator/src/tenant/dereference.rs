@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use kube::Resource;
 use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use tenantgate_crds::render::{GATEWAY_KEYS_SECRET, tenant_namespace};
 use tenantgate_crds::v1alpha1::{McpConnection, PromptPolicy, Tenant};
 
@@ -42,34 +43,12 @@ pub fn dereference(tenant: &Tenant, stores: &Stores, operator_namespace: &str) -
             Some(owner) => Some(format!("Tenant {owner}")),
             None => Some("no tenant (it exists without the tenantgate.dev/tenant label)".to_string()),
         });
-    let in_ns = |ns: Option<String>, want: &str| ns.as_deref() == Some(want);
-    let mut mcp_connections: Vec<McpConnection> = stores
-        .mcp_connections
-        .state()
-        .iter()
-        .filter(|c| in_ns(c.namespace(), &namespace))
-        .map(|c| (**c).clone())
-        .collect();
-    mcp_connections.sort_by_key(|c| c.name_any());
-    let mut tenant_policies: Vec<PromptPolicy> = stores
-        .prompt_policies
-        .state()
-        .iter()
-        .filter(|p| in_ns(p.namespace(), &namespace))
-        .map(|p| (**p).clone())
-        .collect();
-    tenant_policies.sort_by_key(|p| p.name_any());
-    let mut global_policies: Vec<PromptPolicy> = stores
-        .prompt_policies
-        .state()
-        .iter()
-        .filter(|p| in_ns(p.namespace(), operator_namespace))
-        .map(|p| (**p).clone())
-        .collect();
-    global_policies.sort_by_key(|p| p.name_any());
+    let mcp_connections = in_namespace(&stores.mcp_connections, &namespace);
+    let tenant_policies = in_namespace(&stores.prompt_policies, &namespace);
+    let global_policies = in_namespace(&stores.prompt_policies, operator_namespace);
     let mut secret_versions = BTreeMap::new();
     let mut gateway_keys_exist = false;
-    for s in stores.secrets.state().iter().filter(|s| in_ns(s.namespace(), &namespace)) {
+    for s in stores.secrets.state().iter().filter(|s| s.namespace().as_deref() == Some(namespace.as_str())) {
         if s.name_any() == GATEWAY_KEYS_SECRET {
             gateway_keys_exist = true;
         }
@@ -86,4 +65,16 @@ pub fn dereference(tenant: &Tenant, stores: &Stores, operator_namespace: &str) -
         gateway_keys_exist,
         deployment,
     }
+}
+
+/// The cached objects in `namespace`, by name.
+fn in_namespace<K>(store: &Store<K>, namespace: &str) -> Vec<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    let mut out: Vec<K> =
+        store.state().iter().filter(|o| o.namespace().as_deref() == Some(namespace)).map(|o| (**o).clone()).collect();
+    out.sort_by_key(|o| o.name_any());
+    out
 }

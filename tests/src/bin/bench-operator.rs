@@ -42,21 +42,12 @@ fn reconciled(t: &Tenant) -> bool {
     t.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Reconciled" && c.status == "True"))
 }
 
-fn peak_rss_mib(pid: u32) -> f64 {
+/// A memory figure of /proc/PID/status (`VmHWM` peak, `VmRSS` now) in MiB.
+fn proc_status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
-
-fn rss_now_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
@@ -149,10 +140,10 @@ async fn main() -> anyhow::Result<()> {
     let writes_before = op.writes_except_leases().await?;
     tokio::time::sleep(Duration::from_secs(steady)).await;
     let steady_writes = op.writes_except_leases().await? - writes_before;
-    let rss = peak_rss_mib(op.pid());
+    let rss = proc_status_mib(op.pid(), "VmHWM:");
     eprintln!(
         "operator: peak RSS {rss:.1} MiB, RSS at rest {:.1} MiB, {:.1} CPU seconds; reconciles: {}",
-        rss_now_mib(op.pid()),
+        proc_status_mib(op.pid(), "VmRSS:"),
         cpu_seconds(op.pid()),
         op.counter("tenantgate_operator_reconciles_total", "").await?
     );
