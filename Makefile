@@ -9,7 +9,7 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: check-generated test-unit test-gateway test-cluster ## Every test (what CI runs)
+test: check-generated test-unit test-gateway test-services test-cluster ## Every test (what CI runs)
 
 QUICKSTART := manifests/examples/quickstart
 
@@ -32,6 +32,10 @@ bench-gateway: ## Gateway vs mock-llm direct (open loop, vegeta): added latency,
 .PHONY: test-unit
 test-unit: ## Unit, golden and schema tests of every crate (no services needed)
 	$(CARGO) test --workspace --exclude tenantgate-tests
+
+.PHONY: test-services
+test-services: ## Gateway tests against real PostgreSQL and Redis (started and stopped around them)
+	e2e/with-services $(CARGO) test -p tenantgate-gateway --test 'services_*'
 
 .PHONY: test-cluster
 test-cluster: ## Tests against a real local control plane (started and stopped around them)
