@@ -122,6 +122,7 @@ where
 {
     watcher(api, watcher::Config::default().labels(MANAGED_SELECTOR))
         .default_backoff()
+        .modify(strip_managed_fields)
         .reflect(store_writer)
         .touched_objects()
 }
