@@ -18,7 +18,8 @@ use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, watcher};
+
 use kube::{Client, Resource, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
@@ -213,10 +214,14 @@ async fn run_controllers(
         failures: Default::default(),
     });
 
+    // Only spec changes (a new generation) start a reconcile: the operator's
+    // own status writes would otherwise each come back as one more.
     let tenant_stream = watcher(Api::<Tenant>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(strip_managed_fields)
         .reflect(tenants_w)
-        .applied_objects();
+        .applied_objects()
+        .predicate_filter(predicates::generation, PredicateConfig::default());
     let by_namespace = {
         let tenants = tenants.clone();
         move |ns: Option<String>| -> Vec<ObjectRef<Tenant>> {

@@ -179,6 +179,9 @@ fn names<K: Resource>(objects: impl IntoIterator<Item = K>) -> BTreeSet<String> 
     objects.into_iter().filter_map(|o| o.meta().name.clone()).collect()
 }
 
+/// One write (or its skip) in flight.
+type Pending<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, ApplyError>> + Send + 'a>>;
+
 /// Applies a tenant's stack in dependency order and prunes what is no longer
 /// wanted. Returns the number of writes made.
 pub async fn apply_stack(ctx: &Context, tenant: &str, stack: TenantStack) -> Result<u32, ApplyError> {
@@ -232,37 +235,47 @@ pub async fn apply_stack(ctx: &Context, tenant: &str, stack: TenantStack) -> Res
             .map_err(|source| ApplyError { action: "applying", object: format!("Namespace {ns}"), source })?;
         count(true);
     }
-    count(apply(client, service_accounts, &service_account).await?);
+    // Everything the Deployment's pods need (ServiceAccount, keys, config) and
+    // what does not depend on anything goes in parallel, then the Deployments:
+    // a pod created before its ServiceAccount would fail and back off.
+    let mut first: Vec<Pending<'_>> = vec![
+        Box::pin(apply(client, service_accounts, &service_account)),
+        Box::pin(apply(client, config_maps, &config_map)),
+        Box::pin(apply(client, services, &service)),
+        Box::pin(apply(client, network_policies, &network_policy)),
+    ];
     if let Some(keys) = &gateway_keys {
-        count(create_once(client, keys).await?);
+        first.push(Box::pin(create_once(client, keys)));
     }
-    count(apply(client, config_maps, &config_map).await?);
-    count(apply(client, services, &service).await?);
-    count(apply(client, network_policies, &network_policy).await?);
-    let mut bridge_deployments = Vec::new();
-    let mut bridge_services = Vec::new();
-    for (d, s) in stdio_bridges {
-        count(apply(client, deployments, &d).await?);
-        count(apply(client, services, &s).await?);
-        bridge_deployments.push(d);
-        bridge_services.push(s);
+    for (_, s) in &stdio_bridges {
+        first.push(Box::pin(apply(client, services, s)));
     }
-    count(apply(client, deployments, &deployment).await?);
     if let Some(h) = &hpa {
-        count(apply(client, hpas, h).await?);
+        first.push(Box::pin(apply(client, hpas, h)));
     }
     if let Some(p) = &pdb {
-        count(apply(client, pdbs, p).await?);
+        first.push(Box::pin(apply(client, pdbs, p)));
     }
     if let Some(i) = &ingress {
-        count(apply(client, ingresses, i).await?);
+        first.push(Box::pin(apply(client, ingresses, i)));
     }
     if let (Some(route), Some((resource, store))) = (&http_route, http_routes) {
-        count(apply_dynamic(client, resource, store, route).await?);
+        first.push(Box::pin(apply_dynamic(client, resource, store, route)));
     }
     if let (Some(monitor), Some((resource, store))) = (&service_monitor, service_monitors) {
-        count(apply_dynamic(client, resource, store, monitor).await?);
+        first.push(Box::pin(apply_dynamic(client, resource, store, monitor)));
     }
+    for written in futures::future::try_join_all(first).await? {
+        count(written);
+    }
+    let mut then: Vec<Pending<'_>> = vec![Box::pin(apply(client, deployments, &deployment))];
+    for (d, _) in &stdio_bridges {
+        then.push(Box::pin(apply(client, deployments, d)));
+    }
+    for written in futures::future::try_join_all(then).await? {
+        count(written);
+    }
+    let (bridge_deployments, bridge_services): (Vec<_>, Vec<_>) = stdio_bridges.into_iter().unzip();
 
     let mut keep_deployments = names(bridge_deployments);
     keep_deployments.insert(deployment.metadata.name.clone().unwrap_or_default());
