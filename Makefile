@@ -9,7 +9,7 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: check-generated test-unit test-gateway test-services test-cluster ## Every test (what CI runs)
+test: check-generated lint test-unit test-gateway test-services test-cluster ## Every test (what CI runs)
 
 QUICKSTART := manifests/examples/quickstart
 
@@ -49,6 +49,10 @@ generate: ## Regenerate CRD YAML and the CRD reference
 .PHONY: check-generated
 check-generated: ## Fail when a committed generated file is stale
 	scripts/check-generated
+
+.PHONY: lint
+lint: ## clippy with warnings as errors, and cargo deny check licenses bans sources
+	scripts/lint
 
 .PHONY: fmt
 fmt: ## Format the code

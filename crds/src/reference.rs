@@ -79,14 +79,14 @@ fn walk(out: &mut String, path: &str, node: &Value, depth: usize) {
             walk(out, &format!("{path}.{k}"), v, depth + 1);
         }
     }
-    if let Some(items) = node.get("items").filter(|i| i.get("properties").is_some()) {
-        if let Some(props) = items.get("properties").and_then(Value::as_object) {
-            for rule in rules(items) {
-                let _ = writeln!(out, "| `{path}[]` | object | | _{rule}_ |");
-            }
-            for (k, v) in props {
-                walk(out, &format!("{path}[].{k}"), v, depth + 1);
-            }
+    if let Some(items) = node.get("items")
+        && let Some(props) = items.get("properties").and_then(Value::as_object)
+    {
+        for rule in rules(items) {
+            let _ = writeln!(out, "| `{path}[]` | object | | _{rule}_ |");
+        }
+        for (k, v) in props {
+            walk(out, &format!("{path}[].{k}"), v, depth + 1);
         }
     }
 }

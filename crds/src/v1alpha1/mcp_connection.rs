@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::common::SecretKeyRef;
 
 /// Desired state of an MCP connection: where the server is and what of it is exposed.
+// Several printcolumns repeat `type_`, which clippy mistakes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "tenantgate.dev",

@@ -91,10 +91,11 @@ async fn main() -> anyhow::Result<()> {
                 watcher(tenants, watcher::Config::default().labels("tenantgate.dev/bench=true")).applied_objects();
             futures::pin_mut!(stream);
             while let Ok(Some(t)) = stream.try_next().await {
-                if reconciled(&t) && !reconciled_at.contains_key(&t.name_any()) {
-                    if let Some(start) = created.lock().await.get(&t.name_any()) {
-                        reconciled_at.insert(t.name_any(), start.elapsed().as_secs_f64());
-                    }
+                if reconciled(&t)
+                    && !reconciled_at.contains_key(&t.name_any())
+                    && let Some(start) = created.lock().await.get(&t.name_any())
+                {
+                    reconciled_at.insert(t.name_any(), start.elapsed().as_secs_f64());
                 }
                 if ready(&t) && !ready_at.contains_key(&t.name_any()) {
                     if let Some(start) = created.lock().await.get(&t.name_any()) {
