@@ -1,0 +1,105 @@
+//! API-key authentication: `Authorization: Bearer tg_<prefix>_<secret>`.
+//! Keys are looked up by their peppered hash, with a short cache of answers
+//! (found and not found), so a revocation on any replica takes effect here
+//! within [`CACHE_TTL`] and a flood of bad keys costs one query each per TTL.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quick_cache::sync::Cache;
+
+use super::{AuthError, Identity};
+use crate::storage::{Db, KeyRecord, Pepper, api_keys, now_ms};
+
+/// How long an answer from the database is reused.
+pub const CACHE_TTL: Duration = Duration::from_secs(2);
+/// How long a found key is still accepted when the database cannot be asked.
+const STALE_TTL: Duration = Duration::from_secs(60);
+const CACHE_ENTRIES: usize = 10_000;
+
+/// Looks keys up, with a short cache.
+#[derive(Debug)]
+pub struct ApiKeyVerifier {
+    /// Peppered hash -> when it was looked up, and what was found.
+    cache: Cache<String, (Instant, Option<Arc<KeyRecord>>)>,
+}
+
+impl Default for ApiKeyVerifier {
+    fn default() -> Self {
+        Self { cache: Cache::new(CACHE_ENTRIES) }
+    }
+}
+
+/// Whether a bearer token is an API key rather than a JWT.
+pub fn is_api_key(token: &str) -> bool {
+    token.starts_with(api_keys::KEY_PREFIX)
+}
+
+impl ApiKeyVerifier {
+    /// The identity an API key proves.
+    pub async fn verify(
+        &self,
+        db: &Db,
+        pepper: Option<&Pepper>,
+        admin_roles: &[String],
+        token: &str,
+    ) -> Result<Arc<Identity>, AuthError> {
+        let prefix = api_keys::key_prefix(token).ok_or(AuthError::UnknownApiKey)?;
+        let pepper = pepper.ok_or(AuthError::ApiKeysUnavailable)?;
+        let hash = pepper.hash(token);
+        let cached = self.cache.get(&hash);
+        let record = match cached {
+            Some((at, record)) if at.elapsed() < CACHE_TTL => record,
+            stale => match api_keys::find_by_hash(db, &hash).await {
+                Ok(found) => {
+                    let found = found.map(Arc::new);
+                    self.cache.insert(hash, (Instant::now(), found.clone()));
+                    found
+                }
+                Err(e) => match stale {
+                    Some((at, Some(record))) if at.elapsed() < STALE_TTL => {
+                        tracing::warn!(error = %e, "API-key lookup failed; using the cached answer");
+                        Some(record)
+                    }
+                    _ => {
+                        tracing::warn!(error = %e, "API-key lookup failed");
+                        return Err(AuthError::ApiKeysUnavailable);
+                    }
+                },
+            },
+        };
+        let record = record.ok_or(AuthError::UnknownApiKey)?;
+        if record.revoked_at_ms.is_some() {
+            return Err(AuthError::RevokedApiKey);
+        }
+        if record.expires_at_ms.is_some_and(|e| e <= now_ms()) {
+            return Err(AuthError::ExpiredApiKey);
+        }
+        let admin_roles: HashSet<&str> = admin_roles.iter().map(String::as_str).collect();
+        Ok(Arc::new(Identity {
+            subject: format!("apikey:{prefix}"),
+            admin: record.roles.iter().any(|r| admin_roles.contains(r.as_str())),
+            roles: record.roles.clone(),
+            expires_at: record.expires_at_ms.map_or(u64::MAX, |ms| u64::try_from(ms / 1000).unwrap_or(0)),
+        }))
+    }
+
+    /// Forgets what is cached (after a revocation on this replica).
+    pub fn clear(&self) {
+        self.cache.clear();
+    }
+}
+
+/// Checks an API key for the tenant in force, when API keys are enabled.
+pub async fn verify(
+    state: &crate::state::AppState,
+    runtime: &crate::config::Runtime,
+    token: &str,
+) -> Result<Arc<Identity>, AuthError> {
+    if !runtime.config.auth.api_keys_enabled {
+        return Err(AuthError::ApiKeysDisabled);
+    }
+    let storage = state.storage();
+    storage.api_keys.verify(&storage.db, storage.pepper.as_ref(), &runtime.config.auth.jwt.admin_roles, token).await
+}
