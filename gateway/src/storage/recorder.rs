@@ -60,8 +60,9 @@ struct Shared {
     tx: mpsc::Sender<Record>,
     overflow: mpsc::UnboundedSender<Record>,
     spill: Arc<Mutex<Spill>>,
+    stop_overflow: watch::Sender<bool>,
     stop: watch::Sender<bool>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    tasks: Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
     last_alarm_ms: AtomicI64,
 }
 
@@ -81,6 +82,7 @@ impl Recorder {
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let (overflow, overflow_rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(false);
+        let (stop_overflow, stop_overflow_rx) = watch::channel(false);
         let writer = Writer {
             db,
             spill: spill.clone(),
@@ -90,16 +92,17 @@ impl Recorder {
             down_since: None,
             capacity: 0,
         };
-        let tasks = vec![
-            tokio::spawn(writer.run(rx, stop_rx.clone())),
-            tokio::spawn(spill_overflow(spill.clone(), overflow_rx, stop_rx)),
-        ];
+        let tasks = (
+            tokio::spawn(spill_overflow(spill.clone(), overflow_rx, stop_overflow_rx)),
+            tokio::spawn(writer.run(rx, stop_rx)),
+        );
         Ok(Self(Arc::new(Shared {
             tx,
             overflow,
             spill,
+            stop_overflow,
             stop,
-            tasks: Mutex::new(tasks),
+            tasks: Mutex::new(Some(tasks)),
             last_alarm_ms: AtomicI64::new(0),
         })))
     }
@@ -153,12 +156,20 @@ impl Recorder {
     }
 
     /// Drains the queue into the database (or the spill file) and stops the
-    /// writer; waits at most `deadline`.
+    /// writer; waits at most `deadline`. Records made afterwards go straight
+    /// to the spill file, for the next start.
     pub async fn close(&self, deadline: Duration) {
-        let _ = self.0.stop.send(true);
-        let tasks: Vec<_> = std::mem::take(&mut *self.0.tasks.lock().unwrap_or_else(PoisonError::into_inner));
-        let all = futures_util::future::join_all(tasks);
-        if tokio::time::timeout(deadline, all).await.is_err() {
+        let Some((overflow, writer)) = self.0.tasks.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+            return;
+        };
+        let drain = async {
+            // Overflow first, so the writer's last replay includes it.
+            let _ = self.0.stop_overflow.send(true);
+            let _ = overflow.await;
+            let _ = self.0.stop.send(true);
+            let _ = writer.await;
+        };
+        if tokio::time::timeout(deadline, drain).await.is_err() {
             tracing::error!(queued = self.queue_depth(), "the recorder did not drain in time");
         }
     }
@@ -180,6 +191,8 @@ async fn spill_overflow(
         let open = tokio::select! {
             n = rx.recv_many(&mut batch, 1000) => n > 0,
             _ = stop.wait_for(|s| *s) => {
+                // Later sends fail and spill directly.
+                rx.close();
                 while let Ok(r) = rx.try_recv() {
                     batch.push(r);
                 }
@@ -238,6 +251,8 @@ impl Writer {
                 () = std::future::ready(()), if replay_due || stopping => {}
             }
             if stopping {
+                // Later sends fail and spill directly; what is queued is still received.
+                rx.close();
                 while batch.len() < self.config.batch_max {
                     match rx.try_recv() {
                         Ok(r) => batch.push(r),
@@ -530,5 +545,187 @@ impl Drop for ChatRecord {
         });
         recorder.record(Record::Usage(usage));
         recorder.record(Record::Audit(audit));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+    use super::*;
+    use crate::storage::on_db;
+    use crate::storage::records::AuditKind;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("tg-rec-{tag}-{}-{}", std::process::id(), fastrand::u64(..)))
+    }
+
+    fn fast(spill_dir: PathBuf) -> RecorderConfig {
+        RecorderConfig {
+            retry_min: Duration::from_millis(20),
+            retry_max: Duration::from_millis(100),
+            write_timeout: Duration::from_secs(2),
+            ..RecorderConfig::new(spill_dir)
+        }
+    }
+
+    fn usage(n: usize) -> Record {
+        Record::Usage(UsageRow {
+            id: new_id(),
+            ts_ms: now_ms(),
+            tenant: "t".into(),
+            subject: format!("user-{}", n % 3),
+            model: "m".into(),
+            target: Some("p/m".into()),
+            prompt_tokens: 2,
+            completion_tokens: 3,
+            latency_ms: 1,
+            status: 200,
+            reason: None,
+            request_id: None,
+        })
+    }
+
+    fn audit(n: usize) -> Record {
+        let mut e = AuditEvent::new("t", "alice", AuditKind::Admin, "test");
+        e.resource = Some(n.to_string());
+        Record::Audit(e)
+    }
+
+    async fn count(db: &Db, table: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT COUNT(DISTINCT id) FROM {table}"));
+        let all = sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}"));
+        let (distinct, total): (i64, i64) = on_db!(db, pool => (
+            sqlx::query_scalar(sql).fetch_one(pool).await.expect("count"),
+            sqlx::query_scalar(all).fetch_one(pool).await.expect("count"),
+        ));
+        assert_eq!(distinct, total, "{table}: a record was written twice");
+        total
+    }
+
+    /// The audit resources in sequence order.
+    async fn audit_order(db: &Db) -> Vec<String> {
+        on_db!(db, pool => sqlx::query_scalar("SELECT resource FROM audit_events ORDER BY seq")
+            .fetch_all(pool)
+            .await
+            .expect("select"))
+    }
+
+    async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_everything_through_a_tiny_queue_and_keeps_it_across_a_restart() {
+        let dir = temp_dir("restart");
+        let db = Db::sqlite(&dir.join("db/gateway.db")).await.expect("sqlite");
+        let recorder = Recorder::start(db.clone(), RecorderConfig { queue_capacity: 4, ..fast(dir.join("spill")) })
+            .expect("start");
+        for n in 0..1000 {
+            recorder.record(usage(n));
+            recorder.record(audit(n));
+        }
+        recorder.close(Duration::from_secs(10)).await;
+        assert!(!recorder.has_backlog(), "everything replayed before stopping");
+        assert_eq!(count(&db, "usage").await, 1000);
+        assert_eq!(count(&db, "audit_events").await, 1000);
+        on_db!(&db, pool => pool.close().await);
+
+        // A restart: the same file, migrations run again, the data is there.
+        let db = Db::sqlite(&dir.join("db/gateway.db")).await.expect("reopen");
+        assert_eq!(count(&db, "usage").await, 1000);
+        assert_eq!(count(&db, "audit_events").await, 1000);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn audit_events_refuse_update_and_delete() {
+        let dir = temp_dir("append-only");
+        let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
+        write::insert(&db, &[audit(1)]).await.expect("insert");
+        let Db::Sqlite(pool) = &db else { unreachable!() };
+        let update = sqlx::query("UPDATE audit_events SET actor = 'mallory'").execute(pool).await;
+        let delete = sqlx::query("DELETE FROM audit_events").execute(pool).await;
+        assert!(update.expect_err("update refused").to_string().contains("append-only"));
+        assert!(delete.expect_err("delete refused").to_string().contains("append-only"));
+        assert_eq!(count(&db, "audit_events").await, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn spills_while_the_database_fails_and_replays_in_order_once_it_is_fixed() {
+        let dir = temp_dir("spill");
+        // A database whose directory does not exist yet: every write fails.
+        let path = dir.join("missing-dir/gateway.db");
+        let options = SqliteConnectOptions::new().filename(&path).create_if_missing(true);
+        let broken =
+            Db::Sqlite(SqlitePoolOptions::new().acquire_timeout(Duration::from_millis(500)).connect_lazy_with(options));
+        let recorder = Recorder::start(broken.clone(), fast(dir.join("spill"))).expect("start");
+        for n in 0..300 {
+            recorder.record(audit(n));
+            recorder.record(usage(n));
+            if n % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+        wait_for("records to spill", async || recorder.has_backlog() && recorder.queue_depth() == 0).await;
+        assert!(!Path::new(&path).exists());
+
+        // Fix it: the directory and the schema appear; the recorder replays.
+        let fixed = Db::sqlite(&path).await.expect("create the database");
+        wait_for("the replay", async || !recorder.has_backlog()).await;
+        for n in 300..400 {
+            recorder.record(audit(n));
+        }
+        recorder.close(Duration::from_secs(10)).await;
+        assert_eq!(count(&fixed, "usage").await, 300);
+        assert_eq!(count(&fixed, "audit_events").await, 400);
+        let expected: Vec<String> = (0..400).map(|n| n.to_string()).collect();
+        assert_eq!(audit_order(&fixed).await, expected, "replayed in the order recorded");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_replay_cut_before_its_offset_was_saved_writes_nothing_twice() {
+        let dir = temp_dir("replay-twice");
+        let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
+        let records: Vec<Record> = (0..50).map(audit).collect();
+        // An earlier run spilled 50 records and wrote the first 20 before dying.
+        Spill::open(&dir.join("spill")).expect("spill").append(&records).expect("append");
+        write::insert(&db, &records[..20]).await.expect("insert");
+        let recorder = Recorder::start(db.clone(), fast(dir.join("spill"))).expect("start");
+        wait_for("the replay", async || !recorder.has_backlog()).await;
+        recorder.close(Duration::from_secs(10)).await;
+        assert_eq!(count(&db, "audit_events").await, 50);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_chat_record_is_written_once_when_dropped() {
+        let dir = temp_dir("chat");
+        let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
+        let recorder = Recorder::start(db.clone(), fast(dir.join("spill"))).expect("start");
+        let identity = Identity { subject: "bob".into(), roles: vec![], admin: false, expires_at: 0 };
+        let mut outer = ChatRecord::start(&recorder, "t", &identity, Some("req-1".into()), false);
+        outer.model("chat");
+        outer.stream_started();
+        let mut stream = outer.take();
+        outer.status(500, Some("ignored: taken"));
+        drop(outer);
+        stream.tokens(7, 9);
+        drop(stream); // cut before the end
+        recorder.close(Duration::from_secs(10)).await;
+        let Db::Sqlite(pool) = &db else { unreachable!() };
+        let (status, reason, tokens): (i32, Option<String>, i64) =
+            sqlx::query_as("SELECT status, reason, completion_tokens FROM usage").fetch_one(pool).await.expect("row");
+        assert_eq!((status, reason.as_deref(), tokens), (200, Some("ClientClosed"), 9));
+        assert_eq!(count(&db, "audit_events").await, 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
