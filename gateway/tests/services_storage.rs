@@ -201,7 +201,8 @@ async fn killing_postgres_under_load_loses_and_duplicates_nothing() {
     assert_eq!(report["totals"]["promptTokens"], prompt);
     assert_eq!(report["totals"]["completionTokens"], completion);
     assert_eq!(report["totals"]["errors"], 0);
-    let per_day: u64 = report["days"].as_array().expect("days").iter().map(|d| d["requests"].as_u64().expect("n")).sum();
+    let per_day: u64 =
+        report["days"].as_array().expect("days").iter().map(|d| d["requests"].as_u64().expect("n")).sum();
     assert_eq!(per_day, TOTAL as u64);
     let (_, none) = gw.get_json("/admin/v1/usage?subject=nobody", &admin).await;
     assert_eq!(none["totals"]["requests"], 0);
@@ -307,14 +308,15 @@ async fn api_keys_are_shown_once_stored_hashed_and_revoked_across_replicas() {
     assert_eq!(list["data"][0]["prefix"], prefix.as_str());
     assert_eq!(list["data"][0]["state"], "active");
     let pool = PgPool::connect(&url).await.expect("connect");
-    let (hash, stored_prefix): (String, String) =
-        sqlx::query_as("SELECT hash, prefix FROM api_keys WHERE id = $1").bind(&id).fetch_one(&pool).await.expect("row");
-    assert_eq!(stored_prefix, prefix);
-    assert_eq!(hash.len(), 64);
-    let dump: String = sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM api_keys t")
+    let (hash, stored_prefix): (String, String) = sqlx::query_as("SELECT hash, prefix FROM api_keys WHERE id = $1")
+        .bind(&id)
         .fetch_one(&pool)
         .await
-        .expect("dump");
+        .expect("row");
+    assert_eq!(stored_prefix, prefix);
+    assert_eq!(hash.len(), 64);
+    let dump: String =
+        sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM api_keys t").fetch_one(&pool).await.expect("dump");
     assert!(!dump.contains(&key[prefix.len() + 4..]), "the secret is stored");
 
     // The key authenticates chat on both replicas, as apikey:<prefix> with its roles.
@@ -334,7 +336,8 @@ async fn api_keys_are_shown_once_stored_hashed_and_revoked_across_replicas() {
 
     // Revoked on A: refused on A at once, on B within seconds.
     let revoked_at = Instant::now();
-    let r = a.client.delete(format!("{}/admin/v1/api-keys/{id}", a.url)).bearer_auth(&admin).send().await.expect("delete");
+    let r =
+        a.client.delete(format!("{}/admin/v1/api-keys/{id}", a.url)).bearer_auth(&admin).send().await.expect("delete");
     assert_eq!(r.status().as_u16(), 200);
     let (status, body) = a.chat_as(&key, "in-process").await;
     assert_eq!(status, 401, "{body}");
@@ -348,7 +351,8 @@ async fn api_keys_are_shown_once_stored_hashed_and_revoked_across_replicas() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("revocation effective on the other replica after {:?}", revoked_at.elapsed());
-    let r = a.client.delete(format!("{}/admin/v1/api-keys/nope", a.url)).bearer_auth(&admin).send().await.expect("delete");
+    let r =
+        a.client.delete(format!("{}/admin/v1/api-keys/nope", a.url)).bearer_auth(&admin).send().await.expect("delete");
     assert_eq!(r.status().as_u16(), 404);
 
     // Unknown and expired keys: 401 with a message saying which.

@@ -85,6 +85,10 @@ impl Db {
 
     /// PostgreSQL with these options.
     pub async fn postgres(options: PgConnectOptions) -> Result<Self, StorageError> {
+        // A commit the recorder was told about must survive a server crash:
+        // it is not spilled or replayed again. With the server's
+        // `synchronous_commit = off` the last commits before a crash are lost.
+        let options = options.options([("synchronous_commit", "on")]);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(3))

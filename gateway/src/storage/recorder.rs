@@ -46,7 +46,7 @@ impl RecorderConfig {
             batch_max: 1000,
             write_timeout: Duration::from_secs(5),
             retry_min: Duration::from_millis(250),
-            retry_max: Duration::from_secs(5),
+            retry_max: Duration::from_secs(2),
         }
     }
 }

@@ -280,8 +280,10 @@ impl Drop for Gateway {
 /// The test tenant with API keys on and, when `postgres_url` is given, its
 /// usage and audit in that PostgreSQL database (else SQLite in the state dir).
 pub fn tenant_yaml_with_storage(upstream: &str, postgres_url: Option<&str>) -> String {
-    let mut yaml = tenant_yaml(upstream)
-        .replace("      adminRoles: [tenant-admin]\n", "      adminRoles: [tenant-admin]\n    apiKeys: { enabled: true }\n");
+    let mut yaml = tenant_yaml(upstream).replace(
+        "      adminRoles: [tenant-admin]\n",
+        "      adminRoles: [tenant-admin]\n    apiKeys: { enabled: true }\n",
+    );
     assert!(yaml.contains("apiKeys"), "the fixture's auth block moved");
     if let Some(url) = postgres_url {
         yaml.push_str("\n  storage:\n    database: { urlSecretRef: { name: db, key: url } }\n");
