@@ -112,3 +112,38 @@ async fn audit_pages_follow_the_cursor_and_bad_queries_say_what_is_wrong() {
     let (status, body) = gw.get_json("/admin/v1/audit?unknown=1", &admin).await;
     assert_eq!(status, 400, "{body}");
 }
+
+#[tokio::test]
+async fn a_config_reload_is_audited_with_both_hashes() {
+    let yaml = tenant_yaml_with_storage("http://127.0.0.1:9", None);
+    let gw = Gateway::start(&yaml).await;
+    let admin = token(json!({"sub": "admin", "roles": ["tenant-admin"]}));
+    std::fs::write(gw.dir.join("manifests/tenant.yaml"), yaml.replace("maxRetries: 2", "maxRetries: 3"))
+        .expect("write");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let (_, page) = gw.get_json("/admin/v1/audit?kind=configChange", &admin).await;
+        if let Some(e) = page["data"].as_array().and_then(|d| d.first()) {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "no configChange event: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (old, new) = (event["details"]["oldHash"].as_str().expect("old"), event["details"]["newHash"].as_str());
+    assert_eq!((old.len(), new.map(str::len)), (64, Some(64)), "{event}");
+    assert_ne!(Some(old), new);
+    assert_eq!(event["resource"].as_str(), new);
+    assert_eq!(event["actor"], "system");
+}
+
+#[tokio::test]
+async fn api_keys_are_refused_when_the_tenant_has_not_enabled_them() {
+    let upstream = Upstream::start();
+    let gw = Gateway::start(&common::tenant_yaml(&upstream.url)).await;
+    let (status, body) = gw.chat_as("tg_0123456789ab_secret", "in-process").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error"]["message"].as_str().expect("message").contains("not enabled"), "{body}");
+    let admin = token(json!({"sub": "admin", "roles": ["tenant-admin"]}));
+    let r = gw.post_raw("/admin/v1/api-keys", json!({"name": "x"}).to_string(), Some(&admin)).await;
+    assert_eq!(r.status().as_u16(), 403);
+}

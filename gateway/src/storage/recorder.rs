@@ -729,3 +729,41 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+#[cfg(test)]
+mod throughput {
+    use super::*;
+
+    /// Prints the enqueue cost of a chat record and SQLite's batch write rate.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn enqueue_cost_and_sqlite_write_rate() {
+        let dir = std::env::temp_dir().join(format!("tg-rec-rate-{}-{}", std::process::id(), fastrand::u64(..)));
+        let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
+        let recorder = Recorder::start(db.clone(), RecorderConfig::new(dir.join("spill"))).expect("start");
+        let identity = Identity { subject: "bob".into(), roles: vec![], admin: false, expires_at: 0 };
+        const N: usize = 20_000;
+        let started = Instant::now();
+        for _ in 0..N {
+            let mut r = ChatRecord::start(&recorder, "t", &identity, Some("req".into()), false);
+            r.model("chat");
+            r.target("p/m");
+            r.tokens(10, 20);
+            r.status(200, None);
+        }
+        let enqueue = started.elapsed();
+        recorder.close(Duration::from_secs(60)).await;
+        let total = started.elapsed();
+        let n: i64 = {
+            let Db::Sqlite(pool) = &db else { unreachable!() };
+            sqlx::query_scalar("SELECT COUNT(*) FROM usage").fetch_one(pool).await.expect("count")
+        };
+        assert_eq!(n, N as i64);
+        eprintln!(
+            "{N} chat records: enqueue {:.2} µs each; all {} rows in SQLite after {total:?} ({:.0} records/s)",
+            enqueue.as_secs_f64() * 1e6 / N as f64,
+            2 * N,
+            (2 * N) as f64 / total.as_secs_f64()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
