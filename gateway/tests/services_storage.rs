@@ -16,6 +16,9 @@ use common::{Gateway, repo_root, temp_dir, tenant_yaml_with_storage, token};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+/// The outage test kills the server every test here uses: they take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The server's URL; the test fails (never skips) without it.
 fn postgres_url() -> String {
     std::env::var("TENANTGATE_POSTGRES_URL")
@@ -71,6 +74,7 @@ fn reported_tokens(text: &str) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_postgres_under_load_loses_and_duplicates_nothing() {
+    let _turn = SERIAL.lock().await;
     const TOTAL: usize = 10_000;
     const CONCURRENCY: usize = 32;
     let url = fresh_database("outage").await;
@@ -244,6 +248,7 @@ async fn killing_postgres_under_load_loses_and_duplicates_nothing() {
 
 #[tokio::test]
 async fn audit_events_refuse_update_delete_and_truncate() {
+    let _turn = SERIAL.lock().await;
     let url = fresh_database("appendonly").await;
     let dir = temp_dir("svc-appendonly");
     let gw = Gateway::start_in(&dir, &tenant_yaml_with_storage("http://127.0.0.1:9", Some(&url)), &[]).await;
@@ -265,6 +270,7 @@ async fn audit_events_refuse_update_delete_and_truncate() {
 
 #[tokio::test]
 async fn api_keys_are_shown_once_stored_hashed_and_revoked_across_replicas() {
+    let _turn = SERIAL.lock().await;
     let url = fresh_database("apikeys").await;
     let (dir_a, dir_b) = (temp_dir("svc-keys-a"), temp_dir("svc-keys-b"));
     let yaml = tenant_yaml_with_storage("http://127.0.0.1:9", Some(&url));

@@ -17,6 +17,8 @@ pub const CACHE_TTL: Duration = Duration::from_secs(2);
 /// How long a found key is still accepted when the database cannot be asked.
 const STALE_TTL: Duration = Duration::from_secs(60);
 const CACHE_ENTRIES: usize = 10_000;
+/// Longest a request waits for a lookup before the cached answer (or an error) is used.
+const LOOKUP_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Looks keys up, with a short cache.
 #[derive(Debug)]
@@ -51,7 +53,10 @@ impl ApiKeyVerifier {
         let cached = self.cache.get(&hash);
         let record = match cached {
             Some((at, record)) if at.elapsed() < CACHE_TTL => record,
-            stale => match api_keys::find_by_hash(db, &hash).await {
+            stale => match tokio::time::timeout(LOOKUP_TIMEOUT, api_keys::find_by_hash(db, &hash))
+                .await
+                .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut))
+            {
                 Ok(found) => {
                     let found = found.map(Arc::new);
                     self.cache.insert(hash, (Instant::now(), found.clone()));
