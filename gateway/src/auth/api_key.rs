@@ -108,3 +108,48 @@ pub async fn verify(
     let storage = state.storage();
     storage.api_keys.verify(&storage.db, storage.pepper.as_ref(), &runtime.config.auth.jwt.admin_roles, token).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{NewApiKey, api_keys::create, api_keys::revoke};
+
+    #[tokio::test]
+    async fn keys_prove_their_identity_until_revoked_or_expired() {
+        let dir = std::env::temp_dir().join(format!("tg-apikey-{}-{}", std::process::id(), fastrand::u64(..)));
+        let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
+        let pepper = Pepper::from_bytes(b"a pepper long enough for tests").expect("pepper");
+        let admin_roles = vec!["tenant-admin".to_string()];
+        let new = |roles: &[&str], expires_at_ms| NewApiKey {
+            name: "k".into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            expires_at_ms,
+        };
+        let verifier = ApiKeyVerifier::default();
+        let key = create(&db, &pepper, new(&["tenant-admin", "dev"], None), "alice").await.expect("create");
+
+        let id = verifier.verify(&db, Some(&pepper), &admin_roles, &key.key).await.expect("valid");
+        assert_eq!(id.subject, format!("apikey:{}", key.record.prefix));
+        assert_eq!(id.roles, ["tenant-admin", "dev"]);
+        assert!(id.admin);
+        assert_eq!(verifier.verify(&db, None, &admin_roles, &key.key).await, Err(AuthError::ApiKeysUnavailable));
+
+        // Another pepper (another tenant) does not know the key.
+        let other = Pepper::from_bytes(b"another pepper, another tenant").expect("pepper");
+        assert_eq!(verifier.verify(&db, Some(&other), &admin_roles, &key.key).await, Err(AuthError::UnknownApiKey));
+        let forged = format!("{}x", key.key);
+        assert_eq!(verifier.verify(&db, Some(&pepper), &admin_roles, &forged).await, Err(AuthError::UnknownApiKey));
+        assert_eq!(verifier.verify(&db, Some(&pepper), &admin_roles, "tg_bad").await, Err(AuthError::UnknownApiKey));
+
+        revoke(&db, &key.record.id, "alice").await.expect("revoke").expect("found");
+        verifier.clear();
+        assert_eq!(verifier.verify(&db, Some(&pepper), &admin_roles, &key.key).await, Err(AuthError::RevokedApiKey));
+
+        let soon = create(&db, &pepper, new(&["dev"], Some(now_ms() + 300)), "alice").await.expect("create");
+        let id = verifier.verify(&db, Some(&pepper), &admin_roles, &soon.key).await.expect("valid");
+        assert!(!id.admin);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(verifier.verify(&db, Some(&pepper), &admin_roles, &soon.key).await, Err(AuthError::ExpiredApiKey));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
