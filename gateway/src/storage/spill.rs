@@ -20,6 +20,8 @@ pub struct Spill {
     offset: u64,
     /// Bytes in the file.
     len: u64,
+    /// Held while open: one process per spill directory.
+    _lock: File,
 }
 
 impl Spill {
@@ -28,6 +30,15 @@ impl Spill {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        let lock =
+            OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(dir.join("records.lock"))?;
+        lock.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => std::io::Error::other(format!(
+                "{} is used by another gateway process: give each its own --spill-dir or --state-dir",
+                dir.display()
+            )),
+            std::fs::TryLockError::Error(e) => e,
+        })?;
         let path = dir.join("records.jsonl");
         let offset_path = dir.join("records.offset");
         let mut file = OpenOptions::new().read(true).append(true).create(true).mode(0o600).open(&path)?;
@@ -45,7 +56,7 @@ impl Spill {
         }
         let offset =
             std::fs::read_to_string(&offset_path).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0).min(len);
-        Ok(Self { path, offset_path, file, offset, len })
+        Ok(Self { path, offset_path, file, offset, len, _lock: lock })
     }
 
     /// Where the file is.
@@ -152,6 +163,8 @@ mod tests {
         spill.advance(at).expect("advance");
         assert!(!spill.has_backlog());
         assert_eq!(std::fs::metadata(spill.path()).expect("meta").len(), 0, "emptied once replayed");
+        let second = Spill::open(&dir).expect_err("a second owner is refused");
+        assert!(second.to_string().contains("another gateway process"), "{second}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
