@@ -141,20 +141,53 @@ pub enum Record {
     Usage(UsageRow),
     /// An audit event.
     Audit(AuditEvent),
+    /// A chat request: its usage row and its audit event, made by the writer
+    /// (one queue item, and little work on the response path).
+    Chat(Box<ChatEntry>),
 }
 
-impl Record {
-    /// The record's unique id.
-    pub fn id(&self) -> &str {
-        match self {
-            Self::Usage(u) => &u.id,
-            Self::Audit(a) => &a.id,
-        }
+/// A finished chat request, as the request path hands it over.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatEntry {
+    /// Its usage row.
+    pub usage: UsageRow,
+    /// Id of its audit event (made at the source, like every id).
+    pub audit_id: String,
+    /// What the policies decided (the prompt only when the tenant records prompts).
+    pub policy: PolicyDecision,
+    /// Whether the answer was streamed.
+    pub stream: bool,
+}
+
+impl ChatEntry {
+    /// The audit event of the request.
+    pub fn audit_event(&self) -> AuditEvent {
+        let u = &self.usage;
+        let mut audit = AuditEvent::new(&u.tenant, &u.subject, AuditKind::Chat, "chat.completions");
+        audit.id.clone_from(&self.audit_id);
+        audit.ts_ms = u.ts_ms;
+        audit.resource = Some(u.model.clone());
+        audit.status = Some(u.status);
+        audit.reason.clone_from(&u.reason);
+        audit.request_id.clone_from(&u.request_id);
+        audit.policy_hash.clone_from(&self.policy.stack_hash);
+        audit.policy_ids.clone_from(&self.policy.policy_ids);
+        audit.findings.clone_from(&self.policy.findings);
+        audit.prompt.clone_from(&self.policy.redacted_prompt);
+        audit.details = serde_json::json!({
+            "usageId": u.id,
+            "target": u.target,
+            "stream": self.stream,
+            "promptTokens": u.prompt_tokens,
+            "completionTokens": u.completion_tokens,
+            "latencyMs": u.latency_ms,
+        });
+        audit
     }
 }
 
 /// What the policy layer decided for a request, for its audit event.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyDecision {
     /// Hash of the policy stack applied.
     pub stack_hash: Option<String>,

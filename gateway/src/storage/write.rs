@@ -15,20 +15,20 @@ const AUDIT_CHUNK: usize = 1000;
 /// Writes a batch; either all of it is in the database afterwards or the
 /// error says the batch must be written again.
 pub async fn insert(db: &Db, records: &[Record]) -> Result<(), sqlx::Error> {
-    let usage: Vec<&UsageRow> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Usage(u) => Some(u),
-            Record::Audit(_) => None,
-        })
-        .collect();
-    let audit: Vec<&AuditEvent> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Audit(a) => Some(a),
-            Record::Usage(_) => None,
-        })
-        .collect();
+    let mut usage: Vec<&UsageRow> = Vec::with_capacity(records.len());
+    let mut chat_events = Vec::new();
+    let mut audit: Vec<&AuditEvent> = Vec::with_capacity(records.len());
+    for r in records {
+        match r {
+            Record::Usage(u) => usage.push(u),
+            Record::Audit(a) => audit.push(a),
+            Record::Chat(c) => {
+                usage.push(&c.usage);
+                chat_events.push(c.audit_event());
+            }
+        }
+    }
+    audit.extend(chat_events.iter());
     on_db!(db, pool => {
         let mut tx = pool.begin().await?;
         for chunk in usage.chunks(USAGE_CHUNK) {
