@@ -726,18 +726,6 @@ mod throughput {
         let recorder = Recorder::start(db.clone(), RecorderConfig::new(dir.join("spill"))).expect("start");
         let identity = Identity { subject: "bob".into(), roles: vec![], admin: false, expires_at: 0 };
         const N: usize = 20_000;
-        let t = Instant::now();
-        for _ in 0..N {
-            std::hint::black_box(new_id());
-        }
-        eprintln!("new_id: {:.2} µs", t.elapsed().as_secs_f64() * 1e6 / N as f64);
-        let t = Instant::now();
-        for _ in 0..N {
-            let mut r = ChatRecord::start(&recorder, "t", &identity, Some("req".into()), false);
-            std::hint::black_box(&mut r);
-            r.0 = None;
-        }
-        eprintln!("start only: {:.2} µs", t.elapsed().as_secs_f64() * 1e6 / N as f64);
         let started = Instant::now();
         for _ in 0..N {
             let mut r = ChatRecord::start(&recorder, "t", &identity, Some("req".into()), false);
