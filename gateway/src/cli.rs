@@ -46,6 +46,9 @@ pub struct ServeArgs {
     /// Where local mode writes the manifests' Secrets (mode 0600) and state.
     #[arg(long, env = "TENANTGATE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Where usage and audit records wait while the database is down (default: STATE_DIR/spill).
+    #[arg(long, env = "TENANTGATE_SPILL_DIR")]
+    pub spill_dir: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "TENANTGATE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,

@@ -13,5 +13,6 @@ pub mod log_buffer;
 pub mod routing;
 pub mod server;
 pub mod state;
+pub mod storage;
 pub mod telemetry;
 pub mod token;

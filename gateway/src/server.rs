@@ -20,6 +20,9 @@ pub enum StartError {
     /// The first config is invalid.
     #[error("config: {0}")]
     Config(String),
+    /// The database or the spill file.
+    #[error("storage: {0}")]
+    Storage(String),
     /// Metrics recorder.
     #[error("metrics: {0}")]
     Metrics(String),
@@ -36,14 +39,16 @@ pub fn source(args: &ServeArgs) -> Result<ConfigSource, StartError> {
             dir: dir.clone(),
             tenant: args.tenant.clone(),
             operator_namespace: args.operator_namespace.clone(),
-            state_dir: args.state_dir.clone().unwrap_or_else(default_state_dir),
+            state_dir: state_dir(args),
         }),
         (None, None) => Err(StartError::NoConfig),
     }
 }
 
-fn default_state_dir() -> PathBuf {
-    std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from).join("tenantgate-local")
+fn state_dir(args: &ServeArgs) -> PathBuf {
+    args.state_dir.clone().unwrap_or_else(|| {
+        std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from).join("tenantgate-local")
+    })
 }
 
 /// Serves until SIGTERM or SIGINT, then drains.
@@ -59,7 +64,16 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         "config loaded"
     );
     metrics::gauge!("tenantgate_config_valid").set(1.0);
-    let state = AppState::new(runtime, carried, metrics, args.max_body_bytes, args.max_in_flight);
+    let spill_dir = args.spill_dir.clone().unwrap_or_else(|| state_dir(&args).join("spill"));
+    let storage = crate::storage::Storage::start(
+        &runtime.config.storage.database,
+        &runtime.config.keys.api_key_pepper_file,
+        spill_dir,
+    )
+    .await
+    .map_err(|e| StartError::Storage(e.to_string()))?;
+    let storage = Arc::new(storage);
+    let state = AppState::new(runtime, carried, metrics, args.max_body_bytes, args.max_in_flight, storage.clone());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let interval = Duration::from_millis(args.config_poll_ms.max(50));
@@ -94,6 +108,8 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
             tracing::warn!(open_streams = state.open_streams(), "drain deadline reached; closing what is left");
         }
     }
+    // Every request has finished (or was cut): write what they recorded.
+    storage.recorder.close(Duration::from_secs(15)).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -9,6 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{Carried, Runtime};
+use crate::storage::Storage;
 
 /// Handler state: cheap to clone.
 #[derive(Clone, Debug)]
@@ -24,6 +25,7 @@ struct Inner {
     streams: AtomicUsize,
     admission: Arc<Semaphore>,
     max_in_flight: usize,
+    storage: Arc<Storage>,
 }
 
 impl AppState {
@@ -34,6 +36,7 @@ impl AppState {
         metrics: PrometheusHandle,
         max_body_bytes: usize,
         max_in_flight: usize,
+        storage: Arc<Storage>,
     ) -> Self {
         Self(Arc::new(Inner {
             runtime: ArcSwap::from_pointee(runtime),
@@ -44,6 +47,7 @@ impl AppState {
             streams: AtomicUsize::new(0),
             admission: Arc::new(Semaphore::new(max_in_flight.max(1))),
             max_in_flight: max_in_flight.max(1),
+            storage,
         }))
     }
 
@@ -65,6 +69,11 @@ impl AppState {
     /// The Prometheus registry.
     pub fn metrics(&self) -> &PrometheusHandle {
         &self.0.metrics
+    }
+
+    /// Database, recorder and API keys.
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.0.storage
     }
 
     /// Largest accepted request body.

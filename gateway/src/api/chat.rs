@@ -14,21 +14,43 @@ use serde::Deserialize;
 use super::ModelLabel;
 use super::body::read_body;
 use crate::auth::Caller;
-use crate::error::AppError;
+use crate::error::{AppError, ErrorReason};
 use crate::llm::types::{ChatRequest, Usage};
 use crate::llm::{EventStream, Reply, sse};
 use crate::routing::{self, Breaker};
 use crate::state::AppState;
+use crate::storage::ChatRecord;
 
-/// Authenticates, parses, routes and answers one chat request.
+/// Authenticates, parses, routes and answers one chat request, and records
+/// its usage row and audit event (whatever the outcome).
 pub async fn chat_completions(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
+    request_id: Option<axum::Extension<tower_http::request_id::RequestId>>,
     body: Body,
 ) -> Result<Response, AppError> {
+    let runtime = state.runtime();
+    let request_id = request_id.and_then(|id| id.0.header_value().to_str().ok().map(str::to_owned));
+    let mut record = ChatRecord::start(
+        &state.storage().recorder,
+        &runtime.config.tenant.name,
+        &caller.0,
+        request_id,
+        runtime.config.audit.record_prompts,
+    );
+    let result = complete(&state, body, &mut record).await;
+    match &result {
+        Ok(r) => record.status(r.status().as_u16(), r.extensions().get::<ErrorReason>().map(|r| r.0)),
+        Err(e) => record.status(e.status().as_u16(), Some(e.as_reason())),
+    }
+    result
+}
+
+async fn complete(state: &AppState, body: Body, record: &mut ChatRecord) -> Result<Response, AppError> {
     let started = Instant::now();
     let body = read_body(body, state.max_body_bytes()).await?;
     let request = ChatRequest::parse(&body)?;
+    record.model(&request.model);
     let runtime = state.runtime();
     let route = runtime.models.get(&request.model).ok_or_else(|| AppError::ModelNotFound(request.model.clone()))?;
     let model: Arc<str> = route.name.clone();
@@ -40,17 +62,20 @@ pub async fn chat_completions(
             return Ok(response);
         }
     };
+    record.target(&routed.target.label);
     let added = started.elapsed().saturating_sub(routed.upstream_time);
     metrics::histogram!("tenantgate_added_latency_seconds").record(added.as_secs_f64());
     let mut response = match routed.reply {
         Reply::Complete { body, usage } => {
             if let Some(usage) = usage {
+                record.tokens(usage.prompt_tokens, usage.completion_tokens);
                 count_tokens(&model, usage);
             }
             ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
         }
         Reply::Stream(events) => {
-            let guarded = guard_stream(events, &state, model.clone(), routed.target.breaker.clone());
+            record.stream_started();
+            let guarded = guard_stream(events, state, model.clone(), routed.target.breaker.clone(), record.take());
             (
                 [
                     (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
@@ -80,33 +105,39 @@ struct UsageChunk {
 
 /// Counts the stream as open, records usage from the final chunk, and turns
 /// an upstream failure after the first byte into one clean SSE error event
-/// (the stream has started, so there is no retry).
+/// (the stream has started, so there is no retry). The record goes with the
+/// stream: it is written when the stream ends or the client drops it.
 fn guard_stream(
     events: EventStream,
     state: &AppState,
     model: Arc<str>,
     breaker: Arc<Breaker>,
+    record: ChatRecord,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
     let open = state.open_stream();
     let usage_finder = memchr::memmem::Finder::new(b"\"usage\":{").into_owned();
-    futures_util::stream::unfold(Some((events, open)), move |s| {
+    futures_util::stream::unfold(Some((events, open, record)), move |s| {
         let model = model.clone();
         let breaker = breaker.clone();
         let usage_finder = usage_finder.clone();
         async move {
-            let (mut events, open) = s?;
+            let (mut events, open, mut record) = s?;
             match events.next().await {
-                None => None,
+                None => {
+                    record.stream_finished(None);
+                    None
+                }
                 Some(Ok(bytes)) => {
                     if let Some(at) = usage_finder.find(&bytes) {
-                        record_stream_usage(&model, &bytes, at);
+                        record_stream_usage(&model, &bytes, at, &mut record);
                     }
-                    Some((Ok(bytes), Some((events, open))))
+                    Some((Ok(bytes), Some((events, open, record))))
                 }
                 Some(Err(e)) => {
                     breaker.record_failure();
                     tracing::warn!(model = %model, error = %e, "upstream failed after the stream started");
                     let error = AppError::BadGateway(format!("the upstream stream failed: {e}"));
+                    record.stream_finished(Some(error.as_reason()));
                     Some((Ok(sse::data_event(&error.to_json())), None))
                 }
             }
@@ -115,10 +146,11 @@ fn guard_stream(
 }
 
 /// Finds the `data:` line holding `"usage":{` at `at` and counts its tokens.
-fn record_stream_usage(model: &Arc<str>, bytes: &[u8], at: usize) {
+fn record_stream_usage(model: &Arc<str>, bytes: &[u8], at: usize, record: &mut ChatRecord) {
     let start = memchr::memmem::rfind(&bytes[..at], b"data:").map_or(0, |i| i + 5);
     let end = memchr::memchr(b'\n', &bytes[at..]).map_or(bytes.len(), |i| at + i);
     if let Ok(UsageChunk { usage: Some(usage) }) = serde_json::from_slice::<UsageChunk>(&bytes[start..end]) {
+        record.tokens(usage.prompt_tokens, usage.completion_tokens);
         count_tokens(model, usage);
     }
 }

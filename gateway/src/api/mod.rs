@@ -1,6 +1,7 @@
 //! The HTTP surface: OpenAI-compatible API, probes, metrics, and the layers
 //! around them (request ids, access log, timeout, error shape).
 
+mod admin;
 mod body;
 mod chat;
 mod models;
@@ -35,6 +36,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{model}", get(models::get))
+        .merge(admin::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), admit))
         .route_layer(middleware::from_fn(track));
     let ops = Router::new()

@@ -1,5 +1,7 @@
-//! Caller authentication: JWT bearer tokens against the tenant's keys.
+//! Caller authentication: JWT bearer tokens against the tenant's keys, or
+//! API keys minted through the admin API.
 
+pub mod api_key;
 mod jwt;
 mod keys;
 
@@ -62,6 +64,21 @@ pub enum AuthError {
     /// The keys could not be loaded (IdP down and nothing cached).
     #[error("token keys are unavailable, try again later")]
     KeysUnavailable,
+    /// An API key that does not exist (or is not well-formed).
+    #[error("invalid API key: unknown key")]
+    UnknownApiKey,
+    /// A revoked API key.
+    #[error("invalid API key: the key was revoked")]
+    RevokedApiKey,
+    /// An API key past its expiry.
+    #[error("invalid API key: the key has expired")]
+    ExpiredApiKey,
+    /// API keys are off for this tenant.
+    #[error("API keys are not enabled for this tenant: use a JWT")]
+    ApiKeysDisabled,
+    /// API keys cannot be checked now (database down, nothing cached).
+    #[error("API keys cannot be checked right now, try again later")]
+    ApiKeysUnavailable,
 }
 
 impl AuthError {
@@ -78,6 +95,11 @@ impl AuthError {
             Self::WrongAudience => "WrongAudience",
             Self::BadClaims(_) => "BadClaims",
             Self::KeysUnavailable => "KeysUnavailable",
+            Self::UnknownApiKey => "UnknownApiKey",
+            Self::RevokedApiKey => "RevokedApiKey",
+            Self::ExpiredApiKey => "ExpiredApiKey",
+            Self::ApiKeysDisabled => "ApiKeysDisabled",
+            Self::ApiKeysUnavailable => "ApiKeysUnavailable",
         }
     }
 
@@ -114,7 +136,12 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts.headers.get(header::AUTHORIZATION)).ok_or(AuthError::Missing)?;
         let runtime = state.runtime();
-        match runtime.auth.verify(token).await {
+        let verified = if api_key::is_api_key(token) {
+            api_key::verify(state, &runtime, token).await
+        } else {
+            runtime.auth.verify(token).await
+        };
+        match verified {
             Ok(identity) => {
                 tracing::Span::current().record("subject", identity.subject.as_str());
                 Ok(Caller(identity))

@@ -98,6 +98,7 @@ impl ConfigSource {
                     tracing::warn!(object = %issue.object, field = %issue.field, reason = issue.reason, "{}", issue.message);
                 }
                 write_secrets(&set, &rendered.config.tenant.namespace, &secrets_root)?;
+                ensure_gateway_keys(&secrets_root)?;
                 Ok(rendered.config)
             }
         }
@@ -121,6 +122,28 @@ fn write_secrets(set: &ManifestSet, namespace: &str, root: &Path) -> Result<(), 
             write_private(&tmp, &value).map_err(|e| format!("{}: {e}", tmp.display()))?;
             std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
         }
+    }
+    Ok(())
+}
+
+/// Generates the `gateway-keys` Secret the operator makes in a cluster, once:
+/// an existing key is never replaced (API-key hashes depend on the pepper).
+fn ensure_gateway_keys(root: &Path) -> Result<(), String> {
+    use base64::Engine;
+    use tenantgate_crds::render::{API_KEY_PEPPER, GATEWAY_KEYS_SECRET, TOKEN_ENCRYPTION_KEY};
+    let dir = root.join(GATEWAY_KEYS_SECRET);
+    create_private_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for key in [TOKEN_ENCRYPTION_KEY, API_KEY_PEPPER] {
+        let path = dir.join(key);
+        if path.exists() {
+            continue;
+        }
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for {}: {e}", path.display()))?;
+        let tmp = dir.join(format!(".{key}.tmp"));
+        write_private(&tmp, base64::engine::general_purpose::STANDARD.encode(bytes).as_bytes())
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use tokio::sync::watch::Receiver;
 
 use super::{ConfigSource, Runtime, compile};
 use crate::state::AppState;
+use crate::storage::AuditEvent;
 
 /// Loads and compiles the first config; the gateway does not start without one.
 pub async fn load_initial(source: &ConfigSource, carried: &super::Carried) -> Result<(Runtime, [u8; 32]), String> {
@@ -54,7 +55,9 @@ pub async fn watch(
         match compiled {
             Ok(runtime) => {
                 let new_hash = runtime.config.config_hash.clone();
+                let change = AuditEvent::config_change(&runtime.config.tenant.name, &old_hash, &new_hash);
                 state.swap_runtime(Arc::new(runtime));
+                state.storage().recorder.audit(change);
                 fingerprint = snapshot.fingerprint;
                 refused = None;
                 metrics::counter!("tenantgate_config_reloads_total", "result" => "applied").increment(1);

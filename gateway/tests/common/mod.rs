@@ -140,6 +140,14 @@ pub struct Gateway {
     pub dir: PathBuf,
     pub client: reqwest::Client,
     pub token: String,
+    /// Whether the directory is removed on drop (not for [`Gateway::start_in`]).
+    owns_dir: bool,
+}
+
+/// A fresh temporary directory path.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    std::env::temp_dir().join(format!("tg-{tag}-{}-{n}", std::process::id()))
 }
 
 impl Gateway {
@@ -148,8 +156,15 @@ impl Gateway {
     }
 
     pub async fn start_with(manifests: &str, extra: &[&str]) -> Self {
-        let n = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("tg-gw-test-{}-{n}", std::process::id()));
+        let mut gw = Self::start_in(&temp_dir("gw-test"), manifests, extra).await;
+        gw.owns_dir = true;
+        gw
+    }
+
+    /// Starts over `dir` (manifests and state), which is kept afterwards: a
+    /// second gateway started in the same directory finds the first one's state.
+    pub async fn start_in(dir: &Path, manifests: &str, extra: &[&str]) -> Self {
+        let dir = dir.to_path_buf();
         std::fs::create_dir_all(dir.join("manifests")).expect("temp dir");
         std::fs::write(dir.join("manifests/tenant.yaml"), manifests).expect("write manifests");
         let port = free_port();
@@ -171,6 +186,7 @@ impl Gateway {
             dir,
             client: reqwest::Client::new(),
             token: token(json!({})),
+            owns_dir: false,
         };
         gw.wait_ready().await;
         gw
@@ -199,6 +215,30 @@ impl Gateway {
         let status = proc.0.wait().expect("wait");
         std::mem::forget(proc);
         status.success()
+    }
+
+    /// Stops the gateway with SIGINT (a graceful stop) and waits for it;
+    /// returns whether it exited cleanly.
+    pub fn interrupt(&mut self) -> bool {
+        let status = Command::new("kill").args(["-INT", &self.pid().to_string()]).status().expect("kill");
+        assert!(status.success(), "kill -INT failed");
+        self.wait_exit()
+    }
+
+    /// GET `path` with `token`: status and JSON body.
+    pub async fn get_json(&self, path: &str, token: &str) -> (u16, Value) {
+        let r = self.client.get(format!("{}{path}", self.url)).bearer_auth(token).send().await.expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("{path}: not JSON: {text}")))
+    }
+
+    /// A chat request with `token`: status and JSON body.
+    pub async fn chat_as(&self, token: &str, model: &str) -> (u16, Value) {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        let r = self.post_raw("/v1/chat/completions", body.to_string(), Some(token)).await;
+        let status = r.status().as_u16();
+        (status, serde_json::from_str(&r.text().await.expect("body")).expect("JSON body"))
     }
 
     /// POST a JSON body to `path` with the default token.
@@ -231,8 +271,27 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         drop(self.proc.take());
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
+}
+
+/// The test tenant with API keys on and, when `postgres_url` is given, its
+/// usage and audit in that PostgreSQL database (else SQLite in the state dir).
+pub fn tenant_yaml_with_storage(upstream: &str, postgres_url: Option<&str>) -> String {
+    let mut yaml = tenant_yaml(upstream).replace(
+        "      adminRoles: [tenant-admin]\n",
+        "      adminRoles: [tenant-admin]\n    apiKeys: { enabled: true }\n",
+    );
+    assert!(yaml.contains("apiKeys"), "the fixture's auth block moved");
+    if let Some(url) = postgres_url {
+        yaml.push_str("\n  storage:\n    database: { urlSecretRef: { name: db, key: url } }\n");
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: db, namespace: tg-test }}\nstringData:\n  url: '{url}'\n"
+        ));
+    }
+    yaml
 }
 
 pub fn now() -> u64 {

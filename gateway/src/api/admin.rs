@@ -1,0 +1,276 @@
+//! `/admin/v1`: usage, the audit trail and API keys, for callers with an
+//! admin role. Every call is itself audited (refused ones included).
+
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::body::read_body;
+use crate::auth::Caller;
+use crate::error::AppError;
+use crate::state::AppState;
+use crate::storage::{self, AuditEvent, AuditFilter, AuditKind, NewApiKey, UsageFilter, api_keys};
+
+/// Routes of the admin API.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/admin/v1/usage", get(usage))
+        .route("/admin/v1/audit", get(audit))
+        .route("/admin/v1/api-keys", get(list_keys).post(create_key))
+        .route("/admin/v1/api-keys/{id}", delete(revoke_key))
+}
+
+/// Audits one admin call with its outcome, then passes the outcome on.
+fn audited(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    resource: Option<&str>,
+    details: serde_json::Value,
+    result: Result<Response, AppError>,
+) -> Result<Response, AppError> {
+    let mut event = AuditEvent::new(&state.runtime().config.tenant.name, &caller.0.subject, AuditKind::Admin, action);
+    event.resource = resource.map(str::to_owned);
+    event.details = details;
+    match &result {
+        Ok(r) => event.status = Some(i32::from(r.status().as_u16())),
+        Err(e) => {
+            event.status = Some(i32::from(e.status().as_u16()));
+            event.reason = Some(e.as_reason().to_owned());
+        }
+    }
+    state.storage().recorder.audit(event);
+    result
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AppError> {
+    q.map(|Query(t)| t).map_err(|e| AppError::bad_request(None, format!("invalid query string: {}", e.body_text())))
+}
+
+fn db_error(e: impl std::fmt::Display) -> AppError {
+    // The detail is logged, not shown.
+    tracing::warn!(error = %e, "admin API: database error");
+    AppError::Unavailable { message: "the database is unavailable, try again later".into(), retry_after: None }
+}
+
+/// A time: RFC 3339, or a date (`YYYY-MM-DD`, midnight UTC).
+fn parse_time(param: &str, value: &str) -> Result<i64, AppError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(value) {
+        return Ok(t.timestamp_millis());
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(value, "%Y-%m-%d")
+        && let Some(t) = d.and_hms_opt(0, 0, 0)
+    {
+        return Ok(t.and_utc().timestamp_millis());
+    }
+    Err(AppError::bad_request(
+        Some(param.to_owned()),
+        format!("{param}: {value:?} is not an RFC 3339 time (2026-01-31T12:00:00Z) or a date (2026-01-31)"),
+    ))
+}
+
+fn parse_range(from: Option<&str>, to: Option<&str>) -> Result<(Option<i64>, Option<i64>), AppError> {
+    let from = from.map(|v| parse_time("from", v)).transpose()?;
+    let to = to.map(|v| parse_time("to", v)).transpose()?;
+    if let (Some(f), Some(t)) = (from, to)
+        && f > t
+    {
+        return Err(AppError::bad_request(Some("from".into()), "from is after to"));
+    }
+    Ok((from, to))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    from: Option<String>,
+    to: Option<String>,
+    subject: Option<String>,
+    model: Option<String>,
+}
+
+/// `GET /admin/v1/usage?from&to&subject&model`: totals and per-day rows.
+async fn usage(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<UsageQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let result = async {
+        caller.require_admin()?;
+        let q = query(q)?;
+        let (from_ms, to_ms) = parse_range(q.from.as_deref(), q.to.as_deref())?;
+        let filter = UsageFilter { from_ms, to_ms, subject: q.subject.clone(), model: q.model.clone() };
+        let report = storage::queries::usage(&state.storage().db, &filter).await.map_err(db_error)?;
+        Ok(Json(json!({
+            "object": "usage.report",
+            "from": q.from, "to": q.to, "subject": q.subject, "model": q.model,
+            "totals": report.totals,
+            "days": report.days,
+        }))
+        .into_response())
+    }
+    .await;
+    audited(&state, &caller, "usage.read", None, json!({}), result)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    cursor: Option<String>,
+    limit: Option<i64>,
+    kind: Option<String>,
+    actor: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// `GET /admin/v1/audit?cursor&limit&kind&actor&from&to`: events in insertion
+/// order, `next_cursor` to continue from.
+async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let result = async {
+        caller.require_admin()?;
+        let q = query(q)?;
+        let after = q
+            .cursor
+            .as_deref()
+            .map(|c| {
+                c.parse::<i64>()
+                    .map_err(|_| AppError::bad_request(Some("cursor".into()), "cursor: not a cursor this API returned"))
+            })
+            .transpose()?;
+        let limit = q.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(AppError::bad_request(Some("limit".into()), "limit: must be between 1 and 1000"));
+        }
+        if let Some(kind) = &q.kind
+            && AuditKind::parse(kind).is_none()
+        {
+            return Err(AppError::bad_request(
+                Some("kind".into()),
+                format!("kind: {kind:?} is not one of chat, toolCall, admin, configChange"),
+            ));
+        }
+        let (from_ms, to_ms) = parse_range(q.from.as_deref(), q.to.as_deref())?;
+        let filter = AuditFilter { after, limit, kind: q.kind, actor: q.actor, from_ms, to_ms };
+        let page = storage::queries::audit(&state.storage().db, &filter).await.map_err(db_error)?;
+        let next_cursor = page.has_more.then(|| page.events.last().map(|e| e.seq.to_string())).flatten();
+        let data: Vec<_> = page.events.iter().map(storage::AuditRow::to_json).collect();
+        Ok(Json(json!({"object": "list", "data": data, "has_more": page.has_more, "next_cursor": next_cursor}))
+            .into_response())
+    }
+    .await;
+    audited(&state, &caller, "audit.read", None, json!({}), result)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CreateKey {
+    name: String,
+    #[serde(default)]
+    roles: Vec<String>,
+    /// RFC 3339 time.
+    expires_at: Option<String>,
+    /// Or a lifetime in seconds.
+    expires_in_seconds: Option<u64>,
+}
+
+/// `POST /admin/v1/api-keys {name, roles, expiresAt | expiresInSeconds}`:
+/// the key is in this response only.
+async fn create_key(State(state): State<AppState>, caller: Caller, body: Body) -> Result<Response, AppError> {
+    let mut resource = None;
+    let mut details = json!({});
+    let result = async {
+        caller.require_admin()?;
+        api_keys_enabled(&state)?;
+        let body = read_body(body, state.max_body_bytes()).await?;
+        let req: CreateKey =
+            serde_json::from_slice(&body).map_err(|e| AppError::bad_request(None, format!("invalid body: {e}")))?;
+        let name = req.name.trim();
+        if name.is_empty() || name.len() > 200 {
+            return Err(AppError::bad_request(Some("name".into()), "name: 1 to 200 characters"));
+        }
+        if req.roles.iter().any(|r| r.trim().is_empty() || r.len() > 200) || req.roles.len() > 50 {
+            return Err(AppError::bad_request(Some("roles".into()), "roles: at most 50 non-empty names"));
+        }
+        let now = storage::now_ms();
+        let expires_at_ms = match (req.expires_at.as_deref(), req.expires_in_seconds) {
+            (Some(_), Some(_)) => {
+                return Err(AppError::bad_request(
+                    Some("expiresAt".into()),
+                    "set expiresAt or expiresInSeconds, not both",
+                ));
+            }
+            (Some(t), None) => Some(parse_time("expiresAt", t)?),
+            (None, Some(s)) => Some(now.saturating_add(i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX))),
+            (None, None) => None,
+        };
+        if expires_at_ms.is_some_and(|e| e <= now) {
+            return Err(AppError::bad_request(Some("expiresAt".into()), "expiresAt: must be in the future"));
+        }
+        let storage = state.storage();
+        let pepper = storage.pepper.as_ref().ok_or_else(|| AppError::Internal("API-key pepper not loaded".into()))?;
+        let new = NewApiKey { name: name.to_owned(), roles: req.roles, expires_at_ms };
+        let created = api_keys::create(&storage.db, pepper, new, &caller.0.subject).await.map_err(|e| match e {
+            api_keys::ApiKeyError::Db(e) => db_error(e),
+            other => AppError::Internal(other.to_string()),
+        })?;
+        resource = Some(created.record.id.clone());
+        details = json!({"name": created.record.name, "prefix": created.record.prefix, "roles": created.record.roles});
+        let mut body = serde_json::to_value(created.record.view()).unwrap_or_default();
+        body["key"] = json!(created.key);
+        Ok((StatusCode::CREATED, Json(body)).into_response())
+    }
+    .await;
+    audited(&state, &caller, "apiKeys.create", resource.as_deref(), details, result)
+}
+
+fn api_keys_enabled(state: &AppState) -> Result<(), AppError> {
+    if state.runtime().config.auth.api_keys_enabled {
+        Ok(())
+    } else {
+        Err(AppError::Forbidden("API keys are not enabled for this tenant (spec.auth.apiKeys.enabled)".into()))
+    }
+}
+
+/// `GET /admin/v1/api-keys`: every key, never a secret.
+async fn list_keys(State(state): State<AppState>, caller: Caller) -> Result<Response, AppError> {
+    let result = async {
+        caller.require_admin()?;
+        let keys = api_keys::list(&state.storage().db).await.map_err(db_error)?;
+        let data: Vec<_> = keys.iter().map(storage::KeyRecord::view).collect();
+        Ok(Json(json!({"object": "list", "data": data})).into_response())
+    }
+    .await;
+    audited(&state, &caller, "apiKeys.list", None, json!({}), result)
+}
+
+/// `DELETE /admin/v1/api-keys/{id}`: revokes the key (effective on every
+/// replica within the key cache's lifetime, here at once).
+async fn revoke_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
+    let result = async {
+        caller.require_admin()?;
+        let storage = state.storage();
+        let revoked = api_keys::revoke(&storage.db, &id, &caller.0.subject).await.map_err(db_error)?;
+        storage.api_keys.clear();
+        match revoked {
+            Some(key) => Ok(Json(serde_json::to_value(key.view()).unwrap_or_default()).into_response()),
+            None => Err(AppError::NotFound(format!("no API key with id {id:?}"))),
+        }
+    }
+    .await;
+    audited(&state, &caller, "apiKeys.revoke", Some(&id), json!({}), result)
+}

@@ -1,0 +1,237 @@
+//! What the admin API reads: usage totals per day, and the audit trail a page
+//! at a time in a stable order (by the insertion sequence).
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::QueryBuilder;
+
+use super::{Db, on_db};
+
+/// Milliseconds in a UTC day.
+const DAY_MS: i64 = 86_400_000;
+
+/// Which usage to sum.
+#[derive(Clone, Debug, Default)]
+pub struct UsageFilter {
+    /// From this time (inclusive), milliseconds since the epoch.
+    pub from_ms: Option<i64>,
+    /// Until this time (exclusive).
+    pub to_ms: Option<i64>,
+    /// Only this subject.
+    pub subject: Option<String>,
+    /// Only this tenant model.
+    pub model: Option<String>,
+}
+
+/// Sums over some requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageTotals {
+    /// Requests.
+    pub requests: i64,
+    /// Prompt tokens.
+    pub prompt_tokens: i64,
+    /// Completion tokens.
+    pub completion_tokens: i64,
+    /// Requests answered with an error status.
+    pub errors: i64,
+}
+
+/// One UTC day of usage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DayUsage {
+    /// The day, `YYYY-MM-DD` (UTC).
+    pub date: String,
+    /// Its sums.
+    #[serde(flatten)]
+    pub totals: UsageTotals,
+}
+
+/// Totals and per-day rows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct UsageReport {
+    /// Over the whole range.
+    pub totals: UsageTotals,
+    /// Per UTC day, oldest first; days without requests are left out.
+    pub days: Vec<DayUsage>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DayRow {
+    day: i64,
+    requests: i64,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+    errors: i64,
+}
+
+/// Usage matching `filter`.
+pub async fn usage(db: &Db, filter: &UsageFilter) -> Result<UsageReport, sqlx::Error> {
+    let rows: Vec<DayRow> = on_db!(db, pool => {
+        let mut q = QueryBuilder::new(
+            "SELECT ts_ms / 86400000 AS day, COUNT(*) AS requests, \
+             CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
+             CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
+             CAST(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS BIGINT) AS errors \
+             FROM usage WHERE 1 = 1",
+        );
+        if let Some(from) = filter.from_ms {
+            q.push(" AND ts_ms >= ").push_bind(from);
+        }
+        if let Some(to) = filter.to_ms {
+            q.push(" AND ts_ms < ").push_bind(to);
+        }
+        if let Some(subject) = &filter.subject {
+            q.push(" AND subject = ").push_bind(subject.as_str());
+        }
+        if let Some(model) = &filter.model {
+            q.push(" AND model = ").push_bind(model.as_str());
+        }
+        q.push(" GROUP BY ts_ms / 86400000 ORDER BY day");
+        q.build_query_as::<DayRow>().fetch_all(pool).await?
+    });
+    let mut totals = UsageTotals::default();
+    let days = rows
+        .into_iter()
+        .map(|r| {
+            totals.requests += r.requests;
+            totals.prompt_tokens += r.prompt_tokens;
+            totals.completion_tokens += r.completion_tokens;
+            totals.errors += r.errors;
+            DayUsage {
+                date: date_of_day(r.day),
+                totals: UsageTotals {
+                    requests: r.requests,
+                    prompt_tokens: r.prompt_tokens,
+                    completion_tokens: r.completion_tokens,
+                    errors: r.errors,
+                },
+            }
+        })
+        .collect();
+    Ok(UsageReport { totals, days })
+}
+
+fn date_of_day(day: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(day * DAY_MS)
+        .map_or_else(|| day.to_string(), |t| t.format("%Y-%m-%d").to_string())
+}
+
+/// Which audit events to list.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// Only events after this sequence number (the cursor).
+    pub after: Option<i64>,
+    /// At most this many.
+    pub limit: i64,
+    /// Only this kind.
+    pub kind: Option<String>,
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// From this time (inclusive).
+    pub from_ms: Option<i64>,
+    /// Until this time (exclusive).
+    pub to_ms: Option<i64>,
+}
+
+/// A stored audit event.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct AuditRow {
+    /// Insertion sequence: the order and the cursor.
+    pub seq: i64,
+    /// Unique id.
+    pub id: String,
+    /// When, milliseconds since the epoch.
+    pub ts_ms: i64,
+    /// Who.
+    pub actor: String,
+    /// Kind.
+    pub kind: String,
+    /// Action.
+    pub action: String,
+    /// What it acted on.
+    pub resource: Option<String>,
+    /// HTTP status.
+    pub status: Option<i32>,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// `x-request-id`.
+    pub request_id: Option<String>,
+    /// Policy stack hash.
+    pub policy_hash: Option<String>,
+    /// Applied policy ids (JSON array).
+    pub policy_ids: String,
+    /// Guard findings (JSON array).
+    pub findings: String,
+    /// Redacted prompt, when recorded.
+    pub prompt: Option<String>,
+    /// Details (JSON object).
+    pub details: String,
+}
+
+impl AuditRow {
+    /// The event as the admin API shows it.
+    pub fn to_json(&self) -> Value {
+        let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
+        serde_json::json!({
+            "id": self.id,
+            "time": rfc3339(self.ts_ms),
+            "actor": self.actor,
+            "kind": self.kind,
+            "action": self.action,
+            "resource": self.resource,
+            "status": self.status,
+            "reason": self.reason,
+            "requestId": self.request_id,
+            "policyHash": self.policy_hash,
+            "policyIds": parse(&self.policy_ids),
+            "findings": parse(&self.findings),
+            "prompt": self.prompt,
+            "details": parse(&self.details),
+        })
+    }
+}
+
+/// RFC 3339 (UTC, milliseconds) of a time in milliseconds since the epoch.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map_or_else(|| ms.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+/// One page of audit events.
+#[derive(Clone, Debug)]
+pub struct AuditPage {
+    /// The events, in sequence order.
+    pub events: Vec<AuditRow>,
+    /// Whether more events matched after this page.
+    pub has_more: bool,
+}
+
+/// A page of audit events in insertion order.
+pub async fn audit(db: &Db, filter: &AuditFilter) -> Result<AuditPage, sqlx::Error> {
+    let limit = filter.limit.clamp(1, 1000);
+    let mut events: Vec<AuditRow> = on_db!(db, pool => {
+        let mut q = QueryBuilder::new(
+            "SELECT seq, id, ts_ms, actor, kind, action, resource, status, reason, request_id, policy_hash, \
+             policy_ids, findings, prompt, details FROM audit_events WHERE seq > ",
+        );
+        q.push_bind(filter.after.unwrap_or(0));
+        if let Some(kind) = &filter.kind {
+            q.push(" AND kind = ").push_bind(kind.as_str());
+        }
+        if let Some(actor) = &filter.actor {
+            q.push(" AND actor = ").push_bind(actor.as_str());
+        }
+        if let Some(from) = filter.from_ms {
+            q.push(" AND ts_ms >= ").push_bind(from);
+        }
+        if let Some(to) = filter.to_ms {
+            q.push(" AND ts_ms < ").push_bind(to);
+        }
+        q.push(" ORDER BY seq LIMIT ").push_bind(limit + 1);
+        q.build_query_as::<AuditRow>().fetch_all(pool).await?
+    });
+    let has_more = events.len() as i64 > limit;
+    events.truncate(limit as usize);
+    Ok(AuditPage { events, has_more })
+}

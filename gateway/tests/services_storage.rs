@@ -1,0 +1,403 @@
+//! Usage, audit and API keys on a real PostgreSQL (started by
+//! `e2e/with-services`, which exports TENANTGATE_POSTGRES_URL and lets a test
+//! kill and restart the server). Each test gets a database of its own.
+//!
+//!   e2e/with-services cargo test -p tenantgate-gateway --test services_storage -- --nocapture
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Gateway, repo_root, temp_dir, tenant_yaml_with_storage, token};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+/// The outage test kills the server every test here uses: they take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The server's URL; the test fails (never skips) without it.
+fn postgres_url() -> String {
+    std::env::var("TENANTGATE_POSTGRES_URL")
+        .expect("TENANTGATE_POSTGRES_URL is not set: run this test through e2e/with-services (make test-services)")
+}
+
+/// A new empty database; its URL.
+async fn fresh_database(tag: &str) -> String {
+    let base = postgres_url();
+    let admin = PgPool::connect(&base).await.expect("connect to PostgreSQL");
+    let name = format!("tg_{tag}_{}", fastrand::u32(..));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create database");
+    admin.close().await;
+    let (server, _) = base.rsplit_once('/').expect("URL with a database");
+    format!("{server}/{name}")
+}
+
+/// Runs an e2e/lib/common.sh function (the services of this run).
+fn services(command: &str) {
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source e2e/lib/common.sh && {command}"))
+        .current_dir(repo_root())
+        .status()
+        .expect("bash");
+    assert!(status.success(), "{command} failed");
+}
+
+fn admin_token() -> String {
+    token(json!({"sub": "admin", "roles": ["tenant-admin"]}))
+}
+
+async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect(sql)
+}
+
+/// Tokens a chat answer reported: from the body, or the stream's usage chunk.
+fn reported_tokens(text: &str) -> (u64, u64) {
+    let usage = |v: &Value| (v["usage"]["prompt_tokens"].as_u64(), v["usage"]["completion_tokens"].as_u64());
+    if let Ok(v) = serde_json::from_str::<Value>(text) {
+        let (p, c) = usage(&v);
+        return (p.expect("prompt_tokens"), c.expect("completion_tokens"));
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .find_map(|v| match usage(&v) {
+            (Some(p), Some(c)) => Some((p, c)),
+            _ => None,
+        })
+        .expect("a usage chunk in the stream")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_postgres_under_load_loses_and_duplicates_nothing() {
+    let _turn = SERIAL.lock().await;
+    const TOTAL: usize = 10_000;
+    const CONCURRENCY: usize = 32;
+    let url = fresh_database("outage").await;
+    let dir = temp_dir("svc-outage");
+    let gw = Arc::new(Gateway::start_in(&dir, &tenant_yaml_with_storage("http://127.0.0.1:9", Some(&url)), &[]).await);
+
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (gw, next, done) = (gw.clone(), next.clone(), done.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut prompt, mut completion, mut ok) = (0u64, 0u64, 0usize);
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= TOTAL {
+                    return (ok, prompt, completion);
+                }
+                // Every tenth request streams.
+                let body = if n % 10 == 0 {
+                    json!({"model": "in-process", "stream": true, "stream_options": {"include_usage": true},
+                           "messages": [{"role": "user", "content": format!("request {n}")}]})
+                } else {
+                    json!({"model": "in-process", "messages": [{"role": "user", "content": format!("request {n}")}]})
+                };
+                let r = gw.post("/v1/chat/completions", &body).await;
+                let status = r.status().as_u16();
+                let text = r.text().await.expect("body");
+                assert_eq!(status, 200, "request {n}: {text}");
+                let (p, c) = reported_tokens(&text);
+                prompt += p;
+                completion += c;
+                ok += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    // The outage: PostgreSQL killed (SIGKILL) a fifth of the way in, back 3 s later.
+    while done.load(Ordering::Relaxed) < TOTAL / 5 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed_at = started.elapsed();
+    let killed_after = done.load(Ordering::Relaxed);
+    services("services_stop_postgres KILL");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let restart = Instant::now();
+    services("services_start_postgres");
+    let restarted_at = started.elapsed();
+    let answered_during_outage = done.load(Ordering::Relaxed) - killed_after;
+    eprintln!(
+        "PostgreSQL killed at {killed_at:?} after {killed_after} responses, restarted at {restarted_at:?} \
+         (start took {:?}); {answered_during_outage} responses while it was down",
+        restart.elapsed()
+    );
+
+    let (mut ok, mut prompt, mut completion) = (0, 0, 0);
+    for w in workers {
+        let (o, p, c) = w.await.expect("worker");
+        ok += o;
+        prompt += p;
+        completion += c;
+    }
+    let load_time = started.elapsed();
+    assert_eq!(ok, TOTAL);
+    assert!(answered_during_outage > 0, "no request was answered while PostgreSQL was down");
+
+    // Everything arrives: replayed from the spill file, nothing twice.
+    let pool = PgPool::connect(&url).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let rows = count(&pool, "SELECT COUNT(*) FROM usage").await;
+        let events = count(&pool, "SELECT COUNT(*) FROM audit_events WHERE kind = 'chat'").await;
+        if rows >= TOTAL as i64 && events >= TOTAL as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {rows} usage rows and {events} chat audit events after 120 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let settled = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rows = count(&pool, "SELECT COUNT(*) FROM usage").await;
+    let distinct_rows = count(&pool, "SELECT COUNT(DISTINCT id) FROM usage").await;
+    let events = count(&pool, "SELECT COUNT(*) FROM audit_events WHERE kind = 'chat'").await;
+    let distinct_events = count(&pool, "SELECT COUNT(DISTINCT id) FROM audit_events").await;
+    let all_events = count(&pool, "SELECT COUNT(*) FROM audit_events").await;
+    let linked = count(
+        &pool,
+        "SELECT COUNT(*) FROM audit_events a JOIN usage u ON u.id = a.details::jsonb->>'usageId' WHERE a.kind = 'chat'",
+    )
+    .await;
+    let metrics = gw.metrics().await;
+    let metric = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (spilled, replayed, errors) = (
+        metric("tenantgate_recorder_spilled_total"),
+        metric("tenantgate_recorder_replayed_total"),
+        metric("tenantgate_recorder_write_errors_total"),
+    );
+    eprintln!(
+        "{TOTAL} requests in {load_time:?} ({:.0}/s); all rows in the database {:?} after the start; \
+         usage rows {rows} (distinct {distinct_rows}), chat audit events {events} (all events {all_events}, \
+         distinct {distinct_events}, linked to their usage row {linked}); spilled {spilled}, replayed {replayed}, \
+         write errors {errors}",
+        TOTAL as f64 / load_time.as_secs_f64(),
+        settled,
+    );
+    assert_eq!(rows, TOTAL as i64, "usage rows");
+    assert_eq!(distinct_rows, rows, "a usage row was written twice");
+    assert_eq!(events, TOTAL as i64, "chat audit events");
+    assert_eq!(distinct_events, all_events, "an audit event was written twice");
+    assert_eq!(linked, TOTAL as i64, "every chat audit event names its usage row");
+    assert!(spilled > 0.0 && errors > 0.0, "the outage never reached the recorder (spilled {spilled})");
+    assert_eq!(replayed, spilled, "every spilled record was replayed");
+
+    // The admin API's totals are what the clients were told.
+    let admin = admin_token();
+    let (status, report) = gw.get_json("/admin/v1/usage?subject=tester&model=in-process", &admin).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["totals"]["requests"], TOTAL);
+    assert_eq!(report["totals"]["promptTokens"], prompt);
+    assert_eq!(report["totals"]["completionTokens"], completion);
+    assert_eq!(report["totals"]["errors"], 0);
+    let per_day: u64 =
+        report["days"].as_array().expect("days").iter().map(|d| d["requests"].as_u64().expect("n")).sum();
+    assert_eq!(per_day, TOTAL as u64);
+    let (_, none) = gw.get_json("/admin/v1/usage?subject=nobody", &admin).await;
+    assert_eq!(none["totals"]["requests"], 0);
+    let (status, bad) = gw.get_json("/admin/v1/usage?from=yesterday", &admin).await;
+    assert_eq!(status, 400, "{bad}");
+    assert!(bad["error"]["message"].as_str().expect("message").contains("from"), "{bad}");
+
+    // Audit pagination walks every event exactly once, in a stable order.
+    let walk_started = Instant::now();
+    let mut seen = HashSet::new();
+    let mut chat = 0;
+    let mut pages = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/admin/v1/audit?limit=1000&cursor={c}"),
+            None => "/admin/v1/audit?limit=1000".to_string(),
+        };
+        let (status, page) = gw.get_json(&path, &admin).await;
+        assert_eq!(status, 200, "{page}");
+        pages += 1;
+        for e in page["data"].as_array().expect("data") {
+            assert!(seen.insert(e["id"].as_str().expect("id").to_owned()), "event {} seen twice", e["id"]);
+            chat += usize::from(e["kind"] == "chat");
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    eprintln!("audit walk: {} events in {pages} pages, {:?}", seen.len(), walk_started.elapsed());
+    assert_eq!(chat, TOTAL);
+    assert!(seen.len() as i64 >= all_events, "the walk missed events");
+
+    let mut gw = Arc::try_unwrap(gw).ok().expect("no other handle");
+    assert!(gw.interrupt(), "the gateway did not stop cleanly");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn audit_events_refuse_update_delete_and_truncate() {
+    let _turn = SERIAL.lock().await;
+    let url = fresh_database("appendonly").await;
+    let dir = temp_dir("svc-appendonly");
+    let gw = Gateway::start_in(&dir, &tenant_yaml_with_storage("http://127.0.0.1:9", Some(&url)), &[]).await;
+    assert_eq!(gw.chat("in-process").await.0, 200);
+    let pool = PgPool::connect(&url).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&pool, "SELECT COUNT(*) FROM audit_events").await == 0 {
+        assert!(Instant::now() < deadline, "no audit event written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for sql in ["UPDATE audit_events SET actor = 'mallory'", "DELETE FROM audit_events", "TRUNCATE audit_events"] {
+        let err = sqlx::query(sql).execute(&pool).await.expect_err(sql).to_string();
+        assert!(err.contains("append-only"), "{sql}: {err}");
+    }
+    assert_eq!(count(&pool, "SELECT COUNT(*) FROM audit_events WHERE actor = 'mallory'").await, 0);
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn api_keys_are_shown_once_stored_hashed_and_revoked_across_replicas() {
+    let _turn = SERIAL.lock().await;
+    let url = fresh_database("apikeys").await;
+    let (dir_a, dir_b) = (temp_dir("svc-keys-a"), temp_dir("svc-keys-b"));
+    let yaml = tenant_yaml_with_storage("http://127.0.0.1:9", Some(&url));
+    let a = Gateway::start_in(&dir_a, &yaml, &[]).await;
+    // A second replica: same database, same pepper (the gateway-keys Secret).
+    std::fs::create_dir_all(dir_b.join("state/secrets")).expect("dir");
+    let copy = Command::new("cp")
+        .arg("-a")
+        .arg(dir_a.join("state/secrets/gateway-keys"))
+        .arg(dir_b.join("state/secrets/"))
+        .status()
+        .expect("cp");
+    assert!(copy.success());
+    let b = Gateway::start_in(&dir_b, &yaml, &[]).await;
+    let admin = admin_token();
+
+    // A non-admin gets 403 on every admin endpoint, and the attempt is audited.
+    for path in ["/admin/v1/usage", "/admin/v1/audit", "/admin/v1/api-keys"] {
+        let (status, body) = a.get_json(path, &a.token).await;
+        assert_eq!(status, 403, "{path}: {body}");
+        assert_eq!(body["error"]["type"], "permission_error");
+    }
+
+    let created = a
+        .post_raw(
+            "/admin/v1/api-keys",
+            json!({"name": "ci", "roles": ["dev"], "expiresInSeconds": 3600}).to_string(),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(created.status().as_u16(), 201);
+    let created: Value = serde_json::from_str(&created.text().await.expect("body")).expect("JSON");
+    let key = created["key"].as_str().expect("the key is shown at creation").to_owned();
+    let prefix = created["prefix"].as_str().expect("prefix").to_owned();
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert!(key.starts_with(&format!("tg_{prefix}_")), "{key}");
+
+    // Never again: not in the list, not in the table (only a hash and the prefix).
+    let (_, list) = a.get_json("/admin/v1/api-keys", &admin).await;
+    assert!(!list.to_string().contains(&key[key.len() - 20..]), "the list shows the secret");
+    assert_eq!(list["data"][0]["prefix"], prefix.as_str());
+    assert_eq!(list["data"][0]["state"], "active");
+    let pool = PgPool::connect(&url).await.expect("connect");
+    let (hash, stored_prefix): (String, String) = sqlx::query_as("SELECT hash, prefix FROM api_keys WHERE id = $1")
+        .bind(&id)
+        .fetch_one(&pool)
+        .await
+        .expect("row");
+    assert_eq!(stored_prefix, prefix);
+    assert_eq!(hash.len(), 64);
+    let dump: String =
+        sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM api_keys t").fetch_one(&pool).await.expect("dump");
+    assert!(!dump.contains(&key[prefix.len() + 4..]), "the secret is stored");
+
+    // The key authenticates chat on both replicas, as apikey:<prefix> with its roles.
+    assert_eq!(a.chat_as(&key, "in-process").await.0, 200);
+    assert_eq!(b.chat_as(&key, "in-process").await.0, 200);
+    let (status, body) = a.get_json("/admin/v1/usage", &key).await;
+    assert_eq!(status, 403, "a key without an admin role is not an admin: {body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, report) = a.get_json(&format!("/admin/v1/usage?subject=apikey:{prefix}"), &admin).await;
+        if report["totals"]["requests"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "usage of the key not recorded: {report}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Revoked on A: refused on A at once, on B within seconds.
+    let revoked_at = Instant::now();
+    let r =
+        a.client.delete(format!("{}/admin/v1/api-keys/{id}", a.url)).bearer_auth(&admin).send().await.expect("delete");
+    assert_eq!(r.status().as_u16(), 200);
+    let (status, body) = a.chat_as(&key, "in-process").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error"]["message"].as_str().expect("message").contains("revoked"), "{body}");
+    loop {
+        let (status, _) = b.chat_as(&key, "in-process").await;
+        if status == 401 {
+            break;
+        }
+        assert!(revoked_at.elapsed() < Duration::from_secs(5), "replica B still accepts the revoked key");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("revocation effective on the other replica after {:?}", revoked_at.elapsed());
+    let r =
+        a.client.delete(format!("{}/admin/v1/api-keys/nope", a.url)).bearer_auth(&admin).send().await.expect("delete");
+    assert_eq!(r.status().as_u16(), 404);
+
+    // Unknown and expired keys: 401 with a message saying which.
+    let (status, body) = a.chat_as("tg_0123456789ab_not-a-real-secret", "in-process").await;
+    assert_eq!(status, 401);
+    assert!(body["error"]["message"].as_str().expect("message").contains("unknown"), "{body}");
+    let short = a
+        .post_raw("/admin/v1/api-keys", json!({"name": "short", "expiresInSeconds": 1}).to_string(), Some(&admin))
+        .await;
+    let short: Value = serde_json::from_str(&short.text().await.expect("body")).expect("JSON");
+    let short_key = short["key"].as_str().expect("key");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, body) = a.chat_as(short_key, "in-process").await;
+    assert_eq!(status, 401);
+    assert!(body["error"]["message"].as_str().expect("message").contains("expired"), "{body}");
+
+    // Every admin action is in the audit trail, the refused ones too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let actions: Vec<(String, String, Option<i32>)> =
+            sqlx::query_as("SELECT actor, action, status FROM audit_events WHERE kind = 'admin' ORDER BY seq")
+                .fetch_all(&pool)
+                .await
+                .expect("select");
+        let has = |actor: &str, action: &str, status: i32| {
+            actions.iter().any(|(a, b, s)| a == actor && b == action && *s == Some(status))
+        };
+        if has("tester", "usage.read", 403)
+            && has("admin", "apiKeys.create", 201)
+            && has("admin", "apiKeys.revoke", 200)
+            && has("admin", "apiKeys.revoke", 404)
+            && has(&format!("apikey:{prefix}"), "usage.read", 403)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "admin actions missing from the audit trail: {actions:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir_a);
+    let _ = std::fs::remove_dir_all(&dir_b);
+}

@@ -1,0 +1,149 @@
+//! Usage and audit through the gateway process with the local default
+//! (SQLite in the state directory): one row and one event per chat request
+//! whatever its outcome, streams included, and the data survives a restart.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Gateway, Upstream, temp_dir, tenant_yaml_with_storage, token};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+async fn wait_for_requests(gw: &Gateway, admin: &str, n: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, report) = gw.get_json("/admin/v1/usage", admin).await;
+        assert_eq!(status, 200, "{report}");
+        if report["totals"]["requests"] == n {
+            return report;
+        }
+        assert!(Instant::now() < deadline, "expected {n} requests: {report}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn chat_events(gw: &Gateway, admin: &str) -> Vec<Value> {
+    let (status, page) = gw.get_json("/admin/v1/audit?kind=chat&limit=1000", admin).await;
+    assert_eq!(status, 200, "{page}");
+    page["data"].as_array().expect("data").clone()
+}
+
+#[tokio::test]
+async fn every_chat_request_is_recorded_and_survives_a_restart() {
+    let upstream = Upstream::start();
+    let dir = temp_dir("sqlite-restart");
+    let yaml = tenant_yaml_with_storage(&upstream.url, None);
+    let mut gw = Gateway::start_in(&dir, &yaml, &[]).await;
+    let admin = token(json!({"sub": "admin", "roles": ["tenant-admin"]}));
+
+    // A success, a refused model, a streamed answer, and a stream cut by the client.
+    assert_eq!(gw.chat("in-process").await.0, 200);
+    assert_eq!(gw.chat("no-such-model").await.0, 404);
+    let stream = json!({"model": "chat", "stream": true, "stream_options": {"include_usage": true},
+                        "messages": [{"role": "user", "content": "hi"}]});
+    let r = gw.post("/v1/chat/completions", &stream).await;
+    assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().await.expect("stream");
+    assert!(text.contains("[DONE]"), "{text}");
+    upstream.script("primary", json!([{"chunk_interval_ms": 500}]), None).await;
+    let slow = json!({"model": "chat", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let r = gw.post("/v1/chat/completions", &slow).await;
+    let mut body = r.bytes_stream();
+    let _first = tokio::time::timeout(Duration::from_secs(5), body.next()).await;
+    drop(body);
+
+    let report = wait_for_requests(&gw, &admin, 4).await;
+    assert_eq!(report["totals"]["errors"], 1, "{report}");
+    let events = chat_events(&gw, &admin).await;
+    assert_eq!(events.len(), 4, "{events:?}");
+    let by_status = |s: u64| events.iter().filter(|e| e["status"] == s).count();
+    assert_eq!((by_status(200), by_status(404)), (3, 1), "{events:?}");
+    assert!(events.iter().any(|e| e["reason"] == "ModelNotFound" && e["resource"] == "no-such-model"));
+    let streamed: Vec<_> = events.iter().filter(|e| e["details"]["stream"] == true).collect();
+    assert_eq!(streamed.len(), 2, "{events:?}");
+    assert!(streamed.iter().any(|e| e["reason"].is_null() && e["details"]["completionTokens"].as_u64() > Some(0)));
+    assert!(streamed.iter().any(|e| e["reason"] == "ClientClosed"), "{events:?}");
+    assert!(events.iter().all(|e| e["actor"] == "tester" && e["requestId"].is_string()));
+
+    // Restart on the same state directory: the data is still there.
+    assert!(gw.interrupt(), "the gateway did not stop cleanly");
+    let gw = Gateway::start_in(&dir, &yaml, &[]).await;
+    let report = wait_for_requests(&gw, &admin, 4).await;
+    assert_eq!(report["days"].as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(chat_events(&gw, &admin).await.len(), 4);
+    // Its own admin reads are audited too.
+    let (_, page) = gw.get_json("/admin/v1/audit?kind=admin&actor=admin", &admin).await;
+    assert!(page["data"].as_array().is_some_and(|d| d.iter().any(|e| e["action"] == "usage.read")), "{page}");
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn audit_pages_follow_the_cursor_and_bad_queries_say_what_is_wrong() {
+    let gw = Gateway::start(&tenant_yaml_with_storage("http://127.0.0.1:9", None)).await;
+    let admin = token(json!({"sub": "admin", "roles": ["tenant-admin"]}));
+    for _ in 0..7 {
+        assert_eq!(gw.chat("in-process").await.0, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while chat_events(&gw, &admin).await.len() < 7 {
+        assert!(Instant::now() < deadline, "chat events not recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ids = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = gw.get_json(&format!("/admin/v1/audit?kind=chat&limit=3{cursor}"), &admin).await;
+        assert_eq!(status, 200, "{page}");
+        ids.extend(page["data"].as_array().expect("data").iter().map(|e| e["id"].as_str().expect("id").to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    let all: Vec<_> = chat_events(&gw, &admin).await.iter().map(|e| e["id"].as_str().expect("id").to_owned()).collect();
+    assert_eq!(ids, all, "pages in the same order as one listing, each event once");
+    for (query, param) in [("limit=0", "limit"), ("cursor=abc", "cursor"), ("kind=nope", "kind"), ("from=x", "from")] {
+        let (status, body) = gw.get_json(&format!("/admin/v1/audit?{query}"), &admin).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["param"], param, "{query}: {body}");
+    }
+    let (status, body) = gw.get_json("/admin/v1/audit?unknown=1", &admin).await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn a_config_reload_is_audited_with_both_hashes() {
+    let yaml = tenant_yaml_with_storage("http://127.0.0.1:9", None);
+    let gw = Gateway::start(&yaml).await;
+    let admin = token(json!({"sub": "admin", "roles": ["tenant-admin"]}));
+    std::fs::write(gw.dir.join("manifests/tenant.yaml"), yaml.replace("maxRetries: 2", "maxRetries: 3"))
+        .expect("write");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let (_, page) = gw.get_json("/admin/v1/audit?kind=configChange", &admin).await;
+        if let Some(e) = page["data"].as_array().and_then(|d| d.first()) {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "no configChange event: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (old, new) = (event["details"]["oldHash"].as_str().expect("old"), event["details"]["newHash"].as_str());
+    assert_eq!((old.len(), new.map(str::len)), (64, Some(64)), "{event}");
+    assert_ne!(Some(old), new);
+    assert_eq!(event["resource"].as_str(), new);
+    assert_eq!(event["actor"], "system");
+}
+
+#[tokio::test]
+async fn api_keys_are_refused_when_the_tenant_has_not_enabled_them() {
+    let upstream = Upstream::start();
+    let gw = Gateway::start(&common::tenant_yaml(&upstream.url)).await;
+    let (status, body) = gw.chat_as("tg_0123456789ab_secret", "in-process").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error"]["message"].as_str().expect("message").contains("not enabled"), "{body}");
+    let admin = token(json!({"sub": "admin", "roles": ["tenant-admin"]}));
+    let r = gw.post_raw("/admin/v1/api-keys", json!({"name": "x"}).to_string(), Some(&admin)).await;
+    assert_eq!(r.status().as_u16(), 403);
+}
