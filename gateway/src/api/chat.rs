@@ -15,26 +15,25 @@ use super::ModelLabel;
 use super::body::read_body;
 use crate::auth::Caller;
 use crate::error::AppError;
+use crate::limits::Admission;
 use crate::llm::types::{ChatRequest, Usage};
 use crate::llm::{EventStream, Reply, sse};
 use crate::routing::{self, Breaker};
 use crate::state::AppState;
 
 /// Authenticates, parses, routes and answers one chat request.
-pub async fn chat_completions(
-    State(state): State<AppState>,
-    _caller: Caller,
-    body: Body,
-) -> Result<Response, AppError> {
+pub async fn chat_completions(State(state): State<AppState>, caller: Caller, body: Body) -> Result<Response, AppError> {
     let started = Instant::now();
     let body = read_body(body, state.max_body_bytes()).await?;
     let request = ChatRequest::parse(&body)?;
     let runtime = state.runtime();
     let route = runtime.models.get(&request.model).ok_or_else(|| AppError::ModelNotFound(request.model.clone()))?;
     let model: Arc<str> = route.name.clone();
+    let mut admission = runtime.limiter.admit(&caller.0.subject, &request, body.len()).await?;
     let routed = match routing::route(route, &runtime.retry, &request).await {
         Ok(r) => r,
         Err(e) => {
+            admission.record_usage(0);
             let mut response = e.into_response();
             response.extensions_mut().insert(ModelLabel(model));
             return Ok(response);
@@ -45,13 +44,21 @@ pub async fn chat_completions(
     let mut response = match routed.reply {
         Reply::Complete { body, usage } => {
             if let Some(usage) = usage {
+                admission.record_usage(usage.prompt_tokens + usage.completion_tokens);
                 count_tokens(&model, usage);
             }
-            ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+            let mut response =
+                ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
+            admission.apply_headers(response.headers_mut());
+            response
         }
         Reply::Stream(events) => {
-            let guarded = guard_stream(events, &state, model.clone(), routed.target.breaker.clone());
+            admission.record_stream_start();
+            let mut headers = axum::http::HeaderMap::new();
+            admission.apply_headers(&mut headers);
+            let guarded = guard_stream(events, &state, model.clone(), routed.target.breaker.clone(), admission);
             (
+                headers,
                 [
                     (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
                     (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
@@ -80,28 +87,34 @@ struct UsageChunk {
 
 /// Counts the stream as open, records usage from the final chunk, and turns
 /// an upstream failure after the first byte into one clean SSE error event
-/// (the stream has started, so there is no retry).
+/// (the stream has started, so there is no retry). The rate-limit admission
+/// rides along: it settles with the usage when the stream ends or the client
+/// goes away (dropping the stream drops it).
 fn guard_stream(
     events: EventStream,
     state: &AppState,
     model: Arc<str>,
     breaker: Arc<Breaker>,
+    admission: Admission,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
     let open = state.open_stream();
     let usage_finder = memchr::memmem::Finder::new(b"\"usage\":{").into_owned();
-    futures_util::stream::unfold(Some((events, open)), move |s| {
+    futures_util::stream::unfold(Some((events, open, admission)), move |s| {
         let model = model.clone();
         let breaker = breaker.clone();
         let usage_finder = usage_finder.clone();
         async move {
-            let (mut events, open) = s?;
+            let (mut events, open, mut admission) = s?;
             match events.next().await {
                 None => None,
                 Some(Ok(bytes)) => {
-                    if let Some(at) = usage_finder.find(&bytes) {
-                        record_stream_usage(&model, &bytes, at);
+                    admission.record_events(memchr::memmem::find_iter(&bytes, b"data:").count() as u64);
+                    if let Some(at) = usage_finder.find(&bytes)
+                        && let Some(usage) = record_stream_usage(&model, &bytes, at)
+                    {
+                        admission.record_usage(usage.prompt_tokens + usage.completion_tokens);
                     }
-                    Some((Ok(bytes), Some((events, open))))
+                    Some((Ok(bytes), Some((events, open, admission))))
                 }
                 Some(Err(e)) => {
                     breaker.record_failure();
@@ -114,11 +127,12 @@ fn guard_stream(
     })
 }
 
-/// Finds the `data:` line holding `"usage":{` at `at` and counts its tokens.
-fn record_stream_usage(model: &Arc<str>, bytes: &[u8], at: usize) {
+/// Finds the `data:` line holding `"usage":{` at `at`, counts its tokens and returns them.
+fn record_stream_usage(model: &Arc<str>, bytes: &[u8], at: usize) -> Option<Usage> {
     let start = memchr::memmem::rfind(&bytes[..at], b"data:").map_or(0, |i| i + 5);
     let end = memchr::memchr(b'\n', &bytes[at..]).map_or(bytes.len(), |i| at + i);
-    if let Ok(UsageChunk { usage: Some(usage) }) = serde_json::from_slice::<UsageChunk>(&bytes[start..end]) {
-        count_tokens(model, usage);
-    }
+    let UsageChunk { usage } = serde_json::from_slice::<UsageChunk>(&bytes[start..end]).ok()?;
+    let usage = usage?;
+    count_tokens(model, usage);
+    Some(usage)
 }
