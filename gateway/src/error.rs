@@ -187,7 +187,8 @@ impl AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // A limit store outage is logged once by the limiter, not per refused request.
+        if status.is_server_error() && !matches!(self, Self::Limited(_)) {
             // Logged once here; the message of Internal never reaches the client.
             match &self {
                 Self::Internal(detail) => tracing::error!(reason = self.as_reason(), %detail, "request failed"),

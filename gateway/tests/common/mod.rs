@@ -148,11 +148,25 @@ impl Gateway {
     }
 
     pub async fn start_with(manifests: &str, extra: &[&str]) -> Self {
+        Self::start_inner(manifests, extra, false).await
+    }
+
+    /// Like [`Self::start_with`], with the gateway's stderr in a file [`Self::log`] reads.
+    pub async fn start_logged(manifests: &str, extra: &[&str]) -> Self {
+        Self::start_inner(manifests, extra, true).await
+    }
+
+    async fn start_inner(manifests: &str, extra: &[&str], logged: bool) -> Self {
         let n = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let dir = std::env::temp_dir().join(format!("tg-gw-test-{}-{n}", std::process::id()));
         std::fs::create_dir_all(dir.join("manifests")).expect("temp dir");
         std::fs::write(dir.join("manifests/tenant.yaml"), manifests).expect("write manifests");
         let port = free_port();
+        let stderr = if logged {
+            Stdio::from(std::fs::File::create(dir.join("stderr.log")).expect("log file"))
+        } else {
+            Stdio::inherit()
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_tenantgate-gateway"))
             .arg("--manifests")
             .arg(dir.join("manifests"))
@@ -162,7 +176,7 @@ impl Gateway {
             .args(extra)
             .env("RUST_LOG", std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start gateway");
         let gw = Self {
@@ -223,6 +237,11 @@ impl Gateway {
         (status, serde_json::from_str(&r.text().await.expect("body")).expect("JSON body"))
     }
 
+    /// What a gateway started with [`Self::start_logged`] wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
     pub async fn metrics(&self) -> String {
         self.client.get(format!("{}/metrics", self.url)).send().await.expect("metrics").text().await.expect("text")
     }
@@ -253,4 +272,32 @@ pub fn sign(overrides: Value, key: &str, kid: Option<&str>) -> String {
     let mut header = Header::new(Algorithm::RS256);
     header.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).expect("RSA key")).expect("sign")
+}
+
+/// The test tenant renamed to `name` (tenants sharing one Redis keep apart by
+/// name), with `spec` lines added to its spec and `docs` (more YAML
+/// documents, e.g. Secrets) added to the manifests.
+pub fn tenant_yaml_with(upstream: &str, name: &str, spec: &str, docs: &str) -> String {
+    let base = tenant_yaml(upstream);
+    assert!(base.contains("metadata: { name: test }") && base.contains("\nspec:\n"), "fixture layout changed");
+    let tenant = base.replacen("metadata: { name: test }", &format!("metadata: {{ name: {name} }}"), 1);
+    format!("{docs}\n---\n{}", tenant.replacen("\nspec:\n", &format!("\nspec:\n{spec}"), 1))
+}
+
+/// A required environment variable of `e2e/with-services` (tests fail, never skip, without it).
+pub fn services_env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run this test under e2e/with-services (make test-services)"))
+}
+
+/// Runs `e2e/lib/common.sh` functions (`services_stop_redis KILL`, `services_start_redis`, ..).
+pub fn services(commands: &str) {
+    services_env("TENANTGATE_RUN");
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source e2e/lib/common.sh; {commands}"))
+        .current_dir(repo_root())
+        .status()
+        .expect("bash");
+    assert!(status.success(), "`{commands}` failed");
 }
