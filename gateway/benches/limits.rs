@@ -47,7 +47,8 @@ async fn run(name: &str, limiter: Arc<RateLimiter>, seconds: u64) {
         let subject = subjects[i as usize % subjects.len()].clone();
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
-            let result = limiter.admit_reservation(&subject, Reservation { prompt: 40, completion: 200 }, i % 10 == 0).await;
+            let result =
+                limiter.admit_reservation(&subject, Reservation { prompt: 40, completion: 200 }, i % 10 == 0).await;
             let took = started.elapsed();
             latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(took);
             match result {

@@ -73,7 +73,7 @@ fn bucket(g: Option<Gcra>) -> (f64, u64) {
     g.map_or((0.0, 0), |g| (g.interval_us, g.capacity))
 }
 
-fn tokens_args<'a>(inv: &mut ScriptInvocation<'a>, tenant: &ScopeLimits, user: Option<&ScopeLimits>) {
+fn tokens_args(inv: &mut ScriptInvocation<'_>, tenant: &ScopeLimits, user: Option<&ScopeLimits>) {
     for g in [tenant.tokens_per_minute, user.and_then(|u| u.tokens_per_minute)] {
         let (interval, capacity) = bucket(g);
         inv.arg(interval).arg(capacity);
