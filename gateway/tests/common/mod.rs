@@ -281,7 +281,8 @@ pub fn tenant_yaml_with(upstream: &str, name: &str, spec: &str, docs: &str) -> S
     let base = tenant_yaml(upstream);
     assert!(base.contains("metadata: { name: test }") && base.contains("\nspec:\n"), "fixture layout changed");
     let tenant = base.replacen("metadata: { name: test }", &format!("metadata: {{ name: {name} }}"), 1);
-    format!("{docs}\n---\n{}", tenant.replacen("\nspec:\n", &format!("\nspec:\n{spec}"), 1))
+    let tenant = tenant.replacen("\nspec:\n", &format!("\nspec:\n{spec}"), 1);
+    if docs.is_empty() { tenant } else { format!("{docs}\n---\n{tenant}") }
 }
 
 /// A required environment variable of `e2e/with-services` (tests fail, never skip, without it).
