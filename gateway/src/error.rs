@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::auth::AuthError;
+use crate::limits::LimitError;
 
 /// Everything a request can fail with. Messages are safe to show to clients:
 /// they never carry secrets, key material or upstream credentials.
@@ -33,6 +34,10 @@ pub enum AppError {
     /// No such route.
     #[error("Unknown request URL: {method} {path}")]
     RouteNotFound { method: String, path: String },
+    /// A tenant or user limit refused the request (429), or the limit store
+    /// is down and the tenant fails closed (503).
+    #[error("{0}")]
+    Limited(#[from] LimitError),
     /// Every target answered 429.
     #[error("{message}")]
     RateLimited { message: String, retry_after: Option<Duration> },
@@ -92,6 +97,7 @@ impl AppError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) | Self::RouteNotFound { .. } | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Limited(e) => e.status(),
             Self::Unavailable { .. } | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamRejected { status, .. } => *status,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -111,6 +117,7 @@ impl AppError {
             Self::RouteNotFound { .. } => "RouteNotFound",
             Self::NotFound(_) => "NotFound",
             Self::RateLimited { .. } => "UpstreamRateLimited",
+            Self::Limited(e) => e.as_reason(),
             Self::Unavailable { .. } => "NoHealthyTarget",
             Self::Overloaded(_) => "Overloaded",
             Self::UpstreamRejected { .. } => "UpstreamRejected",
@@ -126,7 +133,8 @@ impl AppError {
             Self::RouteNotFound { .. } | Self::NotFound(_) => "invalid_request_error",
             Self::Unauthorized(_) => "authentication_error",
             Self::Forbidden(_) => "permission_error",
-            Self::RateLimited { .. } => "rate_limit_error",
+            Self::RateLimited { .. } | Self::Limited(LimitError::Exceeded(_)) => "rate_limit_error",
+            Self::Limited(LimitError::StoreUnavailable) => "api_error",
             Self::UpstreamRejected { kind, .. } => kind,
             Self::Unavailable { .. } | Self::Overloaded(_) | Self::BadGateway(_) | Self::GatewayTimeout(_) => {
                 "api_error"
@@ -141,7 +149,8 @@ impl AppError {
             Self::Unauthorized(_) => Some("invalid_token"),
             Self::ModelNotFound(_) => Some("model_not_found"),
             Self::RouteNotFound { .. } => Some("unknown_url"),
-            Self::RateLimited { .. } => Some("rate_limit_exceeded"),
+            Self::RateLimited { .. } | Self::Limited(LimitError::Exceeded(_)) => Some("rate_limit_exceeded"),
+            Self::Limited(LimitError::StoreUnavailable) => Some("rate_limit_store_unavailable"),
             Self::Overloaded(_) => Some("overloaded"),
             Self::UpstreamRejected { code, .. } => code.as_deref(),
             _ => None,
@@ -173,6 +182,7 @@ impl AppError {
         match self {
             Self::RateLimited { retry_after, .. } | Self::Unavailable { retry_after, .. } => *retry_after,
             Self::Overloaded(_) => Some(Duration::from_secs(1)),
+            Self::Limited(e) => Some(e.retry_after()),
             _ => None,
         }
     }
@@ -181,7 +191,8 @@ impl AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // A limit store outage is logged once by the limiter, not per refused request.
+        if status.is_server_error() && !matches!(self, Self::Limited(_)) {
             // Logged once here; the message of Internal never reaches the client.
             match &self {
                 Self::Internal(detail) => tracing::error!(reason = self.as_reason(), %detail, "request failed"),
@@ -193,6 +204,9 @@ impl IntoResponse for AppError {
                 .into_response();
         if let Self::Unauthorized(e) = &self {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, e.www_authenticate());
+        }
+        if let Self::Limited(e) = &self {
+            e.apply_headers(response.headers_mut());
         }
         if let Some(after) = self.retry_after() {
             let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);

@@ -15,6 +15,7 @@ use super::ModelLabel;
 use super::body::read_body;
 use crate::auth::Caller;
 use crate::error::{AppError, ErrorReason};
+use crate::limits::Admission;
 use crate::llm::types::{ChatRequest, Usage};
 use crate::llm::{EventStream, Reply, sse};
 use crate::routing::{self, Breaker};
@@ -38,7 +39,7 @@ pub async fn chat_completions(
         request_id,
         runtime.config.audit.record_prompts,
     );
-    let result = complete(&state, body, &mut record).await;
+    let result = complete(&state, &caller, body, &mut record).await;
     match &result {
         Ok(r) => record.status(r.status().as_u16(), r.extensions().get::<ErrorReason>().map(|r| r.0)),
         Err(e) => record.status(e.status().as_u16(), Some(e.as_reason())),
@@ -46,7 +47,12 @@ pub async fn chat_completions(
     result
 }
 
-async fn complete(state: &AppState, body: Body, record: &mut ChatRecord) -> Result<Response, AppError> {
+async fn complete(
+    state: &AppState,
+    caller: &Caller,
+    body: Body,
+    record: &mut ChatRecord,
+) -> Result<Response, AppError> {
     let started = Instant::now();
     let body = read_body(body, state.max_body_bytes()).await?;
     let request = ChatRequest::parse(&body)?;
@@ -54,9 +60,11 @@ async fn complete(state: &AppState, body: Body, record: &mut ChatRecord) -> Resu
     let runtime = state.runtime();
     let route = runtime.models.get(&request.model).ok_or_else(|| AppError::ModelNotFound(request.model.clone()))?;
     let model: Arc<str> = route.name.clone();
+    let mut admission = runtime.limiter.admit(&caller.0.subject, &request, body.len()).await?;
     let routed = match routing::route(route, &runtime.retry, &request).await {
         Ok(r) => r,
         Err(e) => {
+            admission.record_usage(0);
             let mut response = e.into_response();
             response.extensions_mut().insert(ModelLabel(model));
             return Ok(response);
@@ -69,14 +77,23 @@ async fn complete(state: &AppState, body: Body, record: &mut ChatRecord) -> Resu
         Reply::Complete { body, usage } => {
             if let Some(usage) = usage {
                 record.tokens(usage.prompt_tokens, usage.completion_tokens);
+                admission.record_usage(usage.prompt_tokens + usage.completion_tokens);
                 count_tokens(&model, usage);
             }
-            ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+            let mut response =
+                ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
+            admission.apply_headers(response.headers_mut());
+            response
         }
         Reply::Stream(events) => {
             record.stream_started();
-            let guarded = guard_stream(events, state, model.clone(), routed.target.breaker.clone(), record.take());
+            admission.record_stream_start();
+            let mut headers = axum::http::HeaderMap::new();
+            admission.apply_headers(&mut headers);
+            let books = StreamBooks { record: record.take(), admission };
+            let guarded = guard_stream(events, state, model.clone(), routed.target.breaker.clone(), books);
             (
+                headers,
                 [
                     (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
                     (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
@@ -103,41 +120,52 @@ struct UsageChunk {
     usage: Option<Usage>,
 }
 
+/// What a stream settles when it ends or the client drops it: its usage row
+/// and audit event, and its rate-limit admission (tokens and stream slot).
+struct StreamBooks {
+    record: ChatRecord,
+    admission: Admission,
+}
+
 /// Counts the stream as open, records usage from the final chunk, and turns
 /// an upstream failure after the first byte into one clean SSE error event
-/// (the stream has started, so there is no retry). The record goes with the
-/// stream: it is written when the stream ends or the client drops it.
+/// (the stream has started, so there is no retry). The books go with the
+/// stream: dropping it (the end, or the client going away) settles them.
 fn guard_stream(
     events: EventStream,
     state: &AppState,
     model: Arc<str>,
     breaker: Arc<Breaker>,
-    record: ChatRecord,
+    books: StreamBooks,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
     let open = state.open_stream();
     let usage_finder = memchr::memmem::Finder::new(b"\"usage\":{").into_owned();
-    futures_util::stream::unfold(Some((events, open, record)), move |s| {
+    futures_util::stream::unfold(Some((events, open, books)), move |s| {
         let model = model.clone();
         let breaker = breaker.clone();
         let usage_finder = usage_finder.clone();
         async move {
-            let (mut events, open, mut record) = s?;
+            let (mut events, open, mut books) = s?;
             match events.next().await {
                 None => {
-                    record.stream_finished(None);
+                    books.record.stream_finished(None);
                     None
                 }
                 Some(Ok(bytes)) => {
-                    if let Some(at) = usage_finder.find(&bytes) {
-                        record_stream_usage(&model, &bytes, at, &mut record);
+                    books.admission.record_events(memchr::memmem::find_iter(&bytes, b"data:").count() as u64);
+                    if let Some(at) = usage_finder.find(&bytes)
+                        && let Some(usage) = stream_usage(&model, &bytes, at)
+                    {
+                        books.record.tokens(usage.prompt_tokens, usage.completion_tokens);
+                        books.admission.record_usage(usage.prompt_tokens + usage.completion_tokens);
                     }
-                    Some((Ok(bytes), Some((events, open, record))))
+                    Some((Ok(bytes), Some((events, open, books))))
                 }
                 Some(Err(e)) => {
                     breaker.record_failure();
                     tracing::warn!(model = %model, error = %e, "upstream failed after the stream started");
                     let error = AppError::BadGateway(format!("the upstream stream failed: {e}"));
-                    record.stream_finished(Some(error.as_reason()));
+                    books.record.stream_finished(Some(error.as_reason()));
                     Some((Ok(sse::data_event(&error.to_json())), None))
                 }
             }
@@ -145,12 +173,12 @@ fn guard_stream(
     })
 }
 
-/// Finds the `data:` line holding `"usage":{` at `at` and counts its tokens.
-fn record_stream_usage(model: &Arc<str>, bytes: &[u8], at: usize, record: &mut ChatRecord) {
+/// Finds the `data:` line holding `"usage":{` at `at`, counts its tokens and returns them.
+fn stream_usage(model: &Arc<str>, bytes: &[u8], at: usize) -> Option<Usage> {
     let start = memchr::memmem::rfind(&bytes[..at], b"data:").map_or(0, |i| i + 5);
     let end = memchr::memchr(b'\n', &bytes[at..]).map_or(bytes.len(), |i| at + i);
-    if let Ok(UsageChunk { usage: Some(usage) }) = serde_json::from_slice::<UsageChunk>(&bytes[start..end]) {
-        record.tokens(usage.prompt_tokens, usage.completion_tokens);
-        count_tokens(model, usage);
-    }
+    let UsageChunk { usage } = serde_json::from_slice::<UsageChunk>(&bytes[start..end]).ok()?;
+    let usage = usage?;
+    count_tokens(model, usage);
+    Some(usage)
 }

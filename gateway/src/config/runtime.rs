@@ -12,6 +12,7 @@ use tenantgate_crds::config::{GatewayConfig, JwtKeys};
 use tenantgate_crds::v1alpha1::ProviderType;
 
 use crate::auth::{JwtVerifier, KeySource};
+use crate::limits::{LimitStores, RateLimiter};
 use crate::llm::{Endpoint, Provider, Wire, anthropic::Anthropic, mock::Mock, openai::OpenAi};
 use crate::routing::{Breaker, ModelRoute, RetryPolicy, Target};
 
@@ -28,21 +29,30 @@ pub struct Runtime {
     pub retry: RetryPolicy,
     /// Prebuilt `GET /v1/models` body.
     pub models_body: Bytes,
+    /// Rate limits and quotas.
+    pub limiter: RateLimiter,
 }
 
 /// What outlives one config: breakers keep their state across reloads, and
-/// unchanged key sources keep their cached keys.
+/// unchanged key sources keep their cached keys, and the limit store (the
+/// Redis connection, or the in-process limit state) stays while its URL does.
 #[derive(Debug)]
 pub struct Carried {
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     keys: Mutex<Option<(JwtKeys, Arc<KeySource>)>>,
     jwks_min_refresh: Duration,
+    limits: LimitStores,
 }
 
 impl Carried {
     /// Empty state; JWKS refreshes at most every `jwks_min_refresh`.
     pub fn new(jwks_min_refresh: Duration) -> Self {
-        Self { breakers: Mutex::new(HashMap::new()), keys: Mutex::new(None), jwks_min_refresh }
+        Self {
+            breakers: Mutex::new(HashMap::new()),
+            keys: Mutex::new(None),
+            jwks_min_refresh,
+            limits: LimitStores::default(),
+        }
     }
 
     fn breaker(&self, label: &Arc<str>, threshold: u32, open_for: Duration) -> Arc<Breaker> {
@@ -138,5 +148,6 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
         .collect();
     let models_body = Bytes::from(json!({"object": "list", "data": data}).to_string());
     let retry = RetryPolicy::from(routing);
-    Ok(Runtime { config, auth, models, retry, models_body })
+    let limiter = carried.limits.limiter(&config).await?;
+    Ok(Runtime { config, auth, models, retry, models_body, limiter })
 }

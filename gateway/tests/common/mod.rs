@@ -156,7 +156,14 @@ impl Gateway {
     }
 
     pub async fn start_with(manifests: &str, extra: &[&str]) -> Self {
-        let mut gw = Self::start_in(&temp_dir("gw-test"), manifests, extra).await;
+        let mut gw = Self::start_in_inner(&temp_dir("gw-test"), manifests, extra, false).await;
+        gw.owns_dir = true;
+        gw
+    }
+
+    /// Like [`Self::start_with`], with the gateway's stderr in a file [`Self::log`] reads.
+    pub async fn start_logged(manifests: &str, extra: &[&str]) -> Self {
+        let mut gw = Self::start_in_inner(&temp_dir("gw-test"), manifests, extra, true).await;
         gw.owns_dir = true;
         gw
     }
@@ -164,10 +171,19 @@ impl Gateway {
     /// Starts over `dir` (manifests and state), which is kept afterwards: a
     /// second gateway started in the same directory finds the first one's state.
     pub async fn start_in(dir: &Path, manifests: &str, extra: &[&str]) -> Self {
+        Self::start_in_inner(dir, manifests, extra, false).await
+    }
+
+    async fn start_in_inner(dir: &Path, manifests: &str, extra: &[&str], logged: bool) -> Self {
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(dir.join("manifests")).expect("temp dir");
         std::fs::write(dir.join("manifests/tenant.yaml"), manifests).expect("write manifests");
         let port = free_port();
+        let stderr = if logged {
+            Stdio::from(std::fs::File::create(dir.join("stderr.log")).expect("log file"))
+        } else {
+            Stdio::inherit()
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_tenantgate-gateway"))
             .arg("--manifests")
             .arg(dir.join("manifests"))
@@ -177,7 +193,7 @@ impl Gateway {
             .args(extra)
             .env("RUST_LOG", std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("start gateway");
         let gw = Self {
@@ -263,6 +279,11 @@ impl Gateway {
         (status, serde_json::from_str(&r.text().await.expect("body")).expect("JSON body"))
     }
 
+    /// What a gateway started with [`Self::start_logged`] wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
     pub async fn metrics(&self) -> String {
         self.client.get(format!("{}/metrics", self.url)).send().await.expect("metrics").text().await.expect("text")
     }
@@ -312,4 +333,33 @@ pub fn sign(overrides: Value, key: &str, kid: Option<&str>) -> String {
     let mut header = Header::new(Algorithm::RS256);
     header.kid = kid.map(str::to_owned);
     jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).expect("RSA key")).expect("sign")
+}
+
+/// The test tenant renamed to `name` (tenants sharing one Redis keep apart by
+/// name), with `spec` lines added to its spec and `docs` (more YAML
+/// documents, e.g. Secrets) added to the manifests.
+pub fn tenant_yaml_with(upstream: &str, name: &str, spec: &str, docs: &str) -> String {
+    let base = tenant_yaml(upstream);
+    assert!(base.contains("metadata: { name: test }") && base.contains("\nspec:\n"), "fixture layout changed");
+    let tenant = base.replacen("metadata: { name: test }", &format!("metadata: {{ name: {name} }}"), 1);
+    let tenant = tenant.replacen("\nspec:\n", &format!("\nspec:\n{spec}"), 1);
+    if docs.is_empty() { tenant } else { format!("{docs}\n---\n{tenant}") }
+}
+
+/// A required environment variable of `e2e/with-services` (tests fail, never skip, without it).
+pub fn services_env(name: &str) -> String {
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run this test under e2e/with-services (make test-services)"))
+}
+
+/// Runs `e2e/lib/common.sh` functions (`services_stop_redis KILL`, `services_start_redis`, ..).
+pub fn services(commands: &str) {
+    services_env("TENANTGATE_RUN");
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source e2e/lib/common.sh; {commands}"))
+        .current_dir(repo_root())
+        .status()
+        .expect("bash");
+    assert!(status.success(), "`{commands}` failed");
 }

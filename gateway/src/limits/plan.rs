@@ -1,0 +1,166 @@
+//! `GatewayConfig.limits` compiled into buckets and Redis key names.
+
+use tenantgate_crds::v1alpha1::{FailMode, Limits};
+
+use super::gcra::Gcra;
+
+/// The buckets of one scope (the tenant, or one user).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ScopeLimits {
+    /// Requests per minute with burst.
+    pub requests: Option<Gcra>,
+    /// Tokens per minute: a bucket holding one minute of tokens.
+    pub tokens_per_minute: Option<Gcra>,
+    /// Tokens per UTC day.
+    pub tokens_per_day: Option<u64>,
+}
+
+impl ScopeLimits {
+    fn new(rpm: Option<u32>, burst: Option<u32>, tpm: Option<u64>, tpd: Option<u64>) -> Self {
+        Self {
+            requests: rpm.map(|r| Gcra::per_minute(u64::from(r), u64::from(burst.unwrap_or_else(|| default_burst(r))))),
+            tokens_per_minute: tpm.map(|t| Gcra::per_minute(t, t)),
+            tokens_per_day: tpd,
+        }
+    }
+
+    /// Whether any token limit applies.
+    pub fn counts_tokens(&self) -> bool {
+        self.tokens_per_minute.is_some() || self.tokens_per_day.is_some()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.requests.is_none() && !self.counts_tokens()
+    }
+}
+
+/// `burst` defaults to 10% of the rate (at least 1), as the Tenant CRD documents.
+pub fn default_burst(rpm: u32) -> u32 {
+    (rpm / 10).max(1)
+}
+
+/// Every limit of one config and where it lives in Redis.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Whole-tenant limits.
+    pub tenant: ScopeLimits,
+    /// Limits of each user, when `perUser` is set.
+    pub user: Option<ScopeLimits>,
+    /// Streams open at once for the tenant.
+    pub max_streams: Option<u32>,
+    /// What to do when Redis cannot be reached.
+    pub fail_mode: FailMode,
+    /// Redis keys of the tenant scope.
+    pub keys: TenantKeys,
+}
+
+/// Redis key names of the tenant scope. Every key of a tenant carries the
+/// hash tag `{tenant}`, so a Lua script touching them all is valid on a Redis
+/// Cluster too (one slot per tenant).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantKeys {
+    /// `tg:{t}:` — the prefix of every key.
+    pub prefix: String,
+    /// Request GCRA TAT.
+    pub requests: String,
+    /// Token-per-minute GCRA TAT.
+    pub tokens_per_minute: String,
+    /// Token-per-day hash `{d: day, u: used}`.
+    pub tokens_per_day: String,
+    /// Sorted set of stream leases, scored by expiry.
+    pub streams: String,
+}
+
+/// Redis key names of one user; the subject comes last so no subject can
+/// produce another subject's key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserKeys {
+    /// The subject (`sub`, or `apikey:<prefix>`).
+    pub subject: Box<str>,
+    /// Request GCRA TAT.
+    pub requests: String,
+    /// Token-per-minute GCRA TAT.
+    pub tokens_per_minute: String,
+    /// Token-per-day hash.
+    pub tokens_per_day: String,
+}
+
+impl Plan {
+    /// The plan of `limits` for tenant `tenant`; `None` when nothing is limited.
+    pub fn new(tenant: &str, limits: &Limits) -> Option<Self> {
+        let scope =
+            ScopeLimits::new(limits.requests_per_minute, limits.burst, limits.tokens_per_minute, limits.tokens_per_day);
+        let user = limits
+            .per_user
+            .as_ref()
+            .map(|u| ScopeLimits::new(u.requests_per_minute, u.burst, u.tokens_per_minute, u.tokens_per_day))
+            .filter(|u| !u.is_empty());
+        if scope.is_empty() && user.is_none() && limits.max_concurrent_streams.is_none() {
+            return None;
+        }
+        let prefix = format!("tg:{{{tenant}}}:");
+        let keys = TenantKeys {
+            requests: format!("{prefix}rpm"),
+            tokens_per_minute: format!("{prefix}tpm"),
+            tokens_per_day: format!("{prefix}tpd"),
+            streams: format!("{prefix}streams"),
+            prefix,
+        };
+        Some(Self {
+            tenant: scope,
+            user,
+            max_streams: limits.max_concurrent_streams,
+            fail_mode: limits.fail_mode,
+            keys,
+        })
+    }
+
+    /// Key names of `subject`.
+    pub fn user_keys(&self, subject: &str) -> UserKeys {
+        let p = &self.keys.prefix;
+        UserKeys {
+            subject: subject.into(),
+            requests: format!("{p}rpm:u:{subject}"),
+            tokens_per_minute: format!("{p}tpm:u:{subject}"),
+            tokens_per_day: format!("{p}tpd:u:{subject}"),
+        }
+    }
+
+    /// Whether any token limit applies (then requests reserve tokens).
+    pub fn counts_tokens(&self) -> bool {
+        self.tenant.counts_tokens() || self.user.is_some_and(|u| u.counts_tokens())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tenantgate_crds::v1alpha1::UserLimits;
+
+    use super::*;
+
+    #[test]
+    fn compiles_rates_bursts_and_keys() {
+        let limits = Limits {
+            requests_per_minute: Some(600),
+            tokens_per_day: Some(1000),
+            max_concurrent_streams: Some(3),
+            per_user: Some(UserLimits { requests_per_minute: Some(60), burst: Some(5), ..Default::default() }),
+            ..Default::default()
+        };
+        let plan = Plan::new("acme", &limits).expect("limits");
+        let rpm = plan.tenant.requests.expect("rpm");
+        assert_eq!(rpm.capacity, 60, "burst defaults to 10%");
+        assert!((rpm.interval_us - 100_000.0).abs() < 1e-6);
+        assert_eq!(plan.user.and_then(|u| u.requests).map(|g| g.capacity), Some(5));
+        assert_eq!(plan.keys.requests, "tg:{acme}:rpm");
+        assert_eq!(plan.user_keys("alice").requests, "tg:{acme}:rpm:u:alice");
+        assert!(plan.counts_tokens());
+    }
+
+    #[test]
+    fn no_limits_compile_to_nothing() {
+        assert_eq!(Plan::new("t", &Limits::default()), None);
+        let only_empty_user = Limits { per_user: Some(UserLimits::default()), ..Default::default() };
+        assert_eq!(Plan::new("t", &only_empty_user), None);
+    }
+}

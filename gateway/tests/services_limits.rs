@@ -1,0 +1,432 @@
+//! Rate limits and quotas against a real Redis shared by two gateway
+//! processes: exact request limits, token quotas under concurrent streaming,
+//! concurrent streams, stream leases of a crashed replica, and Redis going
+//! away and coming back under both fail modes.
+//!
+//! Run: `e2e/with-services cargo test -p tenantgate-gateway --test services_limits`
+//! (fails without `TENANTGATE_REDIS_URL`).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use tenantgate_crds::v1alpha1::Limits;
+use tenantgate_gateway::limits::{RateLimiter, RedisSettings, RedisStore, Reservation, Store};
+
+/// Tests share one Redis; the one that kills it runs alone.
+static REDIS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+fn redis_url() -> String {
+    services_env("TENANTGATE_REDIS_URL")
+}
+
+/// Manifests of tenant `name` with `limits` (YAML lines under `limits:`) on the shared Redis.
+fn manifests(upstream: &str, name: &str, limits: &str) -> String {
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: redis, namespace: tg-test }}\nstringData:\n  url: {}\n",
+        redis_url()
+    );
+    let spec = format!("  storage:\n    redis: {{ urlSecretRef: {{ name: redis, key: url }} }}\n  limits:\n{limits}");
+    tenant_yaml_with(upstream, name, &spec, &secret)
+}
+
+/// Removes every key of tenant `name`, so a rerun against the same Redis starts clean.
+async fn clear_tenant(name: &str) {
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let mut c = client.get_multiplexed_async_connection().await.expect("redis connection");
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("tg:{{{name}}}:*")).query_async(&mut c).await.expect("KEYS");
+    if !keys.is_empty() {
+        let _: i64 = redis::cmd("DEL").arg(keys).query_async(&mut c).await.expect("DEL");
+    }
+}
+
+async fn two_gateways(upstream: &str, name: &str, limits: &str) -> (Gateway, Gateway) {
+    clear_tenant(name).await;
+    let m = manifests(upstream, name, limits);
+    (Gateway::start(&m).await, Gateway::start(&m).await)
+}
+
+fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+fn chat_body(model: &str, stream: bool) -> Value {
+    let mut body = json!({"model": model, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 16});
+    if stream {
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body
+}
+
+/// Asserts a limit refusal in OpenAI's shape and returns its message.
+async fn assert_limited(r: reqwest::Response, limit_requests: Option<&str>) -> String {
+    assert_eq!(r.status(), 429);
+    let retry: u64 = header(&r, "retry-after").expect("Retry-After").parse().expect("Retry-After seconds");
+    assert!(retry >= 1, "Retry-After {retry}");
+    if let Some(limit) = limit_requests {
+        assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some(limit));
+        assert_eq!(header(&r, "x-ratelimit-remaining-requests"), Some("0"));
+        assert!(header(&r, "x-ratelimit-reset-requests").is_some_and(|v| v.ends_with('s')));
+    }
+    let body: Value = serde_json::from_str(&r.text().await.expect("body")).expect("JSON error");
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+    body["error"]["message"].as_str().expect("message").to_string()
+}
+
+#[tokio::test]
+async fn two_replicas_enforce_one_request_limit_exactly() {
+    let _shared = REDIS.read().await;
+    let upstream = Upstream::start();
+    // One request per 10 s after a burst of 10: the test takes far less than
+    // 10 s, so exactly 10 pass, wherever they land.
+    let (a, b) = two_gateways(&upstream.url, "lim-rpm", "    requestsPerMinute: 6\n    burst: 10\n").await;
+    let body = chat_body("in-process", false).to_string();
+    let started = Instant::now();
+    let calls = (0..30).map(|i| {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        gw.post_raw("/v1/chat/completions", body.clone(), Some(&gw.token))
+    });
+    let responses = futures_util::future::join_all(calls).await;
+    assert!(started.elapsed() < Duration::from_secs(9), "too slow for the exact count: {:?}", started.elapsed());
+    let mut remaining = Vec::new();
+    let mut refused = 0;
+    for r in responses {
+        match r.status().as_u16() {
+            200 => {
+                assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("6"));
+                remaining
+                    .push(header(&r, "x-ratelimit-remaining-requests").expect("remaining").parse::<u32>().expect("n"));
+            }
+            429 => {
+                let message = assert_limited(r, Some("6")).await;
+                assert!(message.contains("requests per minute (tenant limit 6)"), "{message}");
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    // Decisions are serialised in Redis: each admitted request saw a different count.
+    remaining.sort_unstable();
+    assert_eq!(remaining, (0..10).collect::<Vec<_>>(), "admitted requests and their remaining counts");
+    assert_eq!(refused, 20);
+}
+
+#[tokio::test]
+async fn user_and_tenant_limits_compose_across_replicas() {
+    let _shared = REDIS.read().await;
+    let upstream = Upstream::start();
+    let limits = "    requestsPerMinute: 6\n    burst: 10\n    perUser: { requestsPerMinute: 6, burst: 3 }\n";
+    let (a, b) = two_gateways(&upstream.url, "lim-users", limits).await;
+    let body = chat_body("in-process", false).to_string();
+    let mut admitted = Vec::new();
+    for user in ["alice", "bob", "carol", "dave", "erin"] {
+        let t = token(json!({"sub": user}));
+        let mut n = 0;
+        for i in 0..5 {
+            let gw = if i % 2 == 0 { &a } else { &b };
+            let r = gw.post_raw("/v1/chat/completions", body.clone(), Some(&t)).await;
+            if r.status() == 200 {
+                n += 1;
+            } else {
+                let message = assert_limited(r, Some("6")).await;
+                assert!(message.contains("limit 6)"), "{message}");
+            }
+        }
+        admitted.push(n);
+    }
+    // Three per user until the tenant's burst of 10 is spent.
+    assert_eq!(admitted, [3, 3, 3, 1, 0]);
+}
+
+/// Streams chat requests from `workers` concurrent clients over both
+/// gateways until each has been refused three times in a row; returns the
+/// tokens the usage chunks reported and the refusal messages.
+async fn stream_until_refused(gateways: [&Gateway; 2], workers: usize) -> (u64, Vec<String>) {
+    let served = Arc::new(AtomicU64::new(0));
+    let body = chat_body("chat", true).to_string();
+    let runs = (0..workers).map(|w| {
+        let served = served.clone();
+        let body = body.clone();
+        async move {
+            let mut refusals = Vec::new();
+            let mut in_a_row = 0;
+            let mut i = w;
+            while in_a_row < 3 {
+                let gw = gateways[i % 2];
+                i += 1;
+                let r = gw.post_raw("/v1/chat/completions", body.clone(), Some(&gw.token)).await;
+                if r.status() == 429 {
+                    assert!(header(&r, "x-ratelimit-limit-tokens").is_some(), "token headers on a token refusal");
+                    refusals.push(assert_limited(r, None).await);
+                    in_a_row += 1;
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    continue;
+                }
+                assert_eq!(r.status(), 200);
+                in_a_row = 0;
+                let text = r.text().await.expect("stream");
+                let usage = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                    .find_map(|v| v["usage"]["total_tokens"].as_u64())
+                    .expect("a usage chunk");
+                served.fetch_add(usage, Ordering::Relaxed);
+            }
+            refusals
+        }
+    });
+    let refusals = futures_util::future::join_all(runs).await.into_iter().flatten().collect();
+    (served.load(Ordering::Relaxed), refusals)
+}
+
+async fn hget(key: &str, field: &str) -> Option<u64> {
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let mut c = client.get_multiplexed_async_connection().await.expect("redis connection");
+    redis::cmd("HGET").arg(key).arg(field).query_async(&mut c).await.expect("HGET")
+}
+
+#[tokio::test]
+async fn daily_token_quota_holds_under_concurrent_streaming() {
+    let _shared = REDIS.read().await;
+    let upstream = Upstream::start();
+    let (a, b) = two_gateways(&upstream.url, "lim-tpd", "    tokensPerDay: 1500\n").await;
+    let reservation = Reservation::of(
+        &serde_json::from_value(chat_body("chat", true)).expect("request"),
+        chat_body("chat", true).to_string().len(),
+    )
+    .total();
+    let (mut served, refusals) = stream_until_refused([&a, &b], 12).await;
+    // Each request reserved its prompt estimate plus max_tokens, which covers
+    // what it really used: the quota holds exactly.
+    assert!(served <= 1500, "served {served} tokens of a 1500 quota");
+    assert!(refusals.iter().all(|m| m.contains("tokens per day (tenant limit 1500)")), "{refusals:?}");
+    // Every reservation settles to the reported usage: Redis counts exactly what was served.
+    wait_used("tg:{lim-tpd}:tpd", served).await;
+    // With nothing in flight, one client uses up what is left: refused only
+    // once less than one reservation remains.
+    loop {
+        let (used, refused) = stream_until_refused([&a, &b], 1).await;
+        served += used;
+        wait_used("tg:{lim-tpd}:tpd", served).await;
+        if used == 0 {
+            assert!(!refused.is_empty());
+            break;
+        }
+    }
+    assert!(served <= 1500, "served {served} tokens of a 1500 quota");
+    assert!(served + reservation > 1500, "refused with {} of 1500 left (reservation {reservation})", 1500 - served);
+}
+
+/// Waits until Redis counts `served` tokens used today in `key`.
+async fn wait_used(key: &str, served: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let used = hget(key, "u").await.unwrap_or(0);
+        if used == served {
+            return;
+        }
+        assert!(Instant::now() < deadline, "Redis counts {used} tokens used, the clients were served {served}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn per_minute_token_quota_holds_under_concurrent_streaming() {
+    let _shared = REDIS.read().await;
+    let upstream = Upstream::start();
+    let (a, b) = two_gateways(&upstream.url, "lim-tpm", "    tokensPerMinute: 600\n").await;
+    let started = Instant::now();
+    let (served, refusals) = stream_until_refused([&a, &b], 12).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    // The bucket holds one minute of tokens and refills 10 per second.
+    let bound = 600.0 + 10.0 * elapsed;
+    assert!((served as f64) <= bound, "served {served} tokens, bound {bound:.0} after {elapsed:.1}s");
+    assert!(served >= 400, "served only {served}");
+    assert!(refusals.iter().all(|m| m.contains("tokens per minute (tenant limit 600)")), "{refusals:?}");
+}
+
+#[tokio::test]
+async fn concurrent_streams_are_limited_across_replicas_and_freed_on_disconnect() {
+    let _shared = REDIS.read().await;
+    let upstream = Upstream::start();
+    // Streams of ~10 events 300 ms apart: open for about 3 s.
+    upstream.script("slow", json!([]), Some(json!({"chunk_interval_ms": 300}))).await;
+    let (a, b) = two_gateways(&upstream.url, "lim-streams", "    maxConcurrentStreams: 3\n").await;
+    let body = chat_body("slow", true).to_string();
+    async fn open(gw: &Gateway, body: &str) -> reqwest::Response {
+        gw.post_raw("/v1/chat/completions", body.to_owned(), Some(&gw.token)).await
+    }
+    let s1 = open(&a, &body).await;
+    let s2 = open(&b, &body).await;
+    let s3 = open(&a, &body).await;
+    for s in [&s1, &s2, &s3] {
+        assert_eq!(s.status(), 200);
+    }
+    let message = assert_limited(open(&b, &body).await, None).await;
+    assert!(message.contains("streams open at once (tenant limit 3)"), "{message}");
+    // Non-streaming requests need no slot.
+    assert_eq!(b.post("/v1/chat/completions", &chat_body("in-process", false)).await.status(), 200);
+    // The client of s1 goes away: its slot comes back within moments, on the other replica too.
+    drop(s1);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let s4 = loop {
+        let r = open(&b, &body).await;
+        if r.status() == 200 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the slot of a closed stream was not freed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // A stream that runs to its end frees its slot as well.
+    assert!(s2.text().await.expect("stream").contains("[DONE]"));
+    let s5 = open(&a, &body).await;
+    assert_eq!(s5.status(), 200);
+    drop((s3, s4, s5));
+}
+
+fn stream_limits() -> Limits {
+    Limits { max_concurrent_streams: Some(1), ..Default::default() }
+}
+
+#[tokio::test]
+async fn stream_leases_of_a_crashed_replica_expire_and_live_ones_are_renewed() {
+    let _shared = REDIS.read().await;
+    clear_tenant("lim-lease").await;
+    let settings = RedisSettings { lease: Duration::from_secs(1), ..Default::default() };
+    let url = redis_url();
+    // A replica that takes the only slot and crashes: its runtime (and lease renewal) stops, nothing is released.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let store = RedisStore::connect(&url, settings).expect("store");
+            let limiter = RateLimiter::new("lim-lease", Some(&stream_limits()), Store::Redis(store));
+            let admission = limiter.admit_reservation("crashed", Reservation::default(), true).await.expect("slot");
+            std::mem::forget(admission);
+        });
+    })
+    .join()
+    .expect("crashed replica");
+    let live = RateLimiter::new(
+        "lim-lease",
+        Some(&stream_limits()),
+        Store::Redis(RedisStore::connect(&redis_url(), settings).expect("store")),
+    );
+    let refused = live.admit_reservation("u", Reservation::default(), true).await.expect_err("slot taken");
+    assert_eq!(refused.as_reason(), "TooManyStreams");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let held = live.admit_reservation("u", Reservation::default(), true).await.expect("the crashed lease expired");
+    // This replica is alive: it renews its lease, so the slot stays taken well past one lease.
+    let other = RateLimiter::new(
+        "lim-lease",
+        Some(&stream_limits()),
+        Store::Redis(RedisStore::connect(&redis_url(), settings).expect("store")),
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(other.admit_reservation("v", Reservation::default(), true).await.is_err(), "a live lease expired");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while other.admit_reservation("v", Reservation::default(), true).await.is_err() {
+        assert!(Instant::now() < deadline, "a released lease was not freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const OUTAGE_LINE: &str = "rate limit store (Redis) is unreachable";
+
+/// Brings Redis back even when the outage test fails, for the tests after it.
+struct RestartRedisOnDrop;
+
+impl Drop for RestartRedisOnDrop {
+    fn drop(&mut self) {
+        services("services_start_redis");
+    }
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| l.starts_with(name)).find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn redis_outage_fails_open_or_closed_and_recovers_without_restart() {
+    let _exclusive = REDIS.write().await;
+    let upstream = Upstream::start();
+    clear_tenant("lim-open").await;
+    clear_tenant("lim-closed").await;
+    let open = Gateway::start_logged(
+        &manifests(&upstream.url, "lim-open", "    requestsPerMinute: 6000\n    failMode: open\n"),
+        &[],
+    )
+    .await;
+    let closed = Gateway::start_logged(
+        &manifests(&upstream.url, "lim-closed", "    requestsPerMinute: 6000\n    failMode: closed\n"),
+        &[],
+    )
+    .await;
+    let body = chat_body("in-process", false);
+    for gw in [&open, &closed] {
+        let r = gw.post("/v1/chat/completions", &body).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("6000"));
+    }
+
+    services("services_stop_redis KILL");
+    let _restart = RestartRedisOnDrop;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let r = open.post("/v1/chat/completions", &body).await;
+        assert_eq!(r.status(), 200, "fail open lets requests through");
+        assert!(header(&r, "x-ratelimit-limit-requests").is_none(), "no limit was checked");
+        let r = closed.post("/v1/chat/completions", &body).await;
+        assert_eq!(r.status(), 503, "fail closed refuses");
+        assert!(header(&r, "retry-after").is_some());
+        let e: Value = serde_json::from_str(&r.text().await.expect("body")).expect("JSON");
+        assert_eq!(e["error"]["code"], "rate_limit_store_unavailable", "{e}");
+        assert!(e["error"]["message"].as_str().is_some_and(|m| m.contains("failMode is closed")), "{e}");
+        assert!(started.elapsed() < Duration::from_millis(800), "decisions hang: {:?}", started.elapsed());
+    }
+    for gw in [&open, &closed] {
+        let m = gw.metrics().await;
+        assert_eq!(metric(&m, "tenantgate_ratelimit_backend_up"), Some(0.0), "{m}");
+        assert!(metric(&m, "tenantgate_ratelimit_backend_errors_total").is_some_and(|n| n >= 1.0), "{m}");
+        // Logs are flushed in batches by a thread: give it a moment on a busy machine.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !gw.log().contains(OUTAGE_LINE) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = gw.log();
+        assert_eq!(log.matches(OUTAGE_LINE).count(), 1, "one log line per outage, not per request:\n{log}");
+        assert!(!log.contains("LimitStoreUnavailable"), "refusals during an outage are not logged one by one:\n{log}");
+    }
+
+    services("services_start_redis");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = closed.post("/v1/chat/completions", &body).await;
+        if r.status() == 200 {
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(Instant::now() < deadline, "the gateway did not recover after Redis came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = open.post("/v1/chat/completions", &body).await;
+        assert_eq!(r.status(), 200);
+        if header(&r, "x-ratelimit-limit-requests") == Some("6000") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "limits were not enforced again after Redis came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for gw in [&open, &closed] {
+        assert_eq!(metric(&gw.metrics().await, "tenantgate_ratelimit_backend_up"), Some(1.0));
+    }
+}
