@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::auth::AuthError;
+use crate::policy::PolicyError;
 
 /// Everything a request can fail with. Messages are safe to show to clients:
 /// they never carry secrets, key material or upstream credentials.
@@ -48,6 +49,9 @@ pub enum AppError {
     /// Upstreams did not answer in time.
     #[error("{0}")]
     GatewayTimeout(String),
+    /// A prompt policy refused the request or the answer.
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
     /// A bug or an unexpected condition; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -94,6 +98,7 @@ impl AppError {
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Policy(e) => e.status(),
         }
     }
 
@@ -113,6 +118,7 @@ impl AppError {
             Self::BadGateway(_) => "UpstreamFailed",
             Self::GatewayTimeout(_) => "UpstreamTimeout",
             Self::Internal(_) => "Internal",
+            Self::Policy(e) => e.as_reason(),
         }
     }
 
@@ -128,6 +134,7 @@ impl AppError {
                 "api_error"
             }
             Self::Internal(_) => "api_error",
+            Self::Policy(e) => e.kind(),
         }
     }
 
@@ -140,6 +147,7 @@ impl AppError {
             Self::RateLimited { .. } => Some("rate_limit_exceeded"),
             Self::Overloaded(_) => Some("overloaded"),
             Self::UpstreamRejected { code, .. } => code.as_deref(),
+            Self::Policy(e) => Some(e.code()),
             _ => None,
         }
     }
@@ -148,6 +156,7 @@ impl AppError {
         match self {
             Self::BadRequest { param, .. } | Self::UpstreamRejected { param, .. } => param.as_deref(),
             Self::ModelNotFound(_) => Some("model"),
+            Self::Policy(e) => e.param(),
             _ => None,
         }
     }

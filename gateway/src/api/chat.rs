@@ -21,16 +21,14 @@ use crate::routing::{self, Breaker};
 use crate::state::AppState;
 
 /// Authenticates, parses, routes and answers one chat request.
-pub async fn chat_completions(
-    State(state): State<AppState>,
-    _caller: Caller,
-    body: Body,
-) -> Result<Response, AppError> {
+pub async fn chat_completions(State(state): State<AppState>, caller: Caller, body: Body) -> Result<Response, AppError> {
     let started = Instant::now();
     let body = read_body(body, state.max_body_bytes()).await?;
-    let request = ChatRequest::parse(&body)?;
+    let mut request = ChatRequest::parse(&body)?;
     let runtime = state.runtime();
     let route = runtime.models.get(&request.model).ok_or_else(|| AppError::ModelNotFound(request.model.clone()))?;
+    let target_model = route.targets.first().map(|t| &*t.model);
+    let decision = Arc::new(runtime.policies.apply(&caller.0, target_model, &mut request)?);
     let model: Arc<str> = route.name.clone();
     let routed = match routing::route(route, &runtime.retry, &request).await {
         Ok(r) => r,
@@ -44,12 +42,14 @@ pub async fn chat_completions(
     metrics::histogram!("tenantgate_added_latency_seconds").record(added.as_secs_f64());
     let mut response = match routed.reply {
         Reply::Complete { body, usage } => {
+            let body = decision.scan_body(body)?;
             if let Some(usage) = usage {
                 count_tokens(&model, usage);
             }
             ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
         }
         Reply::Stream(events) => {
+            let events = decision.guard_stream(events);
             let guarded = guard_stream(events, &state, model.clone(), routed.target.breaker.clone());
             (
                 [
@@ -63,6 +63,7 @@ pub async fn chat_completions(
         }
     };
     response.extensions_mut().insert(ModelLabel(model));
+    response.extensions_mut().insert(decision);
     Ok(response)
 }
 

@@ -13,6 +13,7 @@ use tenantgate_crds::v1alpha1::ProviderType;
 
 use crate::auth::{JwtVerifier, KeySource};
 use crate::llm::{Endpoint, Provider, Wire, anthropic::Anthropic, mock::Mock, openai::OpenAi};
+use crate::policy::Policies;
 use crate::routing::{Breaker, ModelRoute, RetryPolicy, Target};
 
 /// The config in force, compiled.
@@ -28,6 +29,8 @@ pub struct Runtime {
     pub retry: RetryPolicy,
     /// Prebuilt `GET /v1/models` body.
     pub models_body: Bytes,
+    /// Prompt policies, compiled.
+    pub policies: Policies,
 }
 
 /// What outlives one config: breakers keep their state across reloads, and
@@ -138,5 +141,6 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
         .collect();
     let models_body = Bytes::from(json!({"object": "list", "data": data}).to_string());
     let retry = RetryPolicy::from(routing);
-    Ok(Runtime { config, auth, models, retry, models_body })
+    let policies = Policies::compile(&config)?;
+    Ok(Runtime { config, auth, models, retry, models_body, policies })
 }
