@@ -229,7 +229,7 @@ fn decoded_payloads(d: &Compiled, text: &str, mut hit: impl FnMut(&[u8]) -> bool
             .copied()
             .filter(u8::is_ascii_hexdigit)
             .collect();
-        if digits.len() % 2 != 0 {
+        if !digits.len().is_multiple_of(2) {
             continue;
         }
         if let Ok(decoded) = hex::decode(&digits)

@@ -116,7 +116,7 @@ pub fn compose(segments: Vec<Segment>, messages: &mut Vec<Message>) {
             }
         }
     }
-    let caller = keep_caller.then_some(caller).unwrap_or_default();
+    let caller = if keep_caller { caller } else { Vec::new() };
     let parts: Vec<String> = before
         .into_iter()
         .map(|(t, _)| t)

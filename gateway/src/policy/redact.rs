@@ -169,7 +169,7 @@ pub fn luhn_valid(number: &str) -> bool {
         sum += v;
         count += 1;
     }
-    (13..=19).contains(&count) && sum % 10 == 0
+    (13..=19).contains(&count) && sum.is_multiple_of(10)
 }
 
 /// Shannon entropy of at least 3 bits per character and more than one
