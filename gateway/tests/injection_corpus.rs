@@ -57,19 +57,15 @@ fn detector_meets_its_floors_on_the_corpus() {
     assert!(false_positive <= 5.0, "false-positive rate {false_positive:.1}% is above 5%");
 }
 
-/// A smaller set written after the rules were last revised and never used to
-/// revise them: the honest estimate of how the detector generalises. Its
-/// floors are looser on purpose.
-#[test]
-fn detector_on_the_held_out_set() {
-    let all = load("injection_heldout.jsonl");
+fn rates(name: &str) -> (f64, f64) {
+    let all = load(name);
     let (attacks, benign): (Vec<&Sample>, Vec<&Sample>) = all.iter().partition(|s| s.label == "attack");
     let detected = attacks.iter().filter(|s| injection::detect(&s.text).is_some()).count();
     let flagged: Vec<&&Sample> = benign.iter().filter(|s| injection::detect(&s.text).is_some()).collect();
     let detection = 100.0 * detected as f64 / attacks.len() as f64;
     let false_positive = 100.0 * flagged.len() as f64 / benign.len() as f64;
     println!(
-        "injection detector (held out): attacks {detected}/{} detected ({detection:.1}%), benign {}/{} flagged ({false_positive:.1}%)",
+        "injection detector ({name}): attacks {detected}/{} detected ({detection:.1}%), benign {}/{} flagged ({false_positive:.1}%)",
         attacks.len(),
         flagged.len(),
         benign.len()
@@ -80,6 +76,24 @@ fn detector_on_the_held_out_set() {
     for s in &flagged {
         println!("  false positive [{}]: {}", s.family, s.text.escape_debug());
     }
-    assert!(detection >= 35.0, "held-out detection rate {detection:.1}% is below 35%");
+    (detection, false_positive)
+}
+
+/// A set written after the first rule revision, whose misses drove a second,
+/// more general one (co-occurrence rules): no longer held out, kept as a regression set.
+#[test]
+fn detector_on_the_dev_set() {
+    let (detection, false_positive) = rates("injection_dev.jsonl");
+    assert!(detection >= 90.0, "dev-set detection rate {detection:.1}% is below 90%");
+    assert!(false_positive <= 5.0, "dev-set false-positive rate {false_positive:.1}% is above 5%");
+}
+
+/// Written before the second revision and never used to change the rules:
+/// the honest estimate of how the detector does on prompts it was not tuned
+/// on. Its floors were set before its first run and are looser on purpose.
+#[test]
+fn detector_on_the_held_out_set() {
+    let (detection, false_positive) = rates("injection_heldout.jsonl");
+    assert!(detection >= 60.0, "held-out detection rate {detection:.1}% is below 60%");
     assert!(false_positive <= 10.0, "held-out false-positive rate {false_positive:.1}% is above 10%");
 }
