@@ -42,11 +42,15 @@ pub async fn chat_completions(State(state): State<AppState>, caller: Caller, bod
     metrics::histogram!("tenantgate_added_latency_seconds").record(added.as_secs_f64());
     let mut response = match routed.reply {
         Reply::Complete { body, usage } => {
-            let body = decision.scan_body(body)?;
             if let Some(usage) = usage {
                 count_tokens(&model, usage);
             }
-            ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+            match decision.scan_body(body) {
+                Ok(body) => {
+                    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response()
+                }
+                Err(blocked) => AppError::from(blocked).into_response(),
+            }
         }
         Reply::Stream(events) => {
             let events = decision.guard_stream(events);

@@ -88,7 +88,8 @@ const PATTERN: &str = concat!(
 );
 
 // ASCII classes and word boundaries keep the whole pattern on the fast DFA engines.
-static REDACTOR: LazyLock<Option<Regex>> = LazyLock::new(|| regex::RegexBuilder::new(PATTERN).unicode(false).build().ok());
+static REDACTOR: LazyLock<Option<Regex>> =
+    LazyLock::new(|| regex::RegexBuilder::new(PATTERN).unicode(false).build().ok());
 
 fn redactor() -> Option<&'static Regex> {
     REDACTOR.as_ref()
@@ -258,6 +259,9 @@ mod tests {
     fn the_pattern_compiles_and_handles_non_ascii_text() {
         assert!(redactor().is_some());
         // ASCII matching: a non-ASCII local part keeps its leading non-ASCII letters, the address is gone.
-        assert_eq!(redact_secrets("Grüße an jürgen@example.de, Karte 4111 1111 1111 1111"), "Grüße an jü[REDACTED:email], Karte [REDACTED:creditCard]");
+        assert_eq!(
+            redact_secrets("Grüße an jürgen@example.de, Karte 4111 1111 1111 1111"),
+            "Grüße an jü[REDACTED:email], Karte [REDACTED:creditCard]"
+        );
     }
 }
