@@ -106,7 +106,7 @@ pub struct PolicyDecision {
     pub stack_hash: String,
     /// Ids of the applied policies, in composition order.
     pub applied: Vec<Arc<str>>,
-    /// Input guards that fired (output findings of streams are logged as they happen).
+    /// Input guards that fired; output guards are in [`Self::output_findings`].
     pub findings: Vec<Finding>,
     /// Guards for the model's answer; `None` when no applied policy scans output.
     pub(crate) output: Option<Arc<OutputGuard>>,

@@ -39,6 +39,8 @@ pub struct OutputGuard {
     deny: Vec<(Arc<str>, Arc<regex::RegexSet>)>,
     kinds: Kinds,
     owners: [Option<Arc<str>>; 3],
+    /// What fired on this request's answer (the guard is per request); never locked across an await.
+    findings: std::sync::Mutex<Vec<Finding>>,
 }
 
 impl OutputGuard {
@@ -47,19 +49,26 @@ impl OutputGuard {
         kinds: Kinds,
         owners: [Option<Arc<str>>; 3],
     ) -> Self {
-        Self { deny, kinds, owners }
+        Self { deny, kinds, owners, findings: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    fn record(&self, finding: Finding) {
+        finding.log();
+        let mut findings = self.findings.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !findings.contains(&finding) {
+            findings.push(finding);
+        }
     }
 
     fn check_deny(&self, text: &str) -> Result<(), PolicyError> {
         for (policy, set) in &self.deny {
             if set.is_match(text) {
-                Finding {
+                self.record(Finding {
                     policy: policy.clone(),
                     guard: Guard::DenyPatterns,
                     action: GuardAction::Block,
                     stage: Stage::Output,
-                }
-                .log();
+                });
                 return Err(PolicyError::OutputBlocked { policy: policy.clone(), guard: Guard::DenyPatterns });
             }
         }
@@ -70,13 +79,12 @@ impl OutputGuard {
         let (out, found) = redact::redact(text, self.kinds);
         for (i, kind) in KINDS.into_iter().enumerate().filter(|(_, k)| found.contains(*k)) {
             if let Some(policy) = &self.owners[i] {
-                Finding {
+                self.record(Finding {
                     policy: policy.clone(),
                     guard: redact_guard(kind),
                     action: GuardAction::Redact,
                     stage: Stage::Output,
-                }
-                .log();
+                });
             }
         }
         out
@@ -104,6 +112,14 @@ impl OutputGuard {
 }
 
 impl PolicyDecision {
+    /// The output guards that fired on the answer so far (each once); for a
+    /// stream, complete once the stream has ended.
+    pub fn output_findings(&self) -> Vec<Finding> {
+        self.output
+            .as_ref()
+            .map_or_else(Vec::new, |g| g.findings.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+    }
+
     /// Applies the output guards to a whole answer (unchanged without them).
     pub fn scan_body(&self, body: Bytes) -> Result<Bytes, PolicyError> {
         match &self.output {
@@ -412,6 +428,10 @@ mod tests {
         let text = text_of(&out);
         assert_eq!(text, "Your card is [REDACTED:creditCard], and your key is [REDACTED:apiKey] ok.");
         assert!(out.ends_with(sse::DONE));
+        let findings = s.guard.findings.lock().expect("lock").clone();
+        let guards: Vec<Guard> = findings.iter().map(|f| f.guard).collect();
+        assert_eq!(guards, [Guard::RedactCreditCard, Guard::RedactApiKey]);
+        assert!(findings.iter().all(|f| f.stage == Stage::Output && &*f.policy == "ns/redact"));
     }
 
     #[test]
@@ -454,6 +474,8 @@ mod tests {
         assert_eq!(v["choices"][0]["message"]["content"], "mail [REDACTED:email]");
         let body = serde_json::json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": "a forbidden word"}}]});
         assert!(matches!(g.scan_body(Bytes::from(body.to_string())), Err(PolicyError::OutputBlocked { .. })));
+        let guards: Vec<Guard> = g.findings.lock().expect("lock").iter().map(|f| f.guard).collect();
+        assert_eq!(guards, [Guard::RedactEmail, Guard::DenyPatterns]);
         let clean = Bytes::from_static(br#"{"choices":[{"index":0,"message":{"content":"fine"}}]}"#);
         assert_eq!(g.scan_body(clean.clone()).expect("ok"), clean);
     }
