@@ -54,7 +54,17 @@ fn measure(name: &str, n: usize, mut f: impl FnMut()) {
     println!("{name:<44} p50 {:>7.1} µs   p99 {:>7.1} µs", p(0.50), p(0.99));
 }
 
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<f64>().ok());
+    kb.unwrap_or(0.0) / 1024.0
+}
+
 fn main() {
+    println!("RSS at start: {:.1} MiB", rss_mib());
     let policies = Policies::compile(&config()).expect("compiles");
     let who = Identity { subject: "alice".into(), roles: vec!["dev".into()], admin: false, expires_at: 0 };
     let text = "Our quarterly report covers revenue, churn and the support backlog. Could you summarise the \
@@ -90,6 +100,7 @@ fn main() {
     measure("redact_secrets, 1 KB, nothing to redact", 20_000, || {
         std::hint::black_box(redact_secrets(&text));
     });
+    println!("RSS with the injection and redaction rules compiled: {:.1} MiB", rss_mib());
     let long = request(&"word ".repeat(2000));
     let tight = Policies::compile(&{
         let mut c = config();
@@ -103,4 +114,5 @@ fn main() {
         let mut r = long.clone();
         std::hint::black_box(tight.apply(&who, Some("gpt-4o-mini"), &mut r).is_err());
     });
+    println!("RSS with the o200k tokenizer loaded: {:.1} MiB", rss_mib());
 }

@@ -103,12 +103,15 @@ fn rules() -> Vec<(Family, String)> {
     ]
 }
 
-/// Which rules in the set are ROT13 copies: families to report.
+/// The compiled rule set.
 struct Compiled {
     set: RegexSet,
+    /// Family reported for each rule of the set (ROT13 copies report `Encoded`).
     families: Vec<Family>,
-    /// One regex per rule, to find spans when redacting.
-    each: Vec<Regex>,
+    /// Sources of the rules, and each compiled alone on first need: only
+    /// redaction needs match spans, and only after the set matched.
+    sources: Vec<String>,
+    each: Vec<std::sync::OnceLock<Option<Regex>>>,
     base64_run: Regex,
     hex_run: Regex,
 }
@@ -163,24 +166,17 @@ static DETECTOR: LazyLock<Option<Compiled>> = LazyLock::new(|| {
         sources.push(rule);
         families.push(family);
     }
-    let build =
-        |s: &str| regex::bytes::RegexBuilder::new(s).case_insensitive(true).unicode(false).size_limit(32 << 20).build();
-    let set = RegexSetBuilder::new(&sources)
-        .case_insensitive(true)
-        .unicode(false)
-        .size_limit(64 << 20)
-        .dfa_size_limit(64 << 20)
-        .build();
-    let each: Result<Vec<_>, _> = sources.iter().map(|s| build(s)).collect();
-    match (set, each) {
-        (Ok(set), Ok(each)) => Some(Compiled {
+    let set = RegexSetBuilder::new(&sources).case_insensitive(true).unicode(false).size_limit(64 << 20).build();
+    match set {
+        Ok(set) => Some(Compiled {
             set,
             families,
-            each,
+            each: sources.iter().map(|_| std::sync::OnceLock::new()).collect(),
+            sources,
             base64_run: Regex::new(r"[A-Za-z0-9+/_-]{20,}={0,2}").ok()?,
             hex_run: Regex::new(r"(?:0x)?(?:[0-9a-fA-F]{2}[\s:]?){12,}").ok()?,
         }),
-        (Err(e), _) | (_, Err(e)) => {
+        Err(e) => {
             tracing::error!(error = %e, "the prompt-injection rules do not compile");
             None
         }
@@ -303,7 +299,17 @@ pub fn redact<'a>(text: &'a str, placeholder: &str) -> Cow<'a, str> {
     let bytes = text.as_bytes();
     let mut spans: Vec<(usize, usize)> = Vec::new();
     for i in d.set.matches(bytes).iter() {
-        spans.extend(d.each[i].find_iter(bytes).map(|m| (m.start(), m.end())));
+        let rule = d.each[i].get_or_init(|| {
+            regex::bytes::RegexBuilder::new(&d.sources[i])
+                .case_insensitive(true)
+                .unicode(false)
+                .size_limit(32 << 20)
+                .build()
+                .ok()
+        });
+        if let Some(rule) = rule {
+            spans.extend(rule.find_iter(bytes).map(|m| (m.start(), m.end())));
+        }
     }
     for m in d.base64_run.find_iter(bytes).chain(d.hex_run.find_iter(bytes)) {
         let span = (m.start(), m.end());

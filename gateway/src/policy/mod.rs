@@ -120,7 +120,7 @@ impl Policies {
         prompt::compose(segments, &mut request.messages);
 
         if let Some((limit, policy)) = stack.max_input_tokens
-            && let Some(tokens) = tokens::exceeds(request, tokens::Counter::for_model(target_model), limit)
+            && let Some(tokens) = tokens::exceeds(request, target_model, limit)
         {
             return Err(PolicyError::TooManyTokens { policy: policy.clone(), tokens, limit });
         }

@@ -58,14 +58,20 @@ impl Counter {
     }
 }
 
-/// Whether the prompt of `request` exceeds `limit` tokens; the count when it does.
-pub fn exceeds(request: &ChatRequest, counter: Counter, limit: u32) -> Option<u64> {
+/// Whether the prompt of `request` exceeds `limit` tokens for upstream model
+/// `model`; the count when it does. The tokenizer is loaded (once per process)
+/// only when a prompt is longer in bytes than the limit.
+pub fn exceeds(request: &ChatRequest, model: Option<&str>, limit: u32) -> Option<u64> {
     let limit = u64::from(limit);
     let framing = PER_MESSAGE * request.messages.len() as u64 + PER_REPLY;
     let bytes: u64 = request.messages.iter().map(|m| text_bytes(m) as u64).sum();
     if bytes + framing <= limit {
         return None;
     }
+    count_exceeds(request, Counter::for_model(model), limit, framing)
+}
+
+fn count_exceeds(request: &ChatRequest, counter: Counter, limit: u64, framing: u64) -> Option<u64> {
     let mut total = framing;
     for message in &request.messages {
         if let Some(content) = &message.content {
@@ -111,10 +117,10 @@ mod tests {
     #[test]
     fn limits_apply_to_the_counted_prompt() {
         let text = "hello world ".repeat(50); // 101 tokens for o200k (the last space is one), 600 bytes
-        let bpe = Counter::for_model(Some("gpt-4o"));
-        assert_eq!(exceeds(&request(&text), bpe, 1000), None, "under the byte bound: not counted");
-        assert_eq!(exceeds(&request(&text), bpe, 200), None);
-        assert_eq!(exceeds(&request(&text), bpe, 50), Some(101 + 6));
-        assert_eq!(exceeds(&request(&text), Counter::Estimate, 100), Some(150 + 6));
+        let gpt = Some("gpt-4o");
+        assert_eq!(exceeds(&request(&text), gpt, 1000), None, "under the byte bound: not counted");
+        assert_eq!(exceeds(&request(&text), gpt, 200), None);
+        assert_eq!(exceeds(&request(&text), gpt, 50), Some(101 + 6));
+        assert_eq!(exceeds(&request(&text), Some("llama-3"), 100), Some(150 + 6));
     }
 }
