@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::auth::AuthError;
 use crate::limits::LimitError;
+use crate::policy::PolicyError;
 
 /// Everything a request can fail with. Messages are safe to show to clients:
 /// they never carry secrets, key material or upstream credentials.
@@ -56,6 +57,9 @@ pub enum AppError {
     /// Upstreams did not answer in time.
     #[error("{0}")]
     GatewayTimeout(String),
+    /// A prompt policy refused the request or the answer.
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
     /// A bug or an unexpected condition; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -103,6 +107,7 @@ impl AppError {
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Policy(e) => e.status(),
         }
     }
 
@@ -124,6 +129,7 @@ impl AppError {
             Self::BadGateway(_) => "UpstreamFailed",
             Self::GatewayTimeout(_) => "UpstreamTimeout",
             Self::Internal(_) => "Internal",
+            Self::Policy(e) => e.as_reason(),
         }
     }
 
@@ -140,6 +146,7 @@ impl AppError {
                 "api_error"
             }
             Self::Internal(_) => "api_error",
+            Self::Policy(e) => e.kind(),
         }
     }
 
@@ -153,6 +160,7 @@ impl AppError {
             Self::Limited(LimitError::StoreUnavailable) => Some("rate_limit_store_unavailable"),
             Self::Overloaded(_) => Some("overloaded"),
             Self::UpstreamRejected { code, .. } => code.as_deref(),
+            Self::Policy(e) => Some(e.code()),
             _ => None,
         }
     }
@@ -161,6 +169,7 @@ impl AppError {
         match self {
             Self::BadRequest { param, .. } | Self::UpstreamRejected { param, .. } => param.as_deref(),
             Self::ModelNotFound(_) => Some("model"),
+            Self::Policy(e) => e.param(),
             _ => None,
         }
     }

@@ -10,7 +10,8 @@
 //!   `GET /_control/last?model=m` (the last request's body and credentials header).
 //!
 //! A Step: `{"status": 503, "retry_after": 1, "hang": true, "latency_ms": 50,
-//! "chunk_interval_ms": 5, "fail_after_chunks": 3, "times": 2}` (all optional).
+//! "chunk_interval_ms": 5, "fail_after_chunks": 3, "times": 2, "reply": "text"}`
+//! (all optional; `reply` replaces the answer's text, streamed one word per chunk).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -60,6 +61,7 @@ struct Step {
     fail_after_chunks: Option<usize>,
     #[serde(default = "one")]
     times: u32,
+    reply: Option<String>,
 }
 
 fn one() -> u32 {
@@ -235,11 +237,38 @@ async fn chat(State(mock): State<Mock>, headers: HeaderMap, body: Bytes) -> Resp
     }
     let plan = Plan::for_chat(&request, mock.args.tokens);
     let id = next_id("chatcmpl-");
+    let interval = Duration::from_millis(step.chunk_interval_ms.unwrap_or(mock.args.chunk_interval_ms));
+    if let Some(reply) = &step.reply {
+        return scripted_reply(&id, &request, reply, interval);
+    }
     if !request.stream {
         return Json(plan.completion(&id, &request.model)).into_response();
     }
-    let interval = Duration::from_millis(step.chunk_interval_ms.unwrap_or(mock.args.chunk_interval_ms));
     event_stream(plan.chunks(&id, &request.model, request.include_usage()), interval, step.fail_after_chunks)
+}
+
+/// A scripted answer text: whole, or one word (with its leading space) per chunk.
+fn scripted_reply(id: &str, request: &ChatRequest, reply: &str, interval: Duration) -> Response {
+    let model = &request.model;
+    if !request.stream {
+        return Json(json!({"id": id, "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
+        .into_response();
+    }
+    let chunk = |delta: Value, finish: Value| {
+        let v = json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        Bytes::from(format!("data: {v}\n\n"))
+    };
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}), Value::Null)];
+    for (i, word) in reply.split(' ').enumerate() {
+        let piece = if i == 0 { word.to_string() } else { format!(" {word}") };
+        events.push(chunk(json!({"content": piece}), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    event_stream(events, interval, None)
 }
 
 async fn messages(State(mock): State<Mock>, headers: HeaderMap, Json(request): Json<Value>) -> Response {

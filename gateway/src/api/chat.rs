@@ -18,6 +18,7 @@ use crate::error::{AppError, ErrorReason};
 use crate::limits::Admission;
 use crate::llm::types::{ChatRequest, Usage};
 use crate::llm::{EventStream, Reply, sse};
+use crate::policy::{PolicyDecision, audit};
 use crate::routing::{self, Breaker};
 use crate::state::AppState;
 use crate::storage::ChatRecord;
@@ -55,10 +56,19 @@ async fn complete(
 ) -> Result<Response, AppError> {
     let started = Instant::now();
     let body = read_body(body, state.max_body_bytes()).await?;
-    let request = ChatRequest::parse(&body)?;
+    let mut request = ChatRequest::parse(&body)?;
     record.model(&request.model);
     let runtime = state.runtime();
     let route = runtime.models.get(&request.model).ok_or_else(|| AppError::ModelNotFound(request.model.clone()))?;
+    let target_model = route.targets.first().map(|t| &*t.model);
+    let decision = match runtime.policies.apply(&caller.0, target_model, &mut request) {
+        Ok(decision) => Arc::new(decision),
+        Err(refused) => {
+            record.policy(audit::refusal(&refused));
+            return Err(refused.into());
+        }
+    };
+    record.policy(audit::decision(&decision, runtime.config.audit.record_prompts.then_some(&request)));
     let model: Arc<str> = route.name.clone();
     let mut admission = runtime.limiter.admit(&caller.0.subject, &request, body.len()).await?;
     let routed = match routing::route(route, &runtime.retry, &request).await {
@@ -80,17 +90,25 @@ async fn complete(
                 admission.record_usage(usage.prompt_tokens + usage.completion_tokens);
                 count_tokens(&model, usage);
             }
-            let mut response =
-                ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
-            admission.apply_headers(response.headers_mut());
-            response
+            let scanned = decision.scan_body(body);
+            record.findings(audit::findings(&decision.output_findings()));
+            match scanned {
+                Ok(body) => {
+                    let mut response =
+                        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
+                    admission.apply_headers(response.headers_mut());
+                    response
+                }
+                Err(blocked) => AppError::from(blocked).into_response(),
+            }
         }
         Reply::Stream(events) => {
             record.stream_started();
             admission.record_stream_start();
             let mut headers = axum::http::HeaderMap::new();
             admission.apply_headers(&mut headers);
-            let books = StreamBooks { record: record.take(), admission };
+            let events = decision.guard_stream(events);
+            let books = StreamBooks { record: record.take(), admission, decision: decision.clone() };
             let guarded = guard_stream(events, state, model.clone(), routed.target.breaker.clone(), books);
             (
                 headers,
@@ -105,6 +123,7 @@ async fn complete(
         }
     };
     response.extensions_mut().insert(ModelLabel(model));
+    response.extensions_mut().insert(decision);
     Ok(response)
 }
 
@@ -121,10 +140,21 @@ struct UsageChunk {
 }
 
 /// What a stream settles when it ends or the client drops it: its usage row
-/// and audit event, and its rate-limit admission (tokens and stream slot).
+/// and audit event (with what the output guards found), and its rate-limit
+/// admission (tokens and stream slot).
 struct StreamBooks {
     record: ChatRecord,
     admission: Admission,
+    decision: Arc<PolicyDecision>,
+}
+
+impl StreamBooks {
+    fn finished(&mut self, reason: Option<&str>) {
+        if self.decision.scans_output() {
+            self.record.findings(audit::findings(&self.decision.output_findings()));
+        }
+        self.record.stream_finished(reason);
+    }
 }
 
 /// Counts the stream as open, records usage from the final chunk, and turns
@@ -148,7 +178,7 @@ fn guard_stream(
             let (mut events, open, mut books) = s?;
             match events.next().await {
                 None => {
-                    books.record.stream_finished(None);
+                    books.finished(None);
                     None
                 }
                 Some(Ok(bytes)) => {
@@ -165,7 +195,7 @@ fn guard_stream(
                     breaker.record_failure();
                     tracing::warn!(model = %model, error = %e, "upstream failed after the stream started");
                     let error = AppError::BadGateway(format!("the upstream stream failed: {e}"));
-                    books.record.stream_finished(Some(error.as_reason()));
+                    books.finished(Some(error.as_reason()));
                     Some((Ok(sse::data_event(&error.to_json())), None))
                 }
             }

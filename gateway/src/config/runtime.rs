@@ -14,6 +14,7 @@ use tenantgate_crds::v1alpha1::ProviderType;
 use crate::auth::{JwtVerifier, KeySource};
 use crate::limits::{LimitStores, RateLimiter};
 use crate::llm::{Endpoint, Provider, Wire, anthropic::Anthropic, mock::Mock, openai::OpenAi};
+use crate::policy::Policies;
 use crate::routing::{Breaker, ModelRoute, RetryPolicy, Target};
 
 /// The config in force, compiled.
@@ -31,6 +32,8 @@ pub struct Runtime {
     pub models_body: Bytes,
     /// Rate limits and quotas.
     pub limiter: RateLimiter,
+    /// Prompt policies, compiled.
+    pub policies: Policies,
 }
 
 /// What outlives one config: breakers keep their state across reloads, and
@@ -149,5 +152,6 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
     let models_body = Bytes::from(json!({"object": "list", "data": data}).to_string());
     let retry = RetryPolicy::from(routing);
     let limiter = carried.limits.limiter(&config).await?;
-    Ok(Runtime { config, auth, models, retry, models_body, limiter })
+    let policies = Policies::compile(&config)?;
+    Ok(Runtime { config, auth, models, retry, models_body, limiter, policies })
 }

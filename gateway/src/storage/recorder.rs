@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -506,6 +507,15 @@ impl ChatRecord {
             if let Some(reason) = reason {
                 p.usage.reason = Some(reason.to_owned());
             }
+        }
+    }
+
+    /// More guard findings (the output guards', known once the answer is through).
+    pub fn findings(&mut self, mut findings: Vec<Value>) {
+        if let Some(p) = &mut self.0
+            && !findings.is_empty()
+        {
+            p.policy.findings.append(&mut findings);
         }
     }
 
