@@ -156,14 +156,19 @@ impl Gateway {
     }
 
     pub async fn start_with(manifests: &str, extra: &[&str]) -> Self {
-        let mut gw = Self::start_in_inner(&temp_dir("gw-test"), manifests, extra, false).await;
+        let mut gw = Self::start_in_inner(&temp_dir("gw-test"), manifests, extra, None).await;
         gw.owns_dir = true;
         gw
     }
 
     /// Like [`Self::start_with`], with the gateway's stderr in a file [`Self::log`] reads.
     pub async fn start_logged(manifests: &str, extra: &[&str]) -> Self {
-        let mut gw = Self::start_in_inner(&temp_dir("gw-test"), manifests, extra, true).await;
+        Self::start_logged_at(manifests, extra, "warn").await
+    }
+
+    /// Like [`Self::start_logged`], logging at `filter` (a `RUST_LOG` value).
+    pub async fn start_logged_at(manifests: &str, extra: &[&str], filter: &str) -> Self {
+        let mut gw = Self::start_in_inner(&temp_dir("gw-test"), manifests, extra, Some(filter)).await;
         gw.owns_dir = true;
         gw
     }
@@ -171,15 +176,17 @@ impl Gateway {
     /// Starts over `dir` (manifests and state), which is kept afterwards: a
     /// second gateway started in the same directory finds the first one's state.
     pub async fn start_in(dir: &Path, manifests: &str, extra: &[&str]) -> Self {
-        Self::start_in_inner(dir, manifests, extra, false).await
+        Self::start_in_inner(dir, manifests, extra, None).await
     }
 
-    async fn start_in_inner(dir: &Path, manifests: &str, extra: &[&str], logged: bool) -> Self {
+    /// `log`: `None` logs to the test's stderr at `GATEWAY_LOG` (default `warn`);
+    /// `Some(filter)` logs to a file at `filter`.
+    async fn start_in_inner(dir: &Path, manifests: &str, extra: &[&str], log: Option<&str>) -> Self {
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(dir.join("manifests")).expect("temp dir");
         std::fs::write(dir.join("manifests/tenant.yaml"), manifests).expect("write manifests");
         let port = free_port();
-        let stderr = if logged {
+        let stderr = if log.is_some() {
             Stdio::from(std::fs::File::create(dir.join("stderr.log")).expect("log file"))
         } else {
             Stdio::inherit()
@@ -191,7 +198,10 @@ impl Gateway {
             .arg(dir.join("state"))
             .args(["--listen", &format!("127.0.0.1:{port}"), "--config-poll-ms", "200", "--shutdown-delay-ms", "0"])
             .args(extra)
-            .env("RUST_LOG", std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                log.map_or_else(|| std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "warn".into()), str::to_owned),
+            )
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -307,9 +317,14 @@ pub fn tenant_yaml_with_storage(upstream: &str, postgres_url: Option<&str>) -> S
     );
     assert!(yaml.contains("apiKeys"), "the fixture's auth block moved");
     if let Some(url) = postgres_url {
-        yaml.push_str("\n  storage:\n    database: { urlSecretRef: { name: db, key: url } }\n");
+        assert!(yaml.contains("\nspec:\n  namespace: tg-test\n"), "the fixture's Tenant spec moved");
+        yaml = yaml.replacen(
+            "\nspec:\n  namespace: tg-test\n",
+            "\nspec:\n  namespace: tg-test\n  storage:\n    database: { urlSecretRef: { name: db, key: url } }\n",
+            1,
+        );
         yaml.push_str(&format!(
-            "---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: db, namespace: tg-test }}\nstringData:\n  url: '{url}'\n"
+            "\n---\napiVersion: v1\nkind: Secret\nmetadata: {{ name: db, namespace: tg-test }}\nstringData:\n  url: '{url}'\n"
         ));
     }
     yaml
