@@ -26,8 +26,8 @@ test-gateway: ## Gateway end to end with the official openai Python SDK and raw 
 	gateway/tests/python/run
 
 .PHONY: bench-gateway
-bench-gateway: ## Gateway vs mock-llm direct (open loop, vegeta): added latency, saturation, streaming, RSS; LiteLLM alongside
-	e2e/bench/gateway
+bench-gateway: ## Gateway vs mock-llm direct (open loop, vegeta): added latency, saturation, streaming, RSS, LiteLLM alongside; then with policies, Redis limits, PostgreSQL audit and a PostgreSQL stall
+	e2e/with-services e2e/bench/gateway
 
 .PHONY: test-unit
 test-unit: ## Unit, golden and schema tests of every crate (no services needed)

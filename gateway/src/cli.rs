@@ -43,7 +43,8 @@ pub struct ServeArgs {
     /// Namespace whose PromptPolicies apply to every tenant (local mode).
     #[arg(long, env = "TENANTGATE_OPERATOR_NAMESPACE", default_value = "tenantgate-system")]
     pub operator_namespace: String,
-    /// Where local mode writes the manifests' Secrets (mode 0600) and state.
+    /// Where local mode writes the manifests' Secrets (mode 0600) and state (the SQLite
+    /// database, the spill file). Default: `$XDG_STATE_HOME/tenantgate`, else `~/.local/state/tenantgate`.
     #[arg(long, env = "TENANTGATE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Where usage and audit records wait while the database is down (default: STATE_DIR/spill).

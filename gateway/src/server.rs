@@ -45,9 +45,13 @@ pub fn source(args: &ServeArgs) -> Result<ConfigSource, StartError> {
     }
 }
 
+/// `--state-dir`, else `$XDG_STATE_HOME/tenantgate` (`~/.local/state/tenantgate`):
+/// local mode's SQLite database outlives the process and the machine's reboots.
 fn state_dir(args: &ServeArgs) -> PathBuf {
     args.state_dir.clone().unwrap_or_else(|| {
-        std::env::var_os("XDG_RUNTIME_DIR").map_or_else(std::env::temp_dir, PathBuf::from).join("tenantgate-local")
+        let xdg = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from);
+        let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"));
+        xdg.or(home).unwrap_or_else(std::env::temp_dir).join("tenantgate")
     })
 }
 
