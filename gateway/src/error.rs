@@ -27,6 +27,9 @@ pub enum AppError {
     /// The model is not one of the tenant's models.
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    /// Something the request names does not exist (e.g. an MCP session).
+    #[error("{0}")]
+    NotFound(String),
     /// No such route.
     #[error("Unknown request URL: {method} {path}")]
     RouteNotFound { method: String, path: String },
@@ -87,7 +90,7 @@ impl AppError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::ModelNotFound(_) | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            Self::ModelNotFound(_) | Self::RouteNotFound { .. } | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamRejected { status, .. } => *status,
@@ -106,6 +109,7 @@ impl AppError {
             Self::Forbidden(_) => "Forbidden",
             Self::ModelNotFound(_) => "ModelNotFound",
             Self::RouteNotFound { .. } => "RouteNotFound",
+            Self::NotFound(_) => "NotFound",
             Self::RateLimited { .. } => "UpstreamRateLimited",
             Self::Unavailable { .. } => "NoHealthyTarget",
             Self::Overloaded(_) => "Overloaded",
@@ -119,7 +123,7 @@ impl AppError {
     fn kind(&self) -> &str {
         match self {
             Self::BadRequest { .. } | Self::PayloadTooLarge { .. } | Self::ModelNotFound(_) => "invalid_request_error",
-            Self::RouteNotFound { .. } => "invalid_request_error",
+            Self::RouteNotFound { .. } | Self::NotFound(_) => "invalid_request_error",
             Self::Unauthorized(_) => "authentication_error",
             Self::Forbidden(_) => "permission_error",
             Self::RateLimited { .. } => "rate_limit_error",
@@ -137,6 +141,7 @@ impl AppError {
             Self::Unauthorized(_) => Some("invalid_token"),
             Self::ModelNotFound(_) => Some("model_not_found"),
             Self::RouteNotFound { .. } => Some("unknown_url"),
+            Self::NotFound(_) => Some("not_found"),
             Self::RateLimited { .. } => Some("rate_limit_exceeded"),
             Self::Overloaded(_) => Some("overloaded"),
             Self::UpstreamRejected { code, .. } => code.as_deref(),

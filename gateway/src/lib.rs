@@ -10,6 +10,7 @@ pub mod error;
 pub mod listener;
 pub mod llm;
 pub mod log_buffer;
+pub mod mcp;
 pub mod routing;
 pub mod server;
 pub mod state;

@@ -37,12 +37,23 @@ pub struct Carried {
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     keys: Mutex<Option<(JwtKeys, Arc<KeySource>)>>,
     jwks_min_refresh: Duration,
+    mcp: crate::mcp::McpHub,
 }
 
 impl Carried {
     /// Empty state; JWKS refreshes at most every `jwks_min_refresh`.
     pub fn new(jwks_min_refresh: Duration) -> Self {
-        Self { breakers: Mutex::new(HashMap::new()), keys: Mutex::new(None), jwks_min_refresh }
+        Self {
+            breakers: Mutex::new(HashMap::new()),
+            keys: Mutex::new(None),
+            jwks_min_refresh,
+            mcp: crate::mcp::McpHub::new(),
+        }
+    }
+
+    /// The tenant's MCP connections, kept across reloads.
+    pub fn mcp(&self) -> &crate::mcp::McpHub {
+        &self.mcp
     }
 
     fn breaker(&self, label: &Arc<str>, threshold: u32, open_for: Duration) -> Arc<Breaker> {
@@ -138,5 +149,7 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
         .collect();
     let models_body = Bytes::from(json!({"object": "list", "data": data}).to_string());
     let retry = RetryPolicy::from(routing);
+    // Last, once nothing can fail: connections are (re)made in the background.
+    carried.mcp.reconcile(&config.mcp);
     Ok(Runtime { config, auth, models, retry, models_body })
 }
