@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::{HeaderMap, Method, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use rmcp::transport::streamable_http_server::session::SessionManager;
@@ -115,6 +115,11 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
     }
     let subject = caller.0.subject.clone();
     let is_delete = parts.method == Method::DELETE;
+    let sent_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
     parts.extensions.insert(caller);
     let response = endpoint.service.handle(Request::from_parts(parts, body)).await;
     match &session {
@@ -126,7 +131,27 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
         Some(id) if is_delete && response.status().is_success() => endpoint.bindings.remove(id),
         Some(_) => {}
     }
-    response.map(axum::body::Body::new)
+    let response = response.map(axum::body::Body::new);
+    if response.status().is_client_error() && !response.headers().contains_key(header::CONTENT_TYPE) {
+        return json_rpc_error(response, sent_json).await;
+    }
+    response
+}
+
+/// rmcp answers transport-level failures with a plain-text body; give clients
+/// a JSON-RPC error carrying that message instead. A body rmcp could not
+/// parse (which it reports as 415 even when the Content-Type was JSON) is a
+/// JSON-RPC parse error, 400.
+async fn json_rpc_error(response: Response, sent_json: bool) -> Response {
+    let status = response.status();
+    let text = axum::body::to_bytes(response.into_body(), 16 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let (status, code) = match status {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE if sent_json => (StatusCode::BAD_REQUEST, -32700),
+        other => (other, -32600),
+    };
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": text}});
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 /// Absent `Origin` (non-browser clients) passes; a present one must be the

@@ -1,0 +1,353 @@
+"""/mcp with real third-party peers: the official MCP Python SDK as the
+client, and as upstreams the reference server @modelcontextprotocol/server-everything
+(npm, pinned in e2e/lib/mcp-everything) over stdio, streamable HTTP and legacy
+HTTP+SSE, plus e2e/mcp-echo (rmcp), which counts every tools/call it receives
+so the bad-input cases can prove nothing reached an upstream."""
+
+import asyncio
+import os
+import subprocess
+import time
+from contextlib import asynccontextmanager
+
+import httpx
+import httpx2
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from conftest import FOREIGN_KEY, ROOT, Gateway, free_port
+
+MCP_ECHO_BIN = os.environ["MCP_ECHO_BIN"]
+ACCEPT = "application/json, text/event-stream"
+PROTOCOL = "2025-06-18"
+
+
+class Echo:
+    """e2e/mcp-echo over streamable HTTP, with its call counter."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([MCP_ECHO_BIN, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
+        self.url = "http://" + self.proc.stdout.readline().strip().removeprefix("listening on ")
+
+    def calls(self) -> int:
+        return int(httpx.get(self.url + "/calls").text)
+
+    def cancelled(self) -> int:
+        return int(httpx.get(self.url + "/cancelled").text)
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def wait_port(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the upstream exited"
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+@pytest.fixture(scope="module")
+def everything_js() -> str:
+    out = subprocess.run([str(ROOT / "e2e/lib/mcp-everything")], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def echo():
+    e = Echo()
+    yield e
+    e.stop()
+
+
+@pytest.fixture(scope="module")
+def everything_http(everything_js):
+    """server-everything in its streamableHttp and sse modes (own processes)."""
+    procs, ports = [], {}
+    for mode in ("streamableHttp", "sse"):
+        port = free_port()
+        p = subprocess.Popen(["node", everything_js, mode], env=dict(os.environ, PORT=str(port)),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(p)
+        wait_port(port, p)
+        ports[mode] = port
+    yield ports
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+@pytest.fixture(scope="module")
+def gw(upstream, echo, everything_js, everything_http):
+    manifests = f"""
+apiVersion: tenantgate.dev/v1alpha1
+kind: McpConnection
+metadata: {{ name: echo, namespace: tg-test }}
+spec:
+  transport: streamableHttp
+  url: {echo.url}/mcp
+  tools: {{ prefix: echo, deny: ["secret_*"] }}
+  timeoutSeconds: 5
+---
+apiVersion: tenantgate.dev/v1alpha1
+kind: McpConnection
+metadata: {{ name: everything, namespace: tg-test }}
+spec:
+  transport: stdio
+  stdio: {{ command: [node, "{everything_js}", stdio] }}
+  tools: {{ prefix: ev, deny: ["gzip-*"] }}
+  timeoutSeconds: 20
+---
+apiVersion: tenantgate.dev/v1alpha1
+kind: McpConnection
+metadata: {{ name: everything-http, namespace: tg-test }}
+spec:
+  transport: streamableHttp
+  url: http://127.0.0.1:{everything_http["streamableHttp"]}/mcp
+  tools: {{ prefix: evh, allow: ["echo", "get-sum"] }}
+  timeoutSeconds: 20
+---
+apiVersion: tenantgate.dev/v1alpha1
+kind: McpConnection
+metadata: {{ name: everything-sse, namespace: tg-test }}
+spec:
+  transport: sse
+  url: http://127.0.0.1:{everything_http["sse"]}/sse
+  tools: {{ prefix: evs, allow: ["echo"] }}
+  timeoutSeconds: 20
+"""
+    g = Gateway(upstream, extra_manifests=manifests, extra_args=("--mcp-max-message-bytes", "65536"))
+    # The gateway is ready before its upstreams; wait until all four are listed.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        names = asyncio.run(list_tool_names(g.url, g.token))
+        if {"echo_echo", "ev_echo", "evh_echo", "evs_echo"} <= names:
+            break
+        time.sleep(0.3)
+    else:
+        raise RuntimeError(f"upstreams did not all connect: {sorted(names)}")
+    yield g
+    g.stop()
+
+
+@asynccontextmanager
+async def session(url: str, token: str, **kwargs):
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    async with http, streamable_http_client(url + "/mcp", http_client=http) as (read, write):
+        async with ClientSession(read, write, **kwargs) as s:
+            await s.initialize()
+            yield s
+
+
+async def list_tool_names(url: str, token: str) -> set[str]:
+    async with session(url, token) as s:
+        return {t.name for t in (await s.list_tools()).tools}
+
+
+def text_of(result) -> str:
+    return "".join(getattr(c, "text", "") for c in result.content)
+
+
+def test_sdk_lists_and_calls_tools_of_every_upstream(gw, echo):
+    async def run():
+        async with session(gw.url, gw.token) as s:
+            names = {t.name for t in (await s.list_tools()).tools}
+            # Prefixed per connection, pagination followed (echo pages by 2), filters applied.
+            assert {"echo_echo", "echo_slow", "echo_grow", "ev_get-sum", "evh_echo", "evh_get-sum", "evs_echo"} <= names
+            assert "echo_secret_delete" not in names
+            assert not any(n.startswith("ev_gzip") for n in names)
+            assert {n for n in names if n.startswith("evh_")} == {"evh_echo", "evh_get-sum"}
+            before = echo.calls()
+            r = await s.call_tool("echo_echo", {"text": "hello through the gateway"})
+            assert text_of(r) == "hello through the gateway" and not r.is_error
+            assert echo.calls() == before + 1
+            r = await s.call_tool("ev_get-sum", {"a": 2, "b": 40})
+            assert "42" in text_of(r)
+            r = await s.call_tool("evh_echo", {"message": "via streamable HTTP"})
+            assert "via streamable HTTP" in text_of(r)
+            r = await s.call_tool("evs_echo", {"message": "via legacy SSE"})
+            assert "via legacy SSE" in text_of(r)
+
+    asyncio.run(run())
+
+
+def test_sdk_prompts_and_resources_round_trip(gw):
+    async def run():
+        async with session(gw.url, gw.token) as s:
+            prompts = {p.name for p in (await s.list_prompts()).prompts}
+            assert "echo_greet" in prompts and any(p.startswith("ev_") for p in prompts)
+            got = await s.get_prompt("echo_greet")
+            assert got.messages[0].content.text == "Hello from echo"
+            resources = {str(r.uri) for r in (await s.list_resources()).resources}
+            assert "echo+echo://static/hello" in resources
+            assert any(u.startswith("ev+") for u in resources)
+            read = await s.read_resource("echo+echo://static/hello")
+            assert read.contents[0].text == "hello, world"
+            assert str(read.contents[0].uri) == "echo+echo://static/hello"
+            ev = sorted(u for u in resources if u.startswith("ev+"))[0]
+            read = await s.read_resource(ev)
+            assert str(read.contents[0].uri) == ev
+
+    asyncio.run(run())
+
+
+def test_sdk_progress_passes_through(gw):
+    async def run():
+        seen = []
+
+        async def on_progress(progress, total, message):
+            seen.append((progress, total))
+
+        async with session(gw.url, gw.token) as s:
+            r = await s.call_tool("echo_slow", {"ms": 200}, progress_callback=on_progress)
+            assert text_of(r) == "slept 200 ms"
+        assert [p for p, _ in seen] == [1.0, 2.0, 3.0, 4.0]
+        assert all(t == 4.0 for _, t in seen)
+
+    asyncio.run(run())
+
+
+def test_upstream_list_changed_reaches_the_client(gw):
+    async def run():
+        changed = asyncio.Event()
+
+        async def on_message(message):
+            if type(message).__name__ == "ToolListChangedNotification":
+                changed.set()
+
+        async with session(gw.url, gw.token, message_handler=on_message) as s:
+            assert "echo_extra" not in {t.name for t in (await s.list_tools()).tools}
+            await s.call_tool("echo_grow", {})
+            await asyncio.wait_for(changed.wait(), 10)
+            assert "echo_extra" in {t.name for t in (await s.list_tools()).tools}
+
+    asyncio.run(run())
+
+
+# --- raw HTTP: bad input gets the right error, and nothing reaches an upstream ---
+
+
+class Raw:
+    """One MCP session over plain HTTP."""
+
+    def __init__(self, gw: Gateway, token: str | None = None) -> None:
+        self.gw = gw
+        self.token = token or gw.token
+        r = self.post({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                       "params": {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}},
+                      session=False)
+        assert r.status_code == 200, r.text
+        self.sid = r.headers["mcp-session-id"]
+        assert len(self.sid) >= 32
+        r = self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        assert r.status_code == 202, r.text
+
+    def headers(self, session: bool = True, token: str | None = "default", **extra) -> dict:
+        h = {"content-type": "application/json", "accept": ACCEPT, "mcp-protocol-version": PROTOCOL}
+        if token == "default":
+            token = self.token
+        if token:
+            h["authorization"] = f"Bearer {token}"
+        if session:
+            h["mcp-session-id"] = self.sid
+        h.update(extra)
+        return h
+
+    def post(self, body, session: bool = True, **kw) -> httpx.Response:
+        content = body if isinstance(body, (bytes, str)) else __import__("json").dumps(body)
+        return httpx.post(self.gw.url + "/mcp", content=content, headers=self.headers(session=session, **kw), timeout=30)
+
+
+def rpc_result(r: httpx.Response) -> dict:
+    """The JSON-RPC message of a response (JSON or a one-message SSE stream)."""
+    import json
+
+    if r.headers.get("content-type", "").startswith("application/json"):
+        return r.json()
+    for line in r.text.splitlines():
+        if line.startswith("data: ") and line[6:].strip():
+            return json.loads(line[6:])
+    raise AssertionError(f"no JSON-RPC message in {r.text!r}")
+
+
+def test_denied_and_unknown_tools_are_invalid_params_and_never_forwarded(gw, echo):
+    raw = Raw(gw)
+    before = echo.calls()
+    for name in ("echo_secret_delete", "echo_nope", "secret_delete", "nobody_echo"):
+        r = raw.post({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": name, "arguments": {}}})
+        msg = rpc_result(r)
+        assert msg["error"]["code"] == -32602, msg
+        assert name in msg["error"]["message"]
+    assert echo.calls() == before
+
+
+def test_malformed_json_rpc_and_unknown_methods(gw, echo):
+    raw = Raw(gw)
+    before = echo.calls()
+    r = raw.post(b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call", ')
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == -32700
+    r = raw.post({"jsonrpc": "1.0", "method": 3})
+    assert r.status_code == 400 and r.json()["error"]["code"] == -32700, r.text
+    r = raw.post({"jsonrpc": "2.0", "id": 2, "method": "tools/explode", "params": {}})
+    msg = rpc_result(r)
+    assert msg["error"]["code"] == -32601, msg
+    r = raw.post({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"arguments": {}}})
+    assert r.status_code >= 400 or "error" in rpc_result(r), r.text
+    assert echo.calls() == before
+
+
+def test_oversized_message_is_413(gw, echo):
+    raw = Raw(gw)
+    before = echo.calls()
+    big = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+           "params": {"name": "echo_echo", "arguments": {"text": "x" * 70_000}}}
+    r = raw.post(big)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == -32600
+    assert echo.calls() == before
+
+
+def test_missing_and_foreign_tokens_are_401(gw, echo):
+    raw = Raw(gw)
+    before = echo.calls()
+    call = {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "echo_echo", "arguments": {"text": "x"}}}
+    r = raw.post(call, token=None)
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    foreign = gw.mint(key=FOREIGN_KEY)
+    r = raw.post(call, token=foreign)
+    assert r.status_code == 401, r.text
+    assert echo.calls() == before
+
+
+def test_wrong_origin_is_403_own_origin_passes(gw, echo):
+    raw = Raw(gw)
+    before = echo.calls()
+    call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "echo_echo", "arguments": {"text": "o"}}}
+    r = raw.post(call, Origin="https://evil.example")
+    assert r.status_code == 403, r.text
+    assert "evil.example" in r.json()["error"]["message"]
+    assert echo.calls() == before
+    host = gw.url.removeprefix("http://")
+    r = raw.post(call, Origin=f"http://{host}")
+    assert rpc_result(r)["result"]["content"][0]["text"] == "o"
+
+
+def test_another_subjects_session_is_404(gw, echo):
+    alice = Raw(gw)
+    mallory_token = gw.mint("--subject", "mallory@example.com")
+    before = echo.calls()
+    call = {"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "echo_echo", "arguments": {"text": "m"}}}
+    r = alice.post(call, token=mallory_token)
+    assert r.status_code == 404, r.text
+    assert echo.calls() == before
+    # The owner still can, and a made-up id is 404 too.
+    assert rpc_result(alice.post(call))["result"]["content"][0]["text"] == "m"
+    r = alice.post(call, **{"mcp-session-id": "0" * 36})
+    assert r.status_code == 404
