@@ -27,6 +27,9 @@ const BREAKER_THRESHOLD: u32 = 5;
 const BREAKER_OPEN_FOR: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often a connected upstream is pinged: an HTTP upstream that went away
+/// is otherwise only noticed by the next request.
+const PING_EVERY: Duration = Duration::from_secs(2);
 
 /// Why a forwarded request failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +96,8 @@ pub struct Upstream {
     breaker: Arc<Breaker>,
     live: ArcSwapOption<Live>,
     progress: Arc<ProgressRoutes>,
+    /// Woken when a forwarded request fails at the transport: check the session now.
+    suspect: tokio::sync::Notify,
 }
 
 /// A connected session.
@@ -158,6 +163,7 @@ impl Upstream {
             breaker: Arc::new(Breaker::new(label, BREAKER_THRESHOLD, BREAKER_OPEN_FOR)),
             live: ArcSwapOption::empty(),
             progress: Arc::new(Mutex::new(HashMap::new())),
+            suspect: tokio::sync::Notify::new(),
             config,
         }
     }
@@ -205,6 +211,7 @@ impl Upstream {
             Ok(h) => h,
             Err(e) => {
                 permit.failure();
+                self.suspect.notify_one();
                 return Err(ForwardError::Transport(name.clone(), e.to_string()));
             }
         };
@@ -246,6 +253,7 @@ impl Upstream {
             }
             Err(e) => {
                 permit.failure();
+                self.suspect.notify_one();
                 Err(ForwardError::Transport(name.clone(), e.to_string()))
             }
         }
@@ -302,11 +310,20 @@ pub(super) async fn run(
                         publish();
                         let cancel = session.cancellation_token();
                         let mut waiting = std::pin::pin!(session.waiting());
+                        let mut ping = tokio::time::interval(PING_EVERY);
+                        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                         loop {
                             tokio::select! {
                                 _ = &mut waiting => {
                                     tracing::warn!(connection = %name, "MCP connection lost; its tools are withdrawn until it reconnects");
                                     break;
+                                }
+                                _ = async { tokio::select! { _ = ping.tick() => {}, () = upstream.suspect.notified() => {} } } => {
+                                    if let Err(e) = alive(&peer, upstream.timeout).await {
+                                        tracing::warn!(connection = %name, error = %e, "MCP connection lost (ping failed); its tools are withdrawn until it reconnects");
+                                        cancel.cancel();
+                                        break;
+                                    }
                                 }
                                 Some(what) = refresh_rx.recv() => {
                                     tracing::info!(connection = %name, list = ?what, "upstream list changed; refreshing");
@@ -407,6 +424,15 @@ async fn list_offer(upstream: &Upstream, peer: &Peer<RoleClient>) -> Result<Offe
         (Vec::new(), Vec::new())
     };
     Ok(Offer { tools, prompts, resources, templates })
+}
+
+/// Pings the upstream: only a transport failure or a timeout means it is gone
+/// (a JSON-RPC error is an answer).
+async fn alive(peer: &Peer<RoleClient>, timeout: Duration) -> Result<(), ServiceError> {
+    match bounded(timeout, peer.send_request(ClientRequest::PingRequest(Default::default()))).await {
+        Ok(_) | Err(ServiceError::McpError(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 async fn bounded<T>(timeout: Duration, f: impl Future<Output = Result<T, ServiceError>>) -> Result<T, ServiceError> {

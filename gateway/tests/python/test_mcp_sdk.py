@@ -351,3 +351,140 @@ def test_another_subjects_session_is_404(gw, echo):
     assert rpc_result(alice.post(call))["result"]["content"][0]["text"] == "m"
     r = alice.post(call, **{"mcp-session-id": "0" * 36})
     assert r.status_code == 404
+
+
+# --- cancellation, timeouts, breaker, a connection going down and coming back ---
+
+
+def test_client_cancellation_reaches_the_upstream(gw, echo):
+    import anyio
+
+    async def run():
+        async with session(gw.url, gw.token) as s:
+            before = echo.cancelled()
+            with anyio.move_on_after(0.5):
+                await s.call_tool("echo_slow", {"ms": 4000})
+            deadline = time.monotonic() + 5
+            while echo.cancelled() == before and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert echo.cancelled() == before + 1
+
+    asyncio.run(run())
+
+
+def metric(gw: Gateway, name: str, labels: str) -> float | None:
+    for line in httpx.get(gw.url + "/metrics").text.splitlines():
+        if line.startswith(f"{name}{{") and labels in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_down_connection_withdraws_tools_and_comes_back(upstream):
+    port = free_port()
+
+    def start_echo():
+        p = subprocess.Popen([MCP_ECHO_BIN, "--listen", f"127.0.0.1:{port}"], stdout=subprocess.PIPE, text=True)
+        p.stdout.readline()
+        return p
+
+    echo_proc = start_echo()
+    manifests = f"""
+apiVersion: tenantgate.dev/v1alpha1
+kind: McpConnection
+metadata: {{ name: flaky, namespace: tg-test }}
+spec:
+  transport: streamableHttp
+  url: http://127.0.0.1:{port}/mcp
+  tools: {{ prefix: flaky }}
+  timeoutSeconds: 1
+"""
+    g = Gateway(upstream, extra_manifests=manifests)
+    try:
+        def names():
+            return asyncio.run(list_tool_names(g.url, g.token))
+
+        def wait_for(pred, what):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if pred():
+                    return
+                time.sleep(0.1)
+            raise AssertionError(what)
+
+        wait_for(lambda: "flaky_echo" in names(), "flaky never connected")
+        assert metric(g, "tenantgate_mcp_connection_up", 'connection="flaky"') == 1.0
+
+        # Timeouts: an upstream slower than timeoutSeconds gives an error result (and is cancelled upstream);
+        # after five failures the breaker opens and calls fail at once.
+        async def slow_calls():
+            async with session(g.url, g.token) as s:
+                for _ in range(5):
+                    r = await s.call_tool("flaky_slow", {"ms": 1500})
+                    assert r.is_error and "did not answer within 1 s" in text_of(r)
+                started = time.monotonic()
+                r = await s.call_tool("flaky_echo", {"text": "x"})
+                assert r.is_error and "circuit breaker is open" in text_of(r)
+                assert time.monotonic() - started < 0.5
+
+        asyncio.run(slow_calls())
+
+        echo_proc.kill()
+        echo_proc.wait()
+        wait_for(lambda: "flaky_echo" not in names(), "tools of a dead connection still listed")
+        assert metric(g, "tenantgate_mcp_connection_up", 'connection="flaky"') == 0.0
+
+        echo_proc = start_echo()
+        wait_for(lambda: "flaky_echo" in names(), "the connection did not come back")
+        assert metric(g, "tenantgate_mcp_connection_up", 'connection="flaky"') == 1.0
+    finally:
+        g.stop()
+        echo_proc.kill()
+        echo_proc.wait()
+
+
+# --- stdio-bridge: a stdio server over streamable HTTP, names unchanged ---
+
+
+def test_stdio_bridge_serves_a_stdio_server(everything_js):
+    import sys
+
+    port = free_port()
+    gateway_bin = os.environ["GATEWAY_BIN"]
+    bridge = subprocess.Popen([gateway_bin, "stdio-bridge", "--listen", f"127.0.0.1:{port}", "--", "node", everything_js, "stdio"],
+                              stdout=subprocess.DEVNULL, stderr=sys.stderr)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/livez").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the bridge never became live")
+
+        async def run():
+            http = httpx2.AsyncClient(timeout=30)
+            async with http, streamable_http_client(url + "/mcp", http_client=http) as (read, write):
+                async with ClientSession(read, write) as s:
+                    await s.initialize()
+                    names = {t.name for t in (await s.list_tools()).tools}
+                    assert {"echo", "get-sum"} <= names
+                    r = await s.call_tool("get-sum", {"a": 20, "b": 22})
+                    assert "42" in text_of(r)
+
+        asyncio.run(run())
+    finally:
+        bridge.kill()
+        bridge.wait()
+
+
+def test_install_bridge_copies_the_binary(tmp_path):
+    gateway_bin = os.environ["GATEWAY_BIN"]
+    out = subprocess.run([gateway_bin, "install-bridge", str(tmp_path / "bin")], check=True, capture_output=True, text=True)
+    target = out.stdout.strip()
+    assert target == str(tmp_path / "bin" / "tenantgate-gateway")
+    assert os.access(target, os.X_OK)
+    assert "stdio-bridge" in subprocess.run([target, "--help"], check=True, capture_output=True, text=True).stdout
