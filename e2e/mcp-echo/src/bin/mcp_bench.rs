@@ -193,7 +193,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     eprintln!("{}", serde_json::to_string_pretty(&report)?);
     if errors > 0 {
-        eprintln!("{errors} calls failed");
+        return Err(format!("{errors} calls failed: the figures would be meaningless").into());
     }
     println!(
         "BENCH mcp added_p50_us={added_p50} added_p99_us={added_p99} session_p99_us={}",
