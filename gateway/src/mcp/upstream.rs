@@ -409,6 +409,7 @@ async fn list_offer(upstream: &Upstream, peer: &Peer<RoleClient>) -> Result<Offe
     let timeout = upstream.timeout;
     let mut tools = if caps.tools.is_some() { bounded(timeout, peer.list_all_tools()).await? } else { Vec::new() };
     tools.retain(|t| upstream.filter.permits(&t.name));
+    super::pin::apply_pins(&upstream.config.name, &upstream.config.tools, &mut tools);
     let prompts = if caps.prompts.is_some() { bounded(timeout, peer.list_all_prompts()).await? } else { Vec::new() };
     let (resources, templates) = if caps.resources.is_some() {
         (

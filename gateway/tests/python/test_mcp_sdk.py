@@ -488,3 +488,52 @@ def test_install_bridge_copies_the_binary(tmp_path):
     assert target == str(tmp_path / "bin" / "tenantgate-gateway")
     assert os.access(target, os.X_OK)
     assert "stdio-bridge" in subprocess.run([target, "--help"], check=True, capture_output=True, text=True).stdout
+
+
+# --- tool pinning ---
+
+
+def pin_of(tool) -> str:
+    """The documented pin: SHA-256 of the canonical JSON of name, description, inputSchema."""
+    import hashlib
+    import json
+
+    doc = {"name": tool.name, "description": tool.description, "inputSchema": tool.input_schema}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def test_pins_block_drifted_tools_and_report_drift(upstream, echo):
+    async def echo_tools():
+        http = httpx2.AsyncClient(timeout=30)
+        async with http, streamable_http_client(echo.url + "/mcp", http_client=http) as (read, write):
+            async with ClientSession(read, write) as s:
+                await s.initialize()
+                return {t.name: t for t in (await s.list_tools()).tools}
+
+    tools = asyncio.run(echo_tools())
+    manifests = f"""
+apiVersion: tenantgate.dev/v1alpha1
+kind: McpConnection
+metadata: {{ name: pinned, namespace: tg-test }}
+spec:
+  transport: streamableHttp
+  url: {echo.url}/mcp
+  tools:
+    prefix: pinned
+    allow: ["echo", "slow"]
+    pin: block
+    pins: {{ echo: "{pin_of(tools['echo'])}", slow: "{'0' * 64}" }}
+  timeoutSeconds: 5
+"""
+    g = Gateway(upstream, extra_manifests=manifests)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and metric(g, "tenantgate_mcp_connection_up", 'connection="pinned"') != 1.0:
+            time.sleep(0.1)
+        names = asyncio.run(list_tool_names(g.url, g.token))
+        assert "pinned_echo" in names  # its pin matches
+        assert "pinned_slow" not in names  # drifted and blocked
+        assert metric(g, "tenantgate_mcp_tool_pin_drift", 'tool="slow"') == 1.0
+        assert metric(g, "tenantgate_mcp_tool_pin_drift", 'tool="echo"') == 0.0
+    finally:
+        g.stop()

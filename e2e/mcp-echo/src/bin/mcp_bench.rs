@@ -195,9 +195,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if errors > 0 {
         return Err(format!("{errors} calls failed: the figures would be meaningless").into());
     }
-    println!(
-        "BENCH mcp added_p50_us={added_p50} added_p99_us={added_p99} session_p99_us={}",
-        pct(&setup, 0.99)
-    );
+    println!("BENCH mcp added_p50_us={added_p50} added_p99_us={added_p99} session_p99_us={}", pct(&setup, 0.99));
     Ok(())
 }
