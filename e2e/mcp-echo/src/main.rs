@@ -9,7 +9,8 @@
 //! Every `tools/call` it receives (any name, even unknown ones) is counted; the
 //! count is served at `GET /calls` (HTTP mode) so tests can prove that a call
 //! the gateway refused never reached this server. `GET /cancelled` counts
-//! `slow` calls that were cancelled.
+//! `slow` calls that were cancelled; `GET /last-auth` is the last MCP request's
+//! `Authorization` header.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -45,6 +46,8 @@ struct Counters {
     calls: AtomicU64,
     cancelled: AtomicU64,
     grown: AtomicBool,
+    /// The `Authorization` header of the last MCP request (tests of upstream credentials).
+    last_auth: std::sync::Mutex<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -219,13 +222,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let calls = counters.clone();
     let cancelled = counters.clone();
+    let auth = counters.clone();
+    let seen = counters.clone();
     let app = axum::Router::new()
         .route("/calls", axum::routing::get(move || async move { calls.calls.load(Ordering::Acquire).to_string() }))
         .route(
             "/cancelled",
             axum::routing::get(move || async move { cancelled.cancelled.load(Ordering::Acquire).to_string() }),
         )
-        .nest_service("/mcp", service);
+        .route(
+            "/last-auth",
+            axum::routing::get(move || async move { auth.last_auth.lock().map(|a| a.clone()).unwrap_or_default() }),
+        )
+        .nest_service("/mcp", service)
+        .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let seen = seen.clone();
+            async move {
+                if request.uri().path() == "/mcp"
+                    && let Some(v) = request.headers().get("authorization").and_then(|v| v.to_str().ok())
+                    && let Ok(mut last) = seen.last_auth.lock()
+                {
+                    *last = v.to_string();
+                }
+                next.run(request).await
+            }
+        }));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await?;

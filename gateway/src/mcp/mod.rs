@@ -13,6 +13,7 @@ pub mod call;
 pub mod catalog;
 pub mod filter;
 pub mod http;
+pub mod oauth;
 pub mod pin;
 pub mod server;
 pub mod sessions;

@@ -5,7 +5,7 @@
 //! hash so an admin can pin them.
 
 use rmcp::model::Tool;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tenantgate_crds::v1alpha1::{McpTools, PinMode};
 
@@ -90,6 +90,8 @@ pub fn apply_pins(connection: &str, config: &McpTools, tools: &mut Vec<Tool>) {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use serde_json::Map;
 
     use super::*;
 

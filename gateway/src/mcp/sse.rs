@@ -54,7 +54,7 @@ impl SseClientTransport {
     /// Opens the event stream and waits for the `endpoint` event.
     pub async fn connect(&mut self) -> Result<(), SseTransportError> {
         let mut request = self.http.http().get(&self.url).header(http::header::ACCEPT, "text/event-stream");
-        if let Some(token) = self.http.token() {
+        if let Some(token) = self.http.token().await {
             request = request.bearer_auth(token);
         }
         let response = request.send().await?;
@@ -90,7 +90,7 @@ impl Transport<RoleClient> for SseClientTransport {
             let body = serde_json::to_vec(&item)?;
             let mut request =
                 http.http().post(endpoint.as_ref()).header(http::header::CONTENT_TYPE, "application/json").body(body);
-            if let Some(token) = http.token() {
+            if let Some(token) = http.token().await {
                 request = request.bearer_auth(token);
             }
             let response = request.send().await?;

@@ -17,6 +17,7 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use sse_stream::Sse;
 use tenantgate_crds::config::{McpAuthConfig, McpConnectionConfig, McpEndpointTransport};
 
+use super::oauth::ClientCredentials;
 use crate::llm::SecretFile;
 
 /// Why an upstream could not be reached.
@@ -80,17 +81,33 @@ pub async fn build(config: &McpConnectionConfig, client: &reqwest::Client) -> Re
             let url = config.url.as_deref().ok_or_else(|| {
                 ConnectError::Config(format!("mcp {}: url is required for HTTP transports", config.name))
             })?;
-            let bearer = match &config.auth {
-                None => None,
-                Some(McpAuthConfig::Bearer { token_file }) => Some(Arc::new(SecretFile::new(token_file, ""))),
-                Some(McpAuthConfig::Oauth2ClientCredentials { .. } | McpAuthConfig::Oauth2AuthorizationCode { .. }) => {
+            let credentials = match &config.auth {
+                None => Credentials::None,
+                Some(McpAuthConfig::Bearer { token_file }) => {
+                    Credentials::Bearer(Arc::new(SecretFile::new(token_file, "")))
+                }
+                Some(McpAuthConfig::Oauth2ClientCredentials {
+                    token_url,
+                    client_id,
+                    client_secret_file,
+                    scopes,
+                    resource,
+                }) => Credentials::ClientCredentials(Arc::new(ClientCredentials::new(
+                    client.clone(),
+                    token_url,
+                    client_id,
+                    client_secret_file,
+                    scopes,
+                    resource,
+                ))),
+                Some(McpAuthConfig::Oauth2AuthorizationCode { .. }) => {
                     return Err(ConnectError::Config(format!(
-                        "mcp {}: OAuth upstream auth is not supported by this gateway build yet",
+                        "mcp {}: per-user OAuth (authorization code) is not supported by this gateway build yet",
                         config.name
                     )));
                 }
             };
-            let http = BearerClient { inner: client.clone(), bearer };
+            let http = BearerClient { inner: client.clone(), credentials };
             if config.transport == McpEndpointTransport::Sse {
                 let mut sse = super::sse::SseClientTransport::new(http, url);
                 sse.connect().await.map_err(|e| ConnectError::Handshake(e.to_string()))?;
@@ -126,26 +143,42 @@ pub async fn build(config: &McpConnectionConfig, client: &reqwest::Client) -> Re
     }
 }
 
-/// reqwest with the connection's bearer token applied per request (re-read
-/// from its file at most once a second), so rotation needs no reconnect.
+/// The upstream credentials of a connection (never the tenant's own token).
+#[derive(Clone, Debug)]
+enum Credentials {
+    None,
+    /// A static token in a Secret file, re-read at most once a second.
+    Bearer(Arc<SecretFile>),
+    /// OAuth 2.0 client credentials, cached and refreshed.
+    ClientCredentials(Arc<ClientCredentials>),
+}
+
+/// reqwest with the connection's bearer token applied per request, so a
+/// rotated Secret or a refreshed OAuth token needs no reconnect.
 #[derive(Clone, Debug)]
 pub struct BearerClient {
     inner: reqwest::Client,
-    bearer: Option<Arc<SecretFile>>,
+    credentials: Credentials,
 }
 
 impl BearerClient {
     /// A client without upstream credentials.
     pub fn anonymous(inner: reqwest::Client) -> Self {
-        Self { inner, bearer: None }
+        Self { inner, credentials: Credentials::None }
     }
 
     /// The `Authorization: Bearer` token to send, if the connection has one.
-    pub fn token(&self) -> Option<String> {
-        let secret = self.bearer.as_ref()?;
-        match secret.header() {
-            Ok(v) => v.to_str().ok().map(str::to_string),
-            Err(_) => None,
+    pub async fn token(&self) -> Option<String> {
+        match &self.credentials {
+            Credentials::None => None,
+            Credentials::Bearer(secret) => secret.header().ok().and_then(|v| v.to_str().ok().map(str::to_string)),
+            Credentials::ClientCredentials(grant) => match grant.token().await {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no OAuth token for an MCP upstream");
+                    None
+                }
+            },
         }
     }
 
@@ -168,7 +201,7 @@ impl StreamableHttpClient for BearerClient {
         _auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> HttpResult<StreamableHttpPostResponse> {
-        self.inner.post_message(uri, message, session_id, self.token(), custom_headers).await
+        self.inner.post_message(uri, message, session_id, self.token().await, custom_headers).await
     }
 
     async fn post_message_with_max_sse_event_size(
@@ -185,7 +218,7 @@ impl StreamableHttpClient for BearerClient {
                 uri,
                 message,
                 session_id,
-                self.token(),
+                self.token().await,
                 custom_headers,
                 max_sse_event_size,
             )
@@ -199,7 +232,7 @@ impl StreamableHttpClient for BearerClient {
         _auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> HttpResult<()> {
-        self.inner.delete_session(uri, session_id, self.token(), custom_headers).await
+        self.inner.delete_session(uri, session_id, self.token().await, custom_headers).await
     }
 
     async fn get_stream(
@@ -210,7 +243,7 @@ impl StreamableHttpClient for BearerClient {
         _auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> HttpResult<BoxStream<'static, Result<Sse, SseError>>> {
-        self.inner.get_stream(uri, session_id, last_event_id, self.token(), custom_headers).await
+        self.inner.get_stream(uri, session_id, last_event_id, self.token().await, custom_headers).await
     }
 
     async fn get_stream_with_max_sse_event_size(
@@ -227,7 +260,7 @@ impl StreamableHttpClient for BearerClient {
                 uri,
                 session_id,
                 last_event_id,
-                self.token(),
+                self.token().await,
                 custom_headers,
                 max_sse_event_size,
             )

@@ -537,3 +537,152 @@ spec:
         assert metric(g, "tenantgate_mcp_tool_pin_drift", 'tool="echo"') == 0.0
     finally:
         g.stop()
+
+
+# --- upstream credentials: a rotated bearer Secret, OAuth client credentials ---
+
+
+def call_echo(g: Gateway, tool: str) -> str:
+    async def run():
+        async with session(g.url, g.token) as s:
+            return text_of(await s.call_tool(tool, {"text": "auth"}))
+
+    return asyncio.run(run())
+
+
+def wait_tool(g: Gateway, tool: str) -> None:
+    deadline = time.monotonic() + 30
+    while tool not in asyncio.run(list_tool_names(g.url, g.token)):
+        assert time.monotonic() < deadline, f"{tool} never listed"
+        time.sleep(0.2)
+
+
+def test_bearer_secret_rotates_without_restart(upstream, echo):
+    def manifests(token: str) -> str:
+        return f"""
+apiVersion: v1
+kind: Secret
+metadata: {{ name: echo-pat, namespace: tg-test }}
+stringData: {{ token: {token} }}
+---
+apiVersion: tenantgate.dev/v1alpha1
+kind: McpConnection
+metadata: {{ name: authed, namespace: tg-test }}
+spec:
+  transport: streamableHttp
+  url: {echo.url}/mcp
+  auth: {{ bearerSecretRef: {{ name: echo-pat, key: token }} }}
+  tools: {{ prefix: authed }}
+  timeoutSeconds: 5
+"""
+
+    g = Gateway(upstream, extra_manifests=manifests("first-token"))
+    try:
+        wait_tool(g, "authed_echo")
+        assert call_echo(g, "authed_echo") == "auth"
+        assert httpx.get(echo.url + "/last-auth").text == "Bearer first-token"
+        (g.manifests / "extra.yaml").write_text(manifests("second-token"))
+        deadline = time.monotonic() + 15
+        while httpx.get(echo.url + "/last-auth").text != "Bearer second-token":
+            assert time.monotonic() < deadline, "the rotated token was never sent"
+            call_echo(g, "authed_echo")
+            time.sleep(0.3)
+        assert g.token not in httpx.get(echo.url + "/last-auth").text
+    finally:
+        g.stop()
+
+
+class TokenServer:
+    """A small OAuth 2.0 authorization server of ours: client credentials only,
+    HTTP Basic client auth, tokens `tok-<n>` that live 4 seconds."""
+
+    def __init__(self) -> None:
+        import base64
+        import threading
+        import urllib.parse
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0))).decode()
+                form = dict(urllib.parse.parse_qsl(body))
+                basic = self.headers.get("authorization", "")
+                creds = base64.b64decode(basic.removeprefix("Basic ")).decode() if basic.startswith("Basic ") else ""
+                if creds != "gateway:s3cret" or form.get("grant_type") != "client_credentials":
+                    self.send_response(401)
+                    self.send_header("content-type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"error":"invalid_client"}')
+                    return
+                server.requests.append(form)
+                token = f"tok-{len(server.requests)}"
+                out = ('{"access_token":"%s","token_type":"Bearer","expires_in":4}' % token).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+
+
+def test_oauth_client_credentials_cached_refreshed_and_resource_sent(upstream, echo):
+    tokens = TokenServer()
+    manifests = f"""
+apiVersion: v1
+kind: Secret
+metadata: {{ name: as-client, namespace: tg-test }}
+stringData: {{ secret: s3cret }}
+---
+apiVersion: tenantgate.dev/v1alpha1
+kind: McpConnection
+metadata: {{ name: oauthed, namespace: tg-test }}
+spec:
+  transport: streamableHttp
+  url: {echo.url}/mcp
+  auth:
+    oauth2ClientCredentials:
+      tokenUrl: {tokens.url}/token
+      clientId: gateway
+      clientSecretRef: {{ name: as-client, key: secret }}
+      scopes: [mcp.read, mcp.call]
+      resource: https://mcp.example/echo
+  tools: {{ prefix: oauthed }}
+  timeoutSeconds: 5
+"""
+    g = Gateway(upstream, extra_manifests=manifests)
+    try:
+        wait_tool(g, "oauthed_echo")
+        assert tokens.requests[0] == {"grant_type": "client_credentials", "resource": "https://mcp.example/echo",
+                                      "scope": "mcp.read mcp.call"}
+        # Cached: several calls within the token's life ask for no new token.
+        async def three_calls():
+            async with session(g.url, g.token) as s:
+                before = len(tokens.requests)
+                for _ in range(3):
+                    assert text_of(await s.call_tool("oauthed_echo", {"text": "auth"})) == "auth"
+                return before
+
+        issued = asyncio.run(three_calls())
+        assert len(tokens.requests) == issued
+        assert httpx.get(echo.url + "/last-auth").text == f"Bearer tok-{issued}"
+        # Refreshed before expiry: after half its 4 s life the next request carries a new token.
+        time.sleep(2.2)
+        assert call_echo(g, "oauthed_echo") == "auth"
+        assert len(tokens.requests) > issued
+        assert httpx.get(echo.url + "/last-auth").text == f"Bearer tok-{len(tokens.requests)}"
+        assert g.token not in httpx.get(echo.url + "/last-auth").text
+    finally:
+        g.stop()
+        tokens.stop()
