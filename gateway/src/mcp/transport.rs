@@ -82,9 +82,9 @@ pub async fn build(config: &McpConnectionConfig, client: &reqwest::Client) -> Re
                 ConnectError::Config(format!("mcp {}: url is required for HTTP transports", config.name))
             })?;
             let credentials = match &config.auth {
-                None => Credentials::None,
+                None => UpstreamAuth::None,
                 Some(McpAuthConfig::Bearer { token_file }) => {
-                    Credentials::Bearer(Arc::new(SecretFile::new(token_file, "")))
+                    UpstreamAuth::Bearer(Arc::new(SecretFile::new(token_file, "")))
                 }
                 Some(McpAuthConfig::Oauth2ClientCredentials {
                     token_url,
@@ -92,7 +92,7 @@ pub async fn build(config: &McpConnectionConfig, client: &reqwest::Client) -> Re
                     client_secret_file,
                     scopes,
                     resource,
-                }) => Credentials::ClientCredentials(Arc::new(ClientCredentials::new(
+                }) => UpstreamAuth::OAuthClient(Arc::new(ClientCredentials::new(
                     client.clone(),
                     token_url,
                     client_id,
@@ -145,12 +145,12 @@ pub async fn build(config: &McpConnectionConfig, client: &reqwest::Client) -> Re
 
 /// The upstream credentials of a connection (never the tenant's own token).
 #[derive(Clone, Debug)]
-enum Credentials {
+enum UpstreamAuth {
     None,
     /// A static token in a Secret file, re-read at most once a second.
     Bearer(Arc<SecretFile>),
     /// OAuth 2.0 client credentials, cached and refreshed.
-    ClientCredentials(Arc<ClientCredentials>),
+    OAuthClient(Arc<ClientCredentials>),
 }
 
 /// reqwest with the connection's bearer token applied per request, so a
@@ -158,21 +158,21 @@ enum Credentials {
 #[derive(Clone, Debug)]
 pub struct BearerClient {
     inner: reqwest::Client,
-    credentials: Credentials,
+    credentials: UpstreamAuth,
 }
 
 impl BearerClient {
     /// A client without upstream credentials.
     pub fn anonymous(inner: reqwest::Client) -> Self {
-        Self { inner, credentials: Credentials::None }
+        Self { inner, credentials: UpstreamAuth::None }
     }
 
     /// The `Authorization: Bearer` token to send, if the connection has one.
     pub async fn token(&self) -> Option<String> {
         match &self.credentials {
-            Credentials::None => None,
-            Credentials::Bearer(secret) => secret.header().ok().and_then(|v| v.to_str().ok().map(str::to_string)),
-            Credentials::ClientCredentials(grant) => match grant.token().await {
+            UpstreamAuth::None => None,
+            UpstreamAuth::Bearer(secret) => secret.header().ok().and_then(|v| v.to_str().ok().map(str::to_string)),
+            UpstreamAuth::OAuthClient(grant) => match grant.token().await {
                 Ok(t) => Some(t),
                 Err(e) => {
                     tracing::warn!(error = %e, "no OAuth token for an MCP upstream");
