@@ -249,6 +249,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("listening on {}", listener.local_addr()?);
+    // Like most production HTTP servers (Node's included): no Nagle delay on small SSE writes.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app).await?;
     Ok(())
 }
