@@ -29,6 +29,10 @@ test-gateway: ## Gateway end to end with the official openai Python SDK and raw 
 bench-gateway: ## Gateway vs mock-llm direct (open loop, vegeta): added latency, saturation, streaming, RSS, LiteLLM alongside; then with policies, Redis limits, PostgreSQL audit and a PostgreSQL stall
 	e2e/with-services e2e/bench/gateway
 
+.PHONY: bench-mcp
+bench-mcp: ## tools/call through /mcp vs. the rmcp echo server direct (concurrency 8, fixed rate): added p50/p99, session setup
+	e2e/bench/mcp
+
 .PHONY: test-unit
 test-unit: ## Unit, golden and schema tests of every crate (no services needed)
 	$(CARGO) test --workspace --exclude tenantgate-tests

@@ -1,4 +1,4 @@
-//! Command line: `serve` (the default) and `token`.
+//! Command line: `serve` (the default), `token`, `stdio-bridge` and `install-bridge`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,6 +26,37 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Mint a development token for a tenant of a manifests directory.
     Token(TokenArgs),
+    /// Serve a stdio MCP server over streamable HTTP (an McpConnection's bridge Deployment).
+    StdioBridge(StdioBridgeArgs),
+    /// Copy this binary into a directory (the bridge's init container).
+    InstallBridge(InstallBridgeArgs),
+}
+
+/// `stdio-bridge`: spawn the command and serve it at `/mcp`.
+#[derive(Debug, Clone, Args)]
+pub struct StdioBridgeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Timeout of one request to the server, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_secs: u32,
+    /// Largest JSON-RPC message accepted, in bytes.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Log format.
+    #[arg(long, env = "TENANTGATE_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// The MCP server command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// `install-bridge DIR`.
+#[derive(Debug, Clone, Args)]
+pub struct InstallBridgeArgs {
+    /// Directory to copy the binary into (as `tenantgate-gateway`).
+    pub dir: PathBuf,
 }
 
 /// How the server runs.
@@ -80,6 +111,27 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "TENANTGATE_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
+    /// Largest JSON-RPC message `/mcp` accepts, in bytes.
+    #[arg(long, env = "TENANTGATE_MCP_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub mcp_max_message_bytes: usize,
+    /// Longest life of an MCP session, in seconds.
+    #[arg(long, env = "TENANTGATE_MCP_SESSION_LIFETIME_SECS", default_value_t = 3600)]
+    pub mcp_session_lifetime_secs: u64,
+    /// Browser origins allowed on `/mcp` besides the gateway's own (comma-separated `scheme://host[:port]`).
+    #[arg(long, env = "TENANTGATE_MCP_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub mcp_allowed_origins: Vec<String>,
+}
+
+impl ServeArgs {
+    /// Settings of the `/mcp` HTTP layer.
+    pub fn mcp_settings(&self) -> crate::mcp::McpHttpSettings {
+        crate::mcp::McpHttpSettings {
+            max_message_bytes: self.mcp_max_message_bytes,
+            session_lifetime: std::time::Duration::from_secs(self.mcp_session_lifetime_secs.max(1)),
+            allowed_origins: self.mcp_allowed_origins.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// `token`: mint a JWT with a local signing key.

@@ -29,7 +29,7 @@ pub enum AppError {
     /// The model is not one of the tenant's models.
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
-    /// No such object (an API key id, ...).
+    /// Something the request names does not exist (an API key id, an MCP session).
     #[error("{0}")]
     NotFound(String),
     /// No such route.
@@ -156,6 +156,7 @@ impl AppError {
             Self::Unauthorized(_) => Some("invalid_token"),
             Self::ModelNotFound(_) => Some("model_not_found"),
             Self::RouteNotFound { .. } => Some("unknown_url"),
+            Self::NotFound(_) => Some("not_found"),
             Self::RateLimited { .. } | Self::Limited(LimitError::Exceeded(_)) => Some("rate_limit_exceeded"),
             Self::Limited(LimitError::StoreUnavailable) => Some("rate_limit_store_unavailable"),
             Self::Overloaded(_) => Some("overloaded"),

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod listener;
 pub mod llm;
 pub mod log_buffer;
+pub mod mcp;
 pub mod policy;
 pub mod routing;
 pub mod server;

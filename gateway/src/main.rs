@@ -12,6 +12,22 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Serve(args)) => serve(*args).await,
+        Some(Command::StdioBridge(args)) => {
+            let _logs = tenantgate_gateway::telemetry::init_logs(args.log_format);
+            tenantgate_gateway::mcp::bridge::stdio_bridge(
+                args.listen,
+                &args.command,
+                args.timeout_secs,
+                args.max_message_bytes,
+            )
+            .await?;
+            Ok(())
+        }
+        Some(Command::InstallBridge(args)) => {
+            let target = tenantgate_gateway::mcp::bridge::install_bridge(&args.dir)?;
+            println!("{}", target.display());
+            Ok(())
+        }
         None => serve(cli.serve).await,
     }
 }

@@ -60,6 +60,7 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     let source = source(&args)?;
     let metrics = crate::telemetry::init_metrics().map_err(StartError::Metrics)?;
     let carried = Carried::new(Duration::from_secs(args.jwks_min_refresh_secs));
+    carried.mcp().configure_http(args.mcp_settings());
     let (runtime, fingerprint) = load_initial(&source, &carried).await.map_err(StartError::Config)?;
     tracing::info!(
         tenant = %runtime.config.tenant.name,

@@ -45,6 +45,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/metrics", get(ops::metrics));
     Router::new()
         .merge(api)
+        .merge(crate::mcp::router(&state).route_layer(middleware::from_fn_with_state(state.clone(), admit)))
         .merge(ops)
         .fallback(not_found)
         .layer(middleware::map_response(error_shape))

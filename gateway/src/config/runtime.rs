@@ -45,6 +45,7 @@ pub struct Carried {
     keys: Mutex<Option<(JwtKeys, Arc<KeySource>)>>,
     jwks_min_refresh: Duration,
     limits: LimitStores,
+    mcp: crate::mcp::McpHub,
 }
 
 impl Carried {
@@ -55,7 +56,13 @@ impl Carried {
             keys: Mutex::new(None),
             jwks_min_refresh,
             limits: LimitStores::default(),
+            mcp: crate::mcp::McpHub::new(),
         }
+    }
+
+    /// The tenant's MCP connections, kept across reloads.
+    pub fn mcp(&self) -> &crate::mcp::McpHub {
+        &self.mcp
     }
 
     fn breaker(&self, label: &Arc<str>, threshold: u32, open_for: Duration) -> Arc<Breaker> {
@@ -153,5 +160,7 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
     let retry = RetryPolicy::from(routing);
     let limiter = carried.limits.limiter(&config).await?;
     let policies = Policies::compile(&config)?;
+    // Last, once nothing can fail: connections are (re)made in the background.
+    carried.mcp.reconcile(&config.mcp);
     Ok(Runtime { config, auth, models, retry, models_body, limiter, policies })
 }

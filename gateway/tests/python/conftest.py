@@ -66,7 +66,7 @@ class Upstream:
 class Gateway:
     """A running gateway over a temporary manifests directory."""
 
-    def __init__(self, upstream: Upstream) -> None:
+    def __init__(self, upstream: Upstream, extra_manifests: str = "", extra_args: tuple[str, ...] = ()) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tg-gw-py-"))
         manifests = self.dir / "manifests"
         manifests.mkdir()
@@ -77,13 +77,15 @@ class Gateway:
             .replace("${JWKS}", quickstart_jwks())
         )
         (manifests / "tenant.yaml").write_text(text)
+        if extra_manifests:
+            (manifests / "extra.yaml").write_text(extra_manifests)
         self.manifests = manifests
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         env = dict(os.environ, RUST_LOG=os.environ.get("GATEWAY_LOG", "warn"))
         self.proc = subprocess.Popen(
             [GATEWAY_BIN, "--manifests", str(manifests), "--state-dir", str(self.dir / "state"),
-             "--listen", f"127.0.0.1:{port}", "--shutdown-delay-ms", "0"],
+             "--listen", f"127.0.0.1:{port}", "--shutdown-delay-ms", "0", *extra_args],
             env=env,
         )
         deadline = time.monotonic() + 20

@@ -1,0 +1,133 @@
+//! The aggregated view of every live upstream: tools and prompts exposed as
+//! `<prefix>_<name>`, resources as `<prefix>+<uri>`, and the indexes that
+//! route a call back to its upstream. Rebuilt whenever an upstream connects,
+//! drops or announces a list change; read lock-free by every request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rmcp::model::{Prompt, Resource, ResourceTemplate, Tool};
+
+use super::upstream::Upstream;
+
+/// What one live upstream offers, already filtered by its allow/deny globs.
+#[derive(Debug, Clone, Default)]
+pub struct Offer {
+    /// Tools the connection may expose (upstream names).
+    pub tools: Vec<Tool>,
+    /// Prompts (upstream names).
+    pub prompts: Vec<Prompt>,
+    /// Resources (upstream URIs).
+    pub resources: Vec<Resource>,
+    /// Resource templates (upstream URI templates).
+    pub templates: Vec<ResourceTemplate>,
+}
+
+/// Where an exposed name leads.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The upstream that serves it.
+    pub upstream: Arc<Upstream>,
+    /// Its name (or URI) at the upstream.
+    pub name: Arc<str>,
+}
+
+/// The aggregated lists and their routes.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    /// Exposed tools, in connection order.
+    pub tools: Vec<Tool>,
+    /// Exposed prompts.
+    pub prompts: Vec<Prompt>,
+    /// Exposed resources (rewritten URIs).
+    pub resources: Vec<Resource>,
+    /// Exposed resource templates (rewritten URI templates).
+    pub templates: Vec<ResourceTemplate>,
+    tool_routes: HashMap<String, Route>,
+    prompt_routes: HashMap<String, Route>,
+    /// Prefix -> upstream, for resource URIs.
+    prefixes: HashMap<String, Arc<Upstream>>,
+}
+
+/// The exposed name of an upstream tool or prompt (an empty prefix keeps the name: the stdio bridge).
+pub fn exposed_name(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() { name.to_string() } else { format!("{prefix}_{name}") }
+}
+
+/// The exposed URI of an upstream resource: `<prefix>+<uri>`, itself a valid URI
+/// (the prefix is a DNS label, so the first `+` ends it).
+pub fn exposed_uri(prefix: &str, uri: &str) -> String {
+    if prefix.is_empty() { uri.to_string() } else { format!("{prefix}+{uri}") }
+}
+
+impl Catalog {
+    /// Builds the catalog from the live upstreams, in connection order.
+    pub fn build(live: &[(Arc<Upstream>, Arc<Offer>)]) -> Self {
+        let mut c = Catalog::default();
+        for (upstream, offer) in live {
+            let prefix = upstream.prefix();
+            c.prefixes.insert(prefix.to_string(), upstream.clone());
+            for tool in &offer.tools {
+                let name = exposed_name(prefix, &tool.name);
+                let mut exposed = tool.clone();
+                exposed.name = name.clone().into();
+                c.tool_routes.insert(name, Route { upstream: upstream.clone(), name: tool.name.as_ref().into() });
+                c.tools.push(exposed);
+            }
+            for prompt in &offer.prompts {
+                let name = exposed_name(prefix, &prompt.name);
+                let mut exposed = prompt.clone();
+                exposed.name = name.clone();
+                c.prompt_routes.insert(name, Route { upstream: upstream.clone(), name: prompt.name.as_str().into() });
+                c.prompts.push(exposed);
+            }
+            for resource in &offer.resources {
+                let mut exposed = resource.clone();
+                exposed.uri = exposed_uri(prefix, &resource.uri);
+                c.resources.push(exposed);
+            }
+            for template in &offer.templates {
+                let mut exposed = template.clone();
+                exposed.uri_template = exposed_uri(prefix, &template.uri_template);
+                c.templates.push(exposed);
+            }
+        }
+        c
+    }
+
+    /// The upstream tool behind an exposed name; `None` for unknown and for
+    /// filtered-out tools alike (they are never in the catalog).
+    pub fn tool(&self, name: &str) -> Option<&Route> {
+        self.tool_routes.get(name)
+    }
+
+    /// The upstream prompt behind an exposed name.
+    pub fn prompt(&self, name: &str) -> Option<&Route> {
+        self.prompt_routes.get(name)
+    }
+
+    /// The upstream and its own URI for an exposed resource URI.
+    pub fn resource(&self, uri: &str) -> Option<(Arc<Upstream>, String)> {
+        if let Some(bridge) = self.prefixes.get("") {
+            return Some((bridge.clone(), uri.to_string()));
+        }
+        let (prefix, rest) = uri.split_once('+')?;
+        let upstream = self.prefixes.get(prefix)?;
+        Some((upstream.clone(), rest.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_uris_round_trip() {
+        assert_eq!(exposed_name("gh", "search"), "gh_search");
+        assert_eq!(exposed_name("", "search"), "search");
+        let uri = exposed_uri("docs", "git+https://example.com/x?y=1");
+        assert_eq!(uri, "docs+git+https://example.com/x?y=1");
+        let (prefix, rest) = uri.split_once('+').expect("plus");
+        assert_eq!((prefix, rest), ("docs", "git+https://example.com/x?y=1"));
+    }
+}

@@ -1,0 +1,198 @@
+//! `/mcp` over HTTP: rmcp's streamable HTTP tower service behind the checks
+//! the MCP security requirements ask for, in this order: `Origin` (403 when
+//! present and not the gateway's own or an allowed one), the caller's token on
+//! every request (401), the session id bound to the caller's subject (404
+//! otherwise, as for an expired session), and the message size limit (413,
+//! enforced by rmcp while it reads the body).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use rmcp::transport::streamable_http_server::session::SessionManager;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+
+use super::server::AggregateServer;
+use super::sessions::{SessionBindings, SessionCheck};
+use crate::auth::Caller;
+use crate::error::AppError;
+use crate::state::AppState;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Limits and policies of the `/mcp` HTTP layer.
+#[derive(Debug, Clone)]
+pub struct McpHttpSettings {
+    /// Largest JSON-RPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Longest life of a session from its `initialize`.
+    pub session_lifetime: Duration,
+    /// A session idle this long is closed.
+    pub session_idle: Duration,
+    /// Browser origins allowed besides the gateway's own (`scheme://host[:port]`).
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for McpHttpSettings {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1024 * 1024,
+            session_lifetime: Duration::from_secs(3600),
+            session_idle: Duration::from_secs(600),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+/// The MCP endpoint: rmcp's service, its sessions and their owners.
+#[derive(Clone)]
+struct Endpoint {
+    service: StreamableHttpService<AggregateServer, LocalSessionManager>,
+    sessions: Arc<LocalSessionManager>,
+    bindings: Arc<SessionBindings>,
+    allowed_origins: Arc<[String]>,
+}
+
+/// The `/mcp` route.
+pub fn router(state: &AppState) -> Router<AppState> {
+    let hub = state.carried().mcp();
+    let settings = hub.http_settings();
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.keep_alive = Some(settings.session_idle);
+    let sessions = Arc::new(manager);
+    let (factory_hub, factory_state) = (hub.clone(), state.clone());
+    let service = StreamableHttpService::new(
+        move || Ok(AggregateServer::new(factory_hub.clone(), Some(factory_state.clone()))),
+        sessions.clone(),
+        StreamableHttpServerConfig::default()
+            // Every request is authenticated and Origin is checked here, so the
+            // Host allow-list (a DNS-rebinding defence for unauthenticated local servers) is off.
+            .disable_allowed_hosts()
+            .with_max_request_body_bytes(settings.max_message_bytes),
+    );
+    let endpoint = Endpoint {
+        service,
+        sessions,
+        bindings: Arc::new(SessionBindings::new(settings.session_lifetime)),
+        allowed_origins: settings.allowed_origins.into(),
+    };
+    Router::new().route(
+        "/mcp",
+        any(move |State(state): State<AppState>, request: Request| {
+            let endpoint = endpoint.clone();
+            async move { handle(endpoint, state, request).await }
+        }),
+    )
+}
+
+async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Response {
+    let (mut parts, body) = request.into_parts();
+    if let Err(e) = check_origin(&parts.headers, &endpoint.allowed_origins) {
+        return e.into_response();
+    }
+    let caller = match Caller::from_request_parts(&mut parts, &state).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let session = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if let Some(id) = &session {
+        match endpoint.bindings.check(id, &caller.0.subject) {
+            SessionCheck::Valid => {}
+            SessionCheck::Unknown => {
+                return AppError::NotFound("unknown MCP session: send initialize without Mcp-Session-Id".into())
+                    .into_response();
+            }
+            SessionCheck::Expired => {
+                let _ = endpoint.sessions.close_session(&id.as_str().into()).await;
+                return AppError::NotFound("the MCP session expired: send initialize again".into()).into_response();
+            }
+        }
+    }
+    let subject = caller.0.subject.clone();
+    let is_delete = parts.method == Method::DELETE;
+    let sent_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    parts.extensions.insert(caller);
+    let response = endpoint.service.handle(Request::from_parts(parts, body)).await;
+    match &session {
+        None => {
+            if let Some(id) = response.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
+                endpoint.bindings.bind(id, &subject);
+            }
+        }
+        Some(id) if is_delete && response.status().is_success() => endpoint.bindings.remove(id),
+        Some(_) => {}
+    }
+    let response = response.map(axum::body::Body::new);
+    if response.status().is_client_error() && !response.headers().contains_key(header::CONTENT_TYPE) {
+        return json_rpc_error(response, sent_json).await;
+    }
+    response
+}
+
+/// rmcp answers transport-level failures with a plain-text body; give clients
+/// a JSON-RPC error carrying that message instead. A body rmcp could not
+/// parse (which it reports as 415 even when the Content-Type was JSON) is a
+/// JSON-RPC parse error, 400.
+async fn json_rpc_error(response: Response, sent_json: bool) -> Response {
+    let status = response.status();
+    let text = axum::body::to_bytes(response.into_body(), 16 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let (status, code) = match status {
+        StatusCode::UNSUPPORTED_MEDIA_TYPE if sent_json => (StatusCode::BAD_REQUEST, -32700),
+        other => (other, -32600),
+    };
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": null, "error": {"code": code, "message": text}});
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// Absent `Origin` (non-browser clients) passes; a present one must be the
+/// gateway's own (its authority is the request's `Host`) or an allowed one.
+fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), AppError> {
+    let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
+    let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+    let own = headers.get(header::HOST).and_then(|h| h.to_str().ok()).is_some_and(|host| {
+        origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .is_some_and(|a| a.eq_ignore_ascii_case(host))
+    });
+    if own || allowed.iter().any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin)) {
+        return Ok(());
+    }
+    tracing::info!(%origin, "MCP request from a disallowed Origin refused");
+    Err(AppError::Forbidden(format!("Origin {origin} is not allowed to use this MCP endpoint")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(origin: Option<&'static str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("gw.example:8080"));
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, HeaderValue::from_static(o));
+        }
+        h
+    }
+
+    #[test]
+    fn origin_absent_own_or_allowed() {
+        let allowed = vec!["https://app.example".to_string()];
+        assert!(check_origin(&headers(None), &allowed).is_ok());
+        assert!(check_origin(&headers(Some("http://gw.example:8080")), &allowed).is_ok());
+        assert!(check_origin(&headers(Some("https://app.example")), &allowed).is_ok());
+        assert!(check_origin(&headers(Some("https://evil.example")), &allowed).is_err());
+        assert!(check_origin(&headers(Some("null")), &allowed).is_err());
+    }
+}

@@ -1,0 +1,179 @@
+//! `/mcp`: one MCP server (streamable HTTP, rmcp) that aggregates the
+//! tenant's McpConnections.
+//!
+//! - [`McpHub`] owns the upstream connections (kept alive in the background,
+//!   reconciled on every config load) and the aggregated [`catalog::Catalog`].
+//! - [`server::AggregateServer`] is the rmcp `ServerHandler` of one client session.
+//! - [`call::call_tool`] is the single `tools/call` path.
+//! - [`http`] mounts rmcp's tower service behind auth, Origin and session checks.
+//! - [`bridge`] is the `stdio-bridge` / `install-bridge` subcommands.
+
+pub mod bridge;
+pub mod call;
+pub mod catalog;
+pub mod filter;
+pub mod http;
+pub mod oauth;
+pub mod pin;
+pub mod server;
+pub mod sessions;
+pub mod sse;
+pub mod transport;
+pub mod upstream;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tenantgate_crds::config::McpConnectionConfig;
+use tokio::sync::{broadcast, watch};
+
+pub use catalog::Catalog;
+pub use http::{McpHttpSettings, router};
+pub use upstream::Upstream;
+
+/// Which aggregated lists changed; sent to every client session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListChanged {
+    /// `notifications/tools/list_changed`.
+    pub tools: bool,
+    /// `notifications/prompts/list_changed`.
+    pub prompts: bool,
+    /// `notifications/resources/list_changed`.
+    pub resources: bool,
+}
+
+/// The tenant's MCP connections and their aggregated catalog. Cheap to clone;
+/// outlives config reloads (connections whose config did not change stay up).
+#[derive(Clone, Debug)]
+pub struct McpHub(Arc<HubInner>);
+
+struct HubInner {
+    running: Mutex<Vec<Running>>,
+    catalog: ArcSwap<Catalog>,
+    changes: broadcast::Sender<ListChanged>,
+    client: reqwest::Client,
+    on_change: Arc<dyn Fn() + Send + Sync>,
+    http: OnceLock<McpHttpSettings>,
+}
+
+impl std::fmt::Debug for HubInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpHub").field("tools", &self.catalog.load().tools.len()).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Running {
+    upstream: Arc<Upstream>,
+    stop: watch::Sender<bool>,
+}
+
+impl Default for McpHub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl McpHub {
+    /// A hub without connections.
+    pub fn new() -> Self {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .user_agent(concat!("tenantgate-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_default();
+        let (changes, _) = broadcast::channel(16);
+        Self(Arc::new_cyclic(|weak: &std::sync::Weak<HubInner>| {
+            let weak = weak.clone();
+            HubInner {
+                running: Mutex::new(Vec::new()),
+                catalog: ArcSwap::from_pointee(Catalog::default()),
+                changes,
+                client,
+                on_change: Arc::new(move || {
+                    if let Some(inner) = weak.upgrade() {
+                        McpHub(inner).rebuild();
+                    }
+                }),
+                http: OnceLock::new(),
+            }
+        }))
+    }
+
+    /// Settings of the `/mcp` HTTP layer (set once at start; defaults otherwise).
+    pub fn configure_http(&self, settings: McpHttpSettings) {
+        let _ = self.0.http.set(settings);
+    }
+
+    /// The HTTP settings in force.
+    pub fn http_settings(&self) -> McpHttpSettings {
+        self.0.http.get().cloned().unwrap_or_default()
+    }
+
+    /// The catalog in force; a request keeps the one it started with.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.0.catalog.load_full()
+    }
+
+    /// Notifications of catalog changes.
+    pub fn subscribe(&self) -> broadcast::Receiver<ListChanged> {
+        self.0.changes.subscribe()
+    }
+
+    /// Applies a config's connections: unchanged ones stay connected, changed
+    /// ones reconnect, removed ones close. Connecting happens in the background:
+    /// the gateway serves without waiting for any upstream.
+    pub fn reconcile(&self, configs: &[McpConnectionConfig]) {
+        let mut running = self.0.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut old: Vec<Running> = std::mem::take(&mut *running);
+        for config in configs {
+            if let Some(i) = old.iter().position(|r| r.upstream.config() == config) {
+                running.push(old.swap_remove(i));
+                continue;
+            }
+            let upstream = Arc::new(Upstream::new(config.clone()));
+            let (stop, stop_rx) = watch::channel(false);
+            tokio::spawn(upstream::run(
+                upstream.clone(),
+                self.0.client.clone(),
+                Arc::downgrade(&self.0.on_change),
+                stop_rx,
+            ));
+            running.push(Running { upstream, stop });
+        }
+        for r in old {
+            let _ = r.stop.send(true);
+        }
+        drop(running);
+        self.rebuild();
+    }
+
+    /// Whether the connection `name` is connected now.
+    pub fn is_connected(&self, name: &str) -> bool {
+        let running = self.0.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        running.iter().any(|r| r.upstream.name() == name && r.upstream.offer().is_some())
+    }
+
+    /// Rebuilds the catalog from the live upstreams and tells sessions what changed.
+    fn rebuild(&self) {
+        let live: Vec<_> = {
+            let running = self.0.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            running.iter().filter_map(|r| r.upstream.offer().map(|o| (r.upstream.clone(), o))).collect()
+        };
+        let catalog = Catalog::build(&live);
+        let old = self.0.catalog.swap(Arc::new(catalog));
+        let new = self.0.catalog.load();
+        let changed = ListChanged {
+            tools: old.tools != new.tools,
+            prompts: old.prompts != new.prompts,
+            resources: old.resources != new.resources || old.templates != new.templates,
+        };
+        metrics::gauge!("tenantgate_mcp_tools").set(new.tools.len() as f64);
+        if changed != ListChanged::default() {
+            let _ = self.0.changes.send(changed);
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The rmcp `ServerHandler` of one `/mcp` client session: lists from the
+//! aggregated catalog, requests routed to the upstream that owns the name.
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, ClientRequest, ErrorData, GetPromptRequest, GetPromptRequestParams,
+    GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
+    ListToolsResult, PaginatedRequestParams, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
+    ServerCapabilities, ServerConfig, ServerResult,
+};
+use rmcp::service::{NotificationContext, Peer, RequestContext};
+use rmcp::{RoleServer, ServerHandler};
+
+use super::McpHub;
+use super::catalog::exposed_uri;
+use crate::auth::{Caller, Identity};
+
+/// One client session's handler.
+#[derive(Debug, Clone)]
+pub struct AggregateServer {
+    hub: McpHub,
+    tenant: Option<crate::state::AppState>,
+}
+
+impl AggregateServer {
+    /// A handler over the hub's catalog. With `tenant` (the gateway's `/mcp`),
+    /// tool calls run under the tenant's limits, policies and audit trail;
+    /// without (the stdio bridge, behind a gateway that applies them), they
+    /// pass straight through.
+    pub fn new(hub: McpHub, tenant: Option<crate::state::AppState>) -> Self {
+        Self { hub, tenant }
+    }
+}
+
+/// The authenticated caller of a request, put there by the `/mcp` HTTP layer.
+fn caller(context: &RequestContext<RoleServer>) -> Option<std::sync::Arc<Identity>> {
+    context.extensions.get::<http::request::Parts>()?.extensions.get::<Caller>().map(|c| c.0.clone())
+}
+
+/// Sends the catalog's list changes to one client until its session ends.
+async fn forward_list_changes(hub: McpHub, peer: Peer<RoleServer>) {
+    let mut changes = hub.subscribe();
+    loop {
+        let changed = match changes.recv().await {
+            Ok(c) => c,
+            // Missed some: tell the client everything may have changed.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                super::ListChanged { tools: true, prompts: true, resources: true }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let sent = async {
+            if changed.tools {
+                peer.notify_tool_list_changed().await?;
+            }
+            if changed.prompts {
+                peer.notify_prompt_list_changed().await?;
+            }
+            if changed.resources {
+                peer.notify_resource_list_changed().await?;
+            }
+            Ok::<_, rmcp::service::ServiceError>(())
+        };
+        if sent.await.is_err() {
+            return;
+        }
+    }
+}
+
+fn forward_error(e: super::upstream::ForwardError) -> ErrorData {
+    e.into_error_data()
+}
+
+impl ServerHandler for AggregateServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .enable_prompts()
+                .enable_prompts_list_changed()
+                .enable_resources()
+                .enable_resources_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("tenantgate", env!("CARGO_PKG_VERSION")))
+        .with_instructions("The tenant's MCP tools, prompts and resources; names are prefixed by their connection.")
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        tokio::spawn(forward_list_changes(self.hub.clone(), context.peer));
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(ListToolsResult::with_all_items(self.hub.catalog().tools.clone()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let caller = caller(&context);
+        super::call::call_tool(&self.hub, self.tenant.as_ref(), caller.as_deref(), request, &context).await
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(ListPromptsResult::with_all_items(self.hub.catalog().prompts.clone()))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let catalog = self.hub.catalog();
+        let route = catalog
+            .prompt(&request.name)
+            .ok_or_else(|| ErrorData::invalid_params(format!("unknown prompt: {}", request.name), None))?;
+        let mut params = request;
+        params.name = route.name.to_string();
+        match route.upstream.forward(ClientRequest::GetPromptRequest(GetPromptRequest::new(params)), &context).await {
+            Ok(ServerResult::GetPromptResult(r)) => Ok(GetPromptResponse::Complete(r)),
+            Ok(ServerResult::InputRequiredResult(r)) => Ok(GetPromptResponse::InputRequired(r)),
+            Ok(_) => Err(ErrorData::internal_error("the upstream answered prompts/get with another result", None)),
+            Err(e) => Err(forward_error(e)),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(ListResourcesResult::with_all_items(self.hub.catalog().resources.clone()))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(self.hub.catalog().templates.clone()))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let catalog = self.hub.catalog();
+        let (upstream, uri) = catalog
+            .resource(&request.uri)
+            .ok_or_else(|| ErrorData::resource_not_found(format!("unknown resource: {}", request.uri), None))?;
+        let mut params = request;
+        params.uri = uri;
+        match upstream.forward(ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params)), &context).await {
+            Ok(ServerResult::ReadResourceResult(mut r)) => {
+                // Contents name their URI: give the client the exposed one back.
+                for c in &mut r.contents {
+                    rewrite_contents_uri(c, upstream.prefix());
+                }
+                Ok(ReadResourceResponse::Complete(r))
+            }
+            Ok(ServerResult::InputRequiredResult(r)) => Ok(ReadResourceResponse::InputRequired(r)),
+            Ok(_) => Err(ErrorData::internal_error("the upstream answered resources/read with another result", None)),
+            Err(e) => Err(forward_error(e)),
+        }
+    }
+}
+
+fn rewrite_contents_uri(contents: &mut rmcp::model::ResourceContents, prefix: &str) {
+    use rmcp::model::ResourceContents;
+    match contents {
+        ResourceContents::TextResourceContents { uri, .. } | ResourceContents::BlobResourceContents { uri, .. } => {
+            *uri = exposed_uri(prefix, uri);
+        }
+        #[allow(unreachable_patterns)]
+        _ => {}
+    }
+}

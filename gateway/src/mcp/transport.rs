@@ -1,0 +1,269 @@
+//! rmcp client transports for an McpConnection: streamable HTTP (with the
+//! upstream bearer token read from its Secret file on every request, so a
+//! rotated token is used without a restart), legacy HTTP+SSE, and a child
+//! process over stdio. The tenant's own token is never among the headers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::stream::BoxStream;
+use http::{HeaderName, HeaderValue};
+use rmcp::model::ClientJsonRpcMessage;
+use rmcp::transport::streamable_http_client::{
+    SseError, StreamableHttpClient, StreamableHttpClientTransportConfig, StreamableHttpError,
+    StreamableHttpPostResponse,
+};
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use sse_stream::Sse;
+use tenantgate_crds::config::{McpAuthConfig, McpConnectionConfig, McpEndpointTransport};
+
+use super::oauth::ClientCredentials;
+use crate::llm::SecretFile;
+
+/// Why an upstream could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The connection config lacks what its transport needs.
+    #[error("{0}")]
+    Config(String),
+    /// Spawning the stdio process failed.
+    #[error("spawning {command:?} failed: {error}")]
+    Spawn {
+        /// The program.
+        command: String,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The MCP handshake failed.
+    #[error("initialize failed: {0}")]
+    Handshake(String),
+    /// No answer within the connection's timeout.
+    #[error("no answer within {0} s")]
+    Timeout(u32),
+}
+
+impl ConnectError {
+    /// Reason for logs and metrics.
+    pub fn as_reason(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "Config",
+            Self::Spawn { .. } => "Spawn",
+            Self::Handshake(_) => "Handshake",
+            Self::Timeout(_) => "Timeout",
+        }
+    }
+}
+
+/// A transport ready for `ClientHandler::serve`.
+pub enum Transport {
+    /// Streamable HTTP.
+    Http(StreamableHttpClientTransport<BearerClient>),
+    /// Legacy HTTP+SSE.
+    Sse(super::sse::SseClientTransport),
+    /// A child process.
+    Stdio(TokioChildProcess),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Http(_) => "Transport::Http",
+            Self::Sse(_) => "Transport::Sse",
+            Self::Stdio(_) => "Transport::Stdio",
+        })
+    }
+}
+
+/// Builds the transport a connection config names.
+pub async fn build(config: &McpConnectionConfig, client: &reqwest::Client) -> Result<Transport, ConnectError> {
+    match config.transport {
+        McpEndpointTransport::StreamableHttp | McpEndpointTransport::Sse => {
+            let url = config.url.as_deref().ok_or_else(|| {
+                ConnectError::Config(format!("mcp {}: url is required for HTTP transports", config.name))
+            })?;
+            let credentials = match &config.auth {
+                None => UpstreamAuth::None,
+                Some(McpAuthConfig::Bearer { token_file }) => {
+                    UpstreamAuth::Bearer(Arc::new(SecretFile::new(token_file, "")))
+                }
+                Some(McpAuthConfig::Oauth2ClientCredentials {
+                    token_url,
+                    client_id,
+                    client_secret_file,
+                    scopes,
+                    resource,
+                }) => UpstreamAuth::OAuthClient(Arc::new(ClientCredentials::new(
+                    client.clone(),
+                    token_url,
+                    client_id,
+                    client_secret_file,
+                    scopes,
+                    resource,
+                ))),
+                Some(McpAuthConfig::Oauth2AuthorizationCode { .. }) => {
+                    return Err(ConnectError::Config(format!(
+                        "mcp {}: per-user OAuth (authorization code) is not supported by this gateway build yet",
+                        config.name
+                    )));
+                }
+            };
+            let http = BearerClient { inner: client.clone(), credentials };
+            if config.transport == McpEndpointTransport::Sse {
+                let mut sse = super::sse::SseClientTransport::new(http, url);
+                sse.connect().await.map_err(|e| ConnectError::Handshake(e.to_string()))?;
+                return Ok(Transport::Sse(sse));
+            }
+            let transport_config = StreamableHttpClientTransportConfig::with_uri(url);
+            Ok(Transport::Http(StreamableHttpClientTransport::with_client(http, transport_config)))
+        }
+        McpEndpointTransport::Stdio => {
+            let process = config
+                .stdio
+                .as_ref()
+                .ok_or_else(|| ConnectError::Config(format!("mcp {}: stdio needs a command", config.name)))?;
+            let mut command = tokio::process::Command::new(&process.command);
+            command.args(&process.args).kill_on_drop(true);
+            for var in &process.env {
+                let value = match (&var.value, &var.file) {
+                    (Some(v), _) => v.clone(),
+                    (None, Some(file)) => std::fs::read_to_string(file)
+                        .map_err(|e| ConnectError::Config(format!("env {}: reading {file}: {e}", var.name)))?
+                        .trim_end()
+                        .to_string(),
+                    (None, None) => String::new(),
+                };
+                command.env(&var.name, value);
+            }
+            TokioChildProcess::builder(command)
+                .stderr(std::process::Stdio::inherit())
+                .spawn()
+                .map(|(process, _stderr)| Transport::Stdio(process))
+                .map_err(|error| ConnectError::Spawn { command: process.command.clone(), error })
+        }
+    }
+}
+
+/// The upstream credentials of a connection (never the tenant's own token).
+#[derive(Clone, Debug)]
+enum UpstreamAuth {
+    None,
+    /// A static token in a Secret file, re-read at most once a second.
+    Bearer(Arc<SecretFile>),
+    /// OAuth 2.0 client credentials, cached and refreshed.
+    OAuthClient(Arc<ClientCredentials>),
+}
+
+/// reqwest with the connection's bearer token applied per request, so a
+/// rotated Secret or a refreshed OAuth token needs no reconnect.
+#[derive(Clone, Debug)]
+pub struct BearerClient {
+    inner: reqwest::Client,
+    credentials: UpstreamAuth,
+}
+
+impl BearerClient {
+    /// A client without upstream credentials.
+    pub fn anonymous(inner: reqwest::Client) -> Self {
+        Self { inner, credentials: UpstreamAuth::None }
+    }
+
+    /// The `Authorization: Bearer` token to send, if the connection has one.
+    pub async fn token(&self) -> Option<String> {
+        match &self.credentials {
+            UpstreamAuth::None => None,
+            UpstreamAuth::Bearer(secret) => secret.header().ok().and_then(|v| v.to_str().ok().map(str::to_string)),
+            UpstreamAuth::OAuthClient(grant) => match grant.token().await {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no OAuth token for an MCP upstream");
+                    None
+                }
+            },
+        }
+    }
+
+    /// The plain reqwest client.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.inner
+    }
+}
+
+type HttpResult<T> = Result<T, StreamableHttpError<reqwest::Error>>;
+
+impl StreamableHttpClient for BearerClient {
+    type Error = reqwest::Error;
+
+    async fn post_message(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        _auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> HttpResult<StreamableHttpPostResponse> {
+        self.inner.post_message(uri, message, session_id, self.token().await, custom_headers).await
+    }
+
+    async fn post_message_with_max_sse_event_size(
+        &self,
+        uri: Arc<str>,
+        message: ClientJsonRpcMessage,
+        session_id: Option<Arc<str>>,
+        _auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> HttpResult<StreamableHttpPostResponse> {
+        self.inner
+            .post_message_with_max_sse_event_size(
+                uri,
+                message,
+                session_id,
+                self.token().await,
+                custom_headers,
+                max_sse_event_size,
+            )
+            .await
+    }
+
+    async fn delete_session(
+        &self,
+        uri: Arc<str>,
+        session_id: Arc<str>,
+        _auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> HttpResult<()> {
+        self.inner.delete_session(uri, session_id, self.token().await, custom_headers).await
+    }
+
+    async fn get_stream(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        _auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+    ) -> HttpResult<BoxStream<'static, Result<Sse, SseError>>> {
+        self.inner.get_stream(uri, session_id, last_event_id, self.token().await, custom_headers).await
+    }
+
+    async fn get_stream_with_max_sse_event_size(
+        &self,
+        uri: Arc<str>,
+        session_id: Option<Arc<str>>,
+        last_event_id: Option<String>,
+        _auth_header: Option<String>,
+        custom_headers: HashMap<HeaderName, HeaderValue>,
+        max_sse_event_size: usize,
+    ) -> HttpResult<BoxStream<'static, Result<Sse, SseError>>> {
+        self.inner
+            .get_stream_with_max_sse_event_size(
+                uri,
+                session_id,
+                last_event_id,
+                self.token().await,
+                custom_headers,
+                max_sse_event_size,
+            )
+            .await
+    }
+}
