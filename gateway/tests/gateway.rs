@@ -184,14 +184,7 @@ async fn config_reloads_and_an_invalid_config_keeps_the_old_one() {
     // A target naming an undeclared provider: refused, old config stays.
     std::fs::write(&manifests, added.replace("provider: up, model: primary", "provider: nobody, model: primary"))
         .expect("write");
-    let mut refused = false;
-    for _ in 0..50 {
-        if gw.metrics().await.contains("tenantgate_config_reloads_total{result=\"refused\"}") {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refused = gw.reload_refused().await;
     assert!(refused, "the invalid config was not counted as refused");
     assert_eq!(gw.chat("added-later").await.0, 200, "the old config keeps serving");
     assert!(gw.metrics().await.contains("tenantgate_config_valid 0"));

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::{Value, json};
 
@@ -165,14 +163,7 @@ async fn a_template_that_does_not_render_refuses_the_reload() {
     let broken =
         format!("{}{}", tenant_yaml(&upstream.url), POLICIES.replace("{{ user.subject }}", "{{ user.email }}"));
     std::fs::write(&manifests, broken).expect("write");
-    let mut refused = false;
-    for _ in 0..50 {
-        if gw.metrics().await.contains("tenantgate_config_reloads_total{result=\"refused\"}") {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let refused = gw.reload_refused().await;
     assert!(refused, "the config with a broken template was not refused");
     // The old policies stay in force.
     let r =

@@ -19,6 +19,7 @@ use rmcp::service::RequestContext;
 use super::McpHub;
 use super::upstream::ForwardError;
 use crate::auth::Identity;
+use crate::config::Runtime;
 use crate::limits::Reservation;
 use crate::policy::{Finding, redact_secrets};
 use crate::state::AppState;
@@ -60,7 +61,8 @@ pub async fn call_tool(
     let arguments = request
         .arguments
         .as_ref()
-        .map(|a| redact_secrets(&serde_json::Value::Object(a.clone()).to_string()).into_owned());
+        .and_then(|a| serde_json::to_string(a).ok())
+        .map(|text| redact_secrets(&text).into_owned());
 
     // A tool call counts as one request against the caller's and the tenant's limits.
     if let Err(limited) = runtime.limiter.admit_reservation(&caller.subject, Reservation::default(), false).await {
@@ -79,7 +81,7 @@ pub async fn call_tool(
     let mut findings = Vec::new();
     let forwarded = match forwarded {
         Ok(ServerResult::CallToolResult(result)) => {
-            Ok(ServerResult::CallToolResult(guard_result(state, caller, result, &mut findings)))
+            Ok(ServerResult::CallToolResult(guard_result(&runtime, caller, result, &mut findings)))
         }
         other => other,
     };
@@ -143,12 +145,11 @@ fn respond(connection: &str, forwarded: Result<ServerResult, ForwardError>) -> R
 /// Runs the prompt guards over the text a tool returned: redaction rewrites
 /// it, a block replaces the result with an error result naming the policy.
 fn guard_result(
-    state: &AppState,
+    runtime: &Runtime,
     caller: &Identity,
     mut result: CallToolResult,
     findings: &mut Vec<Finding>,
 ) -> CallToolResult {
-    let runtime = state.runtime();
     for block in &mut result.content {
         let ContentBlock::Text(text) = block else { continue };
         match runtime.policies.guard_tool_result(caller, None, &text.text) {

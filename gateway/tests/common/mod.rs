@@ -297,6 +297,17 @@ impl Gateway {
     pub async fn metrics(&self) -> String {
         self.client.get(format!("{}/metrics", self.url)).send().await.expect("metrics").text().await.expect("text")
     }
+
+    /// Waits up to 5 s for a config reload to be counted as refused.
+    pub async fn reload_refused(&self) -> bool {
+        for _ in 0..50 {
+            if self.metrics().await.contains("tenantgate_config_reloads_total{result=\"refused\"}") {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
 }
 
 impl Drop for Gateway {
