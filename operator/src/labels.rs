@@ -26,6 +26,8 @@ pub const GATEWAY_CONFIG: &str = "gateway-config";
 pub const CONFIG_KEY: &str = "config.yaml";
 /// Port the gateway serves on (HTTP API, probes and metrics).
 pub const GATEWAY_PORT: i32 = 8080;
+/// Writable directory of the gateway pod (an emptyDir): local SQLite data and the spill file.
+pub const DATA_DIR: &str = "/var/lib/tenantgate";
 
 /// Labels selecting one tenant's gateway pods (stable: part of the Deployment selector).
 pub fn gateway_selector(tenant: &str) -> BTreeMap<String, String> {

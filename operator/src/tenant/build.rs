@@ -289,6 +289,10 @@ pub fn build_deployment(input: &BuildInput<'_>) -> Result<Deployment, BuildError
                     "env": [
                         { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
                         { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
+                        // The root filesystem is read-only: the SQLite database (no
+                        // `storage.database`) and the usage/audit spill file live on the
+                        // `data` volume, which outlives container restarts.
+                        { "name": "TENANTGATE_STATE_DIR", "value": DATA_DIR },
                     ],
                     "resources": resources,
                     "livenessProbe": probe("/livez", 10),
@@ -298,7 +302,7 @@ pub fn build_deployment(input: &BuildInput<'_>) -> Result<Deployment, BuildError
                     "volumeMounts": [
                         { "name": "config", "mountPath": "/etc/tenantgate", "readOnly": true },
                         { "name": "secrets", "mountPath": tenantgate_crds::render::SECRETS_ROOT, "readOnly": true },
-                        { "name": "data", "mountPath": "/var/lib/tenantgate" },
+                        { "name": "data", "mountPath": DATA_DIR },
                         { "name": "tmp", "mountPath": "/tmp" },
                     ],
                 }],
@@ -759,6 +763,21 @@ mod tests {
             Some(Some("/readyz".into()))
         );
         assert!(!p.topology_spread_constraints.clone().unwrap_or_default().is_empty());
+    }
+
+    #[test]
+    fn gateway_state_lives_on_a_writable_volume() {
+        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        let p = pod(&s);
+        let c = &p.containers[0];
+        let state_dir = c.env.iter().flatten().find(|e| e.name == "TENANTGATE_STATE_DIR").and_then(|e| e.value.clone());
+        assert_eq!(state_dir.as_deref(), Some(DATA_DIR));
+        let mount = c.volume_mounts.iter().flatten().find(|m| m.mount_path == DATA_DIR).expect("data mount");
+        assert_ne!(mount.read_only, Some(true));
+        let volume = p.volumes.iter().flatten().find(|v| v.name == mount.name).expect("data volume");
+        assert!(volume.empty_dir.is_some(), "{volume:?}");
+        // The rendered config's SQLite database sits on the same volume.
+        assert!(tenantgate_crds::render::SQLITE_PATH.starts_with(DATA_DIR));
     }
 
     #[test]
