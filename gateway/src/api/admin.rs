@@ -106,7 +106,9 @@ async fn usage(
         let q = query(q)?;
         let (from_ms, to_ms) = parse_range(q.from.as_deref(), q.to.as_deref())?;
         let filter = UsageFilter { from_ms, to_ms, subject: q.subject.clone(), model: q.model.clone() };
-        let report = storage::queries::usage(&state.storage().db, &filter).await.map_err(db_error)?;
+        let report = storage::queries::usage(&state.storage().db, &state.runtime().config.tenant.name, &filter)
+            .await
+            .map_err(db_error)?;
         Ok(Json(json!({
             "object": "usage.report",
             "from": q.from, "to": q.to, "subject": q.subject, "model": q.model,
@@ -162,7 +164,9 @@ async fn audit(
         }
         let (from_ms, to_ms) = parse_range(q.from.as_deref(), q.to.as_deref())?;
         let filter = AuditFilter { after, limit, kind: q.kind, actor: q.actor, from_ms, to_ms };
-        let page = storage::queries::audit(&state.storage().db, &filter).await.map_err(db_error)?;
+        let page = storage::queries::audit(&state.storage().db, &state.runtime().config.tenant.name, &filter)
+            .await
+            .map_err(db_error)?;
         let next_cursor = page.has_more.then(|| page.events.last().map(|e| e.seq.to_string())).flatten();
         let data: Vec<_> = page.events.iter().map(storage::AuditRow::to_json).collect();
         Ok(Json(json!({"object": "list", "data": data, "has_more": page.has_more, "next_cursor": next_cursor}))
@@ -220,10 +224,13 @@ async fn create_key(State(state): State<AppState>, caller: Caller, body: Body) -
         let storage = state.storage();
         let pepper = storage.pepper.as_ref().ok_or_else(|| AppError::Internal("API-key pepper not loaded".into()))?;
         let new = NewApiKey { name: name.to_owned(), roles: req.roles, expires_at_ms };
-        let created = api_keys::create(&storage.db, pepper, new, &caller.0.subject).await.map_err(|e| match e {
-            api_keys::ApiKeyError::Db(e) => db_error(e),
-            other => AppError::Internal(other.to_string()),
-        })?;
+        let created =
+            api_keys::create(&storage.db, &state.runtime().config.tenant.name, pepper, new, &caller.0.subject)
+                .await
+                .map_err(|e| match e {
+                    api_keys::ApiKeyError::Db(e) => db_error(e),
+                    other => AppError::Internal(other.to_string()),
+                })?;
         resource = Some(created.record.id.clone());
         details = json!({"name": created.record.name, "prefix": created.record.prefix, "roles": created.record.roles});
         let mut body = serde_json::to_value(created.record.view()).unwrap_or_default();
@@ -246,7 +253,7 @@ fn api_keys_enabled(state: &AppState) -> Result<(), AppError> {
 async fn list_keys(State(state): State<AppState>, caller: Caller) -> Result<Response, AppError> {
     let result = async {
         caller.require_admin()?;
-        let keys = api_keys::list(&state.storage().db).await.map_err(db_error)?;
+        let keys = api_keys::list(&state.storage().db, &state.runtime().config.tenant.name).await.map_err(db_error)?;
         let data: Vec<_> = keys.iter().map(storage::KeyRecord::view).collect();
         Ok(Json(json!({"object": "list", "data": data})).into_response())
     }
@@ -264,7 +271,9 @@ async fn revoke_key(
     let result = async {
         caller.require_admin()?;
         let storage = state.storage();
-        let revoked = api_keys::revoke(&storage.db, &id, &caller.0.subject).await.map_err(db_error)?;
+        let revoked = api_keys::revoke(&storage.db, &state.runtime().config.tenant.name, &id, &caller.0.subject)
+            .await
+            .map_err(db_error)?;
         storage.api_keys.clear();
         match revoked {
             Some(key) => Ok(Json(serde_json::to_value(key.view()).unwrap_or_default()).into_response()),

@@ -43,6 +43,7 @@ impl ApiKeyVerifier {
     pub async fn verify(
         &self,
         db: &Db,
+        tenant: &str,
         pepper: Option<&Pepper>,
         admin_roles: &[String],
         token: &str,
@@ -53,7 +54,7 @@ impl ApiKeyVerifier {
         let cached = self.cache.get(&hash);
         let record = match cached {
             Some((at, record)) if at.elapsed() < CACHE_TTL => record,
-            stale => match tokio::time::timeout(LOOKUP_TIMEOUT, api_keys::find_by_hash(db, &hash))
+            stale => match tokio::time::timeout(LOOKUP_TIMEOUT, api_keys::find_by_hash(db, tenant, &hash))
                 .await
                 .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut))
             {
@@ -106,7 +107,9 @@ pub async fn verify(
         return Err(AuthError::ApiKeysDisabled);
     }
     let storage = state.storage();
-    storage.api_keys.verify(&storage.db, storage.pepper.as_ref(), &runtime.config.auth.jwt.admin_roles, token).await
+    let tenant = &runtime.config.tenant.name;
+    let admin_roles = &runtime.config.auth.jwt.admin_roles;
+    storage.api_keys.verify(&storage.db, tenant, storage.pepper.as_ref(), admin_roles, token).await
 }
 
 #[cfg(test)]
@@ -126,30 +129,52 @@ mod tests {
             expires_at_ms,
         };
         let verifier = ApiKeyVerifier::default();
-        let key = create(&db, &pepper, new(&["tenant-admin", "dev"], None), "alice").await.expect("create");
+        let key = create(&db, "t", &pepper, new(&["tenant-admin", "dev"], None), "alice").await.expect("create");
 
-        let id = verifier.verify(&db, Some(&pepper), &admin_roles, &key.key).await.expect("valid");
+        let id = verifier.verify(&db, "t", Some(&pepper), &admin_roles, &key.key).await.expect("valid");
         assert_eq!(id.subject, format!("apikey:{}", key.record.prefix));
         assert_eq!(id.roles, ["tenant-admin", "dev"]);
         assert!(id.admin);
-        assert_eq!(verifier.verify(&db, None, &admin_roles, &key.key).await, Err(AuthError::ApiKeysUnavailable));
+        assert_eq!(verifier.verify(&db, "t", None, &admin_roles, &key.key).await, Err(AuthError::ApiKeysUnavailable));
 
         // Another pepper (another tenant) does not know the key.
         let other = Pepper::from_bytes(b"another pepper, another tenant").expect("pepper");
-        assert_eq!(verifier.verify(&db, Some(&other), &admin_roles, &key.key).await, Err(AuthError::UnknownApiKey));
+        assert_eq!(
+            verifier.verify(&db, "t", Some(&other), &admin_roles, &key.key).await,
+            Err(AuthError::UnknownApiKey)
+        );
         let forged = format!("{}x", key.key);
-        assert_eq!(verifier.verify(&db, Some(&pepper), &admin_roles, &forged).await, Err(AuthError::UnknownApiKey));
-        assert_eq!(verifier.verify(&db, Some(&pepper), &admin_roles, "tg_bad").await, Err(AuthError::UnknownApiKey));
+        assert_eq!(
+            verifier.verify(&db, "t", Some(&pepper), &admin_roles, &forged).await,
+            Err(AuthError::UnknownApiKey)
+        );
+        assert_eq!(
+            verifier.verify(&db, "t", Some(&pepper), &admin_roles, "tg_bad").await,
+            Err(AuthError::UnknownApiKey)
+        );
 
-        revoke(&db, &key.record.id, "alice").await.expect("revoke").expect("found");
+        // Another tenant sharing the database can neither revoke nor use it.
+        assert!(revoke(&db, "u", &key.record.id, "mallory").await.expect("revoke").is_none());
+        let other_tenant = ApiKeyVerifier::default();
+        assert_eq!(
+            other_tenant.verify(&db, "u", Some(&pepper), &admin_roles, &key.key).await,
+            Err(AuthError::UnknownApiKey)
+        );
+        revoke(&db, "t", &key.record.id, "alice").await.expect("revoke").expect("found");
         verifier.clear();
-        assert_eq!(verifier.verify(&db, Some(&pepper), &admin_roles, &key.key).await, Err(AuthError::RevokedApiKey));
+        assert_eq!(
+            verifier.verify(&db, "t", Some(&pepper), &admin_roles, &key.key).await,
+            Err(AuthError::RevokedApiKey)
+        );
 
-        let soon = create(&db, &pepper, new(&["dev"], Some(now_ms() + 300)), "alice").await.expect("create");
-        let id = verifier.verify(&db, Some(&pepper), &admin_roles, &soon.key).await.expect("valid");
+        let soon = create(&db, "t", &pepper, new(&["dev"], Some(now_ms() + 300)), "alice").await.expect("create");
+        let id = verifier.verify(&db, "t", Some(&pepper), &admin_roles, &soon.key).await.expect("valid");
         assert!(!id.admin);
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(verifier.verify(&db, Some(&pepper), &admin_roles, &soon.key).await, Err(AuthError::ExpiredApiKey));
+        assert_eq!(
+            verifier.verify(&db, "t", Some(&pepper), &admin_roles, &soon.key).await,
+            Err(AuthError::ExpiredApiKey)
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -204,8 +204,14 @@ pub struct ApiKey {
 
 const COLUMNS: &str = "id, prefix, name, roles, created_at_ms, created_by, expires_at_ms, revoked_at_ms";
 
-/// Creates a key.
-pub async fn create(db: &Db, pepper: &Pepper, new: NewApiKey, created_by: &str) -> Result<ApiKey, ApiKeyError> {
+/// Creates a key of `tenant`.
+pub async fn create(
+    db: &Db,
+    tenant: &str,
+    pepper: &Pepper,
+    new: NewApiKey,
+    created_by: &str,
+) -> Result<ApiKey, ApiKeyError> {
     let (key, prefix) = generate()?;
     let record = KeyRecord {
         id: new_id(),
@@ -221,8 +227,8 @@ pub async fn create(db: &Db, pepper: &Pepper, new: NewApiKey, created_by: &str) 
     let roles = serde_json::to_string(&record.roles).unwrap_or_else(|_| "[]".into());
     on_db!(db, pool => {
         sqlx::query(
-            "INSERT INTO api_keys (id, prefix, hash, name, roles, created_at_ms, created_by, expires_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO api_keys (id, prefix, hash, name, roles, created_at_ms, created_by, expires_at_ms, tenant) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(record.id.as_str())
         .bind(record.prefix.as_str())
@@ -232,47 +238,57 @@ pub async fn create(db: &Db, pepper: &Pepper, new: NewApiKey, created_by: &str) 
         .bind(record.created_at_ms)
         .bind(record.created_by.as_str())
         .bind(record.expires_at_ms)
+        .bind(tenant)
         .execute(pool)
         .await?;
     });
     Ok(ApiKey { record, key })
 }
 
-/// Every key, newest first.
-pub async fn list(db: &Db) -> Result<Vec<KeyRecord>, sqlx::Error> {
+/// Every key of `tenant`, newest first.
+pub async fn list(db: &Db, tenant: &str) -> Result<Vec<KeyRecord>, sqlx::Error> {
     let rows: Vec<KeyRow> = on_db!(db, pool => {
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM api_keys ORDER BY created_at_ms DESC, id")))
-            .fetch_all(pool)
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM api_keys WHERE tenant = $1 ORDER BY created_at_ms DESC, id"
+        )))
+        .bind(tenant)
+        .fetch_all(pool)
             .await?
     });
     Ok(rows.into_iter().map(KeyRecord::from).collect())
 }
 
-/// The key with this hash, if any.
-pub async fn find_by_hash(db: &Db, hash: &str) -> Result<Option<KeyRecord>, sqlx::Error> {
+/// `tenant`'s key with this hash, if any.
+pub async fn find_by_hash(db: &Db, tenant: &str, hash: &str) -> Result<Option<KeyRecord>, sqlx::Error> {
     let row: Option<KeyRow> = on_db!(db, pool => {
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM api_keys WHERE hash = $1")))
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM api_keys WHERE hash = $1 AND tenant = $2")))
             .bind(hash)
+            .bind(tenant)
             .fetch_optional(pool)
             .await?
     });
     Ok(row.map(KeyRecord::from))
 }
 
-/// Revokes a key (once: a revoked key keeps its first revocation time).
-/// `None` when there is no such key.
-pub async fn revoke(db: &Db, id: &str, by: &str) -> Result<Option<KeyRecord>, sqlx::Error> {
+/// Revokes a key of `tenant` (once: a revoked key keeps its first revocation
+/// time). `None` when the tenant has no such key.
+pub async fn revoke(db: &Db, tenant: &str, id: &str, by: &str) -> Result<Option<KeyRecord>, sqlx::Error> {
     on_db!(db, pool => {
-        sqlx::query("UPDATE api_keys SET revoked_at_ms = $1, revoked_by = $2 WHERE id = $3 AND revoked_at_ms IS NULL")
-            .bind(now_ms())
-            .bind(by)
-            .bind(id)
+        sqlx::query(
+            "UPDATE api_keys SET revoked_at_ms = $1, revoked_by = $2 \
+             WHERE id = $3 AND tenant = $4 AND revoked_at_ms IS NULL",
+        )
+        .bind(now_ms())
+        .bind(by)
+        .bind(id)
+        .bind(tenant)
             .execute(pool)
             .await?;
     });
     let row: Option<KeyRow> = on_db!(db, pool => {
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1")))
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM api_keys WHERE id = $1 AND tenant = $2")))
             .bind(id)
+            .bind(tenant)
             .fetch_optional(pool)
             .await?
     });

@@ -65,16 +65,17 @@ struct DayRow {
     errors: i64,
 }
 
-/// Usage matching `filter`.
-pub async fn usage(db: &Db, filter: &UsageFilter) -> Result<UsageReport, sqlx::Error> {
+/// `tenant`'s usage matching `filter` (tenants may share a database).
+pub async fn usage(db: &Db, tenant: &str, filter: &UsageFilter) -> Result<UsageReport, sqlx::Error> {
     let rows: Vec<DayRow> = on_db!(db, pool => {
         let mut q = QueryBuilder::new(
             "SELECT ts_ms / 86400000 AS day, COUNT(*) AS requests, \
              CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
              CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
              CAST(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS BIGINT) AS errors \
-             FROM usage WHERE 1 = 1",
+             FROM usage WHERE tenant = ",
         );
+        q.push_bind(tenant);
         if let Some(from) = filter.from_ms {
             q.push(" AND ts_ms >= ").push_bind(from);
         }
@@ -207,15 +208,15 @@ pub struct AuditPage {
     pub has_more: bool,
 }
 
-/// A page of audit events in insertion order.
-pub async fn audit(db: &Db, filter: &AuditFilter) -> Result<AuditPage, sqlx::Error> {
+/// A page of `tenant`'s audit events in insertion order.
+pub async fn audit(db: &Db, tenant: &str, filter: &AuditFilter) -> Result<AuditPage, sqlx::Error> {
     let limit = filter.limit.clamp(1, 1000);
     let mut events: Vec<AuditRow> = on_db!(db, pool => {
         let mut q = QueryBuilder::new(
             "SELECT seq, id, ts_ms, actor, kind, action, resource, status, reason, request_id, policy_hash, \
-             policy_ids, findings, prompt, details FROM audit_events WHERE seq > ",
+             policy_ids, findings, prompt, details FROM audit_events WHERE tenant = ",
         );
-        q.push_bind(filter.after.unwrap_or(0));
+        q.push_bind(tenant).push(" AND seq > ").push_bind(filter.after.unwrap_or(0));
         if let Some(kind) = &filter.kind {
             q.push(" AND kind = ").push_bind(kind.as_str());
         }
@@ -234,4 +235,57 @@ pub async fn audit(db: &Db, filter: &AuditFilter) -> Result<AuditPage, sqlx::Err
     let has_more = events.len() as i64 > limit;
     events.truncate(limit as usize);
     Ok(AuditPage { events, has_more })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::records::{AuditEvent, AuditKind, Record, UsageRow, new_id, now_ms};
+    use crate::storage::write::insert;
+
+    fn usage_of(tenant: &str, subject: &str, tokens: i64) -> Record {
+        Record::Usage(UsageRow {
+            id: new_id(),
+            ts_ms: now_ms(),
+            tenant: tenant.into(),
+            subject: subject.into(),
+            model: "m".into(),
+            target: None,
+            prompt_tokens: tokens,
+            completion_tokens: 1,
+            latency_ms: 1,
+            status: 200,
+            reason: None,
+            request_id: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn tenants_sharing_a_database_see_only_their_own_rows() {
+        let dir = std::env::temp_dir().join(format!("tg-queries-{}-{}", std::process::id(), fastrand::u64(..)));
+        let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
+        let records = [
+            usage_of("a", "alice", 10),
+            usage_of("a", "alice", 20),
+            usage_of("b", "bob", 400),
+            Record::Audit(AuditEvent::new("a", "alice", AuditKind::Admin, "apiKeys.list")),
+            Record::Audit(AuditEvent::new("b", "bob", AuditKind::Admin, "apiKeys.list")),
+            Record::Audit(AuditEvent::new("b", "bob", AuditKind::Admin, "apiKeys.create")),
+        ];
+        insert(&db, &records).await.expect("insert");
+
+        let a = usage(&db, "a", &UsageFilter::default()).await.expect("usage");
+        assert_eq!((a.totals.requests, a.totals.prompt_tokens), (2, 30));
+        let b = usage(&db, "b", &UsageFilter::default()).await.expect("usage");
+        assert_eq!((b.totals.requests, b.totals.prompt_tokens), (1, 400));
+        // Naming the other tenant's subject finds nothing.
+        let cross = UsageFilter { subject: Some("bob".into()), ..UsageFilter::default() };
+        assert_eq!(usage(&db, "a", &cross).await.expect("usage").totals.requests, 0);
+
+        let all = AuditFilter { after: None, limit: 100, kind: None, actor: None, from_ms: None, to_ms: None };
+        let a_events = audit(&db, "a", &all).await.expect("audit").events;
+        assert_eq!(a_events.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>(), ["alice"]);
+        assert_eq!(audit(&db, "b", &all).await.expect("audit").events.len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
