@@ -4,6 +4,10 @@
 //! every request (401), the session id bound to the caller's subject (404
 //! otherwise, as for an expired session), and the message size limit (413,
 //! enforced by rmcp while it reads the body).
+//!
+//! When the tenant has Redis, sessions are shared by its replicas (see
+//! [`super::session_store`]): a session id unknown here but live in Redis for
+//! this subject is restored by rmcp, which replays the client's `initialize`.
 
 use std::sync::Arc;
 use std::time::Duration;

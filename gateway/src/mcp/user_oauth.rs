@@ -519,7 +519,7 @@ mod tests {
     #[test]
     fn s256_challenge_matches_rfc7636_appendix_b() {
         assert_eq!(
-            code_challenge("dBjftJeZ4CVP-mB92K27uhbUJU-p1r_2W4kirpaYSPM"),
+            code_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
             "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
         );
     }
@@ -580,6 +580,24 @@ mod tests {
         assert!(matches!(err, UserOAuthError::UnknownState(_)), "{err}");
         let err = v.finish(grant, "made-up", "code", None).await.expect_err("unknown");
         assert!(err.to_string().contains("/oauth/mcp/gh/start"), "{err}");
+        // A state past its lifetime: refused as expired (and spent).
+        let pending = PendingState {
+            connection: "gh".into(),
+            subject: "alice".into(),
+            sealed_verifier: "x".into(),
+            redirect_uri: "http://gw/cb".into(),
+            expires_at_ms: now_ms() - 1,
+        };
+        mcp_tokens::put_state(&v.db, "acme", &state_hash("old-state"), &pending).await.expect("put");
+        let err = v.finish(grant, "old-state", "code", None).await.expect_err("expired");
+        assert!(matches!(err, UserOAuthError::ExpiredState(_)), "{err}");
+        // A state issued for another connection.
+        let mut other = c.clone();
+        other.name = "gl".into();
+        let url = v.start(Grant::of(&other).expect("grant"), "alice", "http://gw/cb").await.expect("start");
+        let st = url::Url::parse(&url).expect("url").query_pairs().find(|(k, _)| k == "state").expect("state").1.into_owned();
+        let err = v.finish(grant, &st, "code", None).await.expect_err("other connection");
+        assert!(matches!(err, UserOAuthError::WrongConnection), "{err}");
         // No tokens: a clear NotAuthorized naming the start URL.
         let err = v.access_token(grant, "alice").await.expect_err("no token");
         assert!(matches!(err, UserOAuthError::NotAuthorized(_)) && err.to_string().contains("/oauth/mcp/gh/start"));
