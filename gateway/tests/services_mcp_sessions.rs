@@ -45,8 +45,13 @@ async fn post(gw: &Gateway, token: &str, session: Option<&str>, body: Value) -> 
     let response = tokio::time::timeout(Duration::from_secs(20), request.send()).await.expect("in time").expect("send");
     let status = response.status();
     let session = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let sse = response.headers().get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("text/event-stream"));
-    let text = tokio::time::timeout(Duration::from_secs(20), response.text()).await.expect("body in time").expect("body");
+    let sse = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/event-stream"));
+    let text =
+        tokio::time::timeout(Duration::from_secs(20), response.text()).await.expect("body in time").expect("body");
     let message = if sse {
         text.lines()
             .filter_map(|l| l.strip_prefix("data:"))

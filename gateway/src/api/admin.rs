@@ -329,10 +329,14 @@ async fn revoke_mcp_tokens(
             .map_err(crate::mcp::user_oauth::UserOAuthError::into_app_error)?;
         state.carried().mcp().forget_user(&connection, &subject);
         if !deleted {
-            return Err(AppError::NotFound(format!("no OAuth tokens of {subject:?} for MCP connection {connection:?}")));
+            return Err(AppError::NotFound(format!(
+                "no OAuth tokens of {subject:?} for MCP connection {connection:?}"
+            )));
         }
-        Ok(Json(json!({"object": "mcp.authorization", "connection": connection, "subject": subject, "status": "revoked"}))
-            .into_response())
+        Ok(Json(
+            json!({"object": "mcp.authorization", "connection": connection, "subject": subject, "status": "revoked"}),
+        )
+        .into_response())
     }
     .await;
     audited(&state, &caller, "mcpTokens.revoke", Some(&resource), json!({}), result)

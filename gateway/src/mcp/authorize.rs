@@ -31,9 +31,11 @@ pub fn router() -> Router<AppState> {
 }
 
 fn vault(state: &AppState) -> Result<std::sync::Arc<UserTokens>, AppError> {
-    state.carried().mcp().user_tokens().ok_or_else(|| {
-        UserOAuthError::Unavailable("storage is not open yet".into()).into_app_error()
-    })
+    state
+        .carried()
+        .mcp()
+        .user_tokens()
+        .ok_or_else(|| UserOAuthError::Unavailable("storage is not open yet".into()).into_app_error())
 }
 
 /// The connection's config, which must use per-user OAuth.
@@ -54,7 +56,8 @@ fn connection_config(state: &AppState, name: &str) -> Result<tenantgate_crds::co
 /// host from `X-Forwarded-Proto`/`X-Forwarded-Host` (set by the ingress) or
 /// the request's `Host`.
 fn redirect_uri(headers: &HeaderMap, connection: &str) -> Result<String, AppError> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.split(',').next().unwrap_or(v).trim());
+    let get =
+        |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.split(',').next().unwrap_or(v).trim());
     let scheme = get("x-forwarded-proto").filter(|s| *s == "https" || *s == "http").unwrap_or("http");
     let host = get("x-forwarded-host")
         .or_else(|| get(header::HOST.as_str()))
@@ -97,14 +100,10 @@ async fn start(
         let config = connection_config(&state, &connection)?;
         let grant = Grant::of(&config).map_err(UserOAuthError::into_app_error)?;
         let redirect = redirect_uri(&headers, &connection)?;
-        let url = vault(&state)?
-            .start(grant, &caller.0.subject, &redirect)
-            .await
-            .map_err(UserOAuthError::into_app_error)?;
-        let wants_json = headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.contains("application/json"));
+        let url =
+            vault(&state)?.start(grant, &caller.0.subject, &redirect).await.map_err(UserOAuthError::into_app_error)?;
+        let wants_json =
+            headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
         Ok(if wants_json {
             Json(json!({"authorizationUrl": url, "expiresIn": STATE_LIFETIME.as_secs()})).into_response()
         } else {
@@ -140,7 +139,8 @@ async fn callback(
     };
     let mut subject = caller.as_ref().map(|c| c.0.subject.clone());
     let result = async {
-        let Query(q) = q.map_err(|e| AppError::bad_request(None, format!("invalid query string: {}", e.body_text())))?;
+        let Query(q) =
+            q.map_err(|e| AppError::bad_request(None, format!("invalid query string: {}", e.body_text())))?;
         let config = connection_config(&state, &connection)?;
         let grant = Grant::of(&config).map_err(UserOAuthError::into_app_error)?;
         if let Some(error) = q.error {

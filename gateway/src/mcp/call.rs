@@ -111,8 +111,10 @@ async fn forward(
     let started = Instant::now();
     let mut upstream_params = request;
     upstream_params.name = route.name.to_string().into();
-    let forwarded =
-        route.upstream.forward(ClientRequest::CallToolRequest(CallToolRequest::new(upstream_params)), context, subject).await;
+    let forwarded = route
+        .upstream
+        .forward(ClientRequest::CallToolRequest(CallToolRequest::new(upstream_params)), context, subject)
+        .await;
     let outcome = match &forwarded {
         Ok(_) => "ok",
         Err(e) => e.as_reason(),

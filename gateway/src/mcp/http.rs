@@ -123,7 +123,8 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .with_max_request_body_bytes(settings.max_message_bytes);
     // With a store, rmcp saves each session's initialize parameters and
     // restores a session another replica created (see `session_store`).
-    config.session_store = shared.clone().map(|s| s as Arc<dyn rmcp::transport::streamable_http_server::session::SessionStore>);
+    config.session_store =
+        shared.clone().map(|s| s as Arc<dyn rmcp::transport::streamable_http_server::session::SessionStore>);
     let service = StreamableHttpService::new(
         move || Ok(AggregateServer::new(factory_hub.clone(), Some(factory_state.clone()))),
         sessions.clone(),

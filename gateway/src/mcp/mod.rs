@@ -165,7 +165,9 @@ impl McpHub {
                 running.push(old.swap_remove(i));
                 continue;
             }
-            let upstream = Arc::new(Upstream::new(config.clone()).with_user_tokens(self.0.user_tokens.clone(), self.0.client.clone()));
+            let upstream = Arc::new(
+                Upstream::new(config.clone()).with_user_tokens(self.0.user_tokens.clone(), self.0.client.clone()),
+            );
             let (stop, stop_rx) = watch::channel(false);
             tokio::spawn(upstream::run(
                 upstream.clone(),

@@ -128,7 +128,11 @@ impl ServerHandler for AggregateServer {
         params.name = route.name.to_string();
         let subject = caller(&context);
         let subject = subject.as_ref().map(|c| c.subject.as_str());
-        match route.upstream.forward(ClientRequest::GetPromptRequest(GetPromptRequest::new(params)), &context, subject).await {
+        match route
+            .upstream
+            .forward(ClientRequest::GetPromptRequest(GetPromptRequest::new(params)), &context, subject)
+            .await
+        {
             Ok(ServerResult::GetPromptResult(r)) => Ok(GetPromptResponse::Complete(r)),
             Ok(ServerResult::InputRequiredResult(r)) => Ok(GetPromptResponse::InputRequired(r)),
             Ok(_) => Err(ErrorData::internal_error("the upstream answered prompts/get with another result", None)),

@@ -68,9 +68,7 @@ impl SharedSessions {
         format!("{}{id}", self.prefix)
     }
 
-    async fn bounded<T>(
-        f: impl Future<Output = Result<T, redis::RedisError>>,
-    ) -> Result<T, SharedSessionError> {
+    async fn bounded<T>(f: impl Future<Output = Result<T, redis::RedisError>>) -> Result<T, SharedSessionError> {
         match tokio::time::timeout(TIMEOUT, f).await {
             Ok(r) => Ok(r?),
             Err(_) => Err(SharedSessionError::Timeout(TIMEOUT)),
@@ -84,7 +82,14 @@ impl SharedSessions {
         let key = self.key(id);
         let secs = self.lifetime.as_secs().max(1) as i64;
         Self::bounded(async move {
-            redis::pipe().atomic().hset(&key, field, value).ignore().expire(&key, secs).ignore().query_async(&mut c).await
+            redis::pipe()
+                .atomic()
+                .hset(&key, field, value)
+                .ignore()
+                .expire(&key, secs)
+                .ignore()
+                .query_async(&mut c)
+                .await
         })
         .await
     }

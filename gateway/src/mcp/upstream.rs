@@ -232,7 +232,11 @@ impl Upstream {
             let now = std::time::Instant::now();
             let mut users = self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             users.retain(|_, s| {
-                let idle = s.last_used.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some_and(|t| now - t > USER_SESSION_IDLE);
+                let idle = s
+                    .last_used
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .is_some_and(|t| now - t > USER_SESSION_IDLE);
                 let closed = s.session.get().is_some_and(|session| session.is_transport_closed());
                 Arc::strong_count(s) > 1 || !(idle || closed)
             });

@@ -120,7 +120,10 @@ impl UserOAuthError {
             }
             Self::Db(e) => {
                 tracing::warn!(error = %e, "per-user OAuth: database error");
-                AppError::Unavailable { message: "the database is unavailable, try again later".into(), retry_after: None }
+                AppError::Unavailable {
+                    message: "the database is unavailable, try again later".into(),
+                    retry_after: None,
+                }
             }
         }
     }
@@ -437,7 +440,10 @@ impl UserTokens {
             Ok(r) => r,
             // invalid_grant: the refresh token is dead; the user must authorize again.
             Err(OAuthError::Refused { error, .. }) if error == "invalid_grant" => {
-                tracing::info!(connection, "a user's refresh token was refused (invalid_grant): authorization needed again");
+                tracing::info!(
+                    connection,
+                    "a user's refresh token was refused (invalid_grant): authorization needed again"
+                );
                 mcp_tokens::delete_token(&self.db, &self.tenant, connection, subject).await?;
                 return Err(UserOAuthError::NotAuthorized(connection.to_string()));
             }
@@ -546,7 +552,12 @@ mod tests {
 
     async fn vault(dir: &Path) -> UserTokens {
         let db = Db::sqlite(&dir.join("v.db")).await.expect("db");
-        UserTokens::with_key(db, "acme", TokenKey::from_bytes(&[3u8; 32]).map_err(|e| e.to_string()), reqwest::Client::new())
+        UserTokens::with_key(
+            db,
+            "acme",
+            TokenKey::from_bytes(&[3u8; 32]).map_err(|e| e.to_string()),
+            reqwest::Client::new(),
+        )
     }
 
     fn tempdir() -> std::path::PathBuf {
@@ -595,7 +606,13 @@ mod tests {
         let mut other = c.clone();
         other.name = "gl".into();
         let url = v.start(Grant::of(&other).expect("grant"), "alice", "http://gw/cb").await.expect("start");
-        let st = url::Url::parse(&url).expect("url").query_pairs().find(|(k, _)| k == "state").expect("state").1.into_owned();
+        let st = url::Url::parse(&url)
+            .expect("url")
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .expect("state")
+            .1
+            .into_owned();
         let err = v.finish(grant, &st, "code", None).await.expect_err("other connection");
         assert!(matches!(err, UserOAuthError::WrongConnection), "{err}");
         // No tokens: a clear NotAuthorized naming the start URL.
