@@ -69,8 +69,13 @@ impl Binding<'_> {
 impl TokenKey {
     /// A key from its 32 bytes.
     pub fn from_bytes(raw: &[u8]) -> Result<Self, SealError> {
-        let trimmed = raw.trim_ascii();
-        let bytes = base64::engine::general_purpose::STANDARD.decode(trimmed).unwrap_or_else(|_| trimmed.to_vec());
+        // Base64 as the operator writes it (a trailing newline tolerated), else the raw bytes
+        // (untrimmed: a random key may begin or end with whitespace bytes).
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(raw.trim_ascii())
+            .ok()
+            .filter(|b| b.len() == 32)
+            .unwrap_or_else(|| raw.to_vec());
         Aes256Gcm::new_from_slice(&bytes)
             .map(Self)
             .map_err(|_| SealError::Key(format!("must be 32 bytes (base64), not {}", bytes.len())))
@@ -137,6 +142,9 @@ mod tests {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD.encode([1u8; 32]);
         assert!(TokenKey::from_bytes(b64.as_bytes()).is_ok());
+        assert!(TokenKey::from_bytes(format!("{b64}\n").as_bytes()).is_ok());
+        // Raw bytes are taken as they are, whitespace bytes included.
+        assert!(TokenKey::from_bytes(&[b'\t'; 32]).is_ok());
         let err = TokenKey::from_bytes(b"short").expect_err("short key");
         assert!(err.to_string().contains("32 bytes"), "{err}");
     }

@@ -33,6 +33,9 @@ use crate::storage::{Db, now_ms};
 pub const STATE_LIFETIME: Duration = Duration::from_secs(600);
 /// Refresh this long before expiry (or at half the token's life when shorter).
 const REFRESH_MARGIN: Duration = Duration::from_secs(60);
+/// A decrypted access token is reused from memory at most this long: a
+/// revocation on another replica takes effect here within it.
+const CACHE_FOR: Duration = Duration::from_secs(30);
 
 /// Why per-user OAuth failed. Messages name what is wrong, never a token.
 #[derive(Debug, thiserror::Error)]
@@ -207,8 +210,8 @@ pub struct UserTokens {
     http: reqwest::Client,
     /// (connection, subject) -> fresh access token; read without awaiting.
     cache: Mutex<HashMap<(String, String), Cached>>,
-    /// Single-flight loads and refreshes.
-    refreshing: tokio::sync::Mutex<()>,
+    /// Single-flight loads and refreshes, per (connection, subject).
+    refreshing: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for UserTokens {
@@ -251,7 +254,7 @@ impl UserTokens {
             key,
             http,
             cache: Mutex::new(HashMap::new()),
-            refreshing: tokio::sync::Mutex::new(()),
+            refreshing: Mutex::new(HashMap::new()),
         }
     }
 
@@ -394,7 +397,7 @@ impl UserTokens {
         cache.retain(|_, c| c.refresh_at > now);
         cache.insert(
             (connection.to_string(), subject.to_string()),
-            Cached { access_token: token.to_string(), refresh_at },
+            Cached { access_token: token.to_string(), refresh_at: refresh_at.min(now + CACHE_FOR) },
         );
     }
 
@@ -410,7 +413,26 @@ impl UserTokens {
         if let Some(t) = self.cache_get(connection, subject) {
             return Ok(t);
         }
-        let _one = self.refreshing.lock().await;
+        let key = (connection.to_string(), subject.to_string());
+        let lock = self.lock(&key).lock_owned().await;
+        let result = self.load_or_refresh(grant, subject).await;
+        drop(lock);
+        // The last one out removes the per-user lock.
+        let mut locks = self.refreshing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if locks.get(&key).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(&key);
+        }
+        result
+    }
+
+    fn lock(&self, key: &(String, String)) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.refreshing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        locks.entry(key.clone()).or_default().clone()
+    }
+
+    /// Under the user's lock: the cached, stored or refreshed token.
+    async fn load_or_refresh(&self, grant: Grant<'_>, subject: &str) -> Result<String, UserOAuthError> {
+        let connection = grant.connection;
         if let Some(t) = self.cache_get(connection, subject) {
             return Ok(t);
         }
