@@ -209,10 +209,13 @@ pub struct UserTokens {
     key: Result<TokenKey, String>,
     http: reqwest::Client,
     /// (connection, subject) -> fresh access token; read without awaiting.
-    cache: Mutex<HashMap<(String, String), Cached>>,
+    cache: Mutex<HashMap<UserKey, Cached>>,
     /// Single-flight loads and refreshes, per (connection, subject).
-    refreshing: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    refreshing: Mutex<HashMap<UserKey, Arc<tokio::sync::Mutex<()>>>>,
 }
+
+/// (connection, subject).
+type UserKey = (String, String);
 
 impl std::fmt::Debug for UserTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -425,7 +428,7 @@ impl UserTokens {
         result
     }
 
-    fn lock(&self, key: &(String, String)) -> Arc<tokio::sync::Mutex<()>> {
+    fn lock(&self, key: &UserKey) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.refreshing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         locks.entry(key.clone()).or_default().clone()
     }
