@@ -396,6 +396,7 @@ pub(super) async fn run(
             Some(tokens) => tokens.lister(&name).await.ok().flatten().and_then(|s| upstream.credential(&s)),
             None => None,
         };
+        let anonymous_per_user = upstream.is_per_user() && lister.is_none();
         let connected = tokio::select! {
             r = connect(&upstream, &client, handler, lister) => r,
             _ = stop.changed() => break,
@@ -473,6 +474,12 @@ pub(super) async fn run(
                     retry_in_ms = backoff.as_millis() as u64,
                     "MCP connection down"
                 );
+                if anonymous_per_user {
+                    tracing::info!(
+                        connection = %name,
+                        "this per-user OAuth connection is listed with a user's token once one authorizes at /oauth/mcp/{name}/start"
+                    );
+                }
             }
         }
         if upstream.live.swap(None).is_some() {

@@ -301,3 +301,38 @@ def test_tokens_are_encrypted_at_rest_and_never_logged(setup):
             assert token.encode() not in data, f"{token[:6]}... in {p}"
     # The log is a real debug log with the flow in it.
     assert "oauth/mcp/peruser/callback" in log.read_text()
+
+
+def test_an_upstream_that_refuses_anonymous_listing_is_listed_with_an_authorized_users_token(upstream):
+    """Until someone authorizes, the connection cannot even be listed; then it
+    is listed with the token of the user who authorized last, while each call
+    still goes out with its caller's own token (or is refused for a caller
+    without one)."""
+    echo = Echo("--require-auth")
+    auth = AuthServer(expires_in=3600)
+    g = Gateway(upstream, extra_manifests=manifests(echo, auth))
+    try:
+        alice = g.mint("--subject", "alice@example.com")
+        bob = g.mint("--subject", "bob@example.com")
+        time.sleep(1)
+
+        async def names():
+            async with session(g.url, alice) as s:
+                return {t.name for t in (await s.list_tools()).tools}
+
+        assert "peruser_echo" not in asyncio.run(names())
+        assert authorize(g, alice).status_code == 200
+        alice_access = auth.issued[-2]
+        deadline = time.monotonic() + 40
+        while "peruser_echo" not in asyncio.run(names()):
+            assert time.monotonic() < deadline, "never listed with the authorized user's token"
+            time.sleep(0.3)
+        assert httpx.get(echo.url + "/last-auth").text == f"Bearer {alice_access}"
+        r = call(g, bob)
+        assert r.is_error and "/oauth/mcp/peruser/start" in text_of(r)
+        assert text_of(call(g, alice, "mine")) == "mine"
+        assert httpx.get(echo.url + "/last-auth").text == f"Bearer {alice_access}"
+    finally:
+        g.stop()
+        auth.stop()
+        echo.stop()
