@@ -152,12 +152,6 @@ struct TokenResponse {
     scope: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct ErrorResponse {
-    #[serde(default)]
-    error: String,
-}
-
 /// The per-user OAuth settings of a connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Grant<'a> {
@@ -511,32 +505,15 @@ impl UserTokens {
     /// One token request (authorization code or refresh): client_secret_basic
     /// when the connection has a secret, `client_id` in the form otherwise.
     async fn token_request(&self, grant: Grant<'_>, params: &[(&str, &str)]) -> Result<TokenResponse, OAuthError> {
-        let mut pairs: Vec<(&str, &str)> = params.to_vec();
-        let mut request = self
-            .http
-            .post(grant.token_url)
-            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(http::header::ACCEPT, "application/json");
-        match grant.client_secret_file {
+        let secret = match grant.client_secret_file {
             Some(file) => {
-                let secret = SecretFile::new(file, "").header().map_err(|_| OAuthError::Secret)?;
-                let secret = secret.to_str().map_err(|_| OAuthError::Secret)?.to_string();
-                request = request.basic_auth(grant.client_id, Some(secret));
+                let value = SecretFile::new(file, "").header().map_err(|_| OAuthError::Secret)?;
+                Some(value.to_str().map_err(|_| OAuthError::Secret)?.to_string())
             }
-            None => pairs.push(("client_id", grant.client_id)),
-        }
-        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
-        let response = request.body(body).send().await?;
-        let status = response.status();
-        let body = response.bytes().await?;
-        if !status.is_success() {
-            let error = serde_json::from_slice::<ErrorResponse>(&body).map(|e| e.error).unwrap_or_default();
-            return Err(OAuthError::Refused { status: status.as_u16(), error });
-        }
-        serde_json::from_slice(&body).map_err(|_| OAuthError::Refused {
-            status: status.as_u16(),
-            error: "the token response is not an OAuth token (JSON with access_token)".into(),
-        })
+            None => None,
+        };
+        super::oauth::token_request(&self.http, grant.token_url, grant.client_id, secret.as_deref(), params.to_vec())
+            .await
     }
 }
 
