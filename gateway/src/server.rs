@@ -78,6 +78,13 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     .await
     .map_err(|e| StartError::Storage(e.to_string()))?;
     let storage = Arc::new(storage);
+    let mcp = carried.mcp();
+    mcp.configure_user_tokens(crate::mcp::user_oauth::UserTokens::new(
+        storage.db.clone(),
+        &runtime.config.tenant.name,
+        std::path::Path::new(&runtime.config.keys.token_encryption_key_file),
+        mcp.http_client().clone(),
+    ));
     let state = AppState::new(runtime, carried, metrics, args.max_body_bytes, args.max_in_flight, storage.clone());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -10,13 +10,14 @@
 //! count is served at `GET /calls` (HTTP mode) so tests can prove that a call
 //! the gateway refused never reached this server. `GET /cancelled` counts
 //! `slow` calls that were cancelled; `GET /last-auth` is the last MCP request's
-//! `Authorization` header.
+//! `Authorization` header; with `--require-auth` a request without one gets 401.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use clap::Parser;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams, GetPromptResponse,
@@ -39,6 +40,10 @@ struct Args {
     /// Tools per page of `tools/list` (exercises pagination).
     #[arg(long, default_value_t = 2)]
     page_size: usize,
+    /// Answer 401 to MCP requests without an `Authorization` header (an
+    /// upstream that lists nothing anonymously).
+    #[arg(long)]
+    require_auth: bool,
 }
 
 #[derive(Debug, Default)]
@@ -224,6 +229,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cancelled = counters.clone();
     let auth = counters.clone();
     let seen = counters.clone();
+    let require_auth = args.require_auth;
     let app = axum::Router::new()
         .route("/calls", axum::routing::get(move || async move { calls.calls.load(Ordering::Acquire).to_string() }))
         .route(
@@ -238,6 +244,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
             let seen = seen.clone();
             async move {
+                if require_auth && request.uri().path() == "/mcp" && !request.headers().contains_key("authorization") {
+                    return axum::http::StatusCode::UNAUTHORIZED.into_response();
+                }
                 if request.uri().path() == "/mcp"
                     && let Some(v) = request.headers().get("authorization").and_then(|v| v.to_str().ok())
                     && let Ok(mut last) = seen.last_auth.lock()

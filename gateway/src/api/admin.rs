@@ -24,6 +24,8 @@ pub fn router() -> Router<AppState> {
         .route("/admin/v1/audit", get(audit))
         .route("/admin/v1/api-keys", get(list_keys).post(create_key))
         .route("/admin/v1/api-keys/{id}", delete(revoke_key))
+        .route("/admin/v1/mcp-tokens", get(list_mcp_tokens))
+        .route("/admin/v1/mcp-tokens/{connection}/{subject}", delete(revoke_mcp_tokens))
 }
 
 /// Audits one admin call with its outcome, then passes the outcome on.
@@ -282,4 +284,69 @@ async fn revoke_key(
     }
     .await;
     audited(&state, &caller, "apiKeys.revoke", Some(&id), json!({}), result)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct McpTokensQuery {
+    connection: Option<String>,
+    subject: Option<String>,
+}
+
+fn user_tokens(state: &AppState) -> Result<std::sync::Arc<crate::mcp::user_oauth::UserTokens>, AppError> {
+    state.carried().mcp().user_tokens().ok_or_else(|| AppError::Unavailable {
+        message: "per-user MCP OAuth is not ready yet".into(),
+        retry_after: None,
+    })
+}
+
+/// `GET /admin/v1/mcp-tokens?connection&subject`: users' upstream OAuth
+/// authorizations (metadata: never a token).
+async fn list_mcp_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<McpTokensQuery>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let result = async {
+        caller.require_admin()?;
+        let q = query(q)?;
+        let rows = user_tokens(&state)?
+            .list(q.connection.as_deref(), q.subject.as_deref())
+            .await
+            .map_err(crate::mcp::user_oauth::UserOAuthError::into_app_error)?;
+        let data: Vec<_> = rows.iter().map(storage::mcp_tokens::StoredToken::view).collect();
+        Ok(Json(json!({"object": "list", "data": data})).into_response())
+    }
+    .await;
+    audited(&state, &caller, "mcpTokens.list", None, json!({}), result)
+}
+
+/// `DELETE /admin/v1/mcp-tokens/{connection}/{subject}`: deletes a user's
+/// tokens for a connection and closes their upstream session here (other
+/// replicas find no token on their next request).
+async fn revoke_mcp_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((connection, subject)): Path<(String, String)>,
+) -> Result<Response, AppError> {
+    let resource = format!("{connection}/{subject}");
+    let result = async {
+        caller.require_admin()?;
+        let deleted = user_tokens(&state)?
+            .revoke(&connection, &subject)
+            .await
+            .map_err(crate::mcp::user_oauth::UserOAuthError::into_app_error)?;
+        state.carried().mcp().forget_user(&connection, &subject);
+        if !deleted {
+            return Err(AppError::NotFound(format!(
+                "no OAuth tokens of {subject:?} for MCP connection {connection:?}"
+            )));
+        }
+        Ok(Json(
+            json!({"object": "mcp.authorization", "connection": connection, "subject": subject, "status": "revoked"}),
+        )
+        .into_response())
+    }
+    .await;
+    audited(&state, &caller, "mcpTokens.revoke", Some(&resource), json!({}), result)
 }

@@ -37,6 +37,7 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route("/v1/models", get(models::list))
         .route("/v1/models/{model}", get(models::get))
         .merge(admin::router())
+        .merge(crate::mcp::authorize::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), admit))
         .route_layer(middleware::from_fn(track));
     let ops = Router::new()

@@ -50,7 +50,7 @@ pub async fn call_tool(
         (Some(state), Some(caller)) => (state, caller),
         // The stdio bridge: the gateway in front of it applies limits, guards and audit.
         (None, _) => {
-            let (forwarded, _) = forward(route, request, context).await;
+            let (forwarded, _) = forward(route, request, context, None).await;
             return respond(&connection, forwarded);
         }
         (Some(_), None) => return Err(ErrorData::invalid_request("tools/call needs an authenticated caller", None)),
@@ -77,7 +77,7 @@ pub async fn call_tool(
     }
 
     let started = Instant::now();
-    let (forwarded, outcome) = forward(route, request, context).await;
+    let (forwarded, outcome) = forward(route, request, context, Some(&caller.subject)).await;
     let mut findings = Vec::new();
     let forwarded = match forwarded {
         Ok(ServerResult::CallToolResult(result)) => {
@@ -105,13 +105,16 @@ async fn forward(
     route: &super::catalog::Route,
     request: CallToolRequestParams,
     context: &RequestContext<RoleServer>,
+    subject: Option<&str>,
 ) -> (Result<ServerResult, ForwardError>, &'static str) {
     let connection = route.upstream.name().to_string();
     let started = Instant::now();
     let mut upstream_params = request;
     upstream_params.name = route.name.to_string().into();
-    let forwarded =
-        route.upstream.forward(ClientRequest::CallToolRequest(CallToolRequest::new(upstream_params)), context).await;
+    let forwarded = route
+        .upstream
+        .forward(ClientRequest::CallToolRequest(CallToolRequest::new(upstream_params)), context, subject)
+        .await;
     let outcome = match &forwarded {
         Ok(_) => "ok",
         Err(e) => e.as_reason(),

@@ -4,6 +4,10 @@
 //! every request (401), the session id bound to the caller's subject (404
 //! otherwise, as for an expired session), and the message size limit (413,
 //! enforced by rmcp while it reads the body).
+//!
+//! When the tenant has Redis, sessions are shared by its replicas (see
+//! [`super::session_store`]): a session id unknown here but live in Redis for
+//! this subject is restored by rmcp, which replays the client's `initialize`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +22,7 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
 use super::server::AggregateServer;
+use super::session_store::SharedSessions;
 use super::sessions::{SessionBindings, SessionCheck};
 use crate::auth::Caller;
 use crate::error::AppError;
@@ -55,7 +60,51 @@ struct Endpoint {
     service: StreamableHttpService<AggregateServer, LocalSessionManager>,
     sessions: Arc<LocalSessionManager>,
     bindings: Arc<SessionBindings>,
+    /// Sessions shared with the other replicas (when the tenant has Redis).
+    shared: Option<Arc<SharedSessions>>,
     allowed_origins: Arc<[String]>,
+}
+
+impl Endpoint {
+    /// Whether `subject` may use session `id`. With shared sessions Redis is
+    /// the authority (a session deleted or expired on any replica is gone
+    /// here too); when Redis does not answer, this replica's own bindings decide.
+    async fn check(&self, id: &str, subject: &str) -> SessionCheck {
+        let Some(shared) = &self.shared else { return self.bindings.check(id, subject) };
+        match shared.subject(id).await {
+            Ok(Some(owner)) if owner == subject => match self.bindings.check(id, subject) {
+                SessionCheck::Expired => SessionCheck::Expired,
+                _ => SessionCheck::Valid,
+            },
+            Ok(Some(_)) => SessionCheck::Unknown,
+            Ok(None) => {
+                self.bindings.remove(id);
+                // Deleted or expired elsewhere: close this replica's copy too.
+                let _ = self.sessions.close_session(&id.into()).await;
+                SessionCheck::Unknown
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "shared MCP sessions unavailable; checking this replica's own");
+                self.bindings.check(id, subject)
+            }
+        }
+    }
+}
+
+/// The tenant's shared session store, when it has Redis (read at start).
+fn shared_sessions(state: &AppState, lifetime: Duration) -> Option<Arc<SharedSessions>> {
+    let runtime = state.runtime();
+    let file = runtime.config.storage.redis_url_file.as_deref()?;
+    let connected = std::fs::read_to_string(file)
+        .map_err(|e| format!("{file}: {e}"))
+        .and_then(|url| SharedSessions::connect(url.trim(), &runtime.config.tenant.name, lifetime));
+    match connected {
+        Ok(shared) => Some(shared),
+        Err(e) => {
+            tracing::warn!(error = %e, "MCP sessions stay on this replica: the Redis URL is not usable");
+            None
+        }
+    }
 }
 
 /// The `/mcp` route.
@@ -66,19 +115,26 @@ pub fn router(state: &AppState) -> Router<AppState> {
     manager.session_config.keep_alive = Some(settings.session_idle);
     let sessions = Arc::new(manager);
     let (factory_hub, factory_state) = (hub.clone(), state.clone());
+    let shared = shared_sessions(state, settings.session_lifetime);
+    let mut config = StreamableHttpServerConfig::default()
+        // Every request is authenticated and Origin is checked here, so the
+        // Host allow-list (a DNS-rebinding defence for unauthenticated local servers) is off.
+        .disable_allowed_hosts()
+        .with_max_request_body_bytes(settings.max_message_bytes);
+    // With a store, rmcp saves each session's initialize parameters and
+    // restores a session another replica created (see `session_store`).
+    config.session_store =
+        shared.clone().map(|s| s as Arc<dyn rmcp::transport::streamable_http_server::session::SessionStore>);
     let service = StreamableHttpService::new(
         move || Ok(AggregateServer::new(factory_hub.clone(), Some(factory_state.clone()))),
         sessions.clone(),
-        StreamableHttpServerConfig::default()
-            // Every request is authenticated and Origin is checked here, so the
-            // Host allow-list (a DNS-rebinding defence for unauthenticated local servers) is off.
-            .disable_allowed_hosts()
-            .with_max_request_body_bytes(settings.max_message_bytes),
+        config,
     );
     let endpoint = Endpoint {
         service,
         sessions,
         bindings: Arc::new(SessionBindings::new(settings.session_lifetime)),
+        shared,
         allowed_origins: settings.allowed_origins.into(),
     };
     Router::new().route(
@@ -101,7 +157,7 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
     };
     let session = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
     if let Some(id) = &session {
-        match endpoint.bindings.check(id, &caller.0.subject) {
+        match endpoint.check(id, &caller.0.subject).await {
             SessionCheck::Valid => {}
             SessionCheck::Unknown => {
                 return AppError::NotFound("unknown MCP session: send initialize without Mcp-Session-Id".into())
@@ -126,6 +182,11 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
         None => {
             if let Some(id) = response.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
                 endpoint.bindings.bind(id, &subject);
+                if let Some(shared) = &endpoint.shared
+                    && let Err(e) = shared.bind(id, &subject).await
+                {
+                    tracing::warn!(error = %e, "MCP session not shared with the other replicas (Redis)");
+                }
             }
         }
         Some(id) if is_delete && response.status().is_success() => endpoint.bindings.remove(id),

@@ -6,8 +6,11 @@
 //! - [`server::AggregateServer`] is the rmcp `ServerHandler` of one client session.
 //! - [`call::call_tool`] is the single `tools/call` path.
 //! - [`http`] mounts rmcp's tower service behind auth, Origin and session checks.
+//! - [`user_oauth`] and [`authorize`]: per-user OAuth (authorization code
+//!   with PKCE) for connections that act on behalf of each user.
 //! - [`bridge`] is the `stdio-bridge` / `install-bridge` subcommands.
 
+pub mod authorize;
 pub mod bridge;
 pub mod call;
 pub mod catalog;
@@ -15,11 +18,14 @@ pub mod filter;
 pub mod http;
 pub mod oauth;
 pub mod pin;
+pub mod seal;
 pub mod server;
+pub mod session_store;
 pub mod sessions;
 pub mod sse;
 pub mod transport;
 pub mod upstream;
+pub mod user_oauth;
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -55,6 +61,7 @@ struct HubInner {
     client: reqwest::Client,
     on_change: Arc<dyn Fn() + Send + Sync>,
     http: OnceLock<McpHttpSettings>,
+    user_tokens: user_oauth::UserTokensCell,
 }
 
 impl std::fmt::Debug for HubInner {
@@ -99,6 +106,7 @@ impl McpHub {
                     }
                 }),
                 http: OnceLock::new(),
+                user_tokens: Arc::default(),
             }
         }))
     }
@@ -106,6 +114,29 @@ impl McpHub {
     /// Settings of the `/mcp` HTTP layer (set once at start; defaults otherwise).
     pub fn configure_http(&self, settings: McpHttpSettings) {
         let _ = self.0.http.set(settings);
+    }
+
+    /// The tenant's store of users' upstream OAuth tokens (set once storage is open).
+    pub fn configure_user_tokens(&self, tokens: user_oauth::UserTokens) {
+        let _ = self.0.user_tokens.set(Arc::new(tokens));
+    }
+
+    /// The store of users' upstream OAuth tokens, once configured.
+    pub fn user_tokens(&self) -> Option<Arc<user_oauth::UserTokens>> {
+        self.0.user_tokens.get().cloned()
+    }
+
+    /// The HTTP client of upstream connections.
+    pub fn http_client(&self) -> &reqwest::Client {
+        &self.0.client
+    }
+
+    /// Closes `subject`'s own upstream session of a per-user connection (after a revocation).
+    pub fn forget_user(&self, connection: &str, subject: &str) {
+        let running = self.0.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for r in running.iter().filter(|r| r.upstream.name() == connection) {
+            r.upstream.forget_user(subject);
+        }
     }
 
     /// The HTTP settings in force.
@@ -134,7 +165,9 @@ impl McpHub {
                 running.push(old.swap_remove(i));
                 continue;
             }
-            let upstream = Arc::new(Upstream::new(config.clone()));
+            let upstream = Arc::new(
+                Upstream::new(config.clone()).with_user_tokens(self.0.user_tokens.clone(), self.0.client.clone()),
+            );
             let (stop, stop_rx) = watch::channel(false);
             tokio::spawn(upstream::run(
                 upstream.clone(),

@@ -98,34 +98,22 @@ impl ClientCredentials {
         }
         let secret = self.secret.header().map_err(|_| OAuthError::Secret)?;
         let secret = secret.to_str().map_err(|_| OAuthError::Secret)?;
-        let form = {
-            let mut form = url::form_urlencoded::Serializer::new(String::new());
-            form.append_pair("grant_type", "client_credentials").append_pair("resource", &self.resource);
-            if !self.scopes.is_empty() {
-                form.append_pair("scope", &self.scopes.join(" "));
-            }
-            form.finish()
-        };
-        let response = self
-            .http
-            .post(&self.token_url)
-            .basic_auth(&self.client_id, Some(secret))
-            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(http::header::ACCEPT, "application/json")
-            .body(form)
-            .send()
-            .await?;
-        let status = response.status();
-        let body = response.bytes().await?;
-        if !status.is_success() {
-            let error = serde_json::from_slice::<ErrorResponse>(&body).map(|e| e.error).unwrap_or_default();
-            metrics::counter!("tenantgate_mcp_oauth_token_requests_total", "result" => "refused").increment(1);
-            return Err(OAuthError::Refused { status: status.as_u16(), error });
+        let scope = self.scopes.join(" ");
+        let mut form = vec![("grant_type", "client_credentials"), ("resource", self.resource.as_str())];
+        if !scope.is_empty() {
+            form.push(("scope", &scope));
         }
-        let token: TokenResponse = serde_json::from_slice(&body).map_err(|_| OAuthError::Refused {
-            status: status.as_u16(),
-            error: "the token response is not an OAuth token (JSON with access_token)".into(),
-        })?;
+        let token: TokenResponse = match token_request(&self.http, &self.token_url, &self.client_id, Some(secret), form)
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                if matches!(e, OAuthError::Refused { .. }) {
+                    metrics::counter!("tenantgate_mcp_oauth_token_requests_total", "result" => "refused").increment(1);
+                }
+                return Err(e);
+            }
+        };
         metrics::counter!("tenantgate_mcp_oauth_token_requests_total", "result" => "issued").increment(1);
         let life = Duration::from_secs(token.expires_in.unwrap_or(3600));
         let refresh_at = Instant::now() + life.saturating_sub(REFRESH_MARGIN.min(life / 2));
@@ -133,4 +121,37 @@ impl ClientCredentials {
             Some((token.access_token.clone(), refresh_at));
         Ok(token.access_token)
     }
+}
+
+/// One request to a token endpoint (RFC 6749 §4.1.3, §4.4.2, §6): the form
+/// `params`, the client authenticated with HTTP Basic when it has a secret
+/// (`client_id` in the form otherwise); the JSON answer, or the endpoint's
+/// `error` code (never its body, which could echo a secret).
+pub async fn token_request<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    token_url: &str,
+    client_id: &str,
+    client_secret: Option<&str>,
+    mut params: Vec<(&str, &str)>,
+) -> Result<T, OAuthError> {
+    let mut request = http
+        .post(token_url)
+        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(http::header::ACCEPT, "application/json");
+    match client_secret {
+        Some(secret) => request = request.basic_auth(client_id, Some(secret)),
+        None => params.push(("client_id", client_id)),
+    }
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
+    let response = request.body(body).send().await?;
+    let status = response.status();
+    let body = response.bytes().await?;
+    if !status.is_success() {
+        let error = serde_json::from_slice::<ErrorResponse>(&body).map(|e| e.error).unwrap_or_default();
+        return Err(OAuthError::Refused { status: status.as_u16(), error });
+    }
+    serde_json::from_slice(&body).map_err(|_| OAuthError::Refused {
+        status: status.as_u16(),
+        error: "the token response is not an OAuth token (JSON with access_token)".into(),
+    })
 }

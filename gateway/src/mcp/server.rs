@@ -126,7 +126,13 @@ impl ServerHandler for AggregateServer {
             .ok_or_else(|| ErrorData::invalid_params(format!("unknown prompt: {}", request.name), None))?;
         let mut params = request;
         params.name = route.name.to_string();
-        match route.upstream.forward(ClientRequest::GetPromptRequest(GetPromptRequest::new(params)), &context).await {
+        let subject = caller(&context);
+        let subject = subject.as_ref().map(|c| c.subject.as_str());
+        match route
+            .upstream
+            .forward(ClientRequest::GetPromptRequest(GetPromptRequest::new(params)), &context, subject)
+            .await
+        {
             Ok(ServerResult::GetPromptResult(r)) => Ok(GetPromptResponse::Complete(r)),
             Ok(ServerResult::InputRequiredResult(r)) => Ok(GetPromptResponse::InputRequired(r)),
             Ok(_) => Err(ErrorData::internal_error("the upstream answered prompts/get with another result", None)),
@@ -161,7 +167,12 @@ impl ServerHandler for AggregateServer {
             .ok_or_else(|| ErrorData::resource_not_found(format!("unknown resource: {}", request.uri), None))?;
         let mut params = request;
         params.uri = uri;
-        match upstream.forward(ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params)), &context).await {
+        let subject = caller(&context);
+        let subject = subject.as_ref().map(|c| c.subject.as_str());
+        match upstream
+            .forward(ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params)), &context, subject)
+            .await
+        {
             Ok(ServerResult::ReadResourceResult(mut r)) => {
                 // Contents name their URI: give the client the exposed one back.
                 for c in &mut r.contents {

@@ -2,7 +2,9 @@
 //!
 //! A session id (a UUIDv4 from the OS CSPRNG, minted by rmcp) is not a
 //! credential: every request still carries a token, and a session id is only
-//! honoured for the subject it was issued to, until it expires.
+//! honoured for the subject it was issued to, until it expires. These are
+//! this replica's bindings; with Redis, [`super::session_store`] shares them
+//! with the other replicas and is the authority.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

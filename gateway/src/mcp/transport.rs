@@ -18,6 +18,7 @@ use sse_stream::Sse;
 use tenantgate_crds::config::{McpAuthConfig, McpConnectionConfig, McpEndpointTransport};
 
 use super::oauth::ClientCredentials;
+use super::user_oauth::{Grant, UserTokens};
 use crate::llm::SecretFile;
 
 /// Why an upstream could not be reached.
@@ -74,8 +75,25 @@ impl std::fmt::Debug for Transport {
     }
 }
 
-/// Builds the transport a connection config names.
-pub async fn build(config: &McpConnectionConfig, client: &reqwest::Client) -> Result<Transport, ConnectError> {
+/// A user's own upstream credentials (per-user OAuth).
+#[derive(Clone, Debug)]
+pub struct UserCredential {
+    /// The tenant's store of users' tokens.
+    pub tokens: Arc<UserTokens>,
+    /// The connection (its grant settings).
+    pub config: Arc<McpConnectionConfig>,
+    /// The user.
+    pub subject: String,
+}
+
+/// Builds the transport a connection config names. `user` gives the
+/// credentials of a per-user OAuth connection (without it, such a
+/// connection is reached anonymously).
+pub async fn build(
+    config: &McpConnectionConfig,
+    client: &reqwest::Client,
+    user: Option<UserCredential>,
+) -> Result<Transport, ConnectError> {
     match config.transport {
         McpEndpointTransport::StreamableHttp | McpEndpointTransport::Sse => {
             let url = config.url.as_deref().ok_or_else(|| {
@@ -100,12 +118,10 @@ pub async fn build(config: &McpConnectionConfig, client: &reqwest::Client) -> Re
                     scopes,
                     resource,
                 ))),
-                Some(McpAuthConfig::Oauth2AuthorizationCode { .. }) => {
-                    return Err(ConnectError::Config(format!(
-                        "mcp {}: per-user OAuth (authorization code) is not supported by this gateway build yet",
-                        config.name
-                    )));
-                }
+                Some(McpAuthConfig::Oauth2AuthorizationCode { .. }) => match user {
+                    Some(user) => UpstreamAuth::User(Arc::new(user)),
+                    None => UpstreamAuth::None,
+                },
             };
             let http = BearerClient { inner: client.clone(), credentials };
             if config.transport == McpEndpointTransport::Sse {
@@ -151,6 +167,8 @@ enum UpstreamAuth {
     Bearer(Arc<SecretFile>),
     /// OAuth 2.0 client credentials, cached and refreshed.
     OAuthClient(Arc<ClientCredentials>),
+    /// One user's OAuth token (authorization code), refreshed from the store.
+    User(Arc<UserCredential>),
 }
 
 /// reqwest with the connection's bearer token applied per request, so a
@@ -179,6 +197,16 @@ impl BearerClient {
                     None
                 }
             },
+            UpstreamAuth::User(user) => {
+                let grant = Grant::of(&user.config).ok()?;
+                match user.tokens.access_token(grant, &user.subject).await {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        tracing::warn!(connection = %user.config.name, reason = e.as_reason(), error = %e, "no user OAuth token for an MCP upstream");
+                        None
+                    }
+                }
+            }
         }
     }
 

@@ -14,12 +14,13 @@ use rmcp::model::{
 };
 use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RequestContext, ServiceError};
 use rmcp::{ClientHandler, RoleClient, RoleServer, ServiceExt};
-use tenantgate_crds::config::McpConnectionConfig;
+use tenantgate_crds::config::{McpAuthConfig, McpConnectionConfig};
 use tokio::sync::{mpsc, watch};
 
 use super::catalog::Offer;
 use super::filter::ToolFilter;
-use super::transport::{self, ConnectError, Transport};
+use super::transport::{self, ConnectError, Transport, UserCredential};
+use super::user_oauth::{UserOAuthError, UserTokensCell};
 use crate::routing::Breaker;
 
 /// Failures before the breaker opens, and how long it stays open.
@@ -52,6 +53,9 @@ pub enum ForwardError {
     /// The transport failed or the answer was not what the request asked for.
     #[error("MCP connection {0} failed: {1}")]
     Transport(String, String),
+    /// A per-user connection the caller has not authorized (the message says where to).
+    #[error("{0}")]
+    NotAuthorized(String),
 }
 
 impl ForwardError {
@@ -64,6 +68,7 @@ impl ForwardError {
             Self::Cancelled => "Cancelled",
             Self::Upstream(_) => "UpstreamError",
             Self::Transport(..) => "UpstreamFailed",
+            Self::NotAuthorized(_) => "NotAuthorized",
         }
     }
 
@@ -98,7 +103,23 @@ pub struct Upstream {
     progress: Arc<ProgressRoutes>,
     /// Woken when a forwarded request fails at the transport: check the session now.
     suspect: tokio::sync::Notify,
+    /// Per-user OAuth: the tenant's token store (set once storage is open)
+    /// and the HTTP client for users' own sessions.
+    user_tokens: UserTokensCell,
+    client: reqwest::Client,
+    /// Per-user OAuth: each user's own upstream session.
+    users: Mutex<HashMap<String, Arc<UserSlot>>>,
 }
+
+/// One user's upstream session of a per-user OAuth connection, opened on first use.
+#[derive(Debug, Default)]
+struct UserSlot {
+    session: tokio::sync::OnceCell<Session>,
+    last_used: Mutex<Option<std::time::Instant>>,
+}
+
+/// A user's idle upstream session is closed after this long.
+const USER_SESSION_IDLE: Duration = Duration::from_secs(600);
 
 /// A connected session.
 #[derive(Debug)]
@@ -164,7 +185,79 @@ impl Upstream {
             live: ArcSwapOption::empty(),
             progress: Arc::new(Mutex::new(HashMap::new())),
             suspect: tokio::sync::Notify::new(),
+            user_tokens: UserTokensCell::default(),
+            client: reqwest::Client::new(),
+            users: Mutex::new(HashMap::new()),
             config,
+        }
+    }
+
+    /// Gives a per-user OAuth connection the tenant's token store and HTTP client.
+    pub fn with_user_tokens(mut self, tokens: UserTokensCell, client: reqwest::Client) -> Self {
+        self.user_tokens = tokens;
+        self.client = client;
+        self
+    }
+
+    /// Whether each user reaches this upstream with their own OAuth token.
+    pub fn is_per_user(&self) -> bool {
+        matches!(self.config.auth, Some(McpAuthConfig::Oauth2AuthorizationCode { .. }))
+    }
+
+    /// Closes `subject`'s own session (their tokens were revoked).
+    pub fn forget_user(&self, subject: &str) {
+        self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(subject);
+    }
+
+    fn credential(&self, subject: &str) -> Option<UserCredential> {
+        let tokens = self.user_tokens.get()?.clone();
+        Some(UserCredential { tokens, config: Arc::new(self.config.clone()), subject: subject.to_string() })
+    }
+
+    /// The caller's own session of a per-user connection: opened on first
+    /// use (after checking they authorized the gateway), closed when idle.
+    async fn user_peer(&self, subject: Option<&str>) -> Result<Peer<RoleClient>, ForwardError> {
+        let name = &self.config.name;
+        let not_authorized = || ForwardError::NotAuthorized(UserOAuthError::NotAuthorized(name.clone()).to_string());
+        let subject = subject.ok_or_else(not_authorized)?;
+        let Some(tokens) = self.user_tokens.get() else {
+            return Err(ForwardError::Transport(name.clone(), "per-user OAuth is not ready yet".into()));
+        };
+        match tokens.has_token(name, subject).await {
+            Ok(true) => {}
+            Ok(false) => return Err(not_authorized()),
+            Err(e) => return Err(ForwardError::Transport(name.clone(), e.to_string())),
+        }
+        let slot = {
+            let now = std::time::Instant::now();
+            let mut users = self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            users.retain(|_, s| {
+                let idle = s
+                    .last_used
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .is_some_and(|t| now - t > USER_SESSION_IDLE);
+                let closed = s.session.get().is_some_and(|session| session.is_transport_closed());
+                Arc::strong_count(s) > 1 || !(idle || closed)
+            });
+            users.entry(subject.to_string()).or_default().clone()
+        };
+        *slot.last_used.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
+        let credential = self.credential(subject);
+        let session = slot
+            .session
+            .get_or_try_init(|| async {
+                let (refresh, _) = mpsc::unbounded_channel();
+                let handler = UpstreamClient { refresh, progress: self.progress.clone() };
+                connect(self, &self.client, handler, credential).await
+            })
+            .await;
+        match session {
+            Ok(session) => Ok(session.peer().clone()),
+            Err(e) => {
+                self.forget_user(subject);
+                Err(ForwardError::Transport(name.clone(), e.to_string()))
+            }
         }
     }
 
@@ -193,17 +286,24 @@ impl Upstream {
         self.filter.permits(name)
     }
 
-    /// Forwards one request with the connection's timeout and breaker, passing
-    /// the client's progress notifications and cancellation through.
+    /// Forwards one request for `subject` with the connection's timeout and
+    /// breaker, passing the client's progress notifications and cancellation
+    /// through. A per-user connection is reached through the caller's own
+    /// session, with their own token.
     pub async fn forward(
         &self,
         request: ClientRequest,
         context: &RequestContext<RoleServer>,
+        subject: Option<&str>,
     ) -> Result<ServerResult, ForwardError> {
         let name = &self.config.name;
-        let peer = match self.live.load().as_ref() {
-            Some(live) => live.peer.clone(),
-            None => return Err(ForwardError::Down(name.clone())),
+        let peer = if self.is_per_user() {
+            self.user_peer(subject).await?
+        } else {
+            match self.live.load().as_ref() {
+                Some(live) => live.peer.clone(),
+                None => return Err(ForwardError::Down(name.clone())),
+            }
         };
         let permit = self.breaker.try_acquire().ok_or_else(|| ForwardError::BreakerOpen(name.clone()))?;
         let handle = match peer.send_request_with_option(request, PeerRequestOptions::with_timeout(self.timeout)).await
@@ -212,6 +312,9 @@ impl Upstream {
             Err(e) => {
                 permit.failure();
                 self.suspect.notify_one();
+                if let Some(subject) = subject.filter(|_| self.is_per_user()) {
+                    self.forget_user(subject);
+                }
                 return Err(ForwardError::Transport(name.clone(), e.to_string()));
             }
         };
@@ -254,6 +357,9 @@ impl Upstream {
             Err(e) => {
                 permit.failure();
                 self.suspect.notify_one();
+                if let Some(subject) = subject.filter(|_| self.is_per_user()) {
+                    self.forget_user(subject);
+                }
                 Err(ForwardError::Transport(name.clone(), e.to_string()))
             }
         }
@@ -284,8 +390,15 @@ pub(super) async fn run(
         }
         let (refresh_tx, mut refresh_rx) = mpsc::unbounded_channel();
         let handler = UpstreamClient { refresh: refresh_tx, progress: upstream.progress.clone() };
+        // A per-user connection is listed with the token of the user who
+        // authorized last (anonymously while nobody has).
+        let lister = match upstream.user_tokens.get().filter(|_| upstream.is_per_user()) {
+            Some(tokens) => tokens.lister(&name).await.ok().flatten().and_then(|s| upstream.credential(&s)),
+            None => None,
+        };
+        let anonymous_per_user = upstream.is_per_user() && lister.is_none();
         let connected = tokio::select! {
-            r = connect(&upstream, &client, handler) => r,
+            r = connect(&upstream, &client, handler, lister) => r,
             _ = stop.changed() => break,
         };
         match connected {
@@ -361,6 +474,12 @@ pub(super) async fn run(
                     retry_in_ms = backoff.as_millis() as u64,
                     "MCP connection down"
                 );
+                if anonymous_per_user {
+                    tracing::info!(
+                        connection = %name,
+                        "this per-user OAuth connection is listed with a user's token once one authorizes at /oauth/mcp/{name}/start"
+                    );
+                }
             }
         }
         if upstream.live.swap(None).is_some() {
@@ -386,10 +505,11 @@ async fn connect(
     upstream: &Upstream,
     client: &reqwest::Client,
     handler: UpstreamClient,
+    user: Option<UserCredential>,
 ) -> Result<Session, ConnectError> {
     let secs = upstream.config.timeout_seconds.max(1);
     let handshake = async {
-        let transport = transport::build(&upstream.config, client).await?;
+        let transport = transport::build(&upstream.config, client, user).await?;
         let served = match transport {
             Transport::Http(t) => handler.serve(t).await,
             Transport::Sse(t) => handler.serve(t).await,

@@ -4,6 +4,7 @@
 //! and audit events off the request path.
 
 pub mod api_keys;
+pub mod mcp_tokens;
 pub mod queries;
 mod recorder;
 mod records;

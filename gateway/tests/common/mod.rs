@@ -24,22 +24,31 @@ pub fn free_port() -> u16 {
 /// The mock-llm binary, built once per test run into the current target dir.
 fn mock_llm_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .args(["build", "-q", "-p", "tenantgate-mock-llm", "--message-format=json"])
-            .current_dir(repo_root())
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("cargo build mock-llm");
-        assert!(out.status.success(), "building mock-llm failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|m| m["target"]["name"] == "tenantgate-mock-llm")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("mock-llm executable in cargo output")
-    })
+    BIN.get_or_init(|| workspace_bin("tenantgate-mock-llm"))
+}
+
+/// The e2e/mcp-echo binary (an rmcp MCP server; stdio without `--listen`), built once per test run.
+pub fn mcp_echo_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("tenantgate-mcp-echo"))
+}
+
+/// Builds a workspace binary package into the current target dir and returns its path.
+fn workspace_bin(package: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "-q", "-p", package, "--message-format=json"])
+        .current_dir(repo_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cargo build {package}: {e}"));
+    assert!(out.status.success(), "building {package} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["target"]["name"] == package)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("{package} executable in cargo output"))
 }
 
 /// A child process killed (by its PID) on drop.

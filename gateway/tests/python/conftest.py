@@ -66,7 +66,8 @@ class Upstream:
 class Gateway:
     """A running gateway over a temporary manifests directory."""
 
-    def __init__(self, upstream: Upstream, extra_manifests: str = "", extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, upstream: Upstream, extra_manifests: str = "", extra_args: tuple[str, ...] = (),
+                 log: Path | None = None, log_level: str | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tg-gw-py-"))
         manifests = self.dir / "manifests"
         manifests.mkdir()
@@ -82,11 +83,13 @@ class Gateway:
         self.manifests = manifests
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        env = dict(os.environ, RUST_LOG=os.environ.get("GATEWAY_LOG", "warn"))
+        env = dict(os.environ, RUST_LOG=log_level or os.environ.get("GATEWAY_LOG", "warn"))
+        # `log`: the gateway's stdout and stderr go to this file (for tests that read its logs).
+        out = open(log, "w") if log else None
         self.proc = subprocess.Popen(
             [GATEWAY_BIN, "--manifests", str(manifests), "--state-dir", str(self.dir / "state"),
              "--listen", f"127.0.0.1:{port}", "--shutdown-delay-ms", "0", *extra_args],
-            env=env,
+            env=env, stdout=out, stderr=out,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

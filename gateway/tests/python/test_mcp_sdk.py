@@ -27,8 +27,8 @@ PROTOCOL = "2025-06-18"
 class Echo:
     """e2e/mcp-echo over streamable HTTP, with its call counter."""
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([MCP_ECHO_BIN, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([MCP_ECHO_BIN, "--listen", "127.0.0.1:0", *args], stdout=subprocess.PIPE, text=True)
         self.url = "http://" + self.proc.stdout.readline().strip().removeprefix("listening on ")
 
     def calls(self) -> int:
