@@ -104,7 +104,14 @@ impl ServerHandler for AggregateServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = caller(&context);
-        super::call::call_tool(&self.hub, self.tenant.as_ref(), caller.as_deref(), request, &context).await
+        super::call::call_tool(
+            &self.hub,
+            self.tenant.as_ref(),
+            caller.as_deref(),
+            request,
+            super::call::Via::Mcp(&context),
+        )
+        .await
     }
 
     async fn list_prompts(
@@ -126,7 +133,11 @@ impl ServerHandler for AggregateServer {
             .ok_or_else(|| ErrorData::invalid_params(format!("unknown prompt: {}", request.name), None))?;
         let mut params = request;
         params.name = route.name.to_string();
-        match route.upstream.forward(ClientRequest::GetPromptRequest(GetPromptRequest::new(params)), &context).await {
+        match route
+            .upstream
+            .forward(ClientRequest::GetPromptRequest(GetPromptRequest::new(params)), Some(&context))
+            .await
+        {
             Ok(ServerResult::GetPromptResult(r)) => Ok(GetPromptResponse::Complete(r)),
             Ok(ServerResult::InputRequiredResult(r)) => Ok(GetPromptResponse::InputRequired(r)),
             Ok(_) => Err(ErrorData::internal_error("the upstream answered prompts/get with another result", None)),
@@ -161,7 +172,10 @@ impl ServerHandler for AggregateServer {
             .ok_or_else(|| ErrorData::resource_not_found(format!("unknown resource: {}", request.uri), None))?;
         let mut params = request;
         params.uri = uri;
-        match upstream.forward(ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params)), &context).await {
+        match upstream
+            .forward(ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params)), Some(&context))
+            .await
+        {
             Ok(ServerResult::ReadResourceResult(mut r)) => {
                 // Contents name their URI: give the client the exposed one back.
                 for c in &mut r.contents {
