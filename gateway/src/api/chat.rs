@@ -72,12 +72,11 @@ async fn complete(
         }
     };
     record.policy(audit::decision(&decision, runtime.config.audit.record_prompts.then_some(&request)));
-    let turn =
-        Turn { state, caller, route, decision, model: route.name.clone(), body_len: body.len(), started, request_id };
+    let turn = Turn { state, caller, route, decision, model: route.name.clone(), body_len: body.len(), request_id };
     if let Some(tools) = mcp {
-        return super::chat_tools::run(&turn, tools, request, record).await;
+        return super::chat_tools::run(&turn, tools, request, record, started).await;
     }
-    let dispatched = match turn.dispatch(&request, record).await? {
+    let dispatched = match turn.dispatch(&request, record, started).await? {
         Ok(d) => d,
         Err(response) => return Ok(response),
     };
@@ -92,7 +91,6 @@ pub(super) struct Turn<'a> {
     pub(super) decision: Arc<PolicyDecision>,
     pub(super) model: Arc<str>,
     pub(super) body_len: usize,
-    pub(super) started: Instant,
     pub(super) request_id: Option<&'a str>,
 }
 
@@ -105,11 +103,13 @@ pub(super) struct Dispatched {
 
 impl Turn<'_> {
     /// Admits one model turn under the limits and routes it to the model's
-    /// targets. `Ok(Err(response))`: no target answered (the error response, labelled).
+    /// targets; the gateway's added latency is counted from `since`.
+    /// `Ok(Err(response))`: no target answered (the error response, labelled).
     pub(super) async fn dispatch(
         &self,
         request: &ChatRequest,
         record: &mut ChatRecord,
+        since: Instant,
     ) -> Result<Result<Dispatched, Response>, AppError> {
         let runtime = self.state.runtime();
         let mut admission = runtime.limiter.admit(&self.caller.0.subject, request, self.body_len).await?;
@@ -123,7 +123,7 @@ impl Turn<'_> {
             }
         };
         record.target(&routed.target.label);
-        let added = self.started.elapsed().saturating_sub(routed.upstream_time);
+        let added = since.elapsed().saturating_sub(routed.upstream_time);
         metrics::histogram!("tenantgate_added_latency_seconds").record(added.as_secs_f64());
         Ok(Ok(Dispatched { reply: routed.reply, admission, breaker: routed.target.breaker.clone() }))
     }

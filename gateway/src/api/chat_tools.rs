@@ -9,6 +9,8 @@
 //! with one last turn under `tool_choice: "none"`, which streams from the
 //! provider when the client asked for a stream.
 
+use std::time::Instant;
+
 use axum::http::HeaderValue;
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
@@ -42,7 +44,7 @@ struct Progress {
     limit_reached: bool,
 }
 
-/// Runs the loop for `request` (policies applied) and answers the client.
+/// Runs the loop for `request` (policies applied; the request began at `started`) and answers the client.
 /// `record` always holds the current turn's record: a finished tool-calling
 /// turn is recorded (status 200) and replaced by the next turn's, so the
 /// handler's final status lands on the last turn.
@@ -51,6 +53,7 @@ pub(super) async fn run(
     tools: ChatTools,
     mut request: ChatRequest,
     record: &mut ChatRecord,
+    started: Instant,
 ) -> Result<Response, AppError> {
     let stream = request.stream;
     let stream_options = request.stream_options.take();
@@ -60,6 +63,8 @@ pub(super) async fn run(
     }
     request.stream = false;
     let mut progress = Progress::default();
+    // The gateway's added latency of a turn: from the request for the first, from the turn's start after.
+    let mut since = started;
     loop {
         progress.turns += 1;
         progress.limit_reached = progress.steps == tools.max_steps;
@@ -68,7 +73,7 @@ pub(super) async fn run(
             request.stream = stream;
             request.stream_options.clone_from(&stream_options);
         }
-        let mut dispatched = match turn.dispatch(&request, record).await? {
+        let mut dispatched = match turn.dispatch(&request, record, since).await? {
             Ok(d) => d,
             Err(response) => return Ok(progress.headers(response)),
         };
@@ -93,6 +98,7 @@ pub(super) async fn run(
         request.messages.extend(results);
         // Recorded now (dropped), with status 200: the next turn gets its own row.
         *record = next_record(turn);
+        since = Instant::now();
     }
 }
 
