@@ -2,31 +2,22 @@
 SDK: the extension field sent with `extra_body`, e2e/mock-llm as the model and
 e2e/mcp-echo (rmcp) as the MCP server."""
 
-import os
-import subprocess
 import time
 
 import httpx
 import openai
 import pytest
 
-from conftest import Gateway
+from conftest import Echo, Gateway
 
-MCP_ECHO_BIN = os.environ["MCP_ECHO_BIN"]
 QUESTION = [{"role": "user", "content": "What does the echo tool say?"}]
 
 
 @pytest.fixture(scope="module")
 def echo():
-    proc = subprocess.Popen([MCP_ECHO_BIN, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
-    url = "http://" + proc.stdout.readline().strip().removeprefix("listening on ")
-    yield url
-    proc.kill()
-    proc.wait()
-
-
-def calls(echo: str) -> int:
-    return int(httpx.get(echo + "/calls").text)
+    e = Echo()
+    yield e
+    e.stop()
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +28,7 @@ kind: McpConnection
 metadata: {{ name: echo, namespace: tg-test }}
 spec:
   transport: streamableHttp
-  url: {echo}/mcp
+  url: {echo.url}/mcp
   tools: {{ prefix: echo, deny: ["secret_*", "slow", "grow"] }}
   timeoutSeconds: 5
 """
@@ -58,7 +49,7 @@ spec:
 
 
 def test_the_model_uses_an_mcp_tool(gw, upstream, echo):
-    before, seen = calls(echo), len(requests(upstream))
+    before, seen = echo.calls(), len(requests(upstream))
     raw = gw.client().chat.completions.with_raw_response.create(
         model="chat", messages=QUESTION, extra_body={"tenantgate": {"mcp": {"connections": ["echo"], "maxSteps": 2}}})
     reply = raw.parse()
@@ -67,7 +58,7 @@ def test_the_model_uses_an_mcp_tool(gw, upstream, echo):
     assert raw.headers["tenantgate-mcp-turns"] == "2"
     assert raw.headers["tenantgate-mcp-tool-calls"] == "1"
     assert raw.headers["tenantgate-mcp-finish"] == "answered"
-    assert calls(echo) == before + 1
+    assert echo.calls() == before + 1
     turns = requests(upstream)[seen:]
     assert len(turns) == 2
     assert all("tenantgate" not in t for t in turns)
@@ -78,7 +69,7 @@ def test_the_model_uses_an_mcp_tool(gw, upstream, echo):
 
 
 def test_streamed_answer_and_step_limit(gw, upstream, echo):
-    before, seen = calls(echo), len(requests(upstream))
+    before, seen = echo.calls(), len(requests(upstream))
     raw = gw.client().chat.completions.with_raw_response.create(
         model="chat", messages=QUESTION, stream=True, stream_options={"include_usage": True},
         tool_choice="required",
@@ -89,7 +80,7 @@ def test_streamed_answer_and_step_limit(gw, upstream, echo):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Tool results: mock"
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
-    assert calls(echo) == before + 3
+    assert echo.calls() == before + 3
     turns = requests(upstream)[seen:]
     assert len(turns) == 4
     assert turns[-1]["tool_choice"] == "none" and turns[-1]["stream"] is True
@@ -106,7 +97,7 @@ def test_streamed_answer_without_limit(gw):
 
 
 def test_unknown_connection_and_bad_steps_are_400(gw, upstream, echo):
-    before_calls, before_model = calls(echo), upstream.count("primary")
+    before_calls, before_model = echo.calls(), upstream.count("primary")
     client = gw.client()
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model="chat", messages=QUESTION,
@@ -117,7 +108,7 @@ def test_unknown_connection_and_bad_steps_are_400(gw, upstream, echo):
         client.chat.completions.create(model="chat", messages=QUESTION,
                                        extra_body={"tenantgate": {"mcp": {"connections": ["echo"], "maxSteps": 99}}})
     assert e.value.param == "tenantgate.mcp.maxSteps"
-    assert calls(echo) == before_calls and upstream.count("primary") == before_model
+    assert echo.calls() == before_calls and upstream.count("primary") == before_model
 
 
 def test_tool_calls_are_audited_per_turn(gw):
