@@ -34,10 +34,18 @@ async fn drift_events(gw: &Gateway, want: usize) -> Vec<Value> {
 }
 
 /// The tool names offered to the model by a chat using `connections`
-/// (`tool_choice: "none"`, so one model turn).
+/// (`tool_choice: "none"`, so one model turn), once they are connected.
 async fn offered(gw: &Gateway, upstream: &Upstream, connections: Value) -> Vec<String> {
     let body = chat(connections, json!("none"));
-    let r = gw.post("/v1/chat/completions", &body).await;
+    let mut r = gw.post("/v1/chat/completions", &body).await;
+    for _ in 0..50 {
+        if r.status() != 400 {
+            break;
+        }
+        // A drift is audited while the connection lists its tools, just before it is published.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r = gw.post("/v1/chat/completions", &body).await;
+    }
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     let last = upstream.last("primary").await;
     last["body"]["tools"]

@@ -14,6 +14,7 @@ use tenantgate_crds::config::McpConnectionConfig;
 
 use super::McpHub;
 use super::call::{Via, call_tool};
+use super::catalog::Catalog;
 use crate::auth::Identity;
 use crate::error::AppError;
 use crate::llm::types::{ChatRequest, Content, FunctionDef, Message, Role, Tool, ToolCall};
@@ -137,11 +138,12 @@ impl ChatTools {
                 message: format!("must be between 1 and {MAX_STEPS}, got {max_steps}"),
             });
         }
-        let selected = select(&options.connections, hub, connections)?;
+        // Readiness and the tools offered come from the same catalog snapshot.
+        let catalog = hub.catalog();
+        let selected = select(&options.connections, &catalog, connections)?;
         if request.tools.as_ref().is_some_and(|t| !t.is_empty()) {
             return Err(ChatToolsError::MixedTools);
         }
-        let catalog = hub.catalog();
         let mut offered = Vec::new();
         let mut names = HashSet::new();
         for tool in &catalog.tools {
@@ -209,7 +211,7 @@ impl ChatTools {
 /// The connection names selected by `connections` (`["*"]`: all that are connected).
 fn select(
     requested: &[String],
-    hub: &McpHub,
+    catalog: &Catalog,
     configured: &[McpConnectionConfig],
 ) -> Result<HashSet<String>, ChatToolsError> {
     if requested.is_empty() {
@@ -232,7 +234,7 @@ fn select(
         if !configured.iter().any(|c| &c.name == name) {
             return Err(ChatToolsError::UnknownConnection { index, name: name.clone() });
         }
-        if !hub.is_connected(name) {
+        if !catalog.has_connection(name) {
             return Err(ChatToolsError::NotReady { index, name: name.clone() });
         }
         selected.insert(name.clone());
