@@ -86,6 +86,9 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         mcp.http_client().clone(),
     ));
     let state = AppState::new(runtime, carried, metrics, args.max_body_bytes, args.max_in_flight, storage.clone());
+    if let Some(drifts) = state.carried().mcp().take_drift_feed() {
+        tokio::spawn(crate::mcp::pin::audit_drifts(drifts, state.clone()));
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let interval = Duration::from_millis(args.config_poll_ms.max(50));

@@ -7,7 +7,8 @@
 //!   steps are used in order by the next requests for `m`; `default` applies
 //!   when none is left (omit it to answer normally).
 //! - `POST /_control/reset`, `GET /_control/stats` (requests per model),
-//!   `GET /_control/last?model=m` (the last request's body and credentials header).
+//!   `GET /_control/last?model=m` (the last request's body and credentials header),
+//!   `GET /_control/requests?model=m` (the bodies of the last 64 requests, oldest first).
 //!
 //! A Step: `{"status": 503, "retry_after": 1, "hang": true, "latency_ms": 50,
 //! "chunk_interval_ms": 5, "fail_after_chunks": 3, "times": 2, "reply": "text"}`
@@ -83,7 +84,11 @@ struct Scripts {
     defaults: HashMap<String, Step>,
     counts: HashMap<String, u64>,
     last: HashMap<String, Value>,
+    history: HashMap<String, VecDeque<Value>>,
 }
+
+/// Request bodies kept per model for `/_control/requests`.
+const HISTORY: usize = 64;
 
 #[derive(Clone, Debug)]
 struct Mock {
@@ -102,6 +107,11 @@ impl Mock {
                 .or_else(|| headers.get("x-api-key"))
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
+            let history = s.history.entry(model.to_string()).or_default();
+            if history.len() == HISTORY {
+                history.pop_front();
+            }
+            history.push_back(body.clone());
             s.last.insert(model.to_string(), json!({"body": body, "credential": credential}));
         }
         if let Some(queue) = s.steps.get_mut(model)
@@ -134,6 +144,7 @@ async fn main() -> std::io::Result<()> {
         .route("/_control/reset", post(reset))
         .route("/_control/stats", get(stats))
         .route("/_control/last", get(last))
+        .route("/_control/requests", get(requests))
         .with_state(mock);
     println!("listening on {}", listener.local_addr()?);
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -176,6 +187,10 @@ struct LastQuery {
 
 async fn last(State(mock): State<Mock>, Query(q): Query<LastQuery>) -> Json<Value> {
     Json(mock.scripts.lock().ok().and_then(|s| s.last.get(&q.model).cloned()).unwrap_or(Value::Null))
+}
+
+async fn requests(State(mock): State<Mock>, Query(q): Query<LastQuery>) -> Json<Value> {
+    Json(mock.scripts.lock().ok().and_then(|s| s.history.get(&q.model).map(|h| json!(h))).unwrap_or(json!([])))
 }
 
 /// Applies the failing parts of a step: hang, latency, error status.
@@ -295,9 +310,24 @@ async fn messages(State(mock): State<Mock>, headers: HeaderMap, Json(request): J
     let user_spoke_last = messages.last().is_some_and(|m| {
         m["role"] == "user" && !m["content"].as_array().is_some_and(|c| c.iter().any(|b| b["type"] == "tool_result"))
     });
+    // Tool results the conversation ends with: `tool_result` blocks of the last user message.
+    let tool_results: Vec<String> = messages
+        .last()
+        .filter(|m| m["role"] == "user")
+        .and_then(|m| m["content"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|b| b["type"] == "tool_result")
+        .map(|b| match &b["content"] {
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n"),
+            _ => String::new(),
+        })
+        .collect();
+    let tool_results = (!tool_results.is_empty()).then(|| tool_results.join("\n"));
     let prompt: u64 = messages.iter().map(|m| 4 + count_tokens(&m["content"].to_string())).sum();
     let max_tokens = request.get("max_tokens").and_then(Value::as_u64).map(|m| m as u32);
-    let plan = Plan::new(&tools, mode, user_spoke_last, prompt, max_tokens, mock.args.tokens);
+    let plan = Plan::new(&tools, mode, user_spoke_last, tool_results.as_deref(), prompt, max_tokens, mock.args.tokens);
     let id = next_id("msg_");
     let stop_reason = match plan.finish_reason {
         "tool_calls" => "tool_use",

@@ -18,8 +18,9 @@ use crate::error::{AppError, ErrorReason};
 use crate::limits::Admission;
 use crate::llm::types::{ChatRequest, Usage};
 use crate::llm::{EventStream, Reply, sse};
+use crate::mcp::chat::ChatTools;
 use crate::policy::{PolicyDecision, audit};
-use crate::routing::{self, Breaker};
+use crate::routing::{self, Breaker, ModelRoute};
 use crate::state::AppState;
 use crate::storage::ChatRecord;
 
@@ -37,10 +38,10 @@ pub async fn chat_completions(
         &state.storage().recorder,
         &runtime.config.tenant.name,
         &caller.0,
-        request_id,
+        request_id.clone(),
         runtime.config.audit.record_prompts,
     );
-    let result = complete(&state, &caller, body, &mut record).await;
+    let result = complete(&state, &caller, body, &mut record, request_id.as_deref()).await;
     match &result {
         Ok(r) => record.status(r.status().as_u16(), r.extensions().get::<ErrorReason>().map(|r| r.0)),
         Err(e) => record.status(e.status().as_u16(), Some(e.as_reason())),
@@ -53,12 +54,14 @@ async fn complete(
     caller: &Caller,
     body: Body,
     record: &mut ChatRecord,
+    request_id: Option<&str>,
 ) -> Result<Response, AppError> {
     let started = Instant::now();
     let body = read_body(body, state.max_body_bytes()).await?;
     let mut request = ChatRequest::parse(&body)?;
     record.model(&request.model);
     let runtime = state.runtime();
+    let mcp = ChatTools::take(&mut request, state.carried().mcp(), &runtime.config.mcp)?;
     let route = runtime.models.get(&request.model).ok_or_else(|| AppError::ModelNotFound(request.model.clone()))?;
     let target_model = route.targets.first().map(|t| &*t.model);
     let decision = match runtime.policies.apply(&caller.0, target_model, &mut request) {
@@ -69,62 +72,128 @@ async fn complete(
         }
     };
     record.policy(audit::decision(&decision, runtime.config.audit.record_prompts.then_some(&request)));
-    let model: Arc<str> = route.name.clone();
-    let mut admission = runtime.limiter.admit(&caller.0.subject, &request, body.len()).await?;
-    let routed = match routing::route(route, &runtime.retry, &request).await {
-        Ok(r) => r,
-        Err(e) => {
-            admission.record_usage(0);
-            let mut response = e.into_response();
-            response.extensions_mut().insert(ModelLabel(model));
-            return Ok(response);
-        }
+    let turn = Turn { state, caller, route, decision, model: route.name.clone(), body_len: body.len(), request_id };
+    if let Some(tools) = mcp {
+        return super::chat_tools::run(&turn, tools, request, record, started).await;
+    }
+    let dispatched = match turn.dispatch(&request, record, started).await? {
+        Ok(d) => d,
+        Err(response) => return Ok(response),
     };
-    record.target(&routed.target.label);
-    let added = started.elapsed().saturating_sub(routed.upstream_time);
-    metrics::histogram!("tenantgate_added_latency_seconds").record(added.as_secs_f64());
-    let mut response = match routed.reply {
-        Reply::Complete { body, usage } => {
-            if let Some(usage) = usage {
-                record.tokens(usage.prompt_tokens, usage.completion_tokens);
-                admission.record_usage(usage.prompt_tokens + usage.completion_tokens);
-                count_tokens(&model, usage);
+    Ok(turn.respond(dispatched, record, request.stream, request.include_usage()))
+}
+
+/// What every model turn of one chat request shares.
+pub(super) struct Turn<'a> {
+    pub(super) state: &'a AppState,
+    pub(super) caller: &'a Caller,
+    pub(super) route: &'a ModelRoute,
+    pub(super) decision: Arc<PolicyDecision>,
+    pub(super) model: Arc<str>,
+    pub(super) body_len: usize,
+    pub(super) request_id: Option<&'a str>,
+}
+
+/// A routed reply and what answering with it settles.
+pub(super) struct Dispatched {
+    pub(super) reply: Reply,
+    pub(super) admission: Admission,
+    pub(super) breaker: Arc<Breaker>,
+}
+
+impl Turn<'_> {
+    /// Admits one model turn under the limits and routes it to the model's
+    /// targets; the gateway's added latency is counted from `since`.
+    /// `Ok(Err(response))`: no target answered (the error response, labelled).
+    pub(super) async fn dispatch(
+        &self,
+        request: &ChatRequest,
+        record: &mut ChatRecord,
+        since: Instant,
+    ) -> Result<Result<Dispatched, Response>, AppError> {
+        let runtime = self.state.runtime();
+        let mut admission = runtime.limiter.admit(&self.caller.0.subject, request, self.body_len).await?;
+        let routed = match routing::route(self.route, &runtime.retry, request).await {
+            Ok(r) => r,
+            Err(e) => {
+                admission.record_usage(0);
+                let mut response = e.into_response();
+                response.extensions_mut().insert(ModelLabel(self.model.clone()));
+                return Ok(Err(response));
             }
-            let scanned = decision.scan_body(body);
-            record.findings(audit::findings(&decision.output_findings()));
-            match scanned {
-                Ok(body) => {
-                    let mut response =
-                        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
-                    admission.apply_headers(response.headers_mut());
-                    response
+        };
+        record.target(&routed.target.label);
+        let added = since.elapsed().saturating_sub(routed.upstream_time);
+        metrics::histogram!("tenantgate_added_latency_seconds").record(added.as_secs_f64());
+        Ok(Ok(Dispatched { reply: routed.reply, admission, breaker: routed.target.breaker.clone() }))
+    }
+
+    /// Counts a whole reply's tokens against the record, the limits and the metrics.
+    pub(super) fn count(&self, usage: Option<Usage>, record: &mut ChatRecord, admission: &mut Admission) {
+        if let Some(usage) = usage {
+            record.tokens(usage.prompt_tokens, usage.completion_tokens);
+            admission.record_usage(usage.prompt_tokens + usage.completion_tokens);
+            count_tokens(&self.model, usage);
+        }
+    }
+
+    /// Answers the client with a reply, through the output guards. A whole
+    /// reply for a client that asked for a stream (the tool loop's final
+    /// answer) is sent as SSE events.
+    pub(super) fn respond(
+        &self,
+        dispatched: Dispatched,
+        record: &mut ChatRecord,
+        stream: bool,
+        include_usage: bool,
+    ) -> Response {
+        let Dispatched { reply, mut admission, breaker } = dispatched;
+        let decision = &self.decision;
+        let mut response = match reply {
+            Reply::Complete { body, usage } => {
+                self.count(usage, record, &mut admission);
+                let scanned = decision.scan_body(body);
+                record.findings(audit::findings(&decision.output_findings()));
+                match scanned {
+                    Ok(body) if stream => {
+                        let events = super::chat_tools::completion_events(&body, include_usage);
+                        let mut response = (sse_headers(), Body::from(events)).into_response();
+                        admission.apply_headers(response.headers_mut());
+                        response
+                    }
+                    Ok(body) => {
+                        let mut response =
+                            ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
+                                .into_response();
+                        admission.apply_headers(response.headers_mut());
+                        response
+                    }
+                    Err(blocked) => AppError::from(blocked).into_response(),
                 }
-                Err(blocked) => AppError::from(blocked).into_response(),
             }
-        }
-        Reply::Stream(events) => {
-            record.stream_started();
-            admission.record_stream_start();
-            let mut headers = axum::http::HeaderMap::new();
-            admission.apply_headers(&mut headers);
-            let events = decision.guard_stream(events);
-            let books = StreamBooks { record: record.take(), admission, decision: decision.clone() };
-            let guarded = guard_stream(events, state, model.clone(), routed.target.breaker.clone(), books);
-            (
-                headers,
-                [
-                    (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
-                    (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-                    (header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
-                ],
-                Body::from_stream(guarded),
-            )
-                .into_response()
-        }
-    };
-    response.extensions_mut().insert(ModelLabel(model));
-    response.extensions_mut().insert(decision);
-    Ok(response)
+            Reply::Stream(events) => {
+                record.stream_started();
+                admission.record_stream_start();
+                let mut headers = axum::http::HeaderMap::new();
+                admission.apply_headers(&mut headers);
+                let events = decision.guard_stream(events);
+                let books = StreamBooks { record: record.take(), admission, decision: decision.clone() };
+                let guarded = guard_stream(events, self.state, self.model.clone(), breaker, books);
+                (headers, sse_headers(), Body::from_stream(guarded)).into_response()
+            }
+        };
+        response.extensions_mut().insert(ModelLabel(self.model.clone()));
+        response.extensions_mut().insert(decision.clone());
+        response
+    }
+}
+
+fn sse_headers() -> [(header::HeaderName, HeaderValue); 3] {
+    [
+        (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
+    ]
 }
 
 fn count_tokens(model: &Arc<str>, usage: Usage) {

@@ -4,6 +4,7 @@
 mod admin;
 mod body;
 mod chat;
+mod chat_tools;
 mod models;
 mod ops;
 

@@ -3,9 +3,12 @@
 //!
 //! Rules: with tools offered (and `tool_choice` not `none`), a conversation
 //! whose last message is the user's gets a call of the named or first tool,
-//! with arguments made from its JSON schema; otherwise the answer is
-//! `completion_tokens` words, one per streamed chunk.
+//! with arguments made from its JSON schema; a conversation that ends with
+//! tool results is answered with those results (`Tool results: ...`), as a
+//! model would use them; otherwise the answer is `completion_tokens` words,
+//! one per streamed chunk.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,8 +26,8 @@ const WORDS: &[&str] =
 /// What the mock answers to one request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// Text answer, when not calling a tool.
-    pub content: Option<Vec<&'static str>>,
+    /// Text answer, when not calling a tool, one piece per streamed chunk.
+    pub content: Option<Vec<Cow<'static, str>>>,
     /// `(id, name, arguments JSON)` of a tool call.
     pub tool_call: Option<(String, String, String)>,
     /// Token counts.
@@ -73,11 +76,13 @@ pub fn count_tokens(text: &str) -> u64 {
 }
 
 impl Plan {
-    /// Plans the answer.
+    /// Plans the answer; `tool_results` is the text of the tool results the
+    /// conversation ends with, if it does.
     pub fn new(
         tools: &[OfferedTool<'_>],
         mode: ToolMode<'_>,
         user_spoke_last: bool,
+        tool_results: Option<&str>,
         prompt_tokens: u64,
         max_tokens: Option<u32>,
         tokens: u32,
@@ -98,9 +103,21 @@ impl Plan {
                 finish_reason: "tool_calls",
             };
         }
+        if let Some(results) = tool_results {
+            let words: Vec<Cow<'static, str>> = std::iter::once(Cow::Borrowed("Tool results:"))
+                .chain(results.split_whitespace().map(|w| Cow::Owned(format!(" {w}"))))
+                .collect();
+            let completion = words.len() as u64;
+            return Self {
+                content: Some(words),
+                tool_call: None,
+                usage: Usage::new(prompt_tokens, completion),
+                finish_reason: "stop",
+            };
+        }
         let limit = max_tokens.map_or(tokens, |m| m.min(tokens));
-        let words: Vec<&'static str> =
-            (0..limit as usize).map(|i| if i == 0 { "Hello" } else { WORDS[i % WORDS.len()] }).collect();
+        let words: Vec<Cow<'static, str>> =
+            (0..limit as usize).map(|i| Cow::Borrowed(if i == 0 { "Hello" } else { WORDS[i % WORDS.len()] })).collect();
         Self {
             content: Some(words),
             tool_call: None,
@@ -128,9 +145,17 @@ impl Plan {
             _ => ToolMode::Auto,
         };
         let user_spoke_last = request.messages.last().is_some_and(|m| m.role == Role::User);
+        let results: Vec<String> = request
+            .messages
+            .iter()
+            .rev()
+            .take_while(|m| m.role == Role::Tool)
+            .map(|m| m.content.as_ref().map(|c| c.text()).unwrap_or_default())
+            .collect();
+        let results = (!results.is_empty()).then(|| results.into_iter().rev().collect::<Vec<_>>().join("\n"));
         let prompt: u64 =
             request.messages.iter().map(|m| 4 + m.content.as_ref().map_or(0, |c| count_tokens(&c.text()))).sum();
-        Self::new(&tools, mode, user_spoke_last, prompt, request.max_output_tokens(), tokens)
+        Self::new(&tools, mode, user_spoke_last, results.as_deref(), prompt, request.max_output_tokens(), tokens)
     }
 
     /// The text of the answer.
@@ -274,6 +299,21 @@ mod tests {
         let (_, name, args) = plan.tool_call.clone().expect("tool call");
         assert_eq!((name.as_str(), args.as_str()), ("get_weather", r#"{"city":"mock","days":1}"#));
         assert_eq!(plan.finish_reason, "tool_calls");
+    }
+
+    #[test]
+    fn tool_results_last_are_answered_with_and_required_calls_again() {
+        let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny in Paris"}],
+            "tools": [{"type": "function", "function": {"name": "get_weather"}}]});
+        let plan = Plan::for_chat(&request(body.clone()), 4);
+        assert_eq!(plan.text().as_deref(), Some("Tool results: sunny in Paris"));
+        assert_eq!(plan.finish_reason, "stop");
+        body["tool_choice"] = json!("required");
+        assert!(Plan::for_chat(&request(body.clone()), 4).tool_call.is_some());
+        body["tool_choice"] = json!("none");
+        assert_eq!(Plan::for_chat(&request(body), 4).text().as_deref(), Some("Tool results: sunny in Paris"));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! before the call is forwarded; after it, the prompt guards over the result
 //! (tool output is untrusted input) and one audit event (connection, tool,
 //! subject, duration, outcome, redacted arguments). Everything that runs a
-//! tenant's MCP tool (the `/mcp` endpoint today, the server-side tool loop of
-//! chat later) goes through it.
+//! tenant's MCP tool (the `/mcp` endpoint and the server-side tool loop of
+//! chat, [`super::chat`]) goes through it.
 
 use std::time::Instant;
 
@@ -25,6 +25,34 @@ use crate::policy::{Finding, redact_secrets};
 use crate::state::AppState;
 use crate::storage::{AuditEvent, AuditKind};
 
+/// Where a tool call comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Via<'a> {
+    /// An `/mcp` client session: its progress notifications and cancellation pass through.
+    Mcp(&'a RequestContext<RoleServer>),
+    /// The server-side tool loop of the chat request with this `x-request-id`.
+    Chat {
+        /// The chat request's id, recorded in the audit event.
+        request_id: Option<&'a str>,
+    },
+}
+
+impl<'a> Via<'a> {
+    fn context(self) -> Option<&'a RequestContext<RoleServer>> {
+        match self {
+            Self::Mcp(context) => Some(context),
+            Self::Chat { .. } => None,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Mcp(_) => "mcp",
+            Self::Chat { .. } => "chat",
+        }
+    }
+}
+
 /// Runs one `tools/call` for `caller`: resolves the exposed name to its
 /// upstream (an unknown or filtered-out name is a JSON-RPC `invalid params`
 /// error, and nothing is sent upstream), forwards it, and maps the outcome.
@@ -36,8 +64,9 @@ pub async fn call_tool(
     tenant: Option<&AppState>,
     caller: Option<&Identity>,
     request: CallToolRequestParams,
-    context: &RequestContext<RoleServer>,
+    via: Via<'_>,
 ) -> Result<CallToolResponse, ErrorData> {
+    let context = via.context();
     let catalog = hub.catalog();
     let Some(route) = catalog.tool(&request.name) else {
         metrics::counter!("tenantgate_mcp_tool_calls_total", "connection" => "", "outcome" => "unknown_tool")
@@ -58,6 +87,9 @@ pub async fn call_tool(
     let runtime = state.runtime();
     let mut audit = AuditEvent::new(&runtime.config.tenant.name, &caller.subject, AuditKind::ToolCall, "tools/call");
     audit.resource = Some(request.name.to_string());
+    if let Via::Chat { request_id } = via {
+        audit.request_id = request_id.map(str::to_owned);
+    }
     let arguments = request
         .arguments
         .as_ref()
@@ -68,7 +100,7 @@ pub async fn call_tool(
     if let Err(limited) = runtime.limiter.admit_reservation(&caller.subject, Reservation::default(), false).await {
         audit.status = Some(429);
         audit.reason = Some(limited.as_reason().into());
-        audit.details = serde_json::json!({"connection": connection, "tool": &*route.name, "arguments": arguments});
+        audit.details = serde_json::json!({"connection": connection, "tool": &*route.name, "via": via.label(), "arguments": arguments});
         state.storage().recorder.audit(audit);
         return Err(ErrorData::invalid_request(
             limited.to_string(),
@@ -93,6 +125,7 @@ pub async fn call_tool(
         "tool": &*route.name,
         "durationMs": started.elapsed().as_millis() as u64,
         "outcome": outcome,
+        "via": via.label(),
         "arguments": arguments,
     });
     state.storage().recorder.audit(audit);
@@ -104,7 +137,7 @@ pub async fn call_tool(
 async fn forward(
     route: &super::catalog::Route,
     request: CallToolRequestParams,
-    context: &RequestContext<RoleServer>,
+    context: Option<&RequestContext<RoleServer>>,
     subject: Option<&str>,
 ) -> (Result<ServerResult, ForwardError>, &'static str) {
     let connection = route.upstream.name().to_string();

@@ -106,6 +106,12 @@ impl Catalog {
         self.prompt_routes.get(name)
     }
 
+    /// Whether the connection `name` is live in this catalog (connected and
+    /// listed, with or without tools).
+    pub fn has_connection(&self, name: &str) -> bool {
+        self.prefixes.values().any(|u| u.name() == name)
+    }
+
     /// The upstream and its own URI for an exposed resource URI.
     pub fn resource(&self, uri: &str) -> Option<(Arc<Upstream>, String)> {
         if let Some(bridge) = self.prefixes.get("") {

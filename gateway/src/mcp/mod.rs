@@ -5,6 +5,7 @@
 //!   reconciled on every config load) and the aggregated [`catalog::Catalog`].
 //! - [`server::AggregateServer`] is the rmcp `ServerHandler` of one client session.
 //! - [`call::call_tool`] is the single `tools/call` path.
+//! - [`chat`] offers the tools inside chat requests (`tenantgate.mcp`).
 //! - [`http`] mounts rmcp's tower service behind auth, Origin and session checks.
 //! - [`user_oauth`] and [`authorize`]: per-user OAuth (authorization code
 //!   with PKCE) for connections that act on behalf of each user.
@@ -14,6 +15,7 @@ pub mod authorize;
 pub mod bridge;
 pub mod call;
 pub mod catalog;
+pub mod chat;
 pub mod filter;
 pub mod http;
 pub mod oauth;
@@ -62,6 +64,9 @@ struct HubInner {
     on_change: Arc<dyn Fn() + Send + Sync>,
     http: OnceLock<McpHttpSettings>,
     user_tokens: user_oauth::UserTokensCell,
+    drifts: tokio::sync::mpsc::UnboundedSender<pin::PinDrift>,
+    /// Taken once by whoever audits drifts; buffers them until then.
+    drift_feed: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<pin::PinDrift>>>,
 }
 
 impl std::fmt::Debug for HubInner {
@@ -93,6 +98,7 @@ impl McpHub {
             .build()
             .unwrap_or_default();
         let (changes, _) = broadcast::channel(16);
+        let (drifts, drift_feed) = tokio::sync::mpsc::unbounded_channel();
         Self(Arc::new_cyclic(|weak: &std::sync::Weak<HubInner>| {
             let weak = weak.clone();
             HubInner {
@@ -107,6 +113,8 @@ impl McpHub {
                 }),
                 http: OnceLock::new(),
                 user_tokens: Arc::default(),
+                drifts,
+                drift_feed: Mutex::new(Some(drift_feed)),
             }
         }))
     }
@@ -149,6 +157,12 @@ impl McpHub {
         self.0.catalog.load_full()
     }
 
+    /// The tool pin drifts the connections find, each tool once per
+    /// definition (the first caller gets the feed; later ones `None`).
+    pub fn take_drift_feed(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<pin::PinDrift>> {
+        self.0.drift_feed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+
     /// Notifications of catalog changes.
     pub fn subscribe(&self) -> broadcast::Receiver<ListChanged> {
         self.0.changes.subscribe()
@@ -166,7 +180,8 @@ impl McpHub {
                 continue;
             }
             let upstream = Arc::new(
-                Upstream::new(config.clone()).with_user_tokens(self.0.user_tokens.clone(), self.0.client.clone()),
+                Upstream::new(config.clone(), self.0.drifts.clone())
+                    .with_user_tokens(self.0.user_tokens.clone(), self.0.client.clone()),
             );
             let (stop, stop_rx) = watch::channel(false);
             tokio::spawn(upstream::run(

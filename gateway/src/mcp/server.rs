@@ -104,7 +104,14 @@ impl ServerHandler for AggregateServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = caller(&context);
-        super::call::call_tool(&self.hub, self.tenant.as_ref(), caller.as_deref(), request, &context).await
+        super::call::call_tool(
+            &self.hub,
+            self.tenant.as_ref(),
+            caller.as_deref(),
+            request,
+            super::call::Via::Mcp(&context),
+        )
+        .await
     }
 
     async fn list_prompts(
@@ -130,7 +137,7 @@ impl ServerHandler for AggregateServer {
         let subject = subject.as_ref().map(|c| c.subject.as_str());
         match route
             .upstream
-            .forward(ClientRequest::GetPromptRequest(GetPromptRequest::new(params)), &context, subject)
+            .forward(ClientRequest::GetPromptRequest(GetPromptRequest::new(params)), Some(&context), subject)
             .await
         {
             Ok(ServerResult::GetPromptResult(r)) => Ok(GetPromptResponse::Complete(r)),
@@ -170,7 +177,7 @@ impl ServerHandler for AggregateServer {
         let subject = caller(&context);
         let subject = subject.as_ref().map(|c| c.subject.as_str());
         match upstream
-            .forward(ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params)), &context, subject)
+            .forward(ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params)), Some(&context), subject)
             .await
         {
             Ok(ServerResult::ReadResourceResult(mut r)) => {

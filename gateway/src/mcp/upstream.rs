@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::catalog::Offer;
 use super::filter::ToolFilter;
+use super::pin::{DriftLog, PinDrift};
 use super::transport::{self, ConnectError, Transport, UserCredential};
 use super::user_oauth::{UserOAuthError, UserTokensCell};
 use crate::routing::Breaker;
@@ -109,6 +110,9 @@ pub struct Upstream {
     client: reqwest::Client,
     /// Per-user OAuth: each user's own upstream session.
     users: Mutex<HashMap<String, Arc<UserSlot>>>,
+    /// Pin drifts reported so far, and where new ones go (the hub's audit feed).
+    drift_log: DriftLog,
+    drifts: mpsc::UnboundedSender<PinDrift>,
 }
 
 /// One user's upstream session of a per-user OAuth connection, opened on first use.
@@ -175,8 +179,9 @@ impl Drop for ProgressRoute<'_> {
 }
 
 impl Upstream {
-    /// A disconnected upstream for a connection config.
-    pub fn new(config: McpConnectionConfig) -> Self {
+    /// A disconnected upstream for a connection config; tool pin drifts it
+    /// finds are sent to `drifts`, once per tool and definition.
+    pub fn new(config: McpConnectionConfig, drifts: mpsc::UnboundedSender<PinDrift>) -> Self {
         let label: Arc<str> = format!("mcp/{}", config.name).into();
         Self {
             filter: ToolFilter::new(&config.tools),
@@ -188,6 +193,8 @@ impl Upstream {
             user_tokens: UserTokensCell::default(),
             client: reqwest::Client::new(),
             users: Mutex::new(HashMap::new()),
+            drift_log: DriftLog::default(),
+            drifts,
             config,
         }
     }
@@ -288,12 +295,13 @@ impl Upstream {
 
     /// Forwards one request for `subject` with the connection's timeout and
     /// breaker, passing the client's progress notifications and cancellation
-    /// through. A per-user connection is reached through the caller's own
-    /// session, with their own token.
+    /// through when it comes from an MCP client session (`context`; the chat
+    /// tool loop has none). A per-user connection is reached through the
+    /// caller's own session, with their own token.
     pub async fn forward(
         &self,
         request: ClientRequest,
-        context: &RequestContext<RoleServer>,
+        context: Option<&RequestContext<RoleServer>>,
         subject: Option<&str>,
     ) -> Result<ServerResult, ForwardError> {
         let name = &self.config.name;
@@ -320,7 +328,7 @@ impl Upstream {
         };
         let _route = ProgressRoute(
             &self.progress,
-            context.meta.get_progress_token().map(|downstream| {
+            context.and_then(|c| c.meta.get_progress_token().map(|token| (c, token))).map(|(context, downstream)| {
                 let upstream = handle.progress_token.clone();
                 self.progress
                     .lock()
@@ -332,7 +340,7 @@ impl Upstream {
         let id = handle.id.clone();
         let outcome = tokio::select! {
             r = handle.await_response() => r,
-            () = context.ct.cancelled() => {
+            () = cancelled(context) => {
                 let _ = peer
                     .notify_cancelled(CancelledNotificationParam::new(Some(id), Some("cancelled by the client".into())))
                     .await;
@@ -363,6 +371,14 @@ impl Upstream {
                 Err(ForwardError::Transport(name.clone(), e.to_string()))
             }
         }
+    }
+}
+
+/// Resolves when the MCP client cancels its request; never without one.
+async fn cancelled(context: Option<&RequestContext<RoleServer>>) {
+    match context {
+        Some(c) => c.ct.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -529,7 +545,10 @@ async fn list_offer(upstream: &Upstream, peer: &Peer<RoleClient>) -> Result<Offe
     let timeout = upstream.timeout;
     let mut tools = if caps.tools.is_some() { bounded(timeout, peer.list_all_tools()).await? } else { Vec::new() };
     tools.retain(|t| upstream.filter.permits(&t.name));
-    super::pin::apply_pins(&upstream.config.name, &upstream.config.tools, &mut tools);
+    let drifts = super::pin::apply_pins(&upstream.config.name, &upstream.config.tools, &mut tools);
+    for drift in upstream.drift_log.fresh(drifts) {
+        let _ = upstream.drifts.send(drift);
+    }
     let prompts = if caps.prompts.is_some() { bounded(timeout, peer.list_all_prompts()).await? } else { Vec::new() };
     let (resources, templates) = if caps.resources.is_some() {
         (

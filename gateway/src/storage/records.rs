@@ -83,6 +83,8 @@ pub enum AuditKind {
     Admin,
     /// A config change.
     ConfigChange,
+    /// An MCP tool's definition no longer matches its pin (`tools.pin`).
+    ToolPinDrift,
 }
 
 impl AuditKind {
@@ -93,12 +95,15 @@ impl AuditKind {
             Self::ToolCall => "toolCall",
             Self::Admin => "admin",
             Self::ConfigChange => "configChange",
+            Self::ToolPinDrift => "toolPinDrift",
         }
     }
 
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Chat, Self::ToolCall, Self::Admin, Self::ConfigChange].into_iter().find(|k| k.as_str() == s)
+        [Self::Chat, Self::ToolCall, Self::Admin, Self::ConfigChange, Self::ToolPinDrift]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 

@@ -33,22 +33,52 @@ pub fn mcp_echo_bin() -> &'static Path {
     BIN.get_or_init(|| workspace_bin("tenantgate-mcp-echo"))
 }
 
-/// Builds a workspace binary package into the current target dir and returns its path.
-fn workspace_bin(package: &str) -> PathBuf {
+/// Builds the workspace package `name` (whose binary has the same name) and returns its path.
+fn workspace_bin(name: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = Command::new(cargo)
-        .args(["build", "-q", "-p", package, "--message-format=json"])
+        .args(["build", "-q", "-p", name, "--message-format=json"])
         .current_dir(repo_root())
         .stderr(Stdio::inherit())
         .output()
-        .unwrap_or_else(|e| panic!("cargo build {package}: {e}"));
-    assert!(out.status.success(), "building {package} failed");
+        .unwrap_or_else(|e| panic!("cargo build {name}: {e}"));
+    assert!(out.status.success(), "building {name} failed");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["target"]["name"] == package)
+        .filter(|m| m["target"]["name"] == name)
         .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .unwrap_or_else(|| panic!("{package} executable in cargo output"))
+        .unwrap_or_else(|| panic!("{name} executable in cargo output"))
+}
+
+/// Starts `bin` with `args` and reads the `listening on ADDR` line it prints first.
+fn spawn_listening(bin: &Path, args: &[&str]) -> (Proc, String) {
+    let mut child =
+        Command::new(bin).args(args).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("the server prints its address");
+    let addr = line.trim().strip_prefix("listening on ").expect("address line").to_string();
+    (Proc(child), addr)
+}
+
+/// A running e2e/mcp-echo over streamable HTTP (`{url}/mcp`), with its call counter.
+pub struct McpEcho {
+    _proc: Proc,
+    pub url: String,
+}
+
+impl McpEcho {
+    pub fn start() -> Self {
+        let (proc, addr) = spawn_listening(mcp_echo_bin(), &["--listen", "127.0.0.1:0"]);
+        Self { _proc: proc, url: format!("http://{addr}") }
+    }
+
+    /// `tools/call` requests it received (any tool, even unknown ones).
+    pub async fn calls(&self) -> u64 {
+        let text = reqwest::get(format!("{}/calls", self.url)).await.expect("GET /calls").text().await.expect("body");
+        text.trim().parse().expect("a count")
+    }
 }
 
 /// A child process killed (by its PID) on drop.
@@ -70,17 +100,8 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start() -> Self {
-        let mut child = Command::new(mock_llm_bin())
-            .args(["--listen", "127.0.0.1:0", "--tokens", "8"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start mock-llm");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("mock-llm prints its address");
-        let addr = line.trim().strip_prefix("listening on ").expect("address line").to_string();
-        Self { _proc: Proc(child), url: format!("http://{addr}"), client: reqwest::Client::new() }
+        let (proc, addr) = spawn_listening(mock_llm_bin(), &["--listen", "127.0.0.1:0", "--tokens", "8"]);
+        Self { _proc: proc, url: format!("http://{addr}"), client: reqwest::Client::new() }
     }
 
     /// Scripts the answers for upstream model `model`.
@@ -101,6 +122,12 @@ impl Upstream {
     pub async fn count(&self, model: &str) -> u64 {
         let v: Value = get_json(&self.client, &format!("{}/_control/stats", self.url)).await;
         v["requests"][model].as_u64().unwrap_or(0)
+    }
+
+    /// The bodies of the last requests for `model`, oldest first.
+    pub async fn requests(&self, model: &str) -> Vec<Value> {
+        let v: Value = get_json(&self.client, &format!("{}/_control/requests?model={model}", self.url)).await;
+        v.as_array().cloned().expect("an array of requests")
     }
 
     /// The last request for `model`: `{"body", "credential"}`.

@@ -17,6 +17,7 @@ import pytest
 ROOT = Path(os.environ.get("TENANTGATE_ROOT", Path(__file__).resolve().parents[3]))
 GATEWAY_BIN = os.environ["GATEWAY_BIN"]
 MOCK_LLM_BIN = os.environ["MOCK_LLM_BIN"]
+MCP_ECHO_BIN = os.environ["MCP_ECHO_BIN"]
 QUICKSTART = ROOT / "manifests/examples/quickstart"
 DEV_KEY = QUICKSTART / "dev-signing-key.pem"
 FOREIGN_KEY = ROOT / "gateway/tests/fixtures/foreign-signing-key.pem"
@@ -57,6 +58,24 @@ class Upstream:
 
     def last(self, model: str) -> dict:
         return self.http.get("/_control/last", params={"model": model}).json()
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+class Echo:
+    """e2e/mcp-echo (an rmcp MCP server) over streamable HTTP, with its call counter."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([MCP_ECHO_BIN, "--listen", "127.0.0.1:0", *args], stdout=subprocess.PIPE, text=True)
+        self.url = "http://" + self.proc.stdout.readline().strip().removeprefix("listening on ")
+
+    def calls(self) -> int:
+        return int(httpx.get(self.url + "/calls").text)
+
+    def cancelled(self) -> int:
+        return int(httpx.get(self.url + "/cancelled").text)
 
     def stop(self) -> None:
         self.proc.kill()

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Gateway
-from test_mcp_sdk import Echo, session, text_of, wait_tool
+from conftest import Echo, Gateway
+from test_mcp_sdk import session, text_of, wait_tool
 
 CLIENT_SECRET = "pkce-client-s3cret"
 

@@ -17,29 +17,10 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import FOREIGN_KEY, ROOT, Gateway, free_port
+from conftest import FOREIGN_KEY, MCP_ECHO_BIN, ROOT, Echo, Gateway, free_port
 
-MCP_ECHO_BIN = os.environ["MCP_ECHO_BIN"]
 ACCEPT = "application/json, text/event-stream"
 PROTOCOL = "2025-06-18"
-
-
-class Echo:
-    """e2e/mcp-echo over streamable HTTP, with its call counter."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([MCP_ECHO_BIN, "--listen", "127.0.0.1:0", *args], stdout=subprocess.PIPE, text=True)
-        self.url = "http://" + self.proc.stdout.readline().strip().removeprefix("listening on ")
-
-    def calls(self) -> int:
-        return int(httpx.get(self.url + "/calls").text)
-
-    def cancelled(self) -> int:
-        return int(httpx.get(self.url + "/cancelled").text)
-
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
 
 
 def wait_port(port: int, proc: subprocess.Popen) -> None:
