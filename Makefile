@@ -48,7 +48,7 @@ test-cluster: ## Tests against a real local control plane (started and stopped a
 
 .PHONY: e2e
 e2e: ## The platform scenarios: helm/manifests install, tenants via kubectl, gateways used with the openai and mcp SDKs, GitOps changes, README commands
-	$(CARGO) build -p tenantgate-operator -p tenantgate-gateway -p tenantgate-mock-llm -p tenantgate-mcp-echo
+	$(CARGO) build -p tenantgate-operator
 	TENANTGATE_OPERATOR_BIN=$(TARGET_DIR)/debug/tenantgate-operator \
 	  e2e/with-services e2e/with-cluster gateway/tests/python/run -x -rA --durations=0 $(CURDIR)/e2e/python
 

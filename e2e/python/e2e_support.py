@@ -333,9 +333,7 @@ class GatewayPod:
             mounts.append((str(src), m["mountPath"]))
         # /tmp last: the sources above live under it.
         mounts.sort(key=lambda m: m[1] == "/tmp")
-        script = "set -e\n" + "".join(
-            f'mkdir -p "{dst}" 2>/dev/null || test -d "{dst}"\nmount --bind "{src}" "{dst}"\n' for src, dst in mounts
-        )
+        script = "set -e\n" + "".join(f'mount --bind "{src}" "{dst}"\n' for src, dst in mounts)
         for _, dst in mounts:
             # The mount point must exist on the host (an empty directory) before unshare binds onto it.
             Path(dst).mkdir(parents=True, exist_ok=True)
@@ -344,7 +342,7 @@ class GatewayPod:
         self.process = Process(
             f"gateway-{tenant}",
             [*cmd, *command, *args],
-            env=container_env(self.container, self.pod, {"TENANTGATE_LOG_FORMAT": "text"}),
+            env=container_env(self.container, self.pod, {}),
         )
         wait_http_ok(self.url + "/readyz", self.process)
 
