@@ -289,6 +289,9 @@ pub fn build_deployment(input: &BuildInput<'_>) -> Result<Deployment, BuildError
                     "env": [
                         { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
                         { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
+                        // State (the spill of usage/audit records while the database is down) on the data
+                        // volume: the root filesystem is read-only and HOME is not the gateway's to choose.
+                        { "name": "TENANTGATE_STATE_DIR", "value": "/var/lib/tenantgate" },
                     ],
                     "resources": resources,
                     "livenessProbe": probe("/livez", 10),
@@ -759,6 +762,10 @@ mod tests {
             Some(Some("/readyz".into()))
         );
         assert!(!p.topology_spread_constraints.clone().unwrap_or_default().is_empty());
+        // Writable state lives on the data volume, not under a HOME on the read-only root.
+        let state = c.env.iter().flatten().find(|e| e.name == "TENANTGATE_STATE_DIR").and_then(|e| e.value.clone());
+        let data = c.volume_mounts.iter().flatten().find(|m| m.name == "data").map(|m| m.mount_path.clone());
+        assert_eq!(state, data);
     }
 
     #[test]
