@@ -185,7 +185,7 @@ def wait_http_ok(url: str, proc: Process, timeout: float = 30) -> None:
 
 
 def listening_line(proc: subprocess.Popen) -> str:
-    line = proc.stdout.readline().strip()
+    line = proc.stdout.readline().decode().strip()
     if not line.startswith("listening on "):
         raise StepFailed(f"expected 'listening on ADDR', got {line!r}")
     return "http://" + line.removeprefix("listening on ")
@@ -251,8 +251,9 @@ def pods_of(namespace: str, deployment: dict) -> list[dict]:
 
 def container_env(container: dict, pod: dict, overrides: dict[str, str]) -> dict[str, str]:
     """The container's environment as the kubelet would set it (fieldRefs resolved
-    against `pod`), with `overrides` on top and PATH/HOME kept so the process runs here."""
-    out = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
+    against `pod`), with `overrides` on top; of this machine's only PATH and LANG
+    (no HOME: a pod's process must not depend on one)."""
+    out = {k: os.environ[k] for k in ("PATH", "LANG") if k in os.environ}
     for e in container.get("env", []):
         if "value" in e:
             out[e["name"]] = e["value"]

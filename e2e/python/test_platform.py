@@ -109,7 +109,7 @@ def apply_everything() -> list[str]:
     return [
         kubectl("apply", "-f", str(EXAMPLES / "global")),
         kubectl("apply", "-f", str(EXAMPLES / "quickstart")),
-        kubectl("apply", "-f", str(S.dirs["quickstart"])),
+        kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=tenantgate-e2e", "-f", str(S.dirs["quickstart"])),
         kubectl("apply", "-f", str(S.dirs["acme"])),
         kubectl("apply", "-f", str(EXAMPLES / "acme/30-policy.yaml")),
     ]
