@@ -67,4 +67,11 @@ def mcp_call(url: str, token: str, tool: str, arguments: dict) -> tuple[bool, st
             r = await s.call_tool(tool, arguments)
             return bool(r.is_error), "".join(getattr(c, "text", "") for c in r.content)
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except BaseExceptionGroup as group:
+        # The SDK's task groups wrap a JSON-RPC error answer (MCPError): raise the error itself.
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise leaf from None

@@ -109,7 +109,7 @@ def apply_everything() -> list[str]:
     return [
         kubectl("apply", "-f", str(EXAMPLES / "global")),
         kubectl("apply", "-f", str(EXAMPLES / "quickstart")),
-        kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=tenantgate-e2e", "-f", str(S.dirs["quickstart"])),
+        kubectl("apply", "-f", str(S.dirs["quickstart"])),
         kubectl("apply", "-f", str(S.dirs["acme"])),
         kubectl("apply", "-f", str(EXAMPLES / "acme/30-policy.yaml")),
     ]
@@ -161,6 +161,12 @@ def test_platform_team_applies_tenants_connections_and_policies():
         "MAX_REPLICAS": "10",
     }
     fill_fixtures()
+    kubectl("apply", "-f", str(EXAMPLES / "global"))
+    kubectl("apply", "-f", str(EXAMPLES / "quickstart"))
+    # The one change made by hand: this suite's MCP upstream listens on 127.0.0.1, which a Tenant
+    # must allow. A merge patch of a field the example leaves out, so the example's client-side
+    # apply keeps ignoring it (a second apply stays a no-op).
+    kubectl("patch", "tenant", "quickstart", "--type", "merge", "-p", '{"spec":{"network":{"allowLocalUpstreams":true}}}')
     apply_everything()
     wait_ready(*TENANTS)
     for ns in NAMESPACES.values():
@@ -323,8 +329,9 @@ def test_network_policies_select_exactly_the_tenants_pods():
 # GitOps
 
 
-def snapshot() -> dict[str, str]:
-    """resourceVersion of every Tenantgate object and every object in the tenants' namespaces."""
+def snapshot() -> dict[str, tuple]:
+    """Per object (every Tenantgate object and every object in the tenants' namespaces): its
+    resourceVersion, generation and the managedFields entries of everything but status."""
     out = {}
     items = get_json("tenants,mcpconnections,promptpolicies", "-A")["items"]
     for ns in NAMESPACES.values():
@@ -332,7 +339,12 @@ def snapshot() -> dict[str, str]:
         items.append(get_json("namespace", ns))
     for o in items:
         m = o["metadata"]
-        out[f"{o['kind']} {m.get('namespace', '')}/{m['name']}"] = m["resourceVersion"]
+        writers = sorted(
+            (f.get("manager"), f.get("operation"), f.get("time"))
+            for f in m.get("managedFields", [])
+            if f.get("subresource") != "status"
+        )
+        out[f"{o['kind']} {m.get('namespace', '')}/{m['name']}"] = (m["resourceVersion"], m.get("generation"), writers)
     return out
 
 
@@ -353,9 +365,14 @@ def test_a_second_apply_of_the_same_yaml_changes_nothing():
     outputs = apply_everything()
     time.sleep(8)  # the operator has seen every event the apply caused by now
     after = snapshot()
-    changed = {k: (before[k], after.get(k)) for k in before if after.get(k) != before[k]}
-    assert not changed, f"resourceVersions changed by a no-op apply: {changed}\nkubectl said:\n{''.join(outputs)}"
     assert set(after) == set(before), set(after) ^ set(before)
+    # A new resourceVersion is a write. The only ones allowed are the cluster's own status
+    # updates (the HPA controller records its metrics attempts): same generation, and no
+    # entry of managedFields outside the status subresource changed.
+    changed = {k: (before[k], after[k]) for k in before if after[k][0] != before[k][0]}
+    written = {k: v for k, v in changed.items() if v[0][1:] != v[1][1:]}
+    assert not written, f"objects written by a no-op apply: {written}\nkubectl said:\n{''.join(outputs)}"
+    print(f"{len(before)} objects unchanged but for status updates by cluster controllers: {sorted(changed)}")
     assert operator_writes() == writes, "the operator wrote to the API server after a no-op apply"
 
 
