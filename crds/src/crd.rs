@@ -67,6 +67,9 @@ mod tests {
             .map(|doc| serde::Deserialize::deserialize(doc).expect("a CRD"))
             .collect();
         assert_eq!(reread, all());
-        assert_eq!(quote_yaml11_booleans("a:\n  b: off\n  - on\n  c: offset\n  d: 'no'\n"), "a:\n  b: 'off'\n  - 'on'\n  c: offset\n  d: 'no'\n");
+        assert_eq!(
+            quote_yaml11_booleans("a:\n  b: off\n  - on\n  c: offset\n  d: 'no'\n"),
+            "a:\n  b: 'off'\n  - 'on'\n  c: offset\n  d: 'no'\n"
+        );
     }
 }

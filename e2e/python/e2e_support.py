@@ -307,7 +307,10 @@ class GatewayPod:
     API server and laid out as the kubelet lays out the configMap and projected
     volumes, mounted at the Deployment's mountPaths in a private mount namespace
     (unshare), so the rendered config's absolute paths resolve exactly as in the
-    pod. Only the listen address changes: a free port on 127.0.0.1."""
+    pod. Only the listen address changes: a free port on 127.0.0.1. The mount
+    points (/etc/tenantgate, /var/run/secrets/tenantgate, /var/lib/tenantgate)
+    are created on this machine as empty directories when missing; nothing is
+    ever written into them outside the gateway's own mount namespace."""
 
     def __init__(self, tenant: str, gateway_bin: str) -> None:
         self.tenant = tenant
