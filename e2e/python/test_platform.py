@@ -28,7 +28,6 @@ logs with it.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -44,7 +43,6 @@ from e2e_support import (
     FIXTURES,
     OPERATOR_NAMESPACE,
     ROOT,
-    WORK,
     Everything,
     GatewayPod,
     McpEcho,
