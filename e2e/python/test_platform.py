@@ -1,0 +1,529 @@
+"""The platform as its users meet it (`make e2e`), on the local control plane
+of e2e/with-cluster (kube-apiserver, etcd, controller-manager, scheduler, kwok
+nodes) with PostgreSQL and Redis of e2e/with-services.
+
+A platform team installs Tenantgate with `helm install` from charts/tenantgate
+(then, separately, with `kubectl apply --server-side -f manifests/install.yaml`),
+applies tenants, McpConnections and PromptPolicies with kubectl and waits with
+`kubectl wait`; tenants' applications then talk to their gateways with the
+official openai and mcp SDKs; GitOps changes (a policy edit, a Secret rotation,
+a new autoscaling range, a deleted tenant) take effect without anyone touching
+the running objects by hand.
+
+No container runs here (kwok's pods are data). So the operator runs as a
+process started from its Deployment's container spec as installed, and it
+authenticates with a token of the chart's ServiceAccount (never as admin):
+the chart's RBAC really allows or refuses each of its requests. Each tenant's
+gateway runs as a process started from the Deployment the operator wrote, its
+ConfigMap and Secrets read back from the API server and laid out as the
+kubelet lays out the volumes (``..data`` symlink swaps included), mounted at
+the Deployment's paths in a private mount namespace (so this suite needs root,
+or CAP_SYS_ADMIN, for unshare). Only the listen addresses differ: free ports
+on 127.0.0.1.
+
+The tests are steps of one story and run in file order; pytest stops at the
+first failure (-x) and conftest.py prints the operator, gateway and API server
+logs with it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from mcp.shared.exceptions import MCPError
+
+import tenant_app as app
+from e2e_support import (
+    EXAMPLES,
+    FIXTURES,
+    OPERATOR_NAMESPACE,
+    ROOT,
+    Everything,
+    GatewayPod,
+    McpEcho,
+    MockLlm,
+    Operator,
+    StepFailed,
+    env,
+    fixture_dir,
+    get_json,
+    kubectl,
+    mint_token,
+    pods_of,
+    run,
+    wait_for,
+)
+
+GATEWAY_BIN = os.environ["GATEWAY_BIN"]
+OPERATOR_BIN = env("TENANTGATE_OPERATOR_BIN")
+TENANTS = ("quickstart", "acme")
+NAMESPACES = {"quickstart": "tg-quickstart", "acme": "tg-acme"}
+QUICKSTART_KEY = EXAMPLES / "quickstart/dev-signing-key.pem"
+ACME_KEY = FIXTURES / "acme/dev-signing-key.pem"
+# Kinds the operator makes in a tenant namespace (HPA and PDB for acme only).
+OWNED_KINDS = (
+    "serviceaccounts,secrets,configmaps,deployments.apps,services,"
+    "horizontalpodautoscalers.autoscaling,poddisruptionbudgets.policy,networkpolicies.networking.k8s.io,"
+    "ingresses.networking.k8s.io"
+)
+
+
+class State:
+    """What the steps share."""
+
+    operator: Operator | None = None
+    mock: MockLlm
+    echo: McpEcho
+    everything: Everything
+    values: dict[str, str]
+    dirs: dict[str, Path] = {}
+    gateways: dict[str, GatewayPod] = {}
+    tokens: dict[str, str] = {}
+    admin_tokens: dict[str, str] = {}
+
+
+S = State()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def teardown():
+    yield
+    for g in S.gateways.values():
+        g.stop()
+    if S.operator:
+        S.operator.stop()
+    for name in ("mock", "echo", "everything"):
+        if hasattr(S, name):
+            getattr(S, name).p.stop()
+
+
+def apply_everything() -> list[str]:
+    """Every `kubectl apply` a platform team runs for the two tenants, in order; their outputs."""
+    return [
+        kubectl("apply", "-f", str(EXAMPLES / "global")),
+        kubectl("apply", "-f", str(EXAMPLES / "quickstart")),
+        kubectl("apply", "-f", str(S.dirs["quickstart"])),
+        kubectl("apply", "-f", str(S.dirs["acme"])),
+        kubectl("apply", "-f", str(EXAMPLES / "acme/30-policy.yaml")),
+    ]
+
+
+def fill_fixtures(**overrides: str) -> None:
+    S.dirs["quickstart"] = fixture_dir("quickstart", S.values, overrides)
+    S.dirs["acme"] = fixture_dir("acme", S.values, overrides)
+
+
+def wait_ready(*tenants: str, timeout: str = "120s") -> None:
+    try:
+        kubectl("wait", "--for=condition=Ready", *(f"tenant/{t}" for t in tenants), f"--timeout={timeout}", timeout=200)
+    except StepFailed as e:
+        status = kubectl("get", "tenants", "-o", "jsonpath={range .items[*]}{.metadata.name}: {.status}{\"\\n\"}{end}")
+        raise StepFailed(f"{e}\nstatus:\n{status}") from None
+
+
+# ---------------------------------------------------------------------------
+# Scenario 1: helm install
+
+
+def test_helm_install_and_the_operator_as_the_charts_service_account():
+    out = run(
+        ["helm", "install", "tenantgate", str(ROOT / "charts/tenantgate"),
+         "--namespace", OPERATOR_NAMESPACE, "--create-namespace"],
+    )
+    assert "STATUS: deployed" in out, out
+    kubectl("wait", "--for=condition=Established", "crd/tenants.tenantgate.dev",
+            "crd/mcpconnections.tenantgate.dev", "crd/promptpolicies.tenantgate.dev", "--timeout=60s")
+    S.operator = Operator(OPERATOR_BIN)
+    # The chart's RBAC is what the operator has: it can list tenants, and not, say, read Secrets' data.
+    # The token the operator runs with is the chart's ServiceAccount, which is not a cluster admin.
+    sa = f"system:serviceaccount:{OPERATOR_NAMESPACE}:tenantgate-operator"
+    assert kubectl("auth", "can-i", "list", "tenants.tenantgate.dev", "--as", sa).strip() == "yes"
+    assert kubectl("auth", "can-i", "*", "*", "--as", sa, check=False).strip() == "no"
+
+
+def test_platform_team_applies_tenants_connections_and_policies():
+    S.mock, S.echo, S.everything = MockLlm(), McpEcho(), Everything()
+    S.values = {
+        "MOCK_LLM": S.mock.url,
+        "ECHO_URL": S.echo.url,
+        "EVERYTHING_URL": S.everything.url,
+        "REDIS_URL": env("TENANTGATE_REDIS_URL"),
+        "POSTGRES_URL": env("TENANTGATE_POSTGRES_URL"),
+        "OPENAI_KEY": "sk-e2e-first",
+        "MIN_REPLICAS": "2",
+        "MAX_REPLICAS": "10",
+    }
+    fill_fixtures()
+    kubectl("apply", "-f", str(EXAMPLES / "global"))
+    kubectl("apply", "-f", str(EXAMPLES / "quickstart"))
+    # The one change made by hand: this suite's MCP upstream listens on 127.0.0.1, which a Tenant
+    # must allow. A merge patch of a field the example leaves out, so the example's client-side
+    # apply keeps ignoring it (a second apply stays a no-op).
+    kubectl("patch", "tenant", "quickstart", "--type", "merge", "-p", '{"spec":{"network":{"allowLocalUpstreams":true}}}')
+    apply_everything()
+    wait_ready(*TENANTS)
+    for ns in NAMESPACES.values():
+        kubectl("wait", "--for=condition=Accepted", "mcpconnections,promptpolicies", "--all", "-n", ns, "--timeout=60s")
+    kubectl("wait", "--for=condition=Accepted", "promptpolicy/platform-baseline", "-n", OPERATOR_NAMESPACE,
+            "--timeout=60s")
+    table = kubectl("get", "tenants")
+    for t in TENANTS:
+        assert t in table, table
+
+
+def test_gateways_run_as_their_pods_would():
+    for tenant in TENANTS:
+        S.gateways[tenant] = GatewayPod(tenant, GATEWAY_BIN)
+    S.tokens["quickstart"] = mint_token(GATEWAY_BIN, EXAMPLES / "quickstart", QUICKSTART_KEY, "bob@quickstart.example")
+    S.tokens["acme"] = mint_token(GATEWAY_BIN, S.dirs["acme"], ACME_KEY, "alice@acme.example")
+    S.admin_tokens["quickstart"] = mint_token(
+        GATEWAY_BIN, EXAMPLES / "quickstart", QUICKSTART_KEY, "admin@quickstart.example", ("tenant-admin",))
+    S.admin_tokens["acme"] = mint_token(GATEWAY_BIN, S.dirs["acme"], ACME_KEY, "admin@acme.example", ("tenant-admin",))
+    # The config the gateway serves is the one the operator wrote (same content hash).
+    for tenant, g in S.gateways.items():
+        cm = get_json("configmap", "gateway-config", "-n", g.namespace)
+        served = (g.dir / "volumes/config/config.yaml").read_text()
+        assert served == cm["data"]["config.yaml"]
+
+
+@pytest.mark.parametrize("tenant", TENANTS)
+def test_tenant_app_chats_streams_and_calls_mcp_tools(tenant):
+    g, token = S.gateways[tenant], S.tokens[tenant]
+    assert "chat-default" in app.models(g.url, token)
+    before = S.mock.count("gpt-4o-mini")
+    answer = app.chat(g.url, token, "chat-default", "Hello from the tenant app")
+    assert answer
+    if tenant == "acme":
+        # Routed to the openai provider's upstream (mock-llm) with the Secret's key.
+        assert S.mock.count("gpt-4o-mini") == before + 1
+        assert S.mock.last("gpt-4o-mini")["credential"] == "Bearer sk-e2e-first"
+    chunks, text, finish = app.stream(g.url, token, "chat-default", "Stream a few words please")
+    assert chunks > 1 and text and finish == "stop", (chunks, text, finish)
+    tools = app.mcp_tools(g.url, token)
+    calls = S.echo.calls()
+    if tenant == "quickstart":
+        assert "echo_echo" in tools and "echo_secret_delete" not in tools, tools
+        assert app.mcp_call(g.url, token, "echo_echo", {"text": "hi from quickstart"}) == (False, "hi from quickstart")
+    else:
+        assert {"everything_echo", "everything_get-sum", "github_echo"} <= tools, tools
+        assert "github_secret_delete" not in tools
+        is_error, text = app.mcp_call(g.url, token, "everything_get-sum", {"a": 2, "b": 40})
+        assert not is_error and "42" in text, text
+        assert app.mcp_call(g.url, token, "github_echo", {"text": "hi from acme"}) == (False, "hi from acme")
+        # The upstream got the McpConnection's bearer Secret, never the tenant's token.
+        assert S.echo.last_auth() == "Bearer ghp-e2e-token"
+    assert S.echo.calls() == calls + 1
+
+
+# ---------------------------------------------------------------------------
+# Isolation
+
+
+def test_one_tenants_token_is_refused_by_the_other_gateway():
+    for a, b in (("acme", "quickstart"), ("quickstart", "acme")):
+        with pytest.raises(openai.AuthenticationError):
+            app.chat(S.gateways[b].url, S.tokens[a], "chat-default", "hello")
+        r = httpx.get(S.gateways[b].url + "/admin/v1/usage", headers={"Authorization": f"Bearer {S.admin_tokens[a]}"})
+        assert r.status_code == 401, r.text
+        r = httpx.post(S.gateways[b].url + "/mcp", headers={"Authorization": f"Bearer {S.tokens[a]}",
+                       "Accept": "application/json, text/event-stream"},
+                       json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert r.status_code == 401, r.text
+
+
+def test_one_tenants_mcp_connections_never_appear_in_the_others_tools():
+    quickstart = app.mcp_tools(S.gateways["quickstart"].url, S.tokens["quickstart"])
+    acme = app.mcp_tools(S.gateways["acme"].url, S.tokens["acme"])
+    assert quickstart and acme
+    assert not any(t.startswith(("everything_", "github_")) for t in quickstart), quickstart
+    assert not any(t.startswith("echo_") for t in acme), acme
+    calls = S.echo.calls()
+    try:
+        is_error, text = app.mcp_call(S.gateways["quickstart"].url, S.tokens["quickstart"], "github_echo", {"text": "x"})
+        assert is_error, text
+    except MCPError as e:
+        assert "github_echo" in str(e) or "unknown" in str(e).lower(), e
+    assert S.echo.calls() == calls, "a call to another tenant's tool reached its upstream"
+
+
+def usage(tenant: str, subject: str) -> dict:
+    r = httpx.get(S.gateways[tenant].url + "/admin/v1/usage", params={"subject": subject},
+                  headers={"Authorization": f"Bearer {S.admin_tokens[tenant]}"})
+    assert r.status_code == 200, r.text
+    return r.json()["totals"]
+
+
+def test_one_tenants_usage_never_appears_in_the_others_admin_api():
+    subjects = {"acme": "alice@acme.example", "quickstart": "bob@quickstart.example"}
+    for tenant, subject in subjects.items():
+        wait_for(f"{tenant}'s usage of {subject} recorded", lambda: usage(tenant, subject)["requests"] >= 2, 30)
+    assert usage("quickstart", subjects["acme"])["requests"] == 0
+    assert usage("acme", subjects["quickstart"])["requests"] == 0
+    for tenant, other in (("quickstart", "acme"), ("acme", "quickstart")):
+        r = httpx.get(S.gateways[tenant].url + "/admin/v1/audit", params={"limit": 500},
+                      headers={"Authorization": f"Bearer {S.admin_tokens[tenant]}"})
+        assert r.status_code == 200, r.text
+        assert subjects[other] not in r.text and f"admin@{other}" not in r.text
+
+
+def selects(selector: dict | None, labels: dict) -> bool:
+    """Whether a metav1.LabelSelector selects an object with `labels` (the API's semantics)."""
+    if selector is None:
+        return False
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        k, op, values = e["key"], e["operator"], e.get("values") or []
+        if op == "In" and labels.get(k) not in values:
+            return False
+        if op == "NotIn" and k in labels and labels[k] in values:
+            return False
+        if op == "Exists" and k not in labels:
+            return False
+        if op == "DoesNotExist" and k in labels:
+            return False
+    return True
+
+
+def test_network_policies_select_exactly_the_tenants_pods():
+    namespaces = {n["metadata"]["name"]: n["metadata"].get("labels", {}) for n in get_json("namespaces")["items"]}
+    all_pods = get_json("pods", "-A")["items"]
+    for tenant, ns in NAMESPACES.items():
+        gateway_pods = {p["metadata"]["name"] for p in pods_of(ns, get_json("deployment", "gateway", "-n", ns))}
+        assert gateway_pods, f"no gateway pods in {ns}"
+        policies = get_json("networkpolicies", "-n", ns)["items"]
+        assert policies, f"no NetworkPolicy in {ns}"
+        fenced, types = set(), set()
+        for pol in policies:
+            spec = pol["spec"]
+            selected = {p["metadata"]["name"] for p in all_pods if p["metadata"]["namespace"] == ns
+                        and selects(spec["podSelector"], p["metadata"].get("labels", {}))}
+            name = pol["metadata"]["name"]
+            # A policy applies in its own namespace only; there it must pick the tenant's gateway pods, nothing else.
+            assert selected <= gateway_pods, f"{ns}/{name} selects pods that are not the tenant's gateway: {selected}"
+            fenced |= selected
+            if selected:
+                types |= set(spec.get("policyTypes", []))
+            # No rule lets the other tenant's namespace in.
+            for rule in spec.get("ingress") or []:
+                for peer in rule.get("from") or []:
+                    if "namespaceSelector" not in peer:
+                        continue
+                    allowed = {n for n, labels in namespaces.items() if selects(peer["namespaceSelector"], labels)}
+                    for other, other_ns in NAMESPACES.items():
+                        if other != tenant:
+                            assert other_ns not in allowed, f"{ns}/{name} admits {other_ns}: {peer}"
+        assert fenced == gateway_pods, f"gateway pods of {ns} not fenced: {gateway_pods - fenced}"
+        assert types == {"Ingress", "Egress"}, f"{ns}: the gateway pods are fenced for {types} only"
+
+
+# ---------------------------------------------------------------------------
+# GitOps
+
+
+def snapshot() -> dict[str, tuple]:
+    """Per object (every Tenantgate object and every object in the tenants' namespaces): its
+    resourceVersion, generation and the managedFields entries of everything but status."""
+    out = {}
+    shown = "--show-managed-fields"
+    items = get_json("tenants,mcpconnections,promptpolicies", "-A", shown)["items"]
+    for ns in NAMESPACES.values():
+        items += get_json(OWNED_KINDS, "-n", ns, shown)["items"]
+        items.append(get_json("namespace", ns, shown))
+    for o in items:
+        m = o["metadata"]
+        writers = sorted(
+            (f.get("manager"), f.get("operation"), f.get("time"))
+            for f in m.get("managedFields", [])
+            if f.get("subresource") != "status"
+        )
+        out[f"{o['kind']} {m.get('namespace', '')}/{m['name']}"] = (m["resourceVersion"], m.get("generation"), writers)
+    return out
+
+
+def operator_writes() -> float:
+    text = httpx.get(S.operator.url + "/metrics").text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("tenantgate_operator_api_requests_total") and 'kind="write"' in line \
+                and 'resource="leases"' not in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def settled() -> bool:
+    """Every gateway Deployment rolled out, and acme's scaled by its HPA to at least minReplicas
+    (the HPA controller's first sync comes up to 15 s after the HPA appears)."""
+    for tenant, ns in NAMESPACES.items():
+        d = get_json("deployment", "gateway", "-n", ns)
+        st, want = d["status"], d["spec"].get("replicas")
+        state = (st.get("observedGeneration") == d["metadata"]["generation"], st.get("updatedReplicas"),
+                 st.get("readyReplicas"), st.get("replicas"))
+        if state != (True, want, want, want):
+            raise StepFailed(f"{ns}/gateway: observed, updated, ready, replicas = {state}, want {want}")
+        if tenant == "acme":
+            hpa = get_json("hpa", "gateway", "-n", ns)
+            if want < hpa["spec"]["minReplicas"]:
+                raise StepFailed(f"{ns}/gateway has {want} replicas, HPA minimum {hpa['spec']['minReplicas']}")
+    return True
+
+
+def test_a_second_apply_of_the_same_yaml_changes_nothing():
+    # Let what the first apply started settle (rollouts, the HPA's first scaling).
+    wait_for("the tenants' Deployments settled", settled, 60)
+    time.sleep(2)
+    before, writes = snapshot(), operator_writes()
+    outputs = apply_everything()
+    time.sleep(8)  # the operator has seen every event the apply caused by now
+    after = snapshot()
+    assert set(after) == set(before), set(after) ^ set(before)
+    # A new resourceVersion is a write. The only ones allowed are the cluster's own status
+    # updates (the HPA controller records its metrics attempts): same generation, and no
+    # entry of managedFields outside the status subresource changed.
+    changed = {k: (before[k], after[k]) for k in before if after[k][0] != before[k][0]}
+    written = {k: v for k, v in changed.items() if v[0][1:] != v[1][1:]}
+    assert not written, f"objects written by a no-op apply: {written}\nkubectl said:\n{''.join(outputs)}"
+    print(f"{len(before)} objects unchanged but for status updates by cluster controllers: {sorted(changed)}")
+    assert operator_writes() == writes, "the operator wrote to the API server after a no-op apply"
+
+
+def policy_with_deny(text: str) -> str:
+    marker = "    promptInjection: block\n"
+    assert marker in text
+    return text.replace(marker, marker + '    denyPatterns: ["(?i)purple elephant"]\n')
+
+
+def test_a_prompt_policy_edit_reaches_the_running_gateway_in_seconds():
+    g, token = S.gateways["quickstart"], S.tokens["quickstart"]
+    pid = g.process.pid
+    assert app.chat(g.url, token, "chat-default", "Tell me about the purple elephant")
+    original = (EXAMPLES / "quickstart/10-policy.yaml").read_text()
+    kubectl("apply", "-f", "-", input=policy_with_deny(original))
+    started = time.monotonic()
+
+    def refused():
+        g.sync()  # the kubelet's periodic sync of the configMap volume
+        try:
+            app.chat(g.url, token, "chat-default", "Tell me about the purple elephant")
+            return False
+        except openai.BadRequestError as e:
+            assert e.code == "policy_violation" and "tg-quickstart/assistant" in str(e), (e.code, e.body)
+            return True
+
+    wait_for("the edited PromptPolicy enforced by the running gateway", refused, 30)
+    took = time.monotonic() - started
+    assert g.process.alive() and g.process.pid == pid, "the gateway restarted"
+    assert took < 15, f"the policy edit took {took:.1f} s to apply"
+    # Back to what git says: allowed again.
+    kubectl("apply", "-f", str(EXAMPLES / "quickstart/10-policy.yaml"))
+
+    def allowed():
+        g.sync()
+        return app.chat(g.url, token, "chat-default", "Tell me about the purple elephant")
+
+    wait_for("the reverted PromptPolicy applied", allowed, 30)
+    print(f"policy edit applied by the running gateway {took:.1f} s after kubectl apply")
+
+
+def test_a_rotated_provider_secret_is_used_without_a_restart():
+    g, token = S.gateways["acme"], S.tokens["acme"]
+    pid = g.process.pid
+    checksum = get_json("deployment", "gateway", "-n", "tg-acme")["spec"]["template"]["metadata"]["annotations"]
+    fill_fixtures(OPENAI_KEY="sk-e2e-rotated")
+    kubectl("apply", "-f", str(S.dirs["acme"] / "10-secrets.yaml"))
+
+    def rotated():
+        g.sync()  # the kubelet's periodic sync of the projected Secret volume
+        app.chat(g.url, token, "chat-default", "which key?")
+        return S.mock.last("gpt-4o-mini")["credential"] == "Bearer sk-e2e-rotated"
+
+    wait_for("the upstream receiving the rotated key", rotated, 30)
+    assert g.process.alive() and g.process.pid == pid
+    # The operator rolls the pods too (their checksum covers the Secrets they mount).
+    wait_for("the gateway Deployment's checksum annotation changing",
+             lambda: get_json("deployment", "gateway", "-n", "tg-acme")["spec"]["template"]["metadata"]["annotations"]
+             != checksum, 30)
+
+
+def test_scaling_through_the_tenants_autoscaling_spec():
+    fill_fixtures(OPENAI_KEY="sk-e2e-rotated", MIN_REPLICAS="3", MAX_REPLICAS="6")
+    kubectl("apply", "-f", str(S.dirs["acme"] / "00-tenant.yaml"))
+
+    def hpa_spec():
+        spec = get_json("hpa", "gateway", "-n", "tg-acme")["spec"]
+        return (spec["minReplicas"], spec["maxReplicas"]) == (3, 6)
+
+    wait_for("HPA gateway at minReplicas 3, maxReplicas 6", hpa_spec, 30)
+
+    def scaled():
+        d = get_json("deployment", "gateway", "-n", "tg-acme")
+        st = d["status"]
+        counts = (d["spec"].get("replicas"), st.get("replicas"), st.get("updatedReplicas"), st.get("readyReplicas"))
+        if counts != (3, 3, 3, 3):
+            raise StepFailed(f"spec, status, updated, ready replicas: {counts}")
+        return True
+
+    # The HPA controller (kube-controller-manager) raises the Deployment to the new minimum.
+    wait_for("Deployment gateway scaled to 3 ready replicas by its HPA", scaled, 60)
+    wait_ready("acme", timeout="60s")
+
+
+def test_deleting_a_tenant_removes_everything_it_made():
+    for tenant in TENANTS:
+        S.gateways.pop(tenant).stop()
+    kubectl("delete", "tenant", *TENANTS, "--wait=false")
+
+    def gone():
+        left = []
+        for ns in NAMESPACES.values():
+            left += kubectl("get", "namespace", ns, "--ignore-not-found", "-o", "name").split()
+        left += kubectl("get", OWNED_KINDS + ",namespaces", "-A", "-l", "tenantgate.dev/tenant", "-o", "name").split()
+        if left:
+            raise StepFailed(f"still there: {left}")
+        return True
+
+    try:
+        wait_for("every object of the deleted tenants gone", gone, 120, 1)
+    except StepFailed as e:
+        left = kubectl("get", OWNED_KINDS + ",pods", "-A", "-l", "tenantgate.dev/tenant", check=False)
+        raise StepFailed(f"{e}\nleft:\n{left}") from None
+    assert not get_json("tenants")["items"]
+
+
+def test_helm_uninstall():
+    S.operator.stop()
+    S.operator = None
+    kubectl("delete", "promptpolicy", "platform-baseline", "-n", OPERATOR_NAMESPACE)
+    run(["helm", "uninstall", "tenantgate", "--namespace", OPERATOR_NAMESPACE, "--wait", "--timeout", "60s"])
+    assert not kubectl("get", "clusterroles", "-l", "app.kubernetes.io/name=tenantgate-operator", "-o", "name").strip()
+
+
+# ---------------------------------------------------------------------------
+# Scenario 2: plain manifests, then the README's commands
+
+
+def test_install_with_plain_manifests():
+    kubectl("apply", "--server-side", "-f", str(ROOT / "manifests/install.yaml"))
+    kubectl("wait", "--for=condition=Established", "crd/tenants.tenantgate.dev", "--timeout=60s")
+    S.operator = Operator(OPERATOR_BIN)
+
+
+def test_the_readme_commands_run():
+    """Every `sh` block of README.md marked `<!-- e2e:run -->`, in order (e2e/readme-run)."""
+    print(run([str(ROOT / "e2e/readme-run"), str(ROOT / "README.md")], timeout=600))
+
+
+def test_the_quickstart_from_the_plain_install_answers_the_sdk():
+    wait_ready("quickstart", timeout="60s")
+    g = S.gateways["quickstart"] = GatewayPod("quickstart", GATEWAY_BIN)
+    assert app.chat(g.url, S.tokens["quickstart"], "chat-default", "Hello after kubectl apply")
+    S.gateways.pop("quickstart").stop()
+    kubectl("delete", "-f", str(EXAMPLES / "quickstart"), "--wait=true", "--timeout=120s")
+    wait_for("namespace tg-quickstart gone",
+             lambda: not kubectl("get", "namespace", "tg-quickstart", "--ignore-not-found", "-o", "name").strip(), 120, 1)
