@@ -52,6 +52,14 @@ e2e: ## The platform scenarios: helm/manifests install, tenants via kubectl, gat
 	TENANTGATE_OPERATOR_BIN=$(TARGET_DIR)/debug/tenantgate-operator \
 	  e2e/with-services e2e/with-cluster gateway/tests/python/run -x -rA --durations=0 $(CURDIR)/e2e/python
 
+.PHONY: demo
+demo: ## The platform flow to watch: local control plane, helm install, the quickstart tenant, a chat through its gateway; left running
+	e2e/demo up
+
+.PHONY: demo-down
+demo-down: ## Stop what make demo started
+	e2e/demo down
+
 .PHONY: generate
 generate: ## Regenerate CRD YAML and the CRD reference
 	scripts/generate

@@ -27,8 +27,10 @@ FIXTURES = ROOT / "e2e/fixtures"
 EXAMPLES = ROOT / "manifests/examples"
 OPERATOR_NAMESPACE = "tenantgate-system"
 OPERATOR_ACCOUNT = "tenantgate-operator"
-# Where this run keeps its files (logs, volumes); printed on failure.
-WORK = Path(tempfile.mkdtemp(prefix="tenantgate-e2e-"))
+# Where this run keeps its files (logs, volumes); printed on failure. `make demo`
+# names a lasting one (TENANTGATE_E2E_WORK), since its processes outlive it.
+WORK = Path(os.environ.get("TENANTGATE_E2E_WORK") or tempfile.mkdtemp(prefix="tenantgate-e2e-"))
+WORK.mkdir(parents=True, exist_ok=True)
 
 # Log files of processes this run started, by name, for failure reports.
 LOGS: dict[str, Path] = {}
@@ -77,10 +79,11 @@ class StepFailed(AssertionError):
     """A step of a scenario failed; the message says which and why."""
 
 
-def run(cmd: list[str], *, input: str | None = None, check: bool = True, timeout: float = 120) -> str:
+def run(cmd: list[str], *, input: str | None = None, check: bool = True, timeout: float = 120,
+        env: dict[str, str] | None = None) -> str:
     """Runs a command; on failure raises StepFailed with the command and its output."""
     try:
-        out = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        out = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired as e:
         raise StepFailed(f"`{' '.join(cmd)}` did not finish within {timeout} s: {e.stdout}{e.stderr}") from None
     text = out.stdout + out.stderr

@@ -75,3 +75,16 @@ def mcp_call(url: str, token: str, tool: str, arguments: dict) -> tuple[bool, st
         while isinstance(leaf, BaseExceptionGroup):
             leaf = leaf.exceptions[0]
         raise leaf from None
+
+
+def chat_with_mcp_tools(url: str, token: str, model: str, text: str, connections: list[str],
+                        max_steps: int = 4) -> tuple[str, dict[str, str]]:
+    """A chat in which the gateway runs the tenant's MCP tools itself
+    (docs/mcp-tools-in-chat.md): (the answer, the response headers)."""
+    raw = client(url, token).chat.completions.with_raw_response.create(
+        model=model,
+        messages=[{"role": "user", "content": text}],
+        extra_body={"tenantgate": {"mcp": {"connections": connections, "maxSteps": max_steps}}},
+    )
+    reply = raw.parse()
+    return reply.choices[0].message.content or "", dict(raw.headers)

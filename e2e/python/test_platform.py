@@ -29,6 +29,9 @@ logs with it.
 from __future__ import annotations
 
 import os
+import re
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -218,6 +221,29 @@ def test_tenant_app_chats_streams_and_calls_mcp_tools(tenant):
         # The upstream got the McpConnection's bearer Secret, never the tenant's token.
         assert S.echo.last_auth() == "Bearer ghp-e2e-token"
     assert S.echo.calls() == calls + 1
+
+
+def test_a_chat_runs_the_tenants_mcp_tools_server_side():
+    """The quickstart's model (the mock provider) calls the first tool it is
+    offered; the gateway runs it through /mcp's hub at e2e/mcp-echo and feeds
+    the result back, and the tool call is audited with the chat's request id."""
+    g, token = S.gateways["quickstart"], S.tokens["quickstart"]
+    calls = S.echo.calls()
+    answer, headers = app.chat_with_mcp_tools(g.url, token, "chat-default", "What does the echo tool say?", ["echo"])
+    assert answer == "Tool results: mock", answer
+    assert headers["tenantgate-mcp-finish"] == "answered", headers
+    assert headers["tenantgate-mcp-tool-calls"] == "1", headers
+    assert S.echo.calls() == calls + 1
+    request_id = headers["x-request-id"]
+
+    def tool_call_events():
+        r = httpx.get(g.url + "/admin/v1/audit", params={"kind": "toolCall", "limit": 1000},
+                      headers={"Authorization": f"Bearer {S.admin_tokens['quickstart']}"})
+        assert r.status_code == 200, r.text
+        return [e for e in r.json()["data"] if e["requestId"] == request_id]
+
+    events = wait_for("the tool call's audit event", tool_call_events, 10)
+    assert len(events) == 1 and events[0]["resource"] == "echo_echo", events
 
 
 # ---------------------------------------------------------------------------
@@ -515,8 +541,44 @@ def test_install_with_plain_manifests():
 
 
 def test_the_readme_commands_run():
-    """Every `sh` block of README.md marked `<!-- e2e:run -->`, in order (e2e/readme-run)."""
-    print(run([str(ROOT / "e2e/readme-run"), str(ROOT / "README.md")], timeout=600))
+    """Every `sh` block of README.md marked `<!-- e2e:run -->`, in order (e2e/readme-run).
+
+    The walkthrough's blocks need what a reader sets up around them: GATEWAY
+    (their port-forward; here the quickstart's gateway run as its pod, kept in
+    sync with its volumes as the kubelet would), MCP_URL (their MCP server;
+    here e2e/mcp-echo, on 127.0.0.1, hence allowLocalUpstreams) and the mcp
+    SDK on PATH's python3 (this suite's venv)."""
+    kubectl("apply", "-f", str(EXAMPLES / "quickstart"))
+    kubectl("patch", "tenant", "quickstart", "--type", "merge", "-p", '{"spec":{"network":{"allowLocalUpstreams":true}}}')
+    wait_ready("quickstart", timeout="60s")
+    g = S.gateways["quickstart"] = GatewayPod("quickstart", GATEWAY_BIN)
+    stop = threading.Event()
+
+    def kubelet():
+        while not stop.wait(0.5):
+            g.sync()
+
+    syncer = threading.Thread(target=kubelet, daemon=True)
+    syncer.start()
+    environment = {
+        **os.environ,
+        "GATEWAY": g.url,
+        "MCP_URL": S.echo.url + "/mcp",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    calls = S.echo.calls()
+    try:
+        out = run([str(ROOT / "e2e/readme-run"), str(ROOT / "README.md")], timeout=600, env=environment)
+    finally:
+        stop.set()
+        syncer.join()
+        S.gateways.pop("quickstart").stop()
+    print(out)
+    assert "Hello from the Tenantgate mock model" in out, out
+    assert "tools_echo: hello through Tenantgate" in out, out
+    assert "Tool results: mock" in out, out
+    # Step 5 called the tool itself, step 6 had the gateway call it for the model.
+    assert S.echo.calls() == calls + 2
 
 
 def test_the_quickstart_from_the_plain_install_answers_the_sdk():
@@ -527,3 +589,18 @@ def test_the_quickstart_from_the_plain_install_answers_the_sdk():
     kubectl("delete", "-f", str(EXAMPLES / "quickstart"), "--wait=true", "--timeout=120s")
     wait_for("namespace tg-quickstart gone",
              lambda: not kubectl("get", "namespace", "tg-quickstart", "--ignore-not-found", "-o", "name").strip(), 120, 1)
+
+
+def test_make_demo_shows_the_flow_and_demo_down_removes_it(tmp_path):
+    """`make demo` and `make demo-down` as the README tells a newcomer, on a
+    control plane of their own (a separate TENANTGATE_RUN)."""
+    demo_env = {**os.environ, "TENANTGATE_DEMO_RUN": str(tmp_path / "demo-run")}
+    out = run(["make", "-s", "-C", str(ROOT), "demo"], env=demo_env, timeout=600)
+    assert "tenant.tenantgate.dev/quickstart" in out and "True" in out, out
+    assert "assistant: Hello from the Tenantgate mock model" in out, out
+    url = re.search(r"gateway pid \d+ at (http://127\.0\.0\.1:\d+)", out).group(1)
+    assert httpx.get(url + "/livez", timeout=5).status_code == 200
+    run(["make", "-s", "-C", str(ROOT), "demo-down"], env=demo_env, timeout=300)
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url + "/livez", timeout=5)
+    assert not (tmp_path / "demo-run").exists()
