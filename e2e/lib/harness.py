@@ -63,8 +63,10 @@ class Procs:
                 p.wait()
 
 
-def cargo_release_bins(*packages: str, bins: tuple[str, ...] = ()) -> dict[str, str]:
-    """Builds the packages in release mode; their executables by target name."""
+def cargo_release_bins(*packages: str, into: Path, bins: tuple[str, ...] = ()) -> dict[str, str]:
+    """Builds the packages in release mode; their executables by target name,
+    copied into `into` (so a later build with other features, which replaces
+    the file in the target dir, cannot change what this run starts)."""
     cmd = [CARGO, "build", "--release", "-q", "--message-format=json"]
     for p in packages:
         cmd += ["-p", p]
@@ -75,7 +77,10 @@ def cargo_release_bins(*packages: str, bins: tuple[str, ...] = ()) -> dict[str, 
     for line in out.splitlines():
         m = json.loads(line)
         if m.get("reason") == "compiler-artifact" and m.get("executable"):
-            found[m["target"]["name"]] = m["executable"]
+            into.mkdir(parents=True, exist_ok=True)
+            copy = into / m["target"]["name"]
+            shutil.copy2(m["executable"], copy)
+            found[m["target"]["name"]] = str(copy)
     return found
 
 

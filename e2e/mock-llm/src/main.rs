@@ -310,7 +310,7 @@ fn garbage(stream: bool) -> Response {
             "data: \u{1}\u{2}<html>502 Bad Gateway</html>\n\n",
             "event: ???\ndata: %%%%\n\n",
         ]
-        .map(Bytes::from_static)
+        .map(|s: &'static str| Bytes::from_static(s.as_bytes()))
         .to_vec();
         return event_stream(events, Duration::ZERO, None);
     }

@@ -37,7 +37,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tenantgate_crds::v1alpha1::Tenant;
 use tenantgate_tests::operator::{OperatorProcess, workspace_binary};
-use tenantgate_tests::{TEST_MANAGER, admin_client, apply_yaml, install_crds, repo_root};
+use tenantgate_tests::{admin_client, apply_yaml, install_crds, repo_root};
 
 const TENANT_LABEL: &str = "tenantgate.dev/tenant";
 const MANAGED: &str = "app.kubernetes.io/managed-by=tenantgate-operator";
@@ -295,7 +295,7 @@ async fn faults() -> anyhow::Result<()> {
     let patch = json!({"spec": {"displayName": "after the leader died"}});
     let mut patch_errors = 0;
     for name in &names {
-        if tenants.patch(name, &PatchParams::apply(TEST_MANAGER).force(), &Patch::Merge(&patch)).await.is_err() {
+        if tenants.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.is_err() {
             patch_errors += 1;
         }
     }
@@ -359,7 +359,7 @@ async fn hold(files: &[String]) -> anyhow::Result<()> {
     for f in files {
         let text = std::fs::read_to_string(f).with_context(|| format!("reading {f}"))?;
         let docs: Vec<&str> = text.split("\n---\n").collect();
-        let (tenants, rest): (Vec<&str>, Vec<&str>) = docs.iter().partition(|d| d.contains("kind: Tenant\n"));
+        let (tenants, rest): (Vec<&str>, Vec<&str>) = docs.into_iter().partition(|d| d.contains("kind: Tenant\n"));
         for doc in tenants.into_iter().chain(rest) {
             let deadline = Instant::now() + Duration::from_secs(90);
             while let Err(e) = apply_yaml(&client, doc, None).await {
