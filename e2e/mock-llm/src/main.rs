@@ -28,20 +28,20 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::serve::IncomingStream;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use bytes::Bytes;
 use clap::Parser;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 use tenantgate_gateway::llm::mock::{OfferedTool, Plan, ToolMode, count_tokens, next_id};
 use tenantgate_gateway::llm::types::ChatRequest;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 
 /// Scripted OpenAI/Anthropic mock.
 #[derive(Debug, Parser)]
@@ -314,7 +314,10 @@ fn garbage(stream: bool) -> Response {
         .to_vec();
         return event_stream(events, Duration::ZERO, None);
     }
-    ([(header::CONTENT_TYPE, "application/json")], Bytes::from_static(b"\x00\x01<html><body>502 Bad Gateway</body></html>{\"choices\":"))
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Bytes::from_static(b"\x00\x01<html><body>502 Bad Gateway</body></html>{\"choices\":"),
+    )
         .into_response()
 }
 
