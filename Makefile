@@ -29,6 +29,14 @@ test-gateway: ## Gateway end to end with the official openai Python SDK and raw 
 bench-gateway: ## Gateway vs mock-llm direct (open loop, vegeta): added latency, saturation, streaming, RSS, LiteLLM alongside; then with policies, Redis limits, PostgreSQL audit and a PostgreSQL stall
 	e2e/with-services e2e/bench/gateway
 
+.PHONY: chaos
+chaos: ## Fault injection (upstream, Redis, PostgreSQL, API server, operator leader, MCP upstream): a results table
+	e2e/with-cluster e2e/with-services e2e/chaos/run
+
+.PHONY: soak
+soak: ## SOAK_MINUTES (10) of mixed open-loop load on 3 tenants with the operator: errors, p50/p99, RSS and fds over time
+	e2e/with-cluster e2e/with-services e2e/soak/run
+
 .PHONY: bench-mcp
 bench-mcp: ## tools/call through /mcp vs. the rmcp echo server direct (concurrency 8, fixed rate): added p50/p99, session setup
 	e2e/bench/mcp

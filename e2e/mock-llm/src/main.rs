@@ -11,19 +11,28 @@
 //!   `GET /_control/requests?model=m` (the bodies of the last 64 requests, oldest first).
 //!
 //! A Step: `{"status": 503, "retry_after": 1, "hang": true, "latency_ms": 50,
-//! "chunk_interval_ms": 5, "fail_after_chunks": 3, "times": 2, "reply": "text"}`
-//! (all optional; `reply` replaces the answer's text, streamed one word per chunk).
+//! "chunk_interval_ms": 5, "fail_after_chunks": 3, "times": 2, "reply": "text",
+//! "reset": true, "garbage": true}`
+//! (all optional; `reply` replaces the answer's text, streamed one word per chunk;
+//! `reset` aborts the TCP connection with a reset (RST, `SO_LINGER` 0) instead of
+//! answering; `garbage` answers 200 with a body that is not the protocol: bytes
+//! that are not JSON, or for a stream, `data:` events that are not JSON).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use axum::{Json, Router};
 use bytes::Bytes;
 use clap::Parser;
@@ -32,6 +41,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tenantgate_gateway::llm::mock::{OfferedTool, Plan, ToolMode, count_tokens, next_id};
 use tenantgate_gateway::llm::types::ChatRequest;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 
 /// Scripted OpenAI/Anthropic mock.
 #[derive(Debug, Parser)]
@@ -63,6 +74,10 @@ struct Step {
     #[serde(default = "one")]
     times: u32,
     reply: Option<String>,
+    #[serde(default)]
+    reset: bool,
+    #[serde(default)]
+    garbage: bool,
 }
 
 fn one() -> u32 {
@@ -131,7 +146,7 @@ impl Mock {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let listener = ResettableListener(TcpListener::bind(args.listen).await?);
     let mock = Mock { args: Arc::new(args), scripts: Arc::default() };
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -146,11 +161,8 @@ async fn main() -> std::io::Result<()> {
         .route("/_control/last", get(last))
         .route("/_control/requests", get(requests))
         .with_state(mock);
-    println!("listening on {}", listener.local_addr()?);
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
+    println!("listening on {}", listener.0.local_addr()?);
+    axum::serve(listener, app.into_make_service_with_connect_info::<ResetHandle>())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
@@ -193,8 +205,88 @@ async fn requests(State(mock): State<Mock>, Query(q): Query<LastQuery>) -> Json<
     Json(mock.scripts.lock().ok().and_then(|s| s.history.get(&q.model).map(|h| json!(h))).unwrap_or(json!([])))
 }
 
-/// Applies the failing parts of a step: hang, latency, error status.
-async fn misbehave(step: &Step, default_latency: u64) -> Option<Response> {
+/// Accepts TCP connections (with `TCP_NODELAY`, like production servers) that
+/// a handler can abort with a reset through their [`ResetHandle`].
+struct ResettableListener(TcpListener);
+
+impl axum::serve::Listener for ResettableListener {
+    type Io = ResettableConn;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok((tcp, addr)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return (ResettableConn { tcp, reset: ResetHandle::default() }, addr);
+                }
+                // Out of file descriptors and the like: wait a little, as axum's own listener does.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// Set by a handler to have its connection reset instead of answered.
+#[derive(Clone, Debug, Default)]
+struct ResetHandle(Arc<AtomicBool>);
+
+impl Connected<IncomingStream<'_, ResettableListener>> for ResetHandle {
+    fn connect_info(stream: IncomingStream<'_, ResettableListener>) -> Self {
+        stream.io().reset.clone()
+    }
+}
+
+/// A TCP connection that, once its [`ResetHandle`] is set, fails its next
+/// write after turning on `SO_LINGER` 0: the server then drops it, and the
+/// kernel sends the peer a RST rather than a FIN.
+struct ResettableConn {
+    tcp: TcpStream,
+    reset: ResetHandle,
+}
+
+impl ResettableConn {
+    fn abort_if_reset(&self) -> Option<std::io::Error> {
+        if !self.reset.0.load(Ordering::Relaxed) {
+            return None;
+        }
+        let _ = self.tcp.set_zero_linger();
+        Some(std::io::ErrorKind::ConnectionReset.into())
+    }
+}
+
+impl AsyncRead for ResettableConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ResettableConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if let Some(e) = self.abort_if_reset() {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(e) = self.abort_if_reset() {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+/// Applies the failing parts of a step: hang, latency, reset, garbage, error status.
+async fn misbehave(step: &Step, default_latency: u64, conn: &ResetHandle, stream: bool) -> Option<Response> {
     if step.hang {
         // Never answer; the client gives up.
         std::future::pending::<()>().await;
@@ -202,6 +294,14 @@ async fn misbehave(step: &Step, default_latency: u64) -> Option<Response> {
     let latency = step.latency_ms.unwrap_or(default_latency);
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    if step.reset {
+        conn.0.store(true, Ordering::Relaxed);
+        // Never written: the first write of this response resets the connection.
+        return Some(StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    }
+    if step.garbage {
+        return Some(garbage(stream));
     }
     let status = StatusCode::from_u16(step.status?).ok()?;
     let mut response = (
@@ -215,6 +315,25 @@ async fn misbehave(step: &Step, default_latency: u64) -> Option<Response> {
         response.headers_mut().insert(header::RETRY_AFTER, v);
     }
     Some(response)
+}
+
+/// A 200 whose body is not what the protocol promises.
+fn garbage(stream: bool) -> Response {
+    if stream {
+        let events = [
+            "data: {\"choices\": [{\"delta\": \n\n",
+            "data: \u{1}\u{2}<html>502 Bad Gateway</html>\n\n",
+            "event: ???\ndata: %%%%\n\n",
+        ]
+        .map(|s: &'static str| Bytes::from_static(s.as_bytes()))
+        .to_vec();
+        return event_stream(events, Duration::ZERO, None);
+    }
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Bytes::from_static(b"\x00\x01<html><body>502 Bad Gateway</body></html>{\"choices\":"),
+    )
+        .into_response()
 }
 
 fn event_stream(events: Vec<Bytes>, interval: Duration, fail_after: Option<usize>) -> Response {
@@ -234,7 +353,12 @@ fn event_stream(events: Vec<Bytes>, interval: Duration, fail_after: Option<usize
         .into_response()
 }
 
-async fn chat(State(mock): State<Mock>, headers: HeaderMap, body: Bytes) -> Response {
+async fn chat(
+    State(mock): State<Mock>,
+    ConnectInfo(conn): ConnectInfo<ResetHandle>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let request: ChatRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -247,7 +371,7 @@ async fn chat(State(mock): State<Mock>, headers: HeaderMap, body: Bytes) -> Resp
     };
     let record = serde_json::from_slice(&body).ok();
     let step = mock.next_step(&request.model, &headers, record);
-    if let Some(response) = misbehave(&step, mock.args.latency_ms).await {
+    if let Some(response) = misbehave(&step, mock.args.latency_ms, &conn, request.stream).await {
         return response;
     }
     let plan = Plan::for_chat(&request, mock.args.tokens);
@@ -286,10 +410,16 @@ fn scripted_reply(id: &str, request: &ChatRequest, reply: &str, interval: Durati
     event_stream(events, interval, None)
 }
 
-async fn messages(State(mock): State<Mock>, headers: HeaderMap, Json(request): Json<Value>) -> Response {
+async fn messages(
+    State(mock): State<Mock>,
+    ConnectInfo(conn): ConnectInfo<ResetHandle>,
+    headers: HeaderMap,
+    Json(request): Json<Value>,
+) -> Response {
     let model = request.get("model").and_then(Value::as_str).unwrap_or_default().to_string();
     let step = mock.next_step(&model, &headers, Some(request.clone()));
-    if let Some(response) = misbehave(&step, mock.args.latency_ms).await {
+    let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
+    if let Some(response) = misbehave(&step, mock.args.latency_ms, &conn, stream).await {
         return response;
     }
     let tools: Vec<OfferedTool<'_>> = request
