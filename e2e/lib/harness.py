@@ -278,16 +278,32 @@ class Gateway:
                    "Mcp-Session-Id": sid}
         if request_id:
             headers["x-request-id"] = request_id
-        status, _, body = http("POST", self.url + "/mcp", {"jsonrpc": "2.0", "id": 7, "method": method,
-                                                            "params": params}, headers, timeout)
-        text = body.decode(errors="replace")
-        for line in text.splitlines():
-            if line.startswith("data:") and line[5:].strip().startswith("{"):
-                return status, json.loads(line[5:])
+        req = urllib.request.Request(self.url + "/mcp", method="POST", headers=headers, data=json.dumps(
+            {"jsonrpc": "2.0", "id": 7, "method": method, "params": params}).encode())
+        req.add_header("Content-Type", "application/json")
+        deadline = time.monotonic() + timeout
         try:
-            return status, json.loads(text)
-        except ValueError:
-            return status, None
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                if "text/event-stream" not in r.headers.get("Content-Type", ""):
+                    return r.status, json.loads(r.read() or b"null")
+                # An SSE stream may stay open (keep-alive comments) after its answer:
+                # read events until the JSON-RPC response, never to the end.
+                for raw in r:
+                    line = raw.decode(errors="replace").strip()
+                    if line.startswith("data:") and line[5:].strip().startswith("{"):
+                        message = json.loads(line[5:])
+                        if "id" in message:
+                            return r.status, message
+                    if time.monotonic() > deadline:
+                        break
+                return r.status, None
+        except urllib.error.HTTPError as e:
+            try:
+                return e.code, json.loads(e.read() or b"null")
+            except ValueError:
+                return e.code, None
+        except Exception:  # connection refused, reset, timeout
+            return 0, None
 
 
 def create_database(postgres_url: str, name: str) -> str:
