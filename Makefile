@@ -39,7 +39,7 @@ test-unit: ## Unit, golden and schema tests of every crate (no services needed)
 
 .PHONY: test-services
 test-services: ## Gateway tests against real PostgreSQL and Redis (started and stopped around them)
-	e2e/with-services $(CARGO) test -p tenantgate-gateway --test 'services_*'
+	TENANTGATE_SERVICES_TLS=1 e2e/with-services $(CARGO) test -p tenantgate-gateway --test 'services_*'
 
 .PHONY: test-cluster
 test-cluster: ## Tests against a real local control plane (started and stopped around them)

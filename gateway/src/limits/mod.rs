@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
-use sha2::{Digest, Sha256};
 use tenantgate_crds::config::GatewayConfig;
 use tenantgate_crds::v1alpha1::{FailMode, Limits};
 
@@ -36,6 +35,7 @@ pub use redis_store::{RedisSettings, RedisStore, StoreError};
 pub use reserve::{BYTES_PER_TOKEN, DEFAULT_COMPLETION_RESERVE, Reservation};
 
 use crate::llm::types::ChatRequest;
+use crate::redis_client::RedisEndpoint;
 
 /// Per-user key names kept for this many recent subjects.
 const USER_KEY_CACHE: usize = 10_000;
@@ -328,7 +328,7 @@ impl Drop for Admission {
 /// kept while the URL stays the same, the in-process state while there is none.
 #[derive(Default)]
 pub struct LimitStores {
-    /// SHA-256 of the Redis URL (never the URL: it may hold a password), and the store.
+    /// SHA-256 of the Redis URL and CA (never the URL: it may hold a password), and the store.
     current: Mutex<Option<(Option<[u8; 32]>, Store)>>,
     settings: RedisSettings,
 }
@@ -350,29 +350,15 @@ impl LimitStores {
         let Some(limits) = config.limits.as_ref().filter(|l| Plan::new(&config.tenant.name, l).is_some()) else {
             return Ok(RateLimiter::unlimited());
         };
-        let url = match &config.storage.redis_url_file {
-            None => None,
-            Some(path) => {
-                let text = tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|e| format!("storage.redisUrlFile: cannot read {path}: {e}"))?;
-                let url = text.trim().to_owned();
-                if url.is_empty() {
-                    return Err(format!("storage.redisUrlFile: {path} is empty"));
-                }
-                Some(url)
-            }
-        };
-        let fingerprint = url.as_ref().map(|u| <[u8; 32]>::from(Sha256::digest(u.as_bytes())));
+        let endpoint = RedisEndpoint::from_config(&config.storage).map_err(|e| e.to_string())?;
+        let fingerprint = endpoint.as_ref().map(RedisEndpoint::fingerprint);
         let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let store = match current.as_ref() {
             Some((f, store)) if *f == fingerprint => store.clone(),
             _ => {
-                let store = match &url {
+                let store = match &endpoint {
                     None => Store::Local(Arc::new(LocalStore::default())),
-                    Some(url) => Store::Redis(
-                        RedisStore::connect(url, self.settings).map_err(|e| format!("storage.redisUrlFile: {e}"))?,
-                    ),
+                    Some(endpoint) => Store::Redis(RedisStore::connect(endpoint, self.settings)?),
                 };
                 *current = Some((fingerprint, store.clone()));
                 store

@@ -11,6 +11,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, ScriptInvocation};
 
 use super::decision::{Outcome, Verdict, verdict};
+use crate::redis_client::RedisEndpoint;
 use super::gcra::Gcra;
 use super::health::Health;
 use super::plan::{Plan, ScopeLimits, UserKeys};
@@ -82,10 +83,9 @@ fn tokens_args(inv: &mut ScriptInvocation<'_>, tenant: &ScopeLimits, user: Optio
 }
 
 impl RedisStore {
-    /// A store for `url`; connects lazily, so a gateway starts while Redis is down.
-    pub fn connect(url: &str, settings: RedisSettings) -> Result<Arc<Self>, String> {
-        // The crate's parse errors do not echo the URL; say only what kind of problem it is.
-        let client = redis::Client::open(url).map_err(|e| format!("not a valid Redis URL ({:?})", e.kind()))?;
+    /// A store for `endpoint`; connects lazily, so a gateway starts while Redis is down.
+    pub fn connect(endpoint: &RedisEndpoint, settings: RedisSettings) -> Result<Arc<Self>, String> {
+        let client = endpoint.client().map_err(|e| e.to_string())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(250).max(settings.timeout)))
             .set_response_timeout(Some(settings.timeout))
@@ -274,7 +274,7 @@ mod tests {
 
     #[test]
     fn the_url_is_not_echoed_in_errors() {
-        let e = match RedisStore::connect("redis://:hunter2@[::1", RedisSettings::default()) {
+        let e = match RedisStore::connect(&RedisEndpoint::new("redis://:hunter2@[::1", None), RedisSettings::default()) {
             Err(e) => e,
             Ok(_) => panic!("a broken URL was accepted"),
         };

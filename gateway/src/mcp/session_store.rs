@@ -18,6 +18,8 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use rmcp::transport::streamable_http_server::session::{SessionState, SessionStore, SessionStoreError};
 
+use crate::redis_client::RedisEndpoint;
+
 /// Longest wait for Redis on a request.
 const TIMEOUT: Duration = Duration::from_millis(250);
 const FIELD_INIT: &str = "init";
@@ -51,9 +53,9 @@ impl std::fmt::Debug for SharedSessions {
 }
 
 impl SharedSessions {
-    /// Sessions of `tenant` at `url`, living at most `lifetime`; connects lazily.
-    pub fn connect(url: &str, tenant: &str, lifetime: Duration) -> Result<Arc<Self>, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("not a valid Redis URL ({:?})", e.kind()))?;
+    /// Sessions of `tenant` at `endpoint`, living at most `lifetime`; connects lazily.
+    pub fn connect(endpoint: &RedisEndpoint, tenant: &str, lifetime: Duration) -> Result<Arc<Self>, String> {
+        let client = endpoint.client().map_err(|e| e.to_string())?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
