@@ -7,6 +7,8 @@
 //! `storage.redis.caSecretRef`), against the CA certificates in it instead.
 //! Errors never show the URL: it may hold a password.
 
+use std::time::Duration;
+
 use sha2::{Digest, Sha256};
 use tenantgate_crds::config::StorageConfig;
 
@@ -98,9 +100,25 @@ impl RedisEndpoint {
         check_pem(path, pem)?;
         let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem.clone()) };
         redis::Client::build_with_tls(self.url.as_str(), certificates).map_err(|e| match e.kind() {
-            redis::ErrorKind::InvalidClientConfig if self.url.contains("://") => bad_url(e),
+            // URL problems; certificate problems are I/O errors (their text holds no URL).
+            redis::ErrorKind::InvalidClientConfig => bad_url(e),
             _ => RedisConfigError::BadCa { path: path.clone(), detail: format!(": {e}") },
         })
+    }
+}
+
+/// Makes the first connection of `connection` (a lazy [`redis::aio::ConnectionManager`])
+/// and checks it with a `PING`, waiting at most `within`. A `rediss://`
+/// connection costs a TLS handshake (and the crate loads the system roots),
+/// longer than a rate-limit decision may wait: done ahead of the first
+/// request, it does not count against that request, and a failure is
+/// reported with its real cause (e.g. `invalid peer certificate: UnknownIssuer`).
+pub async fn warm_up(mut connection: redis::aio::ConnectionManager, within: Duration) -> Result<(), String> {
+    let ping = async move { redis::cmd("PING").query_async::<String>(&mut connection).await };
+    match tokio::time::timeout(within, ping).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no connection to Redis within {within:?}")),
     }
 }
 

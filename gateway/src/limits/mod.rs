@@ -339,6 +339,9 @@ impl std::fmt::Debug for LimitStores {
     }
 }
 
+/// Longest a new Redis store waits for its first connection before the limiter serves.
+const WARM_UP: Duration = Duration::from_secs(1);
+
 impl LimitStores {
     /// Stores connecting to Redis with `settings`.
     pub fn new(settings: RedisSettings) -> Self {
@@ -352,19 +355,28 @@ impl LimitStores {
         };
         let endpoint = RedisEndpoint::from_config(&config.storage).map_err(|e| e.to_string())?;
         let fingerprint = endpoint.as_ref().map(RedisEndpoint::fingerprint);
-        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let store = match current.as_ref() {
-            Some((f, store)) if *f == fingerprint => store.clone(),
-            _ => {
-                let store = match &endpoint {
-                    None => Store::Local(Arc::new(LocalStore::default())),
-                    Some(endpoint) => Store::Redis(RedisStore::connect(endpoint, self.settings)?),
-                };
-                *current = Some((fingerprint, store.clone()));
-                store
+        let (store, fresh) = {
+            let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match current.as_ref() {
+                Some((f, store)) if *f == fingerprint => (store.clone(), false),
+                _ => {
+                    let store = match &endpoint {
+                        None => Store::Local(Arc::new(LocalStore::default())),
+                        Some(endpoint) => Store::Redis(RedisStore::connect(endpoint, self.settings)?),
+                    };
+                    *current = Some((fingerprint, store.clone()));
+                    (store, true)
+                }
             }
         };
-        Ok(RateLimiter::new(&config.tenant.name, Some(limits), store))
+        let limiter = RateLimiter::new(&config.tenant.name, Some(limits), store.clone());
+        // A new Redis connection is made before the limiter serves (after the
+        // fail mode is known, for the log line): its TLS handshake must not
+        // eat the first decisions' time budget.
+        if let (true, Store::Redis(redis)) = (fresh, &store) {
+            redis.warm_up(WARM_UP).await;
+        }
+        Ok(limiter)
     }
 }
 

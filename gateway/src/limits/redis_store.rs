@@ -11,10 +11,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, ScriptInvocation};
 
 use super::decision::{Outcome, Verdict, verdict};
-use crate::redis_client::RedisEndpoint;
 use super::gcra::Gcra;
 use super::health::Health;
 use super::plan::{Plan, ScopeLimits, UserKeys};
+use crate::redis_client::RedisEndpoint;
 
 /// How the store talks to Redis.
 #[derive(Clone, Copy, Debug)]
@@ -107,6 +107,16 @@ impl RedisStore {
         });
         tokio::spawn(renew_leases(Arc::downgrade(&store), settings.lease / 3));
         Ok(store)
+    }
+
+    /// Makes the first connection now (waiting at most `within`) and records
+    /// the outcome in [`Self::health`]: a failure starts an outage whose log
+    /// line gives the cause, e.g. a TLS certificate the CA did not sign.
+    pub async fn warm_up(&self, within: Duration) {
+        match crate::redis_client::warm_up(self.connection.clone(), within).await {
+            Ok(()) => self.health.record_ok(),
+            Err(e) => self.health.record_error(&e),
+        }
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
@@ -274,7 +284,8 @@ mod tests {
 
     #[test]
     fn the_url_is_not_echoed_in_errors() {
-        let e = match RedisStore::connect(&RedisEndpoint::new("redis://:hunter2@[::1", None), RedisSettings::default()) {
+        let e = match RedisStore::connect(&RedisEndpoint::new("redis://:hunter2@[::1", None), RedisSettings::default())
+        {
             Err(e) => e,
             Ok(_) => panic!("a broken URL was accepted"),
         };

@@ -52,6 +52,12 @@ impl std::fmt::Debug for SharedSessions {
     }
 }
 
+async fn warm_up_in_background(connection: ConnectionManager) {
+    if let Err(e) = crate::redis_client::warm_up(connection, Duration::from_secs(5)).await {
+        tracing::warn!(error = %e, "shared MCP sessions: Redis is not reachable yet");
+    }
+}
+
 impl SharedSessions {
     /// Sessions of `tenant` at `endpoint`, living at most `lifetime`; connects lazily.
     pub fn connect(endpoint: &RedisEndpoint, tenant: &str, lifetime: Duration) -> Result<Arc<Self>, String> {
@@ -62,6 +68,8 @@ impl SharedSessions {
             .set_number_of_retries(1);
         let connection = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| format!("cannot set up the Redis connection: {e}"))?;
+        // The first connection (a TLS handshake for rediss://) in the background, with its cause when it fails.
+        tokio::spawn(warm_up_in_background(connection.clone()));
         // The braces make every key of a tenant one Redis Cluster hash slot, like the limiter's.
         Ok(Arc::new(Self { connection, prefix: format!("tg:{{{tenant}}}:mcp-session:"), lifetime }))
     }

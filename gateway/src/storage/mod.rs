@@ -63,6 +63,13 @@ pub enum StorageError {
     /// database name, never the URL.
     #[error("connecting to the {backend} database {target} failed: {source}")]
     Connect { backend: &'static str, target: String, source: sqlx::Error },
+    /// The TLS handshake failed: the server's certificate did not verify
+    /// (wrong CA, another host name) or TLS was refused.
+    #[error(
+        "connecting to the {backend} database {target} failed: the TLS handshake failed: {source}; check the CA \
+         (sslrootcert or storage.database.caSecretRef) and that the server's certificate names its host"
+    )]
+    Tls { backend: &'static str, target: String, source: sqlx::Error },
     /// A migration failed.
     #[error("migrating the {backend} database failed: {source}")]
     Migrate { backend: &'static str, source: sqlx::migrate::MigrateError },
@@ -124,7 +131,10 @@ impl Db {
             .acquire_timeout(Duration::from_secs(3))
             .connect_with(options)
             .await
-            .map_err(|source| StorageError::Connect { backend: "PostgreSQL", target, source })?;
+            .map_err(|source| match is_tls_failure(&source) {
+                true => StorageError::Tls { backend: "PostgreSQL", target, source },
+                false => StorageError::Connect { backend: "PostgreSQL", target, source },
+            })?;
         PG_MIGRATIONS.run(&pool).await.map_err(|source| StorageError::Migrate { backend: "PostgreSQL", source })?;
         Ok(Self::Postgres(pool))
     }
@@ -146,7 +156,11 @@ impl Db {
             .acquire_timeout(Duration::from_secs(3))
             .connect_with(options)
             .await
-            .map_err(|source| StorageError::Connect { backend: "SQLite", target: path.display().to_string(), source })?;
+            .map_err(|source| StorageError::Connect {
+                backend: "SQLite",
+                target: path.display().to_string(),
+                source,
+            })?;
         SQLITE_MIGRATIONS.run(&pool).await.map_err(|source| StorageError::Migrate { backend: "SQLite", source })?;
         Ok(Self::Sqlite(pool))
     }
@@ -157,6 +171,16 @@ impl Db {
             Self::Postgres(_) => "PostgreSQL",
             Self::Sqlite(_) => "SQLite",
         }
+    }
+}
+
+/// Whether connecting failed in the TLS handshake (sqlx reports rustls'
+/// errors as I/O errors carrying them).
+fn is_tls_failure(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(e) => e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()),
+        _ => false,
     }
 }
 

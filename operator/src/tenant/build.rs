@@ -850,10 +850,9 @@ mod tests {
         for path in ["redis/url", "redis/ca.crt", "db/url", "db-ca/ca.crt"] {
             assert!(paths.iter().any(|p| p == path), "{path} is not mounted: {paths:?}");
         }
-        let config: tenantgate_crds::config::GatewayConfig = serde_yaml::from_str(
-            s.config_map.data.as_ref().and_then(|d| d.get("config.yaml")).expect("config"),
-        )
-        .expect("config parses");
+        let config: tenantgate_crds::config::GatewayConfig =
+            serde_yaml::from_str(s.config_map.data.as_ref().and_then(|d| d.get("config.yaml")).expect("config"))
+                .expect("config parses");
         assert_eq!(config.storage.redis_ca_file.as_deref(), Some("/var/run/secrets/tenantgate/redis/ca.crt"));
         assert_eq!(config.storage.database_ca_file.as_deref(), Some("/var/run/secrets/tenantgate/db-ca/ca.crt"));
     }
