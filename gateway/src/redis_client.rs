@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
 use tenantgate_crds::config::StorageConfig;
 
@@ -27,6 +28,9 @@ pub enum RedisConfigError {
     /// The CA file holds no usable PEM certificate.
     #[error("storage.redisCaFile: {path} holds no valid PEM certificate{detail}")]
     BadCa { path: String, detail: String },
+    /// The connection manager could not be set up.
+    #[error("cannot set up the Redis connection: {0}")]
+    Setup(String),
     /// A CA is configured but the URL is not TLS.
     #[error("storage.redisCaFile is set but the Redis URL is not rediss:// (TLS): use rediss:// or drop the CA")]
     CaWithoutTls,
@@ -88,6 +92,21 @@ impl RedisEndpoint {
         h.finalize().into()
     }
 
+    /// The multiplexed connection every Redis user of the gateway holds: it
+    /// connects on first use (or [`warm_up`]) and reconnects by itself;
+    /// `connect` bounds a connection attempt (TLS handshake included),
+    /// `respond` a command; one retry, 20 to 200 ms apart.
+    pub fn connection(&self, connect: Duration, respond: Duration) -> Result<ConnectionManager, RedisConfigError> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect))
+            .set_response_timeout(Some(respond))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(200));
+        ConnectionManager::new_lazy_with_config(self.client()?, config)
+            .map_err(|e| RedisConfigError::Setup(e.to_string()))
+    }
+
     /// The client; it connects only when used.
     pub fn client(&self) -> Result<redis::Client, RedisConfigError> {
         crate::tls::ensure_crypto_provider();
@@ -107,13 +126,13 @@ impl RedisEndpoint {
     }
 }
 
-/// Makes the first connection of `connection` (a lazy [`redis::aio::ConnectionManager`])
+/// Makes the first connection of `connection` (from [`RedisEndpoint::connection`])
 /// and checks it with a `PING`, waiting at most `within`. A `rediss://`
 /// connection costs a TLS handshake (and the crate loads the system roots),
 /// longer than a rate-limit decision may wait: done ahead of the first
 /// request, it does not count against that request, and a failure is
 /// reported with its real cause (e.g. `invalid peer certificate: UnknownIssuer`).
-pub async fn warm_up(mut connection: redis::aio::ConnectionManager, within: Duration) -> Result<(), String> {
+pub async fn warm_up(mut connection: ConnectionManager, within: Duration) -> Result<(), String> {
     let ping = async move { redis::cmd("PING").query_async::<String>(&mut connection).await };
     match tokio::time::timeout(within, ping).await {
         Ok(Ok(_)) => Ok(()),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{Script, ScriptInvocation};
 
 use super::decision::{Outcome, Verdict, verdict};
@@ -85,15 +85,9 @@ fn tokens_args(inv: &mut ScriptInvocation<'_>, tenant: &ScopeLimits, user: Optio
 impl RedisStore {
     /// A store for `endpoint`; connects lazily, so a gateway starts while Redis is down.
     pub fn connect(endpoint: &RedisEndpoint, settings: RedisSettings) -> Result<Arc<Self>, String> {
-        let client = endpoint.client().map_err(|e| e.to_string())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(250).max(settings.timeout)))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(200));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("cannot set up the Redis connection: {e}"))?;
+        let connection = endpoint
+            .connection(Duration::from_millis(250).max(settings.timeout), settings.timeout)
+            .map_err(|e| e.to_string())?;
         let store = Arc::new(Self {
             connection,
             admit: Script::new(include_str!("admit.lua")),

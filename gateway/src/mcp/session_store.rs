@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use rmcp::transport::streamable_http_server::session::{SessionState, SessionStore, SessionStoreError};
 
 use crate::redis_client::RedisEndpoint;
@@ -61,13 +61,7 @@ async fn warm_up_in_background(connection: ConnectionManager) {
 impl SharedSessions {
     /// Sessions of `tenant` at `endpoint`, living at most `lifetime`; connects lazily.
     pub fn connect(endpoint: &RedisEndpoint, tenant: &str, lifetime: Duration) -> Result<Arc<Self>, String> {
-        let client = endpoint.client().map_err(|e| e.to_string())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("cannot set up the Redis connection: {e}"))?;
+        let connection = endpoint.connection(TIMEOUT, TIMEOUT).map_err(|e| e.to_string())?;
         // The first connection (a TLS handshake for rediss://) in the background, with its cause when it fails.
         tokio::spawn(warm_up_in_background(connection.clone()));
         // The braces make every key of a tenant one Redis Cluster hash slot, like the limiter's.
