@@ -6,9 +6,10 @@
 //! with the CA enforces limits across two gateways and keeps MCP sessions; the
 //! wrong CA makes the limiter report its store down, saying why.
 //!
-//! Run: `TENANTGATE_SERVICES_TLS=1 e2e/with-services cargo test -p tenantgate-gateway --test services_tls`
-//! (`make test-services`); fails without `TENANTGATE_POSTGRES_TLS_URL`,
-//! `TENANTGATE_REDIS_TLS_URL` and `TENANTGATE_SERVICES_CA`.
+//! Run: `e2e/with-services cargo test -p tenantgate-gateway --test services_tls`
+//! (part of `make test-services`; `e2e/with-services` turns the servers' TLS
+//! on unless `TENANTGATE_SERVICES_TLS=0`); fails without
+//! `TENANTGATE_POSTGRES_TLS_URL`, `TENANTGATE_REDIS_TLS_URL` and `TENANTGATE_SERVICES_CA`.
 
 mod common;
 
