@@ -313,6 +313,5 @@ async fn mcp_sessions_use_the_same_tls_connection_code() {
     let wrong =
         RedisEndpoint::new(services_env("TENANTGATE_REDIS_TLS_URL"), Some(std::fs::read(wrong_ca()).expect("CA")));
     let sessions = SharedSessions::connect(&wrong, "tls-mcp", Duration::from_secs(60)).expect("session store");
-    let e = sessions.bind(&id, "alice").await.expect_err("a server the CA did not sign");
-    assert!(!e.to_string().is_empty());
+    sessions.bind(&id, "alice").await.expect_err("a server the CA did not sign is refused");
 }
