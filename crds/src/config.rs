@@ -297,6 +297,12 @@ pub struct StorageConfig {
     /// File holding the Redis URL; absent: in-process limits and sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url_file: Option<String>,
+    /// File holding the PEM CA certificate(s) trusted for `rediss://` instead of the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_ca_file: Option<String>,
+    /// File holding the PEM CA certificate(s) of the PostgreSQL server (`sslrootcert`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_ca_file: Option<String>,
     /// The usage/audit database.
     #[serde(with = "serde_yaml::with::singleton_map")]
     #[schemars(with = "DatabaseConfig")]

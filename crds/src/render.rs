@@ -205,6 +205,13 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
 
     let storage = StorageConfig {
         redis_url_file: spec.storage.redis.as_ref().map(|s| r.secret_file(&s.url_secret_ref)),
+        redis_ca_file: spec.storage.redis.as_ref().and_then(|s| s.ca_secret_ref.as_ref()).map(|c| r.secret_file(c)),
+        database_ca_file: spec
+            .storage
+            .database
+            .as_ref()
+            .and_then(|s| s.ca_secret_ref.as_ref())
+            .map(|c| r.secret_file(c)),
         database: match &spec.storage.database {
             Some(db) => DatabaseConfig::PostgresUrlFile(r.secret_file(&db.url_secret_ref)),
             None => DatabaseConfig::SqlitePath(options.sqlite_path.clone()),

@@ -196,6 +196,54 @@ services_redis_port() { cat "$SERVICES_DIR/redis.port"; }
 services_postgres_url() { echo "postgres://tenantgate:tenantgate@127.0.0.1:$(services_postgres_port)/tenantgate"; }
 services_redis_url() { echo "redis://127.0.0.1:$(services_redis_port)/0"; }
 
+# TLS (opt-in: TENANTGATE_SERVICES_TLS=1 e2e/services/up): a throwaway CA and a
+# server certificate for 127.0.0.1 under $SERVICES_DIR/tls; PostgreSQL then
+# also accepts TLS on its port (ssl=on) and Redis listens for TLS on a second
+# port. The helpers below restart them the same way while the directory exists.
+services_tls_dir() { echo "$SERVICES_DIR/tls"; }
+services_tls_on() { [[ -f $SERVICES_DIR/tls/server.crt && -f $SERVICES_DIR/redis-tls.port ]]; }
+services_redis_tls_port() { cat "$SERVICES_DIR/redis-tls.port"; }
+services_postgres_tls_url() { echo "$(services_postgres_url)?sslmode=verify-full&sslrootcert=$(services_tls_dir)/ca.crt"; }
+services_redis_tls_url() { echo "rediss://127.0.0.1:$(services_redis_tls_port)/0"; }
+
+# services_tls_make_certs: the CA (ca.crt) and the server's key and certificate
+# (IP SAN 127.0.0.1, signed by the CA), with the openssl CLI; the key is
+# readable by the postgres user only (PostgreSQL refuses a wider mode).
+services_tls_make_certs() {
+  local d
+  d=$(services_tls_dir)
+  mkdir -p "$d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=tenantgate test CA" -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null || return 1
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null || return 1
+  printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$d/server.ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 2 \
+    -extfile "$d/server.ext" -out "$d/server.crt" 2>/dev/null || return 1
+  chmod 755 "$d"
+  chmod 644 "$d/ca.crt" "$d/server.crt"
+  chmod 600 "$d/server.key" "$d/ca.key"
+  # PostgreSQL (running as postgres) wants its own copy of the key, mode 0600.
+  install -m 600 -o postgres -g postgres "$d/server.key" "$d/postgres-server.key"
+}
+
+# services_postgres_tls_args: the extra postgres flags when TLS is on.
+services_postgres_tls_args() {
+  services_tls_on || return 0
+  local d
+  d=$(services_tls_dir)
+  printf '%s\n' -c ssl=on -c "ssl_cert_file=$d/server.crt" -c "ssl_key_file=$d/postgres-server.key"
+}
+
+# services_redis_tls_args: the extra redis-server flags when TLS is on.
+services_redis_tls_args() {
+  services_tls_on || return 0
+  local d
+  d=$(services_tls_dir)
+  printf '%s\n' --tls-port "$(services_redis_tls_port)" --tls-cert-file "$d/server.crt" \
+    --tls-key-file "$d/server.key" --tls-ca-cert-file "$d/ca.crt" --tls-auth-clients no
+}
+
 services_postgres_ready() {
   "$(services_pg_bindir)/pg_isready" -q -h 127.0.0.1 -p "$(services_postgres_port)" -U postgres -d postgres
 }
@@ -211,8 +259,9 @@ services_start_postgres() {
   port=$(services_postgres_port)
   if pidfile_alive "$SERVICES_DIR/postgres.pid" && services_postgres_ready; then return 0; fi
   stop_our_pidfile "$SERVICES_DIR/postgres.pid"
-  local as_pg
+  local as_pg tls_args
   mapfile -t as_pg < <(services_as_postgres_argv)
+  mapfile -t tls_args < <(services_postgres_tls_args)
   # After a KILL, the old server's backends may hold its shared memory for a
   # moment, and postgres then refuses to start: try a few times.
   local attempt
@@ -221,7 +270,7 @@ services_start_postgres() {
     start_bg "$dir/data" "$dir/postgres.log" "$SERVICES_DIR/postgres.pid" \
       "${as_pg[@]}" "$bindir/postgres" -D "$dir/data" -p "$port" -c listen_addresses=127.0.0.1 \
       -c unix_socket_directories= -c fsync=off -c synchronous_commit=off \
-      -c full_page_writes=off -c max_connections=200 -c shared_buffers=64MB
+      -c full_page_writes=off -c max_connections=200 -c shared_buffers=64MB "${tls_args[@]}"
     local deadline=$((SECONDS + 30))
     while ((SECONDS < deadline)); do
       services_postgres_ready && return 0
@@ -248,9 +297,11 @@ services_start_redis() {
   if pidfile_alive "$SERVICES_DIR/redis.pid" && services_redis_ready; then return 0; fi
   stop_our_pidfile "$SERVICES_DIR/redis.pid"
   mkdir -p "$dir"
+  local tls_args
+  mapfile -t tls_args < <(services_redis_tls_args)
   start_bg "$dir" "$dir/redis.log" "$SERVICES_DIR/redis.pid" \
     "$(command -v redis-server)" --port "$port" --bind 127.0.0.1 --save '' \
-    --appendonly no --daemonize no --dir "$dir"
+    --appendonly no --daemonize no --dir "$dir" "${tls_args[@]}"
   local deadline=$((SECONDS + 20))
   while ((SECONDS < deadline)); do
     services_redis_ready && return 0

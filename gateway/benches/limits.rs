@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tenantgate_crds::v1alpha1::{Limits, UserLimits};
 use tenantgate_gateway::limits::{LocalStore, RateLimiter, RedisSettings, RedisStore, Reservation, Store};
+use tenantgate_gateway::redis_client::RedisEndpoint;
 
 fn limits() -> Limits {
     Limits {
@@ -82,7 +83,8 @@ async fn main() {
         eprintln!("TENANTGATE_REDIS_URL is not set: run under e2e/with-services for the Redis figures");
         std::process::exit(1);
     };
-    let store = RedisStore::connect(&url, RedisSettings::default()).expect("Redis store");
+    let store =
+        RedisStore::connect(&RedisEndpoint::new(url.clone(), None), RedisSettings::default()).expect("Redis store");
     let redis = Arc::new(RateLimiter::new("bench-redis", Some(&limits()), Store::Redis(store)));
     // Warm up: connect and load the scripts.
     for _ in 0..100 {

@@ -5,6 +5,8 @@ use tenantgate_gateway::cli::{Cli, Command};
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    // Before any TLS client exists: one rustls crypto provider for the whole process.
+    tenantgate_gateway::tls::ensure_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => {

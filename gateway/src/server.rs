@@ -70,13 +70,10 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     );
     metrics::gauge!("tenantgate_config_valid").set(1.0);
     let spill_dir = args.spill_dir.clone().unwrap_or_else(|| state_dir(&args).join("spill"));
-    let storage = crate::storage::Storage::start(
-        &runtime.config.storage.database,
-        &runtime.config.keys.api_key_pepper_file,
-        spill_dir,
-    )
-    .await
-    .map_err(|e| StartError::Storage(e.to_string()))?;
+    let storage =
+        crate::storage::Storage::start(&runtime.config.storage, &runtime.config.keys.api_key_pepper_file, spill_dir)
+            .await
+            .map_err(|e| StartError::Storage(e.to_string()))?;
     let storage = Arc::new(storage);
     let mcp = carried.mcp();
     mcp.configure_user_tokens(crate::mcp::user_oauth::UserTokens::new(

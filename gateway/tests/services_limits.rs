@@ -16,6 +16,7 @@ use common::*;
 use serde_json::{Value, json};
 use tenantgate_crds::v1alpha1::Limits;
 use tenantgate_gateway::limits::{RateLimiter, RedisSettings, RedisStore, Reservation, Store};
+use tenantgate_gateway::redis_client::RedisEndpoint;
 
 /// Tests share one Redis; the one that kills it runs alone.
 static REDIS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
@@ -305,7 +306,7 @@ async fn stream_leases_of_a_crashed_replica_expire_and_live_ones_are_renewed() {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         rt.block_on(async {
-            let store = RedisStore::connect(&url, settings).expect("store");
+            let store = RedisStore::connect(&RedisEndpoint::new(url.clone(), None), settings).expect("store");
             let limiter = RateLimiter::new("lim-lease", Some(&stream_limits()), Store::Redis(store));
             let admission = limiter.admit_reservation("crashed", Reservation::default(), true).await.expect("slot");
             std::mem::forget(admission);
@@ -316,7 +317,7 @@ async fn stream_leases_of_a_crashed_replica_expire_and_live_ones_are_renewed() {
     let live = RateLimiter::new(
         "lim-lease",
         Some(&stream_limits()),
-        Store::Redis(RedisStore::connect(&redis_url(), settings).expect("store")),
+        Store::Redis(RedisStore::connect(&RedisEndpoint::new(redis_url(), None), settings).expect("store")),
     );
     let refused = live.admit_reservation("u", Reservation::default(), true).await.expect_err("slot taken");
     assert_eq!(refused.as_reason(), "TooManyStreams");
@@ -326,7 +327,7 @@ async fn stream_leases_of_a_crashed_replica_expire_and_live_ones_are_renewed() {
     let other = RateLimiter::new(
         "lim-lease",
         Some(&stream_limits()),
-        Store::Redis(RedisStore::connect(&redis_url(), settings).expect("store")),
+        Store::Redis(RedisStore::connect(&RedisEndpoint::new(redis_url(), None), settings).expect("store")),
     );
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(other.admit_reservation("v", Reservation::default(), true).await.is_err(), "a live lease expired");

@@ -485,7 +485,13 @@ pub struct Storage {
 #[serde(rename_all = "camelCase")]
 pub struct UrlSecret {
     /// Secret key holding the URL, e.g. `redis://:pw@redis:6379/0` or `postgres://user:pw@db/tenantgate`.
+    /// TLS: `rediss://` for Redis; `?sslmode=verify-full` (libpq's `sslmode` values) for PostgreSQL.
     pub url_secret_ref: SecretKeyRef,
+    /// Secret key holding the PEM certificate(s) of a private CA that signed the server's certificate
+    /// (mounted next to the URL). Redis: trusted instead of the system roots (`rediss://` only).
+    /// PostgreSQL: the `sslrootcert`; a URL without `sslmode` then means `verify-full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 /// What the audit trail records.

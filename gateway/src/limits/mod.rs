@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
-use sha2::{Digest, Sha256};
 use tenantgate_crds::config::GatewayConfig;
 use tenantgate_crds::v1alpha1::{FailMode, Limits};
 
@@ -36,6 +35,7 @@ pub use redis_store::{RedisSettings, RedisStore, StoreError};
 pub use reserve::{BYTES_PER_TOKEN, DEFAULT_COMPLETION_RESERVE, Reservation};
 
 use crate::llm::types::ChatRequest;
+use crate::redis_client::RedisEndpoint;
 
 /// Per-user key names kept for this many recent subjects.
 const USER_KEY_CACHE: usize = 10_000;
@@ -328,7 +328,7 @@ impl Drop for Admission {
 /// kept while the URL stays the same, the in-process state while there is none.
 #[derive(Default)]
 pub struct LimitStores {
-    /// SHA-256 of the Redis URL (never the URL: it may hold a password), and the store.
+    /// SHA-256 of the Redis URL and CA (never the URL: it may hold a password), and the store.
     current: Mutex<Option<(Option<[u8; 32]>, Store)>>,
     settings: RedisSettings,
 }
@@ -338,6 +338,9 @@ impl std::fmt::Debug for LimitStores {
         f.debug_struct("LimitStores").field("settings", &self.settings).finish_non_exhaustive()
     }
 }
+
+/// Longest a new Redis store waits for its first connection before the limiter serves.
+const WARM_UP: Duration = Duration::from_secs(1);
 
 impl LimitStores {
     /// Stores connecting to Redis with `settings`.
@@ -350,35 +353,30 @@ impl LimitStores {
         let Some(limits) = config.limits.as_ref().filter(|l| Plan::new(&config.tenant.name, l).is_some()) else {
             return Ok(RateLimiter::unlimited());
         };
-        let url = match &config.storage.redis_url_file {
-            None => None,
-            Some(path) => {
-                let text = tokio::fs::read_to_string(path)
-                    .await
-                    .map_err(|e| format!("storage.redisUrlFile: cannot read {path}: {e}"))?;
-                let url = text.trim().to_owned();
-                if url.is_empty() {
-                    return Err(format!("storage.redisUrlFile: {path} is empty"));
+        let endpoint = RedisEndpoint::from_config(&config.storage).map_err(|e| e.to_string())?;
+        let fingerprint = endpoint.as_ref().map(RedisEndpoint::fingerprint);
+        let (store, fresh) = {
+            let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match current.as_ref() {
+                Some((f, store)) if *f == fingerprint => (store.clone(), false),
+                _ => {
+                    let store = match &endpoint {
+                        None => Store::Local(Arc::new(LocalStore::default())),
+                        Some(endpoint) => Store::Redis(RedisStore::connect(endpoint, self.settings)?),
+                    };
+                    *current = Some((fingerprint, store.clone()));
+                    (store, true)
                 }
-                Some(url)
             }
         };
-        let fingerprint = url.as_ref().map(|u| <[u8; 32]>::from(Sha256::digest(u.as_bytes())));
-        let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let store = match current.as_ref() {
-            Some((f, store)) if *f == fingerprint => store.clone(),
-            _ => {
-                let store = match &url {
-                    None => Store::Local(Arc::new(LocalStore::default())),
-                    Some(url) => Store::Redis(
-                        RedisStore::connect(url, self.settings).map_err(|e| format!("storage.redisUrlFile: {e}"))?,
-                    ),
-                };
-                *current = Some((fingerprint, store.clone()));
-                store
-            }
-        };
-        Ok(RateLimiter::new(&config.tenant.name, Some(limits), store))
+        let limiter = RateLimiter::new(&config.tenant.name, Some(limits), store.clone());
+        // A new Redis connection is made before the limiter serves (after the
+        // fail mode is known, for the log line): its TLS handshake must not
+        // eat the first decisions' time budget.
+        if let (true, Store::Redis(redis)) = (fresh, &store) {
+            redis.warm_up(WARM_UP).await;
+        }
+        Ok(limiter)
     }
 }
 

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{Script, ScriptInvocation};
 
 use super::decision::{Outcome, Verdict, verdict};
 use super::gcra::Gcra;
 use super::health::Health;
 use super::plan::{Plan, ScopeLimits, UserKeys};
+use crate::redis_client::RedisEndpoint;
 
 /// How the store talks to Redis.
 #[derive(Clone, Copy, Debug)]
@@ -82,18 +83,11 @@ fn tokens_args(inv: &mut ScriptInvocation<'_>, tenant: &ScopeLimits, user: Optio
 }
 
 impl RedisStore {
-    /// A store for `url`; connects lazily, so a gateway starts while Redis is down.
-    pub fn connect(url: &str, settings: RedisSettings) -> Result<Arc<Self>, String> {
-        // The crate's parse errors do not echo the URL; say only what kind of problem it is.
-        let client = redis::Client::open(url).map_err(|e| format!("not a valid Redis URL ({:?})", e.kind()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(250).max(settings.timeout)))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(200));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("cannot set up the Redis connection: {e}"))?;
+    /// A store for `endpoint`; connects lazily, so a gateway starts while Redis is down.
+    pub fn connect(endpoint: &RedisEndpoint, settings: RedisSettings) -> Result<Arc<Self>, String> {
+        let connection = endpoint
+            .connection(Duration::from_millis(250).max(settings.timeout), settings.timeout)
+            .map_err(|e| e.to_string())?;
         let store = Arc::new(Self {
             connection,
             admit: Script::new(include_str!("admit.lua")),
@@ -107,6 +101,16 @@ impl RedisStore {
         });
         tokio::spawn(renew_leases(Arc::downgrade(&store), settings.lease / 3));
         Ok(store)
+    }
+
+    /// Makes the first connection now (waiting at most `within`) and records
+    /// the outcome in [`Self::health`]: a failure starts an outage whose log
+    /// line gives the cause, e.g. a TLS certificate the CA did not sign.
+    pub async fn warm_up(&self, within: Duration) {
+        match crate::redis_client::warm_up(self.connection.clone(), within).await {
+            Ok(()) => self.health.record_ok(),
+            Err(e) => self.health.record_error(&e),
+        }
     }
 
     fn leases(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
@@ -274,7 +278,8 @@ mod tests {
 
     #[test]
     fn the_url_is_not_echoed_in_errors() {
-        let e = match RedisStore::connect("redis://:hunter2@[::1", RedisSettings::default()) {
+        let e = match RedisStore::connect(&RedisEndpoint::new("redis://:hunter2@[::1", None), RedisSettings::default())
+        {
             Err(e) => e,
             Ok(_) => panic!("a broken URL was accepted"),
         };

@@ -94,10 +94,11 @@ impl Endpoint {
 /// The tenant's shared session store, when it has Redis (read at start).
 fn shared_sessions(state: &AppState, lifetime: Duration) -> Option<Arc<SharedSessions>> {
     let runtime = state.runtime();
-    let file = runtime.config.storage.redis_url_file.as_deref()?;
-    let connected = std::fs::read_to_string(file)
-        .map_err(|e| format!("{file}: {e}"))
-        .and_then(|url| SharedSessions::connect(url.trim(), &runtime.config.tenant.name, lifetime));
+    let connected = match crate::redis_client::RedisEndpoint::from_config(&runtime.config.storage) {
+        Ok(None) => return None,
+        Ok(Some(endpoint)) => SharedSessions::connect(&endpoint, &runtime.config.tenant.name, lifetime),
+        Err(e) => Err(e.to_string()),
+    };
     match connected {
         Ok(shared) => Some(shared),
         Err(e) => {

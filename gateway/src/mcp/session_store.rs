@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use rmcp::transport::streamable_http_server::session::{SessionState, SessionStore, SessionStoreError};
+
+use crate::redis_client::RedisEndpoint;
 
 /// Longest wait for Redis on a request.
 const TIMEOUT: Duration = Duration::from_millis(250);
@@ -50,16 +52,18 @@ impl std::fmt::Debug for SharedSessions {
     }
 }
 
+async fn warm_up_in_background(connection: ConnectionManager) {
+    if let Err(e) = crate::redis_client::warm_up(connection, Duration::from_secs(5)).await {
+        tracing::warn!(error = %e, "shared MCP sessions: Redis is not reachable yet");
+    }
+}
+
 impl SharedSessions {
-    /// Sessions of `tenant` at `url`, living at most `lifetime`; connects lazily.
-    pub fn connect(url: &str, tenant: &str, lifetime: Duration) -> Result<Arc<Self>, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("not a valid Redis URL ({:?})", e.kind()))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(TIMEOUT))
-            .set_response_timeout(Some(TIMEOUT))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("cannot set up the Redis connection: {e}"))?;
+    /// Sessions of `tenant` at `endpoint`, living at most `lifetime`; connects lazily.
+    pub fn connect(endpoint: &RedisEndpoint, tenant: &str, lifetime: Duration) -> Result<Arc<Self>, String> {
+        let connection = endpoint.connection(TIMEOUT, TIMEOUT).map_err(|e| e.to_string())?;
+        // The first connection (a TLS handshake for rediss://) in the background, with its cause when it fails.
+        tokio::spawn(warm_up_in_background(connection.clone()));
         // The braces make every key of a tenant one Redis Cluster hash slot, like the limiter's.
         Ok(Arc::new(Self { connection, prefix: format!("tg:{{{tenant}}}:mcp-session:"), lifetime }))
     }

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
-use tenantgate_crds::config::DatabaseConfig;
+use tenantgate_crds::config::{DatabaseConfig, StorageConfig};
 
 pub use api_keys::{ApiKey, ApiKeyError, KeyRecord, NewApiKey, Pepper};
 pub use queries::{AuditFilter, AuditPage, AuditRow, DayUsage, UsageFilter, UsageReport, UsageTotals};
@@ -58,9 +58,18 @@ pub enum StorageError {
     /// The SQLite directory could not be created.
     #[error("storage.database.sqlitePath {path}: {source}")]
     SqliteDir { path: String, source: std::io::Error },
-    /// Connecting failed.
-    #[error("connecting to the {backend} database failed: {source}")]
-    Connect { backend: &'static str, source: sqlx::Error },
+    /// Connecting failed (TLS problems included: sqlx names them, e.g.
+    /// `invalid peer certificate: UnknownIssuer`). `target` is host, port and
+    /// database name, never the URL.
+    #[error("connecting to the {backend} database {target} failed: {source}")]
+    Connect { backend: &'static str, target: String, source: sqlx::Error },
+    /// The TLS handshake failed: the server's certificate did not verify
+    /// (wrong CA, another host name) or TLS was refused.
+    #[error(
+        "connecting to the {backend} database {target} failed: the TLS handshake failed: {source}; check the CA \
+         (sslrootcert or storage.database.caSecretRef) and that the server's certificate names its host"
+    )]
+    Tls { backend: &'static str, target: String, source: sqlx::Error },
     /// A migration failed.
     #[error("migrating the {backend} database failed: {source}")]
     Migrate { backend: &'static str, source: sqlx::migrate::MigrateError },
@@ -69,16 +78,35 @@ pub enum StorageError {
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// PostgreSQL connect options from `url` (read from `path`, named in errors),
+/// with TLS as libpq reads it: the URL's `sslmode` (`disable`, `allow`,
+/// `prefer` (the default), `require`, `verify-ca`, `verify-full`) and
+/// `sslrootcert`. A `ca_file` (the Tenant's `storage.database.caSecretRef`)
+/// is the `sslrootcert`, and a URL that names no `sslmode` then means
+/// `verify-full`: a CA is given to be checked against.
+pub fn postgres_options(url: &str, path: &str, ca_file: Option<&str>) -> Result<PgConnectOptions, StorageError> {
+    let bad = || StorageError::BadUrl { path: path.to_owned() };
+    let mut options = PgConnectOptions::from_str(url).map_err(|_| bad())?;
+    if let Some(ca) = ca_file {
+        let parsed = url::Url::parse(url).map_err(|_| bad())?;
+        let names_mode = parsed.query_pairs().any(|(k, _)| k == "sslmode" || k == "ssl-mode");
+        options = options.ssl_root_cert(ca);
+        if !names_mode {
+            options = options.ssl_mode(PgSslMode::VerifyFull);
+        }
+    }
+    Ok(options)
+}
+
 impl Db {
-    /// Opens the configured database and brings its schema up to date.
-    pub async fn open(config: &DatabaseConfig) -> Result<Self, StorageError> {
+    /// Opens the configured database (with the PostgreSQL CA file, if any) and
+    /// brings its schema up to date.
+    pub async fn open(config: &DatabaseConfig, ca_file: Option<&str>) -> Result<Self, StorageError> {
         match config {
             DatabaseConfig::PostgresUrlFile(path) => {
                 let url = std::fs::read_to_string(path)
                     .map_err(|source| StorageError::UrlFile { path: path.clone(), source })?;
-                let options =
-                    PgConnectOptions::from_str(url.trim()).map_err(|_| StorageError::BadUrl { path: path.clone() })?;
-                Self::postgres(options).await
+                Self::postgres(postgres_options(url.trim(), path, ca_file)?).await
             }
             DatabaseConfig::SqlitePath(path) => Self::sqlite(Path::new(path)).await,
         }
@@ -89,13 +117,24 @@ impl Db {
         // A commit the recorder was told about must survive a server crash:
         // it is not spilled or replayed again. With the server's
         // `synchronous_commit = off` the last commits before a crash are lost.
+        crate::tls::ensure_crypto_provider();
         let options = options.options([("synchronous_commit", "on")]);
+        let target = format!(
+            "{:?} at {}:{} (sslmode {})",
+            options.get_database().unwrap_or("postgres"),
+            options.get_host(),
+            options.get_port(),
+            ssl_mode_name(options.get_ssl_mode())
+        );
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(3))
             .connect_with(options)
             .await
-            .map_err(|source| StorageError::Connect { backend: "PostgreSQL", source })?;
+            .map_err(|source| match is_tls_failure(&source) {
+                true => StorageError::Tls { backend: "PostgreSQL", target, source },
+                false => StorageError::Connect { backend: "PostgreSQL", target, source },
+            })?;
         PG_MIGRATIONS.run(&pool).await.map_err(|source| StorageError::Migrate { backend: "PostgreSQL", source })?;
         Ok(Self::Postgres(pool))
     }
@@ -117,7 +156,11 @@ impl Db {
             .acquire_timeout(Duration::from_secs(3))
             .connect_with(options)
             .await
-            .map_err(|source| StorageError::Connect { backend: "SQLite", source })?;
+            .map_err(|source| StorageError::Connect {
+                backend: "SQLite",
+                target: path.display().to_string(),
+                source,
+            })?;
         SQLITE_MIGRATIONS.run(&pool).await.map_err(|source| StorageError::Migrate { backend: "SQLite", source })?;
         Ok(Self::Sqlite(pool))
     }
@@ -128,6 +171,28 @@ impl Db {
             Self::Postgres(_) => "PostgreSQL",
             Self::Sqlite(_) => "SQLite",
         }
+    }
+}
+
+/// Whether connecting failed in the TLS handshake (sqlx reports rustls'
+/// errors as I/O errors carrying them).
+fn is_tls_failure(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(e) => e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()),
+        _ => false,
+    }
+}
+
+/// libpq's name of an `sslmode`.
+fn ssl_mode_name(mode: PgSslMode) -> &'static str {
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
     }
 }
 
@@ -148,11 +213,11 @@ pub struct Storage {
 impl Storage {
     /// Opens the database and starts the recorder, spilling into `spill_dir`.
     pub async fn start(
-        config: &DatabaseConfig,
+        config: &StorageConfig,
         pepper_file: &str,
         spill_dir: PathBuf,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let db = Db::open(config).await?;
+        let db = Db::open(&config.database, config.database_ca_file.as_deref()).await?;
         tracing::info!(backend = db.backend(), "database ready");
         let recorder = Recorder::start(db.clone(), RecorderConfig::new(spill_dir))?;
         let pepper = match Pepper::from_file(Path::new(pepper_file)) {
@@ -163,5 +228,35 @@ impl Storage {
             }
         };
         Ok(Self { db, recorder, pepper, api_keys: Default::default() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_and_sslrootcert_come_from_the_url_like_libpq() {
+        let o = postgres_options("postgres://u:pw@db/x", "f", None).expect("parses");
+        assert!(matches!(o.get_ssl_mode(), PgSslMode::Prefer), "libpq's default");
+        let o = postgres_options("postgres://u:pw@db/x?sslmode=verify-ca&sslrootcert=/ca.pem", "f", None).expect("ok");
+        assert!(matches!(o.get_ssl_mode(), PgSslMode::VerifyCa));
+        let o = postgres_options("postgres://u:pw@db/x?sslmode=disable", "f", None).expect("parses");
+        assert!(matches!(o.get_ssl_mode(), PgSslMode::Disable));
+    }
+
+    #[test]
+    fn a_ca_file_means_verify_full_unless_the_url_says_otherwise() {
+        let o = postgres_options("postgres://u:pw@db/x", "f", Some("/ca.pem")).expect("parses");
+        assert!(matches!(o.get_ssl_mode(), PgSslMode::VerifyFull));
+        let o = postgres_options("postgres://u:pw@db/x?sslmode=require", "f", Some("/ca.pem")).expect("parses");
+        assert!(matches!(o.get_ssl_mode(), PgSslMode::Require));
+    }
+
+    #[test]
+    fn a_bad_url_is_named_by_its_file_not_echoed() {
+        let e = postgres_options("postgres://u:hunter2@db/x?sslmode=sometimes", "/s/db/url", None).expect_err("bad");
+        let text = e.to_string();
+        assert!(text.contains("/s/db/url") && !text.contains("hunter2"), "{text}");
     }
 }

@@ -254,6 +254,40 @@ impl Gateway {
         gw
     }
 
+    /// Runs a gateway over `manifests` that is expected not to start: waits
+    /// (at most 30 s) for it to exit and returns whether it exited cleanly and
+    /// its stderr.
+    pub fn run_to_exit(manifests: &str) -> (bool, String) {
+        let dir = temp_dir("gw-exit");
+        std::fs::create_dir_all(dir.join("manifests")).expect("temp dir");
+        std::fs::write(dir.join("manifests/tenant.yaml"), manifests).expect("write manifests");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tenantgate-gateway"))
+            .arg("--manifests")
+            .arg(dir.join("manifests"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.join("stderr.log")).expect("log file")))
+            .spawn()
+            .expect("start gateway");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the gateway was expected to exit but still runs after 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        (status.success(), log)
+    }
+
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

@@ -826,6 +826,38 @@ mod tests {
     }
 
     #[test]
+    fn storage_ca_secrets_are_projected_and_named_in_the_config() {
+        let t = tenant(concat!(
+            "  storage:\n",
+            "    redis: {urlSecretRef: {name: redis, key: url}, caSecretRef: {name: redis, key: ca.crt}}\n",
+            "    database: {urlSecretRef: {name: db, key: url}, caSecretRef: {name: db-ca, key: ca.crt}}\n",
+        ));
+        let s = stack_of(&t, &[], &BTreeMap::new());
+        let projected = pod(&s)
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "secrets")
+            .and_then(|v| v.projected.clone())
+            .expect("projected");
+        let paths: Vec<String> = projected
+            .sources
+            .iter()
+            .flatten()
+            .filter_map(|s| s.secret.as_ref())
+            .flat_map(|s| s.items.iter().flatten().map(|i| i.path.clone()))
+            .collect();
+        for path in ["redis/url", "redis/ca.crt", "db/url", "db-ca/ca.crt"] {
+            assert!(paths.iter().any(|p| p == path), "{path} is not mounted: {paths:?}");
+        }
+        let config: tenantgate_crds::config::GatewayConfig =
+            serde_yaml::from_str(s.config_map.data.as_ref().and_then(|d| d.get("config.yaml")).expect("config"))
+                .expect("config parses");
+        assert_eq!(config.storage.redis_ca_file.as_deref(), Some("/var/run/secrets/tenantgate/redis/ca.crt"));
+        assert_eq!(config.storage.database_ca_file.as_deref(), Some("/var/run/secrets/tenantgate/db-ca/ca.crt"));
+    }
+
+    #[test]
     fn the_pod_checksum_follows_config_and_secret_versions() {
         let t = tenant("");
         let checksum = |s: &TenantStack| {
