@@ -9,7 +9,7 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: check-generated lint test-unit test-gateway test-services test-cluster ## Every test (what CI runs)
+test: check-generated lint test-unit fuzz-smoke test-gateway test-services test-cluster ## Every test (what CI runs)
 
 QUICKSTART := manifests/examples/quickstart
 
@@ -45,6 +45,14 @@ test-services: ## Gateway tests against real PostgreSQL and Redis (started and s
 test-cluster: ## Tests against a real local control plane (started and stopped around them)
 	$(CARGO) build -p tenantgate-operator
 	e2e/with-cluster $(CARGO) test -p tenantgate-tests -- --test-threads=4
+
+.PHONY: fuzz-smoke
+fuzz-smoke: ## Replay every fuzz corpus, then fuzz each target FUZZ_SECONDS (20) (fuzz/README.md)
+	scripts/fuzz smoke
+
+.PHONY: fuzz
+fuzz: ## Fuzz each target FUZZ_SECONDS (300), or only FUZZ_TARGET
+	scripts/fuzz run $(FUZZ_TARGET)
 
 .PHONY: generate
 generate: ## Regenerate CRD YAML and the CRD reference

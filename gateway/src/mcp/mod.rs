@@ -55,6 +55,8 @@ struct HubInner {
     client: reqwest::Client,
     on_change: Arc<dyn Fn() + Send + Sync>,
     http: OnceLock<McpHttpSettings>,
+    /// Whether the client may connect to local addresses (`allowLocalUpstreams`).
+    local: crate::egress::LocalUpstreams,
 }
 
 impl std::fmt::Debug for HubInner {
@@ -78,7 +80,9 @@ impl Default for McpHub {
 impl McpHub {
     /// A hub without connections.
     pub fn new() -> Self {
+        let local = crate::egress::LocalUpstreams::default();
         let client = reqwest::Client::builder()
+            .dns_resolver(crate::egress::UpstreamResolver::new(local.clone()))
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
@@ -99,6 +103,7 @@ impl McpHub {
                     }
                 }),
                 http: OnceLock::new(),
+                local,
             }
         }))
     }
@@ -121,6 +126,12 @@ impl McpHub {
     /// Notifications of catalog changes.
     pub fn subscribe(&self) -> broadcast::Receiver<ListChanged> {
         self.0.changes.subscribe()
+    }
+
+    /// Whether connections may reach loopback and link-local addresses
+    /// (`spec.network.allowLocalUpstreams`); checked when a name resolves.
+    pub fn allow_local_upstreams(&self, allowed: bool) {
+        self.0.local.set(allowed);
     }
 
     /// Applies a config's connections: unchanged ones stay connected, changed

@@ -193,6 +193,12 @@ impl Upstream {
         self.filter.permits(name)
     }
 
+    /// Keeps the listed tools its allow/deny globs permit and applies its pins.
+    pub(crate) fn admit_tools(&self, tools: &mut Vec<rmcp::model::Tool>) {
+        tools.retain(|t| self.filter.permits(&t.name));
+        super::pin::apply_pins(&self.config.name, &self.config.tools, tools);
+    }
+
     /// Forwards one request with the connection's timeout and breaker, passing
     /// the client's progress notifications and cancellation through.
     pub async fn forward(
@@ -408,8 +414,7 @@ async fn list_offer(upstream: &Upstream, peer: &Peer<RoleClient>) -> Result<Offe
     let caps = peer.peer_info().map(|i| i.capabilities.clone()).unwrap_or_default();
     let timeout = upstream.timeout;
     let mut tools = if caps.tools.is_some() { bounded(timeout, peer.list_all_tools()).await? } else { Vec::new() };
-    tools.retain(|t| upstream.filter.permits(&t.name));
-    super::pin::apply_pins(&upstream.config.name, &upstream.config.tools, &mut tools);
+    upstream.admit_tools(&mut tools);
     let prompts = if caps.prompts.is_some() { bounded(timeout, peer.list_all_prompts()).await? } else { Vec::new() };
     let (resources, templates) = if caps.resources.is_some() {
         (
