@@ -115,6 +115,21 @@ impl ManifestSet {
         if name.is_empty() {
             return Err(vec![at.error(Some("metadata.name"), "is required".into())]);
         }
+        // What the API server enforces on every object, so local mode reads no name a cluster would refuse.
+        if !is_dns_subdomain(&name) {
+            return Err(vec![at.error(
+                Some("metadata.name"),
+                format!(
+                    "{name:?} must be a lowercase RFC 1123 subdomain (a-z, 0-9, '-' and '.', at most 253 characters)"
+                ),
+            )]);
+        }
+        if let Some(ns) = namespace.as_deref().filter(|ns| !is_dns_label(ns)) {
+            return Err(vec![at.error(
+                Some("metadata.namespace"),
+                format!("{ns:?} must be a lowercase RFC 1123 label (a-z, 0-9 and '-', at most 63 characters)"),
+            )]);
+        }
 
         let ours = api_version.split('/').next() == Some(GROUP);
         if ours && api_version != API_VERSION {
@@ -181,6 +196,20 @@ impl ManifestSet {
             options,
         )
     }
+}
+
+/// An RFC 1123 label: what Kubernetes requires of namespace names.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// An RFC 1123 subdomain: what Kubernetes requires of most object names.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 struct Location<'a> {
@@ -264,5 +293,29 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
             if parent.is_empty() { key.clone() } else { format!("{parent}.{key}") }
         }
         Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_path(parent),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_api_server_would_refuse_are_refused() {
+        let doc = |name: &str, ns: &str| {
+            format!(
+                "apiVersion: tenantgate.dev/v1alpha1\nkind: PromptPolicy\nmetadata: {{ name: {name}, namespace: {ns} }}\nspec: {{ allowedModels: ['*'] }}\n"
+            )
+        };
+        assert!(ManifestSet::default().add_yaml("ok.yaml", &doc("base", "tg-acme")).is_ok());
+        for (name, ns, field) in [
+            ("\"base\\r\\nx\"", "tg-acme", "metadata.name"),
+            ("../base", "tg-acme", "metadata.name"),
+            ("Base", "tg-acme", "metadata.name"),
+            ("base", "tg-acme/../x", "metadata.namespace"),
+        ] {
+            let err = ManifestSet::default().add_yaml("bad.yaml", &doc(name, ns)).expect_err(name);
+            assert_eq!(err.0[0].field.as_deref(), Some(field), "{err}");
+        }
     }
 }

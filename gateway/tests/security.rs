@@ -232,7 +232,7 @@ const CASES: &[Case] = &[
             to: "      apiKeySecretRef: { name: upstream-key, key: apiKey }\n      headers: { X-Team: \"a\\r\\nX-Injected: 1\" }\n    - name: claude",
             allow_local: true,
         },
-        expect: Expect::Refused("X-Team"),
+        expect: Expect::Refused("spec.providers[0].headers.X-Team: must not contain control characters"),
     },
     Case {
         name: "provider name with path traversal",
