@@ -74,7 +74,13 @@ impl ManifestSet {
         for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let mut at = Location { source_name, document: index + 1, object: None };
             if let Err(mut e) = staged.add_document(document, &mut at) {
+                // A syntax error ends the stream: serde_yaml's document iterator
+                // would yield the same error forever (found by fuzzing: an OOM).
+                let syntax = e.iter().any(|e| e.message.starts_with(INVALID_YAML));
                 errors.append(&mut e);
+                if syntax {
+                    break;
+                }
             }
         }
         if !errors.is_empty() {
@@ -95,7 +101,7 @@ impl ManifestSet {
         at: &mut Location<'_>,
     ) -> Result<(), Vec<ManifestError>> {
         let yaml: serde_yaml::Value = serde::Deserialize::deserialize(document)
-            .map_err(|e| vec![at.error(None, format!("invalid YAML: {e}"))])?;
+            .map_err(|e| vec![at.error(None, format!("{INVALID_YAML}{e}"))])?;
         if yaml.is_null() {
             return Ok(());
         }
@@ -198,6 +204,9 @@ impl ManifestSet {
     }
 }
 
+/// How a YAML syntax error's message starts.
+const INVALID_YAML: &str = "invalid YAML: ";
+
 /// An RFC 1123 label: what Kubernetes requires of namespace names.
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
@@ -299,6 +308,16 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `fuzz/` (render_config): an unterminated flow mapping made the
+    /// document iterator repeat its error until memory ran out.
+    #[test]
+    fn a_syntax_error_ends_the_source() {
+        let text = include_str!("../../fuzz/corpus/render_config/regression-unterminated-flow-mapping.yaml");
+        let err = ManifestSet::default().add_yaml("bad.yaml", text).expect_err("invalid YAML");
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].message.starts_with("invalid YAML: "), "{err}");
+    }
 
     #[test]
     fn names_the_api_server_would_refuse_are_refused() {

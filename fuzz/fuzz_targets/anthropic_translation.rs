@@ -90,7 +90,7 @@ fn assistant_round_trip(blocks: &[Value]) {
 fn message(data: &[u8]) {
     let Ok(message) = serde_json::from_slice::<Value>(data) else { return };
     let (completion, usage) = from_message(&message);
-    assert_eq!(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens);
+    assert_eq!(usage.total_tokens, usage.prompt_tokens.saturating_add(usage.completion_tokens));
     assert_eq!(completion["usage"]["total_tokens"], json!(usage.total_tokens));
     let blocks = message.get("content").and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
     let choice = &completion["choices"][0];

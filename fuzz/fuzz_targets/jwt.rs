@@ -20,8 +20,7 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use sha2::Sha256;
 use tenantgate_crds::config::{JwtConfig, JwtKeys};
-use tenantgate_gateway::auth::KeySource;
-use tenantgate_gateway::auth::jwt::JwtVerifier;
+use tenantgate_gateway::auth::{JwtVerifier, KeySource};
 
 const SECRET: &[u8] = b"fuzz-secret-0123456789abcdef-0123456789";
 const ISSUER: &str = "https://auth.acme.example";
