@@ -9,7 +9,7 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: check-generated lint test-unit test-gateway test-services test-cluster e2e ## Every test (what CI runs)
+test: check-generated lint test-unit fuzz-smoke test-gateway test-services test-cluster e2e ## Every test (what CI runs)
 
 QUICKSTART := manifests/examples/quickstart
 
@@ -67,6 +67,14 @@ demo: ## The platform flow to watch: local control plane, helm install, the quic
 .PHONY: demo-down
 demo-down: ## Stop what make demo started
 	e2e/demo down
+
+.PHONY: fuzz-smoke
+fuzz-smoke: ## Replay every fuzz corpus, then fuzz each target FUZZ_SECONDS (20) (fuzz/README.md)
+	scripts/fuzz smoke
+
+.PHONY: fuzz
+fuzz: ## Fuzz each target FUZZ_SECONDS (300), or only FUZZ_TARGET
+	scripts/fuzz run $(FUZZ_TARGET)
 
 .PHONY: generate
 generate: ## Regenerate CRD YAML and the CRD reference

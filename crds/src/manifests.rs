@@ -74,7 +74,13 @@ impl ManifestSet {
         for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let mut at = Location { source_name, document: index + 1, object: None };
             if let Err(mut e) = staged.add_document(document, &mut at) {
+                // A syntax error ends the stream: serde_yaml's document iterator
+                // would yield the same error forever (found by fuzzing: an OOM).
+                let syntax = e.iter().any(|e| e.message.starts_with(INVALID_YAML));
                 errors.append(&mut e);
+                if syntax {
+                    break;
+                }
             }
         }
         if !errors.is_empty() {
@@ -95,7 +101,7 @@ impl ManifestSet {
         at: &mut Location<'_>,
     ) -> Result<(), Vec<ManifestError>> {
         let yaml: serde_yaml::Value = serde::Deserialize::deserialize(document)
-            .map_err(|e| vec![at.error(None, format!("invalid YAML: {e}"))])?;
+            .map_err(|e| vec![at.error(None, format!("{INVALID_YAML}{e}"))])?;
         if yaml.is_null() {
             return Ok(());
         }
@@ -114,6 +120,21 @@ impl ManifestSet {
         });
         if name.is_empty() {
             return Err(vec![at.error(Some("metadata.name"), "is required".into())]);
+        }
+        // What the API server enforces on every object, so local mode reads no name a cluster would refuse.
+        if !is_dns_subdomain(&name) {
+            return Err(vec![at.error(
+                Some("metadata.name"),
+                format!(
+                    "{name:?} must be a lowercase RFC 1123 subdomain (a-z, 0-9, '-' and '.', at most 253 characters)"
+                ),
+            )]);
+        }
+        if let Some(ns) = namespace.as_deref().filter(|ns| !is_dns_label(ns)) {
+            return Err(vec![at.error(
+                Some("metadata.namespace"),
+                format!("{ns:?} must be a lowercase RFC 1123 label (a-z, 0-9 and '-', at most 63 characters)"),
+            )]);
         }
 
         let ours = api_version.split('/').next() == Some(GROUP);
@@ -181,6 +202,23 @@ impl ManifestSet {
             options,
         )
     }
+}
+
+/// How a YAML syntax error's message starts.
+const INVALID_YAML: &str = "invalid YAML: ";
+
+/// An RFC 1123 label: what Kubernetes requires of namespace names.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// An RFC 1123 subdomain: what Kubernetes requires of most object names.
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 struct Location<'a> {
@@ -264,5 +302,39 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
             if parent.is_empty() { key.clone() } else { format!("{parent}.{key}") }
         }
         Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_path(parent),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by `fuzz/` (render_config): an unterminated flow mapping made the
+    /// document iterator repeat its error until memory ran out.
+    #[test]
+    fn a_syntax_error_ends_the_source() {
+        let text = include_str!("../../fuzz/corpus/render_config/regression-unterminated-flow-mapping.yaml");
+        let err = ManifestSet::default().add_yaml("bad.yaml", text).expect_err("invalid YAML");
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].message.starts_with("invalid YAML: "), "{err}");
+    }
+
+    #[test]
+    fn names_the_api_server_would_refuse_are_refused() {
+        let doc = |name: &str, ns: &str| {
+            format!(
+                "apiVersion: tenantgate.dev/v1alpha1\nkind: PromptPolicy\nmetadata: {{ name: {name}, namespace: {ns} }}\nspec: {{ allowedModels: ['*'] }}\n"
+            )
+        };
+        assert!(ManifestSet::default().add_yaml("ok.yaml", &doc("base", "tg-acme")).is_ok());
+        for (name, ns, field) in [
+            ("\"base\\r\\nx\"", "tg-acme", "metadata.name"),
+            ("../base", "tg-acme", "metadata.name"),
+            ("Base", "tg-acme", "metadata.name"),
+            ("base", "tg-acme/../x", "metadata.namespace"),
+        ] {
+            let err = ManifestSet::default().add_yaml("bad.yaml", &doc(name, ns)).expect_err(name);
+            assert_eq!(err.0[0].field.as_deref(), Some(field), "{err}");
+        }
     }
 }

@@ -114,6 +114,19 @@ pub fn stdio_bridge_url(connection: &str, namespace: &str) -> String {
     format!("http://mcp-{connection}.{namespace}.svc:{STDIO_BRIDGE_PORT}/mcp")
 }
 
+/// Why an extra provider header cannot be sent: a name that is not an HTTP
+/// token, or a value with control characters (CR/LF would split the request).
+fn header_problem(name: &str, value: &str) -> Option<&'static str> {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Some("is not a valid HTTP header name");
+    }
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Some("must not contain control characters (CR, LF, NUL)");
+    }
+    None
+}
+
 /// Renders a tenant's [`GatewayConfig`].
 ///
 /// Problems with the tenant or any prompt policy fail the render: a policy
@@ -171,6 +184,11 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
                 url,
                 spec.network.allow_local_upstreams,
             );
+        }
+        for (name, value) in &p.headers {
+            if let Some(problem) = header_problem(name, value) {
+                r.issue(&tenant_obj, &format!("spec.providers[{i}].headers.{name}"), problem, "InvalidSpec");
+            }
         }
         providers.push(ProviderConfig {
             name: p.name.clone(),
@@ -453,5 +471,17 @@ impl Renderer<'_> {
             guards: spec.guards.clone(),
             allowed_models: spec.allowed_models.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn provider_headers_must_be_sendable() {
+        assert_eq!(super::header_problem("anthropic-beta", "tools-2024-04-04"), None);
+        assert_eq!(super::header_problem("X-Team", "a\tb"), None);
+        assert!(super::header_problem("X-Team", "a\r\nX-Injected: 1").is_some());
+        assert!(super::header_problem("X Team", "a").is_some());
+        assert!(super::header_problem("", "a").is_some());
     }
 }

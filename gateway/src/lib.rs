@@ -6,7 +6,10 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod egress;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod limits;
 pub mod listener;
 pub mod llm;

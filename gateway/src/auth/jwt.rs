@@ -65,7 +65,7 @@ impl JwtVerifier {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = now_secs();
         if let Some(identity) = self.cache.get(&digest) {
-            if identity.expires_at + self.leeway > now {
+            if identity.expires_at.saturating_add(self.leeway) > now {
                 return Ok(identity);
             }
             self.cache.remove(&digest);

@@ -95,7 +95,11 @@ impl Carried {
 /// Compiles a config. Errors name what is wrong; the caller keeps the old runtime.
 pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime, String> {
     let routing = &config.routing;
+    crate::egress::check_config(&config)?;
+    let local = crate::egress::LocalUpstreams::default();
+    local.set(config.network.allow_local_upstreams);
     let client = reqwest::Client::builder()
+        .dns_resolver(crate::egress::UpstreamResolver::new(local))
         .connect_timeout(Duration::from_millis(u64::from(routing.connect_timeout_ms)))
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
@@ -161,6 +165,7 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
     let limiter = carried.limits.limiter(&config).await?;
     let policies = Policies::compile(&config)?;
     // Last, once nothing can fail: connections are (re)made in the background.
+    carried.mcp.allow_local_upstreams(config.network.allow_local_upstreams);
     carried.mcp.reconcile(&config.mcp);
     Ok(Runtime { config, auth, models, retry, models_body, limiter, policies })
 }

@@ -217,7 +217,10 @@ fn finish_reason(stop_reason: Option<&str>) -> &'static str {
 
 fn usage_of(u: Option<&Value>) -> Usage {
     let get = |k: &str| u.and_then(|u| u.get(k)).and_then(Value::as_u64).unwrap_or(0);
-    let prompt = get("input_tokens") + get("cache_read_input_tokens") + get("cache_creation_input_tokens");
+    // Upstream numbers: saturate rather than overflow.
+    let prompt = get("input_tokens")
+        .saturating_add(get("cache_read_input_tokens"))
+        .saturating_add(get("cache_creation_input_tokens"));
     Usage::new(prompt, get("output_tokens"))
 }
 
@@ -283,6 +286,10 @@ impl StreamTranslator {
 
     /// The OpenAI events for one Anthropic event (`data` is its JSON).
     pub fn translate(&mut self, data: &str, out: &mut Vec<Bytes>) -> Result<(), UpstreamError> {
+        // Nothing goes out after `[DONE]`, even when more events came in the same chunk.
+        if self.finished {
+            return Ok(());
+        }
         let event: Value =
             serde_json::from_str(data).map_err(|e| UpstreamError::Protocol(format!("invalid stream event: {e}")))?;
         match event.get("type").and_then(Value::as_str) {
@@ -452,6 +459,26 @@ mod tests {
         assert_eq!(c["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(c["choices"][0]["message"]["content"], Value::Null);
         assert_eq!(c["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], "{\"a\":1}");
+    }
+
+    /// Found by `fuzz/` (anthropic_translation): events after `message_stop`
+    /// in the same upstream chunk were translated and sent after `[DONE]`.
+    #[test]
+    fn nothing_follows_done() {
+        let mut t = StreamTranslator::new(false);
+        let mut out = Vec::new();
+        t.translate(r#"{"type":"message_stop"}"#, &mut out).expect("stop");
+        assert_eq!(out.len(), 1);
+        for late in [
+            r#"{"type":"message_start","message":{"id":"m","model":"c"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"late"}}"#,
+            r#"{"type":"message_stop"}"#,
+        ] {
+            t.translate(late, &mut out).expect("ignored");
+        }
+        assert_eq!(out, vec![Bytes::from_static(DONE)]);
+        let (_, usage) = from_message(&json!({"usage": {"input_tokens": u64::MAX, "cache_read_input_tokens": 5}}));
+        assert_eq!(usage.prompt_tokens, u64::MAX);
     }
 
     #[test]

@@ -218,7 +218,7 @@ async fn json_rpc_error(response: Response, sent_json: bool) -> Response {
 
 /// Absent `Origin` (non-browser clients) passes; a present one must be the
 /// gateway's own (its authority is the request's `Host`) or an allowed one.
-fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), AppError> {
+pub(crate) fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), AppError> {
     let Some(origin) = headers.get(header::ORIGIN) else { return Ok(()) };
     let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
     let own = headers.get(header::HOST).and_then(|h| h.to_str().ok()).is_some_and(|host| {

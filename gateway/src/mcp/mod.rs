@@ -67,6 +67,8 @@ struct HubInner {
     drifts: tokio::sync::mpsc::UnboundedSender<pin::PinDrift>,
     /// Taken once by whoever audits drifts; buffers them until then.
     drift_feed: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<pin::PinDrift>>>,
+    /// Whether the client may connect to local addresses (`allowLocalUpstreams`).
+    local: crate::egress::LocalUpstreams,
 }
 
 impl std::fmt::Debug for HubInner {
@@ -90,7 +92,9 @@ impl Default for McpHub {
 impl McpHub {
     /// A hub without connections.
     pub fn new() -> Self {
+        let local = crate::egress::LocalUpstreams::default();
         let client = reqwest::Client::builder()
+            .dns_resolver(crate::egress::UpstreamResolver::new(local.clone()))
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
@@ -115,6 +119,7 @@ impl McpHub {
                 user_tokens: Arc::default(),
                 drifts,
                 drift_feed: Mutex::new(Some(drift_feed)),
+                local,
             }
         }))
     }
@@ -166,6 +171,12 @@ impl McpHub {
     /// Notifications of catalog changes.
     pub fn subscribe(&self) -> broadcast::Receiver<ListChanged> {
         self.0.changes.subscribe()
+    }
+
+    /// Whether connections may reach loopback and link-local addresses
+    /// (`spec.network.allowLocalUpstreams`); checked when a name resolves.
+    pub fn allow_local_upstreams(&self, allowed: bool) {
+        self.0.local.set(allowed);
     }
 
     /// Applies a config's connections: unchanged ones stay connected, changed

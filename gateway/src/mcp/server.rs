@@ -194,7 +194,8 @@ impl ServerHandler for AggregateServer {
     }
 }
 
-fn rewrite_contents_uri(contents: &mut rmcp::model::ResourceContents, prefix: &str) {
+/// Gives resource contents their exposed URI (`<prefix>+<uri>`).
+pub(crate) fn rewrite_contents_uri(contents: &mut rmcp::model::ResourceContents, prefix: &str) {
     use rmcp::model::ResourceContents;
     match contents {
         ResourceContents::TextResourceContents { uri, .. } | ResourceContents::BlobResourceContents { uri, .. } => {

@@ -293,6 +293,13 @@ impl Upstream {
         self.filter.permits(name)
     }
 
+    /// Keeps the listed tools its allow/deny globs permit and applies its pins;
+    /// the drifts found.
+    pub(crate) fn admit_tools(&self, tools: &mut Vec<rmcp::model::Tool>) -> Vec<PinDrift> {
+        tools.retain(|t| self.filter.permits(&t.name));
+        super::pin::apply_pins(&self.config.name, &self.config.tools, tools)
+    }
+
     /// Forwards one request for `subject` with the connection's timeout and
     /// breaker, passing the client's progress notifications and cancellation
     /// through when it comes from an MCP client session (`context`; the chat
@@ -544,9 +551,7 @@ async fn list_offer(upstream: &Upstream, peer: &Peer<RoleClient>) -> Result<Offe
     let caps = peer.peer_info().map(|i| i.capabilities.clone()).unwrap_or_default();
     let timeout = upstream.timeout;
     let mut tools = if caps.tools.is_some() { bounded(timeout, peer.list_all_tools()).await? } else { Vec::new() };
-    tools.retain(|t| upstream.filter.permits(&t.name));
-    let drifts = super::pin::apply_pins(&upstream.config.name, &upstream.config.tools, &mut tools);
-    for drift in upstream.drift_log.fresh(drifts) {
+    for drift in upstream.drift_log.fresh(upstream.admit_tools(&mut tools)) {
         let _ = upstream.drifts.send(drift);
     }
     let prompts = if caps.prompts.is_some() { bounded(timeout, peer.list_all_prompts()).await? } else { Vec::new() };

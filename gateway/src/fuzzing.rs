@@ -1,0 +1,33 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/` (not an API: the
+//! targets need a few crate-private steps of the request paths, and this is
+//! the one place that exposes them).
+
+use rmcp::model::{ResourceContents, Tool};
+
+use tenantgate_crds::config::McpConnectionConfig;
+
+use crate::mcp::Upstream;
+
+/// An upstream of `config` that is never connected; the pin drifts it finds
+/// are dropped (the gateway audits them).
+pub fn upstream(config: McpConnectionConfig) -> Upstream {
+    let (drifts, _) = tokio::sync::mpsc::unbounded_channel();
+    Upstream::new(config, drifts)
+}
+
+/// What an upstream's `tools/list` becomes in the catalog: the tools its
+/// allow/deny globs permit, with its pins applied (as when it connects).
+pub fn admit_tools(upstream: &Upstream, tools: &mut Vec<Tool>) {
+    upstream.admit_tools(tools);
+}
+
+/// Gives the contents of a `resources/read` answer their exposed URI, as the
+/// `/mcp` server does before answering the client.
+pub fn rewrite_contents_uri(contents: &mut ResourceContents, prefix: &str) {
+    crate::mcp::server::rewrite_contents_uri(contents, prefix);
+}
+
+/// Whether the `/mcp` endpoint admits a request with these headers' `Origin`.
+pub fn origin_allowed(headers: &http::HeaderMap, allowed: &[String]) -> bool {
+    crate::mcp::http::check_origin(headers, allowed).is_ok()
+}

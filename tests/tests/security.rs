@@ -1,0 +1,162 @@
+//! The operator side of the security suite: the chart's RBAC grants exactly
+//! what the operator uses, and a tenant's gateway ServiceAccount, as the
+//! operator renders it, cannot read another tenant's Secrets (checked as that
+//! ServiceAccount against the real API server). Pod Security `restricted` for
+//! every rendered pod is `chart.rs`'s `every_rendered_pod_passes_restricted`.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use tenantgate_tests::operator::workspace_binary;
+use tenantgate_tests::*;
+
+/// What the operator does, by (API group, resource, verb): its controllers
+/// list and watch what they own and read, apply (patch) what they build,
+/// create Namespaces and the one generated Secret, delete objects a tenant no
+/// longer needs, patch status, record Events, and hold the leader Lease.
+/// Changing what the operator does means changing this list and the chart together.
+const OPERATOR_USES: &[(&str, &[&str], &[&str])] = &[
+    ("tenantgate.dev", &["tenants", "mcpconnections", "promptpolicies"], &["list", "watch"]),
+    ("tenantgate.dev", &["tenants/status", "mcpconnections/status", "promptpolicies/status"], &["patch"]),
+    ("", &["namespaces"], &["list", "watch", "create", "patch"]),
+    // Secrets: watched (metadata only) for the ones configs reference; gateway-keys is created once, never updated.
+    ("", &["secrets"], &["list", "watch", "create"]),
+    ("", &["configmaps", "services", "serviceaccounts"], &["list", "watch", "create", "patch", "delete"]),
+    ("apps", &["deployments"], &["list", "watch", "create", "patch", "delete"]),
+    ("autoscaling", &["horizontalpodautoscalers"], &["list", "watch", "create", "patch", "delete"]),
+    ("policy", &["poddisruptionbudgets"], &["list", "watch", "create", "patch", "delete"]),
+    ("networking.k8s.io", &["networkpolicies", "ingresses"], &["list", "watch", "create", "patch", "delete"]),
+    ("gateway.networking.k8s.io", &["httproutes"], &["list", "watch", "create", "patch", "delete"]),
+    ("monitoring.coreos.com", &["servicemonitors"], &["list", "watch", "create", "patch", "delete"]),
+    ("events.k8s.io", &["events"], &["create", "patch"]),
+    ("coordination.k8s.io", &["leases"], &["get", "create", "patch"]),
+];
+
+type Grant = (String, String, String);
+
+fn expand(group: &str, resources: &[&str], verbs: &[&str], into: &mut BTreeSet<Grant>) {
+    for r in resources {
+        for v in verbs {
+            into.insert((group.to_string(), (*r).to_string(), (*v).to_string()));
+        }
+    }
+}
+
+/// Every (group, resource, verb) the chart's Roles and ClusterRoles grant.
+fn chart_grants() -> anyhow::Result<BTreeSet<Grant>> {
+    let text = std::fs::read_to_string(repo_root().join("charts/tenantgate/templates/rbac.yaml"))?;
+    // Template lines (labels, names) carry no rules: drop them so the rest parses as YAML.
+    let plain: String = text.lines().filter(|l| !l.contains("{{")).map(|l| format!("{l}\n")).collect();
+    let mut grants = BTreeSet::new();
+    for doc in serde_yaml::Deserializer::from_str(&plain) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        if !matches!(value["kind"].as_str(), Some("Role" | "ClusterRole")) {
+            continue;
+        }
+        for rule in value["rules"].as_array().into_iter().flatten() {
+            let strings = |key: &str| -> Vec<String> {
+                rule[key].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+            };
+            assert!(strings("resourceNames").is_empty() && rule.get("nonResourceURLs").is_none(), "{rule}");
+            for group in strings("apiGroups") {
+                let resources = strings("resources");
+                let verbs = strings("verbs");
+                assert!(!verbs.iter().any(|v| v == "*") && !resources.iter().any(|r| r == "*"), "wildcard in {rule}");
+                let resources: Vec<&str> = resources.iter().map(String::as_str).collect();
+                let verbs: Vec<&str> = verbs.iter().map(String::as_str).collect();
+                expand(&group, &resources, &verbs, &mut grants);
+            }
+        }
+    }
+    Ok(grants)
+}
+
+#[test]
+fn the_chart_grants_exactly_what_the_operator_uses() -> anyhow::Result<()> {
+    let mut uses = BTreeSet::new();
+    for (group, resources, verbs) in OPERATOR_USES {
+        expand(group, resources, verbs, &mut uses);
+    }
+    let grants = chart_grants()?;
+    let extra: Vec<_> = grants.difference(&uses).collect();
+    let missing: Vec<_> = uses.difference(&grants).collect();
+    assert!(extra.is_empty(), "the chart grants more than the operator uses: {extra:?}");
+    assert!(missing.is_empty(), "the chart lacks what the operator uses: {missing:?}");
+    // Secrets: never get/update/patch/delete (the operator never reads their values through RBAC beyond its watch).
+    for verb in ["get", "update", "patch", "delete"] {
+        assert!(!grants.contains(&(String::new(), "secrets".into(), verb.into())), "secrets {verb}");
+    }
+    Ok(())
+}
+
+fn tenant_yaml(name: &str, namespace: &str) -> String {
+    format!(
+        "apiVersion: tenantgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{ name: {name} }}\nspec:\n  namespace: {namespace}\n  auth:\n    jwt: {{ issuer: 'https://idp.example', audiences: [tenantgate], jwksUri: 'https://idp.example/jwks.json' }}\n  providers: [ {{ name: mock, type: mock }} ]\n  models: [ {{ name: chat, targets: [ {{ provider: mock, model: m }} ] }} ]\n"
+    )
+}
+
+#[tokio::test]
+async fn a_tenant_gateway_cannot_read_another_tenants_secrets() -> anyhow::Result<()> {
+    let admin = admin_client().await?;
+    let (a, b) = (unique_name("sec-a"), unique_name("sec-b"));
+    let dir = std::env::temp_dir().join(unique_name("sec-render"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("tenants.yaml"), format!("{}---\n{}", tenant_yaml(&a, &a), tenant_yaml(&b, &b)))?;
+    let out = std::process::Command::new(workspace_binary("tenantgate-operator"))
+        .args(["render", "-f"])
+        .arg(&dir)
+        .output()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "render: {}", String::from_utf8_lossy(&out.stderr));
+    let rendered = String::from_utf8(out.stdout)?;
+    // Apply what gives the gateway its identity and rights: namespaces, ServiceAccounts and any RBAC.
+    let mut identity = String::new();
+    for doc in serde_yaml::Deserializer::from_str(&rendered) {
+        let mut value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        let kind = value["kind"].as_str().unwrap_or_default().to_string();
+        // Owned by a Tenant that is not in this cluster: the ownership is not what is tested.
+        if let Some(meta) = value["metadata"].as_object_mut() {
+            meta.remove("ownerReferences");
+        }
+        if kind == "Namespace" {
+            value["metadata"]["labels"][TEST_LABEL] = "true".into();
+        }
+        if matches!(
+            kind.as_str(),
+            "Namespace" | "ServiceAccount" | "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding"
+        ) {
+            identity.push_str(&format!("---\n{}\n", serde_json::to_string(&value)?));
+        }
+    }
+    assert!(identity.contains("\"ServiceAccount\""), "the render has no ServiceAccount: {rendered}");
+    apply_yaml(&admin, &identity, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "provider-key"}, "stringData": {"apiKey": "sk-tenant-b-secret"}
+    }))?;
+    Api::<Secret>::namespaced(admin.clone(), &b).create(&PostParams::default(), &secret).await?;
+    Api::<Secret>::namespaced(admin.clone(), &a).create(&PostParams::default(), &secret).await?;
+
+    let gateway_a = client_as_service_account(&admin, &a, "gateway").await?;
+    let forbidden = |r: Result<_, kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(()),
+        Ok(_) => Err(anyhow::anyhow!("tenant {a}'s gateway could {what}")),
+        Err(e) => Err(anyhow::anyhow!("{what}: expected 403, got {e}")),
+    };
+    let theirs: Api<Secret> = Api::namespaced(gateway_a.clone(), &b);
+    forbidden(theirs.get("provider-key").await.map(drop), "get another tenant's Secret")?;
+    forbidden(theirs.list(&ListParams::default()).await.map(drop), "list another tenant's Secrets")?;
+    forbidden(Api::<Secret>::all(gateway_a.clone()).list(&ListParams::default()).await.map(drop), "list all Secrets")?;
+    // Its own Secrets reach it as mounted files, never through the API.
+    forbidden(
+        Api::<Secret>::namespaced(gateway_a, &a).get("provider-key").await.map(drop),
+        "read its own Secret via the API",
+    )?;
+    // Control: the Secret is there for someone allowed to read it.
+    assert!(Api::<Secret>::namespaced(admin.clone(), &b).get("provider-key").await.is_ok());
+
+    for ns in [&a, &b] {
+        Api::<Namespace>::all(admin.clone()).delete(ns, &DeleteParams::background()).await?;
+    }
+    Ok(())
+}
