@@ -27,35 +27,8 @@ impl ToolFilter {
     }
 }
 
-/// Wildcard match over characters, iterative with one backtrack point
-/// (linear for the patterns a CRD admits).
-fn glob(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi, ti));
-                pi += 1;
-            }
-            Some(&c) if c == '?' || c == t[ti] => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    pi = sp + 1;
-                    ti = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
+/// Shell-style wildcards (`*`, `?`), the same as prompt policies' model globs.
+use crate::policy::glob::matches as glob;
 
 #[cfg(test)]
 mod tests {

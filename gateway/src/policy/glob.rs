@@ -3,26 +3,34 @@
 
 /// Whether `name` matches `pattern`.
 pub fn matches(pattern: &str, name: &str) -> bool {
-    let (p, n) = (pattern.as_bytes(), name.as_bytes());
-    let (mut pi, mut ni) = (0, 0);
-    // Position after the last `*` and the name position it was tried at.
-    let mut star: Option<(usize, usize)> = None;
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi + 1, ni));
-            pi += 1;
-        } else if let Some((after, tried)) = star {
-            pi = after;
-            ni = tried + 1;
-            star = Some((after, tried + 1));
-        } else {
-            return false;
+    let (mut p, mut n) = (pattern, name);
+    // The pattern after the last `*`, and the rest of the name it was tried at.
+    let mut star: Option<(&str, &str)> = None;
+    while let Some(c) = n.chars().next() {
+        let mut rest = p.chars();
+        match rest.next() {
+            // A `*` in the pattern is always a wildcard, even against a `*` in the name.
+            Some('*') => {
+                p = rest.as_str();
+                star = Some((p, n));
+            }
+            Some(x) if x == '?' || x == c => {
+                p = rest.as_str();
+                n = &n[c.len_utf8()..];
+            }
+            _ => match star {
+                Some((after, tried)) => {
+                    // `tried` is never empty here: it ends with `n`.
+                    let skip = tried.chars().next().map_or(0, char::len_utf8);
+                    p = after;
+                    n = &tried[skip..];
+                    star = Some((after, n));
+                }
+                None => return false,
+            },
         }
     }
-    p[pi..].iter().all(|&c| c == b'*')
+    p.chars().all(|c| c == '*')
 }
 
 /// Whether `name` matches one of `patterns`.
@@ -37,6 +45,15 @@ mod tests {
     #[test]
     fn stars_and_question_marks() {
         assert!(matches("*", "anything"));
+        // Found by fuzzing (fuzz/corpus/chat_request): a `*` in the name made
+        // `*` skip the policy, as if the pattern were literal.
+        assert!(matches("*", "*hat-default"));
+        assert!(matches("chat-*", "chat-*x"));
+        assert!(matches("*-default", "*-default"));
+        // Characters, not bytes.
+        assert!(matches("caf?", "café"));
+        assert!(matches("*é*", "naïve café au lait"));
+        assert!(!matches("caf?", "cafés"));
         assert!(matches("*", ""));
         assert!(matches("chat-*", "chat-default"));
         assert!(!matches("chat-*", "chatty"));
