@@ -364,6 +364,20 @@ impl Gateway {
         std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
 
+    /// The log once it contains `needle`, waiting up to 5 s (the gateway's log
+    /// writer is asynchronous: a line can land after the response it explains).
+    pub async fn log_with(&self, needle: &str) -> String {
+        for _ in 0..50 {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = self.log();
+        panic!("the gateway log has no {needle:?} after 5 s:\n{log}");
+    }
+
     pub async fn metrics(&self) -> String {
         self.client.get(format!("{}/metrics", self.url)).send().await.expect("metrics").text().await.expect("text")
     }
