@@ -340,15 +340,18 @@ class GatewayPod:
             mounts.append((str(src), m["mountPath"]))
         # /tmp last: the sources above live under it.
         mounts.sort(key=lambda m: m[1] == "/tmp")
-        script = "set -e\n" + "".join(f'mount --bind "{src}" "{dst}"\n' for src, dst in mounts)
+        # The program is opened before the mounts and run from that descriptor: the
+        # pod's /tmp (an emptyDir) hides the host's /tmp, where a checkout may live.
+        script = 'set -e\nexec 9<"$1"\nshift\n' + "".join(f'mount --bind "{src}" "{dst}"\n' for src, dst in mounts)
         for _, dst in mounts:
             # The mount point must exist on the host (an empty directory) before unshare binds onto it.
             Path(dst).mkdir(parents=True, exist_ok=True)
-        cmd = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script + 'exec "$@"', "sh"]
+        cmd = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script + 'exec /proc/self/fd/9 "$@"', "sh"]
         command = self.container.get("command") or [gateway_bin]
+        program = shutil.which(command[0]) or command[0]
         self.process = Process(
             f"gateway-{tenant}",
-            [*cmd, *command, *args],
+            [*cmd, program, *command[1:], *args],
             env=container_env(self.container, self.pod, {}),
         )
         wait_http_ok(self.url + "/readyz", self.process)
