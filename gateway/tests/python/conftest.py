@@ -82,6 +82,14 @@ class Echo:
         self.proc.wait()
 
 
+@pytest.fixture(scope="module")
+def echo():
+    """One e2e/mcp-echo per test module."""
+    e = Echo()
+    yield e
+    e.stop()
+
+
 class Gateway:
     """A running gateway over a temporary manifests directory."""
 

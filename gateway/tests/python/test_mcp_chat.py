@@ -8,16 +8,9 @@ import httpx
 import openai
 import pytest
 
-from conftest import Echo, Gateway
+from conftest import Gateway
 
 QUESTION = [{"role": "user", "content": "What does the echo tool say?"}]
-
-
-@pytest.fixture(scope="module")
-def echo():
-    e = Echo()
-    yield e
-    e.stop()
 
 
 @pytest.fixture(scope="module")

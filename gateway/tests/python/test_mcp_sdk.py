@@ -17,7 +17,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import FOREIGN_KEY, MCP_ECHO_BIN, ROOT, Echo, Gateway, free_port
+from conftest import FOREIGN_KEY, MCP_ECHO_BIN, ROOT, Gateway, free_port
 
 ACCEPT = "application/json, text/event-stream"
 PROTOCOL = "2025-06-18"
@@ -39,13 +39,6 @@ def wait_port(port: int, proc: subprocess.Popen) -> None:
 def everything_js() -> str:
     out = subprocess.run([str(ROOT / "e2e/lib/mcp-everything")], check=True, capture_output=True, text=True)
     return out.stdout.strip()
-
-
-@pytest.fixture(scope="module")
-def echo():
-    e = Echo()
-    yield e
-    e.stop()
 
 
 @pytest.fixture(scope="module")

@@ -798,10 +798,8 @@ mod tests {
         assert!(scaled.pdb.is_some(), "a PDB for two or more replicas");
     }
 
-    #[test]
-    fn secrets_are_projected_at_the_paths_the_config_names() {
-        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
-        let p = pod(&s);
+    /// The file paths of the gateway pod's projected Secret volume.
+    fn projected_paths(p: &PodSpec) -> Vec<String> {
         let projected = p
             .volumes
             .iter()
@@ -809,13 +807,19 @@ mod tests {
             .find(|v| v.name == "secrets")
             .and_then(|v| v.projected.clone())
             .expect("projected");
-        let paths: Vec<String> = projected
+        projected
             .sources
             .iter()
             .flatten()
             .filter_map(|s| s.secret.as_ref())
             .flat_map(|s| s.items.iter().flatten().map(|i| i.path.clone()))
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn secrets_are_projected_at_the_paths_the_config_names() {
+        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        let paths = projected_paths(&pod(&s));
         assert_eq!(paths, ["gateway-keys/api-key-pepper", "gateway-keys/token-encryption-key", "openai-key/apiKey"]);
         let config = s.config_map.data.as_ref().and_then(|d| d.get("config.yaml")).expect("config");
         assert!(config.contains("/var/run/secrets/tenantgate/openai-key/apiKey"));
@@ -833,20 +837,7 @@ mod tests {
             "    database: {urlSecretRef: {name: db, key: url}, caSecretRef: {name: db-ca, key: ca.crt}}\n",
         ));
         let s = stack_of(&t, &[], &BTreeMap::new());
-        let projected = pod(&s)
-            .volumes
-            .iter()
-            .flatten()
-            .find(|v| v.name == "secrets")
-            .and_then(|v| v.projected.clone())
-            .expect("projected");
-        let paths: Vec<String> = projected
-            .sources
-            .iter()
-            .flatten()
-            .filter_map(|s| s.secret.as_ref())
-            .flat_map(|s| s.items.iter().flatten().map(|i| i.path.clone()))
-            .collect();
+        let paths = projected_paths(&pod(&s));
         for path in ["redis/url", "redis/ca.crt", "db/url", "db-ca/ca.crt"] {
             assert!(paths.iter().any(|p| p == path), "{path} is not mounted: {paths:?}");
         }
