@@ -96,6 +96,10 @@ pub struct ServeArgs {
     /// API requests handled at once (until response headers); beyond it requests get 503 at once.
     #[arg(long, env = "TENANTGATE_MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
+    /// Longest time a client may take to send a request's headers (and to stay
+    /// idle on a keep-alive connection), in seconds.
+    #[arg(long, env = "TENANTGATE_HEADER_READ_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
     /// Longest time to response headers, in seconds.
     #[arg(long, env = "TENANTGATE_REQUEST_TIMEOUT_SECS", default_value_t = 900)]
     pub request_timeout_secs: u64,

@@ -112,10 +112,10 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         notify.notify_one();
     };
     let listener = CappedListener::new(listener, args.max_connections);
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let server = serve_connections(listener, app, Duration::from_secs(args.header_read_timeout_secs), shutdown);
     let drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     tokio::select! {
-        result = server => result?,
+        () = server => {}
         () = async { draining.notified().await; tokio::time::sleep(drain_timeout).await } => {
             tracing::warn!(open_streams = state.open_streams(), "drain deadline reached; closing what is left");
         }
@@ -124,6 +124,44 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     storage.recorder.close(Duration::from_secs(15)).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on `listener` until `shutdown` resolves, then
+/// stops accepting and waits for the open connections to finish their
+/// requests. A client gets `header_read_timeout` to send a request's headers
+/// (a slowloris sending them byte by byte is cut; so is a keep-alive
+/// connection idle that long); slow bodies are cut by the request timeout.
+async fn serve_connections(
+    mut listener: CappedListener,
+    app: axum::Router,
+    header_read_timeout: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use axum::serve::Listener as _;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(header_read_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let io = tokio::select! {
+            (io, _) = listener.accept() => io,
+            () = &mut shutdown => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service).into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 enum Signal {

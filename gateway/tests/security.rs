@@ -22,6 +22,8 @@ use tenantgate_crds::render::{RenderMode, RenderOptions};
 const PLANTED_UPSTREAM_KEY: &str = "sk-planted-upstream-5a0d1e7c9b";
 /// The request timeout the suite's gateway runs with (slow bodies are cut at it).
 const REQUEST_TIMEOUT_SECS: u64 = 2;
+/// The header read timeout the suite's gateway runs with (slow headers are cut at it).
+const HEADER_READ_TIMEOUT_SECS: u64 = 2;
 
 /// Who a request claims to be.
 #[derive(Clone, Copy, Debug)]
@@ -87,8 +89,32 @@ enum RawRequest {
     HugeBody,
     /// A body that trickles in one byte every 300 ms.
     SlowBody,
+    /// Headers that trickle in one byte every 300 ms.
+    SlowHeaders,
     /// A request line with a CR/LF-laden path.
     CrlfInPath,
+}
+
+/// Writes `bytes` one every 300 ms until the server answers or closes, or
+/// the suite's timeouts are well past.
+fn trickle(stream: &mut TcpStream, bytes: &[u8], started: Instant) -> std::io::Result<()> {
+    for &b in bytes {
+        if started.elapsed() > Duration::from_secs(REQUEST_TIMEOUT_SECS.max(HEADER_READ_TIMEOUT_SECS) + 4) {
+            break;
+        }
+        if stream.write_all(&[b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        stream.set_nonblocking(true)?;
+        let mut peek = [0u8; 1];
+        let answered_or_closed = matches!(stream.peek(&mut peek), Ok(_));
+        stream.set_nonblocking(false)?;
+        if answered_or_closed {
+            break;
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -196,6 +222,11 @@ const CASES: &[Case] = &[
         name: "slow body (slowloris) cut at the request timeout",
         probe: Probe::Raw(RawRequest::SlowBody),
         expect: Expect::Status(504, ""),
+    },
+    Case {
+        name: "slow headers (slowloris) cut at the header read timeout",
+        probe: Probe::Raw(RawRequest::SlowHeaders),
+        expect: Expect::NotServed,
     },
     // Traversal and injection in strings that reach a URL or a header.
     Case {
@@ -537,27 +568,9 @@ impl Suite {
                 stream.write_all(head("", size).as_bytes()).and_then(|()| stream.write_all(&vec![b' '; size]))
             }
             RawRequest::SlowBody => {
-                stream.write_all(head("", CHAT.len()).as_bytes()).and_then(|()| {
-                    for b in CHAT.bytes() {
-                        if started.elapsed() > Duration::from_secs(REQUEST_TIMEOUT_SECS + 4) {
-                            break;
-                        }
-                        if stream.write_all(&[b]).is_err() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(300));
-                        // Stop trickling once the server has answered.
-                        stream.set_nonblocking(true)?;
-                        let mut peek = [0u8; 1];
-                        let answered = matches!(stream.peek(&mut peek), Ok(n) if n > 0);
-                        stream.set_nonblocking(false)?;
-                        if answered {
-                            break;
-                        }
-                    }
-                    Ok(())
-                })
+                stream.write_all(head("", CHAT.len()).as_bytes()).and_then(|()| trickle(&mut stream, CHAT.as_bytes(), started))
             }
+            RawRequest::SlowHeaders => trickle(&mut stream, head("", CHAT.len()).as_bytes(), started),
             RawRequest::CrlfInPath => stream.write_all(
                 format!("GET /v1/models/chat\r\nX-Injected: 1\r\n HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\r\n").as_bytes(),
             ),
@@ -571,6 +584,12 @@ impl Suite {
         match expect {
             Expect::NotServed if (200..300).contains(&status) => Err(format!("served: {first_line}")),
             Expect::NotServed if text.to_ascii_lowercase().contains("x-injected") => Err("header injected".into()),
+            Expect::NotServed
+                if matches!(raw, RawRequest::SlowHeaders)
+                    && started.elapsed() > Duration::from_secs(HEADER_READ_TIMEOUT_SECS + 3) =>
+            {
+                Err(format!("the slow headers were cut only after {:?}", started.elapsed()))
+            }
             Expect::NotServed => Ok(()),
             Expect::Status(want, _) if status != want => Err(format!("got {first_line:?}, expected {want}")),
             Expect::Status(504, _) if started.elapsed() > Duration::from_secs(REQUEST_TIMEOUT_SECS + 3) => {
@@ -687,7 +706,12 @@ async fn setup() -> Suite {
     let upstream = Upstream::start();
     let gw = Gateway::start_logged_at(
         &manifests(&upstream.url),
-        &["--request-timeout-secs", &REQUEST_TIMEOUT_SECS.to_string()],
+        &[
+            "--request-timeout-secs",
+            &REQUEST_TIMEOUT_SECS.to_string(),
+            "--header-read-timeout-secs",
+            &HEADER_READ_TIMEOUT_SECS.to_string(),
+        ],
         "info",
     )
     .await;

@@ -246,7 +246,9 @@ impl Gateway {
             proc: Some(Proc(child)),
             url: format!("http://127.0.0.1:{port}"),
             dir,
-            client: reqwest::Client::new(),
+            // Idle pooled connections are dropped before a gateway run with a
+            // short --header-read-timeout-secs closes them under a request.
+            client: reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(1)).build().expect("http client"),
             token: token(json!({})),
             owns_dir: false,
         };
