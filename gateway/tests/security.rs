@@ -108,7 +108,7 @@ fn trickle(stream: &mut TcpStream, bytes: &[u8], started: Instant) -> std::io::R
         std::thread::sleep(Duration::from_millis(300));
         stream.set_nonblocking(true)?;
         let mut peek = [0u8; 1];
-        let answered_or_closed = matches!(stream.peek(&mut peek), Ok(_));
+        let answered_or_closed = stream.peek(&mut peek).is_ok();
         stream.set_nonblocking(false)?;
         if answered_or_closed {
             break;
