@@ -799,6 +799,14 @@ mod tests {
         .expect("builds")
     }
 
+    /// A stdio McpConnection `everything` in tg-acme (it gets a bridge Deployment).
+    fn stdio_connection() -> McpConnection {
+        serde_yaml::from_str(
+            "apiVersion: tenantgate.dev/v1alpha1\nkind: McpConnection\nmetadata: {name: everything, namespace: tg-acme}\nspec: {transport: stdio, stdio: {image: 'node:22', command: [npx, server]}}\n",
+        )
+        .expect("yaml")
+    }
+
     fn pod(stack: &TenantStack) -> PodSpec {
         stack.deployment.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod spec")
     }
@@ -980,11 +988,7 @@ mod tests {
 
     #[test]
     fn only_the_gateway_container_gets_an_api_token() {
-        let conn: McpConnection = serde_yaml::from_str(
-            "apiVersion: tenantgate.dev/v1alpha1\nkind: McpConnection\nmetadata: {name: everything, namespace: tg-acme}\nspec: {transport: stdio, stdio: {image: 'node:22', command: [npx, server]}}\n",
-        )
-        .expect("yaml");
-        let s = stack_of(&tenant(""), &[conn], &BTreeMap::new());
+        let s = stack_of(&tenant(""), &[stdio_connection()], &BTreeMap::new());
         let p = pod(&s);
         assert_eq!(p.automount_service_account_token, Some(false), "no token for every container");
         assert_eq!(s.service_account.automount_service_account_token, Some(false));
@@ -1121,11 +1125,7 @@ mod tests {
 
     #[test]
     fn stdio_connections_get_a_bridge() {
-        let conn: McpConnection = serde_yaml::from_str(
-            "apiVersion: tenantgate.dev/v1alpha1\nkind: McpConnection\nmetadata: {name: everything, namespace: tg-acme}\nspec: {transport: stdio, stdio: {image: 'node:22', command: [npx, server]}}\n",
-        )
-        .expect("yaml");
-        let s = stack_of(&tenant(""), &[conn], &BTreeMap::new());
+        let s = stack_of(&tenant(""), &[stdio_connection()], &BTreeMap::new());
         assert_eq!(s.stdio_bridges.len(), 1);
         let (d, svc) = &s.stdio_bridges[0];
         assert_eq!(d.metadata.name.as_deref(), Some("mcp-everything"));
