@@ -158,7 +158,7 @@ async fn a_tenant_gateway_cannot_read_another_tenants_secrets() -> anyhow::Resul
     forbidden(Api::<Secret>::all(gateway_a.clone()).list(&ListParams::default()).await.map(drop), "list all Secrets")?;
     // Its own Secrets reach it as mounted files, never through the API.
     forbidden(
-        Api::<Secret>::namespaced(gateway_a, &a).get("provider-key").await.map(drop),
+        Api::<Secret>::namespaced(gateway_a.clone(), &a).get("provider-key").await.map(drop),
         "read its own Secret via the API",
     )?;
     // Control: the Secret is there for someone allowed to read it.
