@@ -245,7 +245,6 @@ pub async fn apply_stack(ctx: &Context, tenant: &str, stack: TenantStack) -> Res
     let mut first: Vec<Pending<'_>> = vec![
         Box::pin(apply(client, service_accounts, &service_account)),
         Box::pin(apply(client, roles, &role)),
-        Box::pin(apply(client, role_bindings, &role_binding)),
         Box::pin(apply(client, config_maps, &config_map)),
         Box::pin(apply(client, services, &service)),
         Box::pin(apply(client, network_policies, &network_policy)),
@@ -274,7 +273,10 @@ pub async fn apply_stack(ctx: &Context, tenant: &str, stack: TenantStack) -> Res
     for written in futures::future::try_join_all(first).await? {
         count(written);
     }
-    let mut then: Vec<Pending<'_>> = vec![Box::pin(apply(client, deployments, &deployment))];
+    // The RoleBinding after its Role: binding checks the Role's rules (RBAC
+    // escalation), so a binding to a Role not there yet is refused (404).
+    let mut then: Vec<Pending<'_>> =
+        vec![Box::pin(apply(client, deployments, &deployment)), Box::pin(apply(client, role_bindings, &role_binding))];
     for (d, _) in &stdio_bridges {
         then.push(Box::pin(apply(client, deployments, d)));
     }
