@@ -252,11 +252,21 @@ def pods_of(namespace: str, deployment: dict) -> list[dict]:
     return get_json("pods", "-n", namespace, "-l", selector)["items"]
 
 
+def apiserver() -> tuple[str, str]:
+    """Host and port of the API server of KUBECONFIG (the local control plane)."""
+    server = kubectl("config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}").strip()
+    host_port = server.removeprefix("https://").rstrip("/")
+    host, _, port = host_port.rpartition(":")
+    return host, port
+
+
 def container_env(container: dict, pod: dict, overrides: dict[str, str]) -> dict[str, str]:
     """The container's environment as the kubelet would set it (fieldRefs resolved
-    against `pod`), with `overrides` on top; of this machine's only PATH and LANG
-    (no HOME: a pod's process must not depend on one)."""
+    against `pod`, and KUBERNETES_SERVICE_HOST/PORT, here the local API server's
+    address), with `overrides` on top; of this machine's only PATH and LANG (no
+    HOME: a pod's process must not depend on one)."""
     out = {k: os.environ[k] for k in ("PATH", "LANG") if k in os.environ}
+    out["KUBERNETES_SERVICE_HOST"], out["KUBERNETES_SERVICE_PORT"] = apiserver()
     for e in container.get("env", []):
         if "value" in e:
             out[e["name"]] = e["value"]
@@ -311,8 +321,8 @@ class GatewayPod:
     volumes, mounted at the Deployment's mountPaths in a private mount namespace
     (unshare), so the rendered config's absolute paths resolve exactly as in the
     pod. Only the listen address changes: a free port on 127.0.0.1. The mount
-    points (/etc/tenantgate, /var/run/secrets/tenantgate, /var/lib/tenantgate)
-    are created on this machine as empty directories when missing; nothing is
+    points (/etc/tenantgate, /var/run/secrets/tenantgate, /var/lib/tenantgate,
+    /var/run/secrets/kubernetes.io/serviceaccount) are created on this machine as empty directories when missing; nothing is
     ever written into them outside the gateway's own mount namespace."""
 
     def __init__(self, tenant: str, gateway_bin: str) -> None:
@@ -364,12 +374,45 @@ class GatewayPod:
         if "projected" in volume:
             files = {}
             for source in volume["projected"]["sources"]:
-                s = source["secret"]
-                secret = get_json("secret", s["name"], "-n", self.namespace)
-                for i in s["items"]:
-                    files[i["path"]] = base64.b64decode(secret["data"][i["key"]])
+                if "secret" in source:
+                    s = source["secret"]
+                    secret = get_json("secret", s["name"], "-n", self.namespace)
+                    for i in s["items"]:
+                        files[i["path"]] = base64.b64decode(secret["data"][i["key"]])
+                elif "configMap" in source:
+                    c = source["configMap"]
+                    cm = get_json("configmap", c["name"], "-n", self.namespace)
+                    for i in c["items"]:
+                        files[i["path"]] = cm["data"][i["key"]].encode()
+                elif "downwardAPI" in source:
+                    for i in source["downwardAPI"]["items"]:
+                        field = i.get("fieldRef", {}).get("fieldPath")
+                        if field != "metadata.namespace":
+                            raise StepFailed(f"downwardAPI {field} is not supported by the e2e pod runner")
+                        files[i["path"]] = self.pod["metadata"]["namespace"].encode()
+                elif "serviceAccountToken" in source:
+                    files[source["serviceAccountToken"]["path"]] = self._token(source["serviceAccountToken"])
+                else:
+                    raise StepFailed(f"projected source {sorted(source)} is not supported by the e2e pod runner")
             return files
         return {}
+
+    def _token(self, source: dict) -> bytes:
+        """A token of the pod's ServiceAccount bound to the pod, as the kubelet
+        requests it (TokenRequest); requested again at 80% of its life, as the
+        kubelet rotates it, and kept until then (a sync must not churn it)."""
+        seconds = int(source.get("expirationSeconds", 3600))
+        cached = getattr(self, "_token_cache", None)
+        if cached and time.monotonic() < cached[1]:
+            return cached[0]
+        cmd = ["create", "token", self.pod["spec"].get("serviceAccountName", "default"), "-n", self.namespace,
+               "--bound-object-kind", "Pod", "--bound-object-name", self.pod["metadata"]["name"],
+               "--duration", f"{seconds}s"]
+        if source.get("audience"):
+            cmd += ["--audience", source["audience"]]
+        token = kubectl(*cmd).strip().encode()
+        self._token_cache = (token, time.monotonic() + seconds * 0.8)
+        return token
 
     def sync(self) -> bool:
         """One kubelet sync of the configMap and projected volumes: re-reads them

@@ -72,7 +72,7 @@ ACME_KEY = FIXTURES / "acme/dev-signing-key.pem"
 OWNED_KINDS = (
     "serviceaccounts,secrets,configmaps,deployments.apps,services,"
     "horizontalpodautoscalers.autoscaling,poddisruptionbudgets.policy,networkpolicies.networking.k8s.io,"
-    "ingresses.networking.k8s.io"
+    "ingresses.networking.k8s.io,roles.rbac.authorization.k8s.io,rolebindings.rbac.authorization.k8s.io"
 )
 
 
@@ -244,6 +244,85 @@ def test_a_chat_runs_the_tenants_mcp_tools_server_side():
 
     events = wait_for("the tool call's audit event", tool_call_events, 10)
     assert len(events) == 1 and events[0]["resource"] == "echo_echo", events
+
+
+# ---------------------------------------------------------------------------
+# Tool pinning: drift in the McpConnection's status
+
+WRONG_PIN = "0" * 64
+
+
+def echo_connection(pin: str | None, timeout: int = 30) -> str:
+    """quickstart's `echo` McpConnection as the fixture has it, with `pin: block`
+    and `pin` as the pin of the tool `echo` (None: the fixture as it is)."""
+    text = (S.dirs["quickstart"] / "20-mcp-echo.yaml").read_text()
+    if pin is not None:
+        marker = '    deny: ["secret_*"]\n'
+        assert marker in text, text
+        text = text.replace(marker, marker + f'    pin: block\n    pins: {{echo: "{pin}"}}\n')
+    return text.replace("timeoutSeconds: 30", f"timeoutSeconds: {timeout}")
+
+
+def echo_status() -> dict:
+    return get_json("mcpconnection", "echo", "-n", NAMESPACES["quickstart"], "--show-managed-fields")
+
+
+def conditions_observed(obj: dict) -> bool:
+    """Whether the operator's conditions are about the object's current generation."""
+    conditions = obj.get("status", {}).get("conditions", [])
+    generation = obj["metadata"]["generation"]
+    return bool(conditions) and all(c.get("observedGeneration") == generation for c in conditions)
+
+
+def test_a_drifted_tool_shows_in_the_connection_status_until_its_pin_is_fixed():
+    """The gateway publishes status.driftedTools itself (server-side apply, field manager
+    tenantgate-gateway, with the token of its projected volume); the operator's own status
+    writes leave the field alone; fixing the pin removes it."""
+    g, token = S.gateways["quickstart"], S.tokens["quickstart"]
+    applied = "McpConnection status.driftedTools applied"
+    kubectl("apply", "-f", "-", input=echo_connection(WRONG_PIN))
+    started = time.monotonic()
+
+    def drifted():
+        g.sync()  # the kubelet's periodic sync of the configMap volume
+        return echo_status().get("status", {}).get("driftedTools") == ["echo"]
+
+    wait_for("status.driftedTools of the pinned connection", drifted, 30)
+    took = time.monotonic() - started
+    conn = echo_status()
+    owners = [f for f in conn["metadata"]["managedFields"] if "f:driftedTools" in str(f.get("fieldsV1"))]
+    assert [(f["manager"], f["operation"], f.get("subresource")) for f in owners] == \
+        [("tenantgate-gateway", "Apply", "status")], owners
+    # `block`: the drifted tool is hidden.
+    tools = app.mcp_tools(g.url, token)
+    assert "echo_echo" not in tools and tools, tools
+
+    # An operator status write (a new generation, which its conditions follow) keeps the field.
+    writes = g.process.log.read_text().count(applied)
+    kubectl("apply", "-f", "-", input=echo_connection(WRONG_PIN, timeout=31))
+    wait_for("the operator's conditions at the new generation", lambda: conditions_observed(echo_status()), 30)
+    conn = echo_status()
+    assert conn["status"].get("driftedTools") == ["echo"], conn["status"]
+    assert g.process.log.read_text().count(applied) == writes, "the gateway wrote the field again"
+
+    # The pin fixed (the hash the drift's audit event names): the field goes, the tool is back.
+    r = httpx.get(g.url + "/admin/v1/audit", params={"kind": "toolPinDrift", "limit": 100},
+                  headers={"Authorization": f"Bearer {S.admin_tokens['quickstart']}"})
+    assert r.status_code == 200, r.text
+    (event,) = [e for e in r.json()["data"] if e["resource"] == "echo/echo"][:1]
+    kubectl("apply", "-f", "-", input=echo_connection(event["details"]["actualHash"]))
+
+    def cleared():
+        g.sync()
+        obj = echo_status()
+        return "driftedTools" not in obj.get("status", {}) and conditions_observed(obj)
+
+    wait_for("status.driftedTools gone after the pin is fixed", cleared, 30)
+    wait_for("echo_echo offered again", lambda: "echo_echo" in app.mcp_tools(g.url, token), 15)
+    # Back to what git says (no pins), so the GitOps steps below start from it.
+    kubectl("apply", "-f", str(S.dirs["quickstart"] / "20-mcp-echo.yaml"))
+    wait_for("the fixture's connection served again", lambda: g.sync() or conditions_observed(echo_status()), 30)
+    print(f"status.driftedTools published {took:.1f} s after kubectl apply")
 
 
 # ---------------------------------------------------------------------------

@@ -86,6 +86,7 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     if let Some(drifts) = state.carried().mcp().take_drift_feed() {
         tokio::spawn(crate::mcp::pin::audit_drifts(drifts, state.clone()));
     }
+    crate::mcp::drift_status::start(state.carried().mcp().drift_board());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let interval = Duration::from_millis(args.config_poll_ms.max(50));

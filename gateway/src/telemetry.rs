@@ -73,4 +73,8 @@ fn describe() {
     describe_counter!("tenantgate_config_reloads_total", "Config reloads by result (applied, refused)");
     describe_gauge!("tenantgate_config_valid", "1 when the latest config content was accepted");
     describe_counter!("tenantgate_auth_failures_total", "Refused credentials by reason");
+    describe_counter!(
+        "tenantgate_mcp_status_apply_errors_total",
+        "Failed writes of McpConnection status.driftedTools to the API server, by reason"
+    );
 }

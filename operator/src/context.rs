@@ -8,6 +8,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::Client;
 use kube::api::{DynamicObject, PartialObjectMeta};
 use kube::core::ApiResource;
@@ -41,6 +42,10 @@ pub struct Stores {
     pub config_maps: Store<ConfigMap>,
     /// Managed ServiceAccounts.
     pub service_accounts: Store<ServiceAccount>,
+    /// Managed Roles (the gateway's status writer).
+    pub roles: Store<Role>,
+    /// Managed RoleBindings.
+    pub role_bindings: Store<RoleBinding>,
     /// Managed HPAs.
     pub hpas: Store<HorizontalPodAutoscaler>,
     /// Managed PDBs.
@@ -74,12 +79,14 @@ impl Stores {
             self.service_accounts.wait_until_ready(),
             self.network_policies.wait_until_ready(),
         );
-        let (k, l, m) = futures::join!(
+        let (k, l, m, n, o) = futures::join!(
             self.hpas.wait_until_ready(),
             self.pdbs.wait_until_ready(),
-            self.ingresses.wait_until_ready()
+            self.ingresses.wait_until_ready(),
+            self.roles.wait_until_ready(),
+            self.role_bindings.wait_until_ready(),
         );
-        [a, b, c, d, e, f, g, h, i, j, k, l, m].iter().all(Result::is_ok)
+        [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o].iter().all(Result::is_ok)
     }
 }
 

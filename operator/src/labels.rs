@@ -20,6 +20,11 @@ pub const CHECKSUM_ANNOTATION: &str = "tenantgate.dev/config-checksum";
 pub const CONFIG_HASH_ANNOTATION: &str = "tenantgate.dev/config-hash";
 /// Name of the gateway Deployment, Service, ServiceAccount, HPA, PDB and NetworkPolicy.
 pub const GATEWAY: &str = "gateway";
+/// Name of the Role and RoleBinding that let the gateway write McpConnection status.
+pub const GATEWAY_STATUS_WRITER: &str = "gateway-mcp-status";
+/// Where the gateway container finds its API token, CA and namespace (the
+/// path Kubernetes clients read in a pod).
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Name of the ConfigMap holding the GatewayConfig.
 pub const GATEWAY_CONFIG: &str = "gateway-config";
 /// Key of the GatewayConfig in its ConfigMap.

@@ -1,6 +1,7 @@
 //! The Tenantgate operator: turns each Tenant into an isolated gateway stack.
 #![forbid(unsafe_code)]
 
+pub mod api_server;
 pub mod bindings;
 pub mod client;
 pub mod context;

@@ -101,6 +101,9 @@ async fn main() -> anyhow::Result<()> {
                 metrics_namespace_labels: label_pair(&args.metrics_namespace_label),
                 gateway_api: false,
                 service_monitors: false,
+                // Offline: the API server's endpoints are unknown, so the
+                // NetworkPolicy shown has no rule for them.
+                api_server: Vec::new(),
             };
             match tenantgate_operator::render_cmd::render(&paths, &settings) {
                 Ok(yaml) => {

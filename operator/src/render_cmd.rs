@@ -145,6 +145,8 @@ fn push_stack(out: &mut String, stack: TenantStack) -> Result<(), serde_yaml::Er
     let TenantStack {
         namespace,
         service_account,
+        role,
+        role_binding,
         gateway_keys: _,
         config_map,
         deployment,
@@ -159,6 +161,8 @@ fn push_stack(out: &mut String, stack: TenantStack) -> Result<(), serde_yaml::Er
     } = stack;
     push(out, &namespace)?;
     push(out, &service_account)?;
+    push(out, &role)?;
+    push(out, &role_binding)?;
     push(out, &config_map)?;
     push(out, &service)?;
     push(out, &network_policy)?;

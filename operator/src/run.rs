@@ -13,6 +13,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DynamicObject, PartialObjectMeta};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
@@ -158,6 +159,7 @@ async fn run_controllers(
         metrics_namespace_labels: opts.metrics_namespace_labels.clone(),
         gateway_api: http_route.is_some(),
         service_monitors: service_monitor.is_some(),
+        api_server: crate::api_server::endpoints(&client).await,
     };
 
     let (tenants, tenants_w) = reflector::store::<Tenant>();
@@ -173,6 +175,8 @@ async fn run_controllers(
     let (pdbs, pdbs_w) = reflector::store::<PodDisruptionBudget>();
     let (network_policies, network_policies_w) = reflector::store::<NetworkPolicy>();
     let (ingresses, ingresses_w) = reflector::store::<Ingress>();
+    let (roles, roles_w) = reflector::store::<Role>();
+    let (role_bindings, role_bindings_w) = reflector::store::<RoleBinding>();
 
     let dynamic_store = |resource: &Option<ApiResource>| {
         resource.as_ref().map(|ar| {
@@ -197,6 +201,8 @@ async fn run_controllers(
         services,
         config_maps,
         service_accounts,
+        roles,
+        role_bindings,
         hpas,
         pdbs,
         network_policies,
@@ -268,6 +274,8 @@ async fn run_controllers(
         .owns_stream(watch_managed(Api::<PodDisruptionBudget>::all(client.clone()), pdbs_w))
         .owns_stream(watch_managed(Api::<NetworkPolicy>::all(client.clone()), network_policies_w))
         .owns_stream(watch_managed(Api::<Ingress>::all(client.clone()), ingresses_w))
+        .owns_stream(watch_managed(Api::<Role>::all(client.clone()), roles_w))
+        .owns_stream(watch_managed(Api::<RoleBinding>::all(client.clone()), role_bindings_w))
         .watches_stream(mcp_stream, {
             let f = by_namespace.clone();
             move |c: McpConnection| f(c.namespace())
@@ -333,7 +341,9 @@ async fn run_controllers(
                     + s.hpas.state().len()
                     + s.pdbs.state().len()
                     + s.network_policies.state().len()
-                    + s.ingresses.state().len();
+                    + s.ingresses.state().len()
+                    + s.roles.state().len()
+                    + s.role_bindings.state().len();
                 ctx.metrics.objects_managed.set(i64::try_from(n).unwrap_or(i64::MAX));
             }
         })

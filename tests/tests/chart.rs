@@ -145,3 +145,45 @@ fn render_refuses_bad_yaml_naming_file_object_and_field() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// The chart's operator account can create each gateway's status Role: RBAC
+/// lets an account grant only what it holds (get and patch of
+/// mcpconnections/status), and refuses more (the control).
+#[tokio::test]
+async fn the_operator_can_grant_each_gateway_its_status_role() -> anyhow::Result<()> {
+    use k8s_openapi::api::rbac::v1::Role;
+    use tenantgate_tests::operator::{OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, install_chart_rbac};
+
+    let admin = admin_client().await?;
+    install_chart_rbac(&admin).await?;
+    let (ok, rendered) = run(
+        &workspace_binary("tenantgate-operator").display().to_string(),
+        &["render", "-f", &repo_root().join("manifests/examples/quickstart").display().to_string()],
+        None,
+    )?;
+    assert!(ok, "render: {rendered}");
+    let mut role: Option<Role> = None;
+    for doc in serde_yaml::Deserializer::from_str(&rendered) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        if value["kind"] == "Role" {
+            role = Some(serde_json::from_value(value)?);
+        }
+    }
+    let mut role = role.ok_or_else(|| anyhow::anyhow!("the render has no Role: {rendered}"))?;
+    let ns = TestNamespace::create(&admin, "grant").await?;
+    role.metadata.namespace = Some(ns.name.clone());
+    role.metadata.owner_references = None;
+    let operator = client_as_service_account(&admin, OPERATOR_NAMESPACE, OPERATOR_ACCOUNT).await?;
+    let roles: Api<Role> = Api::namespaced(operator, &ns.name);
+    roles.create(&PostParams::default(), &role).await.map_err(|e| anyhow::anyhow!("the operator's account: {e}"))?;
+    let mut more = role.clone();
+    more.metadata.name = Some("more".into());
+    if let Some(rule) = more.rules.as_mut().and_then(|r| r.first_mut()) {
+        rule.verbs.push("update".into());
+    }
+    match roles.create(&PostParams::default(), &more).await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => anyhow::bail!("granting update, which the operator does not hold, must be refused: {other:?}"),
+    }
+    ns.delete().await
+}

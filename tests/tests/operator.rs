@@ -11,6 +11,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use tenantgate_crds::v1alpha1::{McpConnection, PromptPolicy, Tenant};
@@ -110,6 +111,11 @@ async fn quickstart_tenant_becomes_ready_with_its_whole_stack_and_goes_with_it()
     assert_eq!(namespace.labels().get("tenantgate.dev/tenant").map(String::as_str), Some("quickstart"));
     let sa = Api::<ServiceAccount>::namespaced(client.clone(), ns).get("gateway").await?;
     assert_eq!(sa.automount_service_account_token, Some(false));
+    // The gateway's status writer: applied as the chart's account (RBAC lets it grant what it holds).
+    let role = Api::<Role>::namespaced(client.clone(), ns).get("gateway-mcp-status").await?;
+    assert_eq!(role.rules.unwrap_or_default()[0].verbs, ["get", "patch"]);
+    let binding = Api::<RoleBinding>::namespaced(client.clone(), ns).get("gateway-mcp-status").await?;
+    assert_eq!(binding.subjects.unwrap_or_default()[0].name, "gateway");
     let keys = Api::<Secret>::namespaced(client.clone(), ns).get("gateway-keys").await?;
     let data = keys.data.clone().unwrap_or_default();
     assert_eq!(data.get("token-encryption-key").map(|k| k.0.len()), Some(44), "32 random bytes, base64");
@@ -190,6 +196,8 @@ async fn managed_versions(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<
     collect!(ServiceAccount, rv);
     collect!(NetworkPolicy, rv);
     collect!(Ingress, rv);
+    collect!(Role, rv);
+    collect!(RoleBinding, rv);
     collect!(Deployment, generation);
     collect!(HorizontalPodAutoscaler, generation);
     collect!(PodDisruptionBudget, generation);
@@ -489,7 +497,8 @@ const NEEDED: &[(&str, &str, &[&str])] = &[
     ("tenantgate.dev", "mcpconnections", &["list", "watch"]),
     ("tenantgate.dev", "promptpolicies", &["list", "watch"]),
     ("tenantgate.dev", "tenants/status", &["patch"]),
-    ("tenantgate.dev", "mcpconnections/status", &["patch"]),
+    // get is never used, but held: the gateways' Roles grant it and RBAC lets the operator grant only what it holds.
+    ("tenantgate.dev", "mcpconnections/status", &["get", "patch"]),
     ("tenantgate.dev", "promptpolicies/status", &["patch"]),
     // Server-side apply creates what does not exist yet: patch and create.
     ("", "namespaces", &["list", "watch", "create", "patch"]),
@@ -498,6 +507,9 @@ const NEEDED: &[(&str, &str, &[&str])] = &[
     ("", "configmaps", &["list", "watch", "create", "patch", "delete"]),
     ("", "services", &["list", "watch", "create", "patch", "delete"]),
     ("", "serviceaccounts", &["list", "watch", "create", "patch", "delete"]),
+    // The gateway's Role and RoleBinding (McpConnection status) in each tenant namespace.
+    ("rbac.authorization.k8s.io", "roles", &["list", "watch", "create", "patch", "delete"]),
+    ("rbac.authorization.k8s.io", "rolebindings", &["list", "watch", "create", "patch", "delete"]),
     ("apps", "deployments", &["list", "watch", "create", "patch", "delete"]),
     ("autoscaling", "horizontalpodautoscalers", &["list", "watch", "create", "patch", "delete"]),
     ("policy", "poddisruptionbudgets", &["list", "watch", "create", "patch", "delete"]),
@@ -507,6 +519,8 @@ const NEEDED: &[(&str, &str, &[&str])] = &[
     ("monitoring.coreos.com", "servicemonitors", &["list", "watch", "create", "patch", "delete"]),
     // Warning Events on Tenants.
     ("events.k8s.io", "events", &["create", "patch"]),
+    // The API server's endpoints, once at start (a Role in default, for that one object).
+    ("discovery.k8s.io", "endpointslices", &["get"]),
     // Leader election (namespaced Role).
     ("coordination.k8s.io", "leases", &["get", "create", "patch"]),
 ];

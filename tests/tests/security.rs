@@ -7,7 +7,8 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use tenantgate_crds::v1alpha1::McpConnection;
 use tenantgate_tests::operator::workspace_binary;
 use tenantgate_tests::*;
 
@@ -19,6 +20,11 @@ use tenantgate_tests::*;
 const OPERATOR_USES: &[(&str, &[&str], &[&str])] = &[
     ("tenantgate.dev", &["tenants", "mcpconnections", "promptpolicies"], &["list", "watch"]),
     ("tenantgate.dev", &["tenants/status", "mcpconnections/status", "promptpolicies/status"], &["patch"]),
+    // Held to grant it to the gateways (RBAC forbids granting more than one holds).
+    ("tenantgate.dev", &["mcpconnections/status"], &["get"]),
+    ("rbac.authorization.k8s.io", &["roles", "rolebindings"], &["list", "watch", "create", "patch", "delete"]),
+    // The `kubernetes` EndpointSlice in default (resourceNames: that one), read once at start.
+    ("discovery.k8s.io", &["endpointslices"], &["get"]),
     ("", &["namespaces"], &["list", "watch", "create", "patch"]),
     // Secrets: watched (metadata only) for the ones configs reference; gateway-keys is created once, never updated.
     ("", &["secrets"], &["list", "watch", "create"]),
@@ -58,7 +64,10 @@ fn chart_grants() -> anyhow::Result<BTreeSet<Grant>> {
             let strings = |key: &str| -> Vec<String> {
                 rule[key].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
             };
-            assert!(strings("resourceNames").is_empty() && rule.get("nonResourceURLs").is_none(), "{rule}");
+            // resourceNames only narrow a get to named objects (a list or watch would ignore them).
+            let named = !strings("resourceNames").is_empty();
+            assert!(!named || strings("verbs") == ["get"], "resourceNames on more than get: {rule}");
+            assert!(rule.get("nonResourceURLs").is_none(), "{rule}");
             for group in strings("apiGroups") {
                 let resources = strings("resources");
                 let verbs = strings("verbs");
@@ -149,11 +158,34 @@ async fn a_tenant_gateway_cannot_read_another_tenants_secrets() -> anyhow::Resul
     forbidden(Api::<Secret>::all(gateway_a.clone()).list(&ListParams::default()).await.map(drop), "list all Secrets")?;
     // Its own Secrets reach it as mounted files, never through the API.
     forbidden(
-        Api::<Secret>::namespaced(gateway_a, &a).get("provider-key").await.map(drop),
+        Api::<Secret>::namespaced(gateway_a.clone(), &a).get("provider-key").await.map(drop),
         "read its own Secret via the API",
     )?;
     // Control: the Secret is there for someone allowed to read it.
     assert!(Api::<Secret>::namespaced(admin.clone(), &b).get("provider-key").await.is_ok());
+
+    // What it may do: patch McpConnection status in its own namespace (status.driftedTools), nowhere else.
+    install_crds(&admin).await?;
+    let connection: McpConnection = serde_json::from_value(serde_json::json!({
+        "apiVersion": "tenantgate.dev/v1alpha1", "kind": "McpConnection",
+        "metadata": {"name": "tools"}, "spec": {"transport": "streamableHttp", "url": "https://mcp.example/mcp"},
+    }))?;
+    for ns in [&a, &b] {
+        Api::<McpConnection>::namespaced(admin.clone(), ns).create(&PostParams::default(), &connection).await?;
+    }
+    let status = serde_json::json!({"apiVersion": "tenantgate.dev/v1alpha1", "kind": "McpConnection",
+        "status": {"driftedTools": ["search"]}});
+    let params = PatchParams::apply("tenantgate-gateway").force();
+    let own: Api<McpConnection> = Api::namespaced(gateway_a.clone(), &a);
+    let patched = own.patch_status("tools", &params, &Patch::Apply(&status)).await?;
+    assert_eq!(patched.status.map(|s| s.drifted_tools), Some(vec!["search".to_string()]));
+    let other: Api<McpConnection> = Api::namespaced(gateway_a.clone(), &b);
+    forbidden(
+        other.patch_status("tools", &params, &Patch::Apply(&status)).await.map(drop),
+        "patch another tenant's McpConnection status",
+    )?;
+    forbidden(own.patch("tools", &params, &Patch::Apply(&status)).await.map(drop), "patch an McpConnection's spec")?;
+    forbidden(own.list(&ListParams::default()).await.map(drop), "list McpConnections")?;
 
     for ns in [&a, &b] {
         Api::<Namespace>::all(admin.clone()).delete(ns, &DeleteParams::background()).await?;

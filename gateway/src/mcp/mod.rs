@@ -16,6 +16,7 @@ pub mod bridge;
 pub mod call;
 pub mod catalog;
 pub mod chat;
+pub mod drift_status;
 pub mod filter;
 pub mod http;
 pub mod oauth;
@@ -67,6 +68,8 @@ struct HubInner {
     drifts: tokio::sync::mpsc::UnboundedSender<pin::PinDrift>,
     /// Taken once by whoever audits drifts; buffers them until then.
     drift_feed: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<pin::PinDrift>>>,
+    /// The drifted tools of each connection now (published to McpConnection status).
+    drift_board: drift_status::DriftBoard,
     /// Whether the client may connect to local addresses (`allowLocalUpstreams`).
     local: crate::egress::LocalUpstreams,
 }
@@ -119,6 +122,7 @@ impl McpHub {
                 user_tokens: Arc::default(),
                 drifts,
                 drift_feed: Mutex::new(Some(drift_feed)),
+                drift_board: drift_status::DriftBoard::default(),
                 local,
             }
         }))
@@ -168,6 +172,11 @@ impl McpHub {
         self.0.drift_feed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 
+    /// The drifted tools of each connection after its latest listing.
+    pub fn drift_board(&self) -> &drift_status::DriftBoard {
+        &self.0.drift_board
+    }
+
     /// Notifications of catalog changes.
     pub fn subscribe(&self) -> broadcast::Receiver<ListChanged> {
         self.0.changes.subscribe()
@@ -192,7 +201,8 @@ impl McpHub {
             }
             let upstream = Arc::new(
                 Upstream::new(config.clone(), self.0.drifts.clone())
-                    .with_user_tokens(self.0.user_tokens.clone(), self.0.client.clone()),
+                    .with_user_tokens(self.0.user_tokens.clone(), self.0.client.clone())
+                    .with_drift_board(self.0.drift_board.clone()),
             );
             let (stop, stop_rx) = watch::channel(false);
             tokio::spawn(upstream::run(
@@ -206,6 +216,7 @@ impl McpHub {
         for r in old {
             let _ = r.stop.send(true);
         }
+        self.0.drift_board.retain(&configs.iter().map(|c| c.name.as_str()).collect());
         drop(running);
         self.rebuild();
     }

@@ -18,6 +18,7 @@ use tenantgate_crds::config::{McpAuthConfig, McpConnectionConfig};
 use tokio::sync::{mpsc, watch};
 
 use super::catalog::Offer;
+use super::drift_status::DriftBoard;
 use super::filter::ToolFilter;
 use super::pin::{DriftLog, PinDrift};
 use super::transport::{self, ConnectError, Transport, UserCredential};
@@ -113,6 +114,8 @@ pub struct Upstream {
     /// Pin drifts reported so far, and where new ones go (the hub's audit feed).
     drift_log: DriftLog,
     drifts: mpsc::UnboundedSender<PinDrift>,
+    /// Where the drifted tools of each complete listing go (McpConnection status).
+    drift_board: DriftBoard,
 }
 
 /// One user's upstream session of a per-user OAuth connection, opened on first use.
@@ -195,6 +198,7 @@ impl Upstream {
             users: Mutex::new(HashMap::new()),
             drift_log: DriftLog::default(),
             drifts,
+            drift_board: DriftBoard::default(),
             config,
         }
     }
@@ -203,6 +207,12 @@ impl Upstream {
     pub fn with_user_tokens(mut self, tokens: UserTokensCell, client: reqwest::Client) -> Self {
         self.user_tokens = tokens;
         self.client = client;
+        self
+    }
+
+    /// Publishes the drifted tools of each listing on the hub's board.
+    pub fn with_drift_board(mut self, board: DriftBoard) -> Self {
+        self.drift_board = board;
         self
     }
 
@@ -551,7 +561,9 @@ async fn list_offer(upstream: &Upstream, peer: &Peer<RoleClient>) -> Result<Offe
     let caps = peer.peer_info().map(|i| i.capabilities.clone()).unwrap_or_default();
     let timeout = upstream.timeout;
     let mut tools = if caps.tools.is_some() { bounded(timeout, peer.list_all_tools()).await? } else { Vec::new() };
-    for drift in upstream.drift_log.fresh(upstream.admit_tools(&mut tools)) {
+    let drifts = upstream.admit_tools(&mut tools);
+    upstream.drift_board.set(upstream.name(), drifts.iter().map(|d| d.tool.clone()).collect());
+    for drift in upstream.drift_log.fresh(drifts) {
         let _ = upstream.drifts.send(drift);
     }
     let prompts = if caps.prompts.is_some() { bounded(timeout, peer.list_all_prompts()).await? } else { Vec::new() };

@@ -188,6 +188,8 @@ pub async fn apply_stack(ctx: &Context, tenant: &str, stack: TenantStack) -> Res
     let TenantStack {
         namespace,
         service_account,
+        role,
+        role_binding,
         gateway_keys,
         config_map,
         deployment,
@@ -207,6 +209,8 @@ pub async fn apply_stack(ctx: &Context, tenant: &str, stack: TenantStack) -> Res
         services,
         config_maps,
         service_accounts,
+        roles,
+        role_bindings,
         hpas,
         pdbs,
         network_policies,
@@ -240,6 +244,7 @@ pub async fn apply_stack(ctx: &Context, tenant: &str, stack: TenantStack) -> Res
     // a pod created before its ServiceAccount would fail and back off.
     let mut first: Vec<Pending<'_>> = vec![
         Box::pin(apply(client, service_accounts, &service_account)),
+        Box::pin(apply(client, roles, &role)),
         Box::pin(apply(client, config_maps, &config_map)),
         Box::pin(apply(client, services, &service)),
         Box::pin(apply(client, network_policies, &network_policy)),
@@ -268,7 +273,10 @@ pub async fn apply_stack(ctx: &Context, tenant: &str, stack: TenantStack) -> Res
     for written in futures::future::try_join_all(first).await? {
         count(written);
     }
-    let mut then: Vec<Pending<'_>> = vec![Box::pin(apply(client, deployments, &deployment))];
+    // The RoleBinding after its Role: binding checks the Role's rules (RBAC
+    // escalation), so a binding to a Role not there yet is refused (404).
+    let mut then: Vec<Pending<'_>> =
+        vec![Box::pin(apply(client, deployments, &deployment)), Box::pin(apply(client, role_bindings, &role_binding))];
     for (d, _) in &stdio_bridges {
         then.push(Box::pin(apply(client, deployments, d)));
     }
@@ -289,6 +297,8 @@ pub async fn apply_stack(ctx: &Context, tenant: &str, stack: TenantStack) -> Res
     writes += prune(client, config_maps, &ns, tenant, &names([config_map])).await?;
     writes += prune(client, network_policies, &ns, tenant, &names([network_policy])).await?;
     writes += prune(client, service_accounts, &ns, tenant, &names([service_account])).await?;
+    writes += prune(client, roles, &ns, tenant, &names([role])).await?;
+    writes += prune(client, role_bindings, &ns, tenant, &names([role_binding])).await?;
     writes += prune_dynamic(client, http_routes.as_ref(), &ns, tenant, http_route.as_ref()).await?;
     writes += prune_dynamic(client, service_monitors.as_ref(), &ns, tenant, service_monitor.as_ref()).await?;
     Ok(writes)

@@ -8,8 +8,9 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::ResourceExt;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::DynamicObject;
+use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -32,6 +33,9 @@ pub struct BuildSettings {
     pub gateway_api: bool,
     /// Whether the Prometheus Operator's ServiceMonitor exists in the cluster.
     pub service_monitors: bool,
+    /// Where the API server really listens: the endpoints of the `kubernetes`
+    /// Service in `default` (empty when unknown, e.g. `render` without a cluster).
+    pub api_server: Vec<std::net::SocketAddr>,
 }
 
 impl Default for BuildSettings {
@@ -42,6 +46,7 @@ impl Default for BuildSettings {
             metrics_namespace_labels: BTreeMap::from([("tenantgate.dev/metrics-scraper".into(), "true".into())]),
             gateway_api: false,
             service_monitors: false,
+            api_server: Vec::new(),
         }
     }
 }
@@ -72,6 +77,10 @@ pub struct TenantStack {
     pub namespace: Namespace,
     /// The gateway's ServiceAccount.
     pub service_account: ServiceAccount,
+    /// What that ServiceAccount may do: write McpConnection status.
+    pub role: Role,
+    /// Binds the Role to the ServiceAccount.
+    pub role_binding: RoleBinding,
     /// Generated keys, only when they do not exist yet.
     pub gateway_keys: Option<Secret>,
     /// The rendered GatewayConfig.
@@ -123,6 +132,8 @@ pub fn build(input: &BuildInput<'_>) -> Result<TenantStack, BuildError> {
     Ok(TenantStack {
         namespace: build_namespace(input)?,
         service_account: build_service_account(input)?,
+        role: build_role(input)?,
+        role_binding: build_role_binding(input)?,
         gateway_keys: input.create_gateway_keys.then(|| build_gateway_keys(input)).transpose()?,
         config_map: build_config_map(input)?,
         deployment: build_deployment(input)?,
@@ -153,7 +164,8 @@ pub fn build_namespace(input: &BuildInput<'_>) -> Result<Namespace, BuildError> 
     )
 }
 
-/// The gateway's ServiceAccount; the gateway never talks to the API server.
+/// The gateway's ServiceAccount. No token is automounted: the gateway
+/// container alone gets one, through its own projected volume.
 pub fn build_service_account(input: &BuildInput<'_>) -> Result<ServiceAccount, BuildError> {
     typed(
         "ServiceAccount",
@@ -163,6 +175,55 @@ pub fn build_service_account(input: &BuildInput<'_>) -> Result<ServiceAccount, B
             "automountServiceAccountToken": false,
         }),
     )
+}
+
+/// What the gateway may do against the API server: get and patch the status
+/// of the McpConnections of its own namespace, to publish
+/// `status.driftedTools` (it alone sees the upstream tools). Scoped by
+/// namespace, not by name: resourceNames cannot name connections created later.
+pub fn build_role(input: &BuildInput<'_>) -> Result<Role, BuildError> {
+    typed(
+        "Role",
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": meta(input, GATEWAY_STATUS_WRITER, "gateway"),
+            "rules": [{
+                "apiGroups": [McpConnection::group(&())],
+                "resources": [format!("{}/status", McpConnection::plural(&()))],
+                "verbs": ["get", "patch"],
+            }],
+        }),
+    )
+}
+
+/// Binds [`build_role`] to the gateway's ServiceAccount.
+pub fn build_role_binding(input: &BuildInput<'_>) -> Result<RoleBinding, BuildError> {
+    typed(
+        "RoleBinding",
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": meta(input, GATEWAY_STATUS_WRITER, "gateway"),
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": GATEWAY_STATUS_WRITER },
+            "subjects": [{ "kind": "ServiceAccount", "name": GATEWAY, "namespace": tenant_namespace(input.tenant) }],
+        }),
+    )
+}
+
+/// The gateway container's API credentials, as the kubelet would automount
+/// them but for that container only: a bound token the kubelet rotates (one
+/// hour), the cluster CA and the namespace, at the standard path.
+fn api_access_volume() -> Value {
+    json!({
+        "name": "kube-api-access",
+        "projected": {
+            "defaultMode": 0o444,
+            "sources": [
+                { "serviceAccountToken": { "path": "token", "expirationSeconds": 3600 } },
+                { "configMap": { "name": "kube-root-ca.crt", "items": [{ "key": "ca.crt", "path": "ca.crt" }] } },
+                { "downwardAPI": { "items": [{ "path": "namespace", "fieldRef": { "apiVersion": "v1", "fieldPath": "metadata.namespace" } }] } },
+            ],
+        },
+    })
 }
 
 /// Per-tenant keys from the operating system's CSPRNG. Created once; the
@@ -304,6 +365,7 @@ pub fn build_deployment(input: &BuildInput<'_>) -> Result<Deployment, BuildError
                         { "name": "secrets", "mountPath": tenantgate_crds::render::SECRETS_ROOT, "readOnly": true },
                         { "name": "data", "mountPath": DATA_DIR },
                         { "name": "tmp", "mountPath": "/tmp" },
+                        { "name": "kube-api-access", "mountPath": SERVICE_ACCOUNT_DIR, "readOnly": true },
                     ],
                 }],
                 "volumes": [
@@ -311,6 +373,7 @@ pub fn build_deployment(input: &BuildInput<'_>) -> Result<Deployment, BuildError
                     secret_volume(input),
                     { "name": "data", "emptyDir": {} },
                     { "name": "tmp", "emptyDir": { "medium": "Memory", "sizeLimit": "16Mi" } },
+                    api_access_volume(),
                 ],
             },
         },
@@ -402,8 +465,29 @@ fn egress_for_url(url: &str) -> Option<Value> {
     }))
 }
 
+/// The gateway's way to the API server (it publishes McpConnection status).
+/// NetworkPolicy implementations match traffic after the Service's DNAT, so
+/// the `kubernetes` Service's ClusterIP would match nothing: the rule names
+/// its endpoints, the API servers' own addresses and port (a control plane
+/// outside the pod network, as in most managed clusters, is only reachable
+/// by ipBlock). One /32 (or /128) per address.
+fn api_server_egress(endpoints: &[std::net::SocketAddr]) -> Vec<Value> {
+    let mut by_port: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
+    for e in endpoints {
+        let cidr = if e.is_ipv4() { format!("{}/32", e.ip()) } else { format!("{}/128", e.ip()) };
+        by_port.entry(e.port()).or_default().insert(cidr);
+    }
+    by_port
+        .into_iter()
+        .map(|(port, cidrs)| {
+            let to: Vec<Value> = cidrs.into_iter().map(|cidr| json!({ "ipBlock": { "cidr": cidr } })).collect();
+            json!({ "to": to, "ports": [{ "protocol": "TCP", "port": port }] })
+        })
+        .collect()
+}
+
 /// Default deny; ingress only from allowed peers, the operator's namespace and
-/// metrics scrapers; egress only to DNS and what the config names.
+/// metrics scrapers; egress only to DNS, the API server and what the config names.
 pub fn build_network_policy(input: &BuildInput<'_>) -> Result<NetworkPolicy, BuildError> {
     let spec = &input.tenant.spec;
     let mut from: Vec<Value> =
@@ -415,6 +499,7 @@ pub fn build_network_policy(input: &BuildInput<'_>) -> Result<NetworkPolicy, Bui
         "to": [{ "namespaceSelector": {}, "podSelector": { "matchLabels": { "k8s-app": "kube-dns" } } }],
         "ports": [{ "protocol": "UDP", "port": 53 }, { "protocol": "TCP", "port": 53 }],
     })];
+    egress.extend(api_server_egress(&input.settings.api_server));
     let mut urls: BTreeSet<String> = BTreeSet::new();
     let config = &input.rendered.config;
     urls.extend(config.providers.iter().filter_map(|p| p.base_url.clone()));
@@ -677,6 +762,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use k8s_openapi::api::core::v1::PodSpec;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use tenantgate_crds::render::{RenderInput, RenderOptions, RenderedConfig, render};
     use tenantgate_crds::v1alpha1::{McpConnection, Tenant};
 
@@ -711,6 +797,14 @@ mod tests {
             settings: &settings,
         })
         .expect("builds")
+    }
+
+    /// A stdio McpConnection `everything` in tg-acme (it gets a bridge Deployment).
+    fn stdio_connection() -> McpConnection {
+        serde_yaml::from_str(
+            "apiVersion: tenantgate.dev/v1alpha1\nkind: McpConnection\nmetadata: {name: everything, namespace: tg-acme}\nspec: {transport: stdio, stdio: {image: 'node:22', command: [npx, server]}}\n",
+        )
+        .expect("yaml")
     }
 
     fn pod(stack: &TenantStack) -> PodSpec {
@@ -870,6 +964,95 @@ mod tests {
     }
 
     #[test]
+    fn the_gateway_may_patch_mcp_connection_status_in_its_namespace_only() {
+        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        assert_eq!(s.role.metadata.namespace.as_deref(), Some("tg-acme"));
+        let rules = s.role.rules.clone().unwrap_or_default();
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        assert_eq!(rules[0].api_groups.clone().unwrap_or_default(), ["tenantgate.dev"]);
+        assert_eq!(rules[0].resources.clone().unwrap_or_default(), ["mcpconnections/status"]);
+        assert_eq!(rules[0].verbs, ["get", "patch"]);
+        let binding = &s.role_binding;
+        assert_eq!(binding.metadata.namespace.as_deref(), Some("tg-acme"));
+        assert_eq!((binding.role_ref.kind.as_str(), binding.role_ref.name.as_str()), ("Role", GATEWAY_STATUS_WRITER));
+        let subjects = binding.subjects.clone().unwrap_or_default();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(
+            (subjects[0].kind.as_str(), subjects[0].name.as_str(), subjects[0].namespace.as_deref()),
+            ("ServiceAccount", GATEWAY, Some("tg-acme"))
+        );
+        for m in [&s.role.metadata, &binding.metadata] {
+            assert_eq!(m.owner_references.as_ref().map(|o| o[0].name.as_str()), Some("acme"), "garbage-collected");
+        }
+    }
+
+    #[test]
+    fn only_the_gateway_container_gets_an_api_token() {
+        let s = stack_of(&tenant(""), &[stdio_connection()], &BTreeMap::new());
+        let p = pod(&s);
+        assert_eq!(p.automount_service_account_token, Some(false), "no token for every container");
+        assert_eq!(s.service_account.automount_service_account_token, Some(false));
+        let mount = p.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == SERVICE_ACCOUNT_DIR)
+            .expect("the gateway container mounts its token");
+        assert_eq!(mount.read_only, Some(true));
+        let volume = p.volumes.iter().flatten().find(|v| v.name == mount.name).expect("volume");
+        let sources = volume.projected.as_ref().and_then(|p| p.sources.clone()).expect("projected");
+        let token = sources.iter().find_map(|s| s.service_account_token.clone()).expect("token source");
+        assert_eq!((token.path.as_str(), token.expiration_seconds), ("token", Some(3600)));
+        let ca = sources.iter().find_map(|s| s.config_map.clone()).expect("CA source");
+        assert_eq!(ca.name, "kube-root-ca.crt");
+        let ns = sources.iter().find_map(|s| s.downward_api.clone()).expect("namespace source");
+        let item = &ns.items.unwrap_or_default()[0];
+        assert_eq!(
+            (item.path.as_str(), item.field_ref.as_ref().map(|f| f.field_path.as_str())),
+            ("namespace", Some("metadata.namespace"))
+        );
+        // The stdio bridge reaches no API server: no token there.
+        let bridge = s.stdio_bridges[0].0.spec.as_ref().and_then(|d| d.template.spec.clone()).expect("bridge pod");
+        assert!(bridge.volumes.iter().flatten().all(|v| {
+            v.projected.as_ref().is_none_or(|p| p.sources.iter().flatten().all(|s| s.service_account_token.is_none()))
+        }));
+    }
+
+    #[test]
+    fn the_network_policy_lets_the_gateway_reach_the_api_server_endpoints() {
+        let t = tenant("");
+        let r = rendered(&t, &[]);
+        let settings = BuildSettings {
+            api_server: vec!["10.0.0.5:6443".parse().expect("addr"), "10.0.0.6:6443".parse().expect("addr")],
+            ..BuildSettings::default()
+        };
+        let input = BuildInput {
+            tenant: &t,
+            rendered: &r,
+            mcp_connections: &[],
+            secret_versions: &BTreeMap::new(),
+            create_gateway_keys: false,
+            settings: &settings,
+        };
+        let egress = build_network_policy(&input).expect("builds").spec.and_then(|s| s.egress).unwrap_or_default();
+        let rule = serde_json::to_value(
+            egress
+                .iter()
+                .find(|r| r.ports.iter().flatten().any(|p| p.port == Some(IntOrString::Int(6443))))
+                .expect("a rule for the API server's port"),
+        )
+        .expect("json");
+        assert_eq!(
+            rule["to"],
+            json!([{"ipBlock": {"cidr": "10.0.0.5/32"}}, {"ipBlock": {"cidr": "10.0.0.6/32"}}]),
+            "{rule}"
+        );
+        // Without known endpoints (render, no cluster) no such rule.
+        let without = stack_of(&t, &[], &BTreeMap::new());
+        assert!(!serde_json::to_string(&without.network_policy.spec).expect("json").contains("6443"));
+    }
+
+    #[test]
     fn the_network_policy_allows_exactly_what_the_config_needs() {
         let s = stack_of(
             &tenant("  network: {allowIngressFrom: [{namespaceSelector: {matchLabels: {team: web}}}]}\n"),
@@ -942,11 +1125,7 @@ mod tests {
 
     #[test]
     fn stdio_connections_get_a_bridge() {
-        let conn: McpConnection = serde_yaml::from_str(
-            "apiVersion: tenantgate.dev/v1alpha1\nkind: McpConnection\nmetadata: {name: everything, namespace: tg-acme}\nspec: {transport: stdio, stdio: {image: 'node:22', command: [npx, server]}}\n",
-        )
-        .expect("yaml");
-        let s = stack_of(&tenant(""), &[conn], &BTreeMap::new());
+        let s = stack_of(&tenant(""), &[stdio_connection()], &BTreeMap::new());
         assert_eq!(s.stdio_bridges.len(), 1);
         let (d, svc) = &s.stdio_bridges[0];
         assert_eq!(d.metadata.name.as_deref(), Some("mcp-everything"));
