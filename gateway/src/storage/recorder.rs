@@ -30,6 +30,10 @@ pub struct RecorderConfig {
     pub queue_capacity: usize,
     /// Most records per write.
     pub batch_max: usize,
+    /// Least time between the starts of two writes: records arriving
+    /// meanwhile wait and go in one transaction, so a steady trickle of
+    /// requests costs a commit per interval, not a commit per request.
+    pub flush_interval: Duration,
     /// Longest a write may take before the batch is spilled.
     pub write_timeout: Duration,
     /// First wait before trying a failed database again (doubles up to `retry_max`).
@@ -45,6 +49,7 @@ impl RecorderConfig {
             spill_dir,
             queue_capacity: 65_536,
             batch_max: 1000,
+            flush_interval: Duration::from_millis(50),
             write_timeout: Duration::from_secs(5),
             retry_min: Duration::from_millis(250),
             retry_max: Duration::from_secs(2),
@@ -235,6 +240,7 @@ impl Writer {
         self.capacity = rx.max_capacity();
         let mut batch = Vec::with_capacity(self.config.batch_max);
         let mut stopping = false;
+        let mut next_write = tokio::time::Instant::now();
         loop {
             let backlog = self.backlog();
             let replay_due = backlog && self.retry_at.is_none_or(|t| Instant::now() >= t);
@@ -242,7 +248,10 @@ impl Writer {
             tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s), if !stopping => stopping = true,
-                n = rx.recv_many(&mut batch, self.config.batch_max), if !stopping => {
+                n = async {
+                    tokio::time::sleep_until(next_write).await;
+                    rx.recv_many(&mut batch, self.config.batch_max).await
+                }, if !stopping => {
                     if n == 0 {
                         stopping = true;
                     }
@@ -263,6 +272,7 @@ impl Writer {
             }
             metrics::gauge!("tenantgate_recorder_queue_depth").set(rx.len() as f64);
             if !batch.is_empty() {
+                next_write = tokio::time::Instant::now() + self.config.flush_interval;
                 self.flush(&mut batch).await;
             }
             if self.backlog() && self.retry_at.is_none_or(|t| Instant::now() >= t) {
@@ -635,6 +645,29 @@ mod tests {
         let db = Db::sqlite(&dir.join("db/gateway.db")).await.expect("reopen");
         assert_eq!(count(&db, "usage").await, 1000);
         assert_eq!(count(&db, "audit_events").await, 1000);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_trickle_of_records_is_written_once_per_flush_interval() {
+        let dir = temp_dir("interval");
+        let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
+        let config = RecorderConfig { flush_interval: Duration::from_secs(2), ..fast(dir.join("spill")) };
+        let recorder = Recorder::start(db.clone(), config).expect("start");
+        // The first record of a quiet recorder is written at once.
+        let started = Instant::now();
+        recorder.record(usage(0));
+        wait_for("the first record", async || count(&db, "usage").await == 1).await;
+        // The next ones wait out the interval, then go together.
+        for n in 1..10 {
+            recorder.record(usage(n));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if started.elapsed() < Duration::from_millis(1500) {
+            assert_eq!(count(&db, "usage").await, 1, "written before the flush interval was over");
+        }
+        wait_for("the rest, one interval later", async || count(&db, "usage").await == 10).await;
+        recorder.close(Duration::from_secs(5)).await;
         let _ = std::fs::remove_dir_all(&dir);
     }
 
