@@ -97,7 +97,10 @@ async fn phase(clients: &'static [Client], tool: &'static str, rate: u64, secs: 
         for k in 0..calls {
             let scheduled = start + per_session * k as u32;
             tokio::time::sleep_until(scheduled.into()).await;
-            if call(c, tool).await.is_err() {
+            if let Err(e) = call(c, tool).await {
+                if errors == 0 {
+                    eprintln!("call to {tool} failed: {e}");
+                }
                 errors += 1;
             }
             lat.push(scheduled.elapsed().as_micros() as u64);
