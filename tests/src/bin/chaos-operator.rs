@@ -32,6 +32,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -117,6 +118,8 @@ async fn managed_objects(client: &Client) -> anyhow::Result<BTreeMap<String, BTr
     count::<HorizontalPodAutoscaler>(client, &mut out).await?;
     count::<PodDisruptionBudget>(client, &mut out).await?;
     count::<Ingress>(client, &mut out).await?;
+    count::<Role>(client, &mut out).await?;
+    count::<RoleBinding>(client, &mut out).await?;
     Ok(out)
 }
 
