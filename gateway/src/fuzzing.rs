@@ -12,7 +12,7 @@ use crate::mcp::Upstream;
 /// are dropped (the gateway audits them).
 pub fn upstream(config: McpConnectionConfig) -> Upstream {
     let (drifts, _) = tokio::sync::mpsc::unbounded_channel();
-    Upstream::new(config, drifts)
+    Upstream::new(config, drifts, crate::mcp::drift_status::DriftBoard::default())
 }
 
 /// What an upstream's `tools/list` becomes in the catalog: the tools its

@@ -200,9 +200,8 @@ impl McpHub {
                 continue;
             }
             let upstream = Arc::new(
-                Upstream::new(config.clone(), self.0.drifts.clone())
-                    .with_user_tokens(self.0.user_tokens.clone(), self.0.client.clone())
-                    .with_drift_board(self.0.drift_board.clone()),
+                Upstream::new(config.clone(), self.0.drifts.clone(), self.0.drift_board.clone())
+                    .with_user_tokens(self.0.user_tokens.clone(), self.0.client.clone()),
             );
             let (stop, stop_rx) = watch::channel(false);
             tokio::spawn(upstream::run(

@@ -184,7 +184,7 @@ impl Drop for ProgressRoute<'_> {
 impl Upstream {
     /// A disconnected upstream for a connection config; tool pin drifts it
     /// finds are sent to `drifts`, once per tool and definition.
-    pub fn new(config: McpConnectionConfig, drifts: mpsc::UnboundedSender<PinDrift>) -> Self {
+    pub fn new(config: McpConnectionConfig, drifts: mpsc::UnboundedSender<PinDrift>, drift_board: DriftBoard) -> Self {
         let label: Arc<str> = format!("mcp/{}", config.name).into();
         Self {
             filter: ToolFilter::new(&config.tools),
@@ -198,7 +198,7 @@ impl Upstream {
             users: Mutex::new(HashMap::new()),
             drift_log: DriftLog::default(),
             drifts,
-            drift_board: DriftBoard::default(),
+            drift_board,
             config,
         }
     }
@@ -207,12 +207,6 @@ impl Upstream {
     pub fn with_user_tokens(mut self, tokens: UserTokensCell, client: reqwest::Client) -> Self {
         self.user_tokens = tokens;
         self.client = client;
-        self
-    }
-
-    /// Publishes the drifted tools of each listing on the hub's board.
-    pub fn with_drift_board(mut self, board: DriftBoard) -> Self {
-        self.drift_board = board;
         self
     }
 
