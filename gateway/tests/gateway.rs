@@ -152,6 +152,38 @@ async fn request_ids_are_honoured_and_generated() {
 }
 
 #[tokio::test]
+async fn each_request_gets_one_access_line_with_its_id_and_subject() {
+    let upstream = Upstream::start();
+    let gw = Gateway::start_logged_at(&tenant_yaml(&upstream.url), &[], "info").await;
+    let r = gw
+        .client
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&gw.token)
+        .header("x-request-id", "access-line-1")
+        .json(&json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .expect("chat");
+    assert_eq!(r.status(), 200);
+    let log = gw.log_with("access-line-1").await;
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| l.contains("access-line-1"))
+        .map(|l| serde_json::from_str(l).expect("a JSON log line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    let line = &lines[0];
+    assert_eq!(line["message"], "request", "{line}");
+    assert_eq!(line["request_id"], "access-line-1", "{line}");
+    assert_eq!(line["method"], "POST", "{line}");
+    assert_eq!(line["path"], "/v1/chat/completions", "{line}");
+    assert_eq!(line["subject"], "tester", "{line}");
+    assert_eq!(line["status"], 200, "{line}");
+    assert!(line["latency_us"].as_u64().is_some(), "{line}");
+    assert!(!log.contains(&gw.token), "the token is in the log");
+}
+
+#[tokio::test]
 async fn unknown_routes_use_the_error_shape() {
     let (_upstream, gw) = setup().await;
     let r = gw.client.get(format!("{}/v1/nothing", gw.url)).send().await.expect("get");

@@ -18,10 +18,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tracing::Instrument;
 
+use crate::auth::SubjectSlot;
 use crate::error::{AppError, ErrorReason};
 use crate::state::AppState;
 
@@ -54,27 +55,39 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(span)
-                        .on_request(())
-                        .on_response(access_log)
-                        .on_failure(()),
-                )
+                .layer(middleware::from_fn(access_log))
                 .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
                 .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, request_timeout)),
         )
         .with_state(state)
 }
 
-fn span(request: &Request) -> tracing::Span {
-    let id = request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("");
-    tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path(), subject = tracing::field::Empty)
-}
-
-fn access_log(response: &Response, latency: Duration, _span: &tracing::Span) {
+/// Logs one access line per request: its id, method, path, the subject it
+/// authenticated as, status, latency to response headers and the error
+/// reason. With `RUST_LOG=debug` the request also gets a span, so every line
+/// logged while serving it carries the request id; at `info` the span is not
+/// made (on the chat path it cost about 16 us of CPU and 20 us of latency).
+async fn access_log(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let subject = SubjectSlot::default();
+    request.extensions_mut().insert(subject.clone());
+    let id = request.headers().get(X_REQUEST_ID).cloned();
+    let id = id.as_ref().and_then(|id| id.to_str().ok()).unwrap_or("");
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let span = tracing::debug_span!("request", request_id = id, method = %method, path = uri.path());
+    let response = next.run(request).instrument(span).await;
     let reason = response.extensions().get::<ErrorReason>().map(|r| r.0);
-    tracing::info!(status = response.status().as_u16(), latency_us = latency.as_micros() as u64, reason, "request");
+    tracing::info!(
+        request_id = id,
+        method = %method,
+        path = uri.path(),
+        subject = subject.subject(),
+        status = response.status().as_u16(),
+        latency_us = started.elapsed().as_micros() as u64,
+        reason,
+        "request"
+    );
+    response
 }
 
 /// Sheds API requests beyond the in-flight limit with a 503 instead of queueing

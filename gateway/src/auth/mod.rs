@@ -130,6 +130,22 @@ impl Caller {
     }
 }
 
+/// Who a request authenticated as, for its access log line: the access-log
+/// layer puts an empty slot in the request, the [`Caller`] extractor fills it.
+#[derive(Debug, Clone, Default)]
+pub struct SubjectSlot(Arc<std::sync::OnceLock<Arc<Identity>>>);
+
+impl SubjectSlot {
+    fn fill(&self, identity: &Arc<Identity>) {
+        let _ = self.0.set(identity.clone());
+    }
+
+    /// The subject, once authenticated.
+    pub fn subject(&self) -> Option<&str> {
+        self.0.get().map(|identity| identity.subject.as_str())
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = AppError;
 
@@ -143,12 +159,15 @@ impl FromRequestParts<AppState> for Caller {
         };
         match verified {
             Ok(identity) => {
-                tracing::Span::current().record("subject", identity.subject.as_str());
+                if let Some(slot) = parts.extensions.get::<SubjectSlot>() {
+                    slot.fill(&identity);
+                }
                 Ok(Caller(identity))
             }
             Err(e) => {
                 metrics::counter!("tenantgate_auth_failures_total", "reason" => e.as_reason()).increment(1);
-                tracing::info!(reason = e.as_reason(), "authentication failed");
+                let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok());
+                tracing::info!(request_id, reason = e.as_reason(), "authentication failed");
                 Err(e.into())
             }
         }

@@ -98,12 +98,16 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
     crate::egress::check_config(&config)?;
     let local = crate::egress::LocalUpstreams::default();
     local.set(config.network.allow_local_upstreams);
+    // Redirects are not followed: a provider answering a chat completion with
+    // one is an error to report, and a JWKS URI must answer itself (following
+    // them cost a tower layer on every call).
     let client = reqwest::Client::builder()
         .dns_resolver(crate::egress::UpstreamResolver::new(local))
         .connect_timeout(Duration::from_millis(u64::from(routing.connect_timeout_ms)))
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("tenantgate-gateway/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| format!("building the HTTP client failed: {e}"))?;

@@ -24,7 +24,7 @@ pub struct Wire {
 /// Where and how a provider sends requests.
 #[derive(Debug)]
 pub struct Endpoint {
-    url: String,
+    url: reqwest::Url,
     api_key: Option<(HeaderName, SecretFile)>,
     headers: HeaderMap,
     client: reqwest::Client,
@@ -52,12 +52,13 @@ impl Endpoint {
         let key_header = HeaderName::from_static(wire.key_header);
         let api_key = api_key_file.map(|file| (key_header, SecretFile::new(file, wire.key_prefix)));
         let url = format!("{}{}", base_url.trim_end_matches('/'), wire.path);
+        let url = reqwest::Url::parse(&url).map_err(|e| format!("baseUrl {base_url:?} is not a URL: {e}"))?;
         Ok(Self { url, api_key, headers, client })
     }
 
     /// POSTs `body` and waits for a success status within the first-byte timeout.
     pub async fn post(&self, body: Vec<u8>, call: Call<'_>) -> Result<reqwest::Response, UpstreamError> {
-        let mut builder = self.client.post(&self.url).headers(self.headers.clone()).body(body);
+        let mut builder = self.client.post(self.url.clone()).headers(self.headers.clone()).body(body);
         if let Some((name, key)) = &self.api_key {
             builder = builder.header(name, key.header()?);
         }
