@@ -30,7 +30,7 @@ use crate::state::AppState;
 #[derive(Clone, Debug)]
 pub struct ModelLabel(pub Arc<str>);
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole application.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {

@@ -166,7 +166,7 @@ impl FromRequestParts<AppState> for Caller {
             }
             Err(e) => {
                 metrics::counter!("tenantgate_auth_failures_total", "reason" => e.as_reason()).increment(1);
-                let request_id = parts.headers.get("x-request-id").and_then(|v| v.to_str().ok());
+                let request_id = parts.headers.get(crate::api::X_REQUEST_ID).and_then(|v| v.to_str().ok());
                 tracing::info!(request_id, reason = e.as_reason(), "authentication failed");
                 Err(e.into())
             }

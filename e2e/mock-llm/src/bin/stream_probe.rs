@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use clap::Parser;
 use futures_util::StreamExt;
 use serde_json::json;
@@ -54,7 +55,7 @@ struct Probe {
     client: reqwest::Client,
     url: Arc<str>,
     token: Option<Arc<str>>,
-    body: Arc<str>,
+    body: Bytes,
     open: Arc<AtomicUsize>,
     max_open: Arc<AtomicUsize>,
 }
@@ -71,7 +72,7 @@ impl Probe {
 
     async fn run(&self, due: Instant) -> Result<Stream, String> {
         let mut request =
-            self.client.post(&*self.url).header("content-type", "application/json").body(self.body.to_string());
+            self.client.post(&*self.url).header("content-type", "application/json").body(self.body.clone());
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -103,7 +104,7 @@ async fn main() {
         client,
         url: args.url.into(),
         token: args.token.map(Into::into),
-        body: body.to_string().into(),
+        body: Bytes::from(body.to_string()),
         open: Arc::default(),
         max_open: Arc::default(),
     };
