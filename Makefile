@@ -9,7 +9,9 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: check-generated lint test-unit fuzz-smoke test-gateway test-services test-cluster e2e ## Every test (what CI runs)
+TEST_STEPS := check-generated lint test-unit fuzz-smoke test-gateway test-services test-cluster e2e
+test: ## Every test (what CI runs), each step timed
+	scripts/steps $(TEST_STEPS)
 
 QUICKSTART := manifests/examples/quickstart
 
@@ -43,7 +45,7 @@ bench-mcp: ## tools/call through /mcp vs. the rmcp echo server direct (concurren
 
 .PHONY: test-unit
 test-unit: ## Unit, golden and schema tests of every crate (no services needed)
-	$(CARGO) test --workspace --exclude tenantgate-tests
+	$(CARGO) test --workspace --exclude tenantgate-tests --no-fail-fast
 
 .PHONY: test-services
 test-services: ## Gateway tests against real PostgreSQL and Redis (started and stopped around them)
