@@ -100,9 +100,12 @@ node_kubeconfig() { # node_kubeconfig NAME: like kubeconfig, but to the API serv
 }
 
 # run_node NAME ARGS...: starts NAME in the node's network namespace (see start_bg).
+# Its PATH: the node's binaries (containerd's shims), then the system's
+# (runc, iptables, ipset, conntrack, mount).
 run_node() {
   local name=$1; shift
-  start_bg "$N" "$N/logs/$name.log" "$N/$name.pid" /usr/bin/nsenter --net="$NETNS_PATH" "$@"
+  PATH=$NODE_BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    start_bg "$N" "$N/logs/$name.log" "$N/$name.pid" /usr/bin/nsenter --net="$NETNS_PATH" "$@"
 }
 await_node() { # await_node NAME TIMEOUT COMMAND...
   local name=$1 timeout=$2; shift 2
@@ -184,8 +187,7 @@ EOF
   ]
 }
 EOF
-  # The shims that containerd starts inherit its PATH: runc first.
-  PATH=$NODE_BIN:/usr/sbin:/usr/bin:/sbin:/bin run_node containerd "$NODE_BIN/containerd" --config "$ctrd/config.toml"
+  run_node containerd "$NODE_BIN/containerd" --config "$ctrd/config.toml"
   await_node containerd 30 test -S "$ctrd/containerd.sock"
   await_node containerd 30 "$NODE_BIN/ctr" --address "$ctrd/containerd.sock" version
 }
@@ -280,7 +282,7 @@ mount --bind $N/log-containers /var/log/containers
 exec "\$@"
 EOF
   chmod +x "$N/kubelet-ns.sh"
-  PATH=/usr/sbin:/usr/bin:/sbin:/bin run_node kubelet /usr/bin/unshare -m --propagation unchanged \
+  run_node kubelet /usr/bin/unshare -m --propagation unchanged \
     "$N/kubelet-ns.sh" "$NODE_BIN/kubelet" --config "$N/kubelet.yaml" \
     --kubeconfig "$N/kubelet.kubeconfig" --root-dir "$N/kubelet" --cert-dir "$N/kubelet/pki" \
     --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" \
@@ -378,9 +380,9 @@ node_stop() {
   for c in egress-proxy apiserver-forward; do stop_our_pidfile "$N/$c.pid"; done
   # Mounts under the run's directory: container root filesystems, volumes,
   # pod network namespaces, the kubelet's root dir.
-  findmnt -rn -o TARGET | grep -F "$N/" | sort -r | while read -r m; do
-    umount -l "$m" 2>/dev/null || true
-  done
+  local mounts=()
+  mapfile -t mounts < <(findmnt -rn -o TARGET | grep -F "$N/" | sort -r)
+  for m in "${mounts[@]}"; do umount -l "$m" 2>/dev/null || true; done
   mountpoint -q "$N/kubelet" && umount -l "$N/kubelet"
   rm -f /var/lib/cni/results/"$CNI_NETWORK"-* 2>/dev/null || true
   rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
