@@ -51,6 +51,8 @@ node_prepare() {
   node_packages
   NODE_BIN=$("$E2E_DIR/cluster/build" node)
   echo "$NODE_BIN" >"$C/node-bin"
+  # The API server's client certificate towards aggregated APIs (metrics-server).
+  issue front-proxy-client "/CN=front-proxy-client" "$client_ext"
   mkdir -p "$N"/{logs,cni/net.d,cni/ipam,containerd,kubelet,pod-logs,var-lib-kubelet,log-containers,sysctl,runc}
   if [[ ! -e $NETNS_PATH ]]; then
     ip netns add "$NETNS"
@@ -86,7 +88,11 @@ EOF
 # node_apiserver_args: the API server's extra flags with a real node.
 node_apiserver_args() {
   printf '%s\n' --egress-selector-config-file "$C/egress-selector.yaml" \
-    --kubelet-preferred-address-types InternalIP --advertise-address "$NODE_IP"
+    --kubelet-preferred-address-types InternalIP --advertise-address "$NODE_IP" \
+    --requestheader-client-ca-file "$P/ca.crt" --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$P/front-proxy-client.crt" --proxy-client-key-file "$P/front-proxy-client.key"
 }
 # node_kcm_args: kube-controller-manager's extra flags with a real node.
 node_kcm_args() {
@@ -289,7 +295,7 @@ EOF
     --node-labels tenantgate.dev/node=real --v 1
 }
 
-node_proxy_and_firewall() {
+node_proxy() {
   cat >"$N/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -304,6 +310,11 @@ metricsBindAddress: 127.0.0.1:10249
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 EOF
   run_node kube-proxy "$NODE_BIN/kube-proxy" --config "$N/kube-proxy.yaml" --v 1
+}
+
+# node_firewall: kube-router identifies its node by name: start it once the
+# node is registered.
+node_firewall() {
   run_node kube-router "$NODE_BIN/kube-router" --kubeconfig "$N/kube-router.kubeconfig" \
     --hostname-override "$NODE_NAME" --run-firewall=true --run-router=false \
     --run-service-proxy=false --enable-cni=false --health-port 20244 --metrics-port 0 \
@@ -328,13 +339,22 @@ node_start() {
   node_containerd
   node_load_images "$NODE_BIN"/images/*.tar
   node_kubelet
-  node_proxy_and_firewall
+  node_proxy
   await_node kubelet 60 real_nodes_ready
   date +%s >"$C/node-ready-at"
+  node_firewall
+  await_node kube-router 30 in_ns curl -sf --max-time 2 http://127.0.0.1:20244/healthz
+  await_node kube-proxy 30 in_ns curl -sf --max-time 2 http://127.0.0.1:10256/healthz
   log "node $NODE_NAME Ready $((SECONDS - t0))s after containerd started"
   node_addons
   await_node kubelet 120 "${KUBECTL[@]}" -n kube-system wait --for=condition=Available --timeout=2s deployment/coredns
   log "CoreDNS Available $((SECONDS - t0))s after containerd started"
+  # Until metrics.k8s.io answers, the namespace controller cannot finish any
+  # namespace deletion (NamespaceDeletionDiscoveryFailure), and the HPA has no
+  # data: wait for it (metrics-server is Ready after its first scrape).
+  await_node kubelet 180 "${KUBECTL[@]}" wait --for=condition=Available --timeout=2s \
+    apiservice/v1beta1.metrics.k8s.io
+  log "metrics.k8s.io Available $((SECONDS - t0))s after containerd started"
 }
 
 node_healthy() {
@@ -358,6 +378,11 @@ node_stop() {
   local c pid sock shims=() socks=() pids=()
   [[ -d $N ]] || { [[ -e $NETNS_PATH ]] && ip netns del "$NETNS"; return 0; }
   for c in kube-router kube-proxy kubelet; do stop_our_pidfile "$N/$c.pid"; done
+  # The containers' ids, for libcni's cache files (named NETWORK-ID-IFNAME).
+  local ids=()
+  if pidfile_alive "$N/containerd.pid"; then
+    mapfile -t ids < <(node_ctr containers ls -q 2>/dev/null)
+  fi
   # The containerd shims of this run (their command line names its socket) and
   # the unix sockets they listen on under /run/containerd/s.
   for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $N/containerd/containerd.sock" || true); do
@@ -385,7 +410,9 @@ node_stop() {
   for m in "${mounts[@]}"; do umount -l "$m" 2>/dev/null || true; done
   mountpoint -q "$N/kubelet" && umount -l "$N/kubelet"
   rm -f /var/lib/cni/results/"$CNI_NETWORK"-* 2>/dev/null || true
-  rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null || true
+  local id
+  for id in "${ids[@]}"; do rm -f /var/lib/cni/results/*-"$id"-*; done
+  rmdir /var/lib/cni/results /var/lib/cni /run/containerd/s /run/containerd 2>/dev/null || true
   local h
   for h in "${CGROUP_HIERARCHIES[@]}"; do
     [[ -d /sys/fs/cgroup/$h$CGROUP_ROOT ]] || continue
