@@ -202,10 +202,11 @@ node_ctr() { "$(cat "$C/node-bin")/ctr" --address "$N/containerd/containerd.sock
 
 # node_load_images FILE...: imports image archives into the node's containerd.
 node_load_images() {
-  local f
+  local f out
   for f in "$@"; do
-    node_ctr images import --no-unpack=false --snapshotter overlayfs "$f" >/dev/null ||
-      die "importing $f into $NODE_NAME failed"
+    # (ctr warns on stderr, every time, that cgroup v1 is deprecated.)
+    out=$(node_ctr images import --snapshotter overlayfs "$f" 2>&1) ||
+      die "importing $f into $NODE_NAME failed: $out"
   done
 }
 
@@ -366,7 +367,7 @@ node_healthy() {
 # node_pids_in_cgroups: the processes in the run's cgroups (the pods').
 node_pids_in_cgroups() {
   local h
-  for h in pids memory cpu; do
+  for h in pids memory cpu unified; do
     [[ -d /sys/fs/cgroup/$h$CGROUP_ROOT ]] || continue
     find "/sys/fs/cgroup/$h$CGROUP_ROOT" -name cgroup.procs -exec cat {} + 2>/dev/null
   done | sort -u
@@ -375,14 +376,17 @@ node_pids_in_cgroups() {
 # node_stop: stops everything of the node by PID and removes what it wrote
 # outside the run's directory. Safe to call when nothing runs.
 node_stop() {
-  local c pid sock shims=() socks=() pids=()
+  local c pid pidf sock shims=() socks=() pids=()
   [[ -d $N ]] || { [[ -e $NETNS_PATH ]] && ip netns del "$NETNS"; return 0; }
   for c in kube-router kube-proxy kubelet; do stop_our_pidfile "$N/$c.pid"; done
-  # The containers' ids, for libcni's cache files (named NETWORK-ID-IFNAME).
+  # The containers' ids: libcni's cache files are named NETWORK-ID-IFNAME, a
+  # shim's socket /run/containerd/s/<sha256 of ADDRESS/NAMESPACE/SANDBOX-ID>.
   local ids=()
   if pidfile_alive "$N/containerd.pid"; then
     mapfile -t ids < <(node_ctr containers ls -q 2>/dev/null)
   fi
+  local task_dir=$N/containerd/state/io.containerd.runtime.v2.task/k8s.io
+  [[ -d $task_dir ]] && mapfile -t -O "${#ids[@]}" ids < <(ls "$task_dir")
   # The containerd shims of this run (their command line names its socket) and
   # the unix sockets they listen on under /run/containerd/s.
   for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $N/containerd/containerd.sock" || true); do
@@ -401,8 +405,15 @@ node_stop() {
   done
   stop_our_pidfile "$N/containerd.pid"
   for pid in "${shims[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  local id
+  for id in "${ids[@]}"; do
+    for sock in "$N/containerd/containerd.sock/k8s.io/$id" "$N/containerd/containerd.sock/k8s.io/$id/debug"; do
+      socks+=("/run/containerd/s/$(printf '%s' "$sock" | sha256sum | cut -c1-64)")
+    done
+  done
   for sock in "${socks[@]}"; do rm -f "$sock"; done
   for c in egress-proxy apiserver-forward; do stop_our_pidfile "$N/$c.pid"; done
+  for pidf in "$N"/expose/*.pid; do stop_our_pidfile "$pidf"; done
   # Mounts under the run's directory: container root filesystems, volumes,
   # pod network namespaces, the kubelet's root dir.
   local mounts=()
@@ -410,13 +421,13 @@ node_stop() {
   for m in "${mounts[@]}"; do umount -l "$m" 2>/dev/null || true; done
   mountpoint -q "$N/kubelet" && umount -l "$N/kubelet"
   rm -f /var/lib/cni/results/"$CNI_NETWORK"-* 2>/dev/null || true
-  local id
   for id in "${ids[@]}"; do rm -f /var/lib/cni/results/*-"$id"-*; done
   rmdir /var/lib/cni/results /var/lib/cni /run/containerd/s /run/containerd 2>/dev/null || true
-  local h
-  for h in "${CGROUP_HIERARCHIES[@]}"; do
-    [[ -d /sys/fs/cgroup/$h$CGROUP_ROOT ]] || continue
-    find "/sys/fs/cgroup/$h$CGROUP_ROOT" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  # (runc also creates the pods' cgroups in the cgroup2 hierarchy, "unified".)
+  local d
+  for d in /sys/fs/cgroup/*"$CGROUP_ROOT"; do
+    [[ -d $d ]] || continue
+    find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
   [[ -e $NETNS_PATH ]] && ip netns del "$NETNS"
   # Mount points created for the kubelet: removed once no other run's node uses them.
