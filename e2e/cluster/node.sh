@@ -125,8 +125,18 @@ await_node() { # await_node NAME TIMEOUT COMMAND...
   failed_component=""
 }
 
+# node_cgroups: the kubelet's cgroup root, in each cgroup v1 hierarchy (these
+# machines), or with the root's controllers delegated on a cgroup2-only host.
 node_cgroups() {
   local h d
+  if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+    d=/sys/fs/cgroup$CGROUP_ROOT
+    mkdir -p "$d"
+    for h in $(cat /sys/fs/cgroup/cgroup.subtree_control); do
+      echo "+$h" >"$d/cgroup.subtree_control" 2>/dev/null || true
+    done
+    return 0
+  fi
   for h in "${CGROUP_HIERARCHIES[@]}"; do
     [[ -d /sys/fs/cgroup/$h ]] || continue
     d=/sys/fs/cgroup/$h$CGROUP_ROOT
@@ -160,6 +170,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.nri.v1.nri",
 [plugins."io.containerd.cri.v1.runtime"]
   # This VM's processes lack CAP_SYS_RESOURCE: runc cannot lower oom_score_adj.
   restrict_oom_score_adj = true
+  # No AppArmor profile of ours is loaded on hosts that have AppArmor.
+  disable_apparmor = true
   netns_mounts_under_state_dir = true
   cdi_spec_dirs = ["$ctrd/cdi"]
   [plugins."io.containerd.cri.v1.runtime".cni]
