@@ -378,10 +378,10 @@ node_healthy() {
 
 # node_pids_in_cgroups: the processes in the run's cgroups (the pods').
 node_pids_in_cgroups() {
-  local h
-  for h in pids memory cpu unified; do
-    [[ -d /sys/fs/cgroup/$h$CGROUP_ROOT ]] || continue
-    find "/sys/fs/cgroup/$h$CGROUP_ROOT" -name cgroup.procs -exec cat {} + 2>/dev/null
+  local d
+  for d in /sys/fs/cgroup$CGROUP_ROOT /sys/fs/cgroup/*"$CGROUP_ROOT"; do
+    [[ -d $d ]] || continue
+    find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null
   done | sort -u
 }
 
@@ -437,7 +437,7 @@ node_stop() {
   rmdir /var/lib/cni/results /var/lib/cni /run/containerd/s /run/containerd 2>/dev/null || true
   # (runc also creates the pods' cgroups in the cgroup2 hierarchy, "unified".)
   local d
-  for d in /sys/fs/cgroup/*"$CGROUP_ROOT"; do
+  for d in /sys/fs/cgroup$CGROUP_ROOT /sys/fs/cgroup/*"$CGROUP_ROOT"; do
     [[ -d $d ]] || continue
     find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
