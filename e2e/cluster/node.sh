@@ -25,7 +25,6 @@ CGROUP_HIERARCHIES=(cpu cpuacct cpuset memory devices freezer blkio pids systemd
 # Directories the kubelet hard-codes, replaced inside its mount namespace by
 # directories of this run (they must exist on the host as mount points).
 KUBELET_HOST_DIRS=(/var/lib/kubelet /var/log/containers)
-NODE_PACKAGES=(runc containernetworking-plugins iptables ipset conntrack busybox-static)
 
 # in_ns COMMAND...: runs COMMAND in the node's network namespace. (Not `ip netns
 # exec`: that remounts /sys and hides the cgroup hierarchies.)
