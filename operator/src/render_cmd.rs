@@ -6,12 +6,11 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use kube::ResourceExt;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tenantgate_crds::manifests::ManifestSet;
 use tenantgate_crds::render::{GATEWAY_KEYS_SECRET, RenderOptions, tenant_namespace};
 
-use crate::tenant::build::{BuildInput, BuildSettings, TenantStack, build};
+use crate::tenant::build::{BuildInput, BuildSettings, build};
 
 /// Why `render` failed.
 #[derive(Debug, thiserror::Error)]
@@ -130,58 +129,11 @@ pub fn render(dirs: &[PathBuf], settings: &BuildSettings) -> Result<String, Rend
         for issue in &rendered.skipped {
             let _ = writeln!(out, "# skipped: {issue}");
         }
-        push_stack(&mut out, stack)?;
+        // In build order; every object is of a kind in the table of managed kinds.
+        for object in stack.objects() {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml::to_string(object)?);
+        }
     }
     Ok(out)
-}
-
-fn push<T: Serialize>(out: &mut String, obj: &T) -> Result<(), serde_yaml::Error> {
-    out.push_str("---\n");
-    out.push_str(&serde_yaml::to_string(obj)?);
-    Ok(())
-}
-
-fn push_stack(out: &mut String, stack: TenantStack) -> Result<(), serde_yaml::Error> {
-    let TenantStack {
-        namespace,
-        service_account,
-        role,
-        role_binding,
-        gateway_keys: _,
-        config_map,
-        deployment,
-        service,
-        hpa,
-        pdb,
-        network_policy,
-        ingress,
-        http_route,
-        service_monitor,
-        stdio_bridges,
-    } = stack;
-    push(out, &namespace)?;
-    push(out, &service_account)?;
-    push(out, &role)?;
-    push(out, &role_binding)?;
-    push(out, &config_map)?;
-    push(out, &service)?;
-    push(out, &network_policy)?;
-    for (d, s) in &stdio_bridges {
-        push(out, d)?;
-        push(out, s)?;
-    }
-    push(out, &deployment)?;
-    for o in hpa.iter() {
-        push(out, o)?;
-    }
-    for o in pdb.iter() {
-        push(out, o)?;
-    }
-    for o in ingress.iter() {
-        push(out, o)?;
-    }
-    for o in http_route.iter().chain(service_monitor.iter()) {
-        push(out, o)?;
-    }
-    Ok(())
 }

@@ -124,7 +124,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         create_gateway_keys: !deps.gateway_keys_exist,
         settings: &ctx.settings,
     })?;
-    let applied = apply::apply_stack(ctx, &name, stack).await;
+    let applied = apply::apply_stack(ctx, &name, &deps.namespace, stack).await;
     let writes = match applied {
         Ok(writes) => writes,
         Err(e) => {
