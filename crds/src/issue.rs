@@ -132,8 +132,8 @@ impl PartialEq<&str> for Reason {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigIssue {
     /// The object, when the configuration came from one (a compiled
-    /// GatewayConfig's own fields have none).
-    pub object: Option<ObjectRef>,
+    /// GatewayConfig's own fields have none). Boxed: errors stay small.
+    pub object: Option<Box<ObjectRef>>,
     /// The field path inside the object (or the GatewayConfig), e.g. `spec.providers[0].baseUrl`.
     pub field: Option<String>,
     /// Why, for machines.
@@ -151,7 +151,7 @@ impl ConfigIssue {
     /// The same issue, about `object`.
     #[must_use]
     pub fn on(mut self, object: ObjectRef) -> Self {
-        self.object = Some(object);
+        self.object = Some(Box::new(object));
         self
     }
 

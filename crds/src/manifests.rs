@@ -220,7 +220,12 @@ impl Location<'_> {
         ManifestError {
             source_name: self.source_name.to_owned(),
             document: self.document,
-            issue: ConfigIssue { object: self.object.clone(), field: field.map(str::to_owned), reason, message },
+            issue: ConfigIssue {
+                object: self.object.clone().map(Box::new),
+                field: field.map(str::to_owned),
+                reason,
+                message,
+            },
         }
     }
 }
