@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
@@ -24,6 +24,9 @@ pub enum RenderCmdError {
         #[source]
         source: std::io::Error,
     },
+    /// A directory could not be walked.
+    #[error("reading {0}")]
+    Walk(#[from] tenantgate_crds::files::WalkError),
     /// The YAML was refused.
     #[error("{0}")]
     Manifests(#[from] tenantgate_crds::manifests::ManifestErrors),
@@ -47,35 +50,12 @@ pub enum RenderCmdError {
     NoTenant(String),
 }
 
-/// Every YAML file under `dir` (or `dir` itself when it is a file), sorted.
-pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, RenderCmdError> {
-    if dir.is_file() {
-        return Ok(vec![dir.to_path_buf()]);
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries =
-            std::fs::read_dir(&d).map_err(|source| RenderCmdError::Read { path: d.display().to_string(), source })?;
-        for entry in entries {
-            let path = entry.map_err(|source| RenderCmdError::Read { path: d.display().to_string(), source })?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Renders every tenant of the YAML under `dirs` into the objects the operator
 /// would apply, as one multi-document YAML stream.
 pub fn render(dirs: &[PathBuf], settings: &BuildSettings) -> Result<String, RenderCmdError> {
     let mut set = ManifestSet::default();
     for dir in dirs {
-        for file in yaml_files(dir)? {
+        for file in tenantgate_crds::files::yaml_files(dir)? {
             let text = std::fs::read_to_string(&file)
                 .map_err(|source| RenderCmdError::Read { path: file.display().to_string(), source })?;
             set.add_yaml(&file.display().to_string(), &text)?;
@@ -136,4 +116,32 @@ pub fn render(dirs: &[PathBuf], settings: &BuildSettings) -> Result<String, Rend
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// `render -f` on a mounted ConfigMap: each key is a link through the
+    /// hidden `..data` to a hidden timestamped directory, which must not be
+    /// read a second time ("is defined more than once").
+    #[test]
+    fn render_reads_a_mounted_config_map_once() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/quickstart");
+        let root = std::env::temp_dir().join(format!("tg-render-configmap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let stamp = root.join("..2026_12_04_20_00_00.1");
+        std::fs::create_dir_all(&stamp).expect("mkdir");
+        std::os::unix::fs::symlink("..2026_12_04_20_00_00.1", root.join("..data")).expect("link");
+        for name in ["00-tenant.yaml", "10-policy.yaml"] {
+            std::fs::copy(examples.join(name), stamp.join(name)).expect("copy");
+            std::os::unix::fs::symlink(format!("..data/{name}"), root.join(name)).expect("link");
+        }
+        let mounted = render(std::slice::from_ref(&root), &BuildSettings::default());
+        let plain = render(&[examples], &BuildSettings::default());
+        std::fs::remove_dir_all(&root).expect("cleanup");
+        assert_eq!(mounted.expect("renders"), plain.expect("renders"));
+    }
 }
