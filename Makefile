@@ -9,7 +9,7 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 .PHONY: test
-TEST_STEPS := check-generated lint test-unit fuzz-smoke test-gateway test-services test-cluster e2e
+TEST_STEPS := check-generated lint test-unit fuzz-smoke test-gateway test-services test-cluster test-node e2e
 test: ## Every test (what CI runs), each step timed
 	scripts/steps $(TEST_STEPS)
 
@@ -55,6 +55,10 @@ test-services: ## Gateway tests against real PostgreSQL and Redis (started and s
 test-cluster: ## Tests against a real local control plane (started and stopped around them)
 	$(CARGO) build -p tenantgate-operator
 	e2e/with-cluster $(CARGO) test -p tenantgate-tests -- --test-threads=4
+
+.PHONY: test-node
+test-node: ## A real node (containerd, kubelet, kube-proxy, CNI, kube-router, CoreDNS, metrics-server) proven by e2e/cluster/smoke
+	TENANTGATE_REAL_NODES=1 e2e/with-cluster e2e/cluster/smoke
 
 .PHONY: e2e
 e2e: images ## The platform on a real node: helm/manifests install, tenants via kubectl, gateways as pods used with the openai and mcp SDKs, NetworkPolicies enforced, rollouts, GitOps changes, README commands

@@ -22,6 +22,19 @@ s.close()
 PY
 }
 
+# apt_install PACKAGE...: installs Debian packages (after apt-get update).
+apt_install() {
+  log "installing $*"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  # Debian's packages start their own servers where an init system runs; ours
+  # do not use them (here nothing starts them: no systemd).
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
+}
+
+# node_image NAME: the reference of an image that e2e/cluster/node-images
+# builds for the real nodes (pause, coredns, metrics-server, busybox).
+node_image() { echo "tenantgate.local/$1:e2e"; }
+
 # wait_for DESCRIPTION TIMEOUT_S COMMAND...: retries COMMAND until it succeeds.
 wait_for() {
   local what=$1 timeout=$2; shift 2

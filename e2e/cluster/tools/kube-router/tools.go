@@ -1,0 +1,8 @@
+//go:build tools
+
+// Package tools records the commands built from this module.
+package tools
+
+import (
+	_ "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"
+)
