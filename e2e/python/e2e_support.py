@@ -332,6 +332,22 @@ class Upstreams:
         self.echo.forward.close()
 
 
+def rolled_out(namespace: str) -> bool:
+    """Deployment gateway of `namespace` fully rolled out: every replica updated, ready, and no old one left."""
+    d = get_json("deployment", "gateway", "-n", namespace)
+    st, want = d["status"], d["spec"].get("replicas")
+    state = (st.get("observedGeneration") == d["metadata"]["generation"], st.get("updatedReplicas"),
+             st.get("readyReplicas"), st.get("replicas"))
+    if state != (True, want, want, want):
+        raise StepFailed(f"{namespace}/gateway: observed, updated, ready, replicas = {state}, want {want}")
+    # Old pods still draining (terminating pods are not in the Deployment's counts) may still
+    # hold connections: in-process MCP sessions (no Redis) live on the pod that opened them.
+    pods = [p["metadata"]["name"] for p in pods_of(namespace, d)]
+    if len(pods) != want:
+        raise StepFailed(f"{namespace}/gateway: pods {pods} (old ones still draining), want {want}")
+    return True
+
+
 class Gateway:
     """A tenant's gateway as its clients in the cluster reach it: Service
     `gateway` of its namespace (kube-proxy spreads connections over the ready
@@ -343,6 +359,7 @@ class Gateway:
         self.deployment = get_json("deployment", "gateway", "-n", self.namespace)
         labels = self.deployment["spec"]["selector"]["matchLabels"]
         self.selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        wait_for(f"{self.namespace}/gateway rolled out", lambda: rolled_out(self.namespace), 180)
         self.forward = service_forward(self.namespace, "gateway")
         self.url = self.forward.url
         wait_for(f"{self.namespace}/gateway answering /readyz through its Service",

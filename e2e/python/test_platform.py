@@ -62,6 +62,7 @@ from e2e_support import (
     kubectl,
     mint_token,
     pods_of,
+    rolled_out,
     run,
     wait_for,
 )
@@ -299,17 +300,6 @@ def conditions_observed(obj: dict) -> bool:
     return bool(conditions) and all(c.get("observedGeneration") == generation for c in conditions)
 
 
-def rolled_out(namespace: str) -> bool:
-    """Deployment gateway of `namespace` fully rolled out: every replica updated, ready, and no old one left."""
-    d = get_json("deployment", "gateway", "-n", namespace)
-    st, want = d["status"], d["spec"].get("replicas")
-    state = (st.get("observedGeneration") == d["metadata"]["generation"], st.get("updatedReplicas"),
-             st.get("readyReplicas"), st.get("replicas"))
-    if state != (True, want, want, want):
-        raise StepFailed(f"{namespace}/gateway: observed, updated, ready, replicas = {state}, want {want}")
-    return True
-
-
 def writes_by_pod(g: Gateway, line: str) -> dict[str, int]:
     """How many times each running gateway pod logged `line`."""
     counts: dict[str, int] = {}
@@ -338,7 +328,8 @@ def test_a_drifted_tool_shows_in_the_connection_status_until_its_pin_is_fixed():
     owners = [f for f in conn["metadata"]["managedFields"] if "f:driftedTools" in str(f.get("fieldsV1"))]
     assert [(f["manager"], f["operation"], f.get("subresource")) for f in owners] == \
         [("tenantgate-gateway", "Apply", "status")], owners
-    # `block`: the drifted tool is hidden.
+    # `block`: the drifted tool is hidden, by every pod once the new config has rolled out.
+    wait_for("the gateway's rollout with the pin", lambda: rolled_out(g.namespace), 120)
     tools = app.mcp_tools(g.url, token)
     assert "echo_echo" not in tools and tools, tools
 
