@@ -406,6 +406,11 @@ def usage(tenant: str, subject: str) -> dict:
 
 def test_one_tenants_usage_never_appears_in_the_others_admin_api():
     subjects = {"acme": "alice@acme.example", "quickstart": "bob@quickstart.example"}
+    # Fresh usage: quickstart keeps its usage in SQLite inside the pod (no spec.storage.database),
+    # and the config edits above replaced its pods, and that data with them.
+    for tenant in subjects:
+        for _ in range(2):
+            assert app.chat(S.gateways[tenant].url, S.tokens[tenant], "chat-default", "counted")
     for tenant, subject in subjects.items():
         wait_for(f"{tenant}'s usage of {subject} recorded", lambda: usage(tenant, subject)["requests"] >= 2, 30)
     assert usage("quickstart", subjects["acme"])["requests"] == 0
