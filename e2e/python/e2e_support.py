@@ -447,7 +447,10 @@ class ClientPod:
                     "name": "netcheck", "image": NETCHECK_IMAGE, "imagePullPolicy": "IfNotPresent",
                     "command": command or ["sleep", "3600"],
                     # A server (`command`) is ready when it runs; a client never is.
-                    "readinessProbe": {"exec": {"command": ["true" if command else "false"]}, "periodSeconds": 30},
+                    "readinessProbe": {"exec": {"command": ["sh", "-c", "exit 0" if command else "exit 1"]},
+                                       "periodSeconds": 30},
+                    # A request, so an HPA whose selector its labels match can still compute utilization.
+                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "16Mi"}},
                     "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                         "capabilities": {"drop": ["ALL"]}},
                 }],

@@ -506,7 +506,7 @@ def test_network_policies_are_enforced_on_the_node():
     pods: list[ClientPod] = []
     try:
         # A server nothing names: any pod may reach it unless a policy says otherwise.
-        decoy = ClientPod("e2e-decoy", "decoy", {"app": "decoy"}, command=["httpd", "-f", "-p", "8080", "-h", "/"])
+        decoy = ClientPod("e2e-decoy", "decoy", {"app": "decoy"}, command=["busybox", "httpd", "-f", "-p", "8080", "-h", "/"])
         pods.append(decoy)
         decoy_ip = get_json("pod", "decoy", "-n", "e2e-decoy")["status"]["podIP"]
         other_tenant = ClientPod("tg-quickstart", "netcheck")
