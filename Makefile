@@ -9,7 +9,7 @@ help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 .PHONY: test
-TEST_STEPS := check-generated lint test-unit fuzz-smoke test-gateway test-services test-cluster test-node e2e
+TEST_STEPS := check-generated lint test-images test-unit fuzz-smoke test-gateway test-services test-cluster test-node e2e
 test: ## Every test (what CI runs), each step timed
 	scripts/steps $(TEST_STEPS)
 
@@ -42,6 +42,15 @@ soak: ## SOAK_MINUTES (10) of mixed open-loop load on 3 tenants with the operato
 .PHONY: bench-mcp
 bench-mcp: ## tools/call through /mcp vs. the rmcp echo server direct (concurrency 8, fixed rate): added p50/p99, session setup
 	e2e/bench/mcp
+
+.PHONY: images
+images: ## Container images as OCI archives (no engine, no registry): operator, gateway and the e2e test images; prints NAME REF ARCHIVE BYTES
+	scripts/images
+
+.PHONY: test-images
+test-images: images ## Each image run by runc as UID 65532 on a read-only root in a network namespace; the Dockerfiles' layout checked against them
+	e2e/images/dockerfile-layout
+	e2e/images/smoke
 
 .PHONY: test-unit
 test-unit: ## Unit, golden and schema tests of every crate (no services needed)

@@ -13,17 +13,39 @@ pub enum HostClass {
     Local(&'static str),
 }
 
+/// Why a URL cannot name an upstream.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// It does not parse.
+    #[error("{url:?} is not a valid URL: {source}")]
+    Invalid {
+        /// The URL.
+        url: String,
+        /// The parser's complaint.
+        source: url::ParseError,
+    },
+    /// Another scheme than http(s).
+    #[error("{0:?} must use http or https")]
+    Scheme(String),
+    /// A user name or password in the URL.
+    #[error("{0:?} must not carry credentials: reference a Secret instead")]
+    Credentials(String),
+    /// No host.
+    #[error("{0:?} has no host")]
+    NoHost(String),
+}
+
 /// Classifies the host of an http(s) URL without resolving it.
-pub fn classify_url(url: &str) -> Result<HostClass, String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a valid URL: {e}"))?;
+pub fn classify_url(url: &str) -> Result<HostClass, UrlError> {
+    let parsed = url::Url::parse(url).map_err(|source| UrlError::Invalid { url: url.into(), source })?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("{url:?} must use http or https"));
+        return Err(UrlError::Scheme(url.into()));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(format!("{url:?} must not carry credentials: reference a Secret instead"));
+        return Err(UrlError::Credentials(url.into()));
     }
     Ok(match parsed.host() {
-        None => return Err(format!("{url:?} has no host")),
+        None => return Err(UrlError::NoHost(url.into())),
         Some(url::Host::Ipv4(ip)) => classify_ip(IpAddr::V4(ip)),
         Some(url::Host::Ipv6(ip)) => classify_ip(IpAddr::V6(ip)),
         Some(url::Host::Domain(name)) => classify_name(name),
@@ -115,8 +137,8 @@ mod tests {
 
     #[test]
     fn bad_urls_name_the_problem() {
-        assert!(classify_url("ftp://example.com").unwrap_err().contains("http or https"));
-        assert!(classify_url("https://user:pw@example.com").unwrap_err().contains("credentials"));
-        assert!(classify_url("not a url").unwrap_err().contains("not a valid URL"));
+        assert!(classify_url("ftp://example.com").unwrap_err().to_string().contains("http or https"));
+        assert!(classify_url("https://user:pw@example.com").unwrap_err().to_string().contains("credentials"));
+        assert!(classify_url("not a url").unwrap_err().to_string().contains("not a valid URL"));
     }
 }

@@ -6,7 +6,6 @@
 //! would refuse, with the file, the object and the field path in the message.
 
 use std::collections::BTreeSet;
-use std::fmt;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::cel::Validator;
@@ -14,35 +13,20 @@ use kube::{CustomResourceExt, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::issue::{ConfigIssue, ObjectRef, Reason};
 use crate::render::{RenderError, RenderInput, RenderOptions, RenderedConfig, render, tenant_namespace};
 use crate::v1alpha1::{API_VERSION, GROUP, McpConnection, PromptPolicy, Tenant};
 
-/// Why a document was refused.
+/// Why a document was refused: the issue, and where its document is.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name} (document {document}): {issue}")]
 pub struct ManifestError {
     /// File (or other source) the document came from.
     pub source_name: String,
     /// 1-based index of the document in the source.
     pub document: usize,
-    /// `Kind namespace/name`, when known.
-    pub object: Option<String>,
-    /// Field path, e.g. `spec.providers[0].type`, when known.
-    pub field: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ManifestError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (document {})", self.source_name, self.document)?;
-        if let Some(object) = &self.object {
-            write!(f, ": {object}")?;
-        }
-        if let Some(field) = &self.field {
-            write!(f, ": {field}")?;
-        }
-        write!(f, ": {}", self.message)
-    }
+    /// The object (when known), field (when known), reason and message.
+    pub issue: ConfigIssue,
 }
 
 /// All errors of one load, each naming its file, object and field.
@@ -76,7 +60,7 @@ impl ManifestSet {
             if let Err(mut e) = staged.add_document(document, &mut at) {
                 // A syntax error ends the stream: serde_yaml's document iterator
                 // would yield the same error forever (found by fuzzing: an OOM).
-                let syntax = e.iter().any(|e| e.message.starts_with(INVALID_YAML));
+                let syntax = e.iter().any(|e| e.issue.message.starts_with(INVALID_YAML));
                 errors.append(&mut e);
                 if syntax {
                     break;
@@ -101,30 +85,29 @@ impl ManifestSet {
         at: &mut Location<'_>,
     ) -> Result<(), Vec<ManifestError>> {
         let yaml: serde_yaml::Value = serde::Deserialize::deserialize(document)
-            .map_err(|e| vec![at.error(None, format!("{INVALID_YAML}{e}"))])?;
+            .map_err(|e| vec![at.error(None, Reason::InvalidYaml, format!("{INVALID_YAML}{e}"))])?;
         if yaml.is_null() {
             return Ok(());
         }
         let value: Value = serde_json::to_value(&yaml)
-            .map_err(|e| vec![at.error(None, format!("not a JSON-compatible document: {e}"))])?;
+            .map_err(|e| vec![at.error(None, Reason::InvalidYaml, format!("not a JSON-compatible document: {e}"))])?;
         let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
-        let api_version =
-            text(&value, "apiVersion").ok_or_else(|| vec![at.error(Some("apiVersion"), "is required".into())])?;
-        let kind = text(&value, "kind").ok_or_else(|| vec![at.error(Some("kind"), "is required".into())])?;
+        let api_version = text(&value, "apiVersion")
+            .ok_or_else(|| vec![at.error(Some("apiVersion"), Reason::InvalidSpec, "is required".into())])?;
+        let kind = text(&value, "kind")
+            .ok_or_else(|| vec![at.error(Some("kind"), Reason::InvalidSpec, "is required".into())])?;
         let metadata = value.get("metadata").cloned().unwrap_or(Value::Null);
         let name = text(&metadata, "name").unwrap_or_default();
         let namespace = text(&metadata, "namespace");
-        at.object = Some(match &namespace {
-            Some(ns) => format!("{kind} {ns}/{name}"),
-            None => format!("{kind} {name}"),
-        });
+        at.object = Some(ObjectRef { kind: kind.clone(), namespace: namespace.clone(), name: name.clone() });
         if name.is_empty() {
-            return Err(vec![at.error(Some("metadata.name"), "is required".into())]);
+            return Err(vec![at.error(Some("metadata.name"), Reason::InvalidSpec, "is required".into())]);
         }
         // What the API server enforces on every object, so local mode reads no name a cluster would refuse.
         if !is_dns_subdomain(&name) {
             return Err(vec![at.error(
                 Some("metadata.name"),
+                Reason::InvalidSpec,
                 format!(
                     "{name:?} must be a lowercase RFC 1123 subdomain (a-z, 0-9, '-' and '.', at most 253 characters)"
                 ),
@@ -133,27 +116,31 @@ impl ManifestSet {
         if let Some(ns) = namespace.as_deref().filter(|ns| !is_dns_label(ns)) {
             return Err(vec![at.error(
                 Some("metadata.namespace"),
+                Reason::InvalidSpec,
                 format!("{ns:?} must be a lowercase RFC 1123 label (a-z, 0-9 and '-', at most 63 characters)"),
             )]);
         }
 
         let ours = api_version.split('/').next() == Some(GROUP);
         if ours && api_version != API_VERSION {
-            return Err(vec![
-                at.error(Some("apiVersion"), format!("unsupported version {api_version:?}, expected {API_VERSION:?}")),
-            ]);
+            return Err(vec![at.error(
+                Some("apiVersion"),
+                Reason::InvalidSpec,
+                format!("unsupported version {api_version:?}, expected {API_VERSION:?}"),
+            )]);
         }
         let namespaced = matches!((ours, kind.as_str()), (true, "McpConnection" | "PromptPolicy") | (false, "Secret"));
         if namespaced && namespace.is_none() {
             return Err(vec![at.error(
                 Some("metadata.namespace"),
+                Reason::InvalidSpec,
                 "is required: the namespace decides which tenant the object belongs to".into(),
             )]);
         }
         if (ours || kind == "Secret")
             && !self.seen.insert((kind.clone(), namespace.clone().unwrap_or_default(), name.clone()))
         {
-            return Err(vec![at.error(None, "is defined more than once".into())]);
+            return Err(vec![at.error(None, Reason::Duplicate, "is defined more than once".into())]);
         }
         match (ours, kind.as_str(), api_version.as_str()) {
             (true, "Tenant", _) => self.tenants.push(decode_custom::<Tenant>(&value, at)?),
@@ -162,6 +149,7 @@ impl ManifestSet {
             (true, other, _) => {
                 return Err(vec![at.error(
                     Some("kind"),
+                    Reason::InvalidSpec,
                     format!("unknown kind {other:?} in {GROUP}: expected Tenant, McpConnection or PromptPolicy"),
                 )]);
             }
@@ -224,17 +212,20 @@ fn is_dns_subdomain(s: &str) -> bool {
 struct Location<'a> {
     source_name: &'a str,
     document: usize,
-    object: Option<String>,
+    object: Option<ObjectRef>,
 }
 
 impl Location<'_> {
-    fn error(&self, field: Option<&str>, message: String) -> ManifestError {
+    fn error(&self, field: Option<&str>, reason: Reason, message: String) -> ManifestError {
         ManifestError {
             source_name: self.source_name.to_owned(),
             document: self.document,
-            object: self.object.clone(),
-            field: field.map(str::to_owned),
-            message,
+            issue: ConfigIssue {
+                object: self.object.clone().map(Box::new),
+                field: field.map(str::to_owned),
+                reason,
+                message,
+            },
         }
     }
 }
@@ -259,7 +250,7 @@ where
             .iter()
             .map(|e| {
                 let field = e.field_path.trim_start_matches('.');
-                at.error((!field.is_empty()).then_some(field), e.message.clone())
+                at.error((!field.is_empty()).then_some(field), Reason::RuleViolated, e.message.clone())
             })
             .collect::<Vec<_>>()
     })?;
@@ -282,11 +273,12 @@ fn decode_strict<T: DeserializeOwned>(value: &Value, at: &Location<'_>) -> Resul
         Err(e) => {
             let path = e.path().to_string();
             let field = (path != ".").then_some(path);
-            Err(vec![at.error(field.as_deref(), e.into_inner().to_string())])
+            Err(vec![at.error(field.as_deref(), Reason::InvalidValue, e.into_inner().to_string())])
         }
-        Ok(_) if !unknown.is_empty() => {
-            Err(unknown.into_iter().map(|field| at.error(Some(&field), "unknown field".into())).collect())
-        }
+        Ok(_) if !unknown.is_empty() => Err(unknown
+            .into_iter()
+            .map(|field| at.error(Some(&field), Reason::UnknownField, "unknown field".into()))
+            .collect()),
         Ok(decoded) => Ok(decoded),
     }
 }
@@ -316,7 +308,7 @@ mod tests {
         let text = include_str!("../../fuzz/corpus/render_config/regression-unterminated-flow-mapping.yaml");
         let err = ManifestSet::default().add_yaml("bad.yaml", text).expect_err("invalid YAML");
         assert_eq!(err.0.len(), 1, "{err}");
-        assert!(err.0[0].message.starts_with("invalid YAML: "), "{err}");
+        assert!(err.0[0].issue.message.starts_with("invalid YAML: "), "{err}");
     }
 
     #[test]
@@ -334,7 +326,7 @@ mod tests {
             ("base", "tg-acme/../x", "metadata.namespace"),
         ] {
             let err = ManifestSet::default().add_yaml("bad.yaml", &doc(name, ns)).expect_err(name);
-            assert_eq!(err.0[0].field.as_deref(), Some(field), "{err}");
+            assert_eq!(err.0[0].issue.field.as_deref(), Some(field), "{err}");
         }
     }
 }

@@ -2,7 +2,6 @@
 //! the [`GatewayConfig`] its gateway runs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use kube::ResourceExt;
 
@@ -11,6 +10,7 @@ use crate::config::{
     McpConnectionConfig, McpEndpointTransport, NetworkConfig, PolicyConfig, PolicyLayer, PolicyOrigin, ProviderConfig,
     StdioProcess, StorageConfig, TenantIdentity,
 };
+use crate::issue::{ConfigIssue, ObjectRef, Reason};
 use crate::v1alpha1::{McpConnection, McpTransport, PromptPolicy, SecretKeyRef, Tenant};
 
 /// Where the gateway Deployment mounts the projected Secret volume.
@@ -74,26 +74,7 @@ pub struct RenderedConfig {
     /// Every Secret key the config points at (the projected volume mounts exactly these).
     pub secret_refs: BTreeSet<SecretKeyRef>,
     /// McpConnections left out, with why.
-    pub skipped: Vec<ObjectIssue>,
-}
-
-/// A problem with one object.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ObjectIssue {
-    /// `Kind namespace/name`.
-    pub object: String,
-    /// Field path inside the object.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-    /// A CamelCase reason for conditions and metrics.
-    pub reason: &'static str,
-}
-
-impl fmt::Display for ObjectIssue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.object, self.field, self.message)
-    }
+    pub skipped: Vec<ConfigIssue>,
 }
 
 /// Why a tenant's config could not be rendered; the old config stays in force.
@@ -101,7 +82,7 @@ impl fmt::Display for ObjectIssue {
 #[error("{}", .issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
 pub struct RenderError {
     /// Every problem found, not just the first.
-    pub issues: Vec<ObjectIssue>,
+    pub issues: Vec<ConfigIssue>,
 }
 
 /// The namespace a tenant's gateway runs in.
@@ -137,7 +118,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
     let tenant = input.tenant;
     let spec = &tenant.spec;
     let namespace = tenant_namespace(tenant);
-    let tenant_obj = format!("Tenant {}", tenant.name_any());
+    let tenant_obj = ObjectRef::cluster("Tenant", &tenant.name_any());
 
     let jwt = &spec.auth.jwt;
     let keys = match (&jwt.jwks_uri, &jwt.jwks_secret_ref, &jwt.hmac_secret_ref) {
@@ -149,7 +130,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
                 &tenant_obj,
                 "spec.auth.jwt",
                 "set exactly one of jwksUri, jwksSecretRef or hmacSecretRef",
-                "InvalidSpec",
+                Reason::InvalidSpec,
             );
             JwtKeys::JwksUri(String::new())
         }
@@ -174,7 +155,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
                 &tenant_obj,
                 &format!("spec.providers[{i}].name"),
                 &format!("duplicate provider name {:?}", p.name),
-                "InvalidSpec",
+                Reason::InvalidSpec,
             );
         }
         if let Some(url) = &p.base_url {
@@ -187,7 +168,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         }
         for (name, value) in &p.headers {
             if let Some(problem) = header_problem(name, value) {
-                r.issue(&tenant_obj, &format!("spec.providers[{i}].headers.{name}"), problem, "InvalidSpec");
+                r.issue(&tenant_obj, &format!("spec.providers[{i}].headers.{name}"), problem, Reason::InvalidSpec);
             }
         }
         providers.push(ProviderConfig {
@@ -206,7 +187,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
                 &tenant_obj,
                 &format!("spec.models[{i}].name"),
                 &format!("duplicate model name {:?}", m.name),
-                "InvalidSpec",
+                Reason::InvalidSpec,
             );
         }
         for (j, t) in m.targets.iter().enumerate() {
@@ -215,7 +196,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
                     &tenant_obj,
                     &format!("spec.models[{i}].targets[{j}].provider"),
                     &format!("provider {:?} is not declared in spec.providers", t.provider),
-                    "InvalidSpec",
+                    Reason::InvalidSpec,
                 );
             }
         }
@@ -265,10 +246,10 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         let config = cr.mcp_connection(c, &namespace, spec.network.allow_local_upstreams);
         if let Some(other) = prefixes.get(&config.prefix) {
             cr.issue(
-                &format!("McpConnection {namespace}/{}", c.name_any()),
+                &ObjectRef::namespaced("McpConnection", &namespace, &c.name_any()),
                 "spec.tools.prefix",
                 &format!("prefix {:?} is already used by McpConnection {other}", config.prefix),
-                "PrefixConflict",
+                Reason::PrefixConflict,
             );
         }
         if cr.issues.is_empty() {
@@ -307,12 +288,12 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
 struct Renderer<'o> {
     options: &'o RenderOptions,
     secret_refs: BTreeSet<SecretKeyRef>,
-    issues: Vec<ObjectIssue>,
+    issues: Vec<ConfigIssue>,
 }
 
 impl Renderer<'_> {
-    fn issue(&mut self, object: &str, field: &str, message: &str, reason: &'static str) {
-        self.issues.push(ObjectIssue { object: object.into(), field: field.into(), message: message.into(), reason });
+    fn issue(&mut self, object: &ObjectRef, field: &str, message: &str, reason: Reason) {
+        self.issues.push(ConfigIssue::new(reason, message).on(object.clone()).at(field));
     }
 
     fn secret_file(&mut self, secret: &SecretKeyRef) -> String {
@@ -320,16 +301,16 @@ impl Renderer<'_> {
         format!("{}/{}/{}", self.options.secrets_root, secret.name, secret.key)
     }
 
-    fn check_upstream_url(&mut self, object: &str, field: &str, url: &str, allow_local: bool) {
+    fn check_upstream_url(&mut self, object: &ObjectRef, field: &str, url: &str, allow_local: bool) {
         match crate::address::classify_url(url) {
-            Err(message) => self.issue(object, field, &message, "InvalidURL"),
+            Err(e) => self.issue(object, field, &e.to_string(), Reason::InvalidUrl),
             Ok(crate::address::HostClass::Local(why)) if !allow_local => self.issue(
                 object,
                 field,
                 &format!(
                     "{url} points at a {why} address; set spec.network.allowLocalUpstreams on the Tenant to allow it"
                 ),
-                "LocalUpstreamRefused",
+                Reason::LocalUpstreamRefused,
             ),
             Ok(_) => {}
         }
@@ -338,7 +319,7 @@ impl Renderer<'_> {
     fn mcp_connection(&mut self, c: &McpConnection, namespace: &str, allow_local: bool) -> McpConnectionConfig {
         let spec = &c.spec;
         let name = c.name_any();
-        let obj = format!("McpConnection {namespace}/{name}");
+        let obj = ObjectRef::namespaced("McpConnection", namespace, &name);
         if let Some(url) = &spec.url {
             self.check_upstream_url(&obj, "spec.url", url, allow_local);
         }
@@ -351,7 +332,7 @@ impl Renderer<'_> {
                         &obj,
                         "spec.stdio.image",
                         "a stdio connection needs an image to run in a cluster",
-                        "MissingImage",
+                        Reason::MissingImage,
                     );
                 }
                 (McpEndpointTransport::StreamableHttp, Some(stdio_bridge_url(&name, namespace)), None)
@@ -375,7 +356,7 @@ impl Renderer<'_> {
                     }
                 });
                 if process.is_none() {
-                    self.issue(&obj, "spec.stdio", "stdio is required when transport is stdio", "InvalidSpec");
+                    self.issue(&obj, "spec.stdio", "stdio is required when transport is stdio", Reason::InvalidSpec);
                 }
                 (McpEndpointTransport::Stdio, None, process)
             }
@@ -404,7 +385,7 @@ impl Renderer<'_> {
                         &obj,
                         "spec.auth",
                         "set exactly one of bearerSecretRef, oauth2ClientCredentials or oauth2AuthorizationCode",
-                        "InvalidSpec",
+                        Reason::InvalidSpec,
                     );
                     None
                 }
@@ -425,7 +406,7 @@ impl Renderer<'_> {
     fn policy(&mut self, policy: &PromptPolicy, origin: PolicyOrigin) -> Option<PolicyConfig> {
         let spec = &policy.spec;
         let id = format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any());
-        let obj = format!("PromptPolicy {id}");
+        let obj = ObjectRef::namespaced("PromptPolicy", &policy.namespace().unwrap_or_default(), &policy.name_any());
         let before = self.issues.len();
         if let Some(prompt) = &spec.system_prompt {
             if prompt.locked && origin != PolicyOrigin::Global {
@@ -433,11 +414,11 @@ impl Renderer<'_> {
                     &obj,
                     "spec.systemPrompt.locked",
                     "only global policies (in the operator's namespace) can lock their prompt",
-                    "LockedOutsideGlobal",
+                    Reason::LockedOutsideGlobal,
                 );
             }
             if let Err(e) = crate::template::check(&prompt.template) {
-                self.issue(&obj, "spec.systemPrompt.template", &e, "InvalidTemplate");
+                self.issue(&obj, "spec.systemPrompt.template", &e.to_string(), Reason::InvalidTemplate);
             }
         }
         if let Some(guards) = &spec.guards {
@@ -447,7 +428,7 @@ impl Renderer<'_> {
                         &obj,
                         &format!("spec.guards.denyPatterns[{i}]"),
                         &format!("invalid regular expression: {e}"),
-                        "InvalidPattern",
+                        Reason::InvalidPattern,
                     );
                 }
             }

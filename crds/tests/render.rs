@@ -232,7 +232,9 @@ fn bad_policies_refuse_the_whole_config_naming_the_policy() {
     let input =
         RenderInput { tenant: &tenant, mcp_connections: &[], tenant_policies: &[locked, broken], global_policies: &[] };
     let err = render(input, &RenderOptions::default()).expect_err("refused");
-    let reasons: Vec<_> = err.issues.iter().map(|i| (i.object.as_str(), i.reason)).collect();
+    let objects: Vec<String> =
+        err.issues.iter().map(|i| i.object.as_ref().map(ToString::to_string).unwrap_or_default()).collect();
+    let reasons: Vec<_> = err.issues.iter().zip(&objects).map(|(i, o)| (o.as_str(), i.reason.as_str())).collect();
     assert_eq!(
         reasons,
         [("PromptPolicy tg-t/sneaky", "LockedOutsideGlobal"), ("PromptPolicy tg-t/broken", "InvalidTemplate")]

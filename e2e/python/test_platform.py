@@ -72,12 +72,16 @@ TENANTS = ("quickstart", "acme")
 NAMESPACES = {"quickstart": "tg-quickstart", "acme": "tg-acme"}
 QUICKSTART_KEY = EXAMPLES / "quickstart/dev-signing-key.pem"
 ACME_KEY = FIXTURES / "acme/dev-signing-key.pem"
-# Kinds the operator makes in a tenant namespace (HPA and PDB for acme only).
-OWNED_KINDS = (
-    "serviceaccounts,secrets,configmaps,deployments.apps,services,"
-    "horizontalpodautoscalers.autoscaling,poddisruptionbudgets.policy,networkpolicies.networking.k8s.io,"
-    "ingresses.networking.k8s.io,roles.rbac.authorization.k8s.io,rolebindings.rbac.authorization.k8s.io"
-)
+
+
+def owned_kinds() -> str:
+    """Kinds the operator makes in a tenant namespace (HPA and PDB for acme only),
+    from its table of managed kinds; optional ones (CRDs this cluster lacks) left out."""
+    rows = [line.split() for line in run([OPERATOR_BIN, "kinds"]).splitlines()]
+    return ",".join(r[0] for r in rows if r[3] == "Namespaced" and r[5] == "required")
+
+
+OWNED_KINDS = owned_kinds()
 
 
 class State:

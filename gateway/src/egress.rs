@@ -11,10 +11,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use tenantgate_crds::address::{HostClass, classify_ip, classify_url};
 use tenantgate_crds::config::GatewayConfig;
+use tenantgate_crds::issue::{ConfigIssue, Reason};
 
 /// Why a connection was refused before it was made.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,41 @@ pub enum EgressError {
         /// The resolver's error.
         message: String,
     },
+    /// The HTTP client could not be built (no TLS roots, ...).
+    #[error("building the HTTP client failed: {0}")]
+    Client(reqwest::Error),
+}
+
+/// What differs between the gateway's upstream clients.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSettings {
+    /// Longest wait for a connection.
+    pub connect_timeout: Duration,
+    /// Whether redirects are followed (each hop resolves through the same resolver).
+    pub follow_redirects: bool,
+    /// Idle connections kept per host.
+    pub max_idle_per_host: usize,
+}
+
+/// The one way to build an upstream HTTP client: every name resolves through
+/// [`UpstreamResolver`] under `local`. It fails rather than falling back to a
+/// client without that resolver.
+pub fn client(local: &LocalUpstreams, settings: ClientSettings) -> Result<reqwest::Client, EgressError> {
+    let redirect = if settings.follow_redirects {
+        reqwest::redirect::Policy::default()
+    } else {
+        reqwest::redirect::Policy::none()
+    };
+    reqwest::Client::builder()
+        .dns_resolver(UpstreamResolver::new(local.clone()))
+        .connect_timeout(settings.connect_timeout)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(settings.max_idle_per_host)
+        .tcp_nodelay(true)
+        .redirect(redirect)
+        .user_agent(concat!("tenantgate-gateway/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(EgressError::Client)
 }
 
 /// Whether local upstreams are allowed, shared by the resolvers of every
@@ -112,7 +149,7 @@ impl Resolve for UpstreamResolver {
 /// Refuses a config whose provider or MCP URLs name a local address while
 /// local upstreams are not allowed (the renderer's check, for a config file
 /// that did not come from it).
-pub fn check_config(config: &GatewayConfig) -> Result<(), String> {
+pub fn check_config(config: &GatewayConfig) -> Result<(), ConfigIssue> {
     if config.network.allow_local_upstreams {
         return Ok(());
     }
@@ -124,9 +161,10 @@ pub fn check_config(config: &GatewayConfig) -> Result<(), String> {
     let mcp = config.mcp.iter().enumerate().filter_map(|(i, c)| c.url.as_deref().map(|u| (format!("mcp[{i}].url"), u)));
     for (field, url) in providers.chain(mcp) {
         if let Ok(HostClass::Local(kind)) = classify_url(url) {
-            return Err(format!(
-                "{field}: {url} points at a {kind} address; set spec.network.allowLocalUpstreams on the Tenant to allow it"
-            ));
+            let message = format!(
+                "{url} points at a {kind} address; set spec.network.allowLocalUpstreams on the Tenant to allow it"
+            );
+            return Err(ConfigIssue::new(Reason::LocalUpstreamRefused, message).at(field));
         }
     }
     Ok(())

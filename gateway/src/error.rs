@@ -86,6 +86,27 @@ pub struct ErrorDetail<'a> {
     pub code: Option<&'a str>,
 }
 
+impl From<crate::routing::RouteError> for AppError {
+    fn from(e: crate::routing::RouteError) -> Self {
+        use crate::routing::RouteError;
+        match e {
+            RouteError::Rejected { status, message, kind, param, code } => {
+                Self::UpstreamRejected { status, message, kind, param, code }
+            }
+            RouteError::RateLimited { message, retry_after } => Self::RateLimited { message, retry_after },
+            RouteError::Unavailable { message, retry_after } => Self::Unavailable { message, retry_after },
+            RouteError::Timeout(message) => Self::GatewayTimeout(message),
+            RouteError::Failed(message) => Self::BadGateway(message),
+        }
+    }
+}
+
+impl From<crate::llm::types::RequestError> for AppError {
+    fn from(e: crate::llm::types::RequestError) -> Self {
+        Self::BadRequest { message: e.message, param: e.param }
+    }
+}
+
 impl AppError {
     /// A 400 naming the field at fault.
     pub fn bad_request(param: impl Into<Option<String>>, message: impl Into<String>) -> Self {

@@ -12,7 +12,19 @@ use crate::mcp::Upstream;
 /// are dropped (the gateway audits them).
 pub fn upstream(config: McpConnectionConfig) -> Upstream {
     let (drifts, _) = tokio::sync::mpsc::unbounded_channel();
-    Upstream::new(config, drifts, crate::mcp::drift_status::DriftBoard::default())
+    let settings = crate::egress::ClientSettings {
+        connect_timeout: std::time::Duration::from_secs(5),
+        follow_redirects: false,
+        max_idle_per_host: 0,
+    };
+    let client = crate::egress::client(&crate::egress::LocalUpstreams::default(), settings).expect("an HTTP client");
+    let links = crate::mcp::upstream::HubLinks {
+        user_tokens: std::sync::Arc::default(),
+        client,
+        drifts,
+        drift_board: crate::mcp::drift_status::DriftBoard::default(),
+    };
+    Upstream::new(config, links)
 }
 
 /// What an upstream's `tools/list` becomes in the catalog: the tools its

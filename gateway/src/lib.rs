@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod egress;

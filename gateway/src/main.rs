@@ -10,7 +10,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(args)) => {
-            println!("{}", tenantgate_gateway::token::mint(&args).map_err(anyhow::Error::msg)?);
+            println!("{}", tenantgate_gateway::token::mint(&args)?);
             Ok(())
         }
         Some(Command::Serve(args)) => serve(*args).await,

@@ -132,13 +132,24 @@ impl RedisEndpoint {
 /// longer than a rate-limit decision may wait: done ahead of the first
 /// request, it does not count against that request, and a failure is
 /// reported with its real cause (e.g. `invalid peer certificate: UnknownIssuer`).
-pub async fn warm_up(mut connection: ConnectionManager, within: Duration) -> Result<(), String> {
+pub async fn warm_up(mut connection: ConnectionManager, within: Duration) -> Result<(), WarmUpError> {
     let ping = async move { redis::cmd("PING").query_async::<String>(&mut connection).await };
     match tokio::time::timeout(within, ping).await {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no connection to Redis within {within:?}")),
+        Ok(Err(e)) => Err(WarmUpError::Redis(e)),
+        Err(_) => Err(WarmUpError::Timeout(within)),
     }
+}
+
+/// Why the first connection to Redis failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmUpError {
+    /// Redis answered with an error, or the connection failed.
+    #[error("{0}")]
+    Redis(redis::RedisError),
+    /// Nothing within the wait.
+    #[error("no connection to Redis within {0:?}")]
+    Timeout(Duration),
 }
 
 /// At least one certificate, and every PEM certificate block parses.

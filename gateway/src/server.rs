@@ -19,13 +19,16 @@ pub enum StartError {
     NoConfig,
     /// The first config is invalid.
     #[error("config: {0}")]
-    Config(String),
+    Config(#[from] crate::config::ConfigError),
     /// The database or the spill file.
     #[error("storage: {0}")]
-    Storage(String),
+    Storage(Box<dyn std::error::Error + Send + Sync>),
     /// Metrics recorder.
     #[error("metrics: {0}")]
-    Metrics(String),
+    Metrics(#[from] metrics_exporter_prometheus::BuildError),
+    /// The upstream HTTP client could not be built.
+    #[error("{0}")]
+    Egress(#[from] crate::egress::EgressError),
     /// Listening or serving failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -59,7 +62,7 @@ fn state_dir(args: &ServeArgs) -> PathBuf {
 pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     let source = source(&args)?;
     let metrics = crate::telemetry::init_metrics().map_err(StartError::Metrics)?;
-    let carried = Carried::new(Duration::from_secs(args.jwks_min_refresh_secs));
+    let carried = Carried::new(Duration::from_secs(args.jwks_min_refresh_secs))?;
     carried.mcp().configure_http(args.mcp_settings());
     let (runtime, fingerprint) = load_initial(&source, &carried).await.map_err(StartError::Config)?;
     tracing::info!(
@@ -73,7 +76,7 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     let storage =
         crate::storage::Storage::start(&runtime.config.storage, &runtime.config.keys.api_key_pepper_file, spill_dir)
             .await
-            .map_err(|e| StartError::Storage(e.to_string()))?;
+            .map_err(StartError::Storage)?;
     let storage = Arc::new(storage);
     let mcp = carried.mcp();
     mcp.configure_user_tokens(crate::mcp::user_oauth::UserTokens::new(

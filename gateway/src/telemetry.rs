@@ -39,12 +39,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// Installs the global metrics recorder and returns its handle.
-pub fn init_metrics() -> Result<PrometheusHandle, String> {
+pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-        .map_err(|e| e.to_string())?
-        .install_recorder()
-        .map_err(|e| e.to_string())?;
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .install_recorder()?;
     describe();
     let upkeep = handle.clone();
     tokio::spawn(async move {

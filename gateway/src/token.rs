@@ -1,41 +1,74 @@
 //! `tenantgate-gateway token`: mints a development JWT for a tenant of a
 //! manifests directory, with its issuer and first audience.
 
+use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use tenantgate_crds::manifests::ManifestSet;
+use tenantgate_crds::files::{WalkError, yaml_files};
+use tenantgate_crds::manifests::{ManifestErrors, ManifestSet};
 use tenantgate_crds::render::tenant_namespace;
 
 use crate::cli::TokenArgs;
 
+/// Why no token was minted.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The manifests directory could not be walked.
+    #[error("{0}")]
+    Walk(#[from] WalkError),
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The CRD YAML was refused.
+    #[error("{0}")]
+    Manifests(#[from] ManifestErrors),
+    /// The named tenant is not there.
+    #[error("no Tenant {0:?}")]
+    NoTenant(String),
+    /// Several tenants (or none) and no `--tenant`.
+    #[error("choose a tenant with --tenant")]
+    ChooseTenant,
+    /// No `--audience` and the tenant lists none.
+    #[error("the tenant has no audience")]
+    NoAudience,
+    /// The signing key is not a private key.
+    #[error("{0}: not an RSA, EC or Ed25519 private key in PEM")]
+    Key(String),
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    Sign(jsonwebtoken::errors::Error),
+}
+
 /// The signed token.
-pub fn mint(args: &TokenArgs) -> Result<String, String> {
+pub fn mint(args: &TokenArgs) -> Result<String, TokenError> {
+    let failed = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| TokenError::Read { path, source }
+    };
     let mut set = ManifestSet::default();
-    let mut files: Vec<_> = std::fs::read_dir(&args.manifests)
-        .map_err(|e| format!("{}: {e}", args.manifests.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
-    files.sort();
-    for f in &files {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
-        set.add_yaml(&f.display().to_string(), &text).map_err(|e| e.to_string())?;
+    for f in &yaml_files(&args.manifests)? {
+        let text = std::fs::read_to_string(f).map_err(failed(f))?;
+        set.add_yaml(&f.display().to_string(), &text)?;
     }
     let tenant = match &args.tenant {
-        Some(name) => set.tenant(name).ok_or_else(|| format!("no Tenant {name:?}"))?,
+        Some(name) => set.tenant(name).ok_or_else(|| TokenError::NoTenant(name.clone()))?,
         None => match set.tenants.as_slice() {
             [only] => only,
-            _ => return Err("choose a tenant with --tenant".into()),
+            _ => return Err(TokenError::ChooseTenant),
         },
     };
     let jwt = &tenant.spec.auth.jwt;
     let audience = match &args.audience {
         Some(a) => a,
-        None => jwt.audiences.first().ok_or("the tenant has no audience")?,
+        None => jwt.audiences.first().ok_or(TokenError::NoAudience)?,
     };
     let issuer = args.issuer.as_ref().unwrap_or(&jwt.issuer);
     let kid = match &args.kid {
@@ -57,12 +90,12 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
             }
         }),
     };
-    let pem = std::fs::read(&args.key).map_err(|e| format!("{}: {e}", args.key.display()))?;
+    let pem = std::fs::read(&args.key).map_err(failed(&args.key))?;
     let (key, alg) = EncodingKey::from_rsa_pem(&pem)
         .map(|k| (k, Algorithm::RS256))
         .or_else(|_| EncodingKey::from_ec_pem(&pem).map(|k| (k, Algorithm::ES256)))
         .or_else(|_| EncodingKey::from_ed_pem(&pem).map(|k| (k, Algorithm::EdDSA)))
-        .map_err(|_| format!("{}: not an RSA, EC or Ed25519 private key in PEM", args.key.display()))?;
+        .map_err(|_| TokenError::Key(args.key.display().to_string()))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let exp = now.saturating_add_signed(args.ttl_secs);
     let issued = now.min(exp);
@@ -73,5 +106,5 @@ pub fn mint(args: &TokenArgs) -> Result<String, String> {
     });
     let mut header = Header::new(alg);
     header.kid = kid;
-    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| format!("signing failed: {e}"))
+    jsonwebtoken::encode(&header, &claims, &key).map_err(TokenError::Sign)
 }

@@ -3,9 +3,11 @@
 
 pub mod api_server;
 pub mod bindings;
+pub mod caches;
 pub mod client;
 pub mod context;
 pub mod diff;
+pub mod kinds;
 pub mod labels;
 pub mod metrics;
 pub mod render_cmd;

@@ -28,6 +28,9 @@ enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Print the kinds the operator manages, its table, one a line:
+    /// `<plural>[.<group>] <apiVersion> <kind> <Namespaced|Cluster> <phase> <required|optional>`.
+    Kinds,
 }
 
 #[derive(clap::Args, Debug)]
@@ -94,6 +97,16 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = cli.run;
     match cli.command {
+        Some(Command::Kinds) => {
+            for k in tenantgate_operator::kinds::managed_kinds() {
+                let r = &k.resource;
+                let resource = if r.group.is_empty() { r.plural.clone() } else { format!("{}.{}", r.plural, r.group) };
+                let scope = if k.namespaced { "Namespaced" } else { "Cluster" };
+                let required = if k.optional { "optional" } else { "required" };
+                println!("{resource} {} {} {scope} {:?} {required}", r.api_version, r.kind, k.phase);
+            }
+            Ok(())
+        }
         Some(Command::Render { paths }) => {
             let settings = BuildSettings {
                 operator_namespace: args.namespace,

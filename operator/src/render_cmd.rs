@@ -3,15 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use kube::ResourceExt;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tenantgate_crds::manifests::ManifestSet;
 use tenantgate_crds::render::{GATEWAY_KEYS_SECRET, RenderOptions, tenant_namespace};
 
-use crate::tenant::build::{BuildInput, BuildSettings, TenantStack, build};
+use crate::tenant::build::{BuildInput, BuildSettings, build};
 
 /// Why `render` failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +24,9 @@ pub enum RenderCmdError {
         #[source]
         source: std::io::Error,
     },
+    /// A directory could not be walked.
+    #[error("reading {0}")]
+    Walk(#[from] tenantgate_crds::files::WalkError),
     /// The YAML was refused.
     #[error("{0}")]
     Manifests(#[from] tenantgate_crds::manifests::ManifestErrors),
@@ -48,35 +50,12 @@ pub enum RenderCmdError {
     NoTenant(String),
 }
 
-/// Every YAML file under `dir` (or `dir` itself when it is a file), sorted.
-pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, RenderCmdError> {
-    if dir.is_file() {
-        return Ok(vec![dir.to_path_buf()]);
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries =
-            std::fs::read_dir(&d).map_err(|source| RenderCmdError::Read { path: d.display().to_string(), source })?;
-        for entry in entries {
-            let path = entry.map_err(|source| RenderCmdError::Read { path: d.display().to_string(), source })?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Renders every tenant of the YAML under `dirs` into the objects the operator
 /// would apply, as one multi-document YAML stream.
 pub fn render(dirs: &[PathBuf], settings: &BuildSettings) -> Result<String, RenderCmdError> {
     let mut set = ManifestSet::default();
     for dir in dirs {
-        for file in yaml_files(dir)? {
+        for file in tenantgate_crds::files::yaml_files(dir)? {
             let text = std::fs::read_to_string(&file)
                 .map_err(|source| RenderCmdError::Read { path: file.display().to_string(), source })?;
             set.add_yaml(&file.display().to_string(), &text)?;
@@ -130,58 +109,39 @@ pub fn render(dirs: &[PathBuf], settings: &BuildSettings) -> Result<String, Rend
         for issue in &rendered.skipped {
             let _ = writeln!(out, "# skipped: {issue}");
         }
-        push_stack(&mut out, stack)?;
+        // In build order; every object is of a kind in the table of managed kinds.
+        for object in stack.objects() {
+            out.push_str("---\n");
+            out.push_str(&serde_yaml::to_string(object)?);
+        }
     }
     Ok(out)
 }
 
-fn push<T: Serialize>(out: &mut String, obj: &T) -> Result<(), serde_yaml::Error> {
-    out.push_str("---\n");
-    out.push_str(&serde_yaml::to_string(obj)?);
-    Ok(())
-}
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
 
-fn push_stack(out: &mut String, stack: TenantStack) -> Result<(), serde_yaml::Error> {
-    let TenantStack {
-        namespace,
-        service_account,
-        role,
-        role_binding,
-        gateway_keys: _,
-        config_map,
-        deployment,
-        service,
-        hpa,
-        pdb,
-        network_policy,
-        ingress,
-        http_route,
-        service_monitor,
-        stdio_bridges,
-    } = stack;
-    push(out, &namespace)?;
-    push(out, &service_account)?;
-    push(out, &role)?;
-    push(out, &role_binding)?;
-    push(out, &config_map)?;
-    push(out, &service)?;
-    push(out, &network_policy)?;
-    for (d, s) in &stdio_bridges {
-        push(out, d)?;
-        push(out, s)?;
+    use super::*;
+
+    /// `render -f` on a mounted ConfigMap: each key is a link through the
+    /// hidden `..data` to a hidden timestamped directory, which must not be
+    /// read a second time ("is defined more than once").
+    #[test]
+    fn render_reads_a_mounted_config_map_once() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/quickstart");
+        let root = std::env::temp_dir().join(format!("tg-render-configmap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let stamp = root.join("..2026_12_04_20_00_00.1");
+        std::fs::create_dir_all(&stamp).expect("mkdir");
+        std::os::unix::fs::symlink("..2026_12_04_20_00_00.1", root.join("..data")).expect("link");
+        for name in ["00-tenant.yaml", "10-policy.yaml"] {
+            std::fs::copy(examples.join(name), stamp.join(name)).expect("copy");
+            std::os::unix::fs::symlink(format!("..data/{name}"), root.join(name)).expect("link");
+        }
+        let mounted = render(std::slice::from_ref(&root), &BuildSettings::default());
+        let plain = render(&[examples], &BuildSettings::default());
+        std::fs::remove_dir_all(&root).expect("cleanup");
+        assert_eq!(mounted.expect("renders"), plain.expect("renders"));
     }
-    push(out, &deployment)?;
-    for o in hpa.iter() {
-        push(out, o)?;
-    }
-    for o in pdb.iter() {
-        push(out, o)?;
-    }
-    for o in ingress.iter() {
-        push(out, o)?;
-    }
-    for o in http_route.iter().chain(service_monitor.iter()) {
-        push(out, o)?;
-    }
-    Ok(())
 }

@@ -8,28 +8,22 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, DynamicObject, PartialObjectMeta};
-use kube::core::{ApiResource, GroupVersionKind};
+use kube::api::{Api, DynamicObject};
+use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, watcher};
 
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
-use serde::de::DeserializeOwned;
 use tenantgate_crds::render::tenant_namespace;
 use tenantgate_crds::v1alpha1::{McpConnection, PromptPolicy, Tenant};
 
-use crate::context::{Context, Stores};
-use crate::labels::MANAGED_SELECTOR;
+use crate::caches::strip_managed_fields;
+use crate::context::{Context, ManagedCache, Stores};
+use crate::kinds::{Cache, ManagedKind, managed_kinds};
 use crate::metrics::Metrics;
 use crate::tenant::build::BuildSettings;
 
@@ -115,34 +109,15 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn watch_managed<K>(
-    api: Api<K>,
-    store_writer: reflector::store::Writer<K>,
-) -> impl futures::Stream<Item = Result<K, watcher::Error>>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    watcher(api, watcher::Config::default().labels(MANAGED_SELECTOR))
-        .default_backoff()
-        .modify(strip_managed_fields)
-        .reflect(store_writer)
-        .touched_objects()
-}
-
-/// managedFields are the largest part of most objects and nothing here reads them.
-fn strip_managed_fields<K: Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
-}
-
-async fn discover(client: &Client, group: &str, version: &str, kind: &str) -> Option<ApiResource> {
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    match kube::discovery::pinned_kind(client, &gvk).await {
-        Ok((resource, _)) => {
-            tracing::info!(%group, %kind, "found {kind}: it will be managed");
-            Some(resource)
-        }
-        Err(_) => None,
+/// Whether the cluster serves `kind` (an optional kind's CRD may be absent).
+async fn installed(client: &Client, kind: &ManagedKind) -> bool {
+    let r = &kind.resource;
+    let gvk = GroupVersionKind::gvk(&r.group, &r.version, &r.kind);
+    let found = kube::discovery::pinned_kind(client, &gvk).await.is_ok();
+    if found {
+        tracing::info!(group = %r.group, kind = %r.kind, "found {}: it will be managed", r.kind);
     }
+    found
 }
 
 async fn run_controllers(
@@ -151,65 +126,34 @@ async fn run_controllers(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let http_route = discover(&client, "gateway.networking.k8s.io", "v1", "HTTPRoute").await;
-    let service_monitor = discover(&client, "monitoring.coreos.com", "v1", "ServiceMonitor").await;
+    let mut kinds = Vec::new();
+    for kind in managed_kinds() {
+        if !kind.optional || installed(&client, &kind).await {
+            kinds.push(kind);
+        }
+    }
+    let has = |kind: &str| kinds.iter().any(|k| k.resource.kind == kind);
     let settings = BuildSettings {
         operator_namespace: opts.operator_namespace.clone(),
         gateway_image: opts.gateway_image.clone(),
         metrics_namespace_labels: opts.metrics_namespace_labels.clone(),
-        gateway_api: http_route.is_some(),
-        service_monitors: service_monitor.is_some(),
+        gateway_api: has("HTTPRoute"),
+        service_monitors: has("ServiceMonitor"),
         api_server: crate::api_server::endpoints(&client).await,
     };
 
     let (tenants, tenants_w) = reflector::store::<Tenant>();
     let (mcp, mcp_w) = reflector::store::<McpConnection>();
     let (policies, policies_w) = reflector::store::<PromptPolicy>();
-    let (secrets, secrets_w) = reflector::store::<PartialObjectMeta<Secret>>();
-    let (namespaces, namespaces_w) = reflector::store::<PartialObjectMeta<Namespace>>();
-    let (deployments, deployments_w) = reflector::store::<Deployment>();
-    let (services, services_w) = reflector::store::<Service>();
-    let (config_maps, config_maps_w) = reflector::store::<ConfigMap>();
-    let (service_accounts, service_accounts_w) = reflector::store::<ServiceAccount>();
-    let (hpas, hpas_w) = reflector::store::<HorizontalPodAutoscaler>();
-    let (pdbs, pdbs_w) = reflector::store::<PodDisruptionBudget>();
-    let (network_policies, network_policies_w) = reflector::store::<NetworkPolicy>();
-    let (ingresses, ingresses_w) = reflector::store::<Ingress>();
-    let (roles, roles_w) = reflector::store::<Role>();
-    let (role_bindings, role_bindings_w) = reflector::store::<RoleBinding>();
-
-    let dynamic_store = |resource: &Option<ApiResource>| {
-        resource.as_ref().map(|ar| {
-            let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
-            let reader = writer.as_reader();
-            let api: Api<DynamicObject> = Api::all_with(client.clone(), ar);
-            let stream =
-                watcher(api, watcher::Config::default().labels(MANAGED_SELECTOR)).default_backoff().reflect(writer);
-            ((ar.clone(), reader), stream)
-        })
-    };
-    let (http_routes, http_route_stream) = dynamic_store(&http_route).unzip();
-    let (service_monitors, service_monitor_stream) = dynamic_store(&service_monitor).unzip();
-
-    let stores = Stores {
-        tenants: tenants.clone(),
-        mcp_connections: mcp.clone(),
-        prompt_policies: policies.clone(),
-        secrets: secrets.clone(),
-        namespaces: namespaces.clone(),
-        deployments,
-        services,
-        config_maps,
-        service_accounts,
-        roles,
-        role_bindings,
-        hpas,
-        pdbs,
-        network_policies,
-        ingresses,
-        http_routes,
-        service_monitors,
-    };
+    let mut managed = Vec::new();
+    let mut triggers = Vec::new();
+    for kind in kinds {
+        let (cache, stream) = (kind.start)(client.clone());
+        triggers.push((kind.clone(), stream));
+        managed.push(ManagedCache { kind, cache });
+    }
+    let stores =
+        Stores { tenants: tenants.clone(), mcp_connections: mcp.clone(), prompt_policies: policies.clone(), managed };
     let reporter = Reporter { controller: "tenantgate-operator".into(), instance: Some(opts.identity.clone()) };
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -251,31 +195,10 @@ async fn run_controllers(
         .modify(strip_managed_fields)
         .reflect(policies_w)
         .touched_objects();
-    let secret_stream = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(strip_managed_fields)
-        .reflect(secrets_w)
-        .touched_objects();
-    let namespace_stream =
-        watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(namespaces_w)
-            .touched_objects();
-
     let mut controller = Controller::for_stream(tenant_stream, tenants.clone())
         // A reconcile's own writes come back as a burst of watch events; the
         // debounce folds them into one reconcile instead of one each.
         .with_config(ControllerConfig::default().concurrency(opts.concurrency).debounce(Duration::from_millis(500)))
-        .owns_stream(watch_managed(Api::<Deployment>::all(client.clone()), deployments_w))
-        .owns_stream(watch_managed(Api::<Service>::all(client.clone()), services_w))
-        .owns_stream(watch_managed(Api::<ConfigMap>::all(client.clone()), config_maps_w))
-        .owns_stream(watch_managed(Api::<ServiceAccount>::all(client.clone()), service_accounts_w))
-        .owns_stream(watch_managed(Api::<HorizontalPodAutoscaler>::all(client.clone()), hpas_w))
-        .owns_stream(watch_managed(Api::<PodDisruptionBudget>::all(client.clone()), pdbs_w))
-        .owns_stream(watch_managed(Api::<NetworkPolicy>::all(client.clone()), network_policies_w))
-        .owns_stream(watch_managed(Api::<Ingress>::all(client.clone()), ingresses_w))
-        .owns_stream(watch_managed(Api::<Role>::all(client.clone()), roles_w))
-        .owns_stream(watch_managed(Api::<RoleBinding>::all(client.clone()), role_bindings_w))
         .watches_stream(mcp_stream, {
             let f = by_namespace.clone();
             move |c: McpConnection| f(c.namespace())
@@ -285,43 +208,31 @@ async fn run_controllers(
             let all = all_tenants.clone();
             let operator_ns = operator_ns.clone();
             move |p: PromptPolicy| if p.namespace().as_deref() == Some(&operator_ns) { all() } else { f(p.namespace()) }
-        })
-        .watches_stream(secret_stream, {
-            let f = by_namespace.clone();
-            move |s: PartialObjectMeta<Secret>| f(s.namespace())
-        })
-        .watches_stream(namespace_stream, {
-            let f = by_namespace.clone();
-            move |ns: PartialObjectMeta<Namespace>| f(Some(ns.name_any()))
         });
-    if let Some(stream) = http_route_stream {
-        controller = controller.owns_stream_with(
-            stream.touched_objects(),
-            http_route.clone().unwrap_or_else(|| ApiResource::erase::<Deployment>(&())),
-        );
-    }
-    if let Some(stream) = service_monitor_stream {
-        controller = controller.owns_stream_with(
-            stream.touched_objects(),
-            service_monitor.clone().unwrap_or_else(|| ApiResource::erase::<Deployment>(&())),
-        );
+    // The table's kinds: an owned object reconciles its Tenant; a change to
+    // a kind cached for every object (a Secret, a namespace) reconciles the
+    // tenants of its namespace.
+    for (kind, stream) in triggers {
+        controller = match kind.cache {
+            Cache::Owned => controller.owns_stream_with(stream, kind.resource.clone()),
+            Cache::AllMetadata => {
+                let f = by_namespace.clone();
+                let namespaced = kind.namespaced;
+                controller.watches_stream_with(
+                    stream,
+                    move |o: DynamicObject| f(if namespaced { o.namespace() } else { Some(o.name_any()) }),
+                    kind.resource.clone(),
+                )
+            }
+        };
     }
 
     let sweep = tokio::spawn(crate::bindings::sweep_unbound(ctx.clone(), Duration::from_secs(5)));
     let readiness = {
-        let (tenants, mcp, policies, secrets, namespaces) =
-            (tenants.clone(), mcp.clone(), policies.clone(), secrets.clone(), namespaces.clone());
+        let ctx = ctx.clone();
         let ready = ready.clone();
         tokio::spawn(async move {
-            let synced = futures::future::join5(
-                tenants.wait_until_ready(),
-                mcp.wait_until_ready(),
-                policies.wait_until_ready(),
-                secrets.wait_until_ready(),
-                namespaces.wait_until_ready(),
-            )
-            .await;
-            if let (Ok(()), Ok(()), Ok(()), Ok(()), Ok(())) = synced {
+            if ctx.stores.wait_ready().await {
                 tracing::info!("caches synced");
                 ready.store(true, Ordering::Relaxed);
             }
@@ -333,17 +244,8 @@ async fn run_controllers(
             let mut tick = tokio::time::interval(Duration::from_secs(15));
             loop {
                 tick.tick().await;
-                let s = &ctx.stores;
-                let n = s.deployments.state().len()
-                    + s.services.state().len()
-                    + s.config_maps.state().len()
-                    + s.service_accounts.state().len()
-                    + s.hpas.state().len()
-                    + s.pdbs.state().len()
-                    + s.network_policies.state().len()
-                    + s.ingresses.state().len()
-                    + s.roles.state().len()
-                    + s.role_bindings.state().len();
+                let n: usize =
+                    ctx.stores.managed.iter().filter(|m| m.kind.cache == Cache::Owned).map(|m| m.cache.count()).sum();
                 ctx.metrics.objects_managed.set(i64::try_from(n).unwrap_or(i64::MAX));
             }
         })

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceA
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use tenantgate_crds::v1alpha1::{McpConnection, PromptPolicy, Tenant};
 use tenantgate_tests::operator::*;
@@ -170,41 +170,36 @@ async fn quickstart_tenant_becomes_ready_with_its_whole_stack_and_goes_with_it()
     Ok(())
 }
 
-/// What only the operator changes: resourceVersions of objects no other
-/// controller writes, and `metadata.generation` (the spec) of those whose
-/// status other controllers keep up to date (Deployment, HPA, PDB).
+/// What only the operator changes, for every kind in its table of managed
+/// kinds: resourceVersions of objects no other controller writes, and
+/// `metadata.generation` (the spec) of those whose status other controllers
+/// keep up to date (Deployment, HPA, PDB).
 async fn managed_versions(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    const STATUS_BY_OTHERS: [&str; 3] = ["Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"];
     let lp = ListParams::default().labels("app.kubernetes.io/managed-by=tenantgate-operator");
     let mut out = BTreeMap::new();
-    macro_rules! collect {
-        ($t:ty, rv) => {
-            for o in Api::<$t>::namespaced(client.clone(), ns).list(&lp).await?.items {
-                out.insert(format!("{}/{}", stringify!($t), o.name_any()), o.resource_version().unwrap_or_default());
-            }
+    for kind in tenantgate_operator::kinds::managed_kinds() {
+        let name = &kind.resource.kind;
+        if !kind.namespaced {
+            // The one cluster-scoped kind: the tenant namespace itself.
+            let api = Api::<DynamicObject>::all_with(client.clone(), &kind.resource);
+            out.insert(name.clone(), api.get(ns).await?.resource_version().unwrap_or_default());
+            continue;
+        }
+        let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &kind.resource);
+        let items = match api.list(&lp).await {
+            Ok(list) => list.items,
+            Err(kube::Error::Api(s)) if kind.optional && s.code == 404 => continue,
+            Err(e) => return Err(e.into()),
         };
-        ($t:ty, generation) => {
-            for o in Api::<$t>::namespaced(client.clone(), ns).list(&lp).await?.items {
-                out.insert(
-                    format!("{}/{} generation", stringify!($t), o.name_any()),
-                    format!("{:?}", o.metadata.generation),
-                );
+        for o in items {
+            if STATUS_BY_OTHERS.contains(&name.as_str()) {
+                out.insert(format!("{name}/{} generation", o.name_any()), format!("{:?}", o.metadata.generation));
+            } else {
+                out.insert(format!("{name}/{}", o.name_any()), o.resource_version().unwrap_or_default());
             }
-        };
+        }
     }
-    collect!(Service, rv);
-    collect!(ConfigMap, rv);
-    collect!(ServiceAccount, rv);
-    collect!(NetworkPolicy, rv);
-    collect!(Ingress, rv);
-    collect!(Role, rv);
-    collect!(RoleBinding, rv);
-    collect!(Deployment, generation);
-    collect!(HorizontalPodAutoscaler, generation);
-    collect!(PodDisruptionBudget, generation);
-    out.insert(
-        "Namespace".into(),
-        Api::<Namespace>::all(client.clone()).get(ns).await?.resource_version().unwrap_or_default(),
-    );
     Ok(out)
 }
 

@@ -13,20 +13,7 @@ pub fn repo_root() -> PathBuf {
 
 /// Every YAML file under `dir`, recursively, sorted.
 pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
-            let path = entry.expect("dir entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
+    tenantgate_crds::files::yaml_files(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
 }
 
 /// The valid examples: everything under manifests/examples except invalid/.

@@ -117,7 +117,7 @@ impl Turn<'_> {
             Ok(r) => r,
             Err(e) => {
                 admission.record_usage(0);
-                let mut response = e.into_response();
+                let mut response = AppError::from(e).into_response();
                 response.extensions_mut().insert(ModelLabel(self.model.clone()));
                 return Ok(Err(response));
             }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod body;
+mod caller;
 mod chat;
 mod chat_tools;
 mod models;

@@ -99,14 +99,13 @@ impl ApiKeyVerifier {
 
 /// Checks an API key for the tenant in force, when API keys are enabled.
 pub async fn verify(
-    state: &crate::state::AppState,
+    storage: &crate::storage::Storage,
     runtime: &crate::config::Runtime,
     token: &str,
 ) -> Result<Arc<Identity>, AuthError> {
     if !runtime.config.auth.api_keys_enabled {
         return Err(AuthError::ApiKeysDisabled);
     }
-    let storage = state.storage();
     let tenant = &runtime.config.tenant.name;
     let admin_roles = &runtime.config.auth.jwt.admin_roles;
     storage.api_keys.verify(&storage.db, tenant, storage.pepper.as_ref(), admin_roles, token).await

@@ -33,6 +33,63 @@ impl std::fmt::Debug for VerifyKey {
     }
 }
 
+/// Why keys could not be loaded or a key was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The document is not a JWKS.
+    #[error("not a JWKS document: {0}")]
+    NotJwks(serde_json::Error),
+    /// Every key of the JWKS was skipped.
+    #[error("the JWKS has no usable signing key")]
+    NoUsableKey,
+    /// The HMAC secret is too short to be safe.
+    #[error("the HMAC secret must be at least 32 bytes")]
+    ShortSecret,
+    /// The key's `use` is not `sig`.
+    #[error("key is not for signatures")]
+    NotForSignatures,
+    /// An elliptic curve other than P-256/P-384.
+    #[error("unsupported curve {0}")]
+    Curve(String),
+    /// An `oct` key in a JWKS.
+    #[error("symmetric keys are not accepted in a JWKS")]
+    Symmetric,
+    /// An `alg` this gateway does not verify.
+    #[error("unsupported algorithm {0}")]
+    Algorithm(String),
+    /// An `alg` of another key family.
+    #[error("algorithm {0} does not fit the key type")]
+    AlgorithmMismatch(String),
+    /// The key material does not parse.
+    #[error("invalid key: {0}")]
+    Invalid(jsonwebtoken::errors::Error),
+    /// The identity provider did not answer.
+    #[error("fetching the JWKS failed: {0}")]
+    Fetch(reqwest::Error),
+    /// The identity provider answered with an error status.
+    #[error("fetching the JWKS failed: HTTP {0}")]
+    Status(reqwest::StatusCode),
+    /// The body could not be read.
+    #[error("reading the JWKS failed: {0}")]
+    Body(reqwest::Error),
+    /// A mounted key file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A mounted key file holds no usable key.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: Box<KeyError>,
+    },
+}
+
 /// A loaded set of keys.
 #[derive(Debug, Default)]
 pub struct KeySet {
@@ -50,8 +107,8 @@ impl KeySet {
     }
 
     /// Parses a JWKS document; keys of unsupported types are skipped with a log line.
-    pub fn from_jwks(text: &[u8]) -> Result<Self, String> {
-        let set: JwkSet = serde_json::from_slice(text).map_err(|e| format!("not a JWKS document: {e}"))?;
+    pub fn from_jwks(text: &[u8]) -> Result<Self, KeyError> {
+        let set: JwkSet = serde_json::from_slice(text).map_err(KeyError::NotJwks)?;
         let mut keys = Vec::with_capacity(set.keys.len());
         for jwk in &set.keys {
             match verify_key(jwk) {
@@ -60,16 +117,16 @@ impl KeySet {
             }
         }
         if keys.is_empty() {
-            return Err("the JWKS has no usable signing key".into());
+            return Err(KeyError::NoUsableKey);
         }
         Ok(Self { keys })
     }
 
     /// A shared HMAC secret (HS256/384/512 only).
-    pub fn from_hmac_secret(secret: &[u8]) -> Result<Self, String> {
+    pub fn from_hmac_secret(secret: &[u8]) -> Result<Self, KeyError> {
         let secret = secret.strip_suffix(b"\n").unwrap_or(secret);
         if secret.len() < 32 {
-            return Err("the HMAC secret must be at least 32 bytes".into());
+            return Err(KeyError::ShortSecret);
         }
         Ok(Self {
             keys: vec![VerifyKey { kid: None, key: DecodingKey::from_secret(secret), algorithms: HMAC_ALGS.to_vec() }],
@@ -77,33 +134,33 @@ impl KeySet {
     }
 }
 
-fn verify_key(jwk: &Jwk) -> Result<VerifyKey, String> {
+fn verify_key(jwk: &Jwk) -> Result<VerifyKey, KeyError> {
     if jwk.common.public_key_use.as_ref().is_some_and(|u| *u != jsonwebtoken::jwk::PublicKeyUse::Signature) {
-        return Err("key is not for signatures".into());
+        return Err(KeyError::NotForSignatures);
     }
     let family: Vec<Algorithm> = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => RSA_ALGS.to_vec(),
         AlgorithmParameters::EllipticCurve(ec) => match &ec.curve {
             EllipticCurve::P256 => vec![Algorithm::ES256],
             EllipticCurve::P384 => vec![Algorithm::ES384],
-            other => return Err(format!("unsupported curve {other:?}")),
+            other => return Err(KeyError::Curve(format!("{other:?}"))),
         },
         AlgorithmParameters::OctetKeyPair(_) => vec![Algorithm::EdDSA],
-        AlgorithmParameters::OctetKey(_) => return Err("symmetric keys are not accepted in a JWKS".into()),
+        AlgorithmParameters::OctetKey(_) => return Err(KeyError::Symmetric),
     };
     let algorithms = match &jwk.common.key_algorithm {
         // A key that names its algorithm verifies only that one.
         Some(named) => {
             let name = serde_json::to_value(named).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-            let alg = Algorithm::from_str(&name).map_err(|_| format!("unsupported algorithm {name}"))?;
+            let alg = Algorithm::from_str(&name).map_err(|_| KeyError::Algorithm(name.clone()))?;
             if !family.contains(&alg) {
-                return Err(format!("algorithm {name} does not fit the key type"));
+                return Err(KeyError::AlgorithmMismatch(name));
             }
             vec![alg]
         }
         None => family,
     };
-    let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("invalid key: {e}"))?;
+    let key = DecodingKey::from_jwk(jwk).map_err(KeyError::Invalid)?;
     Ok(VerifyKey { kid: jwk.common.key_id.clone(), key, algorithms })
 }
 
@@ -162,24 +219,26 @@ impl KeySource {
     }
 
     /// Loads the keys now. On failure the previous set stays.
-    pub async fn load(&self) -> Result<(), String> {
+    pub async fn load(&self) -> Result<(), KeyError> {
+        let read = |path: &PathBuf| {
+            let path = path.display().to_string();
+            async move { tokio::fs::read(&path).await.map_err(|source| KeyError::Read { path, source }) }
+        };
+        let in_file = |path: &PathBuf| {
+            let path = path.display().to_string();
+            move |e| KeyError::File { path, source: Box::new(e) }
+        };
         let loaded = match &self.origin {
             Origin::Uri { url, client } => {
-                let response = client.get(url).send().await.map_err(|e| format!("fetching the JWKS failed: {e}"))?;
+                let response = client.get(url).send().await.map_err(KeyError::Fetch)?;
                 if !response.status().is_success() {
-                    return Err(format!("fetching the JWKS failed: HTTP {}", response.status()));
+                    return Err(KeyError::Status(response.status()));
                 }
-                let body = response.bytes().await.map_err(|e| format!("reading the JWKS failed: {e}"))?;
+                let body = response.bytes().await.map_err(KeyError::Body)?;
                 KeySet::from_jwks(&body)
             }
-            Origin::JwksFile(path) => {
-                let text = tokio::fs::read(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
-                KeySet::from_jwks(&text).map_err(|e| format!("{}: {e}", path.display()))
-            }
-            Origin::HmacFile(path) => {
-                let secret = tokio::fs::read(path).await.map_err(|e| format!("{}: {e}", path.display()))?;
-                KeySet::from_hmac_secret(&secret).map_err(|e| format!("{}: {e}", path.display()))
-            }
+            Origin::JwksFile(path) => KeySet::from_jwks(&read(path).await?).map_err(in_file(path)),
+            Origin::HmacFile(path) => KeySet::from_hmac_secret(&read(path).await?).map_err(in_file(path)),
         }?;
         self.current.store(Some(Arc::new(loaded)));
         Ok(())

@@ -7,15 +7,10 @@ mod keys;
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
-use axum::http::{HeaderValue, header};
+use axum::http::HeaderValue;
 
 pub use jwt::JwtVerifier;
-pub use keys::KeySource;
-
-use crate::error::AppError;
-use crate::state::AppState;
+pub use keys::{KeyError, KeySource};
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,20 +118,14 @@ impl AuthError {
 #[derive(Debug, Clone)]
 pub struct Caller(pub Arc<Identity>);
 
-impl Caller {
-    /// 403 unless the caller has an admin role.
-    pub fn require_admin(&self) -> Result<(), AppError> {
-        if self.0.admin { Ok(()) } else { Err(AppError::Forbidden("this endpoint needs an admin role".into())) }
-    }
-}
-
 /// Who a request authenticated as, for its access log line: the access-log
 /// layer puts an empty slot in the request, the [`Caller`] extractor fills it.
 #[derive(Debug, Clone, Default)]
 pub struct SubjectSlot(Arc<std::sync::OnceLock<Arc<Identity>>>);
 
 impl SubjectSlot {
-    fn fill(&self, identity: &Arc<Identity>) {
+    /// Records who authenticated.
+    pub fn fill(&self, identity: &Arc<Identity>) {
         let _ = self.0.set(identity.clone());
     }
 
@@ -146,52 +135,9 @@ impl SubjectSlot {
     }
 }
 
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts.headers.get(header::AUTHORIZATION)).ok_or(AuthError::Missing)?;
-        let runtime = state.runtime();
-        let verified = if api_key::is_api_key(token) {
-            api_key::verify(state, &runtime, token).await
-        } else {
-            runtime.auth.verify(token).await
-        };
-        match verified {
-            Ok(identity) => {
-                if let Some(slot) = parts.extensions.get::<SubjectSlot>() {
-                    slot.fill(&identity);
-                }
-                Ok(Caller(identity))
-            }
-            Err(e) => {
-                metrics::counter!("tenantgate_auth_failures_total", "reason" => e.as_reason()).increment(1);
-                let request_id = parts.headers.get(crate::api::X_REQUEST_ID).and_then(|v| v.to_str().ok());
-                tracing::info!(request_id, reason = e.as_reason(), "authentication failed");
-                Err(e.into())
-            }
-        }
-    }
-}
-
-fn bearer(value: Option<&HeaderValue>) -> Option<&str> {
-    let value = value?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bearer_is_case_insensitive_and_needs_a_token() {
-        assert_eq!(bearer(Some(&HeaderValue::from_static("Bearer abc"))), Some("abc"));
-        assert_eq!(bearer(Some(&HeaderValue::from_static("bearer abc"))), Some("abc"));
-        assert_eq!(bearer(Some(&HeaderValue::from_static("Basic abc"))), None);
-        assert_eq!(bearer(Some(&HeaderValue::from_static("Bearer "))), None);
-        assert_eq!(bearer(None), None);
-    }
 
     #[test]
     fn challenge_names_the_problem() {

@@ -9,11 +9,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::json;
 use tenantgate_crds::config::{GatewayConfig, JwtKeys};
+use tenantgate_crds::issue::{ConfigIssue, Reason};
 use tenantgate_crds::v1alpha1::ProviderType;
 
 use crate::auth::{JwtVerifier, KeySource};
 use crate::limits::{LimitStores, RateLimiter};
-use crate::llm::{Endpoint, Provider, Wire, anthropic::Anthropic, mock::Mock, openai::OpenAi};
+use crate::llm::{Endpoint, EndpointError, Provider, Wire, anthropic::Anthropic, mock::Mock, openai::OpenAi};
 use crate::policy::Policies;
 use crate::routing::{Breaker, ModelRoute, RetryPolicy, Target};
 
@@ -50,14 +51,14 @@ pub struct Carried {
 
 impl Carried {
     /// Empty state; JWKS refreshes at most every `jwks_min_refresh`.
-    pub fn new(jwks_min_refresh: Duration) -> Self {
-        Self {
+    pub fn new(jwks_min_refresh: Duration) -> Result<Self, crate::egress::EgressError> {
+        Ok(Self {
             breakers: Mutex::new(HashMap::new()),
             keys: Mutex::new(None),
             jwks_min_refresh,
             limits: LimitStores::default(),
-            mcp: crate::mcp::McpHub::new(),
-        }
+            mcp: crate::mcp::McpHub::new()?,
+        })
     }
 
     /// The tenant's MCP connections, kept across reloads.
@@ -93,7 +94,7 @@ impl Carried {
 }
 
 /// Compiles a config. Errors name what is wrong; the caller keeps the old runtime.
-pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime, String> {
+pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime, ConfigIssue> {
     let routing = &config.routing;
     crate::egress::check_config(&config)?;
     let local = crate::egress::LocalUpstreams::default();
@@ -101,16 +102,13 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
     // Redirects are not followed: a provider answering a chat completion with
     // one is an error to report, and a JWKS URI must answer itself (following
     // them cost a tower layer on every call).
-    let client = reqwest::Client::builder()
-        .dns_resolver(crate::egress::UpstreamResolver::new(local))
-        .connect_timeout(Duration::from_millis(u64::from(routing.connect_timeout_ms)))
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("tenantgate-gateway/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("building the HTTP client failed: {e}"))?;
+    let settings = crate::egress::ClientSettings {
+        connect_timeout: Duration::from_millis(u64::from(routing.connect_timeout_ms)),
+        follow_redirects: false,
+        max_idle_per_host: 256,
+    };
+    let client =
+        crate::egress::client(&local, settings).map_err(|e| ConfigIssue::new(Reason::Internal, e.to_string()))?;
 
     let (keys, fresh) = carried.key_source(&config.auth.jwt.keys, &client);
     if fresh {
@@ -118,7 +116,7 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
             (_, Ok(())) => {}
             // The identity provider may be down: start without keys, refresh on demand, readiness says so.
             (JwtKeys::JwksUri(url), Err(e)) => tracing::warn!(%url, error = %e, "JWKS not loaded yet"),
-            (_, Err(e)) => return Err(format!("auth.jwt.keys: {e}")),
+            (_, Err(e)) => return Err(ConfigIssue::new(Reason::InvalidKeys, e.to_string()).at("auth.jwt.keys")),
         }
     }
     let auth = JwtVerifier::new(&config.auth.jwt, keys);
@@ -126,10 +124,15 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
     let mut providers: HashMap<&str, Arc<Provider>> = HashMap::new();
     for (i, p) in config.providers.iter().enumerate() {
         let endpoint = |wire: &Wire| {
-            let base_url =
-                p.base_url.as_deref().ok_or_else(|| format!("providers[{i}].baseUrl: required for {:?}", p.type_))?;
-            Endpoint::new(wire, base_url, p.api_key_file.as_deref(), &p.headers, client.clone())
-                .map_err(|e| format!("providers[{i}].headers: {e}"))
+            let base_url = p.base_url.as_deref().ok_or_else(|| {
+                ConfigIssue::new(Reason::InvalidSpec, format!("required for {:?}", p.type_))
+                    .at(format!("providers[{i}].baseUrl"))
+            })?;
+            Endpoint::new(wire, base_url, p.api_key_file.as_deref(), &p.headers, client.clone()).map_err(|e| {
+                let reason =
+                    if matches!(e, EndpointError::BaseUrl { .. }) { Reason::InvalidUrl } else { Reason::InvalidHeader };
+                ConfigIssue::new(reason, e.to_string()).at(format!("providers[{i}].{}", e.field()))
+            })
         };
         let provider = match p.type_ {
             ProviderType::Openai => Provider::OpenAi(OpenAi::new(endpoint(&OpenAi::WIRE)?)),
@@ -145,9 +148,10 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
     for (i, m) in config.models.iter().enumerate() {
         let mut targets = Vec::with_capacity(m.targets.len());
         for (j, t) in m.targets.iter().enumerate() {
-            let provider = providers
-                .get(t.provider.as_str())
-                .ok_or_else(|| format!("models[{i}].targets[{j}].provider: unknown provider {:?}", t.provider))?;
+            let provider = providers.get(t.provider.as_str()).ok_or_else(|| {
+                ConfigIssue::new(Reason::InvalidSpec, format!("unknown provider {:?}", t.provider))
+                    .at(format!("models[{i}].targets[{j}].provider"))
+            })?;
             let label: Arc<str> = format!("{}/{}", t.provider, t.model).into();
             targets.push(Target {
                 provider: provider.clone(),
@@ -166,7 +170,8 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
         .collect();
     let models_body = Bytes::from(json!({"object": "list", "data": data}).to_string());
     let retry = RetryPolicy::from(routing);
-    let limiter = carried.limits.limiter(&config).await?;
+    let limiter =
+        carried.limits.limiter(&config).await.map_err(|e| ConfigIssue::new(Reason::Unavailable, e.to_string()))?;
     let policies = Policies::compile(&config)?;
     // Last, once nothing can fail: connections are (re)made in the background.
     carried.mcp.allow_local_upstreams(config.network.allow_local_upstreams);

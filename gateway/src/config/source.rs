@@ -5,8 +5,16 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tenantgate_crds::config::GatewayConfig;
+use tenantgate_crds::issue::{ConfigIssue, ObjectRef, Reason};
 use tenantgate_crds::manifests::ManifestSet;
 use tenantgate_crds::render::{RenderMode, RenderOptions};
+
+use super::ConfigError;
+
+/// A file that could not be read or written.
+fn unreadable(path: &Path, e: impl std::fmt::Display) -> ConfigIssue {
+    ConfigIssue::new(Reason::Unreadable, format!("{}: {e}", path.display()))
+}
 
 /// A config source.
 #[derive(Debug, Clone)]
@@ -37,20 +45,21 @@ pub struct Snapshot {
 impl ConfigSource {
     /// Reads the source. Following symlinks on every read is what makes a
     /// Kubernetes ConfigMap update (an atomic `..data` symlink swap) visible.
-    pub async fn read(&self) -> Result<Snapshot, String> {
+    pub async fn read(&self) -> Result<Snapshot, ConfigIssue> {
         let paths = match self {
             Self::File(path) => vec![path.clone()],
             Self::Manifests { dir, .. } => {
                 let dir = dir.clone();
-                tokio::task::spawn_blocking(move || yaml_files(&dir))
+                tokio::task::spawn_blocking(move || tenantgate_crds::files::yaml_files(&dir))
                     .await
-                    .map_err(|e| format!("listing manifests failed: {e}"))??
+                    .map_err(|e| ConfigIssue::new(Reason::Internal, format!("listing manifests failed: {e}")))?
+                    .map_err(|e| ConfigIssue::new(Reason::Unreadable, e.to_string()))?
             }
         };
         let mut hasher = Sha256::new();
         let mut files = Vec::with_capacity(paths.len());
         for path in paths {
-            let text = tokio::fs::read_to_string(&path).await.map_err(|e| format!("{}: {e}", path.display()))?;
+            let text = tokio::fs::read_to_string(&path).await.map_err(|e| unreadable(&path, e))?;
             let name = path.display().to_string();
             hasher.update(name.as_bytes());
             hasher.update([0]);
@@ -63,11 +72,12 @@ impl ConfigSource {
 
     /// Turns a snapshot into a config; for manifests this also writes the
     /// tenant's Secrets where the config points.
-    pub fn config(&self, snapshot: &Snapshot) -> Result<GatewayConfig, String> {
+    pub fn config(&self, snapshot: &Snapshot) -> Result<GatewayConfig, ConfigError> {
         match self {
             Self::File(path) => {
-                let (_, text) = snapshot.files.first().ok_or_else(|| format!("{}: no content", path.display()))?;
-                let config = GatewayConfig::from_yaml(text).map_err(|e| format!("{}: {e}", path.display()))?;
+                let (_, text) = snapshot.files.first().ok_or_else(|| unreadable(path, "no content"))?;
+                let config = GatewayConfig::from_yaml(text)
+                    .map_err(|e| ConfigIssue::new(Reason::InvalidValue, format!("{}: {e}", path.display())))?;
                 if !config.hash_matches() {
                     tracing::warn!(path = %path.display(), "configHash does not match the content (edited by hand?)");
                 }
@@ -77,14 +87,20 @@ impl ConfigSource {
                 let mut set = ManifestSet::default();
                 for (name, text) in &snapshot.files {
                     let short = Path::new(name).strip_prefix(dir).map_or(name.clone(), |p| p.display().to_string());
-                    set.add_yaml(&short, text).map_err(|e| e.to_string())?;
+                    set.add_yaml(&short, text)?;
                 }
+                let no_tenant = |message: String| ConfigIssue::new(Reason::NoTenant, message);
                 let tenant = match tenant {
-                    Some(name) => set.tenant(name).ok_or_else(|| format!("no Tenant {name:?} in {}", dir.display()))?,
+                    Some(name) => {
+                        set.tenant(name).ok_or_else(|| no_tenant(format!("no Tenant {name:?} in {}", dir.display())))?
+                    }
                     None => match set.tenants.as_slice() {
                         [only] => only,
-                        [] => return Err(format!("no Tenant in {}", dir.display())),
-                        _ => return Err(format!("{} holds several Tenants: choose one with --tenant", dir.display())),
+                        [] => return Err(no_tenant(format!("no Tenant in {}", dir.display())).into()),
+                        _ => {
+                            let message = format!("{} holds several Tenants: choose one with --tenant", dir.display());
+                            return Err(no_tenant(message).into());
+                        }
                     },
                 };
                 let secrets_root = state_dir.join("secrets");
@@ -93,9 +109,9 @@ impl ConfigSource {
                     sqlite_path: state_dir.join("gateway.db").display().to_string(),
                     mode: RenderMode::Local,
                 };
-                let rendered = set.render(tenant, operator_namespace, &options).map_err(|e| e.to_string())?;
+                let rendered = set.render(tenant, operator_namespace, &options)?;
                 for issue in &rendered.skipped {
-                    tracing::warn!(object = %issue.object, field = %issue.field, reason = issue.reason, "{}", issue.message);
+                    tracing::warn!(reason = issue.reason.as_str(), "{issue}");
                 }
                 write_secrets(&set, &rendered.config.tenant.namespace, &secrets_root)?;
                 ensure_gateway_keys(&secrets_root)?;
@@ -106,21 +122,22 @@ impl ConfigSource {
 }
 
 /// Lays the Secrets of `namespace` out as a projected volume would: `<root>/<name>/<key>`.
-fn write_secrets(set: &ManifestSet, namespace: &str, root: &Path) -> Result<(), String> {
+fn write_secrets(set: &ManifestSet, namespace: &str, root: &Path) -> Result<(), ConfigIssue> {
     for secret in set.secrets.iter().filter(|s| s.metadata.namespace.as_deref() == Some(namespace)) {
         let name = secret.metadata.name.as_deref().unwrap_or_default();
         let dir = root.join(name);
-        create_private_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        create_private_dir(&dir).map_err(|e| unreadable(&dir, e))?;
         let data = secret.data.iter().flatten().map(|(k, v)| (k, v.0.clone()));
         let string_data = secret.string_data.iter().flatten().map(|(k, v)| (k, v.clone().into_bytes()));
         for (key, value) in data.chain(string_data) {
             if key.contains('/') || key.starts_with('.') {
-                return Err(format!("Secret {namespace}/{name}: invalid key {key:?}"));
+                let object = ObjectRef::namespaced("Secret", namespace, name);
+                return Err(ConfigIssue::new(Reason::InvalidSpec, format!("invalid key {key:?}")).on(object));
             }
             let path = dir.join(key);
             let tmp = dir.join(format!(".{key}.tmp"));
-            write_private(&tmp, &value).map_err(|e| format!("{}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+            write_private(&tmp, &value).map_err(|e| unreadable(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| unreadable(&path, e))?;
         }
     }
     Ok(())
@@ -128,22 +145,23 @@ fn write_secrets(set: &ManifestSet, namespace: &str, root: &Path) -> Result<(), 
 
 /// Generates the `gateway-keys` Secret the operator makes in a cluster, once:
 /// an existing key is never replaced (API-key hashes depend on the pepper).
-fn ensure_gateway_keys(root: &Path) -> Result<(), String> {
+fn ensure_gateway_keys(root: &Path) -> Result<(), ConfigIssue> {
     use base64::Engine;
     use tenantgate_crds::render::{API_KEY_PEPPER, GATEWAY_KEYS_SECRET, TOKEN_ENCRYPTION_KEY};
     let dir = root.join(GATEWAY_KEYS_SECRET);
-    create_private_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    create_private_dir(&dir).map_err(|e| unreadable(&dir, e))?;
     for key in [TOKEN_ENCRYPTION_KEY, API_KEY_PEPPER] {
         let path = dir.join(key);
         if path.exists() {
             continue;
         }
         let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for {}: {e}", path.display()))?;
+        getrandom::fill(&mut bytes)
+            .map_err(|e| ConfigIssue::new(Reason::Internal, format!("no randomness for {}: {e}", path.display())))?;
         let tmp = dir.join(format!(".{key}.tmp"));
         write_private(&tmp, base64::engine::general_purpose::STANDARD.encode(bytes).as_bytes())
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| unreadable(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| unreadable(&path, e))?;
     }
     Ok(())
 }
@@ -158,26 +176,4 @@ fn write_private(path: &Path, value: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     f.write_all(value)
-}
-
-/// Every `.yaml`/`.yml` file under `dir`, recursively, sorted; hidden entries skipped.
-fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
-        for entry in entries {
-            let path = entry.map_err(|e| format!("{}: {e}", d.display()))?.path();
-            if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
 }

@@ -14,7 +14,10 @@ use crate::state::AppState;
 use crate::storage::AuditEvent;
 
 /// Loads and compiles the first config; the gateway does not start without one.
-pub async fn load_initial(source: &ConfigSource, carried: &super::Carried) -> Result<(Runtime, [u8; 32]), String> {
+pub async fn load_initial(
+    source: &ConfigSource,
+    carried: &super::Carried,
+) -> Result<(Runtime, [u8; 32]), super::ConfigError> {
     let snapshot = source.read().await?;
     let config = source.config(&snapshot)?;
     let runtime = compile(config, carried).await?;
@@ -49,7 +52,7 @@ pub async fn watch(
         }
         let old_hash = state.runtime().config.config_hash.clone();
         let compiled = match source.config(&snapshot) {
-            Ok(config) => compile(config, state.carried()).await,
+            Ok(config) => compile(config, state.carried()).await.map_err(super::ConfigError::from),
             Err(e) => Err(e),
         };
         match compiled {
@@ -68,7 +71,7 @@ pub async fn watch(
                 refused = Some(snapshot.fingerprint);
                 metrics::counter!("tenantgate_config_reloads_total", "result" => "refused").increment(1);
                 metrics::gauge!("tenantgate_config_valid").set(0.0);
-                tracing::error!(%error, kept_hash = %old_hash, "refusing the new config; the previous config stays in force");
+                tracing::error!(%error, reason = %error.reason(), kept_hash = %old_hash, "refusing the new config; the previous config stays in force");
             }
         }
     }

@@ -35,7 +35,7 @@ pub use redis_store::{RedisSettings, RedisStore, StoreError};
 pub use reserve::{BYTES_PER_TOKEN, DEFAULT_COMPLETION_RESERVE, Reservation};
 
 use crate::llm::types::ChatRequest;
-use crate::redis_client::RedisEndpoint;
+use crate::redis_client::{RedisConfigError, RedisEndpoint};
 
 /// Per-user key names kept for this many recent subjects.
 const USER_KEY_CACHE: usize = 10_000;
@@ -349,11 +349,11 @@ impl LimitStores {
     }
 
     /// The limiter of `config`, over the carried store when its Redis URL did not change.
-    pub async fn limiter(&self, config: &GatewayConfig) -> Result<RateLimiter, String> {
+    pub async fn limiter(&self, config: &GatewayConfig) -> Result<RateLimiter, RedisConfigError> {
         let Some(limits) = config.limits.as_ref().filter(|l| Plan::new(&config.tenant.name, l).is_some()) else {
             return Ok(RateLimiter::unlimited());
         };
-        let endpoint = RedisEndpoint::from_config(&config.storage).map_err(|e| e.to_string())?;
+        let endpoint = RedisEndpoint::from_config(&config.storage)?;
         let fingerprint = endpoint.as_ref().map(RedisEndpoint::fingerprint);
         let (store, fresh) = {
             let mut current = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

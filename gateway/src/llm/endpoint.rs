@@ -21,6 +21,35 @@ pub struct Wire {
     pub fixed: &'static [(&'static str, &'static str)],
 }
 
+/// Why an endpoint cannot be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// A configured header name is not an HTTP token.
+    #[error("invalid header name {0:?}")]
+    HeaderName(String),
+    /// A configured header value cannot be sent.
+    #[error("invalid value for header {0:?}")]
+    HeaderValue(String),
+    /// The base URL does not parse.
+    #[error("baseUrl {url:?} is not a URL: {source}")]
+    BaseUrl {
+        /// The configured base URL.
+        url: String,
+        /// The parser's complaint.
+        source: url::ParseError,
+    },
+}
+
+impl EndpointError {
+    /// The provider field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::HeaderName(_) | Self::HeaderValue(_) => "headers",
+            Self::BaseUrl { .. } => "baseUrl",
+        }
+    }
+}
+
 /// Where and how a provider sends requests.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -38,21 +67,22 @@ impl Endpoint {
         api_key_file: Option<&str>,
         configured: &BTreeMap<String, String>,
         client: reqwest::Client,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, EndpointError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         for (name, value) in wire.fixed {
             headers.insert(*name, HeaderValue::from_static(value));
         }
         for (k, v) in configured {
-            let name = HeaderName::try_from(k.as_str()).map_err(|_| format!("invalid header name {k:?}"))?;
-            let value = HeaderValue::try_from(v.as_str()).map_err(|_| format!("invalid value for header {k:?}"))?;
+            let name = HeaderName::try_from(k.as_str()).map_err(|_| EndpointError::HeaderName(k.clone()))?;
+            let value = HeaderValue::try_from(v.as_str()).map_err(|_| EndpointError::HeaderValue(k.clone()))?;
             headers.insert(name, value);
         }
         let key_header = HeaderName::from_static(wire.key_header);
         let api_key = api_key_file.map(|file| (key_header, SecretFile::new(file, wire.key_prefix)));
         let url = format!("{}{}", base_url.trim_end_matches('/'), wire.path);
-        let url = reqwest::Url::parse(&url).map_err(|e| format!("baseUrl {base_url:?} is not a URL: {e}"))?;
+        let url =
+            reqwest::Url::parse(&url).map_err(|source| EndpointError::BaseUrl { url: base_url.into(), source })?;
         Ok(Self { url, api_key, headers, client })
     }
 

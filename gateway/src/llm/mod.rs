@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde::Deserialize;
 
-pub use endpoint::{Endpoint, Wire};
+pub use endpoint::{Endpoint, EndpointError, Wire};
 pub use secret::SecretFile;
 use types::{ChatRequest, Usage};
 

@@ -1,7 +1,11 @@
 //! Server-sent events: cutting upstream byte streams at event boundaries
-//! without copying, and decoding events for providers that need translation.
+//! without copying, and the gateway's one SSE decoder (provider streams that
+//! need translation, the legacy MCP SSE transport). It follows the WHATWG
+//! rules: unknown fields and lines without a colon are ignored, not errors
+//! (sse-stream 0.2 refuses them and drops the rest of the chunk).
 
 use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
 
 /// Cuts a byte stream into runs of whole events. Complete events are handed
 /// on as slices of the upstream buffers; only a trailing partial event is kept.
@@ -100,6 +104,27 @@ fn find_blank_line(buf: &[u8]) -> Option<(usize, usize)> {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
     }
+}
+
+/// The events of a byte stream, decoded as the bytes arrive; an error of the
+/// byte stream is passed on (the caller decides whether to go on).
+pub fn events<S, E>(bytes: S) -> impl Stream<Item = Result<Event, E>> + Send
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+    E: Send,
+{
+    futures_util::stream::unfold((bytes, Decoder::default()), |(mut bytes, mut decoder)| async move {
+        loop {
+            if let Some(event) = decoder.next_event() {
+                return Some((Ok(event), (bytes, decoder)));
+            }
+            match bytes.next().await {
+                None => return None,
+                Some(Err(e)) => return Some((Err(e), (bytes, decoder))),
+                Some(Ok(chunk)) => decoder.push(&chunk),
+            }
+        }
+    })
 }
 
 /// `data: <json>\n\n`.

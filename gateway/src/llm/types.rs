@@ -5,8 +5,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::AppError;
-
 /// `POST /v1/chat/completions` body.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ChatRequest {
@@ -186,17 +184,31 @@ impl Usage {
     }
 }
 
+/// A chat request that cannot be served as sent (HTTP 400): the message names the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    /// What is wrong, for the client.
+    pub message: String,
+    /// The request field at fault.
+    pub param: Option<String>,
+}
+
+impl RequestError {
+    fn new(param: impl Into<Option<String>>, message: impl Into<String>) -> Self {
+        Self { message: message.into(), param: param.into() }
+    }
+}
+
 impl ChatRequest {
     /// Parses a request body. On failure the error names the field at fault.
-    pub fn parse(body: &[u8]) -> Result<Self, AppError> {
+    pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
         match serde_json::from_slice::<Self>(body) {
             Ok(request) => {
                 request.check()?;
                 Ok(request)
             }
-            Err(e) => {
-                Err(explain(body).unwrap_or_else(|| AppError::bad_request(None, format!("invalid request: {e}"))))
-            }
+            Err(e) => Err(explain(body).unwrap_or_else(|| RequestError::new(None, format!("invalid request: {e}")))),
         }
     }
 
@@ -210,15 +222,15 @@ impl ChatRequest {
         self.max_completion_tokens.or(self.max_tokens)
     }
 
-    fn check(&self) -> Result<(), AppError> {
+    fn check(&self) -> Result<(), RequestError> {
         if self.model.is_empty() {
-            return Err(AppError::bad_request("model".to_string(), "model: must not be empty"));
+            return Err(RequestError::new("model".to_string(), "model: must not be empty"));
         }
         if self.messages.is_empty() {
-            return Err(AppError::bad_request("messages".to_string(), "messages: must contain at least one message"));
+            return Err(RequestError::new("messages".to_string(), "messages: must contain at least one message"));
         }
         if self.stream_options.is_some() && !self.stream {
-            return Err(AppError::bad_request(
+            return Err(RequestError::new(
                 "stream_options".to_string(),
                 "stream_options: only allowed when stream is true",
             ));
@@ -229,15 +241,15 @@ impl ChatRequest {
 
 /// Finds the field a body that failed to parse is wrong in. Only runs on the
 /// error path, so the fast path stays one typed parse.
-fn explain(body: &[u8]) -> Option<AppError> {
+fn explain(body: &[u8]) -> Option<RequestError> {
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
-            return Some(AppError::bad_request(None, format!("We could not parse the JSON body of your request: {e}")));
+            return Some(RequestError::new(None, format!("We could not parse the JSON body of your request: {e}")));
         }
     };
     let Value::Object(obj) = value else {
-        return Some(AppError::bad_request(None, "the request body must be a JSON object"));
+        return Some(RequestError::new(None, "the request body must be a JSON object"));
     };
     let at = Path::root();
     let checks: [FieldCheck; 11] = [
@@ -262,7 +274,7 @@ fn explain(body: &[u8]) -> Option<AppError> {
     for (i, m) in messages.iter().enumerate() {
         let at = Path(format!("messages[{i}]"));
         let Value::Object(m) = m else {
-            return Some(AppError::bad_request(at.0.clone(), format!("{}: expected an object", at.0)));
+            return Some(RequestError::new(at.0.clone(), format!("{}: expected an object", at.0)));
         };
         let result = required::<Role>(m, &at, "role")
             .and_then(|()| optional::<Content>(m, &at, "content"))
@@ -275,7 +287,7 @@ fn explain(body: &[u8]) -> Option<AppError> {
     None
 }
 
-type FieldCheck = fn(&Map<String, Value>, &Path) -> Result<(), AppError>;
+type FieldCheck = fn(&Map<String, Value>, &Path) -> Result<(), RequestError>;
 
 struct Path(String);
 
@@ -289,14 +301,14 @@ impl Path {
     }
 }
 
-fn required<T: DeserializeOwned>(obj: &Map<String, Value>, at: &Path, key: &str) -> Result<(), AppError> {
+fn required<T: DeserializeOwned>(obj: &Map<String, Value>, at: &Path, key: &str) -> Result<(), RequestError> {
     match obj.get(key) {
-        None => Err(AppError::bad_request(at.field(key), format!("{}: missing required field", at.field(key)))),
+        None => Err(RequestError::new(at.field(key), format!("{}: missing required field", at.field(key)))),
         Some(_) => optional::<T>(obj, at, key),
     }
 }
 
-fn optional<T: DeserializeOwned>(obj: &Map<String, Value>, at: &Path, key: &str) -> Result<(), AppError> {
+fn optional<T: DeserializeOwned>(obj: &Map<String, Value>, at: &Path, key: &str) -> Result<(), RequestError> {
     let Some(value) = obj.get(key) else { return Ok(()) };
     if value.is_null() {
         return Ok(());
@@ -309,7 +321,7 @@ fn optional<T: DeserializeOwned>(obj: &Map<String, Value>, at: &Path, key: &str)
             m if m.contains("untagged enum Content") => "expected a string or an array of content parts".into(),
             m => m,
         };
-        AppError::bad_request(field.clone(), format!("{field}: {message}"))
+        RequestError::new(field.clone(), format!("{field}: {message}"))
     })
 }
 
@@ -323,7 +335,7 @@ mod tests {
 
     fn err(body: &str) -> (Option<String>, String) {
         match ChatRequest::parse(body.as_bytes()) {
-            Err(AppError::BadRequest { message, param }) => (param, message),
+            Err(RequestError { message, param }) => (param, message),
             other => panic!("expected a bad request, got {other:?}"),
         }
     }

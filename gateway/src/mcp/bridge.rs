@@ -31,6 +31,9 @@ pub enum BridgeError {
     /// Listening, serving or copying failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The upstream HTTP client could not be built.
+    #[error("{0}")]
+    Egress(#[from] crate::egress::EgressError),
 }
 
 /// The stdio connection the bridge serves.
@@ -57,7 +60,7 @@ pub async fn stdio_bridge(
     max_message_bytes: usize,
 ) -> Result<(), BridgeError> {
     let connection = bridge_connection(command, timeout_seconds)?;
-    let hub = McpHub::new();
+    let hub = McpHub::new()?;
     hub.reconcile(std::slice::from_ref(&connection));
     let factory_hub = hub.clone();
     let service = StreamableHttpService::new(

@@ -256,15 +256,26 @@ fn openai_tool(tool: &rmcp::model::Tool) -> Tool {
 }
 
 /// The arguments of a call: a JSON object (an empty string means none).
-fn parse_arguments(text: &str) -> Result<Option<Map<String, Value>>, String> {
+fn parse_arguments(text: &str) -> Result<Option<Map<String, Value>>, ArgumentsError> {
     if text.trim().is_empty() {
         return Ok(None);
     }
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => Ok(Some(map)),
-        Ok(_) => Err("the tool arguments must be a JSON object".into()),
-        Err(e) => Err(format!("the tool arguments are not valid JSON: {e}")),
+        Ok(_) => Err(ArgumentsError::NotAnObject),
+        Err(e) => Err(ArgumentsError::Json(e)),
     }
+}
+
+/// Why a model's tool arguments cannot be sent.
+#[derive(Debug, thiserror::Error)]
+enum ArgumentsError {
+    /// Valid JSON, but not an object.
+    #[error("the tool arguments must be a JSON object")]
+    NotAnObject,
+    /// Not JSON.
+    #[error("the tool arguments are not valid JSON: {0}")]
+    Json(serde_json::Error),
 }
 
 /// The text a model reads from a tool result: text blocks as they are, other
@@ -317,7 +328,7 @@ mod tests {
 
     fn take(body: Value) -> (ChatRequest, Result<Option<ChatTools>, ChatToolsError>) {
         let mut r = request(body);
-        let hub = McpHub::new();
+        let hub = McpHub::new().expect("hub");
         let result = ChatTools::take(&mut r, &hub, &[connection("echo")]);
         (r, result)
     }
@@ -352,7 +363,7 @@ mod tests {
         // Checked in order: `echo` exists but is not connected in a bare hub.
         assert!(matches!(e, ChatToolsError::NotReady { index: 0, .. }), "{e}");
         let mut r = request(base(json!({"mcp": {"connections": ["github"]}})));
-        let e = ChatTools::take(&mut r, &McpHub::new(), &[connection("echo")]).expect_err("refused");
+        let e = ChatTools::take(&mut r, &McpHub::new().expect("hub"), &[connection("echo")]).expect_err("refused");
         assert_eq!(e.param(), "tenantgate.mcp.connections[0]");
         assert!(e.to_string().contains("\"github\""), "{e}");
     }
@@ -373,7 +384,7 @@ mod tests {
         assert_eq!(parse_arguments("").expect("none"), None);
         assert_eq!(parse_arguments(r#"{"a":1}"#).expect("object").expect("some")["a"], 1);
         assert!(parse_arguments("[1]").is_err());
-        assert!(parse_arguments("{").expect_err("bad").contains("not valid JSON"));
+        assert!(parse_arguments("{").expect_err("bad").to_string().contains("not valid JSON"));
         let text = content_text(&[ContentBlock::text("one"), ContentBlock::text("two")], None);
         assert_eq!(text, "one\ntwo");
         assert_eq!(content_text(&[], Some(&json!({"sum": 3}))), r#"{"sum":3}"#);

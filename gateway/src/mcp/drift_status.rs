@@ -187,7 +187,7 @@ fn client() -> Result<kube::Client, StatusError> {
 /// with exponential backoff (a board change retries at once).
 pub async fn publish(mut board: watch::Receiver<DriftSets>, api: Api<McpConnection>) {
     let mut published = Published::default();
-    let mut retry = RETRY_MIN;
+    let mut delays = crate::backoff::Delays::new(RETRY_MIN, RETRY_MAX).peekable();
     loop {
         let current = board.borrow_and_update().clone();
         let mut failed = false;
@@ -201,20 +201,19 @@ pub async fn publish(mut board: watch::Receiver<DriftSets>, api: Api<McpConnecti
                     failed = true;
                     metrics::counter!("tenantgate_mcp_status_apply_errors_total", "reason" => e.as_reason())
                         .increment(1);
-                    tracing::warn!(error = %e, reason = e.as_reason(), retry_in_ms = retry.as_millis() as u64, "McpConnection status not applied");
+                    tracing::warn!(error = %e, reason = e.as_reason(), retry_in_ms = delays.peek().map_or(0, |d| d.as_millis() as u64), "McpConnection status not applied");
                 }
             }
         }
         if failed {
-            let jitter = Duration::from_millis(fastrand::u64(0..=retry.as_millis() as u64 / 4));
+            let retry = delays.next().unwrap_or(RETRY_MAX);
             tokio::select! {
-                () = tokio::time::sleep(retry + jitter) => {}
+                () = tokio::time::sleep(crate::backoff::spread(retry)) => {}
                 changed = board.changed() => if changed.is_err() { return },
             }
-            retry = (retry * 2).min(RETRY_MAX);
             continue;
         }
-        retry = RETRY_MIN;
+        delays = crate::backoff::Delays::new(RETRY_MIN, RETRY_MAX).peekable();
         if board.changed().await.is_err() {
             return;
         }

@@ -97,7 +97,7 @@ fn shared_sessions(state: &AppState, lifetime: Duration) -> Option<Arc<SharedSes
     let connected = match crate::redis_client::RedisEndpoint::from_config(&runtime.config.storage) {
         Ok(None) => return None,
         Ok(Some(endpoint)) => SharedSessions::connect(&endpoint, &runtime.config.tenant.name, lifetime),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     };
     match connected {
         Ok(shared) => Some(shared),

@@ -61,15 +61,12 @@ struct HubInner {
     running: Mutex<Vec<Running>>,
     catalog: ArcSwap<Catalog>,
     changes: broadcast::Sender<ListChanged>,
-    client: reqwest::Client,
     on_change: Arc<dyn Fn() + Send + Sync>,
     http: OnceLock<McpHttpSettings>,
-    user_tokens: user_oauth::UserTokensCell,
-    drifts: tokio::sync::mpsc::UnboundedSender<pin::PinDrift>,
+    /// The egress client, the user token store, the drift feed and board: shared by every upstream.
+    links: upstream::HubLinks,
     /// Taken once by whoever audits drifts; buffers them until then.
     drift_feed: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<pin::PinDrift>>>,
-    /// The drifted tools of each connection now (published to McpConnection status).
-    drift_board: drift_status::DriftBoard,
     /// Whether the client may connect to local addresses (`allowLocalUpstreams`).
     local: crate::egress::LocalUpstreams,
 }
@@ -86,46 +83,40 @@ struct Running {
     stop: watch::Sender<bool>,
 }
 
-impl Default for McpHub {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl McpHub {
-    /// A hub without connections.
-    pub fn new() -> Self {
+    /// A hub without connections; fails when its HTTP client cannot be built.
+    pub fn new() -> Result<Self, crate::egress::EgressError> {
         let local = crate::egress::LocalUpstreams::default();
-        let client = reqwest::Client::builder()
-            .dns_resolver(crate::egress::UpstreamResolver::new(local.clone()))
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .user_agent(concat!("tenantgate-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+        let settings = crate::egress::ClientSettings {
+            connect_timeout: Duration::from_secs(5),
+            follow_redirects: true,
+            max_idle_per_host: usize::MAX,
+        };
+        let client = crate::egress::client(&local, settings)?;
         let (changes, _) = broadcast::channel(16);
         let (drifts, drift_feed) = tokio::sync::mpsc::unbounded_channel();
-        Self(Arc::new_cyclic(|weak: &std::sync::Weak<HubInner>| {
+        Ok(Self(Arc::new_cyclic(|weak: &std::sync::Weak<HubInner>| {
             let weak = weak.clone();
             HubInner {
                 running: Mutex::new(Vec::new()),
                 catalog: ArcSwap::from_pointee(Catalog::default()),
                 changes,
-                client,
                 on_change: Arc::new(move || {
                     if let Some(inner) = weak.upgrade() {
                         McpHub(inner).rebuild();
                     }
                 }),
                 http: OnceLock::new(),
-                user_tokens: Arc::default(),
-                drifts,
+                links: upstream::HubLinks {
+                    user_tokens: Arc::default(),
+                    client,
+                    drifts,
+                    drift_board: drift_status::DriftBoard::default(),
+                },
                 drift_feed: Mutex::new(Some(drift_feed)),
-                drift_board: drift_status::DriftBoard::default(),
                 local,
             }
-        }))
+        })))
     }
 
     /// Settings of the `/mcp` HTTP layer (set once at start; defaults otherwise).
@@ -135,17 +126,17 @@ impl McpHub {
 
     /// The tenant's store of users' upstream OAuth tokens (set once storage is open).
     pub fn configure_user_tokens(&self, tokens: user_oauth::UserTokens) {
-        let _ = self.0.user_tokens.set(Arc::new(tokens));
+        let _ = self.0.links.user_tokens.set(Arc::new(tokens));
     }
 
     /// The store of users' upstream OAuth tokens, once configured.
     pub fn user_tokens(&self) -> Option<Arc<user_oauth::UserTokens>> {
-        self.0.user_tokens.get().cloned()
+        self.0.links.user_tokens.get().cloned()
     }
 
     /// The HTTP client of upstream connections.
     pub fn http_client(&self) -> &reqwest::Client {
-        &self.0.client
+        &self.0.links.client
     }
 
     /// Closes `subject`'s own upstream session of a per-user connection (after a revocation).
@@ -174,7 +165,7 @@ impl McpHub {
 
     /// The drifted tools of each connection after its latest listing.
     pub fn drift_board(&self) -> &drift_status::DriftBoard {
-        &self.0.drift_board
+        &self.0.links.drift_board
     }
 
     /// Notifications of catalog changes.
@@ -199,14 +190,11 @@ impl McpHub {
                 running.push(old.swap_remove(i));
                 continue;
             }
-            let upstream = Arc::new(
-                Upstream::new(config.clone(), self.0.drifts.clone(), self.0.drift_board.clone())
-                    .with_user_tokens(self.0.user_tokens.clone(), self.0.client.clone()),
-            );
+            let upstream = Arc::new(Upstream::new(config.clone(), self.0.links.clone()));
             let (stop, stop_rx) = watch::channel(false);
             tokio::spawn(upstream::run(
                 upstream.clone(),
-                self.0.client.clone(),
+                self.0.links.client.clone(),
                 Arc::downgrade(&self.0.on_change),
                 stop_rx,
             ));
@@ -215,7 +203,7 @@ impl McpHub {
         for r in old {
             let _ = r.stop.send(true);
         }
-        self.0.drift_board.retain(&configs.iter().map(|c| c.name.as_str()).collect());
+        self.0.links.drift_board.retain(&configs.iter().map(|c| c.name.as_str()).collect());
         drop(running);
         self.rebuild();
     }

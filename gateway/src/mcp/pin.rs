@@ -12,49 +12,17 @@ use tenantgate_crds::v1alpha1::{McpTools, PinMode};
 
 use crate::storage::{AuditEvent, AuditKind};
 
-/// The pin of a tool: hex SHA-256 of the canonical JSON (keys sorted at every
-/// level, no whitespace) of `{"name", "description", "inputSchema"}`.
+/// The pin of a tool: hex SHA-256 of the canonical JSON (RFC 8785, JCS:
+/// keys sorted at every level, no whitespace) of `{"name", "description", "inputSchema"}`.
 pub fn tool_pin(tool: &Tool) -> String {
     let value = json!({
         "name": tool.name,
         "description": tool.description,
         "inputSchema": Value::Object(tool.input_schema.as_ref().clone()),
     });
-    let mut canonical = String::new();
-    write_canonical(&value, &mut canonical);
-    hex::encode(Sha256::digest(canonical.as_bytes()))
-}
-
-/// Serializes with sorted keys whatever order the map keeps (serde_json may
-/// preserve insertion order when a dependency enables it).
-fn write_canonical(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(&map[k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(v, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
+    // A `Value` always serializes; an empty string would only make every pin drift.
+    let canonical = serde_jcs::to_vec(&value).unwrap_or_default();
+    hex::encode(Sha256::digest(&canonical))
 }
 
 /// A tool whose definition no longer matches its pin.
@@ -176,6 +144,20 @@ mod tests {
         let mut c = McpTools { pin: mode, ..Default::default() };
         c.pins.insert("search".into(), pin.into());
         c
+    }
+
+    /// Pins are stored in McpConnections: the canonical form must never change.
+    #[test]
+    fn the_pin_of_a_known_tool_is_unchanged() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"q": {"type": "string", "description": "query"}, "limit": {"type": "integer", "maximum": 50}},
+            "required": ["q"],
+        });
+        assert_eq!(
+            tool_pin(&tool("Search the web", schema)),
+            "4bf943956db694026d155e25f937b8ca2951c200ec3097d209c9f02c7b19c717"
+        );
     }
 
     #[test]

@@ -60,8 +60,12 @@ async fn warm_up_in_background(connection: ConnectionManager) {
 
 impl SharedSessions {
     /// Sessions of `tenant` at `endpoint`, living at most `lifetime`; connects lazily.
-    pub fn connect(endpoint: &RedisEndpoint, tenant: &str, lifetime: Duration) -> Result<Arc<Self>, String> {
-        let connection = endpoint.connection(TIMEOUT, TIMEOUT).map_err(|e| e.to_string())?;
+    pub fn connect(
+        endpoint: &RedisEndpoint,
+        tenant: &str,
+        lifetime: Duration,
+    ) -> Result<Arc<Self>, crate::redis_client::RedisConfigError> {
+        let connection = endpoint.connection(TIMEOUT, TIMEOUT)?;
         // The first connection (a TLS handshake for rediss://) in the background, with its cause when it fails.
         tokio::spawn(warm_up_in_background(connection.clone()));
         // The braces make every key of a tenant one Redis Cluster hash slot, like the limiter's.

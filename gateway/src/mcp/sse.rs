@@ -10,7 +10,8 @@ use futures_util::stream::BoxStream;
 use rmcp::RoleClient;
 use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
 use rmcp::transport::Transport;
-use sse_stream::{Sse, SseStream};
+
+use crate::llm::sse::{Event, events};
 
 use super::transport::BearerClient;
 
@@ -36,7 +37,7 @@ pub struct SseClientTransport {
     http: BearerClient,
     url: String,
     endpoint: Option<Arc<str>>,
-    events: Option<BoxStream<'static, Result<Sse, sse_stream::Error>>>,
+    events: Option<BoxStream<'static, Result<Event, reqwest::Error>>>,
 }
 
 impl std::fmt::Debug for SseClientTransport {
@@ -61,11 +62,11 @@ impl SseClientTransport {
         if !response.status().is_success() {
             return Err(SseTransportError::Status(response.status().as_u16()));
         }
-        let mut events = SseStream::from_bytes_stream(response.bytes_stream()).boxed();
+        let mut events = events(response.bytes_stream()).boxed();
         while let Some(event) = events.next().await {
             let event = event.map_err(|e| SseTransportError::Endpoint(format!("event stream: {e}")))?;
             if event.event.as_deref() == Some("endpoint") {
-                let data = event.data.unwrap_or_default();
+                let data = event.data;
                 let base = url::Url::parse(&self.url).map_err(|e| SseTransportError::Endpoint(e.to_string()))?;
                 let endpoint = base
                     .join(data.trim())
@@ -108,7 +109,10 @@ impl Transport<RoleClient> for SseClientTransport {
             if !matches!(event.event.as_deref(), None | Some("message")) {
                 continue;
             }
-            let Some(data) = event.data else { continue };
+            let data = event.data;
+            if data.is_empty() {
+                continue;
+            }
             match serde_json::from_str::<ServerJsonRpcMessage>(&data) {
                 Ok(message) => return Some(message),
                 Err(e) => tracing::warn!(error = %e, "legacy SSE upstream sent a message that is not JSON-RPC"),

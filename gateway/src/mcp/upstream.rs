@@ -105,17 +105,25 @@ pub struct Upstream {
     progress: Arc<ProgressRoutes>,
     /// Woken when a forwarded request fails at the transport: check the session now.
     suspect: tokio::sync::Notify,
-    /// Per-user OAuth: the tenant's token store (set once storage is open)
-    /// and the HTTP client for users' own sessions.
-    user_tokens: UserTokensCell,
-    client: reqwest::Client,
+    /// What it shares with the hub's other upstreams.
+    links: HubLinks,
     /// Per-user OAuth: each user's own upstream session.
     users: Mutex<HashMap<String, Arc<UserSlot>>>,
-    /// Pin drifts reported so far, and where new ones go (the hub's audit feed).
+    /// Pin drifts reported so far.
     drift_log: DriftLog,
-    drifts: mpsc::UnboundedSender<PinDrift>,
+}
+
+/// What every upstream of a hub shares, built once with the hub.
+#[derive(Debug, Clone)]
+pub struct HubLinks {
+    /// Per-user OAuth: the tenant's token store (set once storage is open).
+    pub user_tokens: UserTokensCell,
+    /// The egress HTTP client (for users' own sessions too).
+    pub client: reqwest::Client,
+    /// Where new pin drifts go (the hub's audit feed).
+    pub drifts: mpsc::UnboundedSender<PinDrift>,
     /// Where the drifted tools of each complete listing go (McpConnection status).
-    drift_board: DriftBoard,
+    pub drift_board: DriftBoard,
 }
 
 /// One user's upstream session of a per-user OAuth connection, opened on first use.
@@ -183,8 +191,8 @@ impl Drop for ProgressRoute<'_> {
 
 impl Upstream {
     /// A disconnected upstream for a connection config; tool pin drifts it
-    /// finds are sent to `drifts`, once per tool and definition.
-    pub fn new(config: McpConnectionConfig, drifts: mpsc::UnboundedSender<PinDrift>, drift_board: DriftBoard) -> Self {
+    /// finds are sent to the hub's feed, once per tool and definition.
+    pub fn new(config: McpConnectionConfig, links: HubLinks) -> Self {
         let label: Arc<str> = format!("mcp/{}", config.name).into();
         Self {
             filter: ToolFilter::new(&config.tools),
@@ -193,21 +201,11 @@ impl Upstream {
             live: ArcSwapOption::empty(),
             progress: Arc::new(Mutex::new(HashMap::new())),
             suspect: tokio::sync::Notify::new(),
-            user_tokens: UserTokensCell::default(),
-            client: reqwest::Client::new(),
+            links,
             users: Mutex::new(HashMap::new()),
             drift_log: DriftLog::default(),
-            drifts,
-            drift_board,
             config,
         }
-    }
-
-    /// Gives a per-user OAuth connection the tenant's token store and HTTP client.
-    pub fn with_user_tokens(mut self, tokens: UserTokensCell, client: reqwest::Client) -> Self {
-        self.user_tokens = tokens;
-        self.client = client;
-        self
     }
 
     /// Whether each user reaches this upstream with their own OAuth token.
@@ -221,7 +219,7 @@ impl Upstream {
     }
 
     fn credential(&self, subject: &str) -> Option<UserCredential> {
-        let tokens = self.user_tokens.get()?.clone();
+        let tokens = self.links.user_tokens.get()?.clone();
         Some(UserCredential { tokens, config: Arc::new(self.config.clone()), subject: subject.to_string() })
     }
 
@@ -231,7 +229,7 @@ impl Upstream {
         let name = &self.config.name;
         let not_authorized = || ForwardError::NotAuthorized(UserOAuthError::NotAuthorized(name.clone()).to_string());
         let subject = subject.ok_or_else(not_authorized)?;
-        let Some(tokens) = self.user_tokens.get() else {
+        let Some(tokens) = self.links.user_tokens.get() else {
             return Err(ForwardError::Transport(name.clone(), "per-user OAuth is not ready yet".into()));
         };
         match tokens.has_token(name, subject).await {
@@ -260,7 +258,7 @@ impl Upstream {
             .get_or_try_init(|| async {
                 let (refresh, _) = mpsc::unbounded_channel();
                 let handler = UpstreamClient { refresh, progress: self.progress.clone() };
-                connect(self, &self.client, handler, credential).await
+                connect(self, &self.links.client, handler, credential).await
             })
             .await;
         match session {
@@ -410,7 +408,7 @@ pub(super) async fn run(
             f();
         }
     };
-    let mut backoff = BACKOFF_MIN;
+    let mut delays = crate::backoff::Delays::new(BACKOFF_MIN, BACKOFF_MAX).peekable();
     loop {
         if *stop.borrow() {
             break;
@@ -419,7 +417,7 @@ pub(super) async fn run(
         let handler = UpstreamClient { refresh: refresh_tx, progress: upstream.progress.clone() };
         // A per-user connection is listed with the token of the user who
         // authorized last (anonymously while nobody has).
-        let lister = match upstream.user_tokens.get().filter(|_| upstream.is_per_user()) {
+        let lister = match upstream.links.user_tokens.get().filter(|_| upstream.is_per_user()) {
             Some(tokens) => tokens.lister(&name).await.ok().flatten().and_then(|s| upstream.credential(&s)),
             None => None,
         };
@@ -430,7 +428,7 @@ pub(super) async fn run(
         };
         match connected {
             Ok(session) => {
-                backoff = BACKOFF_MIN;
+                delays = crate::backoff::Delays::new(BACKOFF_MIN, BACKOFF_MAX).peekable();
                 let peer = session.peer().clone();
                 let offer = tokio::select! {
                     o = list_offer(&upstream, &peer) => o,
@@ -498,7 +496,7 @@ pub(super) async fn run(
                     connection = %name,
                     reason = e.as_reason(),
                     error = %e,
-                    retry_in_ms = backoff.as_millis() as u64,
+                    retry_in_ms = delays.peek().map_or(0, |d| d.as_millis() as u64),
                     "MCP connection down"
                 );
                 if anonymous_per_user {
@@ -514,12 +512,11 @@ pub(super) async fn run(
             publish();
         }
         metrics::counter!("tenantgate_mcp_reconnects_total", "connection" => name.clone()).increment(1);
-        let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 4));
+        let delay = delays.next().unwrap_or(BACKOFF_MAX);
         tokio::select! {
-            () = tokio::time::sleep(backoff + jitter) => {}
+            () = tokio::time::sleep(crate::backoff::spread(delay)) => {}
             _ = stop.changed() => break,
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
     upstream.live.store(None);
     gauge.set(0.0);
@@ -556,9 +553,9 @@ async fn list_offer(upstream: &Upstream, peer: &Peer<RoleClient>) -> Result<Offe
     let timeout = upstream.timeout;
     let mut tools = if caps.tools.is_some() { bounded(timeout, peer.list_all_tools()).await? } else { Vec::new() };
     let drifts = upstream.admit_tools(&mut tools);
-    upstream.drift_board.set(upstream.name(), drifts.iter().map(|d| d.tool.clone()).collect());
+    upstream.links.drift_board.set(upstream.name(), drifts.iter().map(|d| d.tool.clone()).collect());
     for drift in upstream.drift_log.fresh(drifts) {
-        let _ = upstream.drifts.send(drift);
+        let _ = upstream.links.drifts.send(drift);
     }
     let prompts = if caps.prompts.is_some() { bounded(timeout, peer.list_all_prompts()).await? } else { Vec::new() };
     let (resources, templates) = if caps.resources.is_some() {

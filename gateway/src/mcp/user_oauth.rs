@@ -200,7 +200,7 @@ struct Cached {
 pub struct UserTokens {
     db: Db,
     tenant: String,
-    key: Result<TokenKey, String>,
+    key: Result<TokenKey, SealError>,
     http: reqwest::Client,
     /// (connection, subject) -> fresh access token; read without awaiting.
     cache: Mutex<HashMap<UserKey, Cached>>,
@@ -236,7 +236,7 @@ impl UserTokens {
     /// The vault of `tenant`, with the key from the `gateway-keys` file (its
     /// absence is reported on use, not fatal at start).
     pub fn new(db: Db, tenant: &str, key_file: &Path, http: reqwest::Client) -> Self {
-        let key = TokenKey::from_file(key_file).map_err(|e| e.to_string());
+        let key = TokenKey::from_file(key_file);
         if let Err(e) = &key {
             tracing::warn!(error = %e, "per-user MCP OAuth unavailable: no token-encryption key");
         }
@@ -244,7 +244,7 @@ impl UserTokens {
     }
 
     /// The vault with a key already loaded (or the reason it is not).
-    pub fn with_key(db: Db, tenant: &str, key: Result<TokenKey, String>, http: reqwest::Client) -> Self {
+    pub fn with_key(db: Db, tenant: &str, key: Result<TokenKey, SealError>, http: reqwest::Client) -> Self {
         Self {
             db,
             tenant: tenant.to_string(),
@@ -256,7 +256,7 @@ impl UserTokens {
     }
 
     fn key(&self) -> Result<&TokenKey, UserOAuthError> {
-        self.key.as_ref().map_err(|e| UserOAuthError::Unavailable(e.clone()))
+        self.key.as_ref().map_err(|e| UserOAuthError::Unavailable(e.to_string()))
     }
 
     fn binding<'b>(&'b self, purpose: &'b str, connection: &'b str, subject: &'b str) -> Binding<'b> {
@@ -554,12 +554,7 @@ mod tests {
 
     async fn vault(dir: &Path) -> UserTokens {
         let db = Db::sqlite(&dir.join("v.db")).await.expect("db");
-        UserTokens::with_key(
-            db,
-            "acme",
-            TokenKey::from_bytes(&[3u8; 32]).map_err(|e| e.to_string()),
-            reqwest::Client::new(),
-        )
+        UserTokens::with_key(db, "acme", TokenKey::from_bytes(&[3u8; 32]), reqwest::Client::new())
     }
 
     fn tempdir() -> std::path::PathBuf {

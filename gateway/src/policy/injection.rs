@@ -325,7 +325,7 @@ pub fn redact<'a>(text: &'a str, placeholder: &str) -> Cow<'a, str> {
     let mut out = String::with_capacity(text.len());
     let mut last = 0;
     for (start, end) in spans {
-        let (start, end) = (floor_char(text, start.max(last)), ceil_char(text, end));
+        let (start, end) = (text.floor_char_boundary(start.max(last)), text.ceil_char_boundary(end));
         if end <= last {
             continue;
         }
@@ -337,20 +337,6 @@ pub fn redact<'a>(text: &'a str, placeholder: &str) -> Cow<'a, str> {
     }
     out.push_str(&text[last..]);
     Cow::Owned(out)
-}
-
-fn floor_char(text: &str, mut i: usize) -> usize {
-    while i > 0 && !text.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
-fn ceil_char(text: &str, mut i: usize) -> usize {
-    while i < text.len() && !text.is_char_boundary(i) {
-        i += 1;
-    }
-    i
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tenantgate_crds::config::{GatewayConfig, PolicyConfig};
+use tenantgate_crds::issue::{ConfigIssue, Reason};
 use tenantgate_crds::v1alpha1::{GuardAction, PolicyMatch, PromptMode};
 
 pub use decision::{Finding, Guard, PolicyDecision, Stage};
@@ -64,12 +65,12 @@ pub struct Policies {
 impl Policies {
     /// Compiles the policies of `config`: templates (checked by a trial render),
     /// deny patterns and the injection rules. Errors name the policy.
-    pub fn compile(config: &GatewayConfig) -> Result<Self, String> {
+    pub fn compile(config: &GatewayConfig) -> Result<Self, ConfigIssue> {
         let templates = Templates::compile(&config.tenant, &config.policies)?;
         if config.policies.iter().any(|p| p.guards.as_ref().is_some_and(|g| g.prompt_injection != GuardAction::Off))
             && !injection::warm_up()
         {
-            return Err("the prompt-injection rules do not compile".into());
+            return Err(ConfigIssue::new(Reason::Internal, "the prompt-injection rules do not compile"));
         }
         let list = config.policies.iter().map(compile_one).collect::<Result<Vec<_>, _>>()?;
         Ok(Self { list, templates, empty_hash: decision::stack_hash(std::iter::empty()) })
@@ -150,6 +151,12 @@ impl Policies {
     }
 }
 
+/// An issue with the policy of config id `namespace/name`. The GatewayConfig
+/// names it by id, and so does the message: `policy ns/name: what: why`.
+fn policy_issue(id: &str, what: &str, reason: Reason, why: &dyn std::fmt::Display) -> ConfigIssue {
+    ConfigIssue::new(reason, format!("policy {id}: {what}: {why}"))
+}
+
 /// Whether a policy's match fits: every list that is set must match.
 fn fits(m: &PolicyMatch, identity: &Identity, model: Option<&str>) -> bool {
     let models = model.is_none_or(|model| glob::any(&m.models, model));
@@ -158,16 +165,18 @@ fn fits(m: &PolicyMatch, identity: &Identity, model: Option<&str>) -> bool {
     models && roles && subjects
 }
 
-fn compile_one(p: &PolicyConfig) -> Result<Compiled, String> {
+fn compile_one(p: &PolicyConfig) -> Result<Compiled, ConfigIssue> {
     let guards = p.guards.clone().unwrap_or_default();
     let deny = if guards.deny_patterns.is_empty() {
         None
     } else {
-        let set = regex::RegexSet::new(&guards.deny_patterns)
-            .map_err(|e| format!("policy {}: guards.denyPatterns: invalid regular expression: {e}", p.id))?;
+        let set = regex::RegexSet::new(&guards.deny_patterns).map_err(|e| {
+            policy_issue(&p.id, "guards.denyPatterns: invalid regular expression", Reason::InvalidPattern, &e)
+        })?;
         Some(Arc::new(set))
     };
-    let digest: [u8; 32] = Sha256::digest(serde_json::to_vec(p).map_err(|e| e.to_string())?).into();
+    let json = serde_json::to_vec(p).map_err(|e| ConfigIssue::new(Reason::Internal, e.to_string()))?;
+    let digest: [u8; 32] = Sha256::digest(json).into();
     Ok(Compiled {
         id: p.id.as_str().into(),
         match_: p.match_.clone(),

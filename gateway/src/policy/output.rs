@@ -271,7 +271,7 @@ impl StreamScanner {
             std::borrow::Cow::Borrowed(_) => raw,
         };
         if state.tail.len() > CONTEXT {
-            let from = ceil_char(&state.tail, state.tail.len() - CONTEXT);
+            let from = state.tail.ceil_char_boundary(state.tail.len() - CONTEXT);
             state.tail.drain(..from);
         }
         Ok(released)
@@ -303,7 +303,7 @@ fn release_point(held: &str) -> usize {
         return 0;
     }
     let b = held.as_bytes();
-    let mut p = floor_char(held, held.len() - HOLD);
+    let mut p = held.floor_char_boundary(held.len() - HOLD);
     let limit = p.saturating_sub(MAX_RUN);
     let mut extra_words = 2;
     loop {
@@ -331,21 +331,7 @@ fn release_point(held: &str) -> usize {
             break;
         }
     }
-    floor_char(held, p.max(limit))
-}
-
-fn floor_char(text: &str, mut i: usize) -> usize {
-    while i > 0 && !text.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
-fn ceil_char(text: &str, mut i: usize) -> usize {
-    while i < text.len() && !text.is_char_boundary(i) {
-        i += 1;
-    }
-    i
+    held.floor_char_boundary(p.max(limit))
 }
 
 /// The events of a run of whole events, separators included.

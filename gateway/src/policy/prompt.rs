@@ -13,12 +13,14 @@ use std::sync::Arc;
 
 use minijinja::{Environment, UndefinedBehavior, Value, context};
 use tenantgate_crds::config::{PolicyConfig, TenantIdentity};
+use tenantgate_crds::issue::{ConfigIssue, Reason};
 use tenantgate_crds::v1alpha1::PromptMode;
 
 use crate::auth::Identity;
 use crate::llm::types::{Content, Message, Role};
 
 use super::error::PolicyError;
+use super::policy_issue;
 
 /// Every template of a config, by policy id.
 #[derive(Debug)]
@@ -31,7 +33,7 @@ impl Templates {
     /// Compiles every template and renders it once with a sample scope, so a
     /// template that does not parse or names an unknown variable refuses the
     /// config instead of failing requests.
-    pub fn compile(tenant: &TenantIdentity, policies: &[PolicyConfig]) -> Result<Self, String> {
+    pub fn compile(tenant: &TenantIdentity, policies: &[PolicyConfig]) -> Result<Self, ConfigIssue> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         let tenant = context! {
@@ -41,8 +43,9 @@ impl Templates {
         };
         for p in policies {
             if let Some(prompt) = &p.system_prompt {
-                env.add_template_owned(p.id.clone(), prompt.template.clone())
-                    .map_err(|e| format!("policy {}: systemPrompt.template does not compile: {e}", p.id))?;
+                env.add_template_owned(p.id.clone(), prompt.template.clone()).map_err(|e| {
+                    policy_issue(&p.id, "systemPrompt.template does not compile", Reason::InvalidTemplate, &e)
+                })?;
             }
         }
         let templates = Self { env, tenant };
@@ -50,11 +53,9 @@ impl Templates {
         let sample = Identity { subject: "subject".into(), roles, admin: false, expires_at: 0 };
         for p in policies.iter().filter(|p| p.system_prompt.is_some()) {
             let scope = templates.scope(&sample, "model");
-            templates
-                .env
-                .get_template(&p.id)
-                .and_then(|t| t.render(&scope))
-                .map_err(|e| format!("policy {}: systemPrompt.template does not render: {e}", p.id))?;
+            templates.env.get_template(&p.id).and_then(|t| t.render(&scope)).map_err(|e| {
+                policy_issue(&p.id, "systemPrompt.template does not render", Reason::InvalidTemplate, &e)
+            })?;
         }
         Ok(templates)
     }
@@ -243,6 +244,7 @@ mod tests {
         for template in ["{{ user.subject ", "{{ user.email }}", "{{ nothing }}"] {
             let policy = policy("n/p", template);
             let err = Templates::compile(&tenant, &[policy]).expect_err(template);
+            let err = err.to_string();
             assert!(err.contains("policy n/p: systemPrompt.template"), "{err}");
         }
     }

@@ -283,6 +283,7 @@ fn invalid_templates_and_patterns_refuse_the_config() {
         json!({"systemPrompt": {"template": "{{ user.nope }}"}})
     )])))
     .expect_err("refused");
+    let err = err.to_string();
     assert!(err.contains("tg-acme/t"), "{err}");
     let err = Policies::compile(&config(json!([policy(
         "tg-acme/d",
@@ -291,5 +292,6 @@ fn invalid_templates_and_patterns_refuse_the_config() {
         json!({"guards": {"denyPatterns": ["("]}})
     )])))
     .expect_err("refused");
+    let err = err.to_string();
     assert!(err.contains("tg-acme/d") && err.contains("denyPatterns"), "{err}");
 }

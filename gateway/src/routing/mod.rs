@@ -13,9 +13,49 @@ use tokio::time::Instant;
 
 pub use breaker::Breaker;
 
-use crate::error::AppError;
 use crate::llm::types::ChatRequest;
 use crate::llm::{Call, Provider, Reply, UpstreamError};
+
+/// Why no target answered.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// An upstream refused the request itself (4xx): passed on to the client.
+    #[error("{message}")]
+    Rejected {
+        /// The upstream's status.
+        status: StatusCode,
+        /// Its message.
+        message: String,
+        /// Its error type.
+        kind: String,
+        /// The request field at fault.
+        param: Option<String>,
+        /// Its error code.
+        code: Option<String>,
+    },
+    /// Every target answered 429.
+    #[error("{message}")]
+    RateLimited {
+        /// For the client.
+        message: String,
+        /// When to try again.
+        retry_after: Option<Duration>,
+    },
+    /// Every target is down or its breaker is open.
+    #[error("{message}")]
+    Unavailable {
+        /// For the client.
+        message: String,
+        /// When a breaker lets a probe through.
+        retry_after: Option<Duration>,
+    },
+    /// The upstreams did not answer in time.
+    #[error("{0}")]
+    Timeout(String),
+    /// The upstreams failed (5xx, protocol or connection errors).
+    #[error("{0}")]
+    Failed(String),
+}
 
 /// One upstream model behind a tenant model.
 #[derive(Debug)]
@@ -70,7 +110,8 @@ impl From<&Routing> for RetryPolicy {
 impl RetryPolicy {
     /// Delay before retry number `attempt` (0-based): exponential with equal jitter.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let base = self.initial_backoff.saturating_mul(1u32 << attempt.min(16)).min(self.max_backoff);
+        let mut delays = crate::backoff::Delays::new(self.initial_backoff, self.max_backoff);
+        let base = delays.nth(attempt.min(16) as usize).unwrap_or(self.max_backoff);
         let half = base / 2;
         half + half.mul_f64(fastrand::f64())
     }
@@ -92,7 +133,7 @@ pub async fn route<'r>(
     route: &'r ModelRoute,
     policy: &RetryPolicy,
     request: &ChatRequest,
-) -> Result<Routed<'r>, AppError> {
+) -> Result<Routed<'r>, RouteError> {
     let deadline = Instant::now() + policy.total_timeout;
     let mut last_error: Option<UpstreamError> = None;
     let mut upstream_time = Duration::ZERO;
@@ -148,36 +189,36 @@ pub async fn route<'r>(
     Err(exhausted(&route.name, last_error, soonest_probe))
 }
 
-fn rejected(e: UpstreamError) -> AppError {
+fn rejected(e: UpstreamError) -> RouteError {
     match e {
-        UpstreamError::Status { status, message, kind, param, code, .. } => AppError::UpstreamRejected {
+        UpstreamError::Status { status, message, kind, param, code, .. } => RouteError::Rejected {
             status,
             message,
             kind: kind.unwrap_or_else(|| "invalid_request_error".into()),
             param,
             code,
         },
-        other => AppError::BadGateway(other.to_string()),
+        other => RouteError::Failed(other.to_string()),
     }
 }
 
-fn exhausted(model: &str, last: Option<UpstreamError>, soonest_probe: Option<Duration>) -> AppError {
+fn exhausted(model: &str, last: Option<UpstreamError>, soonest_probe: Option<Duration>) -> RouteError {
     match last {
-        None => AppError::Unavailable {
+        None => RouteError::Unavailable {
             message: format!("every target of model {model} is unavailable (circuit open); try again later"),
             retry_after: soonest_probe.or(Some(Duration::from_secs(1))),
         },
         Some(UpstreamError::Status { status: StatusCode::TOO_MANY_REQUESTS, retry_after, .. }) => {
-            AppError::RateLimited {
+            RouteError::RateLimited {
                 message: format!("the providers of model {model} are rate limiting requests; try again later"),
                 retry_after: retry_after.or(Some(Duration::from_secs(1))),
             }
         }
-        Some(e @ UpstreamError::Timeout(_)) => AppError::GatewayTimeout(format!("model {model}: {e}")),
+        Some(e @ UpstreamError::Timeout(_)) => RouteError::Timeout(format!("model {model}: {e}")),
         Some(UpstreamError::Status { status, .. }) if matches!(status.as_u16(), 401 | 403) => {
-            AppError::BadGateway(format!("model {model}: the provider refused the gateway's credentials"))
+            RouteError::Failed(format!("model {model}: the provider refused the gateway's credentials"))
         }
-        Some(e) => AppError::BadGateway(format!("model {model}: every target failed; last error: {e}")),
+        Some(e) => RouteError::Failed(format!("model {model}: every target failed; last error: {e}")),
     }
 }
 

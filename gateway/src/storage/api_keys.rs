@@ -45,19 +45,33 @@ impl std::fmt::Debug for Pepper {
     }
 }
 
+/// Why there is no pepper.
+#[derive(Debug, thiserror::Error)]
+pub enum PepperError {
+    /// The file could not be read.
+    #[error("{0}: {1}")]
+    Read(String, std::io::Error),
+    /// Too few bytes.
+    #[error("the API-key pepper must hold at least 16 bytes")]
+    TooShort,
+    /// Too few bytes in the file.
+    #[error("{0}: the API-key pepper must hold at least 16 bytes")]
+    FileTooShort(String),
+}
+
 impl Pepper {
     /// Reads the pepper file: base64 (as the operator writes it), or raw bytes.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Self::from_bytes(&raw).map_err(|e| format!("{}: {e}", path.display()))
+    pub fn from_file(path: &Path) -> Result<Self, PepperError> {
+        let raw = std::fs::read(path).map_err(|e| PepperError::Read(path.display().to_string(), e))?;
+        Self::from_bytes(&raw).map_err(|_| PepperError::FileTooShort(path.display().to_string()))
     }
 
     /// A pepper from the file's bytes.
-    pub fn from_bytes(raw: &[u8]) -> Result<Self, String> {
+    pub fn from_bytes(raw: &[u8]) -> Result<Self, PepperError> {
         let trimmed = raw.trim_ascii();
         let bytes = base64::engine::general_purpose::STANDARD.decode(trimmed).unwrap_or_else(|_| trimmed.to_vec());
         if bytes.len() < 16 {
-            return Err("the API-key pepper must hold at least 16 bytes".into());
+            return Err(PepperError::TooShort);
         }
         Ok(Self(bytes))
     }

@@ -89,15 +89,8 @@ impl Recorder {
         let (overflow, overflow_rx) = mpsc::unbounded_channel();
         let (stop, stop_rx) = watch::channel(false);
         let (stop_overflow, stop_overflow_rx) = watch::channel(false);
-        let writer = Writer {
-            db,
-            spill: spill.clone(),
-            config,
-            retry_at: None,
-            backoff: Duration::ZERO,
-            down_since: None,
-            capacity: 0,
-        };
+        let delays = crate::backoff::Delays::new(config.retry_min, config.retry_max);
+        let writer = Writer { db, spill: spill.clone(), config, retry_at: None, delays, down_since: None, capacity: 0 };
         let tasks = (
             tokio::spawn(spill_overflow(spill.clone(), overflow_rx, stop_overflow_rx)),
             tokio::spawn(writer.run(rx, stop_rx)),
@@ -230,7 +223,8 @@ struct Writer {
     config: RecorderConfig,
     /// While the database is down: when to try it again.
     retry_at: Option<Instant>,
-    backoff: Duration,
+    /// While the database is down: the waits before the next tries.
+    delays: crate::backoff::Delays,
     down_since: Option<Instant>,
     capacity: usize,
 }
@@ -318,11 +312,11 @@ impl Writer {
         }
     }
 
-    async fn write(&self, records: &[Record]) -> Result<(), String> {
+    async fn write(&self, records: &[Record]) -> Result<(), WriteError> {
         match tokio::time::timeout(self.config.write_timeout, write::insert(&self.db, records)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.config.write_timeout)),
+            Ok(Err(e)) => Err(WriteError::Database(e)),
+            Err(_) => Err(WriteError::Timeout(self.config.write_timeout)),
         }
     }
 
@@ -388,7 +382,7 @@ impl Writer {
         }
     }
 
-    fn mark_down(&mut self, error: &str) {
+    fn mark_down(&mut self, error: &WriteError) {
         metrics::counter!("tenantgate_recorder_write_errors_total").increment(1);
         if self.down_since.is_none() {
             tracing::warn!(%error, backend = self.db.backend(), "database write failed; spilling records to disk until it is back");
@@ -400,13 +394,13 @@ impl Writer {
     }
 
     fn retry_later(&mut self) {
-        self.backoff = (self.backoff * 2).clamp(self.config.retry_min, self.config.retry_max);
-        self.retry_at = Some(Instant::now() + self.backoff);
+        let wait = self.delays.next().unwrap_or(self.config.retry_max);
+        self.retry_at = Some(Instant::now() + wait);
     }
 
     fn mark_up(&mut self, backlog: u64) {
         self.retry_at = None;
-        self.backoff = Duration::ZERO;
+        self.delays = crate::backoff::Delays::new(self.config.retry_min, self.config.retry_max);
         if backlog == 0
             && let Some(since) = self.down_since.take()
         {
@@ -550,6 +544,17 @@ impl Drop for ChatRecord {
         }
         recorder.record(Record::Chat(Box::new(ChatEntry { usage, audit_id: new_id(), policy, stream })));
     }
+}
+
+/// Why a batch was not written.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// The database refused it or the connection failed.
+    #[error("{0}")]
+    Database(sqlx::Error),
+    /// The database did not answer in time.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 #[cfg(test)]

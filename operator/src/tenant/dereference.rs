@@ -3,8 +3,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::Resource;
 use kube::ResourceExt;
+use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tenantgate_crds::render::{GATEWAY_KEYS_SECRET, tenant_namespace};
 use tenantgate_crds::v1alpha1::{McpConnection, PromptPolicy, Tenant};
@@ -37,24 +39,30 @@ pub struct Dependencies {
 pub fn dereference(tenant: &Tenant, stores: &Stores, operator_namespace: &str) -> Dependencies {
     let namespace = tenant_namespace(tenant);
     let name = tenant.name_any();
-    let namespace_conflict =
-        stores.namespaces.get(&ObjectRef::new(&namespace)).and_then(|ns| match ns.labels().get(TENANT_LABEL) {
+    let namespaces = stores.store::<PartialObjectMeta<Namespace>>();
+    let namespace_conflict = namespaces.and_then(|s| s.get(&ObjectRef::new(&namespace))).and_then(|ns| {
+        match ns.labels().get(TENANT_LABEL) {
             Some(owner) if owner == &name => None,
             Some(owner) => Some(format!("Tenant {owner}")),
             None => Some("no tenant (it exists without the tenantgate.dev/tenant label)".to_string()),
-        });
+        }
+    });
     let mcp_connections = in_namespace(&stores.mcp_connections, &namespace);
     let tenant_policies = in_namespace(&stores.prompt_policies, &namespace);
     let global_policies = in_namespace(&stores.prompt_policies, operator_namespace);
     let mut secret_versions = BTreeMap::new();
     let mut gateway_keys_exist = false;
-    for s in stores.secrets.state().iter().filter(|s| s.namespace().as_deref() == Some(namespace.as_str())) {
+    let secrets = stores.store::<PartialObjectMeta<Secret>>().map(Store::state).unwrap_or_default();
+    for s in secrets.iter().filter(|s| s.namespace().as_deref() == Some(namespace.as_str())) {
         if s.name_any() == GATEWAY_KEYS_SECRET {
             gateway_keys_exist = true;
         }
         secret_versions.insert(s.name_any(), s.resource_version().unwrap_or_default());
     }
-    let deployment = stores.deployments.get(&ObjectRef::new(GATEWAY).within(&namespace)).map(|d| (*d).clone());
+    let deployment = stores
+        .store::<Deployment>()
+        .and_then(|s| s.get(&ObjectRef::new(GATEWAY).within(&namespace)))
+        .map(|d| (*d).clone());
     Dependencies {
         namespace,
         namespace_conflict,

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backon::BackoffBuilder;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -16,7 +17,8 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tenantgate_crds::render::{ObjectIssue, RenderInput, RenderOptions, RenderedConfig, render};
+use tenantgate_crds::issue::ConfigIssue;
+use tenantgate_crds::render::{RenderInput, RenderOptions, RenderedConfig, render};
 use tenantgate_crds::v1alpha1::{McpConnection, PromptPolicy, Tenant, TenantStatus, conditions};
 
 use crate::context::Context;
@@ -124,7 +126,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         create_gateway_keys: !deps.gateway_keys_exist,
         settings: &ctx.settings,
     })?;
-    let applied = apply::apply_stack(ctx, &name, stack).await;
+    let applied = apply::apply_stack(ctx, &name, &deps.namespace, stack).await;
     let writes = match applied {
         Ok(writes) => writes,
         Err(e) => {
@@ -269,17 +271,16 @@ async fn write_child_statuses(
     tenant: &Tenant,
     deps: &Dependencies,
     rendered: Option<&RenderedConfig>,
-    issues: &[ObjectIssue],
+    issues: &[ConfigIssue],
 ) -> Result<(), Error> {
     let name = tenant.name_any();
     let issue_for = |kind: &str, ns: &str, obj: &str| {
-        let id = format!("{kind} {ns}/{obj}");
-        issues.iter().find(|i| i.object == id)
+        issues.iter().find(|i| i.object.as_ref().is_some_and(|o| o.is(kind, Some(ns), obj)))
     };
     for c in &deps.mcp_connections {
         let ns = c.namespace().unwrap_or_default();
         let (accepted, reason, message) = match (issue_for("McpConnection", &ns, &c.name_any()), rendered) {
-            (Some(i), _) => (false, i.reason, i.to_string()),
+            (Some(i), _) => (false, i.reason.as_str(), i.to_string()),
             (None, Some(_)) => (true, "Bound", format!("bound to Tenant {name}")),
             (None, None) => {
                 (false, "TenantConfigInvalid", format!("Tenant {name}'s config cannot be rendered; see its status"))
@@ -290,7 +291,7 @@ async fn write_child_statuses(
     for p in deps.tenant_policies.iter() {
         let ns = p.namespace().unwrap_or_default();
         let (accepted, reason, message) = match (issue_for("PromptPolicy", &ns, &p.name_any()), rendered) {
-            (Some(i), _) => (false, i.reason, i.to_string()),
+            (Some(i), _) => (false, i.reason.as_str(), i.to_string()),
             (None, Some(_)) => (true, "Applied", format!("applied to Tenant {name}")),
             (None, None) => {
                 (false, "TenantConfigInvalid", format!("Tenant {name}'s config cannot be rendered; see its status"))
@@ -301,7 +302,7 @@ async fn write_child_statuses(
     for p in deps.global_policies.iter() {
         let ns = p.namespace().unwrap_or_default();
         if let Some(i) = issue_for("PromptPolicy", &ns, &p.name_any()) {
-            binding_status::<PromptPolicy>(ctx, p, "*", false, i.reason, &i.to_string()).await?;
+            binding_status::<PromptPolicy>(ctx, p, "*", false, i.reason.as_str(), &i.to_string()).await?;
         } else if rendered.is_some() {
             binding_status::<PromptPolicy>(ctx, p, "*", true, "Applied", "applied to every tenant").await?;
         }
@@ -382,6 +383,11 @@ pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Ac
             *n
         })
         .unwrap_or(1);
-    let delay = Duration::from_secs(1u64 << attempt.min(8).saturating_sub(1)).min(Duration::from_secs(300));
+    let delays = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(300))
+        .with_factor(2.0)
+        .without_max_times();
+    let delay = delays.build().nth(attempt.min(8).saturating_sub(1) as usize).unwrap_or(Duration::from_secs(300));
     Action::requeue(delay)
 }

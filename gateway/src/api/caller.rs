@@ -1,0 +1,65 @@
+//! The [`Caller`] extractor: authenticates a request's bearer token (a JWT
+//! or an API key) against the config in force.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, header};
+
+use crate::auth::{AuthError, Caller, SubjectSlot, api_key};
+use crate::error::AppError;
+use crate::state::AppState;
+
+impl Caller {
+    /// 403 unless the caller has an admin role.
+    pub fn require_admin(&self) -> Result<(), AppError> {
+        if self.0.admin { Ok(()) } else { Err(AppError::Forbidden("this endpoint needs an admin role".into())) }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts.headers.get(header::AUTHORIZATION)).ok_or(AuthError::Missing)?;
+        let runtime = state.runtime();
+        let verified = if api_key::is_api_key(token) {
+            api_key::verify(state.storage(), &runtime, token).await
+        } else {
+            runtime.auth.verify(token).await
+        };
+        match verified {
+            Ok(identity) => {
+                if let Some(slot) = parts.extensions.get::<SubjectSlot>() {
+                    slot.fill(&identity);
+                }
+                Ok(Caller(identity))
+            }
+            Err(e) => {
+                metrics::counter!("tenantgate_auth_failures_total", "reason" => e.as_reason()).increment(1);
+                let request_id = parts.headers.get(super::X_REQUEST_ID).and_then(|v| v.to_str().ok());
+                tracing::info!(request_id, reason = e.as_reason(), "authentication failed");
+                Err(e.into())
+            }
+        }
+    }
+}
+
+fn bearer(value: Option<&HeaderValue>) -> Option<&str> {
+    let value = value?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_is_case_insensitive_and_needs_a_token() {
+        assert_eq!(bearer(Some(&HeaderValue::from_static("Bearer abc"))), Some("abc"));
+        assert_eq!(bearer(Some(&HeaderValue::from_static("bearer abc"))), Some("abc"));
+        assert_eq!(bearer(Some(&HeaderValue::from_static("Basic abc"))), None);
+        assert_eq!(bearer(Some(&HeaderValue::from_static("Bearer "))), None);
+        assert_eq!(bearer(None), None);
+    }
+}

@@ -1,0 +1,471 @@
+//! The gateway Deployment and its Service.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{
+    ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIProjection, DownwardAPIVolumeFile,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SecretProjection, Service,
+    ServiceAccountTokenProjection, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
+    VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use sha2::{Digest, Sha256};
+
+use super::pod::{restricted_container_security, restricted_pod_security};
+use super::{BuildInput, meta};
+use crate::labels::{
+    CHECKSUM_ANNOTATION, CONFIG_KEY, DATA_DIR, GATEWAY, GATEWAY_CONFIG, GATEWAY_PORT, SERVICE_ACCOUNT_DIR,
+    gateway_selector, labels,
+};
+
+/// Checksum of everything the pods read: the config and the versions of the
+/// Secrets they mount. Its change rolls the pods.
+pub fn pod_checksum(input: &BuildInput<'_>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(input.rendered.config.config_hash.as_bytes());
+    for (name, version) in input.secret_versions {
+        hasher.update(format!("\n{name}={version}").as_bytes());
+    }
+    hex::encode(hasher.finalize())[..16].to_owned()
+}
+
+/// The gateway container's API credentials, as the kubelet would automount
+/// them but for that container only: a bound token the kubelet rotates (one
+/// hour), the cluster CA and the namespace, at the standard path.
+fn api_access_volume() -> Volume {
+    let sources = vec![
+        VolumeProjection {
+            service_account_token: Some(ServiceAccountTokenProjection {
+                path: "token".into(),
+                expiration_seconds: Some(3600),
+                ..ServiceAccountTokenProjection::default()
+            }),
+            ..VolumeProjection::default()
+        },
+        VolumeProjection {
+            config_map: Some(ConfigMapProjection {
+                name: "kube-root-ca.crt".into(),
+                items: Some(vec![KeyToPath { key: "ca.crt".into(), path: "ca.crt".into(), ..KeyToPath::default() }]),
+                ..ConfigMapProjection::default()
+            }),
+            ..VolumeProjection::default()
+        },
+        VolumeProjection {
+            downward_api: Some(DownwardAPIProjection {
+                items: Some(vec![DownwardAPIVolumeFile {
+                    path: "namespace".into(),
+                    field_ref: Some(ObjectFieldSelector {
+                        api_version: Some("v1".into()),
+                        field_path: "metadata.namespace".into(),
+                    }),
+                    ..DownwardAPIVolumeFile::default()
+                }]),
+            }),
+            ..VolumeProjection::default()
+        },
+    ];
+    Volume {
+        name: "kube-api-access".into(),
+        projected: Some(ProjectedVolumeSource { default_mode: Some(0o444), sources: Some(sources) }),
+        ..Volume::default()
+    }
+}
+
+/// The projected volume of every Secret key the config points at, laid out as
+/// `<secret>/<key>` so the config's paths resolve.
+fn secret_volume(input: &BuildInput<'_>) -> Volume {
+    let mut by_secret: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in &input.rendered.secret_refs {
+        by_secret.entry(r.name.as_str()).or_default().push(r.key.as_str());
+    }
+    let sources = by_secret
+        .iter()
+        .map(|(name, keys)| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: (*name).into(),
+                items: Some(
+                    keys.iter()
+                        .map(|k| KeyToPath { key: (*k).into(), path: format!("{name}/{k}"), ..KeyToPath::default() })
+                        .collect(),
+                ),
+                ..SecretProjection::default()
+            }),
+            ..VolumeProjection::default()
+        })
+        .collect();
+    Volume {
+        name: "secrets".into(),
+        projected: Some(ProjectedVolumeSource { sources: Some(sources), default_mode: Some(0o440) }),
+        ..Volume::default()
+    }
+}
+
+/// An HTTP GET on the container's `http` port.
+pub(super) fn http_get(path: &str) -> Option<HTTPGetAction> {
+    Some(HTTPGetAction {
+        path: Some(path.into()),
+        port: IntOrString::String("http".into()),
+        ..HTTPGetAction::default()
+    })
+}
+
+fn probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: http_get(path),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+fn env_from_field(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: field_path.into(), ..ObjectFieldSelector::default() }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+pub(super) fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+pub(super) fn empty_dir(name: &str, source: EmptyDirVolumeSource) -> Volume {
+    Volume { name: name.into(), empty_dir: Some(source), ..Volume::default() }
+}
+
+fn quantities<const N: usize>(pairs: [(&str, &str); N]) -> BTreeMap<String, Quantity> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), Quantity(v.to_owned()))).collect()
+}
+
+/// `requests`/`limits` of a container.
+pub(super) fn resources<const R: usize, const L: usize>(
+    requests: [(&str, &str); R],
+    limits: [(&str, &str); L],
+) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(quantities(requests)),
+        limits: Some(quantities(limits)),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn spread(topology_key: &str, selector: &BTreeMap<String, String>) -> TopologySpreadConstraint {
+    TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: topology_key.into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: Some(LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() }),
+        ..TopologySpreadConstraint::default()
+    }
+}
+
+/// A count from the CRD (bounded by its schema) as the API's `int32`.
+pub(super) fn int32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The gateway Deployment. `replicas` is left to the HPA when autoscaling is on.
+pub fn build_deployment(input: &BuildInput<'_>) -> Deployment {
+    let spec = &input.tenant.spec;
+    let tenant = input.tenant.name_any();
+    let selector = gateway_selector(&tenant);
+    let mut pod_labels = labels(&tenant, "gateway");
+    pod_labels.extend(selector.clone());
+    let container = Container {
+        name: "gateway".into(),
+        image: Some(spec.gateway.image.clone().unwrap_or_else(|| input.settings.gateway_image.clone())),
+        args: Some(vec![
+            "--config".into(),
+            format!("/etc/tenantgate/{CONFIG_KEY}"),
+            "--listen".into(),
+            format!("0.0.0.0:{GATEWAY_PORT}"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: GATEWAY_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(vec![
+            env_from_field("POD_NAME", "metadata.name"),
+            env_from_field("POD_NAMESPACE", "metadata.namespace"),
+            // The root filesystem is read-only: the SQLite database (no
+            // `storage.database`) and the usage/audit spill file live on the
+            // `data` volume, which outlives container restarts.
+            EnvVar { name: "TENANTGATE_STATE_DIR".into(), value: Some(DATA_DIR.into()), ..EnvVar::default() },
+        ]),
+        resources: Some(
+            spec.gateway
+                .resources
+                .clone()
+                .unwrap_or_else(|| resources([("cpu", "100m"), ("memory", "64Mi")], [("memory", "256Mi")])),
+        ),
+        liveness_probe: Some(probe("/livez", 10)),
+        readiness_probe: Some(probe("/readyz", 5)),
+        startup_probe: Some(Probe {
+            http_get: http_get("/livez"),
+            period_seconds: Some(2),
+            failure_threshold: Some(30),
+            ..Probe::default()
+        }),
+        security_context: Some(restricted_container_security()),
+        volume_mounts: Some(vec![
+            mount("config", "/etc/tenantgate", true),
+            mount("secrets", tenantgate_crds::render::SECRETS_ROOT, true),
+            mount("data", DATA_DIR, false),
+            mount("tmp", "/tmp", false),
+            mount("kube-api-access", SERVICE_ACCOUNT_DIR, true),
+        ]),
+        ..Container::default()
+    };
+    let pod = PodSpec {
+        service_account_name: Some(GATEWAY.into()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(restricted_pod_security()),
+        termination_grace_period_seconds: Some(45),
+        topology_spread_constraints: Some(vec![
+            spread("kubernetes.io/hostname", &selector),
+            spread("topology.kubernetes.io/zone", &selector),
+        ]),
+        containers: vec![container],
+        volumes: Some(vec![
+            Volume {
+                name: "config".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: GATEWAY_CONFIG.into(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            secret_volume(input),
+            empty_dir("data", EmptyDirVolumeSource::default()),
+            empty_dir(
+                "tmp",
+                EmptyDirVolumeSource { medium: Some("Memory".into()), size_limit: Some(Quantity("16Mi".into())) },
+            ),
+            api_access_volume(),
+        ]),
+        ..PodSpec::default()
+    };
+    Deployment {
+        metadata: meta(input, GATEWAY, "gateway"),
+        spec: Some(DeploymentSpec {
+            replicas: spec.gateway.autoscaling.is_none().then(|| int32(spec.gateway.replicas)),
+            selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(BTreeMap::from([(CHECKSUM_ANNOTATION.into(), pod_checksum(input))])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// One TCP port named `http` of a Service, to the pods' `http` port.
+pub(super) fn http_service_port(port: i32) -> ServicePort {
+    ServicePort {
+        name: Some("http".into()),
+        port,
+        target_port: Some(IntOrString::String("http".into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
+}
+
+/// The gateway Service.
+pub fn build_service(input: &BuildInput<'_>) -> Service {
+    Service {
+        metadata: meta(input, GATEWAY, "gateway"),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(gateway_selector(&input.tenant.name_any())),
+            ports: Some(vec![http_service_port(GATEWAY_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{PodSpec, Secret};
+
+    use super::super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn gateway_pods_are_restricted_and_probed() {
+        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        let p = pod(&s);
+        assert_eq!(p.automount_service_account_token, Some(false));
+        let psc = p.security_context.as_ref().expect("pod security");
+        assert_eq!(psc.run_as_non_root, Some(true));
+        let c = &p.containers[0];
+        let sc = c.security_context.as_ref().expect("container security");
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.capabilities.as_ref().and_then(|c| c.drop.clone()), Some(vec!["ALL".to_string()]));
+        assert_eq!(
+            c.liveness_probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|h| h.path.clone()),
+            Some(Some("/livez".into()))
+        );
+        assert_eq!(
+            c.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|h| h.path.clone()),
+            Some(Some("/readyz".into()))
+        );
+        assert!(!p.topology_spread_constraints.clone().unwrap_or_default().is_empty());
+    }
+
+    #[test]
+    fn gateway_state_lives_on_a_writable_volume() {
+        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        let p = pod(&s);
+        let c = &p.containers[0];
+        let state_dir = c.env.iter().flatten().find(|e| e.name == "TENANTGATE_STATE_DIR").and_then(|e| e.value.clone());
+        assert_eq!(state_dir.as_deref(), Some(DATA_DIR));
+        let mount = c.volume_mounts.iter().flatten().find(|m| m.mount_path == DATA_DIR).expect("data mount");
+        assert_ne!(mount.read_only, Some(true));
+        let volume = p.volumes.iter().flatten().find(|v| v.name == mount.name).expect("data volume");
+        assert!(volume.empty_dir.is_some(), "{volume:?}");
+        // The rendered config's SQLite database sits on the same volume.
+        assert!(tenantgate_crds::render::SQLITE_PATH.starts_with(DATA_DIR));
+    }
+
+    /// The file paths of the gateway pod's projected Secret volume.
+    fn projected_paths(p: &PodSpec) -> Vec<String> {
+        let projected = p
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "secrets")
+            .and_then(|v| v.projected.clone())
+            .expect("projected");
+        projected
+            .sources
+            .iter()
+            .flatten()
+            .filter_map(|s| s.secret.as_ref())
+            .flat_map(|s| s.items.iter().flatten().map(|i| i.path.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn secrets_are_projected_at_the_paths_the_config_names() {
+        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        let paths = projected_paths(&pod(&s));
+        assert_eq!(paths, ["gateway-keys/api-key-pepper", "gateway-keys/token-encryption-key", "openai-key/apiKey"]);
+        let config_map = s.get::<k8s_openapi::api::core::v1::ConfigMap>(GATEWAY_CONFIG).expect("config map");
+        let config = config_map.data.as_ref().and_then(|d| d.get("config.yaml")).expect("config");
+        assert!(config.contains("/var/run/secrets/tenantgate/openai-key/apiKey"));
+        let keys = s.get::<Secret>(tenantgate_crds::render::GATEWAY_KEYS_SECRET).expect("keys created");
+        let data = keys.string_data.expect("data");
+        assert_eq!(data.get("token-encryption-key").map(String::len), Some(44));
+        assert_ne!(data.get("token-encryption-key"), data.get("api-key-pepper"));
+    }
+
+    #[test]
+    fn storage_ca_secrets_are_projected_and_named_in_the_config() {
+        let t = tenant(concat!(
+            "  storage:\n",
+            "    redis: {urlSecretRef: {name: redis, key: url}, caSecretRef: {name: redis, key: ca.crt}}\n",
+            "    database: {urlSecretRef: {name: db, key: url}, caSecretRef: {name: db-ca, key: ca.crt}}\n",
+        ));
+        let s = stack_of(&t, &[], &BTreeMap::new());
+        let paths = projected_paths(&pod(&s));
+        for path in ["redis/url", "redis/ca.crt", "db/url", "db-ca/ca.crt"] {
+            assert!(paths.iter().any(|p| p == path), "{path} is not mounted: {paths:?}");
+        }
+        let config_map = s.get::<k8s_openapi::api::core::v1::ConfigMap>(GATEWAY_CONFIG).expect("config map");
+        let config: tenantgate_crds::config::GatewayConfig =
+            serde_yaml::from_str(config_map.data.as_ref().and_then(|d| d.get("config.yaml")).expect("config"))
+                .expect("config parses");
+        assert_eq!(config.storage.redis_ca_file.as_deref(), Some("/var/run/secrets/tenantgate/redis/ca.crt"));
+        assert_eq!(config.storage.database_ca_file.as_deref(), Some("/var/run/secrets/tenantgate/db-ca/ca.crt"));
+    }
+
+    #[test]
+    fn the_pod_checksum_follows_config_and_secret_versions() {
+        let t = tenant("");
+        let checksum = |s: &TenantStack| {
+            gateway_deployment(s)
+                .spec
+                .as_ref()
+                .and_then(|d| d.template.metadata.clone())
+                .and_then(|m| m.annotations)
+                .and_then(|a| a.get(CHECKSUM_ANNOTATION).cloned())
+        };
+        let v1 = BTreeMap::from([("openai-key".to_string(), "10".to_string())]);
+        let v2 = BTreeMap::from([("openai-key".to_string(), "11".to_string())]);
+        let a = checksum(&stack_of(&t, &[], &v1));
+        assert_eq!(a, checksum(&stack_of(&t, &[], &v1)), "stable");
+        assert_ne!(a, checksum(&stack_of(&t, &[], &v2)), "a Secret update rolls the pods");
+        let mut changed = t.clone();
+        changed.spec.routing.max_retries = 5;
+        assert_ne!(a, checksum(&stack_of(&changed, &[], &v1)), "a config change rolls the pods");
+    }
+
+    #[test]
+    fn only_the_gateway_container_gets_an_api_token() {
+        let s = stack_of(&tenant(""), &[stdio_connection()], &BTreeMap::new());
+        let p = pod(&s);
+        assert_eq!(p.automount_service_account_token, Some(false), "no token for every container");
+        let account = s.get::<k8s_openapi::api::core::v1::ServiceAccount>(GATEWAY).expect("service account");
+        assert_eq!(account.automount_service_account_token, Some(false));
+        let mount = p.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == SERVICE_ACCOUNT_DIR)
+            .expect("the gateway container mounts its token");
+        assert_eq!(mount.read_only, Some(true));
+        let volume = p.volumes.iter().flatten().find(|v| v.name == mount.name).expect("volume");
+        let sources = volume.projected.as_ref().and_then(|p| p.sources.clone()).expect("projected");
+        let token = sources.iter().find_map(|s| s.service_account_token.clone()).expect("token source");
+        assert_eq!((token.path.as_str(), token.expiration_seconds), ("token", Some(3600)));
+        let ca = sources.iter().find_map(|s| s.config_map.clone()).expect("CA source");
+        assert_eq!(ca.name, "kube-root-ca.crt");
+        let ns = sources.iter().find_map(|s| s.downward_api.clone()).expect("namespace source");
+        let item = &ns.items.unwrap_or_default()[0];
+        assert_eq!(
+            (item.path.as_str(), item.field_ref.as_ref().map(|f| f.field_path.as_str())),
+            ("namespace", Some("metadata.namespace"))
+        );
+        // The stdio bridge reaches no API server: no token there.
+        let bridge = s
+            .get::<Deployment>(&super::super::stdio_bridge_name("everything"))
+            .and_then(|d| d.spec)
+            .and_then(|d| d.template.spec)
+            .expect("bridge pod");
+        assert!(bridge.volumes.iter().flatten().all(|v| {
+            v.projected.as_ref().is_none_or(|p| p.sources.iter().flatten().all(|s| s.service_account_token.is_none()))
+        }));
+    }
+}

@@ -1,0 +1,56 @@
+//! The tenant's generated keys.
+
+use k8s_openapi::api::core::v1::Secret;
+use tenantgate_crds::render::{API_KEY_PEPPER, GATEWAY_KEYS_SECRET, TOKEN_ENCRYPTION_KEY};
+
+use super::{BuildError, BuildInput, meta};
+
+/// Per-tenant keys from the operating system's CSPRNG. Created once; the
+/// operator never rewrites it, so stored tokens and API key hashes survive.
+/// The one builder that can fail: without randomness there is no key.
+pub fn build_gateway_keys(input: &BuildInput<'_>) -> Result<Secret, BuildError> {
+    use base64::Engine;
+    let key = |len: usize| {
+        let mut bytes = vec![0u8; len];
+        // The OS CSPRNG does not fail on supported platforms; an all-zero key would, so refuse it.
+        getrandom::fill(&mut bytes).map(|()| base64::engine::general_purpose::STANDARD.encode(&bytes))
+    };
+    let (Ok(encryption), Ok(pepper)) = (key(32), key(32)) else {
+        return Err(BuildError {
+            kind: format!("Secret {GATEWAY_KEYS_SECRET}"),
+            message: "no randomness available".into(),
+        });
+    };
+    Ok(Secret {
+        metadata: meta(input, GATEWAY_KEYS_SECRET, "keys"),
+        type_: Some("Opaque".into()),
+        string_data: Some([(TOKEN_ENCRYPTION_KEY.into(), encryption), (API_KEY_PEPPER.into(), pepper)].into()),
+        ..Secret::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn keys_are_owned_and_created_only_when_missing() {
+        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        let keys = s.get::<Secret>(GATEWAY_KEYS_SECRET).expect("keys created");
+        assert_eq!(keys.metadata.owner_references.as_ref().map(|o| o[0].name.as_str()), Some("acme"));
+        let t = tenant("");
+        let r = rendered(&t, &[]);
+        let settings = BuildSettings::default();
+        let existing = build(&BuildInput {
+            tenant: &t,
+            rendered: &r,
+            mcp_connections: &[],
+            secret_versions: &BTreeMap::new(),
+            create_gateway_keys: false,
+            settings: &settings,
+        })
+        .expect("builds");
+        assert!(existing.all::<Secret>().is_empty(), "never rewritten");
+    }
+}

@@ -1,0 +1,251 @@
+//! The network fence around the gateway.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use tenantgate_crds::address::{HostClass, classify_url};
+use tenantgate_crds::config::{JwtKeys, McpAuthConfig};
+
+use super::{BuildInput, meta};
+use crate::labels::{GATEWAY, GATEWAY_PORT, gateway_selector};
+
+fn port(protocol: &str, port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        protocol: Some(protocol.into()),
+        port: Some(IntOrString::Int(port)),
+        ..NetworkPolicyPort::default()
+    }
+}
+
+fn match_labels(labels: BTreeMap<String, String>) -> Option<LabelSelector> {
+    Some(LabelSelector { match_labels: Some(labels), ..LabelSelector::default() })
+}
+
+fn namespace_named(name: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: match_labels(BTreeMap::from([("kubernetes.io/metadata.name".into(), name.into())])),
+        ..NetworkPolicyPeer::default()
+    }
+}
+
+fn ip_block(cidr: String, except: Option<Vec<String>>) -> NetworkPolicyPeer {
+    NetworkPolicyPeer { ip_block: Some(IPBlock { cidr, except }), ..NetworkPolicyPeer::default() }
+}
+
+/// `/32` or `/128`: exactly one address.
+fn host_cidr(ip: std::net::IpAddr) -> String {
+    if ip.is_ipv4() { format!("{ip}/32") } else { format!("{ip}/128") }
+}
+
+/// Where an upstream URL is, as NetworkPolicy can express it.
+fn egress_for_url(url: &str) -> Option<NetworkPolicyEgressRule> {
+    let parsed = url::Url::parse(url).ok()?;
+    let ports = Some(vec![port("TCP", i32::from(parsed.port_or_known_default()?))]);
+    let host = parsed.host_str()?.trim_end_matches('.');
+    if let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return Some(NetworkPolicyEgressRule { to: Some(vec![ip_block(host_cidr(ip), None)]), ports });
+    }
+    // In-cluster Services: <svc>.<namespace>.svc[.cluster.local]
+    let labels: Vec<&str> = host.split('.').collect();
+    if labels.len() >= 3 && labels[2] == "svc" {
+        return Some(NetworkPolicyEgressRule { to: Some(vec![namespace_named(labels[1])]), ports });
+    }
+    // A public name: the internet on that port, nothing inside private ranges.
+    let private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8"];
+    Some(NetworkPolicyEgressRule {
+        to: Some(vec![ip_block("0.0.0.0/0".into(), Some(private.map(String::from).to_vec()))]),
+        ports,
+    })
+}
+
+/// The gateway's way to the API server (it publishes McpConnection status).
+/// NetworkPolicy implementations match traffic after the Service's DNAT, so
+/// the `kubernetes` Service's ClusterIP would match nothing: the rule names
+/// its endpoints, the API servers' own addresses and port (a control plane
+/// outside the pod network, as in most managed clusters, is only reachable
+/// by ipBlock). One /32 (or /128) per address.
+fn api_server_egress(endpoints: &[std::net::SocketAddr]) -> Vec<NetworkPolicyEgressRule> {
+    let mut by_port: BTreeMap<u16, BTreeSet<String>> = BTreeMap::new();
+    for e in endpoints {
+        by_port.entry(e.port()).or_default().insert(host_cidr(e.ip()));
+    }
+    by_port
+        .into_iter()
+        .map(|(p, cidrs)| NetworkPolicyEgressRule {
+            to: Some(cidrs.into_iter().map(|cidr| ip_block(cidr, None)).collect()),
+            ports: Some(vec![port("TCP", i32::from(p))]),
+        })
+        .collect()
+}
+
+/// Every URL the gateway calls out to: providers, MCP servers, the JWKS and OAuth token endpoints.
+fn upstream_urls(input: &BuildInput<'_>) -> BTreeSet<String> {
+    let config = &input.rendered.config;
+    let mut urls: BTreeSet<String> = BTreeSet::new();
+    urls.extend(config.providers.iter().filter_map(|p| p.base_url.clone()));
+    urls.extend(config.mcp.iter().filter_map(|c| c.url.clone()));
+    if let JwtKeys::JwksUri(uri) = &config.auth.jwt.keys {
+        urls.insert(uri.clone());
+    }
+    for c in &config.mcp {
+        match &c.auth {
+            Some(McpAuthConfig::Oauth2ClientCredentials { token_url, .. })
+            | Some(McpAuthConfig::Oauth2AuthorizationCode { token_url, .. }) => {
+                urls.insert(token_url.clone());
+            }
+            _ => {}
+        }
+    }
+    urls
+}
+
+/// Default deny; ingress only from allowed peers, the operator's namespace and
+/// metrics scrapers; egress only to DNS, the API server and what the config names.
+pub fn build_network_policy(input: &BuildInput<'_>) -> NetworkPolicy {
+    let spec = &input.tenant.spec;
+    let mut from = spec.network.allow_ingress_from.clone();
+    from.push(namespace_named(&input.settings.operator_namespace));
+    from.push(NetworkPolicyPeer {
+        namespace_selector: match_labels(input.settings.metrics_namespace_labels.clone()),
+        ..NetworkPolicyPeer::default()
+    });
+
+    let mut egress = vec![NetworkPolicyEgressRule {
+        to: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector::default()),
+            pod_selector: match_labels(BTreeMap::from([("k8s-app".into(), "kube-dns".into())])),
+            ..NetworkPolicyPeer::default()
+        }]),
+        ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
+    }];
+    egress.extend(api_server_egress(&input.settings.api_server));
+    let mut seen: Vec<NetworkPolicyEgressRule> = Vec::new();
+    for url in &upstream_urls(input) {
+        if matches!(classify_url(url), Ok(HostClass::Local(_))) {
+            continue; // only reachable with allowLocalUpstreams, and never across pods
+        }
+        if let Some(rule) = egress_for_url(url)
+            && !seen.contains(&rule)
+        {
+            seen.push(rule.clone());
+            egress.push(rule);
+        }
+    }
+    // Storage URLs live in Secrets the operator does not read: allow the
+    // standard ports anywhere, so Redis and PostgreSQL work in or out of cluster.
+    let storage_ports: Vec<NetworkPolicyPort> =
+        [spec.storage.redis.as_ref().map(|_| 6379), spec.storage.database.as_ref().map(|_| 5432)]
+            .into_iter()
+            .flatten()
+            .map(|p| port("TCP", p))
+            .collect();
+    if !storage_ports.is_empty() {
+        egress.push(NetworkPolicyEgressRule {
+            to: Some(vec![
+                NetworkPolicyPeer {
+                    namespace_selector: Some(LabelSelector::default()),
+                    ..NetworkPolicyPeer::default()
+                },
+                ip_block("0.0.0.0/0".into(), None),
+            ]),
+            ports: Some(storage_ports),
+        });
+    }
+    if !spec.network.allow_egress_to.is_empty() {
+        egress.push(NetworkPolicyEgressRule { to: Some(spec.network.allow_egress_to.clone()), ports: None });
+    }
+    NetworkPolicy {
+        metadata: meta(input, GATEWAY, "gateway"),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: match_labels(gateway_selector(&input.tenant.name_any())),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(from),
+                ports: Some(vec![port("TCP", GATEWAY_PORT)]),
+            }]),
+            egress: Some(egress),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::test_support::*;
+    use super::*;
+
+    fn policy(s: &TenantStack) -> NetworkPolicy {
+        s.get::<NetworkPolicy>(GATEWAY).expect("network policy")
+    }
+
+    #[test]
+    fn the_network_policy_lets_the_gateway_reach_the_api_server_endpoints() {
+        let t = tenant("");
+        let r = rendered(&t, &[]);
+        let settings = BuildSettings {
+            api_server: vec!["10.0.0.5:6443".parse().expect("addr"), "10.0.0.6:6443".parse().expect("addr")],
+            ..BuildSettings::default()
+        };
+        let input = BuildInput {
+            tenant: &t,
+            rendered: &r,
+            mcp_connections: &[],
+            secret_versions: &BTreeMap::new(),
+            create_gateway_keys: false,
+            settings: &settings,
+        };
+        let egress = build_network_policy(&input).spec.and_then(|s| s.egress).unwrap_or_default();
+        let rule = serde_json::to_value(
+            egress
+                .iter()
+                .find(|r| r.ports.iter().flatten().any(|p| p.port == Some(IntOrString::Int(6443))))
+                .expect("a rule for the API server's port"),
+        )
+        .expect("json");
+        assert_eq!(
+            rule["to"],
+            json!([{"ipBlock": {"cidr": "10.0.0.5/32"}}, {"ipBlock": {"cidr": "10.0.0.6/32"}}]),
+            "{rule}"
+        );
+        // Without known endpoints (render, no cluster) no such rule.
+        let without = stack_of(&t, &[], &BTreeMap::new());
+        assert!(!serde_json::to_string(&policy(&without).spec).expect("json").contains("6443"));
+    }
+
+    #[test]
+    fn the_network_policy_allows_exactly_what_the_config_needs() {
+        let s = stack_of(
+            &tenant("  network: {allowIngressFrom: [{namespaceSelector: {matchLabels: {team: web}}}]}\n"),
+            &[],
+            &BTreeMap::new(),
+        );
+        let policy = policy(&s);
+        let spec = policy.spec.as_ref().expect("spec");
+        assert_eq!(spec.policy_types.clone().unwrap_or_default(), ["Ingress", "Egress"]);
+        let ingress = serde_json::to_string(&spec.ingress).expect("json");
+        assert!(
+            ingress.contains("\"team\":\"web\"")
+                && ingress.contains("tenantgate-system")
+                && ingress.contains("tenantgate.dev/metrics-scraper")
+        );
+        let egress = serde_json::to_value(&spec.egress).expect("json");
+        let text = egress.to_string();
+        assert!(text.contains("\"port\":53"), "DNS");
+        assert!(
+            text.contains("\"port\":443") && text.contains("0.0.0.0/0") && text.contains("10.0.0.0/8"),
+            "public provider on 443, not private ranges: {text}"
+        );
+        assert!(
+            text.contains("\"kubernetes.io/metadata.name\":\"models\"") && text.contains("\"port\":8000"),
+            "in-cluster provider: {text}"
+        );
+        assert!(!text.contains("6379") && !text.contains("5432"), "no storage ports without storage");
+    }
+}

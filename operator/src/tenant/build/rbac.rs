@@ -1,0 +1,84 @@
+//! The gateway's identity and the one thing it may do against the API server.
+
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::Resource;
+use tenantgate_crds::render::tenant_namespace;
+use tenantgate_crds::v1alpha1::McpConnection;
+
+use super::{BuildInput, meta};
+use crate::labels::{GATEWAY, GATEWAY_STATUS_WRITER};
+
+/// The gateway's ServiceAccount. No token is automounted: the gateway
+/// container alone gets one, through its own projected volume.
+pub fn build_service_account(input: &BuildInput<'_>) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(input, GATEWAY, "gateway"),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+/// What the gateway may do against the API server: get and patch the status
+/// of the McpConnections of its own namespace, to publish
+/// `status.driftedTools` (it alone sees the upstream tools). Scoped by
+/// namespace, not by name: resourceNames cannot name connections created later.
+pub fn build_role(input: &BuildInput<'_>) -> Role {
+    Role {
+        metadata: meta(input, GATEWAY_STATUS_WRITER, "gateway"),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![McpConnection::group(&()).into_owned()]),
+            resources: Some(vec![format!("{}/status", McpConnection::plural(&()))]),
+            verbs: vec!["get".into(), "patch".into()],
+            ..PolicyRule::default()
+        }]),
+    }
+}
+
+/// Binds [`build_role`] to the gateway's ServiceAccount.
+pub fn build_role_binding(input: &BuildInput<'_>) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(input, GATEWAY_STATUS_WRITER, "gateway"),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: GATEWAY_STATUS_WRITER.into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: GATEWAY.into(),
+            namespace: Some(tenant_namespace(input.tenant)),
+            ..Subject::default()
+        }]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn the_gateway_may_patch_mcp_connection_status_in_its_namespace_only() {
+        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        let role = s.get::<Role>(GATEWAY_STATUS_WRITER).expect("role");
+        assert_eq!(role.metadata.namespace.as_deref(), Some("tg-acme"));
+        let rules = role.rules.clone().unwrap_or_default();
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        assert_eq!(rules[0].api_groups.clone().unwrap_or_default(), ["tenantgate.dev"]);
+        assert_eq!(rules[0].resources.clone().unwrap_or_default(), ["mcpconnections/status"]);
+        assert_eq!(rules[0].verbs, ["get", "patch"]);
+        let binding = &s.get::<RoleBinding>(GATEWAY_STATUS_WRITER).expect("binding");
+        assert_eq!(binding.metadata.namespace.as_deref(), Some("tg-acme"));
+        assert_eq!((binding.role_ref.kind.as_str(), binding.role_ref.name.as_str()), ("Role", GATEWAY_STATUS_WRITER));
+        let subjects = binding.subjects.clone().unwrap_or_default();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(
+            (subjects[0].kind.as_str(), subjects[0].name.as_str(), subjects[0].namespace.as_deref()),
+            ("ServiceAccount", GATEWAY, Some("tg-acme"))
+        );
+        for m in [&role.metadata, &binding.metadata] {
+            assert_eq!(m.owner_references.as_ref().map(|o| o[0].name.as_str()), Some("acme"), "garbage-collected");
+        }
+    }
+}

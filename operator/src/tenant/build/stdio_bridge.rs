@@ -1,0 +1,160 @@
+//! A Deployment and Service per stdio McpConnection: the server's image runs
+//! the gateway's `stdio-bridge` (copied in by an init container from the
+//! gateway image), which spawns the server and serves it over streamable HTTP.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, Probe,
+    SecretKeySelector, Service, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::ResourceExt;
+use tenantgate_crds::render::STDIO_BRIDGE_PORT;
+use tenantgate_crds::v1alpha1::{McpConnection, McpTransport, StdioEnv};
+
+use super::deployment::{empty_dir, http_get, http_service_port, mount, resources};
+use super::pod::{restricted_container_security, restricted_pod_security};
+use super::{BuildInput, meta};
+use crate::labels::{gateway_selector, labels};
+
+/// Where the init container puts the bridge binary.
+const BRIDGE_DIR: &str = "/tenantgate/bin";
+
+/// Name of the bridge Deployment and Service of a stdio McpConnection.
+pub fn stdio_bridge_name(connection: &str) -> String {
+    format!("mcp-{connection}")
+}
+
+fn env_var(e: &StdioEnv) -> EnvVar {
+    match (&e.value, &e.secret_key_ref) {
+        (_, Some(r)) => EnvVar {
+            name: e.name.clone(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                    ..SecretKeySelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        },
+        (v, None) => EnvVar { name: e.name.clone(), value: Some(v.clone().unwrap_or_default()), ..EnvVar::default() },
+    }
+}
+
+/// The bridge Deployment and Service of every bound stdio McpConnection with an image.
+pub fn build_stdio_bridges(input: &BuildInput<'_>) -> Vec<(Deployment, Service)> {
+    let bound: BTreeSet<&str> = input.rendered.config.mcp.iter().map(|c| c.name.as_str()).collect();
+    input
+        .mcp_connections
+        .iter()
+        .filter(|c| c.spec.transport == McpTransport::Stdio && bound.contains(c.name_any().as_str()))
+        .filter_map(|c| build_stdio_bridge(input, c))
+        .collect()
+}
+
+fn build_stdio_bridge(input: &BuildInput<'_>, c: &McpConnection) -> Option<(Deployment, Service)> {
+    let stdio = c.spec.stdio.as_ref()?;
+    let image = stdio.image.as_ref()?;
+    let tenant = input.tenant.name_any();
+    let name = c.name_any();
+    let object = stdio_bridge_name(&name);
+    let mut selector = gateway_selector(&tenant);
+    selector.insert("app.kubernetes.io/component".into(), "mcp-bridge".into());
+    selector.insert("tenantgate.dev/mcp-connection".into(), name);
+    let mut pod_labels = labels(&tenant, "mcp-bridge");
+    pod_labels.extend(selector.clone());
+    let mut command = vec![
+        "/tenantgate/bin/tenantgate-gateway".to_string(),
+        "stdio-bridge".into(),
+        "--listen".into(),
+        format!("0.0.0.0:{STDIO_BRIDGE_PORT}"),
+        "--".into(),
+    ];
+    command.extend(stdio.command.iter().chain(&stdio.args).cloned());
+    let init = Container {
+        name: "bridge".into(),
+        image: Some(input.settings.gateway_image.clone()),
+        args: Some(vec!["install-bridge".into(), BRIDGE_DIR.into()]),
+        security_context: Some(restricted_container_security()),
+        volume_mounts: Some(vec![mount("bridge", BRIDGE_DIR, false)]),
+        ..Container::default()
+    };
+    let server = Container {
+        name: "server".into(),
+        image: Some(image.clone()),
+        command: Some(command),
+        env: Some(stdio.env.iter().map(env_var).collect()),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: i32::from(STDIO_BRIDGE_PORT),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        readiness_probe: Some(Probe { http_get: http_get("/livez"), period_seconds: Some(5), ..Probe::default() }),
+        security_context: Some(restricted_container_security()),
+        resources: Some(resources([("cpu", "50m"), ("memory", "64Mi")], [("memory", "512Mi")])),
+        volume_mounts: Some(vec![mount("bridge", BRIDGE_DIR, true), mount("tmp", "/tmp", false)]),
+        ..Container::default()
+    };
+    let mut deployment_meta = meta(input, &object, "mcp-bridge");
+    deployment_meta.labels = Some(pod_labels.clone());
+    let deployment = Deployment {
+        metadata: deployment_meta,
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..ObjectMeta::default() }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    security_context: Some(restricted_pod_security()),
+                    init_containers: Some(vec![init]),
+                    containers: vec![server],
+                    volumes: Some(vec![
+                        empty_dir("bridge", EmptyDirVolumeSource::default()),
+                        empty_dir("tmp", EmptyDirVolumeSource::default()),
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    let service = Service {
+        metadata: meta(input, &object, "mcp-bridge"),
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![http_service_port(i32::from(STDIO_BRIDGE_PORT))]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    Some((deployment, service))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn stdio_connections_get_a_bridge() {
+        let s = stack_of(&tenant(""), &[stdio_connection()], &BTreeMap::new());
+        let bridges: Vec<Deployment> =
+            s.all::<Deployment>().into_iter().filter(|d| d.name_any() != crate::labels::GATEWAY).collect();
+        assert_eq!(bridges.len(), 1);
+        let d = &bridges[0];
+        let svc = s.get::<Service>("mcp-everything");
+        assert_eq!(d.metadata.name.as_deref(), Some("mcp-everything"));
+        assert_eq!(svc.and_then(|s| s.metadata.name).as_deref(), Some("mcp-everything"));
+        let pod = d.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod");
+        let command = pod.containers[0].command.clone().unwrap_or_default();
+        assert_eq!(command[1..], ["stdio-bridge", "--listen", "0.0.0.0:8080", "--", "npx", "server"]);
+    }
+}

@@ -1,0 +1,60 @@
+//! Tenants, connections and stacks the builders' tests share.
+
+pub(super) use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::PodSpec;
+use tenantgate_crds::render::{RenderInput, RenderOptions, RenderedConfig, render};
+use tenantgate_crds::v1alpha1::{McpConnection, Tenant};
+
+pub(super) use super::{BuildInput, BuildSettings, TenantStack, build};
+use crate::labels::GATEWAY;
+
+pub(super) fn tenant(extra: &str) -> Tenant {
+    let mut t: Tenant = serde_yaml::from_str(&format!(
+        "apiVersion: tenantgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: acme, uid: 1234}}\nspec:\n  auth:\n    jwt: {{issuer: 'https://idp', audiences: [a], jwksUri: 'https://idp.example/jwks'}}\n  providers:\n    - {{name: openai, type: openai, baseUrl: 'https://api.openai.com/v1', apiKeySecretRef: {{name: openai-key, key: apiKey}}}}\n    - {{name: vllm, type: openai, baseUrl: 'http://vllm.models.svc:8000/v1'}}\n  models: [{{name: chat, targets: [{{provider: openai, model: gpt}}]}}]\n{extra}"
+    ))
+    .expect("tenant YAML");
+    t.metadata.uid = Some("1234".into());
+    t
+}
+
+pub(super) fn rendered(t: &Tenant, conns: &[McpConnection]) -> RenderedConfig {
+    render(
+        RenderInput { tenant: t, mcp_connections: conns, tenant_policies: &[], global_policies: &[] },
+        &RenderOptions::default(),
+    )
+    .expect("renders")
+}
+
+pub(super) fn stack_of(t: &Tenant, conns: &[McpConnection], versions: &BTreeMap<String, String>) -> TenantStack {
+    let r = rendered(t, conns);
+    let settings = BuildSettings::default();
+    build(&BuildInput {
+        tenant: t,
+        rendered: &r,
+        mcp_connections: conns,
+        secret_versions: versions,
+        create_gateway_keys: true,
+        settings: &settings,
+    })
+    .expect("builds")
+}
+
+/// A stdio McpConnection `everything` in tg-acme (it gets a bridge Deployment).
+pub(super) fn stdio_connection() -> McpConnection {
+    serde_yaml::from_str(
+        "apiVersion: tenantgate.dev/v1alpha1\nkind: McpConnection\nmetadata: {name: everything, namespace: tg-acme}\nspec: {transport: stdio, stdio: {image: 'node:22', command: [npx, server]}}\n",
+    )
+    .expect("yaml")
+}
+
+/// The gateway Deployment of a stack.
+pub(super) fn gateway_deployment(stack: &TenantStack) -> Deployment {
+    stack.get::<Deployment>(GATEWAY).expect("the gateway Deployment")
+}
+
+/// The gateway's pod spec.
+pub(super) fn pod(stack: &TenantStack) -> PodSpec {
+    gateway_deployment(stack).spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod spec")
+}
