@@ -72,6 +72,8 @@ test-node: ## A real node (containerd, kubelet, kube-proxy, CNI, kube-router, Co
 .PHONY: e2e
 e2e: images ## The platform on a real node: helm/manifests install, tenants via kubectl, gateways as pods used with the openai and mcp SDKs, NetworkPolicies enforced, rollouts, GitOps changes, README commands
 	rm -f $(TARGET_DIR)/e2e-summary.txt
+	$(CARGO) build -p tenantgate-operator
+	TENANTGATE_OPERATOR_BIN=$(TARGET_DIR)/debug/tenantgate-operator \
 	TENANTGATE_REAL_NODES=1 TENANTGATE_E2E_SUMMARY=$(abspath $(TARGET_DIR))/e2e-summary.txt \
 	  e2e/with-services e2e/with-cluster e2e/platform -x -rA --durations=0 $(CURDIR)/e2e/python
 	@cat $(TARGET_DIR)/e2e-summary.txt

@@ -68,6 +68,8 @@ from e2e_support import (
 )
 
 GATEWAY_BIN = os.environ["GATEWAY_BIN"]
+# The operator's command line on this machine, for its table of managed kinds (`kinds`).
+OPERATOR_BIN = env("TENANTGATE_OPERATOR_BIN")
 TENANTS = ("quickstart", "acme")
 NAMESPACES = {"quickstart": "tg-quickstart", "acme": "tg-acme"}
 QUICKSTART_KEY = EXAMPLES / "quickstart/dev-signing-key.pem"
