@@ -70,10 +70,13 @@ test-node: ## A real node (containerd, kubelet, kube-proxy, CNI, kube-router, Co
 	TENANTGATE_REAL_NODES=1 e2e/with-cluster e2e/cluster/smoke
 
 .PHONY: e2e
-e2e: ## The platform scenarios: helm/manifests install, tenants via kubectl, gateways used with the openai and mcp SDKs, GitOps changes, README commands
+e2e: images ## The platform on a real node: helm/manifests install, tenants via kubectl, gateways as pods used with the openai and mcp SDKs, NetworkPolicies enforced, rollouts, GitOps changes, README commands
+	rm -f $(TARGET_DIR)/e2e-summary.txt
 	$(CARGO) build -p tenantgate-operator
 	TENANTGATE_OPERATOR_BIN=$(TARGET_DIR)/debug/tenantgate-operator \
-	  e2e/with-services e2e/with-cluster gateway/tests/python/run -x -rA --durations=0 $(CURDIR)/e2e/python
+	TENANTGATE_REAL_NODES=1 TENANTGATE_E2E_SUMMARY=$(abspath $(TARGET_DIR))/e2e-summary.txt \
+	  e2e/with-services e2e/with-cluster e2e/platform -x -rA --durations=0 $(CURDIR)/e2e/python
+	@cat $(TARGET_DIR)/e2e-summary.txt
 
 .PHONY: demo
 demo: ## The platform flow to watch: local control plane, helm install, the quickstart tenant, a chat through its gateway; left running

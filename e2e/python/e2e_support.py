@@ -1,24 +1,28 @@
 """Helpers of the platform scenarios (test_platform.py): kubectl and helm as a
-platform team runs them, processes started the way their pods would run them,
-and bounded waits that fail with the logs that explain why.
+platform team runs them, the cluster's pods reached the way clients inside the
+cluster reach them, and bounded waits that fail with the logs that explain why.
 
-Nothing here talks to anything but 127.0.0.1: the local control plane of
-e2e/with-cluster (KUBECONFIG) and PostgreSQL/Redis of e2e/with-services.
+Everything runs on the local cluster of e2e/with-cluster with real nodes
+(TENANTGATE_REAL_NODES): the operator and every gateway are pods the kubelet
+runs from the images of `make images`. This suite talks to the API server on
+127.0.0.1 (KUBECONFIG) and to pods only inside the node's network namespace
+(TENANTGATE_NODE_NETNS), through NetnsForward.
 """
 
 from __future__ import annotations
 
-import base64
+import ctypes
 import json
 import os
-import shutil
-import signal
+import queue
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -32,21 +36,11 @@ OPERATOR_ACCOUNT = "tenantgate-operator"
 WORK = Path(os.environ.get("TENANTGATE_E2E_WORK") or tempfile.mkdtemp(prefix="tenantgate-e2e-"))
 WORK.mkdir(parents=True, exist_ok=True)
 
-# Log files of processes this run started, by name, for failure reports.
-LOGS: dict[str, Path] = {}
-
-
 def env(name: str) -> str:
     value = os.environ.get(name, "")
     if not value:
         raise RuntimeError(f"{name} is not set: run this suite with `make e2e` (e2e/with-services e2e/with-cluster ...)")
     return value
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -57,21 +51,23 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text[-lines:])
 
 
-def apiserver_log() -> Path:
-    """kube-apiserver's log of the cluster KUBECONFIG points at (e2e/cluster/up's layout)."""
-    return Path(env("KUBECONFIG")).parent / "logs/kube-apiserver.log"
-
-
 def diagnostics() -> str:
-    """The tails of every log worth reading when a step fails."""
+    """The tails of every log worth reading when a step fails: the operator's and
+    the gateways' pods, the control plane and node components, pods and events."""
     parts = []
-    for name, path in LOGS.items():
-        parts.append(f"===== {name} ({path}) =====\n{tail(path)}")
-    parts.append(f"===== kube-apiserver ({apiserver_log()}) =====\n{tail(apiserver_log(), 25)}")
-    try:
-        parts.append("===== kubectl get tenantgate,deploy,hpa -A =====\n" + kubectl("get", "tenantgate,deploy,hpa", "-A"))
-    except StepFailed as e:
-        parts.append(str(e))
+    for what, namespace, selector in (("operator", OPERATOR_NAMESPACE, "app.kubernetes.io/name=tenantgate-operator"),
+                                      ("gateways", "", "app.kubernetes.io/name=tenantgate-gateway"),
+                                      ("upstreams", "e2e-upstreams", "")):
+        args = ["logs", "--all-containers", "--prefix", "--tail=30", "--max-log-requests=20"]
+        args += ["-A"] if not namespace else ["-n", namespace]
+        args += ["-l", selector] if selector else ["-l", "app"]
+        parts.append(f"===== {what} (kubectl logs) =====\n" + kubectl(*args, check=False))
+    for log in sorted(Path(env("KUBECONFIG")).parent.glob("logs/*.log")):
+        parts.append(f"===== {log.name} =====\n{tail(log, 15)}")
+    for args in (("get", "tenantgate,deploy,hpa,pods", "-A", "-o", "wide"),
+                 ("get", "events", "-A", "--sort-by=.lastTimestamp")):
+        out = kubectl(*args, check=False)
+        parts.append(f"===== kubectl {' '.join(args)} =====\n" + "\n".join(out.splitlines()[-40:]))
     return "\n\n".join(parts)
 
 
@@ -139,67 +135,156 @@ def fixture_dir(name: str, values: dict[str, str], extra: dict[str, str] | None 
 
 
 # ---------------------------------------------------------------------------
-# Processes
+# The real node's network: how this suite reaches what runs in pods
 
 
-class Process:
-    """A process of this run with its log file; stopped by PID."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str] | None = None, stdout=None):
-        self.name = name
-        self.log = WORK / f"{name}.log"
-        LOGS[name] = self.log
-        self.proc = subprocess.Popen(
-            cmd,
-            env=env if env is not None else dict(os.environ),
-            stdout=stdout if stdout is not None else open(self.log, "ab"),
-            stderr=open(self.log, "ab"),
-            cwd=ROOT,
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            # Its own session: the group holds only what it started (unshare's child).
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait()
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
-def wait_http_ok(url: str, proc: Process, timeout: float = 30) -> None:
-    def ok():
-        if not proc.alive():
-            raise StepFailed(f"{proc.name} exited ({proc.proc.returncode}); log:\n{tail(proc.log)}")
-        return httpx.get(url, timeout=2).status_code == 200
+def node_netns() -> Path:
+    """The network namespace the cluster's real node(s) and their pods live in (e2e/cluster/up)."""
+    return Path(env("TENANTGATE_NODE_NETNS"))
 
+
+def _enter_netns(path: Path) -> None:
+    """Moves the calling thread (setns is per thread) into the network namespace at `path`."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        wait_for(f"{proc.name} answering 200 at {url}", ok, timeout)
-    except StepFailed as e:
-        raise StepFailed(f"{e}\n{proc.name} log:\n{tail(proc.log)}") from None
+        if _libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({path}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
-def listening_line(proc: subprocess.Popen) -> str:
-    line = proc.stdout.readline().decode().strip()
-    if not line.startswith("listening on "):
-        raise StepFailed(f"expected 'listening on ADDR', got {line!r}")
-    return "http://" + line.removeprefix("listening on ")
+class NetnsForward:
+    """127.0.0.1:<free port> on this machine, each connection carried to
+    HOST:PORT inside the node's network namespace: this suite reaches
+    ClusterIPs and pod IPs as a client inside the cluster would (kube-proxy's
+    rules spread a Service's connections over its ready pods there). One thread
+    enters the namespace and opens every outgoing connection; the listening
+    socket stays on this machine's loopback."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._pending: queue.Queue[socket.socket | None] = queue.Queue()
+        entered: queue.Queue[OSError | None] = queue.Queue()
+        threading.Thread(target=self._dial, args=(node_netns(), entered), daemon=True).start()
+        if (error := entered.get()) is not None:
+            self.server.close()
+            raise error
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _dial(self, netns: Path, entered: queue.Queue) -> None:
+        try:
+            _enter_netns(netns)
+        except OSError as e:
+            entered.put(e)
+            return
+        entered.put(None)
+        while (client := self._pending.get()) is not None:
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            pair = _Pair(client, upstream)
+            threading.Thread(target=pair.pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pair.pump, args=(upstream, client), daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self._pending.put(conn)
+
+    def close(self) -> None:
+        self.server.close()
+        self._pending.put(None)
+
+
+class _Pair:
+    """Two sockets copied into each other; both closed once both directions ended."""
+
+    def __init__(self, a: socket.socket, b: socket.socket) -> None:
+        self.sockets, self.lock, self.done = (a, b), threading.Lock(), 0
+
+    def pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        with self.lock:
+            self.done += 1
+            last = self.done == 2
+        if last:
+            for s in self.sockets:
+                s.close()
+
+
+def service_forward(namespace: str, name: str, port_name: str = "http") -> NetnsForward:
+    """A forward to a Service's ClusterIP and port `port_name`."""
+    svc = get_json("service", name, "-n", namespace)
+    ports = [p["port"] for p in svc["spec"]["ports"] if p.get("name") == port_name]
+    if not ports:
+        raise StepFailed(f"service {namespace}/{name} has no port named {port_name}: {svc['spec']['ports']}")
+    return NetnsForward(svc["spec"]["clusterIP"], ports[0])
+
+
+def expose(host_url: str, port: int) -> str:
+    """A URL (scheme, credentials and path kept) that pods use for a server of
+    this machine's 127.0.0.1 (PostgreSQL, Redis of e2e/with-services): an
+    address inside the node's namespace, listening on `port` (the port the
+    tenants' NetworkPolicies open for that kind of server), that e2e/cluster/expose
+    forwards to the server."""
+    parts = urlsplit(host_url)
+    address = run([str(ROOT / "e2e/cluster/expose"), f"{parts.hostname}:{parts.port}", str(port)]).strip()
+    netloc = address if not parts.username else f"{parts.username}:{parts.password}@{address}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def pods_of(namespace: str, deployment: dict) -> list[dict]:
+    selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
+    return get_json("pods", "-n", namespace, "-l", selector)["items"]
+
+
+def is_ready(pod: dict) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+
+
+def logs(namespace: str, selector: str) -> str:
+    """The logs of every container of the pods `selector` picks, each line prefixed with its pod."""
+    return kubectl("logs", "-n", namespace, "-l", selector, "--all-containers", "--prefix", "--tail=-1",
+                   "--max-log-requests=20", check=False)
+
+
+# ---------------------------------------------------------------------------
+# What runs in the cluster
+
+IMAGE_VERSION = os.environ.get("TENANTGATE_IMAGE_VERSION", "0.1.0")
+UPSTREAMS = "e2e-upstreams"
 
 
 class MockLlm:
-    """e2e/mock-llm on a free port; /_control/last tells which credential it received."""
+    """e2e/mock-llm as a pod behind Service mock-llm; /_control/last tells which credential it received."""
+
+    in_cluster = f"http://mock-llm.{UPSTREAMS}.svc.cluster.local:8080"
 
     def __init__(self) -> None:
-        self.p = Process("mock-llm", [os.environ["MOCK_LLM_BIN"], "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE)
-        self.url = listening_line(self.p.proc)
+        self.forward = service_forward(UPSTREAMS, "mock-llm")
+        self.url = self.forward.url
 
     def last(self, model: str) -> dict:
         return httpx.get(self.url + "/_control/last", params={"model": model}).json()
@@ -209,11 +294,13 @@ class MockLlm:
 
 
 class McpEcho:
-    """e2e/mcp-echo (rmcp) over streamable HTTP; /calls counts the tools/call it got."""
+    """e2e/mcp-echo (rmcp) as a pod behind Service mcp-echo; /calls counts the tools/call it got."""
+
+    in_cluster = f"http://mcp-echo.{UPSTREAMS}.svc.cluster.local:8080"
 
     def __init__(self) -> None:
-        self.p = Process("mcp-echo", [os.environ["MCP_ECHO_BIN"], "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE)
-        self.url = listening_line(self.p.proc)
+        self.forward = service_forward(UPSTREAMS, "mcp-echo")
+        self.url = self.forward.url
 
     def calls(self) -> int:
         return int(httpx.get(self.url + "/calls").text)
@@ -222,241 +309,165 @@ class McpEcho:
         return httpx.get(self.url + "/last-auth").text
 
 
-class Everything:
-    """@modelcontextprotocol/server-everything (npm, pinned in e2e/lib/mcp-everything) over streamable HTTP."""
+class Upstreams:
+    """The tenants' upstreams (e2e/fixtures/upstreams) as pods: mock-llm, mcp-echo
+    and the reference server-everything, from the images of `make images`."""
+
+    everything_in_cluster = f"http://everything.{UPSTREAMS}.svc.cluster.local:3001"
 
     def __init__(self) -> None:
-        js = run([str(ROOT / "e2e/lib/mcp-everything")], timeout=300).strip()
-        port = free_port()
-        self.p = Process("server-everything", ["node", js, "streamableHttp"], env=dict(os.environ, PORT=str(port)))
-        self.url = f"http://127.0.0.1:{port}"
+        images = {
+            "MOCK_LLM_IMAGE": f"tenantgate.dev/e2e/mock-llm:{IMAGE_VERSION}",
+            "MCP_ECHO_IMAGE": f"tenantgate.dev/e2e/mcp-echo:{IMAGE_VERSION}",
+            "EVERYTHING_IMAGE": f"tenantgate.dev/e2e/mcp-everything:{IMAGE_VERSION}",
+        }
+        kubectl("apply", "-f", str(fixture_dir("upstreams", images)))
+        for name in ("mock-llm", "mcp-echo", "everything"):
+            kubectl("rollout", "status", f"deployment/{name}", "-n", UPSTREAMS, "--timeout=180s", timeout=200)
+        self.mock = MockLlm()
+        self.echo = McpEcho()
 
-        def up():
-            if not self.p.alive():
-                raise StepFailed(f"server-everything exited; log:\n{tail(self.p.log)}")
-            try:
-                httpx.get(self.url + "/", timeout=1)
-                return True
-            except httpx.TransportError:
-                return False
-
-        wait_for("server-everything listening", up, 60, 0.2)
-
-
-# ---------------------------------------------------------------------------
-# Pods run as processes
+    def close(self) -> None:
+        self.mock.forward.close()
+        self.echo.forward.close()
 
 
-def pods_of(namespace: str, deployment: dict) -> list[dict]:
-    selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
-    return get_json("pods", "-n", namespace, "-l", selector)["items"]
-
-
-def apiserver() -> tuple[str, str]:
-    """Host and port of the API server of KUBECONFIG (the local control plane)."""
-    server = kubectl("config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}").strip()
-    host_port = server.removeprefix("https://").rstrip("/")
-    host, _, port = host_port.rpartition(":")
-    return host, port
-
-
-def container_env(container: dict, pod: dict, overrides: dict[str, str]) -> dict[str, str]:
-    """The container's environment as the kubelet would set it (fieldRefs resolved
-    against `pod`, and KUBERNETES_SERVICE_HOST/PORT, here the local API server's
-    address), with `overrides` on top; of this machine's only PATH and LANG (no
-    HOME: a pod's process must not depend on one)."""
-    out = {k: os.environ[k] for k in ("PATH", "LANG") if k in os.environ}
-    out["KUBERNETES_SERVICE_HOST"], out["KUBERNETES_SERVICE_PORT"] = apiserver()
-    for e in container.get("env", []):
-        if "value" in e:
-            out[e["name"]] = e["value"]
-            continue
-        field = e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
-        if field == "metadata.name":
-            out[e["name"]] = pod["metadata"]["name"]
-        elif field == "metadata.namespace":
-            out[e["name"]] = pod["metadata"]["namespace"]
-        else:
-            raise StepFailed(f"container env {e['name']}: {e.get('valueFrom')} is not supported by the e2e pod runner")
-    out.update(overrides)
-    return out
-
-
-def atomic_volume(dest: Path, files: dict[str, bytes]) -> bool:
-    """Writes `files` (relative paths) into `dest` the way the kubelet's atomic
-    writer does: a fresh `..<timestamp>` dir, the `..data` symlink swapped to it
-    with one rename, and top-level entries that are symlinks through `..data`.
-    Returns False when the content is already what is there."""
-    dest.mkdir(parents=True, exist_ok=True)
-    current = dest / "..data"
-    if current.exists():
-        old = {str(p.relative_to(current.resolve())): p.read_bytes() for p in current.resolve().rglob("*") if p.is_file()}
-        if old == files:
-            return False
-    stamp = dest / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
-    for rel, data in files.items():
-        f = stamp / rel
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_bytes(data)
-        f.chmod(0o440)
-    tmp = dest / "..data_tmp"
-    if tmp.is_symlink():
-        tmp.unlink()
-    tmp.symlink_to(stamp.name)
-    previous = current.resolve() if current.exists() else None
-    os.rename(tmp, current)
-    for top in {rel.split("/")[0] for rel in files}:
-        link = dest / top
-        if not link.is_symlink():
-            link.symlink_to(f"..data/{top}")
-    if previous is not None and previous != stamp:
-        shutil.rmtree(previous, ignore_errors=True)
+def rolled_out(namespace: str) -> bool:
+    """Deployment gateway of `namespace` fully rolled out: every replica updated, ready, and no old one left."""
+    d = get_json("deployment", "gateway", "-n", namespace)
+    st, want = d["status"], d["spec"].get("replicas")
+    state = (st.get("observedGeneration") == d["metadata"]["generation"], st.get("updatedReplicas"),
+             st.get("readyReplicas"), st.get("replicas"))
+    if state != (True, want, want, want):
+        raise StepFailed(f"{namespace}/gateway: observed, updated, ready, replicas = {state}, want {want}")
+    # Old pods still draining (terminating pods are not in the Deployment's counts) may still
+    # hold connections: in-process MCP sessions (no Redis) live on the pod that opened them.
+    pods = [p["metadata"]["name"] for p in pods_of(namespace, d)]
+    if len(pods) != want:
+        raise StepFailed(f"{namespace}/gateway: pods {pods} (old ones still draining), want {want}")
     return True
 
 
-class GatewayPod:
-    """A tenant's gateway run as its pod would run it: the Deployment's container
-    args and env, the ConfigMap and Secrets the operator wrote read back from the
-    API server and laid out as the kubelet lays out the configMap and projected
-    volumes, mounted at the Deployment's mountPaths in a private mount namespace
-    (unshare), so the rendered config's absolute paths resolve exactly as in the
-    pod. Only the listen address changes: a free port on 127.0.0.1. The mount
-    points (/etc/tenantgate, /var/run/secrets/tenantgate, /var/lib/tenantgate,
-    /var/run/secrets/kubernetes.io/serviceaccount) are created on this machine as empty directories when missing; nothing is
-    ever written into them outside the gateway's own mount namespace."""
+class Gateway:
+    """A tenant's gateway as its clients in the cluster reach it: Service
+    `gateway` of its namespace (kube-proxy spreads connections over the ready
+    pods the operator's Deployment runs), forwarded to this machine's loopback."""
 
-    def __init__(self, tenant: str, gateway_bin: str) -> None:
+    def __init__(self, tenant: str) -> None:
         self.tenant = tenant
-        t = get_json("tenant", tenant)
-        self.namespace = t["status"]["namespace"]
-        self.dir = WORK / f"pod-{tenant}"
+        self.namespace = get_json("tenant", tenant)["status"]["namespace"]
         self.deployment = get_json("deployment", "gateway", "-n", self.namespace)
-        spec = self.deployment["spec"]["template"]["spec"]
-        (self.container,) = [c for c in spec["containers"] if c["name"] == "gateway"]
-        self.volumes = {v["name"]: v for v in spec["volumes"]}
-        pods = wait_for(f"pods of {self.namespace}/gateway", lambda: pods_of(self.namespace, self.deployment), 60)
-        self.pod = pods[0]
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.sync()
-        args = list(self.container.get("args", []))
-        if "--listen" not in args:
-            raise StepFailed(f"the gateway container has no --listen argument: {args}")
-        args[args.index("--listen") + 1] = f"127.0.0.1:{self.port}"
-        mounts = []
-        for m in self.container["volumeMounts"]:
-            src = self.dir / "volumes" / m["name"]
-            src.mkdir(parents=True, exist_ok=True)
-            mounts.append((str(src), m["mountPath"]))
-        # /tmp last: the sources above live under it.
-        mounts.sort(key=lambda m: m[1] == "/tmp")
-        # The program is opened before the mounts and run from that descriptor: the
-        # pod's /tmp (an emptyDir) hides the host's /tmp, where a checkout may live.
-        script = 'set -e\nexec 9<"$1"\nshift\n' + "".join(f'mount --bind "{src}" "{dst}"\n' for src, dst in mounts)
-        for _, dst in mounts:
-            # The mount point must exist on the host (an empty directory) before unshare binds onto it.
-            Path(dst).mkdir(parents=True, exist_ok=True)
-        cmd = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script + 'exec /proc/self/fd/9 "$@"', "sh"]
-        command = self.container.get("command") or [gateway_bin]
-        program = shutil.which(command[0]) or command[0]
-        self.process = Process(
-            f"gateway-{tenant}",
-            [*cmd, program, *command[1:], *args],
-            env=container_env(self.container, self.pod, {}),
-        )
-        wait_http_ok(self.url + "/readyz", self.process)
+        labels = self.deployment["spec"]["selector"]["matchLabels"]
+        self.selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        wait_for(f"{self.namespace}/gateway rolled out", lambda: rolled_out(self.namespace), 180)
+        self.forward = service_forward(self.namespace, "gateway")
+        self.url = self.forward.url
+        wait_for(f"{self.namespace}/gateway answering /readyz through its Service",
+                 lambda: httpx.get(self.url + "/readyz", timeout=5).status_code == 200, 120)
 
-    def _volume_files(self, volume: dict) -> dict[str, bytes]:
-        if "configMap" in volume:
-            cm = get_json("configmap", volume["configMap"]["name"], "-n", self.namespace)
-            items = volume["configMap"].get("items") or [{"key": k, "path": k} for k in cm.get("data", {})]
-            return {i["path"]: cm["data"][i["key"]].encode() for i in items}
-        if "projected" in volume:
-            files = {}
-            for source in volume["projected"]["sources"]:
-                if "secret" in source:
-                    s = source["secret"]
-                    secret = get_json("secret", s["name"], "-n", self.namespace)
-                    for i in s["items"]:
-                        files[i["path"]] = base64.b64decode(secret["data"][i["key"]])
-                elif "configMap" in source:
-                    c = source["configMap"]
-                    cm = get_json("configmap", c["name"], "-n", self.namespace)
-                    for i in c["items"]:
-                        files[i["path"]] = cm["data"][i["key"]].encode()
-                elif "downwardAPI" in source:
-                    for i in source["downwardAPI"]["items"]:
-                        field = i.get("fieldRef", {}).get("fieldPath")
-                        if field != "metadata.namespace":
-                            raise StepFailed(f"downwardAPI {field} is not supported by the e2e pod runner")
-                        files[i["path"]] = self.pod["metadata"]["namespace"].encode()
-                elif "serviceAccountToken" in source:
-                    files[source["serviceAccountToken"]["path"]] = self._token(source["serviceAccountToken"])
-                else:
-                    raise StepFailed(f"projected source {sorted(source)} is not supported by the e2e pod runner")
-            return files
-        return {}
+    def pods(self) -> list[dict]:
+        return get_json("pods", "-n", self.namespace, "-l", self.selector)["items"]
 
-    def _token(self, source: dict) -> bytes:
-        """A token of the pod's ServiceAccount bound to the pod, as the kubelet
-        requests it (TokenRequest); requested again at 80% of its life, as the
-        kubelet rotates it, and kept until then (a sync must not churn it)."""
-        seconds = int(source.get("expirationSeconds", 3600))
-        cached = getattr(self, "_token_cache", None)
-        if cached and time.monotonic() < cached[1]:
-            return cached[0]
-        cmd = ["create", "token", self.pod["spec"].get("serviceAccountName", "default"), "-n", self.namespace,
-               "--bound-object-kind", "Pod", "--bound-object-name", self.pod["metadata"]["name"],
-               "--duration", f"{seconds}s"]
-        if source.get("audience"):
-            cmd += ["--audience", source["audience"]]
-        token = kubectl(*cmd).strip().encode()
-        self._token_cache = (token, time.monotonic() + seconds * 0.8)
-        return token
+    def pod_ids(self) -> set[tuple[str, str, int]]:
+        """(name, uid, restarts) of each pod: a changed set means a restart or a rollout."""
+        return {(p["metadata"]["name"], p["metadata"]["uid"],
+                 sum(c.get("restartCount", 0) for c in p["status"].get("containerStatuses", []))) for p in self.pods()}
 
-    def sync(self) -> bool:
-        """One kubelet sync of the configMap and projected volumes: re-reads them
-        from the API server and swaps them in atomically when they changed."""
-        changed = False
-        for name, volume in self.volumes.items():
-            if "configMap" in volume or "projected" in volume:
-                changed |= atomic_volume(self.dir / "volumes" / name, self._volume_files(volume))
-        return changed
+    def logs(self) -> str:
+        return logs(self.namespace, self.selector)
 
     def stop(self) -> None:
-        self.process.stop()
+        self.forward.close()
+
+
+OPERATOR_SELECTOR = "app.kubernetes.io/name=tenantgate-operator"
 
 
 class Operator:
-    """The operator as the chart's Deployment would run it: its container's args
-    and env read back from the API server, authenticated with a token of the
-    chart's ServiceAccount (e2e/cluster/kubeconfig-for-sa), never as admin, so
-    the chart's RBAC is what allows or refuses every request."""
+    """The operator as the chart's (or install.yaml's) Deployment runs it: its
+    pods on the real node, authenticated as the chart's ServiceAccount through
+    the token the kubelet projects, so the chart's RBAC is what allows or
+    refuses every request."""
 
-    def __init__(self, operator_bin: str) -> None:
-        deployment = get_json("deployment", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/name=tenantgate-operator")
+    def __init__(self) -> None:
+        deployment = get_json("deployment", "-n", OPERATOR_NAMESPACE, "-l", OPERATOR_SELECTOR)
         (deployment,) = deployment["items"]
         spec = deployment["spec"]["template"]["spec"]
         if spec.get("serviceAccountName") != OPERATOR_ACCOUNT:
             raise StepFailed(f"the operator Deployment runs as {spec.get('serviceAccountName')}, not {OPERATOR_ACCOUNT}")
+        self.name = deployment["metadata"]["name"]
         (container,) = spec["containers"]
-        pod = wait_for("the operator Deployment's pods", lambda: pods_of(OPERATOR_NAMESPACE, deployment), 60)[0]
-        kubeconfig = WORK / "operator.kubeconfig"
-        kubeconfig.write_text(
-            run([str(ROOT / "e2e/cluster/kubeconfig-for-sa"), OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, "2h"])
-        )
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        environment = container_env(
-            container,
-            pod,
-            {"KUBECONFIG": str(kubeconfig), "TENANTGATE_METRICS_ADDR": f"127.0.0.1:{port}", "RUST_LOG": "info,kube=warn"},
-        )
-        self.process = Process("operator", [operator_bin, *container.get("args", [])], env=environment)
-        wait_http_ok(self.url + "/readyz", self.process)
+        self.metrics_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
+        kubectl("rollout", "status", f"deployment/{self.name}", "-n", OPERATOR_NAMESPACE, "--timeout=180s", timeout=200)
 
-    def stop(self) -> None:
-        self.process.stop()
+    def pods(self) -> list[dict]:
+        return get_json("pods", "-n", OPERATOR_NAMESPACE, "-l", OPERATOR_SELECTOR)["items"]
+
+    def metrics(self) -> list[str]:
+        """/metrics of every ready operator pod (the leader and its standbys)."""
+        out = []
+        for pod in self.pods():
+            if not is_ready(pod):
+                continue
+            forward = NetnsForward(pod["status"]["podIP"], self.metrics_port)
+            try:
+                out.append(httpx.get(forward.url + "/metrics", timeout=10).text)
+            finally:
+                forward.close()
+        return out
+
+    def logs(self) -> str:
+        return logs(OPERATOR_NAMESPACE, OPERATOR_SELECTOR)
+
+
+NETCHECK_IMAGE = f"tenantgate.dev/e2e/netcheck:{IMAGE_VERSION}"
+
+
+class ClientPod:
+    """A pod of the netcheck image (a static busybox) in `namespace` with `labels`,
+    for "can this pod open a TCP connection there" through kubectl exec. It is
+    never Ready (its readiness probe fails), so no Service its labels match ever
+    routes to it, and it carries no pod-template-hash, so no ReplicaSet adopts it:
+    with a gateway's labels it is fenced by the gateway's NetworkPolicy and
+    nothing else changes."""
+
+    def __init__(self, namespace: str, name: str, labels: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
+        self.namespace, self.name = namespace, name
+        pod = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"e2e.tenantgate.dev/netcheck": "true",
+                                                                          **(labels or {})}},
+            "spec": {
+                "automountServiceAccountToken": False,
+                "terminationGracePeriodSeconds": 0,
+                "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "netcheck", "image": NETCHECK_IMAGE, "imagePullPolicy": "IfNotPresent",
+                    "command": command or ["sleep", "3600"],
+                    # A server (`command`) is ready when it runs; a client never is.
+                    "readinessProbe": {"exec": {"command": ["sh", "-c", "exit 0" if command else "exit 1"]},
+                                       "periodSeconds": 30},
+                    # A request, so an HPA whose selector its labels match can still compute utilization.
+                    "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "16Mi"}},
+                    "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                        "capabilities": {"drop": ["ALL"]}},
+                }],
+            },
+        }
+        kubectl("apply", "-f", "-", input=json.dumps(pod))
+        wait_for(f"pod {namespace}/{name} running",
+                 lambda: get_json("pod", name, "-n", namespace)["status"].get("phase") == "Running", 120)
+
+    def connects(self, host: str, port: int) -> bool:
+        """Whether a TCP connection from this pod to host:port is accepted within 3 s."""
+        code = run(["kubectl", "exec", "-n", self.namespace, self.name, "--", "sh", "-c",
+                    f"nc -w 3 {host} {port} </dev/null >/dev/null 2>&1; echo $?"], check=False, timeout=30)
+        return code.strip().splitlines()[-1:] == ["0"]
+
+    def delete(self) -> None:
+        kubectl("delete", "pod", self.name, "-n", self.namespace, "--ignore-not-found", "--wait=false")
 
 
 def mint_token(gateway_bin: str, manifests: Path, key: Path, subject: str, roles: tuple[str, ...] = ()) -> str:

@@ -395,6 +395,25 @@ async fn status_names_what_a_human_must_fix() -> anyhow::Result<()> {
     })
     .await?;
     tenants.delete("squatter", &DeleteParams::default()).await?;
+
+    // A referenced Secret that does not exist: never Ready, even while the Deployment
+    // reports its pods available (kwok's pods start without mounting anything; a real
+    // node's next pod could not).
+    let unsigned = r#"{"apiVersion":"tenantgate.dev/v1alpha1","kind":"Tenant","metadata":{"name":"unsigned"},
+        "spec":{"auth":{"jwt":{"issuer":"https://idp","audiences":["a"],"jwksSecretRef":{"name":"not-there","key":"jwks.json"}}},
+        "providers":[{"name":"m","type":"mock"}],"models":[{"name":"chat","targets":[{"provider":"m","model":"x"}]}]}}"#;
+    apply_yaml(&client, unsigned, None).await?;
+    eventually("Ready=False MissingSecret beside GatewayAvailable=True", Duration::from_secs(30), Some(&op), || {
+        let tenants = tenants.clone();
+        async move {
+            let t = tenants.get("unsigned").await?;
+            Ok(condition(&t, "GatewayAvailable").map(|c| c.0).as_deref() == Some("True")
+                && condition(&t, "Ready") == Some(("False".into(), "MissingSecret".into()))
+                && condition(&t, "Degraded") == Some(("True".into(), "MissingSecret".into())))
+        }
+    })
+    .await?;
+    delete_tenant_and_wait(&client, "unsigned", "tg-unsigned", &op).await?;
     taken.delete().await?;
     lonely.delete().await
 }

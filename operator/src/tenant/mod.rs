@@ -198,6 +198,8 @@ async fn write_status(
             ));
         }
     }
+    let missing_secret =
+        degraded.iter().find(|(reason, _)| *reason == "MissingSecret").map(|(_, message)| message.clone());
     let conditions: Vec<Condition> = match &reconciled {
         Ok(()) => vec![
             condition(
@@ -222,10 +224,14 @@ async fn write_status(
                     condition(prev, conditions::DEGRADED, false, "AsExpected", "nothing needs attention", generation)
                 }
             },
-            if available {
-                condition(prev, conditions::READY, true, "GatewayAvailable", avail_message, generation)
-            } else {
-                condition(prev, conditions::READY, false, avail_reason, avail_message, generation)
+            // A missing Secret is never Ready, even while pods started before it went
+            // still answer: the next pod (a rollout, a reschedule) cannot mount it.
+            match missing_secret {
+                Some(message) => condition(prev, conditions::READY, false, "MissingSecret", message, generation),
+                None if available => {
+                    condition(prev, conditions::READY, true, "GatewayAvailable", avail_message, generation)
+                }
+                None => condition(prev, conditions::READY, false, avail_reason, avail_message, generation),
             },
         ],
         Err((reason, message)) => vec![
