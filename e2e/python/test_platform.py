@@ -29,6 +29,7 @@ real_pods=N images=N netpol_denied=N netpol_allowed=N ...`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -45,6 +46,7 @@ import tenant_app as app
 from e2e_support import (
     EXAMPLES,
     FIXTURES,
+    IMAGE_VERSION,
     OPERATOR_NAMESPACE,
     ROOT,
     ClientPod,
@@ -780,6 +782,43 @@ def test_a_rolling_update_under_load_loses_no_request_and_no_usage_row():
     wait_for(f"{answered} usage rows of the loaders", lambda: recorded() - rows_before >= answered, 60)
     assert recorded() - rows_before == answered, \
         f"{recorded() - rows_before} usage rows for {answered} answered requests"
+
+
+def test_a_stdio_connection_runs_as_its_bridge_deployment_and_answers_through_mcp():
+    """A stdio McpConnection in a cluster: the operator runs the server's image (here
+    server-everything on Node.js, built by `make images`) as a Deployment of its own, the
+    gateway's static stdio-bridge copied in by an init container; the tenant's /mcp lists
+    and calls its tools through it."""
+    g, token = S.gateways["acme"], S.tokens["acme"]
+    connection = {
+        "apiVersion": "tenantgate.dev/v1alpha1", "kind": "McpConnection",
+        "metadata": {"name": "local", "namespace": "tg-acme"},
+        "spec": {
+            "transport": "stdio",
+            "tools": {"prefix": "local"},
+            "stdio": {
+                "image": f"tenantgate.dev/e2e/mcp-everything:{IMAGE_VERSION}",
+                "command": ["node", "/opt/mcp-everything/node_modules/@modelcontextprotocol/server-everything/dist/index.js"],
+                "args": ["stdio"],
+            },
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(connection))
+    try:
+        kubectl("wait", "--for=condition=Accepted", "mcpconnection/local", "-n", "tg-acme", "--timeout=60s")
+        kubectl("rollout", "status", "deployment/mcp-local", "-n", "tg-acme", "--timeout=180s", timeout=200)
+        bridge = get_json("deployment", "mcp-local", "-n", "tg-acme")["spec"]["template"]["spec"]
+        assert [c["image"] for c in bridge["containers"]] == [connection["spec"]["stdio"]["image"]], bridge
+        wait_for("acme's gateway rolled out with the new connection", lambda: rolled_out("tg-acme"), 180)
+        wait_for("the stdio server's tools offered", lambda: "local_get-sum" in app.mcp_tools(g.url, token), 60)
+        is_error, text = app.mcp_call(g.url, token, "local_get-sum", {"a": 20, "b": 22})
+        assert not is_error and "42" in text, text
+        note_pods()
+    finally:
+        kubectl("delete", "mcpconnection", "local", "-n", "tg-acme", "--ignore-not-found")
+    wait_for("the bridge Deployment removed with its connection",
+             lambda: not kubectl("get", "deployment", "mcp-local", "-n", "tg-acme", "--ignore-not-found",
+                                 "-o", "name").strip(), 60)
 
 
 def test_deleting_a_tenant_removes_everything_it_made():
