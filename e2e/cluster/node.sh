@@ -47,6 +47,10 @@ node_packages() {
 # Services) through an HTTP CONNECT proxy on a unix socket.
 node_prepare() {
   ((REAL_NODES == 1)) || die "TENANTGATE_REAL_NODES=$REAL_NODES: only 0 or 1 real node is supported"
+  # containerd's sockets live under the run dir; a unix socket path has at most 104 bytes.
+  local socket=$N/containerd/containerd.sock.ttrpc
+  ((${#socket} <= 104)) ||
+    die "TENANTGATE_RUN is too long for a real node: $socket would be ${#socket} bytes (unix sockets take 104); use a shorter path"
   node_packages
   NODE_BIN=$("$E2E_DIR/cluster/build" node)
   echo "$NODE_BIN" >"$C/node-bin"

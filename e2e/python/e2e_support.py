@@ -55,13 +55,19 @@ def diagnostics() -> str:
     """The tails of every log worth reading when a step fails: the operator's and
     the gateways' pods, the control plane and node components, pods and events."""
     parts = []
-    for what, namespace, selector in (("operator", OPERATOR_NAMESPACE, "app.kubernetes.io/name=tenantgate-operator"),
-                                      ("gateways", "", "app.kubernetes.io/name=tenantgate-gateway"),
-                                      ("upstreams", "e2e-upstreams", "")):
-        args = ["logs", "--all-containers", "--prefix", "--tail=30", "--max-log-requests=20"]
-        args += ["-A"] if not namespace else ["-n", namespace]
-        args += ["-l", selector] if selector else ["-l", "app"]
-        parts.append(f"===== {what} (kubectl logs) =====\n" + kubectl(*args, check=False))
+    sources = [("operator", OPERATOR_NAMESPACE, "app.kubernetes.io/name=tenantgate-operator"),
+               ("upstreams", "e2e-upstreams", "app")]
+    try:
+        gateway_namespaces = sorted({p["metadata"]["namespace"] for p in get_json(
+            "pods", "-A", "-l", "app.kubernetes.io/name=tenantgate-gateway")["items"]})
+    except StepFailed as e:
+        gateway_namespaces = []
+        parts.append(str(e))
+    sources += [(f"gateways of {ns}", ns, "app.kubernetes.io/name=tenantgate-gateway") for ns in gateway_namespaces]
+    for what, namespace, selector in sources:
+        out = kubectl("logs", "-n", namespace, "-l", selector, "--all-containers", "--prefix", "--tail=30",
+                      "--max-log-requests=20", check=False)
+        parts.append(f"===== {what} (kubectl logs) =====\n{out}")
     for log in sorted(Path(env("KUBECONFIG")).parent.glob("logs/*.log")):
         parts.append(f"===== {log.name} =====\n{tail(log, 15)}")
     for args in (("get", "tenantgate,deploy,hpa,pods", "-A", "-o", "wide"),

@@ -33,6 +33,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -899,9 +900,11 @@ def test_the_quickstart_from_the_plain_install_answers_the_sdk():
              lambda: not kubectl("get", "namespace", "tg-quickstart", "--ignore-not-found", "-o", "name").strip(), 120, 1)
 
 
-def test_make_demo_shows_the_flow_and_demo_down_removes_it(tmp_path):
+def test_make_demo_shows_the_flow_and_demo_down_removes_it():
     """`make demo` and `make demo-down` as the README tells a newcomer, on a
-    control plane of their own (a separate TENANTGATE_RUN)."""
+    cluster of their own (a separate TENANTGATE_RUN, with a short path: containerd's
+    unix sockets live under it and may not be longer than 104 bytes)."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="tg-demo-", dir="/tmp"))
     demo_env = {**os.environ, "TENANTGATE_DEMO_RUN": str(tmp_path / "demo-run")}
     out = run(["make", "-s", "-C", str(ROOT), "demo"], env=demo_env, timeout=600)
     assert "tenant.tenantgate.dev/quickstart" in out and "True" in out, out
@@ -912,6 +915,7 @@ def test_make_demo_shows_the_flow_and_demo_down_removes_it(tmp_path):
     with pytest.raises(httpx.TransportError):
         httpx.get(url + "/livez", timeout=5)
     assert not (tmp_path / "demo-run").exists()
+    tmp_path.rmdir()
 
 
 def test_summary():
