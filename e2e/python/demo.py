@@ -27,15 +27,20 @@ def step(text: str) -> None:
 
 
 def port_forward(namespace: str, target: str, port: int) -> tuple[subprocess.Popen, str]:
-    """`kubectl port-forward` on a free local port, left running; (process, URL)."""
+    """`kubectl port-forward` on a free local port, left running; (process, URL).
+    Its output goes to a log file, not a pipe: it prints a line per connection,
+    and a pipe would close with this script."""
     log = e2e.WORK / f"port-forward-{namespace}.log"
-    proc = subprocess.Popen(["kubectl", "-n", namespace, "port-forward", target, f":{port}"],
-                            stdout=subprocess.PIPE, stderr=open(log, "ab"), start_new_session=True, text=True)
-    line = proc.stdout.readline()
-    match = re.match(r"Forwarding from (127\.0\.0\.1:\d+) ->", line)
-    if not match:
-        proc.kill()
-        raise StepFailed(f"kubectl port-forward printed {line!r}; log:\n{e2e.tail(log)}")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(["kubectl", "-n", namespace, "port-forward", target, f":{port}"],
+                                stdout=out, stderr=out, start_new_session=True)
+
+    def forwarding():
+        if proc.poll() is not None:
+            raise StepFailed(f"kubectl port-forward exited ({proc.returncode}); log:\n{e2e.tail(log)}")
+        return re.search(r"Forwarding from (127\.0\.0\.1:\d+) ->", log.read_text())
+
+    match = e2e.wait_for("kubectl port-forward listening", forwarding, 60, 0.2)
     return proc, f"http://{match.group(1)}"
 
 
