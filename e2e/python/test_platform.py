@@ -906,12 +906,15 @@ def test_make_demo_shows_the_flow_and_demo_down_removes_it():
     unix sockets live under it and may not be longer than 104 bytes)."""
     tmp_path = Path(tempfile.mkdtemp(prefix="tg-demo-", dir="/tmp"))
     demo_env = {**os.environ, "TENANTGATE_DEMO_RUN": str(tmp_path / "demo-run")}
-    out = run(["make", "-s", "-C", str(ROOT), "demo"], env=demo_env, timeout=600)
-    assert "tenant.tenantgate.dev/quickstart" in out and "True" in out, out
-    assert "assistant: Hello from the Tenantgate mock model" in out, out
-    url = re.search(r"port-forward pid \d+ at (http://127\.0\.0\.1:\d+)", out).group(1)
-    assert httpx.get(url + "/livez", timeout=5).status_code == 200
-    run(["make", "-s", "-C", str(ROOT), "demo-down"], env=demo_env, timeout=300)
+    try:
+        out = run(["make", "-s", "-C", str(ROOT), "demo"], env=demo_env, timeout=600)
+        assert "tenant.tenantgate.dev/quickstart" in out and "True" in out, out
+        assert "assistant: Hello from the Tenantgate mock model" in out, out
+        url = re.search(r"port-forward pid \d+ at (http://127\.0\.0\.1:\d+)", out).group(1)
+        assert httpx.get(url + "/livez", timeout=5).status_code == 200
+    finally:
+        # Down even when a step above failed: the demo's cluster must not outlive the test.
+        run(["make", "-s", "-C", str(ROOT), "demo-down"], env=demo_env, timeout=300)
     with pytest.raises(httpx.TransportError):
         httpx.get(url + "/livez", timeout=5)
     assert not (tmp_path / "demo-run").exists()
