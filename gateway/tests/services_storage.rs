@@ -162,6 +162,7 @@ async fn killing_postgres_under_load_loses_and_duplicates_nothing() {
     let twice_rows = count(&pool, "SELECT COUNT(*) - COUNT(DISTINCT id) FROM usage").await;
     let events = count(&pool, "SELECT COUNT(*) FROM audit_events WHERE kind = 'chat'").await;
     let twice_events = count(&pool, "SELECT COUNT(*) - COUNT(DISTINCT id) FROM audit_events").await;
+    let all_events = count(&pool, "SELECT COUNT(*) FROM audit_events").await;
     let linked = count(
         &pool,
         "SELECT COUNT(*) FROM audit_events a JOIN usage u ON u.id = a.details::jsonb->>'usageId' WHERE a.kind = 'chat'",
