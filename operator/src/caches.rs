@@ -17,7 +17,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::labels::{MANAGED_SELECTOR, TENANT_LABEL};
+use crate::labels::TENANT_LABEL;
 
 /// What the reconcile needs from the cache of one managed kind.
 pub trait KindCache: Send + Sync {
@@ -71,8 +71,8 @@ where
 /// metadata only: owner references and namespace are all a trigger reads).
 pub type Started = (Arc<dyn KindCache>, BoxStream<'static, Result<DynamicObject, watcher::Error>>);
 
-/// How a row of the table starts its cache.
-pub type CacheStart = fn(Client) -> Started;
+/// How a row of the table starts its cache, with the label selector of its watch.
+pub type CacheStart = fn(Client, Option<&str>) -> Started;
 
 /// managedFields are the largest part of most objects and nothing here reads them.
 pub fn strip_managed_fields<K: Resource>(obj: &mut K) {
@@ -85,34 +85,49 @@ fn metadata_only<K: Resource>(mut obj: K) -> DynamicObject {
     DynamicObject { types: None, metadata: std::mem::take(obj.meta_mut()), data: serde_json::Value::Null }
 }
 
-/// Watches the objects of `K` that carry the operator's managed-by label.
-pub(crate) fn watch_owned<K>(client: Client) -> Started
+/// The one way the operator watches a kind: a reflector on `api` filtered
+/// by `config`, managedFields dropped before they are cached, and the stream
+/// of touched objects (the store fills as the stream is polled).
+pub(crate) fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static)
 where
-    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let stream = watcher(Api::<K>::all(client), watcher::Config::default().labels(MANAGED_SELECTOR))
-        .default_backoff()
-        .modify(strip_managed_fields)
-        .reflect(writer)
-        .touched_objects()
-        .map_ok(metadata_only)
-        .boxed();
-    (Arc::new(store), stream)
+    let stream = watcher(api, config).default_backoff().modify(strip_managed_fields).reflect(writer).touched_objects();
+    (store, stream)
 }
 
-/// Watches the metadata of every object of `K` (never the data of Secrets).
-pub(crate) fn watch_all_metadata<K>(client: Client) -> Started
+/// Starts the cache of one row: every object of `K` matching `selector` (all
+/// when `None`), kept whole, or as metadata only for a row cached as metadata.
+fn start<K>(client: Client, selector: Option<&str>) -> Started
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    let (store, writer) = reflector::store::<PartialObjectMeta<K>>();
-    let stream = watcher(Api::<PartialObjectMeta<K>>::all(client), watcher::Config::default())
-        .default_backoff()
-        .modify(strip_managed_fields)
-        .reflect(writer)
-        .touched_objects()
-        .map_ok(metadata_only)
-        .boxed();
-    (Arc::new(store), stream)
+    let mut config = watcher::Config::default();
+    if let Some(selector) = selector {
+        config = config.labels(selector);
+    }
+    let (store, stream) = reflect(Api::<K>::all(client), config);
+    (Arc::new(store), stream.map_ok(metadata_only).boxed())
+}
+
+/// Watches the objects of `K` that match `selector` (the operator's
+/// managed-by label, for the kinds it owns).
+pub(crate) fn watch_whole<K>(client: Client, selector: Option<&str>) -> Started
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    start::<K>(client, selector)
+}
+
+/// Watches the metadata of the objects of `K` that match `selector` (every
+/// object when `None`; never the data of Secrets).
+pub(crate) fn watch_metadata<K>(client: Client, selector: Option<&str>) -> Started
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    start::<PartialObjectMeta<K>>(client, selector)
 }

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -34,6 +35,8 @@ pub struct Stores {
     pub mcp_connections: Store<McpConnection>,
     /// PromptPolicies, everywhere.
     pub prompt_policies: Store<PromptPolicy>,
+    /// The API server's EndpointSlice (`default/kubernetes`), the one object.
+    pub api_server: Store<EndpointSlice>,
     /// One cache per row of [`crate::kinds::managed_kinds`] whose kind the
     /// cluster has (an optional kind without its CRD has none).
     pub managed: Vec<ManagedCache>,
@@ -58,13 +61,14 @@ impl Stores {
     /// before that could mistake "not listed yet" for "absent" (and, say,
     /// take over a namespace that belongs to someone else).
     pub async fn wait_ready(&self) -> bool {
-        let (a, b, c) = futures::join!(
+        let (a, b, c, d) = futures::join!(
             self.tenants.wait_until_ready(),
             self.mcp_connections.wait_until_ready(),
             self.prompt_policies.wait_until_ready(),
+            self.api_server.wait_until_ready(),
         );
         let managed = futures::future::join_all(self.managed.iter().map(|m| m.cache.wait_ready())).await;
-        [a, b, c].iter().all(Result::is_ok) && managed.into_iter().all(|ready| ready)
+        [a, b, c, d].iter().all(Result::is_ok) && managed.into_iter().all(|ready| ready)
     }
 }
 
@@ -72,7 +76,8 @@ impl Stores {
 pub struct Context {
     /// The API client.
     pub client: Client,
-    /// How stacks are built.
+    /// How stacks are built (its `api_server` is empty: each reconcile
+    /// reads the endpoints from [`Stores::api_server`]).
     pub settings: BuildSettings,
     /// Caches.
     pub stores: Stores,

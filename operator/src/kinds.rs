@@ -19,7 +19,8 @@ use kube::core::{ApiResource, NamespaceResourceScope};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::caches::{CacheStart, watch_all_metadata, watch_owned};
+use crate::caches::{CacheStart, watch_metadata, watch_whole};
+use crate::labels::MANAGED_SELECTOR;
 use crate::tenant::build::{HttpRoute, ServiceMonitor};
 
 /// When a kind is applied: every object of a phase goes in parallel, after
@@ -76,6 +77,9 @@ pub struct ManagedKind {
     pub write: Write,
     /// What is cached of it.
     pub cache: Cache,
+    /// Whether the watch of a kind cached as metadata takes the operator's
+    /// `--secret-label-selector` (Secrets: then only labelled ones are seen).
+    pub narrowed_by_secret_selector: bool,
     /// Starts its watch and cache (typed by the row's kind).
     pub(crate) start: CacheStart,
 }
@@ -90,6 +94,7 @@ impl Debug for ManagedKind {
             .field("optional", &self.optional)
             .field("write", &self.write)
             .field("cache", &self.cache)
+            .field("narrowed_by_secret_selector", &self.narrowed_by_secret_selector)
             .finish()
     }
 }
@@ -108,7 +113,8 @@ impl ManagedKind {
             optional: false,
             write: Write::Apply,
             cache: Cache::Owned,
-            start: watch_owned::<K>,
+            narrowed_by_secret_selector: false,
+            start: watch_whole::<K>,
         }
     }
 
@@ -118,12 +124,28 @@ impl ManagedKind {
         K: Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static,
         K::Scope: 'static,
     {
-        Self { write, cache: Cache::AllMetadata, start: watch_all_metadata::<K>, ..Self::of::<K>(phase) }
+        Self { write, cache: Cache::AllMetadata, start: watch_metadata::<K>, ..Self::of::<K>(phase) }
     }
 
     /// The same row, for a kind whose CRD may be absent.
     fn optional(self) -> Self {
         Self { optional: true, ..self }
+    }
+
+    /// The same row, its watch narrowed by `--secret-label-selector` when set.
+    fn narrowed_by_secret_selector(self) -> Self {
+        Self { narrowed_by_secret_selector: true, ..self }
+    }
+
+    /// The label selector of this row's watch: the managed-by label for owned
+    /// kinds; for kinds cached as metadata, `secret_selector` where the row
+    /// takes it, else none (every object).
+    pub fn selector<'a>(&self, secret_selector: Option<&'a str>) -> Option<&'a str> {
+        match self.cache {
+            Cache::Owned => Some(MANAGED_SELECTOR),
+            Cache::AllMetadata if self.narrowed_by_secret_selector => secret_selector,
+            Cache::AllMetadata => None,
+        }
     }
 
     /// Whether `object` (`apiVersion`, `kind`) is of this kind.
@@ -144,7 +166,7 @@ pub fn managed_kinds() -> Vec<ManagedKind> {
         ManagedKind::metadata_of_all::<Namespace>(First, Write::Apply),
         ManagedKind::of::<ServiceAccount>(Prerequisites),
         ManagedKind::of::<Role>(Prerequisites),
-        ManagedKind::metadata_of_all::<Secret>(Prerequisites, Write::CreateOnce),
+        ManagedKind::metadata_of_all::<Secret>(Prerequisites, Write::CreateOnce).narrowed_by_secret_selector(),
         ManagedKind::of::<ConfigMap>(Prerequisites),
         ManagedKind::of::<Service>(Prerequisites),
         ManagedKind::of::<NetworkPolicy>(Prerequisites),
@@ -160,12 +182,13 @@ pub fn managed_kinds() -> Vec<ManagedKind> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
 
     use tenantgate_crds::render::{RenderInput, RenderOptions, render};
     use tenantgate_crds::v1alpha1::{McpConnection, Tenant};
 
     use super::*;
+    use crate::tenant::build::test_support::input;
     use crate::tenant::build::{BuildInput, BuildSettings, build};
 
     /// Every object of a tenant that uses everything, exposed by `exposure`.
@@ -191,12 +214,9 @@ mod tests {
         .expect("renders");
         let settings = BuildSettings { gateway_api: true, service_monitors: true, ..BuildSettings::default() };
         let stack = build(&BuildInput {
-            tenant: &tenant,
-            rendered: &rendered,
             mcp_connections: &connections,
-            secret_versions: &BTreeMap::new(),
             create_gateway_keys: true,
-            settings: &settings,
+            ..input(&tenant, &rendered, &settings)
         })
         .expect("builds");
         stack
@@ -230,5 +250,9 @@ mod tests {
         assert_eq!((row("Secret").write, row("Secret").pruned()), (Write::CreateOnce, false));
         assert_eq!(row("HTTPRoute").resource.plural, "httproutes");
         assert_eq!(row("ServiceMonitor").resource.api_version, "monitoring.coreos.com/v1");
+        // --secret-label-selector narrows the Secret watch only; owned kinds keep the managed-by label.
+        assert_eq!(row("Secret").selector(Some("tenantgate.dev/watch=true")), Some("tenantgate.dev/watch=true"));
+        assert_eq!((row("Secret").selector(None), row("Namespace").selector(Some("a=b"))), (None, None));
+        assert_eq!(row("Deployment").selector(Some("a=b")), Some(MANAGED_SELECTOR));
     }
 }

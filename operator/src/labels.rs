@@ -67,3 +67,57 @@ pub fn owner_reference(tenant: &Tenant) -> OwnerReference {
         block_owner_deletion: Some(true),
     }
 }
+
+/// Parses `key=value[,key=value...]` (an equality-based label selector, as
+/// the operator's flags take them) into labels. Refuses anything else with a
+/// message naming what is wrong: set-based selectors (`in`, `!=`, `!key`)
+/// cannot be turned into labels to set or to match in a NetworkPolicy.
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not key=value (only equality selectors are accepted)"))?;
+        let (key, value) = (key.trim(), value.trim().trim_start_matches('='));
+        let valid_key = !key.is_empty()
+            && key.len() <= 253
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            && key.rsplit('/').next().is_some_and(|name| !name.is_empty() && name.len() <= 63);
+        if !valid_key {
+            return Err(format!("{key:?} in {pair:?} is not a label key ([prefix/]name of [A-Za-z0-9-_.])"));
+        }
+        let valid_value = value.len() <= 63 && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid_value {
+            return Err(format!("{value:?} in {pair:?} is not a label value (up to 63 of [A-Za-z0-9-_.])"));
+        }
+        out.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(out)
+}
+
+/// `labels` as a label selector string (`a=b,c=d`), for a watch.
+pub fn selector_of(labels: &BTreeMap<String, String>) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_flags_take_equality_pairs_and_refuse_the_rest_clearly() {
+        let parsed = parse_labels("tenantgate.dev/watch=true, k8s-app=kube-dns").expect("parses");
+        assert_eq!(selector_of(&parsed), "k8s-app=kube-dns,tenantgate.dev/watch=true");
+        assert_eq!(parse_labels("a==b").expect("== is equality").get("a").map(String::as_str), Some("b"));
+        assert!(parse_labels("").expect("empty").is_empty());
+        for (bad, says) in [
+            ("env in (a,b)", "not key=value"),
+            ("a!=b", "not a label key"),
+            ("a=b c", "not a label value"),
+            ("=b", "not a label key"),
+        ] {
+            let error = parse_labels(bad).expect_err(bad);
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
+}

@@ -10,6 +10,7 @@ pub mod diff;
 pub mod kinds;
 pub mod labels;
 pub mod metrics;
+pub mod probe;
 pub mod render_cmd;
 pub mod run;
 pub mod server;

@@ -1,6 +1,5 @@
 //! `tenantgate-operator run`: the controllers, behind leader election.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,11 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::StreamExt;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, watcher};
 
 use kube::{Client, ResourceExt};
@@ -21,19 +21,21 @@ use prometheus_client::registry::Registry;
 use tenantgate_crds::render::tenant_namespace;
 use tenantgate_crds::v1alpha1::{McpConnection, PromptPolicy, Tenant};
 
-use crate::caches::strip_managed_fields;
+use crate::caches::reflect;
 use crate::context::{Context, ManagedCache, Stores};
 use crate::kinds::{Cache, ManagedKind, managed_kinds};
+use crate::labels::selector_of;
 use crate::metrics::Metrics;
 use crate::tenant::build::BuildSettings;
 
 /// Settings of `run`.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Namespace the operator runs in.
-    pub operator_namespace: String,
-    /// Gateway image for tenants.
-    pub gateway_image: String,
+    /// How stacks are built (the operator's namespace, the gateway image,
+    /// DNS peer, tenant pods, Secret labels). Whether HTTPRoute and
+    /// ServiceMonitor exist and where the API server listens are found in
+    /// the cluster and replace what this says.
+    pub settings: BuildSettings,
     /// Where probes and metrics are served.
     pub metrics_addr: SocketAddr,
     /// Client-side request rate limit.
@@ -48,8 +50,6 @@ pub struct RunOptions {
     pub lease_name: String,
     /// This replica's identity in the Lease.
     pub identity: String,
-    /// Labels of namespaces allowed to scrape gateway metrics.
-    pub metrics_namespace_labels: BTreeMap<String, String>,
 }
 
 /// Runs until SIGTERM/SIGINT, or until leadership is lost (then exits with an error, to be restarted).
@@ -64,7 +64,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let mut leadership = None;
     if opts.leader_election {
         let manager = LeaseManagerBuilder::new(client.clone(), &opts.lease_name)
-            .with_namespace(&opts.operator_namespace)
+            .with_namespace(&opts.settings.operator_namespace)
             .with_identity(&opts.identity)
             .with_duration(10)
             .with_grace(3)
@@ -134,26 +134,32 @@ async fn run_controllers(
     }
     let has = |kind: &str| kinds.iter().any(|k| k.resource.kind == kind);
     let settings = BuildSettings {
-        operator_namespace: opts.operator_namespace.clone(),
-        gateway_image: opts.gateway_image.clone(),
-        metrics_namespace_labels: opts.metrics_namespace_labels.clone(),
         gateway_api: has("HTTPRoute"),
         service_monitors: has("ServiceMonitor"),
-        api_server: crate::api_server::endpoints(&client).await,
+        // Read from the watched EndpointSlice at each reconcile.
+        api_server: Vec::new(),
+        ..opts.settings.clone()
     };
+    let secret_selector =
+        (!settings.secret_watch_labels.is_empty()).then(|| selector_of(&settings.secret_watch_labels));
+    if let Some(selector) = &secret_selector {
+        tracing::info!(selector = %selector, "watching only Secrets labelled {selector}: referenced Secrets without the label are reported missing");
+    }
 
-    let (tenants, tenants_w) = reflector::store::<Tenant>();
-    let (mcp, mcp_w) = reflector::store::<McpConnection>();
-    let (policies, policies_w) = reflector::store::<PromptPolicy>();
+    let all = watcher::Config::default;
+    let (tenants, tenant_stream) = reflect(Api::<Tenant>::all(client.clone()), all());
+    let (mcp, mcp_stream) = reflect(Api::<McpConnection>::all(client.clone()), all());
+    let (policies, policy_stream) = reflect(Api::<PromptPolicy>::all(client.clone()), all());
+    let (api_server, api_server_stream) = crate::api_server::watch(client.clone());
     let mut managed = Vec::new();
     let mut triggers = Vec::new();
     for kind in kinds {
-        let (cache, stream) = (kind.start)(client.clone());
+        let (cache, stream) = (kind.start)(client.clone(), kind.selector(secret_selector.as_deref()));
         triggers.push((kind.clone(), stream));
         managed.push(ManagedCache { kind, cache });
     }
     let stores =
-        Stores { tenants: tenants.clone(), mcp_connections: mcp.clone(), prompt_policies: policies.clone(), managed };
+        Stores { tenants: tenants.clone(), mcp_connections: mcp, prompt_policies: policies, api_server, managed };
     let reporter = Reporter { controller: "tenantgate-operator".into(), instance: Some(opts.identity.clone()) };
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -166,12 +172,7 @@ async fn run_controllers(
 
     // Only spec changes (a new generation) start a reconcile: the operator's
     // own status writes would otherwise each come back as one more.
-    let tenant_stream = watcher(Api::<Tenant>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(strip_managed_fields)
-        .reflect(tenants_w)
-        .applied_objects()
-        .predicate_filter(predicates::generation, PredicateConfig::default());
+    let tenant_stream = tenant_stream.predicate_filter(predicates::generation, PredicateConfig::default());
     let by_namespace = {
         let tenants = tenants.clone();
         move |ns: Option<String>| -> Vec<ObjectRef<Tenant>> {
@@ -183,18 +184,8 @@ async fn run_controllers(
         let tenants = tenants.clone();
         move || -> Vec<ObjectRef<Tenant>> { tenants.state().iter().map(|t| ObjectRef::from_obj(&**t)).collect() }
     };
-    let operator_ns = opts.operator_namespace.clone();
+    let operator_ns = opts.settings.operator_namespace.clone();
 
-    let mcp_stream = watcher(Api::<McpConnection>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(strip_managed_fields)
-        .reflect(mcp_w)
-        .touched_objects();
-    let policy_stream = watcher(Api::<PromptPolicy>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(strip_managed_fields)
-        .reflect(policies_w)
-        .touched_objects();
     let mut controller = Controller::for_stream(tenant_stream, tenants.clone())
         // A reconcile's own writes come back as a burst of watch events; the
         // debounce folds them into one reconcile instead of one each.
@@ -208,6 +199,11 @@ async fn run_controllers(
             let all = all_tenants.clone();
             let operator_ns = operator_ns.clone();
             move |p: PromptPolicy| if p.namespace().as_deref() == Some(&operator_ns) { all() } else { f(p.namespace()) }
+        })
+        // Every gateway's NetworkPolicy names the API server's addresses.
+        .watches_stream(api_server_stream, {
+            let all = all_tenants.clone();
+            move |_: EndpointSlice| all()
         });
     // The table's kinds: an owned object reconciles its Tenant; a change to
     // a kind cached for every object (a Secret, a namespace) reconciles the
@@ -234,6 +230,13 @@ async fn run_controllers(
         tokio::spawn(async move {
             if ctx.stores.wait_ready().await {
                 tracing::info!("caches synced");
+                if crate::api_server::current(&ctx.stores.api_server).is_empty() {
+                    tracing::warn!(
+                        "no ready address in EndpointSlice {}/{}: gateway NetworkPolicies allow no API server egress, so where NetworkPolicy is enforced gateways cannot publish McpConnection status.driftedTools",
+                        crate::api_server::NAMESPACE,
+                        crate::api_server::NAME
+                    );
+                }
                 ready.store(true, Ordering::Relaxed);
             }
         })

@@ -533,8 +533,9 @@ const NEEDED: &[(&str, &str, &[&str])] = &[
     ("monitoring.coreos.com", "servicemonitors", &["list", "watch", "create", "patch", "delete"]),
     // Warning Events on Tenants.
     ("events.k8s.io", "events", &["create", "patch"]),
-    // The API server's endpoints, once at start (a Role in default, for that one object).
-    ("discovery.k8s.io", "endpointslices", &["get"]),
+    // The API server's endpoints, watched (a Role in default, for that one object by resourceNames:
+    // the watch asks for metadata.name=kubernetes, which RBAC matches against them).
+    ("discovery.k8s.io", "endpointslices", &["get", "list", "watch"]),
     // Leader election (namespaced Role).
     ("coordination.k8s.io", "leases", &["get", "create", "patch"]),
 ];

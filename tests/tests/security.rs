@@ -23,8 +23,8 @@ const OPERATOR_USES: &[(&str, &[&str], &[&str])] = &[
     // Held to grant it to the gateways (RBAC forbids granting more than one holds).
     ("tenantgate.dev", &["mcpconnections/status"], &["get"]),
     ("rbac.authorization.k8s.io", &["roles", "rolebindings"], &["list", "watch", "create", "patch", "delete"]),
-    // The `kubernetes` EndpointSlice in default (resourceNames: that one), read once at start.
-    ("discovery.k8s.io", &["endpointslices"], &["get"]),
+    // The `kubernetes` EndpointSlice in default (resourceNames: that one), watched.
+    ("discovery.k8s.io", &["endpointslices"], &["get", "list", "watch"]),
     ("", &["namespaces"], &["list", "watch", "create", "patch"]),
     // Secrets: watched (metadata only) for the ones configs reference; gateway-keys is created once, never updated.
     ("", &["secrets"], &["list", "watch", "create"]),
@@ -64,9 +64,13 @@ fn chart_grants() -> anyhow::Result<BTreeSet<Grant>> {
             let strings = |key: &str| -> Vec<String> {
                 rule[key].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
             };
-            // resourceNames only narrow a get to named objects (a list or watch would ignore them).
+            // resourceNames narrow a get, and a list or watch only when it asks for one
+            // name (fieldSelector metadata.name=...), as the operator's watch does.
             let named = !strings("resourceNames").is_empty();
-            assert!(!named || strings("verbs") == ["get"], "resourceNames on more than get: {rule}");
+            assert!(
+                !named || strings("verbs").iter().all(|v| ["get", "list", "watch"].contains(&v.as_str())),
+                "resourceNames on more than get, list and watch: {rule}"
+            );
             assert!(rule.get("nonResourceURLs").is_none(), "{rule}");
             for group in strings("apiGroups") {
                 let resources = strings("resources");

@@ -118,13 +118,15 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         .filter(|r| r.name != tenantgate_crds::render::GATEWAY_KEYS_SECRET)
         .filter_map(|r| deps.secret_versions.get(&r.name).map(|v| (r.name.clone(), v.clone())))
         .collect();
+    let settings =
+        build::BuildSettings { api_server: crate::api_server::current(&ctx.stores.api_server), ..ctx.settings.clone() };
     let stack = build(&BuildInput {
         tenant,
         rendered: &rendered,
         mcp_connections: &deps.mcp_connections,
         secret_versions: &referenced,
         create_gateway_keys: !deps.gateway_keys_exist,
-        settings: &ctx.settings,
+        settings: &settings,
     })?;
     let applied = apply::apply_stack(ctx, &name, &deps.namespace, stack).await;
     let writes = match applied {
@@ -181,10 +183,7 @@ async fn write_status(
             .map(|s| format!("{}/{}", s.name, s.key))
             .collect();
         if !missing.is_empty() {
-            degraded.push((
-                "MissingSecret",
-                format!("referenced Secret keys do not exist in {}: {}", deps.namespace, missing.join(", ")),
-            ));
+            degraded.push(("MissingSecret", missing_secrets_message(ctx, &deps.namespace, &missing)));
         }
         if !r.skipped.is_empty() {
             let list: Vec<String> = r.skipped.iter().map(ToString::to_string).collect();
@@ -262,6 +261,22 @@ async fn write_status(
         .await
         .map_err(|source| Error::Status { object: format!("Tenant {}", tenant.name_any()), source })?;
     Ok(())
+}
+
+/// What a Degraded/Ready condition says of referenced Secrets the operator
+/// does not see: absent, or (under `--secret-label-selector`) not labelled.
+fn missing_secrets_message(ctx: &Context, namespace: &str, missing: &[String]) -> String {
+    let labels = &ctx.settings.secret_watch_labels;
+    if labels.is_empty() {
+        format!("referenced Secret keys do not exist in {namespace}: {}", missing.join(", "))
+    } else {
+        let selector = crate::labels::selector_of(labels);
+        let pairs = selector.replace(',', " ");
+        format!(
+            "referenced Secrets are not watched: they do not exist in {namespace} or lack the label {selector} (the operator watches only Secrets labelled {selector}; add it with kubectl label secret -n {namespace} NAME {pairs}): {}",
+            missing.join(", ")
+        )
+    }
 }
 
 /// Writes Accepted/Ready on the tenant's McpConnections and PromptPolicies

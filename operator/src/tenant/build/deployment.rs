@@ -233,7 +233,7 @@ pub fn build_deployment(input: &BuildInput<'_>) -> Deployment {
         ]),
         ..Container::default()
     };
-    let pod = PodSpec {
+    let mut pod = PodSpec {
         service_account_name: Some(GATEWAY.into()),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
@@ -263,6 +263,7 @@ pub fn build_deployment(input: &BuildInput<'_>) -> Deployment {
         ]),
         ..PodSpec::default()
     };
+    input.settings.tenant_pods.apply_to(&mut pod);
     Deployment {
         metadata: meta(input, GATEWAY, "gateway"),
         spec: Some(DeploymentSpec {

@@ -168,26 +168,14 @@ mod tests {
         );
 
         let t = tenant("  exposure: {host: acme.example.com, gatewayRef: {name: public, namespace: gw}}\n");
-        let r = rendered(&t, &[]);
         let mut settings = BuildSettings::default();
-        let input = |settings: &BuildSettings| {
-            build(&BuildInput {
-                tenant: &t,
-                rendered: &r,
-                mcp_connections: &[],
-                secret_versions: &BTreeMap::new(),
-                create_gateway_keys: false,
-                settings: &settings.clone(),
-            })
-            .expect("builds")
-        };
-        let without = input(&settings);
+        let without = stack_with(&t, &settings);
         assert!(
             without.all::<HttpRoute>().is_empty() && without.all::<Ingress>().is_empty(),
             "no HTTPRoute where the Gateway API is not installed"
         );
         settings.gateway_api = true;
-        let route = input(&settings).get::<HttpRoute>(GATEWAY).expect("route");
+        let route = stack_with(&t, &settings).get::<HttpRoute>(GATEWAY).expect("route");
         assert_eq!(route.spec.parent_refs[0].name, "public");
     }
 }

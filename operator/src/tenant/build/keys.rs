@@ -21,8 +21,11 @@ pub fn build_gateway_keys(input: &BuildInput<'_>) -> Result<Secret, BuildError> 
             message: "no randomness available".into(),
         });
     };
+    let mut metadata = meta(input, GATEWAY_KEYS_SECRET, "keys");
+    // Under --secret-label-selector the operator sees only labelled Secrets, its own included.
+    metadata.labels.get_or_insert_default().extend(input.settings.secret_watch_labels.clone());
     Ok(Secret {
-        metadata: meta(input, GATEWAY_KEYS_SECRET, "keys"),
+        metadata,
         type_: Some("Opaque".into()),
         string_data: Some([(TOKEN_ENCRYPTION_KEY.into(), encryption), (API_KEY_PEPPER.into(), pepper)].into()),
         ..Secret::default()
@@ -39,18 +42,18 @@ mod tests {
         let s = stack_of(&tenant(""), &[], &BTreeMap::new());
         let keys = s.get::<Secret>(GATEWAY_KEYS_SECRET).expect("keys created");
         assert_eq!(keys.metadata.owner_references.as_ref().map(|o| o[0].name.as_str()), Some("acme"));
+        let existing = stack_with(&tenant(""), &BuildSettings::default());
+        assert!(existing.all::<Secret>().is_empty(), "never rewritten");
+        // Under --secret-label-selector the keys carry the label, so the operator sees its own Secret.
+        let settings = BuildSettings {
+            secret_watch_labels: BTreeMap::from([("tenantgate.dev/watch".into(), "true".into())]),
+            ..BuildSettings::default()
+        };
         let t = tenant("");
         let r = rendered(&t, &[]);
-        let settings = BuildSettings::default();
-        let existing = build(&BuildInput {
-            tenant: &t,
-            rendered: &r,
-            mcp_connections: &[],
-            secret_versions: &BTreeMap::new(),
-            create_gateway_keys: false,
-            settings: &settings,
-        })
-        .expect("builds");
-        assert!(existing.all::<Secret>().is_empty(), "never rewritten");
+        let labelled = build_gateway_keys(&input(&t, &r, &settings)).expect("keys");
+        let labels = labelled.metadata.labels.unwrap_or_default();
+        assert_eq!(labels.get("tenantgate.dev/watch").map(String::as_str), Some("true"));
+        assert_eq!(labels.get("tenantgate.dev/tenant").map(String::as_str), Some("acme"), "{labels:?}");
     }
 }

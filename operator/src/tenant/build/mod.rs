@@ -15,7 +15,7 @@ mod rbac;
 mod scaling;
 mod stdio_bridge;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 use std::collections::BTreeMap;
 
@@ -55,6 +55,65 @@ pub struct BuildSettings {
     /// Where the API server really listens: the endpoints of the `kubernetes`
     /// Service in `default` (empty when unknown, e.g. `render` without a cluster).
     pub api_server: Vec<std::net::SocketAddr>,
+    /// The cluster DNS, as the gateways' NetworkPolicy egress peer.
+    pub dns: DnsPeer,
+    /// Pull secrets and scheduling of the pods the operator runs for tenants.
+    pub tenant_pods: TenantPods,
+    /// Labels every Secret the operator watches must carry
+    /// (`--secret-label-selector`; empty: every Secret is watched). The
+    /// Secret it generates (`gateway-keys`) carries them too.
+    pub secret_watch_labels: BTreeMap<String, String>,
+}
+
+/// The cluster DNS pods, as a NetworkPolicy peer: pods matching `pod_labels`
+/// in namespaces matching `namespace_labels`, and any `cidrs` (a DNS cache on
+/// the node, such as NodeLocal DNSCache's link-local address, is no pod a
+/// selector can match).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsPeer {
+    /// Labels of the DNS pods' namespace.
+    pub namespace_labels: BTreeMap<String, String>,
+    /// Labels of the DNS pods.
+    pub pod_labels: BTreeMap<String, String>,
+    /// Further DNS addresses, as CIDRs.
+    pub cidrs: Vec<String>,
+}
+
+impl Default for DnsPeer {
+    fn default() -> Self {
+        Self {
+            namespace_labels: BTreeMap::from([("kubernetes.io/metadata.name".into(), "kube-system".into())]),
+            pod_labels: BTreeMap::from([("k8s-app".into(), "kube-dns".into())]),
+            cidrs: Vec::new(),
+        }
+    }
+}
+
+/// What the platform sets on every pod the operator runs for tenants (the
+/// gateways and the stdio bridges): pull secrets for their images, and where
+/// they may be scheduled.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TenantPods {
+    /// Names of Secrets in the tenant namespace to pull images with.
+    pub image_pull_secrets: Vec<String>,
+    /// Node labels the pods require.
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
+    pub tolerations: Vec<k8s_openapi::api::core::v1::Toleration>,
+    /// PriorityClass of the pods.
+    pub priority_class_name: Option<String>,
+}
+
+impl TenantPods {
+    /// Sets these on `pod`.
+    pub(crate) fn apply_to(&self, pod: &mut k8s_openapi::api::core::v1::PodSpec) {
+        use k8s_openapi::api::core::v1::LocalObjectReference;
+        pod.image_pull_secrets = (!self.image_pull_secrets.is_empty())
+            .then(|| self.image_pull_secrets.iter().map(|name| LocalObjectReference { name: name.clone() }).collect());
+        pod.node_selector = (!self.node_selector.is_empty()).then(|| self.node_selector.clone());
+        pod.tolerations = (!self.tolerations.is_empty()).then(|| self.tolerations.clone());
+        pod.priority_class_name.clone_from(&self.priority_class_name);
+    }
 }
 
 impl Default for BuildSettings {
@@ -66,6 +125,9 @@ impl Default for BuildSettings {
             gateway_api: false,
             service_monitors: false,
             api_server: Vec::new(),
+            dns: DnsPeer::default(),
+            tenant_pods: TenantPods::default(),
+            secret_watch_labels: BTreeMap::new(),
         }
     }
 }

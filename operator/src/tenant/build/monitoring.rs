@@ -68,15 +68,7 @@ mod tests {
         let t = tenant("");
         let r = rendered(&t, &[]);
         let settings = BuildSettings { service_monitors: true, ..BuildSettings::default() };
-        let input = BuildInput {
-            tenant: &t,
-            rendered: &r,
-            mcp_connections: &[],
-            secret_versions: &BTreeMap::new(),
-            create_gateway_keys: false,
-            settings: &settings,
-        };
-        let monitor = build_service_monitor(&input).expect("monitor");
+        let monitor = build_service_monitor(&input(&t, &r, &settings)).expect("monitor");
         assert_eq!(monitor.spec.selector.match_labels, Some(gateway_selector("acme")));
         assert_eq!(monitor.spec.endpoints[0].path, "/metrics");
     }

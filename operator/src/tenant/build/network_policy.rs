@@ -116,14 +116,15 @@ pub fn build_network_policy(input: &BuildInput<'_>) -> NetworkPolicy {
         ..NetworkPolicyPeer::default()
     });
 
-    let mut egress = vec![NetworkPolicyEgressRule {
-        to: Some(vec![NetworkPolicyPeer {
-            namespace_selector: Some(LabelSelector::default()),
-            pod_selector: match_labels(BTreeMap::from([("k8s-app".into(), "kube-dns".into())])),
-            ..NetworkPolicyPeer::default()
-        }]),
-        ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
+    let dns = &input.settings.dns;
+    let mut dns_peers = vec![NetworkPolicyPeer {
+        namespace_selector: match_labels(dns.namespace_labels.clone()),
+        pod_selector: match_labels(dns.pod_labels.clone()),
+        ..NetworkPolicyPeer::default()
     }];
+    dns_peers.extend(dns.cidrs.iter().map(|cidr| ip_block(cidr.clone(), None)));
+    let mut egress =
+        vec![NetworkPolicyEgressRule { to: Some(dns_peers), ports: Some(vec![port("UDP", 53), port("TCP", 53)]) }];
     egress.extend(api_server_egress(&input.settings.api_server));
     let mut seen: Vec<NetworkPolicyEgressRule> = Vec::new();
     for url in &upstream_urls(input) {
@@ -178,6 +179,7 @@ pub fn build_network_policy(input: &BuildInput<'_>) -> NetworkPolicy {
 mod tests {
     use serde_json::json;
 
+    use super::super::DnsPeer;
     use super::super::test_support::*;
     use super::*;
 
@@ -193,15 +195,7 @@ mod tests {
             api_server: vec!["10.0.0.5:6443".parse().expect("addr"), "10.0.0.6:6443".parse().expect("addr")],
             ..BuildSettings::default()
         };
-        let input = BuildInput {
-            tenant: &t,
-            rendered: &r,
-            mcp_connections: &[],
-            secret_versions: &BTreeMap::new(),
-            create_gateway_keys: false,
-            settings: &settings,
-        };
-        let egress = build_network_policy(&input).spec.and_then(|s| s.egress).unwrap_or_default();
+        let egress = build_network_policy(&input(&t, &r, &settings)).spec.and_then(|s| s.egress).unwrap_or_default();
         let rule = serde_json::to_value(
             egress
                 .iter()
@@ -247,5 +241,33 @@ mod tests {
             "in-cluster provider: {text}"
         );
         assert!(!text.contains("6379") && !text.contains("5432"), "no storage ports without storage");
+    }
+
+    #[test]
+    fn the_dns_peer_is_what_the_operator_is_told() {
+        let dns_rule = |settings: &BuildSettings| {
+            let egress = policy(&stack_with(&tenant(""), settings)).spec.and_then(|s| s.egress).unwrap_or_default();
+            let rule = egress.iter().find(|r| r.ports.iter().flatten().any(|p| p.port == Some(IntOrString::Int(53))));
+            serde_json::to_value(rule.expect("a DNS rule")).expect("json")["to"].clone()
+        };
+        assert_eq!(
+            dns_rule(&BuildSettings::default()),
+            json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                    "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}])
+        );
+        let node_local = BuildSettings {
+            dns: DnsPeer {
+                namespace_labels: BTreeMap::from([("kubernetes.io/metadata.name".into(), "dns".into())]),
+                pod_labels: BTreeMap::from([("app".into(), "coredns".into())]),
+                cidrs: vec!["169.254.20.10/32".into()],
+            },
+            ..BuildSettings::default()
+        };
+        assert_eq!(
+            dns_rule(&node_local),
+            json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dns"}},
+                    "podSelector": {"matchLabels": {"app": "coredns"}}},
+                   {"ipBlock": {"cidr": "169.254.20.10/32"}}])
+        );
     }
 }

@@ -100,6 +100,19 @@ fn build_stdio_bridge(input: &BuildInput<'_>, c: &McpConnection) -> Option<(Depl
         volume_mounts: Some(vec![mount("bridge", BRIDGE_DIR, true), mount("tmp", "/tmp", false)]),
         ..Container::default()
     };
+    let mut pod = PodSpec {
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(restricted_pod_security()),
+        init_containers: Some(vec![init]),
+        containers: vec![server],
+        volumes: Some(vec![
+            empty_dir("bridge", EmptyDirVolumeSource::default()),
+            empty_dir("tmp", EmptyDirVolumeSource::default()),
+        ]),
+        ..PodSpec::default()
+    };
+    input.settings.tenant_pods.apply_to(&mut pod);
     let mut deployment_meta = meta(input, &object, "mcp-bridge");
     deployment_meta.labels = Some(pod_labels.clone());
     let deployment = Deployment {
@@ -109,18 +122,7 @@ fn build_stdio_bridge(input: &BuildInput<'_>, c: &McpConnection) -> Option<(Depl
             selector: LabelSelector { match_labels: Some(selector.clone()), ..LabelSelector::default() },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(pod_labels), ..ObjectMeta::default() }),
-                spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    security_context: Some(restricted_pod_security()),
-                    init_containers: Some(vec![init]),
-                    containers: vec![server],
-                    volumes: Some(vec![
-                        empty_dir("bridge", EmptyDirVolumeSource::default()),
-                        empty_dir("tmp", EmptyDirVolumeSource::default()),
-                    ]),
-                    ..PodSpec::default()
-                }),
+                spec: Some(pod),
             },
             ..DeploymentSpec::default()
         }),
@@ -156,5 +158,42 @@ mod tests {
         let pod = d.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod");
         let command = pod.containers[0].command.clone().unwrap_or_default();
         assert_eq!(command[1..], ["stdio-bridge", "--listen", "0.0.0.0:8080", "--", "npx", "server"]);
+    }
+
+    #[test]
+    fn tenant_pods_get_the_platforms_pull_secrets_and_scheduling() {
+        use k8s_openapi::api::core::v1::Toleration;
+
+        use super::super::TenantPods;
+        let t = tenant("");
+        let conns = [stdio_connection()];
+        let r = rendered(&t, &conns);
+        let settings = BuildSettings {
+            tenant_pods: TenantPods {
+                image_pull_secrets: vec!["registry".into()],
+                node_selector: BTreeMap::from([("pool".into(), "tenants".into())]),
+                tolerations: vec![Toleration {
+                    key: Some("dedicated".into()),
+                    operator: Some("Exists".into()),
+                    effect: Some("NoSchedule".into()),
+                    ..Toleration::default()
+                }],
+                priority_class_name: Some("tenant-gateways".into()),
+            },
+            ..BuildSettings::default()
+        };
+        let s = build(&BuildInput { mcp_connections: &conns, ..input(&t, &r, &settings) }).expect("builds");
+        let pods: Vec<_> = s.all::<Deployment>().into_iter().filter_map(|d| d.spec?.template.spec).collect();
+        assert_eq!(pods.len(), 2, "the gateway and the bridge");
+        for p in pods {
+            assert_eq!(p.image_pull_secrets.map(|s| s[0].name.clone()).as_deref(), Some("registry"));
+            assert_eq!(p.node_selector.and_then(|n| n.get("pool").cloned()).as_deref(), Some("tenants"));
+            assert_eq!(p.tolerations.map(|t| t[0].key.clone()), Some(Some("dedicated".into())));
+            assert_eq!(p.priority_class_name.as_deref(), Some("tenant-gateways"));
+        }
+        // Unset, nothing is set.
+        let plain = pod(&stack_of(&t, &[], &BTreeMap::new()));
+        assert!(plain.image_pull_secrets.is_none() && plain.node_selector.is_none() && plain.tolerations.is_none());
+        assert!(plain.priority_class_name.is_none());
     }
 }

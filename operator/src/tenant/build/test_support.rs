@@ -10,7 +10,7 @@ use tenantgate_crds::v1alpha1::{McpConnection, Tenant};
 pub(super) use super::{BuildInput, BuildSettings, TenantStack, build};
 use crate::labels::GATEWAY;
 
-pub(super) fn tenant(extra: &str) -> Tenant {
+pub(crate) fn tenant(extra: &str) -> Tenant {
     let mut t: Tenant = serde_yaml::from_str(&format!(
         "apiVersion: tenantgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: acme, uid: 1234}}\nspec:\n  auth:\n    jwt: {{issuer: 'https://idp', audiences: [a], jwksUri: 'https://idp.example/jwks'}}\n  providers:\n    - {{name: openai, type: openai, baseUrl: 'https://api.openai.com/v1', apiKeySecretRef: {{name: openai-key, key: apiKey}}}}\n    - {{name: vllm, type: openai, baseUrl: 'http://vllm.models.svc:8000/v1'}}\n  models: [{{name: chat, targets: [{{provider: openai, model: gpt}}]}}]\n{extra}"
     ))
@@ -19,7 +19,7 @@ pub(super) fn tenant(extra: &str) -> Tenant {
     t
 }
 
-pub(super) fn rendered(t: &Tenant, conns: &[McpConnection]) -> RenderedConfig {
+pub(crate) fn rendered(t: &Tenant, conns: &[McpConnection]) -> RenderedConfig {
     render(
         RenderInput { tenant: t, mcp_connections: conns, tenant_policies: &[], global_policies: &[] },
         &RenderOptions::default(),
@@ -27,18 +27,37 @@ pub(super) fn rendered(t: &Tenant, conns: &[McpConnection]) -> RenderedConfig {
     .expect("renders")
 }
 
-pub(super) fn stack_of(t: &Tenant, conns: &[McpConnection], versions: &BTreeMap<String, String>) -> TenantStack {
+/// No Secret versions: the referenced Secrets are absent.
+pub(crate) static NO_VERSIONS: BTreeMap<String, String> = BTreeMap::new();
+
+/// The build input of `t` as rendered in `r`, under `settings`, without
+/// McpConnections, Secret versions or the generated keys.
+pub(crate) fn input<'a>(t: &'a Tenant, r: &'a RenderedConfig, settings: &'a BuildSettings) -> BuildInput<'a> {
+    BuildInput {
+        tenant: t,
+        rendered: r,
+        mcp_connections: &[],
+        secret_versions: &NO_VERSIONS,
+        create_gateway_keys: false,
+        settings,
+    }
+}
+
+/// The stack of `t` under `settings` (no McpConnections, no generated keys).
+pub(crate) fn stack_with(t: &Tenant, settings: &BuildSettings) -> TenantStack {
+    build(&input(t, &rendered(t, &[]), settings)).expect("builds")
+}
+
+pub(crate) fn stack_of(t: &Tenant, conns: &[McpConnection], versions: &BTreeMap<String, String>) -> TenantStack {
     let r = rendered(t, conns);
     let settings = BuildSettings::default();
-    build(&BuildInput {
-        tenant: t,
-        rendered: &r,
+    let i = BuildInput {
         mcp_connections: conns,
         secret_versions: versions,
         create_gateway_keys: true,
-        settings: &settings,
-    })
-    .expect("builds")
+        ..input(t, &r, &settings)
+    };
+    build(&i).expect("builds")
 }
 
 /// A stdio McpConnection `everything` in tg-acme (it gets a bridge Deployment).
