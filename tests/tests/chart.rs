@@ -72,18 +72,230 @@ async fn pods_pass_restricted(client: &kube::Client, namespace: &str, yaml: &str
     Ok(checked)
 }
 
+fn chart_dir() -> String {
+    repo_root().join("charts/tenantgate").display().to_string()
+}
+
+/// The values file that turns every option of the chart on.
+fn every_option() -> String {
+    repo_root().join("charts/tenantgate/ci/every-option-values.yaml").display().to_string()
+}
+
+/// `helm template RELEASE` of the chart in `namespace` with `extra` arguments.
+fn template(release: &str, namespace: &str, extra: &[&str]) -> anyhow::Result<String> {
+    let chart = chart_dir();
+    let mut args = vec!["template", release, chart.as_str(), "--namespace", namespace];
+    args.extend_from_slice(extra);
+    let (ok, out) = run("helm", &args, None)?;
+    anyhow::ensure!(ok, "helm {}: {out}", args.join(" "));
+    Ok(out)
+}
+
+/// The documents of a multi-document YAML stream.
+fn documents(yaml: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(doc)?;
+        if !value.is_null() {
+            out.push(value);
+        }
+    }
+    Ok(out)
+}
+
 #[test]
 fn helm_lint_passes() -> anyhow::Result<()> {
-    let (ok, out) =
-        run("helm", &["lint", "--strict", &repo_root().join("charts/tenantgate").display().to_string()], None)?;
+    let (ok, out) = run("helm", &["lint", "--strict", &chart_dir()], None)?;
     assert!(ok, "helm lint: {out}");
-    // values.schema.json refuses nonsense.
-    let (ok, out) = run(
-        "helm",
-        &["template", "x", &repo_root().join("charts/tenantgate").display().to_string(), "--set", "logFormat=xml"],
-        None,
-    )?;
-    assert!(!ok && out.contains("logFormat"), "the values schema must refuse logFormat=xml: {out}");
+    let (ok, out) = run("helm", &["lint", "--strict", &chart_dir(), "-f", &every_option()], None)?;
+    assert!(ok, "helm lint with every option: {out}");
+    // values.schema.json refuses nonsense, naming the value.
+    for (bad, names) in [
+        ("logFormat=xml", "logFormat"),
+        ("image.digest=latest", "digest"),
+        ("dns.cidrs[0]=kube-dns", "cidrs"),
+        ("serviceAccount.create=false", "name"),
+        ("networkPolicy.apiServerPorts[0]=70000", "apiServerPorts"),
+        ("nonsense=1", "nonsense"),
+    ] {
+        let (ok, out) = run("helm", &["template", "x", &chart_dir(), "--set", bad], None)?;
+        assert!(!ok && out.contains(names), "the values schema must refuse {bad}: {out}");
+    }
+    // A parent chart's global values are accepted.
+    template("x", "ns", &["--set", "global.imageRegistry=r.example.com"])?;
+    Ok(())
+}
+
+/// Two releases with every option on, side by side in one namespace: no two
+/// objects share a kind, namespace and name (cluster-scoped ones included),
+/// and every option reaches what it configures.
+#[test]
+fn two_releases_with_every_option_render_side_by_side_without_collisions() -> anyhow::Result<()> {
+    let mut seen = std::collections::BTreeMap::new();
+    for release in ["tenantgate", "other"] {
+        let docs =
+            documents(&template(release, "shared", &["-f", &every_option(), "--set", "createNamespace=false"])?)?;
+        for d in &docs {
+            let key = format!(
+                "{} {}/{}",
+                d["kind"].as_str().unwrap_or_default(),
+                d["metadata"]["namespace"].as_str().unwrap_or("-"),
+                d["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            if let Some(other) = seen.insert(key.clone(), release) {
+                panic!("{key} of release {release} collides with release {other}'s");
+            }
+        }
+        let kinds: std::collections::BTreeSet<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+        for kind in ["ServiceMonitor", "PrometheusRule", "NetworkPolicy", "ServiceAccount", "ClusterRole", "Pod"] {
+            assert!(kinds.contains(kind), "release {release} has no {kind}: {kinds:?}");
+        }
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").expect("the operator Deployment");
+        let pod = &deployment["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert!(
+            container["image"].as_str().is_some_and(
+                |i| i.ends_with("@sha256:1111111111111111111111111111111111111111111111111111111111111111")
+            )
+        );
+        assert_eq!(container["args"], serde_json::json!(["run", "--concurrency=4"]));
+        assert_eq!(pod["securityContext"]["runAsUser"], 10001);
+        assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+        let env: std::collections::BTreeMap<String, String> = container["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((e["name"].as_str()?.to_owned(), e["value"].as_str()?.to_owned())))
+            .collect();
+        assert_eq!(env["TENANTGATE_SECRET_LABEL_SELECTOR"], "tenantgate.dev/watch=true");
+        assert_eq!(env["TENANTGATE_DNS_CIDRS"], "169.254.20.10/32");
+        assert_eq!(
+            env["TENANTGATE_GATEWAY_IMAGE"],
+            "registry.example.com/tenantgate/gateway@sha256:2222222222222222222222222222222222222222222222222222222222222222"
+        );
+        assert_eq!(env["RUST_LOG"], "info,kube=warn", "extraEnv");
+        let account = docs.iter().find(|d| d["kind"] == "ServiceAccount").expect("account");
+        assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
+        assert!(account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].is_string());
+    }
+    Ok(())
+}
+
+/// The operator takes every value the chart hands it: `render` run with the
+/// every-option Deployment's environment puts them on the gateway pods and
+/// in their NetworkPolicy (a value the operator refused would fail here).
+#[test]
+fn the_operator_accepts_what_the_chart_passes_it() -> anyhow::Result<()> {
+    let docs = documents(&template("tenantgate", "tenantgate-system", &["-f", &every_option()])?)?;
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").expect("the operator Deployment");
+    let mut render = Command::new(workspace_binary("tenantgate-operator"));
+    render.env_clear().args(["render", "-f"]).arg(repo_root().join("manifests/examples/quickstart"));
+    for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"].as_array().into_iter().flatten() {
+        if let (Some(name), Some(value)) = (e["name"].as_str(), e["value"].as_str()) {
+            render.env(name, value);
+        }
+    }
+    let out = render.output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "render with the chart's environment: {}", String::from_utf8_lossy(&out.stderr));
+    let objects = documents(&text)?;
+    let gateway = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "gateway")
+        .expect("the gateway Deployment");
+    let pod = &gateway["spec"]["template"]["spec"];
+    assert_eq!(pod["imagePullSecrets"], serde_json::json!([{"name": "registry"}]));
+    assert_eq!(pod["nodeSelector"], serde_json::json!({"pool": "tenants"}));
+    assert_eq!(pod["tolerations"][0]["key"], "dedicated");
+    assert_eq!(pod["priorityClassName"], "tenant-gateways");
+    assert!(pod["containers"][0]["image"].as_str().is_some_and(|i| i.contains("@sha256:2222")));
+    let policy = objects.iter().find(|o| o["kind"] == "NetworkPolicy").expect("policy");
+    let egress = policy["spec"]["egress"].to_string();
+    assert!(egress.contains("node-local-dns") && egress.contains("169.254.20.10/32"), "{egress}");
+    // And a value the operator cannot take is refused with its name.
+    let refused = Command::new(workspace_binary("tenantgate-operator"))
+        .env_clear()
+        .env("TENANTGATE_GATEWAY_NODE_SELECTOR", "pool in (a,b)")
+        .args(["render", "-f"])
+        .arg(repo_root().join("manifests/examples/quickstart"))
+        .output()?;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--gateway-node-selector"));
+    Ok(())
+}
+
+/// Leaf paths of a values tree (a map is a leaf when empty or when its
+/// values are user data: labels, annotations, selectors).
+fn value_paths(prefix: &str, value: &serde_yaml::Value, out: &mut Vec<String>) {
+    const DATA: &[&str] = &[
+        "global",
+        "dns.namespaceSelector",
+        "dns.podSelector",
+        "secretLabelSelector",
+        "serviceAccount.annotations",
+        "podSecurityContext",
+        "securityContext",
+        "resources",
+        "podAnnotations",
+        "podLabels",
+        "nodeSelector",
+        "affinity",
+        "gateway.nodeSelector",
+        "serviceMonitor.labels",
+        "prometheusRule.labels",
+    ];
+    match value {
+        serde_yaml::Value::Mapping(map) if !map.is_empty() && !DATA.contains(&prefix) => {
+            for (k, v) in map {
+                let key = k.as_str().unwrap_or_default();
+                let path = if prefix.is_empty() { key.to_owned() } else { format!("{prefix}.{key}") };
+                value_paths(&path, v, out);
+            }
+        }
+        _ => out.push(prefix.to_owned()),
+    }
+}
+
+/// The chart README's table lists every value of values.yaml, and no value
+/// that is not there: it cannot go stale unnoticed.
+#[test]
+fn the_chart_readme_lists_every_value() -> anyhow::Result<()> {
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(repo_root().join("charts/tenantgate/values.yaml"))?)?;
+    let mut paths = Vec::new();
+    value_paths("", &values, &mut paths);
+    assert!(paths.len() > 40, "{paths:?}");
+    let readme = std::fs::read_to_string(repo_root().join("charts/tenantgate/README.md"))?;
+    let listed: Vec<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_owned)
+        .collect();
+    for p in &paths {
+        assert!(listed.contains(p), "charts/tenantgate/README.md does not list the value {p}");
+    }
+    for l in &listed {
+        assert!(paths.contains(l), "charts/tenantgate/README.md lists {l}, which values.yaml does not have");
+    }
+    Ok(())
+}
+
+/// The chart's PrometheusRule holds exactly the alerts docs/operations.md recommends.
+#[test]
+fn the_prometheus_rule_is_the_documented_alerts() -> anyhow::Result<()> {
+    let docs = documents(&template("tenantgate", "ns", &["--set", "prometheusRule.enabled=true"])?)?;
+    let rule = docs.iter().find(|d| d["kind"] == "PrometheusRule").expect("a PrometheusRule");
+    let operations = std::fs::read_to_string(repo_root().join("docs/operations.md"))?;
+    let section = operations.split("## Alerts worth having").nth(1).expect("the alerts section");
+    let block = section.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).expect("its YAML");
+    let documented: serde_json::Value = serde_yaml::from_str(block)?;
+    assert_eq!(rule["spec"], documented);
+    let alerts = rule["spec"]["groups"][0]["rules"].as_array().map(Vec::len).unwrap_or_default();
+    assert!(alerts >= 10, "{alerts}");
+    // Off by default.
+    let plain = documents(&template("tenantgate", "ns", &[])?)?;
+    assert!(!plain.iter().any(|d| d["kind"] == "PrometheusRule" || d["kind"] == "ServiceMonitor"));
     Ok(())
 }
 
@@ -101,6 +313,18 @@ async fn the_chart_installs_into_a_restricted_namespace() -> anyhow::Result<()> 
     // The check can fail: a pod that runs as root is refused in the same namespace.
     let root = manifests.replace("runAsNonRoot: true", "runAsNonRoot: false");
     assert!(pods_pass_restricted(&client, &ns, &root).await.is_err(), "Pod Security must refuse runAsNonRoot: false");
+    // Every option on: the API server takes each object (but the Prometheus
+    // Operator's, whose CRDs this cluster lacks), and the pods stay restricted.
+    let every = template("other", &ns, &["-f", &every_option(), "--set", "createNamespace=false"])?;
+    let kept: Vec<String> = documents(&every)?
+        .into_iter()
+        .filter(|d| d["apiVersion"].as_str().is_some_and(|v| !v.starts_with("monitoring.coreos.com/")))
+        .map(|d| serde_yaml::to_string(&d))
+        .collect::<Result<_, _>>()?;
+    let kept = kept.join("---\n");
+    let (ok, out) = run("kubectl", &["apply", "--dry-run=server", "-f", "-"], Some(&kept))?;
+    assert!(ok && !out.contains("would violate PodSecurity"), "server-side dry run of every option: {out}");
+    assert_eq!(pods_pass_restricted(&client, &ns, &kept).await?, 1, "the operator's pod, every option on");
     Api::<Namespace>::all(client).delete(&ns, &DeleteParams::background()).await?;
     Ok(())
 }
