@@ -117,6 +117,11 @@ pub struct OperatorProcess {
 impl OperatorProcess {
     /// Starts the operator as the chart's ServiceAccount (installing the chart's RBAC first).
     pub async fn start(admin: &Client, identity: &str) -> anyhow::Result<Self> {
+        Self::start_with_env(admin, identity, &[]).await
+    }
+
+    /// [`OperatorProcess::start`] with further environment (the operator's flags).
+    pub async fn start_with_env(admin: &Client, identity: &str, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         install_chart_rbac(admin).await?;
         let dir = std::env::temp_dir().join(crate::unique_name("operator"));
         std::fs::create_dir_all(&dir)?;
@@ -134,6 +139,7 @@ impl OperatorProcess {
             .env("RUST_LOG", "info,kube=warn")
             // As the chart sets it: glibc's per-thread malloc arenas otherwise grow RSS far past live data.
             .env("MALLOC_ARENA_MAX", "2")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()

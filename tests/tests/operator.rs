@@ -418,6 +418,86 @@ async fn status_names_what_a_human_must_fix() -> anyhow::Result<()> {
     lonely.delete().await
 }
 
+/// `--secret-label-selector` (the chart's `secretLabelSelector`): the operator
+/// works with only labelled Secrets in view, says clearly when a referenced
+/// Secret lacks the label (without a word of its data), labels the keys it
+/// generates, and converges without writes once the label is there.
+#[tokio::test]
+async fn a_secret_label_selector_narrows_the_watch_and_names_unlabelled_secrets() -> anyhow::Result<()> {
+    let _turn = ONE_OPERATOR.lock().await;
+    let client = setup().await?;
+    let selector = ("TENANTGATE_SECRET_LABEL_SELECTOR", "tenantgate.dev/watch=true");
+    let op = OperatorProcess::start_with_env(&client, "operator-labels", &[selector]).await?;
+    let tenant = r#"{"apiVersion":"tenantgate.dev/v1alpha1","kind":"Tenant","metadata":{"name":"labelled"},
+        "spec":{"auth":{"jwt":{"issuer":"https://idp","audiences":["a"],"jwksSecretRef":{"name":"jwks","key":"jwks.json"}}},
+        "providers":[{"name":"m","type":"mock"}],"models":[{"name":"chat","targets":[{"provider":"m","model":"x"}]}]}}"#;
+    apply_yaml(&client, tenant, None).await?;
+    let ns = "tg-labelled";
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    eventually("the tenant namespace", Duration::from_secs(30), Some(&op), || {
+        let namespaces = namespaces.clone();
+        async move { Ok(namespaces.get_opt(ns).await?.is_some()) }
+    })
+    .await?;
+    // The referenced Secret exists, but without the label the operator watches by.
+    let secret_value = "do-not-leak-7f3a";
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "jwks", "namespace": ns},
+        "stringData": {"jwks.json": format!("{{\"keys\": [], \"note\": \"{secret_value}\"}}")},
+    }))?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    secrets.create(&Default::default(), &secret).await?;
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let message = |t: &Tenant, type_: &str| {
+        t.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == type_)).map(|c| c.message.clone())
+    };
+    eventually("Ready=False MissingSecret naming the label", Duration::from_secs(30), Some(&op), || {
+        let tenants = tenants.clone();
+        async move {
+            let t = tenants.get("labelled").await?;
+            Ok(condition(&t, "Ready") == Some(("False".into(), "MissingSecret".into()))
+                && message(&t, "Ready").is_some_and(|m| {
+                    m.contains("lack the label tenantgate.dev/watch=true") && m.contains("jwks/jwks.json")
+                }))
+        }
+    })
+    .await?;
+    let t = tenants.get("labelled").await?;
+    let status = serde_json::to_string(&t.status)?;
+    assert!(!status.contains(secret_value), "a Secret's data in status: {status}");
+    // The keys the operator generated carry the label, so it sees its own Secret.
+    let keys = secrets.get("gateway-keys").await?;
+    assert_eq!(keys.labels().get("tenantgate.dev/watch").map(String::as_str), Some("true"));
+
+    // Labelled, the Secret is seen and the tenant becomes Ready.
+    secrets
+        .patch(
+            "jwks",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"tenantgate.dev/watch": "true"}}})),
+        )
+        .await?;
+    let ready = wait_ready(&client, "labelled", &op).await?;
+    assert_eq!(condition(&ready, "Degraded").map(|c| c.1).as_deref(), Some("StorageNotDurable"));
+
+    // Converged: a reconcile (set off by a new labelled Secret) writes nothing,
+    // not even a create of the keys the operator sees in its cache.
+    let reconciles = op.counter("tenantgate_operator_reconciles_total", "").await?;
+    let writes = op.writes_except_leases().await?;
+    let other: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "unrelated", "namespace": ns, "labels": {"tenantgate.dev/watch": "true"}},
+        "stringData": {"x": "y"},
+    }))?;
+    secrets.create(&Default::default(), &other).await?;
+    eventually("a reconcile after the new Secret", Duration::from_secs(20), Some(&op), || async {
+        Ok(op.counter("tenantgate_operator_reconciles_total", "").await? > reconciles)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(op.writes_except_leases().await?, writes, "writes at rest:\n{}", op.log_tail(20));
+    delete_tenant_and_wait(&client, "labelled", ns, &op).await
+}
+
 #[tokio::test]
 async fn a_standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
     let _turn = ONE_OPERATOR.lock().await;
