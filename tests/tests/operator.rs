@@ -498,6 +498,108 @@ async fn a_secret_label_selector_narrows_the_watch_and_names_unlabelled_secrets(
     delete_tenant_and_wait(&client, "labelled", ns, &op).await
 }
 
+/// The gateways' NetworkPolicy follows the API server's EndpointSlice
+/// (`default/kubernetes`), which the operator watches: an address added to it
+/// appears in every tenant's egress rule, and goes when it goes.
+#[tokio::test]
+async fn the_api_server_egress_rule_follows_the_endpoint_slice() -> anyhow::Result<()> {
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointSlice};
+
+    let _turn = ONE_OPERATOR.lock().await;
+    let client = setup().await?;
+    let op = OperatorProcess::start(&client, "operator-endpoints").await?;
+    let tenant = r#"{"apiVersion":"tenantgate.dev/v1alpha1","kind":"Tenant","metadata":{"name":"apiwatch"},
+        "spec":{"auth":{"jwt":{"issuer":"https://idp","audiences":["a"],"jwksUri":"https://idp.example/jwks"}},
+        "providers":[{"name":"m","type":"mock"}],"models":[{"name":"chat","targets":[{"provider":"m","model":"x"}]}]}}"#;
+    apply_yaml(&client, tenant, None).await?;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    // A control plane that keeps its own slice (most) has one; the local one
+    // runs without the API server's endpoint reconciler, so the test makes it.
+    let made = match slices.get_opt("kubernetes").await? {
+        Some(_) => false,
+        None => {
+            let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                             "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.99.0.2"], "conditions": {"ready": true}}],
+                "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+            }))?;
+            slices.create(&Default::default(), &slice).await?;
+            true
+        }
+    };
+    let original = slices.get("kubernetes").await?;
+    let first = original
+        .endpoints
+        .iter()
+        .flatten()
+        .next()
+        .and_then(|e| e.addresses.first())
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("the kubernetes EndpointSlice has no address: {original:?}"))?;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), "tg-apiwatch");
+    let egress = || {
+        let policies = policies.clone();
+        async move {
+            let policy = policies.get_opt("gateway").await?;
+            Ok::<_, anyhow::Error>(serde_json::to_string(&policy.and_then(|p| p.spec).and_then(|s| s.egress))?)
+        }
+    };
+    eventually("the API server's address in the egress rule", Duration::from_secs(30), Some(&op), || async {
+        Ok(egress().await?.contains(&format!("{first}/")))
+    })
+    .await?;
+
+    // An API server joins: its address is added to the slice.
+    let added = "10.99.0.1";
+    let set_extra = |present: bool| {
+        let slices = slices.clone();
+        async move {
+            // The API server may write the slice at the same time: retry a conflict.
+            for _ in 0..5 {
+                let mut slice = slices.get("kubernetes").await?;
+                slice.metadata.managed_fields = None;
+                let endpoints = slice.endpoints.get_or_insert_default();
+                endpoints.retain(|e| e.addresses.iter().all(|a| a != added));
+                if present {
+                    endpoints.push(Endpoint {
+                        addresses: vec![added.into()],
+                        conditions: Some(EndpointConditions { ready: Some(true), ..Default::default() }),
+                        ..Default::default()
+                    });
+                }
+                match slices.replace("kubernetes", &Default::default(), &slice).await {
+                    Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                    other => {
+                        other?;
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                }
+            }
+            anyhow::bail!("the kubernetes EndpointSlice kept changing under the test")
+        }
+    };
+    set_extra(true).await?;
+    let followed = eventually("the new address in the egress rule", Duration::from_secs(20), Some(&op), || async {
+        Ok(egress().await?.contains(&format!("{added}/32")))
+    })
+    .await;
+    // Put the slice back before anything else can fail (the API server may
+    // already have, reconciling its own endpoints).
+    set_extra(false).await?;
+    followed?;
+    eventually("the address gone from the egress rule", Duration::from_secs(20), Some(&op), || async {
+        let text = egress().await?;
+        Ok(!text.contains(added) && text.contains(&format!("{first}/")))
+    })
+    .await?;
+    if made {
+        slices.delete("kubernetes", &DeleteParams::default()).await?;
+    }
+    delete_tenant_and_wait(&client, "apiwatch", "tg-apiwatch", &op).await
+}
+
 #[tokio::test]
 async fn a_standby_takes_over_when_the_leader_dies() -> anyhow::Result<()> {
     let _turn = ONE_OPERATOR.lock().await;

@@ -293,25 +293,14 @@ async fn write_child_statuses(
         issues.iter().find(|i| i.object.as_ref().is_some_and(|o| o.is(kind, Some(ns), obj)))
     };
     for c in &deps.mcp_connections {
-        let ns = c.namespace().unwrap_or_default();
-        let (accepted, reason, message) = match (issue_for("McpConnection", &ns, &c.name_any()), rendered) {
-            (Some(i), _) => (false, i.reason.as_str(), i.to_string()),
-            (None, Some(_)) => (true, "Bound", format!("bound to Tenant {name}")),
-            (None, None) => {
-                (false, "TenantConfigInvalid", format!("Tenant {name}'s config cannot be rendered; see its status"))
-            }
-        };
+        let issue = issue_for("McpConnection", &c.namespace().unwrap_or_default(), &c.name_any());
+        let (accepted, reason, message) = outcome(issue, rendered, &name, ("Bound", format!("bound to Tenant {name}")));
         binding_status::<McpConnection>(ctx, c, &name, accepted, reason, &message).await?;
     }
     for p in deps.tenant_policies.iter() {
-        let ns = p.namespace().unwrap_or_default();
-        let (accepted, reason, message) = match (issue_for("PromptPolicy", &ns, &p.name_any()), rendered) {
-            (Some(i), _) => (false, i.reason.as_str(), i.to_string()),
-            (None, Some(_)) => (true, "Applied", format!("applied to Tenant {name}")),
-            (None, None) => {
-                (false, "TenantConfigInvalid", format!("Tenant {name}'s config cannot be rendered; see its status"))
-            }
-        };
+        let issue = issue_for("PromptPolicy", &p.namespace().unwrap_or_default(), &p.name_any());
+        let (accepted, reason, message) =
+            outcome(issue, rendered, &name, ("Applied", format!("applied to Tenant {name}")));
         binding_status::<PromptPolicy>(ctx, p, &name, accepted, reason, &message).await?;
     }
     for p in deps.global_policies.iter() {
@@ -323,6 +312,23 @@ async fn write_child_statuses(
         }
     }
     Ok(())
+}
+
+/// Accepted or not, the reason and the message of one McpConnection or
+/// PromptPolicy of `tenant`: its issue, else `bound` when the config rendered.
+fn outcome<'a>(
+    issue: Option<&'a ConfigIssue>,
+    rendered: Option<&RenderedConfig>,
+    tenant: &str,
+    bound: (&'a str, String),
+) -> (bool, &'a str, String) {
+    match (issue, rendered) {
+        (Some(i), _) => (false, i.reason.as_str(), i.to_string()),
+        (None, Some(_)) => (true, bound.0, bound.1),
+        (None, None) => {
+            (false, "TenantConfigInvalid", format!("Tenant {tenant}'s config cannot be rendered; see its status"))
+        }
+    }
 }
 
 /// The status shape McpConnection and PromptPolicy share.

@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn gateway_pods_are_restricted_and_probed() {
-        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        let s = plain_stack();
         let p = pod(&s);
         assert_eq!(p.automount_service_account_token, Some(false));
         let psc = p.security_context.as_ref().expect("pod security");
@@ -347,7 +347,7 @@ mod tests {
 
     #[test]
     fn gateway_state_lives_on_a_writable_volume() {
-        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        let s = plain_stack();
         let p = pod(&s);
         let c = &p.containers[0];
         let state_dir = c.env.iter().flatten().find(|e| e.name == "TENANTGATE_STATE_DIR").and_then(|e| e.value.clone());
@@ -380,7 +380,7 @@ mod tests {
 
     #[test]
     fn secrets_are_projected_at_the_paths_the_config_names() {
-        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        let s = plain_stack();
         let paths = projected_paths(&pod(&s));
         assert_eq!(paths, ["gateway-keys/api-key-pepper", "gateway-keys/token-encryption-key", "openai-key/apiKey"]);
         let config_map = s.get::<k8s_openapi::api::core::v1::ConfigMap>(GATEWAY_CONFIG).expect("config map");

@@ -293,7 +293,7 @@ mod tests {
 
     #[test]
     fn everything_is_owned_labelled_and_in_the_tenant_namespace() {
-        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        let s = plain_stack();
         let metas = [
             s.get::<ServiceAccount>(GATEWAY).expect("service account").metadata,
             s.get::<ConfigMap>(GATEWAY_CONFIG).expect("config map").metadata,

@@ -64,7 +64,7 @@ mod tests {
 
     #[test]
     fn a_service_monitor_only_where_the_prometheus_operator_is() {
-        assert!(stack_of(&tenant(""), &[], &BTreeMap::new()).all::<ServiceMonitor>().is_empty());
+        assert!(plain_stack().all::<ServiceMonitor>().is_empty());
         let t = tenant("");
         let r = rendered(&t, &[]);
         let settings = BuildSettings { service_monitors: true, ..BuildSettings::default() };

@@ -60,7 +60,7 @@ mod tests {
 
     #[test]
     fn the_gateway_may_patch_mcp_connection_status_in_its_namespace_only() {
-        let s = stack_of(&tenant(""), &[], &BTreeMap::new());
+        let s = plain_stack();
         let role = s.get::<Role>(GATEWAY_STATUS_WRITER).expect("role");
         assert_eq!(role.metadata.namespace.as_deref(), Some("tg-acme"));
         let rules = role.rules.clone().unwrap_or_default();

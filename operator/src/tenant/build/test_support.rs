@@ -60,6 +60,11 @@ pub(crate) fn stack_of(t: &Tenant, conns: &[McpConnection], versions: &BTreeMap<
     build(&i).expect("builds")
 }
 
+/// The stack of the plain test tenant: no McpConnections, no Secrets.
+pub(crate) fn plain_stack() -> TenantStack {
+    stack_of(&tenant(""), &[], &NO_VERSIONS)
+}
+
 /// A stdio McpConnection `everything` in tg-acme (it gets a bridge Deployment).
 pub(super) fn stdio_connection() -> McpConnection {
     serde_yaml::from_str(
