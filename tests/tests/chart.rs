@@ -174,6 +174,14 @@ fn two_releases_with_every_option_render_side_by_side_without_collisions() -> an
             "registry.example.com/tenantgate/gateway@sha256:2222222222222222222222222222222222222222222222222222222222222222"
         );
         assert_eq!(env["RUST_LOG"], "info,kube=warn", "extraEnv");
+        // The helm test pod is not one of the Service's endpoints (it would probe itself).
+        let service = docs.iter().find(|d| d["kind"] == "Service").expect("the metrics Service");
+        let test_pod = docs.iter().find(|d| d["kind"] == "Pod").expect("the helm test pod");
+        assert_eq!(test_pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+        let selected = service["spec"]["selector"]
+            .as_object()
+            .is_some_and(|sel| sel.iter().all(|(k, v)| &test_pod["metadata"]["labels"][k] == v));
+        assert!(!selected, "the metrics Service selects the helm test pod: {}", test_pod["metadata"]["labels"]);
         let account = docs.iter().find(|d| d["kind"] == "ServiceAccount").expect("account");
         assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
         assert!(account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"].is_string());

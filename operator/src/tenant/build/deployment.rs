@@ -324,8 +324,7 @@ mod tests {
 
     #[test]
     fn gateway_pods_are_restricted_and_probed() {
-        let s = plain_stack();
-        let p = pod(&s);
+        let p = pod(&plain_stack());
         assert_eq!(p.automount_service_account_token, Some(false));
         let psc = p.security_context.as_ref().expect("pod security");
         assert_eq!(psc.run_as_non_root, Some(true));
@@ -347,8 +346,7 @@ mod tests {
 
     #[test]
     fn gateway_state_lives_on_a_writable_volume() {
-        let s = plain_stack();
-        let p = pod(&s);
+        let p = pod(&plain_stack());
         let c = &p.containers[0];
         let state_dir = c.env.iter().flatten().find(|e| e.name == "TENANTGATE_STATE_DIR").and_then(|e| e.value.clone());
         assert_eq!(state_dir.as_deref(), Some(DATA_DIR));

@@ -39,8 +39,7 @@ mod tests {
 
     #[test]
     fn keys_are_owned_and_created_only_when_missing() {
-        let s = plain_stack();
-        let keys = s.get::<Secret>(GATEWAY_KEYS_SECRET).expect("keys created");
+        let keys = built::<Secret>(GATEWAY_KEYS_SECRET);
         assert_eq!(keys.metadata.owner_references.as_ref().map(|o| o[0].name.as_str()), Some("acme"));
         let existing = stack_with(&tenant(""), &BuildSettings::default());
         assert!(existing.all::<Secret>().is_empty(), "never rewritten");

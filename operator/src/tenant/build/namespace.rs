@@ -32,8 +32,7 @@ mod tests {
 
     #[test]
     fn the_namespace_enforces_pod_security_restricted() {
-        let s = plain_stack();
-        let ns = s.get::<Namespace>("tg-acme").expect("namespace");
+        let ns = built::<Namespace>("tg-acme");
         let ns_labels = ns.metadata.labels.as_ref().expect("labels");
         assert_eq!(ns_labels.get("pod-security.kubernetes.io/enforce").map(String::as_str), Some("restricted"));
     }

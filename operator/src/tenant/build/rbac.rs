@@ -60,15 +60,14 @@ mod tests {
 
     #[test]
     fn the_gateway_may_patch_mcp_connection_status_in_its_namespace_only() {
-        let s = plain_stack();
-        let role = s.get::<Role>(GATEWAY_STATUS_WRITER).expect("role");
+        let role = built::<Role>(GATEWAY_STATUS_WRITER);
         assert_eq!(role.metadata.namespace.as_deref(), Some("tg-acme"));
         let rules = role.rules.clone().unwrap_or_default();
         assert_eq!(rules.len(), 1, "{rules:?}");
         assert_eq!(rules[0].api_groups.clone().unwrap_or_default(), ["tenantgate.dev"]);
         assert_eq!(rules[0].resources.clone().unwrap_or_default(), ["mcpconnections/status"]);
         assert_eq!(rules[0].verbs, ["get", "patch"]);
-        let binding = &s.get::<RoleBinding>(GATEWAY_STATUS_WRITER).expect("binding");
+        let binding = &built::<RoleBinding>(GATEWAY_STATUS_WRITER);
         assert_eq!(binding.metadata.namespace.as_deref(), Some("tg-acme"));
         assert_eq!((binding.role_ref.kind.as_str(), binding.role_ref.name.as_str()), ("Role", GATEWAY_STATUS_WRITER));
         let subjects = binding.subjects.clone().unwrap_or_default();

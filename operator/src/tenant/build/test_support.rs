@@ -65,6 +65,14 @@ pub(crate) fn plain_stack() -> TenantStack {
     stack_of(&tenant(""), &[], &NO_VERSIONS)
 }
 
+/// The object of kind `K` named `name` in [`plain_stack`].
+pub(crate) fn built<K>(name: &str) -> K
+where
+    K: kube::Resource<DynamicType = ()> + serde::de::DeserializeOwned,
+{
+    plain_stack().get::<K>(name).unwrap_or_else(|| panic!("the plain stack has no {} {name}", K::kind(&())))
+}
+
 /// A stdio McpConnection `everything` in tg-acme (it gets a bridge Deployment).
 pub(super) fn stdio_connection() -> McpConnection {
     serde_yaml::from_str(
