@@ -164,6 +164,52 @@ def _enter_netns(path: Path) -> None:
         os.close(fd)
 
 
+class NodeAddress:
+    """An address the node answers on, as a cloud node answers the instance metadata
+    address: `ip` added to the loopback of the node's network namespace, with a TCP
+    listener on each of `ports` that accepts and closes. Pods reach it through their
+    default route (the node), so only a NetworkPolicy stands between them and it."""
+
+    def __init__(self, ip: str, ports: tuple[int, ...]) -> None:
+        self.ip, self.netns = ip, node_netns()
+        run(["ip", "-n", self.netns.name, "addr", "add", f"{ip}/32", "dev", "lo"])
+        self.sockets: list[socket.socket] = []
+        ready: queue.Queue[OSError | None] = queue.Queue()
+        threading.Thread(target=self._serve, args=(ports, ready), daemon=True).start()
+        if (error := ready.get()) is not None:
+            self.close()
+            raise error
+
+    def _serve(self, ports: tuple[int, ...], ready: queue.Queue) -> None:
+        try:
+            _enter_netns(self.netns)
+            self.sockets = [socket.create_server((self.ip, p)) for p in ports]
+        except OSError as e:
+            ready.put(e)
+            return
+        ready.put(None)
+        for s in self.sockets:
+            threading.Thread(target=self._accept, args=(s,), daemon=True).start()
+
+    @staticmethod
+    def _accept(server: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.close()
+
+    def close(self) -> None:
+        for s in self.sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # wakes the accept
+            except OSError:
+                pass
+            s.close()
+        run(["ip", "-n", self.netns.name, "addr", "del", f"{self.ip}/32", "dev", "lo"], check=False)
+
+
 class NetnsForward:
     """127.0.0.1:<free port> on this machine, each connection carried to
     HOST:PORT inside the node's network namespace: this suite reaches
@@ -280,6 +326,12 @@ def logs(namespace: str, selector: str) -> str:
 # What runs in the cluster
 
 IMAGE_VERSION = os.environ.get("TENANTGATE_IMAGE_VERSION", "0.1.0")
+GATEWAY_IMAGE = f"ghcr.io/tenantgate/gateway:{IMAGE_VERSION}"
+
+
+def tag_image(image: str, new_name: str) -> None:
+    """Gives an image the node has a second name, as a registry would serve a new release's tag."""
+    run([str(ROOT / "e2e/cluster/load-images"), "--tag", image, new_name])
 UPSTREAMS = "e2e-upstreams"
 
 

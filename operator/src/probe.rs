@@ -57,8 +57,8 @@ pub fn get(url: &str, timeout: Duration) -> Result<u16, ProbeError> {
     stream.set_write_timeout(Some(timeout)).map_err(io("setting a timeout"))?;
     let path = &url[parsed.origin().ascii_serialization().len()..];
     let path = if path.is_empty() { "/" } else { path };
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: tenantgate-probe\r\n\r\n")
-        .map_err(io("writing"))?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: tenantgate-probe\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(io("writing"))?;
     let mut head = [0u8; 64];
     let mut read = 0;
     while read < head.len() {
@@ -87,9 +87,16 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         std::thread::spawn(move || {
             if let Ok((mut conn, _)) = listener.accept() {
-                let mut request = [0u8; 256];
-                let n = conn.read(&mut request).unwrap_or(0);
-                let first = String::from_utf8_lossy(&request[..n]).lines().next().unwrap_or_default().to_owned();
+                // The whole request head (closing with unread bytes would reset the connection).
+                let mut request = Vec::new();
+                let mut buf = [0u8; 256];
+                while !request.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let first = String::from_utf8_lossy(&request).lines().next().unwrap_or_default().to_owned();
                 // Answer only the request the probe must send.
                 let reply = if first == "GET /readyz HTTP/1.0" { answer } else { "HTTP/1.0 400 Bad\r\n\r\n" };
                 let _ = conn.write_all(reply.as_bytes());

@@ -260,7 +260,9 @@ async fn full_tenant_converges_follows_changes_and_makes_no_writes_at_rest() -> 
     assert_eq!(before, after, "managed objects changed at rest");
     assert_eq!(writes_before, writes_after, "the operator wrote at rest; log:\n{}", op.log_tail(30));
 
-    // A PromptPolicy edit reaches the ConfigMap and rolls the pods.
+    // A PromptPolicy edit and a provider key rotation reach the ConfigMap and the mounted
+    // Secret, which the running gateways reload: the pod template stays. Rotating the Secret
+    // of a storage URL (read once, at start) rolls the pods.
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let hash = |cm: &ConfigMap| cm.annotations().get("tenantgate.dev/config-hash").cloned();
     let old_hash = hash(&maps.get("gateway-config").await?);
@@ -272,7 +274,8 @@ async fn full_tenant_converges_follows_changes_and_makes_no_writes_at_rest() -> 
             .and_then(|a| a.get("tenantgate.dev/config-checksum").cloned())
     };
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let old_checksum = checksum(&deployments.get("gateway").await?);
+    let before = deployments.get("gateway").await?;
+    let (old_checksum, old_generation) = (checksum(&before), before.metadata.generation);
     let policies: Api<PromptPolicy> = Api::namespaced(client.clone(), ns);
     policies
         .patch("acme-base", &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"priority": 150}})))
@@ -283,30 +286,31 @@ async fn full_tenant_converges_follows_changes_and_makes_no_writes_at_rest() -> 
         async move { Ok(hash(&maps.get("gateway-config").await?) != old) }
     })
     .await?;
-    // The ConfigMap is applied before the Deployment: the pod checksum follows a moment later.
-    eventually("a config change rolls the pods", Duration::from_secs(15), Some(&op), || {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let rotate = |name: &'static str, key: &'static str| {
+        let secrets = secrets.clone();
+        async move {
+            let patch = serde_json::json!({"stringData": {key: "rotated"}});
+            secrets.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await
+        }
+    };
+    rotate("openai-key", "apiKey").await?;
+    rotate("redis", "url").await?;
+    eventually("a storage Secret rotation rolls the pods", Duration::from_secs(15), Some(&op), || {
         let deployments = deployments.clone();
         let old = old_checksum.clone();
         async move { Ok(checksum(&deployments.get("gateway").await?) != old) }
     })
     .await?;
-    let after_policy = checksum(&deployments.get("gateway").await?);
-
-    // Rotating a referenced Secret changes the checksum.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    secrets
-        .patch(
-            "openai-key",
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"stringData": {"apiKey": "sk-rotated"}})),
-        )
-        .await?;
-    eventually("a Secret rotation rolls the pods", Duration::from_secs(15), Some(&op), || {
-        let deployments = deployments.clone();
-        let old = after_policy.clone();
-        async move { Ok(checksum(&deployments.get("gateway").await?) != old) }
-    })
-    .await?;
+    // Changes are applied in the order they happen: had the policy edit or the provider key
+    // changed the pod template, the Deployment would be two or three generations on.
+    let generation = deployments.get("gateway").await?.metadata.generation;
+    assert_eq!(
+        generation,
+        old_generation.map(|g| g + 1),
+        "only the storage Secret rotation may change the pod template; log:\n{}",
+        op.log_tail(30)
+    );
 
     // Faults: a deleted child comes back, a hand edit is undone.
     let services: Api<Service> = Api::namespaced(client.clone(), ns);

@@ -492,6 +492,26 @@ pub struct UrlSecret {
     /// PostgreSQL: the `sslrootcert`; a URL without `sslmode` then means `verify-full`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Where the server is, for the gateway's NetworkPolicy (the operator never reads the URL):
+    /// its peers and port. Absent: a server in the tenant's namespace on the standard port
+    /// (6379 for Redis, 5432 for PostgreSQL); declare any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<StorageEgress>,
+}
+
+/// The peers a storage server is among and its port: the only way out the gateway
+/// gets for it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageEgress {
+    /// A namespace and pod selector for a server in the cluster, an `ipBlock` (`/32`) for one
+    /// outside it.
+    #[schemars(length(min = 1, max = 16))]
+    pub to: Vec<NetworkPolicyPeer>,
+    /// The server's TCP port. Default: 6379 for Redis, 5432 for PostgreSQL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
 }
 
 /// What the audit trail records.

@@ -1,6 +1,6 @@
 //! The gateway Deployment and its Service.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
@@ -23,13 +23,31 @@ use crate::labels::{
     gateway_selector, labels,
 };
 
-/// Checksum of everything the pods read: the config and the versions of the
-/// Secrets they mount. Its change rolls the pods.
+/// Checksum of what the gateway reads only when it starts: the config's
+/// storage and keys sections (the database pool, the Redis endpoint, the
+/// pepper and token key files) and the versions of the Secrets the storage
+/// URLs and CAs live in. Its change rolls the pods. Everything else (models,
+/// providers, limits, policies, MCP connections, auth, and the Secrets those
+/// name, read when used) the running gateways reload in place: changing it
+/// restarts nothing, so in-process state (MCP sessions, the spill, SQLite)
+/// stays. Mounting a Secret the pods did not mount before changes the pod
+/// template itself, and rolls them as any template change does.
 pub fn pod_checksum(input: &BuildInput<'_>) -> String {
+    let config = &input.rendered.config;
     let mut hasher = Sha256::new();
-    hasher.update(input.rendered.config.config_hash.as_bytes());
+    // Serializing plain structs cannot fail.
+    hasher.update(serde_json::to_vec(&(&config.storage, &config.keys)).unwrap_or_default());
+    let storage = &input.tenant.spec.storage;
+    let startup_secrets: BTreeSet<&str> = [&storage.redis, &storage.database]
+        .into_iter()
+        .flatten()
+        .flat_map(|s| std::iter::once(&s.url_secret_ref).chain(s.ca_secret_ref.as_ref()))
+        .map(|r| r.name.as_str())
+        .collect();
     for (name, version) in input.secret_versions {
-        hasher.update(format!("\n{name}={version}").as_bytes());
+        if startup_secrets.contains(name.as_str()) {
+            hasher.update(format!("\n{name}={version}").as_bytes());
+        }
     }
     hex::encode(hasher.finalize())[..16].to_owned()
 }
@@ -411,8 +429,10 @@ mod tests {
     }
 
     #[test]
-    fn the_pod_checksum_follows_config_and_secret_versions() {
-        let t = tenant("");
+    fn the_pod_checksum_follows_only_what_the_gateway_reads_at_start() {
+        let t = tenant(
+            "  storage:\n    redis: {urlSecretRef: {name: redis, key: url}}\n    database: {urlSecretRef: {name: db, key: url}}\n",
+        );
         let checksum = |s: &TenantStack| {
             gateway_deployment(s)
                 .spec
@@ -421,14 +441,21 @@ mod tests {
                 .and_then(|m| m.annotations)
                 .and_then(|a| a.get(CHECKSUM_ANNOTATION).cloned())
         };
-        let v1 = BTreeMap::from([("openai-key".to_string(), "10".to_string())]);
-        let v2 = BTreeMap::from([("openai-key".to_string(), "11".to_string())]);
-        let a = checksum(&stack_of(&t, &[], &v1));
-        assert_eq!(a, checksum(&stack_of(&t, &[], &v1)), "stable");
-        assert_ne!(a, checksum(&stack_of(&t, &[], &v2)), "a Secret update rolls the pods");
-        let mut changed = t.clone();
-        changed.spec.routing.max_retries = 5;
-        assert_ne!(a, checksum(&stack_of(&changed, &[], &v1)), "a config change rolls the pods");
+        let versions = |openai: &str, redis: &str| {
+            BTreeMap::from([("openai-key".to_string(), openai.to_string()), ("redis".to_string(), redis.to_string())])
+        };
+        let a = checksum(&stack_of(&t, &[], &versions("10", "20")));
+        assert!(a.is_some(), "the pod template carries the checksum");
+        assert_eq!(a, checksum(&stack_of(&t, &[], &versions("10", "20"))), "stable");
+        assert_eq!(a, checksum(&stack_of(&t, &[], &versions("11", "20"))), "a provider key is read when used: no roll");
+        assert_ne!(a, checksum(&stack_of(&t, &[], &versions("10", "21"))), "the Redis URL is read at start: roll");
+        let mut reloadable = t.clone();
+        reloadable.spec.routing.max_retries = 5;
+        reloadable.spec.display_name = Some("Renamed".into());
+        assert_eq!(a, checksum(&stack_of(&reloadable, &[], &versions("10", "20"))), "hot-reloaded: no roll");
+        let mut storage = t.clone();
+        storage.spec.storage.database = None;
+        assert_ne!(a, checksum(&stack_of(&storage, &[], &versions("10", "20"))), "another database: roll");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use tenantgate_crds::address::{HostClass, classify_url};
 use tenantgate_crds::config::{JwtKeys, McpAuthConfig};
+use tenantgate_crds::render::tenant_namespace;
 
 use super::{BuildInput, meta};
 use crate::labels::{GATEWAY, GATEWAY_PORT, gateway_selector};
@@ -138,25 +139,15 @@ pub fn build_network_policy(input: &BuildInput<'_>) -> NetworkPolicy {
             egress.push(rule);
         }
     }
-    // Storage URLs live in Secrets the operator does not read: allow the
-    // standard ports anywhere, so Redis and PostgreSQL work in or out of cluster.
-    let storage_ports: Vec<NetworkPolicyPort> =
-        [spec.storage.redis.as_ref().map(|_| 6379), spec.storage.database.as_ref().map(|_| 5432)]
-            .into_iter()
-            .flatten()
-            .map(|p| port("TCP", p))
-            .collect();
-    if !storage_ports.is_empty() {
-        egress.push(NetworkPolicyEgressRule {
-            to: Some(vec![
-                NetworkPolicyPeer {
-                    namespace_selector: Some(LabelSelector::default()),
-                    ..NetworkPolicyPeer::default()
-                },
-                ip_block("0.0.0.0/0".into(), None),
-            ]),
-            ports: Some(storage_ports),
-        });
+    // Storage URLs live in Secrets the operator does not read: the way out to each
+    // server is what the Tenant declares, by default the tenant's own namespace.
+    for (storage, default_port) in [(&spec.storage.redis, 6379), (&spec.storage.database, 5432)] {
+        let Some(storage) = storage else { continue };
+        let (to, p) = match &storage.egress {
+            Some(e) => (e.to.clone(), e.port.unwrap_or(default_port)),
+            None => (vec![namespace_named(&tenant_namespace(input.tenant))], default_port),
+        };
+        egress.push(NetworkPolicyEgressRule { to: Some(to), ports: Some(vec![port("TCP", i32::from(p))]) });
     }
     if !spec.network.allow_egress_to.is_empty() {
         egress.push(NetworkPolicyEgressRule { to: Some(spec.network.allow_egress_to.clone()), ports: None });
@@ -269,5 +260,32 @@ mod tests {
                     "podSelector": {"matchLabels": {"app": "coredns"}}},
                    {"ipBlock": {"cidr": "169.254.20.10/32"}}])
         );
+    }
+
+    /// The egress rules of a tenant with `storage` (YAML under spec) for the ports given.
+    fn rules_for_ports(storage: &str, ports: &[i32]) -> Vec<serde_json::Value> {
+        let s = stack_of(&tenant(&format!("  storage:\n{storage}")), &[], &BTreeMap::new());
+        let egress = serde_json::to_value(policy(&s).spec.and_then(|s| s.egress)).expect("json");
+        let all = egress.as_array().cloned().unwrap_or_default();
+        all.into_iter()
+            .filter(|r| ports.iter().any(|p| r["ports"] == json!([{"port": p, "protocol": "TCP"}])))
+            .collect()
+    }
+
+    #[test]
+    fn storage_egress_is_what_the_tenant_declares_never_the_whole_network() {
+        // Undeclared: the tenant's own namespace, on the standard ports.
+        let own = json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "tg-acme"}}}]);
+        let both =
+            "    redis: {urlSecretRef: {name: redis, key: url}}\n    database: {urlSecretRef: {name: db, key: url}}\n";
+        let rules = rules_for_ports(both, &[6379, 5432]);
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        assert!(rules.iter().all(|r| r["to"] == own), "{rules:?}");
+        // Declared: exactly those peers on that port, and nothing on the standard one.
+        let declared = "    database:\n      urlSecretRef: {name: db, key: url}\n      egress: {to: [{ipBlock: {cidr: 10.1.2.3/32}}], port: 6432}\n";
+        let rules = rules_for_ports(declared, &[6432]);
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        assert_eq!(rules[0]["to"], json!([{"ipBlock": {"cidr": "10.1.2.3/32"}}]));
+        assert!(rules_for_ports(declared, &[5432]).is_empty());
     }
 }
