@@ -179,6 +179,12 @@ def test_helm_install_and_the_operator_as_the_charts_service_account():
     sa = f"system:serviceaccount:{OPERATOR_NAMESPACE}:tenantgate-operator"
     assert kubectl("auth", "can-i", "list", "tenants.tenantgate.dev", "--as", sa).strip() == "yes"
     assert kubectl("auth", "can-i", "*", "*", "--as", sa, check=False).strip() == "no"
+    # The chart's own test hook: a pod of the operator image probes the operator's /readyz
+    # through its metrics Service (cluster DNS, kube-proxy) and passes on a 200.
+    out = run(["helm", "test", "tenantgate", "--namespace", OPERATOR_NAMESPACE, "--logs", "--timeout", "120s"],
+              timeout=180)
+    # (helm exits non-zero when the hook fails.)
+    assert "tenantgate-operator-test-readyz" in out and re.search(r"Phase:\s+Succeeded", out), out
 
 
 def test_platform_team_applies_tenants_connections_and_policies():
