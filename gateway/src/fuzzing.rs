@@ -19,7 +19,7 @@ pub fn upstream(config: McpConnectionConfig) -> Upstream {
     };
     let client = crate::egress::client(&crate::egress::LocalUpstreams::default(), settings).expect("an HTTP client");
     let links = crate::mcp::upstream::HubLinks {
-        user_tokens: std::sync::Arc::default(),
+        user_tokens: None,
         client,
         drifts,
         drift_board: crate::mcp::drift_status::DriftBoard::default(),

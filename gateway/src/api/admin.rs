@@ -310,10 +310,8 @@ async fn list_mcp_tokens(
     let result = async {
         caller.require_admin()?;
         let q = query(q)?;
-        let rows = user_tokens(&state)?
-            .list(q.connection.as_deref(), q.subject.as_deref())
-            .await
-            .map_err(crate::mcp::user_oauth::UserOAuthError::into_app_error)?;
+        let rows =
+            user_tokens(&state)?.list(q.connection.as_deref(), q.subject.as_deref()).await.map_err(AppError::from)?;
         let data: Vec<_> = rows.iter().map(storage::mcp_tokens::StoredToken::view).collect();
         Ok(Json(json!({"object": "list", "data": data})).into_response())
     }
@@ -332,10 +330,7 @@ async fn revoke_mcp_tokens(
     let resource = format!("{connection}/{subject}");
     let result = async {
         caller.require_admin()?;
-        let deleted = user_tokens(&state)?
-            .revoke(&connection, &subject)
-            .await
-            .map_err(crate::mcp::user_oauth::UserOAuthError::into_app_error)?;
+        let deleted = user_tokens(&state)?.revoke(&connection, &subject).await.map_err(AppError::from)?;
         state.carried().mcp().forget_user(&connection, &subject);
         if !deleted {
             return Err(AppError::NotFound(format!(

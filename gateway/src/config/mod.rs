@@ -1,5 +1,6 @@
 //! Loading, compiling and hot-reloading the GatewayConfig.
 
+mod handle;
 mod runtime;
 mod source;
 mod watch;
@@ -8,6 +9,7 @@ use tenantgate_crds::issue::{ConfigIssue, Reason};
 use tenantgate_crds::manifests::ManifestErrors;
 use tenantgate_crds::render::RenderError;
 
+pub use handle::RuntimeHandle;
 pub use runtime::{Carried, Runtime, compile};
 pub use source::{ConfigSource, Snapshot};
 pub use watch::{load_initial, watch};

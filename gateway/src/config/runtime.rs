@@ -50,15 +50,16 @@ pub struct Carried {
 }
 
 impl Carried {
-    /// Empty state; JWKS refreshes at most every `jwks_min_refresh`.
-    pub fn new(jwks_min_refresh: Duration) -> Result<Self, crate::egress::EgressError> {
-        Ok(Self {
+    /// Empty state around the tenant's MCP hub; JWKS refreshes at most every
+    /// `jwks_min_refresh`.
+    pub fn new(jwks_min_refresh: Duration, mcp: crate::mcp::McpHub) -> Self {
+        Self {
             breakers: Mutex::new(HashMap::new()),
             keys: Mutex::new(None),
             jwks_min_refresh,
             limits: LimitStores::default(),
-            mcp: crate::mcp::McpHub::new()?,
-        })
+            mcp,
+        }
     }
 
     /// The tenant's MCP connections, kept across reloads.

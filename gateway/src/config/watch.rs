@@ -9,25 +9,23 @@ use std::time::Duration;
 
 use tokio::sync::watch::Receiver;
 
-use super::{ConfigSource, Runtime, compile};
-use crate::state::AppState;
+use tenantgate_crds::config::GatewayConfig;
+
+use super::{ConfigSource, RuntimeHandle, compile};
 use crate::storage::AuditEvent;
 
-/// Loads and compiles the first config; the gateway does not start without one.
-pub async fn load_initial(
-    source: &ConfigSource,
-    carried: &super::Carried,
-) -> Result<(Runtime, [u8; 32]), super::ConfigError> {
+/// Reads the first config (compiled by the caller once what outlives it is
+/// built); the gateway does not start without one.
+pub async fn load_initial(source: &ConfigSource) -> Result<(GatewayConfig, [u8; 32]), super::ConfigError> {
     let snapshot = source.read().await?;
     let config = source.config(&snapshot)?;
-    let runtime = compile(config, carried).await?;
-    Ok((runtime, snapshot.fingerprint))
+    Ok((config, snapshot.fingerprint))
 }
 
 /// Reloads on change until `shutdown` flips. An invalid config is refused
 /// (logged once per distinct content, counted) and the old one stays.
 pub async fn watch(
-    state: AppState,
+    state: RuntimeHandle,
     source: ConfigSource,
     mut fingerprint: [u8; 32],
     interval: Duration,

@@ -19,11 +19,20 @@ use rmcp::service::RequestContext;
 use super::McpHub;
 use super::upstream::ForwardError;
 use crate::auth::Identity;
-use crate::config::Runtime;
+use crate::config::{Runtime, RuntimeHandle};
 use crate::limits::Reservation;
 use crate::policy::{Finding, redact_secrets};
-use crate::state::AppState;
 use crate::storage::{AuditEvent, AuditKind};
+
+/// Whose rules a tool call runs under.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// The gateway's own tenant: its rate limits, prompt guards and audit trail.
+    Tenant(RuntimeHandle),
+    /// The stdio bridge: calls pass straight through (the gateway in front of
+    /// it applies limits, guards and audit).
+    Bridge,
+}
 
 /// Where a tool call comes from.
 #[derive(Debug, Clone, Copy)]
@@ -61,7 +70,7 @@ impl<'a> Via<'a> {
 /// upstream is passed on unchanged.
 pub async fn call_tool(
     hub: &McpHub,
-    tenant: Option<&AppState>,
+    mode: &Mode,
     caller: Option<&Identity>,
     request: CallToolRequestParams,
     via: Via<'_>,
@@ -75,14 +84,15 @@ pub async fn call_tool(
         return Err(ErrorData::invalid_params(format!("unknown tool: {}", request.name), None));
     };
     let connection = route.upstream.name().to_string();
-    let (state, caller) = match (tenant, caller) {
-        (Some(state), Some(caller)) => (state, caller),
-        // The stdio bridge: the gateway in front of it applies limits, guards and audit.
-        (None, _) => {
+    let (state, caller) = match (mode, caller) {
+        (Mode::Tenant(state), Some(caller)) => (state, caller),
+        (Mode::Bridge, _) => {
             let (forwarded, _) = forward(route, request, context, None).await;
             return respond(&connection, forwarded);
         }
-        (Some(_), None) => return Err(ErrorData::invalid_request("tools/call needs an authenticated caller", None)),
+        (Mode::Tenant(_), None) => {
+            return Err(ErrorData::invalid_request("tools/call needs an authenticated caller", None));
+        }
     };
     let runtime = state.runtime();
     let mut audit = AuditEvent::new(&runtime.config.tenant.name, &caller.subject, AuditKind::ToolCall, "tools/call");

@@ -13,12 +13,11 @@ use serde_json::{Map, Value};
 use tenantgate_crds::config::McpConnectionConfig;
 
 use super::McpHub;
-use super::call::{Via, call_tool};
+use super::call::{Mode, Via, call_tool};
 use super::catalog::Catalog;
 use crate::auth::Identity;
-use crate::error::AppError;
+use crate::config::RuntimeHandle;
 use crate::llm::types::{ChatRequest, Content, FunctionDef, Message, Role, Tool, ToolCall};
-use crate::state::AppState;
 
 /// The request field the gateway reads and removes before a request goes upstream.
 pub const FIELD: &str = "tenantgate";
@@ -75,12 +74,6 @@ impl ChatToolsError {
             }
             Self::MixedTools => "tools".into(),
         }
-    }
-}
-
-impl From<ChatToolsError> for AppError {
-    fn from(e: ChatToolsError) -> Self {
-        AppError::bad_request(e.param(), e.to_string())
     }
 }
 
@@ -173,19 +166,28 @@ impl ChatTools {
     /// with an error message and never reaches an upstream.
     pub async fn run_calls(
         &self,
-        state: &AppState,
+        tenant: &RuntimeHandle,
         caller: &Identity,
         request_id: Option<&str>,
         calls: &[ToolCall],
     ) -> Vec<Message> {
+        let mode = Mode::Tenant(tenant.clone());
+        let mode = &mode;
         let runs = calls.iter().map(|call| async move {
-            let content = self.run_one(state, caller, request_id, call).await;
+            let content = self.run_one(tenant, mode, caller, request_id, call).await;
             tool_message(&call.id, content)
         });
         futures_util::future::join_all(runs).await
     }
 
-    async fn run_one(&self, state: &AppState, caller: &Identity, request_id: Option<&str>, call: &ToolCall) -> String {
+    async fn run_one(
+        &self,
+        tenant: &RuntimeHandle,
+        mode: &Mode,
+        caller: &Identity,
+        request_id: Option<&str>,
+        call: &ToolCall,
+    ) -> String {
         let name = &call.function.name;
         if !self.offers(name) {
             tracing::info!(tool = %name, subject = %caller.subject, "model called a tool that was not offered; refused");
@@ -197,7 +199,7 @@ impl ChatTools {
         };
         let mut params = CallToolRequestParams::new(name.clone());
         params.arguments = arguments;
-        match call_tool(state.carried().mcp(), Some(state), Some(caller), params, Via::Chat { request_id }).await {
+        match call_tool(tenant.carried().mcp(), mode, Some(caller), params, Via::Chat { request_id }).await {
             Ok(CallToolResponse::Complete(result)) => {
                 let text = content_text(&result.content, result.structured_content.as_ref());
                 if result.is_error == Some(true) { format!("Error: {text}") } else { text }
@@ -328,7 +330,7 @@ mod tests {
 
     fn take(body: Value) -> (ChatRequest, Result<Option<ChatTools>, ChatToolsError>) {
         let mut r = request(body);
-        let hub = McpHub::new().expect("hub");
+        let hub = McpHub::new(Default::default(), None).expect("hub");
         let result = ChatTools::take(&mut r, &hub, &[connection("echo")]);
         (r, result)
     }
@@ -363,7 +365,8 @@ mod tests {
         // Checked in order: `echo` exists but is not connected in a bare hub.
         assert!(matches!(e, ChatToolsError::NotReady { index: 0, .. }), "{e}");
         let mut r = request(base(json!({"mcp": {"connections": ["github"]}})));
-        let e = ChatTools::take(&mut r, &McpHub::new().expect("hub"), &[connection("echo")]).expect_err("refused");
+        let e = ChatTools::take(&mut r, &McpHub::new(Default::default(), None).expect("hub"), &[connection("echo")])
+            .expect_err("refused");
         assert_eq!(e.param(), "tenantgate.mcp.connections[0]");
         assert!(e.to_string().contains("\"github\""), "{e}");
     }

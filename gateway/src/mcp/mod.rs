@@ -25,12 +25,13 @@ pub mod seal;
 pub mod server;
 pub mod session_store;
 pub mod sessions;
+pub mod settings;
 pub mod sse;
 pub mod transport;
 pub mod upstream;
 pub mod user_oauth;
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -38,7 +39,8 @@ use tenantgate_crds::config::McpConnectionConfig;
 use tokio::sync::{broadcast, watch};
 
 pub use catalog::Catalog;
-pub use http::{McpHttpSettings, router};
+pub use http::router;
+pub use settings::McpHttpSettings;
 pub use upstream::Upstream;
 
 /// Which aggregated lists changed; sent to every client session.
@@ -62,7 +64,7 @@ struct HubInner {
     catalog: ArcSwap<Catalog>,
     changes: broadcast::Sender<ListChanged>,
     on_change: Arc<dyn Fn() + Send + Sync>,
-    http: OnceLock<McpHttpSettings>,
+    http: McpHttpSettings,
     /// The egress client, the user token store, the drift feed and board: shared by every upstream.
     links: upstream::HubLinks,
     /// Taken once by whoever audits drifts; buffers them until then.
@@ -84,8 +86,11 @@ struct Running {
 }
 
 impl McpHub {
-    /// A hub without connections; fails when its HTTP client cannot be built.
-    pub fn new() -> Result<Self, crate::egress::EgressError> {
+    /// A hub without connections, under the `/mcp` endpoint's `http`
+    /// settings, with the tenant's store of users' upstream OAuth tokens when
+    /// `vault` is given (the stdio bridge and tests have none); fails when its
+    /// HTTP client cannot be built.
+    pub fn new(http: McpHttpSettings, vault: Option<user_oauth::Vault>) -> Result<Self, crate::egress::EgressError> {
         let local = crate::egress::LocalUpstreams::default();
         let settings = crate::egress::ClientSettings {
             connect_timeout: Duration::from_secs(5),
@@ -93,6 +98,8 @@ impl McpHub {
             max_idle_per_host: usize::MAX,
         };
         let client = crate::egress::client(&local, settings)?;
+        let user_tokens =
+            vault.map(|v| Arc::new(user_oauth::UserTokens::new(v.db, &v.tenant, &v.key_file, client.clone())));
         let (changes, _) = broadcast::channel(16);
         let (drifts, drift_feed) = tokio::sync::mpsc::unbounded_channel();
         Ok(Self(Arc::new_cyclic(|weak: &std::sync::Weak<HubInner>| {
@@ -106,9 +113,9 @@ impl McpHub {
                         McpHub(inner).rebuild();
                     }
                 }),
-                http: OnceLock::new(),
+                http,
                 links: upstream::HubLinks {
-                    user_tokens: Arc::default(),
+                    user_tokens,
                     client,
                     drifts,
                     drift_board: drift_status::DriftBoard::default(),
@@ -119,19 +126,9 @@ impl McpHub {
         })))
     }
 
-    /// Settings of the `/mcp` HTTP layer (set once at start; defaults otherwise).
-    pub fn configure_http(&self, settings: McpHttpSettings) {
-        let _ = self.0.http.set(settings);
-    }
-
-    /// The tenant's store of users' upstream OAuth tokens (set once storage is open).
-    pub fn configure_user_tokens(&self, tokens: user_oauth::UserTokens) {
-        let _ = self.0.links.user_tokens.set(Arc::new(tokens));
-    }
-
-    /// The store of users' upstream OAuth tokens, once configured.
+    /// The store of users' upstream OAuth tokens, when the hub has one.
     pub fn user_tokens(&self) -> Option<Arc<user_oauth::UserTokens>> {
-        self.0.links.user_tokens.get().cloned()
+        self.0.links.user_tokens.clone()
     }
 
     /// The HTTP client of upstream connections.
@@ -149,7 +146,7 @@ impl McpHub {
 
     /// The HTTP settings in force.
     pub fn http_settings(&self) -> McpHttpSettings {
-        self.0.http.get().cloned().unwrap_or_default()
+        self.0.http.clone()
     }
 
     /// The catalog in force; a request keeps the one it started with.

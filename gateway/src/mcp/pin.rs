@@ -120,7 +120,10 @@ impl PinDrift {
 }
 
 /// Audits every drift of `feed` (until the hub goes away) for the tenant in force.
-pub async fn audit_drifts(mut feed: tokio::sync::mpsc::UnboundedReceiver<PinDrift>, state: crate::state::AppState) {
+pub async fn audit_drifts(
+    mut feed: tokio::sync::mpsc::UnboundedReceiver<PinDrift>,
+    state: crate::config::RuntimeHandle,
+) {
     while let Some(drift) = feed.recv().await {
         let event = drift.audit_event(&state.runtime().config.tenant.name);
         state.storage().recorder.audit(event);

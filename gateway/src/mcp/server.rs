@@ -11,6 +11,7 @@ use rmcp::service::{NotificationContext, Peer, RequestContext};
 use rmcp::{RoleServer, ServerHandler};
 
 use super::McpHub;
+use super::call::Mode;
 use super::catalog::exposed_uri;
 use crate::auth::{Caller, Identity};
 
@@ -18,16 +19,16 @@ use crate::auth::{Caller, Identity};
 #[derive(Debug, Clone)]
 pub struct AggregateServer {
     hub: McpHub,
-    tenant: Option<crate::state::AppState>,
+    mode: Mode,
 }
 
 impl AggregateServer {
-    /// A handler over the hub's catalog. With `tenant` (the gateway's `/mcp`),
-    /// tool calls run under the tenant's limits, policies and audit trail;
-    /// without (the stdio bridge, behind a gateway that applies them), they
-    /// pass straight through.
-    pub fn new(hub: McpHub, tenant: Option<crate::state::AppState>) -> Self {
-        Self { hub, tenant }
+    /// A handler over the hub's catalog. Under [`Mode::Tenant`] (the
+    /// gateway's `/mcp`), tool calls run under the tenant's limits, policies
+    /// and audit trail; under [`Mode::Bridge`] (the stdio bridge, behind a
+    /// gateway that applies them), they pass straight through.
+    pub fn new(hub: McpHub, mode: Mode) -> Self {
+        Self { hub, mode }
     }
 }
 
@@ -104,14 +105,7 @@ impl ServerHandler for AggregateServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = caller(&context);
-        super::call::call_tool(
-            &self.hub,
-            self.tenant.as_ref(),
-            caller.as_deref(),
-            request,
-            super::call::Via::Mcp(&context),
-        )
-        .await
+        super::call::call_tool(&self.hub, &self.mode, caller.as_deref(), request, super::call::Via::Mcp(&context)).await
     }
 
     async fn list_prompts(

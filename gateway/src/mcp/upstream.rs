@@ -219,7 +219,7 @@ impl Upstream {
     }
 
     fn credential(&self, subject: &str) -> Option<UserCredential> {
-        let tokens = self.links.user_tokens.get()?.clone();
+        let tokens = self.links.user_tokens.clone()?;
         Some(UserCredential { tokens, config: Arc::new(self.config.clone()), subject: subject.to_string() })
     }
 
@@ -229,7 +229,7 @@ impl Upstream {
         let name = &self.config.name;
         let not_authorized = || ForwardError::NotAuthorized(UserOAuthError::NotAuthorized(name.clone()).to_string());
         let subject = subject.ok_or_else(not_authorized)?;
-        let Some(tokens) = self.links.user_tokens.get() else {
+        let Some(tokens) = self.links.user_tokens.as_ref() else {
             return Err(ForwardError::Transport(name.clone(), "per-user OAuth is not ready yet".into()));
         };
         match tokens.has_token(name, subject).await {
@@ -417,7 +417,7 @@ pub(super) async fn run(
         let handler = UpstreamClient { refresh: refresh_tx, progress: upstream.progress.clone() };
         // A per-user connection is listed with the token of the user who
         // authorized last (anonymously while nobody has).
-        let lister = match upstream.links.user_tokens.get().filter(|_| upstream.is_per_user()) {
+        let lister = match upstream.links.user_tokens.as_ref().filter(|_| upstream.is_per_user()) {
             Some(tokens) => tokens.lister(&name).await.ok().flatten().and_then(|s| upstream.credential(&s)),
             None => None,
         };

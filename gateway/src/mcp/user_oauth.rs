@@ -102,34 +102,6 @@ impl UserOAuthError {
             Self::Db(_) => "Database",
         }
     }
-
-    /// The gateway's error for an HTTP caller.
-    pub fn into_app_error(self) -> crate::error::AppError {
-        use crate::error::AppError;
-        match self {
-            Self::UnknownConnection(_) => AppError::NotFound(self.to_string()),
-            Self::NotPerUser(_)
-            | Self::UnknownState(_)
-            | Self::ExpiredState(_)
-            | Self::WrongConnection
-            | Self::OtherSubject
-            | Self::Denied(_)
-            | Self::NotAuthorized(_) => AppError::bad_request(None, self.to_string()),
-            Self::MissingParameter(p) => AppError::bad_request(Some(p.to_string()), self.to_string()),
-            Self::Token(e) => AppError::BadGateway(e.to_string()),
-            Self::Unavailable(_) | Self::Seal(_) => {
-                tracing::warn!(error = %self, "per-user OAuth failed");
-                AppError::Unavailable { message: self.to_string(), retry_after: None }
-            }
-            Self::Db(e) => {
-                tracing::warn!(error = %e, "per-user OAuth: database error");
-                AppError::Unavailable {
-                    message: "the database is unavailable, try again later".into(),
-                    retry_after: None,
-                }
-            }
-        }
-    }
 }
 
 /// The sealed bundle of one user's tokens.
@@ -197,6 +169,17 @@ struct Cached {
 }
 
 /// Users' upstream tokens of one tenant: sealing, storage, refresh.
+/// Where the hub's store of users' upstream OAuth tokens lives.
+#[derive(Debug)]
+pub struct Vault {
+    /// The tenant's database.
+    pub db: Db,
+    /// The tenant, whose rows these are.
+    pub tenant: String,
+    /// The key that seals the tokens at rest.
+    pub key_file: std::path::PathBuf,
+}
+
 pub struct UserTokens {
     db: Db,
     tenant: String,
@@ -518,7 +501,7 @@ impl UserTokens {
 }
 
 /// Shared handle on the tenant's vault, set once storage is open.
-pub type UserTokensCell = Arc<std::sync::OnceLock<Arc<UserTokens>>>;
+pub type UserTokensCell = Option<Arc<UserTokens>>;
 
 #[cfg(test)]
 mod tests {

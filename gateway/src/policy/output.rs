@@ -7,7 +7,8 @@
 //! several SSE chunks is still whole when it is redacted. Deny patterns are
 //! matched on the held text together with the last [`CONTEXT`] bytes already
 //! released, so a match across a chunk boundary is caught too. A blocked
-//! stream ends with one SSE error event (OpenAI's error JSON) and no `[DONE]`.
+//! stream ends with one SSE error event, written by the HTTP layer from the
+//! [`PolicyError`] (OpenAI's error JSON), and no `[DONE]`.
 //! Tool-call arguments are not scanned.
 //!
 //! Nothing here runs when no applied policy scans output.
@@ -23,7 +24,6 @@ use super::decision::{Finding, Guard, PolicyDecision, Stage};
 use super::error::PolicyError;
 use super::guards::{KINDS, redact_guard};
 use super::redact::{self, Kinds};
-use crate::error::AppError;
 use crate::llm::{EventStream, sse};
 
 /// Bytes of the newest text always held back.
@@ -32,6 +32,18 @@ pub const HOLD: usize = 32;
 pub const CONTEXT: usize = 256;
 /// Longest token-like run held back whole; longer runs are released in parts.
 const MAX_RUN: usize = 4096;
+
+/// The SSE event that ends a blocked stream, written by the HTTP layer.
+pub type ErrorEvent = fn(&PolicyError) -> Bytes;
+
+/// A stream the output guards stopped.
+#[derive(Debug)]
+pub struct Blocked {
+    /// What was released before the block, to send before the error event.
+    pub released: Bytes,
+    /// Why the stream was stopped.
+    pub error: PolicyError,
+}
 
 /// The output guards of one request's stack.
 #[derive(Debug)]
@@ -128,10 +140,11 @@ impl PolicyDecision {
         }
     }
 
-    /// Wraps a streamed answer in the output guards (returned as is without them).
-    pub fn guard_stream(&self, events: EventStream) -> EventStream {
+    /// Wraps a streamed answer in the output guards (returned as is without
+    /// them); a blocked stream ends with `error_event` of the refusal.
+    pub fn guard_stream(&self, events: EventStream, error_event: ErrorEvent) -> EventStream {
         match &self.output {
-            Some(guard) => StreamScanner::new(guard.clone()).wrap(events),
+            Some(guard) => StreamScanner::new(guard.clone()).wrap(events, error_event),
             None => events,
         }
     }
@@ -161,9 +174,10 @@ impl StreamScanner {
         Self { guard, choices: Vec::new(), frame: None }
     }
 
-    /// The stream with the guards applied.
-    pub fn wrap(self, events: EventStream) -> EventStream {
-        let stream = futures_util::stream::unfold(Some((events, self)), |state| async move {
+    /// The stream with the guards applied; a blocked stream ends with
+    /// `error_event` of the refusal.
+    pub fn wrap(self, events: EventStream, error_event: ErrorEvent) -> EventStream {
+        let stream = futures_util::stream::unfold(Some((events, self)), move |state| async move {
             let (mut events, mut scanner) = state?;
             match events.next().await {
                 None => {
@@ -174,24 +188,25 @@ impl StreamScanner {
                 Some(Err(e)) => Some((Err(e), None)),
                 Some(Ok(bytes)) => match scanner.push(&bytes) {
                     Ok(out) => Some((Ok(out), Some((events, scanner)))),
-                    Err(blocked) => Some((Ok(blocked), None)),
+                    Err(Blocked { released, error }) => {
+                        let mut out = BytesMut::from(released);
+                        out.extend_from_slice(&error_event(&error));
+                        Some((Ok(out.freeze()), None))
+                    }
                 },
             }
         });
         Box::pin(stream)
     }
 
-    /// Processes whole events; `Err` holds the bytes to send before ending
-    /// the stream (what was released, then the error event).
-    pub fn push(&mut self, bytes: &[u8]) -> Result<Bytes, Bytes> {
+    /// Processes whole events; `Err` holds what was released before the
+    /// block and why the stream must end.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Bytes, Blocked> {
         let mut out = BytesMut::with_capacity(bytes.len() + 16);
         for event in split_events(bytes) {
             match self.event(event, &mut out) {
                 Ok(()) => {}
-                Err(e) => {
-                    out.extend_from_slice(&sse::data_event(&AppError::from(e).to_json()));
-                    return Err(out.freeze());
-                }
+                Err(error) => return Err(Blocked { released: out.freeze(), error }),
             }
         }
         Ok(out.freeze())
@@ -434,21 +449,32 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_deny_pattern_across_chunks_ends_the_stream_with_an_error_event() {
+    #[tokio::test]
+    async fn a_deny_pattern_across_chunks_ends_the_stream_with_an_error_event() {
+        // The event's JSON is the HTTP layer's: `error::policy_error_event`, tested there.
         let mut s = StreamScanner::new(guard(&["(?i)project\\s+nightingale"], Kinds::NONE));
         let first = s.push(&chunk("The code name is Project ")).expect("not yet");
         assert!(!String::from_utf8_lossy(&first).contains("error"));
         let blocked = s.push(&chunk("Nightingale, launching soon")).expect_err("blocked");
-        let last = split_events(&blocked).last().expect("an event");
-        let data = data_of(last).expect("a data line");
-        let err: Value = serde_json::from_slice(data).expect("error JSON");
-        assert_eq!(err["error"]["code"], "policy_violation");
-        assert_eq!(err["error"]["type"], "invalid_request_error");
-        let message = err["error"]["message"].as_str().expect("message");
+        assert!(!String::from_utf8_lossy(&blocked.released).to_lowercase().contains("nightingale"));
+        assert!(matches!(blocked.error, PolicyError::OutputBlocked { guard: Guard::DenyPatterns, .. }));
+        let message = blocked.error.to_string();
         assert!(message.contains("ns/deny"), "{message}");
         assert!(!message.to_lowercase().contains("nightingale"), "never the pattern: {message}");
-        assert!(last.ends_with(b"\n\n"));
+        let wrapped =
+            wrapped(&["(?i)project\\s+nightingale"], &["The code name is Project ", "Nightingale, launching soon"])
+                .await;
+        assert!(wrapped.ends_with(b"event: blocked\n\n"), "{}", String::from_utf8_lossy(&wrapped));
+    }
+
+    /// What a client reads of `pieces` streamed through a scanner whose
+    /// error event is `event: blocked`.
+    async fn wrapped(deny: &[&str], pieces: &[&str]) -> Vec<u8> {
+        let events: Vec<Result<Bytes, crate::llm::UpstreamError>> =
+            pieces.iter().map(|p| Ok(Bytes::from(chunk(p)))).collect();
+        let stream = StreamScanner::new(guard(deny, Kinds::NONE))
+            .wrap(Box::pin(futures_util::stream::iter(events)), |_| Bytes::from_static(b"event: blocked\n\n"));
+        stream.map(|r| r.expect("no upstream error").to_vec()).concat().await
     }
 
     #[test]
