@@ -295,9 +295,9 @@ mod tests {
                 let n = counter.fetch_add(1, Ordering::SeqCst);
                 async move {
                     if n < 2 {
-                        (axum::http::StatusCode::OK, JWKS)
+                        (http::StatusCode::OK, JWKS)
                     } else {
-                        (axum::http::StatusCode::BAD_GATEWAY, "down")
+                        (http::StatusCode::BAD_GATEWAY, "down")
                     }
                 }
             }),

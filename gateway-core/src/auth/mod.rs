@@ -7,7 +7,7 @@ mod keys;
 
 use std::sync::Arc;
 
-use axum::http::HeaderValue;
+use http::HeaderValue;
 
 pub use jwt::JwtVerifier;
 pub use keys::{KeyError, KeySource};

@@ -1,5 +1,5 @@
 -- One rate-limit decision for one request, atomically, on Redis' own clock.
--- The arithmetic mirrors gateway/src/limits/gcra.rs and local.rs.
+-- The arithmetic mirrors gateway-core/src/limits/gcra.rs and local.rs.
 --
 -- KEYS: 1 tenant rpm, 2 user rpm, 3 tenant tpm, 4 user tpm,
 --       5 tenant tpd, 6 user tpd, 7 tenant streams (sorted set of leases)

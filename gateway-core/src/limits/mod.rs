@@ -21,7 +21,7 @@ mod reserve;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
+use http::{HeaderMap, StatusCode};
 use tenantgate_crds::config::GatewayConfig;
 use tenantgate_crds::v1alpha1::{FailMode, Limits};
 

@@ -2,9 +2,9 @@
 //! translated to Messages (system prompt, tools, tool calls and results),
 //! answers and streaming events back to Chat Completions.
 
-use axum::http::HeaderMap;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use http::HeaderMap;
 use serde_json::{Map, Value, json};
 
 use super::endpoint::{Wire, read_all};
@@ -52,7 +52,7 @@ impl Anthropic {
         let message: Value = serde_json::from_slice(&body)
             .map_err(|e| UpstreamError::Protocol(format!("the body is not a message: {e}")))?;
         if message.get("type").and_then(Value::as_str) == Some("error") {
-            return Err(status_error(axum::http::StatusCode::BAD_GATEWAY, &HeaderMap::new(), &body));
+            return Err(status_error(http::StatusCode::BAD_GATEWAY, &HeaderMap::new(), &body));
         }
         let (completion, usage) = from_message(&message);
         Ok(Reply::Complete { body: Bytes::from(completion.to_string()), usage: Some(usage) })

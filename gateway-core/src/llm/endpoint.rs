@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 
 use super::{Call, SecretFile, UpstreamError, error_body, status_error};
 

@@ -12,9 +12,9 @@ pub mod types;
 use std::pin::Pin;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode, header};
 use bytes::Bytes;
 use futures_util::Stream;
+use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 
 pub use endpoint::{Endpoint, EndpointError, Wire};

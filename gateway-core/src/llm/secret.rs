@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderValue;
+use http::HeaderValue;
 
 use super::UpstreamError;
 

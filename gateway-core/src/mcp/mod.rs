@@ -3,26 +3,25 @@
 //!
 //! - [`McpHub`] owns the upstream connections (kept alive in the background,
 //!   reconciled on every config load) and the aggregated [`catalog::Catalog`].
-//! - [`server::AggregateServer`] is the rmcp `ServerHandler` of one client session.
 //! - [`call::call_tool`] is the single `tools/call` path.
 //! - [`chat`] offers the tools inside chat requests (`tenantgate.mcp`).
-//! - [`http`] mounts rmcp's tower service behind auth, Origin and session checks.
-//! - [`user_oauth`] and [`authorize`]: per-user OAuth (authorization code
-//!   with PKCE) for connections that act on behalf of each user.
-//! - [`bridge`] is the `stdio-bridge` / `install-bridge` subcommands.
+//! - [`user_oauth`]: per-user OAuth (authorization code with PKCE) for
+//!   connections that act on behalf of each user.
+//!
+//! The HTTP side lives in `tenantgate-gateway`'s `mcp`: the rmcp
+//! `ServerHandler` of one client session (`server`), the endpoint behind
+//! auth, Origin and session checks (`http`), the OAuth redirect endpoints
+//! (`authorize`) and the `stdio-bridge` / `install-bridge` subcommands
+//! (`bridge`).
 
-pub mod authorize;
-pub mod bridge;
 pub mod call;
 pub mod catalog;
 pub mod chat;
 pub mod drift_status;
 pub mod filter;
-pub mod http;
 pub mod oauth;
 pub mod pin;
 pub mod seal;
-pub mod server;
 pub mod session_store;
 pub mod sessions;
 pub mod settings;
@@ -39,7 +38,6 @@ use tenantgate_crds::config::McpConnectionConfig;
 use tokio::sync::{broadcast, watch};
 
 pub use catalog::Catalog;
-pub use http::router;
 pub use settings::McpHttpSettings;
 pub use upstream::Upstream;
 

@@ -5,7 +5,7 @@
 //! [`SessionStore`] configured it saves the client's `initialize` parameters
 //! (protocol version, client info and capabilities) after the handshake, and
 //! a replica that gets a session id it does not hold loads them and replays
-//! the handshake internally against a fresh [`super::server::AggregateServer`]
+//! the handshake internally against a fresh `AggregateServer` (`tenantgate-gateway`'s `mcp::server`)
 //! (`StreamableHttpService::try_restore_from_store`); a `DELETE` removes the
 //! entry. This store keeps, in one Redis hash per session, those parameters
 //! and the subject the session is bound to; the hash expires with the

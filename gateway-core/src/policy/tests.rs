@@ -139,7 +139,7 @@ fn allowed_models_refuse_naming_the_policy() {
     let p = compiled(json!([policy("tg-acme/models", "tenant", 1, json!({"allowedModels": ["gpt-*"]}))]));
     let mut r = chat(json!([{"role": "user", "content": "hi"}]));
     let err = p.apply(&who("x", &[]), None, &mut r).expect_err("refused");
-    assert_eq!(err.status(), axum::http::StatusCode::FORBIDDEN);
+    assert_eq!(err.status(), http::StatusCode::FORBIDDEN);
     assert!(err.to_string().contains("tg-acme/models"), "{err}");
 }
 

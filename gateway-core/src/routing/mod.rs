@@ -7,7 +7,7 @@ pub mod breaker;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use http::StatusCode;
 use tenantgate_crds::v1alpha1::Routing;
 use tokio::time::Instant;
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::body::read_body;
+use super::caller::require_admin;
 use crate::auth::Caller;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -104,7 +105,7 @@ async fn usage(
     q: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
     let result = async {
-        caller.require_admin()?;
+        require_admin(&caller)?;
         let q = query(q)?;
         let (from_ms, to_ms) = parse_range(q.from.as_deref(), q.to.as_deref())?;
         let filter = UsageFilter { from_ms, to_ms, subject: q.subject.clone(), model: q.model.clone() };
@@ -142,7 +143,7 @@ async fn audit(
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
     let result = async {
-        caller.require_admin()?;
+        require_admin(&caller)?;
         let q = query(q)?;
         let after = q
             .cursor
@@ -196,7 +197,7 @@ async fn create_key(State(state): State<AppState>, caller: Caller, body: Body) -
     let mut resource = None;
     let mut details = json!({});
     let result = async {
-        caller.require_admin()?;
+        require_admin(&caller)?;
         api_keys_enabled(&state)?;
         let body = read_body(body, state.max_body_bytes()).await?;
         let req: CreateKey =
@@ -254,7 +255,7 @@ fn api_keys_enabled(state: &AppState) -> Result<(), AppError> {
 /// `GET /admin/v1/api-keys`: every key, never a secret.
 async fn list_keys(State(state): State<AppState>, caller: Caller) -> Result<Response, AppError> {
     let result = async {
-        caller.require_admin()?;
+        require_admin(&caller)?;
         let keys = api_keys::list(&state.storage().db, &state.runtime().config.tenant.name).await.map_err(db_error)?;
         let data: Vec<_> = keys.iter().map(storage::KeyRecord::view).collect();
         Ok(Json(json!({"object": "list", "data": data})).into_response())
@@ -271,7 +272,7 @@ async fn revoke_key(
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
     let result = async {
-        caller.require_admin()?;
+        require_admin(&caller)?;
         let storage = state.storage();
         let revoked = api_keys::revoke(&storage.db, &state.runtime().config.tenant.name, &id, &caller.0.subject)
             .await
@@ -308,7 +309,7 @@ async fn list_mcp_tokens(
     q: Result<Query<McpTokensQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
     let result = async {
-        caller.require_admin()?;
+        require_admin(&caller)?;
         let q = query(q)?;
         let rows =
             user_tokens(&state)?.list(q.connection.as_deref(), q.subject.as_deref()).await.map_err(AppError::from)?;
@@ -329,7 +330,7 @@ async fn revoke_mcp_tokens(
 ) -> Result<Response, AppError> {
     let resource = format!("{connection}/{subject}");
     let result = async {
-        caller.require_admin()?;
+        require_admin(&caller)?;
         let deleted = user_tokens(&state)?.revoke(&connection, &subject).await.map_err(AppError::from)?;
         state.carried().mcp().forget_user(&connection, &subject);
         if !deleted {

@@ -1,0 +1,17 @@
+//! `/mcp`'s HTTP side over the hub of `tenantgate-gateway-core`'s `mcp`
+//! (re-exported here, so `mcp::McpHub`, `mcp::call` and the rest keep their
+//! paths):
+//!
+//! - [`server::AggregateServer`] is the rmcp `ServerHandler` of one client session.
+//! - [`http`] mounts rmcp's tower service behind auth, Origin and session checks.
+//! - [`authorize`]: the redirect endpoints of per-user OAuth.
+//! - [`bridge`] is the `stdio-bridge` / `install-bridge` subcommands.
+
+pub use tenantgate_gateway_core::mcp::*;
+
+pub mod authorize;
+pub mod bridge;
+pub mod http;
+pub mod server;
+
+pub use http::router;
