@@ -52,6 +52,26 @@ fn audited(
     result
 }
 
+/// One admin read with a query string: refused unless the caller is an admin
+/// and the query parses; audited as `action` whatever its outcome.
+async fn read<Q, F>(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    q: Result<Query<Q>, QueryRejection>,
+    run: impl FnOnce(Q) -> F,
+) -> Result<Response, AppError>
+where
+    F: Future<Output = Result<Response, AppError>>,
+{
+    let result = async {
+        require_admin(caller)?;
+        run(query(q)?).await
+    }
+    .await;
+    audited(state, caller, action, None, json!({}), result)
+}
+
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AppError> {
     q.map(|Query(t)| t).map_err(|e| AppError::bad_request(None, format!("invalid query string: {}", e.body_text())))
 }
@@ -104,9 +124,8 @@ async fn usage(
     caller: Caller,
     q: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    let result = async {
-        require_admin(&caller)?;
-        let q = query(q)?;
+    let state = &state;
+    read(state, &caller, "usage.read", q, |q| async move {
         let (from_ms, to_ms) = parse_range(q.from.as_deref(), q.to.as_deref())?;
         let filter = UsageFilter { from_ms, to_ms, subject: q.subject.clone(), model: q.model.clone() };
         let report = storage::queries::usage(&state.storage().db, &state.runtime().config.tenant.name, &filter)
@@ -119,9 +138,8 @@ async fn usage(
             "days": report.days,
         }))
         .into_response())
-    }
-    .await;
-    audited(&state, &caller, "usage.read", None, json!({}), result)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -142,9 +160,8 @@ async fn audit(
     caller: Caller,
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    let result = async {
-        require_admin(&caller)?;
-        let q = query(q)?;
+    let state = &state;
+    read(state, &caller, "audit.read", q, |q| async move {
         let after = q
             .cursor
             .as_deref()
@@ -174,9 +191,8 @@ async fn audit(
         let data: Vec<_> = page.events.iter().map(storage::AuditRow::to_json).collect();
         Ok(Json(json!({"object": "list", "data": data, "has_more": page.has_more, "next_cursor": next_cursor}))
             .into_response())
-    }
-    .await;
-    audited(&state, &caller, "audit.read", None, json!({}), result)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -308,16 +324,14 @@ async fn list_mcp_tokens(
     caller: Caller,
     q: Result<Query<McpTokensQuery>, QueryRejection>,
 ) -> Result<Response, AppError> {
-    let result = async {
-        require_admin(&caller)?;
-        let q = query(q)?;
+    let state = &state;
+    read(state, &caller, "mcpTokens.list", q, |q| async move {
         let rows =
-            user_tokens(&state)?.list(q.connection.as_deref(), q.subject.as_deref()).await.map_err(AppError::from)?;
+            user_tokens(state)?.list(q.connection.as_deref(), q.subject.as_deref()).await.map_err(AppError::from)?;
         let data: Vec<_> = rows.iter().map(storage::mcp_tokens::StoredToken::view).collect();
         Ok(Json(json!({"object": "list", "data": data})).into_response())
-    }
-    .await;
-    audited(&state, &caller, "mcpTokens.list", None, json!({}), result)
+    })
+    .await
 }
 
 /// `DELETE /admin/v1/mcp-tokens/{connection}/{subject}`: deletes a user's
