@@ -21,11 +21,11 @@ use crate::storage::{self, AuditEvent, AuditFilter, AuditKind, NewApiKey, UsageF
 /// Routes of the admin API.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/admin/v1/usage", get(usage))
-        .route("/admin/v1/audit", get(audit))
+        .route("/admin/v1/usage", get(read::<UsageQuery>))
+        .route("/admin/v1/audit", get(read::<AuditQuery>))
         .route("/admin/v1/api-keys", get(list_keys).post(create_key))
         .route("/admin/v1/api-keys/{id}", delete(revoke_key))
-        .route("/admin/v1/mcp-tokens", get(list_mcp_tokens))
+        .route("/admin/v1/mcp-tokens", get(read::<McpTokensQuery>))
         .route("/admin/v1/mcp-tokens/{connection}/{subject}", delete(revoke_mcp_tokens))
 }
 
@@ -52,24 +52,28 @@ fn audited(
     result
 }
 
-/// One admin read with a query string: refused unless the caller is an admin
-/// and the query parses; audited as `action` whatever its outcome.
-async fn read<Q, F>(
-    state: &AppState,
-    caller: &Caller,
-    action: &str,
+/// An admin read behind a query string: the query type names the read.
+trait AdminRead: serde::de::DeserializeOwned + Send + 'static {
+    /// The audit action.
+    const ACTION: &'static str;
+
+    /// Answers the read.
+    fn run(self, state: &AppState) -> impl Future<Output = Result<Response, AppError>> + Send;
+}
+
+/// The handler of every [`AdminRead`]: refused unless the caller is an admin
+/// and the query parses; audited whatever its outcome.
+async fn read<Q: AdminRead>(
+    State(state): State<AppState>,
+    caller: Caller,
     q: Result<Query<Q>, QueryRejection>,
-    run: impl FnOnce(Q) -> F,
-) -> Result<Response, AppError>
-where
-    F: Future<Output = Result<Response, AppError>>,
-{
+) -> Result<Response, AppError> {
     let result = async {
-        require_admin(caller)?;
-        run(query(q)?).await
+        require_admin(&caller)?;
+        query(q)?.run(&state).await
     }
     .await;
-    audited(state, caller, action, None, json!({}), result)
+    audited(&state, &caller, Q::ACTION, None, json!({}), result)
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AppError> {
@@ -118,28 +122,24 @@ struct UsageQuery {
     model: Option<String>,
 }
 
-/// `GET /admin/v1/usage?from&to&subject&model`: totals and per-day rows.
-async fn usage(
-    State(state): State<AppState>,
-    caller: Caller,
-    q: Result<Query<UsageQuery>, QueryRejection>,
-) -> Result<Response, AppError> {
-    let state = &state;
-    read(state, &caller, "usage.read", q, |q| async move {
-        let (from_ms, to_ms) = parse_range(q.from.as_deref(), q.to.as_deref())?;
-        let filter = UsageFilter { from_ms, to_ms, subject: q.subject.clone(), model: q.model.clone() };
+impl AdminRead for UsageQuery {
+    const ACTION: &'static str = "usage.read";
+
+    /// `GET /admin/v1/usage?from&to&subject&model`: totals and per-day rows.
+    async fn run(self, state: &AppState) -> Result<Response, AppError> {
+        let (from_ms, to_ms) = parse_range(self.from.as_deref(), self.to.as_deref())?;
+        let filter = UsageFilter { from_ms, to_ms, subject: self.subject.clone(), model: self.model.clone() };
         let report = storage::queries::usage(&state.storage().db, &state.runtime().config.tenant.name, &filter)
             .await
             .map_err(db_error)?;
         Ok(Json(json!({
             "object": "usage.report",
-            "from": q.from, "to": q.to, "subject": q.subject, "model": q.model,
+            "from": self.from, "to": self.to, "subject": self.subject, "model": self.model,
             "totals": report.totals,
             "days": report.days,
         }))
         .into_response())
-    })
-    .await
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,16 +153,13 @@ struct AuditQuery {
     to: Option<String>,
 }
 
-/// `GET /admin/v1/audit?cursor&limit&kind&actor&from&to`: events in insertion
-/// order, `next_cursor` to continue from.
-async fn audit(
-    State(state): State<AppState>,
-    caller: Caller,
-    q: Result<Query<AuditQuery>, QueryRejection>,
-) -> Result<Response, AppError> {
-    let state = &state;
-    read(state, &caller, "audit.read", q, |q| async move {
-        let after = q
+impl AdminRead for AuditQuery {
+    const ACTION: &'static str = "audit.read";
+
+    /// `GET /admin/v1/audit?cursor&limit&kind&actor&from&to`: events in insertion
+    /// order, `next_cursor` to continue from.
+    async fn run(self, state: &AppState) -> Result<Response, AppError> {
+        let after = self
             .cursor
             .as_deref()
             .map(|c| {
@@ -170,11 +167,11 @@ async fn audit(
                     .map_err(|_| AppError::bad_request(Some("cursor".into()), "cursor: not a cursor this API returned"))
             })
             .transpose()?;
-        let limit = q.limit.unwrap_or(100);
+        let limit = self.limit.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
             return Err(AppError::bad_request(Some("limit".into()), "limit: must be between 1 and 1000"));
         }
-        if let Some(kind) = &q.kind
+        if let Some(kind) = &self.kind
             && AuditKind::parse(kind).is_none()
         {
             return Err(AppError::bad_request(
@@ -182,8 +179,8 @@ async fn audit(
                 format!("kind: {kind:?} is not one of chat, toolCall, admin, configChange"),
             ));
         }
-        let (from_ms, to_ms) = parse_range(q.from.as_deref(), q.to.as_deref())?;
-        let filter = AuditFilter { after, limit, kind: q.kind, actor: q.actor, from_ms, to_ms };
+        let (from_ms, to_ms) = parse_range(self.from.as_deref(), self.to.as_deref())?;
+        let filter = AuditFilter { after, limit, kind: self.kind, actor: self.actor, from_ms, to_ms };
         let page = storage::queries::audit(&state.storage().db, &state.runtime().config.tenant.name, &filter)
             .await
             .map_err(db_error)?;
@@ -191,8 +188,7 @@ async fn audit(
         let data: Vec<_> = page.events.iter().map(storage::AuditRow::to_json).collect();
         Ok(Json(json!({"object": "list", "data": data, "has_more": page.has_more, "next_cursor": next_cursor}))
             .into_response())
-    })
-    .await
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -317,21 +313,19 @@ fn user_tokens(state: &AppState) -> Result<std::sync::Arc<crate::mcp::user_oauth
     })
 }
 
-/// `GET /admin/v1/mcp-tokens?connection&subject`: users' upstream OAuth
-/// authorizations (metadata: never a token).
-async fn list_mcp_tokens(
-    State(state): State<AppState>,
-    caller: Caller,
-    q: Result<Query<McpTokensQuery>, QueryRejection>,
-) -> Result<Response, AppError> {
-    let state = &state;
-    read(state, &caller, "mcpTokens.list", q, |q| async move {
-        let rows =
-            user_tokens(state)?.list(q.connection.as_deref(), q.subject.as_deref()).await.map_err(AppError::from)?;
+impl AdminRead for McpTokensQuery {
+    const ACTION: &'static str = "mcpTokens.list";
+
+    /// `GET /admin/v1/mcp-tokens?connection&subject`: users' upstream OAuth
+    /// authorizations (metadata: never a token).
+    async fn run(self, state: &AppState) -> Result<Response, AppError> {
+        let rows = user_tokens(state)?
+            .list(self.connection.as_deref(), self.subject.as_deref())
+            .await
+            .map_err(AppError::from)?;
         let data: Vec<_> = rows.iter().map(storage::mcp_tokens::StoredToken::view).collect();
         Ok(Json(json!({"object": "list", "data": data})).into_response())
-    })
-    .await
+    }
 }
 
 /// `DELETE /admin/v1/mcp-tokens/{connection}/{subject}`: deletes a user's
