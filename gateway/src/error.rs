@@ -107,6 +107,48 @@ impl From<crate::llm::types::RequestError> for AppError {
     }
 }
 
+/// Per-user OAuth's errors for an HTTP caller.
+impl From<crate::mcp::user_oauth::UserOAuthError> for AppError {
+    fn from(e: crate::mcp::user_oauth::UserOAuthError) -> Self {
+        use crate::mcp::user_oauth::UserOAuthError;
+        match e {
+            UserOAuthError::UnknownConnection(_) => AppError::NotFound(e.to_string()),
+            UserOAuthError::NotPerUser(_)
+            | UserOAuthError::UnknownState(_)
+            | UserOAuthError::ExpiredState(_)
+            | UserOAuthError::WrongConnection
+            | UserOAuthError::OtherSubject
+            | UserOAuthError::Denied(_)
+            | UserOAuthError::NotAuthorized(_) => AppError::bad_request(None, e.to_string()),
+            UserOAuthError::MissingParameter(p) => AppError::bad_request(Some(p.to_string()), e.to_string()),
+            UserOAuthError::Token(token) => AppError::BadGateway(token.to_string()),
+            UserOAuthError::Unavailable(_) | UserOAuthError::Seal(_) => {
+                tracing::warn!(error = %e, "per-user OAuth failed");
+                AppError::Unavailable { message: e.to_string(), retry_after: None }
+            }
+            UserOAuthError::Db(db) => {
+                tracing::warn!(error = %db, "per-user OAuth: database error");
+                AppError::Unavailable {
+                    message: "the database is unavailable, try again later".into(),
+                    retry_after: None,
+                }
+            }
+        }
+    }
+}
+
+impl From<crate::mcp::chat::ChatToolsError> for AppError {
+    fn from(e: crate::mcp::chat::ChatToolsError) -> Self {
+        AppError::bad_request(e.param(), e.to_string())
+    }
+}
+
+/// The SSE event that ends a stream the output guards stopped: OpenAI's
+/// error JSON of the refusal.
+pub fn policy_error_event(e: &PolicyError) -> bytes::Bytes {
+    crate::llm::sse::data_event(&AppError::from(e.clone()).to_json())
+}
+
 impl AppError {
     /// A 400 naming the field at fault.
     pub fn bad_request(param: impl Into<Option<String>>, message: impl Into<String>) -> Self {
@@ -268,6 +310,19 @@ mod tests {
             serde_json::from_slice(&AppError::ModelNotFound("gpt-x".into()).to_json()).expect("json");
         assert_eq!(body["error"]["code"], "model_not_found");
         assert_eq!(body["error"]["param"], "model");
+    }
+
+    #[test]
+    fn a_blocked_stream_ends_with_an_openai_error_event() {
+        let error = PolicyError::OutputBlocked { policy: "ns/deny".into(), guard: crate::policy::Guard::DenyPatterns };
+        let event = policy_error_event(&error);
+        let data = event.strip_prefix(b"data: ").expect("a data line");
+        let err: serde_json::Value = serde_json::from_slice(data.trim_ascii_end()).expect("error JSON");
+        assert_eq!(err["error"]["code"], "policy_violation");
+        assert_eq!(err["error"]["type"], "invalid_request_error");
+        let message = err["error"]["message"].as_str().expect("message");
+        assert!(message.contains("ns/deny"), "{message}");
+        assert!(event.ends_with(b"\n\n"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::cli::ServeArgs;
-use crate::config::{Carried, ConfigSource, load_initial, watch};
+use crate::config::{Carried, ConfigSource, compile, load_initial, watch};
 use crate::listener::CappedListener;
 use crate::state::AppState;
 
@@ -62,9 +62,23 @@ fn state_dir(args: &ServeArgs) -> PathBuf {
 pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     let source = source(&args)?;
     let metrics = crate::telemetry::init_metrics().map_err(StartError::Metrics)?;
-    let carried = Carried::new(Duration::from_secs(args.jwks_min_refresh_secs))?;
-    carried.mcp().configure_http(args.mcp_settings());
-    let (runtime, fingerprint) = load_initial(&source, &carried).await.map_err(StartError::Config)?;
+    let (config, fingerprint) = load_initial(&source).await.map_err(StartError::Config)?;
+    // Storage opens before the config compiles: the MCP hub that compiling
+    // reconciles takes the store of users' upstream OAuth tokens when built.
+    let spill_dir = args.spill_dir.clone().unwrap_or_else(|| state_dir(&args).join("spill"));
+    let storage = crate::storage::Storage::start(&config.storage, &config.keys.api_key_pepper_file, spill_dir)
+        .await
+        .map_err(StartError::Storage)?;
+    let storage = Arc::new(storage);
+    let vault = crate::mcp::user_oauth::Vault {
+        db: storage.db.clone(),
+        tenant: config.tenant.name.clone(),
+        key_file: PathBuf::from(&config.keys.token_encryption_key_file),
+    };
+    let mcp = crate::mcp::McpHub::new(args.mcp_settings(), Some(vault))?;
+    let carried = Carried::new(Duration::from_secs(args.jwks_min_refresh_secs), mcp);
+    let runtime =
+        compile(config, &carried).await.map_err(|issue| StartError::Config(crate::config::ConfigError::from(issue)))?;
     tracing::info!(
         tenant = %runtime.config.tenant.name,
         config_hash = %runtime.config.config_hash,
@@ -72,28 +86,15 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         "config loaded"
     );
     metrics::gauge!("tenantgate_config_valid").set(1.0);
-    let spill_dir = args.spill_dir.clone().unwrap_or_else(|| state_dir(&args).join("spill"));
-    let storage =
-        crate::storage::Storage::start(&runtime.config.storage, &runtime.config.keys.api_key_pepper_file, spill_dir)
-            .await
-            .map_err(StartError::Storage)?;
-    let storage = Arc::new(storage);
-    let mcp = carried.mcp();
-    mcp.configure_user_tokens(crate::mcp::user_oauth::UserTokens::new(
-        storage.db.clone(),
-        &runtime.config.tenant.name,
-        std::path::Path::new(&runtime.config.keys.token_encryption_key_file),
-        mcp.http_client().clone(),
-    ));
     let state = AppState::new(runtime, carried, metrics, args.max_body_bytes, args.max_in_flight, storage.clone());
     if let Some(drifts) = state.carried().mcp().take_drift_feed() {
-        tokio::spawn(crate::mcp::pin::audit_drifts(drifts, state.clone()));
+        tokio::spawn(crate::mcp::pin::audit_drifts(drifts, state.tenant().clone()));
     }
     crate::mcp::drift_status::start(state.carried().mcp().drift_board());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let interval = Duration::from_millis(args.config_poll_ms.max(50));
-    tokio::spawn(watch(state.clone(), source, fingerprint, interval, stop_rx));
+    tokio::spawn(watch(state.tenant().clone(), source, fingerprint, interval, stop_rx));
 
     let listener = TcpListener::bind(args.listen).await?;
     tracing::info!(address = %listener.local_addr()?, "listening");

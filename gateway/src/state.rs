@@ -4,11 +4,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::config::{Carried, Runtime};
+use crate::config::{Carried, Runtime, RuntimeHandle};
 use crate::storage::Storage;
 
 /// Handler state: cheap to clone.
@@ -17,15 +16,13 @@ pub struct AppState(Arc<Inner>);
 
 #[derive(Debug)]
 struct Inner {
-    runtime: ArcSwap<Runtime>,
-    carried: Carried,
+    tenant: RuntimeHandle,
     metrics: PrometheusHandle,
     max_body_bytes: usize,
     shutting_down: AtomicBool,
     streams: AtomicUsize,
     admission: Arc<Semaphore>,
     max_in_flight: usize,
-    storage: Arc<Storage>,
 }
 
 impl AppState {
@@ -39,31 +36,34 @@ impl AppState {
         storage: Arc<Storage>,
     ) -> Self {
         Self(Arc::new(Inner {
-            runtime: ArcSwap::from_pointee(runtime),
-            carried,
+            tenant: RuntimeHandle::new(runtime, carried, storage),
             metrics,
             max_body_bytes,
             shutting_down: AtomicBool::new(false),
             streams: AtomicUsize::new(0),
             admission: Arc::new(Semaphore::new(max_in_flight.max(1))),
             max_in_flight: max_in_flight.max(1),
-            storage,
         }))
+    }
+
+    /// The narrow handle the domain modules get: runtime, carried state, storage.
+    pub fn tenant(&self) -> &RuntimeHandle {
+        &self.0.tenant
     }
 
     /// The runtime in force; a request keeps the one it started with.
     pub fn runtime(&self) -> Arc<Runtime> {
-        self.0.runtime.load_full()
+        self.0.tenant.runtime()
     }
 
     /// Puts a new runtime in force.
     pub fn swap_runtime(&self, runtime: Arc<Runtime>) {
-        self.0.runtime.store(runtime);
+        self.0.tenant.swap_runtime(runtime);
     }
 
     /// State carried across reloads.
     pub fn carried(&self) -> &Carried {
-        &self.0.carried
+        self.0.tenant.carried()
     }
 
     /// The Prometheus registry.
@@ -73,7 +73,7 @@ impl AppState {
 
     /// Database, recorder and API keys.
     pub fn storage(&self) -> &Arc<Storage> {
-        &self.0.storage
+        self.0.tenant.storage()
     }
 
     /// Largest accepted request body.

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::body::read_body;
+use super::caller::require_admin;
 use crate::auth::Caller;
 use crate::error::AppError;
 use crate::state::AppState;
@@ -20,11 +21,11 @@ use crate::storage::{self, AuditEvent, AuditFilter, AuditKind, NewApiKey, UsageF
 /// Routes of the admin API.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/admin/v1/usage", get(usage))
-        .route("/admin/v1/audit", get(audit))
+        .route("/admin/v1/usage", get(read::<UsageQuery>))
+        .route("/admin/v1/audit", get(read::<AuditQuery>))
         .route("/admin/v1/api-keys", get(list_keys).post(create_key))
         .route("/admin/v1/api-keys/{id}", delete(revoke_key))
-        .route("/admin/v1/mcp-tokens", get(list_mcp_tokens))
+        .route("/admin/v1/mcp-tokens", get(read::<McpTokensQuery>))
         .route("/admin/v1/mcp-tokens/{connection}/{subject}", delete(revoke_mcp_tokens))
 }
 
@@ -49,6 +50,30 @@ fn audited(
     }
     state.storage().recorder.audit(event);
     result
+}
+
+/// An admin read behind a query string: the query type names the read.
+trait AdminRead: serde::de::DeserializeOwned + Send + 'static {
+    /// The audit action.
+    const ACTION: &'static str;
+
+    /// Answers the read.
+    fn run(self, state: &AppState) -> impl Future<Output = Result<Response, AppError>> + Send;
+}
+
+/// The handler of every [`AdminRead`]: refused unless the caller is an admin
+/// and the query parses; audited whatever its outcome.
+async fn read<Q: AdminRead>(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<Q>, QueryRejection>,
+) -> Result<Response, AppError> {
+    let result = async {
+        require_admin(&caller)?;
+        query(q)?.run(&state).await
+    }
+    .await;
+    audited(&state, &caller, Q::ACTION, None, json!({}), result)
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, AppError> {
@@ -97,30 +122,24 @@ struct UsageQuery {
     model: Option<String>,
 }
 
-/// `GET /admin/v1/usage?from&to&subject&model`: totals and per-day rows.
-async fn usage(
-    State(state): State<AppState>,
-    caller: Caller,
-    q: Result<Query<UsageQuery>, QueryRejection>,
-) -> Result<Response, AppError> {
-    let result = async {
-        caller.require_admin()?;
-        let q = query(q)?;
-        let (from_ms, to_ms) = parse_range(q.from.as_deref(), q.to.as_deref())?;
-        let filter = UsageFilter { from_ms, to_ms, subject: q.subject.clone(), model: q.model.clone() };
+impl AdminRead for UsageQuery {
+    const ACTION: &'static str = "usage.read";
+
+    /// `GET /admin/v1/usage?from&to&subject&model`: totals and per-day rows.
+    async fn run(self, state: &AppState) -> Result<Response, AppError> {
+        let (from_ms, to_ms) = parse_range(self.from.as_deref(), self.to.as_deref())?;
+        let filter = UsageFilter { from_ms, to_ms, subject: self.subject.clone(), model: self.model.clone() };
         let report = storage::queries::usage(&state.storage().db, &state.runtime().config.tenant.name, &filter)
             .await
             .map_err(db_error)?;
         Ok(Json(json!({
             "object": "usage.report",
-            "from": q.from, "to": q.to, "subject": q.subject, "model": q.model,
+            "from": self.from, "to": self.to, "subject": self.subject, "model": self.model,
             "totals": report.totals,
             "days": report.days,
         }))
         .into_response())
     }
-    .await;
-    audited(&state, &caller, "usage.read", None, json!({}), result)
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,17 +153,13 @@ struct AuditQuery {
     to: Option<String>,
 }
 
-/// `GET /admin/v1/audit?cursor&limit&kind&actor&from&to`: events in insertion
-/// order, `next_cursor` to continue from.
-async fn audit(
-    State(state): State<AppState>,
-    caller: Caller,
-    q: Result<Query<AuditQuery>, QueryRejection>,
-) -> Result<Response, AppError> {
-    let result = async {
-        caller.require_admin()?;
-        let q = query(q)?;
-        let after = q
+impl AdminRead for AuditQuery {
+    const ACTION: &'static str = "audit.read";
+
+    /// `GET /admin/v1/audit?cursor&limit&kind&actor&from&to`: events in insertion
+    /// order, `next_cursor` to continue from.
+    async fn run(self, state: &AppState) -> Result<Response, AppError> {
+        let after = self
             .cursor
             .as_deref()
             .map(|c| {
@@ -152,11 +167,11 @@ async fn audit(
                     .map_err(|_| AppError::bad_request(Some("cursor".into()), "cursor: not a cursor this API returned"))
             })
             .transpose()?;
-        let limit = q.limit.unwrap_or(100);
+        let limit = self.limit.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
             return Err(AppError::bad_request(Some("limit".into()), "limit: must be between 1 and 1000"));
         }
-        if let Some(kind) = &q.kind
+        if let Some(kind) = &self.kind
             && AuditKind::parse(kind).is_none()
         {
             return Err(AppError::bad_request(
@@ -164,8 +179,8 @@ async fn audit(
                 format!("kind: {kind:?} is not one of chat, toolCall, admin, configChange"),
             ));
         }
-        let (from_ms, to_ms) = parse_range(q.from.as_deref(), q.to.as_deref())?;
-        let filter = AuditFilter { after, limit, kind: q.kind, actor: q.actor, from_ms, to_ms };
+        let (from_ms, to_ms) = parse_range(self.from.as_deref(), self.to.as_deref())?;
+        let filter = AuditFilter { after, limit, kind: self.kind, actor: self.actor, from_ms, to_ms };
         let page = storage::queries::audit(&state.storage().db, &state.runtime().config.tenant.name, &filter)
             .await
             .map_err(db_error)?;
@@ -174,8 +189,6 @@ async fn audit(
         Ok(Json(json!({"object": "list", "data": data, "has_more": page.has_more, "next_cursor": next_cursor}))
             .into_response())
     }
-    .await;
-    audited(&state, &caller, "audit.read", None, json!({}), result)
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,7 +209,7 @@ async fn create_key(State(state): State<AppState>, caller: Caller, body: Body) -
     let mut resource = None;
     let mut details = json!({});
     let result = async {
-        caller.require_admin()?;
+        require_admin(&caller)?;
         api_keys_enabled(&state)?;
         let body = read_body(body, state.max_body_bytes()).await?;
         let req: CreateKey =
@@ -254,7 +267,7 @@ fn api_keys_enabled(state: &AppState) -> Result<(), AppError> {
 /// `GET /admin/v1/api-keys`: every key, never a secret.
 async fn list_keys(State(state): State<AppState>, caller: Caller) -> Result<Response, AppError> {
     let result = async {
-        caller.require_admin()?;
+        require_admin(&caller)?;
         let keys = api_keys::list(&state.storage().db, &state.runtime().config.tenant.name).await.map_err(db_error)?;
         let data: Vec<_> = keys.iter().map(storage::KeyRecord::view).collect();
         Ok(Json(json!({"object": "list", "data": data})).into_response())
@@ -271,7 +284,7 @@ async fn revoke_key(
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
     let result = async {
-        caller.require_admin()?;
+        require_admin(&caller)?;
         let storage = state.storage();
         let revoked = api_keys::revoke(&storage.db, &state.runtime().config.tenant.name, &id, &caller.0.subject)
             .await
@@ -300,25 +313,19 @@ fn user_tokens(state: &AppState) -> Result<std::sync::Arc<crate::mcp::user_oauth
     })
 }
 
-/// `GET /admin/v1/mcp-tokens?connection&subject`: users' upstream OAuth
-/// authorizations (metadata: never a token).
-async fn list_mcp_tokens(
-    State(state): State<AppState>,
-    caller: Caller,
-    q: Result<Query<McpTokensQuery>, QueryRejection>,
-) -> Result<Response, AppError> {
-    let result = async {
-        caller.require_admin()?;
-        let q = query(q)?;
-        let rows = user_tokens(&state)?
-            .list(q.connection.as_deref(), q.subject.as_deref())
+impl AdminRead for McpTokensQuery {
+    const ACTION: &'static str = "mcpTokens.list";
+
+    /// `GET /admin/v1/mcp-tokens?connection&subject`: users' upstream OAuth
+    /// authorizations (metadata: never a token).
+    async fn run(self, state: &AppState) -> Result<Response, AppError> {
+        let rows = user_tokens(state)?
+            .list(self.connection.as_deref(), self.subject.as_deref())
             .await
-            .map_err(crate::mcp::user_oauth::UserOAuthError::into_app_error)?;
+            .map_err(AppError::from)?;
         let data: Vec<_> = rows.iter().map(storage::mcp_tokens::StoredToken::view).collect();
         Ok(Json(json!({"object": "list", "data": data})).into_response())
     }
-    .await;
-    audited(&state, &caller, "mcpTokens.list", None, json!({}), result)
 }
 
 /// `DELETE /admin/v1/mcp-tokens/{connection}/{subject}`: deletes a user's
@@ -331,11 +338,8 @@ async fn revoke_mcp_tokens(
 ) -> Result<Response, AppError> {
     let resource = format!("{connection}/{subject}");
     let result = async {
-        caller.require_admin()?;
-        let deleted = user_tokens(&state)?
-            .revoke(&connection, &subject)
-            .await
-            .map_err(crate::mcp::user_oauth::UserOAuthError::into_app_error)?;
+        require_admin(&caller)?;
+        let deleted = user_tokens(&state)?.revoke(&connection, &subject).await.map_err(AppError::from)?;
         state.carried().mcp().forget_user(&connection, &subject);
         if !deleted {
             return Err(AppError::NotFound(format!(

@@ -9,11 +9,9 @@ use crate::auth::{AuthError, Caller, SubjectSlot, api_key};
 use crate::error::AppError;
 use crate::state::AppState;
 
-impl Caller {
-    /// 403 unless the caller has an admin role.
-    pub fn require_admin(&self) -> Result<(), AppError> {
-        if self.0.admin { Ok(()) } else { Err(AppError::Forbidden("this endpoint needs an admin role".into())) }
-    }
+/// 403 unless the caller has an admin role.
+pub fn require_admin(caller: &Caller) -> Result<(), AppError> {
+    if caller.0.admin { Ok(()) } else { Err(AppError::Forbidden("this endpoint needs an admin role".into())) }
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -176,7 +176,7 @@ impl Turn<'_> {
                 admission.record_stream_start();
                 let mut headers = axum::http::HeaderMap::new();
                 admission.apply_headers(&mut headers);
-                let events = decision.guard_stream(events);
+                let events = decision.guard_stream(events, crate::error::policy_error_event);
                 let books = StreamBooks { record: record.take(), admission, decision: decision.clone() };
                 let guarded = guard_stream(events, self.state, self.model.clone(), breaker, books);
                 (headers, sse_headers(), Body::from_stream(guarded)).into_response()

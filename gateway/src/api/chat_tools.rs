@@ -94,7 +94,7 @@ pub(super) async fn run(
         progress.steps += 1;
         progress.calls += calls.len();
         request.messages.push(message);
-        let results = tools.run_calls(turn.state, &turn.caller.0, turn.request_id, &calls).await;
+        let results = tools.run_calls(turn.state.tenant(), &turn.caller.0, turn.request_id, &calls).await;
         request.messages.extend(results);
         // Recorded now (dropped), with status 200: the next turn gets its own row.
         *record = next_record(turn);

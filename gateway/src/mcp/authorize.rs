@@ -35,7 +35,7 @@ fn vault(state: &AppState) -> Result<std::sync::Arc<UserTokens>, AppError> {
         .carried()
         .mcp()
         .user_tokens()
-        .ok_or_else(|| UserOAuthError::Unavailable("storage is not open yet".into()).into_app_error())
+        .ok_or_else(|| AppError::from(UserOAuthError::Unavailable("storage is not open yet".into())))
 }
 
 /// The connection's config, which must use per-user OAuth.
@@ -47,8 +47,8 @@ fn connection_config(state: &AppState, name: &str) -> Result<tenantgate_crds::co
         .iter()
         .find(|c| c.name == name)
         .cloned()
-        .ok_or_else(|| UserOAuthError::UnknownConnection(name.to_string()).into_app_error())?;
-    Grant::of(&config).map_err(UserOAuthError::into_app_error)?;
+        .ok_or_else(|| AppError::from(UserOAuthError::UnknownConnection(name.to_string())))?;
+    Grant::of(&config).map_err(AppError::from)?;
     Ok(config)
 }
 
@@ -98,10 +98,9 @@ async fn start(
 ) -> Result<Response, AppError> {
     let result = async {
         let config = connection_config(&state, &connection)?;
-        let grant = Grant::of(&config).map_err(UserOAuthError::into_app_error)?;
+        let grant = Grant::of(&config).map_err(AppError::from)?;
         let redirect = redirect_uri(&headers, &connection)?;
-        let url =
-            vault(&state)?.start(grant, &caller.0.subject, &redirect).await.map_err(UserOAuthError::into_app_error)?;
+        let url = vault(&state)?.start(grant, &caller.0.subject, &redirect).await.map_err(AppError::from)?;
         let wants_json =
             headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
         Ok(if wants_json {
@@ -142,7 +141,7 @@ async fn callback(
         let Query(q) =
             q.map_err(|e| AppError::bad_request(None, format!("invalid query string: {}", e.body_text())))?;
         let config = connection_config(&state, &connection)?;
-        let grant = Grant::of(&config).map_err(UserOAuthError::into_app_error)?;
+        let grant = Grant::of(&config).map_err(AppError::from)?;
         if let Some(error) = q.error {
             // The provider's words, shortened: they are shown, not trusted.
             let mut said = error;
@@ -150,16 +149,16 @@ async fn callback(
                 said = format!("{said}: {d}");
             }
             said.truncate(300);
-            return Err(UserOAuthError::Denied(said).into_app_error());
+            return Err(AppError::from(UserOAuthError::Denied(said)));
         }
-        let st = q.state.ok_or(UserOAuthError::MissingParameter("state")).map_err(UserOAuthError::into_app_error)?;
-        let code = q.code.ok_or(UserOAuthError::MissingParameter("code")).map_err(UserOAuthError::into_app_error)?;
+        let st = q.state.ok_or(UserOAuthError::MissingParameter("state")).map_err(AppError::from)?;
+        let code = q.code.ok_or(UserOAuthError::MissingParameter("code")).map_err(AppError::from)?;
         let who = vault(&state)?
             .finish(grant, &st, &code, caller.as_ref().map(|c| c.0.subject.as_str()))
             .await
             .map_err(|e| {
                 tracing::info!(connection = %connection, reason = e.as_reason(), "OAuth callback refused");
-                e.into_app_error()
+                AppError::from(e)
             })?;
         subject = Some(who.clone());
         Ok(Json(json!({

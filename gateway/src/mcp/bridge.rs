@@ -60,11 +60,11 @@ pub async fn stdio_bridge(
     max_message_bytes: usize,
 ) -> Result<(), BridgeError> {
     let connection = bridge_connection(command, timeout_seconds)?;
-    let hub = McpHub::new()?;
+    let hub = McpHub::new(Default::default(), None)?;
     hub.reconcile(std::slice::from_ref(&connection));
     let factory_hub = hub.clone();
     let service = StreamableHttpService::new(
-        move || Ok(AggregateServer::new(factory_hub.clone(), None)),
+        move || Ok(AggregateServer::new(factory_hub.clone(), super::call::Mode::Bridge)),
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default()
             // Reached by the gateway through its Service name; the NetworkPolicy admits only the gateway.

@@ -30,30 +30,6 @@ use crate::state::AppState;
 
 const SESSION_HEADER: &str = "mcp-session-id";
 
-/// Limits and policies of the `/mcp` HTTP layer.
-#[derive(Debug, Clone)]
-pub struct McpHttpSettings {
-    /// Largest JSON-RPC message accepted, in bytes.
-    pub max_message_bytes: usize,
-    /// Longest life of a session from its `initialize`.
-    pub session_lifetime: Duration,
-    /// A session idle this long is closed.
-    pub session_idle: Duration,
-    /// Browser origins allowed besides the gateway's own (`scheme://host[:port]`).
-    pub allowed_origins: Vec<String>,
-}
-
-impl Default for McpHttpSettings {
-    fn default() -> Self {
-        Self {
-            max_message_bytes: 1024 * 1024,
-            session_lifetime: Duration::from_secs(3600),
-            session_idle: Duration::from_secs(600),
-            allowed_origins: Vec::new(),
-        }
-    }
-}
-
 /// The MCP endpoint: rmcp's service, its sessions and their owners.
 #[derive(Clone)]
 struct Endpoint {
@@ -127,7 +103,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
     config.session_store =
         shared.clone().map(|s| s as Arc<dyn rmcp::transport::streamable_http_server::session::SessionStore>);
     let service = StreamableHttpService::new(
-        move || Ok(AggregateServer::new(factory_hub.clone(), Some(factory_state.clone()))),
+        move || {
+            Ok(AggregateServer::new(factory_hub.clone(), super::call::Mode::Tenant(factory_state.tenant().clone())))
+        },
         sessions.clone(),
         config,
     );

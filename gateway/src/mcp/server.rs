@@ -11,6 +11,7 @@ use rmcp::service::{NotificationContext, Peer, RequestContext};
 use rmcp::{RoleServer, ServerHandler};
 
 use super::McpHub;
+use super::call::Mode;
 use super::catalog::exposed_uri;
 use crate::auth::{Caller, Identity};
 
@@ -18,16 +19,16 @@ use crate::auth::{Caller, Identity};
 #[derive(Debug, Clone)]
 pub struct AggregateServer {
     hub: McpHub,
-    tenant: Option<crate::state::AppState>,
+    mode: Mode,
 }
 
 impl AggregateServer {
-    /// A handler over the hub's catalog. With `tenant` (the gateway's `/mcp`),
-    /// tool calls run under the tenant's limits, policies and audit trail;
-    /// without (the stdio bridge, behind a gateway that applies them), they
-    /// pass straight through.
-    pub fn new(hub: McpHub, tenant: Option<crate::state::AppState>) -> Self {
-        Self { hub, tenant }
+    /// A handler over the hub's catalog. Under [`Mode::Tenant`] (the
+    /// gateway's `/mcp`), tool calls run under the tenant's limits, policies
+    /// and audit trail; under [`Mode::Bridge`] (the stdio bridge, behind a
+    /// gateway that applies them), they pass straight through.
+    pub fn new(hub: McpHub, mode: Mode) -> Self {
+        Self { hub, mode }
     }
 }
 
@@ -70,6 +71,18 @@ fn forward_error(e: super::upstream::ForwardError) -> ErrorData {
     e.into_error_data()
 }
 
+/// Sends `request` to `upstream` for the session's caller (their own
+/// session of a per-user connection); a failure becomes the client's error.
+async fn forward(
+    upstream: &super::Upstream,
+    request: ClientRequest,
+    context: &RequestContext<RoleServer>,
+) -> Result<ServerResult, ErrorData> {
+    let caller = caller(context);
+    let subject = caller.as_ref().map(|c| c.subject.as_str());
+    upstream.forward(request, Some(context), subject).await.map_err(forward_error)
+}
+
 impl ServerHandler for AggregateServer {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
@@ -104,14 +117,7 @@ impl ServerHandler for AggregateServer {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = caller(&context);
-        super::call::call_tool(
-            &self.hub,
-            self.tenant.as_ref(),
-            caller.as_deref(),
-            request,
-            super::call::Via::Mcp(&context),
-        )
-        .await
+        super::call::call_tool(&self.hub, &self.mode, caller.as_deref(), request, super::call::Via::Mcp(&context)).await
     }
 
     async fn list_prompts(
@@ -133,17 +139,11 @@ impl ServerHandler for AggregateServer {
             .ok_or_else(|| ErrorData::invalid_params(format!("unknown prompt: {}", request.name), None))?;
         let mut params = request;
         params.name = route.name.to_string();
-        let subject = caller(&context);
-        let subject = subject.as_ref().map(|c| c.subject.as_str());
-        match route
-            .upstream
-            .forward(ClientRequest::GetPromptRequest(GetPromptRequest::new(params)), Some(&context), subject)
-            .await
+        match forward(&route.upstream, ClientRequest::GetPromptRequest(GetPromptRequest::new(params)), &context).await?
         {
-            Ok(ServerResult::GetPromptResult(r)) => Ok(GetPromptResponse::Complete(r)),
-            Ok(ServerResult::InputRequiredResult(r)) => Ok(GetPromptResponse::InputRequired(r)),
-            Ok(_) => Err(ErrorData::internal_error("the upstream answered prompts/get with another result", None)),
-            Err(e) => Err(forward_error(e)),
+            ServerResult::GetPromptResult(r) => Ok(GetPromptResponse::Complete(r)),
+            ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
+            _ => Err(ErrorData::internal_error("the upstream answered prompts/get with another result", None)),
         }
     }
 
@@ -174,22 +174,17 @@ impl ServerHandler for AggregateServer {
             .ok_or_else(|| ErrorData::resource_not_found(format!("unknown resource: {}", request.uri), None))?;
         let mut params = request;
         params.uri = uri;
-        let subject = caller(&context);
-        let subject = subject.as_ref().map(|c| c.subject.as_str());
-        match upstream
-            .forward(ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params)), Some(&context), subject)
-            .await
+        match forward(&upstream, ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params)), &context).await?
         {
-            Ok(ServerResult::ReadResourceResult(mut r)) => {
+            ServerResult::ReadResourceResult(mut r) => {
                 // Contents name their URI: give the client the exposed one back.
                 for c in &mut r.contents {
                     rewrite_contents_uri(c, upstream.prefix());
                 }
                 Ok(ReadResourceResponse::Complete(r))
             }
-            Ok(ServerResult::InputRequiredResult(r)) => Ok(ReadResourceResponse::InputRequired(r)),
-            Ok(_) => Err(ErrorData::internal_error("the upstream answered resources/read with another result", None)),
-            Err(e) => Err(forward_error(e)),
+            ServerResult::InputRequiredResult(r) => Ok(ReadResourceResponse::InputRequired(r)),
+            _ => Err(ErrorData::internal_error("the upstream answered resources/read with another result", None)),
         }
     }
 }

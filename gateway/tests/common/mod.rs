@@ -475,3 +475,17 @@ pub fn services(commands: &str) {
         .expect("bash");
     assert!(status.success(), "`{commands}` failed");
 }
+
+/// Sends `n` copies of `body` to `/v1/chat/completions` at once, alternating
+/// between `a` and `b`, and fails when they took 9 s or more: the limits
+/// tests count admissions exactly within one 10 s window.
+pub async fn burst_across(a: &Gateway, b: &Gateway, body: &str, n: usize) -> Vec<reqwest::Response> {
+    let started = Instant::now();
+    let calls = (0..n).map(|i| {
+        let gw = if i % 2 == 0 { a } else { b };
+        gw.post_raw("/v1/chat/completions", body.to_owned(), Some(&gw.token))
+    });
+    let responses = futures_util::future::join_all(calls).await;
+    assert!(started.elapsed() < Duration::from_secs(9), "too slow for the exact count: {:?}", started.elapsed());
+    responses
+}

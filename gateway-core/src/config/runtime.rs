@@ -1,0 +1,181 @@
+//! A GatewayConfig compiled into what requests use: model routes with their
+//! providers and breakers, the JWT verifier and the `/v1/models` body.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::json;
+use tenantgate_crds::config::{GatewayConfig, JwtKeys};
+use tenantgate_crds::issue::{ConfigIssue, Reason};
+use tenantgate_crds::v1alpha1::ProviderType;
+
+use crate::auth::{JwtVerifier, KeySource};
+use crate::limits::{LimitStores, RateLimiter};
+use crate::llm::{Endpoint, EndpointError, Provider, Wire, anthropic::Anthropic, mock::Mock, openai::OpenAi};
+use crate::policy::Policies;
+use crate::routing::{Breaker, ModelRoute, RetryPolicy, Target};
+
+/// The config in force, compiled.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The config it was compiled from.
+    pub config: GatewayConfig,
+    /// Bearer token verification.
+    pub auth: JwtVerifier,
+    /// Tenant model name -> route.
+    pub models: HashMap<String, ModelRoute>,
+    /// Retries and timeouts.
+    pub retry: RetryPolicy,
+    /// Prebuilt `GET /v1/models` body.
+    pub models_body: Bytes,
+    /// Rate limits and quotas.
+    pub limiter: RateLimiter,
+    /// Prompt policies, compiled.
+    pub policies: Policies,
+}
+
+/// What outlives one config: breakers keep their state across reloads, and
+/// unchanged key sources keep their cached keys, and the limit store (the
+/// Redis connection, or the in-process limit state) stays while its URL does.
+#[derive(Debug)]
+pub struct Carried {
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    keys: Mutex<Option<(JwtKeys, Arc<KeySource>)>>,
+    jwks_min_refresh: Duration,
+    limits: LimitStores,
+    mcp: crate::mcp::McpHub,
+}
+
+impl Carried {
+    /// Empty state around the tenant's MCP hub; JWKS refreshes at most every
+    /// `jwks_min_refresh`.
+    pub fn new(jwks_min_refresh: Duration, mcp: crate::mcp::McpHub) -> Self {
+        Self {
+            breakers: Mutex::new(HashMap::new()),
+            keys: Mutex::new(None),
+            jwks_min_refresh,
+            limits: LimitStores::default(),
+            mcp,
+        }
+    }
+
+    /// The tenant's MCP connections, kept across reloads.
+    pub fn mcp(&self) -> &crate::mcp::McpHub {
+        &self.mcp
+    }
+
+    fn breaker(&self, label: &Arc<str>, threshold: u32, open_for: Duration) -> Arc<Breaker> {
+        let mut breakers = self.breakers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let b = breakers
+            .entry(label.to_string())
+            .or_insert_with(|| Arc::new(Breaker::new(label.clone(), threshold, open_for)));
+        b.configure(threshold, open_for);
+        b.clone()
+    }
+
+    fn key_source(&self, keys: &JwtKeys, client: &reqwest::Client) -> (Arc<KeySource>, bool) {
+        let mut current = self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((k, source)) = current.as_ref()
+            && k == keys
+            && source.is_loaded()
+        {
+            return (source.clone(), false);
+        }
+        let source = Arc::new(match keys {
+            JwtKeys::JwksUri(url) => KeySource::uri(url.clone(), client.clone(), self.jwks_min_refresh),
+            JwtKeys::JwksFile(path) => KeySource::jwks_file(PathBuf::from(path), self.jwks_min_refresh),
+            JwtKeys::HmacSecretFile(path) => KeySource::hmac_file(PathBuf::from(path), self.jwks_min_refresh),
+        });
+        *current = Some((keys.clone(), source.clone()));
+        (source, true)
+    }
+}
+
+/// Compiles a config. Errors name what is wrong; the caller keeps the old runtime.
+pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime, ConfigIssue> {
+    let routing = &config.routing;
+    crate::egress::check_config(&config)?;
+    let local = crate::egress::LocalUpstreams::default();
+    local.set(config.network.allow_local_upstreams);
+    // Redirects are not followed: a provider answering a chat completion with
+    // one is an error to report, and a JWKS URI must answer itself (following
+    // them cost a tower layer on every call).
+    let settings = crate::egress::ClientSettings {
+        connect_timeout: Duration::from_millis(u64::from(routing.connect_timeout_ms)),
+        follow_redirects: false,
+        max_idle_per_host: 256,
+    };
+    let client =
+        crate::egress::client(&local, settings).map_err(|e| ConfigIssue::new(Reason::Internal, e.to_string()))?;
+
+    let (keys, fresh) = carried.key_source(&config.auth.jwt.keys, &client);
+    if fresh {
+        match (&config.auth.jwt.keys, keys.load().await) {
+            (_, Ok(())) => {}
+            // The identity provider may be down: start without keys, refresh on demand, readiness says so.
+            (JwtKeys::JwksUri(url), Err(e)) => tracing::warn!(%url, error = %e, "JWKS not loaded yet"),
+            (_, Err(e)) => return Err(ConfigIssue::new(Reason::InvalidKeys, e.to_string()).at("auth.jwt.keys")),
+        }
+    }
+    let auth = JwtVerifier::new(&config.auth.jwt, keys);
+
+    let mut providers: HashMap<&str, Arc<Provider>> = HashMap::new();
+    for (i, p) in config.providers.iter().enumerate() {
+        let endpoint = |wire: &Wire| {
+            let base_url = p.base_url.as_deref().ok_or_else(|| {
+                ConfigIssue::new(Reason::InvalidSpec, format!("required for {:?}", p.type_))
+                    .at(format!("providers[{i}].baseUrl"))
+            })?;
+            Endpoint::new(wire, base_url, p.api_key_file.as_deref(), &p.headers, client.clone()).map_err(|e| {
+                let reason =
+                    if matches!(e, EndpointError::BaseUrl { .. }) { Reason::InvalidUrl } else { Reason::InvalidHeader };
+                ConfigIssue::new(reason, e.to_string()).at(format!("providers[{i}].{}", e.field()))
+            })
+        };
+        let provider = match p.type_ {
+            ProviderType::Openai => Provider::OpenAi(OpenAi::new(endpoint(&OpenAi::WIRE)?)),
+            ProviderType::Anthropic => Provider::Anthropic(Anthropic::new(endpoint(&Anthropic::WIRE)?)),
+            ProviderType::Mock => Provider::Mock(Mock::new(p.mock.as_ref())),
+        };
+        providers.insert(p.name.as_str(), Arc::new(provider));
+    }
+
+    let breaker = &routing.circuit_breaker;
+    let open_for = Duration::from_secs(u64::from(breaker.open_seconds));
+    let mut models = HashMap::with_capacity(config.models.len());
+    for (i, m) in config.models.iter().enumerate() {
+        let mut targets = Vec::with_capacity(m.targets.len());
+        for (j, t) in m.targets.iter().enumerate() {
+            let provider = providers.get(t.provider.as_str()).ok_or_else(|| {
+                ConfigIssue::new(Reason::InvalidSpec, format!("unknown provider {:?}", t.provider))
+                    .at(format!("models[{i}].targets[{j}].provider"))
+            })?;
+            let label: Arc<str> = format!("{}/{}", t.provider, t.model).into();
+            targets.push(Target {
+                provider: provider.clone(),
+                model: t.model.as_str().into(),
+                breaker: carried.breaker(&label, breaker.failure_threshold, open_for),
+                label,
+            });
+        }
+        models.insert(m.name.clone(), ModelRoute { name: m.name.as_str().into(), targets });
+    }
+
+    let data: Vec<_> = config
+        .models
+        .iter()
+        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": config.tenant.name}))
+        .collect();
+    let models_body = Bytes::from(json!({"object": "list", "data": data}).to_string());
+    let retry = RetryPolicy::from(routing);
+    let limiter =
+        carried.limits.limiter(&config).await.map_err(|e| ConfigIssue::new(Reason::Unavailable, e.to_string()))?;
+    let policies = Policies::compile(&config)?;
+    // Last, once nothing can fail: connections are (re)made in the background.
+    carried.mcp.allow_local_upstreams(config.network.allow_local_upstreams);
+    carried.mcp.reconcile(&config.mcp);
+    Ok(Runtime { config, auth, models, retry, models_body, limiter, policies })
+}

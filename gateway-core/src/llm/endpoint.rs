@@ -1,0 +1,117 @@
+//! One upstream HTTP endpoint: URL, fixed and configured headers, the API key
+//! file, and the timeouts of one call.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+use super::{Call, SecretFile, UpstreamError, error_body, status_error};
+
+/// What an API expects on the wire.
+#[derive(Debug, Clone, Copy)]
+pub struct Wire {
+    /// Appended to the base URL.
+    pub path: &'static str,
+    /// Header carrying the API key.
+    pub key_header: &'static str,
+    /// Put before the key in that header.
+    pub key_prefix: &'static str,
+    /// Headers sent with every request.
+    pub fixed: &'static [(&'static str, &'static str)],
+}
+
+/// Why an endpoint cannot be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// A configured header name is not an HTTP token.
+    #[error("invalid header name {0:?}")]
+    HeaderName(String),
+    /// A configured header value cannot be sent.
+    #[error("invalid value for header {0:?}")]
+    HeaderValue(String),
+    /// The base URL does not parse.
+    #[error("baseUrl {url:?} is not a URL: {source}")]
+    BaseUrl {
+        /// The configured base URL.
+        url: String,
+        /// The parser's complaint.
+        source: url::ParseError,
+    },
+}
+
+impl EndpointError {
+    /// The provider field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::HeaderName(_) | Self::HeaderValue(_) => "headers",
+            Self::BaseUrl { .. } => "baseUrl",
+        }
+    }
+}
+
+/// Where and how a provider sends requests.
+#[derive(Debug)]
+pub struct Endpoint {
+    url: reqwest::Url,
+    api_key: Option<(HeaderName, SecretFile)>,
+    headers: HeaderMap,
+    client: reqwest::Client,
+}
+
+impl Endpoint {
+    /// An endpoint of an API speaking `wire` at `base_url`, with the key in `api_key_file`.
+    pub fn new(
+        wire: &Wire,
+        base_url: &str,
+        api_key_file: Option<&str>,
+        configured: &BTreeMap<String, String>,
+        client: reqwest::Client,
+    ) -> Result<Self, EndpointError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        for (name, value) in wire.fixed {
+            headers.insert(*name, HeaderValue::from_static(value));
+        }
+        for (k, v) in configured {
+            let name = HeaderName::try_from(k.as_str()).map_err(|_| EndpointError::HeaderName(k.clone()))?;
+            let value = HeaderValue::try_from(v.as_str()).map_err(|_| EndpointError::HeaderValue(k.clone()))?;
+            headers.insert(name, value);
+        }
+        let key_header = HeaderName::from_static(wire.key_header);
+        let api_key = api_key_file.map(|file| (key_header, SecretFile::new(file, wire.key_prefix)));
+        let url = format!("{}{}", base_url.trim_end_matches('/'), wire.path);
+        let url =
+            reqwest::Url::parse(&url).map_err(|source| EndpointError::BaseUrl { url: base_url.into(), source })?;
+        Ok(Self { url, api_key, headers, client })
+    }
+
+    /// POSTs `body` and waits for a success status within the first-byte timeout.
+    pub async fn post(&self, body: Vec<u8>, call: Call<'_>) -> Result<reqwest::Response, UpstreamError> {
+        let mut builder = self.client.post(self.url.clone()).headers(self.headers.clone()).body(body);
+        if let Some((name, key)) = &self.api_key {
+            builder = builder.header(name, key.header()?);
+        }
+        let first_byte = (tokio::time::Instant::now() + call.first_byte_timeout).min(call.deadline);
+        let response = match tokio::time::timeout_at(first_byte, builder.send()).await {
+            Err(_) => return Err(UpstreamError::Timeout("first byte")),
+            Ok(Err(e)) => return Err(UpstreamError::from_send(&e)),
+            Ok(Ok(r)) => r,
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let headers = response.headers().clone();
+            let body = error_body(response, call.deadline).await;
+            return Err(status_error(status, &headers, &body));
+        }
+        Ok(response)
+    }
+}
+
+/// The whole body of a successful response, before the call's deadline.
+pub async fn read_all(response: reqwest::Response, deadline: tokio::time::Instant) -> Result<Bytes, UpstreamError> {
+    tokio::time::timeout_at(deadline, response.bytes())
+        .await
+        .map_err(|_| UpstreamError::Timeout("total"))?
+        .map_err(|e| UpstreamError::Protocol(format!("reading the body failed: {e}")))
+}

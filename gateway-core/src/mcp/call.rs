@@ -1,0 +1,223 @@
+//! The single `tools/call` path of `/mcp`.
+//!
+//! [`call_tool`] is where per-call policy attaches: the tenant's rate limits
+//! before the call is forwarded; after it, the prompt guards over the result
+//! (tool output is untrusted input) and one audit event (connection, tool,
+//! subject, duration, outcome, redacted arguments). Everything that runs a
+//! tenant's MCP tool (the `/mcp` endpoint and the server-side tool loop of
+//! chat, [`super::chat`]) goes through it.
+
+use std::time::Instant;
+
+use rmcp::RoleServer;
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, ContentBlock, ErrorData,
+    ServerResult,
+};
+use rmcp::service::RequestContext;
+
+use super::McpHub;
+use super::upstream::ForwardError;
+use crate::auth::Identity;
+use crate::config::{Runtime, RuntimeHandle};
+use crate::limits::Reservation;
+use crate::policy::{Finding, redact_secrets};
+use crate::storage::{AuditEvent, AuditKind};
+
+/// Whose rules a tool call runs under.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// The gateway's own tenant: its rate limits, prompt guards and audit trail.
+    Tenant(RuntimeHandle),
+    /// The stdio bridge: calls pass straight through (the gateway in front of
+    /// it applies limits, guards and audit).
+    Bridge,
+}
+
+/// Where a tool call comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Via<'a> {
+    /// An `/mcp` client session: its progress notifications and cancellation pass through.
+    Mcp(&'a RequestContext<RoleServer>),
+    /// The server-side tool loop of the chat request with this `x-request-id`.
+    Chat {
+        /// The chat request's id, recorded in the audit event.
+        request_id: Option<&'a str>,
+    },
+}
+
+impl<'a> Via<'a> {
+    fn context(self) -> Option<&'a RequestContext<RoleServer>> {
+        match self {
+            Self::Mcp(context) => Some(context),
+            Self::Chat { .. } => None,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Mcp(_) => "mcp",
+            Self::Chat { .. } => "chat",
+        }
+    }
+}
+
+/// Runs one `tools/call` for `caller`: resolves the exposed name to its
+/// upstream (an unknown or filtered-out name is a JSON-RPC `invalid params`
+/// error, and nothing is sent upstream), forwards it, and maps the outcome.
+/// An upstream that is down, slow or failing yields a tool result with
+/// `isError: true` so the model can read why; a JSON-RPC error from the
+/// upstream is passed on unchanged.
+pub async fn call_tool(
+    hub: &McpHub,
+    mode: &Mode,
+    caller: Option<&Identity>,
+    request: CallToolRequestParams,
+    via: Via<'_>,
+) -> Result<CallToolResponse, ErrorData> {
+    let context = via.context();
+    let catalog = hub.catalog();
+    let Some(route) = catalog.tool(&request.name) else {
+        metrics::counter!("tenantgate_mcp_tool_calls_total", "connection" => "", "outcome" => "unknown_tool")
+            .increment(1);
+        tracing::info!(tool = %request.name, subject = caller.map(|c| c.subject.as_str()), "call to an unknown or filtered-out MCP tool refused");
+        return Err(ErrorData::invalid_params(format!("unknown tool: {}", request.name), None));
+    };
+    let connection = route.upstream.name().to_string();
+    let (state, caller) = match (mode, caller) {
+        (Mode::Tenant(state), Some(caller)) => (state, caller),
+        (Mode::Bridge, _) => {
+            let (forwarded, _) = forward(route, request, context, None).await;
+            return respond(&connection, forwarded);
+        }
+        (Mode::Tenant(_), None) => {
+            return Err(ErrorData::invalid_request("tools/call needs an authenticated caller", None));
+        }
+    };
+    let runtime = state.runtime();
+    let mut audit = AuditEvent::new(&runtime.config.tenant.name, &caller.subject, AuditKind::ToolCall, "tools/call");
+    audit.resource = Some(request.name.to_string());
+    if let Via::Chat { request_id } = via {
+        audit.request_id = request_id.map(str::to_owned);
+    }
+    let arguments = request
+        .arguments
+        .as_ref()
+        .and_then(|a| serde_json::to_string(a).ok())
+        .map(|text| redact_secrets(&text).into_owned());
+
+    // A tool call counts as one request against the caller's and the tenant's limits.
+    if let Err(limited) = runtime.limiter.admit_reservation(&caller.subject, Reservation::default(), false).await {
+        audit.status = Some(429);
+        audit.reason = Some(limited.as_reason().into());
+        audit.details = serde_json::json!({"connection": connection, "tool": &*route.name, "via": via.label(), "arguments": arguments});
+        state.storage().recorder.audit(audit);
+        return Err(ErrorData::invalid_request(
+            limited.to_string(),
+            Some(serde_json::json!({"retryAfterSeconds": limited.retry_after().as_secs_f64().ceil()})),
+        ));
+    }
+
+    let started = Instant::now();
+    let (forwarded, outcome) = forward(route, request, context, Some(&caller.subject)).await;
+    let mut findings = Vec::new();
+    let forwarded = match forwarded {
+        Ok(ServerResult::CallToolResult(result)) => {
+            Ok(ServerResult::CallToolResult(guard_result(&runtime, caller, result, &mut findings)))
+        }
+        other => other,
+    };
+    audit.status = Some(if outcome == "ok" { 200 } else { 502 });
+    audit.reason = (outcome != "ok").then(|| outcome.to_string());
+    audit.findings = crate::policy::audit::findings(&findings);
+    audit.details = serde_json::json!({
+        "connection": connection,
+        "tool": &*route.name,
+        "durationMs": started.elapsed().as_millis() as u64,
+        "outcome": outcome,
+        "via": via.label(),
+        "arguments": arguments,
+    });
+    state.storage().recorder.audit(audit);
+    respond(&connection, forwarded)
+}
+
+/// Sends the call to the upstream that owns the tool, under its upstream
+/// name; returns the answer and its outcome label (also counted and timed).
+async fn forward(
+    route: &super::catalog::Route,
+    request: CallToolRequestParams,
+    context: Option<&RequestContext<RoleServer>>,
+    subject: Option<&str>,
+) -> (Result<ServerResult, ForwardError>, &'static str) {
+    let connection = route.upstream.name().to_string();
+    let started = Instant::now();
+    let mut upstream_params = request;
+    upstream_params.name = route.name.to_string().into();
+    let forwarded = route
+        .upstream
+        .forward(ClientRequest::CallToolRequest(CallToolRequest::new(upstream_params)), context, subject)
+        .await;
+    let outcome = match &forwarded {
+        Ok(_) => "ok",
+        Err(e) => e.as_reason(),
+    };
+    metrics::counter!("tenantgate_mcp_tool_calls_total", "connection" => connection.clone(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!("tenantgate_mcp_tool_call_duration_seconds", "connection" => connection)
+        .record(started.elapsed().as_secs_f64());
+    (forwarded, outcome)
+}
+
+/// The client's answer for an upstream's.
+fn respond(connection: &str, forwarded: Result<ServerResult, ForwardError>) -> Result<CallToolResponse, ErrorData> {
+    match forwarded {
+        Ok(ServerResult::CallToolResult(result)) => Ok(CallToolResponse::Complete(result)),
+        Ok(ServerResult::InputRequiredResult(result)) => Ok(CallToolResponse::InputRequired(result)),
+        Ok(ServerResult::CreateTaskResult(result)) => Ok(CallToolResponse::Task(result)),
+        Ok(_) => Err(ErrorData::internal_error(
+            format!("MCP connection {connection} answered tools/call with another result type"),
+            None,
+        )),
+        Err(ForwardError::Upstream(e)) => Err(e),
+        Err(ForwardError::Cancelled) => Err(ErrorData::internal_error("cancelled by the client", None)),
+        Err(e) => {
+            tracing::warn!(%connection, reason = e.as_reason(), error = %e, "MCP tool call failed");
+            Ok(CallToolResponse::Complete(CallToolResult::error(vec![ContentBlock::text(e.to_string())])))
+        }
+    }
+}
+
+/// Runs the prompt guards over the text a tool returned: redaction rewrites
+/// it, a block replaces the result with an error result naming the policy.
+fn guard_result(
+    runtime: &Runtime,
+    caller: &Identity,
+    mut result: CallToolResult,
+    findings: &mut Vec<Finding>,
+) -> CallToolResult {
+    for block in &mut result.content {
+        let ContentBlock::Text(text) = block else { continue };
+        match runtime.policies.guard_tool_result(caller, None, &text.text) {
+            Ok((guarded, mut found)) => {
+                findings.append(&mut found);
+                if let std::borrow::Cow::Owned(redacted) = guarded {
+                    text.text = redacted;
+                }
+            }
+            Err(blocked) => {
+                tracing::warn!(policy = %blocked.policy(), reason = blocked.as_reason(), "a tool result was blocked by a prompt policy");
+                if let Some(guard) = blocked.guard() {
+                    findings.push(Finding {
+                        policy: blocked.policy().clone(),
+                        guard,
+                        action: tenantgate_crds::v1alpha1::GuardAction::Block,
+                        stage: crate::policy::Stage::ToolResult,
+                    });
+                }
+                return CallToolResult::error(vec![ContentBlock::text(blocked.to_string())]);
+            }
+        }
+    }
+    result
+}

@@ -1,0 +1,588 @@
+//! One McpConnection: an rmcp client session kept alive in the background
+//! (connect, list everything following pagination, refresh on list-changed
+//! notifications, reconnect with backoff when it drops), and the forwarding
+//! of requests to it with the connection's timeout, circuit breaker,
+//! progress and cancellation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use rmcp::model::{
+    CancelledNotificationParam, ClientRequest, ErrorData, ProgressNotificationParam, ProgressToken, ServerResult,
+};
+use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RequestContext, ServiceError};
+use rmcp::{ClientHandler, RoleClient, RoleServer, ServiceExt};
+use tenantgate_crds::config::{McpAuthConfig, McpConnectionConfig};
+use tokio::sync::{mpsc, watch};
+
+use super::catalog::Offer;
+use super::drift_status::DriftBoard;
+use super::filter::ToolFilter;
+use super::pin::{DriftLog, PinDrift};
+use super::transport::{self, ConnectError, Transport, UserCredential};
+use super::user_oauth::{UserOAuthError, UserTokensCell};
+use crate::routing::Breaker;
+
+/// Failures before the breaker opens, and how long it stays open.
+const BREAKER_THRESHOLD: u32 = 5;
+const BREAKER_OPEN_FOR: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often a connected upstream is pinged: an HTTP upstream that went away
+/// is otherwise only noticed by the next request.
+const PING_EVERY: Duration = Duration::from_secs(2);
+
+/// Why a forwarded request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// The connection is down.
+    #[error("MCP connection {0} is not connected")]
+    Down(String),
+    /// Its breaker is open after repeated failures.
+    #[error("MCP connection {0} is failing; its circuit breaker is open")]
+    BreakerOpen(String),
+    /// No answer within `timeoutSeconds`.
+    #[error("MCP connection {0} did not answer within {1} s")]
+    Timeout(String, u64),
+    /// The client cancelled the request.
+    #[error("cancelled by the client")]
+    Cancelled,
+    /// The upstream answered with a JSON-RPC error: passed on as it is.
+    #[error("{0}")]
+    Upstream(ErrorData),
+    /// The transport failed or the answer was not what the request asked for.
+    #[error("MCP connection {0} failed: {1}")]
+    Transport(String, String),
+    /// A per-user connection the caller has not authorized (the message says where to).
+    #[error("{0}")]
+    NotAuthorized(String),
+}
+
+impl ForwardError {
+    /// Reason for logs and metrics.
+    pub fn as_reason(&self) -> &'static str {
+        match self {
+            Self::Down(_) => "ConnectionDown",
+            Self::BreakerOpen(_) => "BreakerOpen",
+            Self::Timeout(..) => "UpstreamTimeout",
+            Self::Cancelled => "Cancelled",
+            Self::Upstream(_) => "UpstreamError",
+            Self::Transport(..) => "UpstreamFailed",
+            Self::NotAuthorized(_) => "NotAuthorized",
+        }
+    }
+
+    /// The JSON-RPC error a client gets.
+    pub fn into_error_data(self) -> ErrorData {
+        match self {
+            Self::Upstream(e) => e,
+            other => ErrorData::internal_error(other.to_string(), None),
+        }
+    }
+}
+
+/// What a list-changed notification from an upstream asks to refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refresh {
+    Tools,
+    Prompts,
+    Resources,
+}
+
+/// Upstream progress token -> the downstream peer and its own token.
+type ProgressRoutes = Mutex<HashMap<ProgressToken, (Peer<RoleServer>, ProgressToken)>>;
+
+/// One upstream connection and its current session.
+#[derive(Debug)]
+pub struct Upstream {
+    config: McpConnectionConfig,
+    filter: ToolFilter,
+    timeout: Duration,
+    breaker: Arc<Breaker>,
+    live: ArcSwapOption<Live>,
+    progress: Arc<ProgressRoutes>,
+    /// Woken when a forwarded request fails at the transport: check the session now.
+    suspect: tokio::sync::Notify,
+    /// What it shares with the hub's other upstreams.
+    links: HubLinks,
+    /// Per-user OAuth: each user's own upstream session.
+    users: Mutex<HashMap<String, Arc<UserSlot>>>,
+    /// Pin drifts reported so far.
+    drift_log: DriftLog,
+}
+
+/// What every upstream of a hub shares, built once with the hub.
+#[derive(Debug, Clone)]
+pub struct HubLinks {
+    /// Per-user OAuth: the tenant's token store (set once storage is open).
+    pub user_tokens: UserTokensCell,
+    /// The egress HTTP client (for users' own sessions too).
+    pub client: reqwest::Client,
+    /// Where new pin drifts go (the hub's audit feed).
+    pub drifts: mpsc::UnboundedSender<PinDrift>,
+    /// Where the drifted tools of each complete listing go (McpConnection status).
+    pub drift_board: DriftBoard,
+}
+
+/// One user's upstream session of a per-user OAuth connection, opened on first use.
+#[derive(Debug, Default)]
+struct UserSlot {
+    session: tokio::sync::OnceCell<Session>,
+    last_used: Mutex<Option<std::time::Instant>>,
+}
+
+/// A user's idle upstream session is closed after this long.
+const USER_SESSION_IDLE: Duration = Duration::from_secs(600);
+
+/// A connected session.
+#[derive(Debug)]
+struct Live {
+    peer: Peer<RoleClient>,
+    offer: Arc<Offer>,
+}
+
+/// Receives the upstream's notifications.
+#[derive(Debug, Clone)]
+struct UpstreamClient {
+    refresh: mpsc::UnboundedSender<Refresh>,
+    progress: Arc<ProgressRoutes>,
+}
+
+impl ClientHandler for UpstreamClient {
+    async fn on_progress(&self, params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
+        let route = self
+            .progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&params.progress_token)
+            .cloned();
+        if let Some((peer, token)) = route {
+            let mut forwarded = params;
+            forwarded.progress_token = token;
+            let _ = peer.notify_progress(forwarded).await;
+        }
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.refresh.send(Refresh::Tools);
+    }
+
+    async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.refresh.send(Refresh::Prompts);
+    }
+
+    async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        let _ = self.refresh.send(Refresh::Resources);
+    }
+}
+
+/// Removes a progress route when the forwarded request ends, however it ends.
+struct ProgressRoute<'a>(&'a ProgressRoutes, Option<ProgressToken>);
+
+impl Drop for ProgressRoute<'_> {
+    fn drop(&mut self) {
+        if let Some(token) = self.1.take() {
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&token);
+        }
+    }
+}
+
+impl Upstream {
+    /// A disconnected upstream for a connection config; tool pin drifts it
+    /// finds are sent to the hub's feed, once per tool and definition.
+    pub fn new(config: McpConnectionConfig, links: HubLinks) -> Self {
+        let label: Arc<str> = format!("mcp/{}", config.name).into();
+        Self {
+            filter: ToolFilter::new(&config.tools),
+            timeout: Duration::from_secs(u64::from(config.timeout_seconds.max(1))),
+            breaker: Arc::new(Breaker::new(label, BREAKER_THRESHOLD, BREAKER_OPEN_FOR)),
+            live: ArcSwapOption::empty(),
+            progress: Arc::new(Mutex::new(HashMap::new())),
+            suspect: tokio::sync::Notify::new(),
+            links,
+            users: Mutex::new(HashMap::new()),
+            drift_log: DriftLog::default(),
+            config,
+        }
+    }
+
+    /// Whether each user reaches this upstream with their own OAuth token.
+    pub fn is_per_user(&self) -> bool {
+        matches!(self.config.auth, Some(McpAuthConfig::Oauth2AuthorizationCode { .. }))
+    }
+
+    /// Closes `subject`'s own session (their tokens were revoked).
+    pub fn forget_user(&self, subject: &str) {
+        self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(subject);
+    }
+
+    fn credential(&self, subject: &str) -> Option<UserCredential> {
+        let tokens = self.links.user_tokens.clone()?;
+        Some(UserCredential { tokens, config: Arc::new(self.config.clone()), subject: subject.to_string() })
+    }
+
+    /// The caller's own session of a per-user connection: opened on first
+    /// use (after checking they authorized the gateway), closed when idle.
+    async fn user_peer(&self, subject: Option<&str>) -> Result<Peer<RoleClient>, ForwardError> {
+        let name = &self.config.name;
+        let not_authorized = || ForwardError::NotAuthorized(UserOAuthError::NotAuthorized(name.clone()).to_string());
+        let subject = subject.ok_or_else(not_authorized)?;
+        let Some(tokens) = self.links.user_tokens.as_ref() else {
+            return Err(ForwardError::Transport(name.clone(), "per-user OAuth is not ready yet".into()));
+        };
+        match tokens.has_token(name, subject).await {
+            Ok(true) => {}
+            Ok(false) => return Err(not_authorized()),
+            Err(e) => return Err(ForwardError::Transport(name.clone(), e.to_string())),
+        }
+        let slot = {
+            let now = std::time::Instant::now();
+            let mut users = self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            users.retain(|_, s| {
+                let idle = s
+                    .last_used
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .is_some_and(|t| now - t > USER_SESSION_IDLE);
+                let closed = s.session.get().is_some_and(|session| session.is_transport_closed());
+                Arc::strong_count(s) > 1 || !(idle || closed)
+            });
+            users.entry(subject.to_string()).or_default().clone()
+        };
+        *slot.last_used.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
+        let credential = self.credential(subject);
+        let session = slot
+            .session
+            .get_or_try_init(|| async {
+                let (refresh, _) = mpsc::unbounded_channel();
+                let handler = UpstreamClient { refresh, progress: self.progress.clone() };
+                connect(self, &self.links.client, handler, credential).await
+            })
+            .await;
+        match session {
+            Ok(session) => Ok(session.peer().clone()),
+            Err(e) => {
+                self.forget_user(subject);
+                Err(ForwardError::Transport(name.clone(), e.to_string()))
+            }
+        }
+    }
+
+    /// The connection's config.
+    pub fn config(&self) -> &McpConnectionConfig {
+        &self.config
+    }
+
+    /// metadata.name of the connection.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Prefix of its exposed names.
+    pub fn prefix(&self) -> &str {
+        &self.config.prefix
+    }
+
+    /// What it offers now, if connected.
+    pub fn offer(&self) -> Option<Arc<Offer>> {
+        self.live.load().as_ref().map(|l| l.offer.clone())
+    }
+
+    /// Whether the upstream tool `name` passes the connection's allow/deny globs.
+    pub fn permits_tool(&self, name: &str) -> bool {
+        self.filter.permits(name)
+    }
+
+    /// Keeps the listed tools its allow/deny globs permit and applies its pins;
+    /// the drifts found.
+    pub(crate) fn admit_tools(&self, tools: &mut Vec<rmcp::model::Tool>) -> Vec<PinDrift> {
+        tools.retain(|t| self.filter.permits(&t.name));
+        super::pin::apply_pins(&self.config.name, &self.config.tools, tools)
+    }
+
+    /// Forwards one request for `subject` with the connection's timeout and
+    /// breaker, passing the client's progress notifications and cancellation
+    /// through when it comes from an MCP client session (`context`; the chat
+    /// tool loop has none). A per-user connection is reached through the
+    /// caller's own session, with their own token.
+    pub async fn forward(
+        &self,
+        request: ClientRequest,
+        context: Option<&RequestContext<RoleServer>>,
+        subject: Option<&str>,
+    ) -> Result<ServerResult, ForwardError> {
+        let name = &self.config.name;
+        let peer = if self.is_per_user() {
+            self.user_peer(subject).await?
+        } else {
+            match self.live.load().as_ref() {
+                Some(live) => live.peer.clone(),
+                None => return Err(ForwardError::Down(name.clone())),
+            }
+        };
+        let permit = self.breaker.try_acquire().ok_or_else(|| ForwardError::BreakerOpen(name.clone()))?;
+        let handle = match peer.send_request_with_option(request, PeerRequestOptions::with_timeout(self.timeout)).await
+        {
+            Ok(h) => h,
+            Err(e) => {
+                permit.failure();
+                self.suspect.notify_one();
+                if let Some(subject) = subject.filter(|_| self.is_per_user()) {
+                    self.forget_user(subject);
+                }
+                return Err(ForwardError::Transport(name.clone(), e.to_string()));
+            }
+        };
+        let _route = ProgressRoute(
+            &self.progress,
+            context.and_then(|c| c.meta.get_progress_token().map(|token| (c, token))).map(|(context, downstream)| {
+                let upstream = handle.progress_token.clone();
+                self.progress
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(upstream.clone(), (context.peer.clone(), downstream));
+                upstream
+            }),
+        );
+        let id = handle.id.clone();
+        let outcome = tokio::select! {
+            r = handle.await_response() => r,
+            () = cancelled(context) => {
+                let _ = peer
+                    .notify_cancelled(CancelledNotificationParam::new(Some(id), Some("cancelled by the client".into())))
+                    .await;
+                // Not the upstream's fault: neither success nor failure for the breaker.
+                permit.success();
+                return Err(ForwardError::Cancelled);
+            }
+        };
+        match outcome {
+            Ok(result) => {
+                permit.success();
+                Ok(result)
+            }
+            Err(ServiceError::McpError(e)) => {
+                permit.success();
+                Err(ForwardError::Upstream(e))
+            }
+            Err(ServiceError::Timeout { .. }) => {
+                permit.failure();
+                Err(ForwardError::Timeout(name.clone(), self.timeout.as_secs()))
+            }
+            Err(e) => {
+                permit.failure();
+                self.suspect.notify_one();
+                if let Some(subject) = subject.filter(|_| self.is_per_user()) {
+                    self.forget_user(subject);
+                }
+                Err(ForwardError::Transport(name.clone(), e.to_string()))
+            }
+        }
+    }
+}
+
+/// Resolves when the MCP client cancels its request; never without one.
+async fn cancelled(context: Option<&RequestContext<RoleServer>>) {
+    match context {
+        Some(c) => c.ct.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Keeps an upstream connected until `stop` flips: connects, lists, publishes
+/// its offer through `changed`, refreshes on list-changed, and reconnects with
+/// exponential backoff (with jitter) when the session drops.
+pub(super) async fn run(
+    upstream: Arc<Upstream>,
+    client: reqwest::Client,
+    changed: Weak<dyn Fn() + Send + Sync>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let name = upstream.config.name.clone();
+    let gauge = metrics::gauge!("tenantgate_mcp_connection_up", "connection" => name.clone());
+    gauge.set(0.0);
+    let publish = || {
+        if let Some(f) = changed.upgrade() {
+            f();
+        }
+    };
+    let mut delays = crate::backoff::Delays::new(BACKOFF_MIN, BACKOFF_MAX).peekable();
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let (refresh_tx, mut refresh_rx) = mpsc::unbounded_channel();
+        let handler = UpstreamClient { refresh: refresh_tx, progress: upstream.progress.clone() };
+        // A per-user connection is listed with the token of the user who
+        // authorized last (anonymously while nobody has).
+        let lister = match upstream.links.user_tokens.as_ref().filter(|_| upstream.is_per_user()) {
+            Some(tokens) => tokens.lister(&name).await.ok().flatten().and_then(|s| upstream.credential(&s)),
+            None => None,
+        };
+        let anonymous_per_user = upstream.is_per_user() && lister.is_none();
+        let connected = tokio::select! {
+            r = connect(&upstream, &client, handler, lister) => r,
+            _ = stop.changed() => break,
+        };
+        match connected {
+            Ok(session) => {
+                delays = crate::backoff::Delays::new(BACKOFF_MIN, BACKOFF_MAX).peekable();
+                let peer = session.peer().clone();
+                let offer = tokio::select! {
+                    o = list_offer(&upstream, &peer) => o,
+                    _ = stop.changed() => { let _ = session.cancel().await; break; }
+                };
+                match offer {
+                    Ok(offer) => {
+                        tracing::info!(
+                            connection = %name,
+                            tools = offer.tools.len(),
+                            prompts = offer.prompts.len(),
+                            resources = offer.resources.len(),
+                            "MCP connection up"
+                        );
+                        upstream.live.store(Some(Arc::new(Live { peer: peer.clone(), offer: Arc::new(offer) })));
+                        gauge.set(1.0);
+                        publish();
+                        let cancel = session.cancellation_token();
+                        let mut waiting = std::pin::pin!(session.waiting());
+                        let mut ping = tokio::time::interval(PING_EVERY);
+                        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        loop {
+                            tokio::select! {
+                                _ = &mut waiting => {
+                                    tracing::warn!(connection = %name, "MCP connection lost; its tools are withdrawn until it reconnects");
+                                    break;
+                                }
+                                _ = async { tokio::select! { _ = ping.tick() => {}, () = upstream.suspect.notified() => {} } } => {
+                                    if let Err(e) = alive(&peer, upstream.timeout).await {
+                                        tracing::warn!(connection = %name, error = %e, "MCP connection lost (ping failed); its tools are withdrawn until it reconnects");
+                                        cancel.cancel();
+                                        break;
+                                    }
+                                }
+                                Some(what) = refresh_rx.recv() => {
+                                    tracing::info!(connection = %name, list = ?what, "upstream list changed; refreshing");
+                                    match list_offer(&upstream, &peer).await {
+                                        Ok(offer) => {
+                                            upstream.live.store(Some(Arc::new(Live { peer: peer.clone(), offer: Arc::new(offer) })));
+                                            publish();
+                                        }
+                                        Err(e) => tracing::warn!(connection = %name, error = %e, "refreshing the upstream lists failed"),
+                                    }
+                                }
+                                _ = stop.changed() => {
+                                    cancel.cancel();
+                                    let _ = waiting.await;
+                                    upstream.live.store(None);
+                                    gauge.set(0.0);
+                                    publish();
+                                    tracing::info!(connection = %name, "MCP connection closed (removed from the config)");
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(connection = %name, error = %e, "listing the upstream's tools failed");
+                        let _ = session.cancel().await;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    connection = %name,
+                    reason = e.as_reason(),
+                    error = %e,
+                    retry_in_ms = delays.peek().map_or(0, |d| d.as_millis() as u64),
+                    "MCP connection down"
+                );
+                if anonymous_per_user {
+                    tracing::info!(
+                        connection = %name,
+                        "this per-user OAuth connection is listed with a user's token once one authorizes at /oauth/mcp/{name}/start"
+                    );
+                }
+            }
+        }
+        if upstream.live.swap(None).is_some() {
+            gauge.set(0.0);
+            publish();
+        }
+        metrics::counter!("tenantgate_mcp_reconnects_total", "connection" => name.clone()).increment(1);
+        let delay = delays.next().unwrap_or(BACKOFF_MAX);
+        tokio::select! {
+            () = tokio::time::sleep(crate::backoff::spread(delay)) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    upstream.live.store(None);
+    gauge.set(0.0);
+    publish();
+}
+
+type Session = rmcp::service::RunningService<RoleClient, UpstreamClient>;
+
+async fn connect(
+    upstream: &Upstream,
+    client: &reqwest::Client,
+    handler: UpstreamClient,
+    user: Option<UserCredential>,
+) -> Result<Session, ConnectError> {
+    let secs = upstream.config.timeout_seconds.max(1);
+    let handshake = async {
+        let transport = transport::build(&upstream.config, client, user).await?;
+        let served = match transport {
+            Transport::Http(t) => handler.serve(t).await,
+            Transport::Sse(t) => handler.serve(t).await,
+            Transport::Stdio(t) => handler.serve(t).await,
+        };
+        served.map_err(|e| ConnectError::Handshake(e.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(u64::from(secs)), handshake)
+        .await
+        .map_err(|_| ConnectError::Timeout(secs))?
+}
+
+/// Lists everything the upstream offers (all pages), keeping only the tools
+/// its filter permits. Lists it does not support are empty.
+async fn list_offer(upstream: &Upstream, peer: &Peer<RoleClient>) -> Result<Offer, ServiceError> {
+    let caps = peer.peer_info().map(|i| i.capabilities.clone()).unwrap_or_default();
+    let timeout = upstream.timeout;
+    let mut tools = if caps.tools.is_some() { bounded(timeout, peer.list_all_tools()).await? } else { Vec::new() };
+    let drifts = upstream.admit_tools(&mut tools);
+    upstream.links.drift_board.set(upstream.name(), drifts.iter().map(|d| d.tool.clone()).collect());
+    for drift in upstream.drift_log.fresh(drifts) {
+        let _ = upstream.links.drifts.send(drift);
+    }
+    let prompts = if caps.prompts.is_some() { bounded(timeout, peer.list_all_prompts()).await? } else { Vec::new() };
+    let (resources, templates) = if caps.resources.is_some() {
+        (
+            bounded(timeout, peer.list_all_resources()).await?,
+            // Some servers offer resources without templates: an error there is not fatal.
+            tokio::time::timeout(timeout, peer.list_all_resource_templates())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    Ok(Offer { tools, prompts, resources, templates })
+}
+
+/// Pings the upstream: only a transport failure or a timeout means it is gone
+/// (a JSON-RPC error is an answer).
+async fn alive(peer: &Peer<RoleClient>, timeout: Duration) -> Result<(), ServiceError> {
+    match bounded(timeout, peer.send_request(ClientRequest::PingRequest(Default::default()))).await {
+        Ok(_) | Err(ServiceError::McpError(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn bounded<T>(timeout: Duration, f: impl Future<Output = Result<T, ServiceError>>) -> Result<T, ServiceError> {
+    tokio::time::timeout(timeout, f).await.unwrap_or(Err(ServiceError::Timeout { timeout }))
+}
