@@ -68,27 +68,49 @@ pub fn owner_reference(tenant: &Tenant) -> OwnerReference {
     }
 }
 
+/// Why a `key=value` list was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LabelError {
+    /// Not `key=value`: a set-based selector or a bare word.
+    #[error("{0:?} is not key=value (only equality selectors are accepted)")]
+    NotAPair(String),
+    /// The key is not a label key.
+    #[error("{key:?} in {pair:?} is not a label key ([prefix/]name of [A-Za-z0-9-_.])")]
+    Key {
+        /// The key.
+        key: String,
+        /// The pair it is in.
+        pair: String,
+    },
+    /// The value is not a label value.
+    #[error("{value:?} in {pair:?} is not a label value (up to 63 of [A-Za-z0-9-_.])")]
+    Value {
+        /// The value.
+        value: String,
+        /// The pair it is in.
+        pair: String,
+    },
+}
+
 /// Parses `key=value[,key=value...]` (an equality-based label selector, as
 /// the operator's flags take them) into labels. Refuses anything else with a
 /// message naming what is wrong: set-based selectors (`in`, `!=`, `!key`)
 /// cannot be turned into labels to set or to match in a NetworkPolicy.
-pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, String> {
+pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>, LabelError> {
     let mut out = BTreeMap::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("{pair:?} is not key=value (only equality selectors are accepted)"))?;
+        let (key, value) = pair.split_once('=').ok_or_else(|| LabelError::NotAPair(pair.to_owned()))?;
         let (key, value) = (key.trim(), value.trim().trim_start_matches('='));
         let valid_key = !key.is_empty()
             && key.len() <= 253
             && key.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
             && key.rsplit('/').next().is_some_and(|name| !name.is_empty() && name.len() <= 63);
         if !valid_key {
-            return Err(format!("{key:?} in {pair:?} is not a label key ([prefix/]name of [A-Za-z0-9-_.])"));
+            return Err(LabelError::Key { key: key.to_owned(), pair: pair.to_owned() });
         }
         let valid_value = value.len() <= 63 && value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !valid_value {
-            return Err(format!("{value:?} in {pair:?} is not a label value (up to 63 of [A-Za-z0-9-_.])"));
+            return Err(LabelError::Value { value: value.to_owned(), pair: pair.to_owned() });
         }
         out.insert(key.to_owned(), value.to_owned());
     }
@@ -116,7 +138,7 @@ mod tests {
             ("a=b c", "not a label value"),
             ("=b", "not a label key"),
         ] {
-            let error = parse_labels(bad).expect_err(bad);
+            let error = parse_labels(bad).expect_err(bad).to_string();
             assert!(error.contains(says), "{bad}: {error}");
         }
     }
