@@ -420,8 +420,11 @@ class Gateway:
         wait_for(f"{self.namespace}/gateway rolled out", lambda: rolled_out(self.namespace), 180)
         self.forward = service_forward(self.namespace, "gateway")
         self.url = self.forward.url
+        # Probes and metrics: the Service's `metrics` port (the API port has no /readyz).
+        self.ops = service_forward(self.namespace, "gateway", "metrics")
+        self.ops_url = self.ops.url
         wait_for(f"{self.namespace}/gateway answering /readyz through its Service",
-                 lambda: httpx.get(self.url + "/readyz", timeout=5).status_code == 200, 120)
+                 lambda: httpx.get(self.ops_url + "/readyz", timeout=5).status_code == 200, 120)
 
     def pods(self) -> list[dict]:
         return get_json("pods", "-n", self.namespace, "-l", self.selector)["items"]
@@ -436,6 +439,7 @@ class Gateway:
 
     def stop(self) -> None:
         self.forward.close()
+        self.ops.close()
 
 
 OPERATOR_SELECTOR = "app.kubernetes.io/name=tenantgate-operator"

@@ -234,6 +234,10 @@ def test_gateways_run_as_pods_of_the_gateway_image():
             assert status["containerID"].startswith("containerd://"), status
         # The config each pod serves is the one the operator wrote (same content hash).
         assert serving_written_config(g.namespace)
+        # Probes and metrics answer on the Service's metrics port, not on the API port an Ingress routes.
+        assert httpx.get(g.ops_url + "/metrics", timeout=10).status_code == 200
+        for path in ("/metrics", "/readyz", "/livez"):
+            assert httpx.get(g.url + path, timeout=10).status_code == 404, path
     note_pods()
 
 
@@ -244,7 +248,7 @@ def serving_written_config(namespace: str) -> bool:
     want = get_json("configmap", "gateway-config", "-n", namespace)["metadata"]["annotations"]["tenantgate.dev/config-hash"]
     served = {}
     for p in pods_of(namespace, get_json("deployment", "gateway", "-n", namespace)):
-        forward = NetnsForward(p["status"]["podIP"], 8080)
+        forward = NetnsForward(p["status"]["podIP"], 9090)
         try:
             served[p["metadata"]["name"]] = httpx.get(forward.url + "/readyz", timeout=10).json()["configHash"]
         finally:
@@ -535,7 +539,8 @@ def test_network_policies_are_enforced_on_the_node():
     mock_svc = get_json("service", "mock-llm", "-n", "e2e-upstreams")["spec"]["clusterIP"]
     dns_svc = get_json("service", "kube-dns", "-n", "kube-system")["spec"]["clusterIP"]
     assert acme_ips and quickstart_ips
-    for ns, labels in (("e2e-outsider", {}), ("ingress-nginx", {}), ("e2e-decoy", {})):
+    for ns, labels in (("e2e-outsider", {}), ("ingress-nginx", {}), ("e2e-decoy", {}),
+                       ("e2e-scraper", {"tenantgate.dev/metrics-scraper": "true"})):
         kubectl("create", "namespace", ns)
         kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted", *(f"{k}={v}" for k, v in labels.items()))
     pods: list[ClientPod] = []
@@ -548,10 +553,11 @@ def test_network_policies_are_enforced_on_the_node():
         other_tenant = ClientPod("tg-quickstart", "netcheck")
         outsider = ClientPod("e2e-outsider", "netcheck")
         ingress = ClientPod("ingress-nginx", "netcheck")
+        scraper = ClientPod("e2e-scraper", "netcheck")
         # A pod with acme's gateway labels: fenced by acme's NetworkPolicy exactly as its gateway is.
         acme_labels = get_json("deployment", "gateway", "-n", "tg-acme")["spec"]["selector"]["matchLabels"]
         fenced = ClientPod("tg-acme", "netcheck-as-gateway", acme_labels)
-        pods += [other_tenant, outsider, ingress, fenced]
+        pods += [other_tenant, outsider, ingress, scraper, fenced]
         metadata = NodeAddress(METADATA_IP, (80, 443, 5432, 6379))
 
         # Ingress to acme's gateway.
@@ -561,6 +567,12 @@ def test_network_policies_are_enforced_on_the_node():
             expect(ingress, ip, 8080, True, "allowIngressFrom names ingress-nginx")
         expect(other_tenant, acme_svc, 8080, False, "another tenant's namespace, through the Service")
         expect(ingress, acme_svc, 8080, True, "allowIngressFrom, through the Service")
+        # Probes and metrics (port 9090): scrapers only; API callers and scrapers each get their port.
+        for ip in acme_ips:
+            expect(ingress, ip, 9090, False, "the metrics port is not open to API callers")
+            expect(scraper, ip, 9090, True, "a namespace labelled tenantgate.dev/metrics-scraper")
+            expect(scraper, ip, 8080, False, "scrapers do not call the API")
+        expect(scraper, acme_svc, 9090, True, "a scraper, through the Service's metrics port")
         # Egress of acme's gateway pods.
         expect(outsider, decoy_ip, 8080, True, "control: an unfenced pod reaches the decoy")
         expect(fenced, decoy_ip, 8080, False, "a private address the tenant's config does not name")
@@ -581,7 +593,7 @@ def test_network_policies_are_enforced_on_the_node():
             metadata.close()
         for p in pods:
             p.delete()
-        kubectl("delete", "namespace", "e2e-outsider", "ingress-nginx", "e2e-decoy", "--wait=false")
+        kubectl("delete", "namespace", "e2e-outsider", "ingress-nginx", "e2e-decoy", "e2e-scraper", "--wait=false")
     note_pods()
 
 
@@ -923,7 +935,8 @@ def test_a_stdio_connection_runs_as_its_bridge_deployment_and_answers_through_mc
     """A stdio McpConnection in a cluster: the operator runs the server's image (here
     server-everything on Node.js, built by `make images`) as a Deployment of its own, the
     gateway's static stdio-bridge copied in by an init container; the tenant's /mcp lists
-    and calls its tools through it."""
+    and calls its tools through it. The bridge's NetworkPolicy lets only the tenant's gateway
+    pods connect to it."""
     g, token = S.gateways["acme"], S.tokens["acme"]
     connection = {
         "apiVersion": "tenantgate.dev/v1alpha1", "kind": "McpConnection",
@@ -949,6 +962,22 @@ def test_a_stdio_connection_runs_as_its_bridge_deployment_and_answers_through_mc
         wait_for("the stdio server's tools offered", lambda: "local_get-sum" in app.mcp_tools(g.url, token), 60)
         is_error, text = app.mcp_call(g.url, token, "local_get-sum", {"a": 20, "b": 22})
         assert not is_error and "42" in text, text
+        policy = get_json("networkpolicy", "mcp-local", "-n", "tg-acme")
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"], policy["spec"]
+        bridge_ips = pod_ips("tg-acme", "tenantgate.dev/mcp-connection=local")
+        assert bridge_ips
+        acme_labels = get_json("deployment", "gateway", "-n", "tg-acme")["spec"]["selector"]["matchLabels"]
+        clients = [ClientPod("tg-acme", "bridge-as-gateway", acme_labels), ClientPod("tg-acme", "bridge-neighbour"),
+                   ClientPod("tg-quickstart", "bridge-other-tenant")]
+        try:
+            as_gateway, neighbour, other_tenant = clients
+            for ip in bridge_ips:
+                expect(as_gateway, ip, 8080, True, "the tenant's gateway pods reach its stdio bridge")
+                expect(neighbour, ip, 8080, False, "a pod of the tenant's namespace that is not its gateway")
+                expect(other_tenant, ip, 8080, False, "another tenant's pod")
+        finally:
+            for c in clients:
+                c.delete()
         note_pods()
     finally:
         kubectl("delete", "mcpconnection", "local", "-n", "tg-acme", "--ignore-not-found")
@@ -999,9 +1028,9 @@ def test_install_with_plain_manifests():
 def test_the_readme_commands_run():
     """Every `sh` block of README.md marked `<!-- e2e:run -->`, in order (e2e/readme-run).
 
-    The walkthrough's blocks need what a reader sets up around them: GATEWAY
-    (their port-forward; here the quickstart's Service, forwarded from the node's
-    network namespace), MCP_URL (their MCP server; here e2e/mcp-echo's Service)
+    The walkthrough's blocks need what a reader sets up around them: GATEWAY and
+    GATEWAY_OPS (their port-forward; here the quickstart's Service's two ports, forwarded
+    from the node's network namespace), MCP_URL (their MCP server; here e2e/mcp-echo's Service)
     and the mcp SDK on PATH's python3 (this suite's venv)."""
     kubectl("apply", "-f", str(EXAMPLES / "quickstart"))
     wait_ready("quickstart", timeout="180s")
@@ -1009,6 +1038,7 @@ def test_the_readme_commands_run():
     environment = {
         **os.environ,
         "GATEWAY": g.url,
+        "GATEWAY_OPS": g.ops_url,
         "MCP_URL": McpEcho.in_cluster + "/mcp",
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
@@ -1046,12 +1076,13 @@ def test_make_demo_shows_the_flow_and_demo_down_removes_it():
         assert "tenant.tenantgate.dev/quickstart" in out and "True" in out, out
         assert "assistant: Hello from the Tenantgate mock model" in out, out
         url = re.search(r"port-forward pid \d+ at (http://127\.0\.0\.1:\d+)", out).group(1)
-        assert httpx.get(url + "/livez", timeout=5).status_code == 200
+        # The gateway answers through the forward (its API port: a request without a token is refused).
+        assert httpx.get(url + "/v1/models", timeout=5).status_code == 401
     finally:
         # Down even when a step above failed: the demo's cluster must not outlive the test.
         run(["make", "-s", "-C", str(ROOT), "demo-down"], env=demo_env, timeout=300)
     with pytest.raises(httpx.TransportError):
-        httpx.get(url + "/livez", timeout=5)
+        httpx.get(url + "/v1/models", timeout=5)
     assert not (tmp_path / "demo-run").exists()
     tmp_path.rmdir()
 

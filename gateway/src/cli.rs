@@ -84,6 +84,11 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "TENANTGATE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// Serve `/livez`, `/readyz` and `/metrics` on this address instead of `--listen`
+    /// (in a cluster: a port no Ingress or HTTPRoute routes, open only to probes and
+    /// scrapers). Unset: they are served on `--listen`.
+    #[arg(long, env = "TENANTGATE_OPS_LISTEN")]
+    pub ops_listen: Option<SocketAddr>,
     /// How often the config source is checked for changes, in milliseconds.
     #[arg(long, env = "TENANTGATE_CONFIG_POLL_MS", default_value_t = 1000)]
     pub config_poll_ms: u64,

@@ -98,7 +98,27 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
 
     let listener = TcpListener::bind(args.listen).await?;
     tracing::info!(address = %listener.local_addr()?, "listening");
-    let app = crate::api::router(state.clone(), Duration::from_secs(args.request_timeout_secs));
+    let app =
+        crate::api::router(state.clone(), Duration::from_secs(args.request_timeout_secs), args.ops_listen.is_none());
+    // Probes and metrics on a port of their own: served until the very end, so the
+    // kubelet sees /readyz fail during the drain and the last metrics can be scraped.
+    let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ops = match args.ops_listen {
+        Some(address) => {
+            let ops_listener = TcpListener::bind(address).await?;
+            tracing::info!(address = %ops_listener.local_addr()?, "probes and metrics listening");
+            let ops_app = crate::api::ops_router(state.clone());
+            Some(tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = ops_stopped.await;
+                };
+                if let Err(error) = axum::serve(ops_listener, ops_app).with_graceful_shutdown(stopped).await {
+                    tracing::error!(%error, "the probes and metrics listener failed");
+                }
+            }))
+        }
+        None => None,
+    };
 
     let draining = Arc::new(tokio::sync::Notify::new());
     let signal_state = state.clone();
@@ -127,6 +147,10 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     }
     // Every request has finished (or was cut): write what they recorded.
     storage.recorder.close(Duration::from_secs(15)).await;
+    let _ = ops_stop.send(());
+    if let Some(ops) = ops {
+        let _ = ops.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

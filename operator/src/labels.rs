@@ -31,6 +31,8 @@ pub const GATEWAY_CONFIG: &str = "gateway-config";
 pub const CONFIG_KEY: &str = "config.yaml";
 /// Port the gateway serves on (HTTP API, probes and metrics).
 pub const GATEWAY_PORT: i32 = 8080;
+/// The gateway's probes and metrics (`--ops-listen`): a port no Ingress or HTTPRoute routes.
+pub const GATEWAY_OPS_PORT: i32 = 9090;
 /// Writable directory of the gateway pod (an emptyDir): local SQLite data and the spill file.
 pub const DATA_DIR: &str = "/var/lib/tenantgate";
 

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::networking::v1::NetworkPolicyEgressRule;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -214,6 +215,12 @@ pub struct StdioServer {
     #[schemars(length(max = 64))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub env: Vec<StdioEnv>,
+    /// Where the server may connect (in a cluster), as NetworkPolicy egress rules, besides the
+    /// cluster DNS. Empty: nowhere else. The bridge pod takes connections only from its tenant's
+    /// gateway pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub egress: Vec<NetworkPolicyEgressRule>,
 }
 
 /// One environment variable of a stdio server: a literal value or a Secret key.

@@ -34,7 +34,7 @@ pub struct ModelLabel(pub Arc<str>);
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The whole application.
-pub fn router(state: AppState, request_timeout: Duration) -> Router {
+pub fn router(state: AppState, request_timeout: Duration, with_ops: bool) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(models::list))
@@ -43,15 +43,11 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .merge(crate::mcp::authorize::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), admit))
         .route_layer(middleware::from_fn(track));
-    let ops = Router::new()
-        .route("/livez", get(ops::livez))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics));
-    Router::new()
+    let app = Router::new()
         .merge(api)
-        .merge(crate::mcp::router(&state).route_layer(middleware::from_fn_with_state(state.clone(), admit)))
-        .merge(ops)
-        .fallback(not_found)
+        .merge(crate::mcp::router(&state).route_layer(middleware::from_fn_with_state(state.clone(), admit)));
+    let app = if with_ops { app.merge(ops_routes()) } else { app };
+    app.fallback(not_found)
         .layer(middleware::map_response(error_shape))
         .layer(
             ServiceBuilder::new()
@@ -61,6 +57,20 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
                 .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, request_timeout)),
         )
         .with_state(state)
+}
+
+/// The probes and metrics: `/livez`, `/readyz`, `/metrics`.
+fn ops_routes() -> Router<AppState> {
+    Router::new()
+        .route("/livez", get(ops::livez))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+}
+
+/// The probes and metrics alone, for a listener of their own (`--ops-listen`): a port that
+/// no Ingress routes, which the NetworkPolicy opens only to the kubelet and scrapers.
+pub fn ops_router(state: AppState) -> Router {
+    ops_routes().fallback(not_found).layer(middleware::map_response(error_shape)).with_state(state)
 }
 
 /// Logs one access line per request: its id, method, path, the subject it

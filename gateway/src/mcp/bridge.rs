@@ -67,7 +67,8 @@ pub async fn stdio_bridge(
         move || Ok(AggregateServer::new(factory_hub.clone(), super::call::Mode::Bridge)),
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default()
-            // Reached by the gateway through its Service name; the NetworkPolicy admits only the gateway.
+            // Reached by the gateway through its Service name; the bridge's NetworkPolicy (the operator's
+            // `mcp-<connection>`) admits only its tenant's gateway pods. No token is checked yet.
             .disable_allowed_hosts()
             .with_max_request_body_bytes(max_message_bytes),
     );

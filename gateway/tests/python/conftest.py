@@ -94,7 +94,7 @@ class Gateway:
     """A running gateway over a temporary manifests directory."""
 
     def __init__(self, upstream: Upstream, extra_manifests: str = "", extra_args: tuple[str, ...] = (),
-                 log: Path | None = None, log_level: str | None = None) -> None:
+                 log: Path | None = None, log_level: str | None = None, ops_listener: bool = False) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tg-gw-py-"))
         manifests = self.dir / "manifests"
         manifests.mkdir()
@@ -110,6 +110,11 @@ class Gateway:
         self.manifests = manifests
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
+        # `ops_listener`: probes and metrics on a port of their own (`--ops-listen`), as in a cluster.
+        self.ops_url = self.url
+        if ops_listener:
+            self.ops_url = f"http://127.0.0.1:{free_port()}"
+            extra_args = ("--ops-listen", self.ops_url.removeprefix("http://"), *extra_args)
         env = dict(os.environ, RUST_LOG=log_level or os.environ.get("GATEWAY_LOG", "warn"))
         # `log`: the gateway's stdout and stderr go to this file (for tests that read its logs).
         out = open(log, "w") if log else None
@@ -121,7 +126,7 @@ class Gateway:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "/readyz").status_code == 200:
+                if httpx.get(self.ops_url + "/readyz").status_code == 200:
                     break
             except httpx.TransportError:
                 pass

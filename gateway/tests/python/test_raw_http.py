@@ -5,9 +5,10 @@ import base64
 import json
 import time
 
+import httpx
 import pytest
 
-from conftest import FOREIGN_KEY, error_body
+from conftest import FOREIGN_KEY, Gateway, error_body
 
 OK = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -113,3 +114,20 @@ def test_metrics_expose_requests_breakers_and_streams(raw):
                  "tenantgate_upstream_latency_seconds_bucket", "tenantgate_circuit_breaker_state",
                  "tenantgate_tokens_total", "tenantgate_streams_in_flight"]:
         assert name in text, name
+
+
+def test_probes_and_metrics_on_their_own_port_are_not_on_the_api_port(upstream):
+    """`--ops-listen` (what the operator sets in a cluster): /livez, /readyz and /metrics answer
+    there and nowhere on the API port, which an Ingress routes; the API stays on the API port."""
+    g = Gateway(upstream, ops_listener=True)
+    try:
+        assert g.ops_url != g.url
+        for path in ("/livez", "/readyz", "/metrics"):
+            assert httpx.get(g.ops_url + path).status_code == 200, path
+            r = httpx.get(g.url + path)
+            assert r.status_code == 404, (path, r.status_code, r.text[:200])
+        assert "tenantgate_" in httpx.get(g.ops_url + "/metrics").text
+        assert httpx.get(g.ops_url + "/v1/models", headers={"Authorization": f"Bearer {g.token}"}).status_code == 404
+        assert httpx.get(g.url + "/v1/models", headers={"Authorization": f"Bearer {g.token}"}).status_code == 200
+    finally:
+        g.stop()

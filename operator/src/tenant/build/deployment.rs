@@ -19,8 +19,8 @@ use sha2::{Digest, Sha256};
 use super::pod::{restricted_container_security, restricted_pod_security};
 use super::{BuildInput, meta};
 use crate::labels::{
-    CHECKSUM_ANNOTATION, CONFIG_KEY, DATA_DIR, GATEWAY, GATEWAY_CONFIG, GATEWAY_PORT, SERVICE_ACCOUNT_DIR,
-    gateway_selector, labels,
+    CHECKSUM_ANNOTATION, CONFIG_KEY, DATA_DIR, GATEWAY, GATEWAY_CONFIG, GATEWAY_OPS_PORT, GATEWAY_PORT,
+    SERVICE_ACCOUNT_DIR, gateway_selector, labels,
 };
 
 /// Checksum of what the gateway reads only when it starts: the config's
@@ -132,9 +132,14 @@ pub(super) fn http_get(path: &str) -> Option<HTTPGetAction> {
     })
 }
 
+/// An HTTP GET on the gateway container's `ops` port (probes and metrics).
+fn ops_get(path: &str) -> Option<HTTPGetAction> {
+    Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String("ops".into()), ..HTTPGetAction::default() })
+}
+
 fn probe(path: &str, period: i32) -> Probe {
     Probe {
-        http_get: http_get(path),
+        http_get: ops_get(path),
         period_seconds: Some(period),
         timeout_seconds: Some(2),
         failure_threshold: Some(3),
@@ -212,13 +217,23 @@ pub fn build_deployment(input: &BuildInput<'_>) -> Deployment {
             format!("/etc/tenantgate/{CONFIG_KEY}"),
             "--listen".into(),
             format!("0.0.0.0:{GATEWAY_PORT}"),
+            "--ops-listen".into(),
+            format!("0.0.0.0:{GATEWAY_OPS_PORT}"),
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: GATEWAY_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: GATEWAY_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("ops".into()),
+                container_port: GATEWAY_OPS_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
         env: Some(vec![
             env_from_field("POD_NAME", "metadata.name"),
             env_from_field("POD_NAMESPACE", "metadata.namespace"),
@@ -236,7 +251,7 @@ pub fn build_deployment(input: &BuildInput<'_>) -> Deployment {
         liveness_probe: Some(probe("/livez", 10)),
         readiness_probe: Some(probe("/readyz", 5)),
         startup_probe: Some(Probe {
-            http_get: http_get("/livez"),
+            http_get: ops_get("/livez"),
             period_seconds: Some(2),
             failure_threshold: Some(30),
             ..Probe::default()
@@ -326,7 +341,17 @@ pub fn build_service(input: &BuildInput<'_>) -> Service {
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(gateway_selector(&input.tenant.name_any())),
-            ports: Some(vec![http_service_port(GATEWAY_PORT)]),
+            // `metrics`: for a ServiceMonitor; an Ingress or HTTPRoute only ever names `http`.
+            ports: Some(vec![
+                http_service_port(GATEWAY_PORT),
+                ServicePort {
+                    name: Some("metrics".into()),
+                    port: GATEWAY_OPS_PORT,
+                    target_port: Some(IntOrString::String("ops".into())),
+                    protocol: Some("TCP".into()),
+                    ..ServicePort::default()
+                },
+            ]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -360,6 +385,25 @@ mod tests {
             Some(Some("/readyz".into()))
         );
         assert!(!p.topology_spread_constraints.clone().unwrap_or_default().is_empty());
+    }
+
+    #[test]
+    fn probes_and_metrics_have_a_port_of_their_own() {
+        let s = plain_stack();
+        let c = &pod(&s).containers[0];
+        let args = c.args.clone().unwrap_or_default();
+        assert!(args.windows(2).any(|w| w == ["--ops-listen", "0.0.0.0:9090"]), "{args:?}");
+        for probe in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe] {
+            let port = probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|h| h.port.clone());
+            assert_eq!(port, Some(IntOrString::String("ops".into())), "probes go to the ops port");
+        }
+        let ports: Vec<(Option<String>, i32)> =
+            c.ports.iter().flatten().map(|p| (p.name.clone(), p.container_port)).collect();
+        assert_eq!(ports, [(Some("http".into()), 8080), (Some("ops".into()), 9090)]);
+        let service = s.get::<Service>(GATEWAY).expect("service");
+        let ports: Vec<(Option<String>, i32)> =
+            service.spec.iter().flat_map(|s| s.ports.iter().flatten()).map(|p| (p.name.clone(), p.port)).collect();
+        assert_eq!(ports, [(Some("http".into()), 8080), (Some("metrics".into()), 9090)]);
     }
 
     #[test]

@@ -250,9 +250,10 @@ pub fn build(input: &BuildInput<'_>) -> Result<TenantStack, BuildError> {
     stack.push(&build_config_map(input)?)?;
     stack.push(&build_service(input))?;
     stack.push(&build_network_policy(input))?;
-    for (deployment, service) in build_stdio_bridges(input) {
+    for (deployment, service, policy) in build_stdio_bridges(input) {
         stack.push(&deployment)?;
         stack.push(&service)?;
+        stack.push(&policy)?;
     }
     stack.push(&build_deployment(input))?;
     if let Some(hpa) = build_hpa(input) {

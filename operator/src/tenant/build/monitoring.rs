@@ -52,7 +52,7 @@ pub fn build_service_monitor(input: &BuildInput<'_>) -> Option<ServiceMonitor> {
                 match_labels: Some(gateway_selector(&input.tenant.name_any())),
                 ..LabelSelector::default()
             },
-            endpoints: vec![Endpoint { port: "http".into(), path: "/metrics".into(), interval: "30s".into() }],
+            endpoints: vec![Endpoint { port: "metrics".into(), path: "/metrics".into(), interval: "30s".into() }],
         },
     })
 }
@@ -71,5 +71,6 @@ mod tests {
         let monitor = build_service_monitor(&input(&t, &r, &settings)).expect("monitor");
         assert_eq!(monitor.spec.selector.match_labels, Some(gateway_selector("acme")));
         assert_eq!(monitor.spec.endpoints[0].path, "/metrics");
+        assert_eq!(monitor.spec.endpoints[0].port, "metrics", "the Service's probes and metrics port");
     }
 }

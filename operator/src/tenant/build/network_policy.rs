@@ -14,9 +14,9 @@ use tenantgate_crds::config::{JwtKeys, McpAuthConfig};
 use tenantgate_crds::render::tenant_namespace;
 
 use super::{BuildInput, meta};
-use crate::labels::{GATEWAY, GATEWAY_PORT, gateway_selector};
+use crate::labels::{GATEWAY, GATEWAY_OPS_PORT, GATEWAY_PORT, gateway_selector};
 
-fn port(protocol: &str, port: i32) -> NetworkPolicyPort {
+pub(super) fn port(protocol: &str, port: i32) -> NetworkPolicyPort {
     NetworkPolicyPort {
         protocol: Some(protocol.into()),
         port: Some(IntOrString::Int(port)),
@@ -24,7 +24,7 @@ fn port(protocol: &str, port: i32) -> NetworkPolicyPort {
     }
 }
 
-fn match_labels(labels: BTreeMap<String, String>) -> Option<LabelSelector> {
+pub(super) fn match_labels(labels: BTreeMap<String, String>) -> Option<LabelSelector> {
     Some(LabelSelector { match_labels: Some(labels), ..LabelSelector::default() })
 }
 
@@ -106,17 +106,8 @@ fn upstream_urls(input: &BuildInput<'_>) -> BTreeSet<String> {
     urls
 }
 
-/// Default deny; ingress only from allowed peers, the operator's namespace and
-/// metrics scrapers; egress only to DNS, the API server and what the config names.
-pub fn build_network_policy(input: &BuildInput<'_>) -> NetworkPolicy {
-    let spec = &input.tenant.spec;
-    let mut from = spec.network.allow_ingress_from.clone();
-    from.push(namespace_named(&input.settings.operator_namespace));
-    from.push(NetworkPolicyPeer {
-        namespace_selector: match_labels(input.settings.metrics_namespace_labels.clone()),
-        ..NetworkPolicyPeer::default()
-    });
-
+/// The way to the cluster DNS (the peers the operator is told: `dns.*` in the chart).
+pub(super) fn dns_egress(input: &BuildInput<'_>) -> NetworkPolicyEgressRule {
     let dns = &input.settings.dns;
     let mut dns_peers = vec![NetworkPolicyPeer {
         namespace_selector: match_labels(dns.namespace_labels.clone()),
@@ -124,8 +115,28 @@ pub fn build_network_policy(input: &BuildInput<'_>) -> NetworkPolicy {
         ..NetworkPolicyPeer::default()
     }];
     dns_peers.extend(dns.cidrs.iter().map(|cidr| ip_block(cidr.clone(), None)));
-    let mut egress =
-        vec![NetworkPolicyEgressRule { to: Some(dns_peers), ports: Some(vec![port("UDP", 53), port("TCP", 53)]) }];
+    NetworkPolicyEgressRule { to: Some(dns_peers), ports: Some(vec![port("UDP", 53), port("TCP", 53)]) }
+}
+
+/// Default deny; ingress only from allowed peers, the operator's namespace and
+/// metrics scrapers; egress only to DNS, the API server and what the config names.
+pub fn build_network_policy(input: &BuildInput<'_>) -> NetworkPolicy {
+    let spec = &input.tenant.spec;
+    // The API port: the peers the Tenant allows and the operator's namespace. The probes and
+    // metrics port: the operator's namespace and metrics scrapers only (the kubelet's probes
+    // come from the node, which NetworkPolicy implementations let through).
+    let operator = namespace_named(&input.settings.operator_namespace);
+    let mut from = spec.network.allow_ingress_from.clone();
+    from.push(operator.clone());
+    let scrapers = vec![
+        operator,
+        NetworkPolicyPeer {
+            namespace_selector: match_labels(input.settings.metrics_namespace_labels.clone()),
+            ..NetworkPolicyPeer::default()
+        },
+    ];
+
+    let mut egress = vec![dns_egress(input)];
     egress.extend(api_server_egress(&input.settings.api_server));
     let mut seen: Vec<NetworkPolicyEgressRule> = Vec::new();
     for url in &upstream_urls(input) {
@@ -157,10 +168,10 @@ pub fn build_network_policy(input: &BuildInput<'_>) -> NetworkPolicy {
         spec: Some(NetworkPolicySpec {
             pod_selector: match_labels(gateway_selector(&input.tenant.name_any())),
             policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(from),
-                ports: Some(vec![port("TCP", GATEWAY_PORT)]),
-            }]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule { from: Some(from), ports: Some(vec![port("TCP", GATEWAY_PORT)]) },
+                NetworkPolicyIngressRule { from: Some(scrapers), ports: Some(vec![port("TCP", GATEWAY_OPS_PORT)]) },
+            ]),
             egress: Some(egress),
         }),
     }
@@ -214,12 +225,18 @@ mod tests {
         let policy = policy(&s);
         let spec = policy.spec.as_ref().expect("spec");
         assert_eq!(spec.policy_types.clone().unwrap_or_default(), ["Ingress", "Egress"]);
-        let ingress = serde_json::to_string(&spec.ingress).expect("json");
-        assert!(
-            ingress.contains("\"team\":\"web\"")
-                && ingress.contains("tenantgate-system")
-                && ingress.contains("tenantgate.dev/metrics-scraper")
-        );
+        // The API port: the allowed peers and the operator; the probes and metrics port: the
+        // operator and metrics scrapers, never the peers that call the API.
+        let ingress = serde_json::to_value(&spec.ingress).expect("json");
+        assert_eq!(ingress[0]["ports"], json!([{"port": 8080, "protocol": "TCP"}]));
+        let api = ingress[0]["from"].to_string();
+        assert!(api.contains("\"team\":\"web\"") && api.contains("tenantgate-system"), "{api}");
+        assert!(!api.contains("tenantgate.dev/metrics-scraper"), "scrapers do not call the API: {api}");
+        assert_eq!(ingress[1]["ports"], json!([{"port": 9090, "protocol": "TCP"}]));
+        let ops = ingress[1]["from"].to_string();
+        assert!(ops.contains("tenantgate.dev/metrics-scraper") && ops.contains("tenantgate-system"), "{ops}");
+        assert!(!ops.contains("\"team\":\"web\""), "API callers do not reach the metrics: {ops}");
+        assert_eq!(ingress.as_array().map(Vec::len), Some(2));
         let egress = serde_json::to_value(&spec.egress).expect("json");
         let text = egress.to_string();
         assert!(text.contains("\"port\":53"), "DNS");

@@ -9,12 +9,14 @@ use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, Probe,
     SecretKeySelector, Service, ServiceSpec,
 };
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
 use tenantgate_crds::render::STDIO_BRIDGE_PORT;
 use tenantgate_crds::v1alpha1::{McpConnection, McpTransport, StdioEnv};
 
 use super::deployment::{empty_dir, http_get, http_service_port, mount, resources};
+use super::network_policy::{dns_egress, match_labels, port};
 use super::pod::{restricted_container_security, restricted_pod_security};
 use super::{BuildInput, meta};
 use crate::labels::{gateway_selector, labels};
@@ -45,8 +47,11 @@ fn env_var(e: &StdioEnv) -> EnvVar {
     }
 }
 
-/// The bridge Deployment and Service of every bound stdio McpConnection with an image.
-pub fn build_stdio_bridges(input: &BuildInput<'_>) -> Vec<(Deployment, Service)> {
+/// A bridge: its Deployment, its Service, and the NetworkPolicy that fences its pods.
+pub type StdioBridge = (Deployment, Service, NetworkPolicy);
+
+/// The bridge of every bound stdio McpConnection with an image.
+pub fn build_stdio_bridges(input: &BuildInput<'_>) -> Vec<StdioBridge> {
     let bound: BTreeSet<&str> = input.rendered.config.mcp.iter().map(|c| c.name.as_str()).collect();
     input
         .mcp_connections
@@ -56,7 +61,7 @@ pub fn build_stdio_bridges(input: &BuildInput<'_>) -> Vec<(Deployment, Service)>
         .collect()
 }
 
-fn build_stdio_bridge(input: &BuildInput<'_>, c: &McpConnection) -> Option<(Deployment, Service)> {
+fn build_stdio_bridge(input: &BuildInput<'_>, c: &McpConnection) -> Option<StdioBridge> {
     let stdio = c.spec.stdio.as_ref()?;
     let image = stdio.image.as_ref()?;
     let tenant = input.tenant.name_any();
@@ -131,13 +136,33 @@ fn build_stdio_bridge(input: &BuildInput<'_>, c: &McpConnection) -> Option<(Depl
     let service = Service {
         metadata: meta(input, &object, "mcp-bridge"),
         spec: Some(ServiceSpec {
-            selector: Some(selector),
+            selector: Some(selector.clone()),
             ports: Some(vec![http_service_port(i32::from(STDIO_BRIDGE_PORT))]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
     };
-    Some((deployment, service))
+    // The bridge serves the server's tools (with the Secrets its env names) to whoever
+    // connects: only its tenant's gateway pods may, and it reaches only DNS and what the
+    // connection declares.
+    let mut egress = vec![dns_egress(input)];
+    egress.extend(stdio.egress.iter().cloned());
+    let policy = NetworkPolicy {
+        metadata: meta(input, &object, "mcp-bridge"),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: match_labels(selector),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![NetworkPolicyPeer {
+                    pod_selector: match_labels(gateway_selector(&tenant)),
+                    ..NetworkPolicyPeer::default()
+                }]),
+                ports: Some(vec![port("TCP", i32::from(STDIO_BRIDGE_PORT))]),
+            }]),
+            egress: Some(egress),
+        }),
+    };
+    Some((deployment, service, policy))
 }
 
 #[cfg(test)]
@@ -158,6 +183,42 @@ mod tests {
         let pod = d.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod");
         let command = pod.containers[0].command.clone().unwrap_or_default();
         assert_eq!(command[1..], ["stdio-bridge", "--listen", "0.0.0.0:8080", "--", "npx", "server"]);
+    }
+
+    #[test]
+    fn a_bridge_takes_connections_only_from_its_tenants_gateway_and_reaches_only_what_it_declares() {
+        let mut conn = stdio_connection();
+        let stdio = conn.spec.stdio.as_mut().expect("stdio");
+        stdio.egress = serde_json::from_value(serde_json::json!([
+            {"to": [{"ipBlock": {"cidr": "140.82.112.0/20"}}], "ports": [{"port": 443, "protocol": "TCP"}]}
+        ]))
+        .expect("egress rules");
+        let s = stack_of(&tenant(""), &[conn], &BTreeMap::new());
+        let policy = s.get::<NetworkPolicy>("mcp-everything").expect("the bridge's NetworkPolicy");
+        let spec = serde_json::to_value(policy.spec).expect("json");
+        let bridge = s.get::<Deployment>("mcp-everything").expect("bridge");
+        let pods = bridge.spec.as_ref().and_then(|d| d.selector.match_labels.clone()).expect("selector");
+        assert_eq!(spec["podSelector"]["matchLabels"], serde_json::to_value(&pods).expect("json"));
+        assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress", "Egress"]));
+        assert_eq!(
+            spec["ingress"],
+            serde_json::json!([{
+                "from": [{"podSelector": {"matchLabels": gateway_selector("acme")}}],
+                "ports": [{"port": 8080, "protocol": "TCP"}]
+            }]),
+            "only the tenant's gateway pods, in the bridge's namespace"
+        );
+        let egress = spec["egress"].as_array().expect("egress");
+        assert_eq!(egress.len(), 2, "DNS and the declared rule: {egress:?}");
+        assert_eq!(
+            egress[0]["ports"],
+            serde_json::json!([{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}])
+        );
+        assert_eq!(egress[1]["to"], serde_json::json!([{"ipBlock": {"cidr": "140.82.112.0/20"}}]));
+        // The gateway's own NetworkPolicy does not select bridge pods, nor the bridge's the gateway's.
+        let gateway = s.get::<NetworkPolicy>(crate::labels::GATEWAY).expect("gateway policy");
+        let gateway_pods = gateway.spec.and_then(|s| s.pod_selector).and_then(|s| s.match_labels).expect("selector");
+        assert!(gateway_pods.iter().any(|(k, v)| pods.get(k) != Some(v)), "{gateway_pods:?} {pods:?}");
     }
 
     #[test]
