@@ -40,11 +40,15 @@ enum Command {
         #[arg(long = "api-server", value_delimiter = ',')]
         api_server: Vec<SocketAddr>,
     },
-    /// Exit 0 when an HTTP GET of URL (http://HOST:PORT/PATH) answers 200 within
-    /// 10 s, else 1 with what it got: the chart's `helm test` probe of /readyz.
+    /// Exit 0 when an HTTP GET of URL (http://HOST:PORT/PATH) answers 200 (each try
+    /// bounded by 10 s, tried once a second up to --attempts times), else 1 with what it
+    /// got last: the chart's `helm test` probe of /readyz.
     Probe {
         /// The URL to get.
         url: String,
+        /// Tries before giving up.
+        #[arg(long, default_value_t = 30)]
+        attempts: usize,
     },
     /// Print the kinds the operator manages, its table, one a line:
     /// `<plural>[.<group>] <apiVersion> <kind> <Namespaced|Cluster> <phase> <required|optional>`.
@@ -212,21 +216,18 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Some(Command::Probe { url }) => match tenantgate_operator::probe::get(&url, std::time::Duration::from_secs(10))
-        {
-            Ok(200) => {
-                println!("{url}: 200");
-                Ok(())
+        Some(Command::Probe { url, attempts }) => {
+            match tenantgate_operator::probe::until_ok(&url, attempts, std::time::Duration::from_secs(10)) {
+                Ok(()) => {
+                    println!("{url}: 200");
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("{url}: {e}");
+                    std::process::exit(1);
+                }
             }
-            Ok(status) => {
-                eprintln!("{url}: HTTP {status}, not 200");
-                std::process::exit(1);
-            }
-            Err(e) => {
-                eprintln!("{url}: {e}");
-                std::process::exit(1);
-            }
-        },
+        }
         None | Some(Command::Run) => {
             init_logging(&args.log_format);
             let settings = settings_or_exit(&args);

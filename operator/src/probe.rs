@@ -24,6 +24,23 @@ pub enum ProbeError {
     /// The answer was not HTTP.
     #[error("not an HTTP answer: {0:?}")]
     Answer(String),
+    /// The answer was not 200.
+    #[error("HTTP {0}, not 200")]
+    Status(u16),
+}
+
+/// GETs `url` until it answers 200, once a second for up to `attempts` tries (a Service's
+/// endpoints reach kube-proxy a moment after its pods are ready); the last error otherwise.
+pub fn until_ok(url: &str, attempts: usize, timeout: Duration) -> Result<(), ProbeError> {
+    use backon::{BlockingRetryable, ConstantBuilder};
+    let once = || match get(url, timeout)? {
+        200 => Ok(()),
+        status => Err(ProbeError::Status(status)),
+    };
+    once.retry(ConstantBuilder::default().with_delay(Duration::from_secs(1)).with_max_times(attempts.saturating_sub(1)))
+        .sleep(std::thread::sleep)
+        .notify(|e, _| eprintln!("{url}: {e}; trying again in 1 s"))
+        .call()
 }
 
 fn io(action: &'static str) -> impl FnOnce(std::io::Error) -> ProbeError {
@@ -83,10 +100,16 @@ mod tests {
     use super::*;
 
     fn serve_once(answer: &'static str) -> String {
+        serve(vec![answer])
+    }
+
+    /// Answers one connection after another with `answers`, in order.
+    fn serve(answers: Vec<&'static str>) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         std::thread::spawn(move || {
-            if let Ok((mut conn, _)) = listener.accept() {
+            for answer in answers {
+                let Ok((mut conn, _)) = listener.accept() else { return };
                 // The whole request head (closing with unread bytes would reset the connection).
                 let mut request = Vec::new();
                 let mut buf = [0u8; 256];
@@ -103,6 +126,14 @@ mod tests {
             }
         });
         format!("http://{addr}/readyz")
+    }
+
+    #[test]
+    fn the_probe_tries_again_until_a_200_or_its_last_attempt() {
+        let unready_then_ok = serve(vec!["HTTP/1.1 503 Service Unavailable\r\n\r\n", "HTTP/1.1 200 OK\r\n\r\n"]);
+        until_ok(&unready_then_ok, 3, Duration::from_secs(5)).expect("the second try answers 200");
+        let never = serve(vec!["HTTP/1.1 503 Service Unavailable\r\n\r\n"; 2]);
+        assert!(matches!(until_ok(&never, 2, Duration::from_secs(5)), Err(ProbeError::Status(503))));
     }
 
     #[test]

@@ -513,16 +513,18 @@ async fn the_api_server_egress_rule_follows_the_endpoint_slice() -> anyhow::Resu
     let client = setup().await?;
     let op = OperatorProcess::start(&client, "operator-endpoints").await?;
     // What the chart's helm test pod runs, against this operator: 200 from /readyz, and a
-    // failure (with the status) for a path that is not 200.
+    // failure (with the status, after its last try) for a path that is not 200.
     let probe = |path: &str| {
         Command::new(workspace_binary("tenantgate-operator"))
-            .args(["probe", &format!("{}{path}", op.metrics_url)])
+            .args(["probe", "--attempts", "2", &format!("{}{path}", op.metrics_url)])
             .output()
     };
     let ok = probe("/readyz")?;
     assert!(ok.status.success(), "probe /readyz: {}", String::from_utf8_lossy(&ok.stderr));
     let missing = probe("/no-such-path")?;
-    assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("HTTP 404"));
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && said.contains("HTTP 404"), "{said}");
+    assert_eq!(said.matches("trying again").count(), 1, "two tries, one retry: {said}");
     let tenant = r#"{"apiVersion":"tenantgate.dev/v1alpha1","kind":"Tenant","metadata":{"name":"apiwatch"},
         "spec":{"auth":{"jwt":{"issuer":"https://idp","audiences":["a"],"jwksUri":"https://idp.example/jwks"}},
         "providers":[{"name":"m","type":"mock"}],"models":[{"name":"chat","targets":[{"provider":"m","model":"x"}]}]}}"#;
