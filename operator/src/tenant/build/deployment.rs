@@ -123,18 +123,19 @@ fn secret_volume(input: &BuildInput<'_>) -> Volume {
     }
 }
 
+/// An HTTP GET of `path` on the container's port named `port`.
+fn get_on(port: &str, path: &str) -> Option<HTTPGetAction> {
+    Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String(port.into()), ..HTTPGetAction::default() })
+}
+
 /// An HTTP GET on the container's `http` port.
 pub(super) fn http_get(path: &str) -> Option<HTTPGetAction> {
-    Some(HTTPGetAction {
-        path: Some(path.into()),
-        port: IntOrString::String("http".into()),
-        ..HTTPGetAction::default()
-    })
+    get_on("http", path)
 }
 
 /// An HTTP GET on the gateway container's `ops` port (probes and metrics).
 fn ops_get(path: &str) -> Option<HTTPGetAction> {
-    Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String("ops".into()), ..HTTPGetAction::default() })
+    get_on("ops", path)
 }
 
 fn probe(path: &str, period: i32) -> Probe {
