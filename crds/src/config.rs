@@ -77,6 +77,29 @@ pub struct AuthConfig {
     pub jwt: JwtConfig,
     /// Whether API keys minted through the admin API are accepted.
     pub api_keys_enabled: bool,
+    /// `/mcp` as an OAuth 2.0 protected resource.
+    #[serde(default, skip_serializing_if = "McpResourceConfig::is_empty")]
+    pub mcp: McpResourceConfig,
+}
+
+/// `/mcp` as an OAuth 2.0 protected resource (RFC 9728, RFC 8707).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct McpResourceConfig {
+    /// Resource identifier a JWT on `/mcp` must have in its `aud`; absent: no binding, and the
+    /// metadata names the URL a request came to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    /// Scopes advertised in the metadata and in 401 challenges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+impl McpResourceConfig {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.resource.is_none() && self.scopes.is_empty()
+    }
 }
 
 /// JWT validation.

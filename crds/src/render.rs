@@ -7,8 +7,8 @@ use kube::ResourceExt;
 
 use crate::config::{
     AuthConfig, CONFIG_VERSION, DatabaseConfig, EnvValue, GatewayConfig, JwtConfig, JwtKeys, KeysConfig, McpAuthConfig,
-    McpConnectionConfig, McpEndpointTransport, NetworkConfig, PolicyConfig, PolicyLayer, PolicyOrigin, ProviderConfig,
-    StdioProcess, StorageConfig, TenantIdentity,
+    McpConnectionConfig, McpEndpointTransport, McpResourceConfig, NetworkConfig, PolicyConfig, PolicyLayer,
+    PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity,
 };
 use crate::issue::{ConfigIssue, ObjectRef, Reason};
 use crate::v1alpha1::{McpConnection, McpTransport, PromptPolicy, SecretKeyRef, Tenant};
@@ -25,6 +25,8 @@ pub const API_KEY_PEPPER: &str = "api-key-pepper";
 pub const SQLITE_PATH: &str = "/var/lib/tenantgate/gateway.db";
 /// Port of the bridge that serves a stdio McpConnection over streamable HTTP in a cluster.
 pub const STDIO_BRIDGE_PORT: u16 = 8080;
+/// Key of the token in a stdio bridge's token Secret ([`stdio_bridge_token`]).
+pub const BRIDGE_TOKEN_KEY: &str = "token";
 
 /// Where the gateway runs, which decides how stdio MCP servers are reached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -73,6 +75,9 @@ pub struct RenderedConfig {
     pub config: GatewayConfig,
     /// Every Secret key the config points at (the projected volume mounts exactly these).
     pub secret_refs: BTreeSet<SecretKeyRef>,
+    /// Those of [`Self::secret_refs`] the operator generates (`gateway-keys`,
+    /// the stdio bridges' tokens): never missing for long, never the user's to create.
+    pub generated_secrets: BTreeSet<String>,
     /// McpConnections left out, with why.
     pub skipped: Vec<ConfigIssue>,
 }
@@ -95,6 +100,46 @@ pub fn stdio_bridge_url(connection: &str, namespace: &str) -> String {
     format!("http://mcp-{connection}.{namespace}.svc:{STDIO_BRIDGE_PORT}/mcp")
 }
 
+/// The operator-generated token a stdio McpConnection's bridge requires and
+/// the gateway sends as its bearer token.
+pub fn stdio_bridge_token(connection: &str) -> SecretKeyRef {
+    SecretKeyRef::new(format!("mcp-{connection}-bridge-token"), BRIDGE_TOKEN_KEY)
+}
+
+/// The resource identifier of a tenant's `/mcp` (RFC 8707): `spec.mcp.resource`, else
+/// `https://<spec.exposure.host>/mcp`, else none.
+pub fn mcp_resource(tenant: &Tenant) -> Option<String> {
+    let spec = &tenant.spec;
+    spec.mcp
+        .as_ref()
+        .and_then(|m| m.resource.clone())
+        .or_else(|| spec.exposure.as_ref().map(|e| format!("https://{}/mcp", e.host)))
+}
+
+/// Why a URL cannot be a resource identifier: RFC 8707 asks for an absolute URI
+/// without a fragment; the MCP authorization spec for its canonical http(s) form.
+fn resource_problem(resource: &str) -> Option<String> {
+    let parsed = match url::Url::parse(resource) {
+        Ok(u) => u,
+        Err(e) => return Some(format!("{resource:?} is not an absolute URL: {e}")),
+    };
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return Some(format!("{resource:?} must be an http(s) URL with a host"));
+    }
+    if parsed.fragment().is_some() {
+        return Some(format!("{resource:?} must not contain a fragment (#)"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Some(format!("{resource:?} must not contain credentials"));
+    }
+    None
+}
+
+/// Whether `scope` is an OAuth scope token (RFC 6749 3.3: printable ASCII but space, `"` and `\`).
+fn is_scope_token(scope: &str) -> bool {
+    !scope.is_empty() && scope.bytes().all(|b| matches!(b, 0x21 | 0x23..=0x5B | 0x5D..=0x7E))
+}
+
 /// Why an extra provider header cannot be sent: a name that is not an HTTP
 /// token, or a value with control characters (CR/LF would split the request).
 fn header_problem(name: &str, value: &str) -> Option<&'static str> {
@@ -114,7 +159,7 @@ fn header_problem(name: &str, value: &str) -> Option<&'static str> {
 /// that cannot be applied must not be silently dropped. An McpConnection that
 /// cannot be used is left out and reported in [`RenderedConfig::skipped`].
 pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<RenderedConfig, RenderError> {
-    let mut r = Renderer { options, secret_refs: BTreeSet::new(), issues: Vec::new() };
+    let mut r = Renderer::new(options);
     let tenant = input.tenant;
     let spec = &tenant.spec;
     let namespace = tenant_namespace(tenant);
@@ -145,7 +190,31 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
             leeway_seconds: jwt.leeway_seconds,
         },
         api_keys_enabled: spec.auth.api_keys.enabled,
+        mcp: McpResourceConfig {
+            resource: mcp_resource(tenant),
+            scopes: spec.mcp.as_ref().map(|m| m.scopes.clone()).unwrap_or_default(),
+        },
     };
+    if let Some(problem) = auth.mcp.resource.as_deref().and_then(resource_problem) {
+        let field = if spec.mcp.as_ref().is_some_and(|m| m.resource.is_some()) {
+            "spec.mcp.resource"
+        } else {
+            "spec.exposure.host"
+        };
+        r.issue(&tenant_obj, field, &problem, Reason::InvalidSpec);
+    }
+    for (i, scope) in auth.mcp.scopes.iter().enumerate() {
+        if !is_scope_token(scope) {
+            r.issue(
+                &tenant_obj,
+                &format!("spec.mcp.scopes[{i}]"),
+                &format!(
+                    "{scope:?} is not an OAuth scope token: printable ASCII without spaces, quotes or backslashes"
+                ),
+                Reason::InvalidSpec,
+            );
+        }
+    }
 
     let mut provider_names = BTreeSet::new();
     let mut providers = Vec::with_capacity(spec.providers.len());
@@ -217,8 +286,8 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         },
     };
     let keys = KeysConfig {
-        token_encryption_key_file: r.secret_file(&SecretKeyRef::new(GATEWAY_KEYS_SECRET, TOKEN_ENCRYPTION_KEY)),
-        api_key_pepper_file: r.secret_file(&SecretKeyRef::new(GATEWAY_KEYS_SECRET, API_KEY_PEPPER)),
+        token_encryption_key_file: r.generated_file(&SecretKeyRef::new(GATEWAY_KEYS_SECRET, TOKEN_ENCRYPTION_KEY)),
+        api_key_pepper_file: r.generated_file(&SecretKeyRef::new(GATEWAY_KEYS_SECRET, API_KEY_PEPPER)),
     };
 
     let mut policies = Vec::new();
@@ -242,7 +311,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
     let mut prefixes: BTreeMap<String, String> = BTreeMap::new();
     let mut mcp = Vec::new();
     for c in connections {
-        let mut cr = Renderer { options, secret_refs: BTreeSet::new(), issues: Vec::new() };
+        let mut cr = Renderer::new(options);
         let config = cr.mcp_connection(c, &namespace, spec.network.allow_local_upstreams);
         if let Some(other) = prefixes.get(&config.prefix) {
             cr.issue(
@@ -255,6 +324,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         if cr.issues.is_empty() {
             prefixes.insert(config.prefix.clone(), c.name_any());
             r.secret_refs.append(&mut cr.secret_refs);
+            r.generated.append(&mut cr.generated);
             mcp.push(config);
         } else {
             skipped.append(&mut cr.issues);
@@ -282,16 +352,27 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         config_hash: String::new(),
     }
     .seal();
-    Ok(RenderedConfig { config, secret_refs: r.secret_refs, skipped })
+    Ok(RenderedConfig { config, secret_refs: r.secret_refs, generated_secrets: r.generated, skipped })
 }
 
 struct Renderer<'o> {
     options: &'o RenderOptions,
     secret_refs: BTreeSet<SecretKeyRef>,
+    generated: BTreeSet<String>,
     issues: Vec<ConfigIssue>,
 }
 
-impl Renderer<'_> {
+impl<'o> Renderer<'o> {
+    fn new(options: &'o RenderOptions) -> Self {
+        Self { options, secret_refs: BTreeSet::new(), generated: BTreeSet::new(), issues: Vec::new() }
+    }
+
+    /// The file of a Secret key the operator generates.
+    fn generated_file(&mut self, secret: &SecretKeyRef) -> String {
+        self.generated.insert(secret.name.clone());
+        self.secret_file(secret)
+    }
+
     fn issue(&mut self, object: &ObjectRef, field: &str, message: &str, reason: Reason) {
         self.issues.push(ConfigIssue::new(reason, message).on(object.clone()).at(field));
     }
@@ -362,7 +443,58 @@ impl Renderer<'_> {
             }
         };
         let resource = || spec.url.clone().unwrap_or_else(|| stdio_bridge_url(&name, namespace));
-        let auth = spec.auth.as_ref().and_then(|a| {
+        let bridged = spec.transport == McpTransport::Stdio && self.options.mode == RenderMode::Cluster;
+        if bridged && spec.auth.is_some() {
+            self.issue(
+                &obj,
+                "spec.auth",
+                "a stdio connection's bridge is reached with a token the operator generates; remove spec.auth",
+                Reason::InvalidSpec,
+            );
+        }
+        let auth = if bridged {
+            Some(McpAuthConfig::Bearer { token_file: self.generated_file(&stdio_bridge_token(&name)) })
+        } else {
+            self.mcp_auth(&obj, spec, resource)
+        };
+        for (i, rule) in spec.tools.access.iter().enumerate() {
+            if rule.roles.is_empty() && rule.subjects.is_empty() {
+                self.issue(
+                    &obj,
+                    &format!("spec.tools.access[{i}]"),
+                    "name at least one role or subject: a rule that grants nobody would hide its tools from everyone",
+                    Reason::InvalidSpec,
+                );
+            }
+            if rule.tools.is_empty() || rule.tools.iter().any(String::is_empty) {
+                self.issue(
+                    &obj,
+                    &format!("spec.tools.access[{i}].tools"),
+                    "name at least one tool glob, none of them empty",
+                    Reason::InvalidSpec,
+                );
+            }
+        }
+        McpConnectionConfig {
+            prefix: spec.tools.prefix.clone().unwrap_or_else(|| name.clone()),
+            name,
+            transport,
+            url,
+            stdio,
+            auth,
+            tools: spec.tools.clone(),
+            timeout_seconds: spec.timeout_seconds,
+        }
+    }
+
+    /// The credentials of an HTTP McpConnection, with its Secrets as files.
+    fn mcp_auth(
+        &mut self,
+        obj: &ObjectRef,
+        spec: &crate::v1alpha1::McpConnectionSpec,
+        resource: impl Fn() -> String,
+    ) -> Option<McpAuthConfig> {
+        spec.auth.as_ref().and_then(|a| {
             match (&a.bearer_secret_ref, &a.oauth2_client_credentials, &a.oauth2_authorization_code) {
                 (Some(s), None, None) => Some(McpAuthConfig::Bearer { token_file: self.secret_file(s) }),
                 (None, Some(cc), None) => Some(McpAuthConfig::Oauth2ClientCredentials {
@@ -382,7 +514,7 @@ impl Renderer<'_> {
                 }),
                 _ => {
                     self.issue(
-                        &obj,
+                        obj,
                         "spec.auth",
                         "set exactly one of bearerSecretRef, oauth2ClientCredentials or oauth2AuthorizationCode",
                         Reason::InvalidSpec,
@@ -390,17 +522,7 @@ impl Renderer<'_> {
                     None
                 }
             }
-        });
-        McpConnectionConfig {
-            prefix: spec.tools.prefix.clone().unwrap_or_else(|| name.clone()),
-            name,
-            transport,
-            url,
-            stdio,
-            auth,
-            tools: spec.tools.clone(),
-            timeout_seconds: spec.timeout_seconds,
-        }
+        })
     }
 
     fn policy(&mut self, policy: &PromptPolicy, origin: PolicyOrigin) -> Option<PolicyConfig> {

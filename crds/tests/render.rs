@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use tenantgate_crds::config::{JwtKeys, McpEndpointTransport, PolicyLayer};
+use tenantgate_crds::config::{JwtKeys, McpAuthConfig, McpEndpointTransport, PolicyLayer};
 use tenantgate_crds::manifests::ManifestSet;
 use tenantgate_crds::render::{RenderInput, RenderMode, RenderOptions, render};
 use tenantgate_crds::v1alpha1::{McpConnection, PromptPolicy, Tenant};
@@ -181,14 +181,45 @@ fn stdio_connections_run_behind_a_bridge_in_a_cluster_and_as_children_locally() 
     let everything = cluster.config.mcp.iter().find(|c| c.name == "everything").expect("everything");
     assert_eq!(everything.transport, McpEndpointTransport::StreamableHttp);
     assert_eq!(everything.url.as_deref(), Some("http://mcp-everything.tg-acme.svc:8080/mcp"));
+    // The gateway proves itself to the bridge with the token the operator generates for it.
+    assert_eq!(
+        everything.auth,
+        Some(McpAuthConfig::Bearer {
+            token_file: "/var/run/secrets/tenantgate/mcp-everything-bridge-token/token".into()
+        })
+    );
+    assert!(cluster.generated_secrets.contains("mcp-everything-bridge-token"), "{:?}", cluster.generated_secrets);
+    assert!(cluster.secret_refs.iter().any(|r| r.name == "mcp-everything-bridge-token" && r.key == "token"));
     let local = set.render(acme, OPERATOR_NAMESPACE, &local()).expect("renders");
     let everything = local.config.mcp.iter().find(|c| c.name == "everything").expect("everything");
     assert_eq!(everything.transport, McpEndpointTransport::Stdio);
+    assert_eq!(everything.auth, None, "a child process needs no token");
+    assert!(!local.generated_secrets.contains("mcp-everything-bridge-token"));
     let process = everything.stdio.as_ref().expect("process");
     assert_eq!(
         (process.command.as_str(), process.args.as_slice()),
         ("npx", &["-y".to_string(), "@modelcontextprotocol/server-everything".into()][..])
     );
+}
+
+#[test]
+fn a_stdio_connection_with_its_own_auth_is_skipped_naming_the_field() {
+    let tenant = tenant_yaml("  providers: [{name: p, type: mock}]\n");
+    let connection: McpConnection = serde_yaml::from_str(
+        "apiVersion: tenantgate.dev/v1alpha1\nkind: McpConnection\nmetadata: {name: files, namespace: tg-t}\nspec:\n  transport: stdio\n  stdio: {image: 'example/files:1', command: [files]}\n  auth: {bearerSecretRef: {name: s, key: token}}\n",
+    )
+    .expect("yaml");
+    let input = RenderInput {
+        tenant: &tenant,
+        mcp_connections: std::slice::from_ref(&connection),
+        tenant_policies: &[],
+        global_policies: &[],
+    };
+    let rendered = render(input, &RenderOptions::default()).expect("renders without the connection");
+    assert!(rendered.config.mcp.is_empty());
+    let issue = rendered.skipped.first().expect("skipped").to_string();
+    assert!(issue.contains("McpConnection tg-t/files: spec.auth") && issue.contains("remove spec.auth"), "{issue}");
+    assert!(rendered.generated_secrets.iter().all(|s| s == "gateway-keys"), "{:?}", rendered.generated_secrets);
 }
 
 fn tenant_yaml(extra: &str) -> Tenant {
@@ -287,4 +318,82 @@ fn golden_configs_parse_back_strictly() {
     let err = tenantgate_crds::config::GatewayConfig::from_yaml(&text.replacen("version: 1", "version: 7", 1))
         .expect_err("version");
     assert!(err.to_string().contains("format version 7 is not supported"), "{err}");
+}
+
+fn render_tenant(
+    tenant: &Tenant,
+) -> Result<tenantgate_crds::render::RenderedConfig, tenantgate_crds::render::RenderError> {
+    let input = RenderInput { tenant, mcp_connections: &[], tenant_policies: &[], global_policies: &[] };
+    render(input, &RenderOptions::default())
+}
+
+#[test]
+fn the_mcp_resource_is_explicit_or_derived_from_the_exposure_host() {
+    let providers = "  providers: [{name: p, type: mock}]\n";
+    let plain = render_tenant(&tenant_yaml(providers)).expect("renders");
+    assert_eq!(plain.config.auth.mcp.resource, None);
+    assert!(plain.config.auth.mcp.scopes.is_empty());
+
+    let exposed = tenant_yaml(&format!("{providers}  exposure: {{host: t.ai.example.com}}\n"));
+    let rendered = render_tenant(&exposed).expect("renders");
+    assert_eq!(rendered.config.auth.mcp.resource.as_deref(), Some("https://t.ai.example.com/mcp"));
+    assert_eq!(tenantgate_crds::render::mcp_resource(&exposed).as_deref(), Some("https://t.ai.example.com/mcp"));
+
+    let explicit = tenant_yaml(&format!(
+        "{providers}  exposure: {{host: t.ai.example.com}}\n  mcp: {{resource: 'https://gw.example/t/mcp', scopes: ['mcp:tools', openid]}}\n"
+    ));
+    let config = render_tenant(&explicit).expect("renders").config;
+    assert_eq!(config.auth.mcp.resource.as_deref(), Some("https://gw.example/t/mcp"));
+    assert_eq!(config.auth.mcp.scopes, ["mcp:tools", "openid"]);
+    let yaml = config.to_yaml().expect("YAML");
+    assert!(yaml.contains("resource: https://gw.example/t/mcp"), "{yaml}");
+    assert_eq!(tenantgate_crds::config::GatewayConfig::from_yaml(&yaml).expect("parses back"), config);
+}
+
+#[test]
+fn a_bad_mcp_resource_or_scope_refuses_the_config_naming_the_field() {
+    let tenant = tenant_yaml(
+        "  providers: [{name: p, type: mock}]\n  mcp: {resource: 'https://gw.example/mcp#x', scopes: [ok, 'two words']}\n",
+    );
+    let text = render_tenant(&tenant).expect_err("refused").to_string();
+    assert!(text.contains("Tenant t: spec.mcp.resource") && text.contains("fragment"), "{text}");
+    assert!(text.contains("spec.mcp.scopes[1]") && text.contains("\"two words\""), "{text}");
+    assert!(!text.contains("spec.mcp.scopes[0]"), "{text}");
+    let relative = tenant_yaml("  providers: [{name: p, type: mock}]\n  mcp: {resource: '/mcp'}\n");
+    let text = render_tenant(&relative).expect_err("refused").to_string();
+    assert!(text.contains("spec.mcp.resource") && text.contains("not an absolute URL"), "{text}");
+}
+
+#[test]
+fn tool_access_rules_reach_the_config_and_a_rule_granting_nobody_skips_the_connection() {
+    let tenant = tenant_yaml("  providers: [{name: p, type: mock}]\n");
+    let connection = |name: &str, tools: &str| -> McpConnection {
+        serde_yaml::from_str(&format!(
+            "apiVersion: tenantgate.dev/v1alpha1\nkind: McpConnection\nmetadata: {{name: {name}, namespace: tg-t}}\nspec:\n  url: https://mcp.example.com/mcp\n  tools: {tools}\n"
+        ))
+        .expect("yaml")
+    };
+    let good = connection(
+        "gh",
+        "{accessDefault: deny, access: [{tools: ['get_*', search], roles: [developer], subjects: ['alice@x']}]}",
+    );
+    let nobody = connection("bad", "{access: [{tools: ['get_*']}]}");
+    let connections = [good, nobody];
+    let input =
+        RenderInput { tenant: &tenant, mcp_connections: &connections, tenant_policies: &[], global_policies: &[] };
+    let rendered = render(input, &RenderOptions::default()).expect("renders");
+    let names: Vec<_> = rendered.config.mcp.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["gh"]);
+    let tools = &rendered.config.mcp[0].tools;
+    assert_eq!(tools.access_default, tenantgate_crds::v1alpha1::AccessDefault::Deny);
+    assert_eq!(tools.access[0].tools, ["get_*", "search"]);
+    assert_eq!(
+        (tools.access[0].roles.as_slice(), tools.access[0].subjects.as_slice()),
+        (&["developer".to_string()][..], &["alice@x".to_string()][..])
+    );
+    let issue = rendered.skipped.first().expect("skipped").to_string();
+    assert!(
+        issue.contains("McpConnection tg-t/bad: spec.tools.access[0]") && issue.contains("role or subject"),
+        "{issue}"
+    );
 }

@@ -29,6 +29,7 @@ real_pods=N images=N netpol_denied=N netpol_allowed=N ...`.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -960,8 +961,15 @@ def test_a_stdio_connection_runs_as_its_bridge_deployment_and_answers_through_mc
         wait_for("acme's gateway serving the config with the new connection",
                  lambda: serving_written_config("tg-acme"), 180)
         wait_for("the stdio server's tools offered", lambda: "local_get-sum" in app.mcp_tools(g.url, token), 60)
-        is_error, text = app.mcp_call(g.url, token, "local_get-sum", {"a": 20, "b": 22})
-        assert not is_error and "42" in text, text
+
+        def answered() -> bool:
+            # Each session may land on either gateway pod; each connects to the bridge on its own.
+            for _ in range(4):
+                is_error, text = app.mcp_call(g.url, token, "local_get-sum", {"a": 20, "b": 22})
+                assert not is_error and "42" in text, text
+            return True
+
+        wait_for("the stdio server's tool answering through every gateway pod", answered, 60, 1)
         policy = get_json("networkpolicy", "mcp-local", "-n", "tg-acme")
         assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"], policy["spec"]
         bridge_ips = pod_ips("tg-acme", "tenantgate.dev/mcp-connection=local")
@@ -971,6 +979,10 @@ def test_a_stdio_connection_runs_as_its_bridge_deployment_and_answers_through_mc
                    ClientPod("tg-quickstart", "bridge-other-tenant")]
         try:
             as_gateway, neighbour, other_tenant = clients
+            # The gateway reached the bridge above with the generated token (the bridge answers
+            # nothing without it: the image smoke test and the python suite prove the 401).
+            token = base64.b64decode(get_json("secret", "mcp-local-bridge-token", "-n", "tg-acme")["data"]["token"]).decode()
+            assert len(token) == 44, "32 random bytes, base64"
             for ip in bridge_ips:
                 expect(as_gateway, ip, 8080, True, "the tenant's gateway pods reach its stdio bridge")
                 expect(neighbour, ip, 8080, False, "a pod of the tenant's namespace that is not its gateway")
@@ -981,9 +993,9 @@ def test_a_stdio_connection_runs_as_its_bridge_deployment_and_answers_through_mc
         note_pods()
     finally:
         kubectl("delete", "mcpconnection", "local", "-n", "tg-acme", "--ignore-not-found")
-    wait_for("the bridge Deployment removed with its connection",
-             lambda: not kubectl("get", "deployment", "mcp-local", "-n", "tg-acme", "--ignore-not-found",
-                                 "-o", "name").strip(), 60)
+    for kind in ("deployment/mcp-local", "secret/mcp-local-bridge-token"):
+        wait_for(f"the bridge's {kind} removed with its connection",
+                 lambda: not kubectl("get", kind, "-n", "tg-acme", "--ignore-not-found", "-o", "name").strip(), 60)
 
 
 def test_deleting_a_tenant_removes_everything_it_made():

@@ -48,6 +48,7 @@ fn connection(name: &str, allow: &[&str], deny: &[&str], pins: &[(&str, &str)]) 
             deny: strings(deny),
             pin: if pins.is_empty() { PinMode::Off } else { PinMode::Block },
             pins: pins.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+            ..Default::default()
         },
         timeout_seconds: 30,
     }

@@ -1,4 +1,5 @@
-//! Command line: `serve` (the default), `token`, `stdio-bridge` and `install-bridge`.
+//! Command line: `serve` (the default), `token`, `stdio-bridge`, `install-bridge`
+//! and `database provision`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +31,42 @@ pub enum Command {
     StdioBridge(StdioBridgeArgs),
     /// Copy this binary into a directory (the bridge's init container).
     InstallBridge(InstallBridgeArgs),
+    /// Prepare a PostgreSQL database that tenants share (run by the platform team).
+    #[command(subcommand)]
+    Database(DatabaseCommand),
+}
+
+/// `database` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DatabaseCommand {
+    /// Apply the migrations as the admin, then create the tenant's role (LOGIN, NOINHERIT),
+    /// grant it the DML its gateway needs and bind it to the tenant, so row-level security
+    /// holds it to the tenant's rows. Running it again changes nothing.
+    Provision(ProvisionArgs),
+}
+
+/// `database provision`.
+#[derive(Debug, Clone, Args)]
+pub struct ProvisionArgs {
+    /// File holding the admin's PostgreSQL URL: a role that owns the tables (or creates them
+    /// now) and has CREATEROLE. Never printed.
+    #[arg(long, env = "TENANTGATE_ADMIN_URL_FILE")]
+    pub admin_url_file: PathBuf,
+    /// PEM CA file to verify the server with (as `sslrootcert`; the URL's `sslmode` then
+    /// defaults to `verify-full`).
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// The Tenant (its `metadata.name`, the name its gateway serves).
+    #[arg(long)]
+    pub tenant: String,
+    /// The tenant's role: lowercase letters, digits and underscores. Created when missing.
+    #[arg(long)]
+    pub role: String,
+    /// File holding the role's password, set as a SCRAM-SHA-256 secret computed here (the
+    /// password itself never reaches the server). Without it a new role has no password and
+    /// an existing one keeps its own.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
 }
 
 /// `stdio-bridge`: spawn the command and serve it at `/mcp`.
@@ -44,6 +81,10 @@ pub struct StdioBridgeArgs {
     /// Largest JSON-RPC message accepted, in bytes.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_message_bytes: usize,
+    /// File holding the token every `/mcp` request must bear (`Authorization:
+    /// Bearer <token>`); read per request, so a rotated file takes effect at once.
+    #[arg(long)]
+    pub token_file: PathBuf,
     /// Log format.
     #[arg(long, env = "TENANTGATE_LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
@@ -79,8 +120,32 @@ pub struct ServeArgs {
     #[arg(long, env = "TENANTGATE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Where usage and audit records wait while the database is down (default: STATE_DIR/spill).
-    #[arg(long, env = "TENANTGATE_SPILL_DIR")]
+    #[arg(long, env = "TENANTGATE_SPILL_DIR", conflicts_with = "spill_root")]
     pub spill_dir: Option<PathBuf>,
+    /// Instead of `--spill-dir`: a directory several gateways share (a volume every replica
+    /// mounts). Each process spills into a directory of its own under it,
+    /// `SPILL_ROOT/<spill name>.<unique id>`, and adopts the directories there that no running
+    /// gateway holds (at start and every 30 s): replays their records into the database, then
+    /// removes them.
+    #[arg(long, env = "TENANTGATE_SPILL_ROOT")]
+    pub spill_root: Option<PathBuf>,
+    /// This process's name under `--spill-root` (default: the host name, in a pod the pod's name).
+    #[arg(long, env = "TENANTGATE_SPILL_NAME", value_parser = spill_name, requires = "spill_root")]
+    pub spill_name: Option<String>,
+    /// Whether the spill outlives the pod. `durable` (a local directory, a PersistentVolumeClaim):
+    /// records left in it at exit are replayed by the next start or by a gateway sharing
+    /// `--spill-root`. `ephemeral` (an emptyDir): records left in it at exit are counted in
+    /// `tenantgate_recorder_lost_total{reason="spill_ephemeral"}`.
+    #[arg(long, env = "TENANTGATE_SPILL_DURABILITY", value_enum, default_value = "durable")]
+    pub spill_durability: SpillDurability,
+    /// After the HTTP drain, longest time the recorder takes to write its queue and replay its
+    /// spill file into the database, in milliseconds; what is left stays in the spill file.
+    #[arg(long, env = "TENANTGATE_SPILL_DRAIN_TIMEOUT_MS", default_value_t = 10000)]
+    pub spill_drain_timeout_ms: u64,
+    /// Where a one-line summary of the records left in the spill at exit is written (Kubernetes
+    /// shows it in the pod's status); only when the file exists and is writable.
+    #[arg(long, env = "TENANTGATE_TERMINATION_MESSAGE_PATH", default_value = "/dev/termination-log")]
+    pub termination_message_path: PathBuf,
     /// Address to listen on.
     #[arg(long, env = "TENANTGATE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -131,6 +196,23 @@ pub struct ServeArgs {
     pub mcp_allowed_origins: Vec<String>,
 }
 
+/// Whether the spill outlives the pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SpillDurability {
+    /// It does (a local directory, a PersistentVolumeClaim).
+    Durable,
+    /// It is deleted with the pod (an emptyDir).
+    Ephemeral,
+}
+
+/// A name that is one path component and not a hidden one.
+pub fn spill_name(name: &str) -> Result<String, String> {
+    match name.is_empty() || name.starts_with('.') || name.contains('/') || name.contains('\0') {
+        true => Err("one path component, not starting with '.'".into()),
+        false => Ok(name.to_owned()),
+    }
+}
+
 impl ServeArgs {
     /// Settings of the `/mcp` HTTP layer.
     pub fn mcp_settings(&self) -> crate::mcp::McpHttpSettings {
@@ -146,7 +228,7 @@ impl ServeArgs {
 /// `token`: mint a JWT with a local signing key.
 #[derive(Debug, Clone, Args)]
 pub struct TokenArgs {
-    /// Manifests directory holding the Tenant (its issuer and audience are used).
+    /// Manifests directory holding the Tenant (its issuer, first audience and MCP resource are used).
     #[arg(long, env = "TENANTGATE_MANIFESTS")]
     pub manifests: PathBuf,
     /// Tenant, when the manifests hold several.
@@ -167,7 +249,7 @@ pub struct TokenArgs {
     /// Lifetime in seconds (negative: an already expired token, for tests).
     #[arg(long, default_value_t = 3600, allow_negative_numbers = true)]
     pub ttl_secs: i64,
-    /// Audience instead of the tenant's first one (for tests).
+    /// Audience instead of the tenant's first one and its MCP resource (for tests).
     #[arg(long)]
     pub audience: Option<String>,
     /// Issuer instead of the tenant's (for tests).

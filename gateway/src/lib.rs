@@ -12,6 +12,7 @@ pub use tenantgate_gateway_core::{
 
 pub mod api;
 pub mod cli;
+pub mod database;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -1,7 +1,7 @@
 //! `tenantgate-gateway`: see the library for everything.
 
 use clap::Parser;
-use tenantgate_gateway::cli::{Cli, Command};
+use tenantgate_gateway::cli::{Cli, Command, DatabaseCommand};
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -16,18 +16,16 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Serve(args)) => serve(*args).await,
         Some(Command::StdioBridge(args)) => {
             let _logs = tenantgate_gateway::telemetry::init_logs(args.log_format);
-            tenantgate_gateway::mcp::bridge::stdio_bridge(
-                args.listen,
-                &args.command,
-                args.timeout_secs,
-                args.max_message_bytes,
-            )
-            .await?;
+            tenantgate_gateway::mcp::bridge::stdio_bridge(&args).await?;
             Ok(())
         }
         Some(Command::InstallBridge(args)) => {
             let target = tenantgate_gateway::mcp::bridge::install_bridge(&args.dir)?;
             println!("{}", target.display());
+            Ok(())
+        }
+        Some(Command::Database(DatabaseCommand::Provision(args))) => {
+            print!("{}", tenantgate_gateway::database::provision(&args).await?);
             Ok(())
         }
         None => serve(cli.serve).await,

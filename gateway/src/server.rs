@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::cli::ServeArgs;
+use crate::cli::{ServeArgs, SpillDurability};
 use crate::config::{Carried, ConfigSource, compile, load_initial, watch};
 use crate::listener::CappedListener;
 use crate::state::AppState;
+use crate::storage::{RecorderConfig, SpillPlace};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +21,9 @@ pub enum StartError {
     /// The first config is invalid.
     #[error("config: {0}")]
     Config(#[from] crate::config::ConfigError),
+    /// `--spill-root` without a usable name.
+    #[error("--spill-root: {0}; set --spill-name")]
+    SpillName(String),
     /// The database or the spill file.
     #[error("storage: {0}")]
     Storage(Box<dyn std::error::Error + Send + Sync>),
@@ -58,6 +62,43 @@ fn state_dir(args: &ServeArgs) -> PathBuf {
     })
 }
 
+/// Where and how the recorder spills: under `--spill-root` in a directory
+/// named after `--spill-name` (else the host name, a pod's name), else in
+/// `--spill-dir` (else `STATE_DIR/spill`).
+pub fn recorder_config(args: &ServeArgs) -> Result<RecorderConfig, StartError> {
+    let spill = match &args.spill_root {
+        Some(root) => {
+            let name = match &args.spill_name {
+                Some(name) => name.clone(),
+                None => {
+                    let host = hostname::get().map_err(|e| StartError::SpillName(format!("no host name: {e}")))?;
+                    let host =
+                        host.into_string().map_err(|_| StartError::SpillName("the host name is not UTF-8".into()))?;
+                    crate::cli::spill_name(&host)
+                        .map_err(|e| StartError::SpillName(format!("the host name {host:?} is not {e}")))?
+                }
+            };
+            SpillPlace::Shared { root: root.clone(), name }
+        }
+        None => SpillPlace::Dir(args.spill_dir.clone().unwrap_or_else(|| state_dir(args).join("spill"))),
+    };
+    Ok(RecorderConfig { spill_durable: args.spill_durability == SpillDurability::Durable, ..RecorderConfig::at(spill) })
+}
+
+/// Writes `summary` to the termination message file when it exists and is
+/// writable (Kubernetes shows it in the pod's status); never creates it.
+fn write_termination_message(path: &std::path::Path, summary: &str) {
+    use std::io::Write;
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{summary}\n").as_bytes()));
+    if let Err(error) = written {
+        tracing::debug!(path = %path.display(), %error, "no termination message written");
+    }
+}
+
 /// Serves until SIGTERM or SIGINT, then drains.
 pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     let source = source(&args)?;
@@ -65,10 +106,15 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     let (config, fingerprint) = load_initial(&source).await.map_err(StartError::Config)?;
     // Storage opens before the config compiles: the MCP hub that compiling
     // reconciles takes the store of users' upstream OAuth tokens when built.
-    let spill_dir = args.spill_dir.clone().unwrap_or_else(|| state_dir(&args).join("spill"));
-    let storage = crate::storage::Storage::start(&config.storage, &config.keys.api_key_pepper_file, spill_dir)
-        .await
-        .map_err(StartError::Storage)?;
+    let recorder = recorder_config(&args)?;
+    let storage = crate::storage::Storage::start(
+        &config.storage,
+        &config.tenant.name,
+        &config.keys.api_key_pepper_file,
+        recorder,
+    )
+    .await
+    .map_err(StartError::Storage)?;
     let storage = Arc::new(storage);
     let vault = crate::mcp::user_oauth::Vault {
         db: storage.db.clone(),
@@ -108,13 +154,14 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
             let ops_listener = TcpListener::bind(address).await?;
             tracing::info!(address = %ops_listener.local_addr()?, "probes and metrics listening");
             let ops_app = crate::api::ops_router(state.clone());
+            // Only the kubelet and scrapers call it: a few connections, the API's header timeout.
+            let ops_listener = CappedListener::new(ops_listener, OPS_MAX_CONNECTIONS);
+            let header_read_timeout = Duration::from_secs(args.header_read_timeout_secs);
             Some(tokio::spawn(async move {
                 let stopped = async move {
                     let _ = ops_stopped.await;
                 };
-                if let Err(error) = axum::serve(ops_listener, ops_app).with_graceful_shutdown(stopped).await {
-                    tracing::error!(%error, "the probes and metrics listener failed");
-                }
+                serve_connections(ops_listener, ops_app, header_read_timeout, stopped).await;
             }))
         }
         None => None,
@@ -145,8 +192,13 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
             tracing::warn!(open_streams = state.open_streams(), "drain deadline reached; closing what is left");
         }
     }
-    // Every request has finished (or was cut): write what they recorded.
-    storage.recorder.close(Duration::from_secs(15)).await;
+    // Every request has finished (or was cut): write what they recorded and
+    // replay the spill, for a bounded time. What is left is counted (lost,
+    // on a spill that is not durable) while /metrics is still served.
+    let leftover = storage.recorder.close(Duration::from_millis(args.spill_drain_timeout_ms)).await;
+    if let Some(summary) = leftover.summary() {
+        write_termination_message(&args.termination_message_path, &summary);
+    }
     let _ = ops_stop.send(());
     if let Some(ops) = ops {
         let _ = ops.await;
@@ -154,6 +206,9 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     tracing::info!("stopped");
     Ok(())
 }
+
+/// Connections the probes and metrics listener (`--ops-listen`) holds open at once.
+const OPS_MAX_CONNECTIONS: usize = 64;
 
 /// Serves HTTP/1.1 and HTTP/2 on `listener` until `shutdown` resolves, then
 /// stops accepting and waits for the open connections to finish their
@@ -211,6 +266,45 @@ async fn wait_for_signal() -> Signal {
             // Without signal handlers the process still stops on a plain kill.
             std::future::pending::<()>().await;
             Signal::Term
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn serve_args(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Cli::try_parse_from([&["tenantgate-gateway", "--manifests", "m"], args].concat()).map(|cli| cli.serve)
+    }
+
+    #[test]
+    fn the_spill_is_a_directory_of_its_own_or_a_name_under_a_shared_root() {
+        let args = serve_args(&["--state-dir", "/s"]).expect("parses");
+        let config = recorder_config(&args).expect("config");
+        assert_eq!(config.spill, SpillPlace::Dir("/s/spill".into()));
+        assert!(config.spill_durable, "a local state directory is durable");
+
+        let args = serve_args(&["--spill-root", "/data/spill", "--spill-name", "gateway-7f9c-x2x4z"]).expect("parses");
+        let config = recorder_config(&args).expect("config");
+        let root = PathBuf::from("/data/spill");
+        assert_eq!(config.spill, SpillPlace::Shared { root: root.clone(), name: "gateway-7f9c-x2x4z".into() });
+
+        let args = serve_args(&["--spill-root", "/data/spill", "--spill-durability", "ephemeral"]).expect("parses");
+        let config = recorder_config(&args).expect("config");
+        assert!(matches!(&config.spill, SpillPlace::Shared { root: r, name } if *r == root && !name.is_empty()));
+        assert!(!config.spill_durable);
+    }
+
+    #[test]
+    fn spill_flags_that_cannot_work_are_refused() {
+        assert!(serve_args(&["--spill-dir", "/a", "--spill-root", "/b"]).is_err(), "one or the other");
+        assert!(serve_args(&["--spill-name", "a"]).is_err(), "a name means nothing without a root");
+        for name in ["", ".hidden", "a/b"] {
+            assert!(serve_args(&["--spill-root", "/r", "--spill-name", name]).is_err(), "{name:?} accepted");
         }
     }
 }

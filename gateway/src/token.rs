@@ -1,5 +1,6 @@
 //! `tenantgate-gateway token`: mints a development JWT for a tenant of a
-//! manifests directory, with its issuer and first audience.
+//! manifests directory, with its issuer and first audience (and its MCP
+//! resource, `spec.mcp.resource` or the exposure's, when it has one).
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,7 +10,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use tenantgate_crds::files::{WalkError, yaml_files};
 use tenantgate_crds::manifests::{ManifestErrors, ManifestSet};
-use tenantgate_crds::render::tenant_namespace;
+use tenantgate_crds::render::{mcp_resource, tenant_namespace};
 
 use crate::cli::TokenArgs;
 
@@ -66,9 +67,16 @@ pub fn mint(args: &TokenArgs) -> Result<String, TokenError> {
         },
     };
     let jwt = &tenant.spec.auth.jwt;
+    // By default valid for the API and, when the tenant has an MCP resource, for `/mcp` too.
     let audience = match &args.audience {
-        Some(a) => a,
-        None => jwt.audiences.first().ok_or(TokenError::NoAudience)?,
+        Some(a) => json!(a),
+        None => {
+            let first = jwt.audiences.first().ok_or(TokenError::NoAudience)?;
+            match mcp_resource(tenant) {
+                Some(resource) => json!([first, resource]),
+                None => json!(first),
+            }
+        }
     };
     let issuer = args.issuer.as_ref().unwrap_or(&jwt.issuer);
     let kid = match &args.kid {

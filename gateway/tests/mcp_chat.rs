@@ -52,19 +52,7 @@ fn header(r: &reqwest::Response, name: &str) -> String {
 
 /// Audit events of `kind` for the request `request_id`, once `want` are there (5 s at most).
 async fn audited(gw: &Gateway, kind: &str, request_id: &str, want: usize) -> Vec<Value> {
-    let admin = common::token(json!({"roles": ["tenant-admin"], "sub": "auditor"}));
-    let mut events = Vec::new();
-    for _ in 0..50 {
-        let (status, page) = gw.get_json(&format!("/admin/v1/audit?kind={kind}&limit=1000"), &admin).await;
-        assert_eq!(status, 200, "{page}");
-        events =
-            page["data"].as_array().expect("data").iter().filter(|e| e["requestId"] == request_id).cloned().collect();
-        if events.len() >= want {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    events
+    common::audit_events(gw, kind, want, |e| e["requestId"] == request_id).await
 }
 
 fn tool_names(body: &Value) -> Vec<String> {

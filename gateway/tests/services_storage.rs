@@ -7,34 +7,18 @@
 mod common;
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, repo_root, temp_dir, tenant_yaml_with_storage, token};
+use common::{Gateway, fresh_database, repo_root, temp_dir, tenant_yaml_with_storage, token};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
 /// The outage test kills the server every test here uses: they take turns.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The server's URL; the test fails (never skips) without it.
-fn postgres_url() -> String {
-    std::env::var("TENANTGATE_POSTGRES_URL")
-        .expect("TENANTGATE_POSTGRES_URL is not set: run this test through e2e/with-services (make test-services)")
-}
-
-/// A new empty database; its URL.
-async fn fresh_database(tag: &str) -> String {
-    let base = postgres_url();
-    let admin = PgPool::connect(&base).await.expect("connect to PostgreSQL");
-    let name = format!("tg_{tag}_{}", fastrand::u32(..));
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create database");
-    admin.close().await;
-    let (server, _) = base.rsplit_once('/').expect("URL with a database");
-    format!("{server}/{name}")
-}
 
 /// Runs an e2e/lib/common.sh function (the services of this run).
 fn services(command: &str) {
@@ -401,4 +385,164 @@ async fn api_keys_are_shown_once_stored_hashed_and_revoked_across_replicas() {
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir_a);
     let _ = std::fs::remove_dir_all(&dir_b);
+}
+
+/// A TCP proxy in front of PostgreSQL that a test cuts: the gateway behind it
+/// loses its database (open connections dropped, new ones refused) while the
+/// server, which the other tests use, keeps running.
+struct DbProxy {
+    /// The database URL through the proxy.
+    url: String,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl DbProxy {
+    async fn start(url: &str) -> Self {
+        let mut proxied = url::Url::parse(url).expect("database URL");
+        let target = format!("{}:{}", proxied.host_str().expect("host"), proxied.port().unwrap_or(5432));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        proxied.set_port(Some(listener.local_addr().expect("address").port())).expect("port");
+        let (cut, mut cut_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = tokio::select! {
+                    _ = cut_rx.wait_for(|c| *c) => return,
+                    accepted = listener.accept() => accepted.expect("accept"),
+                };
+                let (target, mut cut_rx) = (target.clone(), cut_rx.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        Self { url: proxied.to_string(), cut }
+    }
+
+    fn cut(&self) {
+        let _ = self.cut.send(true);
+    }
+}
+
+/// Cuts the gateway's database, has it answer `n` chat requests (their
+/// records go to the spill file), then stops it with SIGTERM: its drain gives
+/// up on the database after `--spill-drain-timeout-ms`, so it stops well
+/// within the generous bound checked here.
+async fn answer_then_stop_without_database(gw: &mut Gateway, proxy: &DbProxy, n: usize) {
+    proxy.cut();
+    for i in 0..n {
+        let (status, body) = gw.chat("in-process").await;
+        assert_eq!(status, 200, "request {i}: {body}");
+    }
+    let stopping = Instant::now();
+    assert!(gw.terminate(), "the gateway did not stop cleanly:\n{}", gw.log());
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(20), "the drain is bounded, yet the gateway took {took:?} to stop");
+}
+
+/// Records in a spill directory not yet replayed (lines after the saved offset).
+fn spill_backlog(dir: &Path) -> usize {
+    let text = std::fs::read(dir.join("records.jsonl")).expect("spill file");
+    let offset = std::fs::read_to_string(dir.join("records.offset")).ok().and_then(|s| s.trim().parse().ok());
+    text[offset.unwrap_or(0)..].iter().filter(|&&b| b == b'\n').count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_sharing_the_spill_volume_replays_the_spill_of_one_that_is_gone() {
+    let _turn = SERIAL.lock().await;
+    const N: usize = 25;
+    let url = fresh_database("adopt").await;
+    let proxy = DbProxy::start(&url).await;
+    let root = temp_dir("svc-spill-root");
+    let root_arg = root.to_str().expect("UTF-8 path");
+    let mut a = Gateway::start_logged_at(
+        &tenant_yaml_with_storage("http://127.0.0.1:9", Some(&proxy.url)),
+        &["--spill-root", root_arg, "--spill-name", "gateway-a", "--spill-drain-timeout-ms", "1000"],
+        "info",
+    )
+    .await;
+    answer_then_stop_without_database(&mut a, &proxy, N).await;
+    let log = a.log();
+    assert!(log.contains("stopping with records in the spill file"), "{log}");
+    assert!(!log.contains("lost with the pod"), "a durable spill loses nothing:\n{log}");
+    let dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("spill root")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("gateway-a.")))
+        .collect();
+    assert_eq!(dirs.len(), 1, "A spilled into a directory of its own: {dirs:?}");
+    assert!(spill_backlog(&dirs[0]) >= N, "A's answered requests wait in its spill");
+    let pool = PgPool::connect(&url).await.expect("connect");
+    assert_eq!(count(&pool, "SELECT COUNT(*) FROM usage").await, 0, "nothing reached the database through the cut");
+
+    // B, on the same volume and reaching the database, adopts A's spill at start.
+    let mut b = Gateway::start_logged_at(
+        &tenant_yaml_with_storage("http://127.0.0.1:9", Some(&url)),
+        &["--spill-root", root_arg, "--spill-name", "gateway-b"],
+        "info",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dirs[0].exists() || count(&pool, "SELECT COUNT(*) FROM usage").await < N as i64 {
+        assert!(Instant::now() < deadline, "B did not adopt A's spill within 30 s:\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count(&pool, "SELECT COUNT(*) FROM usage").await, N as i64, "the requests A answered, once each");
+    assert_eq!(count(&pool, "SELECT COUNT(DISTINCT id) FROM usage").await, N as i64);
+    assert_eq!(count(&pool, "SELECT COUNT(*) FROM audit_events WHERE kind = 'chat'").await, N as i64);
+    let metrics = b.metrics().await;
+    let adopted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tenantgate_recorder_adopted_total "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(adopted >= N as f64, "tenantgate_recorder_adopted_total {adopted}:\n{metrics}");
+    assert!(b.interrupt(), "gateway B did not stop cleanly");
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_an_ephemeral_spill_keeps_at_exit_are_counted_lost() {
+    let _turn = SERIAL.lock().await;
+    const N: usize = 10;
+    let url = fresh_database("ephemeral").await;
+    let proxy = DbProxy::start(&url).await;
+    let dir = temp_dir("svc-spill-ephemeral");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let termination_log = dir.join("termination-log");
+    std::fs::write(&termination_log, "").expect("termination log");
+    let spill = dir.join("spill");
+    let mut gw = Gateway::start_logged_at(
+        &tenant_yaml_with_storage("http://127.0.0.1:9", Some(&proxy.url)),
+        &[
+            "--spill-dir",
+            spill.to_str().expect("UTF-8 path"),
+            "--spill-durability",
+            "ephemeral",
+            "--spill-drain-timeout-ms",
+            "1500",
+            "--termination-message-path",
+            termination_log.to_str().expect("UTF-8 path"),
+        ],
+        "info",
+    )
+    .await;
+    answer_then_stop_without_database(&mut gw, &proxy, N).await;
+    // What was left, from the spill file itself; the count logged and
+    // written to the termination message (the counter's increment) is that.
+    let left = spill_backlog(&spill);
+    assert!(left >= N, "only {left} records left for {N} answered requests");
+    let log = gw.log();
+    let line =
+        log.lines().find(|l| l.contains("lost with the pod")).unwrap_or_else(|| panic!("no loss logged:\n{log}"));
+    let logged: Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!((logged["level"].as_str(), logged["records"].as_u64()), (Some("ERROR"), Some(left as u64)), "{line}");
+    assert_eq!(logged["reason"], "spill_ephemeral", "{line}");
+    let message = std::fs::read_to_string(&termination_log).expect("termination log");
+    assert!(message.starts_with(&format!("{left} usage/audit records lost")), "{message}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,7 +10,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -168,6 +168,7 @@ pub fn managed_kinds() -> Vec<ManagedKind> {
         ManagedKind::of::<Role>(Prerequisites),
         ManagedKind::metadata_of_all::<Secret>(Prerequisites, Write::CreateOnce).narrowed_by_secret_selector(),
         ManagedKind::of::<ConfigMap>(Prerequisites),
+        ManagedKind::of::<PersistentVolumeClaim>(Prerequisites),
         ManagedKind::of::<Service>(Prerequisites),
         ManagedKind::of::<NetworkPolicy>(Prerequisites),
         ManagedKind::of::<HorizontalPodAutoscaler>(Prerequisites),
@@ -198,7 +199,7 @@ mod tests {
             "apiVersion: tenantgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: acme, uid: '1'}\nspec:\n",
             "  auth: {jwt: {issuer: 'https://idp', audiences: [a], jwksUri: 'https://idp.example/jwks'}}\n",
             "  providers: [{name: m, type: mock}]\n  models: [{name: chat, targets: [{provider: m, model: x}]}]\n",
-            "  storage: {redis: {urlSecretRef: {name: r, key: url}}}\n",
+            "  storage: {redis: {urlSecretRef: {name: r, key: url}}, database: {urlSecretRef: {name: d, key: url}}, volume: {size: 1Gi}}\n",
             "  gateway: {autoscaling: {minReplicas: 2, maxReplicas: 6}}\n",
         ))
         .expect("tenant");
@@ -215,7 +216,7 @@ mod tests {
         let settings = BuildSettings { gateway_api: true, service_monitors: true, ..BuildSettings::default() };
         let stack = build(&BuildInput {
             mcp_connections: &connections,
-            create_gateway_keys: true,
+            generate_secrets: true,
             ..input(&tenant, &rendered, &settings)
         })
         .expect("builds");

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 use tenantgate_crds::manifests::ManifestSet;
-use tenantgate_crds::render::{GATEWAY_KEYS_SECRET, RenderOptions, tenant_namespace};
+use tenantgate_crds::render::{RenderOptions, tenant_namespace};
 
 use crate::tenant::build::{BuildInput, BuildSettings, build};
 
@@ -98,14 +98,13 @@ pub fn render(dirs: &[PathBuf], settings: &BuildSettings) -> Result<String, Rend
             rendered: &rendered,
             mcp_connections: &connections,
             secret_versions: &secret_versions,
-            create_gateway_keys: false,
+            generate_secrets: false,
             settings,
         })?;
         let _ = writeln!(out, "# Tenant {name}: config hash {}", rendered.config.config_hash);
-        let _ = writeln!(
-            out,
-            "# Secret {namespace}/{GATEWAY_KEYS_SECRET} is generated in the cluster, once, and never shown."
-        );
+        for secret in &rendered.generated_secrets {
+            let _ = writeln!(out, "# Secret {namespace}/{secret} is generated in the cluster, once, and never shown.");
+        }
         for issue in &rendered.skipped {
             let _ = writeln!(out, "# skipped: {issue}");
         }

@@ -227,7 +227,15 @@ async fn full_tenant_converges_follows_changes_and_makes_no_writes_at_rest() -> 
     let ingress = Api::<Ingress>::namespaced(client.clone(), ns).get("gateway").await?;
     assert_eq!(ingress.annotations().get("cert-manager.io/cluster-issuer").map(String::as_str), Some("letsencrypt"));
     Api::<Deployment>::namespaced(client.clone(), ns).get("mcp-everything").await?;
-    let conn = Api::<McpConnection>::namespaced(client.clone(), ns).get("github").await?;
+    // The stdio bridge's token: generated once, owned by its McpConnection.
+    let connections: Api<McpConnection> = Api::namespaced(client.clone(), ns);
+    let everything = connections.get("everything").await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let token = secrets.get("mcp-everything-bridge-token").await?;
+    assert_eq!(token.data.unwrap_or_default().get("token").map(|k| k.0.len()), Some(44), "32 random bytes, base64");
+    let owners: Vec<String> = token.metadata.owner_references.iter().flatten().map(|o| o.uid.clone()).collect();
+    assert_eq!(owners, [everything.uid().unwrap_or_default()]);
+    let conn = connections.get("github").await?;
     assert_eq!(conn.status.as_ref().and_then(|s| s.tenant.clone()).as_deref(), Some("acme"));
     let global = Api::<PromptPolicy>::namespaced(client.clone(), OPERATOR_NAMESPACE).get("platform-baseline").await?;
     assert_eq!(global.status.as_ref().and_then(|s| s.tenant.clone()).as_deref(), Some("*"));
@@ -286,7 +294,6 @@ async fn full_tenant_converges_follows_changes_and_makes_no_writes_at_rest() -> 
         async move { Ok(hash(&maps.get("gateway-config").await?) != old) }
     })
     .await?;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let rotate = |name: &'static str, key: &'static str| {
         let secrets = secrets.clone();
         async move {
@@ -347,6 +354,16 @@ async fn full_tenant_converges_follows_changes_and_makes_no_writes_at_rest() -> 
     eventually("the HPA goes with spec.gateway.autoscaling", Duration::from_secs(15), Some(&op), || {
         let hpas = hpas.clone();
         async move { Ok(hpas.get_opt("gateway").await?.is_none()) }
+    })
+    .await?;
+    // A stdio connection's bridge and its token go with it: nothing of it is left behind.
+    connections.delete("everything", &DeleteParams::default()).await?;
+    eventually("the bridge and its token go with their connection", Duration::from_secs(30), Some(&op), || {
+        let (deployments, secrets) = (deployments.clone(), secrets.clone());
+        async move {
+            Ok(deployments.get_opt("mcp-everything").await?.is_none()
+                && secrets.get_opt("mcp-everything-bridge-token").await?.is_none())
+        }
     })
     .await?;
 
@@ -720,6 +737,8 @@ const NEEDED: &[(&str, &str, &[&str])] = &[
     ("", "configmaps", &["list", "watch", "create", "patch", "delete"]),
     ("", "services", &["list", "watch", "create", "patch", "delete"]),
     ("", "serviceaccounts", &["list", "watch", "create", "patch", "delete"]),
+    // The gateway's data volume (spec.storage.volume.size).
+    ("", "persistentvolumeclaims", &["list", "watch", "create", "patch", "delete"]),
     // The gateway's Role and RoleBinding (McpConnection status) in each tenant namespace.
     ("rbac.authorization.k8s.io", "roles", &["list", "watch", "create", "patch", "delete"]),
     ("rbac.authorization.k8s.io", "rolebindings", &["list", "watch", "create", "patch", "delete"]),

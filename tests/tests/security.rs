@@ -29,6 +29,7 @@ const OPERATOR_USES: &[(&str, &[&str], &[&str])] = &[
     // Secrets: watched (metadata only) for the ones configs reference; gateway-keys is created once, never updated.
     ("", &["secrets"], &["list", "watch", "create"]),
     ("", &["configmaps", "services", "serviceaccounts"], &["list", "watch", "create", "patch", "delete"]),
+    ("", &["persistentvolumeclaims"], &["list", "watch", "create", "patch", "delete"]),
     ("apps", &["deployments"], &["list", "watch", "create", "patch", "delete"]),
     ("autoscaling", &["horizontalpodautoscalers"], &["list", "watch", "create", "patch", "delete"]),
     ("policy", &["poddisruptionbudgets"], &["list", "watch", "create", "patch", "delete"]),

@@ -45,6 +45,7 @@ use super::common::SecretKeyRef;
     validation = Rule::new("self.transport != 'stdio' || has(self.stdio)").message("stdio is required when transport is stdio").field_path(".stdio"),
     validation = Rule::new("self.transport == 'stdio' || !has(self.stdio)").message("stdio is only allowed when transport is stdio").field_path(".stdio"),
     validation = Rule::new("self.transport != 'stdio' || !has(self.url)").message("url is not allowed when transport is stdio: the operator runs the server and connects to it").field_path(".url"),
+    validation = Rule::new("self.transport != 'stdio' || !has(self.auth)").message("auth is not allowed when transport is stdio: the gateway reaches the bridge with a token the operator generates").field_path(".auth"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct McpConnectionSpec {
@@ -56,7 +57,9 @@ pub struct McpConnectionSpec {
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['https', 'http']").message("must be an http(s) URL"))]
     pub url: Option<String>,
-    /// Credentials the gateway presents upstream. The tenant's own token is never forwarded.
+    /// Credentials the gateway presents upstream (streamableHttp and sse; a stdio
+    /// connection's bridge takes a token the operator generates instead). The
+    /// tenant's own token is never forwarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<McpAuth>,
     /// Which tools are exposed, under what names.
@@ -180,6 +183,54 @@ pub struct McpTools {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(length(max = 256))]
     pub pins: BTreeMap<String, String>,
+    /// Who may list and call which tools. A tool (by upstream name) that some rule's `tools`
+    /// match is open only to the callers those rules name (any of their roles or subjects); a
+    /// tool that no rule matches follows `accessDefault`. Applied to `/mcp`'s `tools/list` and
+    /// `tools/call` and to the tools chat offers a model, after `allow`/`deny`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub access: Vec<ToolAccessRule>,
+    /// Who may use a tool that no `access` rule matches: `allow` (everyone, the default) or
+    /// `deny` (nobody: every tool must be granted by a rule).
+    #[serde(default, skip_serializing_if = "AccessDefault::is_allow")]
+    pub access_default: AccessDefault,
+}
+
+/// One grant of `tools.access`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("(has(self.roles) && size(self.roles) > 0) || (has(self.subjects) && size(self.subjects) > 0)").message("name at least one role or subject: a rule that grants nobody would hide its tools from everyone"))]
+#[serde(rename_all = "camelCase")]
+pub struct ToolAccessRule {
+    /// Globs of upstream tool names (`*` and `?`) this rule grants.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.all(g, size(g) > 0)").message("a tool glob must not be empty"))]
+    pub tools: Vec<String>,
+    /// Roles (from the token's roles claim) granted these tools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub roles: Vec<String>,
+    /// Subjects (a JWT's `sub`; an API key's subject is `apikey:<prefix>`) granted these tools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub subjects: Vec<String>,
+}
+
+/// Who may use a tool that no access rule matches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AccessDefault {
+    /// Every caller of the tenant.
+    #[default]
+    Allow,
+    /// Nobody.
+    Deny,
+}
+
+impl AccessDefault {
+    /// Whether this is the default, `allow`.
+    pub fn is_allow(&self) -> bool {
+        *self == Self::Allow
+    }
 }
 
 /// What a changed tool definition does.

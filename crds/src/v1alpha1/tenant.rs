@@ -32,6 +32,7 @@ use super::common::SecretKeyRef;
 #[x_kube(
     validation = Rule::new("self.models.all(m, m.targets.all(t, self.providers.exists(p, p.name == t.provider)))").message("every model target must name a provider declared in spec.providers").field_path(".models"),
     validation = Rule::new("(self.gateway.replicas <= 1 && !has(self.gateway.autoscaling)) || (has(self.storage.redis))").message("more than one gateway replica (or autoscaling) needs spec.storage.redis: without Redis, rate limits and MCP sessions live in one process").field_path(".storage.redis"),
+    validation = Rule::new("!has(self.storage.volume) || has(self.storage.database) || (self.gateway.replicas <= 1 && !has(self.gateway.autoscaling) && (!has(self.storage.volume.accessMode) || self.storage.volume.accessMode == 'ReadWriteOnce'))").message("without spec.storage.database the volume holds the SQLite file, which only one gateway pod on one node may use: set replicas 1 (no autoscaling, accessMode ReadWriteOnce) or a database").field_path(".storage.volume"),
     validation = Rule::new("has(self.namespace) == has(oldSelf.namespace)").message("spec.namespace is immutable: create a new Tenant to move it").field_path(".namespace"),
 )]
 #[serde(rename_all = "camelCase")]
@@ -91,6 +92,37 @@ pub struct TenantSpec {
     /// Reach the gateway from outside the cluster through an Ingress or a Gateway API HTTPRoute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exposure: Option<Exposure>,
+
+    /// How MCP clients find out where to get a token for `/mcp` (OAuth 2.0 Protected Resource
+    /// Metadata, RFC 9728) and which token audience `/mcp` requires (RFC 8707).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<TenantMcp>,
+}
+
+/// The tenant's `/mcp` endpoint as an OAuth 2.0 protected resource.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantMcp {
+    /// The resource identifier of `/mcp` (RFC 8707): its canonical absolute URL, without a
+    /// fragment, e.g. `https://acme.ai.example.com/mcp`. Defaults to `https://<exposure.host>/mcp`
+    /// when `spec.exposure` is set. With a resource (set or derived), a JWT on `/mcp` must name it
+    /// in its `aud` claim (clients ask the identity provider for it with the `resource`
+    /// parameter); the audiences of `spec.auth.jwt` are not enough there. Without one, tokens on
+    /// `/mcp` are checked against `spec.auth.jwt.audiences` only, and the metadata names the URL
+    /// the request came to (see docs/mcp.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(
+        validation = Rule::new("isURL(self) && url(self).getScheme() in ['https', 'http']").message("must be an absolute http(s) URL"),
+        validation = Rule::new("!self.contains('#')").message("must not contain a fragment (#): a resource identifier is an absolute URI without one (RFC 8707)"),
+    )]
+    pub resource: Option<String>,
+    /// OAuth scopes clients should ask for, advertised in the metadata (`scopes_supported`) and
+    /// in the `scope` of `/mcp`'s 401 challenges. The gateway does not check a token's scopes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[!#-\\\\[\\\\]-~]+$'))").message("each scope must be a non-empty OAuth scope token: printable ASCII without spaces, quotes or backslashes"))]
+    pub scopes: Vec<String>,
 }
 
 /// How callers authenticate. JWTs come from the tenant's identity provider;
@@ -475,9 +507,52 @@ pub struct Storage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<UrlSecret>,
     /// PostgreSQL for usage, audit events and API keys.
-    /// Absent: SQLite inside the pod, which is lost with the pod (status says so).
+    /// Absent: SQLite on the gateway's data volume (see `volume`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<UrlSecret>,
+    /// A PersistentVolumeClaim for the gateway's data, which then outlives its pods: the usage
+    /// and audit records spilled while the database is down (each pod spills into a directory of
+    /// its own, and a gateway replays the spill of pods that are gone) and, without `database`,
+    /// the SQLite file with API keys, usage and audit events. Absent: an emptyDir, lost with the
+    /// pod (status says so; records left in it are counted in `tenantgate_recorder_lost_total`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<StorageVolume>,
+}
+
+/// The gateway's data volume: a claim that exists, or one the operator creates.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.claimName) != has(self.size)").message("set claimName (a PersistentVolumeClaim that exists) or size (one the operator creates), not both"))]
+#[x_kube(validation = Rule::new("!has(self.claimName) || (!has(self.storageClassName) && !has(self.accessMode))").message("storageClassName and accessMode describe the claim the operator creates: leave them out with claimName"))]
+#[serde(rename_all = "camelCase")]
+pub struct StorageVolume {
+    /// A PersistentVolumeClaim in the tenant's namespace, made by the platform team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')").message("must be a valid PersistentVolumeClaim name"))]
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: Option<String>,
+    /// Size of the claim `gateway-data` the operator creates, e.g. `1Gi`. It may grow
+    /// (where the storage class allows expansion), never shrink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    /// Storage class of the claim the operator creates. Absent: the cluster's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+    /// Access mode of the claim the operator creates. `ReadWriteOnce` (the default): every
+    /// gateway pod runs on the node that mounts it. `ReadWriteMany` (NFS, CephFS, EFS, ...):
+    /// pods on any node, and a spill left by a pod on one node is replayed from another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_mode: Option<VolumeAccessMode>,
+}
+
+/// How the gateway pods share their data volume.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum VolumeAccessMode {
+    /// One node at a time (any number of pods on it).
+    #[default]
+    ReadWriteOnce,
+    /// Many nodes at once.
+    ReadWriteMany,
 }
 
 /// A connection URL kept in a Secret (it usually carries a password).

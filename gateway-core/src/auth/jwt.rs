@@ -19,17 +19,38 @@ use super::{AuthError, Identity};
 /// Verified tokens kept at most (each entry is a few hundred bytes).
 const CACHE_ENTRIES: usize = 10_000;
 
+/// Where a token is presented, which decides the audience it must name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The API (chat, models, admin): one of the tenant's `audiences`.
+    Api,
+    /// `/mcp`: the tenant's MCP resource identifier when it has one (RFC 8707), else as [`Self::Api`].
+    Mcp,
+}
+
 /// Checks bearer tokens against one tenant's issuer, audiences and keys.
 #[derive(Debug)]
 pub struct JwtVerifier {
     issuer: String,
     audiences: Vec<String>,
+    /// The resource identifier tokens for `/mcp` must name.
+    mcp_resource: Option<String>,
     leeway: u64,
     roles_claim: String,
     admin_roles: HashSet<String>,
     keys: Arc<KeySource>,
     /// SHA-256 of the token -> the identity it proved, until `exp`.
-    cache: Cache<[u8; 32], Arc<Identity>>,
+    cache: Cache<[u8; 32], Verified>,
+}
+
+/// A token that verified, and which audiences it names.
+#[derive(Debug, Clone)]
+struct Verified {
+    identity: Arc<Identity>,
+    /// One of the configured `audiences`.
+    for_api: bool,
+    /// The MCP resource identifier.
+    for_mcp: bool,
 }
 
 #[derive(Deserialize)]
@@ -47,6 +68,7 @@ impl JwtVerifier {
         Self {
             issuer: config.issuer.clone(),
             audiences: config.audiences.clone(),
+            mcp_resource: None,
             leeway: u64::from(config.leeway_seconds),
             roles_claim: config.roles_claim.clone(),
             admin_roles: config.admin_roles.iter().cloned().collect(),
@@ -55,29 +77,48 @@ impl JwtVerifier {
         }
     }
 
+    /// Tokens for `/mcp` ([`Audience::Mcp`]) must name `resource` in their `aud`.
+    pub fn with_mcp_resource(mut self, resource: Option<String>) -> Self {
+        self.mcp_resource = resource;
+        self
+    }
+
     /// The key source (for readiness).
     pub fn keys(&self) -> &KeySource {
         &self.keys
     }
 
-    /// The identity a token proves.
+    /// The identity a token for the API proves.
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let now = now_secs();
-        if let Some(identity) = self.cache.get(&digest) {
-            if identity.expires_at.saturating_add(self.leeway) > now {
-                return Ok(identity);
-            }
-            self.cache.remove(&digest);
-        }
-        let identity = Arc::new(self.verify_uncached(token).await?);
-        if identity.expires_at > now {
-            self.cache.insert(digest, identity.clone());
-        }
-        Ok(identity)
+        self.verify_for(token, Audience::Api).await
     }
 
-    async fn verify_uncached(&self, token: &str) -> Result<Identity, AuthError> {
+    /// The identity a token proves where it is presented (`audience`).
+    pub async fn verify_for(&self, token: &str, audience: Audience) -> Result<Arc<Identity>, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = now_secs();
+        let verified = match self.cache.get(&digest) {
+            Some(v) if v.identity.expires_at.saturating_add(self.leeway) > now => v,
+            cached => {
+                if cached.is_some() {
+                    self.cache.remove(&digest);
+                }
+                let verified = self.verify_uncached(token).await?;
+                if verified.identity.expires_at > now {
+                    self.cache.insert(digest, verified.clone());
+                }
+                verified
+            }
+        };
+        match (audience, &self.mcp_resource) {
+            (Audience::Mcp, Some(resource)) if !verified.for_mcp => Err(AuthError::WrongResource(resource.clone())),
+            (Audience::Mcp, Some(_)) => Ok(verified.identity),
+            _ if !verified.for_api => Err(AuthError::WrongAudience),
+            _ => Ok(verified.identity),
+        }
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Verified, AuthError> {
         // `decode_header` refuses `alg: none` and unknown algorithms.
         let header = jsonwebtoken::decode_header(token).map_err(|_| match header_alg(token) {
             Some(_) => AuthError::Malformed("algorithm is not allowed"),
@@ -101,7 +142,7 @@ impl JwtVerifier {
         }
     }
 
-    fn verify_with_current_keys(&self, token: &str, kid: Option<&str>, alg: Algorithm) -> Result<Identity, AuthError> {
+    fn verify_with_current_keys(&self, token: &str, kid: Option<&str>, alg: Algorithm) -> Result<Verified, AuthError> {
         let set = self.keys.current().ok_or(AuthError::KeysUnavailable)?;
         let key = set.find(kid).ok_or(AuthError::UnknownKey)?;
         if !key.algorithms.contains(&alg) {
@@ -111,7 +152,10 @@ impl JwtVerifier {
         validation.leeway = self.leeway;
         validation.validate_nbf = true;
         validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&self.audiences);
+        // Either audience passes here; `verify_for` asks for the one its endpoint needs.
+        let mut audiences: Vec<&str> = self.audiences.iter().map(String::as_str).collect();
+        audiences.extend(self.mcp_resource.as_deref());
+        validation.set_audience(&audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|e| match e.kind() {
             ErrorKind::InvalidSignature => AuthError::BadSignature,
@@ -125,9 +169,13 @@ impl JwtVerifier {
             _ => AuthError::Malformed("not a well-formed JWT"),
         })?;
         let claims = data.claims;
-        let roles = roles(claims.other.get(&self.roles_claim));
+        let named = strings(claims.other.get("aud"));
+        let for_api = named.iter().any(|a| self.audiences.contains(a));
+        let for_mcp = self.mcp_resource.as_ref().is_some_and(|r| named.contains(r));
+        let roles = strings(claims.other.get(&self.roles_claim));
         let admin = roles.iter().any(|r| self.admin_roles.contains(r));
-        Ok(Identity { subject: claims.sub.unwrap_or_default(), roles, admin, expires_at: claims.exp })
+        let identity = Identity { subject: claims.sub.unwrap_or_default(), roles, admin, expires_at: claims.exp };
+        Ok(Verified { identity: Arc::new(identity), for_api, for_mcp })
     }
 }
 
@@ -140,8 +188,8 @@ fn header_alg(token: &str) -> Option<String> {
     header.get("alg")?.as_str().map(str::to_owned)
 }
 
-/// Roles from an array of strings or a space-separated string.
-fn roles(value: Option<&Value>) -> Vec<String> {
+/// Roles (or audiences) from an array of strings or a space-separated string.
+fn strings(value: Option<&Value>) -> Vec<String> {
     match value {
         Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
         Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
@@ -230,16 +278,44 @@ mod tests {
         assert!(matches!(v.verify("garbage").await, Err(AuthError::Malformed(_))));
     }
 
+    #[tokio::test]
+    async fn tokens_on_mcp_must_name_the_resource_and_api_tokens_an_audience() {
+        const RESOURCE: &str = "https://gw.example/mcp";
+        let (plain, _p) = verifier().await;
+        let (bound, _q) = verifier().await;
+        let bound = bound.with_mcp_resource(Some(RESOURCE.into()));
+        let api_only = token(claims(json!({})), Algorithm::HS256);
+        let mcp_only = token(claims(json!({"aud": RESOURCE})), Algorithm::HS256);
+        let both = token(claims(json!({"aud": ["tenantgate", RESOURCE]})), Algorithm::HS256);
+
+        assert!(bound.verify_for(&api_only, Audience::Api).await.is_ok());
+        let refused = bound.verify_for(&api_only, Audience::Mcp).await.expect_err("not for the MCP resource");
+        assert_eq!(refused, AuthError::WrongResource(RESOURCE.into()));
+        let message = refused.to_string();
+        assert!(message.contains(RESOURCE) && message.contains("aud") && !message.contains(&api_only), "{message}");
+        assert_eq!(refused.as_reason(), "WrongResource");
+
+        assert!(bound.verify_for(&mcp_only, Audience::Mcp).await.is_ok());
+        // The cached verification still holds the API to its own audiences.
+        assert_eq!(bound.verify_for(&mcp_only, Audience::Api).await, Err(AuthError::WrongAudience));
+        assert!(bound.verify_for(&both, Audience::Mcp).await.is_ok());
+        assert!(bound.verify_for(&both, Audience::Api).await.is_ok());
+
+        // Without a resource, /mcp takes what the API takes.
+        assert!(plain.verify_for(&api_only, Audience::Mcp).await.is_ok());
+        assert_eq!(plain.verify_for(&mcp_only, Audience::Mcp).await, Err(AuthError::WrongAudience));
+    }
+
     fn b64(v: &Value) -> String {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
     }
 
     #[test]
-    fn roles_from_array_or_string() {
-        assert_eq!(roles(Some(&json!("a b"))), ["a", "b"]);
-        assert_eq!(roles(Some(&json!(["a", 1, "c"]))), ["a", "c"]);
-        assert!(roles(None).is_empty());
+    fn roles_and_audiences_from_array_or_string() {
+        assert_eq!(strings(Some(&json!("a b"))), ["a", "b"]);
+        assert_eq!(strings(Some(&json!(["a", 1, "c"]))), ["a", "c"]);
+        assert!(strings(None).is_empty());
     }
 
     /// A file removed on drop.

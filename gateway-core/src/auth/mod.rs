@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-pub use jwt::JwtVerifier;
+pub use jwt::{Audience, JwtVerifier};
 pub use keys::{KeyError, KeySource};
 
 /// Who is calling.
@@ -53,6 +53,11 @@ pub enum AuthError {
     /// Wrong `aud`.
     #[error("invalid token: wrong audience")]
     WrongAudience,
+    /// A token on `/mcp` whose `aud` does not name the tenant's MCP resource (RFC 8707).
+    #[error(
+        "invalid token: its audience (aud) does not include this MCP server's resource {0}; ask the authorization server for a token for it (resource parameter, RFC 8707)"
+    )]
+    WrongResource(String),
     /// Missing or mistyped claims.
     #[error("invalid token: {0}")]
     BadClaims(String),
@@ -88,6 +93,7 @@ impl AuthError {
             Self::NotYetValid => "TokenNotYetValid",
             Self::WrongIssuer => "WrongIssuer",
             Self::WrongAudience => "WrongAudience",
+            Self::WrongResource(_) => "WrongResource",
             Self::BadClaims(_) => "BadClaims",
             Self::KeysUnavailable => "KeysUnavailable",
             Self::UnknownApiKey => "UnknownApiKey",

@@ -120,7 +120,7 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
             (_, Err(e)) => return Err(ConfigIssue::new(Reason::InvalidKeys, e.to_string()).at("auth.jwt.keys")),
         }
     }
-    let auth = JwtVerifier::new(&config.auth.jwt, keys);
+    let auth = JwtVerifier::new(&config.auth.jwt, keys).with_mcp_resource(config.auth.mcp.resource.clone());
 
     let mut providers: HashMap<&str, Arc<Provider>> = HashMap::new();
     for (i, p) in config.providers.iter().enumerate() {

@@ -1,7 +1,8 @@
 //! The single `tools/call` path of `/mcp`.
 //!
-//! [`call_tool`] is where per-call policy attaches: the tenant's rate limits
-//! before the call is forwarded; after it, the prompt guards over the result
+//! [`call_tool`] is where per-call policy attaches: the connection's
+//! `tools.access` for the caller and the tenant's rate limits before the call
+//! is forwarded; after it, the prompt guards over the result
 //! (tool output is untrusted input) and one audit event (connection, tool,
 //! subject, duration, outcome, redacted arguments). Everything that runs a
 //! tenant's MCP tool (the `/mcp` endpoint and the server-side tool loop of
@@ -106,6 +107,18 @@ pub async fn call_tool(
         .and_then(|a| serde_json::to_string(a).ok())
         .map(|text| redact_secrets(&text).into_owned());
 
+    if !route.upstream.grants_tool(&route.name, caller) {
+        metrics::counter!("tenantgate_mcp_tool_calls_total", "connection" => connection.clone(), "outcome" => "access_denied")
+            .increment(1);
+        tracing::info!(tool = %request.name, %connection, subject = %caller.subject, "MCP tool call refused by the connection's tools.access");
+        let refusal = access_denied(&request.name, &connection, caller);
+        audit.status = Some(403);
+        audit.reason = Some(ACCESS_DENIED.into());
+        audit.details = serde_json::json!({"connection": connection, "tool": &*route.name, "via": via.label(), "roles": &caller.roles, "message": &refusal.message, "arguments": arguments});
+        state.storage().recorder.audit(audit);
+        return Err(refusal);
+    }
+
     // A tool call counts as one request against the caller's and the tenant's limits.
     if let Err(limited) = runtime.limiter.admit_reservation(&caller.subject, Reservation::default(), false).await {
         audit.status = Some(429);
@@ -140,6 +153,21 @@ pub async fn call_tool(
     });
     state.storage().recorder.audit(audit);
     respond(&connection, forwarded)
+}
+
+/// The audit reason of a call `tools.access` refused.
+pub const ACCESS_DENIED: &str = "ToolAccessDenied";
+
+/// The JSON-RPC error of a call `tools.access` refused: names the caller's
+/// roles and the rule's field, never the roles that would have been granted.
+fn access_denied(tool: &str, connection: &str, caller: &Identity) -> ErrorData {
+    let roles = if caller.roles.is_empty() { "(none)".to_string() } else { caller.roles.join(", ") };
+    ErrorData::invalid_request(
+        format!(
+            "the caller's roles ({roles}) may not call the tool {tool}: McpConnection {connection} grants it to other roles or subjects (spec.tools.access)"
+        ),
+        Some(serde_json::json!({"reason": ACCESS_DENIED, "tool": tool})),
+    )
 }
 
 /// Sends the call to the upstream that owns the tool, under its upstream

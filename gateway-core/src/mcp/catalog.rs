@@ -95,6 +95,15 @@ impl Catalog {
         c
     }
 
+    /// The exposed tools `caller` may use (their connection's `tools.access`).
+    pub fn tools_for(&self, caller: &crate::auth::Identity) -> Vec<Tool> {
+        self.tools
+            .iter()
+            .filter(|t| self.tool(&t.name).is_some_and(|route| route.upstream.grants_tool(&route.name, caller)))
+            .cloned()
+            .collect()
+    }
+
     /// The upstream tool behind an exposed name; `None` for unknown and for
     /// filtered-out tools alike (they are never in the catalog).
     pub fn tool(&self, name: &str) -> Option<&Route> {

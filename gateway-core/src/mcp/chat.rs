@@ -1,6 +1,7 @@
 //! The tenant's MCP tools inside a chat request: the `tenantgate.mcp`
 //! extension field, the tools it offers (from the hub's catalog, so `/mcp`'s
-//! prefixes, allow/deny globs and pin blocking apply unchanged), and the
+//! prefixes, allow/deny globs, pin blocking and the caller's `tools.access`
+//! apply unchanged), and the
 //! running of the calls a model makes (through [`super::call::call_tool`], so
 //! each one is rate-limited, guard-checked and audited like an `/mcp` call).
 //! The loop of model turns lives with the chat handler (`api::chat_tools`).
@@ -104,18 +105,22 @@ struct McpOptions {
 pub struct ChatTools {
     offered: Vec<Tool>,
     names: HashSet<String>,
+    /// Tools of the selected connections that `tools.access` withholds from the caller.
+    withheld: HashSet<String>,
     /// Tool-calling model turns allowed (1..=16).
     pub max_steps: u32,
 }
 
 impl ChatTools {
     /// Removes the `tenantgate` field from `request` (it never goes upstream)
-    /// and resolves its `mcp` part against the tenant's connections. `None`
-    /// when the request does not ask for MCP tools.
+    /// and resolves its `mcp` part against the tenant's connections: the
+    /// tools offered are those `caller` may use. `None` when the request does
+    /// not ask for MCP tools.
     pub fn take(
         request: &mut ChatRequest,
         hub: &McpHub,
         connections: &[McpConnectionConfig],
+        caller: &Identity,
     ) -> Result<Option<Self>, ChatToolsError> {
         let Some(field) = request.rest.remove(FIELD) else { return Ok(None) };
         let extension: Extension = serde_path_to_error::deserialize(field).map_err(|e| {
@@ -139,15 +144,20 @@ impl ChatTools {
         }
         let mut offered = Vec::new();
         let mut names = HashSet::new();
+        let mut withheld = HashSet::new();
         for tool in &catalog.tools {
             let Some(route) = catalog.tool(&tool.name) else { continue };
             if !selected.contains(route.upstream.name()) {
                 continue;
             }
+            if !route.upstream.grants_tool(&route.name, caller) {
+                withheld.insert(tool.name.to_string());
+                continue;
+            }
             names.insert(tool.name.to_string());
             offered.push(openai_tool(tool));
         }
-        Ok(Some(Self { offered, names, max_steps }))
+        Ok(Some(Self { offered, names, withheld, max_steps }))
     }
 
     /// The tools in OpenAI's format, under their `/mcp` names.
@@ -163,7 +173,8 @@ impl ChatTools {
     /// Runs the tool calls of one assistant message (concurrently) and
     /// returns their `tool` messages, in call order. A call of a tool that was
     /// not offered, or with arguments that are not a JSON object, is answered
-    /// with an error message and never reaches an upstream.
+    /// with an error message and never reaches an upstream; one of a tool
+    /// `tools.access` withholds is refused by [`call_tool`], which audits it.
     pub async fn run_calls(
         &self,
         tenant: &RuntimeHandle,
@@ -189,7 +200,7 @@ impl ChatTools {
         call: &ToolCall,
     ) -> String {
         let name = &call.function.name;
-        if !self.offers(name) {
+        if !self.offers(name) && !self.withheld.contains(name) {
             tracing::info!(tool = %name, subject = %caller.subject, "model called a tool that was not offered; refused");
             return format!("Error: the tool {name:?} is not available; use one of the tools offered");
         }
@@ -328,10 +339,14 @@ mod tests {
         .expect("connection config")
     }
 
+    fn caller() -> Identity {
+        Identity { subject: "alice".into(), roles: vec!["dev".into()], admin: false, expires_at: 0 }
+    }
+
     fn take(body: Value) -> (ChatRequest, Result<Option<ChatTools>, ChatToolsError>) {
         let mut r = request(body);
         let hub = McpHub::new(Default::default(), None).expect("hub");
-        let result = ChatTools::take(&mut r, &hub, &[connection("echo")]);
+        let result = ChatTools::take(&mut r, &hub, &[connection("echo")], &caller());
         (r, result)
     }
 
@@ -365,8 +380,8 @@ mod tests {
         // Checked in order: `echo` exists but is not connected in a bare hub.
         assert!(matches!(e, ChatToolsError::NotReady { index: 0, .. }), "{e}");
         let mut r = request(base(json!({"mcp": {"connections": ["github"]}})));
-        let e = ChatTools::take(&mut r, &McpHub::new(Default::default(), None).expect("hub"), &[connection("echo")])
-            .expect_err("refused");
+        let hub = McpHub::new(Default::default(), None).expect("hub");
+        let e = ChatTools::take(&mut r, &hub, &[connection("echo")], &caller()).expect_err("refused");
         assert_eq!(e.param(), "tenantgate.mcp.connections[0]");
         assert!(e.to_string().contains("\"github\""), "{e}");
     }

@@ -14,6 +14,7 @@
 //! (`authorize`) and the `stdio-bridge` / `install-bridge` subcommands
 //! (`bridge`).
 
+pub mod access;
 pub mod call;
 pub mod catalog;
 pub mod chat;

@@ -17,6 +17,7 @@ use rmcp::{ClientHandler, RoleClient, RoleServer, ServiceExt};
 use tenantgate_crds::config::{McpAuthConfig, McpConnectionConfig};
 use tokio::sync::{mpsc, watch};
 
+use super::access::ToolAccess;
 use super::catalog::Offer;
 use super::drift_status::DriftBoard;
 use super::filter::ToolFilter;
@@ -99,6 +100,7 @@ type ProgressRoutes = Mutex<HashMap<ProgressToken, (Peer<RoleServer>, ProgressTo
 pub struct Upstream {
     config: McpConnectionConfig,
     filter: ToolFilter,
+    access: ToolAccess,
     timeout: Duration,
     breaker: Arc<Breaker>,
     live: ArcSwapOption<Live>,
@@ -196,6 +198,7 @@ impl Upstream {
         let label: Arc<str> = format!("mcp/{}", config.name).into();
         Self {
             filter: ToolFilter::new(&config.tools),
+            access: ToolAccess::new(&config.tools),
             timeout: Duration::from_secs(u64::from(config.timeout_seconds.max(1))),
             breaker: Arc::new(Breaker::new(label, BREAKER_THRESHOLD, BREAKER_OPEN_FOR)),
             live: ArcSwapOption::empty(),
@@ -293,6 +296,11 @@ impl Upstream {
     /// Whether the upstream tool `name` passes the connection's allow/deny globs.
     pub fn permits_tool(&self, name: &str) -> bool {
         self.filter.permits(name)
+    }
+
+    /// Whether `caller` may list and call the upstream tool `name` (`tools.access`).
+    pub fn grants_tool(&self, name: &str, caller: &crate::auth::Identity) -> bool {
+        self.access.permits(name, caller)
     }
 
     /// Keeps the listed tools its allow/deny globs permit and applies its pins;

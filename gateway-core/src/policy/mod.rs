@@ -195,4 +195,4 @@ fn compile_one(p: &PolicyConfig) -> Result<Compiled, ConfigIssue> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

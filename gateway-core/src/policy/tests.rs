@@ -35,7 +35,8 @@ fn policy(id: &str, layer: &str, priority: i32, extra: Value) -> Value {
     p
 }
 
-fn who(subject: &str, roles: &[&str]) -> Identity {
+/// A caller with `roles` (also for other modules' tests).
+pub(crate) fn who(subject: &str, roles: &[&str]) -> Identity {
     Identity {
         subject: subject.into(),
         roles: roles.iter().map(|r| r.to_string()).collect(),

@@ -3,15 +3,17 @@
 //! written once for both backends (see [`on_db`]); the recorder writes usage
 //! and audit events off the request path.
 
+mod adopt;
 pub mod api_keys;
 pub mod mcp_tokens;
 pub mod queries;
 mod recorder;
 mod records;
 mod spill;
+pub mod tenant_roles;
 mod write;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -22,7 +24,7 @@ use tenantgate_crds::config::{DatabaseConfig, StorageConfig};
 
 pub use api_keys::{ApiKey, ApiKeyError, KeyRecord, NewApiKey, Pepper};
 pub use queries::{AuditFilter, AuditPage, AuditRow, DayUsage, UsageFilter, UsageReport, UsageTotals};
-pub use recorder::{ChatRecord, Recorder, RecorderConfig};
+pub use recorder::{ChatRecord, Leftover, Recorder, RecorderConfig, SpillPlace};
 pub use records::{AuditEvent, AuditKind, ChatEntry, PolicyDecision, Record, UsageRow, new_id, now_ms};
 
 /// A database pool of either backend.
@@ -73,6 +75,31 @@ pub enum StorageError {
     /// A migration failed.
     #[error("migrating the {backend} database failed: {source}")]
     Migrate { backend: &'static str, source: sqlx::migrate::MigrateError },
+    /// Migrations are pending and the role may not apply them (a tenant's
+    /// role: the admin applies them). `pending` is ` (pending: 3, 4)`, or
+    /// empty when the role could not read which.
+    #[error(
+        "the PostgreSQL role may not migrate the database{pending}: {source}; run \
+         `tenantgate-gateway database provision` with the admin's URL (docs/storage.md)"
+    )]
+    MigrateDenied { pending: String, source: sqlx::migrate::MigrateError },
+    /// The role's binding could not be read.
+    #[error("reading which tenant the PostgreSQL role is bound to failed: {source}")]
+    Binding { source: sqlx::Error },
+    /// The role is bound to another tenant.
+    #[error(
+        "the PostgreSQL role {role} is bound to tenant {bound:?}, but this gateway serves {tenant:?}: \
+         give it the URL of {tenant:?}'s own role"
+    )]
+    BoundElsewhere { role: String, bound: String, tenant: String },
+    /// The role is bound to no tenant and does not own the tables: every row
+    /// is hidden from it.
+    #[error(
+        "the PostgreSQL role {role} is bound to no tenant and does not own the tables, so row-level security \
+         hides every row from it: run `tenantgate-gateway database provision --tenant {tenant} --role {role}` \
+         with the admin's URL (docs/storage.md)"
+    )]
+    Unbound { role: String, tenant: String },
 }
 
 static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -114,29 +141,7 @@ impl Db {
 
     /// PostgreSQL with these options.
     pub async fn postgres(options: PgConnectOptions) -> Result<Self, StorageError> {
-        // A commit the recorder was told about must survive a server crash:
-        // it is not spilled or replayed again. With the server's
-        // `synchronous_commit = off` the last commits before a crash are lost.
-        crate::tls::ensure_crypto_provider();
-        let options = options.options([("synchronous_commit", "on")]);
-        let target = format!(
-            "{:?} at {}:{} (sslmode {})",
-            options.get_database().unwrap_or("postgres"),
-            options.get_host(),
-            options.get_port(),
-            ssl_mode_name(options.get_ssl_mode())
-        );
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect_with(options)
-            .await
-            .map_err(|source| match is_tls_failure(&source) {
-                true => StorageError::Tls { backend: "PostgreSQL", target, source },
-                false => StorageError::Connect { backend: "PostgreSQL", target, source },
-            })?;
-        PG_MIGRATIONS.run(&pool).await.map_err(|source| StorageError::Migrate { backend: "PostgreSQL", source })?;
-        Ok(Self::Postgres(pool))
+        postgres_pool(options).await.map(Self::Postgres)
     }
 
     /// SQLite at `path` (created with its directory when missing), in WAL mode.
@@ -172,6 +177,80 @@ impl Db {
             Self::Sqlite(_) => "SQLite",
         }
     }
+}
+
+/// A PostgreSQL pool with these options, its schema brought up to date.
+pub async fn postgres_pool(options: PgConnectOptions) -> Result<PgPool, StorageError> {
+    // A commit the recorder was told about must survive a server crash:
+    // it is not spilled or replayed again. With the server's
+    // `synchronous_commit = off` the last commits before a crash are lost.
+    crate::tls::ensure_crypto_provider();
+    let options = options.options([("synchronous_commit", "on")]);
+    let target = format!(
+        "{:?} at {}:{} (sslmode {})",
+        options.get_database().unwrap_or("postgres"),
+        options.get_host(),
+        options.get_port(),
+        ssl_mode_name(options.get_ssl_mode())
+    );
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_with(options)
+        .await
+        .map_err(|source| match is_tls_failure(&source) {
+            true => StorageError::Tls { backend: "PostgreSQL", target, source },
+            false => StorageError::Connect { backend: "PostgreSQL", target, source },
+        })?;
+    migrate_postgres(&pool).await?;
+    Ok(pool)
+}
+
+/// Applies the pending migrations. A database whose migrations are all
+/// applied is left alone: a tenant's role (which may not run DDL) reads that
+/// and starts; when some are pending and the role may not apply them, the
+/// error says who can.
+async fn migrate_postgres(pool: &PgPool) -> Result<(), StorageError> {
+    let pending = match pending_migrations(pool).await {
+        Ok(pending) if pending.is_empty() => return Ok(()),
+        Ok(pending) => Some(pending),
+        // Unreadable (e.g. no privilege on it yet): the migrator says what is wrong.
+        Err(_) => None,
+    };
+    PG_MIGRATIONS.run(pool).await.map_err(|source| match &source {
+        sqlx::migrate::MigrateError::Execute(e) | sqlx::migrate::MigrateError::ExecuteMigration(e, _)
+            if tenant_roles::is_insufficient_privilege(e) =>
+        {
+            let pending = pending
+                .map(|p| format!(" (pending: {})", p.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")))
+                .unwrap_or_default();
+            StorageError::MigrateDenied { pending, source }
+        }
+        _ => StorageError::Migrate { backend: "PostgreSQL", source },
+    })
+}
+
+/// The versions of [`PG_MIGRATIONS`] the database has not applied (or
+/// applied from other text: the migrator refuses those), and any it applied
+/// that this build does not know (the migrator refuses those too).
+async fn pending_migrations(pool: &PgPool) -> Result<Vec<i64>, sqlx::Error> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL").fetch_one(pool).await?;
+    let applied: Vec<(i64, Vec<u8>)> = match exists {
+        true => {
+            sqlx::query_as("SELECT version, checksum FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(pool)
+                .await?
+        }
+        false => Vec::new(),
+    };
+    let ours: Vec<_> = PG_MIGRATIONS.iter().filter(|m| m.migration_type.is_up_migration()).collect();
+    let mut pending: Vec<i64> = ours
+        .iter()
+        .filter(|m| !applied.iter().any(|(v, sum)| *v == m.version && sum.as_slice() == &*m.checksum))
+        .map(|m| m.version)
+        .collect();
+    pending.extend(applied.iter().map(|(v, _)| *v).filter(|v| !ours.iter().any(|m| m.version == *v)));
+    Ok(pending)
 }
 
 /// Whether connecting failed in the TLS handshake (sqlx reports rustls'
@@ -211,15 +290,18 @@ pub struct Storage {
 }
 
 impl Storage {
-    /// Opens the database and starts the recorder, spilling into `spill_dir`.
+    /// Opens the database for `tenant` (refusing a PostgreSQL role bound to
+    /// another tenant) and starts the recorder.
     pub async fn start(
         config: &StorageConfig,
+        tenant: &str,
         pepper_file: &str,
-        spill_dir: PathBuf,
+        recorder: RecorderConfig,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let db = Db::open(&config.database, config.database_ca_file.as_deref()).await?;
+        tenant_roles::check_binding(&db, tenant).await?;
         tracing::info!(backend = db.backend(), "database ready");
-        let recorder = Recorder::start(db.clone(), RecorderConfig::new(spill_dir))?;
+        let recorder = Recorder::start(db.clone(), recorder)?;
         let pepper = match Pepper::from_file(Path::new(pepper_file)) {
             Ok(p) => Some(p),
             Err(e) => {

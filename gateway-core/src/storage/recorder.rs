@@ -3,10 +3,11 @@
 //! (`try_send`, no await, no lock). When the database fails, batches go to the
 //! spill file and are replayed in order once it answers again; when the queue
 //! is full, the overflow is spilled too (and counted, and logged as an alarm).
-//! Shutdown drains the queue.
+//! Shutdown drains the queue and replays the spill file for a bounded time;
+//! what is left stays in the spill file (see [`Recorder::close`]).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -16,16 +17,39 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::Db;
+use super::adopt::{Adopter, others};
 use super::records::{AuditEvent, ChatEntry, PolicyDecision, Record, UsageRow, new_id, now_ms};
 use super::spill::Spill;
 use super::write;
 use crate::auth::Identity;
 
+/// Where the spill file lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpillPlace {
+    /// This directory, for this process alone.
+    Dir(PathBuf),
+    /// A directory of this process's own under `root` (`root/<name>.<unique
+    /// id>`), on a volume other gateways share: the directories under `root`
+    /// that no running gateway holds are adopted (replayed, then removed).
+    Shared {
+        /// The directory the gateways share.
+        root: PathBuf,
+        /// This process's name there (its pod's name).
+        name: String,
+    },
+}
+
 /// Recorder settings.
 #[derive(Clone, Debug)]
 pub struct RecorderConfig {
-    /// Directory of the spill file.
-    pub spill_dir: PathBuf,
+    /// Where the spill file lives.
+    pub spill: SpillPlace,
+    /// Whether the spill outlives the pod (a local directory, a
+    /// PersistentVolumeClaim). When it does not (an emptyDir), records left
+    /// in it when the recorder closes are counted lost.
+    pub spill_durable: bool,
+    /// How often a shared spill root is searched for directories to adopt.
+    pub adopt_interval: Duration,
     /// Records the queue holds before it overflows into the spill file.
     pub queue_capacity: usize,
     /// Most records per write.
@@ -43,10 +67,17 @@ pub struct RecorderConfig {
 }
 
 impl RecorderConfig {
-    /// Defaults, spilling into `spill_dir`.
+    /// Defaults, spilling into `spill_dir` (durable).
     pub fn new(spill_dir: PathBuf) -> Self {
+        Self::at(SpillPlace::Dir(spill_dir))
+    }
+
+    /// Defaults, spilling at `spill` (durable).
+    pub fn at(spill: SpillPlace) -> Self {
         Self {
-            spill_dir,
+            spill,
+            spill_durable: true,
+            adopt_interval: Duration::from_secs(30),
             queue_capacity: 65_536,
             batch_max: 1000,
             flush_interval: Duration::from_millis(50),
@@ -54,6 +85,33 @@ impl RecorderConfig {
             retry_min: Duration::from_millis(250),
             retry_max: Duration::from_secs(2),
         }
+    }
+}
+
+/// What [`Recorder::close`] left in the spill.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Leftover {
+    /// Records the database had not taken.
+    pub records: u64,
+    /// Whether they outlive the pod; when not, they were counted lost.
+    pub durable: bool,
+}
+
+impl Leftover {
+    /// One line for the pod's termination message, when records are left.
+    pub fn summary(&self) -> Option<String> {
+        (self.records > 0).then(|| match self.durable {
+            true => format!(
+                "{} usage/audit records left in the spill file: the next start, or a gateway sharing its volume, \
+                 replays them",
+                self.records
+            ),
+            false => format!(
+                "{} usage/audit records lost: left in a spill directory that is not durable \
+                 (tenantgate_recorder_lost_total{{reason=\"spill_ephemeral\"}})",
+                self.records
+            ),
+        })
     }
 }
 
@@ -66,11 +124,28 @@ struct Shared {
     tx: mpsc::Sender<Record>,
     overflow: mpsc::UnboundedSender<Record>,
     spill: Arc<Mutex<Spill>>,
+    spill_place: SpillPlace,
+    spill_durable: bool,
+    /// Set (under the spill's lock) once `close` has counted what is left:
+    /// records spilled later on a spill that is not durable are lost at once.
+    closed: AtomicBool,
     stop_overflow: watch::Sender<bool>,
-    stop: watch::Sender<bool>,
-    tasks: Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
+    /// The drain deadline, once `close` is called.
+    stop: watch::Sender<Option<Instant>>,
+    tasks: Mutex<Option<Tasks>>,
     last_alarm_ms: AtomicI64,
 }
+
+#[derive(Debug)]
+struct Tasks {
+    overflow: JoinHandle<()>,
+    writer: JoinHandle<()>,
+    adopter: Option<JoinHandle<()>>,
+}
+
+/// Past its deadline, `close` waits this much longer for what is still
+/// queued to be spilled (a disk that hangs).
+const CLOSE_MARGIN: Duration = Duration::from_secs(5);
 
 fn lock(spill: &Mutex<Spill>) -> MutexGuard<'_, Spill> {
     spill.lock().unwrap_or_else(PoisonError::into_inner)
@@ -78,27 +153,52 @@ fn lock(spill: &Mutex<Spill>) -> MutexGuard<'_, Spill> {
 
 impl Recorder {
     /// Opens the spill file and starts the writer. Records spilled by an
-    /// earlier run are replayed first.
+    /// earlier run are replayed first; on a shared spill root, the
+    /// directories of gateways that are gone are adopted, at once and every
+    /// `adopt_interval`.
     pub fn start(db: Db, config: RecorderConfig) -> std::io::Result<Self> {
-        let spill = Spill::open(&config.spill_dir)?;
+        let spill = match &config.spill {
+            SpillPlace::Dir(dir) => Spill::open(dir)?,
+            SpillPlace::Shared { root, name } => Spill::create_in(root, name)?,
+        };
         if spill.has_backlog() {
             tracing::warn!(path = %spill.path().display(), bytes = spill.backlog_bytes(), "replaying records spilled by an earlier run");
         }
+        let own_dir = spill.dir().to_path_buf();
         let spill = Arc::new(Mutex::new(spill));
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let (overflow, overflow_rx) = mpsc::unbounded_channel();
-        let (stop, stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(None);
         let (stop_overflow, stop_overflow_rx) = watch::channel(false);
+        let adopter = match &config.spill {
+            SpillPlace::Dir(_) => None,
+            SpillPlace::Shared { root, .. } => {
+                let adopter = Adopter {
+                    db: db.clone(),
+                    root: root.clone(),
+                    own: own_dir,
+                    batch_max: config.batch_max,
+                    write_timeout: config.write_timeout,
+                    interval: config.adopt_interval,
+                };
+                Some(tokio::spawn(adopter.run(stop_rx.clone())))
+            }
+        };
+        let (spill_place, spill_durable) = (config.spill.clone(), config.spill_durable);
         let delays = crate::backoff::Delays::new(config.retry_min, config.retry_max);
         let writer = Writer { db, spill: spill.clone(), config, retry_at: None, delays, down_since: None, capacity: 0 };
-        let tasks = (
-            tokio::spawn(spill_overflow(spill.clone(), overflow_rx, stop_overflow_rx)),
-            tokio::spawn(writer.run(rx, stop_rx)),
-        );
+        let tasks = Tasks {
+            overflow: tokio::spawn(spill_overflow(spill.clone(), overflow_rx, stop_overflow_rx)),
+            writer: tokio::spawn(writer.run(rx, stop_rx)),
+            adopter,
+        };
         Ok(Self(Arc::new(Shared {
             tx,
             overflow,
             spill,
+            spill_place,
+            spill_durable,
+            closed: AtomicBool::new(false),
             stop_overflow,
             stop,
             tasks: Mutex::new(Some(tasks)),
@@ -139,7 +239,12 @@ impl Recorder {
     fn spill_now(&self, records: &[Record]) {
         let mut spill = lock(&self.0.spill);
         match spill.append(records) {
-            Ok(()) => metrics::counter!("tenantgate_recorder_spilled_total").increment(records.len() as u64),
+            Ok(()) => {
+                metrics::counter!("tenantgate_recorder_spilled_total").increment(records.len() as u64);
+                if !self.0.spill_durable && self.0.closed.load(Ordering::Acquire) {
+                    lost_with_the_pod(records.len() as u64);
+                }
+            }
             Err(e) => lost(records.len(), &e),
         }
     }
@@ -154,29 +259,90 @@ impl Recorder {
         lock(&self.0.spill).has_backlog()
     }
 
-    /// Drains the queue into the database (or the spill file) and stops the
-    /// writer; waits at most `deadline`. Records made afterwards go straight
-    /// to the spill file, for the next start.
-    pub async fn close(&self, deadline: Duration) {
-        let Some((overflow, writer)) = self.0.tasks.lock().unwrap_or_else(PoisonError::into_inner).take() else {
-            return;
+    /// Writes the queue into the database and replays the spill file until
+    /// `budget` is spent, then stops the writer: what the database has not
+    /// taken by then stays in the spill file (the queue left at the deadline
+    /// is spilled, not dropped), and records made afterwards go straight
+    /// there. Returns what is left; on a spill that is not durable that is
+    /// counted in `tenantgate_recorder_lost_total{reason="spill_ephemeral"}`
+    /// (with the directories of gone gateways it could not replay).
+    pub async fn close(&self, budget: Duration) -> Leftover {
+        let Some(tasks) = self.0.tasks.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+            return Leftover { records: 0, durable: self.0.spill_durable };
         };
+        let deadline = Instant::now() + budget;
         let drain = async {
             // Overflow first, so the writer's last replay includes it.
             let _ = self.0.stop_overflow.send(true);
-            let _ = overflow.await;
-            let _ = self.0.stop.send(true);
-            let _ = writer.await;
+            let _ = tasks.overflow.await;
+            let _ = self.0.stop.send(Some(deadline));
+            let _ = tasks.writer.await;
+            if let Some(adopter) = tasks.adopter {
+                let _ = adopter.await;
+            }
         };
-        if tokio::time::timeout(deadline, drain).await.is_err() {
+        if tokio::time::timeout(budget + CLOSE_MARGIN, drain).await.is_err() {
             tracing::error!(queued = self.queue_depth(), "the recorder did not drain in time");
         }
+        let shared = self.0.clone();
+        let records = tokio::task::spawn_blocking(move || shared.count_leftover()).await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "counting the records left in the spill failed");
+            0
+        });
+        let leftover = Leftover { records, durable: self.0.spill_durable };
+        if records > 0 && leftover.durable {
+            tracing::warn!(
+                records,
+                path = %lock(&self.0.spill).path().display(),
+                "stopping with records in the spill file: the next start, or a gateway sharing its volume, replays them"
+            );
+        } else if records > 0 {
+            lost_with_the_pod(records);
+        }
+        leftover
     }
 }
 
+impl Shared {
+    /// Records left in the spill file and, on a spill that is not durable
+    /// and shared, in the directories of gone gateways; marks the recorder
+    /// closed under the spill's lock, so a record spilled meanwhile is
+    /// counted here or by `spill_now`, once.
+    fn count_leftover(&self) -> u64 {
+        let spill = lock(&self.spill);
+        self.closed.store(true, Ordering::Release);
+        let mut left = backlog_records(&spill);
+        if let (false, SpillPlace::Shared { root, .. }) = (self.spill_durable, &self.spill_place) {
+            for dir in others(root, spill.dir()).unwrap_or_default() {
+                if let Ok(Some(orphan)) = Spill::adopt(&dir) {
+                    left += backlog_records(&orphan);
+                }
+            }
+        }
+        left
+    }
+}
+
+fn backlog_records(spill: &Spill) -> u64 {
+    spill.backlog_records().unwrap_or_else(|error| {
+        tracing::error!(path = %spill.path().display(), %error, "counting the records left in a spill file failed");
+        0
+    })
+}
+
 fn lost(n: usize, error: &std::io::Error) {
-    metrics::counter!("tenantgate_recorder_lost_total").increment(n as u64);
+    metrics::counter!("tenantgate_recorder_lost_total", "reason" => "spill_failed").increment(n as u64);
     tracing::error!(records = n, %error, "ALARM: records could not be written to the database nor the spill file");
+}
+
+/// Records left in a spill directory that does not outlive the pod.
+fn lost_with_the_pod(n: u64) {
+    metrics::counter!("tenantgate_recorder_lost_total", "reason" => "spill_ephemeral").increment(n);
+    tracing::error!(
+        records = n,
+        reason = "spill_ephemeral",
+        "ALARM: records the database did not take stay in a spill directory that is not durable: they are lost with the pod"
+    );
 }
 
 /// Appends queue overflow to the spill file as it comes.
@@ -230,77 +396,93 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Record>, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Record>, mut stop: watch::Receiver<Option<Instant>>) {
         self.capacity = rx.max_capacity();
         let mut batch = Vec::with_capacity(self.config.batch_max);
-        let mut stopping = false;
         let mut next_write = tokio::time::Instant::now();
-        loop {
+        let deadline = loop {
             let backlog = self.backlog();
             let replay_due = backlog && self.retry_at.is_none_or(|t| Instant::now() >= t);
             let retry_at = self.retry_at.map(tokio::time::Instant::from_std);
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s), if !stopping => stopping = true,
+                deadline = stop.wait_for(Option::is_some) => {
+                    break deadline.map_or_else(|_| Instant::now(), |d| d.unwrap_or_else(Instant::now));
+                }
                 n = async {
                     tokio::time::sleep_until(next_write).await;
                     rx.recv_many(&mut batch, self.config.batch_max).await
-                }, if !stopping => {
+                } => {
                     if n == 0 {
-                        stopping = true;
+                        // Dropped without `close`: no time to drain.
+                        break Instant::now();
                     }
                 }
                 () = async { if let Some(t) = retry_at { tokio::time::sleep_until(t).await } },
-                    if backlog && !replay_due && !stopping => {}
-                () = std::future::ready(()), if replay_due || stopping => {}
-            }
-            if stopping {
-                // Later sends fail and spill directly; what is queued is still received.
-                rx.close();
-                while batch.len() < self.config.batch_max {
-                    match rx.try_recv() {
-                        Ok(r) => batch.push(r),
-                        Err(_) => break,
-                    }
-                }
+                    if backlog && !replay_due => {}
+                () = std::future::ready(()), if replay_due => {}
             }
             metrics::gauge!("tenantgate_recorder_queue_depth").set(rx.len() as f64);
             if !batch.is_empty() {
                 next_write = tokio::time::Instant::now() + self.config.flush_interval;
-                self.flush(&mut batch).await;
+                self.flush(&mut batch, self.config.write_timeout).await;
             }
             if self.backlog() && self.retry_at.is_none_or(|t| Instant::now() >= t) {
-                self.replay_chunk().await;
+                self.replay_chunk(self.config.write_timeout).await;
             }
-            if stopping && rx.is_empty() && batch.is_empty() {
-                // Last tries: replay while the database takes it.
-                while self.backlog() && self.retry_at.is_none() {
-                    self.replay_chunk().await;
+        };
+        self.drain(rx, batch, deadline).await;
+    }
+
+    /// Writes what is queued, then replays the spill file, until `deadline`;
+    /// past it, what is still queued is spilled rather than written.
+    async fn drain(&mut self, mut rx: mpsc::Receiver<Record>, mut batch: Vec<Record>, deadline: Instant) {
+        // Later sends fail and spill directly; what is queued is still received.
+        rx.close();
+        loop {
+            while batch.len() < self.config.batch_max {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
                 }
-                let left = lock(&self.spill).backlog_bytes();
-                metrics::gauge!("tenantgate_recorder_spill_backlog_bytes").set(left as f64);
-                if left > 0 {
-                    tracing::warn!(bytes = left, "stopping with spilled records; they are replayed at the next start");
-                }
-                tracing::info!("recorder drained");
-                return;
+            }
+            if batch.is_empty() {
+                break;
+            }
+            match time_left(deadline) {
+                Some(left) => self.flush(&mut batch, left.min(self.config.write_timeout)).await,
+                None => self.spill(&mut batch).await,
             }
         }
+        metrics::gauge!("tenantgate_recorder_queue_depth").set(0.0);
+        // Replay while the database takes it, trying again after failures, up to the deadline.
+        while self.backlog()
+            && let Some(left) = time_left(deadline)
+        {
+            match self.retry_at {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.min(deadline).into()).await,
+                _ => self.replay_chunk(left.min(self.config.write_timeout)).await,
+            }
+        }
+        let left = lock(&self.spill).backlog_bytes();
+        metrics::gauge!("tenantgate_recorder_spill_backlog_bytes").set(left as f64);
+        tracing::info!(backlog_bytes = left, "recorder drained");
     }
 
     fn backlog(&self) -> bool {
         lock(&self.spill).has_backlog()
     }
 
-    /// Writes a batch, or spills it when records wait before it or the database is down.
-    async fn flush(&mut self, batch: &mut Vec<Record>) {
+    /// Writes a batch (waiting at most `timeout`), or spills it when records
+    /// wait before it or the database is down.
+    async fn flush(&mut self, batch: &mut Vec<Record>, timeout: Duration) {
         let down = self.retry_at.is_some_and(|t| Instant::now() < t);
         if down || self.backlog() {
             // Behind what waits in the spill file, to keep the order.
             self.spill(batch).await;
             return;
         }
-        match self.write(batch).await {
+        match write_within(&self.db, batch, timeout).await {
             Ok(()) => {
                 metrics::counter!("tenantgate_recorder_written_total").increment(batch.len() as u64);
                 batch.clear();
@@ -309,14 +491,6 @@ impl Writer {
                 self.mark_down(&e);
                 self.spill(batch).await;
             }
-        }
-    }
-
-    async fn write(&self, records: &[Record]) -> Result<(), WriteError> {
-        match tokio::time::timeout(self.config.write_timeout, write::insert(&self.db, records)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(WriteError::Database(e)),
-            Err(_) => Err(WriteError::Timeout(self.config.write_timeout)),
         }
     }
 
@@ -340,45 +514,20 @@ impl Writer {
         }
     }
 
-    /// Replays one chunk of the spill file.
-    async fn replay_chunk(&mut self) {
-        let spill = self.spill.clone();
-        let max = self.config.batch_max;
-        let read = tokio::task::spawn_blocking(move || lock(&spill).read_batch(max)).await;
-        let (records, end) = match read {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "reading the spill file failed");
-                self.retry_later();
-                return;
+    /// Replays one chunk of the spill file, waiting at most `timeout` for the database.
+    async fn replay_chunk(&mut self, timeout: Duration) {
+        match replay_chunk(&self.db, &self.spill, self.config.batch_max, timeout).await {
+            Ok(replayed) => {
+                metrics::gauge!("tenantgate_recorder_spill_backlog_bytes").set(replayed.backlog as f64);
+                self.mark_up(replayed.backlog);
             }
-            Err(e) => {
-                tracing::error!(error = %e, "reading the spill file failed");
+            Err(ReplayError::Write(e)) => self.mark_down(&e),
+            Err(e @ ReplayError::Read(_)) => {
+                tracing::error!(error = %e, "replaying the spill file failed");
                 self.retry_later();
-                return;
-            }
-        };
-        if !records.is_empty()
-            && let Err(e) = self.write(&records).await
-        {
-            self.mark_down(&e);
-            return;
-        }
-        let spill = self.spill.clone();
-        let advanced = tokio::task::spawn_blocking(move || {
-            let mut spill = lock(&spill);
-            spill.advance(end).map(|()| spill.backlog_bytes())
-        })
-        .await;
-        match advanced {
-            Ok(Ok(backlog)) => {
-                metrics::counter!("tenantgate_recorder_replayed_total").increment(records.len() as u64);
-                metrics::gauge!("tenantgate_recorder_spill_backlog_bytes").set(backlog as f64);
-                self.mark_up(backlog);
             }
             // The records are in the database; replaying them again is harmless.
-            Ok(Err(e)) => tracing::error!(error = %e, "recording the spill replay offset failed"),
-            Err(e) => tracing::error!(error = %e, "recording the spill replay offset failed"),
+            Err(e @ ReplayError::Offset(_)) => tracing::error!(error = %e, "replaying the spill file failed"),
         }
     }
 
@@ -407,6 +556,71 @@ impl Writer {
             tracing::info!(down_ms = since.elapsed().as_millis() as u64, "database back; spilled records replayed");
         }
     }
+}
+
+/// Time before `deadline`, if any is left.
+fn time_left(deadline: Instant) -> Option<Duration> {
+    deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+}
+
+/// Writes a batch, waiting at most `timeout`.
+async fn write_within(db: &Db, records: &[Record], timeout: Duration) -> Result<(), WriteError> {
+    match tokio::time::timeout(timeout, write::insert(db, records)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(WriteError::Database(e)),
+        Err(_) => Err(WriteError::Timeout(timeout)),
+    }
+}
+
+/// A chunk of a spill file written to the database.
+#[derive(Debug)]
+pub(super) struct Replayed {
+    /// Records written.
+    pub records: usize,
+    /// Bytes still waiting in the file.
+    pub backlog: u64,
+}
+
+/// Writes the next chunk (up to `max` records) of `spill` to the database,
+/// waiting at most `timeout`, and marks it replayed.
+pub(super) async fn replay_chunk(
+    db: &Db,
+    spill: &Arc<Mutex<Spill>>,
+    max: usize,
+    timeout: Duration,
+) -> Result<Replayed, ReplayError> {
+    let reading = spill.clone();
+    let (records, end) = tokio::task::spawn_blocking(move || lock(&reading).read_batch(max))
+        .await
+        .map_err(|e| ReplayError::Read(std::io::Error::other(e)))?
+        .map_err(ReplayError::Read)?;
+    if !records.is_empty() {
+        write_within(db, &records, timeout).await.map_err(ReplayError::Write)?;
+    }
+    let advancing = spill.clone();
+    let backlog = tokio::task::spawn_blocking(move || {
+        let mut spill = lock(&advancing);
+        spill.advance(end).map(|()| spill.backlog_bytes())
+    })
+    .await
+    .map_err(|e| ReplayError::Offset(std::io::Error::other(e)))?
+    .map_err(ReplayError::Offset)?;
+    metrics::counter!("tenantgate_recorder_replayed_total").increment(records.len() as u64);
+    Ok(Replayed { records: records.len(), backlog })
+}
+
+/// Why a chunk of a spill file was not replayed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ReplayError {
+    /// The file could not be read.
+    #[error("reading the spill file failed: {0}")]
+    Read(std::io::Error),
+    /// The database did not take the records.
+    #[error("{0}")]
+    Write(WriteError),
+    /// The records are in the database, but the replay point was not saved.
+    #[error("recording the spill replay offset failed: {0}")]
+    Offset(std::io::Error),
 }
 
 /// The usage row and audit event of one chat request, recorded exactly once:
@@ -548,7 +762,7 @@ impl Drop for ChatRecord {
 
 /// Why a batch was not written.
 #[derive(Debug, thiserror::Error)]
-enum WriteError {
+pub(super) enum WriteError {
     /// The database refused it or the connection failed.
     #[error("{0}")]
     Database(sqlx::Error),
@@ -559,6 +773,7 @@ enum WriteError {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
     use std::path::Path;
 
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -734,6 +949,101 @@ mod tests {
         wait_for("the replay", async || !recorder.has_backlog()).await;
         recorder.close(Duration::from_secs(10)).await;
         assert_eq!(count(&db, "audit_events").await, 50);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A database that cannot be written: its directory does not exist.
+    fn broken_db(dir: &Path) -> Db {
+        let options = SqliteConnectOptions::new().filename(dir.join("missing-dir/gateway.db")).create_if_missing(true);
+        Db::Sqlite(SqlitePoolOptions::new().acquire_timeout(Duration::from_millis(500)).connect_lazy_with(options))
+    }
+
+    #[tokio::test]
+    async fn gateways_sharing_a_spill_root_adopt_the_spill_of_one_that_is_gone() {
+        let dir = temp_dir("adopt");
+        let root = dir.join("spill");
+        let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
+        // A running gateway's spill, and one left by a gateway that is gone,
+        // with a line that does not parse among its 50 records.
+        let mut live = Spill::create_in(&root, "live").expect("live");
+        live.append(&[audit(1000)]).expect("append");
+        let mut gone = Spill::create_in(&root, "gone").expect("gone");
+        let records: Vec<Record> = (0..50).map(audit).collect();
+        gone.append(&records[..25]).expect("append");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(gone.path())
+            .and_then(|mut f| f.write_all(b"{\"not\": \"a record\"}\n"))
+            .expect("corrupt line");
+        gone.append(&records[25..]).expect("append");
+        let gone_dir = gone.dir().to_path_buf();
+        drop(gone);
+        // The database refuses the record "25": the replay stops in the middle.
+        let Db::Sqlite(pool) = &db else { unreachable!() };
+        sqlx::query(
+            "CREATE TRIGGER refuse_25 BEFORE INSERT ON audit_events WHEN NEW.resource = '25' \
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .execute(pool)
+        .await
+        .expect("trigger");
+        let config =
+            RecorderConfig { batch_max: 10, adopt_interval: Duration::from_millis(100), ..fast(PathBuf::new()) };
+        let config = RecorderConfig { spill: SpillPlace::Shared { root: root.clone(), name: "me".into() }, ..config };
+        let recorder = Recorder::start(db.clone(), config).expect("start");
+        wait_for("the chunks before the refused one", async || count(&db, "audit_events").await == 20).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(count(&db, "audit_events").await, 20, "nothing after the refused chunk");
+        let left = Spill::adopt(&gone_dir).ok().flatten();
+        if let Some(left) = left {
+            assert_eq!(left.backlog_records().expect("count"), 31, "the rest stays, the corrupt line with it");
+        }
+        sqlx::query("DROP TRIGGER refuse_25").execute(pool).await.expect("drop trigger");
+        wait_for("the adoption", async || !gone_dir.exists()).await;
+        let expected: Vec<String> = (0..50).map(|n| n.to_string()).collect();
+        assert_eq!(audit_order(&db).await, expected, "replayed once each, in the order spilled");
+        assert!(live.has_backlog() && live.dir().exists(), "a running gateway's spill is left alone");
+        recorder.close(Duration::from_secs(5)).await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_drain_is_bounded_and_what_an_ephemeral_spill_keeps_is_counted_lost() {
+        let dir = temp_dir("drain");
+        let config = RecorderConfig { spill_durable: false, ..fast(dir.join("spill")) };
+        let recorder = Recorder::start(broken_db(&dir), config).expect("start");
+        for n in 0..40 {
+            recorder.record(audit(n));
+        }
+        let started = Instant::now();
+        let leftover = recorder.close(Duration::from_millis(800)).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(4), "the drain took {took:?}");
+        assert_eq!(leftover, Leftover { records: 40, durable: false }, "every record is in the spill, none written");
+        let summary = leftover.summary().expect("a summary");
+        assert!(summary.starts_with("40 usage/audit records lost"), "{summary}");
+        // Recorded after the close: spilled, and lost with the pod too.
+        recorder.record(audit(40));
+        let spill = Spill::open(&dir.join("spill"));
+        assert!(spill.is_err(), "the recorder still holds its spill");
+        drop(recorder);
+        let spill = Spill::open(&dir.join("spill")).expect("reopen");
+        assert_eq!(spill.backlog_records().expect("count"), 41);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_drain_replays_the_spill_when_the_database_answers_within_it() {
+        let dir = temp_dir("drain-ok");
+        let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
+        let records: Vec<Record> = (0..30).map(audit).collect();
+        Spill::open(&dir.join("spill")).expect("spill").append(&records).expect("append");
+        let config = RecorderConfig { spill_durable: false, ..fast(dir.join("spill")) };
+        let recorder = Recorder::start(db.clone(), config).expect("start");
+        let leftover = recorder.close(Duration::from_secs(10)).await;
+        assert_eq!(leftover, Leftover { records: 0, durable: false });
+        assert_eq!(leftover.summary(), None);
+        assert_eq!(count(&db, "audit_events").await, 30);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -5,7 +5,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 
-use crate::auth::{AuthError, Caller, SubjectSlot, api_key};
+use crate::auth::{Audience, AuthError, Caller, SubjectSlot, api_key};
 use crate::error::AppError;
 use crate::state::AppState;
 
@@ -18,26 +18,32 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts.headers.get(header::AUTHORIZATION)).ok_or(AuthError::Missing)?;
-        let runtime = state.runtime();
-        let verified = if api_key::is_api_key(token) {
-            api_key::verify(state.storage(), &runtime, token).await
-        } else {
-            runtime.auth.verify(token).await
-        };
-        match verified {
-            Ok(identity) => {
-                if let Some(slot) = parts.extensions.get::<SubjectSlot>() {
-                    slot.fill(&identity);
-                }
-                Ok(Caller(identity))
+        Ok(authenticate(parts, state, Audience::Api).await?)
+    }
+}
+
+/// Authenticates a request's bearer token for the endpoint's `audience`
+/// (a JWT's `aud`; API keys are the tenant's own and valid everywhere).
+pub async fn authenticate(parts: &Parts, state: &AppState, audience: Audience) -> Result<Caller, AuthError> {
+    let token = bearer(parts.headers.get(header::AUTHORIZATION)).ok_or(AuthError::Missing)?;
+    let runtime = state.runtime();
+    let verified = if api_key::is_api_key(token) {
+        api_key::verify(state.storage(), &runtime, token).await
+    } else {
+        runtime.auth.verify_for(token, audience).await
+    };
+    match verified {
+        Ok(identity) => {
+            if let Some(slot) = parts.extensions.get::<SubjectSlot>() {
+                slot.fill(&identity);
             }
-            Err(e) => {
-                metrics::counter!("tenantgate_auth_failures_total", "reason" => e.as_reason()).increment(1);
-                let request_id = parts.headers.get(super::X_REQUEST_ID).and_then(|v| v.to_str().ok());
-                tracing::info!(request_id, reason = e.as_reason(), "authentication failed");
-                Err(e.into())
-            }
+            Ok(Caller(identity))
+        }
+        Err(e) => {
+            metrics::counter!("tenantgate_auth_failures_total", "reason" => e.as_reason()).increment(1);
+            let request_id = parts.headers.get(super::X_REQUEST_ID).and_then(|v| v.to_str().ok());
+            tracing::info!(request_id, reason = e.as_reason(), "authentication failed");
+            Err(e)
         }
     }
 }

@@ -61,7 +61,7 @@ async fn complete(
     let mut request = ChatRequest::parse(&body)?;
     record.model(&request.model);
     let runtime = state.runtime();
-    let mcp = ChatTools::take(&mut request, state.carried().mcp(), &runtime.config.mcp)?;
+    let mcp = ChatTools::take(&mut request, state.carried().mcp(), &runtime.config.mcp, &caller.0)?;
     let route = runtime.models.get(&request.model).ok_or_else(|| AppError::ModelNotFound(request.model.clone()))?;
     let target_model = route.targets.first().map(|t| &*t.model);
     let decision = match runtime.policies.apply(&caller.0, target_model, &mut request) {

@@ -3,7 +3,7 @@
 
 mod admin;
 mod body;
-mod caller;
+pub(crate) mod caller;
 mod chat;
 mod chat_tools;
 mod models;
@@ -41,6 +41,7 @@ pub fn router(state: AppState, request_timeout: Duration, with_ops: bool) -> Rou
         .route("/v1/models/{model}", get(models::get))
         .merge(admin::router())
         .merge(crate::mcp::authorize::router())
+        .merge(crate::mcp::resource::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), admit))
         .route_layer(middleware::from_fn(track));
     let app = Router::new()

@@ -2,17 +2,21 @@
 //! stdio McpConnection can run in a cluster as its own Deployment. It is the
 //! same aggregating server as `/mcp`, over a single connection with an empty
 //! prefix (names and URIs pass unchanged), so the child is spawned, listed,
-//! respawned with backoff when it exits, and proxied by rmcp.
+//! respawned with backoff when it exits, and proxied by rmcp. Only a caller
+//! bearing the connection's token (the operator generates it; the tenant's
+//! gateway sends it) is served; the NetworkPolicy admits only the gateway pods.
 //!
 //! `install-bridge`: copies the running binary into a directory (an init
 //! container puts it on a volume shared with the MCP server's image).
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::StatusCode;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -21,6 +25,7 @@ use tenantgate_crds::v1alpha1::McpTools;
 
 use super::McpHub;
 use super::server::AggregateServer;
+use crate::cli::StdioBridgeArgs;
 
 /// Why a bridge subcommand failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +33,14 @@ pub enum BridgeError {
     /// No command after `--`.
     #[error("stdio-bridge needs the MCP server command after `--`")]
     NoCommand,
+    /// The token file cannot be read or is empty.
+    #[error("--token-file {path}: {reason}")]
+    Token {
+        /// The file.
+        path: String,
+        /// Why it is unusable.
+        reason: String,
+    },
     /// Listening, serving or copying failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -51,15 +64,60 @@ pub fn bridge_connection(command: &[String], timeout_seconds: u32) -> Result<Mcp
     })
 }
 
+/// The token `/mcp` callers must bear, read from its file per request so a
+/// rotated Secret takes effect without a restart.
+#[derive(Clone, Debug)]
+pub struct BridgeToken {
+    path: PathBuf,
+}
+
+impl BridgeToken {
+    /// A token file that exists and is not empty now.
+    pub fn open(path: &Path) -> Result<Self, BridgeError> {
+        let token = Self { path: path.to_owned() };
+        token.read()?;
+        Ok(token)
+    }
+
+    fn read(&self) -> Result<Vec<u8>, BridgeError> {
+        let failed = |reason: String| BridgeError::Token { path: self.path.display().to_string(), reason };
+        let text = std::fs::read(&self.path).map_err(|e| failed(e.to_string()))?;
+        let token = text.trim_ascii();
+        if token.is_empty() {
+            return Err(failed("the file is empty".into()));
+        }
+        Ok(token.to_vec())
+    }
+
+    /// Whether `authorization` is `Bearer <token>`, compared in constant time.
+    pub fn admits(&self, authorization: Option<&HeaderValue>) -> Result<bool, BridgeError> {
+        use subtle::ConstantTimeEq;
+        let expected = self.read()?;
+        let presented = authorization.and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or_default();
+        Ok(bool::from(presented.ct_eq(&expected)))
+    }
+}
+
+async fn require_token(State(token): State<BridgeToken>, request: Request, next: Next) -> Response {
+    match token.admits(request.headers().get(header::AUTHORIZATION)) {
+        Ok(true) => next.run(request).await,
+        Ok(false) => {
+            (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "this bridge requires its token")
+                .into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot check the bridge token");
+            (StatusCode::SERVICE_UNAVAILABLE, "the bridge cannot read its token").into_response()
+        }
+    }
+}
+
 /// Runs the bridge until the process is stopped. `/livez` answers 200 once the
 /// child is connected (503 before), so the pod is ready only with its server up.
-pub async fn stdio_bridge(
-    listen: SocketAddr,
-    command: &[String],
-    timeout_seconds: u32,
-    max_message_bytes: usize,
-) -> Result<(), BridgeError> {
-    let connection = bridge_connection(command, timeout_seconds)?;
+pub async fn stdio_bridge(args: &StdioBridgeArgs) -> Result<(), BridgeError> {
+    let token = BridgeToken::open(&args.token_file)?;
+    let (command, max_message_bytes) = (&args.command, args.max_message_bytes);
+    let connection = bridge_connection(command, args.timeout_secs)?;
     let hub = McpHub::new(Default::default(), None)?;
     hub.reconcile(std::slice::from_ref(&connection));
     let factory_hub = hub.clone();
@@ -68,13 +126,14 @@ pub async fn stdio_bridge(
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default()
             // Reached by the gateway through its Service name; the bridge's NetworkPolicy (the operator's
-            // `mcp-<connection>`) admits only its tenant's gateway pods. No token is checked yet.
+            // `mcp-<connection>`) admits only its tenant's gateway pods, and every request bears the token.
             .disable_allowed_hosts()
             .with_max_request_body_bytes(max_message_bytes),
     );
     let health_hub = hub.clone();
-    let app = Router::new()
-        .route(
+    // The token guards `/mcp` (and anything unrouted); `/livez`, added after the layer, is the kubelet's.
+    let app =
+        Router::new().nest_service("/mcp", service).layer(middleware::from_fn_with_state(token, require_token)).route(
             "/livez",
             get(move || {
                 let up = health_hub.is_connected("bridge");
@@ -86,9 +145,8 @@ pub async fn stdio_bridge(
                     }
                 }
             }),
-        )
-        .nest_service("/mcp", service);
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+        );
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(address = %listener.local_addr()?, command = %command.join(" "), "stdio bridge listening");
     axum::serve(listener, app).await?;
     Ok(())
@@ -117,6 +175,31 @@ mod tests {
         assert_eq!(c.prefix, "");
         assert_eq!(c.stdio.as_ref().map(|s| s.args.clone()), Some(vec!["-y".to_string(), "server".to_string()]));
         assert!(matches!(bridge_connection(&[], 30), Err(BridgeError::NoCommand)));
+    }
+
+    #[test]
+    fn the_token_is_required_exactly_and_reread_when_rotated() {
+        let dir = std::env::temp_dir().join(format!("tg-bridge-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("token");
+        std::fs::write(&path, "").expect("write");
+        let refused = BridgeToken::open(&path).expect_err("an empty token is refused");
+        assert!(refused.to_string().contains("token: the file is empty"), "{refused}");
+        std::fs::write(&path, "s3cret\n").expect("write");
+        let token = BridgeToken::open(&path).expect("token");
+        let bearer = |v: &str| HeaderValue::from_str(v).expect("header");
+        assert!(token.admits(Some(&bearer("Bearer s3cret"))).expect("readable"));
+        for wrong in ["Bearer s3cre", "Bearer s3cret2", "bearer s3cret", "s3cret", "Bearer "] {
+            assert!(!token.admits(Some(&bearer(wrong))).expect("readable"), "{wrong}");
+        }
+        assert!(!token.admits(None).expect("readable"));
+        std::fs::write(&path, "rotated").expect("write");
+        assert!(!token.admits(Some(&bearer("Bearer s3cret"))).expect("readable"), "the old token is gone at once");
+        assert!(token.admits(Some(&bearer("Bearer rotated"))).expect("readable"));
+        std::fs::remove_file(&path).expect("remove");
+        let err = token.admits(Some(&bearer("Bearer rotated"))).expect_err("unreadable");
+        assert!(!err.to_string().contains("rotated"), "the error never shows a token: {err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `/mcp` over HTTP: rmcp's streamable HTTP tower service behind the checks
 //! the MCP security requirements ask for, in this order: `Origin` (403 when
 //! present and not the gateway's own or an allowed one), the caller's token on
-//! every request (401), the session id bound to the caller's subject (404
+//! every request (401, with a challenge that names the Protected Resource
+//! Metadata, see [`super::resource`]; a JWT must name the tenant's MCP
+//! resource in its `aud` when it has one), the session id bound to the caller's subject (404
 //! otherwise, as for an expired session), and the message size limit (413,
 //! enforced by rmcp while it reads the body).
 //!
@@ -13,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -24,7 +26,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use super::server::AggregateServer;
 use super::session_store::SharedSessions;
 use super::sessions::{SessionBindings, SessionCheck};
-use crate::auth::Caller;
+use crate::auth::Audience;
 use crate::error::AppError;
 use crate::state::AppState;
 
@@ -130,9 +132,15 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
     if let Err(e) = check_origin(&parts.headers, &endpoint.allowed_origins) {
         return e.into_response();
     }
-    let caller = match Caller::from_request_parts(&mut parts, &state).await {
+    let caller = match crate::api::caller::authenticate(&parts, &state, Audience::Mcp).await {
         Ok(c) => c,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            let challenge =
+                super::resource::challenge(&state.runtime().config.auth.mcp, &parts.headers, &parts.uri, &e);
+            let mut response = AppError::from(e).into_response();
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+            return response;
+        }
     };
     let session = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
     if let Some(id) = &session {

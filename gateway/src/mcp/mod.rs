@@ -5,6 +5,7 @@
 //! - [`server::AggregateServer`] is the rmcp `ServerHandler` of one client session.
 //! - [`http`] mounts rmcp's tower service behind auth, Origin and session checks.
 //! - [`authorize`]: the redirect endpoints of per-user OAuth.
+//! - [`resource`]: `/mcp` as an OAuth protected resource (its metadata and 401 challenge).
 //! - [`bridge`] is the `stdio-bridge` / `install-bridge` subcommands.
 
 pub use tenantgate_gateway_core::mcp::*;
@@ -12,6 +13,7 @@ pub use tenantgate_gateway_core::mcp::*;
 pub mod authorize;
 pub mod bridge;
 pub mod http;
+pub mod resource;
 pub mod server;
 
 pub use http::router;

@@ -106,9 +106,16 @@ impl ServerHandler for AggregateServer {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        Ok(ListToolsResult::with_all_items(self.hub.catalog().tools.clone()))
+        let catalog = self.hub.catalog();
+        // The bridge has no callers of its own: the gateway in front of it applies `tools.access`.
+        let tools = match (&self.mode, caller(&context)) {
+            (Mode::Tenant(_), Some(caller)) => catalog.tools_for(&caller),
+            (Mode::Tenant(_), None) => Vec::new(),
+            (Mode::Bridge, _) => catalog.tools.clone(),
+        };
+        Ok(ListToolsResult::with_all_items(tools))
     }
 
     async fn call_tool(

@@ -2,6 +2,8 @@
 //! 127.0.0.1 ports, and mints tokens with the quickstart development key.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod mcp;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -323,6 +325,14 @@ impl Gateway {
         self.wait_exit()
     }
 
+    /// Stops the gateway with SIGTERM (what the kubelet sends) and waits for
+    /// it; returns whether it exited cleanly.
+    pub fn terminate(&mut self) -> bool {
+        let status = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status().expect("kill");
+        assert!(status.success(), "kill -TERM failed");
+        self.wait_exit()
+    }
+
     /// GET `path` with `token`: status and JSON body.
     pub async fn get_json(&self, path: &str, token: &str) -> (u16, Value) {
         let r = self.client.get(format!("{}{path}", self.url)).bearer_auth(token).send().await.expect("request");
@@ -464,6 +474,18 @@ pub fn services_env(name: &str) -> String {
         .unwrap_or_else(|_| panic!("{name} is not set: run this test under e2e/with-services (make test-services)"))
 }
 
+/// A new empty database on `e2e/with-services`' PostgreSQL, owned by its
+/// `tenantgate` role; its URL.
+pub async fn fresh_database(tag: &str) -> String {
+    let base = services_env("TENANTGATE_POSTGRES_URL");
+    let admin = sqlx::PgPool::connect(&base).await.expect("connect to PostgreSQL");
+    let name = format!("tg_{tag}_{}", fastrand::u32(..));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create database");
+    admin.close().await;
+    let (server, _) = base.rsplit_once('/').expect("URL with a database");
+    format!("{server}/{name}")
+}
+
 /// Runs `e2e/lib/common.sh` functions (`services_stop_redis KILL`, `services_start_redis`, ..).
 pub fn services(commands: &str) {
     services_env("TENANTGATE_RUN");
@@ -488,4 +510,20 @@ pub async fn burst_across(a: &Gateway, b: &Gateway, body: &str, n: usize) -> Vec
     let responses = futures_util::future::join_all(calls).await;
     assert!(started.elapsed() < Duration::from_secs(9), "too slow for the exact count: {:?}", started.elapsed());
     responses
+}
+
+/// Audit events of `kind` that `keep` accepts, once `want` are there (5 s at most).
+pub async fn audit_events(gw: &Gateway, kind: &str, want: usize, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let admin = token(json!({"roles": ["tenant-admin"], "sub": "auditor"}));
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        let (status, page) = gw.get_json(&format!("/admin/v1/audit?kind={kind}&limit=1000"), &admin).await;
+        assert_eq!(status, 200, "{page}");
+        events = page["data"].as_array().expect("data").iter().filter(|e| keep(e)).cloned().collect();
+        if events.len() >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    events
 }

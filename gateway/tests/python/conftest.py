@@ -94,7 +94,8 @@ class Gateway:
     """A running gateway over a temporary manifests directory."""
 
     def __init__(self, upstream: Upstream, extra_manifests: str = "", extra_args: tuple[str, ...] = (),
-                 log: Path | None = None, log_level: str | None = None, ops_listener: bool = False) -> None:
+                 log: Path | None = None, log_level: str | None = None, ops_listener: bool = False,
+                 port: int | None = None, tenant_spec: str = "") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tg-gw-py-"))
         manifests = self.dir / "manifests"
         manifests.mkdir()
@@ -104,11 +105,14 @@ class Gateway:
             .replace("${DEAD}", f"http://127.0.0.1:{free_port()}")
             .replace("${JWKS}", quickstart_jwks())
         )
+        # `tenant_spec`: more lines of the Tenant's spec (indented two spaces).
+        assert "\nspec:\n" in text, "the fixture's Tenant spec moved"
+        text = text.replace("\nspec:\n", "\nspec:\n" + tenant_spec, 1)
         (manifests / "tenant.yaml").write_text(text)
         if extra_manifests:
             (manifests / "extra.yaml").write_text(extra_manifests)
         self.manifests = manifests
-        port = free_port()
+        port = port or free_port()
         self.url = f"http://127.0.0.1:{port}"
         # `ops_listener`: probes and metrics on a port of their own (`--ops-listen`), as in a cluster.
         self.ops_url = self.url

@@ -420,12 +420,15 @@ spec:
 # --- stdio-bridge: a stdio server over streamable HTTP, names unchanged ---
 
 
-def test_stdio_bridge_serves_a_stdio_server(everything_js):
+def test_stdio_bridge_serves_a_stdio_server_to_the_bearer_of_its_token(everything_js, tmp_path):
     import sys
 
     port = free_port()
     gateway_bin = os.environ["GATEWAY_BIN"]
-    bridge = subprocess.Popen([gateway_bin, "stdio-bridge", "--listen", f"127.0.0.1:{port}", "--", "node", everything_js, "stdio"],
+    token_file = tmp_path / "token"
+    token_file.write_text("bridge-token-1\n")
+    bridge = subprocess.Popen([gateway_bin, "stdio-bridge", "--listen", f"127.0.0.1:{port}", "--token-file", str(token_file),
+                               "--", "node", everything_js, "stdio"],
                               stdout=subprocess.DEVNULL, stderr=sys.stderr)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -439,9 +442,16 @@ def test_stdio_bridge_serves_a_stdio_server(everything_js):
             time.sleep(0.1)
         else:
             raise AssertionError("the bridge never became live")
+        initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-06-18", "capabilities": {},
+                                 "clientInfo": {"name": "t", "version": "1"}}}
+        accept = {"Accept": "application/json, text/event-stream"}
+        for headers in [{}, {"Authorization": "Bearer bridge-token-2"}, {"Authorization": "bridge-token-1"}]:
+            r = httpx.post(url + "/mcp", json=initialize, headers={**accept, **headers})
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (headers, r.status_code, r.text)
 
         async def run():
-            http = httpx2.AsyncClient(timeout=30)
+            http = httpx2.AsyncClient(timeout=30, headers={"Authorization": "Bearer bridge-token-1"})
             async with http, streamable_http_client(url + "/mcp", http_client=http) as (read, write):
                 async with ClientSession(read, write) as s:
                     await s.initialize()

@@ -108,7 +108,11 @@ def test_request_id_is_returned(raw, gateway):
     assert r.headers["x-request-id"] == "req-42"
 
 
-def test_metrics_expose_requests_breakers_and_streams(raw):
+def test_metrics_expose_requests_breakers_and_streams(raw, gateway):
+    # One answer and one stream of its own, so the series exist whatever ran before.
+    assert post(raw, gateway, OK).status_code == 200
+    streamed = post(raw, gateway, {**OK, "stream": True})
+    assert streamed.status_code == 200 and "data: [DONE]" in streamed.text, streamed.text[:300]
     text = raw.get("/metrics").text
     for name in ["tenantgate_requests_total", "tenantgate_added_latency_seconds_bucket",
                  "tenantgate_upstream_latency_seconds_bucket", "tenantgate_circuit_breaker_state",
@@ -118,9 +122,21 @@ def test_metrics_expose_requests_breakers_and_streams(raw):
 
 def test_probes_and_metrics_on_their_own_port_are_not_on_the_api_port(upstream):
     """`--ops-listen` (what the operator sets in a cluster): /livez, /readyz and /metrics answer
-    there and nowhere on the API port, which an Ingress routes; the API stays on the API port."""
-    g = Gateway(upstream, ops_listener=True)
+    there and nowhere on the API port, which an Ingress routes; the API stays on the API port.
+    The ops port cuts a client that never finishes its headers, as the API port does."""
+    import socket
+
+    g = Gateway(upstream, ops_listener=True, extra_args=("--header-read-timeout-secs", "1"))
     try:
+        host, port = g.ops_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as slow:
+            slow.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+            # Cut after 1 s: the connection ends (a socket.timeout after 30 s would fail the test).
+            received = b""
+            while chunk := slow.recv(4096):
+                received += chunk
+            assert b" 200 " not in received, received
+
         assert g.ops_url != g.url
         for path in ("/livez", "/readyz", "/metrics"):
             assert httpx.get(g.ops_url + path).status_code == 200, path

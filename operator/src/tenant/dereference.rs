@@ -8,7 +8,7 @@ use kube::Resource;
 use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
-use tenantgate_crds::render::{GATEWAY_KEYS_SECRET, tenant_namespace};
+use tenantgate_crds::render::tenant_namespace;
 use tenantgate_crds::v1alpha1::{McpConnection, PromptPolicy, Tenant};
 
 use crate::context::Stores;
@@ -29,8 +29,6 @@ pub struct Dependencies {
     pub global_policies: Vec<PromptPolicy>,
     /// resourceVersion of every Secret in the tenant namespace, by name.
     pub secret_versions: BTreeMap<String, String>,
-    /// Whether `gateway-keys` exists.
-    pub gateway_keys_exist: bool,
     /// The gateway Deployment as last seen.
     pub deployment: Option<Deployment>,
 }
@@ -51,12 +49,8 @@ pub fn dereference(tenant: &Tenant, stores: &Stores, operator_namespace: &str) -
     let tenant_policies = in_namespace(&stores.prompt_policies, &namespace);
     let global_policies = in_namespace(&stores.prompt_policies, operator_namespace);
     let mut secret_versions = BTreeMap::new();
-    let mut gateway_keys_exist = false;
     let secrets = stores.store::<PartialObjectMeta<Secret>>().map(Store::state).unwrap_or_default();
     for s in secrets.iter().filter(|s| s.namespace().as_deref() == Some(namespace.as_str())) {
-        if s.name_any() == GATEWAY_KEYS_SECRET {
-            gateway_keys_exist = true;
-        }
         secret_versions.insert(s.name_any(), s.resource_version().unwrap_or_default());
     }
     let deployment = stores
@@ -70,7 +64,6 @@ pub fn dereference(tenant: &Tenant, stores: &Stores, operator_namespace: &str) -
         tenant_policies,
         global_policies,
         secret_versions,
-        gateway_keys_exist,
         deployment,
     }
 }

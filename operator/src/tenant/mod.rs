@@ -115,7 +115,6 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
     let referenced: BTreeMap<String, String> = rendered
         .secret_refs
         .iter()
-        .filter(|r| r.name != tenantgate_crds::render::GATEWAY_KEYS_SECRET)
         .filter_map(|r| deps.secret_versions.get(&r.name).map(|v| (r.name.clone(), v.clone())))
         .collect();
     let settings =
@@ -125,7 +124,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         rendered: &rendered,
         mcp_connections: &deps.mcp_connections,
         secret_versions: &referenced,
-        create_gateway_keys: !deps.gateway_keys_exist,
+        generate_secrets: true,
         settings: &settings,
     })?;
     let applied = apply::apply_stack(ctx, &name, &deps.namespace, stack).await;
@@ -177,9 +176,7 @@ async fn write_status(
         let missing: Vec<String> = r
             .secret_refs
             .iter()
-            .filter(|s| {
-                s.name != tenantgate_crds::render::GATEWAY_KEYS_SECRET && !deps.secret_versions.contains_key(&s.name)
-            })
+            .filter(|s| !r.generated_secrets.contains(&s.name) && !deps.secret_versions.contains_key(&s.name))
             .map(|s| format!("{}/{}", s.name, s.key))
             .collect();
         if !missing.is_empty() {
@@ -189,10 +186,11 @@ async fn write_status(
             let list: Vec<String> = r.skipped.iter().map(ToString::to_string).collect();
             degraded.push(("McpConnectionSkipped", list.join("; ")));
         }
-        if tenant.spec.storage.database.is_none() {
+        if tenant.spec.storage.database.is_none() && tenant.spec.storage.volume.is_none() {
             degraded.push((
                 "StorageNotDurable",
-                "no spec.storage.database: usage and audit events live in SQLite inside the pod and are lost with it"
+                "no spec.storage.database or spec.storage.volume: API keys, usage and audit events live in SQLite \
+                 inside the pod and are lost with it"
                     .into(),
             ));
         }

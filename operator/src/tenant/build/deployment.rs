@@ -235,14 +235,20 @@ pub fn build_deployment(input: &BuildInput<'_>) -> Deployment {
                 ..ContainerPort::default()
             },
         ]),
-        env: Some(vec![
-            env_from_field("POD_NAME", "metadata.name"),
-            env_from_field("POD_NAMESPACE", "metadata.namespace"),
-            // The root filesystem is read-only: the SQLite database (no
-            // `storage.database`) and the usage/audit spill file live on the
-            // `data` volume, which outlives container restarts.
-            EnvVar { name: "TENANTGATE_STATE_DIR".into(), value: Some(DATA_DIR.into()), ..EnvVar::default() },
-        ]),
+        env: Some(
+            [
+                env_from_field("POD_NAME", "metadata.name"),
+                env_from_field("POD_NAMESPACE", "metadata.namespace"),
+                // The root filesystem is read-only: the SQLite database (no
+                // `storage.database`) and the usage/audit spill file live on the
+                // `data` volume, which outlives container restarts (and the pod,
+                // when it is a claim).
+                EnvVar { name: "TENANTGATE_STATE_DIR".into(), value: Some(DATA_DIR.into()), ..EnvVar::default() },
+            ]
+            .into_iter()
+            .chain(super::data_volume::spill_env(input))
+            .collect(),
+        ),
         resources: Some(
             spec.gateway
                 .resources
@@ -288,7 +294,7 @@ pub fn build_deployment(input: &BuildInput<'_>) -> Deployment {
                 ..Volume::default()
             },
             secret_volume(input),
-            empty_dir("data", EmptyDirVolumeSource::default()),
+            super::data_volume::data_volume(input),
             empty_dir(
                 "tmp",
                 EmptyDirVolumeSource { medium: Some("Memory".into()), size_limit: Some(Quantity("16Mi".into())) },

@@ -4,6 +4,7 @@
 //! or a small typed custom resource), so the compiler checks every field.
 
 mod config;
+mod data_volume;
 mod deployment;
 mod exposure;
 mod keys;
@@ -24,19 +25,20 @@ use kube::api::DynamicObject;
 use kube::core::TypeMeta;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
-use tenantgate_crds::render::{RenderedConfig, tenant_namespace};
+use tenantgate_crds::render::{GATEWAY_KEYS_SECRET, RenderedConfig, tenant_namespace};
 use tenantgate_crds::v1alpha1::{McpConnection, Tenant};
 
 pub use self::config::build_config_map;
+pub use self::data_volume::{DATA_CLAIM, build_data_claim, data_is_durable};
 pub use self::deployment::{build_deployment, build_service, pod_checksum};
 pub use self::exposure::{HttpRoute, HttpRouteSpec, build_http_route, build_ingress};
-pub use self::keys::build_gateway_keys;
+pub use self::keys::{build_bridge_token, build_gateway_keys};
 pub use self::monitoring::{ServiceMonitor, ServiceMonitorSpec, build_service_monitor};
 pub use self::namespace::build_namespace;
 pub use self::network_policy::build_network_policy;
 pub use self::rbac::{build_role, build_role_binding, build_service_account};
 pub use self::scaling::{build_hpa, build_pdb};
-pub use self::stdio_bridge::{build_stdio_bridges, stdio_bridge_name};
+pub use self::stdio_bridge::{StdioBridge, build_stdio_bridges, stdio_bridge_name};
 use crate::labels::{GATEWAY, GATEWAY_PORT, labels, owner_reference};
 
 /// Settings of the operator that shape what it builds.
@@ -141,13 +143,22 @@ pub struct BuildInput<'a> {
     pub rendered: &'a RenderedConfig,
     /// Its McpConnections (stdio ones get a bridge Deployment).
     pub mcp_connections: &'a [McpConnection],
-    /// resourceVersion of each referenced Secret that exists, by name: part of
-    /// the pod checksum so a Secret change rolls the pods.
+    /// resourceVersion of each referenced Secret that exists, by name: the
+    /// storage ones are part of the pod checksum.
     pub secret_versions: &'a BTreeMap<String, String>,
-    /// Whether the `gateway-keys` Secret must be created (it is never rewritten).
-    pub create_gateway_keys: bool,
+    /// Whether to create the Secrets the operator generates (`gateway-keys`,
+    /// the stdio bridges' tokens) that [`Self::secret_versions`] does not list.
+    /// They are never rewritten. Off for `render`: they hold fresh randomness.
+    pub generate_secrets: bool,
     /// Operator settings.
     pub settings: &'a BuildSettings,
+}
+
+impl BuildInput<'_> {
+    /// Whether the generated Secret `name` is to be created now.
+    pub fn generates(&self, name: &str) -> bool {
+        self.generate_secrets && !self.secret_versions.contains_key(name)
+    }
 }
 
 /// Everything the operator applies for one tenant: a list of objects, each of
@@ -244,16 +255,22 @@ pub fn build(input: &BuildInput<'_>) -> Result<TenantStack, BuildError> {
     stack.push(&build_service_account(input))?;
     stack.push(&build_role(input))?;
     stack.push(&build_role_binding(input))?;
-    if input.create_gateway_keys {
+    if input.generates(GATEWAY_KEYS_SECRET) {
         stack.push(&build_gateway_keys(input)?)?;
     }
     stack.push(&build_config_map(input)?)?;
+    if let Some(claim) = build_data_claim(input) {
+        stack.push(&claim)?;
+    }
     stack.push(&build_service(input))?;
     stack.push(&build_network_policy(input))?;
-    for (deployment, service, policy) in build_stdio_bridges(input) {
-        stack.push(&deployment)?;
-        stack.push(&service)?;
-        stack.push(&policy)?;
+    for bridge in build_stdio_bridges(input)? {
+        if let Some(token) = &bridge.token {
+            stack.push(token)?;
+        }
+        stack.push(&bridge.deployment)?;
+        stack.push(&bridge.service)?;
+        stack.push(&bridge.policy)?;
     }
     stack.push(&build_deployment(input))?;
     if let Some(hpa) = build_hpa(input) {

@@ -1,28 +1,32 @@
 //! A Deployment and Service per stdio McpConnection: the server's image runs
 //! the gateway's `stdio-bridge` (copied in by an init container from the
-//! gateway image), which spawns the server and serves it over streamable HTTP.
+//! gateway image), which spawns the server and serves it over streamable HTTP
+//! to whoever presents the connection's token: the tenant's gateway.
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, PodSpec, PodTemplateSpec, Probe,
-    SecretKeySelector, Service, ServiceSpec,
+    Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, PodSpec, PodTemplateSpec, Probe,
+    Secret, SecretKeySelector, SecretVolumeSource, Service, ServiceSpec, Volume,
 };
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
-use tenantgate_crds::render::STDIO_BRIDGE_PORT;
+use tenantgate_crds::render::{BRIDGE_TOKEN_KEY, STDIO_BRIDGE_PORT, stdio_bridge_token};
 use tenantgate_crds::v1alpha1::{McpConnection, McpTransport, StdioEnv};
 
 use super::deployment::{empty_dir, http_get, http_service_port, mount, resources};
+use super::keys::build_bridge_token;
 use super::network_policy::{dns_egress, match_labels, port};
 use super::pod::{restricted_container_security, restricted_pod_security};
-use super::{BuildInput, meta};
+use super::{BuildError, BuildInput, meta};
 use crate::labels::{gateway_selector, labels};
 
 /// Where the init container puts the bridge binary.
 const BRIDGE_DIR: &str = "/tenantgate/bin";
+/// Where the bridge reads the token it requires.
+const TOKEN_DIR: &str = "/var/run/secrets/tenantgate/bridge";
 
 /// Name of the bridge Deployment and Service of a stdio McpConnection.
 pub fn stdio_bridge_name(connection: &str) -> String {
@@ -47,23 +51,36 @@ fn env_var(e: &StdioEnv) -> EnvVar {
     }
 }
 
-/// A bridge: its Deployment, its Service, and the NetworkPolicy that fences its pods.
-pub type StdioBridge = (Deployment, Service, NetworkPolicy);
+/// A bridge: its token Secret (when it is to be created), its Deployment, its
+/// Service, and the NetworkPolicy that fences its pods.
+#[derive(Clone, Debug)]
+pub struct StdioBridge {
+    /// The token the bridge requires, when it does not exist yet.
+    pub token: Option<Secret>,
+    /// The bridge pods.
+    pub deployment: Deployment,
+    /// How the gateway reaches them.
+    pub service: Service,
+    /// Who may reach them, and what they may reach.
+    pub policy: NetworkPolicy,
+}
 
 /// The bridge of every bound stdio McpConnection with an image.
-pub fn build_stdio_bridges(input: &BuildInput<'_>) -> Vec<StdioBridge> {
+pub fn build_stdio_bridges(input: &BuildInput<'_>) -> Result<Vec<StdioBridge>, BuildError> {
     let bound: BTreeSet<&str> = input.rendered.config.mcp.iter().map(|c| c.name.as_str()).collect();
     input
         .mcp_connections
         .iter()
         .filter(|c| c.spec.transport == McpTransport::Stdio && bound.contains(c.name_any().as_str()))
-        .filter_map(|c| build_stdio_bridge(input, c))
+        .filter_map(|c| build_stdio_bridge(input, c).transpose())
         .collect()
 }
 
-fn build_stdio_bridge(input: &BuildInput<'_>, c: &McpConnection) -> Option<StdioBridge> {
-    let stdio = c.spec.stdio.as_ref()?;
-    let image = stdio.image.as_ref()?;
+fn build_stdio_bridge(input: &BuildInput<'_>, c: &McpConnection) -> Result<Option<StdioBridge>, BuildError> {
+    let Some(stdio) = c.spec.stdio.as_ref() else { return Ok(None) };
+    let Some(image) = stdio.image.as_ref() else { return Ok(None) };
+    let token_secret = stdio_bridge_token(&c.name_any()).name;
+    let token = if input.generates(&token_secret) { Some(build_bridge_token(input, c, &token_secret)?) } else { None };
     let tenant = input.tenant.name_any();
     let name = c.name_any();
     let object = stdio_bridge_name(&name);
@@ -77,6 +94,8 @@ fn build_stdio_bridge(input: &BuildInput<'_>, c: &McpConnection) -> Option<Stdio
         "stdio-bridge".into(),
         "--listen".into(),
         format!("0.0.0.0:{STDIO_BRIDGE_PORT}"),
+        "--token-file".into(),
+        format!("{TOKEN_DIR}/{BRIDGE_TOKEN_KEY}"),
         "--".into(),
     ];
     command.extend(stdio.command.iter().chain(&stdio.args).cloned());
@@ -102,7 +121,11 @@ fn build_stdio_bridge(input: &BuildInput<'_>, c: &McpConnection) -> Option<Stdio
         readiness_probe: Some(Probe { http_get: http_get("/livez"), period_seconds: Some(5), ..Probe::default() }),
         security_context: Some(restricted_container_security()),
         resources: Some(resources([("cpu", "50m"), ("memory", "64Mi")], [("memory", "512Mi")])),
-        volume_mounts: Some(vec![mount("bridge", BRIDGE_DIR, true), mount("tmp", "/tmp", false)]),
+        volume_mounts: Some(vec![
+            mount("bridge", BRIDGE_DIR, true),
+            mount("token", TOKEN_DIR, true),
+            mount("tmp", "/tmp", false),
+        ]),
         ..Container::default()
     };
     let mut pod = PodSpec {
@@ -113,6 +136,20 @@ fn build_stdio_bridge(input: &BuildInput<'_>, c: &McpConnection) -> Option<Stdio
         containers: vec![server],
         volumes: Some(vec![
             empty_dir("bridge", EmptyDirVolumeSource::default()),
+            Volume {
+                name: "token".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(token_secret),
+                    items: Some(vec![KeyToPath {
+                        key: BRIDGE_TOKEN_KEY.into(),
+                        path: BRIDGE_TOKEN_KEY.into(),
+                        ..KeyToPath::default()
+                    }]),
+                    default_mode: Some(0o444),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
             empty_dir("tmp", EmptyDirVolumeSource::default()),
         ]),
         ..PodSpec::default()
@@ -162,7 +199,7 @@ fn build_stdio_bridge(input: &BuildInput<'_>, c: &McpConnection) -> Option<Stdio
             egress: Some(egress),
         }),
     };
-    Some((deployment, service, policy))
+    Ok(Some(StdioBridge { token, deployment, service, policy }))
 }
 
 #[cfg(test)]
@@ -182,7 +219,51 @@ mod tests {
         assert_eq!(svc.and_then(|s| s.metadata.name).as_deref(), Some("mcp-everything"));
         let pod = d.spec.as_ref().and_then(|s| s.template.spec.clone()).expect("pod");
         let command = pod.containers[0].command.clone().unwrap_or_default();
-        assert_eq!(command[1..], ["stdio-bridge", "--listen", "0.0.0.0:8080", "--", "npx", "server"]);
+        assert_eq!(
+            command[1..],
+            [
+                "stdio-bridge",
+                "--listen",
+                "0.0.0.0:8080",
+                "--token-file",
+                "/var/run/secrets/tenantgate/bridge/token",
+                "--",
+                "npx",
+                "server"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bridge_requires_a_generated_token_the_gateway_mounts_and_the_connection_owns() {
+        let s = stack_of(&tenant(""), &[stdio_connection()], &BTreeMap::new());
+        let token = s.get::<Secret>("mcp-everything-bridge-token").expect("generated while missing");
+        let data = token.string_data.clone().unwrap_or_default();
+        assert_eq!(data.get("token").map(String::len), Some(44), "32 random bytes, base64");
+        let owner = token.metadata.owner_references.clone().unwrap_or_default();
+        assert_eq!(
+            owner.iter().map(|o| (o.kind.as_str(), o.name.as_str())).collect::<Vec<_>>(),
+            [("McpConnection", "everything")],
+            "deleted with its connection"
+        );
+        // The bridge mounts only its own token.
+        let bridge = s.get::<Deployment>("mcp-everything").expect("bridge");
+        let bridge_pod = bridge.spec.and_then(|d| d.template.spec).expect("pod");
+        let volume = bridge_pod.volumes.iter().flatten().find(|v| v.name == "token").and_then(|v| v.secret.clone());
+        assert_eq!(volume.and_then(|v| v.secret_name).as_deref(), Some("mcp-everything-bridge-token"));
+        // The gateway mounts it where its config points.
+        let gateway = pod(&s);
+        let projected =
+            gateway.volumes.iter().flatten().find(|v| v.name == "secrets").and_then(|v| v.projected.clone());
+        let sources = projected.and_then(|p| p.sources).unwrap_or_default();
+        assert!(
+            sources.iter().filter_map(|p| p.secret.as_ref()).any(|p| p.name == "mcp-everything-bridge-token"),
+            "{sources:?}"
+        );
+        // Once it exists it is never built again (never rewritten, never rotated behind the user's back).
+        let existing = BTreeMap::from([("mcp-everything-bridge-token".to_string(), "7".to_string())]);
+        let again = stack_of(&tenant(""), &[stdio_connection()], &existing);
+        assert!(again.get::<Secret>("mcp-everything-bridge-token").is_none());
     }
 
     #[test]

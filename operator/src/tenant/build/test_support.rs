@@ -38,7 +38,7 @@ pub(crate) fn input<'a>(t: &'a Tenant, r: &'a RenderedConfig, settings: &'a Buil
         rendered: r,
         mcp_connections: &[],
         secret_versions: &NO_VERSIONS,
-        create_gateway_keys: false,
+        generate_secrets: false,
         settings,
     }
 }
@@ -54,7 +54,7 @@ pub(crate) fn stack_of(t: &Tenant, conns: &[McpConnection], versions: &BTreeMap<
     let i = BuildInput {
         mcp_connections: conns,
         secret_versions: versions,
-        create_gateway_keys: true,
+        generate_secrets: true,
         ..input(t, &r, &settings)
     };
     build(&i).expect("builds")
