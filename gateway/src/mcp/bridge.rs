@@ -11,6 +11,9 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -64,58 +67,93 @@ pub fn bridge_connection(command: &[String], timeout_seconds: u32) -> Result<Mcp
     })
 }
 
-/// The token `/mcp` callers must bear, read from its file per request so a
-/// rotated Secret takes effect without a restart.
+/// The token `/mcp` callers must bear: read at start, then re-read once a
+/// second off the request path (see [`BridgeToken::refresh_every`]), so a
+/// rotated Secret takes effect without a restart and no request waits on the
+/// disk.
 #[derive(Clone, Debug)]
 pub struct BridgeToken {
-    path: PathBuf,
+    path: Arc<PathBuf>,
+    current: Arc<ArcSwap<Vec<u8>>>,
 }
 
 impl BridgeToken {
     /// A token file that exists and is not empty now.
     pub fn open(path: &Path) -> Result<Self, BridgeError> {
-        let token = Self { path: path.to_owned() };
-        token.read()?;
-        Ok(token)
+        let token = read_token(path)?;
+        Ok(Self { path: Arc::new(path.to_owned()), current: Arc::new(ArcSwap::from_pointee(token)) })
     }
 
-    fn read(&self) -> Result<Vec<u8>, BridgeError> {
-        let failed = |reason: String| BridgeError::Token { path: self.path.display().to_string(), reason };
-        let text = std::fs::read(&self.path).map_err(|e| failed(e.to_string()))?;
-        let token = text.trim_ascii();
-        if token.is_empty() {
-            return Err(failed("the file is empty".into()));
+    /// Reads the file again; whether the token changed. A file that cannot
+    /// be read or is empty (a Secret volume mid-update) keeps the token in force.
+    pub fn refresh(&self) -> Result<bool, BridgeError> {
+        let token = read_token(&self.path)?;
+        if **self.current.load() == token {
+            return Ok(false);
         }
-        Ok(token.to_vec())
+        self.current.store(Arc::new(token));
+        Ok(true)
+    }
+
+    /// Refreshes every `interval`, on the blocking pool, logging each change
+    /// of state (rotated, unreadable, readable again) once.
+    pub async fn refresh_every(self, interval: Duration) {
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(interval).await;
+            let token = self.clone();
+            match tokio::task::spawn_blocking(move || token.refresh()).await {
+                Ok(Ok(changed)) => {
+                    if changed {
+                        tracing::info!(path = %self.path.display(), "bridge token rotated");
+                    } else if failing {
+                        tracing::info!(path = %self.path.display(), "bridge token readable again");
+                    }
+                    failing = false;
+                }
+                Ok(Err(error)) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, "cannot re-read the bridge token; the one read before stays in force");
+                }
+                Ok(Err(_)) => {}
+                Err(error) => tracing::error!(%error, "the bridge token refresh failed"),
+            }
+        }
     }
 
     /// Whether `authorization` is `Bearer <token>`, compared in constant time.
-    pub fn admits(&self, authorization: Option<&HeaderValue>) -> Result<bool, BridgeError> {
+    pub fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
         use subtle::ConstantTimeEq;
-        let expected = self.read()?;
         let presented = authorization.and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")).unwrap_or_default();
-        Ok(bool::from(presented.ct_eq(&expected)))
+        bool::from(presented.ct_eq(self.current.load().as_slice()))
     }
 }
 
-async fn require_token(State(token): State<BridgeToken>, request: Request, next: Next) -> Response {
-    match token.admits(request.headers().get(header::AUTHORIZATION)) {
-        Ok(true) => next.run(request).await,
-        Ok(false) => {
-            (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "this bridge requires its token")
-                .into_response()
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot check the bridge token");
-            (StatusCode::SERVICE_UNAVAILABLE, "the bridge cannot read its token").into_response()
-        }
+fn read_token(path: &Path) -> Result<Vec<u8>, BridgeError> {
+    let failed = |reason: String| BridgeError::Token { path: path.display().to_string(), reason };
+    let text = std::fs::read(path).map_err(|e| failed(e.to_string()))?;
+    let token = text.trim_ascii();
+    if token.is_empty() {
+        return Err(failed("the file is empty".into()));
     }
+    Ok(token.to_vec())
+}
+
+/// How often the bridge re-reads its token file.
+const TOKEN_REFRESH: Duration = Duration::from_secs(1);
+
+async fn require_token(State(token): State<BridgeToken>, request: Request, next: Next) -> Response {
+    if token.admits(request.headers().get(header::AUTHORIZATION)) {
+        return next.run(request).await;
+    }
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "this bridge requires its token").into_response()
 }
 
 /// Runs the bridge until the process is stopped. `/livez` answers 200 once the
 /// child is connected (503 before), so the pod is ready only with its server up.
 pub async fn stdio_bridge(args: &StdioBridgeArgs) -> Result<(), BridgeError> {
     let token = BridgeToken::open(&args.token_file)?;
+    tokio::spawn(token.clone().refresh_every(TOKEN_REFRESH));
     let (command, max_message_bytes) = (&args.command, args.max_message_bytes);
     let connection = bridge_connection(command, args.timeout_secs)?;
     let hub = McpHub::new(Default::default(), None)?;
@@ -188,17 +226,26 @@ mod tests {
         std::fs::write(&path, "s3cret\n").expect("write");
         let token = BridgeToken::open(&path).expect("token");
         let bearer = |v: &str| HeaderValue::from_str(v).expect("header");
-        assert!(token.admits(Some(&bearer("Bearer s3cret"))).expect("readable"));
+        assert!(token.admits(Some(&bearer("Bearer s3cret"))));
         for wrong in ["Bearer s3cre", "Bearer s3cret2", "bearer s3cret", "s3cret", "Bearer "] {
-            assert!(!token.admits(Some(&bearer(wrong))).expect("readable"), "{wrong}");
+            assert!(!token.admits(Some(&bearer(wrong))), "{wrong}");
         }
-        assert!(!token.admits(None).expect("readable"));
+        assert!(!token.admits(None));
+        assert!(!token.refresh().expect("readable"), "unchanged");
         std::fs::write(&path, "rotated").expect("write");
-        assert!(!token.admits(Some(&bearer("Bearer s3cret"))).expect("readable"), "the old token is gone at once");
-        assert!(token.admits(Some(&bearer("Bearer rotated"))).expect("readable"));
-        std::fs::remove_file(&path).expect("remove");
-        let err = token.admits(Some(&bearer("Bearer rotated"))).expect_err("unreadable");
-        assert!(!err.to_string().contains("rotated"), "the error never shows a token: {err}");
+        assert!(token.refresh().expect("readable"), "rotated");
+        let clone = token.clone();
+        assert!(!clone.admits(Some(&bearer("Bearer s3cret"))), "the old token is gone for every handle");
+        assert!(clone.admits(Some(&bearer("Bearer rotated"))));
+        for broken in [None, Some("")] {
+            match broken {
+                None => std::fs::remove_file(&path).expect("remove"),
+                Some(text) => std::fs::write(&path, text).expect("write"),
+            }
+            let err = token.refresh().expect_err("unusable");
+            assert!(!err.to_string().contains("rotated"), "the error never shows a token: {err}");
+            assert!(token.admits(Some(&bearer("Bearer rotated"))), "the token read before stays in force");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

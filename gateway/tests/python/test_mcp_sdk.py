@@ -461,6 +461,16 @@ def test_stdio_bridge_serves_a_stdio_server_to_the_bearer_of_its_token(everythin
                     assert "42" in text_of(r)
 
         asyncio.run(run())
+
+        # A rotated Secret: the new token is admitted and the old one refused, without a restart.
+        token_file.write_text("bridge-token-2\n")
+        deadline = time.monotonic() + 30
+        while httpx.post(url + "/mcp", json=initialize, headers={**accept, "Authorization": "Bearer bridge-token-2"}
+                         ).status_code == 401:
+            assert time.monotonic() < deadline, "the rotated token was never admitted"
+            time.sleep(0.2)
+        r = httpx.post(url + "/mcp", json=initialize, headers={**accept, "Authorization": "Bearer bridge-token-1"})
+        assert r.status_code == 401, (r.status_code, r.text)
     finally:
         bridge.kill()
         bridge.wait()
