@@ -205,10 +205,15 @@ pub enum SpillDurability {
     Ephemeral,
 }
 
+/// A spill name that is not one path component, or a hidden one.
+#[derive(Debug, thiserror::Error)]
+#[error("one path component, not starting with '.'")]
+pub struct SpillNameError;
+
 /// A name that is one path component and not a hidden one.
-pub fn spill_name(name: &str) -> Result<String, String> {
+pub fn spill_name(name: &str) -> Result<String, SpillNameError> {
     match name.is_empty() || name.starts_with('.') || name.contains('/') || name.contains('\0') {
-        true => Err("one path component, not starting with '.'".into()),
+        true => Err(SpillNameError),
         false => Ok(name.to_owned()),
     }
 }
