@@ -307,6 +307,13 @@ def expose(host_url: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def unexpose(host_url: str) -> None:
+    """Takes the server of `expose(host_url, ...)` away from the pods, as an outage would:
+    its open connections are closed and new ones refused until it is exposed again."""
+    parts = urlsplit(host_url)
+    run([str(ROOT / "e2e/cluster/expose"), "--stop", f"{parts.hostname}:{parts.port}"])
+
+
 def pods_of(namespace: str, deployment: dict) -> list[dict]:
     selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
     return get_json("pods", "-n", namespace, "-l", selector)["items"]

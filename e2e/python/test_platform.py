@@ -52,6 +52,7 @@ from e2e_support import (
     IMAGE_VERSION,
     OPERATOR_NAMESPACE,
     ROOT,
+    WORK,
     ClientPod,
     Gateway,
     McpEcho,
@@ -71,6 +72,7 @@ from e2e_support import (
     rolled_out,
     run,
     tag_image,
+    unexpose,
     wait_for,
 )
 
@@ -996,6 +998,74 @@ def test_a_stdio_connection_runs_as_its_bridge_deployment_and_answers_through_mc
     for kind in ("deployment/mcp-local", "secret/mcp-local-bridge-token"):
         wait_for(f"the bridge's {kind} removed with its connection",
                  lambda: not kubectl("get", kind, "-n", "tg-acme", "--ignore-not-found", "-o", "name").strip(), 60)
+
+
+def spilled(root: Path, subject: str) -> dict[str, int]:
+    """Records of `subject` in each pod's spill file on a data volume (by directory)."""
+    return {f.parent.name: sum(f'"subject":"{subject}"' in line for line in f.read_text(errors="replace").splitlines())
+            for f in root.glob("spill/*/records.jsonl")}
+
+
+def test_records_spilled_on_the_tenants_volume_outlive_their_pods():
+    """acme gets a data volume (spec.storage.volume: the operator's claim, bound here to a
+    hostPath PersistentVolume of the node). With PostgreSQL gone (its forward into the node
+    stopped: open connections closed, new ones refused), answered chats are spilled into each
+    pod's directory on the volume; the pods are deleted before PostgreSQL is back, and their
+    replacements adopt what they left: each answered chat becomes exactly one usage row, and
+    the directories of the deleted pods are removed."""
+    g = S.gateways["acme"]
+    subject = "spill@acme.example"
+    token = mint_token(GATEWAY_BIN, S.dirs["acme"], ACME_KEY, subject)
+    disk = WORK / "acme-data"
+    disk.mkdir()
+    disk.chmod(0o777)  # a hostPath keeps the node's owner; the gateway runs as 65532
+    volume = {
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": "e2e-acme-data"},
+        "spec": {"capacity": {"storage": "64Mi"}, "accessModes": ["ReadWriteOnce"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "e2e-node-disk",
+                 "claimRef": {"namespace": "tg-acme", "name": "gateway-data"},
+                 "hostPath": {"path": str(disk), "type": "Directory"}},
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(volume))
+    before = {p["metadata"]["uid"] for p in g.pods()}
+    kubectl("patch", "tenant", "acme", "--type", "merge", "-p", json.dumps(
+        {"spec": {"storage": {"volume": {"size": "64Mi", "storageClassName": "e2e-node-disk"}}}}))
+    kubectl("wait", "--for=jsonpath={.status.phase}=Bound", "pvc/gateway-data", "-n", "tg-acme", "--timeout=60s")
+
+    def moved_to_the_volume() -> bool:
+        uids = {p["metadata"]["uid"] for p in g.pods()}
+        return not (uids & before) and rolled_out(g.namespace)
+
+    wait_for("acme's gateway pods replaced by ones that mount the volume", moved_to_the_volume, 240, 1)
+    assert usage("acme", subject)["requests"] == 0
+    spilling = {p["metadata"]["name"] for p in g.pods()}
+    chats = 12
+    postgres = env("TENANTGATE_POSTGRES_URL")
+    unexpose(postgres)
+    try:
+        for i in range(chats):
+            assert app.chat(g.url, token, "chat-default", f"while the database is away ({i})")
+        wait_for(f"the {chats} chats spilled onto the volume",
+                 lambda: sum(spilled(disk, subject).values()) == chats, 60, 1)
+        # Replaced while PostgreSQL is still away: what the pods hold is on the volume only.
+        kubectl("delete", "pods", "-n", g.namespace, "-l", g.selector, "--wait=true", "--timeout=120s", timeout=150)
+        left = spilled(disk, subject)
+        assert sum(left.values()) == chats, left
+        assert {d.rsplit(".", 1)[0] for d, n in left.items() if n} <= spilling, left
+    finally:
+        expose(postgres, 5432)
+    try:
+        wait_for(f"the {chats} spilled chats adopted by the new pods as usage rows",
+                 lambda: usage("acme", subject)["requests"] >= chats, 240, 2)
+    except StepFailed as e:
+        raise StepFailed(f"{e}\nspilled: {spilled(disk, subject)}\n{g.logs()[-4000:]}") from None
+    assert usage("acme", subject)["requests"] == chats, "a spilled record was written twice"
+    wait_for("the spill directories of the deleted pods removed", lambda: not any(
+        d.name.rsplit(".", 1)[0] in spilling for d in (disk / "spill").iterdir()), 60, 1)
+    note_pods()
+    # The PersistentVolume goes once the tenant (and with it, its claim) is deleted.
+    kubectl("delete", "persistentvolume", "e2e-acme-data", "--wait=false")
 
 
 def test_deleting_a_tenant_removes_everything_it_made():
