@@ -48,7 +48,7 @@ images: ## Container images as OCI archives (no engine, no registry): operator, 
 	scripts/images
 
 .PHONY: test-images
-test-images: images ## Each image run by runc as UID 65532 on a read-only root in a network namespace; the Dockerfiles' layout checked against them
+test-images: images ## Each image run by runc as UID 65532 on a read-only root in a network namespace; the Dockerfile's layout (operator, gateway) checked against them
 	e2e/images/dockerfile-layout
 	e2e/images/smoke
 

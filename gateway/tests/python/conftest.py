@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -80,6 +81,30 @@ class Echo:
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+
+def authed_connection(name: str, url: str, *, secret: str, string_data: str, auth: str) -> str:
+    """Manifests of the McpConnection `name` in tg-test (streamable HTTP to
+    `url`, its tools prefixed with its name, a 5 s timeout) whose `spec.auth` is
+    the YAML `auth`, and of the Secret `secret` (its stringData the YAML flow
+    mapping `string_data`) that `auth` takes its credential from."""
+    return f"""
+apiVersion: v1
+kind: Secret
+metadata: {{ name: {secret}, namespace: tg-test }}
+stringData: {string_data}
+---
+apiVersion: tenantgate.dev/v1alpha1
+kind: McpConnection
+metadata: {{ name: {name}, namespace: tg-test }}
+spec:
+  transport: streamableHttp
+  url: {url}
+  auth:
+{textwrap.indent(textwrap.dedent(auth).strip(), "    ")}
+  tools: {{ prefix: {name} }}
+  timeoutSeconds: 5
+"""
 
 
 @pytest.fixture(scope="module")

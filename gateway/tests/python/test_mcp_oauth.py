@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Echo, Gateway
+from conftest import Echo, Gateway, authed_connection
 from test_mcp_sdk import session, text_of, wait_tool
 
 CLIENT_SECRET = "pkce-client-s3cret"
@@ -107,29 +107,16 @@ class AuthServer:
 
 
 def manifests(echo: Echo, auth: AuthServer) -> str:
-    return f"""
-apiVersion: v1
-kind: Secret
-metadata: {{ name: pkce-client, namespace: tg-test }}
-stringData: {{ secret: {CLIENT_SECRET} }}
----
-apiVersion: tenantgate.dev/v1alpha1
-kind: McpConnection
-metadata: {{ name: peruser, namespace: tg-test }}
-spec:
-  transport: streamableHttp
-  url: {echo.url}/mcp
-  auth:
-    oauth2AuthorizationCode:
-      authorizationUrl: {auth.url}/authorize
-      tokenUrl: {auth.url}/token
-      clientId: gateway
-      clientSecretRef: {{ name: pkce-client, key: secret }}
-      scopes: [mcp.read, mcp.call]
-      resource: https://mcp.example/peruser
-  tools: {{ prefix: peruser }}
-  timeoutSeconds: 5
-"""
+    return authed_connection("peruser", f"{echo.url}/mcp", secret="pkce-client",
+                             string_data=f"{{ secret: {CLIENT_SECRET} }}", auth=f"""
+        oauth2AuthorizationCode:
+          authorizationUrl: {auth.url}/authorize
+          tokenUrl: {auth.url}/token
+          clientId: gateway
+          clientSecretRef: {{ name: pkce-client, key: secret }}
+          scopes: [mcp.read, mcp.call]
+          resource: https://mcp.example/peruser
+        """)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from conftest import FOREIGN_KEY, MCP_ECHO_BIN, ROOT, Gateway, free_port
+from conftest import FOREIGN_KEY, MCP_ECHO_BIN, ROOT, Gateway, authed_connection, free_port
 
 ACCEPT = "application/json, text/event-stream"
 PROTOCOL = "2025-06-18"
@@ -554,22 +554,8 @@ def wait_tool(g: Gateway, tool: str) -> None:
 
 def test_bearer_secret_rotates_without_restart(upstream, echo):
     def manifests(token: str) -> str:
-        return f"""
-apiVersion: v1
-kind: Secret
-metadata: {{ name: echo-pat, namespace: tg-test }}
-stringData: {{ token: {token} }}
----
-apiVersion: tenantgate.dev/v1alpha1
-kind: McpConnection
-metadata: {{ name: authed, namespace: tg-test }}
-spec:
-  transport: streamableHttp
-  url: {echo.url}/mcp
-  auth: {{ bearerSecretRef: {{ name: echo-pat, key: token }} }}
-  tools: {{ prefix: authed }}
-  timeoutSeconds: 5
-"""
+        return authed_connection("authed", f"{echo.url}/mcp", secret="echo-pat", string_data=f"{{ token: {token} }}",
+                                 auth="bearerSecretRef: { name: echo-pat, key: token }")
 
     g = Gateway(upstream, extra_manifests=manifests("first-token"))
     try:
@@ -634,28 +620,15 @@ class TokenServer:
 
 def test_oauth_client_credentials_cached_refreshed_and_resource_sent(upstream, echo):
     tokens = TokenServer()
-    manifests = f"""
-apiVersion: v1
-kind: Secret
-metadata: {{ name: as-client, namespace: tg-test }}
-stringData: {{ secret: s3cret }}
----
-apiVersion: tenantgate.dev/v1alpha1
-kind: McpConnection
-metadata: {{ name: oauthed, namespace: tg-test }}
-spec:
-  transport: streamableHttp
-  url: {echo.url}/mcp
-  auth:
-    oauth2ClientCredentials:
-      tokenUrl: {tokens.url}/token
-      clientId: gateway
-      clientSecretRef: {{ name: as-client, key: secret }}
-      scopes: [mcp.read, mcp.call]
-      resource: https://mcp.example/echo
-  tools: {{ prefix: oauthed }}
-  timeoutSeconds: 5
-"""
+    manifests = authed_connection("oauthed", f"{echo.url}/mcp", secret="as-client", string_data="{ secret: s3cret }",
+                                  auth=f"""
+        oauth2ClientCredentials:
+          tokenUrl: {tokens.url}/token
+          clientId: gateway
+          clientSecretRef: {{ name: as-client, key: secret }}
+          scopes: [mcp.read, mcp.call]
+          resource: https://mcp.example/echo
+        """)
     g = Gateway(upstream, extra_manifests=manifests)
     try:
         wait_tool(g, "oauthed_echo")
