@@ -1031,7 +1031,8 @@ def test_records_spilled_on_the_tenants_volume_outlive_their_pods():
     before = {p["metadata"]["uid"] for p in g.pods()}
     kubectl("patch", "tenant", "acme", "--type", "merge", "-p", json.dumps(
         {"spec": {"storage": {"volume": {"size": "64Mi", "storageClassName": "e2e-node-disk"}}}}))
-    kubectl("wait", "--for=jsonpath={.status.phase}=Bound", "pvc/gateway-data", "-n", "tg-acme", "--timeout=60s")
+    wait_for("the operator's claim gateway-data bound to the volume", lambda: kubectl(
+        "get", "pvc", "gateway-data", "-n", "tg-acme", "--ignore-not-found", "-o", "jsonpath={.status.phase}") == "Bound", 60)
 
     def moved_to_the_volume() -> bool:
         uids = {p["metadata"]["uid"] for p in g.pods()}
