@@ -1011,8 +1011,8 @@ def test_records_spilled_on_the_tenants_volume_outlive_their_pods():
     hostPath PersistentVolume of the node). With PostgreSQL gone (its forward into the node
     stopped: open connections closed, new ones refused), answered chats are spilled into each
     pod's directory on the volume; the pods are deleted before PostgreSQL is back, and their
-    replacements adopt what they left: each answered chat becomes exactly one usage row, and
-    the directories of the deleted pods are removed."""
+    replacements (which wait for it, alive and not ready) adopt what they left: each answered
+    chat becomes exactly one usage row, and the directories of the deleted pods are removed."""
     g = S.gateways["acme"]
     subject = "spill@acme.example"
     token = mint_token(GATEWAY_BIN, S.dirs["acme"], ACME_KEY, subject)
@@ -1063,6 +1063,9 @@ def test_records_spilled_on_the_tenants_volume_outlive_their_pods():
     except StepFailed as e:
         raise StepFailed(f"{e}\nspilled: {spilled(disk, subject)}\n{g.logs()[-4000:]}") from None
     assert usage("acme", subject)["requests"] == chats, "a spilled record was written twice"
+    # The replacements started while PostgreSQL was away: they waited for it, alive, not restarting.
+    restarts = {name: n for name, _, n in g.pod_ids()}
+    assert not any(restarts.values()), f"gateway pods restarted while waiting for the database: {restarts}"
     wait_for("the spill directories of the deleted pods removed", lambda: not any(
         d.name.rsplit(".", 1)[0] in spilling for d in (disk / "spill").iterdir()), 60, 1)
     note_pods()

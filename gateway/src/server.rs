@@ -103,15 +103,43 @@ fn write_termination_message(path: &std::path::Path, summary: &str) {
 pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     let source = source(&args)?;
     let metrics = crate::telemetry::init_metrics().map_err(StartError::Metrics)?;
+    // Probes and metrics on a port of their own, from the start: the kubelet
+    // sees the process alive (and not ready) while start-up waits for the
+    // database, and, later, sees /readyz fail during the drain while the last
+    // metrics can still be scraped.
+    let ops = crate::api::ops::Ops::new(metrics.clone());
+    let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();
+    let ops_server = match args.ops_listen {
+        Some(address) => {
+            let ops_listener = TcpListener::bind(address).await?;
+            tracing::info!(address = %ops_listener.local_addr()?, "probes and metrics listening");
+            let ops_app = crate::api::ops_router(ops.clone());
+            // Only the kubelet and scrapers call it: a few connections, the API's header timeout.
+            let ops_listener = CappedListener::new(ops_listener, OPS_MAX_CONNECTIONS);
+            let header_read_timeout = Duration::from_secs(args.header_read_timeout_secs);
+            Some(tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = ops_stopped.await;
+                };
+                serve_connections(ops_listener, ops_app, header_read_timeout, stopped).await;
+            }))
+        }
+        None => None,
+    };
     let (config, fingerprint) = load_initial(&source).await.map_err(StartError::Config)?;
     // Storage opens before the config compiles: the MCP hub that compiling
     // reconciles takes the store of users' upstream OAuth tokens when built.
     let recorder = recorder_config(&args)?;
+    let waiting = |error: &crate::storage::StorageError, delay: Duration| {
+        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "the database cannot be reached; waiting for it");
+        ops.waiting_for(format!("the database ({error})"));
+    };
     let storage = crate::storage::Storage::start(
         &config.storage,
         &config.tenant.name,
         &config.keys.api_key_pepper_file,
         recorder,
+        waiting,
     )
     .await
     .map_err(StartError::Storage)?;
@@ -146,26 +174,7 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     tracing::info!(address = %listener.local_addr()?, "listening");
     let app =
         crate::api::router(state.clone(), Duration::from_secs(args.request_timeout_secs), args.ops_listen.is_none());
-    // Probes and metrics on a port of their own: served until the very end, so the
-    // kubelet sees /readyz fail during the drain and the last metrics can be scraped.
-    let (ops_stop, ops_stopped) = tokio::sync::oneshot::channel::<()>();
-    let ops = match args.ops_listen {
-        Some(address) => {
-            let ops_listener = TcpListener::bind(address).await?;
-            tracing::info!(address = %ops_listener.local_addr()?, "probes and metrics listening");
-            let ops_app = crate::api::ops_router(state.clone());
-            // Only the kubelet and scrapers call it: a few connections, the API's header timeout.
-            let ops_listener = CappedListener::new(ops_listener, OPS_MAX_CONNECTIONS);
-            let header_read_timeout = Duration::from_secs(args.header_read_timeout_secs);
-            Some(tokio::spawn(async move {
-                let stopped = async move {
-                    let _ = ops_stopped.await;
-                };
-                serve_connections(ops_listener, ops_app, header_read_timeout, stopped).await;
-            }))
-        }
-        None => None,
-    };
+    ops.started(state.clone());
 
     let draining = Arc::new(tokio::sync::Notify::new());
     let signal_state = state.clone();
@@ -200,8 +209,8 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         write_termination_message(&args.termination_message_path, &summary);
     }
     let _ = ops_stop.send(());
-    if let Some(ops) = ops {
-        let _ = ops.await;
+    if let Some(ops_server) = ops_server {
+        let _ = ops_server.await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Gateway, fresh_database, repo_root, temp_dir, tenant_yaml_with_storage, token};
+use common::{Gateway, free_port, fresh_database, repo_root, temp_dir, tenant_yaml_with_storage, token};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
@@ -398,9 +398,14 @@ struct DbProxy {
 
 impl DbProxy {
     async fn start(url: &str) -> Self {
+        Self::start_on(url, 0).await
+    }
+
+    /// The proxy on `port` of 127.0.0.1 (0: a free one).
+    async fn start_on(url: &str, port: u16) -> Self {
         let mut proxied = url::Url::parse(url).expect("database URL");
         let target = format!("{}:{}", proxied.host_str().expect("host"), proxied.port().unwrap_or(5432));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         proxied.set_port(Some(listener.local_addr().expect("address").port())).expect("port");
         let (cut, mut cut_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -545,4 +550,68 @@ async fn records_an_ephemeral_spill_keeps_at_exit_are_counted_lost() {
     let message = std::fs::read_to_string(&termination_log).expect("termination log");
     assert!(message.starts_with(&format!("{left} usage/audit records lost")), "{message}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A gateway whose database cannot be reached at start does not exit: alive
+/// on its ops port, not ready and saying why, it tries again with backoff and
+/// is ready within seconds of the database; what it answers then is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_waits_alive_and_unready_for_a_database_it_cannot_reach_at_start() {
+    let _turn = SERIAL.lock().await;
+    let url = fresh_database("wait").await;
+    // The database's address through a port nothing listens on yet.
+    let port = free_port();
+    let mut unreachable = url::Url::parse(&url).expect("database URL");
+    unreachable.set_port(Some(port)).expect("port");
+    let ops_port = free_port();
+    let ops = format!("http://127.0.0.1:{ops_port}");
+    let ops_listen = format!("127.0.0.1:{ops_port}");
+    let mut gw = Gateway::spawn_logged_at(
+        &tenant_yaml_with_storage("http://127.0.0.1:9", Some(unreachable.as_str())),
+        &["--ops-listen", &ops_listen],
+        "info",
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let readyz = || async { client.get(format!("{ops}/readyz")).send().await.ok() };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let waiting = loop {
+        assert!(gw.is_running(), "the gateway exited instead of waiting for its database:\n{}", gw.log());
+        if let Some(r) = readyz().await {
+            let status = r.status().as_u16();
+            let body = r.text().await.expect("body");
+            if body.contains("waiting for the database") {
+                assert_eq!(status, 503, "{body}");
+                break body;
+            }
+        }
+        assert!(Instant::now() < deadline, "/readyz never said what start-up waits for:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(waiting.contains(&format!("127.0.0.1:{port}")), "names the database's address: {waiting}");
+    let password = url::Url::parse(&url).expect("URL").password().map(str::to_owned).unwrap_or_default();
+    assert!(password.is_empty() || !waiting.contains(&format!(":{password}@")), "no credentials shown: {waiting}");
+    let live = client.get(format!("{ops}/livez")).send().await.expect("livez");
+    assert_eq!(live.status().as_u16(), 200, "alive while it waits");
+    assert!(client.get(format!("{}/v1/models", gw.url)).send().await.is_err(), "the API port opens only once started");
+
+    // The database comes back at that address.
+    let _proxy = DbProxy::start_on(&url, port).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while readyz().await.is_none_or(|r| !r.status().is_success()) {
+        assert!(gw.is_running(), "the gateway exited:\n{}", gw.log());
+        assert!(Instant::now() < deadline, "not ready 30 s after its database came back:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = gw.chat("in-process").await;
+    assert_eq!(status, 200, "{body}");
+    let pool = PgPool::connect(&url).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count(&pool, "SELECT COUNT(*) FROM usage").await < 1 {
+        assert!(Instant::now() < deadline, "the answered request was not recorded:\n{}", gw.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = gw.log();
+    assert!(log.contains("the database cannot be reached; waiting for it"), "{log}");
+    assert!(gw.interrupt(), "the gateway did not stop cleanly");
 }

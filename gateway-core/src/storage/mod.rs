@@ -125,7 +125,46 @@ pub fn postgres_options(url: &str, path: &str, ca_file: Option<&str>) -> Result<
     Ok(options)
 }
 
+impl StorageError {
+    /// Whether trying again may succeed with nobody changing anything: the
+    /// database could not be reached (down, restarting, cut off). A refused
+    /// login, a TLS failure, a bad URL or a migration error are not.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Connect { source: sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut, .. } => true,
+            // 57P03 cannot_connect_now: the server is starting up or shutting down.
+            Self::Connect { source: sqlx::Error::Database(e), .. } => e.code().as_deref() == Some("57P03"),
+            _ => false,
+        }
+    }
+}
+
+/// Delays between attempts to reach the database at start: doubling from
+/// 250 ms up to 10 s, so a gateway is ready within seconds of its database.
+const START_RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(10));
+
 impl Db {
+    /// [`Db::open`], trying again for as long as the database cannot be
+    /// reached ([`StorageError::is_unreachable`]); `waiting` is told each
+    /// failure and the delay before the next attempt.
+    pub async fn open_when_reachable(
+        config: &DatabaseConfig,
+        ca_file: Option<&str>,
+        mut waiting: impl FnMut(&StorageError, Duration),
+    ) -> Result<Self, StorageError> {
+        let mut delays = crate::backoff::Delays::new(START_RETRY.0, START_RETRY.1);
+        loop {
+            match Self::open(config, ca_file).await {
+                Err(error) if error.is_unreachable() => {
+                    let delay = crate::backoff::spread(delays.next().unwrap_or(START_RETRY.1));
+                    waiting(&error, delay);
+                    tokio::time::sleep(delay).await;
+                }
+                opened => return opened,
+            }
+        }
+    }
+
     /// Opens the configured database (with the PostgreSQL CA file, if any) and
     /// brings its schema up to date.
     pub async fn open(config: &DatabaseConfig, ca_file: Option<&str>) -> Result<Self, StorageError> {
@@ -291,14 +330,16 @@ pub struct Storage {
 
 impl Storage {
     /// Opens the database for `tenant` (refusing a PostgreSQL role bound to
-    /// another tenant) and starts the recorder.
+    /// another tenant), waiting while it cannot be reached (each failed
+    /// attempt told to `waiting`), and starts the recorder.
     pub async fn start(
         config: &StorageConfig,
         tenant: &str,
         pepper_file: &str,
         recorder: RecorderConfig,
+        waiting: impl FnMut(&StorageError, Duration),
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        let db = Db::open(&config.database, config.database_ca_file.as_deref()).await?;
+        let db = Db::open_when_reachable(&config.database, config.database_ca_file.as_deref(), waiting).await?;
         tenant_roles::check_binding(&db, tenant).await?;
         tracing::info!(backend = db.backend(), "database ready");
         let recorder = Recorder::start(db.clone(), recorder)?;
@@ -333,6 +374,20 @@ mod tests {
         assert!(matches!(o.get_ssl_mode(), PgSslMode::VerifyFull));
         let o = postgres_options("postgres://u:pw@db/x?sslmode=require", "f", Some("/ca.pem")).expect("parses");
         assert!(matches!(o.get_ssl_mode(), PgSslMode::Require));
+    }
+
+    #[test]
+    fn only_a_database_that_cannot_be_reached_is_waited_for() {
+        let connect = |source| StorageError::Connect { backend: "PostgreSQL", target: "t".into(), source };
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(connect(sqlx::Error::Io(refused)).is_unreachable());
+        assert!(connect(sqlx::Error::PoolTimedOut).is_unreachable());
+        assert!(!connect(sqlx::Error::Configuration("bad".into())).is_unreachable(), "a bad setting stays bad");
+        assert!(!connect(sqlx::Error::Protocol("password authentication failed".into())).is_unreachable());
+        let tls = StorageError::Tls { backend: "PostgreSQL", target: "t".into(), source: sqlx::Error::PoolTimedOut };
+        assert!(!tls.is_unreachable(), "a certificate that does not verify is not waited out");
+        let io = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(!StorageError::SqliteDir { path: "p".into(), source: io }.is_unreachable());
     }
 
     #[test]

@@ -7,7 +7,7 @@ pub(crate) mod caller;
 mod chat;
 mod chat_tools;
 mod models;
-mod ops;
+pub mod ops;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,9 +69,16 @@ fn ops_routes() -> Router<AppState> {
 }
 
 /// The probes and metrics alone, for a listener of their own (`--ops-listen`): a port that
-/// no Ingress routes, which the NetworkPolicy opens only to the kubelet and scrapers.
-pub fn ops_router(state: AppState) -> Router {
-    ops_routes().fallback(not_found).layer(middleware::map_response(error_shape)).with_state(state)
+/// no Ingress routes, which the NetworkPolicy opens only to the kubelet and scrapers. It
+/// serves while the server starts (see [`ops::Ops`]).
+pub fn ops_router(ops: ops::Ops) -> Router {
+    Router::new()
+        .route("/livez", get(ops::livez))
+        .route("/readyz", get(ops::ops_readyz))
+        .route("/metrics", get(ops::ops_metrics))
+        .fallback(not_found)
+        .layer(middleware::map_response(error_shape))
+        .with_state(ops)
 }
 
 /// Logs one access line per request: its id, method, path, the subject it

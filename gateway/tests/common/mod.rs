@@ -194,7 +194,7 @@ impl Gateway {
     }
 
     pub async fn start_with(manifests: &str, extra: &[&str]) -> Self {
-        let mut gw = Self::start_in_inner(&temp_dir("gw-test"), manifests, extra, None).await;
+        let mut gw = Self::start_in_inner(&temp_dir("gw-test"), manifests, extra, None, true).await;
         gw.owns_dir = true;
         gw
     }
@@ -206,20 +206,32 @@ impl Gateway {
 
     /// Like [`Self::start_logged`], logging at `filter` (a `RUST_LOG` value).
     pub async fn start_logged_at(manifests: &str, extra: &[&str], filter: &str) -> Self {
-        let mut gw = Self::start_in_inner(&temp_dir("gw-test"), manifests, extra, Some(filter)).await;
+        let mut gw = Self::start_in_inner(&temp_dir("gw-test"), manifests, extra, Some(filter), true).await;
         gw.owns_dir = true;
         gw
+    }
+
+    /// Like [`Self::start_logged_at`], without waiting for it to be ready.
+    pub async fn spawn_logged_at(manifests: &str, extra: &[&str], filter: &str) -> Self {
+        let mut gw = Self::start_in_inner(&temp_dir("gw-test"), manifests, extra, Some(filter), false).await;
+        gw.owns_dir = true;
+        gw
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(|p| p.0.try_wait().expect("wait").is_none())
     }
 
     /// Starts over `dir` (manifests and state), which is kept afterwards: a
     /// second gateway started in the same directory finds the first one's state.
     pub async fn start_in(dir: &Path, manifests: &str, extra: &[&str]) -> Self {
-        Self::start_in_inner(dir, manifests, extra, None).await
+        Self::start_in_inner(dir, manifests, extra, None, true).await
     }
 
     /// `log`: `None` logs to the test's stderr at `GATEWAY_LOG` (default `warn`);
-    /// `Some(filter)` logs to a file at `filter`.
-    async fn start_in_inner(dir: &Path, manifests: &str, extra: &[&str], log: Option<&str>) -> Self {
+    /// `Some(filter)` logs to a file at `filter`. `ready`: wait until `/readyz` answers 200.
+    async fn start_in_inner(dir: &Path, manifests: &str, extra: &[&str], log: Option<&str>, ready: bool) -> Self {
         let dir = dir.to_path_buf();
         std::fs::create_dir_all(dir.join("manifests")).expect("temp dir");
         std::fs::write(dir.join("manifests/tenant.yaml"), manifests).expect("write manifests");
@@ -254,7 +266,9 @@ impl Gateway {
             token: token(json!({})),
             owns_dir: false,
         };
-        gw.wait_ready().await;
+        if ready {
+            gw.wait_ready().await;
+        }
         gw
     }
 
