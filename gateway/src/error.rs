@@ -60,6 +60,9 @@ pub enum AppError {
     /// A prompt policy refused the request or the answer.
     #[error("{0}")]
     Policy(#[from] PolicyError),
+    /// A prompt policy refused the input of an embeddings request (its field is `input`).
+    #[error("{0}")]
+    InputPolicy(PolicyError),
     /// A bug or an unexpected condition; details are logged, not returned.
     #[error("internal error")]
     Internal(String),
@@ -170,7 +173,7 @@ impl AppError {
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::GatewayTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::Policy(e) => e.status(),
+            Self::Policy(e) | Self::InputPolicy(e) => e.status(),
         }
     }
 
@@ -192,7 +195,7 @@ impl AppError {
             Self::BadGateway(_) => "UpstreamFailed",
             Self::GatewayTimeout(_) => "UpstreamTimeout",
             Self::Internal(_) => "Internal",
-            Self::Policy(e) => e.as_reason(),
+            Self::Policy(e) | Self::InputPolicy(e) => e.as_reason(),
         }
     }
 
@@ -209,7 +212,7 @@ impl AppError {
                 "api_error"
             }
             Self::Internal(_) => "api_error",
-            Self::Policy(e) => e.kind(),
+            Self::Policy(e) | Self::InputPolicy(e) => e.kind(),
         }
     }
 
@@ -224,7 +227,7 @@ impl AppError {
             Self::Limited(LimitError::StoreUnavailable) => Some("rate_limit_store_unavailable"),
             Self::Overloaded(_) => Some("overloaded"),
             Self::UpstreamRejected { code, .. } => code.as_deref(),
-            Self::Policy(e) => Some(e.code()),
+            Self::Policy(e) | Self::InputPolicy(e) => Some(e.code()),
             _ => None,
         }
     }
@@ -234,6 +237,7 @@ impl AppError {
             Self::BadRequest { param, .. } | Self::UpstreamRejected { param, .. } => param.as_deref(),
             Self::ModelNotFound(_) => Some("model"),
             Self::Policy(e) => e.param(),
+            Self::InputPolicy(e) => e.param().map(|p| if p == "messages" { "input" } else { p }),
             _ => None,
         }
     }

@@ -31,6 +31,7 @@ use super::common::SecretKeyRef;
 )]
 #[x_kube(
     validation = Rule::new("self.models.all(m, m.targets.all(t, self.providers.exists(p, p.name == t.provider)))").message("every model target must name a provider declared in spec.providers").field_path(".models"),
+    validation = Rule::new("self.models.all(m, !has(m.type) || m.type != 'embedding' || m.targets.all(t, !self.providers.exists(p, p.name == t.provider && p.type == 'anthropic')))").message("an embedding model's targets must be providers with an embeddings API (openai or mock): anthropic has none").field_path(".models"),
     validation = Rule::new("(self.gateway.replicas <= 1 && !has(self.gateway.autoscaling)) || (has(self.storage.redis))").message("more than one gateway replica (or autoscaling) needs spec.storage.redis: without Redis, rate limits and MCP sessions live in one process").field_path(".storage.redis"),
     validation = Rule::new("!has(self.storage.volume) || has(self.storage.database) || (self.gateway.replicas <= 1 && !has(self.gateway.autoscaling) && (!has(self.storage.volume.accessMode) || self.storage.volume.accessMode == 'ReadWriteOnce'))").message("without spec.storage.database the volume holds the SQLite file, which only one gateway pod on one node may use: set replicas 1 (no autoscaling, accessMode ReadWriteOnce) or a database").field_path(".storage.volume"),
     validation = Rule::new("has(self.namespace) == has(oldSelf.namespace)").message("spec.namespace is immutable: create a new Tenant to move it").field_path(".namespace"),
@@ -268,9 +269,40 @@ pub struct Model {
     #[schemars(length(min = 1, max = 128))]
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._:/-]*$')").message("must start with a letter or digit and contain only letters, digits, '.', '_', ':', '/' and '-'"))]
     pub name: String,
+    /// What the model does: `chat` (the default) answers `/v1/chat/completions`;
+    /// `embedding` answers `/v1/embeddings`, and its targets must be providers
+    /// with an embeddings API (openai, mock).
+    #[serde(default, rename = "type", skip_serializing_if = "ModelType::is_chat")]
+    pub type_: ModelType,
     /// Upstream targets in failover order: the first healthy one serves the request.
     #[schemars(length(min = 1, max = 8))]
     pub targets: Vec<ModelTarget>,
+}
+
+/// What a tenant model does, which decides the API that serves it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ModelType {
+    /// Chat completions.
+    #[default]
+    Chat,
+    /// Embeddings (`/v1/embeddings`).
+    Embedding,
+}
+
+impl ModelType {
+    /// Whether this is the default, chat.
+    pub fn is_chat(&self) -> bool {
+        *self == Self::Chat
+    }
+
+    /// The name used in the CRD.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Embedding => "embedding",
+        }
+    }
 }
 
 /// One upstream model behind a tenant model name.

@@ -1,6 +1,8 @@
 //! `mock-llm`: a small, fast server speaking OpenAI Chat Completions and
-//! Anthropic Messages with scripted misbehaviour, for gateway tests and
-//! benchmarks. Answers come from the gateway's deterministic mock model.
+//! Embeddings and Anthropic Messages with scripted misbehaviour, for gateway
+//! tests and benchmarks. Answers come from the gateway's deterministic mock
+//! model. `/v1/embeddings` checks what OpenAI checks: a bearer API key, the
+//! request's shape, the model's `dimensions`, 8,192 tokens per input.
 //!
 //! Control API (per upstream model name):
 //! - `POST /_control/script` `{"model": "m", "steps": [Step, ..], "default": Step?}`:
@@ -41,6 +43,7 @@ use clap::Parser;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tenantgate_gateway::llm::embeddings::{EmbeddingsRequest, Input, Shape, mock_answer};
 use tenantgate_gateway::llm::mock::{OfferedTool, Plan, ToolMode, count_tokens, next_id};
 use tenantgate_gateway::llm::types::ChatRequest;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -154,6 +157,7 @@ async fn main() -> std::io::Result<()> {
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
+        .route("/v1/embeddings", post(embeddings))
         .route(
             "/v1/models",
             get(|| async { Json(json!({"object": "list", "data": [{"id": "mock-1", "object": "model"}]})) }),
@@ -394,6 +398,62 @@ async fn chat(
         return Json(plan.completion(&id, &request.model)).into_response();
     }
     event_stream(plan.chunks(&id, &request.model, request.include_usage()), interval, step.fail_after_chunks)
+}
+
+/// OpenAI's error body with `status`.
+fn openai_error(status: StatusCode, message: &str, param: Option<&str>, code: Option<&str>) -> Response {
+    let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}});
+    (status, Json(body)).into_response()
+}
+
+/// Tokens one embeddings input may have.
+const MAX_INPUT_TOKENS: u64 = 8192;
+
+async fn embeddings(
+    State(mock): State<Mock>,
+    ConnectInfo(conn): ConnectInfo<ResetHandle>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if bearer.is_none_or(str::is_empty) {
+        let message = "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).";
+        return openai_error(StatusCode::UNAUTHORIZED, message, None, None);
+    }
+    let request = match EmbeddingsRequest::parse(&body) {
+        Ok(r) => r,
+        Err(e) => return openai_error(StatusCode::BAD_REQUEST, &e.message, e.param.as_deref(), None),
+    };
+    let shape = Shape::of(&request.model);
+    if let Some(d) = request.dimensions {
+        if !shape.shortens {
+            let message = "This model does not support specifying dimensions.";
+            return openai_error(StatusCode::BAD_REQUEST, message, Some("dimensions"), None);
+        }
+        if d > shape.dimensions {
+            let message = format!("dimensions: at most {} for model {}, got {d}", shape.dimensions, request.model);
+            return openai_error(StatusCode::BAD_REQUEST, &message, Some("dimensions"), None);
+        }
+    }
+    let (answer, _) = mock_answer(&request, &request.model, count_tokens);
+    let longest = match &request.input {
+        Input::Text(t) => count_tokens(t),
+        Input::Texts(t) => t.iter().map(|t| count_tokens(t)).max().unwrap_or(0),
+        Input::Tokens(ids) => ids.len() as u64,
+        Input::TokenArrays(arrays) => arrays.iter().map(|a| a.len() as u64).max().unwrap_or(0),
+    };
+    if longest > MAX_INPUT_TOKENS {
+        let message = format!(
+            "This model's maximum context length is {MAX_INPUT_TOKENS} tokens, however you requested {longest} tokens in your input. Please reduce your input."
+        );
+        return openai_error(StatusCode::BAD_REQUEST, &message, Some("input"), None);
+    }
+    let step = mock.next_step(&request.model, &headers, serde_json::from_slice(&body).ok());
+    if let Some(response) = misbehave(&step, mock.args.latency_ms, &conn, false).await {
+        return response;
+    }
+    Json(answer).into_response()
 }
 
 /// A scripted answer text: whole, or one word (with its leading space) per chunk.

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::json;
 use tenantgate_crds::config::{GatewayConfig, JwtKeys};
 use tenantgate_crds::issue::{ConfigIssue, Reason};
-use tenantgate_crds::v1alpha1::ProviderType;
+use tenantgate_crds::v1alpha1::{ModelType, ProviderType};
 
 use crate::auth::{JwtVerifier, KeySource};
 use crate::limits::{LimitStores, RateLimiter};
@@ -136,7 +136,9 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
             })
         };
         let provider = match p.type_ {
-            ProviderType::Openai => Provider::OpenAi(OpenAi::new(endpoint(&OpenAi::WIRE)?)),
+            ProviderType::Openai => {
+                Provider::OpenAi(OpenAi::new(endpoint(&OpenAi::WIRE)?, endpoint(&OpenAi::EMBEDDINGS_WIRE)?))
+            }
             ProviderType::Anthropic => Provider::Anthropic(Anthropic::new(endpoint(&Anthropic::WIRE)?)),
             ProviderType::Mock => Provider::Mock(Mock::new(p.mock.as_ref())),
         };
@@ -153,6 +155,12 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
                 ConfigIssue::new(Reason::InvalidSpec, format!("unknown provider {:?}", t.provider))
                     .at(format!("models[{i}].targets[{j}].provider"))
             })?;
+            if m.type_ == ModelType::Embedding && !provider.embeds() {
+                let message = format!("provider {:?} ({}) has no embeddings API", t.provider, provider.kind());
+                return Err(
+                    ConfigIssue::new(Reason::InvalidSpec, message).at(format!("models[{i}].targets[{j}].provider"))
+                );
+            }
             let label: Arc<str> = format!("{}/{}", t.provider, t.model).into();
             targets.push(Target {
                 provider: provider.clone(),
@@ -161,7 +169,7 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
                 label,
             });
         }
-        models.insert(m.name.clone(), ModelRoute { name: m.name.as_str().into(), targets });
+        models.insert(m.name.clone(), ModelRoute { name: m.name.as_str().into(), type_: m.type_, targets });
     }
 
     let data: Vec<_> = config

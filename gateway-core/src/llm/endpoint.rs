@@ -87,7 +87,7 @@ impl Endpoint {
     }
 
     /// POSTs `body` and waits for a success status within the first-byte timeout.
-    pub async fn post(&self, body: Vec<u8>, call: Call<'_>) -> Result<reqwest::Response, UpstreamError> {
+    pub async fn post<R>(&self, body: Vec<u8>, call: Call<'_, R>) -> Result<reqwest::Response, UpstreamError> {
         let mut builder = self.client.post(self.url.clone()).headers(self.headers.clone()).body(body);
         if let Some((name, key)) = &self.api_key {
             builder = builder.header(name, key.header()?);

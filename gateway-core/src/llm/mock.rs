@@ -16,6 +16,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 use tenantgate_crds::v1alpha1::MockProvider;
 
+use super::embeddings::{EmbeddingsReply, EmbeddingsRequest, mock_answer};
 use super::sse::{DONE, data_event};
 use super::types::{ChatRequest, Role, Usage};
 use super::{Call, Reply, UpstreamError};
@@ -252,13 +253,26 @@ impl Mock {
         }
     }
 
-    /// Answers one request.
-    pub async fn call(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
+    /// Waits the configured latency, within the call's deadline.
+    async fn delay(&self, deadline: tokio::time::Instant) -> Result<(), UpstreamError> {
         if !self.latency.is_zero() {
-            tokio::time::timeout_at(call.deadline, tokio::time::sleep(self.latency))
+            tokio::time::timeout_at(deadline, tokio::time::sleep(self.latency))
                 .await
                 .map_err(|_| UpstreamError::Timeout("total"))?;
         }
+        Ok(())
+    }
+
+    /// Answers one embeddings request (see [`mock_answer`]).
+    pub async fn embed(&self, call: Call<'_, EmbeddingsRequest>) -> Result<EmbeddingsReply, UpstreamError> {
+        self.delay(call.deadline).await?;
+        let (body, usage) = mock_answer(call.request, call.model, count_tokens);
+        Ok(EmbeddingsReply { body: Bytes::from(body.to_string()), usage: Some(usage) })
+    }
+
+    /// Answers one request.
+    pub async fn call(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
+        self.delay(call.deadline).await?;
         let plan = Plan::for_chat(call.request, self.tokens);
         let id = next_id("chatcmpl-mock");
         if !call.request.stream {

@@ -2,6 +2,7 @@
 //! OpenAI's Chat Completions format, as a whole body or as SSE events.
 
 pub mod anthropic;
+pub mod embeddings;
 mod endpoint;
 pub mod mock;
 pub mod openai;
@@ -17,6 +18,7 @@ use futures_util::Stream;
 use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 
+use embeddings::{EmbeddingsReply, EmbeddingsRequest};
 pub use endpoint::{Endpoint, EndpointError, Wire};
 pub use secret::SecretFile;
 use types::{ChatRequest, Usage};
@@ -24,11 +26,11 @@ use types::{ChatRequest, Usage};
 /// SSE bytes in OpenAI's chunk format, cut at event boundaries.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
 
-/// What one upstream call needs.
-#[derive(Debug, Clone, Copy)]
-pub struct Call<'a> {
+/// What one upstream call needs: a chat request, or another API's (`R`).
+#[derive(Debug)]
+pub struct Call<'a, R = ChatRequest> {
     /// The client's request.
-    pub request: &'a ChatRequest,
+    pub request: &'a R,
     /// The model name the provider knows.
     pub model: &'a str,
     /// Until the response headers arrive.
@@ -36,6 +38,14 @@ pub struct Call<'a> {
     /// End of the whole call, streaming included.
     pub deadline: tokio::time::Instant,
 }
+
+impl<R> Clone for Call<'_, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R> Copy for Call<'_, R> {}
 
 /// A provider's answer.
 pub enum Reply {
@@ -235,6 +245,21 @@ impl Provider {
             Self::Anthropic(p) => p.call(call).await,
             Self::Mock(p) => p.call(call).await,
         }
+    }
+
+    /// Sends one embeddings request.
+    pub async fn embed(&self, call: Call<'_, EmbeddingsRequest>) -> Result<EmbeddingsReply, UpstreamError> {
+        match self {
+            Self::OpenAi(p) => p.embed(call).await,
+            Self::Mock(p) => p.embed(call).await,
+            // Refused when the config is compiled; a request cannot get here.
+            Self::Anthropic(_) => Err(UpstreamError::Protocol("anthropic has no embeddings API".into())),
+        }
+    }
+
+    /// Whether the provider has an embeddings API.
+    pub fn embeds(&self) -> bool {
+        !matches!(self, Self::Anthropic(_))
     }
 
     /// Provider kind, for metrics.

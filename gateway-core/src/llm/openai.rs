@@ -4,22 +4,37 @@
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::embeddings::{EmbeddingsReply, EmbeddingsRequest};
 use super::endpoint::{Wire, read_all};
 use super::sse::EventBoundary;
-use super::types::{ChatRequest, Usage};
+use super::types::Usage;
 use super::{Call, Endpoint, Reply, UpstreamError};
 
 /// An OpenAI-compatible provider.
 #[derive(Debug)]
 pub struct OpenAi {
     endpoint: Endpoint,
+    /// Boxed: most providers never embed, and [`super::Provider`]'s variants stay alike in size.
+    embeddings: Box<Endpoint>,
 }
 
+/// A client's request with the target's model name.
 #[derive(Serialize)]
-struct Outgoing<'a> {
+struct Outgoing<'a, R> {
     model: &'a str,
     #[serde(flatten)]
-    request: &'a ChatRequest,
+    request: &'a R,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingsUsage {
+    #[serde(default)]
+    usage: Option<PromptUsage>,
+}
+
+#[derive(Deserialize)]
+struct PromptUsage {
+    prompt_tokens: u64,
 }
 
 #[derive(Deserialize)]
@@ -33,9 +48,26 @@ impl OpenAi {
     pub const WIRE: Wire =
         Wire { path: "/chat/completions", key_header: "authorization", key_prefix: "Bearer ", fixed: &[] };
 
-    /// A provider at `endpoint` (e.g. `https://api.openai.com/v1` with [`Self::WIRE`]).
-    pub fn new(endpoint: Endpoint) -> Self {
-        Self { endpoint }
+    /// The Embeddings API.
+    pub const EMBEDDINGS_WIRE: Wire = Wire { path: "/embeddings", ..Self::WIRE };
+
+    /// A provider at `endpoint` (e.g. `https://api.openai.com/v1` with [`Self::WIRE`]) and
+    /// `embeddings` (the same base URL with [`Self::EMBEDDINGS_WIRE`]).
+    pub fn new(endpoint: Endpoint, embeddings: Endpoint) -> Self {
+        Self { endpoint, embeddings: Box::new(embeddings) }
+    }
+
+    /// Sends one embeddings request; the answer comes back as is.
+    pub async fn embed(&self, call: Call<'_, EmbeddingsRequest>) -> Result<EmbeddingsReply, UpstreamError> {
+        let body = serde_json::to_vec(&Outgoing { model: call.model, request: call.request })
+            .map_err(|e| UpstreamError::Protocol(format!("cannot encode the request: {e}")))?;
+        let response = self.embeddings.post(body, call).await?;
+        let body = read_all(response, call.deadline).await?;
+        let usage = serde_json::from_slice::<EmbeddingsUsage>(&body)
+            .map_err(|e| UpstreamError::Protocol(format!("the body is not an embeddings list: {e}")))?
+            .usage
+            .map(|u| Usage::new(u.prompt_tokens, 0));
+        Ok(EmbeddingsReply { body, usage })
     }
 
     /// Sends one request.

@@ -195,7 +195,7 @@ pub struct RequestError {
 }
 
 impl RequestError {
-    fn new(param: impl Into<Option<String>>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(param: impl Into<Option<String>>, message: impl Into<String>) -> Self {
         Self { message: message.into(), param: param.into() }
     }
 }

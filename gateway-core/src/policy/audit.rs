@@ -2,21 +2,22 @@
 //! hash (provenance), the applied policy ids, the guards that fired (never the
 //! matched text), and the prompt only in redacted form.
 
+use serde::Serialize;
 use serde_json::Value;
 
 use super::{Finding, PolicyDecision, PolicyError, redact_secrets};
-use crate::llm::types::ChatRequest;
 use crate::storage::PolicyDecision as AuditedDecision;
 
-/// A request the policies let through. `prompt` is the request as sent
-/// upstream (composed system prompt included), when the tenant records prompts.
-pub fn decision(decision: &PolicyDecision, prompt: Option<&ChatRequest>) -> AuditedDecision {
+/// A request the policies let through. `prompt` is what goes upstream, as
+/// JSON (a chat request's messages, composed system prompt included; an
+/// embeddings request's input), when the tenant records prompts.
+pub fn decision(decision: &PolicyDecision, prompt: Option<&impl Serialize>) -> AuditedDecision {
     AuditedDecision {
         stack_hash: Some(decision.stack_hash.clone()),
         policy_ids: decision.applied.iter().map(ToString::to_string).collect(),
         findings: findings(&decision.findings),
         redacted_prompt: prompt
-            .and_then(|r| serde_json::to_string(&r.messages).ok())
+            .and_then(|p| serde_json::to_string(p).ok())
             .map(|text| redact_secrets(&text).into_owned()),
     }
 }

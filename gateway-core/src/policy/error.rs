@@ -44,6 +44,12 @@ pub enum PolicyError {
         /// The limit.
         limit: u32,
     },
+    /// An input the guards cannot read (token ids) under a policy with input guards.
+    #[error("prompt policy `{policy}` guards the input, which it cannot read as token ids: send the input as text")]
+    TokenInput {
+        /// Policy id.
+        policy: Arc<str>,
+    },
     /// A system prompt template failed to render (the config check should have caught it).
     #[error("the system prompt of prompt policy `{policy}` failed to render")]
     Render {
@@ -77,6 +83,7 @@ impl PolicyError {
             Self::Blocked { .. } | Self::OutputBlocked { .. } => "policy_violation",
             Self::ModelNotAllowed { .. } => "model_not_allowed",
             Self::TooManyTokens { .. } => "context_length_exceeded",
+            Self::TokenInput { .. } => "policy_unreadable_input",
             Self::Render { .. } => "policy_render_failed",
         }
     }
@@ -86,6 +93,7 @@ impl PolicyError {
         match self {
             Self::ModelNotAllowed { .. } => Some("model"),
             Self::Blocked { .. } | Self::TooManyTokens { .. } => Some("messages"),
+            Self::TokenInput { .. } => Some("input"),
             _ => None,
         }
     }
@@ -97,6 +105,7 @@ impl PolicyError {
             | Self::OutputBlocked { policy, .. }
             | Self::ModelNotAllowed { policy, .. }
             | Self::TooManyTokens { policy, .. }
+            | Self::TokenInput { policy }
             | Self::Render { policy } => policy,
         }
     }
@@ -116,6 +125,7 @@ impl PolicyError {
             Self::OutputBlocked { .. } => "PolicyOutputBlocked",
             Self::ModelNotAllowed { .. } => "PolicyModelNotAllowed",
             Self::TooManyTokens { .. } => "PolicyTooManyTokens",
+            Self::TokenInput { .. } => "PolicyUnreadableInput",
             Self::Render { .. } => "PolicyRenderFailed",
         }
     }

@@ -84,6 +84,14 @@ impl<'a> Stack<'a> {
         s
     }
 
+    /// The first policy with an input guard (injection, deny patterns or redaction), if any.
+    pub fn guarding_policy(&self) -> Option<&'a Arc<str>> {
+        self.injection
+            .map(|(_, p)| p)
+            .or_else(|| self.deny.first().map(|p| &p.id))
+            .or_else(|| self.redact_owner.iter().flatten().next().copied())
+    }
+
     /// The output guard of the stack, when one of its policies scans output.
     pub fn output_guard(&self) -> Option<Arc<OutputGuard>> {
         if self.output.is_empty() {

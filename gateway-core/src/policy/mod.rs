@@ -34,6 +34,7 @@ pub use error::PolicyError;
 pub use redact::redact_secrets;
 
 use crate::auth::Identity;
+use crate::llm::embeddings::EmbeddingsRequest;
 use crate::llm::types::ChatRequest;
 use guards::Stack;
 use prompt::{Segment, Templates};
@@ -94,20 +95,7 @@ impl Policies {
         target_model: Option<&str>,
         request: &mut ChatRequest,
     ) -> Result<PolicyDecision, PolicyError> {
-        if self.list.is_empty() {
-            return Ok(PolicyDecision {
-                stack_hash: self.empty_hash.clone(),
-                applied: Vec::new(),
-                findings: Vec::new(),
-                output: None,
-            });
-        }
-        let applied = self.select(identity, Some(&request.model));
-        for p in &applied {
-            if !p.allowed_models.is_empty() && !glob::any(&p.allowed_models, &request.model) {
-                return Err(PolicyError::ModelNotAllowed { policy: p.id.clone(), model: request.model.clone() });
-            }
-        }
+        let Some(applied) = self.select_allowed(identity, &request.model)? else { return Ok(self.unpoliced()) };
         let stack = Stack::new(&applied);
         let mut findings = Vec::new();
         stack.guard_messages(&mut request.messages, &mut findings)?;
@@ -126,12 +114,72 @@ impl Policies {
         {
             return Err(PolicyError::TooManyTokens { policy: policy.clone(), tokens, limit });
         }
-        Ok(PolicyDecision {
-            stack_hash: decision::stack_hash(applied.iter().map(|p| (&*p.id, &p.digest))),
-            applied: applied.iter().map(|p| p.id.clone()).collect(),
-            findings,
-            output: stack.output_guard(),
-        })
+        Ok(decided(&applied, findings, stack.output_guard()))
+    }
+
+    /// Applies the stack to an embeddings request: `allowedModels`, the input
+    /// guards on each text (redaction rewrites it), and `maxInputTokens` on all
+    /// the texts together. System prompts do not apply (there is no
+    /// conversation), and nothing comes back to scan. Token-id inputs cannot
+    /// be read by the guards: a stack with input guards refuses them.
+    pub fn apply_embeddings(
+        &self,
+        identity: &Identity,
+        target_model: Option<&str>,
+        request: &mut EmbeddingsRequest,
+    ) -> Result<PolicyDecision, PolicyError> {
+        let Some(applied) = self.select_allowed(identity, &request.model)? else { return Ok(self.unpoliced()) };
+        let stack = Stack::new(&applied);
+        let mut findings = Vec::new();
+        match request.input.texts_mut() {
+            Some(texts) => {
+                let counter = tokens::Counter::for_model(target_model);
+                let mut total = 0;
+                for text in texts {
+                    if let Cow::Owned(new) = stack.guard_text(text, true, Stage::Input, &mut findings)? {
+                        *text = new;
+                    }
+                    if let Some((limit, policy)) = stack.max_input_tokens {
+                        total += counter.count_text(text);
+                        if total > u64::from(limit) {
+                            return Err(PolicyError::TooManyTokens { policy: policy.clone(), tokens: total, limit });
+                        }
+                    }
+                }
+            }
+            None => {
+                if let Some(policy) = stack.guarding_policy() {
+                    return Err(PolicyError::TokenInput { policy: policy.clone() });
+                }
+                let tokens = request.input.estimated_tokens();
+                if let Some((limit, policy)) = stack.max_input_tokens
+                    && tokens > u64::from(limit)
+                {
+                    return Err(PolicyError::TooManyTokens { policy: policy.clone(), tokens, limit });
+                }
+            }
+        }
+        Ok(decided(&applied, findings, None))
+    }
+
+    /// The decision when the config has no policies at all.
+    fn unpoliced(&self) -> PolicyDecision {
+        PolicyDecision { stack_hash: self.empty_hash.clone(), applied: Vec::new(), findings: Vec::new(), output: None }
+    }
+
+    /// The policies that apply to `identity` and `model`, unless one of them
+    /// does not allow the model; `None` when the config has no policies at all.
+    fn select_allowed(&self, identity: &Identity, model: &str) -> Result<Option<Vec<&Compiled>>, PolicyError> {
+        if self.list.is_empty() {
+            return Ok(None);
+        }
+        let applied = self.select(identity, Some(model));
+        for p in &applied {
+            if !p.allowed_models.is_empty() && !glob::any(&p.allowed_models, model) {
+                return Err(PolicyError::ModelNotAllowed { policy: p.id.clone(), model: model.to_owned() });
+            }
+        }
+        Ok(Some(applied))
     }
 
     /// Runs the input guards of the policies that apply to `identity` on a
@@ -148,6 +196,17 @@ impl Policies {
         let mut findings = Vec::new();
         let out = Stack::new(&applied).guard_text(text, true, Stage::ToolResult, &mut findings)?;
         Ok((out, findings))
+    }
+}
+
+/// The decision of the `applied` stack: its provenance hash and ids, what the input guards found,
+/// and the output guard.
+fn decided(applied: &[&Compiled], findings: Vec<Finding>, output: Option<Arc<output::OutputGuard>>) -> PolicyDecision {
+    PolicyDecision {
+        stack_hash: decision::stack_hash(applied.iter().map(|p| (&*p.id, &p.digest))),
+        applied: applied.iter().map(|p| p.id.clone()).collect(),
+        findings,
+        output,
     }
 }
 

@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
+pub use tenantgate_crds::v1alpha1::ModelType;
 use tenantgate_crds::v1alpha1::Routing;
 use tokio::time::Instant;
 
 pub use breaker::Breaker;
 
+use crate::llm::embeddings::{EmbeddingsReply, EmbeddingsRequest};
 use crate::llm::types::ChatRequest;
 use crate::llm::{Call, Provider, Reply, UpstreamError};
 
@@ -75,6 +77,8 @@ pub struct Target {
 pub struct ModelRoute {
     /// Tenant model name.
     pub name: Arc<str>,
+    /// Chat or embedding: which API serves it.
+    pub type_: ModelType,
     /// Targets in order.
     pub targets: Vec<Target>,
 }
@@ -117,23 +121,54 @@ impl RetryPolicy {
     }
 }
 
-/// A reply and where it came from.
+/// A reply (a chat [`Reply`], or another API's) and where it came from.
 #[derive(Debug)]
-pub struct Routed<'r> {
+pub struct Routed<'r, R = Reply> {
     /// The reply.
-    pub reply: Reply,
+    pub reply: R,
     /// The target that answered.
     pub target: &'r Target,
     /// Time spent waiting on upstreams (all attempts, until headers).
     pub upstream_time: Duration,
 }
 
-/// Sends `request` to the first target of `route` that answers.
+/// Sends the chat `request` to the first target of `route` that answers.
 pub async fn route<'r>(
     route: &'r ModelRoute,
     policy: &RetryPolicy,
     request: &ChatRequest,
 ) -> Result<Routed<'r>, RouteError> {
+    route_with(route, policy, |target, timing| {
+        let call = Call { request, model: &target.model, first_byte_timeout: timing.0, deadline: timing.1 };
+        target.provider.call(call)
+    })
+    .await
+}
+
+/// Sends the embeddings `request` to the first target of `route` that answers.
+pub async fn route_embeddings<'r>(
+    route: &'r ModelRoute,
+    policy: &RetryPolicy,
+    request: &EmbeddingsRequest,
+) -> Result<Routed<'r, EmbeddingsReply>, RouteError> {
+    route_with(route, policy, |target, timing| {
+        let call = Call { request, model: &target.model, first_byte_timeout: timing.0, deadline: timing.1 };
+        target.provider.embed(call)
+    })
+    .await
+}
+
+/// Calls `send(target, (first-byte timeout, deadline))` on the targets of
+/// `route` in order, with retries, backoff and breakers, until one answers.
+async fn route_with<'r, R, F, Fut>(
+    route: &'r ModelRoute,
+    policy: &RetryPolicy,
+    mut send: F,
+) -> Result<Routed<'r, R>, RouteError>
+where
+    F: FnMut(&'r Target, (Duration, Instant)) -> Fut,
+    Fut: Future<Output = Result<R, UpstreamError>>,
+{
     let deadline = Instant::now() + policy.total_timeout;
     let mut last_error: Option<UpstreamError> = None;
     let mut upstream_time = Duration::ZERO;
@@ -147,9 +182,8 @@ pub async fn route<'r>(
                 metrics::counter!("tenantgate_upstream_requests_total", "target" => target.label.to_string(), "outcome" => "breaker_open").increment(1);
                 continue 'targets;
             };
-            let call = Call { request, model: &target.model, first_byte_timeout: policy.first_byte_timeout, deadline };
             let started = Instant::now();
-            let result = target.provider.call(call).await;
+            let result = send(target, (policy.first_byte_timeout, deadline)).await;
             let elapsed = started.elapsed();
             upstream_time += elapsed;
             metrics::histogram!("tenantgate_upstream_latency_seconds", "provider" => provider)

@@ -25,7 +25,7 @@ use tenantgate_crds::config::{DatabaseConfig, StorageConfig};
 pub use api_keys::{ApiKey, ApiKeyError, KeyRecord, NewApiKey, Pepper};
 pub use queries::{AuditFilter, AuditPage, AuditRow, DayUsage, UsageFilter, UsageReport, UsageTotals};
 pub use recorder::{ChatRecord, Leftover, Recorder, RecorderConfig, SpillPlace};
-pub use records::{AuditEvent, AuditKind, ChatEntry, PolicyDecision, Record, UsageRow, new_id, now_ms};
+pub use records::{Api, AuditEvent, AuditKind, ChatEntry, PolicyDecision, Record, UsageRow, new_id, now_ms};
 
 /// A database pool of either backend.
 #[derive(Clone, Debug)]

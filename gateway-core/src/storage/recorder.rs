@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::Db;
 use super::adopt::{Adopter, others};
-use super::records::{AuditEvent, ChatEntry, PolicyDecision, Record, UsageRow, new_id, now_ms};
+use super::records::{Api, AuditEvent, ChatEntry, PolicyDecision, Record, UsageRow, new_id, now_ms};
 use super::spill::Spill;
 use super::write;
 use crate::auth::Identity;
@@ -638,6 +638,7 @@ struct Pending {
     record_prompts: bool,
     stream: bool,
     completed: bool,
+    api: Api,
 }
 
 impl ChatRecord {
@@ -670,7 +671,15 @@ impl ChatRecord {
             record_prompts,
             stream: false,
             completed: false,
+            api: Api::ChatCompletions,
         })))
+    }
+
+    /// The client API the request came in on (chat completions unless set).
+    pub fn api(&mut self, api: Api) {
+        if let Some(p) = &mut self.0 {
+            p.api = api;
+        }
     }
 
     /// Moves the record out (into a stream), leaving one that records nothing.
@@ -748,7 +757,7 @@ impl ChatRecord {
 impl Drop for ChatRecord {
     fn drop(&mut self) {
         let Some(p) = self.0.take() else { return };
-        let Pending { recorder, started, mut usage, mut policy, record_prompts, stream, completed } = *p;
+        let Pending { recorder, started, mut usage, mut policy, record_prompts, stream, completed, api } = *p;
         usage.latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         if stream && !completed && usage.reason.is_none() {
             usage.reason = Some("ClientClosed".into());
@@ -756,7 +765,7 @@ impl Drop for ChatRecord {
         if !record_prompts {
             policy.redacted_prompt = None;
         }
-        recorder.record(Record::Chat(Box::new(ChatEntry { usage, audit_id: new_id(), policy, stream })));
+        recorder.record(Record::Chat(Box::new(ChatEntry { usage, audit_id: new_id(), policy, stream, api })));
     }
 }
 

@@ -162,13 +162,37 @@ pub struct ChatEntry {
     pub policy: PolicyDecision,
     /// Whether the answer was streamed.
     pub stream: bool,
+    /// The client API it came in on (absent in records spilled before there was more than one).
+    #[serde(default)]
+    pub api: Api,
+}
+
+/// The client API of a model request, the action of its audit event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Api {
+    /// `POST /v1/chat/completions`.
+    #[default]
+    ChatCompletions,
+    /// `POST /v1/embeddings`.
+    Embeddings,
+}
+
+impl Api {
+    /// The audit event's action.
+    pub fn action(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat.completions",
+            Self::Embeddings => "embeddings",
+        }
+    }
 }
 
 impl ChatEntry {
     /// The audit event of the request.
     pub fn audit_event(&self) -> AuditEvent {
         let u = &self.usage;
-        let mut audit = AuditEvent::new(&u.tenant, &u.subject, AuditKind::Chat, "chat.completions");
+        let mut audit = AuditEvent::new(&u.tenant, &u.subject, AuditKind::Chat, self.api.action());
         audit.id.clone_from(&self.audit_id);
         audit.ts_ms = u.ts_ms;
         audit.resource = Some(u.model.clone());
@@ -212,4 +236,39 @@ pub fn new_id() -> String {
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_spilled_before_embeddings_reads_as_chat_and_each_api_names_its_action() {
+        let mut entry = ChatEntry {
+            usage: UsageRow {
+                id: new_id(),
+                ts_ms: 1,
+                tenant: "t".into(),
+                subject: "s".into(),
+                model: "m".into(),
+                target: None,
+                prompt_tokens: 3,
+                completion_tokens: 0,
+                latency_ms: 1,
+                status: 200,
+                reason: None,
+                request_id: None,
+            },
+            audit_id: new_id(),
+            policy: PolicyDecision::default(),
+            stream: false,
+            api: Api::Embeddings,
+        };
+        assert_eq!(entry.audit_event().action, "embeddings");
+        let mut old = serde_json::to_value(&entry).expect("json");
+        old.as_object_mut().expect("object").remove("api");
+        entry = serde_json::from_value(old).expect("an old spill record still reads");
+        assert_eq!(entry.api, Api::ChatCompletions);
+        assert_eq!(entry.audit_event().action, "chat.completions");
+    }
 }

@@ -20,9 +20,10 @@ use crate::llm::types::{ChatRequest, Usage};
 use crate::llm::{EventStream, Reply, sse};
 use crate::mcp::chat::ChatTools;
 use crate::policy::{PolicyDecision, audit};
+use crate::routing::ModelType;
 use crate::routing::{self, Breaker, ModelRoute};
 use crate::state::AppState;
-use crate::storage::ChatRecord;
+use crate::storage::{Api, ChatRecord};
 
 /// Authenticates, parses, routes and answers one chat request, and records
 /// its usage row and audit event (whatever the outcome).
@@ -32,21 +33,33 @@ pub async fn chat_completions(
     request_id: Option<axum::Extension<tower_http::request_id::RequestId>>,
     body: Body,
 ) -> Result<Response, AppError> {
-    let runtime = state.runtime();
     let request_id = request_id.and_then(|id| id.0.header_value().to_str().ok().map(str::to_owned));
+    let mut record = start_record(&state, &caller, request_id.clone(), Api::ChatCompletions);
+    let result = complete(&state, &caller, body, &mut record, request_id.as_deref()).await;
+    settle_record(&mut record, &result);
+    result
+}
+
+/// The record of a model request on `api` (recorded when dropped).
+pub(super) fn start_record(state: &AppState, caller: &Caller, request_id: Option<String>, api: Api) -> ChatRecord {
+    let runtime = state.runtime();
     let mut record = ChatRecord::start(
         &state.storage().recorder,
         &runtime.config.tenant.name,
         &caller.0,
-        request_id.clone(),
+        request_id,
         runtime.config.audit.record_prompts,
     );
-    let result = complete(&state, &caller, body, &mut record, request_id.as_deref()).await;
-    match &result {
+    record.api(api);
+    record
+}
+
+/// Puts the outcome of a model request (its status and error reason) on its record.
+pub(super) fn settle_record(record: &mut ChatRecord, result: &Result<Response, AppError>) {
+    match result {
         Ok(r) => record.status(r.status().as_u16(), r.extensions().get::<ErrorReason>().map(|r| r.0)),
         Err(e) => record.status(e.status().as_u16(), Some(e.as_reason())),
     }
-    result
 }
 
 async fn complete(
@@ -62,7 +75,7 @@ async fn complete(
     record.model(&request.model);
     let runtime = state.runtime();
     let mcp = ChatTools::take(&mut request, state.carried().mcp(), &runtime.config.mcp, &caller.0)?;
-    let route = runtime.models.get(&request.model).ok_or_else(|| AppError::ModelNotFound(request.model.clone()))?;
+    let route = super::model_route(&runtime, &request.model, ModelType::Chat)?;
     let target_model = route.targets.first().map(|t| &*t.model);
     let decision = match runtime.policies.apply(&caller.0, target_model, &mut request) {
         Ok(decision) => Arc::new(decision),
@@ -71,7 +84,7 @@ async fn complete(
             return Err(refused.into());
         }
     };
-    record.policy(audit::decision(&decision, runtime.config.audit.record_prompts.then_some(&request)));
+    record.policy(audit::decision(&decision, runtime.config.audit.record_prompts.then_some(&request.messages)));
     let turn = Turn { state, caller, route, decision, model: route.name.clone(), body_len: body.len(), request_id };
     if let Some(tools) = mcp {
         return super::chat_tools::run(&turn, tools, request, record, started).await;

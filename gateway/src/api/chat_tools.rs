@@ -114,7 +114,7 @@ fn next_record(turn: &Turn<'_>) -> ChatRecord {
         false,
     );
     record.model(&turn.model);
-    record.policy(audit::decision(&turn.decision, None));
+    record.policy(audit::decision(&turn.decision, None::<&()>));
     record
 }
 

@@ -6,6 +6,7 @@ mod body;
 pub(crate) mod caller;
 mod chat;
 mod chat_tools;
+mod embeddings;
 mod models;
 pub mod ops;
 
@@ -25,6 +26,7 @@ use tracing::Instrument;
 
 use crate::auth::SubjectSlot;
 use crate::error::{AppError, ErrorReason};
+use crate::routing::ModelType;
 use crate::state::AppState;
 
 /// The tenant model a response was for, as a metric label.
@@ -37,6 +39,7 @@ pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-i
 pub fn router(state: AppState, request_timeout: Duration, with_ops: bool) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{model}", get(models::get))
         .merge(admin::router())
@@ -79,6 +82,27 @@ pub fn ops_router(ops: ops::Ops) -> Router {
         .fallback(not_found)
         .layer(middleware::map_response(error_shape))
         .with_state(ops)
+}
+
+/// The route of tenant model `name`, which must be of `type_`: a model of
+/// the other type names the API that serves it.
+pub(crate) fn model_route<'r>(
+    runtime: &'r crate::config::Runtime,
+    name: &str,
+    type_: ModelType,
+) -> Result<&'r crate::routing::ModelRoute, AppError> {
+    let route = runtime.models.get(name).ok_or_else(|| AppError::ModelNotFound(name.to_owned()))?;
+    if route.type_ == type_ {
+        return Ok(route);
+    }
+    let serves = match route.type_ {
+        ModelType::Chat => "/v1/chat/completions",
+        ModelType::Embedding => "/v1/embeddings",
+    };
+    Err(AppError::bad_request(
+        "model".to_string(),
+        format!("model {name} is a {} model: call {serves}", route.type_.as_str()),
+    ))
 }
 
 /// Logs one access line per request: its id, method, path, the subject it

@@ -1,0 +1,80 @@
+//! `POST /v1/embeddings`: like chat, authenticated, policed, limited, routed
+//! with failover, metered and audited; the answer passes through as the
+//! provider sent it.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use super::ModelLabel;
+use super::body::read_body;
+use crate::auth::Caller;
+use crate::error::AppError;
+use crate::limits::Reservation;
+use crate::llm::embeddings::EmbeddingsRequest;
+use crate::policy::audit;
+use crate::routing::{self, ModelType};
+use crate::state::AppState;
+use crate::storage::{Api, ChatRecord};
+
+/// Authenticates, parses, routes and answers one embeddings request, and
+/// records its usage row and audit event (whatever the outcome).
+pub async fn embeddings(
+    State(state): State<AppState>,
+    caller: Caller,
+    request_id: Option<axum::Extension<tower_http::request_id::RequestId>>,
+    body: Body,
+) -> Result<Response, AppError> {
+    let request_id = request_id.and_then(|id| id.0.header_value().to_str().ok().map(str::to_owned));
+    let mut record = super::chat::start_record(&state, &caller, request_id, Api::Embeddings);
+    let result = embed(&state, &caller, body, &mut record).await;
+    super::chat::settle_record(&mut record, &result);
+    result
+}
+
+async fn embed(state: &AppState, caller: &Caller, body: Body, record: &mut ChatRecord) -> Result<Response, AppError> {
+    let started = Instant::now();
+    let body = read_body(body, state.max_body_bytes()).await?;
+    let mut request = EmbeddingsRequest::parse(&body)?;
+    record.model(&request.model);
+    let runtime = state.runtime();
+    let route = super::model_route(&runtime, &request.model, ModelType::Embedding)?;
+    let target_model = route.targets.first().map(|t| &*t.model);
+    let decision = match runtime.policies.apply_embeddings(&caller.0, target_model, &mut request) {
+        Ok(decision) => decision,
+        Err(refused) => {
+            record.policy(audit::refusal(&refused));
+            return Err(AppError::InputPolicy(refused));
+        }
+    };
+    record.policy(audit::decision(&decision, runtime.config.audit.record_prompts.then_some(&request.input)));
+    let reservation = Reservation { prompt: request.input.estimated_tokens(), completion: 0 };
+    let mut admission = runtime.limiter.admit_reservation(&caller.0.subject, reservation, false).await?;
+    let label = ModelLabel(route.name.clone());
+    let routed = match routing::route_embeddings(route, &runtime.retry, &request).await {
+        Ok(routed) => routed,
+        Err(e) => {
+            admission.record_usage(0);
+            let mut response = AppError::from(e).into_response();
+            response.extensions_mut().insert(label);
+            return Ok(response);
+        }
+    };
+    record.target(&routed.target.label);
+    let added = started.elapsed().saturating_sub(routed.upstream_time);
+    metrics::histogram!("tenantgate_added_latency_seconds").record(added.as_secs_f64());
+    if let Some(usage) = routed.reply.usage {
+        record.tokens(usage.prompt_tokens, 0);
+        admission.record_usage(usage.prompt_tokens);
+        metrics::counter!("tenantgate_tokens_total", "model" => route.name.to_string(), "kind" => "prompt")
+            .increment(usage.prompt_tokens);
+    }
+    let mut response =
+        ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], routed.reply.body).into_response();
+    admission.apply_headers(response.headers_mut());
+    response.extensions_mut().insert(label);
+    Ok(response)
+}
