@@ -4,6 +4,7 @@
 pub mod anthropic;
 pub mod embeddings;
 mod endpoint;
+pub mod messages;
 pub mod mock;
 pub mod openai;
 mod secret;

@@ -71,7 +71,20 @@ pub fn exceeds(request: &ChatRequest, model: Option<&str>, limit: u32) -> Option
     count_exceeds(request, Counter::for_model(model), limit, framing)
 }
 
+/// The prompt tokens of `request` for upstream model `model`, counted as
+/// `maxInputTokens` counts them (`/v1/messages/count_tokens`).
+pub fn count(request: &ChatRequest, model: Option<&str>) -> u64 {
+    let framing = PER_MESSAGE * request.messages.len() as u64 + PER_REPLY;
+    count_until(request, Counter::for_model(model), u64::MAX, framing)
+}
+
 fn count_exceeds(request: &ChatRequest, counter: Counter, limit: u64, framing: u64) -> Option<u64> {
+    let total = count_until(request, counter, limit, framing);
+    (total > limit).then_some(total)
+}
+
+/// The prompt's tokens, counted until they pass `limit`.
+fn count_until(request: &ChatRequest, counter: Counter, limit: u64, framing: u64) -> u64 {
     let mut total = framing;
     for message in &request.messages {
         if let Some(content) = &message.content {
@@ -81,10 +94,10 @@ fn count_exceeds(request: &ChatRequest, counter: Counter, limit: u64, framing: u
             };
         }
         if total > limit {
-            return Some(total);
+            return total;
         }
     }
-    None
+    total
 }
 
 fn text_bytes(m: &Message) -> usize {

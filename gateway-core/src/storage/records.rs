@@ -176,6 +176,8 @@ pub enum Api {
     ChatCompletions,
     /// `POST /v1/embeddings`.
     Embeddings,
+    /// `POST /v1/messages` (Anthropic's Messages API).
+    Messages,
 }
 
 impl Api {
@@ -184,6 +186,7 @@ impl Api {
         match self {
             Self::ChatCompletions => "chat.completions",
             Self::Embeddings => "embeddings",
+            Self::Messages => "messages",
         }
     }
 }

@@ -23,9 +23,17 @@ impl FromRequestParts<AppState> for Caller {
 }
 
 /// Authenticates a request's bearer token for the endpoint's `audience`
-/// (a JWT's `aud`; API keys are the tenant's own and valid everywhere).
+/// (a JWT's `aud`; API keys are the tenant's own and valid everywhere). On
+/// the API, without an `Authorization` header, the `x-api-key` header (as
+/// Anthropic's clients send it) carries the same token.
 pub async fn authenticate(parts: &Parts, state: &AppState, audience: Audience) -> Result<Caller, AuthError> {
-    let token = bearer(parts.headers.get(header::AUTHORIZATION)).ok_or(AuthError::Missing)?;
+    let token = match parts.headers.get(header::AUTHORIZATION) {
+        Some(value) => bearer(Some(value)),
+        None if audience == Audience::Api => parts.headers.get(X_API_KEY).and_then(|v| v.to_str().ok()).map(str::trim),
+        None => None,
+    }
+    .filter(|t| !t.is_empty())
+    .ok_or(AuthError::Missing)?;
     let runtime = state.runtime();
     let verified = if api_key::is_api_key(token) {
         api_key::verify(state.storage(), &runtime, token).await
@@ -47,6 +55,9 @@ pub async fn authenticate(parts: &Parts, state: &AppState, audience: Audience) -
         }
     }
 }
+
+/// Anthropic's credential header.
+const X_API_KEY: header::HeaderName = header::HeaderName::from_static("x-api-key");
 
 fn bearer(value: Option<&HeaderValue>) -> Option<&str> {
     let value = value?.to_str().ok()?;

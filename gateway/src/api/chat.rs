@@ -71,7 +71,21 @@ async fn complete(
 ) -> Result<Response, AppError> {
     let started = Instant::now();
     let body = read_body(body, state.max_body_bytes()).await?;
-    let mut request = ChatRequest::parse(&body)?;
+    let request = ChatRequest::parse(&body)?;
+    serve(state, caller, request, body.len(), record, request_id, started).await
+}
+
+/// Serves a parsed chat request (from `/v1/chat/completions`, or translated
+/// from another client API) whose body was `body_len` bytes, received at `started`.
+pub(super) async fn serve(
+    state: &AppState,
+    caller: &Caller,
+    mut request: ChatRequest,
+    body_len: usize,
+    record: &mut ChatRecord,
+    request_id: Option<&str>,
+    started: Instant,
+) -> Result<Response, AppError> {
     record.model(&request.model);
     let runtime = state.runtime();
     let mcp = ChatTools::take(&mut request, state.carried().mcp(), &runtime.config.mcp, &caller.0)?;
@@ -85,7 +99,7 @@ async fn complete(
         }
     };
     record.policy(audit::decision(&decision, runtime.config.audit.record_prompts.then_some(&request.messages)));
-    let turn = Turn { state, caller, route, decision, model: route.name.clone(), body_len: body.len(), request_id };
+    let turn = Turn { state, caller, route, decision, model: route.name.clone(), body_len, request_id };
     if let Some(tools) = mcp {
         return super::chat_tools::run(&turn, tools, request, record, started).await;
     }

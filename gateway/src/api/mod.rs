@@ -7,6 +7,7 @@ pub(crate) mod caller;
 mod chat;
 mod chat_tools;
 mod embeddings;
+mod messages;
 mod models;
 pub mod ops;
 
@@ -47,8 +48,16 @@ pub fn router(state: AppState, request_timeout: Duration, with_ops: bool) -> Rou
         .merge(crate::mcp::resource::router())
         .route_layer(middleware::from_fn_with_state(state.clone(), admit))
         .route_layer(middleware::from_fn(track));
+    // Anthropic's Messages API: the same layers, and errors in Anthropic's shape.
+    let anthropic = Router::new()
+        .route("/v1/messages", post(messages::messages))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admit))
+        .route_layer(middleware::from_fn(track))
+        .layer(middleware::from_fn(messages::anthropic_errors));
     let app = Router::new()
         .merge(api)
+        .merge(anthropic)
         .merge(crate::mcp::router(&state).route_layer(middleware::from_fn_with_state(state.clone(), admit)));
     let app = if with_ops { app.merge(ops_routes()) } else { app };
     app.fallback(not_found)
