@@ -17,7 +17,9 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use super::inbound::{chat_request, common, invalid, model, object};
 use super::mock::next_id;
+use super::sse::{ChunkSink, Translate};
 use super::types::{ChatRequest, RequestError, Usage};
 
 /// Fields that go to Anthropic providers as they are (the provider passes them on).
@@ -46,25 +48,11 @@ pub struct Translated {
     pub request: ChatRequest,
 }
 
-fn invalid(param: impl Into<String>, message: impl std::fmt::Display) -> RequestError {
-    let param = param.into();
-    RequestError::new(param.clone(), format!("{param}: {message}"))
-}
-
 /// Parses a `/v1/messages` body (`count_tokens`: the body of
 /// `/v1/messages/count_tokens`, where `max_tokens` is not required).
 pub fn parse(body: &[u8], count_tokens: bool) -> Result<Translated, RequestError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| RequestError::new(None, format!("We could not parse the JSON body of your request: {e}")))?;
-    let Value::Object(obj) = value else {
-        return Err(RequestError::new(None, "the request body must be a JSON object"));
-    };
-    let model = match obj.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
-        Some(Value::String(_)) => return Err(invalid("model", "must not be empty")),
-        Some(_) => return Err(invalid("model", "expected a string")),
-        None => return Err(invalid("model", "Field required")),
-    };
+    let obj = object(body)?;
+    let model = model(&obj, "Field required")?;
     let max_tokens = match obj.get("max_tokens") {
         Some(v) => Some(
             v.as_u64()
@@ -73,11 +61,6 @@ pub fn parse(body: &[u8], count_tokens: bool) -> Result<Translated, RequestError
         ),
         None if count_tokens => None,
         None => return Err(invalid("max_tokens", "Field required")),
-    };
-    let stream = match obj.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(invalid("stream", "expected a boolean")),
     };
     if let Some(thinking) = obj.get("thinking")
         && thinking.get("type").and_then(Value::as_str) != Some("disabled")
@@ -120,10 +103,7 @@ pub fn parse(body: &[u8], count_tokens: bool) -> Result<Translated, RequestError
     if let Some(max) = max_tokens {
         out.insert("max_tokens".into(), json!(max));
     }
-    if stream {
-        out.insert("stream".into(), json!(true));
-        out.insert("stream_options".into(), json!({"include_usage": true}));
-    }
+    common(&obj, &mut out)?;
     if let Some(tools) = obj.get("tools") {
         out.insert("tools".into(), translate_tools(tools)?);
     }
@@ -136,15 +116,6 @@ pub fn parse(body: &[u8], count_tokens: bool) -> Result<Translated, RequestError
         }
         out.insert("stop".into(), stop.clone());
     }
-    for field in ["temperature", "top_p"] {
-        match obj.get(field) {
-            None | Some(Value::Null) => {}
-            Some(v) if v.is_number() => {
-                out.insert(field.into(), v.clone());
-            }
-            Some(_) => return Err(invalid(field, "expected a number")),
-        }
-    }
     for (key, value) in &obj {
         if ANTHROPIC_ONLY.contains(&key.as_str()) {
             out.insert(key.clone(), value.clone());
@@ -152,9 +123,7 @@ pub fn parse(body: &[u8], count_tokens: bool) -> Result<Translated, RequestError
             return Err(invalid(key.clone(), "Extra inputs are not permitted"));
         }
     }
-    let request = serde_json::from_value::<ChatRequest>(Value::Object(out))
-        .map_err(|e| RequestError::new(None, format!("invalid request: {e}")))?;
-    Ok(Translated { request })
+    Ok(Translated { request: chat_request(out)? })
 }
 
 /// One Messages turn -> chat messages: a user turn's `tool_result` blocks
@@ -385,17 +354,14 @@ pub fn error_type(status: u16) -> &'static str {
     }
 }
 
-/// Turns the gateway's `chat.completion.chunk` SSE events into Messages
+/// Turns the gateway's `chat.completion.chunk` events into Messages
 /// stream events: `message_start`, per content block `content_block_start`,
 /// `content_block_delta` (text or tool input JSON) and `content_block_stop`,
 /// then `message_delta` (stop reason and usage) and `message_stop`. An error
-/// event becomes an `error` event. Input may arrive cut anywhere: a partial
-/// line waits for the rest.
+/// event becomes an `error` event.
 #[derive(Debug)]
-pub struct StreamTranslator {
+pub struct MessageEvents {
     model: String,
-    /// The end of the input after its last newline.
-    partial: Vec<u8>,
     started: bool,
     /// The open block: its index, and for a tool call its chat index.
     open: Option<(usize, Option<u64>)>,
@@ -407,12 +373,15 @@ pub struct StreamTranslator {
     finished: bool,
 }
 
-impl StreamTranslator {
-    /// A translator for an answer of the tenant `model`.
-    pub fn new(model: &str) -> Self {
+/// The translation of a streamed answer of the tenant `model`.
+pub fn stream(model: &str) -> Translate<MessageEvents> {
+    Translate::new(MessageEvents::new(model))
+}
+
+impl MessageEvents {
+    fn new(model: &str) -> Self {
         Self {
             model: model.to_owned(),
-            partial: Vec::new(),
             started: false,
             open: None,
             next_index: 0,
@@ -454,89 +423,72 @@ impl StreamTranslator {
         );
         index
     }
+}
 
-    /// The Messages events for some chat SSE bytes.
-    pub fn push(&mut self, bytes: &[u8]) -> Bytes {
-        let mut out = Vec::new();
-        let mut input = std::mem::take(&mut self.partial);
-        input.extend_from_slice(bytes);
-        let whole = input.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-        self.partial = input.split_off(whole);
-        for line in input.split(|b| *b == b'\n') {
-            let Some(data) = line.strip_prefix(b"data:") else { continue };
-            let data = data.trim_ascii();
-            if self.finished {
-                break;
-            }
-            if data == b"[DONE]" {
-                self.finish(&mut out);
-                continue;
-            }
-            let Ok(chunk) = serde_json::from_slice::<Value>(data) else { continue };
-            self.start(&mut out);
-            if let Some(error) = chunk.get("error") {
-                self.close_block(&mut out);
-                let kind = match error.get("type").and_then(Value::as_str) {
-                    Some("invalid_request_error") => "invalid_request_error",
-                    _ => "api_error",
-                };
-                let message = error.get("message").cloned().unwrap_or_else(|| json!("error"));
-                Self::event(&mut out, "error", &json!({"type": "error", "error": {"type": kind, "message": message}}));
-                self.finished = true;
-                continue;
-            }
-            if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
-                self.usage = serde_json::from_value(usage.clone()).unwrap_or_default();
-            }
-            let Some(choice) = chunk["choices"].get(0) else { continue };
-            let delta = &choice["delta"];
-            if let Some(text) = delta.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
-                let index = match self.open {
-                    Some((index, None)) => index,
-                    _ => self.open_block(&mut out, None, json!({"type": "text", "text": ""})),
-                };
-                Self::event(
-                    &mut out,
-                    "content_block_delta",
-                    &json!({"type": "content_block_delta", "index": index,
-                    "delta": {"type": "text_delta", "text": text}}),
-                );
-            }
-            for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
-                let n = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let index = match self.tools.get(&n) {
-                    Some(index) if self.open == Some((*index, Some(n))) => *index,
-                    // A later delta of a call whose block was closed: Messages blocks do not interleave.
-                    Some(_) => continue,
-                    None => {
-                        let block = json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": {}});
-                        let index = self.open_block(&mut out, Some(n), block);
-                        self.tools.insert(n, index);
-                        index
-                    }
-                };
-                if let Some(args) = call["function"].get("arguments").and_then(Value::as_str).filter(|a| !a.is_empty())
-                {
-                    Self::event(
-                        &mut out,
-                        "content_block_delta",
-                        &json!({"type": "content_block_delta", "index": index,
-                        "delta": {"type": "input_json_delta", "partial_json": args}}),
-                    );
-                }
-            }
-            if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
-                self.stop = Some(stop_reason(Some(finish)));
-            }
-        }
-        Bytes::from(out)
+impl ChunkSink for MessageEvents {
+    fn finished(&self) -> bool {
+        self.finished
     }
 
-    /// The closing events (after `[DONE]`, or when the stream ends without it).
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.finished {
+    fn chunk(&mut self, chunk: &Value, out: &mut Vec<u8>) {
+        self.start(out);
+        if let Some(error) = chunk.get("error") {
+            self.close_block(out);
+            let kind = match error.get("type").and_then(Value::as_str) {
+                Some("invalid_request_error") => "invalid_request_error",
+                _ => "api_error",
+            };
+            let message = error.get("message").cloned().unwrap_or_else(|| json!("error"));
+            Self::event(out, "error", &json!({"type": "error", "error": {"type": kind, "message": message}}));
+            self.finished = true;
             return;
         }
+        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.usage = serde_json::from_value(usage.clone()).unwrap_or_default();
+        }
+        let Some(choice) = chunk["choices"].get(0) else { return };
+        let delta = &choice["delta"];
+        if let Some(text) = delta.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            let index = match self.open {
+                Some((index, None)) => index,
+                _ => self.open_block(out, None, json!({"type": "text", "text": ""})),
+            };
+            Self::event(
+                out,
+                "content_block_delta",
+                &json!({"type": "content_block_delta", "index": index,
+                "delta": {"type": "text_delta", "text": text}}),
+            );
+        }
+        for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
+            let n = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let index = match self.tools.get(&n) {
+                Some(index) if self.open == Some((*index, Some(n))) => *index,
+                // A later delta of a call whose block was closed: Messages blocks do not interleave.
+                Some(_) => continue,
+                None => {
+                    let block =
+                        json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": {}});
+                    let index = self.open_block(out, Some(n), block);
+                    self.tools.insert(n, index);
+                    index
+                }
+            };
+            if let Some(args) = call["function"].get("arguments").and_then(Value::as_str).filter(|a| !a.is_empty()) {
+                Self::event(
+                    out,
+                    "content_block_delta",
+                    &json!({"type": "content_block_delta", "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": args}}),
+                );
+            }
+        }
+        if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.stop = Some(stop_reason(Some(finish)));
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) {
         self.start(out);
         self.close_block(out);
         self.finished = true;
@@ -655,33 +607,9 @@ mod tests {
 
     #[test]
     fn chunks_become_message_events_with_the_final_usage() {
-        let mut t = StreamTranslator::new("m");
-        let chunk = |delta: Value, finish: Value| {
-            format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}))
-        };
-        let mut input = String::new();
-        input += &chunk(json!({"role": "assistant", "content": ""}), Value::Null);
-        input += &chunk(json!({"content": "Hel"}), Value::Null);
-        input += &chunk(json!({"content": "lo"}), Value::Null);
-        input += &chunk(
-            json!({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": ""}}]}),
-            Value::Null,
-        );
-        input += &chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\":"}}]}), Value::Null);
-        input += &chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}), Value::Null);
-        input += &chunk(json!({}), json!("tool_calls"));
-        input += &format!(
-            "data: {}\n\n",
-            json!({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}})
-        );
-        input += "data: [DONE]\n\n";
-        // Cut anywhere, inside events too.
-        let mut out = Vec::new();
-        for piece in input.as_bytes().chunks(7) {
-            out.extend_from_slice(&t.push(piece));
-        }
-        let types: Vec<String> =
-            events(&out).iter().map(|e| e["type"].as_str().unwrap_or_default().to_owned()).collect();
+        let mut t = stream("m");
+        let all = crate::llm::sse::test_stream::translate(&mut t, &crate::llm::sse::test_stream::text_then_call());
+        let types: Vec<&str> = all.iter().map(|e| e["type"].as_str().unwrap_or_default()).collect();
         assert_eq!(
             types,
             [
@@ -698,7 +626,6 @@ mod tests {
                 "message_stop"
             ]
         );
-        let all = events(&out);
         assert_eq!(all[5]["content_block"], json!({"type": "tool_use", "id": "call_1", "name": "f", "input": {}}));
         assert_eq!(all[6]["delta"], json!({"type": "input_json_delta", "partial_json": "{\"a\":"}));
         assert_eq!(all[9]["delta"]["stop_reason"], "tool_use");
@@ -708,7 +635,7 @@ mod tests {
 
     #[test]
     fn an_error_event_ends_the_stream_as_an_anthropic_error() {
-        let mut t = StreamTranslator::new("m");
+        let mut t = stream("m");
         let out = t.push(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"x\"}}]}\n\ndata: {\"error\":{\"message\":\"the upstream stream failed\",\"type\":\"api_error\"}}\n\n");
         let all = events(&out);
         assert_eq!(all.last().map(|e| e["error"]["message"].clone()), Some(json!("the upstream stream failed")));

@@ -4,9 +4,11 @@
 pub mod anthropic;
 pub mod embeddings;
 mod endpoint;
+mod inbound;
 pub mod messages;
 pub mod mock;
 pub mod openai;
+pub mod responses;
 mod secret;
 pub mod sse;
 pub mod types;

@@ -45,6 +45,102 @@ fn last_event_end(buf: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
+/// What a client API makes of the gateway's `chat.completion.chunk` events
+/// (see [`Translate`]).
+pub trait ChunkSink {
+    /// The client's events for one chunk (an error chunk too) into `out`.
+    fn chunk(&mut self, chunk: &serde_json::Value, out: &mut Vec<u8>);
+    /// The closing events, once: at `[DONE]`.
+    fn finish(&mut self, out: &mut Vec<u8>);
+    /// Whether the client's stream has ended (after an error or [`Self::finish`]).
+    fn finished(&self) -> bool;
+}
+
+/// Translates a chat SSE stream, cut anywhere, into another client API's
+/// events through its [`ChunkSink`].
+#[derive(Debug)]
+pub struct Translate<S> {
+    decoder: Decoder,
+    sink: S,
+}
+
+impl<S: ChunkSink> Translate<S> {
+    /// A translation through `sink`.
+    pub fn new(sink: S) -> Self {
+        Self { decoder: Decoder::default(), sink }
+    }
+
+    /// The client's events for some chat SSE bytes.
+    pub fn push(&mut self, bytes: &[u8]) -> Bytes {
+        self.decoder.push(bytes);
+        let mut out = Vec::new();
+        while let Some(event) = self.decoder.next_event() {
+            if self.sink.finished() {
+                break;
+            }
+            if event.data == "[DONE]" {
+                self.sink.finish(&mut out);
+            } else if let Ok(chunk) = serde_json::from_str(&event.data) {
+                self.sink.chunk(&chunk, &mut out);
+            }
+        }
+        Bytes::from(out)
+    }
+
+    /// The closing events when the stream ended without `[DONE]` (none after an error).
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.sink.finished() {
+            self.sink.finish(out);
+        }
+    }
+}
+
+/// A chat stream and a way to push it through a [`Translate`], for the client APIs' tests.
+#[cfg(test)]
+pub(crate) mod test_stream {
+    use serde_json::{Value, json};
+
+    use super::{ChunkSink, Translate};
+
+    /// Text `Hello` in two deltas, a call of `f` with `{"a":1}` in two argument
+    /// deltas, finish `tool_calls`, the usage chunk (5 + 4 tokens), `[DONE]`.
+    pub fn text_then_call() -> String {
+        let chunk = |delta: Value, finish: Value| {
+            format!("data: {}\n\n", json!({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}))
+        };
+        let call = json!({"index": 0, "id": "call_1", "function": {"name": "f", "arguments": ""}});
+        [
+            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+            chunk(json!({"content": "Hel"}), Value::Null),
+            chunk(json!({"content": "lo"}), Value::Null),
+            chunk(json!({"tool_calls": [call]}), Value::Null),
+            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"a\":"}}]}), Value::Null),
+            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}), Value::Null),
+            chunk(json!({}), json!("tool_calls")),
+            format!(
+                "data: {}\n\n",
+                json!({"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}})
+            ),
+            "data: [DONE]\n\n".to_owned(),
+        ]
+        .concat()
+    }
+
+    /// Pushes `input` through `t` in 7-byte pieces (cut inside events too) and
+    /// returns the JSON of each `data:` line that came out.
+    pub fn translate<S: ChunkSink>(t: &mut Translate<S>, input: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        for piece in input.as_bytes().chunks(7) {
+            out.extend_from_slice(&t.push(piece));
+        }
+        String::from_utf8_lossy(&out)
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).expect("json"))
+            .collect()
+    }
+}
+
 /// One decoded event.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Event {

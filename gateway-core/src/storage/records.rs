@@ -178,6 +178,8 @@ pub enum Api {
     Embeddings,
     /// `POST /v1/messages` (Anthropic's Messages API).
     Messages,
+    /// `POST /v1/responses` (OpenAI's Responses API).
+    Responses,
 }
 
 impl Api {
@@ -187,6 +189,7 @@ impl Api {
             Self::ChatCompletions => "chat.completions",
             Self::Embeddings => "embeddings",
             Self::Messages => "messages",
+            Self::Responses => "responses",
         }
     }
 }

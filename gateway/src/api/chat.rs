@@ -33,15 +33,60 @@ pub async fn chat_completions(
     request_id: Option<axum::Extension<tower_http::request_id::RequestId>>,
     body: Body,
 ) -> Result<Response, AppError> {
+    recorded(&state, &caller, request_id, Api::ChatCompletions, async |record, id| {
+        complete(&state, &caller, body, record, id).await
+    })
+    .await
+}
+
+/// Runs `serve` for a model request on `api` with its record (its usage row
+/// and audit event, written when the record drops) and the request id, and
+/// puts the outcome on the record.
+pub(super) async fn recorded(
+    state: &AppState,
+    caller: &Caller,
+    request_id: Option<axum::Extension<tower_http::request_id::RequestId>>,
+    api: Api,
+    serve: impl AsyncFnOnce(&mut ChatRecord, Option<&str>) -> Result<Response, AppError>,
+) -> Result<Response, AppError> {
     let request_id = request_id.and_then(|id| id.0.header_value().to_str().ok().map(str::to_owned));
-    let mut record = start_record(&state, &caller, request_id.clone(), Api::ChatCompletions);
-    let result = complete(&state, &caller, body, &mut record, request_id.as_deref()).await;
+    let mut record = start_record(state, caller, request_id.clone(), api);
+    let result = serve(&mut record, request_id.as_deref()).await;
     settle_record(&mut record, &result);
     result
 }
 
+/// The largest whole answer a translation reads back.
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
+
+/// A chat answer in another client API: a whole `chat.completion` through
+/// `whole`, a stream's SSE bytes through `stream`; errors pass as they are.
+pub(super) async fn translated(
+    response: Response,
+    whole: impl FnOnce(&serde_json::Value) -> serde_json::Value,
+    mut stream: impl FnMut(&[u8]) -> Bytes + Send + 'static,
+) -> Result<Response, AppError> {
+    if response.status() != axum::http::StatusCode::OK {
+        return Ok(response);
+    }
+    let streamed = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"text/event-stream");
+    let (mut parts, body) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    if streamed {
+        let events = body.into_data_stream().map(move |chunk| chunk.map(|bytes| stream(&bytes)));
+        return Ok(Response::from_parts(parts, Body::from_stream(events)));
+    }
+    let bytes = axum::body::to_bytes(body, MAX_ANSWER_BYTES)
+        .await
+        .map_err(|e| AppError::Internal(format!("reading the answer failed: {e}")))?;
+    let completion: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| AppError::Internal(format!("the answer is not a chat completion: {e}")))?;
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(Response::from_parts(parts, Body::from(whole(&completion).to_string())))
+}
+
 /// The record of a model request on `api` (recorded when dropped).
-pub(super) fn start_record(state: &AppState, caller: &Caller, request_id: Option<String>, api: Api) -> ChatRecord {
+fn start_record(state: &AppState, caller: &Caller, request_id: Option<String>, api: Api) -> ChatRecord {
     let runtime = state.runtime();
     let mut record = ChatRecord::start(
         &state.storage().recorder,
@@ -55,7 +100,7 @@ pub(super) fn start_record(state: &AppState, caller: &Caller, request_id: Option
 }
 
 /// Puts the outcome of a model request (its status and error reason) on its record.
-pub(super) fn settle_record(record: &mut ChatRecord, result: &Result<Response, AppError>) {
+fn settle_record(record: &mut ChatRecord, result: &Result<Response, AppError>) {
     match result {
         Ok(r) => record.status(r.status().as_u16(), r.extensions().get::<ErrorReason>().map(|r| r.0)),
         Err(e) => record.status(e.status().as_u16(), Some(e.as_reason())),

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::ModelLabel;
 use super::body::read_body;
+use super::chat::recorded;
 use crate::auth::Caller;
 use crate::error::AppError;
 use crate::limits::Reservation;
@@ -28,11 +29,10 @@ pub async fn embeddings(
     request_id: Option<axum::Extension<tower_http::request_id::RequestId>>,
     body: Body,
 ) -> Result<Response, AppError> {
-    let request_id = request_id.and_then(|id| id.0.header_value().to_str().ok().map(str::to_owned));
-    let mut record = super::chat::start_record(&state, &caller, request_id, Api::Embeddings);
-    let result = embed(&state, &caller, body, &mut record).await;
-    super::chat::settle_record(&mut record, &result);
-    result
+    recorded(&state, &caller, request_id, Api::Embeddings, async |record, _id| {
+        embed(&state, &caller, body, record).await
+    })
+    .await
 }
 
 async fn embed(state: &AppState, caller: &Caller, body: Body, record: &mut ChatRecord) -> Result<Response, AppError> {

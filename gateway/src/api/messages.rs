@@ -9,24 +9,20 @@ use std::time::Instant;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use futures_util::StreamExt;
 use serde_json::json;
 
 use super::body::read_body;
-use super::chat::{serve, settle_record, start_record};
+use super::chat::{recorded, serve, translated};
 use crate::auth::Caller;
 use crate::error::AppError;
-use crate::llm::messages::{self, StreamTranslator};
+use crate::llm::messages;
 use crate::policy::tokens;
 use crate::routing::ModelType;
 use crate::state::AppState;
 use crate::storage::Api;
-
-/// The largest whole answer the translation reads back.
-const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Anthropic's clients send it; the API refuses requests without it.
 fn require_version(headers: &HeaderMap) -> Result<(), AppError> {
@@ -47,11 +43,10 @@ pub async fn messages(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AppError> {
-    let request_id = request_id.and_then(|id| id.0.header_value().to_str().ok().map(str::to_owned));
-    let mut record = start_record(&state, &caller, request_id.clone(), Api::Messages);
-    let result = answer(&state, &caller, &headers, body, &mut record, request_id.as_deref()).await;
-    settle_record(&mut record, &result);
-    result
+    recorded(&state, &caller, request_id, Api::Messages, async |record, id| {
+        answer(&state, &caller, &headers, body, record, id).await
+    })
+    .await
 }
 
 async fn answer(
@@ -68,27 +63,8 @@ async fn answer(
     let request = messages::parse(&body, false)?.request;
     let model = request.model.clone();
     let response = serve(state, caller, request, body.len(), record, request_id, started).await?;
-    if response.status() != StatusCode::OK {
-        return Ok(response);
-    }
-    let streamed = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"text/event-stream");
-    let (mut parts, body) = response.into_parts();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    if streamed {
-        let mut translator = StreamTranslator::new(&model);
-        let events = body.into_data_stream().map(move |chunk| match chunk {
-            Ok(bytes) => Ok::<_, axum::Error>(translator.push(&bytes)),
-            Err(e) => Err(e),
-        });
-        return Ok(Response::from_parts(parts, Body::from_stream(events)));
-    }
-    let bytes = axum::body::to_bytes(body, MAX_ANSWER_BYTES)
-        .await
-        .map_err(|e| AppError::Internal(format!("reading the answer failed: {e}")))?;
-    let completion: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| AppError::Internal(format!("the answer is not a chat completion: {e}")))?;
-    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(Response::from_parts(parts, Body::from(messages::to_message(&completion, &model).to_string())))
+    let mut stream = messages::stream(&model);
+    translated(response, |completion| messages::to_message(completion, &model), move |b| stream.push(b)).await
 }
 
 /// `POST /v1/messages/count_tokens`: the prompt's tokens as the gateway

@@ -10,6 +10,7 @@ mod embeddings;
 mod messages;
 mod models;
 pub mod ops;
+mod responses;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +42,7 @@ pub fn router(state: AppState, request_timeout: Duration, with_ops: bool) -> Rou
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/responses", post(responses::responses))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{model}", get(models::get))
         .merge(admin::router())

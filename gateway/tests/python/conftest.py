@@ -207,6 +207,19 @@ def error_body(response: httpx.Response) -> dict:
     return body["error"]
 
 
+def audit_events(gateway: "Gateway", request_id: str, count: int = 1) -> list:
+    """The audit events of `request_id`, read as a tenant admin once at least
+    `count` are there (the recorder writes in batches), or after 5 s."""
+    admin = gateway.mint("--roles", "tenant-admin", "--subject", "auditor")
+    deadline = time.monotonic() + 5
+    while True:
+        events = httpx.get(gateway.url + "/admin/v1/audit?limit=1000", headers={"Authorization": f"Bearer {admin}"}).json()
+        mine = [e for e in events["data"] if e.get("requestId") == request_id]
+        if len(mine) >= count or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def raw(gateway) -> httpx.Client:
     return httpx.Client(base_url=gateway.url, timeout=30)

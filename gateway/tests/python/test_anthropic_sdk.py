@@ -3,13 +3,11 @@
 upstream, an Anthropic upstream and the in-process mock, with failover from
 one provider type to the other."""
 
-import time
-
 import anthropic
 import httpx
 import pytest
 
-from conftest import Gateway
+from conftest import Gateway, audit_events
 
 TEXT = "Hello from the Tenantgate"
 WEATHER = {
@@ -123,12 +121,7 @@ def test_errors_take_anthropics_shape(gateway, claude):
 def test_audited_as_messages(gateway, claude):
     claude.messages.with_raw_response.create(model="chat", max_tokens=8, messages=HELLO,
                                              extra_headers={"x-request-id": "py-messages-audit"})
-    admin = gateway.mint("--roles", "tenant-admin", "--subject", "auditor")
-    deadline, mine = time.monotonic() + 5, []
-    while not mine and time.monotonic() < deadline:
-        events = httpx.get(gateway.url + "/admin/v1/audit?limit=1000", headers={"Authorization": f"Bearer {admin}"}).json()
-        mine = [e for e in events["data"] if e.get("requestId") == "py-messages-audit"]
-        time.sleep(0.1)
+    mine = audit_events(gateway, "py-messages-audit")
     assert [(e["kind"], e["action"], e["resource"], e["status"]) for e in mine] == [("chat", "messages", "chat", 200)]
     assert mine[0]["details"]["completionTokens"] > 0 and mine[0]["details"]["target"] == "up/primary"
 

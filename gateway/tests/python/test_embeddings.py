@@ -4,13 +4,12 @@ OpenAI upstream and the in-process mock behind it."""
 
 import base64
 import struct
-import time
 
 import httpx
 import openai
 import pytest
 
-from conftest import Gateway, error_body
+from conftest import Gateway, audit_events, error_body
 
 
 def floats(b64: str) -> list[float]:
@@ -102,17 +101,6 @@ def test_prompt_policies_guard_the_input(client, upstream):
         client.embeddings.create(model="embed-guarded", input=[1, 2, 3])
     assert e.value.param == "input" and e.value.code == "policy_unreadable_input", "token ids would slip past the guards"
     assert upstream.count("text-embedding-3-large") == before
-
-
-def audit_events(g: Gateway, request_id: str, count: int) -> list:
-    admin = g.mint("--roles", "tenant-admin", "--subject", "auditor")
-    deadline = time.monotonic() + 5
-    while True:
-        events = httpx.get(g.url + "/admin/v1/audit?limit=1000", headers={"Authorization": f"Bearer {admin}"}).json()
-        mine = [e for e in events["data"] if e.get("requestId") == request_id]
-        if len(mine) >= count or time.monotonic() > deadline:
-            return mine
-        time.sleep(0.1)
 
 
 def test_usage_and_audit_count_embeddings_like_chat(gateway, client):
