@@ -14,10 +14,10 @@
 //!
 //! A Step: `{"status": 503, "retry_after": 1, "hang": true, "latency_ms": 50,
 //! "chunk_interval_ms": 5, "fail_after_chunks": 3, "times": 2, "reply": "text",
-//! "reset": true, "garbage": true, "tool_call": "name"}`
+//! "reset": true, "garbage": true, "tool_call": "name", "tool_arguments": {..}}`
 //! (all optional; `reply` replaces the answer's text, streamed one word per chunk;
-//! `tool_call` answers a non-streaming chat completion with a call of that
-//! tool, offered or not (a model that calls a tool it was not given);
+//! `tool_call` answers a chat completion, whole or streamed, with a call of that
+//! tool with `tool_arguments` (default `{}`), offered or not (a model that calls a tool it was not given);
 //! `reset` aborts the TCP connection with a reset (RST, `SO_LINGER` 0) instead of
 //! answering; `garbage` answers 200 with a body that is not the protocol: bytes
 //! that are not JSON, or for a stream, `data:` events that are not JSON).
@@ -84,6 +84,7 @@ struct Step {
     #[serde(default)]
     garbage: bool,
     tool_call: Option<String>,
+    tool_arguments: Option<Value>,
 }
 
 fn one() -> u32 {
@@ -387,12 +388,18 @@ async fn chat(
     if let Some(reply) = &step.reply {
         return scripted_reply(&id, &request, reply, interval);
     }
-    if let Some(name) = step.tool_call.as_ref().filter(|_| !request.stream) {
-        let call = json!({"id": "call_scripted", "type": "function", "function": {"name": name, "arguments": "{}"}});
-        return Json(json!({"id": id, "object": "chat.completion", "created": 0, "model": request.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [call]}, "finish_reason": "tool_calls"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}))
-        .into_response();
+    if let Some(name) = &step.tool_call {
+        let arguments = step.tool_arguments.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string);
+        let plan = Plan {
+            content: None,
+            tool_call: Some(("call_scripted".to_owned(), name.clone(), arguments)),
+            usage: tenantgate_gateway::llm::types::Usage::new(1, 1),
+            finish_reason: "tool_calls",
+        };
+        if request.stream {
+            return event_stream(plan.chunks(&id, &request.model, request.include_usage()), interval, None);
+        }
+        return Json(plan.completion(&id, &request.model)).into_response();
     }
     if !request.stream {
         return Json(plan.completion(&id, &request.model)).into_response();

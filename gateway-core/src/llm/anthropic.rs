@@ -157,6 +157,9 @@ pub fn to_messages(request: &ChatRequest, model: &str) -> Value {
             out.insert((*key).into(), v.clone());
         }
     }
+    for (key, value) in &request.anthropic {
+        out.insert(key.clone(), value.clone());
+    }
     if request.stream {
         out.insert("stream".into(), json!(true));
     }

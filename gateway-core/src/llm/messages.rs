@@ -3,14 +3,18 @@
 //! limited, routed to any provider, metered and audited as chat is; the
 //! answer, whole or streamed, becomes a Messages answer again.
 //!
-//! Translated: `system` (a string or text blocks), user and assistant turns
+//! Translated: `system` (a string or text blocks), user, assistant and
+//! (mid-conversation) system turns
 //! with text, image (base64 or URL), `tool_use` and `tool_result` blocks,
 //! `tools`, `tool_choice`, `max_tokens`, `stop_sequences`, `temperature`,
 //! `top_p`. Passed to Anthropic providers only (OpenAI-compatible ones
-//! refuse unknown fields): `top_k`, `service_tier`. Dropped: `metadata`
-//! (a tracking id), `cache_control` marks (a caching hint), and `thinking` /
-//! `redacted_thinking` blocks of earlier assistant turns. Refused with the
-//! field named: `thinking` enabled, document and other block types.
+//! refuse unknown fields): `top_k`, `service_tier`, `metadata`. Dropped:
+//! `thinking` (the answer comes without extended thinking: chat has no
+//! place for thinking blocks, and Anthropic refuses a tool-use turn whose
+//! thinking blocks are not replayed), `cache_control` marks (a caching
+//! hint), `context_management`, `output_config`, and `thinking` / `redacted_thinking` blocks
+//! of earlier assistant turns. Refused with the field named: document and
+//! other block types, server tools.
 
 use std::collections::HashMap;
 
@@ -22,10 +26,10 @@ use super::mock::next_id;
 use super::sse::{ChunkSink, Translate};
 use super::types::{ChatRequest, RequestError, Usage};
 
-/// Fields that go to Anthropic providers as they are (the provider passes them on).
-const ANTHROPIC_ONLY: &[&str] = &["top_k", "service_tier"];
+/// Fields that go to Anthropic providers as they are, to no other.
+const ANTHROPIC_ONLY: &[&str] = &["top_k", "service_tier", "metadata"];
 /// Fields that are read and dropped.
-const DROPPED: &[&str] = &["metadata"];
+const DROPPED: &[&str] = &["thinking", "context_management", "output_config"];
 /// Fields translated into the chat request.
 const TRANSLATED: &[&str] = &[
     "model",
@@ -38,7 +42,6 @@ const TRANSLATED: &[&str] = &[
     "stop_sequences",
     "temperature",
     "top_p",
-    "thinking",
 ];
 
 /// A Messages request, translated: the chat request and what the answer needs.
@@ -62,14 +65,6 @@ pub fn parse(body: &[u8], count_tokens: bool) -> Result<Translated, RequestError
         None if count_tokens => None,
         None => return Err(invalid("max_tokens", "Field required")),
     };
-    if let Some(thinking) = obj.get("thinking")
-        && thinking.get("type").and_then(Value::as_str) != Some("disabled")
-    {
-        return Err(invalid(
-            "thinking",
-            "extended thinking is not supported through this gateway; leave it out or disable it",
-        ));
-    }
     let mut messages = Vec::new();
     if let Some(system) = obj.get("system") {
         let text = match system {
@@ -116,14 +111,17 @@ pub fn parse(body: &[u8], count_tokens: bool) -> Result<Translated, RequestError
         }
         out.insert("stop".into(), stop.clone());
     }
+    let mut anthropic = Map::new();
     for (key, value) in &obj {
         if ANTHROPIC_ONLY.contains(&key.as_str()) {
-            out.insert(key.clone(), value.clone());
+            anthropic.insert(key.clone(), value.clone());
         } else if !TRANSLATED.contains(&key.as_str()) && !DROPPED.contains(&key.as_str()) {
             return Err(invalid(key.clone(), "Extra inputs are not permitted"));
         }
     }
-    Ok(Translated { request: chat_request(out)? })
+    let mut request = chat_request(out)?;
+    request.anthropic = anthropic;
+    Ok(Translated { request })
 }
 
 /// One Messages turn -> chat messages: a user turn's `tool_result` blocks
@@ -132,8 +130,8 @@ pub fn parse(body: &[u8], count_tokens: bool) -> Result<Translated, RequestError
 /// its tool calls.
 fn translate_turn(turn: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), RequestError> {
     let role = match turn.get("role").and_then(Value::as_str) {
-        Some(r @ ("user" | "assistant")) => r,
-        _ => return Err(invalid(format!("{at}.role"), "expected \"user\" or \"assistant\"")),
+        Some(r @ ("user" | "assistant" | "system")) => r,
+        _ => return Err(invalid(format!("{at}.role"), "expected \"user\", \"assistant\" or \"system\"")),
     };
     let blocks = match turn.get("content") {
         Some(Value::String(text)) => {
@@ -191,7 +189,7 @@ fn translate_turn(turn: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), Re
         }
         out.push(message);
     } else if !content.is_null() {
-        out.push(json!({"role": "user", "content": content}));
+        out.push(json!({"role": role, "content": content}));
     }
     Ok(())
 }
@@ -247,10 +245,16 @@ fn tool_result(block: &Value, at: &str) -> Result<Value, RequestError> {
     Ok(json!({"role": "tool", "tool_call_id": id, "content": text}))
 }
 
+/// Client tools -> functions. A tool with `defer_loading` is left out: the
+/// model may only load it through Anthropic's tool search, which no other
+/// provider has, so it is not callable at first.
 fn translate_tools(tools: &Value) -> Result<Value, RequestError> {
     let Value::Array(tools) = tools else { return Err(invalid("tools", "expected an array")) };
     let mut out = Vec::with_capacity(tools.len());
     for (i, t) in tools.iter().enumerate() {
+        if t.get("defer_loading").and_then(Value::as_bool) == Some(true) {
+            continue;
+        }
         let name = t
             .get("name")
             .and_then(Value::as_str)
@@ -522,7 +526,8 @@ mod tests {
             "model": "m", "max_tokens": 100, "stream": true, "temperature": 0.5, "top_k": 5,
             "metadata": {"user_id": "u"},
             "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
-            "tools": [{"name": "get_weather", "description": "Weather", "input_schema": {"type": "object"}}],
+            "tools": [{"name": "search_later", "input_schema": {"type": "object"}, "defer_loading": true},
+                {"name": "get_weather", "description": "Weather", "input_schema": {"type": "object"}}],
             "tool_choice": {"type": "tool", "name": "get_weather"},
             "stop_sequences": ["END"],
             "messages": [
@@ -534,22 +539,27 @@ mod tests {
                 {"role": "user", "content": [
                     {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "sunny"}]},
                     {"type": "text", "text": "And tomorrow?"}]},
+                {"role": "system", "content": [{"type": "text", "text": "A reminder."}]},
             ],
         }));
         assert_eq!(r.model, "m");
         assert_eq!(r.max_tokens, Some(100));
         assert!(r.stream && r.include_usage(), "a stream asks for the usage chunk: the books need it");
         let roles: Vec<Role> = r.messages.iter().map(|m| m.role).collect();
-        assert_eq!(roles, [Role::System, Role::User, Role::Assistant, Role::Tool, Role::User]);
+        assert_eq!(roles, [Role::System, Role::User, Role::Assistant, Role::Tool, Role::User, Role::System]);
         assert_eq!(r.messages[0].content.as_ref().map(Content::text).as_deref(), Some("Be brief."));
         let call = &r.messages[2].tool_calls.as_ref().expect("tool calls")[0];
         assert_eq!((call.id.as_str(), call.function.arguments.as_str()), ("toolu_1", r#"{"city":"Paris"}"#));
         assert_eq!(r.messages[3].tool_call_id.as_deref(), Some("toolu_1"));
-        assert_eq!(r.tools.as_ref().expect("tools")[0].function.name, "get_weather");
+        let tools: Vec<&str> = r.tools.iter().flatten().map(|t| t.function.name.as_str()).collect();
+        assert_eq!(tools, ["get_weather"], "a deferred tool is not callable at first");
         assert_eq!(r.tool_choice, Some(json!({"type": "function", "function": {"name": "get_weather"}})));
         assert_eq!(r.stop, Some(json!(["END"])));
-        assert_eq!(r.rest.get("top_k"), Some(&json!(5)), "for Anthropic providers");
-        assert!(!r.rest.contains_key("metadata"));
+        assert_eq!(r.anthropic.get("top_k"), Some(&json!(5)), "for Anthropic providers");
+        assert_eq!(r.anthropic.get("metadata"), Some(&json!({"user_id": "u"})));
+        assert!(r.rest.is_empty(), "nothing Anthropic's goes to other providers");
+        let to_openai = serde_json::to_value(&r).expect("serialize");
+        assert!(to_openai.get("top_k").is_none() && to_openai.get("metadata").is_none());
     }
 
     #[test]
@@ -565,12 +575,11 @@ mod tests {
         for (body, param) in [
             (no_max.clone(), "max_tokens"),
             (with("messages", json!([])), "messages"),
-            (with("messages", json!([{"role": "system", "content": "x"}])), "messages[0].role"),
+            (with("messages", json!([{"role": "tool", "content": "x"}])), "messages[0].role"),
             (
                 with("messages", json!([{"role": "user", "content": [{"type": "document", "source": {}}]}])),
                 "messages[0].content[0]",
             ),
-            (with("thinking", json!({"type": "enabled", "budget_tokens": 1024})), "thinking"),
             (with("tools", json!([{"name": "t"}])), "tools[0].input_schema"),
             (with("tool_choice", json!({"type": "sometimes"})), "tool_choice.type"),
             (with("frobnicate", json!(1)), "frobnicate"),

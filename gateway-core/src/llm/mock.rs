@@ -1,8 +1,10 @@
 //! The deterministic mock model: the in-process `mock` provider, and the
 //! answers `e2e/mock-llm` gives over HTTP.
 //!
-//! Rules: with tools offered (and `tool_choice` not `none`), a conversation
-//! whose last message is the user's gets a call of the named or first tool,
+//! Rules (system and developer messages after the last turn, such as an
+//! agent's reminders, do not count as turns): with tools offered (and
+//! `tool_choice` not `none`), a conversation whose last turn is the user's
+//! gets a call of the named or first tool,
 //! with arguments made from its JSON schema; a conversation that ends with
 //! tool results is answered with those results (`Tool results: ...`), as a
 //! model would use them; otherwise the answer is `completion_tokens` words,
@@ -145,9 +147,10 @@ impl Plan {
                 .map_or(ToolMode::Auto, ToolMode::Named),
             _ => ToolMode::Auto,
         };
-        let user_spoke_last = request.messages.last().is_some_and(|m| m.role == Role::User);
-        let results: Vec<String> = request
-            .messages
+        let end = request.messages.iter().rposition(|m| !matches!(m.role, Role::System | Role::Developer));
+        let turns = &request.messages[..end.map_or(0, |i| i + 1)];
+        let user_spoke_last = turns.last().is_some_and(|m| m.role == Role::User);
+        let results: Vec<String> = turns
             .iter()
             .rev()
             .take_while(|m| m.role == Role::Tool)

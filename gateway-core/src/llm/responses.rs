@@ -10,12 +10,12 @@
 //! `max_output_tokens`, `temperature`, `top_p`, `parallel_tool_calls`.
 //! Accepted and not acted on: `store` (the gateway keeps no responses: the
 //! answer says `store: false`), `metadata`, `user`, `reasoning`, `include`,
-//! `truncation` set to `disabled`, `text` with the plain text format, and
-//! `reasoning` items of earlier turns. Refused with the field named:
-//! `previous_response_id` and `conversation` (the gateway keeps no
-//! conversation state: send the whole conversation in `input`), built-in
-//! tools (web search, file search, ...), structured `text.format`,
-//! `background`, and other item types.
+//! `truncation` set to `disabled`, `text` with the plain text format,
+//! `client_metadata`, and `reasoning` items of earlier turns. Left out:
+//! hosted tools (web search, file search, ...) and tool namespaces. Refused
+//! with the field named: `previous_response_id` and `conversation` (the
+//! gateway keeps no conversation state: send the whole conversation in
+//! `input`), structured `text.format`, `background`, and other item types.
 
 use serde_json::{Map, Value, json};
 
@@ -122,7 +122,8 @@ fn check_field(key: &str, value: &Value) -> Result<(), RequestError> {
         | "service_tier"
         | "stream_options"
         | "prompt_cache_key"
-        | "safety_identifier" => Ok(()),
+        | "safety_identifier"
+        | "client_metadata" => Ok(()),
         "previous_response_id" | "conversation" if !value.is_null() => {
             Err(invalid(key, "this gateway keeps no responses or conversations: send the whole conversation in input"))
         }
@@ -247,18 +248,15 @@ fn translate_parts(parts: &[Value], at: &str) -> Result<Value, RequestError> {
     Ok(Value::Array(out))
 }
 
+/// Function tools -> chat functions. Hosted tools (`web_search`,
+/// `file_search`, ...) and tool namespaces are left out: no provider behind
+/// the gateway runs them, so the model answers without them.
 fn translate_tools(tools: &Value) -> Result<Value, RequestError> {
     let Value::Array(tools) = tools else { return Err(invalid("tools", "expected an array")) };
     let mut out = Vec::with_capacity(tools.len());
     for (i, t) in tools.iter().enumerate() {
-        match t.get("type").and_then(Value::as_str) {
-            Some("function") => {}
-            other => {
-                return Err(invalid(
-                    format!("tools[{i}].type"),
-                    format!("{other:?} tools are not supported through this gateway; declare function tools"),
-                ));
-            }
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            continue;
         }
         let name = t
             .get("name")
@@ -591,7 +589,6 @@ mod tests {
     fn what_cannot_be_honoured_is_refused_naming_the_field() {
         for (body, param) in [
             (json!({"model": "m", "input": "hi", "previous_response_id": "resp_1"}), "previous_response_id"),
-            (json!({"model": "m", "input": "hi", "tools": [{"type": "web_search"}]}), "tools[0].type"),
             (json!({"model": "m", "input": "hi", "text": {"format": {"type": "json_schema"}}}), "text.format"),
             (json!({"model": "m", "input": [{"type": "item_reference", "id": "x"}]}), "input[0].type"),
             (json!({"model": "m", "input": []}), "input"),
@@ -601,6 +598,14 @@ mod tests {
             let e = parse(body.to_string().as_bytes()).expect_err("refused");
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {e}");
         }
+    }
+
+    #[test]
+    fn hosted_tools_and_namespaces_are_left_out() {
+        let (r, _) = parse_ok(json!({"model": "m", "input": "hi", "tools": [{"type": "web_search"},
+            {"type": "namespace", "name": "agents", "tools": []}, {"type": "function", "name": "f"}]}));
+        let names: Vec<&str> = r.tools.iter().flatten().map(|t| t.function.name.as_str()).collect();
+        assert_eq!(names, ["f"]);
     }
 
     #[test]

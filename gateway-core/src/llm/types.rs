@@ -43,6 +43,10 @@ pub struct ChatRequest {
     /// Every other field, passed through.
     #[serde(flatten)]
     pub rest: Map<String, Value>,
+    /// Fields of an Anthropic Messages client that only Anthropic providers
+    /// take (`top_k`, `metadata`, `service_tier`): sent to those, to no other.
+    #[serde(skip)]
+    pub anthropic: Map<String, Value>,
 }
 
 /// `stream_options`.

@@ -72,10 +72,17 @@ def test_streamed_tool_use(claude, model):
 
 def test_the_upstream_gets_the_translated_request(claude, upstream):
     claude.messages.create(model="chat", max_tokens=33, system="Be brief.", stop_sequences=["END"],
+                           extra_body={"top_k": 5}, thinking={"type": "enabled", "budget_tokens": 1024},
+                           metadata={"user_id": "u1"},
                            messages=[{"role": "user", "content": [{"type": "text", "text": "Hi"}]}])
     body = upstream.last("primary")["body"]
     assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     assert body["max_tokens"] == 33 and body["stop"] == ["END"] and body["model"] == "primary"
+    assert not {"top_k", "thinking", "metadata"} & set(body), "nothing Anthropic's goes to an OpenAI-compatible upstream"
+    claude.messages.create(model="claude", max_tokens=33, extra_body={"top_k": 5}, metadata={"user_id": "u1"},
+                           messages=HELLO)
+    body = upstream.last("claude-mock")["body"]
+    assert body["top_k"] == 5 and body["metadata"] == {"user_id": "u1"}, "an Anthropic upstream gets them"
 
 
 def test_failover_from_an_openai_upstream_to_an_anthropic_one(claude, upstream):
@@ -105,9 +112,10 @@ def test_errors_take_anthropics_shape(gateway, claude):
     with pytest.raises(anthropic.AuthenticationError) as e:
         bad.messages.create(model="chat", max_tokens=8, messages=HELLO)
     assert e.value.body["type"] == "error" and e.value.body["error"]["type"] == "authentication_error"
+    pdf = {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}
     with pytest.raises(anthropic.BadRequestError) as e:
-        claude.messages.create(model="chat", max_tokens=8, messages=HELLO, thinking={"type": "enabled", "budget_tokens": 1024})
-    assert e.value.body["error"]["message"].startswith("thinking: extended thinking is not supported")
+        claude.messages.create(model="chat", max_tokens=8, messages=[{"role": "user", "content": [pdf]}])
+    assert e.value.body["error"]["message"].startswith("messages[0].content[0]: a user turn cannot carry a \"document\" block")
     headers = {"x-api-key": gateway.token, "content-type": "application/json"}
     r = httpx.post(gateway.url + "/v1/messages", headers=headers,
                    json={"model": "chat", "max_tokens": 8, "messages": HELLO})
