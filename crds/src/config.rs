@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::v1alpha1::{
-    Audit, Guards, Limits, McpTools, MockProvider, Model, PolicyMatch, ProviderType, Routing, SystemPrompt,
+    Audit, AzureProvider, Guards, Limits, McpTools, MockProvider, Model, PolicyMatch, ProviderType, Routing,
+    SystemPrompt,
 };
 
 /// Format version of [`GatewayConfig`]; bumped on incompatible changes.
@@ -155,6 +156,9 @@ pub struct ProviderConfig {
     /// Mock behaviour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mock: Option<MockProvider>,
+    /// Azure OpenAI settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureProvider>,
 }
 
 /// How the gateway reaches an MCP server.

@@ -247,6 +247,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
             api_key_file: p.api_key_secret_ref.as_ref().map(|s| r.secret_file(s)),
             headers: p.headers.clone(),
             mock: p.mock.clone(),
+            azure: p.azure.clone(),
         });
     }
     let mut model_names = BTreeSet::new();

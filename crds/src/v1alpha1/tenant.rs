@@ -31,7 +31,7 @@ use super::common::SecretKeyRef;
 )]
 #[x_kube(
     validation = Rule::new("self.models.all(m, m.targets.all(t, self.providers.exists(p, p.name == t.provider)))").message("every model target must name a provider declared in spec.providers").field_path(".models"),
-    validation = Rule::new("self.models.all(m, !has(m.type) || m.type != 'embedding' || m.targets.all(t, !self.providers.exists(p, p.name == t.provider && p.type == 'anthropic')))").message("an embedding model's targets must be providers with an embeddings API (openai or mock): anthropic has none").field_path(".models"),
+    validation = Rule::new("self.models.all(m, !has(m.type) || m.type != 'embedding' || m.targets.all(t, !self.providers.exists(p, p.name == t.provider && p.type == 'anthropic')))").message("an embedding model's targets must be providers with an embeddings API (openai, azureOpenai or mock): anthropic has none").field_path(".models"),
     validation = Rule::new("(self.gateway.replicas <= 1 && !has(self.gateway.autoscaling)) || (has(self.storage.redis))").message("more than one gateway replica (or autoscaling) needs spec.storage.redis: without Redis, rate limits and MCP sessions live in one process").field_path(".storage.redis"),
     validation = Rule::new("!has(self.storage.volume) || has(self.storage.database) || (self.gateway.replicas <= 1 && !has(self.gateway.autoscaling) && (!has(self.storage.volume.accessMode) || self.storage.volume.accessMode == 'ReadWriteOnce'))").message("without spec.storage.database the volume holds the SQLite file, which only one gateway pod on one node may use: set replicas 1 (no autoscaling, accessMode ReadWriteOnce) or a database").field_path(".storage.volume"),
     validation = Rule::new("has(self.namespace) == has(oldSelf.namespace)").message("spec.namespace is immutable: create a new Tenant to move it").field_path(".namespace"),
@@ -205,6 +205,8 @@ pub enum ProviderType {
     Openai,
     /// Anthropic's Messages API.
     Anthropic,
+    /// Azure OpenAI: targets name deployments; the key goes in the `api-key` header.
+    AzureOpenai,
     /// An in-process deterministic model, for the quickstart and tests.
     Mock,
 }
@@ -213,6 +215,8 @@ pub enum ProviderType {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[x_kube(validation = Rule::new("self.type == 'mock' || has(self.baseUrl)").message("baseUrl is required unless type is mock"))]
 #[x_kube(validation = Rule::new("self.type == 'mock' || !has(self.mock)").message("mock settings are only allowed when type is mock"))]
+#[x_kube(validation = Rule::new("self.type == 'azureOpenai' || !has(self.azure)").message("azure settings are only allowed when type is azureOpenai"))]
+#[x_kube(validation = Rule::new("self.type != 'azureOpenai' || has(self.apiKeySecretRef)").message("an azureOpenai provider needs apiKeySecretRef (its api-key)"))]
 #[serde(rename_all = "camelCase")]
 pub struct Provider {
     /// Name targets refer to. A DNS label.
@@ -237,6 +241,24 @@ pub struct Provider {
     /// Behaviour of a mock provider.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mock: Option<MockProvider>,
+    /// Azure OpenAI settings (type azureOpenai).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureProvider>,
+}
+
+/// How an Azure OpenAI resource is called. `baseUrl` is the resource's
+/// endpoint, e.g. `https://my-resource.openai.azure.com`; each target's
+/// `model` names a deployment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureProvider {
+    /// With an API version (e.g. `2024-10-21`), calls go to
+    /// `{baseUrl}/openai/deployments/{deployment}/chat/completions?api-version=...`;
+    /// without one, to the v1 API, `{baseUrl}/openai/v1/chat/completions`, with the
+    /// deployment as the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$')").message("must be an API version such as 2024-10-21 or 2025-04-01-preview"))]
+    pub api_version: Option<String>,
 }
 
 /// Behaviour of the in-process mock provider.
@@ -271,7 +293,7 @@ pub struct Model {
     pub name: String,
     /// What the model does: `chat` (the default) answers `/v1/chat/completions`;
     /// `embedding` answers `/v1/embeddings`, and its targets must be providers
-    /// with an embeddings API (openai, mock).
+    /// with an embeddings API (openai, azureOpenai, mock).
     #[serde(default, rename = "type", skip_serializing_if = "ModelType::is_chat")]
     pub type_: ModelType,
     /// Upstream targets in failover order: the first healthy one serves the request.

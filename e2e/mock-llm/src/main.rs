@@ -2,7 +2,10 @@
 //! Embeddings and Anthropic Messages with scripted misbehaviour, for gateway
 //! tests and benchmarks. Answers come from the gateway's deterministic mock
 //! model. `/v1/embeddings` checks what OpenAI checks: a bearer API key, the
-//! request's shape, the model's `dimensions`, 8,192 tokens per input.
+//! request's shape, the model's `dimensions`, 8,192 tokens per input. Azure
+//! OpenAI's URLs answer too (`/openai/deployments/{deployment}/...` with
+//! `api-version`, and `/openai/v1/...`), with Azure's `api-key` header
+//! required and the deployment as the model.
 //!
 //! Control API (per upstream model name):
 //! - `POST /_control/script` `{"model": "m", "steps": [Step, ..], "default": Step?}`:
@@ -32,7 +35,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -127,6 +130,7 @@ impl Mock {
             let credential = headers
                 .get(header::AUTHORIZATION)
                 .or_else(|| headers.get("x-api-key"))
+                .or_else(|| headers.get("api-key"))
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
             let history = s.history.entry(model.to_string()).or_default();
@@ -159,6 +163,8 @@ async fn main() -> std::io::Result<()> {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
         .route("/v1/embeddings", post(embeddings))
+        .route("/openai/deployments/{deployment}/{*operation}", post(azure_deployment))
+        .route("/openai/v1/{*operation}", post(azure_v1))
         .route(
             "/v1/models",
             get(|| async { Json(json!({"object": "list", "data": [{"id": "mock-1", "object": "model"}]})) }),
@@ -367,7 +373,18 @@ async fn chat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request: ChatRequest = match serde_json::from_slice(&body) {
+    chat_as(mock, conn, headers, body, None).await
+}
+
+/// A chat completion; `deployment` (Azure) names the model instead of the body.
+async fn chat_as(
+    mock: Mock,
+    conn: ResetHandle,
+    headers: HeaderMap,
+    body: Bytes,
+    deployment: Option<String>,
+) -> Response {
+    let mut request: ChatRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             return (
@@ -377,6 +394,9 @@ async fn chat(
                 .into_response();
         }
     };
+    if let Some(deployment) = deployment {
+        request.model = deployment;
+    }
     let record = serde_json::from_slice(&body).ok();
     let step = mock.next_step(&request.model, &headers, record);
     if let Some(response) = misbehave(&step, mock.args.latency_ms, &conn, request.stream).await {
@@ -428,10 +448,24 @@ async fn embeddings(
         let message = "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).";
         return openai_error(StatusCode::UNAUTHORIZED, message, None, None);
     }
-    let request = match EmbeddingsRequest::parse(&body) {
+    embeddings_as(mock, conn, headers, body, None).await
+}
+
+/// An embeddings answer; `deployment` (Azure) names the model instead of the body.
+async fn embeddings_as(
+    mock: Mock,
+    conn: ResetHandle,
+    headers: HeaderMap,
+    body: Bytes,
+    deployment: Option<String>,
+) -> Response {
+    let mut request = match EmbeddingsRequest::parse(&body) {
         Ok(r) => r,
         Err(e) => return openai_error(StatusCode::BAD_REQUEST, &e.message, e.param.as_deref(), None),
     };
+    if let Some(deployment) = deployment {
+        request.model = deployment;
+    }
     let shape = Shape::of(&request.model);
     if let Some(d) = request.dimensions {
         if !shape.shortens {
@@ -461,6 +495,62 @@ async fn embeddings(
         return response;
     }
     Json(answer).into_response()
+}
+
+/// Azure OpenAI's error body (`{"error": {"code", "message"}}`) with `status`.
+fn azure_error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": {"code": status.as_u16().to_string(), "message": message}}))).into_response()
+}
+
+/// What Azure checks before it looks at a request: the `api-key` header, and
+/// on the deployment URLs the `api-version` query parameter.
+fn azure_checks(headers: &HeaderMap, query: Option<&str>, deployment_api: bool) -> Option<Response> {
+    if headers.get("api-key").and_then(|v| v.to_str().ok()).is_none_or(str::is_empty) {
+        let message = "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.";
+        return Some(azure_error(StatusCode::UNAUTHORIZED, message));
+    }
+    let versioned = query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("api-version=") && kv.len() > 12));
+    if deployment_api && !versioned {
+        return Some(azure_error(StatusCode::NOT_FOUND, "Resource not found"));
+    }
+    None
+}
+
+/// Azure OpenAI's deployment API: `/openai/deployments/{deployment}/{chat/completions|embeddings}?api-version=`.
+async fn azure_deployment(
+    State(mock): State<Mock>,
+    ConnectInfo(conn): ConnectInfo<ResetHandle>,
+    Path((deployment, operation)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = azure_checks(&headers, uri.query(), true) {
+        return refused;
+    }
+    match operation.as_str() {
+        "chat/completions" => chat_as(mock, conn, headers, body, Some(deployment)).await,
+        "embeddings" => embeddings_as(mock, conn, headers, body, Some(deployment)).await,
+        _ => azure_error(StatusCode::NOT_FOUND, "Resource not found"),
+    }
+}
+
+/// Azure OpenAI's v1 API: `/openai/v1/{chat/completions|embeddings}`, the deployment in `model`.
+async fn azure_v1(
+    State(mock): State<Mock>,
+    ConnectInfo(conn): ConnectInfo<ResetHandle>,
+    Path(operation): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = azure_checks(&headers, None, false) {
+        return refused;
+    }
+    match operation.as_str() {
+        "chat/completions" => chat_as(mock, conn, headers, body, None).await,
+        "embeddings" => embeddings_as(mock, conn, headers, body, None).await,
+        _ => azure_error(StatusCode::NOT_FOUND, "Resource not found"),
+    }
 }
 
 /// A scripted answer text: whole, or one word (with its leading space) per chunk.

@@ -86,9 +86,24 @@ impl Endpoint {
         Ok(Self { url, api_key, headers, client })
     }
 
+    /// The URL the endpoint was built with (base URL and the API's path).
+    pub fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+
     /// POSTs `body` and waits for a success status within the first-byte timeout.
     pub async fn post<R>(&self, body: Vec<u8>, call: Call<'_, R>) -> Result<reqwest::Response, UpstreamError> {
-        let mut builder = self.client.post(self.url.clone()).headers(self.headers.clone()).body(body);
+        self.post_to(self.url.clone(), body, call).await
+    }
+
+    /// [`Self::post`] to `url` (a URL of the same API, e.g. per deployment).
+    pub async fn post_to<R>(
+        &self,
+        url: reqwest::Url,
+        body: Vec<u8>,
+        call: Call<'_, R>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut builder = self.client.post(url).headers(self.headers.clone()).body(body);
         if let Some((name, key)) = &self.api_key {
             builder = builder.header(name, key.header()?);
         }

@@ -2,6 +2,7 @@
 //! OpenAI's Chat Completions format, as a whole body or as SSE events.
 
 pub mod anthropic;
+pub mod azure;
 pub mod embeddings;
 mod endpoint;
 mod inbound;
@@ -236,6 +237,8 @@ pub enum Provider {
     OpenAi(openai::OpenAi),
     /// Anthropic's Messages API.
     Anthropic(anthropic::Anthropic),
+    /// Azure OpenAI deployments.
+    Azure(azure::AzureOpenAi),
     /// In-process and deterministic.
     Mock(mock::Mock),
 }
@@ -246,6 +249,7 @@ impl Provider {
         match self {
             Self::OpenAi(p) => p.call(call).await,
             Self::Anthropic(p) => p.call(call).await,
+            Self::Azure(p) => p.call(call).await,
             Self::Mock(p) => p.call(call).await,
         }
     }
@@ -254,6 +258,7 @@ impl Provider {
     pub async fn embed(&self, call: Call<'_, EmbeddingsRequest>) -> Result<EmbeddingsReply, UpstreamError> {
         match self {
             Self::OpenAi(p) => p.embed(call).await,
+            Self::Azure(p) => p.embed(call).await,
             Self::Mock(p) => p.embed(call).await,
             // Refused when the config is compiled; a request cannot get here.
             Self::Anthropic(_) => Err(UpstreamError::Protocol("anthropic has no embeddings API".into())),
@@ -270,6 +275,7 @@ impl Provider {
         match self {
             Self::OpenAi(_) => "openai",
             Self::Anthropic(_) => "anthropic",
+            Self::Azure(_) => "azureOpenai",
             Self::Mock(_) => "mock",
         }
     }

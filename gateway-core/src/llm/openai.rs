@@ -59,31 +59,50 @@ impl OpenAi {
 
     /// Sends one embeddings request; the answer comes back as is.
     pub async fn embed(&self, call: Call<'_, EmbeddingsRequest>) -> Result<EmbeddingsReply, UpstreamError> {
-        let body = serde_json::to_vec(&Outgoing { model: call.model, request: call.request })
-            .map_err(|e| UpstreamError::Protocol(format!("cannot encode the request: {e}")))?;
-        let response = self.embeddings.post(body, call).await?;
-        let body = read_all(response, call.deadline).await?;
-        let usage = serde_json::from_slice::<EmbeddingsUsage>(&body)
-            .map_err(|e| UpstreamError::Protocol(format!("the body is not an embeddings list: {e}")))?
-            .usage
-            .map(|u| Usage::new(u.prompt_tokens, 0));
-        Ok(EmbeddingsReply { body, usage })
+        embed(&self.embeddings, None, call).await
     }
 
     /// Sends one request.
     pub async fn call(&self, call: Call<'_>) -> Result<Reply, UpstreamError> {
-        let body = serde_json::to_vec(&Outgoing { model: call.model, request: call.request })
-            .map_err(|e| UpstreamError::Protocol(format!("cannot encode the request: {e}")))?;
-        let response = self.endpoint.post(body, call).await?;
-        if call.request.stream {
-            return Ok(Reply::Stream(passthrough(response, call.deadline)));
-        }
-        let body = read_all(response, call.deadline).await?;
-        let usage = serde_json::from_slice::<UsageOnly>(&body)
-            .map_err(|e| UpstreamError::Protocol(format!("the body is not a chat completion: {e}")))?
-            .usage;
-        Ok(Reply::Complete { body, usage })
+        chat(&self.endpoint, None, call).await
     }
+}
+
+/// Sends a chat request through `endpoint` (to `url` instead of its own when
+/// given) with the target's model name; the answer comes back as is.
+pub(super) async fn chat(
+    endpoint: &Endpoint,
+    url: Option<reqwest::Url>,
+    call: Call<'_>,
+) -> Result<Reply, UpstreamError> {
+    let body = serde_json::to_vec(&Outgoing { model: call.model, request: call.request })
+        .map_err(|e| UpstreamError::Protocol(format!("cannot encode the request: {e}")))?;
+    let response = endpoint.post_to(url.unwrap_or_else(|| endpoint.url().clone()), body, call).await?;
+    if call.request.stream {
+        return Ok(Reply::Stream(passthrough(response, call.deadline)));
+    }
+    let body = read_all(response, call.deadline).await?;
+    let usage = serde_json::from_slice::<UsageOnly>(&body)
+        .map_err(|e| UpstreamError::Protocol(format!("the body is not a chat completion: {e}")))?
+        .usage;
+    Ok(Reply::Complete { body, usage })
+}
+
+/// Sends an embeddings request through `endpoint` (to `url` when given); the answer comes back as is.
+pub(super) async fn embed(
+    endpoint: &Endpoint,
+    url: Option<reqwest::Url>,
+    call: Call<'_, EmbeddingsRequest>,
+) -> Result<EmbeddingsReply, UpstreamError> {
+    let body = serde_json::to_vec(&Outgoing { model: call.model, request: call.request })
+        .map_err(|e| UpstreamError::Protocol(format!("cannot encode the request: {e}")))?;
+    let response = endpoint.post_to(url.unwrap_or_else(|| endpoint.url().clone()), body, call).await?;
+    let body = read_all(response, call.deadline).await?;
+    let usage = serde_json::from_slice::<EmbeddingsUsage>(&body)
+        .map_err(|e| UpstreamError::Protocol(format!("the body is not an embeddings list: {e}")))?
+        .usage
+        .map(|u| Usage::new(u.prompt_tokens, 0));
+    Ok(EmbeddingsReply { body, usage })
 }
 
 /// Hands the upstream SSE bytes on, cut at event boundaries so an error event
