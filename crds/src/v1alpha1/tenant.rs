@@ -291,8 +291,8 @@ pub struct Model {
     #[schemars(length(min = 1, max = 128))]
     #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._:/-]*$')").message("must start with a letter or digit and contain only letters, digits, '.', '_', ':', '/' and '-'"))]
     pub name: String,
-    /// What the model does: `chat` (the default) answers `/v1/chat/completions`;
-    /// `embedding` answers `/v1/embeddings`, and its targets must be providers
+    /// What the model does: `chat` (the default) answers `/v1/chat/completions`,
+    /// `/v1/responses` and `/v1/messages`; `embedding` answers `/v1/embeddings`, and its targets must be providers
     /// with an embeddings API (openai, azureOpenai, mock).
     #[serde(default, rename = "type", skip_serializing_if = "ModelType::is_chat")]
     pub type_: ModelType,
