@@ -24,7 +24,7 @@ token: ## Print a one-hour token for `make run`, signed with the quickstart's de
 	@$(CARGO) run -q -p tenantgate-gateway -- token --manifests $(QUICKSTART) --key $(QUICKSTART)/dev-signing-key.pem
 
 .PHONY: test-gateway
-test-gateway: ## Gateway end to end with the official openai, anthropic and MCP Python SDKs and raw HTTP (venv in the cache)
+test-gateway: ## Gateway end to end: the official openai, anthropic and MCP Python SDKs, the OpenAI Agents SDK, the Vercel AI SDK and OpenAI Node SDK, Claude Code and Codex CLI, raw HTTP (clients cached)
 	gateway/tests/python/run
 
 .PHONY: bench-gateway
