@@ -1,0 +1,88 @@
+"""Token accounting across every translation, as golden files a reviewer can
+read: gateway/tests/golden/tokens/<provider>-<client API>.json, one per pair.
+Each holds, for the same question asked whole and streamed, the usage the
+client got (in its API's fields) and the tokens the gateway recorded for the
+request (its audit event, the usage row's numbers). The upstream's own count
+is the mock model's (words, plus 4 per message); the test also checks that
+the client's numbers and the recorded ones agree, so a translation that loses
+or invents tokens fails even before the golden comparison.
+UPDATE_GOLDEN=1 rewrites the files."""
+
+import json
+import os
+
+import httpx
+import pytest
+
+from conftest import ROOT, audit_events
+
+GOLDEN = ROOT / "gateway/tests/golden/tokens"
+# provider type -> the fixture's model on it
+PROVIDERS = {"openai": "chat", "anthropic": "claude", "azureOpenai": "azure-chat", "mock": "in-process"}
+EMBEDDERS = {"openai": "embed", "azureOpenai": "azure-embed"}
+QUESTION = "Say hello to the golden files"
+
+
+def sse_events(text: str) -> list:
+    return [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+
+
+def ask(raw: httpx.Client, token: str, api: str, model: str, stream: bool, request_id: str) -> dict:
+    """The usage the client got, in its API's own fields."""
+    headers = {"Authorization": f"Bearer {token}", "x-request-id": request_id}
+    if api == "chat":
+        body = {"model": model, "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 64}
+        if stream:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
+        r = raw.post("/v1/chat/completions", json=body, headers=headers)
+        usage = sse_events(r.text)[-1]["usage"] if stream else r.json()["usage"]
+    elif api == "responses":
+        body = {"model": model, "input": QUESTION, "max_output_tokens": 64, "stream": stream}
+        r = raw.post("/v1/responses", json=body, headers=headers)
+        usage = (sse_events(r.text)[-1]["response"] if stream else r.json())["usage"]
+    elif api == "messages":
+        body = {"model": model, "max_tokens": 64, "messages": [{"role": "user", "content": QUESTION}], "stream": stream}
+        r = raw.post("/v1/messages", json=body, headers={**headers, "anthropic-version": "2023-06-01"})
+        if stream:
+            usage = next(e for e in sse_events(r.text) if e["type"] == "message_delta")["usage"]
+        else:
+            usage = r.json()["usage"]
+    else:
+        body = {"model": model, "input": ["golden files", "count tokens"], "encoding_format": "float"}
+        r = raw.post("/v1/embeddings", json=body, headers=headers)
+        usage = r.json()["usage"]
+    assert r.status_code == 200, r.text
+    return usage
+
+
+def recorded(gateway, request_id: str) -> dict:
+    [event] = audit_events(gateway, request_id)
+    return {"prompt": event["details"]["promptTokens"], "completion": event["details"]["completionTokens"]}
+
+
+def client_tokens(api: str, usage: dict) -> tuple[int, int]:
+    if api in ("chat", "embeddings"):
+        return usage["prompt_tokens"], usage.get("completion_tokens", 0)
+    return usage["input_tokens"], usage["output_tokens"]
+
+
+CASES = [(p, api) for p in PROVIDERS for api in ("chat", "responses", "messages")] + \
+        [(p, "embeddings") for p in EMBEDDERS]
+
+
+@pytest.mark.parametrize("provider,api", CASES)
+def test_token_accounting_matches_its_golden_file(gateway, raw, provider, api):
+    model = EMBEDDERS[provider] if api == "embeddings" else PROVIDERS[provider]
+    doc = {"provider": provider, "clientApi": api, "model": model, "answers": []}
+    for stream in ([False] if api == "embeddings" else [False, True]):
+        request_id = f"golden-{provider}-{api}-{'stream' if stream else 'whole'}"
+        usage = ask(raw, gateway.token, api, model, stream, request_id)
+        books = recorded(gateway, request_id)
+        assert client_tokens(api, usage) == (books["prompt"], books["completion"]), (usage, books)
+        doc["answers"].append({"stream": stream, "clientUsage": usage, "recorded": books})
+    path = GOLDEN / f"{provider}-{api}.json"
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.exists(), f"{path} is missing: run with UPDATE_GOLDEN=1 and review it"
+    assert path.read_text() == text, f"{path} differs: run with UPDATE_GOLDEN=1 and review the diff"
