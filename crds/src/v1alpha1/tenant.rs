@@ -31,7 +31,7 @@ use super::common::SecretKeyRef;
 )]
 #[x_kube(
     validation = Rule::new("self.models.all(m, m.targets.all(t, self.providers.exists(p, p.name == t.provider)))").message("every model target must name a provider declared in spec.providers").field_path(".models"),
-    validation = Rule::new("self.models.all(m, !has(m.type) || m.type != 'embedding' || m.targets.all(t, !self.providers.exists(p, p.name == t.provider && p.type == 'anthropic')))").message("an embedding model's targets must be providers with an embeddings API (openai, azureOpenai or mock): anthropic has none").field_path(".models"),
+    validation = Rule::new("self.models.all(m, !has(m.type) || m.type != 'embedding' || m.targets.all(t, !self.providers.exists(p, p.name == t.provider && p.type in ['anthropic', 'gemini'])))").message("an embedding model's targets must be providers with an embeddings API (openai, azureOpenai or mock): anthropic has none, and gemini's is not supported yet").field_path(".models"),
     validation = Rule::new("(self.gateway.replicas <= 1 && !has(self.gateway.autoscaling)) || (has(self.storage.redis))").message("more than one gateway replica (or autoscaling) needs spec.storage.redis: without Redis, rate limits and MCP sessions live in one process").field_path(".storage.redis"),
     validation = Rule::new("!has(self.storage.volume) || has(self.storage.database) || (self.gateway.replicas <= 1 && !has(self.gateway.autoscaling) && (!has(self.storage.volume.accessMode) || self.storage.volume.accessMode == 'ReadWriteOnce'))").message("without spec.storage.database the volume holds the SQLite file, which only one gateway pod on one node may use: set replicas 1 (no autoscaling, accessMode ReadWriteOnce) or a database").field_path(".storage.volume"),
     validation = Rule::new("has(self.namespace) == has(oldSelf.namespace)").message("spec.namespace is immutable: create a new Tenant to move it").field_path(".namespace"),
@@ -207,6 +207,9 @@ pub enum ProviderType {
     Anthropic,
     /// Azure OpenAI: targets name deployments; the key goes in the `api-key` header.
     AzureOpenai,
+    /// Google's Gemini API (`generateContent`), e.g. `https://generativelanguage.googleapis.com/v1beta`;
+    /// the key goes in the `x-goog-api-key` header.
+    Gemini,
     /// An in-process deterministic model, for the quickstart and tests.
     Mock,
 }
@@ -217,6 +220,7 @@ pub enum ProviderType {
 #[x_kube(validation = Rule::new("self.type == 'mock' || !has(self.mock)").message("mock settings are only allowed when type is mock"))]
 #[x_kube(validation = Rule::new("self.type == 'azureOpenai' || !has(self.azure)").message("azure settings are only allowed when type is azureOpenai"))]
 #[x_kube(validation = Rule::new("self.type != 'azureOpenai' || has(self.apiKeySecretRef)").message("an azureOpenai provider needs apiKeySecretRef (its api-key)"))]
+#[x_kube(validation = Rule::new("self.type != 'gemini' || has(self.apiKeySecretRef)").message("a gemini provider needs apiKeySecretRef (its API key)"))]
 #[serde(rename_all = "camelCase")]
 pub struct Provider {
     /// Name targets refer to. A DNS label.

@@ -5,7 +5,9 @@
 //! request's shape, the model's `dimensions`, 8,192 tokens per input. Azure
 //! OpenAI's URLs answer too (`/openai/deployments/{deployment}/...` with
 //! `api-version`, and `/openai/v1/...`), with Azure's `api-key` header
-//! required and the deployment as the model.
+//! required and the deployment as the model. So does the Gemini API
+//! (`/v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse`,
+//! whose events end in CRLF as Google's do), with its key required.
 //!
 //! Control API (per upstream model name):
 //! - `POST /_control/script` `{"model": "m", "steps": [Step, ..], "default": Step?}`:
@@ -131,6 +133,7 @@ impl Mock {
                 .get(header::AUTHORIZATION)
                 .or_else(|| headers.get("x-api-key"))
                 .or_else(|| headers.get("api-key"))
+                .or_else(|| headers.get("x-goog-api-key"))
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
             let history = s.history.entry(model.to_string()).or_default();
@@ -165,6 +168,7 @@ async fn main() -> std::io::Result<()> {
         .route("/v1/embeddings", post(embeddings))
         .route("/openai/deployments/{deployment}/{*operation}", post(azure_deployment))
         .route("/openai/v1/{*operation}", post(azure_v1))
+        .route("/v1beta/models/{*model_method}", post(gemini))
         .route(
             "/v1/models",
             get(|| async { Json(json!({"object": "list", "data": [{"id": "mock-1", "object": "model"}]})) }),
@@ -551,6 +555,123 @@ async fn azure_v1(
         "embeddings" => embeddings_as(mock, conn, headers, body, None).await,
         _ => azure_error(StatusCode::NOT_FOUND, "Resource not found"),
     }
+}
+
+/// Google's error body (`{"error": {"code", "message", "status"}}`).
+fn google_error(status: StatusCode, message: &str, reason: &str) -> Response {
+    (status, Json(json!({"error": {"code": status.as_u16(), "message": message, "status": reason}}))).into_response()
+}
+
+/// The Gemini API: `/v1beta/models/{model}:generateContent` and
+/// `:streamGenerateContent?alt=sse`, with the key in `x-goog-api-key` (or `?key=`).
+async fn gemini(
+    State(mock): State<Mock>,
+    ConnectInfo(conn): ConnectInfo<ResetHandle>,
+    Path(model_method): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query = uri.query().unwrap_or_default();
+    let keyed = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()).is_some_and(|k| !k.is_empty())
+        || query.split('&').any(|kv| kv.starts_with("key=") && kv.len() > 4);
+    if !keyed {
+        let message = "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.";
+        return google_error(StatusCode::FORBIDDEN, message, "PERMISSION_DENIED");
+    }
+    let (model, stream) = match model_method.rsplit_once(':') {
+        Some((m, "generateContent")) => (m.to_owned(), false),
+        Some((m, "streamGenerateContent")) if query.split('&').any(|kv| kv == "alt=sse") => (m.to_owned(), true),
+        _ => return google_error(StatusCode::NOT_FOUND, "Requested entity was not found.", "NOT_FOUND"),
+    };
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return google_error(
+                StatusCode::BAD_REQUEST,
+                &format!("Invalid JSON payload received. {e}"),
+                "INVALID_ARGUMENT",
+            );
+        }
+    };
+    let contents = request["contents"].as_array().cloned().unwrap_or_default();
+    if contents.is_empty() {
+        return google_error(
+            StatusCode::BAD_REQUEST,
+            "* GenerateContentRequest.contents: contents is not specified",
+            "INVALID_ARGUMENT",
+        );
+    }
+    if let Some(i) = contents.iter().position(|c| !matches!(c["role"].as_str(), Some("user" | "model"))) {
+        let message = format!("Please use a valid role: user, model. (contents[{i}])");
+        return google_error(StatusCode::BAD_REQUEST, &message, "INVALID_ARGUMENT");
+    }
+    let step = mock.next_step(&model, &headers, Some(request.clone()));
+    if let Some(response) = misbehave(&step, mock.args.latency_ms, &conn, stream).await {
+        return response;
+    }
+    let tools: Vec<OfferedTool<'_>> = request["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t["functionDeclarations"].as_array().into_iter().flatten())
+        .filter_map(|d| Some(OfferedTool { name: d["name"].as_str()?, schema: d.get("parametersJsonSchema") }))
+        .collect();
+    let config = &request["toolConfig"]["functionCallingConfig"];
+    let mode = match config["mode"].as_str() {
+        Some("NONE") => ToolMode::None,
+        Some("ANY") => config["allowedFunctionNames"][0].as_str().map_or(ToolMode::Required, ToolMode::Named),
+        _ => ToolMode::Auto,
+    };
+    let last = contents.last().cloned().unwrap_or_default();
+    let results: Vec<String> = last["parts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["functionResponse"]["response"]["content"].as_str().map(str::to_owned))
+        .collect();
+    let user_spoke_last = last["role"] == "user" && results.is_empty();
+    let results = (!results.is_empty()).then(|| results.join("\n"));
+    let prompt: u64 = contents
+        .iter()
+        .map(|c| {
+            4 + c["parts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| p["text"].as_str().map_or(0, count_tokens))
+                .sum::<u64>()
+        })
+        .sum();
+    let max_tokens = request["generationConfig"]["maxOutputTokens"].as_u64().map(|m| m as u32);
+    let plan = Plan::new(&tools, mode, user_spoke_last, results.as_deref(), prompt, max_tokens, mock.args.tokens);
+    let reason = if plan.finish_reason == "length" { "MAX_TOKENS" } else { "STOP" };
+    let usage = json!({"promptTokenCount": plan.usage.prompt_tokens, "candidatesTokenCount": plan.usage.completion_tokens,
+        "totalTokenCount": plan.usage.total_tokens});
+    let answer = |parts: Vec<Value>, finish: Option<&str>| {
+        let mut candidate = json!({"content": {"role": "model", "parts": parts}, "index": 0});
+        if let Some(finish) = finish {
+            candidate["finishReason"] = json!(finish);
+        }
+        json!({"candidates": [candidate], "usageMetadata": usage, "modelVersion": model, "responseId": next_id("gem-")})
+    };
+    let call_part = plan.tool_call.as_ref().map(|(_, name, arguments)| {
+        json!({"functionCall": {"name": name, "args": serde_json::from_str::<Value>(arguments).unwrap_or_default()}})
+    });
+    if !stream {
+        let mut parts: Vec<Value> = plan.text().map(|t| json!({"text": t})).into_iter().collect();
+        parts.extend(call_part);
+        return Json(answer(parts, Some(reason))).into_response();
+    }
+    let mut events: Vec<Bytes> = plan
+        .content
+        .iter()
+        .flatten()
+        .map(|w| Bytes::from(format!("data: {}\r\n\r\n", answer(vec![json!({"text": w})], None))))
+        .collect();
+    events.push(Bytes::from(format!("data: {}\r\n\r\n", answer(call_part.into_iter().collect(), Some(reason)))));
+    let interval = Duration::from_millis(step.chunk_interval_ms.unwrap_or(mock.args.chunk_interval_ms));
+    event_stream(events, interval, step.fail_after_chunks)
 }
 
 /// A scripted answer text: whole, or one word (with its leading space) per chunk.

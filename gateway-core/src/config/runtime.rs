@@ -15,6 +15,7 @@ use tenantgate_crds::v1alpha1::{ModelType, ProviderType};
 use crate::auth::{JwtVerifier, KeySource};
 use crate::limits::{LimitStores, RateLimiter};
 use crate::llm::azure::AzureOpenAi;
+use crate::llm::gemini::Gemini;
 use crate::llm::{Endpoint, EndpointError, Provider, Wire, anthropic::Anthropic, mock::Mock, openai::OpenAi};
 use crate::policy::Policies;
 use crate::routing::{Breaker, ModelRoute, RetryPolicy, Target};
@@ -141,6 +142,7 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
                 Provider::OpenAi(OpenAi::new(endpoint(&OpenAi::WIRE)?, endpoint(&OpenAi::EMBEDDINGS_WIRE)?))
             }
             ProviderType::Anthropic => Provider::Anthropic(Anthropic::new(endpoint(&Anthropic::WIRE)?)),
+            ProviderType::Gemini => Provider::Gemini(Gemini::new(endpoint(&Gemini::WIRE)?)),
             ProviderType::AzureOpenai => {
                 let version = p.azure.as_ref().and_then(|a| a.api_version.clone());
                 Provider::Azure(AzureOpenAi::new(endpoint(&AzureOpenAi::WIRE)?, version))

@@ -3,13 +3,13 @@
 //! answers and streaming events back to Chat Completions.
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::HeaderMap;
 use serde_json::{Map, Value, json};
 
 use super::endpoint::{Wire, read_all};
 use super::mock::now;
-use super::sse::{DONE, Decoder, data_event};
+use super::outbound::{self, StreamEvents, image, push_turn, sampling, user_parts};
+use super::sse::{DONE, data_event};
 use super::types::{ChatRequest, Content, Role, Usage};
 use super::{Call, Endpoint, Reply, UpstreamError, status_error};
 
@@ -100,21 +100,7 @@ pub fn to_messages(request: &ChatRequest, model: &str) -> Value {
         out.insert("system".into(), json!(system.join("\n\n")));
     }
     out.insert("messages".into(), Value::Array(messages));
-    if let Some(t) = request.temperature {
-        out.insert("temperature".into(), json!(t));
-    }
-    if let Some(p) = request.top_p {
-        out.insert("top_p".into(), json!(p));
-    }
-    match &request.stop {
-        Some(Value::String(s)) => {
-            out.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Value::Array(a)) => {
-            out.insert("stop_sequences".into(), Value::Array(a.clone()));
-        }
-        _ => {}
-    }
+    sampling(request, &mut out, ["temperature", "top_p", "stop_sequences"]);
     if let Some(tools) = &request.tools {
         let tools: Vec<Value> = tools
             .iter()
@@ -166,47 +152,24 @@ pub fn to_messages(request: &ChatRequest, model: &str) -> Value {
     Value::Object(out)
 }
 
-/// Appends blocks, merging into the previous message of the same role
-/// (Anthropic wants user and assistant turns to alternate).
+/// Appends blocks as a turn of `role`, merged with a previous one of the same
+/// role (Anthropic wants user and assistant turns to alternate).
 fn push_blocks(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    if let Some(last) = messages.last_mut()
-        && last["role"] == role
-        && let Some(content) = last["content"].as_array_mut()
-    {
-        content.extend(blocks);
-        return;
-    }
-    messages.push(json!({"role": role, "content": blocks}));
+    push_turn(messages, role, "content", blocks);
 }
 
 fn user_blocks(content: Option<&Content>) -> Vec<Value> {
-    match content {
-        None => Vec::new(),
-        Some(Content::Text(t)) => vec![json!({"type": "text", "text": t})],
-        Some(Content::Parts(parts)) => parts
-            .iter()
-            .filter_map(|p| match p.get("type").and_then(Value::as_str) {
-                Some("text") => Some(json!({"type": "text", "text": p.get("text").cloned().unwrap_or_default()})),
-                Some("image_url") => {
-                    let url = p.get("image_url").and_then(|i| i.get("url")).and_then(Value::as_str)?;
-                    Some(image_block(url))
-                }
-                _ => None,
-            })
-            .collect(),
-    }
-}
-
-fn image_block(url: &str) -> Value {
-    if let Some(rest) = url.strip_prefix("data:")
-        && let Some((media, data)) = rest.split_once(";base64,")
-    {
-        return json!({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}});
-    }
-    json!({"type": "image", "source": {"type": "url", "url": url}})
+    user_parts(
+        content,
+        |text| json!({"type": "text", "text": text}),
+        |url| {
+            image(
+                url,
+                |media, data| json!({"type": "image", "source": {"type": "base64", "media_type": media, "data": data}}),
+                |url| json!({"type": "image", "source": {"type": "url", "url": url}}),
+            )
+        },
+    )
 }
 
 fn finish_reason(stop_reason: Option<&str>) -> &'static str {
@@ -358,60 +321,26 @@ impl StreamTranslator {
     }
 }
 
+impl StreamEvents for StreamTranslator {
+    fn translate(&mut self, data: &str, out: &mut Vec<Bytes>) -> Result<(), UpstreamError> {
+        StreamTranslator::translate(self, data, out)
+    }
+
+    fn complete(&self) -> bool {
+        self.finished
+    }
+
+    fn end(&mut self, _out: &mut Vec<Bytes>) -> Result<(), UpstreamError> {
+        Err(UpstreamError::Protocol("the stream ended before message_stop".into()))
+    }
+}
+
 fn translate_stream(
     response: reqwest::Response,
     deadline: tokio::time::Instant,
     include_usage: bool,
 ) -> super::EventStream {
-    struct State {
-        upstream: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
-        decoder: Decoder,
-        translator: StreamTranslator,
-        done: bool,
-    }
-    let state = State {
-        upstream: response.bytes_stream().boxed(),
-        decoder: Decoder::default(),
-        translator: StreamTranslator::new(include_usage),
-        done: false,
-    };
-    let stream = futures_util::stream::unfold(state, move |mut s| async move {
-        loop {
-            if s.done {
-                return None;
-            }
-            let mut out = Vec::new();
-            while let Some(event) = s.decoder.next_event() {
-                if let Err(e) = s.translator.translate(&event.data, &mut out) {
-                    s.done = true;
-                    return Some((Err(e), s));
-                }
-            }
-            if !out.is_empty() {
-                let bytes = if out.len() == 1 { out.pop().unwrap_or_default() } else { Bytes::from(out.concat()) };
-                return Some((Ok(bytes), s));
-            }
-            if s.translator.finished {
-                return None;
-            }
-            match tokio::time::timeout_at(deadline, s.upstream.next()).await {
-                Err(_) => {
-                    s.done = true;
-                    return Some((Err(UpstreamError::Timeout("total")), s));
-                }
-                Ok(None) => {
-                    s.done = true;
-                    return Some((Err(UpstreamError::Protocol("the stream ended before message_stop".into())), s));
-                }
-                Ok(Some(Err(e))) => {
-                    s.done = true;
-                    return Some((Err(UpstreamError::Connect(format!("the stream broke: {}", super::short(&e)))), s));
-                }
-                Ok(Some(Ok(chunk))) => s.decoder.push(&chunk),
-            }
-        }
-    });
-    Box::pin(stream)
+    outbound::translate_stream(response, deadline, StreamTranslator::new(include_usage))
 }
 
 #[cfg(test)]

@@ -5,10 +5,12 @@ pub mod anthropic;
 pub mod azure;
 pub mod embeddings;
 mod endpoint;
+pub mod gemini;
 mod inbound;
 pub mod messages;
 pub mod mock;
 pub mod openai;
+mod outbound;
 pub mod responses;
 mod secret;
 pub mod sse;
@@ -239,6 +241,8 @@ pub enum Provider {
     Anthropic(anthropic::Anthropic),
     /// Azure OpenAI deployments.
     Azure(azure::AzureOpenAi),
+    /// Google's Gemini API.
+    Gemini(gemini::Gemini),
     /// In-process and deterministic.
     Mock(mock::Mock),
 }
@@ -250,6 +254,7 @@ impl Provider {
             Self::OpenAi(p) => p.call(call).await,
             Self::Anthropic(p) => p.call(call).await,
             Self::Azure(p) => p.call(call).await,
+            Self::Gemini(p) => p.call(call).await,
             Self::Mock(p) => p.call(call).await,
         }
     }
@@ -261,13 +266,15 @@ impl Provider {
             Self::Azure(p) => p.embed(call).await,
             Self::Mock(p) => p.embed(call).await,
             // Refused when the config is compiled; a request cannot get here.
-            Self::Anthropic(_) => Err(UpstreamError::Protocol("anthropic has no embeddings API".into())),
+            Self::Anthropic(_) | Self::Gemini(_) => {
+                Err(UpstreamError::Protocol(format!("no embeddings through a {} provider", self.kind())))
+            }
         }
     }
 
     /// Whether the provider has an embeddings API.
     pub fn embeds(&self) -> bool {
-        !matches!(self, Self::Anthropic(_))
+        !matches!(self, Self::Anthropic(_) | Self::Gemini(_))
     }
 
     /// Provider kind, for metrics.
@@ -276,6 +283,7 @@ impl Provider {
             Self::OpenAi(_) => "openai",
             Self::Anthropic(_) => "anthropic",
             Self::Azure(_) => "azureOpenai",
+            Self::Gemini(_) => "gemini",
             Self::Mock(_) => "mock",
         }
     }
