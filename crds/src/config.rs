@@ -159,6 +159,9 @@ pub struct ProviderConfig {
     /// Azure OpenAI settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure: Option<AzureProvider>,
+    /// File holding a Google service account key (vertex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_key_file: Option<String>,
 }
 
 /// How the gateway reaches an MCP server.

@@ -248,6 +248,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
             headers: p.headers.clone(),
             mock: p.mock.clone(),
             azure: p.azure.clone(),
+            service_account_key_file: p.vertex.as_ref().map(|v| r.secret_file(&v.service_account_key_secret_ref)),
         });
     }
     let mut model_names = BTreeSet::new();

@@ -675,7 +675,8 @@ fn render_case(upstream: &str, from: &str, to: &str, allow_local: bool, expect: 
     let mut edited = base.replacen(&from, to, 1);
     if !allow_local {
         edited = edited.replace("    allowLocalUpstreams: true\n", "    allowLocalUpstreams: false\n");
-        edited = edited.replace(&format!("baseUrl: {upstream}/v1"), "baseUrl: https://api.openai.example/v1");
+        // Every provider at the mock (its /v1, Azure's root, Gemini's /v1beta, Vertex's project path).
+        edited = edited.replace(&format!("baseUrl: {upstream}"), "baseUrl: https://api.openai.example");
         if let Some(dead) =
             base.lines().find(|l| l.starts_with("      baseUrl: http://127.0.0.1:") && !l.contains(upstream))
             && edited.contains(dead)

@@ -31,7 +31,7 @@ use super::common::SecretKeyRef;
 )]
 #[x_kube(
     validation = Rule::new("self.models.all(m, m.targets.all(t, self.providers.exists(p, p.name == t.provider)))").message("every model target must name a provider declared in spec.providers").field_path(".models"),
-    validation = Rule::new("self.models.all(m, !has(m.type) || m.type != 'embedding' || m.targets.all(t, !self.providers.exists(p, p.name == t.provider && p.type in ['anthropic', 'gemini'])))").message("an embedding model's targets must be providers with an embeddings API (openai, azureOpenai or mock): anthropic has none, and gemini's is not supported yet").field_path(".models"),
+    validation = Rule::new("self.models.all(m, !has(m.type) || m.type != 'embedding' || m.targets.all(t, !self.providers.exists(p, p.name == t.provider && p.type in ['anthropic', 'gemini', 'vertex'])))").message("an embedding model's targets must be providers with an embeddings API (openai, azureOpenai or mock): anthropic has none, and gemini's and vertex's are not supported yet").field_path(".models"),
     validation = Rule::new("(self.gateway.replicas <= 1 && !has(self.gateway.autoscaling)) || (has(self.storage.redis))").message("more than one gateway replica (or autoscaling) needs spec.storage.redis: without Redis, rate limits and MCP sessions live in one process").field_path(".storage.redis"),
     validation = Rule::new("!has(self.storage.volume) || has(self.storage.database) || (self.gateway.replicas <= 1 && !has(self.gateway.autoscaling) && (!has(self.storage.volume.accessMode) || self.storage.volume.accessMode == 'ReadWriteOnce'))").message("without spec.storage.database the volume holds the SQLite file, which only one gateway pod on one node may use: set replicas 1 (no autoscaling, accessMode ReadWriteOnce) or a database").field_path(".storage.volume"),
     validation = Rule::new("has(self.namespace) == has(oldSelf.namespace)").message("spec.namespace is immutable: create a new Tenant to move it").field_path(".namespace"),
@@ -210,6 +210,10 @@ pub enum ProviderType {
     /// Google's Gemini API (`generateContent`), e.g. `https://generativelanguage.googleapis.com/v1beta`;
     /// the key goes in the `x-goog-api-key` header.
     Gemini,
+    /// Gemini on Google Vertex AI: `baseUrl` is the publisher's URL, e.g.
+    /// `https://us-central1-aiplatform.googleapis.com/v1/projects/P/locations/us-central1/publishers/google`;
+    /// requests carry an access token of the service account in `vertex`.
+    Vertex,
     /// An in-process deterministic model, for the quickstart and tests.
     Mock,
 }
@@ -221,6 +225,7 @@ pub enum ProviderType {
 #[x_kube(validation = Rule::new("self.type == 'azureOpenai' || !has(self.azure)").message("azure settings are only allowed when type is azureOpenai"))]
 #[x_kube(validation = Rule::new("self.type != 'azureOpenai' || has(self.apiKeySecretRef)").message("an azureOpenai provider needs apiKeySecretRef (its api-key)"))]
 #[x_kube(validation = Rule::new("self.type != 'gemini' || has(self.apiKeySecretRef)").message("a gemini provider needs apiKeySecretRef (its API key)"))]
+#[x_kube(validation = Rule::new("self.type == 'vertex' ? has(self.vertex) && !has(self.apiKeySecretRef) : !has(self.vertex)").message("a vertex provider needs vertex.serviceAccountKeySecretRef and no apiKeySecretRef; vertex settings are only allowed when type is vertex"))]
 #[serde(rename_all = "camelCase")]
 pub struct Provider {
     /// Name targets refer to. A DNS label.
@@ -248,6 +253,20 @@ pub struct Provider {
     /// Azure OpenAI settings (type azureOpenai).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub azure: Option<AzureProvider>,
+    /// Vertex AI settings (type vertex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertex: Option<VertexProvider>,
+}
+
+/// How the gateway authenticates to Vertex AI.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VertexProvider {
+    /// Secret key holding a service account key (the JSON file Google issues): the gateway
+    /// signs a JWT with it and exchanges it at the key's `token_uri` for access tokens, which
+    /// it caches until five minutes before they expire. Rotating the key takes effect at the
+    /// next exchange.
+    pub service_account_key_secret_ref: SecretKeyRef,
 }
 
 /// How an Azure OpenAI resource is called. `baseUrl` is the resource's

@@ -69,6 +69,10 @@ struct Args {
     /// Default delay between streamed chunks, in milliseconds.
     #[arg(long, default_value_t = 0)]
     chunk_interval_ms: u64,
+    /// A JWKS file of the Google service account keys whose signed assertions
+    /// `/token` exchanges for access tokens (Vertex AI); without it `/token` refuses all.
+    #[arg(long)]
+    google_jwks: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -110,6 +114,8 @@ struct Scripts {
     steps: HashMap<String, VecDeque<Step>>,
     defaults: HashMap<String, Step>,
     counts: HashMap<String, u64>,
+    /// Access tokens `/token` issued (Vertex AI accepts only these).
+    issued: std::collections::HashSet<String>,
     last: HashMap<String, Value>,
     history: HashMap<String, VecDeque<Value>>,
 }
@@ -120,6 +126,8 @@ const HISTORY: usize = 64;
 #[derive(Clone, Debug)]
 struct Mock {
     args: Arc<Args>,
+    /// This server's own `/token` URL: the audience assertions must name.
+    token_uri: Arc<str>,
     /// Held only to pick a step, never across an await.
     scripts: Arc<Mutex<Scripts>>,
 }
@@ -161,7 +169,8 @@ impl Mock {
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let listener = ResettableListener(TcpListener::bind(args.listen).await?);
-    let mock = Mock { args: Arc::new(args), scripts: Arc::default() };
+    let token_uri = format!("http://{}/token", listener.0.local_addr()?).into();
+    let mock = Mock { args: Arc::new(args), token_uri, scripts: Arc::default() };
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
@@ -169,6 +178,8 @@ async fn main() -> std::io::Result<()> {
         .route("/openai/deployments/{deployment}/{*operation}", post(azure_deployment))
         .route("/openai/v1/{*operation}", post(azure_v1))
         .route("/v1beta/models/{*model_method}", post(gemini))
+        .route("/token", post(google_token))
+        .route("/v1/projects/{project}/locations/{location}/publishers/google/models/{*model_method}", post(vertex))
         .route(
             "/v1/models",
             get(|| async { Json(json!({"object": "list", "data": [{"id": "mock-1", "object": "model"}]})) }),
@@ -579,6 +590,89 @@ async fn gemini(
         let message = "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.";
         return google_error(StatusCode::FORBIDDEN, message, "PERMISSION_DENIED");
     }
+    generate_content(mock, conn, &model_method, query, headers, body).await
+}
+
+/// Vertex AI's publisher models: the Gemini API's methods, with an access
+/// token that `/token` issued.
+async fn vertex(
+    State(mock): State<Mock>,
+    ConnectInfo(conn): ConnectInfo<ResetHandle>,
+    Path((_project, _location, model_method)): Path<(String, String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let issued = mock.scripts.lock().is_ok_and(|s| bearer.is_some_and(|b| s.issued.contains(b)));
+    if !issued {
+        let message = "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.";
+        return google_error(StatusCode::UNAUTHORIZED, message, "UNAUTHENTICATED");
+    }
+    generate_content(mock, conn, &model_method, uri.query().unwrap_or_default(), headers, body).await
+}
+
+/// What a service account's assertion claims.
+#[derive(Debug, Deserialize)]
+struct Assertion {
+    iss: String,
+    sub: String,
+    scope: String,
+}
+
+/// Google's OAuth token endpoint for service accounts (the RFC 7523
+/// jwt-bearer grant): the assertion must be signed (RS256) by a key of
+/// `--google-jwks`, name this endpoint as its audience, be unexpired, and ask
+/// for the cloud-platform scope. Issues an access token Vertex AI accepts.
+async fn google_token(State(mock): State<Mock>, axum::Form(form): axum::Form<HashMap<String, String>>) -> Response {
+    let oauth_error = |error: &str, description: &str| {
+        (StatusCode::BAD_REQUEST, Json(json!({"error": error, "error_description": description}))).into_response()
+    };
+    if form.get("grant_type").map(String::as_str) != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
+        return oauth_error("unsupported_grant_type", "Invalid grant_type.");
+    }
+    let Some(assertion) = form.get("assertion") else { return oauth_error("invalid_request", "Missing assertion.") };
+    let keys: Option<jsonwebtoken::jwk::JwkSet> = mock
+        .args
+        .google_jwks
+        .as_ref()
+        .and_then(|path| std::fs::read(path).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let kid = jsonwebtoken::decode_header(assertion).ok().and_then(|h| h.kid);
+    let Some(jwk) = keys.as_ref().and_then(|k| k.keys.iter().find(|j| j.common.key_id == kid)) else {
+        return oauth_error("invalid_grant", "Invalid JWT Signature.");
+    };
+    let Ok(key) = jsonwebtoken::DecodingKey::from_jwk(jwk) else {
+        return oauth_error("invalid_grant", "Invalid JWT Signature.");
+    };
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    validation.set_audience(&[&*mock.token_uri]);
+    let claims = match jsonwebtoken::decode::<Assertion>(assertion, &key, &validation) {
+        Ok(data) => data.claims,
+        Err(e) => return oauth_error("invalid_grant", &format!("Invalid JWT: {e}")),
+    };
+    if claims.iss != claims.sub
+        || !claims.scope.split(' ').any(|s| s == "https://www.googleapis.com/auth/cloud-platform")
+    {
+        return oauth_error("invalid_scope", "The assertion must ask for the cloud-platform scope as its own subject.");
+    }
+    let token = next_id("ya29.mock-");
+    let Ok(mut s) = mock.scripts.lock() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+    *s.counts.entry("google-oauth".into()).or_default() += 1;
+    s.issued.insert(token.clone());
+    Json(json!({"access_token": token, "expires_in": 3599, "token_type": "Bearer"})).into_response()
+}
+
+/// `{model}:generateContent` or `{model}:streamGenerateContent?alt=sse`, once the caller is authenticated.
+async fn generate_content(
+    mock: Mock,
+    conn: ResetHandle,
+    model_method: &str,
+    query: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let (model, stream) = match model_method.rsplit_once(':') {
         Some((m, "generateContent")) => (m.to_owned(), false),
         Some((m, "streamGenerateContent")) if query.split('&').any(|kv| kv == "alt=sse") => (m.to_owned(), true),

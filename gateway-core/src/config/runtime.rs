@@ -16,6 +16,7 @@ use crate::auth::{JwtVerifier, KeySource};
 use crate::limits::{LimitStores, RateLimiter};
 use crate::llm::azure::AzureOpenAi;
 use crate::llm::gemini::Gemini;
+use crate::llm::google_auth::GoogleTokens;
 use crate::llm::{Endpoint, EndpointError, Provider, Wire, anthropic::Anthropic, mock::Mock, openai::OpenAi};
 use crate::policy::Policies;
 use crate::routing::{Breaker, ModelRoute, RetryPolicy, Target};
@@ -143,6 +144,14 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
             }
             ProviderType::Anthropic => Provider::Anthropic(Anthropic::new(endpoint(&Anthropic::WIRE)?)),
             ProviderType::Gemini => Provider::Gemini(Gemini::new(endpoint(&Gemini::WIRE)?)),
+            ProviderType::Vertex => {
+                let key_file = p.service_account_key_file.as_deref().ok_or_else(|| {
+                    ConfigIssue::new(Reason::InvalidSpec, "required for vertex")
+                        .at(format!("providers[{i}].vertex.serviceAccountKeySecretRef"))
+                })?;
+                let tokens = GoogleTokens::new(key_file, client.clone());
+                Provider::Vertex(Gemini::new(endpoint(&Gemini::VERTEX_WIRE)?.with_google_tokens(tokens)))
+            }
             ProviderType::AzureOpenai => {
                 let version = p.azure.as_ref().and_then(|a| a.api_version.clone());
                 Provider::Azure(AzureOpenAi::new(endpoint(&AzureOpenAi::WIRE)?, version))

@@ -50,11 +50,20 @@ impl EndpointError {
     }
 }
 
+/// What authenticates a provider's requests.
+#[derive(Debug)]
+enum Credential {
+    /// An API key from a Secret file, in the API's header.
+    Key(HeaderName, SecretFile),
+    /// A Google service account's access tokens (Vertex AI).
+    Google(std::sync::Arc<super::google_auth::GoogleTokens>),
+}
+
 /// Where and how a provider sends requests.
 #[derive(Debug)]
 pub struct Endpoint {
     url: reqwest::Url,
-    api_key: Option<(HeaderName, SecretFile)>,
+    api_key: Option<Credential>,
     headers: HeaderMap,
     client: reqwest::Client,
 }
@@ -79,11 +88,17 @@ impl Endpoint {
             headers.insert(name, value);
         }
         let key_header = HeaderName::from_static(wire.key_header);
-        let api_key = api_key_file.map(|file| (key_header, SecretFile::new(file, wire.key_prefix)));
+        let api_key = api_key_file.map(|file| Credential::Key(key_header, SecretFile::new(file, wire.key_prefix)));
         let url = format!("{}{}", base_url.trim_end_matches('/'), wire.path);
         let url =
             reqwest::Url::parse(&url).map_err(|source| EndpointError::BaseUrl { url: base_url.into(), source })?;
         Ok(Self { url, api_key, headers, client })
+    }
+
+    /// Authenticates with a Google service account's access tokens instead of a key.
+    pub fn with_google_tokens(mut self, tokens: super::google_auth::GoogleTokens) -> Self {
+        self.api_key = Some(Credential::Google(std::sync::Arc::new(tokens)));
+        self
     }
 
     /// The URL the endpoint was built with (base URL and the API's path).
@@ -104,8 +119,12 @@ impl Endpoint {
         call: Call<'_, R>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut builder = self.client.post(url).headers(self.headers.clone()).body(body);
-        if let Some((name, key)) = &self.api_key {
-            builder = builder.header(name, key.header()?);
+        match &self.api_key {
+            None => {}
+            Some(Credential::Key(name, key)) => builder = builder.header(name, key.header()?),
+            Some(Credential::Google(tokens)) => {
+                builder = builder.header(header::AUTHORIZATION, tokens.header(call.deadline).await?);
+            }
         }
         let first_byte = (tokio::time::Instant::now() + call.first_byte_timeout).min(call.deadline);
         let response = match tokio::time::timeout_at(first_byte, builder.send()).await {

@@ -1,6 +1,7 @@
 //! Google's Gemini API (`generateContent`, `streamGenerateContent?alt=sse`)
 //! behind the OpenAI interface, for the `gemini` provider (the Gemini API
-//! with an API key in `x-goog-api-key`): requests are translated to
+//! with an API key in `x-goog-api-key`) and the `vertex` provider (Vertex
+//! AI's publisher models, with a service account's access tokens): requests are translated to
 //! `contents` (system instruction, text and image parts, function calls and
 //! responses), `tools` (function declarations with their JSON schema as
 //! `parametersJsonSchema`), `toolConfig` and `generationConfig`; answers and
@@ -28,6 +29,8 @@ pub struct Gemini {
 impl Gemini {
     /// The Gemini API: the key in `x-goog-api-key`; the path is made per call.
     pub const WIRE: Wire = Wire { path: "", key_header: "x-goog-api-key", key_prefix: "", fixed: &[] };
+    /// Vertex AI: a bearer access token (see [`super::google_auth`]).
+    pub const VERTEX_WIRE: Wire = Wire { path: "", key_header: "authorization", key_prefix: "Bearer ", fixed: &[] };
 
     /// A provider at `endpoint` (e.g. `https://generativelanguage.googleapis.com/v1beta` with [`Self::WIRE`]).
     pub fn new(endpoint: Endpoint) -> Self {

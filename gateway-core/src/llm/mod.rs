@@ -6,6 +6,7 @@ pub mod azure;
 pub mod embeddings;
 mod endpoint;
 pub mod gemini;
+pub mod google_auth;
 mod inbound;
 pub mod messages;
 pub mod mock;
@@ -243,6 +244,8 @@ pub enum Provider {
     Azure(azure::AzureOpenAi),
     /// Google's Gemini API.
     Gemini(gemini::Gemini),
+    /// Gemini on Vertex AI (the same API, with a service account's tokens).
+    Vertex(gemini::Gemini),
     /// In-process and deterministic.
     Mock(mock::Mock),
 }
@@ -254,7 +257,7 @@ impl Provider {
             Self::OpenAi(p) => p.call(call).await,
             Self::Anthropic(p) => p.call(call).await,
             Self::Azure(p) => p.call(call).await,
-            Self::Gemini(p) => p.call(call).await,
+            Self::Gemini(p) | Self::Vertex(p) => p.call(call).await,
             Self::Mock(p) => p.call(call).await,
         }
     }
@@ -266,7 +269,7 @@ impl Provider {
             Self::Azure(p) => p.embed(call).await,
             Self::Mock(p) => p.embed(call).await,
             // Refused when the config is compiled; a request cannot get here.
-            Self::Anthropic(_) | Self::Gemini(_) => {
+            Self::Anthropic(_) | Self::Gemini(_) | Self::Vertex(_) => {
                 Err(UpstreamError::Protocol(format!("no embeddings through a {} provider", self.kind())))
             }
         }
@@ -274,7 +277,7 @@ impl Provider {
 
     /// Whether the provider has an embeddings API.
     pub fn embeds(&self) -> bool {
-        !matches!(self, Self::Anthropic(_) | Self::Gemini(_))
+        !matches!(self, Self::Anthropic(_) | Self::Gemini(_) | Self::Vertex(_))
     }
 
     /// Provider kind, for metrics.
@@ -284,6 +287,7 @@ impl Provider {
             Self::Anthropic(_) => "anthropic",
             Self::Azure(_) => "azureOpenai",
             Self::Gemini(_) => "gemini",
+            Self::Vertex(_) => "vertex",
             Self::Mock(_) => "mock",
         }
     }

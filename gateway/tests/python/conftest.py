@@ -40,12 +40,25 @@ def quickstart_jwks() -> str:
     raise RuntimeError("no JWKS in the quickstart example")
 
 
+def service_account_key(token_uri: str) -> str:
+    """A Google service account key file (JSON) for the quickstart's dev key,
+    whose public half mock-llm's `/token` trusts (`--google-jwks`)."""
+    return json.dumps({
+        "type": "service_account", "project_id": "tenantgate-test", "private_key_id": "quickstart-dev",
+        "private_key": DEV_KEY.read_text(), "client_email": "gateway@tenantgate-test.iam.gserviceaccount.com",
+        "token_uri": token_uri,
+    })
+
+
 class Upstream:
     """A running mock-llm and its control API."""
 
     def __init__(self) -> None:
+        self.jwks = Path(tempfile.mkdtemp(prefix="tg-mock-llm-")) / "google-jwks.json"
+        self.jwks.write_text(quickstart_jwks())
         self.proc = subprocess.Popen(
-            [MOCK_LLM_BIN, "--listen", "127.0.0.1:0", "--tokens", "8"], stdout=subprocess.PIPE, text=True
+            [MOCK_LLM_BIN, "--listen", "127.0.0.1:0", "--tokens", "8", "--google-jwks", str(self.jwks)],
+            stdout=subprocess.PIPE, text=True,
         )
         line = self.proc.stdout.readline().strip()
         self.url = "http://" + line.removeprefix("listening on ")
@@ -129,6 +142,7 @@ class Gateway:
             template.replace("${UPSTREAM}", upstream.url)
             .replace("${DEAD}", f"http://127.0.0.1:{free_port()}")
             .replace("${JWKS}", quickstart_jwks())
+            .replace("${SERVICE_ACCOUNT}", service_account_key(upstream.url + "/token"))
         )
         # `tenant_spec`: more lines of the Tenant's spec (indented two spaces).
         assert "\nspec:\n" in text, "the fixture's Tenant spec moved"
