@@ -280,6 +280,7 @@ pub struct AzureProvider {
     /// without one, to the v1 API, `{baseUrl}/openai/v1/chat/completions`, with the
     /// deployment as the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$')").message("must be an API version such as 2024-10-21 or 2025-04-01-preview"))]
     pub api_version: Option<String>,
 }
