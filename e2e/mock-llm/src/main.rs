@@ -492,7 +492,6 @@ async fn embeddings_as(
             return openai_error(StatusCode::BAD_REQUEST, &message, Some("dimensions"), None);
         }
     }
-    let (answer, _) = mock_answer(&request, &request.model, count_tokens);
     let longest = match &request.input {
         Input::Text(t) => count_tokens(t),
         Input::Texts(t) => t.iter().map(|t| count_tokens(t)).max().unwrap_or(0),
@@ -509,7 +508,7 @@ async fn embeddings_as(
     if let Some(response) = misbehave(&step, mock.args.latency_ms, &conn, false).await {
         return response;
     }
-    Json(answer).into_response()
+    Json(mock_answer(&request, &request.model, count_tokens).0).into_response()
 }
 
 /// Azure OpenAI's error body (`{"error": {"code", "message"}}`) with `status`.

@@ -44,16 +44,10 @@ const TRANSLATED: &[&str] = &[
     "top_p",
 ];
 
-/// A Messages request, translated: the chat request and what the answer needs.
-#[derive(Debug)]
-pub struct Translated {
-    /// The gateway's chat request (its stream asks for a usage chunk).
-    pub request: ChatRequest,
-}
-
 /// Parses a `/v1/messages` body (`count_tokens`: the body of
-/// `/v1/messages/count_tokens`, where `max_tokens` is not required).
-pub fn parse(body: &[u8], count_tokens: bool) -> Result<Translated, RequestError> {
+/// `/v1/messages/count_tokens`, where `max_tokens` is not required) into the
+/// gateway's chat request (whose stream asks for a usage chunk).
+pub fn parse(body: &[u8], count_tokens: bool) -> Result<ChatRequest, RequestError> {
     let obj = object(body)?;
     let model = model(&obj, "Field required")?;
     let max_tokens = match obj.get("max_tokens") {
@@ -121,7 +115,7 @@ pub fn parse(body: &[u8], count_tokens: bool) -> Result<Translated, RequestError
     }
     let mut request = chat_request(out)?;
     request.anthropic = anthropic;
-    Ok(Translated { request })
+    Ok(request)
 }
 
 /// One Messages turn -> chat messages: a user turn's `tool_result` blocks
@@ -366,15 +360,12 @@ pub fn error_type(status: u16) -> &'static str {
 #[derive(Debug)]
 pub struct MessageEvents {
     model: String,
-    started: bool,
     /// The open block: its index, and for a tool call its chat index.
     open: Option<(usize, Option<u64>)>,
     next_index: usize,
     /// Chat tool-call index -> block index.
     tools: HashMap<u64, usize>,
     stop: Option<&'static str>,
-    usage: Usage,
-    finished: bool,
 }
 
 /// The translation of a streamed answer of the tenant `model`.
@@ -384,29 +375,11 @@ pub fn stream(model: &str) -> Translate<MessageEvents> {
 
 impl MessageEvents {
     fn new(model: &str) -> Self {
-        Self {
-            model: model.to_owned(),
-            started: false,
-            open: None,
-            next_index: 0,
-            tools: HashMap::new(),
-            stop: None,
-            usage: Usage::default(),
-            finished: false,
-        }
+        Self { model: model.to_owned(), open: None, next_index: 0, tools: HashMap::new(), stop: None }
     }
 
     fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
         out.extend_from_slice(format!("event: {name}\ndata: {data}\n\n").as_bytes());
-    }
-
-    fn start(&mut self, out: &mut Vec<u8>) {
-        if !self.started {
-            self.started = true;
-            let message = json!({"id": message_id(), "type": "message", "role": "assistant", "model": self.model,
-                "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}});
-            Self::event(out, "message_start", &json!({"type": "message_start", "message": message}));
-        }
     }
 
     fn close_block(&mut self, out: &mut Vec<u8>) {
@@ -430,27 +403,23 @@ impl MessageEvents {
 }
 
 impl ChunkSink for MessageEvents {
-    fn finished(&self) -> bool {
-        self.finished
+    fn start(&mut self, out: &mut Vec<u8>) {
+        let message = json!({"id": message_id(), "type": "message", "role": "assistant", "model": self.model,
+            "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}});
+        Self::event(out, "message_start", &json!({"type": "message_start", "message": message}));
     }
 
-    fn chunk(&mut self, chunk: &Value, out: &mut Vec<u8>) {
-        self.start(out);
-        if let Some(error) = chunk.get("error") {
-            self.close_block(out);
-            let kind = match error.get("type").and_then(Value::as_str) {
-                Some("invalid_request_error") => "invalid_request_error",
-                _ => "api_error",
-            };
-            let message = error.get("message").cloned().unwrap_or_else(|| json!("error"));
-            Self::event(out, "error", &json!({"type": "error", "error": {"type": kind, "message": message}}));
-            self.finished = true;
-            return;
-        }
-        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
-            self.usage = serde_json::from_value(usage.clone()).unwrap_or_default();
-        }
-        let Some(choice) = chunk["choices"].get(0) else { return };
+    fn error(&mut self, error: &Value, out: &mut Vec<u8>) {
+        self.close_block(out);
+        let kind = match error.get("type").and_then(Value::as_str) {
+            Some("invalid_request_error") => "invalid_request_error",
+            _ => "api_error",
+        };
+        let message = error.get("message").cloned().unwrap_or_else(|| json!("error"));
+        Self::event(out, "error", &json!({"type": "error", "error": {"type": kind, "message": message}}));
+    }
+
+    fn choice(&mut self, choice: &Value, out: &mut Vec<u8>) {
         let delta = &choice["delta"];
         if let Some(text) = delta.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
             let index = match self.open {
@@ -492,16 +461,14 @@ impl ChunkSink for MessageEvents {
         }
     }
 
-    fn finish(&mut self, out: &mut Vec<u8>) {
-        self.start(out);
+    fn finish(&mut self, usage: Usage, out: &mut Vec<u8>) {
         self.close_block(out);
-        self.finished = true;
         Self::event(
             out,
             "message_delta",
             &json!({"type": "message_delta",
             "delta": {"stop_reason": self.stop.unwrap_or("end_turn"), "stop_sequence": null},
-            "usage": {"input_tokens": self.usage.prompt_tokens, "output_tokens": self.usage.completion_tokens}}),
+            "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}}),
         );
         Self::event(out, "message_stop", &json!({"type": "message_stop"}));
     }
@@ -513,7 +480,7 @@ mod tests {
     use crate::llm::types::{Content, Role};
 
     fn parse_ok(v: Value) -> ChatRequest {
-        parse(v.to_string().as_bytes(), false).expect("parses").request
+        parse(v.to_string().as_bytes(), false).expect("parses")
     }
 
     fn parse_err(v: Value) -> RequestError {

@@ -369,12 +369,9 @@ pub struct ResponseEvents {
     id: String,
     created: u64,
     sequence: u64,
-    started: bool,
     open: Option<Open>,
     output: Vec<Value>,
-    usage: Usage,
     incomplete: bool,
-    finished: bool,
 }
 
 /// The translation of a streamed answer to a request that echoes `echo`.
@@ -389,12 +386,9 @@ impl ResponseEvents {
             id: next_id("resp_"),
             created: now(),
             sequence: 0,
-            started: false,
             open: None,
             output: Vec::new(),
-            usage: Usage::default(),
             incomplete: false,
-            finished: false,
         }
     }
 
@@ -407,16 +401,6 @@ impl ResponseEvents {
 
     fn snapshot(&self, status: &str, usage: Option<&Usage>) -> Value {
         response_object(&self.id, self.created, &self.echo, status, self.output.clone(), usage, self.incomplete)
-    }
-
-    fn start(&mut self, out: &mut Vec<u8>) {
-        if !self.started {
-            self.started = true;
-            let response = self.snapshot("in_progress", None);
-            self.event(out, "response.created", json!({"response": response}));
-            let response = self.snapshot("in_progress", None);
-            self.event(out, "response.in_progress", json!({"response": response}));
-        }
     }
 
     fn close(&mut self, out: &mut Vec<u8>) {
@@ -497,8 +481,17 @@ impl ResponseEvents {
             self.event(out, "response.function_call_arguments.delta", data);
         }
     }
+}
 
-    fn fail(&mut self, out: &mut Vec<u8>, error: &Value) {
+impl ChunkSink for ResponseEvents {
+    fn start(&mut self, out: &mut Vec<u8>) {
+        let response = self.snapshot("in_progress", None);
+        self.event(out, "response.created", json!({"response": response}));
+        let response = self.snapshot("in_progress", None);
+        self.event(out, "response.in_progress", json!({"response": response}));
+    }
+
+    fn error(&mut self, error: &Value, out: &mut Vec<u8>) {
         let message = error.get("message").cloned().unwrap_or_else(|| json!("error"));
         let code = error.get("code").cloned().unwrap_or(Value::Null);
         self.event(
@@ -510,25 +503,9 @@ impl ResponseEvents {
         response["error"] =
             json!({"code": if code.is_null() { json!("server_error") } else { code }, "message": message});
         self.event(out, "response.failed", json!({"response": response}));
-        self.finished = true;
-    }
-}
-
-impl ChunkSink for ResponseEvents {
-    fn finished(&self) -> bool {
-        self.finished
     }
 
-    fn chunk(&mut self, chunk: &Value, out: &mut Vec<u8>) {
-        self.start(out);
-        if let Some(error) = chunk.get("error") {
-            self.fail(out, error);
-            return;
-        }
-        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
-            self.usage = serde_json::from_value(usage.clone()).unwrap_or_default();
-        }
-        let Some(choice) = chunk["choices"].get(0) else { return };
+    fn choice(&mut self, choice: &Value, out: &mut Vec<u8>) {
         if let Some(text) = choice["delta"].get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
             self.text(out, text);
         }
@@ -540,13 +517,10 @@ impl ChunkSink for ResponseEvents {
         }
     }
 
-    fn finish(&mut self, out: &mut Vec<u8>) {
-        self.start(out);
+    fn finish(&mut self, usage: Usage, out: &mut Vec<u8>) {
         self.close(out);
-        self.finished = true;
         let (name, status) =
             if self.incomplete { ("response.incomplete", "incomplete") } else { ("response.completed", "completed") };
-        let usage = self.usage;
         let response = self.snapshot(status, Some(&usage));
         self.event(out, name, json!({"response": response}));
     }

@@ -5,6 +5,8 @@
 //! (sse-stream 0.2 refuses them and drops the rest of the chunk).
 
 use bytes::{Bytes, BytesMut};
+
+use super::types::Usage;
 use futures_util::{Stream, StreamExt};
 
 /// Cuts a byte stream into runs of whole events. Complete events are handed
@@ -46,14 +48,17 @@ fn last_event_end(buf: &[u8]) -> usize {
 }
 
 /// What a client API makes of the gateway's `chat.completion.chunk` events
-/// (see [`Translate`]).
+/// (see [`Translate`], which keeps what every API needs: whether the stream
+/// started and ended, and the usage of the final chunk).
 pub trait ChunkSink {
-    /// The client's events for one chunk (an error chunk too) into `out`.
-    fn chunk(&mut self, chunk: &serde_json::Value, out: &mut Vec<u8>);
-    /// The closing events, once: at `[DONE]`.
-    fn finish(&mut self, out: &mut Vec<u8>);
-    /// Whether the client's stream has ended (after an error or [`Self::finish`]).
-    fn finished(&self) -> bool;
+    /// The opening events, once, before anything else.
+    fn start(&mut self, out: &mut Vec<u8>);
+    /// The events for the first choice of one chunk (its delta and finish reason).
+    fn choice(&mut self, choice: &serde_json::Value, out: &mut Vec<u8>);
+    /// The events for an error chunk; nothing follows them.
+    fn error(&mut self, error: &serde_json::Value, out: &mut Vec<u8>);
+    /// The closing events, once, with the stream's usage.
+    fn finish(&mut self, usage: Usage, out: &mut Vec<u8>);
 }
 
 /// Translates a chat SSE stream, cut anywhere, into another client API's
@@ -62,12 +67,22 @@ pub trait ChunkSink {
 pub struct Translate<S> {
     decoder: Decoder,
     sink: S,
+    started: bool,
+    finished: bool,
+    usage: Usage,
 }
 
 impl<S: ChunkSink> Translate<S> {
     /// A translation through `sink`.
     pub fn new(sink: S) -> Self {
-        Self { decoder: Decoder::default(), sink }
+        Self { decoder: Decoder::default(), sink, started: false, finished: false, usage: Usage::default() }
+    }
+
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if !self.started {
+            self.started = true;
+            self.sink.start(out);
+        }
     }
 
     /// The client's events for some chat SSE bytes.
@@ -75,22 +90,36 @@ impl<S: ChunkSink> Translate<S> {
         self.decoder.push(bytes);
         let mut out = Vec::new();
         while let Some(event) = self.decoder.next_event() {
-            if self.sink.finished() {
+            if self.finished {
                 break;
             }
             if event.data == "[DONE]" {
-                self.sink.finish(&mut out);
-            } else if let Ok(chunk) = serde_json::from_str(&event.data) {
-                self.sink.chunk(&chunk, &mut out);
+                self.finish(&mut out);
+                continue;
+            }
+            let Ok(chunk) = serde_json::from_str::<serde_json::Value>(&event.data) else { continue };
+            self.start(&mut out);
+            if let Some(error) = chunk.get("error") {
+                self.sink.error(error, &mut out);
+                self.finished = true;
+                continue;
+            }
+            if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+                self.usage = serde_json::from_value(usage.clone()).unwrap_or_default();
+            }
+            if let Some(choice) = chunk["choices"].get(0) {
+                self.sink.choice(choice, &mut out);
             }
         }
         Bytes::from(out)
     }
 
-    /// The closing events when the stream ended without `[DONE]` (none after an error).
+    /// The closing events (at `[DONE]`, or when the stream ended without it; none after an error).
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if !self.sink.finished() {
-            self.sink.finish(out);
+        if !self.finished {
+            self.start(out);
+            self.finished = true;
+            self.sink.finish(self.usage, out);
         }
     }
 }

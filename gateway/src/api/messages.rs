@@ -60,7 +60,7 @@ async fn answer(
     let started = Instant::now();
     require_version(headers)?;
     let body = read_body(body, state.max_body_bytes()).await?;
-    let request = messages::parse(&body, false)?.request;
+    let request = messages::parse(&body, false)?;
     let model = request.model.clone();
     let response = serve(state, caller, request, body.len(), record, request_id, started).await?;
     let mut stream = messages::stream(&model);
@@ -79,7 +79,7 @@ pub async fn count_tokens(
 ) -> Result<Response, AppError> {
     require_version(&headers)?;
     let body = read_body(body, state.max_body_bytes()).await?;
-    let mut request = messages::parse(&body, true)?.request;
+    let mut request = messages::parse(&body, true)?;
     let runtime = state.runtime();
     let route = super::model_route(&runtime, &request.model, ModelType::Chat)?;
     let target_model = route.targets.first().map(|t| &*t.model);
