@@ -113,7 +113,13 @@ impl Input {
     /// Tokens to reserve against the limits before the upstream counts: one
     /// per 4 bytes of text (rounded up), or the token ids themselves.
     pub fn estimated_tokens(&self) -> u64 {
-        self.items(|t| (t.len() as u64).div_ceil(4)).iter().map(|(_, n)| n).sum()
+        let text = |t: &String| (t.len() as u64).div_ceil(4);
+        match self {
+            Self::Text(t) => text(t),
+            Self::Texts(t) => t.iter().map(text).sum(),
+            Self::Tokens(ids) => ids.len() as u64,
+            Self::TokenArrays(arrays) => arrays.iter().map(|ids| ids.len() as u64).sum(),
+        }
     }
 }
 
