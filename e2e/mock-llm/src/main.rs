@@ -7,7 +7,8 @@
 //! `api-version`, and `/openai/v1/...`), with Azure's `api-key` header
 //! required and the deployment as the model. So does the Gemini API
 //! (`/v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse`,
-//! whose events end in CRLF as Google's do), with its key required.
+//! whose events end in CRLF as Google's do), with its key required. Amazon
+//! Bedrock's Converse API and STS answer as `bedrock.rs` says.
 //!
 //! Control API (per upstream model name):
 //! - `POST /_control/script` `{"model": "m", "steps": [Step, ..], "default": Step?}`:
@@ -54,6 +55,8 @@ use tenantgate_gateway::llm::types::ChatRequest;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+mod bedrock;
+
 /// Scripted OpenAI/Anthropic mock.
 #[derive(Debug, Parser)]
 struct Args {
@@ -73,6 +76,21 @@ struct Args {
     /// `/token` exchanges for access tokens (Vertex AI); without it `/token` refuses all.
     #[arg(long)]
     google_jwks: Option<std::path::PathBuf>,
+    /// The region Bedrock requests must be signed for.
+    #[arg(long, default_value = "us-east-1")]
+    bedrock_region: String,
+    /// An access key ID Bedrock accepts signatures of (with `--aws-secret-access-key`).
+    #[arg(long)]
+    aws_access_key_id: Option<String>,
+    /// The secret access key of `--aws-access-key-id`.
+    #[arg(long)]
+    aws_secret_access_key: Option<String>,
+    /// A Bedrock API key, accepted as a bearer token.
+    #[arg(long)]
+    bedrock_api_key: Option<String>,
+    /// A JWKS file of the keys that sign the web identity tokens STS accepts.
+    #[arg(long)]
+    aws_oidc_jwks: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -130,6 +148,8 @@ struct Mock {
     token_uri: Arc<str>,
     /// Held only to pick a step, never across an await.
     scripts: Arc<Mutex<Scripts>>,
+    /// Temporary AWS credentials STS issued.
+    aws: Arc<Mutex<bedrock::Issued>>,
 }
 
 impl Mock {
@@ -170,7 +190,7 @@ async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let listener = ResettableListener(TcpListener::bind(args.listen).await?);
     let token_uri = format!("http://{}/token", listener.0.local_addr()?).into();
-    let mock = Mock { args: Arc::new(args), token_uri, scripts: Arc::default() };
+    let mock = Mock { args: Arc::new(args), token_uri, scripts: Arc::default(), aws: Arc::default() };
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
@@ -180,6 +200,8 @@ async fn main() -> std::io::Result<()> {
         .route("/v1beta/models/{*model_method}", post(gemini))
         .route("/token", post(google_token))
         .route("/v1/projects/{project}/locations/{location}/publishers/google/models/{*model_method}", post(vertex))
+        .route("/model/{model}/{operation}", post(bedrock::converse))
+        .route("/", post(bedrock::sts))
         .route(
             "/v1/models",
             get(|| async { Json(json!({"object": "list", "data": [{"id": "mock-1", "object": "model"}]})) }),
@@ -366,6 +388,16 @@ fn garbage(stream: bool) -> Response {
 }
 
 fn event_stream(events: Vec<Bytes>, interval: Duration, fail_after: Option<usize>) -> Response {
+    byte_stream(events, interval, fail_after, "text/event-stream")
+}
+
+/// A streamed body of `content_type`, `events` one write each; `fail_after` breaks it mid-stream.
+fn byte_stream(
+    events: Vec<Bytes>,
+    interval: Duration,
+    fail_after: Option<usize>,
+    content_type: &'static str,
+) -> Response {
     let stream = futures_util::stream::iter(events.into_iter().enumerate()).then(move |(i, event)| async move {
         if i > 0 && !interval.is_zero() {
             tokio::time::sleep(interval).await;
@@ -378,7 +410,7 @@ fn event_stream(events: Vec<Bytes>, interval: Duration, fail_after: Option<usize
         Ok(event)
     });
     // An error aborts the body mid-stream: the client sees a broken connection.
-    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(stream))
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(stream))
         .into_response()
 }
 

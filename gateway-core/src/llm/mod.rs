@@ -2,7 +2,9 @@
 //! OpenAI's Chat Completions format, as a whole body or as SSE events.
 
 pub mod anthropic;
+pub mod aws_auth;
 pub mod azure;
+pub mod bedrock;
 pub mod embeddings;
 mod endpoint;
 pub mod gemini;
@@ -196,6 +198,13 @@ struct ErrorEnvelope {
     error: ErrorFields,
 }
 
+/// AWS's error body (`{"message": ...}`, the type in `x-amzn-errortype`).
+#[derive(Deserialize)]
+struct AwsError {
+    #[serde(alias = "Message")]
+    message: String,
+}
+
 #[derive(Deserialize)]
 struct ErrorFields {
     #[serde(default)]
@@ -218,7 +227,13 @@ fn lenient_code<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>
 
 /// An error status with the message of an OpenAI- or Anthropic-shaped body.
 pub(crate) fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
-    let parsed = serde_json::from_slice::<ErrorEnvelope>(body).ok().map(|e| e.error);
+    let parsed = serde_json::from_slice::<ErrorEnvelope>(body).ok().map(|e| e.error).or_else(|| {
+        // `ValidationException:http://internal.amazon.com/coral/...`: the part before the colon.
+        let kind =
+            headers.get("x-amzn-errortype").and_then(|v| v.to_str().ok()).map(|t| t.split(':').next().unwrap_or(t));
+        let aws = serde_json::from_slice::<AwsError>(body).ok()?;
+        Some(ErrorFields { message: Some(aws.message), kind: kind.map(str::to_owned), param: None, code: None })
+    });
     let message = parsed.as_ref().and_then(|e| e.message.clone()).unwrap_or_else(|| {
         let text = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string();
         if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text }
@@ -246,6 +261,8 @@ pub enum Provider {
     Gemini(gemini::Gemini),
     /// Gemini on Vertex AI (the same API, with a service account's tokens).
     Vertex(gemini::Gemini),
+    /// Amazon Bedrock's Converse API.
+    Bedrock(bedrock::Bedrock),
     /// In-process and deterministic.
     Mock(mock::Mock),
 }
@@ -258,6 +275,7 @@ impl Provider {
             Self::Anthropic(p) => p.call(call).await,
             Self::Azure(p) => p.call(call).await,
             Self::Gemini(p) | Self::Vertex(p) => p.call(call).await,
+            Self::Bedrock(p) => p.call(call).await,
             Self::Mock(p) => p.call(call).await,
         }
     }
@@ -269,7 +287,7 @@ impl Provider {
             Self::Azure(p) => p.embed(call).await,
             Self::Mock(p) => p.embed(call).await,
             // Refused when the config is compiled; a request cannot get here.
-            Self::Anthropic(_) | Self::Gemini(_) | Self::Vertex(_) => {
+            Self::Anthropic(_) | Self::Gemini(_) | Self::Vertex(_) | Self::Bedrock(_) => {
                 Err(UpstreamError::Protocol(format!("no embeddings through a {} provider", self.kind())))
             }
         }
@@ -277,7 +295,7 @@ impl Provider {
 
     /// Whether the provider has an embeddings API.
     pub fn embeds(&self) -> bool {
-        !matches!(self, Self::Anthropic(_) | Self::Gemini(_) | Self::Vertex(_))
+        !matches!(self, Self::Anthropic(_) | Self::Gemini(_) | Self::Vertex(_) | Self::Bedrock(_))
     }
 
     /// Provider kind, for metrics.
@@ -288,6 +306,7 @@ impl Provider {
             Self::Azure(_) => "azureOpenai",
             Self::Gemini(_) => "gemini",
             Self::Vertex(_) => "vertex",
+            Self::Bedrock(_) => "bedrock",
             Self::Mock(_) => "mock",
         }
     }

@@ -19,6 +19,7 @@ from conftest import ROOT, audit_events
 GOLDEN = ROOT / "gateway/tests/golden/tokens"
 # provider type -> the fixture's model on it
 PROVIDERS = {"openai": "chat", "anthropic": "claude", "azureOpenai": "azure-chat", "gemini": "gemini", "vertex": "vertex-gemini",
+             "bedrock": "bedrock-claude",
              "mock": "in-process"}
 EMBEDDERS = {"openai": "embed", "azureOpenai": "azure-embed"}
 QUESTION = "Say hello to the golden files"
