@@ -334,14 +334,17 @@ pub async fn converse(
     if let Some(response) = misbehave(&step, mock.args.latency_ms, &conn, stream).await {
         return response;
     }
-    let plan = plan(&mock, &request, &step);
+    let mut plan = plan(&mock, &request, &step);
+    plan.usage = plan.usage.with_cached(step.cached_tokens.unwrap_or(0));
     let stop_reason = match plan.finish_reason {
         "tool_calls" => "tool_use",
         "length" => "max_tokens",
         _ => "end_turn",
     };
-    let usage = json!({"inputTokens": plan.usage.prompt_tokens, "outputTokens": plan.usage.completion_tokens,
-        "totalTokens": plan.usage.total_tokens});
+    // Converse's inputTokens leave out the cache reads.
+    let cached = plan.usage.cached_tokens();
+    let usage = json!({"inputTokens": plan.usage.prompt_tokens - cached, "outputTokens": plan.usage.completion_tokens,
+        "totalTokens": plan.usage.total_tokens, "cacheReadInputTokens": cached, "cacheWriteInputTokens": 0});
     let tool_use = plan
         .tool_call
         .as_ref()

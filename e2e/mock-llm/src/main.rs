@@ -22,6 +22,8 @@
 //! "chunk_interval_ms": 5, "fail_after_chunks": 3, "times": 2, "reply": "text",
 //! "reset": true, "garbage": true, "tool_call": "name", "tool_arguments": {..}}`
 //! (all optional; `reply` replaces the answer's text, streamed one word per chunk;
+//! `cached_tokens` reports that many prompt tokens as read from the prompt cache, in each
+//! API's fields;
 //! `tool_call` answers a chat completion, whole or streamed, with a call of that
 //! tool with `tool_arguments` (default `{}`), offered or not (a model that calls a tool it was not given);
 //! `reset` aborts the TCP connection with a reset (RST, `SO_LINGER` 0) instead of
@@ -112,6 +114,8 @@ struct Step {
     garbage: bool,
     tool_call: Option<String>,
     tool_arguments: Option<Value>,
+    /// Of the prompt tokens, this many are reported as read from the prompt cache.
+    cached_tokens: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -449,7 +453,8 @@ async fn chat_as(
     if let Some(response) = misbehave(&step, mock.args.latency_ms, &conn, request.stream).await {
         return response;
     }
-    let plan = Plan::for_chat(&request, mock.args.tokens);
+    let mut plan = Plan::for_chat(&request, mock.args.tokens);
+    plan.usage = plan.usage.with_cached(step.cached_tokens.unwrap_or(0));
     let id = next_id("chatcmpl-");
     let interval = Duration::from_millis(step.chunk_interval_ms.unwrap_or(mock.args.chunk_interval_ms));
     if let Some(reply) = &step.reply {
@@ -769,9 +774,11 @@ async fn generate_content(
         })
         .sum();
     let max_tokens = request["generationConfig"]["maxOutputTokens"].as_u64().map(|m| m as u32);
-    let plan = Plan::new(&tools, mode, user_spoke_last, results.as_deref(), prompt, max_tokens, mock.args.tokens);
+    let mut plan = Plan::new(&tools, mode, user_spoke_last, results.as_deref(), prompt, max_tokens, mock.args.tokens);
+    plan.usage = plan.usage.with_cached(step.cached_tokens.unwrap_or(0));
     let reason = if plan.finish_reason == "length" { "MAX_TOKENS" } else { "STOP" };
     let usage = json!({"promptTokenCount": plan.usage.prompt_tokens, "candidatesTokenCount": plan.usage.completion_tokens,
+        "cachedContentTokenCount": plan.usage.cached_tokens(),
         "totalTokenCount": plan.usage.total_tokens});
     let answer = |parts: Vec<Value>, finish: Option<&str>| {
         let mut candidate = json!({"content": {"role": "model", "parts": parts}, "index": 0});
@@ -870,7 +877,11 @@ async fn messages(
     let tool_results = (!tool_results.is_empty()).then(|| tool_results.join("\n"));
     let prompt: u64 = messages.iter().map(|m| 4 + count_tokens(&m["content"].to_string())).sum();
     let max_tokens = request.get("max_tokens").and_then(Value::as_u64).map(|m| m as u32);
-    let plan = Plan::new(&tools, mode, user_spoke_last, tool_results.as_deref(), prompt, max_tokens, mock.args.tokens);
+    let mut plan =
+        Plan::new(&tools, mode, user_spoke_last, tool_results.as_deref(), prompt, max_tokens, mock.args.tokens);
+    plan.usage = plan.usage.with_cached(step.cached_tokens.unwrap_or(0));
+    // Anthropic's input_tokens leave out the cache reads.
+    let (input, cached) = (plan.usage.prompt_tokens - plan.usage.cached_tokens(), plan.usage.cached_tokens());
     let id = next_id("msg_");
     let stop_reason = match plan.finish_reason {
         "tool_calls" => "tool_use",
@@ -886,7 +897,8 @@ async fn messages(
         content
             .push(json!({"type": "tool_use", "id": call_id.replace("call_", "toolu_"), "name": name, "input": input}));
     }
-    let usage = json!({"input_tokens": plan.usage.prompt_tokens, "output_tokens": plan.usage.completion_tokens});
+    let usage = json!({"input_tokens": input, "output_tokens": plan.usage.completion_tokens,
+        "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0});
     if request.get("stream").and_then(Value::as_bool) != Some(true) {
         return Json(json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": content,
             "stop_reason": stop_reason, "stop_sequence": null, "usage": usage}))
@@ -896,7 +908,8 @@ async fn messages(
     let mut events = vec![ev(
         "message_start",
         json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant", "model": model,
-            "content": [], "stop_reason": null, "usage": {"input_tokens": plan.usage.prompt_tokens, "output_tokens": 1}}}),
+            "content": [], "stop_reason": null, "usage": {"input_tokens": input, "output_tokens": 1,
+            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}}}),
     )];
     let mut index = 0;
     if let Some(words) = &plan.content {

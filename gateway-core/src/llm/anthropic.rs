@@ -174,7 +174,7 @@ fn usage_of(u: Option<&Value>) -> Usage {
     let prompt = get("input_tokens")
         .saturating_add(get("cache_read_input_tokens"))
         .saturating_add(get("cache_creation_input_tokens"));
-    Usage::new(prompt, get("output_tokens"))
+    Usage::new(prompt, get("output_tokens")).with_cached(get("cache_read_input_tokens"))
 }
 
 /// Messages API answer -> `chat.completion`.
@@ -275,7 +275,7 @@ impl StreamTranslator {
             Some("message_delta") => {
                 let output = event.get("usage").and_then(|u| u.get("output_tokens")).and_then(Value::as_u64);
                 if let Some(output) = output {
-                    self.usage = Usage::new(self.usage.prompt_tokens, output);
+                    self.usage = Usage::new(self.usage.prompt_tokens, output).with_cached(self.usage.cached_tokens());
                 }
                 let reason = finish_reason(event["delta"].get("stop_reason").and_then(Value::as_str));
                 out.push(self.chunks.chunk(json!({}), Some(reason)));

@@ -183,7 +183,7 @@ fn usage_of(usage: Option<&Value>) -> Usage {
     let get = |k: &str| usage.and_then(|u| u.get(k)).and_then(Value::as_u64).unwrap_or(0);
     let prompt =
         get("inputTokens").saturating_add(get("cacheReadInputTokens")).saturating_add(get("cacheWriteInputTokens"));
-    Usage::new(prompt, get("outputTokens"))
+    Usage::new(prompt, get("outputTokens")).with_cached(get("cacheReadInputTokens"))
 }
 
 fn finish_reason(reason: Option<&str>) -> &'static str {
@@ -423,7 +423,12 @@ mod tests {
                 "metrics": {"latencyMs": 100}}),
             "m",
         );
-        assert_eq!(usage, Usage::new(17, 5));
+        assert_eq!(usage, Usage::new(17, 5).with_cached(4));
+        assert_eq!(
+            c["usage"]["prompt_tokens_details"],
+            json!({"cached_tokens": 4}),
+            "the cache reads, in OpenAI's field"
+        );
         assert_eq!(c["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(c["choices"][0]["message"]["content"], "Checking.");
         assert_eq!(c["choices"][0]["message"]["tool_calls"][0]["id"], "tooluse_1");

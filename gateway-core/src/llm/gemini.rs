@@ -144,10 +144,11 @@ fn user_parts(content: Option<&Content>) -> Vec<Value> {
     )
 }
 
-/// `usageMetadata` as usage: thinking tokens are output tokens.
+/// `usageMetadata` as usage: thinking tokens are output tokens; the prompt count includes cached content.
 fn usage_of(meta: Option<&Value>) -> Usage {
     let get = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_u64).unwrap_or(0);
     Usage::new(get("promptTokenCount"), get("candidatesTokenCount").saturating_add(get("thoughtsTokenCount")))
+        .with_cached(get("cachedContentTokenCount"))
 }
 
 fn finish_reason(reason: Option<&str>, called: bool) -> &'static str {
