@@ -385,6 +385,8 @@ class Upstreams:
             "MOCK_LLM_IMAGE": f"tenantgate.dev/e2e/mock-llm:{IMAGE_VERSION}",
             "MCP_ECHO_IMAGE": f"tenantgate.dev/e2e/mcp-echo:{IMAGE_VERSION}",
             "EVERYTHING_IMAGE": f"tenantgate.dev/e2e/mcp-everything:{IMAGE_VERSION}",
+            # One line of JSON, quoted in the fixture.
+            "SERVICE_ACCOUNT_JWKS": json.dumps(json.loads(kubectl("get", "--raw", "/openid/v1/jwks"))),
         }
         kubectl("apply", "-f", str(fixture_dir("upstreams", images)))
         for name in ("mock-llm", "mcp-echo", "everything"):

@@ -272,6 +272,12 @@ def test_tenant_app_chats_streams_and_calls_mcp_tools(tenant):
         # Routed to the openai provider's upstream (mock-llm) with the Secret's key.
         assert S.upstreams.mock.count("gpt-4o-mini") == before + 1
         assert S.upstreams.mock.last("gpt-4o-mini")["credential"] == "Bearer sk-e2e-first"
+        # Amazon Bedrock with the pod's web identity: the token the kubelet projected passed
+        # mock-llm's STS (checked against the API server's keys), and the Converse call was
+        # signed with the temporary credentials STS issued.
+        assert app.chat(g.url, token, "chat-bedrock", "Hello from the tenant app")
+        credential = S.upstreams.mock.last("anthropic.claude-haiku-4-5-20251001-v1:0")["credential"]
+        assert credential.startswith("AWS4-HMAC-SHA256 Credential=ASIA"), credential
     chunks, text, finish = app.stream(g.url, token, "chat-default", "Stream a few words please")
     assert chunks > 1 and text and finish == "stop", (chunks, text, finish)
     tools = app.mcp_tools(g.url, token)
