@@ -90,6 +90,12 @@ fn upstream_urls(input: &BuildInput<'_>) -> BTreeSet<String> {
     let config = &input.rendered.config;
     let mut urls: BTreeSet<String> = BTreeSet::new();
     urls.extend(config.providers.iter().filter_map(|p| p.base_url.clone()));
+    for p in &config.providers {
+        urls.extend(p.azure.as_ref().and_then(|a| a.entra_id.as_ref()).map(|e| e.token_url.clone()));
+        if let Some(w) = &p.google_workload_identity {
+            urls.extend([w.sts_url.clone(), w.iam_credentials_url.clone()]);
+        }
+    }
     urls.extend(config.mcp.iter().filter_map(|c| c.url.clone()));
     if let JwtKeys::JwksUri(uri) = &config.auth.jwt.keys {
         urls.insert(uri.clone());
