@@ -115,7 +115,7 @@ impl AccessTokens {
 /// `Bearer <token>`, marked sensitive so no debug output shows it.
 pub(super) fn bearer(token: &str, why: &str) -> Result<HeaderValue, UpstreamError> {
     let mut value =
-        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| refused("access token", "answer", why))?;
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| refused("access token", "token answer", why))?;
     value.set_sensitive(true);
     Ok(value)
 }
