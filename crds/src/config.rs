@@ -164,6 +164,9 @@ pub struct ProviderConfig {
     /// Google workload identity federation (vertex), instead of a key file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub google_workload_identity: Option<GoogleWorkloadIdentityConfig>,
+    /// Amazon Bedrock's region and SigV4 credentials (bedrock without an API key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bedrock: Option<BedrockConfig>,
 }
 
 /// How an Azure OpenAI resource is called.
@@ -217,6 +220,42 @@ pub struct GoogleWorkloadIdentityConfig {
     pub sts_url: String,
     /// The IAM Credentials API root.
     pub iam_credentials_url: String,
+}
+
+/// How a bedrock provider signs its requests.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BedrockConfig {
+    /// AWS region, part of every signature.
+    pub region: String,
+    /// Where the signing credentials come from (absent with a Bedrock API key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<AwsCredentialsConfig>,
+}
+
+/// AWS credentials of a bedrock provider.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AwsCredentialsConfig {
+    /// An access key in Secret files, re-read so rotation needs no restart.
+    AccessKey {
+        /// File holding the access key ID.
+        access_key_id_file: String,
+        /// File holding the secret access key.
+        secret_access_key_file: String,
+        /// File holding a session token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_token_file: Option<String>,
+    },
+    /// `AssumeRoleWithWebIdentity` with the pod's projected service account token.
+    WebIdentity {
+        /// The role to assume.
+        role_arn: String,
+        /// The STS endpoint.
+        sts_url: String,
+        /// File holding the projected token.
+        token_file: String,
+    },
 }
 
 /// How the gateway reaches an MCP server.

@@ -6,14 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use kube::ResourceExt;
 
 use crate::config::{
-    AuthConfig, AzureConfig, CONFIG_VERSION, DatabaseConfig, EntraCredential, EntraIdConfig, EnvValue, GatewayConfig,
-    GoogleWorkloadIdentityConfig, JwtConfig, JwtKeys, KeysConfig, McpAuthConfig, McpConnectionConfig,
-    McpEndpointTransport, McpResourceConfig, NetworkConfig, PolicyConfig, PolicyLayer, PolicyOrigin, ProviderConfig,
-    StdioProcess, StorageConfig, TenantIdentity,
+    AuthConfig, AwsCredentialsConfig, AzureConfig, BedrockConfig, CONFIG_VERSION, DatabaseConfig, EntraCredential,
+    EntraIdConfig, EnvValue, GatewayConfig, GoogleWorkloadIdentityConfig, JwtConfig, JwtKeys, KeysConfig,
+    McpAuthConfig, McpConnectionConfig, McpEndpointTransport, McpResourceConfig, NetworkConfig, PolicyConfig,
+    PolicyLayer, PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity,
 };
 use crate::issue::{ConfigIssue, ObjectRef, Reason};
 use crate::v1alpha1::{
-    AzureProvider, McpConnection, McpTransport, PromptPolicy, SecretKeyRef, Tenant, VertexWorkloadIdentity,
+    AzureProvider, BedrockProvider, McpConnection, McpTransport, PromptPolicy, SecretKeyRef, Tenant,
+    VertexWorkloadIdentity,
 };
 
 /// Where the gateway Deployment mounts the projected Secret volume.
@@ -299,10 +300,16 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
             }
         }
         let vertex = p.vertex.as_ref();
+        let bedrock = p.bedrock.as_ref().map(|b| bedrock_config(&mut r, b));
+        let base_url = match (&p.base_url, &p.bedrock) {
+            (Some(url), _) => Some(url.trim_end_matches('/').to_string()),
+            (None, Some(b)) => Some(format!("https://bedrock-runtime.{}.amazonaws.com", b.region)),
+            (None, None) => None,
+        };
         providers.push(ProviderConfig {
             name: p.name.clone(),
             type_: p.type_,
-            base_url: p.base_url.as_ref().map(|u| u.trim_end_matches('/').to_string()),
+            base_url,
             api_key_file: p.api_key_secret_ref.as_ref().map(|s| r.secret_file(s)),
             headers: p.headers.clone(),
             mock: p.mock.clone(),
@@ -313,6 +320,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
             google_workload_identity: vertex
                 .and_then(|v| v.workload_identity.as_ref())
                 .map(|w| r.google_workload_identity(w)),
+            bedrock,
         });
     }
     let mut model_names = BTreeSet::new();
@@ -425,6 +433,27 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         identity_token_audiences: r.identity_audiences,
         skipped,
     })
+}
+
+/// The audience of the service account token AWS STS accepts (as EKS projects it).
+pub const AWS_TOKEN_AUDIENCE: &str = "sts.amazonaws.com";
+
+/// A bedrock provider's region and credentials; `None` credentials with a Bedrock API key.
+fn bedrock_config(r: &mut Renderer<'_>, b: &BedrockProvider) -> BedrockConfig {
+    let credentials = match (&b.access_key_id_secret_ref, &b.secret_access_key_secret_ref, &b.web_identity) {
+        (Some(id), Some(secret), _) => Some(AwsCredentialsConfig::AccessKey {
+            access_key_id_file: r.secret_file(id),
+            secret_access_key_file: r.secret_file(secret),
+            session_token_file: b.session_token_secret_ref.as_ref().map(|t| r.secret_file(t)),
+        }),
+        (_, _, Some(w)) => Some(AwsCredentialsConfig::WebIdentity {
+            role_arn: w.role_arn.clone(),
+            sts_url: w.sts_url.clone().unwrap_or_else(|| format!("https://sts.{}.amazonaws.com", b.region)),
+            token_file: r.identity_token_file(AWS_TOKEN_AUDIENCE),
+        }),
+        _ => None,
+    };
+    BedrockConfig { region: b.region.clone(), credentials }
 }
 
 struct Renderer<'o> {

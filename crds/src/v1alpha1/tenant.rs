@@ -31,7 +31,7 @@ use super::common::SecretKeyRef;
 )]
 #[x_kube(
     validation = Rule::new("self.models.all(m, m.targets.all(t, self.providers.exists(p, p.name == t.provider)))").message("every model target must name a provider declared in spec.providers").field_path(".models"),
-    validation = Rule::new("self.models.all(m, !has(m.type) || m.type != 'embedding' || m.targets.all(t, !self.providers.exists(p, p.name == t.provider && p.type in ['anthropic', 'gemini', 'vertex'])))").message("an embedding model's targets must be providers with an embeddings API (openai, azureOpenai or mock): anthropic has none, and gemini's and vertex's are not supported yet").field_path(".models"),
+    validation = Rule::new("self.models.all(m, !has(m.type) || m.type != 'embedding' || m.targets.all(t, !self.providers.exists(p, p.name == t.provider && p.type in ['anthropic', 'gemini', 'vertex', 'bedrock'])))").message("an embedding model's targets must be providers with an embeddings API (openai, azureOpenai or mock): anthropic has none, and gemini's, vertex's and bedrock's are not supported yet").field_path(".models"),
     validation = Rule::new("(self.gateway.replicas <= 1 && !has(self.gateway.autoscaling)) || (has(self.storage.redis))").message("more than one gateway replica (or autoscaling) needs spec.storage.redis: without Redis, rate limits and MCP sessions live in one process").field_path(".storage.redis"),
     validation = Rule::new("!has(self.storage.volume) || has(self.storage.database) || (self.gateway.replicas <= 1 && !has(self.gateway.autoscaling) && (!has(self.storage.volume.accessMode) || self.storage.volume.accessMode == 'ReadWriteOnce'))").message("without spec.storage.database the volume holds the SQLite file, which only one gateway pod on one node may use: set replicas 1 (no autoscaling, accessMode ReadWriteOnce) or a database").field_path(".storage.volume"),
     validation = Rule::new("has(self.namespace) == has(oldSelf.namespace)").message("spec.namespace is immutable: create a new Tenant to move it").field_path(".namespace"),
@@ -216,18 +216,24 @@ pub enum ProviderType {
     /// requests carry an access token from the credentials in `vertex` (a service account key
     /// or workload identity federation).
     Vertex,
+    /// Amazon Bedrock's Converse API (`/model/{model}/converse`, `converse-stream`), signed with
+    /// SigV4 (credentials in `bedrock`) or with a Bedrock API key in `apiKeySecretRef`.
+    /// `baseUrl` defaults to `https://bedrock-runtime.{region}.amazonaws.com`.
+    Bedrock,
     /// An in-process deterministic model, for the quickstart and tests.
     Mock,
 }
 
 /// An upstream LLM API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
-#[x_kube(validation = Rule::new("self.type == 'mock' || has(self.baseUrl)").message("baseUrl is required unless type is mock"))]
+#[x_kube(validation = Rule::new("self.type in ['mock', 'bedrock'] || has(self.baseUrl)").message("baseUrl is required unless type is mock or bedrock"))]
 #[x_kube(validation = Rule::new("self.type == 'mock' || !has(self.mock)").message("mock settings are only allowed when type is mock"))]
 #[x_kube(validation = Rule::new("self.type == 'azureOpenai' || !has(self.azure)").message("azure settings are only allowed when type is azureOpenai"))]
 #[x_kube(validation = Rule::new("self.type != 'azureOpenai' || has(self.apiKeySecretRef) != (has(self.azure) && has(self.azure.entraId))").message("an azureOpenai provider needs exactly one of apiKeySecretRef (its api-key) or azure.entraId (Entra ID tokens)"))]
 #[x_kube(validation = Rule::new("self.type != 'gemini' || has(self.apiKeySecretRef)").message("a gemini provider needs apiKeySecretRef (its API key)"))]
 #[x_kube(validation = Rule::new("self.type == 'vertex' ? has(self.vertex) && !has(self.apiKeySecretRef) : !has(self.vertex)").message("a vertex provider needs vertex (serviceAccountKeySecretRef or workloadIdentity) and no apiKeySecretRef; vertex settings are only allowed when type is vertex"))]
+#[x_kube(validation = Rule::new("self.type == 'bedrock' ? has(self.bedrock) : !has(self.bedrock)").message("a bedrock provider needs bedrock.region; bedrock settings are only allowed when type is bedrock"))]
+#[x_kube(validation = Rule::new("self.type != 'bedrock' || (has(self.apiKeySecretRef) ? 1 : 0) + (has(self.bedrock.accessKeyIdSecretRef) ? 1 : 0) + (has(self.bedrock.webIdentity) ? 1 : 0) == 1").message("a bedrock provider needs exactly one credential: apiKeySecretRef (a Bedrock API key), bedrock.accessKeyIdSecretRef with bedrock.secretAccessKeySecretRef, or bedrock.webIdentity"))]
 #[serde(rename_all = "camelCase")]
 pub struct Provider {
     /// Name targets refer to. A DNS label.
@@ -258,6 +264,54 @@ pub struct Provider {
     /// Vertex AI settings (type vertex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vertex: Option<VertexProvider>,
+    /// Amazon Bedrock settings (type bedrock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bedrock: Option<BedrockProvider>,
+}
+
+/// Where an Amazon Bedrock provider runs and how its requests are signed (SigV4, service
+/// `bedrock`). The credentials are an access key from Secrets, or the pod's web identity;
+/// a Bedrock API key goes in the provider's `apiKeySecretRef` instead.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.accessKeyIdSecretRef) == has(self.secretAccessKeySecretRef)").message("accessKeyIdSecretRef and secretAccessKeySecretRef go together"))]
+#[x_kube(validation = Rule::new("!has(self.sessionTokenSecretRef) || has(self.accessKeyIdSecretRef)").message("sessionTokenSecretRef needs accessKeyIdSecretRef and secretAccessKeySecretRef"))]
+#[serde(rename_all = "camelCase")]
+pub struct BedrockProvider {
+    /// AWS region of the Bedrock runtime, e.g. `us-east-1`: part of every signature.
+    #[schemars(length(min = 1, max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z]{2}(-[a-z]+)+-[0-9]+$')").message("must be an AWS region such as us-east-1"))]
+    pub region: String,
+    /// Secret key holding the access key ID (`AKIA...` or `ASIA...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding the secret access key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding a session token, for temporary credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token_secret_ref: Option<SecretKeyRef>,
+    /// Assume an IAM role with the gateway pod's service account token (as EKS's IAM roles
+    /// for service accounts do): the operator projects a token for the audience
+    /// `sts.amazonaws.com`, and the gateway exchanges it at STS
+    /// (`AssumeRoleWithWebIdentity`) for temporary credentials, cached until five minutes
+    /// before they expire. The cluster's service account issuer must be an IAM OIDC provider.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_identity: Option<BedrockWebIdentity>,
+}
+
+/// The IAM role the gateway assumes with its service account token.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BedrockWebIdentity {
+    /// ARN of the role, e.g. `arn:aws:iam::123456789012:role/tenant-a-bedrock`.
+    #[schemars(length(min = 20, max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^arn:aws[a-z-]*:iam::[0-9]{12}:role/[a-zA-Z0-9_+=,.@/-]+$')").message("must be an IAM role ARN such as arn:aws:iam::123456789012:role/name"))]
+    pub role_arn: String,
+    /// The STS endpoint. Defaults to the regional one, `https://sts.{region}.amazonaws.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['https', 'http']").message("must be an http(s) URL"))]
+    pub sts_url: Option<String>,
 }
 
 /// How the gateway authenticates to Vertex AI: a service account key or

@@ -9,7 +9,8 @@
 //! double: see `identity.rs`, which also plays Google's STS and IAM
 //! Credentials API for workload identity federation). So does the Gemini API
 //! (`/v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse`,
-//! whose events end in CRLF as Google's do), with its key required.
+//! whose events end in CRLF as Google's do), with its key required. Amazon
+//! Bedrock's Converse API and STS answer as `bedrock.rs` says.
 //!
 //! Control API (per upstream model name):
 //! - `POST /_control/script` `{"model": "m", "steps": [Step, ..], "default": Step?}`:
@@ -23,6 +24,8 @@
 //! "chunk_interval_ms": 5, "fail_after_chunks": 3, "times": 2, "reply": "text",
 //! "reset": true, "garbage": true, "tool_call": "name", "tool_arguments": {..}}`
 //! (all optional; `reply` replaces the answer's text, streamed one word per chunk;
+//! `cached_tokens` reports that many prompt tokens as read from the prompt cache, in each
+//! API's fields;
 //! `tool_call` answers a chat completion, whole or streamed, with a call of that
 //! tool with `tool_arguments` (default `{}`), offered or not (a model that calls a tool it was not given);
 //! `reset` aborts the TCP connection with a reset (RST, `SO_LINGER` 0) instead of
@@ -56,6 +59,7 @@ use tenantgate_gateway::llm::types::ChatRequest;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+mod bedrock;
 mod identity;
 
 /// Scripted OpenAI/Anthropic mock.
@@ -93,6 +97,21 @@ struct Args {
     /// without it STS refuses all.
     #[arg(long)]
     google_workload_pool: Option<String>,
+    /// The region Bedrock requests must be signed for.
+    #[arg(long, default_value = "us-east-1")]
+    bedrock_region: String,
+    /// An access key ID Bedrock accepts signatures of (with `--aws-secret-access-key`).
+    #[arg(long)]
+    aws_access_key_id: Option<String>,
+    /// The secret access key of `--aws-access-key-id`.
+    #[arg(long)]
+    aws_secret_access_key: Option<String>,
+    /// A Bedrock API key, accepted as a bearer token.
+    #[arg(long)]
+    bedrock_api_key: Option<String>,
+    /// A JWKS file of the keys that sign the web identity tokens STS accepts.
+    #[arg(long)]
+    aws_oidc_jwks: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -114,6 +133,8 @@ struct Step {
     garbage: bool,
     tool_call: Option<String>,
     tool_arguments: Option<Value>,
+    /// Of the prompt tokens, this many are reported as read from the prompt cache.
+    cached_tokens: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -154,6 +175,8 @@ struct Mock {
     token_uri: Arc<str>,
     /// Held only to pick a step, never across an await.
     scripts: Arc<Mutex<Scripts>>,
+    /// Temporary AWS credentials STS issued.
+    aws: Arc<Mutex<bedrock::Issued>>,
 }
 
 impl Mock {
@@ -194,7 +217,7 @@ async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let listener = ResettableListener(TcpListener::bind(args.listen).await?);
     let token_uri = format!("http://{}/token", listener.0.local_addr()?).into();
-    let mock = Mock { args: Arc::new(args), token_uri, scripts: Arc::default() };
+    let mock = Mock { args: Arc::new(args), token_uri, scripts: Arc::default(), aws: Arc::default() };
     let app = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/messages", post(messages))
@@ -207,6 +230,8 @@ async fn main() -> std::io::Result<()> {
         .route("/v1/token", post(identity::google_sts))
         .route("/v1/projects/{project}/serviceAccounts/{name}", post(identity::generate_access_token))
         .route("/v1/projects/{project}/locations/{location}/publishers/google/models/{*model_method}", post(vertex))
+        .route("/model/{model}/{operation}", post(bedrock::converse))
+        .route("/", post(bedrock::sts))
         .route(
             "/v1/models",
             get(|| async { Json(json!({"object": "list", "data": [{"id": "mock-1", "object": "model"}]})) }),
@@ -393,6 +418,16 @@ fn garbage(stream: bool) -> Response {
 }
 
 fn event_stream(events: Vec<Bytes>, interval: Duration, fail_after: Option<usize>) -> Response {
+    byte_stream(events, interval, fail_after, "text/event-stream")
+}
+
+/// A streamed body of `content_type`, `events` one write each; `fail_after` breaks it mid-stream.
+fn byte_stream(
+    events: Vec<Bytes>,
+    interval: Duration,
+    fail_after: Option<usize>,
+    content_type: &'static str,
+) -> Response {
     let stream = futures_util::stream::iter(events.into_iter().enumerate()).then(move |(i, event)| async move {
         if i > 0 && !interval.is_zero() {
             tokio::time::sleep(interval).await;
@@ -405,7 +440,7 @@ fn event_stream(events: Vec<Bytes>, interval: Duration, fail_after: Option<usize
         Ok(event)
     });
     // An error aborts the body mid-stream: the client sees a broken connection.
-    ([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(stream))
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(stream))
         .into_response()
 }
 
@@ -444,7 +479,8 @@ async fn chat_as(
     if let Some(response) = misbehave(&step, mock.args.latency_ms, &conn, request.stream).await {
         return response;
     }
-    let plan = Plan::for_chat(&request, mock.args.tokens);
+    let mut plan = Plan::for_chat(&request, mock.args.tokens);
+    plan.usage = plan.usage.with_cached(step.cached_tokens.unwrap_or(0));
     let id = next_id("chatcmpl-");
     let interval = Duration::from_millis(step.chunk_interval_ms.unwrap_or(mock.args.chunk_interval_ms));
     if let Some(reply) = &step.reply {
@@ -773,9 +809,11 @@ async fn generate_content(
         })
         .sum();
     let max_tokens = request["generationConfig"]["maxOutputTokens"].as_u64().map(|m| m as u32);
-    let plan = Plan::new(&tools, mode, user_spoke_last, results.as_deref(), prompt, max_tokens, mock.args.tokens);
+    let mut plan = Plan::new(&tools, mode, user_spoke_last, results.as_deref(), prompt, max_tokens, mock.args.tokens);
+    plan.usage = plan.usage.with_cached(step.cached_tokens.unwrap_or(0));
     let reason = if plan.finish_reason == "length" { "MAX_TOKENS" } else { "STOP" };
     let usage = json!({"promptTokenCount": plan.usage.prompt_tokens, "candidatesTokenCount": plan.usage.completion_tokens,
+        "cachedContentTokenCount": plan.usage.cached_tokens(),
         "totalTokenCount": plan.usage.total_tokens});
     let answer = |parts: Vec<Value>, finish: Option<&str>| {
         let mut candidate = json!({"content": {"role": "model", "parts": parts}, "index": 0});
@@ -874,7 +912,11 @@ async fn messages(
     let tool_results = (!tool_results.is_empty()).then(|| tool_results.join("\n"));
     let prompt: u64 = messages.iter().map(|m| 4 + count_tokens(&m["content"].to_string())).sum();
     let max_tokens = request.get("max_tokens").and_then(Value::as_u64).map(|m| m as u32);
-    let plan = Plan::new(&tools, mode, user_spoke_last, tool_results.as_deref(), prompt, max_tokens, mock.args.tokens);
+    let mut plan =
+        Plan::new(&tools, mode, user_spoke_last, tool_results.as_deref(), prompt, max_tokens, mock.args.tokens);
+    plan.usage = plan.usage.with_cached(step.cached_tokens.unwrap_or(0));
+    // Anthropic's input_tokens leave out the cache reads.
+    let (input, cached) = (plan.usage.prompt_tokens - plan.usage.cached_tokens(), plan.usage.cached_tokens());
     let id = next_id("msg_");
     let stop_reason = match plan.finish_reason {
         "tool_calls" => "tool_use",
@@ -890,7 +932,8 @@ async fn messages(
         content
             .push(json!({"type": "tool_use", "id": call_id.replace("call_", "toolu_"), "name": name, "input": input}));
     }
-    let usage = json!({"input_tokens": plan.usage.prompt_tokens, "output_tokens": plan.usage.completion_tokens});
+    let usage = json!({"input_tokens": input, "output_tokens": plan.usage.completion_tokens,
+        "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0});
     if request.get("stream").and_then(Value::as_bool) != Some(true) {
         return Json(json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": content,
             "stop_reason": stop_reason, "stop_sequence": null, "usage": usage}))
@@ -900,7 +943,8 @@ async fn messages(
     let mut events = vec![ev(
         "message_start",
         json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant", "model": model,
-            "content": [], "stop_reason": null, "usage": {"input_tokens": plan.usage.prompt_tokens, "output_tokens": 1}}}),
+            "content": [], "stop_reason": null, "usage": {"input_tokens": input, "output_tokens": 1,
+            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}}}),
     )];
     let mut index = 0;
     if let Some(words) = &plan.content {

@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
-use tenantgate_crds::config::{GatewayConfig, JwtKeys};
+use tenantgate_crds::config::{AwsCredentialsConfig, GatewayConfig, JwtKeys};
 use tenantgate_crds::issue::{ConfigIssue, Reason};
 use tenantgate_crds::v1alpha1::{ModelType, ProviderType};
 
 use crate::auth::{JwtVerifier, KeySource};
 use crate::limits::{LimitStores, RateLimiter};
 use crate::llm::access_token::{AccessTokens, Grant};
+use crate::llm::aws_auth::AwsAuth;
 use crate::llm::azure::AzureOpenAi;
+use crate::llm::bedrock::Bedrock;
 use crate::llm::entra::EntraId;
 use crate::llm::gemini::Gemini;
 use crate::llm::google_auth::ServiceAccountKey;
@@ -158,6 +160,34 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
                 };
                 let tokens = AccessTokens::new(grant, client.clone());
                 Provider::Vertex(Gemini::new(endpoint(&Gemini::VERTEX_WIRE)?.with_access_tokens(tokens)))
+            }
+            ProviderType::Bedrock => {
+                let endpoint = endpoint(&Bedrock::WIRE)?;
+                let bedrock = p.bedrock.as_ref().ok_or_else(|| {
+                    ConfigIssue::new(Reason::InvalidSpec, "required for bedrock").at(format!("providers[{i}].bedrock"))
+                })?;
+                let region = bedrock.region.clone();
+                let auth = match &bedrock.credentials {
+                    // A Bedrock API key, sent as a bearer token.
+                    None => None,
+                    Some(AwsCredentialsConfig::AccessKey {
+                        access_key_id_file,
+                        secret_access_key_file,
+                        session_token_file,
+                    }) => Some(AwsAuth::access_key(
+                        region,
+                        access_key_id_file,
+                        secret_access_key_file,
+                        session_token_file.as_ref().map(PathBuf::from),
+                    )),
+                    Some(AwsCredentialsConfig::WebIdentity { role_arn, sts_url, token_file }) => {
+                        Some(AwsAuth::web_identity(region, role_arn, sts_url, token_file, client.clone()))
+                    }
+                };
+                Provider::Bedrock(Bedrock::new(match auth {
+                    Some(auth) => endpoint.with_aws_auth(auth),
+                    None => endpoint,
+                }))
             }
             ProviderType::AzureOpenai => {
                 let version = p.azure.as_ref().and_then(|a| a.api_version.clone());

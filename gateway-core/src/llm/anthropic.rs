@@ -8,8 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::endpoint::{Wire, read_all};
 use super::mock::now;
-use super::outbound::{self, StreamEvents, image, push_turn, sampling, user_parts};
-use super::sse::{DONE, data_event};
+use super::outbound::{self, ChunkWriter, StreamEvents, declaration, image, push_turn, sampling, user_parts};
 use super::types::{ChatRequest, Content, Role, Usage};
 use super::{Call, Endpoint, Reply, UpstreamError, status_error};
 
@@ -102,19 +101,7 @@ pub fn to_messages(request: &ChatRequest, model: &str) -> Value {
     out.insert("messages".into(), Value::Array(messages));
     sampling(request, &mut out, ["temperature", "top_p", "stop_sequences"]);
     if let Some(tools) = &request.tools {
-        let tools: Vec<Value> = tools
-            .iter()
-            .map(|t| {
-                let mut tool = json!({
-                    "name": t.function.name,
-                    "input_schema": t.function.parameters.clone().unwrap_or_else(|| json!({"type": "object"})),
-                });
-                if let Some(d) = &t.function.description {
-                    tool["description"] = json!(d);
-                }
-                tool
-            })
-            .collect();
+        let tools: Vec<Value> = tools.iter().map(|t| declaration(t, "input_schema", |schema| schema)).collect();
         out.insert("tools".into(), Value::Array(tools));
     }
     let parallel = request.rest.get("parallel_tool_calls").and_then(Value::as_bool);
@@ -187,7 +174,7 @@ fn usage_of(u: Option<&Value>) -> Usage {
     let prompt = get("input_tokens")
         .saturating_add(get("cache_read_input_tokens"))
         .saturating_add(get("cache_creation_input_tokens"));
-    Usage::new(prompt, get("output_tokens"))
+    Usage::new(prompt, get("output_tokens")).with_cached(get("cache_read_input_tokens"))
 }
 
 /// Messages API answer -> `chat.completion`.
@@ -228,10 +215,7 @@ pub fn from_message(message: &Value) -> (Value, Usage) {
 /// Translates Messages API stream events into `chat.completion.chunk` events.
 #[derive(Debug, Default)]
 pub struct StreamTranslator {
-    id: String,
-    model: String,
-    created: u64,
-    include_usage: bool,
+    chunks: ChunkWriter,
     usage: Usage,
     /// Content block index -> tool call index.
     tool_blocks: Vec<(u64, usize)>,
@@ -241,13 +225,7 @@ pub struct StreamTranslator {
 impl StreamTranslator {
     /// A translator; `include_usage` adds the final usage chunk.
     pub fn new(include_usage: bool) -> Self {
-        Self { include_usage, created: now(), ..Default::default() }
-    }
-
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Bytes {
-        let v = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
-        data_event(v.to_string().as_bytes())
+        Self { chunks: ChunkWriter::new("", include_usage), ..Default::default() }
     }
 
     /// The OpenAI events for one Anthropic event (`data` is its JSON).
@@ -261,10 +239,10 @@ impl StreamTranslator {
         match event.get("type").and_then(Value::as_str) {
             Some("message_start") => {
                 let m = &event["message"];
-                self.id = m.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
-                self.model = m.get("model").and_then(Value::as_str).unwrap_or_default().to_string();
+                self.chunks.id = m.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+                self.chunks.model = m.get("model").and_then(Value::as_str).unwrap_or_default().to_string();
                 self.usage = usage_of(m.get("usage"));
-                out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
+                out.push(self.chunks.chunk(json!({"role": "assistant", "content": ""}), None));
             }
             Some("content_block_start") => {
                 let block = &event["content_block"];
@@ -272,7 +250,7 @@ impl StreamTranslator {
                     let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
                     let tool_index = self.tool_blocks.len();
                     self.tool_blocks.push((index, tool_index));
-                    out.push(self.chunk(
+                    out.push(self.chunks.chunk(
                         json!({"tool_calls": [{"index": tool_index, "id": block["id"], "type": "function",
                             "function": {"name": block["name"], "arguments": ""}}]}),
                         None,
@@ -282,11 +260,11 @@ impl StreamTranslator {
             Some("content_block_delta") => {
                 let delta = &event["delta"];
                 match delta.get("type").and_then(Value::as_str) {
-                    Some("text_delta") => out.push(self.chunk(json!({"content": delta["text"]}), None)),
+                    Some("text_delta") => out.push(self.chunks.chunk(json!({"content": delta["text"]}), None)),
                     Some("input_json_delta") => {
                         let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
                         let tool_index = self.tool_blocks.iter().find(|(b, _)| *b == index).map_or(0, |(_, t)| *t);
-                        out.push(self.chunk(
+                        out.push(self.chunks.chunk(
                             json!({"tool_calls": [{"index": tool_index, "function": {"arguments": delta["partial_json"]}}]}),
                             None,
                         ));
@@ -297,18 +275,13 @@ impl StreamTranslator {
             Some("message_delta") => {
                 let output = event.get("usage").and_then(|u| u.get("output_tokens")).and_then(Value::as_u64);
                 if let Some(output) = output {
-                    self.usage = Usage::new(self.usage.prompt_tokens, output);
+                    self.usage = Usage::new(self.usage.prompt_tokens, output).with_cached(self.usage.cached_tokens());
                 }
                 let reason = finish_reason(event["delta"].get("stop_reason").and_then(Value::as_str));
-                out.push(self.chunk(json!({}), Some(reason)));
+                out.push(self.chunks.chunk(json!({}), Some(reason)));
             }
             Some("message_stop") => {
-                if self.include_usage {
-                    let v = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                        "model": self.model, "choices": [], "usage": self.usage});
-                    out.push(data_event(v.to_string().as_bytes()));
-                }
-                out.push(Bytes::from_static(DONE));
+                self.chunks.done(self.usage, out);
                 self.finished = true;
             }
             Some("error") => {
@@ -322,8 +295,10 @@ impl StreamTranslator {
 }
 
 impl StreamEvents for StreamTranslator {
-    fn translate(&mut self, data: &str, out: &mut Vec<Bytes>) -> Result<(), UpstreamError> {
-        StreamTranslator::translate(self, data, out)
+    type Framing = super::sse::Decoder;
+
+    fn translate(&mut self, event: super::sse::Event, out: &mut Vec<Bytes>) -> Result<(), UpstreamError> {
+        StreamTranslator::translate(self, &event.data, out)
     }
 
     fn complete(&self) -> bool {
@@ -408,7 +383,7 @@ mod tests {
         ] {
             t.translate(late, &mut out).expect("ignored");
         }
-        assert_eq!(out, vec![Bytes::from_static(DONE)]);
+        assert_eq!(out, vec![Bytes::from_static(crate::llm::sse::DONE)]);
         let (_, usage) = from_message(&json!({"usage": {"input_tokens": u64::MAX, "cache_read_input_tokens": 5}}));
         assert_eq!(usage.prompt_tokens, u64::MAX);
     }

@@ -57,6 +57,8 @@ enum Credential {
     Key(HeaderName, SecretFile),
     /// OAuth access tokens as a bearer (Vertex AI, Azure OpenAI with Entra ID).
     Bearer(std::sync::Arc<super::access_token::AccessTokens>),
+    /// A SigV4 signature of each request (Amazon Bedrock).
+    Aws(super::aws_auth::AwsAuth),
 }
 
 /// Where and how a provider sends requests.
@@ -101,6 +103,12 @@ impl Endpoint {
         self
     }
 
+    /// Signs each request with SigV4 instead of sending a key.
+    pub fn with_aws_auth(mut self, auth: super::aws_auth::AwsAuth) -> Self {
+        self.api_key = Some(Credential::Aws(auth));
+        self
+    }
+
     /// The URL the endpoint was built with (base URL and the API's path).
     pub fn url(&self) -> &reqwest::Url {
         &self.url
@@ -118,14 +126,18 @@ impl Endpoint {
         body: Vec<u8>,
         call: Call<'_, R>,
     ) -> Result<reqwest::Response, UpstreamError> {
-        let mut builder = self.client.post(url).headers(self.headers.clone()).body(body);
+        let mut headers = self.headers.clone();
         match &self.api_key {
             None => {}
-            Some(Credential::Key(name, key)) => builder = builder.header(name, key.header()?),
-            Some(Credential::Bearer(tokens)) => {
-                builder = builder.header(header::AUTHORIZATION, tokens.header(call.deadline).await?);
+            Some(Credential::Key(name, key)) => {
+                headers.insert(name, key.header()?);
             }
+            Some(Credential::Bearer(tokens)) => {
+                headers.insert(header::AUTHORIZATION, tokens.header(call.deadline).await?);
+            }
+            Some(Credential::Aws(auth)) => headers.extend(auth.sign(&url, &headers, &body, call.deadline).await?),
         }
+        let builder = self.client.post(url).headers(headers).body(body);
         let first_byte = (tokio::time::Instant::now() + call.first_byte_timeout).min(call.deadline);
         let response = match tokio::time::timeout_at(first_byte, builder.send()).await {
             Err(_) => return Err(UpstreamError::Timeout("first byte")),

@@ -15,8 +15,7 @@ use serde_json::{Map, Value, json};
 
 use super::endpoint::{Wire, read_all};
 use super::mock::{next_id, now};
-use super::outbound::{self, StreamEvents, image, push_turn, sampling};
-use super::sse::{DONE, data_event};
+use super::outbound::{self, ChunkWriter, StreamEvents, declaration, generation_config, image, push_turn};
 use super::types::{ChatRequest, Content, Role, Usage};
 use super::{Call, Endpoint, Reply, UpstreamError};
 
@@ -109,26 +108,11 @@ pub fn to_gemini(request: &ChatRequest) -> Value {
         out.insert("systemInstruction".into(), json!({"parts": [{"text": system.join("\n\n")}]}));
     }
     out.insert("contents".into(), Value::Array(contents));
-    let mut config = Map::new();
-    if let Some(max) = request.max_output_tokens() {
-        config.insert("maxOutputTokens".into(), json!(max));
-    }
-    sampling(request, &mut config, ["temperature", "topP", "stopSequences"]);
-    if !config.is_empty() {
-        out.insert("generationConfig".into(), Value::Object(config));
-    }
+    let names = ["temperature", "topP", "stopSequences"];
+    generation_config(request, &mut out, "generationConfig", "maxOutputTokens", names);
     if let Some(tools) = &request.tools {
-        let declarations: Vec<Value> = tools
-            .iter()
-            .map(|t| {
-                let mut d = json!({"name": t.function.name,
-                    "parametersJsonSchema": t.function.parameters.clone().unwrap_or_else(|| json!({"type": "object"}))});
-                if let Some(description) = &t.function.description {
-                    d["description"] = json!(description);
-                }
-                d
-            })
-            .collect();
+        let declarations: Vec<Value> =
+            tools.iter().map(|t| declaration(t, "parametersJsonSchema", |schema| schema)).collect();
         out.insert("tools".into(), json!([{"functionDeclarations": declarations}]));
     }
     let mode = match &request.tool_choice {
@@ -160,10 +144,11 @@ fn user_parts(content: Option<&Content>) -> Vec<Value> {
     )
 }
 
-/// `usageMetadata` as usage: thinking tokens are output tokens.
+/// `usageMetadata` as usage: thinking tokens are output tokens; the prompt count includes cached content.
 fn usage_of(meta: Option<&Value>) -> Usage {
     let get = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_u64).unwrap_or(0);
     Usage::new(get("promptTokenCount"), get("candidatesTokenCount").saturating_add(get("thoughtsTokenCount")))
+        .with_cached(get("cachedContentTokenCount"))
 }
 
 fn finish_reason(reason: Option<&str>, called: bool) -> &'static str {
@@ -220,10 +205,7 @@ pub fn from_gemini(answer: &Value, model: &str) -> (Value, Usage) {
 /// Translates streamed `generateContent` answers into `chat.completion.chunk` events.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    id: String,
-    model: String,
-    created: u64,
-    include_usage: bool,
+    chunks: ChunkWriter,
     usage: Usage,
     started: bool,
     calls: usize,
@@ -234,21 +216,12 @@ impl StreamTranslator {
     /// A translator for `model`; `include_usage` adds the final usage chunk.
     pub fn new(model: &str, include_usage: bool) -> Self {
         Self {
-            id: next_id("chatcmpl-"),
-            model: model.to_owned(),
-            created: now(),
-            include_usage,
+            chunks: ChunkWriter::new(model, include_usage),
             usage: Usage::default(),
             started: false,
             calls: 0,
             finish: None,
         }
-    }
-
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Bytes {
-        let v = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
-        data_event(v.to_string().as_bytes())
     }
 
     /// The OpenAI events for one streamed answer (`data` is its JSON).
@@ -261,7 +234,7 @@ impl StreamTranslator {
         }
         if !self.started {
             self.started = true;
-            out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
+            out.push(self.chunks.chunk(json!({"role": "assistant", "content": ""}), None));
         }
         if let Some(meta) = answer.get("usageMetadata") {
             self.usage = usage_of(Some(meta));
@@ -269,12 +242,12 @@ impl StreamTranslator {
         let candidate = &answer["candidates"][0];
         let (text, calls) = parts_of(candidate);
         if !text.is_empty() {
-            out.push(self.chunk(json!({"content": text}), None));
+            out.push(self.chunks.chunk(json!({"content": text}), None));
         }
         for call in calls {
             let index = self.calls;
             self.calls += 1;
-            out.push(self.chunk(
+            out.push(self.chunks.chunk(
                 json!({"tool_calls": [{"index": index, "id": call["id"], "type": "function",
                 "function": {"name": call["function"]["name"], "arguments": call["function"]["arguments"]}}]}),
                 None,
@@ -290,20 +263,17 @@ impl StreamTranslator {
     pub fn finish(&mut self, out: &mut Vec<Bytes>) -> Result<(), UpstreamError> {
         let reason =
             self.finish.ok_or_else(|| UpstreamError::Protocol("the stream ended without a finishReason".into()))?;
-        out.push(self.chunk(json!({}), Some(reason)));
-        if self.include_usage {
-            let v = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": [], "usage": self.usage});
-            out.push(data_event(v.to_string().as_bytes()));
-        }
-        out.push(Bytes::from_static(DONE));
+        out.push(self.chunks.chunk(json!({}), Some(reason)));
+        self.chunks.done(self.usage, out);
         Ok(())
     }
 }
 
 impl StreamEvents for StreamTranslator {
-    fn translate(&mut self, data: &str, out: &mut Vec<Bytes>) -> Result<(), UpstreamError> {
-        StreamTranslator::translate(self, data, out)
+    type Framing = super::sse::Decoder;
+
+    fn translate(&mut self, event: super::sse::Event, out: &mut Vec<Bytes>) -> Result<(), UpstreamError> {
+        StreamTranslator::translate(self, &event.data, out)
     }
 
     fn complete(&self) -> bool {

@@ -324,8 +324,14 @@ pub fn to_message(completion: &Value, model: &str) -> Value {
         "content": content,
         "stop_reason": stop_reason(choice.get("finish_reason").and_then(Value::as_str)),
         "stop_sequence": null,
-        "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
+        "usage": usage_json(&usage),
     })
+}
+
+/// Usage in Anthropic's fields: `input_tokens` leaves out the tokens read from a cache.
+fn usage_json(usage: &Usage) -> Value {
+    json!({"input_tokens": usage.prompt_tokens - usage.cached_tokens(), "output_tokens": usage.completion_tokens,
+        "cache_read_input_tokens": usage.cached_tokens()})
 }
 
 /// An error in Anthropic's shape from the gateway's (OpenAI-shaped) error
@@ -468,7 +474,7 @@ impl ChunkSink for MessageEvents {
             "message_delta",
             &json!({"type": "message_delta",
             "delta": {"stop_reason": self.stop.unwrap_or("end_turn"), "stop_sequence": null},
-            "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens}}),
+            "usage": usage_json(&usage)}),
         );
         Self::event(out, "message_stop", &json!({"type": "message_stop"}));
     }
@@ -570,7 +576,7 @@ mod tests {
             m["content"],
             json!([{"type": "text", "text": "Sure."}, {"type": "tool_use", "id": "call_1", "name": "f", "input": {"a": 1}}])
         );
-        assert_eq!(m["usage"], json!({"input_tokens": 7, "output_tokens": 3}));
+        assert_eq!(m["usage"], json!({"input_tokens": 7, "output_tokens": 3, "cache_read_input_tokens": 0}));
     }
 
     fn events(bytes: &[u8]) -> Vec<Value> {
@@ -605,7 +611,7 @@ mod tests {
         assert_eq!(all[5]["content_block"], json!({"type": "tool_use", "id": "call_1", "name": "f", "input": {}}));
         assert_eq!(all[6]["delta"], json!({"type": "input_json_delta", "partial_json": "{\"a\":"}));
         assert_eq!(all[9]["delta"]["stop_reason"], "tool_use");
-        assert_eq!(all[9]["usage"], json!({"input_tokens": 5, "output_tokens": 4}));
+        assert_eq!(all[9]["usage"], json!({"input_tokens": 5, "output_tokens": 4, "cache_read_input_tokens": 0}));
         assert!(t.push(b"data: [DONE]\n\n").is_empty(), "nothing after the end");
     }
 

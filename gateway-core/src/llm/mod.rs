@@ -3,7 +3,9 @@
 
 pub mod access_token;
 pub mod anthropic;
+pub mod aws_auth;
 pub mod azure;
+pub mod bedrock;
 pub mod embeddings;
 mod endpoint;
 pub mod entra;
@@ -199,6 +201,13 @@ struct ErrorEnvelope {
     error: ErrorFields,
 }
 
+/// AWS's error body (`{"message": ...}`, the type in `x-amzn-errortype`).
+#[derive(Deserialize)]
+struct AwsError {
+    #[serde(alias = "Message")]
+    message: String,
+}
+
 #[derive(Deserialize)]
 struct ErrorFields {
     #[serde(default)]
@@ -221,7 +230,13 @@ fn lenient_code<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>
 
 /// An error status with the message of an OpenAI- or Anthropic-shaped body.
 pub(crate) fn status_error(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> UpstreamError {
-    let parsed = serde_json::from_slice::<ErrorEnvelope>(body).ok().map(|e| e.error);
+    let parsed = serde_json::from_slice::<ErrorEnvelope>(body).ok().map(|e| e.error).or_else(|| {
+        // `ValidationException:http://internal.amazon.com/coral/...`: the part before the colon.
+        let kind =
+            headers.get("x-amzn-errortype").and_then(|v| v.to_str().ok()).map(|t| t.split(':').next().unwrap_or(t));
+        let aws = serde_json::from_slice::<AwsError>(body).ok()?;
+        Some(ErrorFields { message: Some(aws.message), kind: kind.map(str::to_owned), param: None, code: None })
+    });
     let message = parsed.as_ref().and_then(|e| e.message.clone()).unwrap_or_else(|| {
         let text = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string();
         if text.is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text }
@@ -249,6 +264,8 @@ pub enum Provider {
     Gemini(gemini::Gemini),
     /// Gemini on Vertex AI (the same API, with a service account's tokens).
     Vertex(gemini::Gemini),
+    /// Amazon Bedrock's Converse API.
+    Bedrock(bedrock::Bedrock),
     /// In-process and deterministic.
     Mock(mock::Mock),
 }
@@ -261,6 +278,7 @@ impl Provider {
             Self::Anthropic(p) => p.call(call).await,
             Self::Azure(p) => p.call(call).await,
             Self::Gemini(p) | Self::Vertex(p) => p.call(call).await,
+            Self::Bedrock(p) => p.call(call).await,
             Self::Mock(p) => p.call(call).await,
         }
     }
@@ -272,7 +290,7 @@ impl Provider {
             Self::Azure(p) => p.embed(call).await,
             Self::Mock(p) => p.embed(call).await,
             // Refused when the config is compiled; a request cannot get here.
-            Self::Anthropic(_) | Self::Gemini(_) | Self::Vertex(_) => {
+            Self::Anthropic(_) | Self::Gemini(_) | Self::Vertex(_) | Self::Bedrock(_) => {
                 Err(UpstreamError::Protocol(format!("no embeddings through a {} provider", self.kind())))
             }
         }
@@ -280,7 +298,7 @@ impl Provider {
 
     /// Whether the provider has an embeddings API.
     pub fn embeds(&self) -> bool {
-        !matches!(self, Self::Anthropic(_) | Self::Gemini(_) | Self::Vertex(_))
+        !matches!(self, Self::Anthropic(_) | Self::Gemini(_) | Self::Vertex(_) | Self::Bedrock(_))
     }
 
     /// Provider kind, for metrics.
@@ -291,6 +309,7 @@ impl Provider {
             Self::Azure(_) => "azureOpenai",
             Self::Gemini(_) => "gemini",
             Self::Vertex(_) => "vertex",
+            Self::Bedrock(_) => "bedrock",
             Self::Mock(_) => "mock",
         }
     }

@@ -289,7 +289,7 @@ fn translate_tool_choice(choice: &Value) -> Result<Value, RequestError> {
 
 /// The usage of a Response.
 fn usage_json(usage: &Usage) -> Value {
-    json!({"input_tokens": usage.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+    json!({"input_tokens": usage.prompt_tokens, "input_tokens_details": {"cached_tokens": usage.cached_tokens()},
         "output_tokens": usage.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": usage.total_tokens})
 }

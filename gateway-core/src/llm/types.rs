@@ -170,21 +170,59 @@ pub struct FunctionCall {
     pub arguments: String,
 }
 
-/// Token usage.
+/// Token usage, in Chat Completions' fields.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Prompt tokens, cached ones included.
     pub prompt_tokens: u64,
     /// Completion tokens.
     pub completion_tokens: u64,
     /// Sum.
     pub total_tokens: u64,
+    /// What the prompt tokens include; left out when no token came from a cache.
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "PromptTokensDetails::is_empty")]
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// The prompt tokens' details (OpenAI's `prompt_tokens_details`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens read from the provider's prompt cache.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub cached_tokens: u64,
+}
+
+impl PromptTokensDetails {
+    fn is_empty(&self) -> bool {
+        self.cached_tokens == 0
+    }
+}
+
+fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 impl Usage {
     /// Usage from prompt and completion counts.
     pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
-        Self { prompt_tokens, completion_tokens, total_tokens: prompt_tokens.saturating_add(completion_tokens) }
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens.saturating_add(completion_tokens),
+            prompt_tokens_details: PromptTokensDetails::default(),
+        }
+    }
+
+    /// The same usage, `cached` of its prompt tokens read from a cache.
+    #[must_use]
+    pub fn with_cached(mut self, cached: u64) -> Self {
+        self.prompt_tokens_details.cached_tokens = cached.min(self.prompt_tokens);
+        self
+    }
+
+    /// Prompt tokens read from a cache.
+    pub fn cached_tokens(&self) -> u64 {
+        self.prompt_tokens_details.cached_tokens
     }
 }
 

@@ -65,6 +65,11 @@ def service_account_key(token_uri: str) -> str:
     })
 
 
+# The access key of the fixture's Secret aws-keys, which mock-llm's Bedrock accepts.
+AWS_KEY_ID = "AKIDTENANTGATETEST"
+AWS_SECRET = "tenantgate/test+SECRET/key"
+
+
 class Upstream:
     """A running mock-llm and its control API."""
 
@@ -73,6 +78,9 @@ class Upstream:
         self.jwks.write_text(quickstart_jwks())
         self.proc = subprocess.Popen(
             [MOCK_LLM_BIN, "--listen", "127.0.0.1:0", "--tokens", "8", "--google-jwks", str(self.jwks),
+             "--bedrock-region", "us-east-1", "--aws-access-key-id", AWS_KEY_ID,
+             "--aws-secret-access-key", AWS_SECRET, "--bedrock-api-key", "key-one",
+             "--aws-oidc-jwks", str(self.jwks),
              # The projected tokens conftest writes are signed with the quickstart key too.
              "--identity-jwks", str(self.jwks), "--azure-client-id", AZURE_CLIENT_ID,
              "--azure-client-secret", AZURE_CLIENT_SECRET, "--google-workload-pool", WORKLOAD_POOL],
@@ -241,6 +249,19 @@ def gateway(upstream):
 @pytest.fixture
 def client(gateway) -> openai.OpenAI:
     return gateway.client()
+
+
+def debug_log_of_one_chat(tmp_path: Path, upstream: "Upstream", model: str) -> str:
+    """The debug-level log of a gateway of its own that answered one chat request on `model`."""
+    log = tmp_path / "gateway.log"
+    g = Gateway(upstream, log=log, log_level="debug")
+    try:
+        r = g.client().chat.completions.create(model=model, messages=[{"role": "user", "content": "Say hello"}])
+        assert r.choices[0].message.content.startswith("Hello from the Tenantgate")
+        time.sleep(0.2)
+    finally:
+        g.stop()
+    return log.read_text()
 
 
 def error_body(response: httpx.Response) -> dict:

@@ -19,6 +19,7 @@ from conftest import ROOT, audit_events
 GOLDEN = ROOT / "gateway/tests/golden/tokens"
 # provider type -> the fixture's model on it
 PROVIDERS = {"openai": "chat", "anthropic": "claude", "azureOpenai": "azure-chat", "gemini": "gemini", "vertex": "vertex-gemini",
+             "bedrock": "bedrock-claude",
              "mock": "in-process"}
 EMBEDDERS = {"openai": "embed", "azureOpenai": "azure-embed"}
 QUESTION = "Say hello to the golden files"
@@ -64,7 +65,18 @@ def recorded(gateway, request_id: str) -> dict:
 def client_tokens(api: str, usage: dict) -> tuple[int, int]:
     if api in ("chat", "embeddings"):
         return usage["prompt_tokens"], usage.get("completion_tokens", 0)
+    if api == "messages":  # Anthropic's input_tokens leave out the cache reads
+        return usage["input_tokens"] + usage["cache_read_input_tokens"], usage["output_tokens"]
     return usage["input_tokens"], usage["output_tokens"]
+
+
+def cached_tokens(api: str, usage: dict) -> int:
+    """The prompt tokens read from a cache, in the client API's own field."""
+    if api == "chat":
+        return usage.get("prompt_tokens_details", {}).get("cached_tokens", 0)
+    if api == "responses":
+        return usage["input_tokens_details"]["cached_tokens"]
+    return usage["cache_read_input_tokens"]
 
 
 CASES = [(p, api) for p in PROVIDERS for api in ("chat", "responses", "messages")] + \
@@ -87,3 +99,26 @@ def test_token_accounting_matches_its_golden_file(gateway, raw, provider, api):
         path.write_text(text)
     assert path.exists(), f"{path} is missing: run with UPDATE_GOLDEN=1 and review it"
     assert path.read_text() == text, f"{path} differs: run with UPDATE_GOLDEN=1 and review the diff"
+
+
+# provider type -> the upstream model behind PROVIDERS' model, whose answers report cache reads
+CACHING = {"openai": "primary", "anthropic": "claude-mock", "gemini": "gemini-2.5-flash",
+           "bedrock": "anthropic.claude-sonnet-4-5-20250929-v1:0"}
+
+
+@pytest.mark.parametrize("provider", CACHING)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_cached_tokens_reach_every_client_api(gateway, raw, upstream, provider, stream):
+    """The provider reports 3 of the prompt tokens as cache reads (each in its own
+    field); every client API reports them in its own, and the prompt count agrees
+    with what the gateway recorded."""
+    upstream.script(CACHING[provider], [], default={"cached_tokens": 3})
+    try:
+        for api in ("chat", "responses", "messages"):
+            request_id = f"cached-{provider}-{api}-{stream}"
+            usage = ask(raw, gateway.token, api, PROVIDERS[provider], stream, request_id)
+            assert cached_tokens(api, usage) == 3, (provider, api, usage)
+            books = recorded(gateway, request_id)
+            assert client_tokens(api, usage) == (books["prompt"], books["completion"]), (api, usage, books)
+    finally:
+        upstream.script(CACHING[provider], [])

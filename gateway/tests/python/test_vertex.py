@@ -9,11 +9,10 @@ STS (grant and token types, the pool provider, the subject token's audience,
 expiry and signature), the IAM Credentials API (a federated token it issued)
 and Vertex AI (it accepts only tokens it issued)."""
 
-import time
 
 import httpx
 
-from conftest import FOREIGN_KEY, OTHER_POOL, WORKLOAD_POOL, Gateway, refused_credential
+from conftest import FOREIGN_KEY, OTHER_POOL, WORKLOAD_POOL, debug_log_of_one_chat, refused_credential
 
 TEXT = "Hello from the Tenantgate"
 HELLO = [{"role": "user", "content": "Say hello"}]
@@ -52,15 +51,7 @@ def test_chat_and_streaming_with_a_cached_token(client, upstream):
 
 
 def test_no_secret_in_the_gateway_log(tmp_path, upstream):
-    log = tmp_path / "gateway.log"
-    g = Gateway(upstream, log=log, log_level="debug")
-    try:
-        r = g.client().chat.completions.create(model="vertex-gemini", messages=HELLO)
-        assert r.choices[0].message.content.startswith(TEXT)
-        time.sleep(0.2)
-    finally:
-        g.stop()
-    text = log.read_text()
+    text = debug_log_of_one_chat(tmp_path, upstream, "vertex-gemini")
     assert "ya29.mock-" not in text and "PRIVATE KEY" not in text, "neither the token nor the key is logged"
 
 

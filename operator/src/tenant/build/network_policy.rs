@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use tenantgate_crds::address::{HostClass, classify_url};
-use tenantgate_crds::config::{JwtKeys, McpAuthConfig};
+use tenantgate_crds::config::{AwsCredentialsConfig, JwtKeys, McpAuthConfig};
 use tenantgate_crds::render::tenant_namespace;
 
 use super::{BuildInput, meta};
@@ -90,10 +90,16 @@ fn upstream_urls(input: &BuildInput<'_>) -> BTreeSet<String> {
     let config = &input.rendered.config;
     let mut urls: BTreeSet<String> = BTreeSet::new();
     urls.extend(config.providers.iter().filter_map(|p| p.base_url.clone()));
+    // Where providers' credentials are exchanged.
     for p in &config.providers {
         urls.extend(p.azure.as_ref().and_then(|a| a.entra_id.as_ref()).map(|e| e.token_url.clone()));
         if let Some(w) = &p.google_workload_identity {
             urls.extend([w.sts_url.clone(), w.iam_credentials_url.clone()]);
+        }
+        if let Some(AwsCredentialsConfig::WebIdentity { sts_url, .. }) =
+            p.bedrock.as_ref().and_then(|b| b.credentials.as_ref())
+        {
+            urls.insert(sts_url.clone());
         }
     }
     urls.extend(config.mcp.iter().filter_map(|c| c.url.clone()));
@@ -219,6 +225,22 @@ mod tests {
         // Without known endpoints (render, no cluster) no such rule.
         let without = stack_of(&t, &[], &BTreeMap::new());
         assert!(!serde_json::to_string(&policy(&without).spec).expect("json").contains("6443"));
+    }
+
+    #[test]
+    fn a_bedrock_web_identity_reaches_its_sts_endpoint() {
+        let mut t = tenant("");
+        t.spec.providers.push(
+            serde_json::from_value(json!({"name": "bedrock", "type": "bedrock", "bedrock": {"region": "eu-west-3",
+                "webIdentity": {"roleArn": "arn:aws:iam::123456789012:role/r", "stsUrl": "http://sts.aws-proxy.svc:8443"}}}))
+            .expect("provider"),
+        );
+        let r = rendered(&t, &[]);
+        let egress = build_network_policy(&input(&t, &r, &BuildSettings::default())).spec.and_then(|s| s.egress);
+        let ports: Vec<_> =
+            egress.iter().flatten().flat_map(|r| r.ports.iter().flatten()).filter_map(|p| p.port.clone()).collect();
+        assert!(ports.contains(&IntOrString::Int(8443)), "STS's port: {ports:?}");
+        assert!(ports.contains(&IntOrString::Int(443)), "the Bedrock runtime's (the default baseUrl): {ports:?}");
     }
 
     #[test]
