@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::v1alpha1::{
-    Audit, AzureProvider, Guards, Limits, McpTools, MockProvider, Model, PolicyMatch, ProviderType, Routing,
-    SystemPrompt,
+    Audit, Guards, Limits, McpTools, MockProvider, Model, PolicyMatch, ProviderType, Routing, SystemPrompt,
 };
 
 /// Format version of [`GatewayConfig`]; bumped on incompatible changes.
@@ -158,13 +157,69 @@ pub struct ProviderConfig {
     pub mock: Option<MockProvider>,
     /// Azure OpenAI settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub azure: Option<AzureProvider>,
+    pub azure: Option<AzureConfig>,
     /// File holding a Google service account key (vertex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_key_file: Option<String>,
+    /// Google workload identity federation (vertex), instead of a key file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub google_workload_identity: Option<GoogleWorkloadIdentityConfig>,
     /// Amazon Bedrock's region and SigV4 credentials (bedrock without an API key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bedrock: Option<BedrockConfig>,
+}
+
+/// How an Azure OpenAI resource is called.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AzureConfig {
+    /// The deployment API's version; absent: the v1 API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    /// Entra ID tokens instead of the `api-key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra_id: Option<EntraIdConfig>,
+}
+
+/// An Entra ID application's client credentials grant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EntraIdConfig {
+    /// `{authorityHost}/{tenantId}/oauth2/v2.0/token`.
+    pub token_url: String,
+    /// The application (client) ID.
+    pub client_id: String,
+    /// How the client authenticates.
+    pub credential: EntraCredential,
+}
+
+/// How an Entra ID client authenticates; each file is read again at every exchange.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum EntraCredential {
+    /// A mounted Secret file holding the client secret.
+    ClientSecretFile(String),
+    /// A projected service account token (audience `api://AzureADTokenExchange`), sent as
+    /// the client assertion (workload identity federation).
+    ClientAssertionFile(String),
+}
+
+/// Google workload identity federation: a projected token exchanged at STS,
+/// optionally impersonating a service account.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GoogleWorkloadIdentityConfig {
+    /// The workload identity pool provider (`//iam.googleapis.com/projects/...`).
+    pub audience: String,
+    /// The projected service account token: the subject token of the exchange.
+    pub subject_token_file: String,
+    /// A service account to impersonate with the federated token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_email: Option<String>,
+    /// The STS token endpoint.
+    pub sts_url: String,
+    /// The IAM Credentials API root.
+    pub iam_credentials_url: String,
 }
 
 /// How a bedrock provider signs its requests.

@@ -6,13 +6,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use kube::ResourceExt;
 
 use crate::config::{
-    AuthConfig, AwsCredentialsConfig, BedrockConfig, CONFIG_VERSION, DatabaseConfig, EnvValue, GatewayConfig,
-    JwtConfig, JwtKeys, KeysConfig, McpAuthConfig, McpConnectionConfig, McpEndpointTransport, McpResourceConfig,
-    NetworkConfig, PolicyConfig, PolicyLayer, PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig,
-    TenantIdentity,
+    AuthConfig, AwsCredentialsConfig, AzureConfig, BedrockConfig, CONFIG_VERSION, DatabaseConfig, EntraCredential,
+    EntraIdConfig, EnvValue, GatewayConfig, GoogleWorkloadIdentityConfig, JwtConfig, JwtKeys, KeysConfig,
+    McpAuthConfig, McpConnectionConfig, McpEndpointTransport, McpResourceConfig, NetworkConfig, PolicyConfig,
+    PolicyLayer, PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity,
 };
 use crate::issue::{ConfigIssue, ObjectRef, Reason};
-use crate::v1alpha1::{BedrockProvider, McpConnection, McpTransport, PromptPolicy, SecretKeyRef, Tenant};
+use crate::v1alpha1::{
+    AzureProvider, BedrockProvider, McpConnection, McpTransport, PromptPolicy, SecretKeyRef, Tenant,
+    VertexWorkloadIdentity,
+};
 
 /// Where the gateway Deployment mounts the projected Secret volume.
 pub const SECRETS_ROOT: &str = "/var/run/secrets/tenantgate";
@@ -28,6 +31,19 @@ pub const SQLITE_PATH: &str = "/var/lib/tenantgate/gateway.db";
 pub const STDIO_BRIDGE_PORT: u16 = 8080;
 /// Key of the token in a stdio bridge's token Secret ([`stdio_bridge_token`]).
 pub const BRIDGE_TOKEN_KEY: &str = "token";
+/// Where the gateway Deployment mounts its projected service account tokens
+/// (workload identity): `<root>/<slug>/token`, one directory per audience. A
+/// sibling of [`SECRETS_ROOT`], not inside it: a mount point cannot be made
+/// inside the read-only Secret volume, and a Secret may be called `identity`.
+pub const IDENTITY_ROOT: &str = "/var/run/secrets/tenantgate-identity";
+/// The audience Entra ID expects of a federated client assertion.
+pub const ENTRA_TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
+/// Entra ID's public-cloud authority.
+pub const ENTRA_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
+/// Google's Security Token Service endpoint.
+pub const GOOGLE_STS_URL: &str = "https://sts.googleapis.com/v1/token";
+/// Google's IAM Credentials API.
+pub const GOOGLE_IAM_CREDENTIALS_URL: &str = "https://iamcredentials.googleapis.com";
 
 /// Where the gateway runs, which decides how stdio MCP servers are reached.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,11 +64,19 @@ pub struct RenderOptions {
     pub sqlite_path: String,
     /// Cluster or local.
     pub mode: RenderMode,
+    /// Root of the projected service account tokens: `<root>/<slug>/token` per audience
+    /// ([`identity_token_slug`]).
+    pub identity_root: String,
 }
 
 impl Default for RenderOptions {
     fn default() -> Self {
-        Self { secrets_root: SECRETS_ROOT.into(), sqlite_path: SQLITE_PATH.into(), mode: RenderMode::Cluster }
+        Self {
+            secrets_root: SECRETS_ROOT.into(),
+            sqlite_path: SQLITE_PATH.into(),
+            mode: RenderMode::Cluster,
+            identity_root: IDENTITY_ROOT.into(),
+        }
     }
 }
 
@@ -79,6 +103,10 @@ pub struct RenderedConfig {
     /// Those of [`Self::secret_refs`] the operator generates (`gateway-keys`,
     /// the stdio bridges' tokens): never missing for long, never the user's to create.
     pub generated_secrets: BTreeSet<String>,
+    /// The audiences of the projected service account tokens the config reads
+    /// (workload identity): the operator projects one token per audience at
+    /// `<identity_root>/<identity_token_slug(audience)>/token`.
+    pub identity_token_audiences: BTreeSet<String>,
     /// McpConnections left out, with why.
     pub skipped: Vec<ConfigIssue>,
 }
@@ -94,6 +122,14 @@ pub struct RenderError {
 /// The namespace a tenant's gateway runs in.
 pub fn tenant_namespace(tenant: &Tenant) -> String {
     tenant.spec.namespace.clone().unwrap_or_else(|| format!("tg-{}", tenant.name_any()))
+}
+
+/// The directory name of the projected token of `audience` under the identity
+/// root: a DNS label (the operator names the volume after it), the same for
+/// the same audience on every render.
+pub fn identity_token_slug(audience: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(audience.as_bytes())[..8])
 }
 
 /// In-cluster URL of the bridge Service of a stdio McpConnection.
@@ -236,11 +272,34 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
                 spec.network.allow_local_upstreams,
             );
         }
+        let token_urls = [
+            (
+                "azure.entraId.authorityHost",
+                p.azure.as_ref().and_then(|a| a.entra_id.as_ref()?.authority_host.as_ref()),
+            ),
+            (
+                "vertex.workloadIdentity.stsUrl",
+                p.vertex.as_ref().and_then(|v| v.workload_identity.as_ref()?.sts_url.as_ref()),
+            ),
+            (
+                "vertex.workloadIdentity.iamCredentialsUrl",
+                p.vertex.as_ref().and_then(|v| v.workload_identity.as_ref()?.iam_credentials_url.as_ref()),
+            ),
+        ];
+        for (field, url) in token_urls.into_iter().filter_map(|(f, u)| Some((f, u?))) {
+            r.check_upstream_url(
+                &tenant_obj,
+                &format!("spec.providers[{i}].{field}"),
+                url,
+                spec.network.allow_local_upstreams,
+            );
+        }
         for (name, value) in &p.headers {
             if let Some(problem) = header_problem(name, value) {
                 r.issue(&tenant_obj, &format!("spec.providers[{i}].headers.{name}"), problem, Reason::InvalidSpec);
             }
         }
+        let vertex = p.vertex.as_ref();
         let bedrock = p.bedrock.as_ref().map(|b| bedrock_config(&mut r, b));
         let base_url = match (&p.base_url, &p.bedrock) {
             (Some(url), _) => Some(url.trim_end_matches('/').to_string()),
@@ -254,8 +313,13 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
             api_key_file: p.api_key_secret_ref.as_ref().map(|s| r.secret_file(s)),
             headers: p.headers.clone(),
             mock: p.mock.clone(),
-            azure: p.azure.clone(),
-            service_account_key_file: p.vertex.as_ref().map(|v| r.secret_file(&v.service_account_key_secret_ref)),
+            azure: p.azure.as_ref().map(|a| r.azure(a)),
+            service_account_key_file: vertex
+                .and_then(|v| v.service_account_key_secret_ref.as_ref())
+                .map(|s| r.secret_file(s)),
+            google_workload_identity: vertex
+                .and_then(|v| v.workload_identity.as_ref())
+                .map(|w| r.google_workload_identity(w)),
             bedrock,
         });
     }
@@ -362,7 +426,13 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         config_hash: String::new(),
     }
     .seal();
-    Ok(RenderedConfig { config, secret_refs: r.secret_refs, generated_secrets: r.generated, skipped })
+    Ok(RenderedConfig {
+        config,
+        secret_refs: r.secret_refs,
+        generated_secrets: r.generated,
+        identity_token_audiences: r.identity_audiences,
+        skipped,
+    })
 }
 
 /// The audience of the service account token AWS STS accepts (as EKS projects it).
@@ -390,12 +460,60 @@ struct Renderer<'o> {
     options: &'o RenderOptions,
     secret_refs: BTreeSet<SecretKeyRef>,
     generated: BTreeSet<String>,
+    identity_audiences: BTreeSet<String>,
     issues: Vec<ConfigIssue>,
 }
 
 impl<'o> Renderer<'o> {
     fn new(options: &'o RenderOptions) -> Self {
-        Self { options, secret_refs: BTreeSet::new(), generated: BTreeSet::new(), issues: Vec::new() }
+        Self {
+            options,
+            secret_refs: BTreeSet::new(),
+            generated: BTreeSet::new(),
+            identity_audiences: BTreeSet::new(),
+            issues: Vec::new(),
+        }
+    }
+
+    /// The file of the pod's projected service account token for `audience`.
+    fn identity_token_file(&mut self, audience: &str) -> String {
+        self.identity_audiences.insert(audience.to_owned());
+        format!("{}/{}/token", self.options.identity_root, identity_token_slug(audience))
+    }
+
+    /// An Azure provider's settings, with its Entra ID credential as files.
+    fn azure(&mut self, azure: &AzureProvider) -> AzureConfig {
+        let entra_id = azure.entra_id.as_ref().map(|e| {
+            let authority = e.authority_host.as_deref().unwrap_or(ENTRA_AUTHORITY_HOST).trim_end_matches('/');
+            EntraIdConfig {
+                token_url: format!("{authority}/{}/oauth2/v2.0/token", e.tenant_id),
+                client_id: e.client_id.clone(),
+                credential: match &e.client_secret_secret_ref {
+                    Some(secret) => EntraCredential::ClientSecretFile(self.secret_file(secret)),
+                    None => {
+                        EntraCredential::ClientAssertionFile(self.identity_token_file(ENTRA_TOKEN_EXCHANGE_AUDIENCE))
+                    }
+                },
+            }
+        });
+        AzureConfig { api_version: azure.api_version.clone(), entra_id }
+    }
+
+    /// A Vertex provider's workload identity federation. The projected token's
+    /// audience is the pool provider's default allowed audience: `https:` and its name.
+    fn google_workload_identity(&mut self, w: &VertexWorkloadIdentity) -> GoogleWorkloadIdentityConfig {
+        GoogleWorkloadIdentityConfig {
+            audience: w.audience.clone(),
+            subject_token_file: self.identity_token_file(&format!("https:{}", w.audience)),
+            service_account_email: w.service_account_email.clone(),
+            sts_url: w.sts_url.clone().unwrap_or_else(|| GOOGLE_STS_URL.into()),
+            iam_credentials_url: w
+                .iam_credentials_url
+                .as_deref()
+                .unwrap_or(GOOGLE_IAM_CREDENTIALS_URL)
+                .trim_end_matches('/')
+                .to_owned(),
+        }
     }
 
     /// The file of a Secret key the operator generates.
@@ -406,10 +524,6 @@ impl<'o> Renderer<'o> {
 
     fn issue(&mut self, object: &ObjectRef, field: &str, message: &str, reason: Reason) {
         self.issues.push(ConfigIssue::new(reason, message).on(object.clone()).at(field));
-    }
-
-    fn identity_token_file(&mut self, audience: &str) -> String {
-        format!("/var/run/secrets/tenantgate/identity/{audience}/token")
     }
 
     fn secret_file(&mut self, secret: &SecretKeyRef) -> String {

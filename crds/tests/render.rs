@@ -18,6 +18,7 @@ fn local() -> RenderOptions {
         secrets_root: "/run/tenantgate/secrets".into(),
         sqlite_path: "/run/tenantgate/gateway.db".into(),
         mode: RenderMode::Local,
+        identity_root: "/run/tenantgate/identity".into(),
     }
 }
 
@@ -396,4 +397,113 @@ fn tool_access_rules_reach_the_config_and_a_rule_granting_nobody_skips_the_conne
         issue.contains("McpConnection tg-t/bad: spec.tools.access[0]") && issue.contains("role or subject"),
         "{issue}"
     );
+}
+
+/// Providers of the Entra ID and workload identity tests: Azure with a client
+/// secret and with a federated assertion, Vertex with workload identity.
+const IDENTITY_PROVIDERS: &str = "  providers:
+    - {name: secret, type: azureOpenai, baseUrl: 'https://res.openai.azure.com', azure: {entraId: {tenantId: contoso.onmicrosoft.com, clientId: app-1, clientSecretSecretRef: {name: entra, key: secret}}}}
+    - {name: federated, type: azureOpenai, baseUrl: 'https://res.openai.azure.com', azure: {apiVersion: '2024-10-21', entraId: {tenantId: 0000-1111, clientId: app-2, authorityHost: 'https://login.microsoftonline.us/'}}}
+    - name: p
+      type: vertex
+      baseUrl: https://us-central1-aiplatform.googleapis.com/v1/projects/p/locations/us-central1/publishers/google
+      vertex:
+        workloadIdentity:
+          audience: //iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/pool/providers/cluster
+          serviceAccountEmail: llm@p.iam.gserviceaccount.com
+";
+
+#[test]
+fn workload_identity_tokens_are_projected_files_one_per_audience() {
+    use tenantgate_crds::config::EntraCredential;
+    use tenantgate_crds::render::identity_token_slug;
+    let tenant = tenant_yaml(IDENTITY_PROVIDERS);
+    let rendered = render_tenant(&tenant).expect("renders");
+    let google =
+        "https://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/pool/providers/cluster";
+    assert_eq!(
+        rendered.identity_token_audiences.iter().map(String::as_str).collect::<Vec<_>>(),
+        ["api://AzureADTokenExchange", google],
+        "one token per audience, however many providers use it"
+    );
+    let slug = identity_token_slug("api://AzureADTokenExchange");
+    assert_eq!(slug, identity_token_slug("api://AzureADTokenExchange"), "deterministic");
+    assert_ne!(slug, identity_token_slug(google));
+    assert!(slug.len() <= 63 && slug.chars().all(|c| c.is_ascii_digit() || c.is_ascii_lowercase()), "{slug}");
+
+    let providers = &rendered.config.providers;
+    let entra = |i: usize| providers[i].azure.as_ref().and_then(|a| a.entra_id.clone()).expect("entra id");
+    let secret = entra(0);
+    assert_eq!(secret.token_url, "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token");
+    assert_eq!(secret.client_id, "app-1");
+    assert_eq!(secret.credential, EntraCredential::ClientSecretFile("/var/run/secrets/tenantgate/entra/secret".into()));
+    let federated = entra(1);
+    assert_eq!(federated.token_url, "https://login.microsoftonline.us/0000-1111/oauth2/v2.0/token");
+    assert_eq!(
+        federated.credential,
+        EntraCredential::ClientAssertionFile(format!("/var/run/secrets/tenantgate-identity/{slug}/token"))
+    );
+    assert_eq!(providers[1].azure.as_ref().and_then(|a| a.api_version.as_deref()), Some("2024-10-21"));
+    assert_eq!(providers[1].api_key_file, None);
+
+    let wif = providers[2].google_workload_identity.clone().expect("workload identity");
+    assert_eq!(wif.audience, google.replacen("https:", "", 1), "STS gets the pool provider's name");
+    assert_eq!(
+        wif.subject_token_file,
+        format!("/var/run/secrets/tenantgate-identity/{}/token", identity_token_slug(google))
+    );
+    assert_eq!(wif.service_account_email.as_deref(), Some("llm@p.iam.gserviceaccount.com"));
+    assert_eq!(wif.sts_url, "https://sts.googleapis.com/v1/token");
+    assert_eq!(wif.iam_credentials_url, "https://iamcredentials.googleapis.com");
+    assert_eq!(providers[2].service_account_key_file, None);
+
+    // Local mode puts the tokens where the caller says (a test writes them itself).
+    let input = RenderInput { tenant: &tenant, mcp_connections: &[], tenant_policies: &[], global_policies: &[] };
+    let local = render(input, &local()).expect("renders locally");
+    assert_eq!(
+        local.config.providers[1].azure.as_ref().and_then(|a| a.entra_id.clone()).map(|e| e.credential),
+        Some(EntraCredential::ClientAssertionFile(format!("/run/tenantgate/identity/{slug}/token")))
+    );
+    let plain = render_tenant(&tenant_yaml("  providers: [{name: p, type: mock}]\n")).expect("renders");
+    assert!(plain.identity_token_audiences.is_empty(), "no workload identity, no token");
+}
+
+#[test]
+fn token_endpoints_at_local_addresses_are_refused_unless_allowed() {
+    let tenant = tenant_yaml(
+        &IDENTITY_PROVIDERS
+            .replace("serviceAccountEmail: llm@p.iam.gserviceaccount.com", "stsUrl: 'http://169.254.169.254/token'"),
+    );
+    let err = render_tenant(&tenant).expect_err("metadata address refused");
+    assert!(err.to_string().contains("spec.providers[2].vertex.workloadIdentity.stsUrl"), "{err}");
+}
+
+#[test]
+fn azure_and_vertex_need_exactly_one_credential() {
+    let doc = |providers: &str| {
+        format!(
+            "apiVersion: tenantgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: t}}\nspec:\n  auth:\n    jwt: {{issuer: 'https://i', audiences: [a], jwksUri: 'https://idp.example/jwks'}}\n  models: [{{name: m, targets: [{{provider: p, model: x}}]}}]\n  providers:\n{providers}"
+        )
+    };
+    let refused =
+        |providers: &str| ManifestSet::default().add_yaml("t.yaml", &doc(providers)).expect_err("refused").to_string();
+    ManifestSet::default()
+        .add_yaml("t.yaml", &doc(IDENTITY_PROVIDERS.trim_start_matches("  providers:\n")))
+        .expect("Entra ID and workload identity are accepted");
+    let azure = "    - {name: p, type: azureOpenai, baseUrl: 'https://r.example', apiKeySecretRef: {name: k, key: k}, azure: {entraId: {tenantId: t, clientId: c}}}\n";
+    assert!(refused(azure).contains("exactly one of apiKeySecretRef (its api-key) or azure.entraId"));
+    let neither = "    - {name: p, type: azureOpenai, baseUrl: 'https://r.example', azure: {}}\n";
+    assert!(refused(neither).contains("exactly one of apiKeySecretRef"));
+    let bad_tenant = "    - {name: p, type: azureOpenai, baseUrl: 'https://r.example', azure: {entraId: {tenantId: 'a/../b', clientId: c}}}\n";
+    assert!(refused(bad_tenant).contains("must be a directory (tenant) ID"));
+    let vertex =
+        |settings: &str| format!("    - {{name: p, type: vertex, baseUrl: 'https://v.example', vertex: {settings}}}\n");
+    let pool = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/a/providers/b";
+    let both = vertex(&format!(
+        "{{serviceAccountKeySecretRef: {{name: k, key: k}}, workloadIdentity: {{audience: '{pool}'}}}}"
+    ));
+    assert!(refused(&both).contains("set exactly one of serviceAccountKeySecretRef or workloadIdentity"));
+    assert!(refused(&vertex("{}")).contains("set exactly one of serviceAccountKeySecretRef or workloadIdentity"));
+    let not_a_pool = vertex("{workloadIdentity: {audience: 'https://example.com'}}");
+    assert!(refused(&not_a_pool).contains("must be a workload identity pool provider"));
 }

@@ -117,6 +117,8 @@ pub struct ServeArgs {
     pub operator_namespace: String,
     /// Where local mode writes the manifests' Secrets (mode 0600) and state (the SQLite
     /// database, the spill file). Default: `$XDG_STATE_HOME/tenantgate`, else `~/.local/state/tenantgate`.
+    /// Workload identity tokens are read from `STATE_DIR/identity/<slug>/token`, which nothing
+    /// writes in local mode: put a token there yourself (see docs/providers.md).
     #[arg(long, env = "TENANTGATE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Where usage and audit records wait while the database is down (default: STATE_DIR/spill).

@@ -274,6 +274,7 @@ async fn a_mounted_config_reloads_when_its_configmap_symlink_swaps() {
             secrets_root: secrets.display().to_string(),
             sqlite_path: dir.join("gateway.db").display().to_string(),
             mode: RenderMode::Cluster,
+            identity_root: dir.join("identity").display().to_string(),
         };
         let tenant = set.tenant("test").expect("tenant");
         set.render(tenant, "tenantgate-system", &options).expect("render").config.to_yaml().expect("yaml")

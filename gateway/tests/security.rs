@@ -677,6 +677,14 @@ fn render_case(upstream: &str, from: &str, to: &str, allow_local: bool, expect: 
         edited = edited.replace("    allowLocalUpstreams: true\n", "    allowLocalUpstreams: false\n");
         // Every provider at the mock (its /v1, Azure's root, Gemini's /v1beta, Vertex's project path).
         edited = edited.replace(&format!("baseUrl: {upstream}"), "baseUrl: https://api.openai.example");
+        // And the token endpoints of the Entra ID and workload identity providers.
+        edited = edited
+            .lines()
+            .map(|l| {
+                let token_url = ["authorityHost:", "stsUrl:", "iamCredentialsUrl:"].iter().any(|k| l.contains(k));
+                if token_url { l.replace(upstream, "https://login.example") } else { l.to_owned() }
+            })
+            .fold(String::new(), |text, l| text + &l + "\n");
         if let Some(dead) =
             base.lines().find(|l| l.starts_with("      baseUrl: http://127.0.0.1:") && !l.contains(upstream))
             && edited.contains(dead)

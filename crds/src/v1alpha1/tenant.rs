@@ -205,14 +205,16 @@ pub enum ProviderType {
     Openai,
     /// Anthropic's Messages API.
     Anthropic,
-    /// Azure OpenAI: targets name deployments; the key goes in the `api-key` header.
+    /// Azure OpenAI: targets name deployments; the key goes in the `api-key` header, or
+    /// Entra ID tokens (`azure.entraId`) as a bearer.
     AzureOpenai,
     /// Google's Gemini API (`generateContent`), e.g. `https://generativelanguage.googleapis.com/v1beta`;
     /// the key goes in the `x-goog-api-key` header.
     Gemini,
     /// Gemini on Google Vertex AI: `baseUrl` is the publisher's URL, e.g.
     /// `https://us-central1-aiplatform.googleapis.com/v1/projects/P/locations/us-central1/publishers/google`;
-    /// requests carry an access token of the service account in `vertex`.
+    /// requests carry an access token from the credentials in `vertex` (a service account key
+    /// or workload identity federation).
     Vertex,
     /// Amazon Bedrock's Converse API (`/model/{model}/converse`, `converse-stream`), signed with
     /// SigV4 (credentials in `bedrock`) or with a Bedrock API key in `apiKeySecretRef`.
@@ -227,9 +229,9 @@ pub enum ProviderType {
 #[x_kube(validation = Rule::new("self.type in ['mock', 'bedrock'] || has(self.baseUrl)").message("baseUrl is required unless type is mock or bedrock"))]
 #[x_kube(validation = Rule::new("self.type == 'mock' || !has(self.mock)").message("mock settings are only allowed when type is mock"))]
 #[x_kube(validation = Rule::new("self.type == 'azureOpenai' || !has(self.azure)").message("azure settings are only allowed when type is azureOpenai"))]
-#[x_kube(validation = Rule::new("self.type != 'azureOpenai' || has(self.apiKeySecretRef)").message("an azureOpenai provider needs apiKeySecretRef (its api-key)"))]
+#[x_kube(validation = Rule::new("self.type != 'azureOpenai' || has(self.apiKeySecretRef) != (has(self.azure) && has(self.azure.entraId))").message("an azureOpenai provider needs exactly one of apiKeySecretRef (its api-key) or azure.entraId (Entra ID tokens)"))]
 #[x_kube(validation = Rule::new("self.type != 'gemini' || has(self.apiKeySecretRef)").message("a gemini provider needs apiKeySecretRef (its API key)"))]
-#[x_kube(validation = Rule::new("self.type == 'vertex' ? has(self.vertex) && !has(self.apiKeySecretRef) : !has(self.vertex)").message("a vertex provider needs vertex.serviceAccountKeySecretRef and no apiKeySecretRef; vertex settings are only allowed when type is vertex"))]
+#[x_kube(validation = Rule::new("self.type == 'vertex' ? has(self.vertex) && !has(self.apiKeySecretRef) : !has(self.vertex)").message("a vertex provider needs vertex (serviceAccountKeySecretRef or workloadIdentity) and no apiKeySecretRef; vertex settings are only allowed when type is vertex"))]
 #[x_kube(validation = Rule::new("self.type == 'bedrock' ? has(self.bedrock) : !has(self.bedrock)").message("a bedrock provider needs bedrock.region; bedrock settings are only allowed when type is bedrock"))]
 #[x_kube(validation = Rule::new("self.type != 'bedrock' || (has(self.apiKeySecretRef) ? 1 : 0) + (has(self.bedrock.accessKeyIdSecretRef) ? 1 : 0) + (has(self.bedrock.webIdentity) ? 1 : 0) == 1").message("a bedrock provider needs exactly one credential: apiKeySecretRef (a Bedrock API key), bedrock.accessKeyIdSecretRef with bedrock.secretAccessKeySecretRef, or bedrock.webIdentity"))]
 #[serde(rename_all = "camelCase")]
@@ -312,15 +314,57 @@ pub struct BedrockWebIdentity {
     pub sts_url: Option<String>,
 }
 
-/// How the gateway authenticates to Vertex AI.
+/// How the gateway authenticates to Vertex AI: a service account key or
+/// workload identity federation, exactly one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.serviceAccountKeySecretRef) != has(self.workloadIdentity)").message("set exactly one of serviceAccountKeySecretRef or workloadIdentity"))]
 #[serde(rename_all = "camelCase")]
 pub struct VertexProvider {
     /// Secret key holding a service account key (the JSON file Google issues): the gateway
     /// signs a JWT with it and exchanges it at the key's `token_uri` for access tokens, which
     /// it caches until five minutes before they expire. Rotating the key takes effect at the
     /// next exchange.
-    pub service_account_key_secret_ref: SecretKeyRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_key_secret_ref: Option<SecretKeyRef>,
+    /// Workload identity federation instead of a key: the gateway pod's projected
+    /// service account token is exchanged at Google's STS for a federated access token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<VertexWorkloadIdentity>,
+}
+
+/// Google workload identity federation with the gateway's Kubernetes service account,
+/// as Google's external-account credentials do it: the pod's projected service account
+/// token (audience `https:` followed by `audience`, e.g.
+/// `https://iam.googleapis.com/projects/...`, the pool provider's default allowed
+/// audience) is exchanged at the STS endpoint (RFC 8693) for a federated access token;
+/// with `serviceAccountEmail`, that token then impersonates the service account
+/// (`generateAccessToken`). Tokens are cached until five minutes before they expire;
+/// the projected token is read again at each exchange.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VertexWorkloadIdentity {
+    /// The workload identity pool provider, e.g.
+    /// `//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/my-pool/providers/my-cluster`:
+    /// the STS exchange's `audience`.
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new("self.matches('^//iam\\\\.googleapis\\\\.com/projects/[0-9]+/locations/global/workloadIdentityPools/[-a-z0-9]+/providers/[-a-z0-9]+$')").message("must be a workload identity pool provider: //iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER"))]
+    pub audience: String,
+    /// A service account to impersonate with the federated token; absent, the federated
+    /// token itself calls Vertex AI (the pool's principal needs the roles then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 254))]
+    #[x_kube(validation = Rule::new("self.matches('^[^@/ ]+@[^@/ ]+$')").message("must be a service account email"))]
+    pub service_account_email: Option<String>,
+    /// The STS token endpoint; default `https://sts.googleapis.com/v1/token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['https', 'http']").message("must be an http(s) URL"))]
+    pub sts_url: Option<String>,
+    /// The IAM Credentials API root; default `https://iamcredentials.googleapis.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['https', 'http']").message("must be an http(s) URL"))]
+    pub iam_credentials_url: Option<String>,
 }
 
 /// How an Azure OpenAI resource is called. `baseUrl` is the resource's
@@ -337,6 +381,41 @@ pub struct AzureProvider {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$')").message("must be an API version such as 2024-10-21 or 2025-04-01-preview"))]
     pub api_version: Option<String>,
+    /// Microsoft Entra ID access tokens instead of the `api-key` (then leave
+    /// `apiKeySecretRef` out): sent as `Authorization: Bearer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entra_id: Option<AzureEntraId>,
+}
+
+/// An Entra ID application whose tokens (scope
+/// `https://cognitiveservices.azure.com/.default`) call Azure OpenAI, from the
+/// client credentials grant at `{authorityHost}/{tenantId}/oauth2/v2.0/token`.
+/// With `clientSecretSecretRef` the client authenticates with its secret; without
+/// it, with workload identity federation: the gateway pod's projected service
+/// account token (audience `api://AzureADTokenExchange`) is the client assertion,
+/// so the app needs a federated credential for the gateway's service account.
+/// Tokens are cached until five minutes before they expire; the secret or the
+/// projected token is read again at each exchange.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureEntraId {
+    /// The directory (tenant) ID: a GUID or a domain such as `contoso.onmicrosoft.com`.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9][-.A-Za-z0-9]*$')").message("must be a directory (tenant) ID: a GUID or a domain name"))]
+    pub tenant_id: String,
+    /// The application (client) ID.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new("self.matches('^[-.A-Za-z0-9]+$')").message("must be an application (client) ID, e.g. a GUID"))]
+    pub client_id: String,
+    /// Secret key holding the application's client secret; absent: workload identity federation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_secret_ref: Option<SecretKeyRef>,
+    /// The Entra ID authority; default `https://login.microsoftonline.com` (another for sovereign
+    /// clouds, e.g. `https://login.microsoftonline.us`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['https', 'http']").message("must be an http(s) URL"))]
+    pub authority_host: Option<String>,
 }
 
 /// Behaviour of the in-process mock provider.

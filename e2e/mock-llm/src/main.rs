@@ -5,7 +5,9 @@
 //! request's shape, the model's `dimensions`, 8,192 tokens per input. Azure
 //! OpenAI's URLs answer too (`/openai/deployments/{deployment}/...` with
 //! `api-version`, and `/openai/v1/...`), with Azure's `api-key` header
-//! required and the deployment as the model. So does the Gemini API
+//! required and the deployment as the model (or a bearer token of the Entra ID
+//! double: see `identity.rs`, which also plays Google's STS and IAM
+//! Credentials API for workload identity federation). So does the Gemini API
 //! (`/v1beta/models/{model}:generateContent`, `:streamGenerateContent?alt=sse`,
 //! whose events end in CRLF as Google's do), with its key required. Amazon
 //! Bedrock's Converse API and STS answer as `bedrock.rs` says.
@@ -58,6 +60,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 mod bedrock;
+mod identity;
 
 /// Scripted OpenAI/Anthropic mock.
 #[derive(Debug, Parser)]
@@ -78,6 +81,22 @@ struct Args {
     /// `/token` exchanges for access tokens (Vertex AI); without it `/token` refuses all.
     #[arg(long)]
     google_jwks: Option<std::path::PathBuf>,
+    /// The JWKS of the Kubernetes service account issuer: the projected tokens that
+    /// Entra ID (client assertions) and Google's STS (subject tokens) accept must be
+    /// signed by one of its keys. Without it their signatures are not checked.
+    #[arg(long)]
+    identity_jwks: Option<std::path::PathBuf>,
+    /// The Entra ID application (client) ID the Entra token endpoint knows.
+    #[arg(long)]
+    azure_client_id: Option<String>,
+    /// That application's client secret; without it no client secret is accepted.
+    #[arg(long)]
+    azure_client_secret: Option<String>,
+    /// The workload identity pool provider STS exchanges tokens for
+    /// (`//iam.googleapis.com/projects/N/locations/global/workloadIdentityPools/P/providers/X`);
+    /// without it STS refuses all.
+    #[arg(long)]
+    google_workload_pool: Option<String>,
     /// The region Bedrock requests must be signed for.
     #[arg(long, default_value = "us-east-1")]
     bedrock_region: String,
@@ -136,8 +155,12 @@ struct Scripts {
     steps: HashMap<String, VecDeque<Step>>,
     defaults: HashMap<String, Step>,
     counts: HashMap<String, u64>,
-    /// Access tokens `/token` issued (Vertex AI accepts only these).
+    /// Access tokens `/token`, STS and `generateAccessToken` issued (Vertex AI accepts only these).
     issued: std::collections::HashSet<String>,
+    /// Federated tokens STS issued (`generateAccessToken` accepts only these).
+    federated: std::collections::HashSet<String>,
+    /// Access tokens the Entra ID double issued (Azure OpenAI accepts these as a bearer).
+    issued_azure: std::collections::HashSet<String>,
     last: HashMap<String, Value>,
     history: HashMap<String, VecDeque<Value>>,
 }
@@ -203,6 +226,9 @@ async fn main() -> std::io::Result<()> {
         .route("/openai/v1/{*operation}", post(azure_v1))
         .route("/v1beta/models/{*model_method}", post(gemini))
         .route("/token", post(google_token))
+        .route("/{tenant}/oauth2/v2.0/token", post(identity::entra_token))
+        .route("/v1/token", post(identity::google_sts))
+        .route("/v1/projects/{project}/serviceAccounts/{name}", post(identity::generate_access_token))
         .route("/v1/projects/{project}/locations/{location}/publishers/google/models/{*model_method}", post(vertex))
         .route("/model/{model}/{operation}", post(bedrock::converse))
         .route("/", post(bedrock::sts))
@@ -553,12 +579,21 @@ fn azure_error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"error": {"code": status.as_u16().to_string(), "message": message}}))).into_response()
 }
 
-/// What Azure checks before it looks at a request: the `api-key` header, and
-/// on the deployment URLs the `api-version` query parameter.
-fn azure_checks(headers: &HeaderMap, query: Option<&str>, deployment_api: bool) -> Option<Response> {
-    if headers.get("api-key").and_then(|v| v.to_str().ok()).is_none_or(str::is_empty) {
-        let message = "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.";
-        return Some(azure_error(StatusCode::UNAUTHORIZED, message));
+/// What Azure checks before it looks at a request: the `api-key` header (or
+/// an Entra ID bearer token the Entra double issued), and on the deployment
+/// URLs the `api-version` query parameter.
+fn azure_checks(mock: &Mock, headers: &HeaderMap, query: Option<&str>, deployment_api: bool) -> Option<Response> {
+    match identity::azure_bearer_issued(mock, headers) {
+        Some(true) => {}
+        Some(false) => {
+            let message = "Unauthorized. Access token is missing, invalid, audience is incorrect (https://cognitiveservices.azure.com), or have expired.";
+            return Some(azure_error(StatusCode::UNAUTHORIZED, message));
+        }
+        None if headers.get("api-key").and_then(|v| v.to_str().ok()).is_none_or(str::is_empty) => {
+            let message = "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.";
+            return Some(azure_error(StatusCode::UNAUTHORIZED, message));
+        }
+        None => {}
     }
     let versioned = query.is_some_and(|q| q.split('&').any(|kv| kv.starts_with("api-version=") && kv.len() > 12));
     if deployment_api && !versioned {
@@ -576,7 +611,7 @@ async fn azure_deployment(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = azure_checks(&headers, uri.query(), true) {
+    if let Some(refused) = azure_checks(&mock, &headers, uri.query(), true) {
         return refused;
     }
     match operation.as_str() {
@@ -594,7 +629,7 @@ async fn azure_v1(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(refused) = azure_checks(&headers, None, false) {
+    if let Some(refused) = azure_checks(&mock, &headers, None, false) {
         return refused;
     }
     match operation.as_str() {

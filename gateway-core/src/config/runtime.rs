@@ -14,11 +14,14 @@ use tenantgate_crds::v1alpha1::{ModelType, ProviderType};
 
 use crate::auth::{JwtVerifier, KeySource};
 use crate::limits::{LimitStores, RateLimiter};
+use crate::llm::access_token::{AccessTokens, Grant};
 use crate::llm::aws_auth::AwsAuth;
 use crate::llm::azure::AzureOpenAi;
 use crate::llm::bedrock::Bedrock;
+use crate::llm::entra::EntraId;
 use crate::llm::gemini::Gemini;
-use crate::llm::google_auth::GoogleTokens;
+use crate::llm::google_auth::ServiceAccountKey;
+use crate::llm::google_federation::WorkloadIdentity;
 use crate::llm::{Endpoint, EndpointError, Provider, Wire, anthropic::Anthropic, mock::Mock, openai::OpenAi};
 use crate::policy::Policies;
 use crate::routing::{Breaker, ModelRoute, RetryPolicy, Target};
@@ -147,12 +150,16 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
             ProviderType::Anthropic => Provider::Anthropic(Anthropic::new(endpoint(&Anthropic::WIRE)?)),
             ProviderType::Gemini => Provider::Gemini(Gemini::new(endpoint(&Gemini::WIRE)?)),
             ProviderType::Vertex => {
-                let key_file = p.service_account_key_file.as_deref().ok_or_else(|| {
-                    ConfigIssue::new(Reason::InvalidSpec, "required for vertex")
-                        .at(format!("providers[{i}].vertex.serviceAccountKeySecretRef"))
-                })?;
-                let tokens = GoogleTokens::new(key_file, client.clone());
-                Provider::Vertex(Gemini::new(endpoint(&Gemini::VERTEX_WIRE)?.with_google_tokens(tokens)))
+                let grant = match (&p.service_account_key_file, &p.google_workload_identity) {
+                    (Some(key_file), None) => Grant::GoogleServiceAccount(ServiceAccountKey::new(key_file)),
+                    (None, Some(federation)) => Grant::GoogleWorkloadIdentity(WorkloadIdentity::new(federation)),
+                    _ => {
+                        let message = "set exactly one of serviceAccountKeySecretRef or workloadIdentity";
+                        return Err(ConfigIssue::new(Reason::InvalidSpec, message).at(format!("providers[{i}].vertex")));
+                    }
+                };
+                let tokens = AccessTokens::new(grant, client.clone());
+                Provider::Vertex(Gemini::new(endpoint(&Gemini::VERTEX_WIRE)?.with_access_tokens(tokens)))
             }
             ProviderType::Bedrock => {
                 let endpoint = endpoint(&Bedrock::WIRE)?;
@@ -184,7 +191,12 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
             }
             ProviderType::AzureOpenai => {
                 let version = p.azure.as_ref().and_then(|a| a.api_version.clone());
-                Provider::Azure(AzureOpenAi::new(endpoint(&AzureOpenAi::WIRE)?, version))
+                let mut endpoint = endpoint(&AzureOpenAi::WIRE)?;
+                if let Some(entra) = p.azure.as_ref().and_then(|a| a.entra_id.as_ref()) {
+                    let tokens = AccessTokens::new(Grant::EntraId(EntraId::new(entra)), client.clone());
+                    endpoint = endpoint.with_access_tokens(tokens);
+                }
+                Provider::Azure(AzureOpenAi::new(endpoint, version))
             }
             ProviderType::Mock => Provider::Mock(Mock::new(p.mock.as_ref())),
         };

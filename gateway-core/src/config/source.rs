@@ -108,6 +108,9 @@ impl ConfigSource {
                     secrets_root: secrets_root.display().to_string(),
                     sqlite_path: state_dir.join("gateway.db").display().to_string(),
                     mode: RenderMode::Local,
+                    // Nothing projects tokens here: whoever runs the gateway (a test)
+                    // writes `<state_dir>/identity/<slug>/token` itself.
+                    identity_root: state_dir.join("identity").display().to_string(),
                 };
                 let rendered = set.render(tenant, operator_namespace, &options)?;
                 for issue in &rendered.skipped {

@@ -1,5 +1,6 @@
 //! Azure OpenAI: the OpenAI wire format at Azure's URLs. Each target's model
-//! names a deployment; the key goes in the `api-key` header. With an API
+//! names a deployment; the key goes in the `api-key` header, or an Entra ID
+//! access token in `Authorization` (see [`super::entra`]). With an API
 //! version, calls go to `{base}/openai/deployments/{deployment}/{operation}?api-version=V`;
 //! without one, to the v1 API, `{base}/openai/v1/{operation}`, with the
 //! deployment as the model.

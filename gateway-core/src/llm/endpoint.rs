@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
 use super::{Call, SecretFile, UpstreamError, error_body, status_error};
 
@@ -55,8 +55,8 @@ impl EndpointError {
 enum Credential {
     /// An API key from a Secret file, in the API's header.
     Key(HeaderName, SecretFile),
-    /// A Google service account's access tokens (Vertex AI).
-    Google(std::sync::Arc<super::google_auth::GoogleTokens>),
+    /// OAuth access tokens as a bearer (Vertex AI, Azure OpenAI with Entra ID).
+    Bearer(std::sync::Arc<super::access_token::AccessTokens>),
     /// A SigV4 signature of each request (Amazon Bedrock).
     Aws(super::aws_auth::AwsAuth),
 }
@@ -97,9 +97,9 @@ impl Endpoint {
         Ok(Self { url, api_key, headers, client })
     }
 
-    /// Authenticates with a Google service account's access tokens instead of a key.
-    pub fn with_google_tokens(mut self, tokens: super::google_auth::GoogleTokens) -> Self {
-        self.api_key = Some(Credential::Google(std::sync::Arc::new(tokens)));
+    /// Authenticates with OAuth access tokens as a bearer instead of a key.
+    pub fn with_access_tokens(mut self, tokens: super::access_token::AccessTokens) -> Self {
+        self.api_key = Some(Credential::Bearer(std::sync::Arc::new(tokens)));
         self
     }
 
@@ -132,7 +132,7 @@ impl Endpoint {
             Some(Credential::Key(name, key)) => {
                 headers.insert(name, key.header()?);
             }
-            Some(Credential::Google(tokens)) => {
+            Some(Credential::Bearer(tokens)) => {
                 headers.insert(header::AUTHORIZATION, tokens.header(call.deadline).await?);
             }
             Some(Credential::Aws(auth)) => headers.extend(auth.sign(&url, &headers, &body, call.deadline).await?),
@@ -146,6 +146,10 @@ impl Endpoint {
         };
         let status = response.status();
         if !status.is_success() {
+            if let (Some(Credential::Bearer(tokens)), StatusCode::UNAUTHORIZED) = (&self.api_key, status) {
+                // Revoked or expired early: the next call exchanges a fresh token.
+                tokens.forget().await;
+            }
             let headers = response.headers().clone();
             let body = error_body(response, call.deadline).await;
             return Err(status_error(status, &headers, &body));

@@ -1,25 +1,21 @@
 //! Google OAuth access tokens from a service account key (the JSON file
 //! Google issues), for Vertex AI: a JWT signed with the key (RS256) is
-//! exchanged at the key's `token_uri` (the RFC 7523 jwt-bearer grant). The
-//! token is cached until five minutes before it expires; the key file is read
-//! again for each exchange, so a rotated key is used without a restart. One
-//! exchange runs at a time: requests that need a token meanwhile wait for it.
+//! exchanged at the key's `token_uri` (the RFC 7523 jwt-bearer grant). The key
+//! file is read again for each exchange, so a rotated key is used without a
+//! restart; [`super::access_token::AccessTokens`] caches the tokens.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::HeaderValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 use super::UpstreamError;
+use super::access_token::{self, OAuthToken, Token};
 
 /// What Vertex AI needs.
-const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+pub(super) const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 const GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
-/// A cached token is replaced this long before it expires.
-const REFRESH_BEFORE: Duration = Duration::from_secs(300);
 /// The assertion's lifetime (Google's maximum).
 const ASSERTION_LIFETIME: u64 = 3600;
 
@@ -43,54 +39,23 @@ struct Claims<'a> {
     exp: u64,
 }
 
-#[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: String,
-    #[serde(default = "default_lifetime")]
-    expires_in: u64,
-}
-
-fn default_lifetime() -> u64 {
-    3600
-}
-
-/// Access tokens of one service account key file.
+/// A service account key file.
 #[derive(Debug)]
-pub struct GoogleTokens {
+pub struct ServiceAccountKey {
     key_file: PathBuf,
-    client: reqwest::Client,
-    /// The token's `Authorization` value and when it expires; held across the exchange.
-    cached: tokio::sync::Mutex<Option<(HeaderValue, Instant)>>,
 }
 
-impl GoogleTokens {
-    /// Tokens for the key in `key_file`, exchanged through `client` (the egress client).
-    pub fn new(key_file: impl Into<PathBuf>, client: reqwest::Client) -> Self {
-        Self { key_file: key_file.into(), client, cached: tokio::sync::Mutex::new(None) }
+impl ServiceAccountKey {
+    /// The key in `key_file`.
+    pub fn new(key_file: impl Into<PathBuf>) -> Self {
+        Self { key_file: key_file.into() }
     }
 
-    /// `Bearer <token>`: the cached one, or a fresh one exchanged before `deadline`.
-    pub async fn header(&self, deadline: Instant) -> Result<HeaderValue, UpstreamError> {
-        let mut cached = self.cached.lock().await;
-        if let Some((value, until)) = cached.as_ref()
-            && Instant::now() + REFRESH_BEFORE < *until
-        {
-            return Ok(value.clone());
-        }
-        let (value, lifetime) =
-            tokio::time::timeout_at(deadline, self.exchange()).await.map_err(|_| UpstreamError::Timeout("token"))??;
-        *cached = Some((value.clone(), Instant::now() + lifetime));
-        Ok(value)
-    }
-
-    async fn exchange(&self) -> Result<(HeaderValue, Duration), UpstreamError> {
-        let credentials = |why: &str| {
-            // Never the key or the token: the file's path and what failed.
-            tracing::warn!(path = %self.key_file.display(), why, "cannot get a Google access token");
-            UpstreamError::Credentials
-        };
-        let text =
-            tokio::fs::read_to_string(&self.key_file).await.map_err(|_| credentials("the key file cannot be read"))?;
+    pub(super) async fn exchange(&self, client: &reqwest::Client) -> Result<Token, UpstreamError> {
+        let path = self.key_file.display().to_string();
+        // Never the key or the token: the file's path and what failed.
+        let credentials = |why: &str| access_token::refused("service account key", &path, why);
+        let text = access_token::read_credential(&self.key_file, "service account key").await?;
         let account: ServiceAccount =
             serde_json::from_str(&text).map_err(|_| credentials("the key file is not a service account key"))?;
         let key = EncodingKey::from_rsa_pem(account.private_key.as_bytes())
@@ -108,35 +73,11 @@ impl GoogleTokens {
         header.kid = account.private_key_id.clone();
         let assertion =
             jsonwebtoken::encode(&header, &claims, &key).map_err(|_| credentials("signing the assertion failed"))?;
-        let form = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("grant_type", GRANT)
-            .append_pair("assertion", &assertion)
-            .finish();
-        let response = self
-            .client
+        let request = client
             .post(&account.token_uri)
             .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(form)
-            .send()
-            .await
-            .map_err(|e| UpstreamError::from_send(&e))?;
-        let status = response.status();
-        if !status.is_success() {
-            // An OAuth error body (`invalid_grant`, ...) names no secret.
-            let body = response.text().await.unwrap_or_default();
-            let reason = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or_default();
-            tracing::warn!(status = status.as_u16(), reason, "the token endpoint refused the service account");
-            return Err(UpstreamError::Credentials);
-        }
-        let body = response.bytes().await.map_err(|_| credentials("the token endpoint's answer was cut"))?;
-        let answer: TokenAnswer = serde_json::from_slice(&body)
-            .map_err(|_| credentials("the token endpoint's answer has no access_token"))?;
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", answer.access_token))
-            .map_err(|_| credentials("the access token cannot be sent in a header"))?;
-        value.set_sensitive(true);
-        Ok((value, Duration::from_secs(answer.expires_in)))
+            .body(access_token::form([("grant_type", GRANT), ("assertion", &assertion)]));
+        let body = access_token::send(request, &account.token_uri).await?;
+        Ok(access_token::parse::<OAuthToken>(&body, &account.token_uri)?.into())
     }
 }

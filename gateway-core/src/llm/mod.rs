@@ -1,14 +1,17 @@
 //! Upstream LLM providers behind one interface: every provider answers in
 //! OpenAI's Chat Completions format, as a whole body or as SSE events.
 
+pub mod access_token;
 pub mod anthropic;
 pub mod aws_auth;
 pub mod azure;
 pub mod bedrock;
 pub mod embeddings;
 mod endpoint;
+pub mod entra;
 pub mod gemini;
 pub mod google_auth;
+pub mod google_federation;
 mod inbound;
 pub mod messages;
 pub mod mock;
@@ -108,8 +111,8 @@ pub enum UpstreamError {
     /// The provider's answer made no sense.
     #[error("the provider's answer was invalid: {0}")]
     Protocol(String),
-    /// The provider's credentials could not be read.
-    #[error("the provider's API key is unavailable")]
+    /// The provider's credentials could not be read, or its token endpoint refused them.
+    #[error("the gateway has no usable credentials for the provider (the gateway log says why)")]
     Credentials,
 }
 

@@ -1,6 +1,7 @@
 """Starts e2e/mock-llm and the gateway (local mode, the test tenant of
 gateway/tests/fixtures/tenant.yaml.tmpl) as processes on free 127.0.0.1 ports."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +23,15 @@ MCP_ECHO_BIN = os.environ["MCP_ECHO_BIN"]
 QUICKSTART = ROOT / "manifests/examples/quickstart"
 DEV_KEY = QUICKSTART / "dev-signing-key.pem"
 FOREIGN_KEY = ROOT / "gateway/tests/fixtures/foreign-signing-key.pem"
+# The Entra ID application and the workload identity pool provider mock-llm knows
+# (the fixture's azure-entra, azure-federated and vertex-federated providers use them).
+AZURE_CLIENT_ID = "gateway-app"
+AZURE_CLIENT_SECRET = "entra-s3cret"
+WORKLOAD_POOL = "//iam.googleapis.com/projects/123456/locations/global/workloadIdentityPools/tenantgate/providers/test-cluster"
+OTHER_POOL = WORKLOAD_POOL.replace("/tenantgate/", "/other/")
+# The audiences of the projected service account tokens the fixture's providers read:
+# Entra ID's token exchange, and the pool providers' default allowed audience (https: + name).
+IDENTITY_AUDIENCES = ("api://AzureADTokenExchange", "https:" + WORKLOAD_POOL, "https:" + OTHER_POOL)
 
 
 def free_port() -> int:
@@ -38,6 +48,11 @@ def quickstart_jwks() -> str:
             start = text.index(marker) + len(marker)
             return text[start : text.index("'", start)]
     raise RuntimeError("no JWKS in the quickstart example")
+
+
+def identity_slug(audience: str) -> str:
+    """The directory of `audience`'s projected token under the identity root (crds/src/render.rs)."""
+    return hashlib.sha256(audience.encode()).hexdigest()[:16]
 
 
 def service_account_key(token_uri: str) -> str:
@@ -65,7 +80,10 @@ class Upstream:
             [MOCK_LLM_BIN, "--listen", "127.0.0.1:0", "--tokens", "8", "--google-jwks", str(self.jwks),
              "--bedrock-region", "us-east-1", "--aws-access-key-id", AWS_KEY_ID,
              "--aws-secret-access-key", AWS_SECRET, "--bedrock-api-key", "key-one",
-             "--aws-oidc-jwks", str(self.jwks)],
+             "--aws-oidc-jwks", str(self.jwks),
+             # The projected tokens conftest writes are signed with the quickstart key too.
+             "--identity-jwks", str(self.jwks), "--azure-client-id", AZURE_CLIENT_ID,
+             "--azure-client-secret", AZURE_CLIENT_SECRET, "--google-workload-pool", WORKLOAD_POOL],
             stdout=subprocess.PIPE, text=True,
         )
         line = self.proc.stdout.readline().strip()
@@ -159,6 +177,7 @@ class Gateway:
         if extra_manifests:
             (manifests / "extra.yaml").write_text(extra_manifests)
         self.manifests = manifests
+        self.write_projected_tokens()
         port = port or free_port()
         self.url = f"http://127.0.0.1:{port}"
         # `ops_listener`: probes and metrics on a port of their own (`--ops-listen`), as in a cluster.
@@ -185,6 +204,16 @@ class Gateway:
         else:
             raise RuntimeError("the gateway did not become ready")
         self.token = self.mint()
+
+    def write_projected_tokens(self, ttl: int = 3600) -> None:
+        """What the kubelet does in a cluster: a service account token per audience the
+        config reads, at STATE_DIR/identity/<slug>/token (local mode's identity root)."""
+        for audience in IDENTITY_AUDIENCES:
+            token = self.mint("--audience", audience, "--issuer", "https://kubernetes.default.svc",
+                              "--subject", "system:serviceaccount:tg-test:gateway", "--ttl-secs", str(ttl))
+            path = self.dir / "state" / "identity" / identity_slug(audience) / "token"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(token)
 
     def mint(self, *extra: str, key: Path = DEV_KEY) -> str:
         out = subprocess.run(
@@ -240,6 +269,25 @@ def error_body(response: httpx.Response) -> dict:
     assert set(body) == {"error"}, body
     assert isinstance(body["error"]["message"], str) and isinstance(body["error"]["type"], str), body
     return body["error"]
+
+
+def refused_credential(upstream: "Upstream", log: Path, refused: str, *working: str) -> tuple[httpx.Response, str]:
+    """A gateway of its own logging at debug into `log`: the answer to a chat request for the
+    model `refused` (whose provider's credential is refused), after which each `working` model
+    answers; and the log's text once the gateway stopped."""
+    g = Gateway(upstream, log=log, log_level="debug")
+    try:
+        r = httpx.post(g.url + "/v1/chat/completions", json={"model": refused, "messages": [{"role": "user", "content": "hi"}]},
+                       headers={"Authorization": f"Bearer {g.token}"}, timeout=30)
+        assert r.status_code == 502, r.text
+        message = error_body(r)["message"]
+        assert "no usable credentials" in message and "the gateway log says why" in message, message
+        for model in working:
+            assert g.client().chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}]).choices
+        time.sleep(0.2)
+    finally:
+        g.stop()
+    return r, log.read_text()
 
 
 def audit_events(gateway: "Gateway", request_id: str, count: int = 1) -> list:

@@ -123,6 +123,38 @@ fn secret_volume(input: &BuildInput<'_>) -> Volume {
     }
 }
 
+/// One projected volume per workload identity audience the config reads: a
+/// service account token for that audience the kubelet rotates (one hour),
+/// mounted at `<IDENTITY_ROOT>/<slug>` so the config's `.../<slug>/token` resolves.
+fn identity_token_volumes(input: &BuildInput<'_>) -> Vec<(Volume, VolumeMount)> {
+    use tenantgate_crds::render::{IDENTITY_ROOT, identity_token_slug};
+    input
+        .rendered
+        .identity_token_audiences
+        .iter()
+        .map(|audience| {
+            let slug = identity_token_slug(audience);
+            let name = format!("identity-{slug}");
+            let volume = Volume {
+                name: name.clone(),
+                projected: Some(ProjectedVolumeSource {
+                    default_mode: Some(0o440),
+                    sources: Some(vec![VolumeProjection {
+                        service_account_token: Some(ServiceAccountTokenProjection {
+                            audience: Some(audience.clone()),
+                            expiration_seconds: Some(3600),
+                            path: "token".into(),
+                        }),
+                        ..VolumeProjection::default()
+                    }]),
+                }),
+                ..Volume::default()
+            };
+            (volume, mount(&name, &format!("{IDENTITY_ROOT}/{slug}"), true))
+        })
+        .collect()
+}
+
 /// An HTTP GET of `path` on the container's port named `port`.
 fn get_on(port: &str, path: &str) -> Option<HTTPGetAction> {
     Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String(port.into()), ..HTTPGetAction::default() })
@@ -210,6 +242,7 @@ pub fn build_deployment(input: &BuildInput<'_>) -> Deployment {
     let selector = gateway_selector(&tenant);
     let mut pod_labels = labels(&tenant, "gateway");
     pod_labels.extend(selector.clone());
+    let (identity_volumes, identity_mounts): (Vec<_>, Vec<_>) = identity_token_volumes(input).into_iter().unzip();
     let container = Container {
         name: "gateway".into(),
         image: Some(spec.gateway.image.clone().unwrap_or_else(|| input.settings.gateway_image.clone())),
@@ -264,13 +297,18 @@ pub fn build_deployment(input: &BuildInput<'_>) -> Deployment {
             ..Probe::default()
         }),
         security_context: Some(restricted_container_security()),
-        volume_mounts: Some(vec![
-            mount("config", "/etc/tenantgate", true),
-            mount("secrets", tenantgate_crds::render::SECRETS_ROOT, true),
-            mount("data", DATA_DIR, false),
-            mount("tmp", "/tmp", false),
-            mount("kube-api-access", SERVICE_ACCOUNT_DIR, true),
-        ]),
+        volume_mounts: Some(
+            vec![
+                mount("config", "/etc/tenantgate", true),
+                mount("secrets", tenantgate_crds::render::SECRETS_ROOT, true),
+                mount("data", DATA_DIR, false),
+                mount("tmp", "/tmp", false),
+                mount("kube-api-access", SERVICE_ACCOUNT_DIR, true),
+            ]
+            .into_iter()
+            .chain(identity_mounts)
+            .collect(),
+        ),
         ..Container::default()
     };
     let mut pod = PodSpec {
@@ -284,23 +322,28 @@ pub fn build_deployment(input: &BuildInput<'_>) -> Deployment {
             spread("topology.kubernetes.io/zone", &selector),
         ]),
         containers: vec![container],
-        volumes: Some(vec![
-            Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: GATEWAY_CONFIG.into(),
-                    ..ConfigMapVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
-            secret_volume(input),
-            super::data_volume::data_volume(input),
-            empty_dir(
-                "tmp",
-                EmptyDirVolumeSource { medium: Some("Memory".into()), size_limit: Some(Quantity("16Mi".into())) },
-            ),
-            api_access_volume(),
-        ]),
+        volumes: Some(
+            vec![
+                Volume {
+                    name: "config".into(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: GATEWAY_CONFIG.into(),
+                        ..ConfigMapVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+                secret_volume(input),
+                super::data_volume::data_volume(input),
+                empty_dir(
+                    "tmp",
+                    EmptyDirVolumeSource { medium: Some("Memory".into()), size_limit: Some(Quantity("16Mi".into())) },
+                ),
+                api_access_volume(),
+            ]
+            .into_iter()
+            .chain(identity_volumes)
+            .collect(),
+        ),
         ..PodSpec::default()
     };
     input.settings.tenant_pods.apply_to(&mut pod);
@@ -507,6 +550,47 @@ mod tests {
         let mut storage = t.clone();
         storage.spec.storage.database = None;
         assert_ne!(a, checksum(&stack_of(&storage, &[], &versions("10", "20"))), "another database: roll");
+    }
+
+    #[test]
+    fn workload_identity_tokens_are_projected_per_audience_where_the_config_reads_them() {
+        use tenantgate_crds::config::EntraCredential;
+        use tenantgate_crds::render::{IDENTITY_ROOT, identity_token_slug};
+        let mut t = tenant("");
+        t.spec.providers = serde_yaml::from_str(concat!(
+            "- {name: azure, type: azureOpenai, baseUrl: 'https://a.openai.azure.com', azure: {entraId: {tenantId: t, clientId: c}}}\n",
+            "- {name: azure2, type: azureOpenai, baseUrl: 'https://b.openai.azure.com', azure: {entraId: {tenantId: t, clientId: d}}}\n",
+        ))
+        .expect("providers");
+        t.spec.models[0].targets[0].provider = "azure".into();
+        let s = stack_of(&t, &[], &BTreeMap::new());
+        let p = pod(&s);
+        let slug = identity_token_slug("api://AzureADTokenExchange");
+        let mounts: Vec<_> = p.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.mount_path.starts_with(IDENTITY_ROOT))
+            .collect();
+        assert_eq!(mounts.len(), 1, "one token per audience: {mounts:?}");
+        assert_eq!(mounts[0].mount_path, format!("{IDENTITY_ROOT}/{slug}"));
+        assert_eq!(mounts[0].read_only, Some(true));
+        let volume = p.volumes.iter().flatten().find(|v| v.name == mounts[0].name).expect("volume");
+        let sources = volume.projected.as_ref().and_then(|p| p.sources.clone()).expect("projected");
+        let token = sources.iter().find_map(|s| s.service_account_token.clone()).expect("token source");
+        assert_eq!(token.audience.as_deref(), Some("api://AzureADTokenExchange"));
+        assert_eq!((token.path.as_str(), token.expiration_seconds), ("token", Some(3600)));
+        // The config reads the token where the volume puts it.
+        let config_map = s.get::<k8s_openapi::api::core::v1::ConfigMap>(GATEWAY_CONFIG).expect("config map");
+        let config: tenantgate_crds::config::GatewayConfig =
+            serde_yaml::from_str(config_map.data.as_ref().and_then(|d| d.get("config.yaml")).expect("config"))
+                .expect("config parses");
+        let credential = config.providers[0].azure.as_ref().and_then(|a| a.entra_id.clone()).map(|e| e.credential);
+        let expected = format!("{}/token", mounts[0].mount_path);
+        assert_eq!(credential, Some(EntraCredential::ClientAssertionFile(expected)));
+        // No workload identity, no token volume.
+        let plain = pod(&plain_stack());
+        assert!(plain.volumes.iter().flatten().all(|v| !v.name.starts_with("identity-")));
     }
 
     #[test]

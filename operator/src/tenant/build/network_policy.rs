@@ -92,6 +92,10 @@ fn upstream_urls(input: &BuildInput<'_>) -> BTreeSet<String> {
     urls.extend(config.providers.iter().filter_map(|p| p.base_url.clone()));
     // Where providers' credentials are exchanged.
     for p in &config.providers {
+        urls.extend(p.azure.as_ref().and_then(|a| a.entra_id.as_ref()).map(|e| e.token_url.clone()));
+        if let Some(w) = &p.google_workload_identity {
+            urls.extend([w.sts_url.clone(), w.iam_credentials_url.clone()]);
+        }
         if let Some(AwsCredentialsConfig::WebIdentity { sts_url, .. }) =
             p.bedrock.as_ref().and_then(|b| b.credentials.as_ref())
         {
