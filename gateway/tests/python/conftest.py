@@ -30,8 +30,8 @@ AZURE_CLIENT_SECRET = "entra-s3cret"
 WORKLOAD_POOL = "//iam.googleapis.com/projects/123456/locations/global/workloadIdentityPools/tenantgate/providers/test-cluster"
 OTHER_POOL = WORKLOAD_POOL.replace("/tenantgate/", "/other/")
 # The audiences of the projected service account tokens the fixture's providers read:
-# Entra ID's token exchange, and the pool providers' default allowed audience (https: + name).
-IDENTITY_AUDIENCES = ("api://AzureADTokenExchange", "https:" + WORKLOAD_POOL, "https:" + OTHER_POOL)
+# Entra ID's token exchange, the pool providers' default allowed audience (https: + name), and AWS STS.
+IDENTITY_AUDIENCES = ("api://AzureADTokenExchange", "https:" + WORKLOAD_POOL, "https:" + OTHER_POOL, "sts.amazonaws.com")
 
 
 def free_port() -> int:

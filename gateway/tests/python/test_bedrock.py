@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import AWS_KEY_ID, AWS_SECRET, debug_log_of_one_chat
+from conftest import AWS_KEY_ID, AWS_SECRET, FOREIGN_KEY, debug_log_of_one_chat
 
 TEXT = "Hello from the Tenantgate"
 HELLO = [{"role": "user", "content": "Say hello"}]
@@ -109,6 +109,37 @@ def test_responses_and_messages_on_bedrock(gateway, client):
     with claude.messages.stream(model="bedrock-claude", max_tokens=32, messages=HELLO) as stream:
         assert "".join(stream.text_stream).startswith(TEXT)
         assert stream.get_final_message().usage.output_tokens > 0
+
+
+def test_the_pods_web_identity_assumes_the_role(gateway, client, upstream):
+    """The projected token (STATE_DIR/identity/<slug>/token, as the kubelet writes it in a
+    cluster) is exchanged at STS for temporary credentials, which sign every request until
+    they near their end: one exchange serves many calls."""
+    gateway.write_projected_tokens()
+    before = upstream.count("aws-sts")
+    r = client.chat.completions.create(model="bedrock-by-role", messages=HELLO)
+    assert r.choices[0].message.content.startswith(TEXT)
+    chunks = list(client.chat.completions.create(model="bedrock-by-role", messages=HELLO, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith(TEXT)
+    assert upstream.count("aws-sts") - before == 1, "the temporary credentials are cached"
+    last = upstream.last("amazon.nova-lite-v1")["credential"]
+    assert last.startswith("AWS4-HMAC-SHA256 Credential=ASIA") and "x-amz-security-token" in last, last
+
+
+def test_sts_refuses_what_aws_refuses(gateway, upstream):
+    form = {"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15", "RoleSessionName": "tenantgate-test",
+            "RoleArn": "arn:aws:iam::123456789012:role/tenantgate-test"}
+    wrong_audience = gateway.mint("--audience", "api://AzureADTokenExchange", "--subject", "system:serviceaccount:x:y")
+    r = httpx.post(upstream.url + "/", data={**form, "WebIdentityToken": wrong_audience})
+    assert r.status_code == 400 and "<Code>InvalidIdentityToken</Code>" in r.text, r.text
+    foreign = gateway.mint("--audience", "sts.amazonaws.com", key=FOREIGN_KEY)
+    r = httpx.post(upstream.url + "/", data={**form, "WebIdentityToken": foreign})
+    assert r.status_code == 400 and "<Code>InvalidIdentityToken</Code>" in r.text, "a key the provider does not trust"
+    good = gateway.mint("--audience", "sts.amazonaws.com", "--subject", "system:serviceaccount:x:y")
+    r = httpx.post(upstream.url + "/", data={**form, "WebIdentityToken": good, "RoleArn": "not-a-role"})
+    assert r.status_code == 400 and "ValidationError" in r.text
+    r = httpx.post(upstream.url + "/", data={**form, "WebIdentityToken": good})
+    assert r.status_code == 200 and "<AccessKeyId>ASIA" in r.text, r.text
 
 
 def test_a_bedrock_api_key(client, upstream):
