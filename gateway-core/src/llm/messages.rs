@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::inbound::{chat_request, common, invalid, model, object};
@@ -315,7 +316,7 @@ pub fn to_message(completion: &Value, model: &str) -> Value {
         let input: Value = serde_json::from_str(arguments).unwrap_or_else(|_| json!({}));
         content.push(json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": input}));
     }
-    let usage: Usage = serde_json::from_value(completion["usage"].clone()).unwrap_or_default();
+    let usage = Usage::deserialize(&completion["usage"]).unwrap_or_default();
     json!({
         "id": message_id(),
         "type": "message",

@@ -17,6 +17,7 @@
 //! gateway keeps no conversation state: send the whole conversation in
 //! `input`), structured `text.format`, `background`, and other item types.
 
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::inbound::{chat_request, common, invalid, model, object};
@@ -341,7 +342,7 @@ pub fn to_response(completion: &Value, echo: &Echo) -> Value {
         let arguments = call["function"]["arguments"].as_str().unwrap_or("{}");
         output.push(call_item(&next_id("fc_"), &call["id"], &call["function"]["name"], arguments, "completed"));
     }
-    let usage: Usage = serde_json::from_value(completion["usage"].clone()).unwrap_or_default();
+    let usage = Usage::deserialize(&completion["usage"]).unwrap_or_default();
     let incomplete = choice.get("finish_reason").and_then(Value::as_str) == Some("length");
     let status = if incomplete { "incomplete" } else { "completed" };
     response_object(&next_id("resp_"), now(), echo, status, output, Some(&usage), incomplete)

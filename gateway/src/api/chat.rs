@@ -60,11 +60,12 @@ pub(super) async fn recorded(
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// A chat answer in another client API: a whole `chat.completion` through
-/// `whole`, a stream's SSE bytes through `stream`; errors pass as they are.
-pub(super) async fn translated(
+/// `whole`, a stream's SSE bytes through the translator `stream` makes (only
+/// for a streamed answer); errors pass as they are.
+pub(super) async fn translated<S: FnMut(&[u8]) -> Bytes + Send + 'static>(
     response: Response,
     whole: impl FnOnce(&serde_json::Value) -> serde_json::Value,
-    mut stream: impl FnMut(&[u8]) -> Bytes + Send + 'static,
+    stream: impl FnOnce() -> S,
 ) -> Result<Response, AppError> {
     if response.status() != axum::http::StatusCode::OK {
         return Ok(response);
@@ -73,6 +74,7 @@ pub(super) async fn translated(
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
     if streamed {
+        let mut stream = stream();
         let events = body.into_data_stream().map(move |chunk| chunk.map(|bytes| stream(&bytes)));
         return Ok(Response::from_parts(parts, Body::from_stream(events)));
     }

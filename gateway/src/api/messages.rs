@@ -63,8 +63,12 @@ async fn answer(
     let request = messages::parse(&body, false)?;
     let model = request.model.clone();
     let response = serve(state, caller, request, body.len(), record, request_id, started).await?;
-    let mut stream = messages::stream(&model);
-    translated(response, |completion| messages::to_message(completion, &model), move |b| stream.push(b)).await
+    // The stream's translator is made only for a streamed answer.
+    let stream = || {
+        let mut events = messages::stream(&model);
+        move |b: &[u8]| events.push(b)
+    };
+    translated(response, |completion| messages::to_message(completion, &model), stream).await
 }
 
 /// `POST /v1/messages/count_tokens`: the prompt's tokens as the gateway

@@ -42,6 +42,10 @@ async fn answer(
     let body = read_body(body, state.max_body_bytes()).await?;
     let (request, echo) = responses::parse(&body)?;
     let response = serve(state, caller, request, body.len(), record, request_id, started).await?;
-    let mut stream = responses::stream(echo.clone());
-    translated(response, |completion| responses::to_response(completion, &echo), move |b| stream.push(b)).await
+    // The stream's translator (and its copy of the echo) is made only for a streamed answer.
+    let stream = || {
+        let mut events = responses::stream(echo.clone());
+        move |b: &[u8]| events.push(b)
+    };
+    translated(response, |completion| responses::to_response(completion, &echo), stream).await
 }
