@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use tenantgate_gateway::llm::mock::{OfferedTool, Plan, ToolMode, count_tokens, next_id};
 use tenantgate_gateway::llm::types::Usage;
 
-use crate::{Mock, ResetHandle, Step, byte_stream, misbehave};
+use crate::{Mock, ResetHandle, Step, byte_stream, misbehave, signing_key};
 
 /// How far a request's date may be from now.
 const SKEW: Duration = Duration::from_secs(300);
@@ -470,17 +470,7 @@ pub async fn sts(State(mock): State<Mock>, axum::Form(form): axum::Form<HashMap<
         );
     }
     let token = get("WebIdentityToken");
-    let keys: Option<jsonwebtoken::jwk::JwkSet> = mock
-        .args
-        .aws_oidc_jwks
-        .as_ref()
-        .and_then(|path| std::fs::read(path).ok())
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
-    let key = keys
-        .as_ref()
-        .and_then(|k| k.keys.iter().find(|j| kid.is_none() || j.common.key_id == kid))
-        .and_then(|jwk| jsonwebtoken::DecodingKey::from_jwk(jwk).ok());
+    let key = signing_key(mock.args.aws_oidc_jwks.as_deref(), token);
     let Some(key) = key else {
         return sts_error(
             StatusCode::BAD_REQUEST,

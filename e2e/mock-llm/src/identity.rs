@@ -77,15 +77,11 @@ fn projected_token_problem(mock: &Mock, token: &str, audience: &str) -> Option<S
     if claims.exp <= now() {
         return Some("the token has expired".into());
     }
-    let Some(path) = &mock.args.identity_jwks else { return None };
-    let keys: Option<jsonwebtoken::jwk::JwkSet> =
-        std::fs::read(path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
-    let key = keys
-        .as_ref()
-        .and_then(|k| k.keys.iter().find(|j| j.common.key_id == kid))
-        .and_then(|jwk| jsonwebtoken::DecodingKey::from_jwk(jwk).ok());
-    let Some(key) = key else { return Some("no trusted key signed the token".into()) };
+    // Without `--identity-jwks` the signature is not checked.
+    let jwks = mock.args.identity_jwks.as_deref()?;
+    let Some(key) = crate::signing_key(Some(jwks), token) else {
+        return Some("no trusted key signed the token".into());
+    };
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
     validation.validate_aud = false;
     jsonwebtoken::decode::<Value>(token, &key, &validation).err().map(|e| format!("the token's signature: {e}"))

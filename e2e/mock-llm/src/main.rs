@@ -684,6 +684,14 @@ async fn vertex(
     generate_content(mock, conn, &model_method, uri.query().unwrap_or_default(), headers, body).await
 }
 
+/// The key of the JWKS file at `jwks` (read at each call, so a test can rewrite
+/// it) whose `kid` is the token's: the key that must have signed it.
+fn signing_key(jwks: Option<&std::path::Path>, token: &str) -> Option<jsonwebtoken::DecodingKey> {
+    let keys: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&std::fs::read(jwks?).ok()?).ok()?;
+    let kid = jsonwebtoken::decode_header(token).ok()?.kid;
+    jsonwebtoken::DecodingKey::from_jwk(keys.keys.iter().find(|j| j.common.key_id == kid)?).ok()
+}
+
 /// What a service account's assertion claims.
 #[derive(Debug, Deserialize)]
 struct Assertion {
@@ -704,17 +712,7 @@ async fn google_token(State(mock): State<Mock>, axum::Form(form): axum::Form<Has
         return oauth_error("unsupported_grant_type", "Invalid grant_type.");
     }
     let Some(assertion) = form.get("assertion") else { return oauth_error("invalid_request", "Missing assertion.") };
-    let keys: Option<jsonwebtoken::jwk::JwkSet> = mock
-        .args
-        .google_jwks
-        .as_ref()
-        .and_then(|path| std::fs::read(path).ok())
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let kid = jsonwebtoken::decode_header(assertion).ok().and_then(|h| h.kid);
-    let Some(jwk) = keys.as_ref().and_then(|k| k.keys.iter().find(|j| j.common.key_id == kid)) else {
-        return oauth_error("invalid_grant", "Invalid JWT Signature.");
-    };
-    let Ok(key) = jsonwebtoken::DecodingKey::from_jwk(jwk) else {
+    let Some(key) = signing_key(mock.args.google_jwks.as_deref(), assertion) else {
         return oauth_error("invalid_grant", "Invalid JWT Signature.");
     };
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);

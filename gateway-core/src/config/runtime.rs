@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
-use tenantgate_crds::config::{AwsCredentialsConfig, GatewayConfig, JwtKeys};
+use tenantgate_crds::config::{GatewayConfig, JwtKeys};
 use tenantgate_crds::issue::{ConfigIssue, Reason};
 use tenantgate_crds::v1alpha1::{ModelType, ProviderType};
 
@@ -162,32 +162,15 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
                 Provider::Vertex(Gemini::new(endpoint(&Gemini::VERTEX_WIRE)?.with_access_tokens(tokens)))
             }
             ProviderType::Bedrock => {
-                let endpoint = endpoint(&Bedrock::WIRE)?;
                 let bedrock = p.bedrock.as_ref().ok_or_else(|| {
                     ConfigIssue::new(Reason::InvalidSpec, "required for bedrock").at(format!("providers[{i}].bedrock"))
                 })?;
-                let region = bedrock.region.clone();
-                let auth = match &bedrock.credentials {
-                    // A Bedrock API key, sent as a bearer token.
-                    None => None,
-                    Some(AwsCredentialsConfig::AccessKey {
-                        access_key_id_file,
-                        secret_access_key_file,
-                        session_token_file,
-                    }) => Some(AwsAuth::access_key(
-                        region,
-                        access_key_id_file,
-                        secret_access_key_file,
-                        session_token_file.as_ref().map(PathBuf::from),
-                    )),
-                    Some(AwsCredentialsConfig::WebIdentity { role_arn, sts_url, token_file }) => {
-                        Some(AwsAuth::web_identity(region, role_arn, sts_url, token_file, client.clone()))
-                    }
-                };
-                Provider::Bedrock(Bedrock::new(match auth {
-                    Some(auth) => endpoint.with_aws_auth(auth),
-                    None => endpoint,
-                }))
+                let mut endpoint = endpoint(&Bedrock::WIRE)?;
+                // Without credentials, a Bedrock API key is sent as a bearer token.
+                if let Some(credentials) = &bedrock.credentials {
+                    endpoint = endpoint.with_aws_auth(AwsAuth::from_config(&bedrock.region, credentials, &client));
+                }
+                Provider::Bedrock(Bedrock::new(endpoint))
             }
             ProviderType::AzureOpenai => {
                 let version = p.azure.as_ref().and_then(|a| a.api_version.clone());

@@ -75,40 +75,68 @@ impl From<OAuthToken> for Token {
     }
 }
 
+/// A credential that expires, and when: replaced once it has less than
+/// [`REFRESH_BEFORE`] left, one fetch at a time (callers that need it
+/// meanwhile wait for that fetch).
+#[derive(Debug)]
+pub(super) struct Cached<T>(tokio::sync::Mutex<Option<(T, Instant)>>);
+
+impl<T: Clone> Cached<T> {
+    pub(super) fn new() -> Self {
+        Self(tokio::sync::Mutex::new(None))
+    }
+
+    /// The cached value, or the one `fetch` gives (with its lifetime) before `deadline`.
+    pub(super) async fn get_or_fetch(
+        &self,
+        deadline: Instant,
+        fetch: impl Future<Output = Result<(T, Duration), UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
+        let mut slot = self.0.lock().await;
+        if let Some((value, until)) = slot.as_ref()
+            && Instant::now() + REFRESH_BEFORE < *until
+        {
+            return Ok(value.clone());
+        }
+        let (value, lifetime) =
+            tokio::time::timeout_at(deadline, fetch).await.map_err(|_| UpstreamError::Timeout("token"))??;
+        *slot = Some((value.clone(), Instant::now() + lifetime));
+        Ok(value)
+    }
+
+    /// Drops the cached value: the next call fetches again.
+    pub(super) async fn forget(&self) {
+        *self.0.lock().await = None;
+    }
+}
+
 /// The access tokens of one provider.
 #[derive(Debug)]
 pub struct AccessTokens {
     grant: Grant,
     client: reqwest::Client,
-    /// The token's `Authorization` value and when it expires; held across the exchange.
-    cached: tokio::sync::Mutex<Option<(HeaderValue, Instant)>>,
+    /// The token's `Authorization` value.
+    cached: Cached<HeaderValue>,
 }
 
 impl AccessTokens {
     /// Tokens of `grant`, exchanged through `client` (the egress client).
     pub fn new(grant: Grant, client: reqwest::Client) -> Self {
-        Self { grant, client, cached: tokio::sync::Mutex::new(None) }
+        Self { grant, client, cached: Cached::new() }
     }
 
     /// `Bearer <token>`: the cached one, or a fresh one exchanged before `deadline`.
     pub async fn header(&self, deadline: Instant) -> Result<HeaderValue, UpstreamError> {
-        let mut cached = self.cached.lock().await;
-        if let Some((value, until)) = cached.as_ref()
-            && Instant::now() + REFRESH_BEFORE < *until
-        {
-            return Ok(value.clone());
-        }
-        let token = tokio::time::timeout_at(deadline, self.grant.exchange(&self.client))
-            .await
-            .map_err(|_| UpstreamError::Timeout("token"))??;
-        let value = bearer(&token.access_token, "the access token cannot be sent in a header")?;
-        *cached = Some((value.clone(), Instant::now() + token.lifetime));
-        Ok(value)
+        let exchange = async {
+            let token = self.grant.exchange(&self.client).await?;
+            Ok((bearer(&token.access_token, "the access token cannot be sent in a header")?, token.lifetime))
+        };
+        self.cached.get_or_fetch(deadline, exchange).await
     }
 
     /// Drops the cached token (the provider refused it): the next call exchanges again.
     pub async fn forget(&self) {
-        *self.cached.lock().await = None;
+        self.cached.forget().await;
     }
 }
 
@@ -139,9 +167,14 @@ pub(super) async fn read_credential(path: &Path, what: &str) -> Result<String, U
     Ok(text.to_owned())
 }
 
-/// A form body (`application/x-www-form-urlencoded`).
-pub(super) fn form<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
-    url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish()
+/// A POST of a form (`application/x-www-form-urlencoded`) to `url`.
+pub(super) fn post_form<'a>(
+    client: &reqwest::Client,
+    url: &str,
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> reqwest::RequestBuilder {
+    let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+    client.post(url).header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded").body(body)
 }
 
 /// Sends a token request to `endpoint` and returns the body of a successful

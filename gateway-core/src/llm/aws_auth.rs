@@ -17,14 +17,14 @@ use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
+use tenantgate_crds::config::AwsCredentialsConfig;
 use tokio::time::Instant;
 
+use super::access_token::{Cached, post_form, read_credential, refused};
 use super::{SecretFile, UpstreamError};
 
 /// The signing name of the Bedrock runtime.
 const SERVICE: &str = "bedrock";
-/// Temporary credentials are replaced this long before they expire.
-const REFRESH_BEFORE: Duration = Duration::from_secs(300);
 /// The lifetime asked of STS.
 const SESSION_SECONDS: u32 = 3600;
 
@@ -42,6 +42,23 @@ enum Source {
 }
 
 impl AwsAuth {
+    /// The signing the config describes, with STS reached through `client` (the egress client).
+    pub fn from_config(region: &str, credentials: &AwsCredentialsConfig, client: &reqwest::Client) -> Self {
+        match credentials {
+            AwsCredentialsConfig::AccessKey { access_key_id_file, secret_access_key_file, session_token_file } => {
+                Self::access_key(
+                    region,
+                    access_key_id_file,
+                    secret_access_key_file,
+                    session_token_file.as_ref().map(PathBuf::from),
+                )
+            }
+            AwsCredentialsConfig::WebIdentity { role_arn, sts_url, token_file } => {
+                Self::web_identity(region, role_arn, sts_url, token_file, client.clone())
+            }
+        }
+    }
+
     /// An access key in Secret files (and a session token, for temporary credentials).
     pub fn access_key(
         region: impl Into<String>,
@@ -72,7 +89,7 @@ impl AwsAuth {
             token_file: token_file.into(),
             session_name: session_name(hostname::get().ok().and_then(|h| h.into_string().ok()).as_deref()),
             client,
-            cached: tokio::sync::Mutex::new(None),
+            cached: Cached::new(),
         });
         Self { region: region.into(), source }
     }
@@ -142,8 +159,8 @@ struct WebIdentity {
     token_file: PathBuf,
     session_name: String,
     client: reqwest::Client,
-    /// The credentials and when they are replaced; held across the exchange.
-    cached: tokio::sync::Mutex<Option<(Credentials, Instant)>>,
+    /// The temporary credentials, until five minutes before they expire.
+    cached: Cached<Credentials>,
 }
 
 /// STS's answer to `AssumeRoleWithWebIdentity` (XML; the root element's name is not checked).
@@ -183,43 +200,24 @@ struct StsError {
 
 impl WebIdentity {
     async fn credentials(&self, deadline: Instant) -> Result<Credentials, UpstreamError> {
-        let mut cached = self.cached.lock().await;
-        if let Some((credentials, until)) = cached.as_ref()
-            && Instant::now() < *until
-        {
-            return Ok(credentials.clone());
-        }
-        let (credentials, lifetime) =
-            tokio::time::timeout_at(deadline, self.exchange()).await.map_err(|_| UpstreamError::Timeout("token"))??;
-        *cached = Some((credentials.clone(), Instant::now() + lifetime.saturating_sub(REFRESH_BEFORE)));
-        Ok(credentials)
+        self.cached.get_or_fetch(deadline, self.exchange()).await
     }
 
     async fn exchange(&self) -> Result<(Credentials, Duration), UpstreamError> {
-        let credentials = |why: &str| {
-            // Never the token or the keys: the file's path, the role and what failed.
-            tracing::warn!(path = %self.token_file.display(), role = %self.role_arn, why, "cannot assume the AWS role");
-            UpstreamError::Credentials
-        };
-        let token = tokio::fs::read_to_string(&self.token_file)
-            .await
-            .map_err(|_| credentials("the service account token file cannot be read"))?;
-        let form = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("Action", "AssumeRoleWithWebIdentity")
-            .append_pair("Version", "2011-06-15")
-            .append_pair("RoleArn", &self.role_arn)
-            .append_pair("RoleSessionName", &self.session_name)
-            .append_pair("DurationSeconds", &SESSION_SECONDS.to_string())
-            .append_pair("WebIdentityToken", token.trim())
-            .finish();
-        let response = self
-            .client
-            .post(&self.sts_url)
-            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(form)
-            .send()
-            .await
-            .map_err(|e| UpstreamError::from_send(&e))?;
+        // Never the token or the keys: the role and what failed.
+        let credentials = |why: &str| refused("AWS role", &self.role_arn, why);
+        let token = read_credential(&self.token_file, "projected service account token").await?;
+        let seconds = SESSION_SECONDS.to_string();
+        let pairs = [
+            ("Action", "AssumeRoleWithWebIdentity"),
+            ("Version", "2011-06-15"),
+            ("RoleArn", &self.role_arn),
+            ("RoleSessionName", &self.session_name),
+            ("DurationSeconds", &seconds),
+            ("WebIdentityToken", &token),
+        ];
+        let response =
+            post_form(&self.client, &self.sts_url, pairs).send().await.map_err(|e| UpstreamError::from_send(&e))?;
         let status = response.status();
         let body = response.text().await.map_err(|_| credentials("the STS answer was cut"))?;
         if !status.is_success() {

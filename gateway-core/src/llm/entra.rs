@@ -56,10 +56,7 @@ impl EntraId {
             .into_iter()
             .chain(extra)
             .chain([(name, value.as_str())]);
-        let request = client
-            .post(&self.token_url)
-            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(access_token::form(pairs));
+        let request = access_token::post_form(client, &self.token_url, pairs);
         let body = access_token::send(request, &self.token_url).await?;
         Ok(access_token::parse::<OAuthToken>(&body, &self.token_url)?.into())
     }

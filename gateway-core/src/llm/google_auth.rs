@@ -73,10 +73,8 @@ impl ServiceAccountKey {
         header.kid = account.private_key_id.clone();
         let assertion =
             jsonwebtoken::encode(&header, &claims, &key).map_err(|_| credentials("signing the assertion failed"))?;
-        let request = client
-            .post(&account.token_uri)
-            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(access_token::form([("grant_type", GRANT), ("assertion", &assertion)]));
+        let request =
+            access_token::post_form(client, &account.token_uri, [("grant_type", GRANT), ("assertion", &assertion)]);
         let body = access_token::send(request, &account.token_uri).await?;
         Ok(access_token::parse::<OAuthToken>(&body, &account.token_uri)?.into())
     }

@@ -54,17 +54,18 @@ impl WorkloadIdentity {
     pub(super) async fn exchange(&self, client: &reqwest::Client) -> Result<Token, UpstreamError> {
         let subject =
             access_token::read_credential(&self.subject_token_file, "projected service account token").await?;
-        let request = client
-            .post(&self.sts_url)
-            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(access_token::form([
+        let request = access_token::post_form(
+            client,
+            &self.sts_url,
+            [
                 ("grant_type", TOKEN_EXCHANGE),
                 ("audience", &self.audience),
                 ("scope", SCOPE),
                 ("requested_token_type", ACCESS_TOKEN_TYPE),
                 ("subject_token", &subject),
                 ("subject_token_type", JWT_TYPE),
-            ]));
+            ],
+        );
         let body = access_token::send(request, &self.sts_url).await?;
         let federated: Token = access_token::parse::<OAuthToken>(&body, &self.sts_url)?.into();
         match &self.service_account_email {
