@@ -285,6 +285,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
                 "vertex.workloadIdentity.iamCredentialsUrl",
                 p.vertex.as_ref().and_then(|v| v.workload_identity.as_ref()?.iam_credentials_url.as_ref()),
             ),
+            ("bedrock.webIdentity.stsUrl", p.bedrock.as_ref().and_then(|b| b.web_identity.as_ref()?.sts_url.as_ref())),
         ];
         for (field, url) in token_urls.into_iter().filter_map(|(f, u)| Some((f, u?))) {
             r.check_upstream_url(

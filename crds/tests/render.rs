@@ -251,6 +251,19 @@ fn local_upstreams_are_refused_unless_allowed() {
 }
 
 #[test]
+fn a_local_token_endpoint_is_refused_unless_allowed() {
+    let sts = "  providers: [{name: p, type: bedrock, bedrock: {region: us-east-1, webIdentity: {roleArn: 'arn:aws:iam::123456789012:role/r', stsUrl: 'http://127.0.0.1:9'}}}]\n";
+    let tenant = tenant_yaml(sts);
+    let input = RenderInput { tenant: &tenant, mcp_connections: &[], tenant_policies: &[], global_policies: &[] };
+    let err = render(input, &RenderOptions::default()).expect_err("a loopback STS refused");
+    assert!(err.to_string().contains("spec.providers[0].bedrock.webIdentity.stsUrl"), "{err}");
+    assert_eq!(err.issues[0].reason, "LocalUpstreamRefused");
+    let allowed = tenant_yaml(&format!("{sts}  network: {{allowLocalUpstreams: true}}\n"));
+    let input = RenderInput { tenant: &allowed, mcp_connections: &[], tenant_policies: &[], global_policies: &[] };
+    assert!(render(input, &RenderOptions::default()).is_ok());
+}
+
+#[test]
 fn bad_policies_refuse_the_whole_config_naming_the_policy() {
     let tenant = tenant_yaml("  providers: [{name: p, type: mock}]\n");
     let locked: PromptPolicy = serde_yaml::from_str(
