@@ -77,40 +77,27 @@ fn refused(message: String) -> UpstreamError {
     }
 }
 
-/// A data URL's image as a Converse image block: Bedrock takes the bytes
-/// (base64 in JSON) of a png, jpeg, gif or webp, never a link.
-fn image_block(url: &str) -> Result<Value, UpstreamError> {
-    let block = image(
-        url,
-        |mime, data| {
-            let format = mime.strip_prefix("image/").filter(|f| ["png", "jpeg", "gif", "webp"].contains(f));
-            format.map_or(Value::Null, |f| json!({"image": {"format": f, "source": {"bytes": data}}}))
-        },
-        |_| Value::Null,
-    );
-    if block.is_null() {
+/// A user message's content as Converse blocks. Bedrock takes an image as
+/// the bytes (base64 in JSON) of a png, jpeg, gif or webp, never a link: any
+/// other image refuses the request.
+fn user_blocks(content: Option<&Content>) -> Result<Vec<Value>, UpstreamError> {
+    let image_block = |url: &str| {
+        image(
+            url,
+            |mime, data| {
+                let format = mime.strip_prefix("image/").filter(|f| ["png", "jpeg", "gif", "webp"].contains(f));
+                format.map_or(Value::Null, |f| json!({"image": {"format": f, "source": {"bytes": data}}}))
+            },
+            |_| Value::Null,
+        )
+    };
+    let blocks = outbound::user_parts(content, |text| json!({"text": text}), image_block);
+    if blocks.iter().any(Value::is_null) {
         return Err(refused(
             "a bedrock model takes images as base64 data URLs of png, jpeg, gif or webp, not links".into(),
         ));
     }
-    Ok(block)
-}
-
-fn user_blocks(content: Option<&Content>) -> Result<Vec<Value>, UpstreamError> {
-    match content {
-        None => Ok(Vec::new()),
-        Some(Content::Text(t)) => Ok(vec![json!({"text": t})]),
-        Some(Content::Parts(parts)) => parts
-            .iter()
-            .filter_map(|p| match p.get("type").and_then(Value::as_str) {
-                Some("text") => Some(Ok(json!({"text": p.get("text").unwrap_or(&Value::Null)}))),
-                Some("image_url") => {
-                    p.get("image_url").and_then(|i| i.get("url")).and_then(Value::as_str).map(image_block)
-                }
-                _ => None,
-            })
-            .collect(),
-    }
+    Ok(blocks)
 }
 
 /// OpenAI request -> Converse request.
