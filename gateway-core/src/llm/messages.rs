@@ -19,13 +19,13 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use serde::Deserialize;
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::inbound::{chat_request, common, invalid, model, object};
+use super::inbound::{Completion, chat_request, invalid, model, object, token_limit};
 use super::mock::next_id;
-use super::sse::{ChunkSink, Translate};
-use super::types::{ChatRequest, RequestError, Usage};
+use super::sse::{ChunkSink, Translate, named_event};
+use super::types::{ChatRequest, Content, FunctionDef, Message, RequestError, Role, Tool, ToolCall, Usage};
 
 /// Fields that go to Anthropic providers as they are, to no other.
 const ANTHROPIC_ONLY: &[&str] = &["top_k", "service_tier", "metadata"];
@@ -52,15 +52,12 @@ pub fn parse(body: &[u8], count_tokens: bool) -> Result<ChatRequest, RequestErro
     let obj = object(body)?;
     let model = model(&obj, "Field required")?;
     let max_tokens = match obj.get("max_tokens") {
-        Some(v) => Some(
-            v.as_u64()
-                .filter(|n| *n >= 1 && *n <= u64::from(u32::MAX))
-                .ok_or_else(|| invalid("max_tokens", "expected an integer of at least 1"))?,
-        ),
+        Some(v) => Some(token_limit(v, "max_tokens")?),
         None if count_tokens => None,
         None => return Err(invalid("max_tokens", "Field required")),
     };
-    let mut messages = Vec::new();
+    let mut request = chat_request(model, &obj)?;
+    request.max_tokens = max_tokens;
     if let Some(system) = obj.get("system") {
         let text = match system {
             Value::String(s) => s.clone(),
@@ -76,7 +73,7 @@ pub fn parse(body: &[u8], count_tokens: bool) -> Result<ChatRequest, RequestErro
             }
             _ => return Err(invalid("system", "expected a string or an array of text blocks")),
         };
-        messages.push(json!({"role": "system", "content": text}));
+        request.messages.push(Message::new(Role::System, Some(Content::Text(text))));
     }
     let turns = match obj.get("messages") {
         Some(Value::Array(turns)) if !turns.is_empty() => turns,
@@ -85,37 +82,27 @@ pub fn parse(body: &[u8], count_tokens: bool) -> Result<ChatRequest, RequestErro
         None => return Err(invalid("messages", "Field required")),
     };
     for (i, turn) in turns.iter().enumerate() {
-        translate_turn(turn, &format!("messages[{i}]"), &mut messages)?;
+        translate_turn(turn, &format!("messages[{i}]"), &mut request.messages)?;
     }
-    let mut out = Map::new();
-    out.insert("model".into(), json!(model));
-    out.insert("messages".into(), Value::Array(messages));
-    if let Some(max) = max_tokens {
-        out.insert("max_tokens".into(), json!(max));
-    }
-    common(&obj, &mut out)?;
     if let Some(tools) = obj.get("tools") {
-        out.insert("tools".into(), translate_tools(tools)?);
+        request.tools = Some(translate_tools(tools)?);
     }
     if let Some(choice) = obj.get("tool_choice") {
-        out.insert("tool_choice".into(), translate_tool_choice(choice)?);
+        request.tool_choice = Some(translate_tool_choice(choice)?);
     }
     if let Some(stop) = obj.get("stop_sequences") {
         if !stop.as_array().is_some_and(|s| s.iter().all(Value::is_string)) {
             return Err(invalid("stop_sequences", "expected an array of strings"));
         }
-        out.insert("stop".into(), stop.clone());
+        request.stop = Some(stop.clone());
     }
-    let mut anthropic = Map::new();
     for (key, value) in &obj {
         if ANTHROPIC_ONLY.contains(&key.as_str()) {
-            anthropic.insert(key.clone(), value.clone());
+            request.anthropic.insert(key.clone(), value.clone());
         } else if !TRANSLATED.contains(&key.as_str()) && !DROPPED.contains(&key.as_str()) {
             return Err(invalid(key.clone(), "Extra inputs are not permitted"));
         }
     }
-    let mut request = chat_request(out)?;
-    request.anthropic = anthropic;
     Ok(request)
 }
 
@@ -123,14 +110,17 @@ pub fn parse(body: &[u8], count_tokens: bool) -> Result<ChatRequest, RequestErro
 /// become `tool` messages (first, as the calls they answer came before),
 /// the rest one user message; an assistant turn's `tool_use` blocks become
 /// its tool calls.
-fn translate_turn(turn: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), RequestError> {
-    let role = match turn.get("role").and_then(Value::as_str) {
-        Some(r @ ("user" | "assistant" | "system")) => r,
+fn translate_turn(turn: &Value, at: &str, out: &mut Vec<Message>) -> Result<(), RequestError> {
+    let name = turn.get("role").and_then(Value::as_str).unwrap_or_default();
+    let role = match name {
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        "system" => Role::System,
         _ => return Err(invalid(format!("{at}.role"), "expected \"user\", \"assistant\" or \"system\"")),
     };
     let blocks = match turn.get("content") {
         Some(Value::String(text)) => {
-            out.push(json!({"role": role, "content": text}));
+            out.push(Message::new(role, Some(Content::Text(text.clone()))));
             return Ok(());
         }
         Some(Value::Array(blocks)) => blocks,
@@ -141,50 +131,33 @@ fn translate_turn(turn: &Value, at: &str, out: &mut Vec<Value>) -> Result<(), Re
     for (j, block) in blocks.iter().enumerate() {
         let at = format!("{at}.content[{j}]");
         let kind = block.get("type").and_then(Value::as_str).unwrap_or_default();
+        let string = |name: &str| {
+            block.get(name).and_then(Value::as_str).ok_or_else(|| invalid(format!("{at}.{name}"), "expected a string"))
+        };
         match (role, kind) {
-            (_, "text") => {
-                let text = block
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| invalid(format!("{at}.text"), "expected a string"))?;
-                parts.push(json!({"type": "text", "text": text}));
+            (_, "text") => parts.push(json!({"type": "text", "text": string("text")?})),
+            (Role::User, "image") => parts.push(image_part(block, &at)?),
+            (Role::User, "tool_result") => out.push(tool_result(block, &at)?),
+            (Role::Assistant, "tool_use") => {
+                let input = block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string);
+                tool_calls.push(ToolCall::function(string("id")?, string("name")?, input));
             }
-            ("user", "image") => parts.push(image_part(block, &at)?),
-            ("user", "tool_result") => out.push(tool_result(block, &at)?),
-            ("assistant", "tool_use") => {
-                let id = block
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| invalid(format!("{at}.id"), "expected a string"))?;
-                let name = block
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| invalid(format!("{at}.name"), "expected a string"))?;
-                let input = block.get("input").cloned().unwrap_or_else(|| json!({}));
-                tool_calls.push(
-                    json!({"id": id, "type": "function", "function": {"name": name, "arguments": input.to_string()}}),
-                );
-            }
-            ("assistant", "thinking" | "redacted_thinking") => {}
-            _ => return Err(invalid(at, format!("a {role} turn cannot carry a {kind:?} block through this gateway"))),
+            (Role::Assistant, "thinking" | "redacted_thinking") => {}
+            _ => return Err(invalid(at, format!("a {name} turn cannot carry a {kind:?} block through this gateway"))),
         }
     }
-    let only_text = parts.iter().all(|p| p["type"] == "text");
     let content = if parts.is_empty() {
-        Value::Null
-    } else if only_text {
-        json!(parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n"))
+        None
+    } else if parts.iter().all(|p| p["type"] == "text") {
+        Some(Content::Text(parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n")))
     } else {
-        Value::Array(parts)
+        Some(Content::Parts(parts))
     };
-    if role == "assistant" {
-        let mut message = json!({"role": "assistant", "content": content});
-        if !tool_calls.is_empty() {
-            message["tool_calls"] = Value::Array(tool_calls);
-        }
-        out.push(message);
-    } else if !content.is_null() {
-        out.push(json!({"role": role, "content": content}));
+    if role == Role::Assistant {
+        let tool_calls = Some(tool_calls).filter(|calls| !calls.is_empty());
+        out.push(Message { tool_calls, ..Message::new(role, content) });
+    } else if content.is_some() {
+        out.push(Message::new(role, content));
     }
     Ok(())
 }
@@ -210,7 +183,7 @@ fn image_part(block: &Value, at: &str) -> Result<Value, RequestError> {
     Ok(json!({"type": "image_url", "image_url": {"url": url}}))
 }
 
-fn tool_result(block: &Value, at: &str) -> Result<Value, RequestError> {
+fn tool_result(block: &Value, at: &str) -> Result<Message, RequestError> {
     let id = block
         .get("tool_use_id")
         .and_then(Value::as_str)
@@ -237,13 +210,13 @@ fn tool_result(block: &Value, at: &str) -> Result<Value, RequestError> {
     };
     let text =
         if block.get("is_error").and_then(Value::as_bool) == Some(true) { format!("Error: {text}") } else { text };
-    Ok(json!({"role": "tool", "tool_call_id": id, "content": text}))
+    Ok(Message::tool_result(id, text))
 }
 
 /// Client tools -> functions. A tool with `defer_loading` is left out: the
 /// model may only load it through Anthropic's tool search, which no other
 /// provider has, so it is not callable at first.
-fn translate_tools(tools: &Value) -> Result<Value, RequestError> {
+fn translate_tools(tools: &Value) -> Result<Vec<Tool>, RequestError> {
     let Value::Array(tools) = tools else { return Err(invalid("tools", "expected an array")) };
     let mut out = Vec::with_capacity(tools.len());
     for (i, t) in tools.iter().enumerate() {
@@ -264,13 +237,14 @@ fn translate_tools(tools: &Value) -> Result<Value, RequestError> {
             .get("input_schema")
             .filter(|s| s.is_object())
             .ok_or_else(|| invalid(format!("tools[{i}].input_schema"), "Field required"))?;
-        let mut function = json!({"name": name, "parameters": schema});
-        if let Some(description) = t.get("description").and_then(Value::as_str) {
-            function["description"] = json!(description);
-        }
-        out.push(json!({"type": "function", "function": function}));
+        out.push(Tool::function(FunctionDef {
+            name: name.to_owned(),
+            description: t.get("description").and_then(Value::as_str).map(str::to_owned),
+            parameters: Some(schema.clone()),
+            rest: Map::new(),
+        }));
     }
-    Ok(Value::Array(out))
+    Ok(out)
 }
 
 fn translate_tool_choice(choice: &Value) -> Result<Value, RequestError> {
@@ -303,36 +277,74 @@ fn message_id() -> String {
     next_id("msg_")
 }
 
-/// A whole `chat.completion` -> a Messages answer for the tenant `model`.
-pub fn to_message(completion: &Value, model: &str) -> Value {
-    let choice = &completion["choices"][0];
-    let message = &choice["message"];
-    let mut content = Vec::new();
-    if let Some(text) = message.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
-        content.push(json!({"type": "text", "text": text}));
+/// A Messages answer (whole, or empty in `message_start`).
+#[derive(Serialize)]
+struct MessageObject<'a> {
+    id: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    role: &'static str,
+    model: &'a str,
+    content: Vec<Block<'a>>,
+    stop_reason: Option<&'static str>,
+    stop_sequence: Option<()>,
+    usage: MessagesUsage,
+}
+
+impl<'a> MessageObject<'a> {
+    fn new(model: &'a str, content: Vec<Block<'a>>, stop_reason: Option<&'static str>, usage: MessagesUsage) -> Self {
+        Self {
+            id: message_id(),
+            kind: "message",
+            role: "assistant",
+            model,
+            content,
+            stop_reason,
+            stop_sequence: None,
+            usage,
+        }
     }
-    for call in message.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
-        let arguments = call["function"]["arguments"].as_str().unwrap_or("{}");
-        let input: Value = serde_json::from_str(arguments).unwrap_or_else(|_| json!({}));
-        content.push(json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": input}));
-    }
-    let usage = Usage::deserialize(&completion["usage"]).unwrap_or_default();
-    json!({
-        "id": message_id(),
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": stop_reason(choice.get("finish_reason").and_then(Value::as_str)),
-        "stop_sequence": null,
-        "usage": usage_json(&usage),
-    })
+}
+
+/// A content block.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Block<'a> {
+    Text { text: &'a str },
+    ToolUse { id: &'a str, name: &'a str, input: Value },
 }
 
 /// Usage in Anthropic's fields: `input_tokens` leaves out the tokens read from a cache.
-fn usage_json(usage: &Usage) -> Value {
-    json!({"input_tokens": usage.prompt_tokens - usage.cached_tokens(), "output_tokens": usage.completion_tokens,
-        "cache_read_input_tokens": usage.cached_tokens()})
+#[derive(Serialize)]
+struct MessagesUsage {
+    input_tokens: u64,
+    output_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl From<Usage> for MessagesUsage {
+    fn from(usage: Usage) -> Self {
+        Self {
+            input_tokens: usage.prompt_tokens - usage.cached_tokens(),
+            output_tokens: usage.completion_tokens,
+            cache_read_input_tokens: Some(usage.cached_tokens()),
+        }
+    }
+}
+
+/// A whole `chat.completion` -> a Messages answer's JSON for the tenant `model`.
+pub fn to_message(completion: &Completion<'_>, model: &str) -> Vec<u8> {
+    let mut content = Vec::with_capacity(1 + completion.tool_calls().len());
+    if let Some(text) = completion.text() {
+        content.push(Block::Text { text });
+    }
+    for call in completion.tool_calls() {
+        let input = serde_json::from_str(call.arguments()).unwrap_or_else(|_| json!({}));
+        content.push(Block::ToolUse { id: &call.id, name: call.name(), input });
+    }
+    let stop = stop_reason(completion.finish_reason());
+    serde_json::to_vec(&MessageObject::new(model, content, Some(stop), completion.usage.into())).unwrap_or_default()
 }
 
 /// An error in Anthropic's shape from the gateway's (OpenAI-shaped) error
@@ -356,6 +368,57 @@ pub fn error_type(status: u16) -> &'static str {
         429 => "rate_limit_error",
         503 | 529 => "overloaded_error",
         _ => "api_error",
+    }
+}
+
+/// The stream events, each with its `type`.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StreamEvent<'a> {
+    MessageStart { message: MessageObject<'a> },
+    ContentBlockStart { index: usize, content_block: Block<'a> },
+    ContentBlockDelta { index: usize, delta: BlockDelta<'a> },
+    ContentBlockStop { index: usize },
+    MessageDelta { delta: StopDelta, usage: MessagesUsage },
+    MessageStop,
+    Error { error: StreamError<'a> },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockDelta<'a> {
+    TextDelta { text: &'a str },
+    InputJsonDelta { partial_json: &'a str },
+}
+
+#[derive(Serialize)]
+struct StopDelta {
+    stop_reason: &'static str,
+    stop_sequence: Option<()>,
+}
+
+#[derive(Serialize)]
+struct StreamError<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    message: &'a Value,
+}
+
+impl StreamEvent<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            StreamEvent::MessageStart { .. } => "message_start",
+            StreamEvent::ContentBlockStart { .. } => "content_block_start",
+            StreamEvent::ContentBlockDelta { .. } => "content_block_delta",
+            StreamEvent::ContentBlockStop { .. } => "content_block_stop",
+            StreamEvent::MessageDelta { .. } => "message_delta",
+            StreamEvent::MessageStop => "message_stop",
+            StreamEvent::Error { .. } => "error",
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        named_event(out, self.name(), self);
     }
 }
 
@@ -385,35 +448,26 @@ impl MessageEvents {
         Self { model: model.to_owned(), open: None, next_index: 0, tools: HashMap::new(), stop: None }
     }
 
-    fn event(out: &mut Vec<u8>, name: &str, data: &Value) {
-        out.extend_from_slice(format!("event: {name}\ndata: {data}\n\n").as_bytes());
-    }
-
     fn close_block(&mut self, out: &mut Vec<u8>) {
         if let Some((index, _)) = self.open.take() {
-            Self::event(out, "content_block_stop", &json!({"type": "content_block_stop", "index": index}));
+            StreamEvent::ContentBlockStop { index }.write(out);
         }
     }
 
-    fn open_block(&mut self, out: &mut Vec<u8>, tool: Option<u64>, block: Value) -> usize {
+    fn open_block(&mut self, out: &mut Vec<u8>, tool: Option<u64>, content_block: Block<'_>) -> usize {
         self.close_block(out);
         let index = self.next_index;
         self.next_index += 1;
         self.open = Some((index, tool));
-        Self::event(
-            out,
-            "content_block_start",
-            &json!({"type": "content_block_start", "index": index, "content_block": block}),
-        );
+        StreamEvent::ContentBlockStart { index, content_block }.write(out);
         index
     }
 }
 
 impl ChunkSink for MessageEvents {
     fn start(&mut self, out: &mut Vec<u8>) {
-        let message = json!({"id": message_id(), "type": "message", "role": "assistant", "model": self.model,
-            "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}});
-        Self::event(out, "message_start", &json!({"type": "message_start", "message": message}));
+        let usage = MessagesUsage { input_tokens: 0, output_tokens: 0, cache_read_input_tokens: None };
+        StreamEvent::MessageStart { message: MessageObject::new(&self.model, Vec::new(), None, usage) }.write(out);
     }
 
     fn error(&mut self, error: &Value, out: &mut Vec<u8>) {
@@ -422,8 +476,9 @@ impl ChunkSink for MessageEvents {
             Some("invalid_request_error") => "invalid_request_error",
             _ => "api_error",
         };
-        let message = error.get("message").cloned().unwrap_or_else(|| json!("error"));
-        Self::event(out, "error", &json!({"type": "error", "error": {"type": kind, "message": message}}));
+        let fallback = json!("error");
+        let message = error.get("message").unwrap_or(&fallback);
+        StreamEvent::Error { error: StreamError { kind, message } }.write(out);
     }
 
     fn choice(&mut self, choice: &Value, out: &mut Vec<u8>) {
@@ -431,14 +486,9 @@ impl ChunkSink for MessageEvents {
         if let Some(text) = delta.get("content").and_then(Value::as_str).filter(|t| !t.is_empty()) {
             let index = match self.open {
                 Some((index, None)) => index,
-                _ => self.open_block(out, None, json!({"type": "text", "text": ""})),
+                _ => self.open_block(out, None, Block::Text { text: "" }),
             };
-            Self::event(
-                out,
-                "content_block_delta",
-                &json!({"type": "content_block_delta", "index": index,
-                "delta": {"type": "text_delta", "text": text}}),
-            );
+            StreamEvent::ContentBlockDelta { index, delta: BlockDelta::TextDelta { text } }.write(out);
         }
         for call in delta.get("tool_calls").and_then(Value::as_array).into_iter().flatten() {
             let n = call.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -447,20 +497,16 @@ impl ChunkSink for MessageEvents {
                 // A later delta of a call whose block was closed: Messages blocks do not interleave.
                 Some(_) => continue,
                 None => {
-                    let block =
-                        json!({"type": "tool_use", "id": call["id"], "name": call["function"]["name"], "input": {}});
-                    let index = self.open_block(out, Some(n), block);
+                    let id = call["id"].as_str().unwrap_or_default();
+                    let name = call["function"]["name"].as_str().unwrap_or_default();
+                    let index = self.open_block(out, Some(n), Block::ToolUse { id, name, input: json!({}) });
                     self.tools.insert(n, index);
                     index
                 }
             };
             if let Some(args) = call["function"].get("arguments").and_then(Value::as_str).filter(|a| !a.is_empty()) {
-                Self::event(
-                    out,
-                    "content_block_delta",
-                    &json!({"type": "content_block_delta", "index": index,
-                    "delta": {"type": "input_json_delta", "partial_json": args}}),
-                );
+                let delta = BlockDelta::InputJsonDelta { partial_json: args };
+                StreamEvent::ContentBlockDelta { index, delta }.write(out);
             }
         }
         if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
@@ -470,14 +516,9 @@ impl ChunkSink for MessageEvents {
 
     fn finish(&mut self, usage: Usage, out: &mut Vec<u8>) {
         self.close_block(out);
-        Self::event(
-            out,
-            "message_delta",
-            &json!({"type": "message_delta",
-            "delta": {"stop_reason": self.stop.unwrap_or("end_turn"), "stop_sequence": null},
-            "usage": usage_json(&usage)}),
-        );
-        Self::event(out, "message_stop", &json!({"type": "message_stop"}));
+        let delta = StopDelta { stop_reason: self.stop.unwrap_or("end_turn"), stop_sequence: None };
+        StreamEvent::MessageDelta { delta, usage: usage.into() }.write(out);
+        StreamEvent::MessageStop.write(out);
     }
 }
 
@@ -570,7 +611,15 @@ mod tests {
         let completion = json!({"choices": [{"message": {"role": "assistant", "content": "Sure.",
             "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
             "finish_reason": "tool_calls"}], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}});
-        let m = to_message(&completion, "claude-tenant");
+        let bytes = completion.to_string();
+        let m: Value =
+            serde_json::from_slice(&to_message(&Completion::parse(bytes.as_bytes()).expect("read"), "claude-tenant"))
+                .expect("a message is JSON");
+        assert!(m["id"].as_str().is_some_and(|id| id.starts_with("msg_")), "{m}");
+        assert_eq!(
+            (&m["type"], &m["role"], &m["stop_sequence"]),
+            (&json!("message"), &json!("assistant"), &Value::Null)
+        );
         assert_eq!(m["model"], "claude-tenant");
         assert_eq!(m["stop_reason"], "tool_use");
         assert_eq!(
@@ -609,6 +658,21 @@ mod tests {
                 "message_stop"
             ]
         );
+        let mut start = all[0]["message"].clone();
+        assert!(start["id"].as_str().is_some_and(|id| id.starts_with("msg_")), "{start}");
+        start["id"] = Value::Null;
+        assert_eq!(
+            start,
+            json!({"id": null, "type": "message", "role": "assistant", "model": "m", "content": [], "stop_reason": null,
+                "stop_sequence": null, "usage": {"input_tokens": 0, "output_tokens": 0}})
+        );
+        assert_eq!(
+            all[1],
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        );
+        assert_eq!(all[2]["delta"]["type"], "text_delta");
+        assert_eq!(all[4], json!({"type": "content_block_stop", "index": 0}));
+        assert_eq!(all[10], json!({"type": "message_stop"}));
         assert_eq!(all[5]["content_block"], json!({"type": "tool_use", "id": "call_1", "name": "f", "input": {}}));
         assert_eq!(all[6]["delta"], json!({"type": "input_json_delta", "partial_json": "{\"a\":"}));
         assert_eq!(all[9]["delta"]["stop_reason"], "tool_use");

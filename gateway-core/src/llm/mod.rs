@@ -12,7 +12,7 @@ pub mod entra;
 pub mod gemini;
 pub mod google_auth;
 pub mod google_federation;
-mod inbound;
+pub mod inbound;
 pub mod messages;
 pub mod mock;
 pub mod openai;

@@ -261,6 +261,18 @@ pub fn data_event(json: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// `event: <name>\ndata: <data as JSON>\n\n`, appended to `out`.
+pub(crate) fn named_event(out: &mut Vec<u8>, name: &str, data: &impl serde::Serialize) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    // Writing to a Vec fails only for a map whose keys are not strings, which no event has.
+    if let Err(e) = serde_json::to_writer(&mut *out, data) {
+        tracing::error!(event = name, error = %e, "an event did not serialize");
+    }
+    out.extend_from_slice(b"\n\n");
+}
+
 /// The end of an OpenAI stream.
 pub const DONE: &[u8] = b"data: [DONE]\n\n";
 

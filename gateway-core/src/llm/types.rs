@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// `POST /v1/chat/completions` body.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
 pub struct ChatRequest {
     /// The tenant model name. Not serialized: providers send the target's model name instead.
     #[serde(skip_serializing)]
@@ -97,6 +97,18 @@ pub struct Message {
     pub rest: Map<String, Value>,
 }
 
+impl Message {
+    /// A message of `role` with `content` and nothing else.
+    pub fn new(role: Role, content: Option<Content>) -> Self {
+        Self { role, content, tool_calls: None, tool_call_id: None, rest: Map::new() }
+    }
+
+    /// A tool result: `content` answers the call `call_id`.
+    pub fn tool_result(call_id: impl Into<String>, content: String) -> Self {
+        Self { tool_call_id: Some(call_id.into()), ..Self::new(Role::Tool, Some(Content::Text(content))) }
+    }
+}
+
 /// Message content.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(untagged)]
@@ -129,6 +141,13 @@ pub struct Tool {
     pub function: FunctionDef,
 }
 
+impl Tool {
+    /// A function tool.
+    pub fn function(function: FunctionDef) -> Self {
+        Self { kind: function_type(), function }
+    }
+}
+
 /// A callable function.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct FunctionDef {
@@ -155,6 +174,17 @@ pub struct ToolCall {
     pub kind: String,
     /// Function and arguments.
     pub function: FunctionCall,
+}
+
+impl ToolCall {
+    /// A call of function `name` with `arguments` (a JSON string).
+    pub fn function(id: impl Into<String>, name: impl Into<String>, arguments: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            kind: function_type(),
+            function: FunctionCall { name: name.into(), arguments: arguments.into() },
+        }
+    }
 }
 
 fn function_type() -> String {
@@ -198,7 +228,9 @@ impl PromptTokensDetails {
     }
 }
 
-fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+pub(crate) fn null_as_default<'de, D: serde::Deserializer<'de>, T: Default + Deserialize<'de>>(
+    d: D,
+) -> Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 

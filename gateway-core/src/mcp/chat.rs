@@ -18,7 +18,7 @@ use super::call::{Mode, Via, call_tool};
 use super::catalog::Catalog;
 use crate::auth::Identity;
 use crate::config::RuntimeHandle;
-use crate::llm::types::{ChatRequest, Content, FunctionDef, Message, Role, Tool, ToolCall};
+use crate::llm::types::{ChatRequest, FunctionDef, Message, Tool, ToolCall};
 
 /// The request field the gateway reads and removes before a request goes upstream.
 pub const FIELD: &str = "tenantgate";
@@ -186,7 +186,7 @@ impl ChatTools {
         let mode = &mode;
         let runs = calls.iter().map(|call| async move {
             let content = self.run_one(tenant, mode, caller, request_id, call).await;
-            tool_message(&call.id, content)
+            Message::tool_result(&call.id, content)
         });
         futures_util::future::join_all(runs).await
     }
@@ -311,16 +311,6 @@ fn content_text(content: &[ContentBlock], structured: Option<&Value>) -> String 
         out = v.to_string();
     }
     out
-}
-
-fn tool_message(call_id: &str, content: String) -> Message {
-    Message {
-        role: Role::Tool,
-        content: Some(Content::Text(content)),
-        tool_calls: None,
-        tool_call_id: Some(call_id.to_owned()),
-        rest: Map::new(),
-    }
 }
 
 #[cfg(test)]

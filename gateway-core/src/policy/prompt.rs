@@ -125,16 +125,7 @@ pub fn compose(segments: Vec<Segment>, messages: &mut Vec<Message>) {
         .chain(after.into_iter().map(|(t, _)| t))
         .filter(|t| !t.trim().is_empty())
         .collect();
-    messages.insert(
-        0,
-        Message {
-            role: Role::System,
-            content: Some(Content::Text(parts.join("\n\n"))),
-            tool_calls: None,
-            tool_call_id: None,
-            rest: Default::default(),
-        },
-    );
+    messages.insert(0, Message::new(Role::System, Some(Content::Text(parts.join("\n\n")))));
 }
 
 /// Now as `YYYY-MM-DDTHH:MM:SSZ`.

@@ -16,6 +16,7 @@ use super::body::read_body;
 use crate::auth::Caller;
 use crate::error::{AppError, ErrorReason};
 use crate::limits::Admission;
+use crate::llm::inbound::Completion;
 use crate::llm::types::{ChatRequest, Usage};
 use crate::llm::{EventStream, Reply, sse};
 use crate::mcp::chat::ChatTools;
@@ -60,11 +61,11 @@ pub(super) async fn recorded(
 const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// A chat answer in another client API: a whole `chat.completion` through
-/// `whole`, a stream's SSE bytes through the translator `stream` makes (only
-/// for a streamed answer); errors pass as they are.
+/// `whole` (to the other API's JSON), a stream's SSE bytes through the
+/// translator `stream` makes (only for a streamed answer); errors pass as they are.
 pub(super) async fn translated<S: FnMut(&[u8]) -> Bytes + Send + 'static>(
     response: Response,
-    whole: impl FnOnce(&serde_json::Value) -> serde_json::Value,
+    whole: impl FnOnce(&Completion<'_>) -> Vec<u8>,
     stream: impl FnOnce() -> S,
 ) -> Result<Response, AppError> {
     if response.status() != axum::http::StatusCode::OK {
@@ -81,10 +82,10 @@ pub(super) async fn translated<S: FnMut(&[u8]) -> Bytes + Send + 'static>(
     let bytes = axum::body::to_bytes(body, MAX_ANSWER_BYTES)
         .await
         .map_err(|e| AppError::Internal(format!("reading the answer failed: {e}")))?;
-    let completion: serde_json::Value = serde_json::from_slice(&bytes)
+    let completion = Completion::parse(&bytes)
         .map_err(|e| AppError::Internal(format!("the answer is not a chat completion: {e}")))?;
     parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(Response::from_parts(parts, Body::from(whole(&completion).to_string())))
+    Ok(Response::from_parts(parts, Body::from(whole(&completion))))
 }
 
 /// The record of a model request on `api` (recorded when dropped).
