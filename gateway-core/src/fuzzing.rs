@@ -24,6 +24,7 @@ pub fn upstream(config: McpConnectionConfig) -> Upstream {
         client,
         drifts,
         drift_board: crate::mcp::drift_status::DriftBoard::default(),
+        logs: Default::default(),
     };
     Upstream::new(config, links)
 }

@@ -1,7 +1,9 @@
 //! `tenantgate-mcp-echo`: a small MCP server built with rmcp, for gateway tests
 //! and `make bench-mcp`.
 //!
-//! Tools: `echo` (returns its `text`), `slow` (sleeps `ms`, sending progress, and
+//! Tools: `echo` (returns its `text`; with `log` set to a level, first sends
+//! a log message of that level from logger `echo-server` when it is at or
+//! above the level the client set with `logging/setLevel`), `slow` (sleeps `ms`, sending progress, and
 //! stops when cancelled), `grow` (adds the tool `extra` and announces
 //! `notifications/tools/list_changed`), `secret_delete` (for deny-glob tests).
 //! One prompt `greet`, one resource `echo://static/hello`.
@@ -10,7 +12,9 @@
 //! count is served at `GET /calls` (HTTP mode) so tests can prove that a call
 //! the gateway refused never reached this server. `GET /cancelled` counts
 //! `slow` calls that were cancelled; `GET /last-auth` is the last MCP request's
-//! `Authorization` header; with `--require-auth` a request without one gets 401.
+//! `Authorization` header; `GET /log-level` the level the last
+//! `logging/setLevel` asked for; with `--require-auth` a request without one gets 401.
+#![allow(deprecated)] // logging (rmcp marks it deprecated, SEP-2577): the gateway passes it on for 2025 clients
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,9 +25,10 @@ use axum::response::IntoResponse;
 use clap::Parser;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, GetPromptRequestParams, GetPromptResponse,
-    GetPromptResult, ListPromptsResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams, Prompt,
-    PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource, ResourceContents,
-    Role, ServerCapabilities, ServerConfig, Tool,
+    GetPromptResult, ListPromptsResult, ListResourcesResult, ListToolsResult, LoggingLevel,
+    LoggingMessageNotificationParam, PaginatedRequestParams, Prompt, PromptMessage, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, Role, ServerCapabilities, ServerConfig,
+    SetLevelRequestParams, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -53,6 +58,13 @@ struct Counters {
     grown: AtomicBool,
     /// The `Authorization` header of the last MCP request (tests of upstream credentials).
     last_auth: std::sync::Mutex<String>,
+    /// The level the last `logging/setLevel` asked for.
+    log_level: std::sync::Mutex<Option<LoggingLevel>>,
+}
+
+/// The severity of a log level: rmcp declares them from debug (lowest) to emergency.
+fn severity(level: LoggingLevel) -> u8 {
+    level as u8
 }
 
 #[derive(Debug, Clone)]
@@ -103,8 +115,18 @@ impl ServerHandler for Echo {
                 .enable_tool_list_changed()
                 .enable_prompts()
                 .enable_resources()
+                .enable_logging()
                 .build(),
         )
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        *self.counters.log_level.lock().map_err(|_| ErrorData::internal_error("poisoned", None))? = Some(request.level);
+        Ok(())
     }
 
     async fn list_tools(
@@ -130,6 +152,16 @@ impl ServerHandler for Echo {
         let result = match request.name.as_ref() {
             "echo" => {
                 let text = args.get("text").and_then(Value::as_str).unwrap_or_default();
+                if let Some(level) = args.get("log") {
+                    let level: LoggingLevel = serde_json::from_value(level.clone())
+                        .map_err(|e| ErrorData::invalid_params(format!("log: {e}"), None))?;
+                    let least = self.counters.log_level.lock().ok().and_then(|l| *l);
+                    if least.is_none_or(|least| severity(level) >= severity(least)) {
+                        let message = LoggingMessageNotificationParam::new(level, json!({"text": text}))
+                            .with_logger("echo-server");
+                        let _ = context.peer.notify_logging_message(message).await;
+                    }
+                }
                 CallToolResult::success(vec![ContentBlock::text(text.to_string())])
             }
             "slow" => {
@@ -229,6 +261,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cancelled = counters.clone();
     let auth = counters.clone();
     let seen = counters.clone();
+    let level = counters.clone();
     let require_auth = args.require_auth;
     let app = axum::Router::new()
         .route("/calls", axum::routing::get(move || async move { calls.calls.load(Ordering::Acquire).to_string() }))
@@ -239,6 +272,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route(
             "/last-auth",
             axum::routing::get(move || async move { auth.last_auth.lock().map(|a| a.clone()).unwrap_or_default() }),
+        )
+        .route(
+            "/log-level",
+            axum::routing::get(move || async move {
+                let current = level.log_level.lock().ok().and_then(|l| *l);
+                current
+                    .and_then(|l| serde_json::to_value(l).ok())
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            }),
         )
         .nest_service("/mcp", service)
         .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {

@@ -104,6 +104,13 @@ impl Catalog {
             .collect()
     }
 
+    /// Whether `caller` can see the connection `name`: it may use one of its
+    /// tools, or the connection offers none (its prompts and resources are open to all).
+    pub fn shows_connection(&self, name: &str, caller: &crate::auth::Identity) -> bool {
+        let mut tools = self.tool_routes.values().filter(|r| r.upstream.name() == name).peekable();
+        tools.peek().is_none() || tools.any(|r| r.upstream.grants_tool(&r.name, caller))
+    }
+
     /// The upstream tool behind an exposed name; `None` for unknown and for
     /// filtered-out tools alike (they are never in the catalog).
     pub fn tool(&self, name: &str) -> Option<&Route> {

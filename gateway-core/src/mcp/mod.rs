@@ -20,6 +20,7 @@ pub mod catalog;
 pub mod chat;
 pub mod drift_status;
 pub mod filter;
+pub mod logs;
 pub mod oauth;
 pub mod pin;
 pub mod seal;
@@ -118,6 +119,7 @@ impl McpHub {
                     client,
                     drifts,
                     drift_board: drift_status::DriftBoard::default(),
+                    logs: Arc::new(logs::LogFeed::default()),
                 },
                 drift_feed: Mutex::new(Some(drift_feed)),
                 local,
@@ -167,6 +169,23 @@ impl McpHub {
     /// Notifications of catalog changes.
     pub fn subscribe(&self) -> broadcast::Receiver<ListChanged> {
         self.0.changes.subscribe()
+    }
+
+    /// The upstreams' log messages from now on (see [`logs`]).
+    pub fn subscribe_logs(&self) -> broadcast::Receiver<Arc<logs::UpstreamLog>> {
+        self.0.links.logs.subscribe()
+    }
+
+    /// A client session wants log messages at `level` and above: when that is
+    /// more verbose than the upstreams were asked for, asks them again.
+    #[allow(deprecated)] // logging: see `logs`
+    pub async fn want_logs(&self, level: rmcp::model::LoggingLevel) {
+        let Some(level) = self.0.links.logs.want(level) else { return };
+        let upstreams: Vec<Arc<Upstream>> = {
+            let running = self.0.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            running.iter().map(|r| r.upstream.clone()).collect()
+        };
+        futures_util::future::join_all(upstreams.iter().map(|u| u.ask_log_level(level))).await;
     }
 
     /// Whether connections may reach loopback and link-local addresses

@@ -21,6 +21,7 @@ use super::access::ToolAccess;
 use super::catalog::Offer;
 use super::drift_status::DriftBoard;
 use super::filter::ToolFilter;
+use super::logs::{self, LogFeed, UpstreamLog};
 use super::pin::{DriftLog, PinDrift};
 use super::transport::{self, ConnectError, Transport, UserCredential};
 use super::user_oauth::{UserOAuthError, UserTokensCell};
@@ -34,6 +35,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often a connected upstream is pinged: an HTTP upstream that went away
 /// is otherwise only noticed by the next request.
 const PING_EVERY: Duration = Duration::from_secs(2);
+/// How long an upstream gets to answer `logging/setLevel`.
+const LOG_LEVEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a forwarded request failed.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +129,8 @@ pub struct HubLinks {
     pub drifts: mpsc::UnboundedSender<PinDrift>,
     /// Where the drifted tools of each complete listing go (McpConnection status).
     pub drift_board: DriftBoard,
+    /// Where the upstreams' log messages go, and the level they are asked for.
+    pub logs: Arc<LogFeed>,
 }
 
 /// One user's upstream session of a per-user OAuth connection, opened on first use.
@@ -150,6 +155,12 @@ struct Live {
 struct UpstreamClient {
     refresh: mpsc::UnboundedSender<Refresh>,
     progress: Arc<ProgressRoutes>,
+    /// Where its log messages go, with what says whose they are.
+    logs: Arc<LogFeed>,
+    connection: Arc<str>,
+    prefix: Arc<str>,
+    /// The user of a per-user connection's own session.
+    user: Option<Arc<str>>,
 }
 
 impl ClientHandler for UpstreamClient {
@@ -177,6 +188,19 @@ impl ClientHandler for UpstreamClient {
 
     async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
         let _ = self.refresh.send(Refresh::Resources);
+    }
+
+    #[allow(deprecated)] // logging: see `logs`
+    async fn on_logging_message(
+        &self,
+        params: rmcp::model::LoggingMessageNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.logs.publish(UpstreamLog {
+            connection: self.connection.clone(),
+            user: self.user.clone(),
+            message: logs::prefixed(params, &self.prefix),
+        });
     }
 }
 
@@ -260,8 +284,12 @@ impl Upstream {
             .session
             .get_or_try_init(|| async {
                 let (refresh, _) = mpsc::unbounded_channel();
-                let handler = UpstreamClient { refresh, progress: self.progress.clone() };
-                connect(self, &self.links.client, handler, credential).await
+                let handler = self.handler(refresh, Some(subject.into()));
+                let session = connect(self, &self.links.client, handler, credential).await?;
+                if let Some(level) = self.links.logs.level() {
+                    set_log_level(self.name(), session.peer(), level).await;
+                }
+                Ok::<_, ConnectError>(session)
             })
             .await;
         match session {
@@ -271,6 +299,29 @@ impl Upstream {
                 Err(ForwardError::Transport(name.clone(), e.to_string()))
             }
         }
+    }
+
+    /// The handler of one of its sessions (`user`: a user's own session of a per-user connection).
+    fn handler(&self, refresh: mpsc::UnboundedSender<Refresh>, user: Option<Arc<str>>) -> UpstreamClient {
+        UpstreamClient {
+            refresh,
+            progress: self.progress.clone(),
+            logs: self.links.logs.clone(),
+            connection: self.config.name.as_str().into(),
+            prefix: self.config.prefix.as_str().into(),
+            user,
+        }
+    }
+
+    /// Asks its sessions (the shared one, and users' own) for log messages at `level` and above.
+    #[allow(deprecated)] // logging: see `logs`
+    pub(super) async fn ask_log_level(&self, level: rmcp::model::LoggingLevel) {
+        let mut peers: Vec<Peer<RoleClient>> = self.live.load().iter().map(|l| l.peer.clone()).collect();
+        {
+            let users = self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            peers.extend(users.values().filter_map(|slot| slot.session.get().map(|s| s.peer().clone())));
+        }
+        futures_util::future::join_all(peers.iter().map(|peer| set_log_level(self.name(), peer, level))).await;
     }
 
     /// The connection's config.
@@ -391,6 +442,21 @@ impl Upstream {
     }
 }
 
+/// Asks an upstream session for log messages at `level` and above, when its
+/// server offers logging; a refusal is logged, not fatal.
+#[allow(deprecated)] // logging: see `logs`
+async fn set_log_level(name: &str, peer: &Peer<RoleClient>, level: rmcp::model::LoggingLevel) {
+    if peer.peer_info().is_none_or(|info| info.capabilities.logging.is_none()) {
+        return;
+    }
+    let asked = tokio::time::timeout(LOG_LEVEL_TIMEOUT, peer.set_level(rmcp::model::SetLevelRequestParams::new(level)));
+    match asked.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(connection = %name, error = %e, "the upstream refused logging/setLevel"),
+        Err(_) => tracing::warn!(connection = %name, "the upstream did not answer logging/setLevel"),
+    }
+}
+
 /// Resolves when the MCP client cancels its request; never without one.
 async fn cancelled(context: Option<&RequestContext<RoleServer>>) {
     match context {
@@ -422,7 +488,7 @@ pub(super) async fn run(
             break;
         }
         let (refresh_tx, mut refresh_rx) = mpsc::unbounded_channel();
-        let handler = UpstreamClient { refresh: refresh_tx, progress: upstream.progress.clone() };
+        let handler = upstream.handler(refresh_tx, None);
         // A per-user connection is listed with the token of the user who
         // authorized last (anonymously while nobody has).
         let lister = match upstream.links.user_tokens.as_ref().filter(|_| upstream.is_per_user()) {
@@ -451,6 +517,9 @@ pub(super) async fn run(
                             resources = offer.resources.len(),
                             "MCP connection up"
                         );
+                        if let Some(level) = upstream.links.logs.level() {
+                            set_log_level(&name, &peer, level).await;
+                        }
                         upstream.live.store(Some(Arc::new(Live { peer: peer.clone(), offer: Arc::new(offer) })));
                         gauge.set(1.0);
                         publish();
@@ -460,37 +529,40 @@ pub(super) async fn run(
                         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                         loop {
                             tokio::select! {
-                                _ = &mut waiting => {
-                                    tracing::warn!(connection = %name, "MCP connection lost; its tools are withdrawn until it reconnects");
-                                    break;
-                                }
-                                _ = async { tokio::select! { _ = ping.tick() => {}, () = upstream.suspect.notified() => {} } } => {
-                                    if let Err(e) = alive(&peer, upstream.timeout).await {
-                                        tracing::warn!(connection = %name, error = %e, "MCP connection lost (ping failed); its tools are withdrawn until it reconnects");
-                                        cancel.cancel();
+                                    _ = &mut waiting => {
+                                        tracing::warn!(connection = %name, "MCP connection lost; its tools are withdrawn until it reconnects");
                                         break;
                                     }
-                                }
-                                Some(what) = refresh_rx.recv() => {
-                                    tracing::info!(connection = %name, list = ?what, "upstream list changed; refreshing");
-                                    match list_offer(&upstream, &peer).await {
-                                        Ok(offer) => {
-                                            upstream.live.store(Some(Arc::new(Live { peer: peer.clone(), offer: Arc::new(offer) })));
-                                            publish();
+                                    _ = async { tokio::select! { _ = ping.tick() => {}, () = upstream.suspect.notified() => {} } } => {
+                                        if let Err(e) = alive(&peer, upstream.timeout).await {
+                                            tracing::warn!(connection = %name, error = %e, "MCP connection lost (ping failed); its tools are withdrawn until it reconnects");
+                                            cancel.cancel();
+                                            break;
                                         }
-                                        Err(e) => tracing::warn!(connection = %name, error = %e, "refreshing the upstream lists failed"),
+                                    }
+                                    Some(what) = refresh_rx.recv() => {
+                                        tracing::info!(connection = %name, list = ?what, "upstream list changed; refreshing");
+                                        match list_offer(&upstream, &peer).await {
+                                            Ok(offer) => {
+                                                if let Some(level) = upstream.links.logs.level() {
+                                set_log_level(&name, &peer, level).await;
+                            }
+                            upstream.live.store(Some(Arc::new(Live { peer: peer.clone(), offer: Arc::new(offer) })));
+                                                publish();
+                                            }
+                                            Err(e) => tracing::warn!(connection = %name, error = %e, "refreshing the upstream lists failed"),
+                                        }
+                                    }
+                                    _ = stop.changed() => {
+                                        cancel.cancel();
+                                        let _ = waiting.await;
+                                        upstream.live.store(None);
+                                        gauge.set(0.0);
+                                        publish();
+                                        tracing::info!(connection = %name, "MCP connection closed (removed from the config)");
+                                        return;
                                     }
                                 }
-                                _ = stop.changed() => {
-                                    cancel.cancel();
-                                    let _ = waiting.await;
-                                    upstream.live.store(None);
-                                    gauge.set(0.0);
-                                    publish();
-                                    tracing::info!(connection = %name, "MCP connection closed (removed from the config)");
-                                    return;
-                                }
-                            }
                         }
                     }
                     Err(e) => {

@@ -1,11 +1,15 @@
 //! The rmcp `ServerHandler` of one `/mcp` client session: lists from the
-//! aggregated catalog, requests routed to the upstream that owns the name.
+//! aggregated catalog, requests routed to the upstream that owns the name,
+//! the upstreams' log messages passed on at the level the client set.
+#![allow(deprecated)] // logging/setLevel (rmcp marks it deprecated, SEP-2577): 2025 clients still use it
+
+use std::sync::Arc;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ClientRequest, ErrorData, GetPromptRequest, GetPromptRequestParams,
     GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
     ListToolsResult, PaginatedRequestParams, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
-    ServerCapabilities, ServerConfig, ServerResult,
+    ResultType, ServerCapabilities, ServerConfig, ServerResult, SetLevelRequestParams,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext};
 use rmcp::{RoleServer, ServerHandler};
@@ -13,6 +17,7 @@ use rmcp::{RoleServer, ServerHandler};
 use super::McpHub;
 use super::call::Mode;
 use super::catalog::exposed_uri;
+use super::logs;
 use crate::auth::{Caller, Identity};
 
 /// One client session's handler.
@@ -20,6 +25,23 @@ use crate::auth::{Caller, Identity};
 pub struct AggregateServer {
     hub: McpHub,
     mode: Mode,
+    /// The severity of the least severe log message the client wants (none: it did not set a level).
+    log_level: Arc<OnceLevel>,
+}
+
+/// A session's log level: unset until `logging/setLevel`, then the severity asked for last.
+#[derive(Debug, Default)]
+struct OnceLevel(std::sync::Mutex<Option<u8>>);
+
+impl OnceLevel {
+    /// Sets the severity; whether it was unset.
+    fn set(&self, severity: u8) -> bool {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(severity).is_none()
+    }
+
+    fn admits(&self, severity: u8) -> bool {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).is_some_and(|least| severity >= least)
+    }
 }
 
 impl AggregateServer {
@@ -28,7 +50,7 @@ impl AggregateServer {
     /// and audit trail; under [`Mode::Bridge`] (the stdio bridge, behind a
     /// gateway that applies them), they pass straight through.
     pub fn new(hub: McpHub, mode: Mode) -> Self {
-        Self { hub, mode }
+        Self { hub, mode, log_level: Arc::default() }
     }
 }
 
@@ -67,6 +89,34 @@ async fn forward_list_changes(hub: McpHub, peer: Peer<RoleServer>) {
     }
 }
 
+/// Sends one client session the upstreams' log messages at its level and
+/// above, from the connections `caller` can see (see `logs`), until the session ends.
+async fn forward_logs(hub: McpHub, peer: Peer<RoleServer>, level: Arc<OnceLevel>, caller: Option<Arc<Identity>>) {
+    let mut logs = hub.subscribe_logs();
+    loop {
+        let log = match logs.recv().await {
+            Ok(log) => log,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "a slow MCP client session missed upstream log messages");
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if !level.admits(logs::severity(log.message.level)) {
+            continue;
+        }
+        let visible = match (&caller, &log.user) {
+            (Some(caller), Some(user)) => caller.subject == **user,
+            (Some(caller), None) => hub.catalog().shows_connection(&log.connection, caller),
+            // The stdio bridge has no callers: the gateway in front of it decides.
+            (None, _) => true,
+        };
+        if visible && peer.notify_logging_message(log.message.clone()).await.is_err() {
+            return;
+        }
+    }
+}
+
 fn forward_error(e: super::upstream::ForwardError) -> ErrorData {
     e.into_error_data()
 }
@@ -93,6 +143,7 @@ impl ServerHandler for AggregateServer {
                 .enable_prompts_list_changed()
                 .enable_resources()
                 .enable_resources_list_changed()
+                .enable_logging()
                 .build(),
         )
         .with_server_info(Implementation::new("tenantgate", env!("CARGO_PKG_VERSION")))
@@ -101,6 +152,25 @@ impl ServerHandler for AggregateServer {
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         tokio::spawn(forward_list_changes(self.hub.clone(), context.peer));
+    }
+
+    /// Logging for the session: from now on, the upstreams' log messages at
+    /// `level` and above (the upstreams are asked for it when it is more
+    /// verbose than what they were asked for).
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.hub.want_logs(request.level).await;
+        if self.log_level.set(logs::severity(request.level)) {
+            let caller = match self.mode {
+                Mode::Tenant(_) => Some(caller(&context).ok_or_else(|| ErrorData::internal_error("no caller", None))?),
+                Mode::Bridge => None,
+            };
+            tokio::spawn(forward_logs(self.hub.clone(), context.peer, self.log_level.clone(), caller));
+        }
+        Ok(())
     }
 
     async fn list_tools(
@@ -148,7 +218,11 @@ impl ServerHandler for AggregateServer {
         params.name = route.name.to_string();
         match forward(&route.upstream, ClientRequest::GetPromptRequest(GetPromptRequest::new(params)), &context).await?
         {
-            ServerResult::GetPromptResult(r) => Ok(GetPromptResponse::Complete(r)),
+            ServerResult::GetPromptResult(mut r) => {
+                // A 2025 upstream's result has no resultType; 2026-07-28 clients require it.
+                r.result_type.get_or_insert(ResultType::COMPLETE);
+                Ok(GetPromptResponse::Complete(r))
+            }
             ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
             _ => Err(ErrorData::internal_error("the upstream answered prompts/get with another result", None)),
         }
@@ -184,6 +258,7 @@ impl ServerHandler for AggregateServer {
         match forward(&upstream, ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params)), &context).await?
         {
             ServerResult::ReadResourceResult(mut r) => {
+                r.result_type.get_or_insert(ResultType::COMPLETE);
                 // Contents name their URI: give the client the exposed one back.
                 for c in &mut r.contents {
                     rewrite_contents_uri(c, upstream.prefix());

@@ -205,6 +205,85 @@ def test_upstream_list_changed_reaches_the_client(gw):
     asyncio.run(run())
 
 
+async def until(predicate, seconds: float = 20) -> None:
+    """Waits for notifications that come on the session's own stream, after the call that caused them."""
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.filterwarnings("ignore:The logging capability is deprecated")
+def test_upstream_log_messages_reach_each_session_at_its_level(gw, echo):
+    """logging/setLevel: each session gets the upstreams' log messages at its own level and
+    above, their logger prefixed like the connection's tools; the upstream is asked for the
+    most verbose level any session set."""
+    async def run():
+        verbose, terse = [], []
+
+        async def keep(into):
+            async def on_log(params):
+                into.append((params.level, params.logger, params.data))
+            return on_log
+
+        async with session(gw.url, gw.token, logging_callback=await keep(verbose)) as a, \
+                session(gw.url, gw.token, logging_callback=await keep(terse)) as b:
+            await a.set_logging_level("debug")
+            await b.set_logging_level("error")
+            await a.call_tool("echo_echo", {"text": "noted", "log": "warning"})
+            await a.call_tool("echo_echo", {"text": "failed", "log": "error"})
+            # In order: had the warning reached the terse session, it would come first.
+            await until(lambda: len(verbose) >= 2 and len(terse) >= 1)
+        return verbose, terse
+
+    verbose, terse = asyncio.run(run())
+    warning = ("warning", "echo_echo-server", {"text": "noted"})
+    error = ("error", "echo_echo-server", {"text": "failed"})
+    assert verbose == [warning, error], verbose
+    assert terse == [error], terse
+    assert httpx.get(echo.url + "/log-level").text == "debug"
+
+
+@pytest.mark.filterwarnings("ignore:The logging capability is deprecated")
+def test_a_session_gets_no_log_messages_before_it_sets_a_level(gw):
+    async def run():
+        logs = []
+
+        async def on_log(params):
+            logs.append((params.level, params.data))
+
+        async with session(gw.url, gw.token, logging_callback=on_log) as s:
+            await s.call_tool("echo_echo", {"text": "unheard", "log": "emergency"})
+            await s.set_logging_level("info")
+            await s.call_tool("echo_echo", {"text": "heard", "log": "info"})
+            await until(lambda: logs)
+        return logs
+
+    assert asyncio.run(run()) == [("info", {"text": "heard"})]
+
+
+@pytest.mark.filterwarnings("ignore:The logging capability is deprecated")
+def test_a_third_party_servers_log_messages_pass_through(gw):
+    """server-everything's simulated logging (it sends one message at once, then one every 5 s)."""
+    async def run():
+        got = []
+
+        async def on_log(params):
+            got.append(params)
+
+        async with session(gw.url, gw.token, logging_callback=on_log) as s:
+            await s.set_logging_level("debug")
+            await s.call_tool("ev_toggle-simulated-logging", {})
+            try:
+                await until(lambda: got)
+            finally:
+                await s.call_tool("ev_toggle-simulated-logging", {})
+        return got
+
+    got = asyncio.run(run())
+    assert got, "no log message came through"
+    assert got[0].logger == "ev" and "-level message" in str(got[0].data), got[0]
+
+
 # --- raw HTTP: bad input gets the right error, and nothing reaches an upstream ---
 
 

@@ -5,15 +5,18 @@
 //! rate (the total `--rate` split evenly); a call is scheduled, not sent when
 //! the previous one returns, and its latency runs from its scheduled time, so
 //! a stall is charged to every call it delays (no coordinated omission).
-//! Phases alternate direct / gateway to cancel drift. Then new-session setup
-//! (initialize + initialized) is timed sequentially through the gateway.
+//! Phases alternate direct / gateway to cancel drift. Each target is called by
+//! session-based clients (`initialize`, then an `Mcp-Session-Id` on every
+//! request: the 2025-11-25 revision) and by stateless ones (`server/discover`,
+//! then self-contained requests: 2026-07-28), side by side. Then setup is timed
+//! sequentially: a new session (initialize + initialized) and a discovery.
 //! Prints the figures as JSON on stderr and ends with one `BENCH mcp` line.
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rmcp::model::{CallToolRequestParams, ClientConfig};
-use rmcp::service::RunningService;
+use rmcp::model::{CallToolRequestParams, ClientConfig, ProtocolVersion};
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use rmcp::{RoleClient, ServiceExt};
@@ -49,13 +52,81 @@ struct Args {
 
 type Client = RunningService<RoleClient, ClientConfig>;
 
-async fn connect(url: &str, token: Option<&str>) -> Result<Client, Box<dyn std::error::Error>> {
+/// How a client starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    /// `initialize`: a session (2025-11-25).
+    Session,
+    /// `server/discover`, no session (2026-07-28).
+    Stateless,
+}
+
+async fn connect(url: &str, token: Option<&str>, lifecycle: Lifecycle) -> Result<Client, Box<dyn std::error::Error>> {
     let mut config = StreamableHttpClientTransportConfig::with_uri(url);
     if let Some(t) = token {
         config = config.auth_header(t);
     }
     let transport = StreamableHttpClientTransport::from_config(config);
-    Ok(ClientConfig::default().serve(transport).await?)
+    Ok(match lifecycle {
+        Lifecycle::Session => ClientConfig::default().serve(transport).await?,
+        Lifecycle::Stateless => {
+            let discover = ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] };
+            ClientConfig::default().serve_with_lifecycle(transport, discover).await?
+        }
+    })
+}
+
+/// `count` clients of `url`.
+async fn clients(
+    url: &str,
+    token: Option<&str>,
+    lifecycle: Lifecycle,
+    count: usize,
+) -> Result<&'static [Client], Box<dyn std::error::Error>> {
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        out.push(connect(url, token, lifecycle).await?);
+    }
+    // The clients are moved into 'static tasks: share them.
+    Ok(Box::leak(out.into_boxed_slice()))
+}
+
+/// Latencies of calls to the same target, sorted.
+#[derive(Default)]
+struct Latencies(Vec<u64>);
+
+impl Latencies {
+    fn add(&mut self, (lat, errors): (Vec<u64>, u64), total_errors: &mut u64) {
+        self.0.extend(lat);
+        *total_errors += errors;
+    }
+
+    fn sorted(mut self) -> Vec<u64> {
+        self.0.sort_unstable();
+        self.0
+    }
+}
+
+fn summary(sorted: &[u64]) -> serde_json::Value {
+    json!({"p50": pct(sorted, 0.5), "p90": pct(sorted, 0.9), "p99": pct(sorted, 0.99), "max": sorted.last()})
+}
+
+/// Times `count` sequential starts of a `lifecycle` client of `url`, sorted.
+async fn setups(
+    url: &str,
+    token: Option<&str>,
+    lifecycle: Lifecycle,
+    count: usize,
+) -> Result<Vec<u64>, Box<dyn std::error::Error>> {
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        let c = connect(url, token, lifecycle).await?;
+        out.push(t.elapsed().as_micros() as u64);
+        let _ = c.cancel().await;
+    }
+    out.sort_unstable();
+    Ok(out)
 }
 
 fn params(tool: &str) -> CallToolRequestParams {
@@ -136,68 +207,62 @@ fn pct(sorted: &[u64], p: f64) -> u64 {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let mut direct = Vec::new();
-    let mut via = Vec::new();
-    for _ in 0..args.concurrency {
-        direct.push(connect(&args.direct, None).await?);
-        via.push(connect(&args.gateway, Some(&args.token)).await?);
-    }
-    // The clients are moved into 'static tasks: share them.
-    let direct: &'static [Client] = Box::leak(direct.into_boxed_slice());
-    let via: &'static [Client] = Box::leak(via.into_boxed_slice());
+    let token = Some(args.token.as_str());
+    let n = args.concurrency;
+    let direct = clients(&args.direct, None, Lifecycle::Session, n).await?;
+    let via = clients(&args.gateway, token, Lifecycle::Session, n).await?;
+    let direct_stateless = clients(&args.direct, None, Lifecycle::Stateless, n).await?;
+    let via_stateless = clients(&args.gateway, token, Lifecycle::Stateless, n).await?;
     let gw_tool: &'static str = Box::leak(args.gateway_tool.clone().into_boxed_str());
 
     // Warm-up, then the rate.
     throughput(direct, "echo", 1.0).await;
+    throughput(via_stateless, gw_tool, 1.0).await;
     let gw_max = throughput(via, gw_tool, 2.0).await;
     let direct_max = throughput(direct, "echo", 2.0).await;
     let rate = if args.rate > 0 { args.rate } else { ((gw_max * 0.5) as u64).max(100) };
     eprintln!("closed-loop throughput: gateway {gw_max:.0}/s, direct {direct_max:.0}/s; fixed rate {rate}/s");
 
-    let (mut d, mut g) = (Vec::new(), Vec::new());
+    let (mut d, mut g, mut ds, mut gs) = Default::default();
     let mut errors = 0;
     for _ in 0..2 {
-        let (lat, e) = phase(direct, "echo", rate, args.seconds).await;
-        d.extend(lat);
-        errors += e;
-        let (lat, e) = phase(via, gw_tool, rate, args.seconds).await;
-        g.extend(lat);
-        errors += e;
+        Latencies::add(&mut d, phase(direct, "echo", rate, args.seconds).await, &mut errors);
+        Latencies::add(&mut g, phase(via, gw_tool, rate, args.seconds).await, &mut errors);
+        Latencies::add(&mut ds, phase(direct_stateless, "echo", rate, args.seconds).await, &mut errors);
+        Latencies::add(&mut gs, phase(via_stateless, gw_tool, rate, args.seconds).await, &mut errors);
     }
-    d.sort_unstable();
-    g.sort_unstable();
+    let (d, g, ds, gs) = (d.sorted(), g.sorted(), ds.sorted(), gs.sorted());
 
-    let mut setup = Vec::with_capacity(args.sessions);
-    let mut direct_setup = Vec::with_capacity(args.sessions);
-    for _ in 0..args.sessions {
-        let t = Instant::now();
-        let c = connect(&args.gateway, Some(&args.token)).await?;
-        setup.push(t.elapsed().as_micros() as u64);
-        let _ = c.cancel().await;
-        let t = Instant::now();
-        let c = connect(&args.direct, None).await?;
-        direct_setup.push(t.elapsed().as_micros() as u64);
-        let _ = c.cancel().await;
-    }
-    setup.sort_unstable();
-    direct_setup.sort_unstable();
+    let setup = setups(&args.gateway, token, Lifecycle::Session, args.sessions).await?;
+    let direct_setup = setups(&args.direct, None, Lifecycle::Session, args.sessions).await?;
+    let discover = setups(&args.gateway, token, Lifecycle::Stateless, args.sessions).await?;
+    let direct_discover = setups(&args.direct, None, Lifecycle::Stateless, args.sessions).await?;
 
-    let added_p50 = pct(&g, 0.50) as i64 - pct(&d, 0.50) as i64;
-    let added_p99 = pct(&g, 0.99) as i64 - pct(&d, 0.99) as i64;
+    let added = |via: &[u64], direct: &[u64], p: f64| pct(via, p) as i64 - pct(direct, p) as i64;
     let report = json!({
         "rate_per_s": rate,
         "concurrency": args.concurrency,
-        "calls": {"direct": d.len(), "gateway": g.len(), "errors": errors},
+        "calls": {"direct": d.len() + ds.len(), "gateway": g.len() + gs.len(), "errors": errors},
         "closed_loop_max_per_s": {"direct": direct_max.round(), "gateway": gw_max.round()},
-        "direct_us": {"p50": pct(&d, 0.5), "p90": pct(&d, 0.9), "p99": pct(&d, 0.99), "max": d.last()},
-        "gateway_us": {"p50": pct(&g, 0.5), "p90": pct(&g, 0.9), "p99": pct(&g, 0.99), "max": g.last()},
+        "session": {"direct_us": summary(&d), "gateway_us": summary(&g)},
+        "stateless": {"direct_us": summary(&ds), "gateway_us": summary(&gs)},
         "session_setup_us": {"gateway_p50": pct(&setup, 0.5), "gateway_p99": pct(&setup, 0.99),
                              "direct_p50": pct(&direct_setup, 0.5), "direct_p99": pct(&direct_setup, 0.99)},
+        "discover_us": {"gateway_p50": pct(&discover, 0.5), "gateway_p99": pct(&discover, 0.99),
+                        "direct_p50": pct(&direct_discover, 0.5), "direct_p99": pct(&direct_discover, 0.99)},
     });
     eprintln!("{}", serde_json::to_string_pretty(&report)?);
     if errors > 0 {
         return Err(format!("{errors} calls failed: the figures would be meaningless").into());
     }
-    println!("BENCH mcp added_p50_us={added_p50} added_p99_us={added_p99} session_p99_us={}", pct(&setup, 0.99));
+    println!(
+        "BENCH mcp added_p50_us={} added_p99_us={} stateless_added_p50_us={} stateless_added_p99_us={} session_p99_us={} discover_p99_us={}",
+        added(&g, &d, 0.50),
+        added(&g, &d, 0.99),
+        added(&gs, &ds, 0.50),
+        added(&gs, &ds, 0.99),
+        pct(&setup, 0.99),
+        pct(&discover, 0.99),
+    );
     Ok(())
 }
