@@ -10,9 +10,19 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use rmcp::model::{
-    CancelledNotificationParam, ClientRequest, ErrorData, ProgressNotificationParam, ProgressToken, ServerResult,
+    CancelledNotificationParam, ClientCapabilities, ClientConfig, ClientRequest, ClientResult, ElicitRequest,
+    ElicitRequestParams, ElicitResult, ErrorData, GetExtensions, Implementation, ProgressNotificationParam,
+    ProgressToken, RequestId, ServerRequest, ServerResult,
 };
-use rmcp::service::{NotificationContext, Peer, PeerRequestOptions, RequestContext, ServiceError};
+// Sampling and roots: rmcp marks them deprecated (SEP-2577); 2025 servers still ask for them.
+#[allow(deprecated)]
+use rmcp::model::{
+    CreateMessageRequest, CreateMessageRequestParams, CreateMessageResult, ListRootsRequest, ListRootsResult,
+};
+use rmcp::service::{
+    InboundStreamOrigin, NotificationContext, OriginatingRequestId, Peer, PeerRequestOptions, RequestContext,
+    ServiceError,
+};
 use rmcp::{ClientHandler, RoleClient, RoleServer, ServiceExt};
 use tenantgate_crds::config::{McpAuthConfig, McpConnectionConfig};
 use tokio::sync::{mpsc, watch};
@@ -98,6 +108,12 @@ enum Refresh {
 /// Upstream progress token -> the downstream peer and its own token.
 type ProgressRoutes = Mutex<HashMap<ProgressToken, (Peer<RoleServer>, ProgressToken)>>;
 
+/// Forwarded requests in flight, by upstream session (a user's own session of a
+/// per-user connection, or the shared one: `None`) and upstream request id:
+/// the client session that made each, and its own request id. What an upstream
+/// asks while serving one (sampling, elicitation, roots) goes back to that client.
+type Askers = Mutex<HashMap<(Option<Arc<str>>, RequestId), (Peer<RoleServer>, RequestId)>>;
+
 /// One upstream connection and its current session.
 #[derive(Debug)]
 pub struct Upstream {
@@ -108,6 +124,7 @@ pub struct Upstream {
     breaker: Arc<Breaker>,
     live: ArcSwapOption<Live>,
     progress: Arc<ProgressRoutes>,
+    askers: Arc<Askers>,
     /// Woken when a forwarded request fails at the transport: check the session now.
     suspect: tokio::sync::Notify,
     /// What it shares with the hub's other upstreams.
@@ -155,6 +172,7 @@ struct Live {
 struct UpstreamClient {
     refresh: mpsc::UnboundedSender<Refresh>,
     progress: Arc<ProgressRoutes>,
+    askers: Arc<Askers>,
     /// Where its log messages go, with what says whose they are.
     logs: Arc<LogFeed>,
     connection: Arc<str>,
@@ -163,7 +181,91 @@ struct UpstreamClient {
     user: Option<Arc<str>>,
 }
 
+impl UpstreamClient {
+    /// The client session, and its request, that the upstream asks something of
+    /// while serving it: the forwarded request whose response stream the ask came
+    /// on; over stdio and HTTP+SSE, which carry no such stream, the session's one
+    /// request in flight. Never a guess between clients: otherwise it is refused.
+    fn asker(&self, context: &RequestContext<RoleClient>) -> Result<(Peer<RoleServer>, RequestId), ErrorData> {
+        let askers = self.askers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let found = match context.extensions.get::<InboundStreamOrigin>() {
+            Some(InboundStreamOrigin::OutboundRequest(id)) => askers.get(&(self.user.clone(), id.clone())).cloned(),
+            Some(InboundStreamOrigin::Unassociated) => None,
+            None => {
+                let mut mine = askers.iter().filter(|((user, _), _)| *user == self.user);
+                match (mine.next(), mine.next()) {
+                    (Some((_, asker)), None) => Some(asker.clone()),
+                    _ => None,
+                }
+            }
+        };
+        found.ok_or_else(|| {
+            ErrorData::invalid_request(
+                format!("{} asked outside a client's request: the gateway has no client to ask", self.connection),
+                None,
+            )
+        })
+    }
+
+    /// Asks the client session `peer`, on the stream of its request `id`, what the upstream asked.
+    async fn ask(
+        &self,
+        (peer, id): (Peer<RoleServer>, RequestId),
+        mut request: ServerRequest,
+    ) -> Result<ClientResult, ErrorData> {
+        request.extensions_mut().insert(OriginatingRequestId(id));
+        peer.send_request(request).await.map_err(|e| match e {
+            ServiceError::McpError(e) => e,
+            other => ErrorData::internal_error(format!("the client did not answer: {other}"), None),
+        })
+    }
+}
+
+/// An answer of the client that is not what the upstream asked for.
+fn unexpected(asked: &str) -> ErrorData {
+    ErrorData::internal_error(format!("the client answered {asked} with another result"), None)
+}
+
+#[allow(deprecated)] // sampling and roots: rmcp marks them deprecated (SEP-2577); 2025 servers still ask
 impl ClientHandler for UpstreamClient {
+    /// What the gateway offers upstreams: each ask is relayed to the client being served.
+    fn get_info(&self) -> ClientConfig {
+        let capabilities = ClientCapabilities::builder().enable_sampling().enable_elicitation().enable_roots().build();
+        ClientConfig::new(capabilities, Implementation::new("tenantgate", env!("CARGO_PKG_VERSION")))
+    }
+
+    async fn create_message(
+        &self,
+        params: CreateMessageRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<CreateMessageResult, ErrorData> {
+        let asker = self.asker(&context)?;
+        match self.ask(asker, ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params))).await? {
+            ClientResult::CreateMessageResult(r) => Ok(*r),
+            _ => Err(unexpected("sampling/createMessage")),
+        }
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        let asker = self.asker(&context)?;
+        match self.ask(asker, ServerRequest::ElicitRequest(ElicitRequest::new(request))).await? {
+            ClientResult::ElicitResult(r) => Ok(r),
+            _ => Err(unexpected("elicitation/create")),
+        }
+    }
+
+    async fn list_roots(&self, context: RequestContext<RoleClient>) -> Result<ListRootsResult, ErrorData> {
+        let asker = self.asker(&context)?;
+        match self.ask(asker, ServerRequest::ListRootsRequest(ListRootsRequest::default())).await? {
+            ClientResult::ListRootsResult(r) => Ok(r),
+            _ => Err(unexpected("roots/list")),
+        }
+    }
+
     async fn on_progress(&self, params: ProgressNotificationParam, _context: NotificationContext<RoleClient>) {
         let route = self
             .progress
@@ -204,13 +306,14 @@ impl ClientHandler for UpstreamClient {
     }
 }
 
-/// Removes a progress route when the forwarded request ends, however it ends.
-struct ProgressRoute<'a>(&'a ProgressRoutes, Option<ProgressToken>);
+/// Removes a route (a progress token's, a forwarded request's asker) when the
+/// forwarded request ends, however it ends.
+struct Route<'a, K: Eq + std::hash::Hash, V>(&'a Mutex<HashMap<K, V>>, Option<K>);
 
-impl Drop for ProgressRoute<'_> {
+impl<K: Eq + std::hash::Hash, V> Drop for Route<'_, K, V> {
     fn drop(&mut self) {
-        if let Some(token) = self.1.take() {
-            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&token);
+        if let Some(key) = self.1.take() {
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
         }
     }
 }
@@ -227,6 +330,7 @@ impl Upstream {
             breaker: Arc::new(Breaker::new(label, BREAKER_THRESHOLD, BREAKER_OPEN_FOR)),
             live: ArcSwapOption::empty(),
             progress: Arc::new(Mutex::new(HashMap::new())),
+            askers: Arc::new(Mutex::new(HashMap::new())),
             suspect: tokio::sync::Notify::new(),
             links,
             users: Mutex::new(HashMap::new()),
@@ -306,6 +410,7 @@ impl Upstream {
         UpstreamClient {
             refresh,
             progress: self.progress.clone(),
+            askers: self.askers.clone(),
             logs: self.links.logs.clone(),
             connection: self.config.name.as_str().into(),
             prefix: self.config.prefix.as_str().into(),
@@ -394,7 +499,19 @@ impl Upstream {
                 return Err(ForwardError::Transport(name.clone(), e.to_string()));
             }
         };
-        let _route = ProgressRoute(
+        let user = subject.filter(|_| self.is_per_user()).map(Arc::<str>::from);
+        let _asker = Route(
+            &self.askers,
+            context.map(|context| {
+                let key = (user, handle.id.clone());
+                self.askers
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(key.clone(), (context.peer.clone(), context.id.clone()));
+                key
+            }),
+        );
+        let _route = Route(
             &self.progress,
             context.and_then(|c| c.meta.get_progress_token().map(|token| (c, token))).map(|(context, downstream)| {
                 let upstream = handle.progress_token.clone();

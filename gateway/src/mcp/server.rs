@@ -250,9 +250,10 @@ impl ServerHandler for AggregateServer {
         context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
         let catalog = self.hub.catalog();
-        let (upstream, uri) = catalog
-            .resource(&request.uri)
-            .ok_or_else(|| ErrorData::resource_not_found(format!("unknown resource: {}", request.uri), None))?;
+        let (upstream, uri) = catalog.resource(&request.uri).ok_or_else(|| {
+            let data = serde_json::json!({"uri": request.uri});
+            ErrorData::resource_not_found(format!("unknown resource: {}", request.uri), Some(data))
+        })?;
         let mut params = request;
         params.uri = uri;
         match forward(&upstream, ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params)), &context).await?

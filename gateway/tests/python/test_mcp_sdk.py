@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import httpx
 import httpx2
 import pytest
-from mcp import ClientSession
+from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 
 from conftest import FOREIGN_KEY, MCP_ECHO_BIN, ROOT, Gateway, authed_connection, free_port
@@ -282,6 +282,57 @@ def test_a_third_party_servers_log_messages_pass_through(gw):
     got = asyncio.run(run())
     assert got, "no log message came through"
     assert got[0].logger == "ev" and "-level message" in str(got[0].data), got[0]
+
+
+@pytest.mark.filterwarnings("ignore:The sampling capability is deprecated")
+def test_an_upstreams_sampling_and_elicitation_go_to_the_client_it_serves(gw):
+    """server-everything asks, while serving a tool call, for a completion
+    (sampling/createMessage) and for input (elicitation/create): the gateway
+    asks the session whose call it is serving, on that call's stream, and
+    passes the answers back. Another session, with callbacks of its own, is
+    never asked."""
+    async def run():
+        asked, bystander = [], []
+
+        async def sampling(context, params):
+            asked.append(("sampling", params.messages[0].content.text, params.max_tokens))
+            return types.CreateMessageResult(role="assistant", model="client-model", stop_reason="endTurn",
+                                             content=types.TextContent(type="text", text="the client's answer"))
+
+        async def elicitation(context, params):
+            asked.append(("elicitation", params.message))
+            return types.ElicitResult(action="accept", content={"name": "Ada", "check": True})
+
+        async def not_me(context, params):
+            bystander.append(params)
+            return types.ErrorData(code=-32603, message="the wrong client was asked")
+
+        async with session(gw.url, gw.token, sampling_callback=sampling, elicitation_callback=elicitation) as s, \
+                session(gw.url, gw.token, sampling_callback=not_me, elicitation_callback=not_me):
+            sampled = text_of(await s.call_tool("ev_trigger-sampling-request", {"prompt": "ping", "maxTokens": 7}))
+            elicited = text_of(await s.call_tool("ev_trigger-elicitation-request", {}))
+        return asked, bystander, sampled, elicited
+
+    asked, bystander, sampled, elicited = asyncio.run(run())
+    assert asked == [("sampling", "Resource trigger-sampling-request context: ping", 7),
+                     ("elicitation", "Please provide inputs for the following fields:")], asked
+    assert bystander == []
+    assert "the client's answer" in sampled and "client-model" in sampled, sampled
+    assert "- Name: Ada" in elicited and "- Agreed to terms: true" in elicited, elicited
+
+
+def test_a_client_without_sampling_gets_the_upstreams_error_not_a_hang(gw):
+    """The gateway offers sampling to upstreams for every client; a client that
+    cannot sample answers the relayed request with an error, which reaches the
+    upstream, whose tool call then fails with it."""
+    async def run():
+        async with session(gw.url, gw.token) as s:
+            return await s.call_tool("ev_trigger-sampling-request", {"prompt": "ping"})
+
+    result = asyncio.run(run())
+    assert result.is_error, result
+    # The Python SDK's own refusal, relayed to the upstream and back in its tool error.
+    assert "Sampling not supported" in text_of(result), text_of(result)
 
 
 # --- raw HTTP: bad input gets the right error, and nothing reaches an upstream ---
