@@ -9,9 +9,10 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ClientRequest, ErrorData, GetPromptRequest, GetPromptRequestParams,
     GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
     ListToolsResult, PaginatedRequestParams, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
-    ResultType, ServerCapabilities, ServerConfig, ServerResult, SetLevelRequestParams,
+    ResultType, ServerCapabilities, ServerConfig, ServerNotification, ServerResult, SetLevelRequestParams,
+    SubscriptionFilter,
 };
-use rmcp::service::{NotificationContext, Peer, RequestContext};
+use rmcp::service::{NotificationContext, Peer, RequestContext, SubscriptionContext, SubscriptionSendError};
 use rmcp::{RoleServer, ServerHandler};
 
 use super::McpHub;
@@ -59,32 +60,38 @@ fn caller(context: &RequestContext<RoleServer>) -> Option<std::sync::Arc<Identit
     context.extensions.get::<http::request::Parts>()?.extensions.get::<Caller>().map(|c| c.0.clone())
 }
 
-/// Sends the catalog's list changes to one client until its session ends.
+/// The next change of the catalog's lists (`None`: the hub is gone). A
+/// receiver that fell behind is told that everything may have changed.
+async fn next_change(changes: &mut tokio::sync::broadcast::Receiver<super::ListChanged>) -> Option<super::ListChanged> {
+    match changes.recv().await {
+        Ok(c) => Some(c),
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+            Some(super::ListChanged { tools: true, prompts: true, resources: true })
+        }
+        Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+    }
+}
+
+/// The list-changed notifications of one change.
+fn notifications(changed: super::ListChanged) -> impl Iterator<Item = ServerNotification> {
+    [
+        changed.tools.then(|| ServerNotification::ToolListChangedNotification(Default::default())),
+        changed.prompts.then(|| ServerNotification::PromptListChangedNotification(Default::default())),
+        changed.resources.then(|| ServerNotification::ResourceListChangedNotification(Default::default())),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// Sends the catalog's list changes to one client session (2025 revisions)
+/// until it ends.
 async fn forward_list_changes(hub: McpHub, peer: Peer<RoleServer>) {
     let mut changes = hub.subscribe();
-    loop {
-        let changed = match changes.recv().await {
-            Ok(c) => c,
-            // Missed some: tell the client everything may have changed.
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                super::ListChanged { tools: true, prompts: true, resources: true }
+    while let Some(changed) = next_change(&mut changes).await {
+        for notification in notifications(changed) {
+            if peer.send_notification(notification).await.is_err() {
+                return;
             }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-        };
-        let sent = async {
-            if changed.tools {
-                peer.notify_tool_list_changed().await?;
-            }
-            if changed.prompts {
-                peer.notify_prompt_list_changed().await?;
-            }
-            if changed.resources {
-                peer.notify_resource_list_changed().await?;
-            }
-            Ok::<_, rmcp::service::ServiceError>(())
-        };
-        if sent.await.is_err() {
-            return;
         }
     }
 }
@@ -152,6 +159,35 @@ impl ServerHandler for AggregateServer {
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         tokio::spawn(forward_list_changes(self.hub.clone(), context.peer));
+    }
+
+    /// `subscriptions/listen` (2026-07-28): the list changes it asks for; no resource updates.
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        let mut accepted = SubscriptionFilter::new();
+        accepted.tools_list_changed = requested.tools_list_changed;
+        accepted.prompts_list_changed = requested.prompts_list_changed;
+        accepted.resources_list_changed = requested.resources_list_changed;
+        Some(accepted)
+    }
+
+    /// Sends one subscription the catalog's list changes it accepted until it is cancelled.
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let mut changes = self.hub.subscribe();
+        loop {
+            let changed = tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                changed = next_change(&mut changes) => match changed {
+                    Some(changed) => changed,
+                    None => return Ok(()),
+                },
+            };
+            for notification in notifications(changed) {
+                match context.sink().send(notification).await {
+                    Ok(()) | Err(SubscriptionSendError::NotificationNotAccepted(_)) => {}
+                    Err(_) => return Ok(()),
+                }
+            }
+        }
     }
 
     /// Logging for the session: from now on, the upstreams' log messages at

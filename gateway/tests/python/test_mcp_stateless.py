@@ -133,3 +133,26 @@ def test_a_stateless_request_without_its_metadata_is_refused_naming_it(replicas)
     assert error["code"] == -32602, error
     assert "io.modelcontextprotocol/protocolVersion" in error["message"], error
     assert "io.modelcontextprotocol/clientCapabilities" in error["message"], error
+
+
+def test_a_stateless_client_hears_of_list_changes_on_its_subscription(replicas):
+    """subscriptions/listen (2026-07-28): the client opens a subscription for tool
+    list changes, a tool call makes the echo upstream add a tool, and the
+    change arrives on the subscription; the list then has the new tool."""
+    gateways, _ = replicas
+
+    async def run():
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {gateways[0].token}"}, timeout=30)
+        async with http, Client(streamable_http_client(gateways[0].url + "/mcp", http_client=http),
+                                mode="2026-07-28", cache=None) as client:
+            before = {t.name for t in (await client.list_tools()).tools}
+            async with client.listen(tools_list_changed=True, prompts_list_changed=True) as sub:
+                await client.call_tool("echo_grow", {})
+                event = await asyncio.wait_for(anext(aiter(sub)), 20)
+            after = {t.name for t in (await client.list_tools()).tools}
+        return before, event, after
+
+    before, event, after = asyncio.run(run())
+    assert "echo_extra" not in before, before
+    assert type(event).__name__ == "ToolsListChanged", event
+    assert "echo_extra" in after, after
