@@ -152,4 +152,37 @@ mod tests {
         let (prefix, rest) = uri.split_once('+').expect("plus");
         assert_eq!((prefix, rest), ("docs", "git+https://example.com/x?y=1"));
     }
+
+    fn upstream(name: &str, tools: serde_json::Value) -> Arc<Upstream> {
+        let config = serde_json::from_value(serde_json::json!({"name": name, "transport": "streamableHttp",
+            "url": "http://127.0.0.1:1/mcp", "prefix": name, "tools": tools, "timeoutSeconds": 5}))
+        .expect("connection config");
+        Arc::new(crate::fuzzing::upstream(config))
+    }
+
+    fn offer(tools: &[&str]) -> Arc<Offer> {
+        let tool = |name: &&str| Tool::new(name.to_string(), "", Arc::new(serde_json::Map::new()));
+        Arc::new(Offer { tools: tools.iter().map(tool).collect(), ..Offer::default() })
+    }
+
+    #[test]
+    fn a_connection_shows_to_callers_who_may_use_one_of_its_tools_or_when_it_has_none() {
+        let ops_only = serde_json::json!({"access": [{"tools": ["*"], "roles": ["ops"]}]});
+        let catalog = Catalog::build(&[
+            (upstream("open", serde_json::json!({})), offer(&["search"])),
+            (upstream("ops", ops_only.clone()), offer(&["restart", "drain"])),
+            (upstream("prompts", ops_only), offer(&[])),
+        ]);
+        let who = |roles: &[&str]| crate::auth::Identity {
+            subject: "alice".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            admin: false,
+            expires_at: 0,
+        };
+        let (dev, ops) = (who(&["dev"]), who(&["ops"]));
+        assert!(catalog.shows_connection("open", &dev) && catalog.shows_connection("open", &ops));
+        assert!(!catalog.shows_connection("ops", &dev), "every tool is for ops");
+        assert!(catalog.shows_connection("ops", &ops));
+        assert!(catalog.shows_connection("prompts", &dev), "no tools: its prompts and resources are open to all");
+    }
 }

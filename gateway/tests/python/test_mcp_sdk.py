@@ -85,7 +85,7 @@ metadata: {{ name: everything-http, namespace: tg-test }}
 spec:
   transport: streamableHttp
   url: http://127.0.0.1:{everything_http["streamableHttp"]}/mcp
-  tools: {{ prefix: evh, allow: ["echo", "get-sum"] }}
+  tools: {{ prefix: evh, allow: ["echo", "get-sum", "trigger-*-request"] }}
   timeoutSeconds: 20
 ---
 apiVersion: tenantgate.dev/v1alpha1
@@ -137,7 +137,8 @@ def test_sdk_lists_and_calls_tools_of_every_upstream(gw, echo):
             assert {"echo_echo", "echo_slow", "echo_grow", "ev_get-sum", "evh_echo", "evh_get-sum", "evs_echo"} <= names
             assert "echo_secret_delete" not in names
             assert not any(n.startswith("ev_gzip") for n in names)
-            assert {n for n in names if n.startswith("evh_")} == {"evh_echo", "evh_get-sum"}
+            assert {n for n in names if n.startswith("evh_")} == {
+                "evh_echo", "evh_get-sum", "evh_trigger-sampling-request", "evh_trigger-elicitation-request"}
             before = echo.calls()
             r = await s.call_tool("echo_echo", {"text": "hello through the gateway"})
             assert text_of(r) == "hello through the gateway" and not r.is_error
@@ -285,12 +286,14 @@ def test_a_third_party_servers_log_messages_pass_through(gw):
 
 
 @pytest.mark.filterwarnings("ignore:The sampling capability is deprecated")
-def test_an_upstreams_sampling_and_elicitation_go_to_the_client_it_serves(gw):
+@pytest.mark.parametrize("prefix", ["ev", "evh"], ids=["stdio", "streamable-http"])
+def test_an_upstreams_sampling_and_elicitation_go_to_the_client_it_serves(gw, prefix):
     """server-everything asks, while serving a tool call, for a completion
     (sampling/createMessage) and for input (elicitation/create): the gateway
     asks the session whose call it is serving, on that call's stream, and
-    passes the answers back. Another session, with callbacks of its own, is
-    never asked."""
+    passes the answers back. Over streamable HTTP the ask is matched to the
+    forwarded call by the stream it came on; over stdio it goes to the one call
+    in flight. Another session, with callbacks of its own, is never asked."""
     async def run():
         asked, bystander = [], []
 
@@ -309,8 +312,8 @@ def test_an_upstreams_sampling_and_elicitation_go_to_the_client_it_serves(gw):
 
         async with session(gw.url, gw.token, sampling_callback=sampling, elicitation_callback=elicitation) as s, \
                 session(gw.url, gw.token, sampling_callback=not_me, elicitation_callback=not_me):
-            sampled = text_of(await s.call_tool("ev_trigger-sampling-request", {"prompt": "ping", "maxTokens": 7}))
-            elicited = text_of(await s.call_tool("ev_trigger-elicitation-request", {}))
+            sampled = text_of(await s.call_tool(f"{prefix}_trigger-sampling-request", {"prompt": "ping", "maxTokens": 7}))
+            elicited = text_of(await s.call_tool(f"{prefix}_trigger-elicitation-request", {}))
         return asked, bystander, sampled, elicited
 
     asked, bystander, sampled, elicited = asyncio.run(run())
