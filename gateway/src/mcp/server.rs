@@ -83,11 +83,29 @@ fn notifications(changed: super::ListChanged) -> impl Iterator<Item = ServerNoti
     .flatten()
 }
 
+/// How often a forwarder checks that its client session is still open.
+const SESSION_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Resolves once the client session `peer` belongs to has ended (checked every
+/// [`SESSION_CHECK_EVERY`]): a forwarder with nothing to send stops too.
+async fn closed(peer: &Peer<RoleServer>) {
+    while !peer.is_transport_closed() {
+        tokio::time::sleep(SESSION_CHECK_EVERY).await;
+    }
+}
+
 /// Sends the catalog's list changes to one client session (2025 revisions)
 /// until it ends.
 async fn forward_list_changes(hub: McpHub, peer: Peer<RoleServer>) {
     let mut changes = hub.subscribe();
-    while let Some(changed) = next_change(&mut changes).await {
+    loop {
+        let changed = tokio::select! {
+            changed = next_change(&mut changes) => match changed {
+                Some(changed) => changed,
+                None => return,
+            },
+            () = closed(&peer) => return,
+        };
         for notification in notifications(changed) {
             if peer.send_notification(notification).await.is_err() {
                 return;
@@ -101,7 +119,11 @@ async fn forward_list_changes(hub: McpHub, peer: Peer<RoleServer>) {
 async fn forward_logs(hub: McpHub, peer: Peer<RoleServer>, level: Arc<OnceLevel>, caller: Option<Arc<Identity>>) {
     let mut logs = hub.subscribe_logs();
     loop {
-        let log = match logs.recv().await {
+        let received = tokio::select! {
+            received = logs.recv() => received,
+            () = closed(&peer) => return,
+        };
+        let log = match received {
             Ok(log) => log,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "a slow MCP client session missed upstream log messages");
