@@ -156,3 +156,20 @@ def test_a_stateless_client_hears_of_list_changes_on_its_subscription(replicas):
     assert "echo_extra" not in before, before
     assert type(event).__name__ == "ToolsListChanged", event
     assert "echo_extra" in after, after
+
+
+def test_results_forwarded_from_a_2025_upstream_carry_their_result_type(replicas):
+    """The echo upstream's session is a 2025-11-25 one, whose results have no
+    resultType; a 2026-07-28 client's result says `complete`."""
+    gateways, _ = replicas
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    body = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "echo_echo", "arguments": {"text": "typed"}, "_meta": meta}}
+    headers = {"authorization": f"Bearer {gateways[0].token}", "accept": "application/json, text/event-stream",
+               "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call", "mcp-name": "echo_echo"}
+    r = httpx.post(gateways[0].url + "/mcp", headers=headers, json=body)
+    assert r.status_code == 200, (r.status_code, r.text)
+    lines = [line.removeprefix("data:").strip() for line in r.text.splitlines() if line.startswith("data:")]
+    message = json.loads(lines[-1]) if lines else r.json()
+    assert message["result"]["resultType"] == "complete", message
+    assert message["result"]["content"][0]["text"] == "typed", message
