@@ -13,7 +13,7 @@ use std::time::Instant;
 use rmcp::RoleServer;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResponse, CallToolResult, ClientRequest, ContentBlock, ErrorData,
-    ResultType, ServerResult,
+    ServerResult,
 };
 use rmcp::service::RequestContext;
 
@@ -200,11 +200,7 @@ async fn forward(
 /// The client's answer for an upstream's.
 fn respond(connection: &str, forwarded: Result<ServerResult, ForwardError>) -> Result<CallToolResponse, ErrorData> {
     match forwarded {
-        Ok(ServerResult::CallToolResult(mut result)) => {
-            // A 2025 upstream's result has no resultType; 2026-07-28 clients require it.
-            result.result_type.get_or_insert(ResultType::COMPLETE);
-            Ok(CallToolResponse::Complete(result))
-        }
+        Ok(ServerResult::CallToolResult(result)) => Ok(CallToolResponse::Complete(result)),
         Ok(ServerResult::InputRequiredResult(result)) => Ok(CallToolResponse::InputRequired(result)),
         Ok(ServerResult::CreateTaskResult(result)) => Ok(CallToolResponse::Task(result)),
         Ok(_) => Err(ErrorData::internal_error(

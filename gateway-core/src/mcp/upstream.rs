@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use rmcp::model::{
     CancelledNotificationParam, ClientCapabilities, ClientConfig, ClientRequest, ClientResult, ElicitRequest,
     ElicitRequestParams, ElicitResult, ErrorData, GetExtensions, Implementation, ProgressNotificationParam,
-    ProgressToken, RequestId, ServerRequest, ServerResult,
+    ProgressToken, RequestId, ResultType, ServerRequest, ServerResult,
 };
 // Sampling and roots: rmcp marks them deprecated (SEP-2577); 2025 servers still ask for them.
 #[allow(deprecated)]
@@ -206,19 +206,15 @@ impl UpstreamClient {
             )
         })
     }
+}
 
-    /// Asks the client session `peer`, on the stream of its request `id`, what the upstream asked.
-    async fn ask(
-        &self,
-        (peer, id): (Peer<RoleServer>, RequestId),
-        mut request: ServerRequest,
-    ) -> Result<ClientResult, ErrorData> {
-        request.extensions_mut().insert(OriginatingRequestId(id));
-        peer.send_request(request).await.map_err(|e| match e {
-            ServiceError::McpError(e) => e,
-            other => ErrorData::internal_error(format!("the client did not answer: {other}"), None),
-        })
-    }
+/// Asks the client session `peer`, on the stream of its request `id`, what the upstream asked.
+async fn ask((peer, id): (Peer<RoleServer>, RequestId), mut request: ServerRequest) -> Result<ClientResult, ErrorData> {
+    request.extensions_mut().insert(OriginatingRequestId(id));
+    peer.send_request(request).await.map_err(|e| match e {
+        ServiceError::McpError(e) => e,
+        other => ErrorData::internal_error(format!("the client did not answer: {other}"), None),
+    })
 }
 
 /// An answer of the client that is not what the upstream asked for.
@@ -240,7 +236,7 @@ impl ClientHandler for UpstreamClient {
         context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, ErrorData> {
         let asker = self.asker(&context)?;
-        match self.ask(asker, ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params))).await? {
+        match ask(asker, ServerRequest::CreateMessageRequest(CreateMessageRequest::new(params))).await? {
             ClientResult::CreateMessageResult(r) => Ok(*r),
             _ => Err(unexpected("sampling/createMessage")),
         }
@@ -252,7 +248,7 @@ impl ClientHandler for UpstreamClient {
         context: RequestContext<RoleClient>,
     ) -> Result<ElicitResult, ErrorData> {
         let asker = self.asker(&context)?;
-        match self.ask(asker, ServerRequest::ElicitRequest(ElicitRequest::new(request))).await? {
+        match ask(asker, ServerRequest::ElicitRequest(ElicitRequest::new(request))).await? {
             ClientResult::ElicitResult(r) => Ok(r),
             _ => Err(unexpected("elicitation/create")),
         }
@@ -260,7 +256,7 @@ impl ClientHandler for UpstreamClient {
 
     async fn list_roots(&self, context: RequestContext<RoleClient>) -> Result<ListRootsResult, ErrorData> {
         let asker = self.asker(&context)?;
-        match self.ask(asker, ServerRequest::ListRootsRequest(ListRootsRequest::default())).await? {
+        match ask(asker, ServerRequest::ListRootsRequest(ListRootsRequest::default())).await? {
             ClientResult::ListRootsResult(r) => Ok(r),
             _ => Err(unexpected("roots/list")),
         }
@@ -537,7 +533,7 @@ impl Upstream {
         match outcome {
             Ok(result) => {
                 permit.success();
-                Ok(result)
+                Ok(typed(result))
             }
             Err(ServiceError::McpError(e)) => {
                 permit.success();
@@ -557,6 +553,18 @@ impl Upstream {
             }
         }
     }
+}
+
+/// A complete result with its `resultType`: a 2025 upstream leaves it out, and
+/// 2026-07-28 clients require it on every result they get.
+fn typed(mut result: ServerResult) -> ServerResult {
+    match &mut result {
+        ServerResult::CallToolResult(r) => r.result_type.get_or_insert(ResultType::COMPLETE),
+        ServerResult::GetPromptResult(r) => r.result_type.get_or_insert(ResultType::COMPLETE),
+        ServerResult::ReadResourceResult(r) => r.result_type.get_or_insert(ResultType::COMPLETE),
+        _ => return result,
+    };
+    result
 }
 
 /// Asks an upstream session for log messages at `level` and above, when its

@@ -9,8 +9,7 @@ use rmcp::model::{
     CallToolRequestParams, CallToolResponse, ClientRequest, ErrorData, GetPromptRequest, GetPromptRequestParams,
     GetPromptResponse, Implementation, ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult,
     ListToolsResult, PaginatedRequestParams, ReadResourceRequest, ReadResourceRequestParams, ReadResourceResponse,
-    ResultType, ServerCapabilities, ServerConfig, ServerNotification, ServerResult, SetLevelRequestParams,
-    SubscriptionFilter,
+    ServerCapabilities, ServerConfig, ServerNotification, ServerResult, SetLevelRequestParams, SubscriptionFilter,
 };
 use rmcp::service::{NotificationContext, Peer, RequestContext, SubscriptionContext, SubscriptionSendError};
 use rmcp::{RoleServer, ServerHandler};
@@ -276,11 +275,7 @@ impl ServerHandler for AggregateServer {
         params.name = route.name.to_string();
         match forward(&route.upstream, ClientRequest::GetPromptRequest(GetPromptRequest::new(params)), &context).await?
         {
-            ServerResult::GetPromptResult(mut r) => {
-                // A 2025 upstream's result has no resultType; 2026-07-28 clients require it.
-                r.result_type.get_or_insert(ResultType::COMPLETE);
-                Ok(GetPromptResponse::Complete(r))
-            }
+            ServerResult::GetPromptResult(r) => Ok(GetPromptResponse::Complete(r)),
             ServerResult::InputRequiredResult(r) => Ok(GetPromptResponse::InputRequired(r)),
             _ => Err(ErrorData::internal_error("the upstream answered prompts/get with another result", None)),
         }
@@ -317,7 +312,6 @@ impl ServerHandler for AggregateServer {
         match forward(&upstream, ClientRequest::ReadResourceRequest(ReadResourceRequest::new(params)), &context).await?
         {
             ServerResult::ReadResourceResult(mut r) => {
-                r.result_type.get_or_insert(ResultType::COMPLETE);
                 // Contents name their URI: give the client the exposed one back.
                 for c in &mut r.contents {
                     rewrite_contents_uri(c, upstream.prefix());
