@@ -257,15 +257,12 @@ fn select(
 
 /// An MCP tool as an OpenAI function tool.
 fn openai_tool(tool: &rmcp::model::Tool) -> Tool {
-    Tool {
-        kind: "function".into(),
-        function: FunctionDef {
-            name: tool.name.to_string(),
-            description: tool.description.as_ref().map(|d| d.to_string()),
-            parameters: Some(Value::Object(tool.input_schema.as_ref().clone())),
-            rest: Map::new(),
-        },
-    }
+    Tool::function(FunctionDef {
+        name: tool.name.to_string(),
+        description: tool.description.as_ref().map(|d| d.to_string()),
+        parameters: Some(Value::Object(tool.input_schema.as_ref().clone())),
+        rest: Map::new(),
+    })
 }
 
 /// The arguments of a call: a JSON object (an empty string means none).
