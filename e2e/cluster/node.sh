@@ -22,6 +22,12 @@ CLUSTER_DNS=10.96.0.10
 N=$C/node
 NODE_COMPONENTS=(containerd kubelet kube-proxy kube-router)
 CGROUP_HIERARCHIES=(cpu cpuacct cpuset memory devices freezer blkio pids systemd hugetlb net_cls net_prio perf_event rdma misc)
+# The kubelet evicts every pod once the disk under its root has less free than
+# this. The node shares the host's disk with the builds beside it (a 250 GB disk
+# whose 1% is 2.5 GB a cargo build can eat), so the threshold is an absolute
+# amount, and node_prepare refuses to start with less than NODE_MIN_FREE_MB.
+EVICTION_DISK=256Mi
+NODE_MIN_FREE_MB=2048
 # Directories the kubelet hard-codes, replaced inside its mount namespace by
 # directories of this run (they must exist on the host as mount points).
 KUBELET_HOST_DIRS=(/var/lib/kubelet /var/log/containers)
@@ -51,6 +57,11 @@ node_prepare() {
   local socket=$N/containerd/containerd.sock.ttrpc
   ((${#socket} <= 104)) ||
     die "TENANTGATE_RUN is too long for a real node: $socket would be ${#socket} bytes (unix sockets take 104); use a shorter path"
+  local free_mb
+  free_mb=$(df -Pm "$C" | awk 'NR == 2 {print $4}')
+  ((free_mb >= NODE_MIN_FREE_MB)) ||
+    die "a real node needs ${NODE_MIN_FREE_MB} MB free on the disk under $C; it has ${free_mb} MB"
+  log "disk under $C: ${free_mb} MB free (pods are evicted below $EVICTION_DISK)"
   node_packages
   NODE_BIN=$("$E2E_DIR/cluster/build" node)
   echo "$NODE_BIN" >"$C/node-bin"
@@ -268,7 +279,7 @@ serializeImagePulls: false
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 imageMinimumGCAge: 87600h
-evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
+evictionHard: {memory.available: "100Mi", nodefs.available: "$EVICTION_DISK", imagefs.available: "$EVICTION_DISK", nodefs.inodesFree: "1%"}
 evictionPressureTransitionPeriod: 10s
 maxPods: 110
 podPidsLimit: 4096

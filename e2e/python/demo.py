@@ -96,4 +96,9 @@ Logs: kubectl logs -n tg-quickstart deploy/gateway. Tear it all down with: make 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except StepFailed:
+        # What the cluster says of itself, before e2e/demo stops it.
+        print(e2e.diagnostics(), file=sys.stderr)
+        raise

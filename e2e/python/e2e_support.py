@@ -53,7 +53,8 @@ def tail(path: Path, lines: int = 40) -> str:
 
 def diagnostics() -> str:
     """The tails of every log worth reading when a step fails: the operator's and
-    the gateways' pods, the control plane and node components, pods and events."""
+    the gateways' pods, the control plane and node components, the nodes'
+    conditions and taints (DiskPressure evicts every pod), pods and events."""
     parts = []
     sources = [("operator", OPERATOR_NAMESPACE, "app.kubernetes.io/name=tenantgate-operator"),
                ("upstreams", "e2e-upstreams", "app")]
@@ -70,7 +71,10 @@ def diagnostics() -> str:
         parts.append(f"===== {what} (kubectl logs) =====\n{out}")
     for log in sorted(Path(env("KUBECONFIG")).parent.glob("logs/*.log")):
         parts.append(f"===== {log.name} =====\n{tail(log, 15)}")
-    for args in (("get", "tenantgate,deploy,hpa,pods", "-A", "-o", "wide"),
+    for args in (("get", "nodes", "-o", 'jsonpath={range .items[*]}{.metadata.name}'
+                  '{"  conditions: "}{.status.conditions[?(@.status=="True")].type}'
+                  '{"  taints: "}{.spec.taints[*].key}{"\\n"}{end}'),
+                 ("get", "tenantgate,deploy,hpa,pods", "-A", "-o", "wide"),
                  ("get", "events", "-A", "--sort-by=.lastTimestamp")):
         out = kubectl(*args, check=False)
         parts.append(f"===== kubectl {' '.join(args)} =====\n" + "\n".join(out.splitlines()[-40:]))
