@@ -329,4 +329,21 @@ mod tests {
             assert_eq!(err.0[0].issue.field.as_deref(), Some(field), "{err}");
         }
     }
+
+    #[test]
+    fn a_connection_prefix_is_empty_or_a_dns_label() {
+        let doc = |prefix: &str| {
+            format!(
+                "apiVersion: tenantgate.dev/v1alpha1\nkind: McpConnection\nmetadata: {{ name: c, namespace: tg-acme }}\nspec: {{ url: 'https://mcp.example/mcp', tools: {{ prefix: {prefix} }} }}\n"
+            )
+        };
+        for ok in ["\"\"", "gh", "my-tools-2"] {
+            assert!(ManifestSet::default().add_yaml("ok.yaml", &doc(ok)).is_ok(), "{ok}");
+        }
+        for bad in ["Gh", "gh_tools", "-gh", "gh+x"] {
+            let err = ManifestSet::default().add_yaml("bad.yaml", &doc(bad)).expect_err(bad);
+            assert_eq!(err.0[0].issue.field.as_deref(), Some("spec.tools.prefix"), "{err}");
+            assert!(err.0[0].issue.message.starts_with("must be empty or a DNS label"), "{err}");
+        }
+    }
 }

@@ -9,6 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use super::common::SecretKeyRef;
 
+/// `tools.prefix`: empty, or a DNS label.
+const PREFIX_RULE: &str = "self == '' || self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')";
+const PREFIX_MESSAGE: &str =
+    "must be empty or a DNS label: lower-case letters, digits and '-', starting and ending with a letter or digit";
+
 /// Desired state of an MCP connection: where the server is and what of it is exposed.
 // Several printcolumns repeat `type_`, which clippy mistakes for a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
@@ -163,10 +168,13 @@ pub struct OAuth2AuthorizationCode {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct McpTools {
-    /// Tools are exposed as `<prefix>_<tool>`. Defaults to metadata.name.
+    /// Tools and prompts are exposed as `<prefix>_<name>`, resources as
+    /// `<prefix>+<uri>`. Defaults to metadata.name. `""` exposes the server's
+    /// names and URIs unchanged (one connection of a tenant at most; a name that
+    /// another connection's prefixed names already take is left out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63))]
-    #[x_kube(validation = Rule::new(super::common::DNS_LABEL_RULE).message(super::common::DNS_LABEL_MESSAGE))]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new(PREFIX_RULE).message(PREFIX_MESSAGE))]
     pub prefix: Option<String>,
     /// Globs of upstream tool names to expose (`*` and `?`). Empty: all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -4,6 +4,7 @@
 //! drops or announces a list change; read lock-free by every request.
 
 use std::collections::HashMap;
+use std::collections::hash_map::{Entry, VacantEntry};
 use std::sync::Arc;
 
 use rmcp::model::{Prompt, Resource, ResourceTemplate, Tool};
@@ -61,24 +62,30 @@ pub fn exposed_uri(prefix: &str, uri: &str) -> String {
 }
 
 impl Catalog {
-    /// Builds the catalog from the live upstreams, in connection order.
+    /// Builds the catalog from the live upstreams, in connection order, the
+    /// unprefixed connection (if any) last: a name it shares with a prefixed
+    /// connection's (`gh_search` beside connection `gh`'s `search`) stays the
+    /// prefixed one's, and the unprefixed one's is left out, with a warning.
     pub fn build(live: &[(Arc<Upstream>, Arc<Offer>)]) -> Self {
         let mut c = Catalog::default();
-        for (upstream, offer) in live {
+        let (unprefixed, prefixed): (Vec<_>, Vec<_>) = live.iter().partition(|(u, _)| u.prefix().is_empty());
+        for (upstream, offer) in prefixed.into_iter().chain(unprefixed) {
             let prefix = upstream.prefix();
             c.prefixes.insert(prefix.to_string(), upstream.clone());
             for tool in &offer.tools {
                 let name = exposed_name(prefix, &tool.name);
+                let Some(slot) = vacant(&mut c.tool_routes, name, upstream, "tool") else { continue };
                 let mut exposed = tool.clone();
-                exposed.name = name.clone().into();
-                c.tool_routes.insert(name, Route { upstream: upstream.clone(), name: tool.name.as_ref().into() });
+                exposed.name = slot.key().clone().into();
+                slot.insert(Route { upstream: upstream.clone(), name: tool.name.as_ref().into() });
                 c.tools.push(exposed);
             }
             for prompt in &offer.prompts {
                 let name = exposed_name(prefix, &prompt.name);
+                let Some(slot) = vacant(&mut c.prompt_routes, name, upstream, "prompt") else { continue };
                 let mut exposed = prompt.clone();
-                exposed.name = name.clone();
-                c.prompt_routes.insert(name, Route { upstream: upstream.clone(), name: prompt.name.as_str().into() });
+                exposed.name = slot.key().clone();
+                slot.insert(Route { upstream: upstream.clone(), name: prompt.name.as_str().into() });
                 c.prompts.push(exposed);
             }
             for resource in &offer.resources {
@@ -128,14 +135,36 @@ impl Catalog {
         self.prefixes.values().any(|u| u.name() == name)
     }
 
-    /// The upstream and its own URI for an exposed resource URI.
+    /// The upstream and its own URI for an exposed resource URI: the connection
+    /// whose prefix starts it (`<prefix>+`), else the unprefixed connection.
     pub fn resource(&self, uri: &str) -> Option<(Arc<Upstream>, String)> {
-        if let Some(bridge) = self.prefixes.get("") {
-            return Some((bridge.clone(), uri.to_string()));
+        let prefixed = uri
+            .split_once('+')
+            .filter(|(prefix, _)| !prefix.is_empty())
+            .and_then(|(prefix, rest)| Some((self.prefixes.get(prefix)?.clone(), rest.to_string())));
+        prefixed.or_else(|| Some((self.prefixes.get("")?.clone(), uri.to_string())))
+    }
+}
+
+/// The free slot for an exposed name, or `None` (with a warning) when an
+/// earlier connection's name takes it.
+fn vacant<'a>(
+    routes: &'a mut HashMap<String, Route>,
+    name: String,
+    upstream: &Upstream,
+    kind: &str,
+) -> Option<VacantEntry<'a, String, Route>> {
+    match routes.entry(name) {
+        Entry::Vacant(slot) => Some(slot),
+        Entry::Occupied(taken) => {
+            tracing::warn!(
+                connection = upstream.name(),
+                name = taken.key().as_str(),
+                taken_by = taken.get().upstream.name(),
+                "{kind} left out: another connection's {kind} has the same exposed name"
+            );
+            None
         }
-        let (prefix, rest) = uri.split_once('+')?;
-        let upstream = self.prefixes.get(prefix)?;
-        Some((upstream.clone(), rest.to_string()))
     }
 }
 
@@ -154,10 +183,33 @@ mod tests {
     }
 
     fn upstream(name: &str, tools: serde_json::Value) -> Arc<Upstream> {
+        with_prefix(name, name, tools)
+    }
+
+    fn with_prefix(name: &str, prefix: &str, tools: serde_json::Value) -> Arc<Upstream> {
         let config = serde_json::from_value(serde_json::json!({"name": name, "transport": "streamableHttp",
-            "url": "http://127.0.0.1:1/mcp", "prefix": name, "tools": tools, "timeoutSeconds": 5}))
+            "url": "http://127.0.0.1:1/mcp", "prefix": prefix, "tools": tools, "timeoutSeconds": 5}))
         .expect("connection config");
         Arc::new(crate::fuzzing::upstream(config))
+    }
+
+    #[test]
+    fn an_unprefixed_connection_keeps_its_names_and_yields_those_a_prefixed_one_takes() {
+        let bare = with_prefix("bare", "", serde_json::json!({}));
+        let gh = upstream("gh", serde_json::json!({}));
+        // The unprefixed connection comes first by name, yet the prefixed one keeps gh_search.
+        let catalog = Catalog::build(&[(bare, offer(&["gh_search", "lookup"])), (gh, offer(&["search"]))]);
+        let names: Vec<_> = catalog.tools.iter().map(|t| t.name.to_string()).collect();
+        assert_eq!(names, ["gh_search", "lookup"]);
+        let route = |name: &str| catalog.tool(name).map(|r| (r.upstream.name().to_string(), r.name.to_string()));
+        assert_eq!(route("gh_search"), Some(("gh".into(), "search".into())));
+        assert_eq!(route("lookup"), Some(("bare".into(), "lookup".into())));
+        let resource = |uri: &str| catalog.resource(uri).map(|(u, uri)| (u.name().to_string(), uri));
+        assert_eq!(resource("gh+file:///a"), Some(("gh".into(), "file:///a".into())));
+        assert_eq!(resource("test://static-text"), Some(("bare".into(), "test://static-text".into())));
+        assert_eq!(resource("git+https://x/y"), Some(("bare".into(), "git+https://x/y".into())), "no connection git");
+        let prefixed_only = Catalog::build(&[(upstream("gh", serde_json::json!({})), offer(&[]))]);
+        assert!(prefixed_only.resource("test://static-text").is_none());
     }
 
     fn offer(tools: &[&str]) -> Arc<Offer> {

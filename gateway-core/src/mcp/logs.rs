@@ -46,12 +46,15 @@ pub fn severity(level: LoggingLevel) -> u8 {
     }
 }
 
-/// `message` with the connection's `prefix` on its logger.
+/// `message` with the connection's `prefix` on its logger (an unprefixed
+/// connection's messages keep theirs).
 pub fn prefixed(mut message: LoggingMessageNotificationParam, prefix: &str) -> LoggingMessageNotificationParam {
-    message.logger = Some(match message.logger.take() {
-        Some(logger) if !logger.is_empty() => format!("{prefix}_{logger}"),
-        _ => prefix.to_owned(),
-    });
+    if !prefix.is_empty() {
+        message.logger = Some(match message.logger.take() {
+            Some(logger) if !logger.is_empty() => format!("{prefix}_{logger}"),
+            _ => prefix.to_owned(),
+        });
+    }
     message
 }
 
@@ -112,6 +115,9 @@ mod tests {
         assert_eq!(message(Some("db")).as_deref(), Some("echo_db"));
         assert_eq!(message(None).as_deref(), Some("echo"));
         assert_eq!(message(Some("")).as_deref(), Some("echo"));
+        let mut m = LoggingMessageNotificationParam::new(LoggingLevel::Info, json!("x"));
+        m.logger = Some("db".into());
+        assert_eq!(prefixed(m, "").logger.as_deref(), Some("db"), "an unprefixed connection's logger");
     }
 
     #[test]

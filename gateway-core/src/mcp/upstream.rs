@@ -11,8 +11,8 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use rmcp::model::{
     CancelledNotificationParam, ClientCapabilities, ClientConfig, ClientRequest, ClientResult, ElicitRequest,
-    ElicitRequestParams, ElicitResult, ErrorData, GetExtensions, Implementation, ProgressNotificationParam,
-    ProgressToken, RequestId, ResultType, ServerRequest, ServerResult,
+    ElicitRequestParams, ElicitResult, ErrorData, GetExtensions, Implementation, InputRequest, InputRequiredResult,
+    ProgressNotificationParam, ProgressToken, ProtocolVersion, RequestId, ResultType, ServerRequest, ServerResult,
 };
 // Sampling and roots: rmcp marks them deprecated (SEP-2577); 2025 servers still ask for them.
 #[allow(deprecated)]
@@ -105,14 +105,25 @@ enum Refresh {
     Resources,
 }
 
-/// Upstream progress token -> the downstream peer and its own token.
-type ProgressRoutes = Mutex<HashMap<ProgressToken, (Peer<RoleServer>, ProgressToken)>>;
+/// One of an upstream's sessions: the shared one or a user's own (`user`, of a
+/// per-user connection), at 2025-11-25 for clients of that revision and older
+/// (the server may ask them for sampling, elicitation or roots in the middle of
+/// a request, which the gateway relays), or at 2026-07-28 (`mrtr`) for clients
+/// of that revision, which take multi round-trip requests instead. An upstream
+/// that does not speak 2026-07-28 answers both the same way.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+struct SessionKey {
+    user: Option<Arc<str>>,
+    mrtr: bool,
+}
 
-/// Forwarded requests in flight, by upstream session (a user's own session of a
-/// per-user connection, or the shared one: `None`) and upstream request id:
+/// (Upstream session, its progress token) -> the downstream peer and its own token.
+type ProgressRoutes = Mutex<HashMap<(SessionKey, ProgressToken), (Peer<RoleServer>, ProgressToken)>>;
+
+/// Forwarded requests in flight, by upstream session and upstream request id:
 /// the client session that made each, and its own request id. What an upstream
 /// asks while serving one (sampling, elicitation, roots) goes back to that client.
-type Askers = Mutex<HashMap<(Option<Arc<str>>, RequestId), (Peer<RoleServer>, RequestId)>>;
+type Askers = Mutex<HashMap<(SessionKey, RequestId), (Peer<RoleServer>, RequestId)>>;
 
 /// One upstream connection and its current session.
 #[derive(Debug)]
@@ -129,8 +140,12 @@ pub struct Upstream {
     suspect: tokio::sync::Notify,
     /// What it shares with the hub's other upstreams.
     links: HubLinks,
-    /// Per-user OAuth: each user's own upstream session.
-    users: Mutex<HashMap<String, Arc<UserSlot>>>,
+    /// The sessions opened on demand: per-user OAuth users' own, and the
+    /// 2026-07-28 ones for clients of that revision.
+    sessions: Mutex<HashMap<SessionKey, Arc<SessionSlot>>>,
+    /// Where the list changes of every session go: to the connection's
+    /// listing loop (`run`), while it has a session.
+    refresh: Mutex<Option<mpsc::UnboundedSender<Refresh>>>,
     /// Pin drifts reported so far.
     drift_log: DriftLog,
 }
@@ -150,15 +165,15 @@ pub struct HubLinks {
     pub logs: Arc<LogFeed>,
 }
 
-/// One user's upstream session of a per-user OAuth connection, opened on first use.
+/// An upstream session opened on first use, closed when idle.
 #[derive(Debug, Default)]
-struct UserSlot {
+struct SessionSlot {
     session: tokio::sync::OnceCell<Session>,
     last_used: Mutex<Option<std::time::Instant>>,
 }
 
-/// A user's idle upstream session is closed after this long.
-const USER_SESSION_IDLE: Duration = Duration::from_secs(600);
+/// A session opened on demand is closed after this long idle.
+const SESSION_IDLE: Duration = Duration::from_secs(600);
 
 /// A connected session.
 #[derive(Debug)]
@@ -177,8 +192,8 @@ struct UpstreamClient {
     logs: Arc<LogFeed>,
     connection: Arc<str>,
     prefix: Arc<str>,
-    /// The user of a per-user connection's own session.
-    user: Option<Arc<str>>,
+    /// Which session it serves.
+    session: SessionKey,
 }
 
 impl UpstreamClient {
@@ -189,10 +204,10 @@ impl UpstreamClient {
     fn asker(&self, context: &RequestContext<RoleClient>) -> Result<(Peer<RoleServer>, RequestId), ErrorData> {
         let askers = self.askers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let found = match context.extensions.get::<InboundStreamOrigin>() {
-            Some(InboundStreamOrigin::OutboundRequest(id)) => askers.get(&(self.user.clone(), id.clone())).cloned(),
+            Some(InboundStreamOrigin::OutboundRequest(id)) => askers.get(&(self.session.clone(), id.clone())).cloned(),
             Some(InboundStreamOrigin::Unassociated) => None,
             None => {
-                let mut mine = askers.iter().filter(|((user, _), _)| *user == self.user);
+                let mut mine = askers.iter().filter(|((session, _), _)| *session == self.session);
                 match (mine.next(), mine.next()) {
                     (Some((_, asker)), None) => Some(asker.clone()),
                     _ => None,
@@ -227,7 +242,8 @@ impl ClientHandler for UpstreamClient {
     /// What the gateway offers upstreams: each ask is relayed to the client being served.
     fn get_info(&self) -> ClientConfig {
         let capabilities = ClientCapabilities::builder().enable_sampling().enable_elicitation().enable_roots().build();
-        ClientConfig::new(capabilities, Implementation::new("tenantgate", env!("CARGO_PKG_VERSION")))
+        let config = ClientConfig::new(capabilities, Implementation::new("tenantgate", env!("CARGO_PKG_VERSION")));
+        if self.session.mrtr { config } else { config.with_protocol_version(ProtocolVersion::V_2025_11_25) }
     }
 
     async fn create_message(
@@ -267,7 +283,7 @@ impl ClientHandler for UpstreamClient {
             .progress
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(&params.progress_token)
+            .get(&(self.session.clone(), params.progress_token.clone()))
             .cloned();
         if let Some((peer, token)) = route {
             let mut forwarded = params;
@@ -296,7 +312,7 @@ impl ClientHandler for UpstreamClient {
     ) {
         self.logs.publish(UpstreamLog {
             connection: self.connection.clone(),
-            user: self.user.clone(),
+            user: self.session.user.clone(),
             message: logs::prefixed(params, &self.prefix),
         });
     }
@@ -329,7 +345,8 @@ impl Upstream {
             askers: Arc::new(Mutex::new(HashMap::new())),
             suspect: tokio::sync::Notify::new(),
             links,
-            users: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
+            refresh: Mutex::new(None),
             drift_log: DriftLog::default(),
             config,
         }
@@ -340,9 +357,10 @@ impl Upstream {
         matches!(self.config.auth, Some(McpAuthConfig::Oauth2AuthorizationCode { .. }))
     }
 
-    /// Closes `subject`'s own session (their tokens were revoked).
+    /// Closes `subject`'s own sessions (their tokens were revoked).
     pub fn forget_user(&self, subject: &str) {
-        self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(subject);
+        let mut sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        sessions.retain(|key, _| key.user.as_deref() != Some(subject));
     }
 
     fn credential(&self, subject: &str) -> Option<UserCredential> {
@@ -352,7 +370,7 @@ impl Upstream {
 
     /// The caller's own session of a per-user connection: opened on first
     /// use (after checking they authorized the gateway), closed when idle.
-    async fn user_peer(&self, subject: Option<&str>) -> Result<Peer<RoleClient>, ForwardError> {
+    async fn user_peer(&self, subject: Option<&str>, mrtr: bool) -> Result<Peer<RoleClient>, ForwardError> {
         let name = &self.config.name;
         let not_authorized = || ForwardError::NotAuthorized(UserOAuthError::NotAuthorized(name.clone()).to_string());
         let subject = subject.ok_or_else(not_authorized)?;
@@ -364,28 +382,34 @@ impl Upstream {
             Ok(false) => return Err(not_authorized()),
             Err(e) => return Err(ForwardError::Transport(name.clone(), e.to_string())),
         }
+        self.session_peer(SessionKey { user: Some(subject.into()), mrtr }).await
+    }
+
+    /// The session `key`, opened on first use (with the user's credential for
+    /// a user's own); sessions idle for [`SESSION_IDLE`] or closed are dropped.
+    async fn session_peer(&self, key: SessionKey) -> Result<Peer<RoleClient>, ForwardError> {
         let slot = {
             let now = std::time::Instant::now();
-            let mut users = self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            users.retain(|_, s| {
+            let mut sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            sessions.retain(|_, s| {
                 let idle = s
                     .last_used
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .is_some_and(|t| now - t > USER_SESSION_IDLE);
+                    .is_some_and(|t| now - t > SESSION_IDLE);
                 let closed = s.session.get().is_some_and(|session| session.is_transport_closed());
                 Arc::strong_count(s) > 1 || !(idle || closed)
             });
-            users.entry(subject.to_string()).or_default().clone()
+            sessions.entry(key.clone()).or_default().clone()
         };
         *slot.last_used.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
-        let credential = self.credential(subject);
+        let credential = key.user.as_deref().and_then(|subject| self.credential(subject));
         let session = slot
             .session
             .get_or_try_init(|| async {
-                let (refresh, _) = mpsc::unbounded_channel();
-                let handler = self.handler(refresh, Some(subject.into()));
-                let session = connect(self, &self.links.client, handler, credential).await?;
+                let refresh = self.refresh.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+                let refresh = refresh.unwrap_or_else(|| mpsc::unbounded_channel().0);
+                let session = connect(self, &self.links.client, self.handler(refresh, key.clone()), credential).await?;
                 if let Some(level) = self.links.logs.level() {
                     set_log_level(self.name(), session.peer(), level).await;
                 }
@@ -395,14 +419,14 @@ impl Upstream {
         match session {
             Ok(session) => Ok(session.peer().clone()),
             Err(e) => {
-                self.forget_user(subject);
-                Err(ForwardError::Transport(name.clone(), e.to_string()))
+                self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
+                Err(ForwardError::Transport(self.config.name.clone(), e.to_string()))
             }
         }
     }
 
-    /// The handler of one of its sessions (`user`: a user's own session of a per-user connection).
-    fn handler(&self, refresh: mpsc::UnboundedSender<Refresh>, user: Option<Arc<str>>) -> UpstreamClient {
+    /// The handler of its session `session`.
+    fn handler(&self, refresh: mpsc::UnboundedSender<Refresh>, session: SessionKey) -> UpstreamClient {
         UpstreamClient {
             refresh,
             progress: self.progress.clone(),
@@ -410,7 +434,7 @@ impl Upstream {
             logs: self.links.logs.clone(),
             connection: self.config.name.as_str().into(),
             prefix: self.config.prefix.as_str().into(),
-            user,
+            session,
         }
     }
 
@@ -419,8 +443,8 @@ impl Upstream {
     pub(super) async fn ask_log_level(&self, level: rmcp::model::LoggingLevel) {
         let mut peers: Vec<Peer<RoleClient>> = self.live.load().iter().map(|l| l.peer.clone()).collect();
         {
-            let users = self.users.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            peers.extend(users.values().filter_map(|slot| slot.session.get().map(|s| s.peer().clone())));
+            let sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            peers.extend(sessions.values().filter_map(|slot| slot.session.get().map(|s| s.peer().clone())));
         }
         futures_util::future::join_all(peers.iter().map(|peer| set_log_level(self.name(), peer, level))).await;
     }
@@ -467,18 +491,61 @@ impl Upstream {
     /// through when it comes from an MCP client session (`context`; the chat
     /// tool loop has none). A per-user connection is reached through the
     /// caller's own session, with their own token.
+    ///
+    /// A client on 2026-07-28 is served through a session opened at that
+    /// revision, where the upstream answers with an `InputRequiredResult`
+    /// (multi round-trip requests) what it needs from the client; the client
+    /// retries with its answers itself. Other clients are served through a
+    /// 2025-11-25 session, where the upstream asks in the middle of the request
+    /// (relayed by [`UpstreamClient`]). The upstream is told which of sampling,
+    /// elicitation and roots the client declared (request `_meta`), and an
+    /// input request of another kind is refused with -32021 (missing required
+    /// client capability).
     pub async fn forward(
+        &self,
+        mut request: ClientRequest,
+        context: Option<&RequestContext<RoleServer>>,
+        subject: Option<&str>,
+    ) -> Result<ServerResult, ForwardError> {
+        if let Some(context) = context {
+            declare_capabilities(&mut request, context.client_capabilities().unwrap_or_default());
+        }
+        let result = self.forward_once(request, context, subject).await?;
+        if let (ServerResult::InputRequiredResult(asked), Some(context)) = (&result, context) {
+            let needed = needed_capabilities(asked);
+            if !declared(context.client_capabilities().unwrap_or_default(), &needed) {
+                return Err(ForwardError::Upstream(ErrorData::missing_required_client_capability(needed)));
+            }
+            if !speaks_mrtr(context.protocol_version()) {
+                return Err(ForwardError::Upstream(ErrorData::internal_error(
+                    format!(
+                        "MCP connection {} answered a 2025-11-25 request with input_required, which only 2026-07-28 clients take",
+                        self.config.name
+                    ),
+                    None,
+                )));
+            }
+        }
+        Ok(result)
+    }
+
+    /// Sends `request` through the session for `context`'s revision.
+    async fn forward_once(
         &self,
         request: ClientRequest,
         context: Option<&RequestContext<RoleServer>>,
         subject: Option<&str>,
     ) -> Result<ServerResult, ForwardError> {
         let name = &self.config.name;
-        let peer = if self.is_per_user() {
-            self.user_peer(subject).await?
+        let mrtr = context.is_some_and(|c| speaks_mrtr(c.protocol_version()));
+        let (peer, key) = if self.is_per_user() {
+            (self.user_peer(subject, mrtr).await?, SessionKey { user: subject.map(Arc::from), mrtr })
+        } else if mrtr {
+            let key = SessionKey { user: None, mrtr };
+            (self.session_peer(key.clone()).await?, key)
         } else {
             match self.live.load().as_ref() {
-                Some(live) => live.peer.clone(),
+                Some(live) => (live.peer.clone(), SessionKey::default()),
                 None => return Err(ForwardError::Down(name.clone())),
             }
         };
@@ -495,11 +562,10 @@ impl Upstream {
                 return Err(ForwardError::Transport(name.clone(), e.to_string()));
             }
         };
-        let user = subject.filter(|_| self.is_per_user()).map(Arc::<str>::from);
         let _asker = Route(
             &self.askers,
             context.map(|context| {
-                let key = (user, handle.id.clone());
+                let key = (key.clone(), handle.id.clone());
                 self.askers
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -510,7 +576,7 @@ impl Upstream {
         let _route = Route(
             &self.progress,
             context.and_then(|c| c.meta.get_progress_token().map(|token| (c, token))).map(|(context, downstream)| {
-                let upstream = handle.progress_token.clone();
+                let upstream = (key.clone(), handle.progress_token.clone());
                 self.progress
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -553,6 +619,53 @@ impl Upstream {
             }
         }
     }
+}
+
+/// Whether a peer of protocol `version` takes multi round-trip requests
+/// (2026-07-28 and later) rather than requests in the middle of its own.
+fn speaks_mrtr(version: Option<ProtocolVersion>) -> bool {
+    version.is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str())
+}
+
+/// The client capabilities an upstream's input requests need.
+#[allow(deprecated)] // sampling and roots: see the imports
+fn needed_capabilities(asked: &InputRequiredResult) -> ClientCapabilities {
+    let mut needed = ClientCapabilities::default();
+    for request in asked.input_requests.iter().flat_map(|r| r.values()) {
+        match request {
+            InputRequest::CreateMessage(_) => needed.sampling = Some(Default::default()),
+            InputRequest::Elicitation(_) => needed.elicitation = Some(Default::default()),
+            InputRequest::ListRoots(_) => needed.roots = Some(Default::default()),
+            _ => {}
+        }
+    }
+    needed
+}
+
+/// Whether `client` declared every capability of `needed`.
+#[allow(deprecated)] // sampling and roots: see the imports
+fn declared(client: ClientCapabilities, needed: &ClientCapabilities) -> bool {
+    (needed.sampling.is_none() || client.sampling.is_some())
+        && (needed.elicitation.is_none() || client.elicitation.is_some())
+        && (needed.roots.is_none() || client.roots.is_some())
+}
+
+/// Declares to the upstream, in the request's `_meta` (2026-07-28), which of
+/// sampling, elicitation and roots the client declared (what the gateway
+/// relays): an upstream then asks only for input this client can give.
+#[allow(deprecated)] // sampling and roots: see the imports
+fn declare_capabilities(request: &mut ClientRequest, client: ClientCapabilities) {
+    let meta = match request {
+        ClientRequest::CallToolRequest(r) => &mut r.params.meta,
+        ClientRequest::GetPromptRequest(r) => &mut r.params.meta,
+        ClientRequest::ReadResourceRequest(r) => &mut r.params.meta,
+        _ => return,
+    };
+    let mut relayed = ClientCapabilities::default();
+    relayed.sampling = client.sampling;
+    relayed.elicitation = client.elicitation;
+    relayed.roots = client.roots;
+    meta.get_or_insert_with(Default::default).set_client_capabilities(relayed);
 }
 
 /// A complete result with its `resultType`: a 2025 upstream leaves it out, and
@@ -613,7 +726,8 @@ pub(super) async fn run(
             break;
         }
         let (refresh_tx, mut refresh_rx) = mpsc::unbounded_channel();
-        let handler = upstream.handler(refresh_tx, None);
+        *upstream.refresh.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(refresh_tx.clone());
+        let handler = upstream.handler(refresh_tx, SessionKey::default());
         // A per-user connection is listed with the token of the user who
         // authorized last (anonymously while nobody has).
         let lister = match upstream.links.user_tokens.as_ref().filter(|_| upstream.is_per_user()) {
