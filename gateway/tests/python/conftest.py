@@ -159,7 +159,7 @@ class Gateway:
 
     def __init__(self, upstream: Upstream, extra_manifests: str = "", extra_args: tuple[str, ...] = (),
                  log: Path | None = None, log_level: str | None = None, ops_listener: bool = False,
-                 port: int | None = None, tenant_spec: str = "") -> None:
+                 port: int | None = None, tenant_spec: str = "", issuer: str | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="tg-gw-py-"))
         manifests = self.dir / "manifests"
         manifests.mkdir()
@@ -170,6 +170,10 @@ class Gateway:
             .replace("${JWKS}", quickstart_jwks())
             .replace("${SERVICE_ACCOUNT}", service_account_key(upstream.url + "/token"))
         )
+        # `issuer`: the tenant's identity provider, instead of the fixture's https://issuer.test.
+        if issuer:
+            assert "issuer: https://issuer.test\n" in text, "the fixture's issuer moved"
+            text = text.replace("issuer: https://issuer.test\n", f"issuer: {issuer}\n", 1)
         # `tenant_spec`: more lines of the Tenant's spec (indented two spaces).
         assert "\nspec:\n" in text, "the fixture's Tenant spec moved"
         text = text.replace("\nspec:\n", "\nspec:\n" + tenant_spec, 1)
