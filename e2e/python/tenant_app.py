@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import httpx2
 import openai
-from mcp import ClientSession
+from mcp import Client, ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 
@@ -75,6 +75,25 @@ def mcp_call(url: str, token: str, tool: str, arguments: dict) -> tuple[bool, st
         while isinstance(leaf, BaseExceptionGroup):
             leaf = leaf.exceptions[0]
         raise leaf from None
+
+
+def stateless_mcp_calls(url: str, token: str, tool: str, calls: list[dict]) -> list[str]:
+    """Calls `tool` once per arguments of `calls` as a 2026-07-28 client does
+    (stateless: no initialize, no session), each request on a new connection;
+    the texts of the results."""
+
+    async def go():
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30,
+                                  limits=httpx2.Limits(max_keepalive_connections=0))
+        async with http, Client(streamable_http_client(url + "/mcp", http_client=http),
+                                mode="2026-07-28", cache=None) as c:
+            texts = []
+            for arguments in calls:
+                r = await c.call_tool(tool, arguments)
+                texts.append("".join(getattr(block, "text", "") for block in r.content))
+            return texts
+
+    return asyncio.run(go())
 
 
 def chat_with_mcp_tools(url: str, token: str, model: str, text: str, connections: list[str],

@@ -296,6 +296,33 @@ def test_tenant_app_chats_streams_and_calls_mcp_tools(tenant):
     assert S.upstreams.echo.calls() == calls + 1
 
 
+def test_a_stateless_mcp_client_is_answered_by_every_replica_behind_the_service():
+    """A 2026-07-28 client (the MCP Python SDK, stateless: no initialize, no
+    session) through acme's Service, a new connection per request so that
+    kube-proxy spreads them: every call is answered, and every ready gateway pod
+    answered some (each pod's own tool-call counter, read at its pod IP)."""
+    g, token = S.gateways["acme"], S.tokens["acme"]
+    pods = [p for p in g.pods() if is_ready(p)]
+    assert len(pods) >= 2, [p["metadata"]["name"] for p in pods]
+    before = {p["metadata"]["name"]: github_calls(p) for p in pods}
+    texts = app.stateless_mcp_calls(g.url, token, "github_echo", [{"text": f"stateless {i}"} for i in range(24)])
+    assert texts == [f"stateless {i}" for i in range(24)], texts
+    after = {p["metadata"]["name"]: github_calls(p) for p in pods}
+    served = {name: after[name] - before[name] for name in before}
+    assert sum(served.values()) == 24 and all(n > 0 for n in served.values()), served
+
+
+def github_calls(pod: dict) -> float:
+    """The pod's count of answered calls to acme's `github` connection (its /metrics)."""
+    forward = NetnsForward(pod["status"]["podIP"], 9090)
+    try:
+        text = httpx.get(forward.url + "/metrics", timeout=10).text
+    finally:
+        forward.close()
+    series = 'tenantgate_mcp_tool_calls_total{connection="github",outcome="ok"} '
+    return sum(float(line.removeprefix(series)) for line in text.splitlines() if line.startswith(series))
+
+
 def test_a_chat_runs_the_tenants_mcp_tools_server_side():
     """The quickstart's model (the mock provider) calls the first tool it is
     offered; the gateway runs it through /mcp's hub at e2e/mcp-echo and feeds
