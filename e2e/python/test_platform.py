@@ -302,8 +302,15 @@ def test_a_stateless_mcp_client_is_answered_by_every_replica_behind_the_service(
     kube-proxy spreads them: every call is answered, and every ready gateway pod
     answered some (each pod's own tool-call counter, read at its pod IP)."""
     g, token = S.gateways["acme"], S.tokens["acme"]
-    pods = [p for p in g.pods() if is_ready(p)]
-    assert len(pods) >= 2, [p["metadata"]["name"] for p in pods]
+
+    def serving_pods():
+        # The HPA brings the Deployment to its minimum of 2 after its first sync; each pod
+        # then connects to the github upstream on its own.
+        pods = [p for p in g.pods() if is_ready(p)]
+        connected = all(pod_metric(p, 'tenantgate_mcp_connection_up{connection="github"}') == 1 for p in pods)
+        return pods if len(pods) >= 2 and connected else None
+
+    pods = wait_for("two ready acme gateway pods connected to the github upstream", serving_pods, 180, 2)
     before = {p["metadata"]["name"]: github_calls(p) for p in pods}
     texts = app.stateless_mcp_calls(g.url, token, "github_echo", [{"text": f"stateless {i}"} for i in range(24)])
     assert texts == [f"stateless {i}" for i in range(24)], texts
@@ -313,14 +320,18 @@ def test_a_stateless_mcp_client_is_answered_by_every_replica_behind_the_service(
 
 
 def github_calls(pod: dict) -> float:
-    """The pod's count of answered calls to acme's `github` connection (its /metrics)."""
+    """The pod's count of answered calls to acme's `github` connection."""
+    return pod_metric(pod, 'tenantgate_mcp_tool_calls_total{connection="github",outcome="ok"}')
+
+
+def pod_metric(pod: dict, series: str) -> float:
+    """A series of the pod's own /metrics (read at its pod IP); 0 when absent."""
     forward = NetnsForward(pod["status"]["podIP"], 9090)
     try:
         text = httpx.get(forward.url + "/metrics", timeout=10).text
     finally:
         forward.close()
-    series = 'tenantgate_mcp_tool_calls_total{connection="github",outcome="ok"} '
-    return sum(float(line.removeprefix(series)) for line in text.splitlines() if line.startswith(series))
+    return sum(float(line.removeprefix(series + " ")) for line in text.splitlines() if line.startswith(series + " "))
 
 
 def test_a_chat_runs_the_tenants_mcp_tools_server_side():
