@@ -77,10 +77,10 @@ def mcp_call(url: str, token: str, tool: str, arguments: dict) -> tuple[bool, st
         raise leaf from None
 
 
-def stateless_mcp_calls(url: str, token: str, tool: str, calls: list[dict]) -> list[str]:
+def stateless_mcp_calls(url: str, token: str, tool: str, calls: list[dict], pause: float = 0) -> list[str]:
     """Calls `tool` once per arguments of `calls` as a 2026-07-28 client does
-    (stateless: no initialize, no session), each request on a new connection;
-    the texts of the results."""
+    (stateless: no initialize, no session), each request on a new connection,
+    `pause` seconds apart; the texts of the results."""
 
     async def go():
         http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30,
@@ -88,7 +88,9 @@ def stateless_mcp_calls(url: str, token: str, tool: str, calls: list[dict]) -> l
         async with http, Client(streamable_http_client(url + "/mcp", http_client=http),
                                 mode="2026-07-28", cache=None) as c:
             texts = []
-            for arguments in calls:
+            for i, arguments in enumerate(calls):
+                if i and pause:
+                    await asyncio.sleep(pause)
                 r = await c.call_tool(tool, arguments)
                 texts.append("".join(getattr(block, "text", "") for block in r.content))
             return texts

@@ -312,11 +312,14 @@ def test_a_stateless_mcp_client_is_answered_by_every_replica_behind_the_service(
 
     pods = wait_for("two ready acme gateway pods connected to the github upstream", serving_pods, 180, 2)
     before = {p["metadata"]["name"]: github_calls(p) for p in pods}
-    texts = app.stateless_mcp_calls(g.url, token, "github_echo", [{"text": f"stateless {i}"} for i in range(24)])
-    assert texts == [f"stateless {i}" for i in range(24)], texts
+    # 20 connections miss one of two pods with odds of 2^-19; 1.1 s apart to keep within
+    # acme's per-user rate (60 a minute, burst 6), which MCP requests count against.
+    texts = app.stateless_mcp_calls(g.url, token, "github_echo", [{"text": f"stateless {i}"} for i in range(20)],
+                                    pause=1.1)
+    assert texts == [f"stateless {i}" for i in range(20)], texts
     after = {p["metadata"]["name"]: github_calls(p) for p in pods}
     served = {name: after[name] - before[name] for name in before}
-    assert sum(served.values()) == 24 and all(n > 0 for n in served.values()), served
+    assert sum(served.values()) == 20 and all(n > 0 for n in served.values()), served
 
 
 def github_calls(pod: dict) -> float:
