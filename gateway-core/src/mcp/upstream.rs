@@ -510,7 +510,7 @@ impl Upstream {
         if let Some(context) = context {
             declare_capabilities(&mut request, context.client_capabilities().unwrap_or_default());
         }
-        let result = self.forward_once(request, context, subject).await?;
+        let result = self.send(request, context, subject).await?;
         if let (ServerResult::InputRequiredResult(asked), Some(context)) = (&result, context) {
             let needed = needed_capabilities(asked);
             if !declared(context.client_capabilities().unwrap_or_default(), &needed) {
@@ -530,7 +530,7 @@ impl Upstream {
     }
 
     /// Sends `request` through the session for `context`'s revision.
-    async fn forward_once(
+    async fn send(
         &self,
         request: ClientRequest,
         context: Option<&RequestContext<RoleServer>>,
