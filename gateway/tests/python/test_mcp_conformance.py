@@ -1,10 +1,10 @@
 """The official MCP conformance suite (npm @modelcontextprotocol/conformance,
-pinned in gateway/tests/mcp-conformance/package.json) runs its server
+pinned in gateway/tests/node/package.json) runs its server
 scenarios against the gateway's `/mcp`, whose one McpConnection is the MCP Go
 SDK's conformance server (conformance/everything-server of the SDK module
 pinned in gateway/tests/mcp-conformance/server/go.mod, from the Go module
 proxy), the server the scenarios are written against, over streamable HTTP.
-Both are installed by e2e/lib/mcp-conformance. The connection's prefix is
+e2e/lib/node-clients installs the suite, e2e/lib/mcp-conformance builds the server. The connection's prefix is
 empty, so the gateway exposes the server's tool and prompt names and resource
 URIs as the suite asks for them.
 
@@ -174,8 +174,16 @@ async def catalog(url: str, token: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def suite_dir() -> Path:
-    out = subprocess.run([str(ROOT / "e2e/lib/mcp-conformance")], check=True, capture_output=True, text=True)
+    """Where e2e/lib/node-clients installed the suite (gateway/tests/node/package.json)."""
+    out = subprocess.run([str(ROOT / "e2e/lib/node-clients")], check=True, capture_output=True, text=True)
     return Path(out.stdout.strip())
+
+
+@pytest.fixture(scope="module")
+def server_bin() -> str:
+    """The Go SDK's conformance server, built by e2e/lib/mcp-conformance."""
+    out = subprocess.run([str(ROOT / "e2e/lib/mcp-conformance")], check=True, capture_output=True, text=True)
+    return out.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -186,13 +194,13 @@ def node_bin() -> str:
 
 
 @pytest.fixture(scope="module")
-def reference_server(suite_dir, tmp_path_factory):
+def reference_server(server_bin, tmp_path_factory):
     """The Go SDK's conformance server on a free port, with sessions (so that it
     can ask the gateway for sampling and elicitation on a 2025-11-25 connection)."""
     port = free_port()
     log = tmp_path_factory.mktemp("conformance") / "everything-server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(suite_dir / "everything-server"), "-http", f"127.0.0.1:{port}",
+        proc = subprocess.Popen([server_bin, "-http", f"127.0.0.1:{port}",
                                  "-stateless=false"], stdout=out, stderr=out)
     try:
         deadline = time.monotonic() + 30
