@@ -322,6 +322,22 @@ def test_a_stateless_mcp_client_is_answered_by_every_replica_behind_the_service(
     assert sum(served.values()) == 20 and all(n > 0 for n in served.values()), served
 
 
+def test_each_gateway_pod_sizes_its_budgets_from_its_containers_memory_limit():
+    """On a real node each gateway container runs in a memory cgroup of its
+    Deployment's limit; the gateway reads it there (cgroup v1 or v2) and
+    derives its budgets from it: a quarter at 64 KiB a request in flight, an
+    eighth for request bodies (docs/operations.md, Overload)."""
+    g = S.gateways["quickstart"]
+    pods = wait_for("a ready quickstart gateway pod", lambda: [p for p in g.pods() if is_ready(p)] or None, 180, 2)
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    for pod in pods:
+        container = next(c for c in pod["spec"]["containers"] if c["name"] == "gateway")
+        number, unit = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", container["resources"]["limits"]["memory"]).groups()
+        limit = int(number) * units[unit]
+        assert pod_metric(pod, 'tenantgate_capacity{resource="in_flight"}') == limit // 4 // 65536, limit
+        assert pod_metric(pod, 'tenantgate_capacity{resource="body_bytes"}') == limit // 8, limit
+
+
 def github_calls(pod: dict) -> float:
     """The pod's count of answered calls to acme's `github` connection."""
     return pod_metric(pod, 'tenantgate_mcp_tool_calls_total{connection="github",outcome="ok"}')

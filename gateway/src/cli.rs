@@ -162,12 +162,19 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "TENANTGATE_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// The memory the budgets below are derived from (bytes, or `256Mi`, `1Gi`);
+    /// default: the container's cgroup limit, if it has one.
+    #[arg(long, env = "TENANTGATE_MEMORY_LIMIT", value_parser = crate::capacity::parse_memory)]
+    pub memory_limit: Option<u64>,
     /// Client connections open at once; more wait in the kernel's accept queue.
-    #[arg(long, env = "TENANTGATE_MAX_CONNECTIONS", default_value_t = 2048)]
-    pub max_connections: usize,
+    /// Default: 1/16 of the memory limit at 16 KiB each, else 2048. Past it, a quarter more
+    /// are accepted to be answered 503 and closed; past those, they wait in the accept queue.
+    #[arg(long, env = "TENANTGATE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// API requests handled at once (until response headers); beyond it requests get 503 at once.
-    #[arg(long, env = "TENANTGATE_MAX_IN_FLIGHT", default_value_t = 512)]
-    pub max_in_flight: usize,
+    /// Default: 1/4 of the memory limit at 64 KiB each, else 512.
+    #[arg(long, env = "TENANTGATE_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
     /// Longest time a client may take to send a request's headers (and to stay
     /// idle on a keep-alive connection), in seconds.
     #[arg(long, env = "TENANTGATE_HEADER_READ_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
@@ -221,6 +228,17 @@ pub fn spill_name(name: &str) -> Result<String, SpillNameError> {
 }
 
 impl ServeArgs {
+    /// The budgets of what the gateway holds at once: from `--memory-limit`,
+    /// else the cgroup's limit, with the flags' overrides.
+    pub fn capacity(&self) -> crate::capacity::Capacity {
+        use crate::capacity::{Capacity, MemorySource, cgroup_memory_limit};
+        let limit = match self.memory_limit {
+            Some(bytes) => Some((bytes, MemorySource::Flag)),
+            None => cgroup_memory_limit().map(|(bytes, file)| (bytes, MemorySource::Cgroup(file))),
+        };
+        Capacity::derive(limit, self.max_in_flight, self.max_connections)
+    }
+
     /// Settings of the `/mcp` HTTP layer.
     pub fn mcp_settings(&self) -> crate::mcp::McpHttpSettings {
         crate::mcp::McpHttpSettings {

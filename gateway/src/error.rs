@@ -48,9 +48,9 @@ pub enum AppError {
     /// An upstream answered with an error the client caused (4xx): passed on.
     #[error("{message}")]
     UpstreamRejected { status: StatusCode, message: String, kind: String, param: Option<String>, code: Option<String> },
-    /// The gateway is at its in-flight limit: shed rather than queue.
-    #[error("the gateway is at its limit of {0} requests in flight; try again shortly")]
-    Overloaded(usize),
+    /// The gateway is at its in-flight limit or body memory budget: shed rather than queue.
+    #[error("{0}")]
+    Overloaded(crate::admission::Shed),
     /// Upstreams failed (5xx, protocol errors, connection errors).
     #[error("{0}")]
     BadGateway(String),
@@ -268,8 +268,11 @@ impl AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status = self.status();
-        // A limit store outage is logged once by the limiter, not per refused request.
-        if status.is_server_error() && !matches!(self, Self::Limited(_)) {
+        // A limit store outage is logged once by the limiter, not per refused request;
+        // shed requests are counted, not logged one by one (thousands a second in an overload).
+        if let Self::Overloaded(shed) = &self {
+            metrics::counter!("tenantgate_requests_shed_total", "reason" => shed.as_label()).increment(1);
+        } else if status.is_server_error() && !matches!(self, Self::Limited(_)) {
             // Logged once here; the message of Internal never reaches the client.
             match &self {
                 Self::Internal(detail) => tracing::error!(reason = self.as_reason(), %detail, "request failed"),

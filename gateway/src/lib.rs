@@ -10,7 +10,9 @@ pub use tenantgate_gateway_core::{
     auth, backoff, config, egress, limits, llm, policy, redis_client, routing, storage, tls,
 };
 
+pub mod admission;
 pub mod api;
+pub mod capacity;
 pub mod cli;
 pub mod database;
 pub mod error;

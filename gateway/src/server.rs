@@ -126,10 +126,12 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         }
         None => None,
     };
+    let capacity = args.capacity();
+    log_capacity(&capacity);
     let (config, fingerprint) = load_initial(&source).await.map_err(StartError::Config)?;
     // Storage opens before the config compiles: the MCP hub that compiling
     // reconciles takes the store of users' upstream OAuth tokens when built.
-    let recorder = recorder_config(&args)?;
+    let recorder = RecorderConfig { queue_capacity: capacity.recorder_queue, ..recorder_config(&args)? };
     let waiting = |error: &crate::storage::StorageError, delay: Duration| {
         tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "the database cannot be reached; waiting for it");
         ops.waiting_for(format!("the database ({error})"));
@@ -160,7 +162,8 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         "config loaded"
     );
     metrics::gauge!("tenantgate_config_valid").set(1.0);
-    let state = AppState::new(runtime, carried, metrics, args.max_body_bytes, args.max_in_flight, storage.clone());
+    let admission = crate::admission::Admission::new(&capacity);
+    let state = AppState::new(runtime, carried, metrics, args.max_body_bytes, admission, storage.clone());
     if let Some(drifts) = state.carried().mcp().take_drift_feed() {
         tokio::spawn(crate::mcp::pin::audit_drifts(drifts, state.tenant().clone()));
     }
@@ -192,7 +195,7 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         let _ = stop_tx.send(true);
         notify.notify_one();
     };
-    let listener = CappedListener::new(listener, args.max_connections);
+    let listener = CappedListener::new(listener, capacity.max_connections).shedding();
     let server = serve_connections(listener, app, Duration::from_secs(args.header_read_timeout_secs), shutdown);
     let drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     tokio::select! {
@@ -219,6 +222,49 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
 /// Connections the probes and metrics listener (`--ops-listen`) holds open at once.
 const OPS_MAX_CONNECTIONS: usize = 64;
 
+/// Logs the budgets once at start and publishes them as `tenantgate_capacity{resource}`.
+fn log_capacity(capacity: &crate::capacity::Capacity) {
+    use crate::capacity::MemorySource;
+    let (memory_limit_mib, from) = match &capacity.memory_limit {
+        Some((bytes, MemorySource::Flag)) => (Some(bytes >> 20), "--memory-limit".to_string()),
+        Some((bytes, MemorySource::Cgroup(file))) => (Some(bytes >> 20), file.display().to_string()),
+        None => (None, "none: fixed defaults".to_string()),
+    };
+    tracing::info!(
+        memory_limit_mib,
+        from = %from,
+        max_in_flight = capacity.max_in_flight,
+        max_connections = capacity.max_connections,
+        body_budget_mib = capacity.body_budget.map(|b| b >> 20),
+        recorder_queue = capacity.recorder_queue,
+        "capacity"
+    );
+    for (resource, value) in [
+        ("in_flight", Some(capacity.max_in_flight)),
+        ("connections", Some(capacity.max_connections)),
+        ("body_bytes", capacity.body_budget),
+        ("recorder_queue", Some(capacity.recorder_queue)),
+    ] {
+        if let Some(value) = value {
+            metrics::gauge!("tenantgate_capacity", "resource" => resource).set(value as f64);
+        }
+    }
+}
+
+/// How long a connection accepted past the cap may take to send its request's headers.
+const SHED_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest buffer an HTTP/1 connection reads into (headers included: larger
+/// headers get 431); hyper's default is about 400 KiB.
+const H1_MAX_BUF: usize = 64 * 1024;
+/// HTTP/2: streams a connection may have open (each is a request in flight
+/// too), and the flow-control windows that bound what a client may send
+/// ahead of the handler reading it.
+const H2_MAX_STREAMS: u32 = 128;
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+const H2_MAX_HEADER_LIST: u32 = 64 * 1024;
+
 /// Serves HTTP/1.1 and HTTP/2 on `listener` until `shutdown` resolves, then
 /// stops accepting and waits for the open connections to finish their
 /// requests. A client gets `header_read_timeout` to send a request's headers
@@ -230,14 +276,28 @@ async fn serve_connections(
     header_read_timeout: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    use axum::response::IntoResponse as _;
     use axum::serve::Listener as _;
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+    use crate::admission::Shed;
+    use crate::error::AppError;
     use hyper_util::server::conn::auto;
     use hyper_util::service::TowerToHyperService;
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(header_read_timeout);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout).max_buf_size(H1_MAX_BUF);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(header_read_timeout)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_header_list_size(H2_MAX_HEADER_LIST);
+    // A connection accepted past the cap: HTTP/1.1, each request answered 503 at once, then closed.
+    let mut shed_builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    shed_builder.http1().timer(TokioTimer::new()).header_read_timeout(SHED_HEADER_READ_TIMEOUT).keep_alive(false);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -245,6 +305,16 @@ async fn serve_connections(
             (io, _) = listener.accept() => io,
             () = &mut shutdown => break,
         };
+        if let Some(cap) = io.shed() {
+            let refuse = hyper::service::service_fn(move |_| async move {
+                Ok::<_, std::convert::Infallible>(AppError::Overloaded(Shed::Connections(cap)).into_response())
+            });
+            let connection = graceful.watch(shed_builder.serve_connection(TokioIo::new(io), refuse).into_owned());
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            continue;
+        }
         let service = TowerToHyperService::new(app.clone());
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service).into_owned());
         tokio::spawn(async move {

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::admission::Admission;
 use crate::config::{Carried, Runtime, RuntimeHandle};
 use crate::storage::Storage;
 
@@ -21,8 +21,7 @@ struct Inner {
     max_body_bytes: usize,
     shutting_down: AtomicBool,
     streams: AtomicUsize,
-    admission: Arc<Semaphore>,
-    max_in_flight: usize,
+    admission: Admission,
 }
 
 impl AppState {
@@ -32,7 +31,7 @@ impl AppState {
         carried: Carried,
         metrics: PrometheusHandle,
         max_body_bytes: usize,
-        max_in_flight: usize,
+        admission: Admission,
         storage: Arc<Storage>,
     ) -> Self {
         Self(Arc::new(Inner {
@@ -41,8 +40,7 @@ impl AppState {
             max_body_bytes,
             shutting_down: AtomicBool::new(false),
             streams: AtomicUsize::new(0),
-            admission: Arc::new(Semaphore::new(max_in_flight.max(1))),
-            max_in_flight: max_in_flight.max(1),
+            admission,
         }))
     }
 
@@ -81,10 +79,9 @@ impl AppState {
         self.0.max_body_bytes
     }
 
-    /// A slot for one API request until its response headers, or the
-    /// in-flight limit it ran into (one atomic operation, no queueing).
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, usize> {
-        self.0.admission.clone().try_acquire_owned().map_err(|_| self.0.max_in_flight)
+    /// The in-flight slots and the body memory budget.
+    pub fn admission(&self) -> &Admission {
+        &self.0.admission
     }
 
     /// Marks the server as draining: `/readyz` fails from now on.

@@ -57,6 +57,14 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!("tenantgate_requests_total", "API requests by model and HTTP status");
+    describe_counter!(
+        "tenantgate_requests_shed_total",
+        "API requests refused with 503 before handling, by the budget they ran into (in_flight, body_memory, connections)"
+    );
+    describe_gauge!(
+        "tenantgate_capacity",
+        "What the gateway holds at once, by resource (from its memory limit or flags)"
+    );
     describe_histogram!("tenantgate_request_duration_seconds", Unit::Seconds, "Time to response headers");
     describe_histogram!(
         "tenantgate_added_latency_seconds",

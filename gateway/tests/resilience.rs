@@ -212,3 +212,73 @@ async fn requests_beyond_the_in_flight_limit_are_shed_with_503() {
     assert_eq!(error["error"]["code"], "overloaded");
     assert!(gw.metrics().await.contains("status=\"503\""));
 }
+
+#[tokio::test]
+async fn request_bodies_beyond_the_memory_budget_are_shed_with_503_until_memory_is_free() {
+    // 8 MiB of memory: 1 MiB for request bodies at four times their size, 256 KiB of raw body.
+    let upstream = Upstream::start();
+    let gw = Gateway::start_with(&tenant_yaml(&upstream.url), &["--memory-limit", "8Mi"]).await;
+    upstream.script("slow", json!([{"latency_ms": 800}]), None).await;
+    let body = |model: &str, kib: usize| json!({"model": model, "messages": [{"role": "user", "content": "x".repeat(kib * 1024)}]});
+    let big = body("slow", 200);
+    let first = gw.post("/v1/chat/completions", &big);
+    let shed = async {
+        // The first request holds its 800 KiB from admission until its (slow) answer.
+        while upstream.count("slow").await == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let declared = gw.post("/v1/chat/completions", &body("chat", 100)).await;
+        // A body of undeclared length (chunked) is charged as it arrives, and refused as well.
+        let text = body("chat", 100).to_string().into_bytes();
+        let chunks: Vec<Result<Vec<u8>, std::io::Error>> = text.chunks(8192).map(|c| Ok(c.to_vec())).collect();
+        let chunked = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+        (declared, gw.post_raw("/v1/chat/completions", chunked, Some(&gw.token)).await)
+    };
+    let (first, (shed, chunked)) = tokio::join!(first, shed);
+    assert_eq!(chunked.status(), 503, "{:?}", chunked.text().await);
+    assert_eq!(first.status(), 200);
+    assert_eq!(shed.status(), 503);
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let error: Value = serde_json::from_str(&shed.text().await.expect("body")).expect("json");
+    assert_eq!(error["error"]["code"], "overloaded");
+    let message = error["error"]["message"].as_str().expect("message");
+    assert!(message.contains("request bodies as its memory allows (1 MiB)"), "{message}");
+    let (status, _) = gw.chat("chat").await;
+    assert_eq!(status, 200, "the memory is free again once the first request is answered");
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains("tenantgate_requests_shed_total{reason=\"body_memory\"} 2"), "{metrics}");
+    for line in [
+        "tenantgate_capacity{resource=\"in_flight\"} 32",
+        "tenantgate_capacity{resource=\"connections\"} 64",
+        "tenantgate_capacity{resource=\"body_bytes\"} 1048576",
+        "tenantgate_capacity{resource=\"recorder_queue\"} 1024",
+    ] {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
+}
+
+#[tokio::test]
+async fn a_connection_past_the_cap_is_answered_503_and_closed_instead_of_waiting() {
+    let upstream = Upstream::start();
+    let gw = Gateway::start_with(&tenant_yaml(&upstream.url), &["--max-connections", "1"]).await;
+    // The first client's connection stays open (keep-alive) after its answer and holds the one slot.
+    let (status, _) = gw.chat("chat").await;
+    assert_eq!(status, 200);
+    let other = reqwest::Client::new();
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]});
+    let refused = other
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&gw.token)
+        .json(&body)
+        .send()
+        .await
+        .expect("answered, not left waiting");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(refused.headers()["connection"], "close");
+    let error: Value = serde_json::from_str(&refused.text().await.expect("body")).expect("json");
+    assert_eq!(error["error"]["code"], "overloaded");
+    assert_eq!(error["error"]["message"], "the gateway is at its limit of 1 open connections; try again shortly");
+    assert_eq!(gw.chat("chat").await.0, 200, "the first connection is still served");
+    assert!(gw.metrics().await.contains("tenantgate_requests_shed_total{reason=\"connections\"} 1"));
+}

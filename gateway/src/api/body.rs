@@ -19,7 +19,10 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, AppError> {
     let mut buf = BytesMut::new();
     let mut seen = 0usize;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| AppError::bad_request(None, format!("reading the request body failed: {e}")))?;
+        let chunk = chunk.map_err(|e| match crate::admission::shed_of(&e) {
+            Some(shed) => AppError::Overloaded(shed),
+            None => AppError::bad_request(None, format!("reading the request body failed: {e}")),
+        })?;
         seen += chunk.len();
         if seen > limit {
             first = None;

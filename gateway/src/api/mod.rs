@@ -144,12 +144,13 @@ async fn access_log(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Sheds API requests beyond the in-flight limit with a 503 instead of queueing
-/// them: under overload, latency and memory stay bounded.
+/// Sheds API requests beyond the in-flight limit or the body memory budget
+/// with a 503 instead of queueing them: under overload, latency and memory
+/// stay bounded (see [`crate::admission`]).
 async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    match state.admit() {
-        Ok(_slot) => next.run(request).await,
-        Err(limit) => AppError::Overloaded(limit).into_response(),
+    match state.admission().admit(request) {
+        Ok((request, _ticket)) => next.run(request).await,
+        Err(shed) => AppError::Overloaded(shed).into_response(),
     }
 }
 
