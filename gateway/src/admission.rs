@@ -76,11 +76,13 @@ impl Admission {
         }
     }
 
-    /// Admits `request`, or says why not. A body of undeclared length is
-    /// charged as it arrives; running out then fails the body read with
-    /// [`Shed::BodyMemory`] (see [`shed_of`]).
-    pub fn admit(&self, request: Request) -> Result<(Request, Ticket), Shed> {
-        let slot = self.slots.clone().try_acquire_owned().map_err(|_| Shed::InFlight(self.max_in_flight))?;
+    /// Admits `request`, or says why not (and hands it back, for its body to be
+    /// drained). A body of undeclared length is charged as it arrives; running
+    /// out then fails the body read with [`Shed::BodyMemory`] (see [`shed_of`]).
+    pub fn admit(&self, request: Request) -> Result<(Request, Ticket), (Shed, Request)> {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return Err((Shed::InFlight(self.max_in_flight), request));
+        };
         let charge = BodyCharge::default();
         let Some((budget, total)) = &self.bodies else {
             return Ok((request, Ticket { _slot: slot, _body: charge }));
@@ -88,16 +90,17 @@ impl Admission {
         let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         let request = match declared {
             Some(bytes) => {
-                let permit = budget
-                    .clone()
-                    .try_acquire_many_owned(cost_kib(bytes, *total))
-                    .map_err(|_| Shed::BodyMemory(*total as usize))?;
+                let Ok(permit) = budget.clone().try_acquire_many_owned(cost_kib(bytes, *total)) else {
+                    return Err((Shed::BodyMemory(*total as usize), request));
+                };
                 *charge.lock() = Some(permit);
                 request
             }
             None => {
                 let (budget, total, held) = (budget.clone(), *total, charge.clone());
-                request.map(|inner| Body::new(BudgetedBody { inner, budget, total, held, received: 0, charged: 0 }))
+                request.map(|inner| {
+                    Body::new(BudgetedBody { inner, budget, total, held, received: 0, charged: 0, refused: false })
+                })
             }
         };
         Ok((request, Ticket { _slot: slot, _body: charge }))
@@ -125,6 +128,8 @@ struct BudgetedBody {
     held: BodyCharge,
     received: u64,
     charged: u32,
+    /// Out of budget: the error was returned; what follows is only drained.
+    refused: bool,
 }
 
 impl hyper::body::Body for BudgetedBody {
@@ -133,12 +138,16 @@ impl hyper::body::Body for BudgetedBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if self.refused {
+            return Poll::Ready(frame);
+        }
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
             let len = data.map_or(0, Bytes::len) as u64;
             self.received += len;
             let needed = cost_kib(self.received, self.total);
             if needed > self.charged {
                 let Ok(more) = self.budget.clone().try_acquire_many_owned(needed - self.charged) else {
+                    self.refused = true;
                     return Poll::Ready(Some(Err(axum::Error::new(Shed::BodyMemory(self.total as usize)))));
                 };
                 self.charged = needed;
@@ -197,7 +206,7 @@ mod tests {
         let admission = admission(2, 256 << 20);
         let a = admission.admit(request(Body::empty(), Some(0))).expect("first");
         let _b = admission.admit(request(Body::empty(), Some(0))).expect("second");
-        let shed = admission.admit(request(Body::empty(), Some(0))).expect_err("third");
+        let (shed, _) = admission.admit(request(Body::empty(), Some(0))).expect_err("third");
         assert_eq!(shed, Shed::InFlight(2));
         assert_eq!(shed.to_string(), "the gateway is at its limit of 2 requests in flight; try again shortly");
         drop(a);
@@ -209,7 +218,7 @@ mod tests {
         // 8 MiB of memory: a 1 MiB body budget, that is 256 KiB of raw body.
         let admission = admission(100, 8 << 20);
         let held = admission.admit(request(Body::empty(), Some(200 * 1024))).expect("200 KiB fits");
-        let shed = admission.admit(request(Body::empty(), Some(100 * 1024))).expect_err("100 KiB more does not");
+        let (shed, _) = admission.admit(request(Body::empty(), Some(100 * 1024))).expect_err("100 KiB more does not");
         assert_eq!(shed, Shed::BodyMemory(1024));
         assert!(shed.to_string().contains("(1 MiB)"), "{shed}");
         admission.admit(request(Body::empty(), Some(50 * 1024))).expect("50 KiB does");
@@ -236,5 +245,10 @@ mod tests {
         };
         assert_eq!(read, 56 * 1024, "64 KiB of body would cost more than the 224 KiB left");
         assert_eq!(shed_of(&error), Some(Shed::BodyMemory(1024)));
+        let mut drained = 0;
+        while let Some(chunk) = stream.next().await {
+            drained += chunk.expect("the rest passes, to be drained").len();
+        }
+        assert_eq!(drained, 16 * 1024, "what followed the refused frame");
     }
 }
