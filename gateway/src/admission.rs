@@ -76,12 +76,11 @@ impl Admission {
         }
     }
 
-    /// Admits `request`, or says why not (and hands it back, for its body to be
-    /// drained). A body of undeclared length is charged as it arrives; running
+    /// Admits `request`, or says why not (and hands its body back, to be drained). A body of undeclared length is charged as it arrives; running
     /// out then fails the body read with [`Shed::BodyMemory`] (see [`shed_of`]).
-    pub fn admit(&self, request: Request) -> Result<(Request, Ticket), (Shed, Request)> {
+    pub fn admit(&self, request: Request) -> Result<(Request, Ticket), (Shed, Body)> {
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            return Err((Shed::InFlight(self.max_in_flight), request));
+            return Err((Shed::InFlight(self.max_in_flight), request.into_body()));
         };
         let charge = BodyCharge::default();
         let Some((budget, total)) = &self.bodies else {
@@ -91,7 +90,7 @@ impl Admission {
         let request = match declared {
             Some(bytes) => {
                 let Ok(permit) = budget.clone().try_acquire_many_owned(cost_kib(bytes, *total)) else {
-                    return Err((Shed::BodyMemory(*total as usize), request));
+                    return Err((Shed::BodyMemory(*total as usize), request.into_body()));
                 };
                 *charge.lock() = Some(permit);
                 request

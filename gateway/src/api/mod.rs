@@ -150,10 +150,10 @@ async fn access_log(mut request: Request, next: Next) -> Response {
 async fn admit(State(state): State<AppState>, request: Request, next: Next) -> Response {
     match state.admission().admit(request) {
         Ok((request, _ticket)) => next.run(request).await,
-        Err((shed, request)) => {
+        Err((shed, body)) => {
             // Read (and drop) what the client is still sending, so that it reads the 503
             // instead of a connection reset.
-            body::drain(request.into_body()).await;
+            body::drain(body).await;
             AppError::Overloaded(shed).into_response()
         }
     }
