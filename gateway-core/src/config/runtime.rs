@@ -118,6 +118,8 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
     };
     let client =
         crate::egress::client(&local, settings).map_err(|e| ConfigIssue::new(Reason::Internal, e.to_string()))?;
+    // The providers' requests go through hyper-util's client; token endpoints and the JWKS through reqwest.
+    let http = crate::egress::HttpClient::new(&local, settings);
 
     let (keys, fresh) = carried.key_source(&config.auth.jwt.keys, &client);
     if fresh {
@@ -137,7 +139,7 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
                 ConfigIssue::new(Reason::InvalidSpec, format!("required for {:?}", p.type_))
                     .at(format!("providers[{i}].baseUrl"))
             })?;
-            Endpoint::new(wire, base_url, p.api_key_file.as_deref(), &p.headers, client.clone()).map_err(|e| {
+            Endpoint::new(wire, base_url, p.api_key_file.as_deref(), &p.headers, http.clone()).map_err(|e| {
                 let reason =
                     if matches!(e, EndpointError::BaseUrl { .. }) { Reason::InvalidUrl } else { Reason::InvalidHeader };
                 ConfigIssue::new(reason, e.to_string()).at(format!("providers[{i}].{}", e.field()))

@@ -311,7 +311,7 @@ impl StreamEvents for StreamTranslator {
 }
 
 fn translate_stream(
-    response: reqwest::Response,
+    response: crate::egress::Response,
     deadline: tokio::time::Instant,
     include_usage: bool,
 ) -> super::EventStream {

@@ -62,8 +62,13 @@ mod tests {
     use super::*;
 
     fn azure(base: &str, version: Option<&str>) -> AzureOpenAi {
-        let endpoint = Endpoint::new(&AzureOpenAi::WIRE, base, None, &Default::default(), reqwest::Client::new())
-            .expect("endpoint");
+        let settings = crate::egress::ClientSettings {
+            connect_timeout: std::time::Duration::from_secs(1),
+            follow_redirects: false,
+            max_idle_per_host: 0,
+        };
+        let client = crate::egress::HttpClient::new(&Default::default(), settings);
+        let endpoint = Endpoint::new(&AzureOpenAi::WIRE, base, None, &Default::default(), client).expect("endpoint");
         AzureOpenAi::new(endpoint, version.map(str::to_owned))
     }
 

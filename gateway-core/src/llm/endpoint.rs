@@ -7,6 +7,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
 use super::{Call, SecretFile, UpstreamError, error_body, status_error};
+use crate::egress::Response;
 
 /// What an API expects on the wire.
 #[derive(Debug, Clone, Copy)]
@@ -67,7 +68,7 @@ pub struct Endpoint {
     url: reqwest::Url,
     api_key: Option<Credential>,
     headers: HeaderMap,
-    client: reqwest::Client,
+    client: crate::egress::HttpClient,
 }
 
 impl Endpoint {
@@ -77,7 +78,7 @@ impl Endpoint {
         base_url: &str,
         api_key_file: Option<&str>,
         configured: &BTreeMap<String, String>,
-        client: reqwest::Client,
+        client: crate::egress::HttpClient,
     ) -> Result<Self, EndpointError> {
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -115,7 +116,7 @@ impl Endpoint {
     }
 
     /// POSTs `body` and waits for a success status within the first-byte timeout.
-    pub async fn post<R>(&self, body: Vec<u8>, call: Call<'_, R>) -> Result<reqwest::Response, UpstreamError> {
+    pub async fn post<R>(&self, body: Vec<u8>, call: Call<'_, R>) -> Result<Response, UpstreamError> {
         self.post_to(self.url.clone(), body, call).await
     }
 
@@ -125,7 +126,7 @@ impl Endpoint {
         url: reqwest::Url,
         body: Vec<u8>,
         call: Call<'_, R>,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    ) -> Result<Response, UpstreamError> {
         let mut headers = self.headers.clone();
         match &self.api_key {
             None => {}
@@ -137,11 +138,10 @@ impl Endpoint {
             }
             Some(Credential::Aws(auth)) => headers.extend(auth.sign(&url, &headers, &body, call.deadline).await?),
         }
-        let builder = self.client.post(url).headers(headers).body(body);
         let first_byte = (tokio::time::Instant::now() + call.first_byte_timeout).min(call.deadline);
-        let response = match tokio::time::timeout_at(first_byte, builder.send()).await {
+        let response = match tokio::time::timeout_at(first_byte, self.client.post(&url, headers, body)).await {
             Err(_) => return Err(UpstreamError::Timeout("first byte")),
-            Ok(Err(e)) => return Err(UpstreamError::from_send(&e)),
+            Ok(Err(e)) => return Err(UpstreamError::from_http(e)),
             Ok(Ok(r)) => r,
         };
         let status = response.status();
@@ -159,8 +159,9 @@ impl Endpoint {
 }
 
 /// The whole body of a successful response, before the call's deadline.
-pub async fn read_all(response: reqwest::Response, deadline: tokio::time::Instant) -> Result<Bytes, UpstreamError> {
-    tokio::time::timeout_at(deadline, response.bytes())
+pub async fn read_all(response: Response, deadline: tokio::time::Instant) -> Result<Bytes, UpstreamError> {
+    use http_body_util::BodyExt;
+    tokio::time::timeout_at(deadline, async { response.into_body().collect().await.map(|b| b.to_bytes()) })
         .await
         .map_err(|_| UpstreamError::Timeout("total"))?
         .map_err(|e| UpstreamError::Protocol(format!("reading the body failed: {e}")))

@@ -286,7 +286,7 @@ impl StreamEvents for StreamTranslator {
 }
 
 fn translate_stream(
-    response: reqwest::Response,
+    response: crate::egress::Response,
     deadline: tokio::time::Instant,
     model: &str,
     include_usage: bool,

@@ -154,7 +154,17 @@ impl UpstreamError {
         }
     }
 
-    /// From a reqwest error before response headers.
+    /// From the providers' client's error before response headers.
+    pub(crate) fn from_http(e: crate::egress::SendError) -> Self {
+        use crate::egress::SendError;
+        match e {
+            SendError::ConnectTimeout => Self::Timeout("connect"),
+            SendError::Connect(message) => Self::Connect(message),
+            SendError::Request(message) => Self::Connect(format!("request failed: {message}")),
+        }
+    }
+
+    /// From a reqwest error before response headers (token endpoints).
     pub(crate) fn from_send(e: &reqwest::Error) -> Self {
         if e.is_timeout() {
             Self::Timeout("connect")
@@ -316,13 +326,27 @@ impl Provider {
 }
 
 /// Reads at most `limit` bytes of an error body before the deadline.
-pub(crate) async fn error_body(response: reqwest::Response, deadline: tokio::time::Instant) -> Bytes {
+pub(crate) async fn error_body(response: crate::egress::Response, deadline: tokio::time::Instant) -> Bytes {
+    use http_body_util::BodyExt;
     const LIMIT: usize = 64 * 1024;
-    match tokio::time::timeout_at(deadline, response.bytes()).await {
-        Ok(Ok(b)) if b.len() <= LIMIT => b,
-        Ok(Ok(b)) => b.slice(..LIMIT),
-        _ => Bytes::new(),
-    }
+    let mut body = response.into_body();
+    let read = async {
+        let mut buf = bytes::BytesMut::new();
+        while buf.len() < LIMIT {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        buf.extend_from_slice(data);
+                    }
+                }
+                Some(Err(_)) => return Bytes::new(),
+                None => break,
+            }
+        }
+        buf.truncate(LIMIT);
+        buf.freeze()
+    };
+    tokio::time::timeout_at(deadline, read).await.unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -107,8 +107,8 @@ pub(super) async fn embed(
 
 /// Hands the upstream SSE bytes on, cut at event boundaries so an error event
 /// never lands inside a half-sent event.
-fn passthrough(response: reqwest::Response, deadline: tokio::time::Instant) -> super::EventStream {
-    let state = (response.bytes_stream(), EventBoundary::default(), false);
+fn passthrough(response: crate::egress::Response, deadline: tokio::time::Instant) -> super::EventStream {
+    let state = (http_body_util::BodyDataStream::new(response.into_body()), EventBoundary::default(), false);
     let stream = futures_util::stream::unfold(state, move |(mut upstream, mut boundary, done)| async move {
         if done {
             return None;
@@ -125,7 +125,7 @@ fn passthrough(response: reqwest::Response, deadline: tokio::time::Instant) -> s
                 }
                 None => return None,
                 Some(Err(e)) => {
-                    let e = UpstreamError::Connect(format!("the stream broke: {}", super::short(&e)));
+                    let e = UpstreamError::Connect(format!("the stream broke: {e}"));
                     return Some((Err(e), (upstream, boundary, true)));
                 }
                 Some(Ok(chunk)) => {

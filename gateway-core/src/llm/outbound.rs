@@ -187,18 +187,22 @@ pub(super) trait StreamEvents: Send + 'static {
 
 /// A provider's streamed answer as chat chunks, through `events`, before the deadline.
 pub(super) fn translate_stream<E: StreamEvents>(
-    response: reqwest::Response,
+    response: crate::egress::Response,
     deadline: tokio::time::Instant,
     events: E,
 ) -> super::EventStream {
     struct State<E: StreamEvents> {
-        upstream: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+        upstream: futures_util::stream::BoxStream<'static, Result<Bytes, hyper::Error>>,
         decoder: E::Framing,
         events: E,
         done: bool,
     }
-    let state =
-        State { upstream: response.bytes_stream().boxed(), decoder: E::Framing::default(), events, done: false };
+    let state = State {
+        upstream: http_body_util::BodyDataStream::new(response.into_body()).boxed(),
+        decoder: E::Framing::default(),
+        events,
+        done: false,
+    };
     let stream = futures_util::stream::unfold(state, move |mut s| async move {
         loop {
             if s.done {
@@ -235,7 +239,7 @@ pub(super) fn translate_stream<E: StreamEvents>(
                 }
                 Ok(Some(Err(e))) => {
                     s.done = true;
-                    return Some((Err(UpstreamError::Connect(format!("the stream broke: {}", super::short(&e)))), s));
+                    return Some((Err(UpstreamError::Connect(format!("the stream broke: {e}"))), s));
                 }
                 Ok(Some(Ok(chunk))) => s.decoder.push(&chunk),
             }
