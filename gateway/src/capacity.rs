@@ -10,7 +10,7 @@
 //! |---|---|---|---|
 //! | requests in flight | 1/4 | 64 KiB (measured: a request with its client and upstream connections) | 1,024 |
 //! | request bodies being held | 1/8 | 4 bytes a body byte (the bytes, the parsed JSON, the forwarded copy) | 32 MiB (8 MiB of raw bodies) |
-//! | open client connections | 1/16 | 16 KiB (measured: 1,024 busy keep-alive connections, with the rest, peaked at 50% of 256 MiB) | 1,024 |
+//! | open client connections | 1/16 | 32 KiB (measured at ten times capacity: 512 busy connections and 128 shed, with the rest, peaked at 49% of 256 MiB; 1,024 and 256 at 74%) | 512 |
 //! | the usage/audit queue | 1/32 | 1 KiB a record (the overflow goes to the spill file) | 8,192 |
 //!
 //! That is 15/32 of the limit; with the process's own 30-odd MiB it stays
@@ -49,7 +49,7 @@ pub enum MemorySource {
 /// bytes received, the JSON parsed from them, and the body sent upstream.
 pub const BODY_COST: usize = 4;
 const IN_FLIGHT_COST: u64 = 64 * 1024;
-const CONNECTION_COST: u64 = 16 * 1024;
+const CONNECTION_COST: u64 = 32 * 1024;
 const RECORD_COST: u64 = 1024;
 
 /// Without a memory limit: the in-flight and connection caps.
@@ -174,7 +174,7 @@ mod tests {
     #[test]
     fn a_256_mib_container_gets_budgets_that_stay_under_60_percent_when_full() {
         let c = Capacity::derive(Some((256 * MIB, MemorySource::Flag)), None, None);
-        assert_eq!((c.max_in_flight, c.max_connections, c.recorder_queue), (1024, 1024, 8192));
+        assert_eq!((c.max_in_flight, c.max_connections, c.recorder_queue), (1024, 512, 8192));
         assert_eq!(c.body_budget, Some(32 * MIB as usize));
         let full = c.max_in_flight as u64 * IN_FLIGHT_COST
             + c.body_budget.expect("budget") as u64

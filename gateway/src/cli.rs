@@ -167,7 +167,7 @@ pub struct ServeArgs {
     #[arg(long, env = "TENANTGATE_MEMORY_LIMIT", value_parser = crate::capacity::parse_memory)]
     pub memory_limit: Option<u64>,
     /// Client connections open at once; more wait in the kernel's accept queue.
-    /// Default: 1/16 of the memory limit at 16 KiB each, else 2048. Past it, a quarter more
+    /// Default: 1/16 of the memory limit at 32 KiB each, else 2048. Past it, a quarter more
     /// are accepted to be answered 503 and closed; past those, they wait in the accept queue.
     #[arg(long, env = "TENANTGATE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
