@@ -40,7 +40,7 @@ soak: ## SOAK_MINUTES (10) of mixed open-loop load on 3 tenants with the operato
 	e2e/with-cluster e2e/with-services e2e/soak/run
 
 .PHONY: bench-mcp
-bench-mcp: ## tools/call through /mcp vs. the rmcp echo server direct (concurrency 8, fixed rate), session-based (2025-11-25) and stateless (2026-07-28) clients side by side: added p50/p99, session and discovery setup
+bench-mcp: ## tools/call through /mcp vs. the rmcp echo server direct (concurrency 8, fixed rate), session-based (2025-11-25) and stateless (2026-07-28) clients side by side: added p50/p99, session and discovery setup; beside it a bare forwarder (the floor: gateway/floor ratio) and ToolHive's vmcp (BENCH_TOOLHIVE=0: off)
 	e2e/bench/mcp
 
 .PHONY: images

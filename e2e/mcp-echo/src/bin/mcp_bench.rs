@@ -10,6 +10,14 @@
 //! request: the 2025-11-25 revision) and by stateless ones (`server/discover`,
 //! then self-contained requests: 2026-07-28), side by side. Then setup is timed
 //! sequentially: a new session (initialize + initialized) and a discovery.
+//!
+//! `--target NAME=URL` (repeatable) adds a peer measured like the gateway's
+//! session-based clients, at the same rate and concurrency, in the same
+//! alternation, against the same direct baseline: a bare forwarder (the
+//! floor), another MCP aggregator. `--target-tool NAME=TOOL` names the tool it
+//! exposes (default `echo`, the echo server's own), `--target-token NAME=TOKEN`
+//! a bearer token for it (default none). A target that cannot be reached or
+//! fails calls is reported as `na` rather than failing the run.
 //! Prints the figures as JSON on stderr and ends with one `BENCH mcp` line.
 
 use std::time::{Duration, Instant};
@@ -48,6 +56,45 @@ struct Args {
     /// New sessions timed through the gateway.
     #[arg(long, default_value_t = 200)]
     sessions: usize,
+    /// Another target, `NAME=URL` (NAME: lowercase letters, digits, `_`),
+    /// measured with session-based clients like the gateway. Repeatable.
+    #[arg(long = "target", value_parser = name_value)]
+    targets: Vec<(String, String)>,
+    /// The tool a target exposes for the echo tool, `NAME=TOOL` (default `echo`).
+    #[arg(long = "target-tool", value_parser = name_value)]
+    target_tools: Vec<(String, String)>,
+    /// A bearer token for a target, `NAME=TOKEN` (default: none).
+    #[arg(long = "target-token", value_parser = name_value)]
+    target_tokens: Vec<(String, String)>,
+}
+
+/// `NAME=VALUE`, NAME usable in a `BENCH` key.
+fn name_value(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !valid || matches!(name, "direct" | "gateway" | "stateless") {
+        return Err(format!(
+            "{name:?} cannot name a target (lowercase letters, digits, _; not direct/gateway/stateless)"
+        ));
+    }
+    Ok((name.to_string(), value.to_string()))
+}
+
+/// An extra target and what was measured through it.
+struct Target {
+    name: &'static str,
+    url: String,
+    tool: &'static str,
+    token: Option<String>,
+    /// None: it could not be reached.
+    clients: Option<&'static [Client]>,
+    max_per_s: f64,
+    latencies: Latencies,
+    errors: u64,
+}
+
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_string().into_boxed_str())
 }
 
 type Client = RunningService<RoleClient, ClientConfig>;
@@ -158,6 +205,17 @@ async fn throughput(clients: &'static [Client], tool: &'static str, secs: f64) -
 
 /// Fixed-rate phase: latencies in microseconds from each call's scheduled time.
 async fn phase(clients: &'static [Client], tool: &'static str, rate: u64, secs: u64) -> (Vec<u64>, u64) {
+    phase_of("", clients, tool, rate, secs).await
+}
+
+/// [`phase`], naming `label` in its first error.
+async fn phase_of(
+    label: &'static str,
+    clients: &'static [Client],
+    tool: &'static str,
+    rate: u64,
+    secs: u64,
+) -> (Vec<u64>, u64) {
     let per_session = Duration::from_secs_f64(clients.len() as f64 / rate as f64);
     let calls = (rate * secs) as usize / clients.len();
     let results = futures_join(clients.iter().enumerate().map(|(i, c)| async move {
@@ -170,7 +228,7 @@ async fn phase(clients: &'static [Client], tool: &'static str, rate: u64, secs: 
             tokio::time::sleep_until(scheduled.into()).await;
             if let Err(e) = call(c, tool).await {
                 if errors == 0 {
-                    eprintln!("call to {tool} failed: {e}");
+                    eprintln!("call to {label}{tool} failed: {e}");
                 }
                 errors += 1;
             }
@@ -214,24 +272,77 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let direct_stateless = clients(&args.direct, None, Lifecycle::Stateless, n).await?;
     let via_stateless = clients(&args.gateway, token, Lifecycle::Stateless, n).await?;
     let gw_tool: &'static str = Box::leak(args.gateway_tool.clone().into_boxed_str());
+    let lookup = |pairs: &[(String, String)], name: &str| pairs.iter().rev().find(|p| p.0 == name).map(|p| p.1.clone());
+    let mut targets = Vec::new();
+    for (name, url) in &args.targets {
+        if targets.iter().any(|t: &Target| t.name == name) {
+            return Err(format!("target {name} is named twice").into());
+        }
+        targets.push(Target {
+            name: leak(name),
+            url: url.clone(),
+            tool: leak(&lookup(&args.target_tools, name).unwrap_or_else(|| "echo".into())),
+            token: lookup(&args.target_tokens, name),
+            clients: None,
+            max_per_s: 0.0,
+            latencies: Latencies::default(),
+            errors: 0,
+        });
+    }
+    for t in &mut targets {
+        match clients(&t.url, t.token.as_deref(), Lifecycle::Session, n).await {
+            Ok(c) => t.clients = Some(c),
+            Err(e) => eprintln!("target {}: cannot start a session at {}: {e}; its figures are na", t.name, t.url),
+        }
+    }
 
     // Warm-up, then the rate.
     throughput(direct, "echo", 1.0).await;
     throughput(via_stateless, gw_tool, 1.0).await;
     let gw_max = throughput(via, gw_tool, 2.0).await;
     let direct_max = throughput(direct, "echo", 2.0).await;
+    for t in &mut targets {
+        if let Some(c) = t.clients {
+            throughput(c, t.tool, 1.0).await;
+            t.max_per_s = throughput(c, t.tool, 2.0).await;
+        }
+    }
     let rate = if args.rate > 0 { args.rate } else { ((gw_max * 0.5) as u64).max(100) };
-    eprintln!("closed-loop throughput: gateway {gw_max:.0}/s, direct {direct_max:.0}/s; fixed rate {rate}/s");
+    let peers: String = targets.iter().map(|t| format!(", {} {:.0}/s", t.name, t.max_per_s)).collect();
+    eprintln!("closed-loop throughput: gateway {gw_max:.0}/s, direct {direct_max:.0}/s{peers}; fixed rate {rate}/s");
+    for t in targets.iter().filter(|t| t.clients.is_some() && t.max_per_s < rate as f64) {
+        eprintln!(
+            "target {}: its closed-loop throughput ({:.0}/s) is below the fixed rate ({rate}/s): its latency at that rate is mostly queueing",
+            t.name, t.max_per_s
+        );
+    }
 
     let (mut d, mut g, mut ds, mut gs) = Default::default();
     let mut errors = 0;
     for _ in 0..2 {
         Latencies::add(&mut d, phase(direct, "echo", rate, args.seconds).await, &mut errors);
         Latencies::add(&mut g, phase(via, gw_tool, rate, args.seconds).await, &mut errors);
+        for t in &mut targets {
+            if let Some(c) = t.clients {
+                let label = leak(&format!("{}: ", t.name));
+                t.latencies.add(phase_of(label, c, t.tool, rate, args.seconds).await, &mut t.errors);
+            }
+        }
         Latencies::add(&mut ds, phase(direct_stateless, "echo", rate, args.seconds).await, &mut errors);
         Latencies::add(&mut gs, phase(via_stateless, gw_tool, rate, args.seconds).await, &mut errors);
     }
     let (d, g, ds, gs) = (d.sorted(), g.sorted(), ds.sorted(), gs.sorted());
+    let targets: Vec<(Target, Option<Vec<u64>>)> = targets
+        .into_iter()
+        .map(|mut t| {
+            let lat = std::mem::take(&mut t.latencies).sorted();
+            let measured = t.clients.is_some() && t.errors == 0 && !lat.is_empty();
+            if t.clients.is_some() && t.errors > 0 {
+                eprintln!("target {}: {} of {} calls failed; its figures are na", t.name, t.errors, lat.len());
+            }
+            (t, measured.then_some(lat))
+        })
+        .collect();
 
     let setup = setups(&args.gateway, token, Lifecycle::Session, args.sessions).await?;
     let direct_setup = setups(&args.direct, None, Lifecycle::Session, args.sessions).await?;
@@ -250,13 +361,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                              "direct_p50": pct(&direct_setup, 0.5), "direct_p99": pct(&direct_setup, 0.99)},
         "discover_us": {"gateway_p50": pct(&discover, 0.5), "gateway_p99": pct(&discover, 0.99),
                         "direct_p50": pct(&direct_discover, 0.5), "direct_p99": pct(&direct_discover, 0.99)},
+        "targets": targets.iter().map(|(t, lat)| (t.name.to_string(), json!({
+            "url": t.url,
+            "tool": t.tool,
+            "reached": t.clients.is_some(),
+            "closed_loop_max_per_s": t.max_per_s.round(),
+            "errors": t.errors,
+            "session_us": lat.as_deref().map(summary),
+            "added_p50_us": lat.as_deref().map(|l| added(l, &d, 0.50)),
+            "added_p99_us": lat.as_deref().map(|l| added(l, &d, 0.99)),
+        }))).collect::<serde_json::Map<_, _>>(),
     });
     eprintln!("{}", serde_json::to_string_pretty(&report)?);
     if errors > 0 {
         return Err(format!("{errors} calls failed: the figures would be meaningless").into());
     }
+    let peers: String = targets
+        .iter()
+        .map(|(t, lat)| {
+            let fig = |p| lat.as_deref().map_or_else(|| "na".to_string(), |l| added(l, &d, p).to_string());
+            format!(" {0}_added_p50_us={1} {0}_added_p99_us={2}", t.name, fig(0.50), fig(0.99))
+        })
+        .collect();
     println!(
-        "BENCH mcp added_p50_us={} added_p99_us={} stateless_added_p50_us={} stateless_added_p99_us={} session_p99_us={} discover_p99_us={}",
+        "BENCH mcp added_p50_us={} added_p99_us={} stateless_added_p50_us={} stateless_added_p99_us={} session_p99_us={} discover_p99_us={}{peers}",
         added(&g, &d, 0.50),
         added(&g, &d, 0.99),
         added(&gs, &ds, 0.50),
