@@ -13,8 +13,10 @@
 //! | open client connections | 1/16 | 32 KiB (measured at ten times capacity: 512 busy connections and 128 shed, with the rest, peaked at 49% of 256 MiB; 1,024 and 256 at 74%) | 512 |
 //! | the usage/audit queue | 1/32 | 1 KiB a record (the overflow goes to the spill file) | 8,192 |
 //!
-//! That is 15/32 of the limit; with the process's own 30-odd MiB it stays
-//! under 60% of a 256 MiB limit when every budget is full. Past a budget, requests get 503 with `Retry-After`
+//! The nominal costs add up to 15/32 of the limit: with the process's own
+//! 30-odd MiB, under 60% of 256 MiB with every budget full. Measured at ten
+//! times capacity, peak RSS was 49% of 256 MiB on a quiet machine and 70%
+//! with a CI run beside it (`make bench-gateway`'s overload phase). Past a budget, requests get 503 with `Retry-After`
 //! at once instead of queueing; past the connection cap, connections wait in
 //! the kernel's accept queue. Without a limit (none set, or `max`) the
 //! defaults below apply and bodies are not budgeted.
