@@ -54,13 +54,21 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct Ticket {
     _slot: OwnedSemaphorePermit,
-    _body: BodyCharge,
+    _body: Option<BodyCharge>,
 }
 
-/// The body memory a request holds: taken up front for a declared
-/// `Content-Length`, else frame by frame as the body arrives.
-#[derive(Clone, Debug, Default)]
-struct BodyCharge(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
+/// The body memory a request holds (until it drops).
+#[derive(Debug)]
+#[expect(dead_code, reason = "the permits are held for their drop, never read")]
+enum BodyCharge {
+    /// Taken up front for a declared `Content-Length` (no allocation).
+    Declared(OwnedSemaphorePermit),
+    /// Taken frame by frame as a body of undeclared length arrives.
+    Streamed(Held),
+}
+
+/// What a [`BudgetedBody`] has taken so far, shared with its request's ticket.
+type Held = Arc<Mutex<Option<OwnedSemaphorePermit>>>;
 
 impl Admission {
     /// The budgets of `capacity`.
@@ -76,39 +84,42 @@ impl Admission {
         }
     }
 
-    /// Admits `request`, or says why not (and hands its body back, to be drained). A body of undeclared length is charged as it arrives; running
+    /// Admits `request`, or says why not (and hands its body back, to be
+    /// drained). A body of undeclared length is charged as it arrives; running
     /// out then fails the body read with [`Shed::BodyMemory`] (see [`shed_of`]).
     pub fn admit(&self, request: Request) -> Result<(Request, Ticket), (Shed, Body)> {
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             return Err((Shed::InFlight(self.max_in_flight), request.into_body()));
         };
-        let charge = BodyCharge::default();
         let Some((budget, total)) = &self.bodies else {
-            return Ok((request, Ticket { _slot: slot, _body: charge }));
+            return Ok((request, Ticket { _slot: slot, _body: None }));
         };
         let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let request = match declared {
+        let (request, charge) = match declared {
             Some(bytes) => {
                 let Ok(permit) = budget.clone().try_acquire_many_owned(cost_kib(bytes, *total)) else {
                     return Err((Shed::BodyMemory(*total as usize), request.into_body()));
                 };
-                *charge.lock() = Some(permit);
-                request
+                (request, BodyCharge::Declared(permit))
             }
             None => {
-                let (budget, total, held) = (budget.clone(), *total, charge.clone());
-                request.map(|inner| {
-                    Body::new(BudgetedBody { inner, budget, total, held, received: 0, charged: 0, refused: false })
-                })
+                let held = Held::default();
+                let (budget, total, shared) = (budget.clone(), *total, held.clone());
+                let request = request.map(|inner| {
+                    Body::new(BudgetedBody {
+                        inner,
+                        budget,
+                        total,
+                        held: shared,
+                        received: 0,
+                        charged: 0,
+                        refused: false,
+                    })
+                });
+                (request, BodyCharge::Streamed(held))
             }
         };
-        Ok((request, Ticket { _slot: slot, _body: charge }))
-    }
-}
-
-impl BodyCharge {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<OwnedSemaphorePermit>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        Ok((request, Ticket { _slot: slot, _body: Some(charge) }))
     }
 }
 
@@ -124,7 +135,7 @@ struct BudgetedBody {
     inner: Body,
     budget: Arc<Semaphore>,
     total: u32,
-    held: BodyCharge,
+    held: Held,
     received: u64,
     charged: u32,
     /// Out of budget: the error was returned; what follows is only drained.
@@ -150,7 +161,7 @@ impl hyper::body::Body for BudgetedBody {
                     return Poll::Ready(Some(Err(axum::Error::new(Shed::BodyMemory(self.total as usize)))));
                 };
                 self.charged = needed;
-                let mut held = self.held.lock();
+                let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
                 match held.as_mut() {
                     Some(permit) => permit.merge(more),
                     None => *held = Some(more),

@@ -279,11 +279,11 @@ async fn serve_connections(
     use axum::response::IntoResponse as _;
     use axum::serve::Listener as _;
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
 
     use crate::admission::Shed;
     use crate::error::AppError;
-    use hyper_util::server::conn::auto;
-    use hyper_util::service::TowerToHyperService;
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout).max_buf_size(H1_MAX_BUF);

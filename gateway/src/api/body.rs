@@ -46,12 +46,9 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, AppError> {
         };
         seen += chunk.len();
         if seen > limit {
-            first = None;
-            buf = BytesMut::new();
-            if seen > DRAIN_LIMIT {
-                break;
-            }
-            continue;
+            drop((first, buf));
+            drain_stream(stream, seen).await;
+            return Err(AppError::PayloadTooLarge { limit });
         }
         match first.take() {
             None if buf.is_empty() => first = Some(chunk),
@@ -61,9 +58,6 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, AppError> {
             }
             None => buf.extend_from_slice(&chunk),
         }
-    }
-    if seen > limit {
-        return Err(AppError::PayloadTooLarge { limit });
     }
     Ok(first.unwrap_or_else(|| buf.freeze()))
 }
