@@ -79,7 +79,7 @@ pub fn client(local: &LocalUpstreams, settings: ClientSettings) -> Result<reqwes
         .pool_max_idle_per_host(settings.max_idle_per_host)
         .tcp_nodelay(true)
         .redirect(redirect)
-        .user_agent(concat!("tenantgate-gateway/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
         .build()
         .map_err(EgressError::Client)
 }
@@ -111,6 +111,7 @@ pub enum SendError {
     Request(String),
 }
 
+/// What every upstream client of the gateway sends as its User-Agent.
 const USER_AGENT: &str = concat!("tenantgate-gateway/", env!("CARGO_PKG_VERSION"));
 
 impl HttpClient {
