@@ -204,7 +204,10 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
             tracing::warn!(open_streams = state.open_streams(), "drain deadline reached; closing what is left");
         }
     }
-    // Every request has finished (or was cut): write what they recorded and
+    // Every request has finished (or was cut): give back the rate limit
+    // slices this replica holds, so the other replicas can use them.
+    state.runtime().limiter.release(Duration::from_secs(1)).await;
+    // Write what the requests recorded and
     // replay the spill, for a bounded time. What is left is counted (lost,
     // on a spill that is not durable) while /metrics is still served.
     let leftover = storage.recorder.close(Duration::from_millis(args.spill_drain_timeout_ms)).await;

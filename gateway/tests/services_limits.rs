@@ -1,7 +1,9 @@
-//! Rate limits and quotas against a real Redis shared by two gateway
-//! processes: exact request limits, token quotas under concurrent streaming,
-//! concurrent streams, stream leases of a crashed replica, and Redis going
-//! away and coming back under both fail modes.
+//! Rate limits and quotas against a real Redis shared by two or four gateway
+//! processes: exact request limits, leased slices (caps never exceeded, most
+//! requests admitted without a Redis call, everything unused given back),
+//! token quotas under concurrent streaming, concurrent streams, stream leases
+//! of a crashed replica, and Redis going away and coming back under both fail
+//! modes.
 //!
 //! Run: `e2e/with-services cargo test -p tenantgate-gateway --test services_limits`
 //! (fails without `TENANTGATE_REDIS_URL`).
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 use tenantgate_crds::v1alpha1::Limits;
-use tenantgate_gateway::limits::{RateLimiter, RedisSettings, RedisStore, Reservation, Store};
+use tenantgate_gateway::limits::{IDLE, RATE_SHARE, RateLimiter, RedisSettings, RedisStore, Reservation, SWEEP, Store};
 use tenantgate_gateway::redis_client::RedisEndpoint;
 
 /// Tests share one Redis; the one that kills it runs alone.
@@ -49,6 +51,129 @@ async fn two_gateways(upstream: &str, name: &str, limits: &str) -> (Gateway, Gat
     clear_tenant(name).await;
     let m = manifests(upstream, name, limits);
     (Gateway::start(&m).await, Gateway::start(&m).await)
+}
+
+/// `n` gateway processes of tenant `name` with `limits` on the shared Redis.
+async fn replicas(upstream: &str, name: &str, limits: &str, n: usize) -> Vec<Gateway> {
+    clear_tenant(name).await;
+    let m = manifests(upstream, name, limits);
+    let mut gateways = Vec::new();
+    for _ in 0..n {
+        gateways.push(Gateway::start(&m).await);
+    }
+    gateways
+}
+
+/// Sends `body` from `workers` concurrent clients over `gateways` in turn
+/// until `until` has passed; returns the statuses and the tokens the 200s reported.
+async fn hammer(gateways: &[Gateway], body: &str, workers: usize, until: Instant) -> (Vec<u16>, u64) {
+    let runs = (0..workers).map(|w| async move {
+        let (mut statuses, mut tokens, mut i) = (Vec::new(), 0, w);
+        while Instant::now() < until {
+            let gw = &gateways[i % gateways.len()];
+            i += 1;
+            let r = gw.post_raw("/v1/chat/completions", body.to_owned(), Some(&gw.token)).await;
+            statuses.push(r.status().as_u16());
+            if r.status() == 200 {
+                let v: Value = serde_json::from_str(&r.text().await.expect("body")).expect("JSON");
+                tokens += v["usage"]["total_tokens"].as_u64().expect("usage");
+            }
+        }
+        (statuses, tokens)
+    });
+    let all = futures_util::future::join_all(runs).await;
+    (all.iter().flat_map(|(s, _)| s.iter().copied()).collect(), all.iter().map(|(_, t)| t).sum())
+}
+
+/// The gateways' limit work: Redis calls by kind (`lease`: a request's own
+/// call, `top_up`: a background one, `admit`: a stream slot, `give`: a
+/// give-back), and `local`: requests admitted from slices held locally.
+async fn limit_work(gateways: &[Gateway]) -> std::collections::HashMap<String, f64> {
+    let mut work = std::collections::HashMap::new();
+    for gw in gateways {
+        for line in gw.metrics().await.lines() {
+            let kind = if let Some(rest) = line.strip_prefix("tenantgate_ratelimit_redis_calls_total{call=\"") {
+                rest.split('"').next().unwrap_or_default()
+            } else if line.starts_with("tenantgate_ratelimit_local_admissions_total ") {
+                "local"
+            } else {
+                continue;
+            };
+            let value = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            *work.entry(kind.to_owned()).or_default() += value;
+        }
+    }
+    work
+}
+
+#[tokio::test]
+async fn a_request_limit_is_never_exceeded_by_two_or_four_replicas_holding_slices() {
+    let _shared = REDIS.read().await;
+    let upstream = Upstream::start();
+    // 100 requests a second after a burst of 320: slices of up to 20 requests.
+    let (burst, per_second) = (320u64, 100.0);
+    let share = burst / RATE_SHARE;
+    for n in [2, 4] {
+        let name = format!("lim-slices-{n}");
+        let limits = format!("    requestsPerMinute: 6000\n    burst: {burst}\n");
+        let gateways = replicas(&upstream.url, &name, &limits, n).await;
+        let body = chat_body("in-process", false).to_string();
+        let started = Instant::now();
+        let (statuses, _) = hammer(&gateways, &body, 16, started + Duration::from_millis(1500)).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let admitted = statuses.iter().filter(|&&s| s == 200).count() as f64;
+        eprintln!("{n} replicas: {} requests, {admitted} admitted in {elapsed:.2}s", statuses.len());
+        assert!(statuses.iter().all(|&s| s == 200 || s == 429), "{n} replicas: {statuses:?}");
+        // What one shared bucket admits in that time: never more, whatever the slices.
+        let cap = burst as f64 + per_second * elapsed + 1.0;
+        assert!(admitted <= cap, "{n} replicas admitted {admitted}, the cap is {cap:.0} after {elapsed:.2}s");
+        // At most one unused slice per replica (twice its aim) keeps the tenant below the cap.
+        let floor = cap - (n as u64 * 2 * share) as f64 - per_second * 0.2;
+        assert!(admitted >= floor, "{n} replicas admitted only {admitted} of {cap:.0} (floor {floor:.0})");
+        assert!(statuses.len() as f64 > cap, "{n} replicas: the clients did not reach the cap");
+    }
+}
+
+#[tokio::test]
+async fn replicas_admit_from_slices_without_a_redis_call_and_give_back_what_they_did_not_use() {
+    let _shared = REDIS.read().await;
+    let upstream = Upstream::start();
+    for n in [2, 4] {
+        let name = format!("lim-local-{n}");
+        let limits = "    requestsPerMinute: 600000\n    tokensPerDay: 100000000\n";
+        let gateways = replicas(&upstream.url, &name, limits, n).await;
+        let body = chat_body("in-process", false).to_string();
+        let (statuses, tokens) = hammer(&gateways, &body, 8, Instant::now() + Duration::from_millis(1500)).await;
+        assert!(statuses.iter().all(|&s| s == 200), "{n} replicas: {statuses:?}");
+        let work = limit_work(&gateways).await;
+        let of = |kind: &str| work.get(kind).copied().unwrap_or(0.0);
+        let requests = statuses.len() as f64;
+        assert_eq!(of("lease") + of("local"), requests, "{n} replicas, every request one decision: {work:?}");
+        let calls = of("lease") + of("top_up");
+        eprintln!("{n} replicas: {requests} requests, limit work {work:?}");
+        assert!(calls < requests / 2.0, "{n} replicas: {calls} Redis calls for {requests} requests: {work:?}");
+        // Once idle, every replica gives back what it holds: Redis counts
+        // exactly the tokens served, and the request bucket drains to nothing.
+        tokio::time::sleep(IDLE + 2 * SWEEP).await;
+        wait_used(&format!("tg:{{{name}}}:tpd"), tokens).await;
+    }
+}
+
+#[tokio::test]
+async fn a_replica_that_stops_gives_its_slices_back() {
+    let _shared = REDIS.read().await;
+    let upstream = Upstream::start();
+    let name = "lim-stop";
+    let mut gateways = replicas(&upstream.url, name, "    tokensPerDay: 100000000\n", 1).await;
+    let body = chat_body("in-process", false).to_string();
+    let (statuses, tokens) = hammer(&gateways, &body, 4, Instant::now() + Duration::from_millis(800)).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let key = format!("tg:{{{name}}}:tpd");
+    let held = hget(&key, "u").await.unwrap_or(0);
+    assert!(held >= tokens, "Redis counts {held} tokens, {tokens} were served");
+    assert!(gateways[0].terminate(), "graceful stop");
+    // Given back during the stop, not later by a sweep.
+    assert_eq!(hget(&key, "u").await, Some(tokens), "what the stopped replica held (Redis counted {held})");
 }
 
 fn header<'a>(r: &'a reqwest::Response, name: &str) -> Option<&'a str> {
@@ -370,6 +495,9 @@ async fn redis_outage_fails_open_or_closed_and_recovers_without_restart() {
         assert_eq!(header(&r, "x-ratelimit-limit-requests"), Some("6000"));
     }
 
+    // Slices held when Redis goes away still admit (they were taken before
+    // it): let the replicas give them back first, so every decision below needs Redis.
+    tokio::time::sleep(IDLE + 3 * SWEEP).await;
     services("services_stop_redis KILL");
     let _restart = RestartRedisOnDrop;
     for _ in 0..20 {

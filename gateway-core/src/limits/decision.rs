@@ -28,7 +28,7 @@ pub enum Scope {
     User,
 }
 
-/// The checks of one decision, in the order of `admit.lua`'s KEYS and results.
+/// The checks of one decision, in the order of `lease.lua`'s KEYS and results.
 pub const CHECKS: [(LimitKind, Scope); 7] = [
     (LimitKind::Requests, Scope::Tenant),
     (LimitKind::Requests, Scope::User),

@@ -5,7 +5,7 @@
 //! bucket admits exactly `capacity` units at once, then one per `interval`.
 //! Costs are in units (one request, or N tokens), times in microseconds as
 //! `f64` (exact to well below a microsecond at Unix-epoch magnitudes).
-//! `admit.lua` runs the same arithmetic inside Redis; keep the two in step.
+//! `lease.lua` runs the same arithmetic inside Redis; keep the two in step.
 
 /// Rounding slack when comparing times, in microseconds.
 const EPSILON_US: f64 = 1.0;

@@ -1,5 +1,5 @@
 //! In-process limits for a gateway without Redis (one replica): the same
-//! checks as `admit.lua`, under one short `std` mutex that is never held
+//! checks as `lease.lua`, under one short `std` mutex that is never held
 //! across an `.await`.
 
 use std::collections::HashMap;
@@ -70,7 +70,7 @@ fn gcra_outcome(g: &Gcra, tat: f64, now: f64, cost: u64) -> (Outcome, Option<f64
     }
 }
 
-/// The daily quota check, as `admit.lua` does it.
+/// The daily quota check, as `lease.lua` does it.
 fn day_outcome(limit: u64, b: &Buckets, day: i64, now: f64, cost: u64) -> (Outcome, Option<u64>) {
     let cost = cost.min(limit);
     let used = if b.day == day { b.used_today } else { 0 };

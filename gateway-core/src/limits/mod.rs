@@ -4,15 +4,17 @@
 //! replicas through Redis when `storage.redisUrlFile` is set, in-process
 //! otherwise, with the same semantics.
 //!
-//! A request calls [`RateLimiter::admit`] once (one Redis round trip) and
-//! gets an [`Admission`]; dropping the admission settles its reservation and
-//! frees its stream slot, so an early end or a client that goes away settles
-//! too.
+//! A request calls [`RateLimiter::admit`] once and gets an [`Admission`];
+//! dropping the admission settles its reservation and frees its stream slot,
+//! so an early end or a client that goes away settles too. With Redis, most
+//! requests are admitted from slices this replica leased ahead of need
+//! ([`lease`]), without a round trip.
 
 mod decision;
 mod gcra;
 mod headers;
 mod health;
+mod lease;
 mod local;
 mod plan;
 mod redis_store;
@@ -29,6 +31,7 @@ pub use decision::{Denial, LimitKind, Scope, Snapshot, Verdict, Window};
 pub use gcra::{Check, Gcra};
 pub use headers::go_duration;
 pub use health::PROBE_INTERVAL;
+pub use lease::{DAY_SHARE, HORIZON, IDLE, Leases, RATE_SHARE, SWEEP};
 pub use local::LocalStore;
 pub use plan::{Plan, UserKeys, default_burst};
 pub use redis_store::{RedisSettings, RedisStore, StoreError};
@@ -118,6 +121,8 @@ struct Enforced {
     plan: Arc<Plan>,
     store: Store,
     users: Option<quick_cache::sync::Cache<String, Arc<UserKeys>>>,
+    /// This replica's slices of the shared buckets (Redis only).
+    leases: Option<Arc<Leases>>,
 }
 
 /// The limits of one config over a store.
@@ -132,12 +137,27 @@ impl RateLimiter {
             r.health.set_fail_open(plan.fail_mode == FailMode::Open);
         }
         let users = plan.user.map(|_| quick_cache::sync::Cache::new(USER_KEY_CACHE));
-        Self(Some(Enforced { plan: Arc::new(plan), store, users }))
+        let plan = Arc::new(plan);
+        let leases = match &store {
+            Store::Redis(r) => Some(Leases::new(plan.clone(), r.clone())),
+            Store::Local(_) => None,
+        };
+        Self(Some(Enforced { plan, store, users, leases }))
     }
 
     /// No limits.
     pub fn unlimited() -> Self {
         Self(None)
+    }
+
+    /// Gives this replica's slices of the shared buckets back to Redis (at
+    /// shutdown, after the last request), waiting at most `within`.
+    pub async fn release(&self, within: Duration) {
+        if let Some(leases) = self.0.as_ref().and_then(|e| e.leases.as_ref())
+            && tokio::time::timeout(within, leases.release()).await.is_err()
+        {
+            tracing::warn!("rate limit slices not given back in time; they come back as the buckets refill");
+        }
     }
 
     /// The compiled limits, if any.
@@ -177,15 +197,27 @@ impl RateLimiter {
                 let v = local.admit(plan, user.as_ref().map(|u| &*u.subject), cost, stream);
                 (Ok(v), stream.then_some(Lease::Local))
             }
-            Store::Redis(redis) => match redis.admit(plan, user.as_deref(), cost, stream).await {
-                Ok((v, member)) => (Ok(v), member.map(Lease::Redis)),
-                Err(err) => (Err(err), None),
+            // A stream that needs a slot is decided in Redis (slots are not leased).
+            Store::Redis(redis) if stream && plan.max_streams.is_some() => {
+                match redis.admit(plan, user.as_deref(), cost, stream).await {
+                    Ok((v, member)) => (Ok(v), member.map(Lease::Redis)),
+                    Err(err) => (Err(err), None),
+                }
+            }
+            Store::Redis(_) => match &e.leases {
+                Some(leases) => (leases.admit(user.as_ref(), cost).await, None),
+                None => unreachable!("a Redis store always has leases"),
             },
+        };
+        let leased = match (&lease, &e.leases) {
+            (None, Some(leases)) => Some(leases.clone()),
+            _ => None,
         };
         match verdict {
             Ok(Verdict::Allowed { snapshot, day }) => {
                 let pending = (counts_tokens || lease.is_some()).then(|| Pending {
                     store: e.store.clone(),
+                    leased,
                     plan: e.plan.clone(),
                     user,
                     reservation,
@@ -220,6 +252,8 @@ enum Lease {
 #[derive(Debug)]
 struct Pending {
     store: Store,
+    /// Settles into this replica's slices (admitted from them).
+    leased: Option<Arc<Leases>>,
     plan: Arc<Plan>,
     user: Option<Arc<UserKeys>>,
     reservation: Reservation,
@@ -251,6 +285,12 @@ impl Pending {
 
     fn finish(self) {
         let (reserved, actual) = (self.reserved(), self.actual());
+        if let Some(leases) = &self.leased {
+            if reserved != actual {
+                leases.settle(self.user.as_ref(), reserved, actual, self.day);
+            }
+            return;
+        }
         let subject = self.user.as_ref().map(|u| &*u.subject);
         match (&self.store, self.lease) {
             (Store::Local(local), lease) => {

@@ -11,9 +11,9 @@ use redis::aio::ConnectionManager;
 use redis::{Script, ScriptInvocation};
 
 use super::decision::{Outcome, Verdict, verdict};
-use super::gcra::Gcra;
 use super::health::Health;
-use super::plan::{Plan, ScopeLimits, UserKeys};
+use super::lease::{BUCKETS, Bucket, buckets, costs, grant, settlement};
+use super::plan::{Plan, UserKeys};
 use crate::redis_client::{RedisConfigError, RedisEndpoint};
 
 /// How the store talks to Redis.
@@ -49,12 +49,53 @@ pub enum StoreError {
     Protocol(String),
 }
 
+/// What Redis granted of one bucket in a lease call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Grant {
+    /// Whether the bucket had what was needed.
+    pub allowed: bool,
+    /// Units granted (zero when refused).
+    pub granted: u64,
+    /// When refused: microseconds until the need would be granted.
+    pub retry_us: f64,
+    /// Units the shared bucket has left.
+    pub remaining: u64,
+    /// Microseconds until the shared bucket is full again.
+    pub reset_us: f64,
+}
+
+/// Redis' answer to a lease call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LeaseAnswer {
+    /// Redis' clock, microseconds since the epoch.
+    pub now_us: f64,
+    /// The UTC day by Redis' clock.
+    pub day: i64,
+    /// Per bucket (`None`: not configured).
+    pub grants: [Option<Grant>; BUCKETS],
+    /// The stream slot (`None`: none wanted).
+    pub slot: Option<Grant>,
+}
+
+impl LeaseAnswer {
+    /// The outcome of each check, in the order of [`super::decision::CHECKS`].
+    pub fn outcomes(&self) -> [Option<Outcome>; 7] {
+        let outcome = |g: &Grant| Outcome {
+            allowed: g.allowed,
+            retry_us: g.retry_us,
+            remaining: g.remaining,
+            reset_us: g.reset_us,
+        };
+        std::array::from_fn(|i| self.grants.get(i).copied().unwrap_or(self.slot).as_ref().map(outcome))
+    }
+}
+
 /// The Redis limit store. Its `Debug` shows no URL: the URL may hold a password.
 pub struct RedisStore {
     connection: ConnectionManager,
-    admit: Script,
-    settle: Script,
     renew: Script,
+    lease: Script,
+    give: Script,
     /// Up/down state, metrics and the outage log line.
     pub health: Health,
     settings: RedisSettings,
@@ -70,27 +111,15 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-fn bucket(g: Option<Gcra>) -> (f64, u64) {
-    g.map_or((0.0, 0), |g| (g.interval_us, g.capacity))
-}
-
-fn tokens_args(inv: &mut ScriptInvocation<'_>, tenant: &ScopeLimits, user: Option<&ScopeLimits>) {
-    for g in [tenant.tokens_per_minute, user.and_then(|u| u.tokens_per_minute)] {
-        let (interval, capacity) = bucket(g);
-        inv.arg(interval).arg(capacity);
-    }
-    inv.arg(tenant.tokens_per_day.unwrap_or(0)).arg(user.and_then(|u| u.tokens_per_day).unwrap_or(0));
-}
-
 impl RedisStore {
     /// A store for `endpoint`; connects lazily, so a gateway starts while Redis is down.
     pub fn connect(endpoint: &RedisEndpoint, settings: RedisSettings) -> Result<Arc<Self>, RedisConfigError> {
         let connection = endpoint.connection(Duration::from_millis(250).max(settings.timeout), settings.timeout)?;
         let store = Arc::new(Self {
             connection,
-            admit: Script::new(include_str!("admit.lua")),
-            settle: Script::new(include_str!("settle.lua")),
             renew: Script::new(include_str!("renew.lua")),
+            lease: Script::new(include_str!("lease.lua")),
+            give: Script::new(include_str!("give.lua")),
             health: Health::default(),
             settings,
             replica: format!("{:016x}", fastrand::u64(..)),
@@ -129,39 +158,29 @@ impl RedisStore {
         result
     }
 
-    /// One decision; `stream` takes a slot and returns its lease member.
+    /// One decision in Redis for a request costing one request and `tokens`
+    /// tokens; `stream` takes a stream slot and returns its lease member.
     pub async fn admit(
         &self,
         plan: &Plan,
         user: Option<&UserKeys>,
-        cost: u64,
+        tokens: u64,
         stream: bool,
     ) -> Result<(Verdict, Option<String>), StoreError> {
         if !self.health.should_try() {
             return Err(StoreError::Down);
         }
-        let k = &plan.keys;
-        let user_limits = plan.user.as_ref().filter(|_| user.is_some());
-        let (ur, ut, ud) = user.map_or((&k.requests, &k.tokens_per_minute, &k.tokens_per_day), |u| {
-            (&u.requests, &u.tokens_per_minute, &u.tokens_per_day)
-        });
+        let buckets = buckets(plan, user.is_some());
+        let costs = costs(&buckets, tokens).map(Option::unwrap_or_default);
         let max_streams = plan.max_streams.filter(|_| stream).unwrap_or(0);
         let member =
             (max_streams > 0).then(|| format!("{}:{}", self.replica, self.next_lease.fetch_add(1, Ordering::Relaxed)));
-        let mut inv = self.admit.prepare_invoke();
-        inv.key(&k.requests).key(ur).key(&k.tokens_per_minute).key(ut).key(&k.tokens_per_day).key(ud).key(&k.streams);
-        for g in [plan.tenant.requests, user_limits.and_then(|u| u.requests)] {
-            let (interval, capacity) = bucket(g);
-            inv.arg(interval).arg(capacity);
-        }
-        tokens_args(&mut inv, &plan.tenant, user_limits);
-        inv.arg(cost).arg(max_streams).arg(member.as_deref().unwrap_or("")).arg(self.settings.lease.as_millis() as u64);
-        let raw: Vec<i64> = self.call(&inv).await?;
-        let (day, outcomes) = parse(&raw)?;
-        let v = verdict(plan, &outcomes, day);
+        let slot = member.as_deref().map(|m| (max_streams, m));
+        let answer = self.lease(plan, user, &buckets, &costs, &costs, slot, "admit").await?;
+        let v = verdict(plan, &answer.outcomes(), answer.day);
         let member = match (v, member) {
             (Verdict::Allowed { .. }, Some(m)) => {
-                self.leases().insert(m.clone(), k.streams.clone());
+                self.leases().insert(m.clone(), plan.keys.streams.clone());
                 Some(m)
             }
             _ => None,
@@ -169,7 +188,8 @@ impl RedisStore {
         Ok((v, member))
     }
 
-    /// Settles a reservation and frees a lease; errors are counted and logged by [`Health`].
+    /// Settles a reservation decided by [`Self::admit`] and frees its stream
+    /// slot; errors are counted and logged by [`Health`].
     pub async fn settle(
         &self,
         plan: &Plan,
@@ -182,19 +202,76 @@ impl RedisStore {
         if let Some(m) = &lease {
             self.leases().remove(m);
         }
-        if lease.is_none() && (reserved == actual || !plan.counts_tokens()) {
+        let buckets = buckets(plan, user.is_some());
+        let amounts = settlement(&buckets, reserved, actual);
+        if lease.is_none() && amounts.iter().all(|&a| a == 0) {
             return;
         }
+        self.give(plan, user, &amounts, day, lease.as_deref()).await;
+    }
+
+    /// The seven keys of `lease.lua` and `give.lua`.
+    fn bucket_keys(inv: &mut ScriptInvocation<'_>, plan: &Plan, user: Option<&UserKeys>) {
         let k = &plan.keys;
-        let user_limits = plan.user.as_ref().filter(|_| user.is_some());
-        let (ut, ud) =
-            user.map_or((&k.tokens_per_minute, &k.tokens_per_day), |u| (&u.tokens_per_minute, &u.tokens_per_day));
-        let mut inv = self.settle.prepare_invoke();
-        inv.key(&k.tokens_per_minute).key(ut).key(&k.tokens_per_day).key(ud).key(&k.streams);
-        tokens_args(&mut inv, &plan.tenant, user_limits);
-        inv.arg(reserved).arg(actual).arg(day).arg(lease.as_deref().unwrap_or(""));
-        if let Err(e) = self.call::<i64>(&inv).await {
-            tracing::debug!(error = %e, "settling a rate limit reservation failed");
+        let (ur, ut, ud) = user.map_or((&k.requests, &k.tokens_per_minute, &k.tokens_per_day), |u| {
+            (&u.requests, &u.tokens_per_minute, &u.tokens_per_day)
+        });
+        inv.key(&k.requests).key(ur).key(&k.tokens_per_minute).key(ut).key(&k.tokens_per_day).key(ud).key(&k.streams);
+    }
+
+    /// Takes `need` units of each configured bucket (or nothing at all), up
+    /// to `want` when the bucket has them, and a stream slot `(max, member)`:
+    /// see `lease.lua`. `call` labels it in the metrics.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn lease(
+        &self,
+        plan: &Plan,
+        user: Option<&UserKeys>,
+        buckets: &[Option<Bucket>; BUCKETS],
+        need: &[u64; BUCKETS],
+        want: &[u64; BUCKETS],
+        slot: Option<(u32, &str)>,
+        call: &'static str,
+    ) -> Result<LeaseAnswer, StoreError> {
+        let mut inv = self.lease.prepare_invoke();
+        Self::bucket_keys(&mut inv, plan, user);
+        for (i, b) in buckets.iter().enumerate() {
+            match b {
+                Some(b) => inv.arg(b.a).arg(b.capacity).arg(need[i]).arg(want[i]),
+                None => inv.arg(0).arg(0).arg(0).arg(0),
+            };
+        }
+        let (max_streams, member) = slot.unwrap_or((0, ""));
+        inv.arg(max_streams).arg(member).arg(self.settings.lease.as_millis() as u64);
+        metrics::counter!("tenantgate_ratelimit_redis_calls_total", "call" => call).increment(1);
+        let raw: Vec<i64> = self.call(&inv).await?;
+        parse_lease(&raw)
+    }
+
+    /// Gives back (positive) or charges (negative) `amounts` of each bucket
+    /// (the daily amounts belong to `day`) and frees stream slot `member`;
+    /// whether Redis took them. Errors are counted by [`Health`].
+    pub(super) async fn give(
+        &self,
+        plan: &Plan,
+        user: Option<&UserKeys>,
+        amounts: &[i64; BUCKETS],
+        day: i64,
+        member: Option<&str>,
+    ) -> bool {
+        let mut inv = self.give.prepare_invoke();
+        Self::bucket_keys(&mut inv, plan, user);
+        for (i, b) in buckets(plan, user.is_some()).iter().enumerate() {
+            inv.arg(b.map_or(0.0, |b| b.a)).arg(amounts[i]);
+        }
+        inv.arg(day).arg(member.unwrap_or(""));
+        metrics::counter!("tenantgate_ratelimit_redis_calls_total", "call" => "give").increment(1);
+        match self.call::<i64>(&inv).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "giving rate limit units back failed");
+                false
+            }
         }
     }
 
@@ -235,23 +312,16 @@ async fn renew_leases(store: Weak<RedisStore>, every: Duration) {
     }
 }
 
-fn parse(raw: &[i64]) -> Result<(i64, [Option<Outcome>; 7]), StoreError> {
-    if raw.len() != 1 + 4 * 7 {
-        return Err(StoreError::Protocol(format!("{} numbers instead of 29", raw.len())));
+fn parse_lease(raw: &[i64]) -> Result<LeaseAnswer, StoreError> {
+    let want = 2 + 5 * (BUCKETS + 1);
+    if raw.len() != want {
+        return Err(StoreError::Protocol(format!("{} numbers instead of {want}", raw.len())));
     }
-    let mut outcomes = [None; 7];
-    for (i, o) in outcomes.iter_mut().enumerate() {
-        let r = &raw[1 + 4 * i..5 + 4 * i];
-        if r[0] >= 0 {
-            *o = Some(Outcome {
-                allowed: r[0] == 1,
-                retry_us: r[1] as f64,
-                remaining: r[2].max(0) as u64,
-                reset_us: r[3] as f64,
-            });
-        }
-    }
-    Ok((raw[0], outcomes))
+    let group = |i: usize| {
+        let r = &raw[2 + 5 * i..7 + 5 * i];
+        grant(r[0], r[1], r[2], r[3], r[4])
+    };
+    Ok(LeaseAnswer { now_us: raw[0] as f64, day: raw[1], grants: std::array::from_fn(group), slot: group(BUCKETS) })
 }
 
 #[cfg(test)]
@@ -260,18 +330,20 @@ mod tests {
 
     #[test]
     fn parses_the_script_answer() {
-        let mut raw = vec![20_000];
-        raw.extend([1, 0, 4, 1_000_000]);
-        raw.extend([0, 250_000, 0, 500_000]);
+        let mut raw = vec![1_700_000_000_000_000, 20_000];
+        raw.extend([1, 5, 0, 4, 1_000_000]);
+        raw.extend([0, 0, 250_000, 0, 500_000]);
         for _ in 2..7 {
-            raw.extend([-1, 0, 0, 0]);
+            raw.extend([-1, 0, 0, 0, 0]);
         }
-        let (day, o) = parse(&raw).expect("parse");
-        assert_eq!(day, 20_000);
-        assert_eq!(o[0].map(|o| (o.allowed, o.remaining)), Some((true, 4)));
-        assert_eq!(o[1].map(|o| (o.allowed, o.retry_us)), Some((false, 250_000.0)));
-        assert!(o[2..].iter().all(Option::is_none));
-        assert!(parse(&raw[..5]).is_err());
+        let a = parse_lease(&raw).expect("parse");
+        assert_eq!(a.day, 20_000);
+        assert_eq!(a.grants[0].map(|g| (g.allowed, g.granted, g.remaining)), Some((true, 5, 4)));
+        assert_eq!(a.grants[1].map(|g| (g.allowed, g.retry_us)), Some((false, 250_000.0)));
+        assert!(a.grants[2..].iter().all(Option::is_none) && a.slot.is_none());
+        let o = a.outcomes();
+        assert_eq!(o[1].map(|o| o.allowed), Some(false));
+        assert!(parse_lease(&raw[..7]).is_err());
     }
 
     #[test]

@@ -1,0 +1,634 @@
+//! Leased limits: each replica takes slices of the tenant's (and each
+//! user's) buckets from Redis ahead of need and admits requests from them
+//! without a round trip, so most requests never wait for Redis.
+//!
+//! A slice is taken from the shared bucket exactly like a request of that many
+//! units (`lease.lua`), so what all replicas admit together never exceeds
+//! what the one shared bucket would: a cap is never exceeded, it is only
+//! approached more slowly while other replicas hold unused slices. The bounds:
+//!
+//! - A slice is at most [`RATE_SHARE`]⁻¹ of a per-minute bucket's capacity
+//!   (its burst, or one minute of tokens) and [`DAY_SHARE`]⁻¹ of a daily
+//!   quota, and aims at [`HORIZON`] of this replica's recent demand. Buckets
+//!   too small for a slice of one unit (a burst under 16) are decided in Redis
+//!   for every request, as before.
+//! - Unused slices go back to Redis once the replica has not used them for
+//!   [`IDLE`] (checked every [`SWEEP`]), and whatever a replica holds beyond
+//!   twice its current aim goes back at the next sweep. So a request may be
+//!   refused while up to one slice per other replica sits unused, for at most
+//!   `IDLE + SWEEP` after those replicas stop using them.
+//! - Token reservations settle into the slice they came from (unused tokens
+//!   come back to it, overuse becomes a debt that the next sweep charges to
+//!   Redis), except in buckets too small for slices, which settle in Redis at once.
+//! - A replica that dies holding slices loses them: a per-minute bucket
+//!   refills them within its normal refill time, a daily quota loses at most
+//!   one slice per killed replica for the rest of the day. A replica that
+//!   shuts down gives its slices back after its last request, and a limiter
+//!   replaced by a config reload gives its slices back.
+//!
+//! Stream slots (`maxConcurrentStreams`) are not leased: a streaming request
+//! that needs a slot is decided in Redis ([`RedisStore::admit`]: the same
+//! script taking exactly its costs and the slot), and settles there.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use super::decision::{Outcome, Verdict, verdict};
+use super::plan::{Plan, UserKeys};
+use super::redis_store::{Grant, LeaseAnswer, RedisStore, StoreError};
+
+/// A slice aims to cover this much of the replica's recent demand.
+pub const HORIZON: Duration = Duration::from_millis(200);
+/// A slice unused for this long goes back to Redis.
+pub const IDLE: Duration = Duration::from_millis(500);
+/// How often slices are looked over: idle ones and excess given back, debts
+/// charged, demand measured.
+pub const SWEEP: Duration = Duration::from_millis(100);
+/// The largest slice of a per-minute bucket is its capacity divided by this.
+pub const RATE_SHARE: u64 = 16;
+/// The largest slice of a daily quota is the quota divided by this.
+pub const DAY_SHARE: u64 = 64;
+
+/// Buckets in the order of `lease.lua`'s keys: requests, tokens per minute and
+/// tokens per day, each for the tenant then the user.
+pub(super) const BUCKETS: usize = 6;
+
+/// One configured bucket of a plan.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Bucket {
+    /// GCRA interval in microseconds, or the daily limit.
+    pub a: f64,
+    /// GCRA capacity (0 for a daily quota).
+    pub capacity: u64,
+    /// The most a request can take (the capacity, or the daily limit).
+    pub max: u64,
+    /// The largest slice (0: decided in Redis per request).
+    pub share: u64,
+}
+
+/// The six buckets of `plan` (`None`: not configured, or a user bucket without a user).
+pub(super) fn buckets(plan: &Plan, has_user: bool) -> [Option<Bucket>; BUCKETS] {
+    let user = plan.user.filter(|_| has_user);
+    let gcra = |g: Option<super::gcra::Gcra>| {
+        g.map(|g| Bucket { a: g.interval_us, capacity: g.capacity, max: g.capacity, share: g.capacity / RATE_SHARE })
+    };
+    let day = |d: Option<u64>| d.map(|d| Bucket { a: d as f64, capacity: 0, max: d, share: d / DAY_SHARE });
+    [
+        gcra(plan.tenant.requests),
+        gcra(user.and_then(|u| u.requests)),
+        gcra(plan.tenant.tokens_per_minute),
+        gcra(user.and_then(|u| u.tokens_per_minute)),
+        day(plan.tenant.tokens_per_day),
+        day(user.and_then(|u| u.tokens_per_day)),
+    ]
+}
+
+/// What one request takes from each configured bucket.
+pub(super) fn costs(buckets: &[Option<Bucket>; BUCKETS], tokens: u64) -> [Option<u64>; BUCKETS] {
+    std::array::from_fn(|i| buckets[i].map(|b| if i < 2 { 1 } else { tokens }.min(b.max)))
+}
+
+/// What settling a reservation of `reserved` tokens that used `actual` gives
+/// back to each token bucket (negative: charges).
+pub(super) fn settlement(buckets: &[Option<Bucket>; BUCKETS], reserved: u64, actual: u64) -> [i64; BUCKETS] {
+    std::array::from_fn(|i| match buckets[i] {
+        Some(b) if i >= 2 => reserved.min(b.max) as i64 - actual as i64,
+        _ => 0,
+    })
+}
+
+/// This replica's slice of one bucket.
+#[derive(Clone, Copy, Debug, Default)]
+struct Balance {
+    /// Granted and not used yet; negative: used beyond reservations, owed to Redis.
+    held: i64,
+    /// What the shared bucket had left after this replica's last grant.
+    shared_left: u64,
+    /// When the shared bucket is full again, as of the last grant.
+    reset_at: Option<Instant>,
+    /// Units used here since the last sweep.
+    used: u64,
+    /// Recent demand here, units per second.
+    rate: f64,
+}
+
+impl Balance {
+    /// The slice to aim for: [`HORIZON`] of recent demand, at most `share`.
+    fn aim(&self, share: u64) -> u64 {
+        ((self.rate * HORIZON.as_secs_f64()).ceil() as u64).min(share)
+    }
+}
+
+/// The slices of one scope (the tenant, or one user): requests, tokens per
+/// minute, tokens per day.
+#[derive(Debug)]
+struct Slice {
+    balances: [Balance; 3],
+    /// The UTC day (by Redis' clock) the daily balance belongs to.
+    day: i64,
+    last_used: Instant,
+    /// A background top-up is on its way.
+    topping_up: bool,
+    /// The user's Redis keys (`None` for the tenant).
+    keys: Option<Arc<UserKeys>>,
+}
+
+impl Slice {
+    fn new(keys: Option<Arc<UserKeys>>, day: i64) -> Self {
+        Self { balances: [Balance::default(); 3], day, last_used: Instant::now(), topping_up: false, keys }
+    }
+}
+
+/// Redis' clock as last seen: its time at a local instant.
+#[derive(Clone, Copy, Debug)]
+struct Clock {
+    at: Instant,
+    redis_us: f64,
+}
+
+impl Clock {
+    /// The UTC day Redis will have `ahead` from `now`.
+    fn day(&self, now: Instant, ahead: Duration) -> i64 {
+        let us = self.redis_us + (now.saturating_duration_since(self.at) + ahead).as_micros() as f64;
+        (us / 86_400e6).floor() as i64
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    tenant: Slice,
+    users: HashMap<Box<str>, Slice>,
+    clock: Option<Clock>,
+    last_sweep: Instant,
+}
+
+impl State {
+    /// The two scopes of a request: the tenant's slice and, with `user`, the user's.
+    fn scopes(&mut self, user: Option<&Arc<UserKeys>>, day: i64) -> (&mut Slice, Option<&mut Slice>) {
+        let user =
+            user.map(|u| &mut *self.users.entry(u.subject.clone()).or_insert_with(|| Slice::new(Some(u.clone()), day)));
+        (&mut self.tenant, user)
+    }
+}
+
+/// Which slice and balance bucket `i` is kept in.
+fn place(i: usize) -> (bool, usize) {
+    (i % 2 == 1, i / 2)
+}
+
+/// Amounts to give back (positive) or charge (negative) per bucket.
+type Amounts = [i64; BUCKETS];
+
+/// A give-back to send: whose keys, the amounts, the day of the daily amounts.
+struct Give {
+    user: Option<Arc<UserKeys>>,
+    amounts: Amounts,
+    day: i64,
+}
+
+/// The slices this replica holds for one plan over one Redis store.
+pub struct Leases {
+    plan: Arc<Plan>,
+    redis: Arc<RedisStore>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Leases {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leases").field("redis", &self.redis).finish_non_exhaustive()
+    }
+}
+
+/// Why a request cannot be admitted from the slices here: what to ask Redis for.
+struct Ask {
+    need: [u64; BUCKETS],
+    want: [u64; BUCKETS],
+}
+
+impl Leases {
+    /// Slices of `plan`'s buckets from `redis`; a task sweeps them while they live.
+    pub fn new(plan: Arc<Plan>, redis: Arc<RedisStore>) -> Arc<Self> {
+        let now = Instant::now();
+        let leases = Arc::new(Self {
+            plan,
+            redis,
+            state: Mutex::new(State {
+                tenant: Slice::new(None, 0),
+                users: HashMap::new(),
+                clock: None,
+                last_sweep: now,
+            }),
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep_while_alive(Arc::downgrade(&leases)));
+        }
+        leases
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Admits a request taking one request and `tokens` tokens, from the slices
+    /// held here when they cover it, else with one call to Redis that takes
+    /// what is missing plus a new slice.
+    pub async fn admit(self: &Arc<Self>, user: Option<&Arc<UserKeys>>, tokens: u64) -> Result<Verdict, StoreError> {
+        let buckets = buckets(&self.plan, user.is_some());
+        let costs = costs(&buckets, tokens);
+        let ask = match self.take_local(&buckets, &costs, user) {
+            Ok(verdict) => return Ok(verdict),
+            Err(ask) => ask,
+        };
+        if !self.redis.health.should_try() {
+            return Err(StoreError::Down);
+        }
+        let answer =
+            self.redis.lease(&self.plan, user.map(|u| &**u), &buckets, &ask.need, &ask.want, None, "lease").await?;
+        Ok(self.apply(&buckets, &costs, user, &answer))
+    }
+
+    /// Takes `costs` from the slices here, or says what to ask Redis for.
+    fn take_local(
+        self: &Arc<Self>,
+        buckets: &[Option<Bucket>; BUCKETS],
+        costs: &[Option<u64>; BUCKETS],
+        user: Option<&Arc<UserKeys>>,
+    ) -> Result<Verdict, Ask> {
+        let now = Instant::now();
+        let mut state = self.state();
+        let day = state.clock.map(|c| c.day(now, Duration::ZERO));
+        // The daily slices are used only while Redis' day (a second from now) is theirs.
+        let safe_day = state.clock.map(|c| c.day(now, Duration::from_secs(1)));
+        let (tenant, mut user_slice) = state.scopes(user, day.unwrap_or(0));
+        let mut covered = day.is_some();
+        let mut ask = Ask { need: [0; BUCKETS], want: [0; BUCKETS] };
+        for i in 0..BUCKETS {
+            let (Some(b), Some(cost)) = (buckets[i], costs[i]) else { continue };
+            let (is_user, k) = place(i);
+            let slice = if is_user { user_slice.as_deref_mut() } else { Some(&mut *tenant) };
+            let Some(slice) = slice else { continue };
+            let usable = k < 2 || Some(slice.day) == safe_day;
+            let held = if usable { slice.balances[k].held.max(0) as u64 } else { 0 };
+            if held < cost {
+                covered = false;
+            }
+            ask.need[i] = cost.saturating_sub(held);
+            ask.want[i] = ask.need[i] + if slice.topping_up { 0 } else { slice.balances[k].aim(b.share) };
+        }
+        if !covered {
+            return Err(ask);
+        }
+        let mut outcomes = [None; 7];
+        let mut low = false;
+        for i in 0..BUCKETS {
+            let (Some(b), Some(cost)) = (buckets[i], costs[i]) else { continue };
+            let (is_user, k) = place(i);
+            let slice = if is_user { user_slice.as_deref_mut() } else { Some(&mut *tenant) };
+            let Some(slice) = slice else { continue };
+            slice.last_used = now;
+            let balance = &mut slice.balances[k];
+            balance.held -= cost as i64;
+            balance.used += cost;
+            low |= !slice.topping_up && b.share > 0 && (balance.held as u64) < balance.aim(b.share) / 2;
+            outcomes[i] = Some(outcome(balance, now));
+        }
+        let verdict = verdict(&self.plan, &outcomes, day.unwrap_or_default());
+        drop(state);
+        metrics::counter!("tenantgate_ratelimit_local_admissions_total").increment(1);
+        if low {
+            self.top_up(user.cloned());
+        }
+        Ok(verdict)
+    }
+
+    /// Applies Redis' answer to a request's ask: its grants go into the
+    /// slices, the request's costs come out of them.
+    fn apply(
+        &self,
+        buckets: &[Option<Bucket>; BUCKETS],
+        costs: &[Option<u64>; BUCKETS],
+        user: Option<&Arc<UserKeys>>,
+        answer: &LeaseAnswer,
+    ) -> Verdict {
+        let now = Instant::now();
+        let mut state = self.state();
+        state.clock = Some(Clock { at: now, redis_us: answer.now_us });
+        let (tenant, mut user_slice) = state.scopes(user, answer.day);
+        for slice in std::iter::once(&mut *tenant).chain(user_slice.as_deref_mut()) {
+            if slice.day != answer.day {
+                // Yesterday's daily slice is worth nothing today.
+                slice.balances[2].held = 0;
+                slice.day = answer.day;
+            }
+        }
+        let allowed = answer.grants.iter().flatten().all(|g| g.allowed);
+        let mut outcomes = [None; 7];
+        for i in 0..BUCKETS {
+            let (Some(_), Some(grant)) = (buckets[i], answer.grants[i]) else { continue };
+            let (is_user, k) = place(i);
+            let slice = if is_user { user_slice.as_deref_mut() } else { Some(&mut *tenant) };
+            let Some(slice) = slice else { continue };
+            if allowed {
+                let cost = costs[i].unwrap_or(0);
+                let balance = &mut slice.balances[k];
+                balance.held += grant.granted as i64 - cost as i64;
+                balance.used += cost;
+                balance.shared_left = grant.remaining;
+                balance.reset_at = Some(now + Duration::from_micros(grant.reset_us.max(0.0) as u64));
+                slice.last_used = now;
+                outcomes[i] = Some(outcome(balance, now));
+            } else {
+                let held = slice.balances[k].held.max(0) as u64;
+                outcomes[i] = Some(Outcome {
+                    allowed: grant.allowed,
+                    retry_us: grant.retry_us,
+                    remaining: grant.remaining + held,
+                    reset_us: grant.reset_us,
+                });
+            }
+        }
+        verdict(&self.plan, &outcomes, answer.day)
+    }
+
+    /// Tops up, in the background, the slices of the tenant and `user` that
+    /// run below half their aim.
+    fn top_up(self: &Arc<Self>, user: Option<Arc<UserKeys>>) {
+        if !self.redis.health.is_up() {
+            return;
+        }
+        let buckets = buckets(&self.plan, user.is_some());
+        let mut want = [0; BUCKETS];
+        {
+            let mut state = self.state();
+            let (tenant, mut user_slice) = state.scopes(user.as_ref(), 0);
+            for (i, b) in buckets.iter().enumerate() {
+                let Some(b) = b else { continue };
+                let (is_user, k) = place(i);
+                let slice = if is_user { user_slice.as_deref_mut() } else { Some(&mut *tenant) };
+                let Some(slice) = slice else { continue };
+                let balance = &slice.balances[k];
+                want[i] = balance.aim(b.share).saturating_sub(balance.held.max(0) as u64);
+            }
+            if want.iter().all(|&w| w == 0) {
+                return;
+            }
+            tenant.topping_up = true;
+            if let Some(u) = user_slice {
+                u.topping_up = true;
+            }
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result =
+                this.redis.lease(&this.plan, user.as_deref(), &buckets, &[0; BUCKETS], &want, None, "top_up").await;
+            if let Ok(answer) = &result {
+                this.apply(&buckets, &[Some(0); BUCKETS], user.as_ref(), answer);
+            }
+            let mut state = this.state();
+            let (tenant, user_slice) = state.scopes(user.as_ref(), 0);
+            tenant.topping_up = false;
+            if let Some(u) = user_slice {
+                u.topping_up = false;
+            }
+        });
+    }
+
+    /// Settles a reservation of `reserved` tokens that used `actual`, taken on `day`.
+    pub fn settle(self: &Arc<Self>, user: Option<&Arc<UserKeys>>, reserved: u64, actual: u64, day: i64) {
+        let buckets = buckets(&self.plan, user.is_some());
+        let mut now_amounts = [0i64; BUCKETS];
+        {
+            let mut state = self.state();
+            let (tenant, mut user_slice) = state.scopes(user, day);
+            let deltas = settlement(&buckets, reserved, actual);
+            for (i, b) in buckets.iter().enumerate().skip(2) {
+                let Some(b) = b else { continue };
+                let delta = deltas[i];
+                let (is_user, k) = place(i);
+                let slice = if is_user { user_slice.as_deref_mut() } else { Some(&mut *tenant) };
+                let Some(slice) = slice else { continue };
+                if k == 2 && slice.day != day {
+                    continue; // that day's quota is over
+                }
+                if b.share == 0 {
+                    now_amounts[i] = delta;
+                } else {
+                    slice.balances[k].held += delta;
+                }
+            }
+        }
+        if now_amounts.iter().any(|&a| a != 0) {
+            self.send(vec![Give { user: user.cloned(), amounts: now_amounts, day }]);
+        }
+    }
+
+    /// Measures demand and collects what goes back to Redis: slices idle for
+    /// [`IDLE`], everything beyond twice the aim, debts; `all` takes everything.
+    fn collect(&self, all: bool) -> Vec<Give> {
+        let now = Instant::now();
+        let mut state = self.state();
+        let elapsed = now.saturating_duration_since(state.last_sweep).as_secs_f64().max(1e-3);
+        state.last_sweep = now;
+        let tenant_buckets = buckets(&self.plan, false);
+        let user_buckets = buckets(&self.plan, true);
+        let mut gives = Vec::new();
+        let sweep = |slice: &mut Slice, offset: usize, b: &[Option<Bucket>; BUCKETS]| {
+            let idle = all || now.saturating_duration_since(slice.last_used) >= IDLE;
+            let mut amounts = [0i64; BUCKETS];
+            for (k, balance) in slice.balances.iter_mut().enumerate() {
+                balance.rate = 0.5 * balance.rate + 0.5 * balance.used as f64 / elapsed;
+                balance.used = 0;
+                let Some(bucket) = b[2 * k + offset] else { continue };
+                let keep = if idle { 0 } else { 2 * balance.aim(bucket.share) as i64 };
+                if balance.held < 0 || balance.held > keep {
+                    let give = if balance.held < 0 { balance.held } else { balance.held - keep };
+                    balance.held -= give;
+                    amounts[2 * k + offset] = give;
+                }
+                if idle {
+                    balance.rate = 0.0;
+                }
+            }
+            (amounts.iter().any(|&a| a != 0)).then(|| Give { user: slice.keys.clone(), amounts, day: slice.day })
+        };
+        gives.extend(sweep(&mut state.tenant, 0, &tenant_buckets));
+        let mut gone = Vec::new();
+        for (subject, slice) in state.users.iter_mut() {
+            gives.extend(sweep(slice, 1, &user_buckets));
+            if now.saturating_duration_since(slice.last_used) >= IDLE && !slice.topping_up {
+                gone.push(subject.clone());
+            }
+        }
+        for subject in gone {
+            state.users.remove(&subject);
+        }
+        gives
+    }
+
+    /// Sends give-backs and charges in the background.
+    fn send(&self, gives: Vec<Give>) {
+        if gives.is_empty() {
+            return;
+        }
+        let (redis, plan) = (self.redis.clone(), self.plan.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let lost = give_all(redis, plan, gives).await;
+                    if !lost.is_empty() {
+                        tracing::debug!(
+                            gives = lost.len(),
+                            "rate limit give-backs lost; the buckets refill by themselves"
+                        );
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!("no runtime to give rate limit slices back on; they come back as the buckets refill")
+            }
+        }
+    }
+
+    /// Gives every slice back now (a replica shutting down), waiting for Redis.
+    pub async fn release(&self) {
+        let gives = self.collect(true);
+        let lost = give_all(self.redis.clone(), self.plan.clone(), gives).await;
+        if !lost.is_empty() {
+            tracing::warn!(gives = lost.len(), "rate limit slices not given back: Redis did not answer");
+        }
+    }
+}
+
+/// Sends `gives` one after another; returns those Redis did not take.
+async fn give_all(redis: Arc<RedisStore>, plan: Arc<Plan>, gives: Vec<Give>) -> Vec<Give> {
+    let mut failed = Vec::new();
+    for g in gives {
+        if !redis.give(&plan, g.user.as_deref(), &g.amounts, g.day, None).await {
+            failed.push(g);
+        }
+    }
+    failed
+}
+
+impl Drop for Leases {
+    fn drop(&mut self) {
+        let gives = self.collect(true);
+        self.send(gives);
+    }
+}
+
+/// The outcome a local admission reports for headers: what the shared bucket
+/// had left at the last grant plus what this replica still holds.
+fn outcome(balance: &Balance, now: Instant) -> Outcome {
+    Outcome {
+        allowed: true,
+        retry_us: 0.0,
+        remaining: balance.shared_left + balance.held.max(0) as u64,
+        reset_us: balance.reset_at.map_or(0.0, |r| r.saturating_duration_since(now).as_micros() as f64),
+    }
+}
+
+/// Sweeps `leases` every [`SWEEP`] until they are dropped.
+async fn sweep_while_alive(leases: Weak<Leases>) {
+    let mut tick = tokio::time::interval(SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(leases) = leases.upgrade() else { return };
+        let mut gives = leases.collect(false);
+        if !gives.is_empty() && leases.redis.health.is_up() {
+            gives = give_all(leases.redis.clone(), leases.plan.clone(), gives).await;
+        }
+        // Redis is down or did not take them: keep them here for a later sweep.
+        leases.restore(gives);
+    }
+}
+
+impl Leases {
+    /// Puts back give-backs that could not be sent.
+    fn restore(&self, gives: Vec<Give>) {
+        let mut state = self.state();
+        for g in gives {
+            let day = g.day;
+            let (tenant, user_slice) = state.scopes(g.user.as_ref(), day);
+            let slice = match user_slice {
+                Some(u) => u,
+                None => tenant,
+            };
+            for (i, amount) in g.amounts.iter().enumerate() {
+                let (_, k) = place(i);
+                if *amount != 0 && (k < 2 || slice.day == day) {
+                    slice.balances[k].held += amount;
+                }
+            }
+        }
+    }
+}
+
+/// What Redis granted for one bucket.
+pub(super) fn grant(state: i64, granted: i64, retry_us: i64, remaining: i64, reset_us: i64) -> Option<Grant> {
+    (state >= 0).then(|| Grant {
+        allowed: state == 1,
+        granted: granted.max(0) as u64,
+        retry_us: retry_us as f64,
+        remaining: remaining.max(0) as u64,
+        reset_us: reset_us as f64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use tenantgate_crds::v1alpha1::{Limits, UserLimits};
+
+    use super::*;
+
+    fn plan(limits: Limits) -> Plan {
+        Plan::new("t", &limits).expect("plan")
+    }
+
+    #[test]
+    fn small_buckets_get_no_slices_and_large_ones_a_share() {
+        let p = plan(Limits {
+            requests_per_minute: Some(6),
+            burst: Some(10),
+            tokens_per_minute: Some(160_000),
+            tokens_per_day: Some(6_400),
+            per_user: Some(UserLimits { requests_per_minute: Some(6_000), burst: Some(320), ..Default::default() }),
+            ..Default::default()
+        });
+        let b = buckets(&p, true);
+        assert_eq!(b[0].map(|b| b.share), Some(0), "a burst of 10 is decided per request");
+        assert_eq!(b[1].map(|b| b.share), Some(20));
+        assert_eq!(b[2].map(|b| b.share), Some(10_000));
+        assert_eq!(b[4].map(|b| (b.share, b.max)), Some((100, 6_400)));
+        assert_eq!(b[3], None);
+        assert_eq!(buckets(&p, false)[1], None, "no user, no user buckets");
+    }
+
+    #[test]
+    fn costs_are_capped_at_what_a_bucket_can_ever_hold() {
+        let p = plan(Limits { requests_per_minute: Some(600), tokens_per_minute: Some(1_000), ..Default::default() });
+        let b = buckets(&p, false);
+        assert_eq!(costs(&b, 5_000), [Some(1), None, Some(1_000), None, None, None]);
+    }
+
+    #[test]
+    fn the_aim_follows_demand_up_to_the_share() {
+        let mut balance = Balance { rate: 1_000.0, ..Default::default() };
+        assert_eq!(balance.aim(500), 200, "200 ms of 1,000/s");
+        assert_eq!(balance.aim(50), 50, "capped at the share");
+        balance.rate = 0.0;
+        assert_eq!(balance.aim(50), 0);
+    }
+
+    #[test]
+    fn the_daily_slice_is_used_only_well_inside_its_day() {
+        let at = Instant::now();
+        let day = 20_000i64;
+        let clock = Clock { at, redis_us: (day as f64 + 1.0) * 86_400e6 - 500_000.0 };
+        assert_eq!(clock.day(at, Duration::ZERO), day);
+        assert_eq!(clock.day(at, Duration::from_secs(1)), day + 1, "half a second before midnight");
+    }
+}
