@@ -281,9 +281,9 @@ async fn serve_connections(
 ) {
     use axum::response::IntoResponse as _;
     use axum::serve::Listener as _;
+    use http_body_util::BodyExt as _;
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto;
-    use hyper_util::service::TowerToHyperService;
 
     use crate::admission::Shed;
     use crate::error::AppError;
@@ -301,7 +301,8 @@ async fn serve_connections(
     // A connection accepted past the cap: HTTP/1.1, each request answered 503 at once, then closed.
     let mut shed_builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     shed_builder.http1().timer(TokioTimer::new()).header_read_timeout(SHED_HEADER_READ_TIMEOUT).keep_alive(false);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Told to every connection at shutdown; it is closed once they all ended.
+    let (stop, stopped) = tokio::sync::watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let io = tokio::select! {
@@ -312,22 +313,77 @@ async fn serve_connections(
             let refuse = hyper::service::service_fn(move |_| async move {
                 Ok::<_, std::convert::Infallible>(AppError::Overloaded(Shed::Connections(cap)).into_response())
             });
-            let connection = graceful.watch(shed_builder.serve_connection(TokioIo::new(io), refuse).into_owned());
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
+            let connection = shed_builder.serve_connection(TokioIo::new(io), refuse).into_owned();
+            tokio::spawn(drive(connection, auto::Connection::graceful_shutdown, stopped.clone(), None));
             continue;
         }
-        let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service).into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let activity = io.activity();
+        let app = app.clone();
+        let tracked = activity.clone();
+        let service = hyper::service::service_fn(move |request| {
+            // Busy until the response body ends: a connection is idle (and may
+            // be closed for a new one at the cap) only between requests.
+            let busy = tracked.as_ref().map(|a| a.begin());
+            let call = tower::ServiceExt::oneshot(app.clone(), request);
+            async move {
+                let response = call.await?;
+                Ok::<_, std::convert::Infallible>(match busy {
+                    None => response,
+                    Some(busy) => response.map(|body| {
+                        axum::body::Body::new(body.map_frame(move |f| {
+                            let _ = &busy;
+                            f
+                        }))
+                    }),
+                })
             }
         });
+        let connection = builder.serve_connection(TokioIo::new(io), service).into_owned();
+        tokio::spawn(drive(connection, auto::Connection::graceful_shutdown, stopped.clone(), activity));
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(stopped);
+    let _ = stop.send(());
+    stop.closed().await;
+}
+
+/// Drives one connection to its end; it closes gracefully (`close`: its
+/// requests in progress finish) when the server stops or the listener
+/// evicts it as idle.
+async fn drive<C, E>(
+    connection: C,
+    close: impl Fn(std::pin::Pin<&mut C>),
+    mut stop: tokio::sync::watch::Receiver<()>,
+    activity: Option<Arc<crate::listener::Activity>>,
+) where
+    C: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut connection = std::pin::pin!(connection);
+    let evicted = async {
+        match &activity {
+            Some(a) => a.evicted().await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut evicted = std::pin::pin!(evicted);
+    let mut closing = false;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            _ = stop.changed(), if !closing => {
+                closing = true;
+                close(connection.as_mut());
+            }
+            () = &mut evicted, if !closing => {
+                closing = true;
+                close(connection.as_mut());
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 enum Signal {

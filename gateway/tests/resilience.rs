@@ -260,16 +260,18 @@ async fn request_bodies_beyond_the_memory_budget_are_shed_with_503_until_memory_
 #[tokio::test]
 async fn a_connection_past_the_cap_is_answered_503_and_closed_instead_of_waiting() {
     let upstream = Upstream::start();
+    // A stream of ~10 events 200 ms apart: its connection is busy for about 2 s.
+    upstream.script("slow", json!([]), Some(json!({"chunk_interval_ms": 200}))).await;
     let gw = Gateway::start_with(&tenant_yaml(&upstream.url), &["--max-connections", "1"]).await;
-    // The first client's connection stays open (keep-alive) after its answer and holds the one slot.
-    let (status, _) = gw.chat("chat").await;
-    assert_eq!(status, 200);
+    let body = |model: &str, stream: bool| json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]});
+    // The first client's stream holds the one slot (its connection is the one it was ready on).
+    let stream = gw.post_raw("/v1/chat/completions", body("slow", true).to_string(), Some(&gw.token)).await;
+    assert_eq!(stream.status(), 200);
     let other = reqwest::Client::new();
-    let body = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]});
     let refused = other
         .post(format!("{}/v1/chat/completions", gw.url))
         .bearer_auth(&gw.token)
-        .json(&body)
+        .json(&body("chat", false))
         .send()
         .await
         .expect("answered, not left waiting");
@@ -279,6 +281,35 @@ async fn a_connection_past_the_cap_is_answered_503_and_closed_instead_of_waiting
     let error: Value = serde_json::from_str(&refused.text().await.expect("body")).expect("json");
     assert_eq!(error["error"]["code"], "overloaded");
     assert_eq!(error["error"]["message"], "the gateway is at its limit of 1 open connections; try again shortly");
-    assert_eq!(gw.chat("chat").await.0, 200, "the first connection is still served");
-    assert!(gw.metrics().await.contains("tenantgate_requests_shed_total{reason=\"connections\"} 1"));
+    let events = stream.text().await.expect("the busy stream was not cut");
+    assert!(events.contains("data: [DONE]"), "{events}");
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains("tenantgate_requests_shed_total{reason=\"connections\"} 1"), "{metrics}");
+    assert!(!metrics.contains("tenantgate_connections_evicted_total"), "a busy connection is never evicted: {metrics}");
+}
+
+#[tokio::test]
+async fn at_the_cap_an_idle_keep_alive_connection_makes_room_for_a_new_client() {
+    let upstream = Upstream::start();
+    let gw = Gateway::start_with(&tenant_yaml(&upstream.url), &["--max-connections", "1"]).await;
+    // The first client's connection stays open (keep-alive) and idle after its answer.
+    let (status, _) = gw.chat("chat").await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let other = reqwest::Client::new();
+    let body = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}]});
+    let served = other
+        .post(format!("{}/v1/chat/completions", gw.url))
+        .bearer_auth(&gw.token)
+        .json(&body)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(served.status(), 200, "the idle connection's slot serves the new client");
+    // The new client goes away; the metrics request takes its slot (closed, or idle long enough).
+    drop(other);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains("tenantgate_connections_evicted_total"), "{metrics}");
+    assert!(!metrics.contains("tenantgate_requests_shed_total{reason=\"connections\"}"), "{metrics}");
 }

@@ -290,7 +290,7 @@ impl Leases {
             let balance = &mut slice.balances[k];
             balance.held -= cost as i64;
             balance.used += cost;
-            low |= !slice.topping_up && b.share > 0 && (balance.held as u64) < balance.aim(b.share) / 2;
+            low |= !slice.topping_up && b.share > 0 && (balance.held.max(0) as u64) < balance.aim(b.share) / 2;
             outcomes[i] = Some(outcome(balance, now));
         }
         let verdict = verdict(&self.plan, &outcomes, day.unwrap_or_default());
