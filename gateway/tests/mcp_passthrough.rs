@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::mcp::{PROTOCOL, wait_for_tool};
+use common::mcp::{PROTOCOL, request, wait_for_tool};
 use common::{Gateway, McpEcho, Upstream, audit_events, tenant_yaml_with, token};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -23,17 +23,7 @@ fn manifests(upstream: &Upstream, echo: &McpEcho, spec: &str) -> String {
 
 /// One POST to `/mcp`: the status, the content type and the body.
 async fn post(gw: &Gateway, token: &str, session: Option<&str>, body: &Value) -> (StatusCode, String, String, String) {
-    let mut request = gw
-        .client
-        .post(format!("{}/mcp", gw.url))
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", PROTOCOL)
-        .json(body);
-    if let Some(id) = session {
-        request = request.header("mcp-session-id", id);
-    }
-    let response = request.send().await.expect("POST /mcp");
+    let response = request(gw, token, session, body).send().await.expect("POST /mcp");
     let status = response.status();
     let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let (content_type, session) = (header("content-type"), header("mcp-session-id"));

@@ -832,14 +832,7 @@ pub(super) async fn run(
                             resources = offer.resources.len(),
                             "MCP connection up"
                         );
-                        if let Some(level) = upstream.links.logs.level() {
-                            set_log_level(&name, &peer, level).await;
-                        }
-                        upstream.live.store(Some(Arc::new(Live {
-                            peer: peer.clone(),
-                            offer: Arc::new(offer),
-                            raw: raw.clone(),
-                        })));
+                        go_live(&upstream, &peer, offer, &raw).await;
                         gauge.set(1.0);
                         publish();
                         let cancel = session.cancellation_token();
@@ -848,44 +841,37 @@ pub(super) async fn run(
                         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                         loop {
                             tokio::select! {
-                                        _ = &mut waiting => {
-                                            tracing::warn!(connection = %name, "MCP connection lost; its tools are withdrawn until it reconnects");
-                                            break;
-                                        }
-                                        _ = async { tokio::select! { _ = ping.tick() => {}, () = upstream.suspect.notified() => {} } } => {
-                                            if let Err(e) = alive(&peer, upstream.timeout).await {
-                                                tracing::warn!(connection = %name, error = %e, "MCP connection lost (ping failed); its tools are withdrawn until it reconnects");
-                                                cancel.cancel();
-                                                break;
-                                            }
-                                        }
-                                        Some(what) = refresh_rx.recv() => {
-                                            tracing::info!(connection = %name, list = ?what, "upstream list changed; refreshing");
-                                            match list_offer(&upstream, &peer).await {
-                                                Ok(offer) => {
-                                                    if let Some(level) = upstream.links.logs.level() {
-                                    set_log_level(&name, &peer, level).await;
+                                _ = &mut waiting => {
+                                    tracing::warn!(connection = %name, "MCP connection lost; its tools are withdrawn until it reconnects");
+                                    break;
                                 }
-                                upstream.live.store(Some(Arc::new(Live {
-                                peer: peer.clone(),
-                                offer: Arc::new(offer),
-                                raw: raw.clone(),
-                            })));
-                                                    publish();
-                                                }
-                                                Err(e) => tracing::warn!(connection = %name, error = %e, "refreshing the upstream lists failed"),
-                                            }
-                                        }
-                                        _ = stop.changed() => {
-                                            cancel.cancel();
-                                            let _ = waiting.await;
-                                            upstream.live.store(None);
-                                            gauge.set(0.0);
-                                            publish();
-                                            tracing::info!(connection = %name, "MCP connection closed (removed from the config)");
-                                            return;
-                                        }
+                                _ = async { tokio::select! { _ = ping.tick() => {}, () = upstream.suspect.notified() => {} } } => {
+                                    if let Err(e) = alive(&peer, upstream.timeout).await {
+                                        tracing::warn!(connection = %name, error = %e, "MCP connection lost (ping failed); its tools are withdrawn until it reconnects");
+                                        cancel.cancel();
+                                        break;
                                     }
+                                }
+                                Some(what) = refresh_rx.recv() => {
+                                    tracing::info!(connection = %name, list = ?what, "upstream list changed; refreshing");
+                                    match list_offer(&upstream, &peer).await {
+                                        Ok(offer) => {
+                                            go_live(&upstream, &peer, offer, &raw).await;
+                                            publish();
+                                        }
+                                        Err(e) => tracing::warn!(connection = %name, error = %e, "refreshing the upstream lists failed"),
+                                    }
+                                }
+                                _ = stop.changed() => {
+                                    cancel.cancel();
+                                    let _ = waiting.await;
+                                    upstream.live.store(None);
+                                    gauge.set(0.0);
+                                    publish();
+                                    tracing::info!(connection = %name, "MCP connection closed (removed from the config)");
+                                    return;
+                                }
+                            }
                         }
                     }
                     Err(e) => {
@@ -924,6 +910,15 @@ pub(super) async fn run(
     upstream.live.store(None);
     gauge.set(0.0);
     publish();
+}
+
+/// Makes a listing of the shared session `peer` the live one (asking the
+/// session for log messages first, when a client wants them).
+async fn go_live(upstream: &Upstream, peer: &Peer<RoleClient>, offer: Offer, raw: &Option<RawSender>) {
+    if let Some(level) = upstream.links.logs.level() {
+        set_log_level(upstream.name(), peer, level).await;
+    }
+    upstream.live.store(Some(Arc::new(Live { peer: peer.clone(), offer: Arc::new(offer), raw: raw.clone() })));
 }
 
 type Session = rmcp::service::RunningService<RoleClient, UpstreamClient>;
