@@ -182,3 +182,38 @@ async fn the_pass_through_counts_calls_against_the_limits() {
     assert_eq!(events.len(), 2, "{events:?}");
     assert!(events.iter().all(|e| e["details"]["via"] == "mcp" && e["resource"] == "echo_echo"), "{events:?}");
 }
+
+#[tokio::test]
+async fn a_cancelled_call_is_cancelled_upstream_and_audited() {
+    let (upstream, echo) = (Upstream::start(), McpEcho::start());
+    let gw = Gateway::start(&manifests(&upstream, &echo, "")).await;
+    let bob = token(json!({"sub": "bob", "roles": ["developer"]}));
+    wait_for_tool(&gw, &bob, "echo_slow").await;
+    let (fast, _) = sessions(&gw, &bob).await;
+    let cancelled = || async {
+        let url = format!("{}/cancelled", echo.url);
+        gw.client.get(url).send().await.expect("GET /cancelled").text().await.expect("count").trim().parse::<u64>()
+    };
+    let before = (cancelled().await.expect("a count"), passed_through(&gw).await);
+    let params = json!({"name": "echo_slow", "arguments": {"ms": 4000}});
+    let body = json!({"jsonrpc": "2.0", "id": "slow-1", "method": "tools/call", "params": params});
+    let slow = request(&gw, &bob, Some(&fast), &body).send();
+    let cancel = async {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "slow-1"}});
+        post(&gw, &bob, Some(&fast), &note).await.0
+    };
+    let (answered, status) = tokio::join!(slow, cancel);
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let text = answered.expect("the call's answer").text().await.expect("body");
+    assert!(text.contains("cancelled by the client"), "{text}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while cancelled().await.ok() == Some(before.0) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(cancelled().await.ok(), Some(before.0 + 1), "the upstream was not told");
+    assert_eq!(passed_through(&gw).await, before.1 + 1);
+    let events = audit_events(&gw, "toolCall", 1, |e| e["reason"] == "Cancelled").await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0]["status"].as_i64(), events[0]["resource"].as_str()), (Some(502), Some("echo_slow")));
+}

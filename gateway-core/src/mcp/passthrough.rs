@@ -16,8 +16,9 @@
 //! ([`Passthrough::Fallback`]): the caller decides which sessions qualify.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -26,6 +27,7 @@ use futures_util::stream::BoxStream;
 use rmcp::model::{CallToolResponse, CallToolResult, ErrorData, ServerResult};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tokio::sync::oneshot;
 
 use super::McpHub;
 use super::call::{Admitted, Mode, Via, admit, record_forward, respond};
@@ -249,7 +251,16 @@ fn response_message(id: &RawValue, response: Result<CallToolResponse, ErrorData>
 /// sampling, elicitation and roots declared). [`Passthrough::Fallback`] when
 /// the tool's upstream has no raw sender (stdio, HTTP+SSE, per-user OAuth,
 /// not connected): nothing has been done then.
-pub async fn call_tool(hub: &McpHub, mode: &Mode, caller: &Identity, call: &ToolCall<'_>) -> Passthrough {
+/// `session` is the client's session, where `calls` registers the call so
+/// that the client's `notifications/cancelled` for it reaches the upstream.
+pub async fn call_tool(
+    hub: &McpHub,
+    mode: &Mode,
+    caller: &Identity,
+    call: &ToolCall<'_>,
+    calls: &Arc<InFlight>,
+    session: &str,
+) -> Passthrough {
     let catalog = hub.catalog();
     let sender = match catalog.tool(call.name()) {
         Some(route) => match route.upstream.raw_sender() {
@@ -278,7 +289,10 @@ pub async fn call_tool(hub: &McpHub, mode: &Mode, caller: &Identity, call: &Tool
             return Passthrough::Json(response_message(call.id(), respond(&connection, Err(e))));
         }
     };
+    let (registered, cancel) = calls.register(session, call.id());
     let mut exchange = Exchange {
+        _registered: registered,
+        cancel: Some(cancel),
         client_id: call.id().to_owned(),
         upstream_id: upstream_id.into(),
         upstream,
@@ -293,10 +307,11 @@ pub async fn call_tool(hub: &McpHub, mode: &Mode, caller: &Identity, call: &Tool
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     if !sse {
-        let text = match tokio::time::timeout_at(deadline, response.bytes()).await {
-            Ok(Ok(text)) => text,
-            Ok(Err(e)) => return Passthrough::Json(exchange.fail(exchange.transport(e.to_string()))),
-            Err(_) => return Passthrough::Json(exchange.fail(exchange.timeout())),
+        let text = match wait(&mut exchange.cancel, deadline, response.bytes()).await {
+            Wait::Done(Ok(text)) => text,
+            Wait::Done(Err(e)) => return Passthrough::Json(exchange.fail(exchange.transport(e.to_string()))),
+            Wait::TimedOut => return Passthrough::Json(exchange.fail(exchange.timeout())),
+            Wait::Cancelled => return Passthrough::Json(exchange.cancelled()),
         };
         return Passthrough::Json(match Reply::parse(&text) {
             Some(reply) if reply.is_response() => exchange.finish(reply),
@@ -307,14 +322,17 @@ pub async fn call_tool(hub: &McpHub, mode: &Mode, caller: &Identity, call: &Tool
     let stream = futures_util::stream::unfold(Some((exchange, events)), move |state| async move {
         let (mut exchange, mut events) = state?;
         loop {
-            let event = match tokio::time::timeout_at(deadline, events.next()).await {
-                Ok(Some(Ok(event))) => event,
-                Ok(Some(Err(e))) => return Some((sse_event(&exchange.fail(exchange.transport(e.to_string()))), None)),
-                Ok(None) => {
+            let event = match wait(&mut exchange.cancel, deadline, events.next()).await {
+                Wait::Done(Some(Ok(event))) => event,
+                Wait::Done(Some(Err(e))) => {
+                    return Some((sse_event(&exchange.fail(exchange.transport(e.to_string()))), None));
+                }
+                Wait::Done(None) => {
                     let e = exchange.transport("the upstream's event stream ended without a response".into());
                     return Some((sse_event(&exchange.fail(e)), None));
                 }
-                Err(_) => return Some((sse_event(&exchange.fail(exchange.timeout())), None)),
+                Wait::TimedOut => return Some((sse_event(&exchange.fail(exchange.timeout())), None)),
+                Wait::Cancelled => return Some((sse_event(&exchange.cancelled()), None)),
             };
             let Some(data) = event.data.as_deref().filter(|d| !d.trim().is_empty()) else { continue };
             let Some(reply) = Reply::parse(data.as_bytes()) else { continue };
@@ -332,6 +350,81 @@ pub async fn call_tool(hub: &McpHub, mode: &Mode, caller: &Identity, call: &Tool
         }
     });
     Passthrough::Sse(stream.boxed())
+}
+
+/// What waiting for the upstream came to.
+enum Wait<T> {
+    Done(T),
+    TimedOut,
+    /// The client cancelled the call.
+    Cancelled,
+}
+
+/// Waits for `work` until `deadline`, unless the client cancels first.
+async fn wait<T>(
+    cancel: &mut Option<oneshot::Receiver<()>>,
+    deadline: tokio::time::Instant,
+    work: impl Future<Output = T>,
+) -> Wait<T> {
+    let cancelled = async {
+        if let Some(rx) = cancel
+            && rx.await.is_ok()
+        {
+            return;
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        biased;
+        () = cancelled => Wait::Cancelled,
+        done = tokio::time::timeout_at(deadline, work) => done.map_or(Wait::TimedOut, Wait::Done),
+    }
+}
+
+/// The pass-through's calls in flight, by client session and the client's
+/// request id: a client's `notifications/cancelled` for one cancels it.
+#[derive(Debug, Default)]
+pub struct InFlight(Mutex<HashMap<(Box<str>, Box<str>), oneshot::Sender<()>>>);
+
+/// A call's entry in [`InFlight`], removed when the call ends.
+struct Registered {
+    calls: Arc<InFlight>,
+    key: (Box<str>, Box<str>),
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.calls.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&self.key);
+    }
+}
+
+impl InFlight {
+    fn register(self: &Arc<Self>, session: &str, id: &RawValue) -> (Registered, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let key: (Box<str>, Box<str>) = (session.into(), id.get().into());
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone(), tx);
+        (Registered { calls: self.clone(), key }, rx)
+    }
+
+    /// Handles `body` when it is a `notifications/cancelled` of a call in
+    /// flight here for `session`: cancels the call; whether it was one.
+    pub fn cancel(&self, session: &str, body: &[u8]) -> bool {
+        #[derive(Deserialize)]
+        struct Params<'a> {
+            #[serde(borrow, rename = "requestId")]
+            request_id: &'a RawValue,
+        }
+        let Ok(envelope) = serde_json::from_slice::<Envelope<'_>>(body) else { return false };
+        if envelope.jsonrpc != "2.0" || envelope.method != "notifications/cancelled" || envelope.id.is_some() {
+            return false;
+        }
+        let Some(params) = envelope.params.and_then(|p| serde_json::from_str::<Params<'_>>(p.get()).ok()) else {
+            return false;
+        };
+        let key: (Box<str>, Box<str>) = (session.into(), params.request_id.get().into());
+        let found = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
+        found.is_some_and(|tx| tx.send(()).is_ok())
+    }
 }
 
 fn sse_event(data: &[u8]) -> Bytes {
@@ -370,6 +463,9 @@ impl<'a> Reply<'a> {
 /// One forwarded call between sending it and answering the client. Dropped
 /// before it is answered (the client went away), it is a cancelled call.
 struct Exchange {
+    _registered: Registered,
+    /// Resolves when the client cancels the call.
+    cancel: Option<oneshot::Receiver<()>>,
     client_id: Box<RawValue>,
     upstream_id: Box<str>,
     upstream: Arc<Upstream>,
@@ -461,6 +557,25 @@ impl Exchange {
         }
     }
 
+    /// The client cancelled the call: the upstream is told, as the full path
+    /// tells it; the client's message for the call (which it will ignore).
+    fn cancelled(&mut self) -> Vec<u8> {
+        let reason = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {
+            "requestId": &*self.upstream_id, "reason": "cancelled by the client"}});
+        self.post_upstream(reason.to_string().into_bytes());
+        self.fail(ForwardError::Cancelled)
+    }
+
+    /// Posts a message of the gateway's on the call's upstream session, in the background.
+    fn post_upstream(&self, body: Vec<u8>) {
+        let sender = self.sender.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sender.post(body).await {
+                tracing::debug!(error = %e, "a message to the upstream failed");
+            }
+        });
+    }
+
     /// Refuses a request the upstream made on the call's stream: the client
     /// declared none of sampling, elicitation and roots.
     fn refuse(&self, asked: &RawValue) {
@@ -468,13 +583,7 @@ impl Exchange {
             "the client declared none of sampling, elicitation and roots: the gateway has no client to ask",
             None,
         );
-        let body = error_message(asked, &error);
-        let sender = self.sender.clone();
-        tokio::spawn(async move {
-            if let Err(e) = sender.post(body).await {
-                tracing::debug!(error = %e, "refusing an upstream's request failed");
-            }
-        });
+        self.post_upstream(error_message(asked, &error));
     }
 }
 

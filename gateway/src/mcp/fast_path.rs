@@ -53,6 +53,11 @@ impl FastSessions {
         }
     }
 
+    /// Whether session `id` qualified (its calls may be in flight on the pass-through).
+    pub(super) fn knows(&self, id: &str) -> bool {
+        self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains_key(id)
+    }
+
     /// Whether the pass-through may serve session `id` now.
     pub(super) fn fits(&self, id: &str) -> bool {
         let map = self.map.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

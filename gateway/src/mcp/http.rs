@@ -49,6 +49,8 @@ struct Endpoint {
     allowed_origins: Arc<[String]>,
     /// Sessions the `tools/call` pass-through may serve.
     fast: Arc<FastSessions>,
+    /// Its calls in flight (their clients may cancel them).
+    calls: Arc<passthrough::InFlight>,
     max_message_bytes: usize,
 }
 
@@ -127,6 +129,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         shared,
         allowed_origins: settings.allowed_origins.into(),
         fast: Arc::new(FastSessions::new(settings.session_idle)),
+        calls: Arc::default(),
         max_message_bytes: settings.max_message_bytes,
     };
     Router::new().route(
@@ -172,19 +175,23 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
     let fits = is_post && fast_path::headers_fit(&parts.headers);
     let mut qualifies = false;
     let body = match (&session, fits) {
-        (Some(id), true) if endpoint.fast.fits(id) => {
+        (Some(id), true) if endpoint.fast.knows(id) => {
             let bytes = match fast_path::read_body(body, endpoint.max_message_bytes).await {
                 Ok(bytes) => bytes,
                 Err(too_large) => return json_rpc_error(too_large, true).await,
             };
-            if let Some(call) = ToolCall::parse(&bytes)
+            if endpoint.fast.fits(id)
+                && let Some(call) = ToolCall::parse(&bytes)
                 && endpoint.sessions.has_session(&id.as_str().into()).await.unwrap_or(false)
             {
                 let mode = super::call::Mode::Tenant(state.tenant().clone());
-                let answer = passthrough::call_tool(state.carried().mcp(), &mode, &caller.0, &call).await;
+                let hub = state.carried().mcp();
+                let answer = passthrough::call_tool(hub, &mode, &caller.0, &call, &endpoint.calls, id).await;
                 if let Some(response) = fast_path::response(answer) {
                     return response;
                 }
+            } else if endpoint.calls.cancel(id, &bytes) {
+                return StatusCode::ACCEPTED.into_response();
             }
             axum::body::Body::from(bytes)
         }
