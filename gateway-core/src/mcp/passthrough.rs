@@ -34,6 +34,7 @@ use super::call::{Admitted, Mode, Via, admit, record_forward, respond};
 use super::transport::RawSender;
 use super::upstream::{ForwardError, Upstream};
 use crate::auth::Identity;
+use crate::llm::sse::{data_event, events};
 use crate::policy::Finding;
 use crate::routing::breaker::Permit;
 
@@ -318,32 +319,35 @@ pub async fn call_tool(
             _ => exchange.fail(exchange.transport("the upstream's answer is not a JSON-RPC response".into())),
         });
     }
-    let events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream()).boxed();
+    let events = events(response.bytes_stream()).boxed();
     let stream = futures_util::stream::unfold(Some((exchange, events)), move |state| async move {
         let (mut exchange, mut events) = state?;
         loop {
             let event = match wait(&mut exchange.cancel, deadline, events.next()).await {
                 Wait::Done(Some(Ok(event))) => event,
                 Wait::Done(Some(Err(e))) => {
-                    return Some((sse_event(&exchange.fail(exchange.transport(e.to_string()))), None));
+                    return Some((data_event(&exchange.fail(exchange.transport(e.to_string()))), None));
                 }
                 Wait::Done(None) => {
                     let e = exchange.transport("the upstream's event stream ended without a response".into());
-                    return Some((sse_event(&exchange.fail(e)), None));
+                    return Some((data_event(&exchange.fail(e)), None));
                 }
-                Wait::TimedOut => return Some((sse_event(&exchange.fail(exchange.timeout())), None)),
-                Wait::Cancelled => return Some((sse_event(&exchange.cancelled()), None)),
+                Wait::TimedOut => return Some((data_event(&exchange.fail(exchange.timeout())), None)),
+                Wait::Cancelled => return Some((data_event(&exchange.cancelled()), None)),
             };
-            let Some(data) = event.data.as_deref().filter(|d| !d.trim().is_empty()) else { continue };
+            let data = event.data;
+            if data.trim().is_empty() {
+                continue;
+            }
             let Some(reply) = Reply::parse(data.as_bytes()) else { continue };
             match (&reply.method, reply.id) {
                 (Some(_), Some(asked)) => exchange.refuse(asked),
                 (Some(method), None) if method == "notifications/progress" => {
-                    return Some((sse_event(data.as_bytes()), Some((exchange, events))));
+                    return Some((data_event(data.as_bytes()), Some((exchange, events))));
                 }
                 (Some(method), None) => exchange.upstream.on_raw_notification(method, reply.params),
                 (None, Some(id)) if string(id).as_deref() == Some(&*exchange.upstream_id) => {
-                    return Some((sse_event(&exchange.finish(reply)), None));
+                    return Some((data_event(&exchange.finish(reply)), None));
                 }
                 _ => {}
             }
@@ -425,14 +429,6 @@ impl InFlight {
         let found = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
         found.is_some_and(|tx| tx.send(()).is_ok())
     }
-}
-
-fn sse_event(data: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(data.len() + 8);
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\n\n");
-    out.into()
 }
 
 /// A JSON-RPC message from the upstream, read as little as relaying it needs.
