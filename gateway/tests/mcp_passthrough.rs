@@ -217,3 +217,23 @@ async fn a_cancelled_call_is_cancelled_upstream_and_audited() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!((events[0]["status"].as_i64(), events[0]["resource"].as_str()), (Some(502), Some("echo_slow")));
 }
+
+#[tokio::test]
+async fn a_stdio_connection_is_served_by_the_full_path() {
+    let upstream = Upstream::start();
+    let docs = format!(
+        "apiVersion: tenantgate.dev/v1alpha1\nkind: McpConnection\nmetadata: {{ name: local, namespace: tg-test }}\nspec:\n  transport: stdio\n  stdio: {{ command: [\"{}\"] }}\n  tools: {{ prefix: local }}\n  timeoutSeconds: 10\n",
+        common::mcp_echo_bin().display()
+    );
+    let gw = Gateway::start(&tenant_yaml_with(&upstream.url, "test", "", &docs)).await;
+    let bob = token(json!({"sub": "bob", "roles": ["developer"]}));
+    wait_for_tool(&gw, &bob, "local_echo").await;
+    let (fast, _) = sessions(&gw, &bob).await;
+    let before = passed_through(&gw).await;
+    let params = json!({"name": "local_echo", "arguments": {"text": "over stdio"}});
+    let (_, _, served) = call(&gw, &bob, &fast, json!("s-1"), params).await;
+    assert_eq!(served["result"]["content"][0]["text"], "over stdio", "{served}");
+    assert_eq!(served["id"], "s-1");
+    assert_eq!(passed_through(&gw).await, before, "a stdio call was passed through");
+    assert!(gw.metrics().await.contains(r#"tenantgate_mcp_passthrough_total{path="full"} 1"#));
+}

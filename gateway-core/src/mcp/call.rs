@@ -6,7 +6,9 @@
 //! (tool output is untrusted input) and one audit event (connection, tool,
 //! subject, duration, outcome, redacted arguments). Everything that runs a
 //! tenant's MCP tool (the `/mcp` endpoint and the server-side tool loop of
-//! chat, [`super::chat`]) goes through it.
+//! chat, [`super::chat`]) goes through it, or, for the `/mcp` pass-through
+//! ([`super::passthrough`]), through the same steps: [`admit`] before the
+//! call is forwarded, [`Admitted::guard`] and [`Admitted::finish`] after.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -347,7 +347,12 @@ pub async fn call_tool(
                 }
                 (Some(method), None) => exchange.upstream.on_raw_notification(method, reply.params),
                 (None, Some(id)) if string(id).as_deref() == Some(&*exchange.upstream_id) => {
-                    return Some((data_event(&exchange.finish(reply)), None));
+                    let answer = data_event(&exchange.finish(reply));
+                    // Read to its end, the upstream's connection goes back to the pool.
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout_at(deadline, events.for_each(|_| async {})).await;
+                    });
+                    return Some((answer, None));
                 }
                 _ => {}
             }
