@@ -80,6 +80,53 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// The `tools/call` pass-through in front of rmcp (see [`super::fast_path`]):
+    /// `Err` with the answer when it served the request (or a cancellation of
+    /// one of its calls); otherwise the body for rmcp, and whether it is an
+    /// `initialize` that qualifies its session.
+    async fn pass_through(
+        &self,
+        state: &AppState,
+        caller: &crate::auth::Caller,
+        session: Option<&str>,
+        parts: &axum::http::request::Parts,
+        body: axum::body::Body,
+    ) -> Result<(axum::body::Body, bool), Response> {
+        if parts.method != Method::POST || !fast_path::headers_fit(&parts.headers) {
+            return Ok((body, false));
+        }
+        let read = |body| async move {
+            match fast_path::read_body(body, self.max_message_bytes).await {
+                Ok(bytes) => Ok(bytes),
+                Err(too_large) => Err(json_rpc_error(too_large, true).await),
+            }
+        };
+        let Some(id) = session else {
+            let bytes = read(body).await?;
+            let qualifies = fast_path::qualifies(&bytes);
+            return Ok((bytes.into(), qualifies));
+        };
+        if !self.fast.knows(id) {
+            return Ok((body, false));
+        }
+        let bytes = read(body).await?;
+        if self.fast.fits(id)
+            && let Some(call) = ToolCall::parse(&bytes)
+            && self.sessions.has_session(&id.into()).await.unwrap_or(false)
+        {
+            let mode = super::call::Mode::Tenant(state.tenant().clone());
+            let answer = passthrough::call_tool(state.carried().mcp(), &mode, &caller.0, &call, &self.calls, id).await;
+            if let Some(response) = fast_path::response(answer) {
+                return Err(response);
+            }
+        } else if self.calls.cancel(id, &bytes) {
+            return Err(StatusCode::ACCEPTED.into_response());
+        }
+        Ok((bytes.into(), false))
+    }
+}
+
 /// The tenant's shared session store, when it has Redis (read at start).
 fn shared_sessions(state: &AppState, lifetime: Duration) -> Option<Arc<SharedSessions>> {
     let runtime = state.runtime();
@@ -171,39 +218,9 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
             }
         }
     }
-    let is_post = parts.method == Method::POST;
-    let fits = is_post && fast_path::headers_fit(&parts.headers);
-    let mut qualifies = false;
-    let body = match (&session, fits) {
-        (Some(id), true) if endpoint.fast.knows(id) => {
-            let bytes = match fast_path::read_body(body, endpoint.max_message_bytes).await {
-                Ok(bytes) => bytes,
-                Err(too_large) => return json_rpc_error(too_large, true).await,
-            };
-            if endpoint.fast.fits(id)
-                && let Some(call) = ToolCall::parse(&bytes)
-                && endpoint.sessions.has_session(&id.as_str().into()).await.unwrap_or(false)
-            {
-                let mode = super::call::Mode::Tenant(state.tenant().clone());
-                let hub = state.carried().mcp();
-                let answer = passthrough::call_tool(hub, &mode, &caller.0, &call, &endpoint.calls, id).await;
-                if let Some(response) = fast_path::response(answer) {
-                    return response;
-                }
-            } else if endpoint.calls.cancel(id, &bytes) {
-                return StatusCode::ACCEPTED.into_response();
-            }
-            axum::body::Body::from(bytes)
-        }
-        (None, true) => {
-            let bytes = match fast_path::read_body(body, endpoint.max_message_bytes).await {
-                Ok(bytes) => bytes,
-                Err(too_large) => return json_rpc_error(too_large, true).await,
-            };
-            qualifies = fast_path::qualifies(&bytes);
-            axum::body::Body::from(bytes)
-        }
-        _ => body,
+    let (body, qualifies) = match endpoint.pass_through(&state, &caller, session.as_deref(), &parts, body).await {
+        Ok(full) => full,
+        Err(answered) => return answered,
     };
     if let Some(id) = &session {
         endpoint.fast.saw_full(id);
