@@ -393,12 +393,15 @@ async fn wait<T>(
 /// The pass-through's calls in flight, by client session and the client's
 /// request id: a client's `notifications/cancelled` for one cancels it.
 #[derive(Debug, Default)]
-pub struct InFlight(Mutex<HashMap<(Box<str>, Box<str>), oneshot::Sender<()>>>);
+pub struct InFlight(Mutex<HashMap<CallKey, oneshot::Sender<()>>>);
+
+/// A client session's id and a request id of its client, raw.
+type CallKey = (Box<str>, Box<str>);
 
 /// A call's entry in [`InFlight`], removed when the call ends.
 struct Registered {
     calls: Arc<InFlight>,
-    key: (Box<str>, Box<str>),
+    key: CallKey,
 }
 
 impl Drop for Registered {
@@ -410,7 +413,7 @@ impl Drop for Registered {
 impl InFlight {
     fn register(self: &Arc<Self>, session: &str, id: &RawValue) -> (Registered, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
-        let key: (Box<str>, Box<str>) = (session.into(), id.get().into());
+        let key: CallKey = (session.into(), id.get().into());
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone(), tx);
         (Registered { calls: self.clone(), key }, rx)
     }
@@ -430,7 +433,7 @@ impl InFlight {
         let Some(params) = envelope.params.and_then(|p| serde_json::from_str::<Params<'_>>(p.get()).ok()) else {
             return false;
         };
-        let key: (Box<str>, Box<str>) = (session.into(), params.request_id.get().into());
+        let key: CallKey = (session.into(), params.request_id.get().into());
         let found = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&key);
         found.is_some_and(|tx| tx.send(()).is_ok())
     }
