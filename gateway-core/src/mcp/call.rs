@@ -6,8 +6,11 @@
 //! (tool output is untrusted input) and one audit event (connection, tool,
 //! subject, duration, outcome, redacted arguments). Everything that runs a
 //! tenant's MCP tool (the `/mcp` endpoint and the server-side tool loop of
-//! chat, [`super::chat`]) goes through it.
+//! chat, [`super::chat`]) goes through it, or, for the `/mcp` pass-through
+//! ([`super::passthrough`]), through the same steps: [`admit`] before the
+//! call is forwarded, [`Admitted::guard`] and [`Admitted::finish`] after.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use rmcp::RoleServer;
@@ -18,6 +21,7 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 
 use super::McpHub;
+use super::catalog::Route;
 use super::upstream::ForwardError;
 use crate::auth::Identity;
 use crate::config::{Runtime, RuntimeHandle};
@@ -40,6 +44,9 @@ pub enum Mode {
 pub enum Via<'a> {
     /// An `/mcp` client session: its progress notifications and cancellation pass through.
     Mcp(&'a RequestContext<RoleServer>),
+    /// An `/mcp` client session through the pass-through (`super::passthrough`),
+    /// which relays the upstream's answer itself.
+    Passthrough,
     /// The server-side tool loop of the chat request with this `x-request-id`.
     Chat {
         /// The chat request's id, recorded in the audit event.
@@ -51,13 +58,13 @@ impl<'a> Via<'a> {
     fn context(self) -> Option<&'a RequestContext<RoleServer>> {
         match self {
             Self::Mcp(context) => Some(context),
-            Self::Chat { .. } => None,
+            Self::Passthrough | Self::Chat { .. } => None,
         }
     }
 
     fn label(self) -> &'static str {
         match self {
-            Self::Mcp(_) => "mcp",
+            Self::Mcp(_) | Self::Passthrough => "mcp",
             Self::Chat { .. } => "chat",
         }
     }
@@ -76,42 +83,87 @@ pub async fn call_tool(
     request: CallToolRequestParams,
     via: Via<'_>,
 ) -> Result<CallToolResponse, ErrorData> {
-    let context = via.context();
+    let arguments = || request.arguments.as_ref().and_then(|a| serde_json::to_string(a).ok());
+    let admitted = admit(hub, mode, caller, &request.name, arguments, via).await?;
+    let started = Instant::now();
+    let (forwarded, outcome) = forward(&admitted.route, request, via.context(), admitted.subject()).await;
+    let mut findings = Vec::new();
+    let forwarded = match forwarded {
+        Ok(ServerResult::CallToolResult(result)) => {
+            Ok(ServerResult::CallToolResult(admitted.guard(result, &mut findings)))
+        }
+        other => other,
+    };
+    let connection = admitted.finish(outcome, &findings, started);
+    respond(&connection, forwarded)
+}
+
+/// A `tools/call` the policy let through: the route to forward it on, and
+/// what its guards and its audit event need once the upstream answered.
+/// [`call_tool`] and the `/mcp` pass-through (`super::passthrough`) share it.
+#[derive(Debug)]
+pub struct Admitted {
+    /// The upstream tool.
+    pub route: Route,
+    /// The connection's name.
+    connection: String,
+    /// Under [`Mode::Tenant`]: what the guards and the audit event need.
+    tenant: Option<TenantCall>,
+}
+
+#[derive(Debug)]
+struct TenantCall {
+    state: RuntimeHandle,
+    runtime: Arc<Runtime>,
+    caller: Identity,
+    audit: AuditEvent,
+    via: &'static str,
+    arguments: Option<String>,
+}
+
+/// The per-call policy before a `tools/call` is forwarded: the exposed
+/// `name` must be in the catalog (else `invalid params`, counted, nothing
+/// sent), the caller must be granted it by `tools.access` (else refused and
+/// audited), and the call counts as one request against the caller's and the
+/// tenant's limits (else refused with `retryAfterSeconds`, audited).
+/// `arguments` gives the call's arguments as JSON text for the audit event
+/// (redacted there); it is asked for only under [`Mode::Tenant`].
+pub async fn admit(
+    hub: &McpHub,
+    mode: &Mode,
+    caller: Option<&Identity>,
+    name: &str,
+    arguments: impl FnOnce() -> Option<String>,
+    via: Via<'_>,
+) -> Result<Admitted, ErrorData> {
     let catalog = hub.catalog();
-    let Some(route) = catalog.tool(&request.name) else {
+    let Some(route) = catalog.tool(name) else {
         metrics::counter!("tenantgate_mcp_tool_calls_total", "connection" => "", "outcome" => "unknown_tool")
             .increment(1);
-        tracing::info!(tool = %request.name, subject = caller.map(|c| c.subject.as_str()), "call to an unknown or filtered-out MCP tool refused");
-        return Err(ErrorData::invalid_params(format!("unknown tool: {}", request.name), None));
+        tracing::info!(tool = %name, subject = caller.map(|c| c.subject.as_str()), "call to an unknown or filtered-out MCP tool refused");
+        return Err(ErrorData::invalid_params(format!("unknown tool: {name}"), None));
     };
     let connection = route.upstream.name().to_string();
     let (state, caller) = match (mode, caller) {
         (Mode::Tenant(state), Some(caller)) => (state, caller),
-        (Mode::Bridge, _) => {
-            let (forwarded, _) = forward(route, request, context, None).await;
-            return respond(&connection, forwarded);
-        }
+        (Mode::Bridge, _) => return Ok(Admitted { route: route.clone(), connection, tenant: None }),
         (Mode::Tenant(_), None) => {
             return Err(ErrorData::invalid_request("tools/call needs an authenticated caller", None));
         }
     };
     let runtime = state.runtime();
     let mut audit = AuditEvent::new(&runtime.config.tenant.name, &caller.subject, AuditKind::ToolCall, "tools/call");
-    audit.resource = Some(request.name.to_string());
+    audit.resource = Some(name.to_string());
     if let Via::Chat { request_id } = via {
         audit.request_id = request_id.map(str::to_owned);
     }
-    let arguments = request
-        .arguments
-        .as_ref()
-        .and_then(|a| serde_json::to_string(a).ok())
-        .map(|text| redact_secrets(&text).into_owned());
+    let arguments = arguments().map(|text| redact_secrets(&text).into_owned());
 
     if !route.upstream.grants_tool(&route.name, caller) {
         metrics::counter!("tenantgate_mcp_tool_calls_total", "connection" => connection.clone(), "outcome" => "access_denied")
             .increment(1);
-        tracing::info!(tool = %request.name, %connection, subject = %caller.subject, "MCP tool call refused by the connection's tools.access");
-        let refusal = access_denied(&request.name, &connection, caller);
+        tracing::info!(tool = %name, %connection, subject = %caller.subject, "MCP tool call refused by the connection's tools.access");
+        let refusal = access_denied(name, &connection, caller);
         audit.status = Some(403);
         audit.reason = Some(ACCESS_DENIED.into());
         audit.details = serde_json::json!({"connection": connection, "tool": &*route.name, "via": via.label(), "roles": &caller.roles, "message": &refusal.message, "arguments": arguments});
@@ -130,29 +182,55 @@ pub async fn call_tool(
             Some(serde_json::json!({"retryAfterSeconds": limited.retry_after().as_secs_f64().ceil()})),
         ));
     }
+    let tenant =
+        TenantCall { state: state.clone(), runtime, caller: caller.clone(), audit, via: via.label(), arguments };
+    Ok(Admitted { route: route.clone(), connection, tenant: Some(tenant) })
+}
 
-    let started = Instant::now();
-    let (forwarded, outcome) = forward(route, request, context, Some(&caller.subject)).await;
-    let mut findings = Vec::new();
-    let forwarded = match forwarded {
-        Ok(ServerResult::CallToolResult(result)) => {
-            Ok(ServerResult::CallToolResult(guard_result(&runtime, caller, result, &mut findings)))
+impl Admitted {
+    /// The connection's name.
+    pub fn connection(&self) -> &str {
+        &self.connection
+    }
+
+    /// Whose call it is, under [`Mode::Tenant`].
+    pub fn subject(&self) -> Option<&str> {
+        self.tenant.as_ref().map(|t| t.caller.subject.as_str())
+    }
+
+    /// Whether a prompt policy applies to the caller, so the result must be
+    /// read for [`Self::guard`] (with none, guarding changes nothing).
+    pub fn guards_results(&self) -> bool {
+        self.tenant.as_ref().is_some_and(|t| t.runtime.policies.applies_to(&t.caller))
+    }
+
+    /// Runs the prompt guards over the result (under [`Mode::Tenant`]).
+    pub fn guard(&self, result: CallToolResult, findings: &mut Vec<Finding>) -> CallToolResult {
+        match &self.tenant {
+            Some(t) => guard_result(&t.runtime, &t.caller, result, findings),
+            None => result,
         }
-        other => other,
-    };
-    audit.status = Some(if outcome == "ok" { 200 } else { 502 });
-    audit.reason = (outcome != "ok").then(|| outcome.to_string());
-    audit.findings = crate::policy::audit::findings(&findings);
-    audit.details = serde_json::json!({
-        "connection": connection,
-        "tool": &*route.name,
-        "durationMs": started.elapsed().as_millis() as u64,
-        "outcome": outcome,
-        "via": via.label(),
-        "arguments": arguments,
-    });
-    state.storage().recorder.audit(audit);
-    respond(&connection, forwarded)
+    }
+
+    /// Writes the call's audit event (under [`Mode::Tenant`]): `outcome` is
+    /// the forward's (`ok` or a [`ForwardError`] reason), `started` when it
+    /// was sent. Returns the connection's name.
+    pub fn finish(self, outcome: &str, findings: &[Finding], started: Instant) -> String {
+        let Some(mut t) = self.tenant else { return self.connection };
+        t.audit.status = Some(if outcome == "ok" { 200 } else { 502 });
+        t.audit.reason = (outcome != "ok").then(|| outcome.to_string());
+        t.audit.findings = crate::policy::audit::findings(findings);
+        t.audit.details = serde_json::json!({
+            "connection": self.connection,
+            "tool": &*self.route.name,
+            "durationMs": started.elapsed().as_millis() as u64,
+            "outcome": outcome,
+            "via": t.via,
+            "arguments": t.arguments,
+        });
+        t.state.storage().recorder.audit(t.audit);
+        self.connection
+    }
 }
 
 /// The audit reason of a call `tools.access` refused.
@@ -173,7 +251,7 @@ fn access_denied(tool: &str, connection: &str, caller: &Identity) -> ErrorData {
 /// Sends the call to the upstream that owns the tool, under its upstream
 /// name; returns the answer and its outcome label (also counted and timed).
 async fn forward(
-    route: &super::catalog::Route,
+    route: &Route,
     request: CallToolRequestParams,
     context: Option<&RequestContext<RoleServer>>,
     subject: Option<&str>,
@@ -190,15 +268,20 @@ async fn forward(
         Ok(_) => "ok",
         Err(e) => e.as_reason(),
     };
+    record_forward(connection, outcome, started);
+    (forwarded, outcome)
+}
+
+/// Counts and times one forwarded call by its outcome label.
+pub fn record_forward(connection: String, outcome: &'static str, started: Instant) {
     metrics::counter!("tenantgate_mcp_tool_calls_total", "connection" => connection.clone(), "outcome" => outcome)
         .increment(1);
     metrics::histogram!("tenantgate_mcp_tool_call_duration_seconds", "connection" => connection)
         .record(started.elapsed().as_secs_f64());
-    (forwarded, outcome)
 }
 
 /// The client's answer for an upstream's.
-fn respond(connection: &str, forwarded: Result<ServerResult, ForwardError>) -> Result<CallToolResponse, ErrorData> {
+pub fn respond(connection: &str, forwarded: Result<ServerResult, ForwardError>) -> Result<CallToolResponse, ErrorData> {
     match forwarded {
         Ok(ServerResult::CallToolResult(result)) => Ok(CallToolResponse::Complete(result)),
         Ok(ServerResult::InputRequiredResult(result)) => Ok(CallToolResponse::InputRequired(result)),
@@ -218,7 +301,7 @@ fn respond(connection: &str, forwarded: Result<ServerResult, ForwardError>) -> R
 
 /// Runs the prompt guards over the text a tool returned: redaction rewrites
 /// it, a block replaces the result with an error result naming the policy.
-fn guard_result(
+pub(crate) fn guard_result(
     runtime: &Runtime,
     caller: &Identity,
     mut result: CallToolResult,

@@ -22,6 +22,7 @@ pub mod drift_status;
 pub mod filter;
 pub mod logs;
 pub mod oauth;
+pub mod passthrough;
 pub mod pin;
 pub mod seal;
 pub mod session_store;

@@ -57,8 +57,8 @@ impl ConnectError {
 
 /// A transport ready for `ClientHandler::serve`.
 pub enum Transport {
-    /// Streamable HTTP.
-    Http(StreamableHttpClientTransport<BearerClient>),
+    /// Streamable HTTP, and the raw sender that shares its session (see [`RawSender`]).
+    Http(StreamableHttpClientTransport<BearerClient>, RawSender),
     /// Legacy HTTP+SSE.
     Sse(super::sse::SseClientTransport),
     /// A child process.
@@ -68,7 +68,7 @@ pub enum Transport {
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Self::Http(_) => "Transport::Http",
+            Self::Http(..) => "Transport::Http",
             Self::Sse(_) => "Transport::Sse",
             Self::Stdio(_) => "Transport::Stdio",
         })
@@ -123,14 +123,16 @@ pub async fn build(
                     None => UpstreamAuth::None,
                 },
             };
-            let http = BearerClient { inner: client.clone(), credentials };
+            let wire = Arc::new(Wire::default());
+            let http = BearerClient { inner: client.clone(), credentials, wire: Some(wire.clone()) };
             if config.transport == McpEndpointTransport::Sse {
                 let mut sse = super::sse::SseClientTransport::new(http, url);
                 sse.connect().await.map_err(|e| ConnectError::Handshake(e.to_string()))?;
                 return Ok(Transport::Sse(sse));
             }
+            let raw = RawSender { http: http.clone(), uri: url.into(), wire };
             let transport_config = StreamableHttpClientTransportConfig::with_uri(url);
-            Ok(Transport::Http(StreamableHttpClientTransport::with_client(http, transport_config)))
+            Ok(Transport::Http(StreamableHttpClientTransport::with_client(http, transport_config), raw))
         }
         McpEndpointTransport::Stdio => {
             let process = config
@@ -177,12 +179,20 @@ enum UpstreamAuth {
 pub struct BearerClient {
     inner: reqwest::Client,
     credentials: UpstreamAuth,
+    /// Where the session rmcp's client posts on is recorded (streamable HTTP).
+    wire: Option<Arc<Wire>>,
 }
 
 impl BearerClient {
     /// A client without upstream credentials.
     pub fn anonymous(inner: reqwest::Client) -> Self {
-        Self { inner, credentials: UpstreamAuth::None }
+        Self { inner, credentials: UpstreamAuth::None, wire: None }
+    }
+
+    fn saw(&self, session_id: Option<&Arc<str>>, headers: &HashMap<HeaderName, HeaderValue>) {
+        if let (Some(wire), Some(session)) = (&self.wire, session_id) {
+            wire.saw(session, headers);
+        }
     }
 
     /// The `Authorization: Bearer` token to send, if the connection has one.
@@ -229,6 +239,7 @@ impl StreamableHttpClient for BearerClient {
         _auth_header: Option<String>,
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> HttpResult<StreamableHttpPostResponse> {
+        self.saw(session_id.as_ref(), &custom_headers);
         self.inner.post_message(uri, message, session_id, self.token().await, custom_headers).await
     }
 
@@ -241,6 +252,7 @@ impl StreamableHttpClient for BearerClient {
         custom_headers: HashMap<HeaderName, HeaderValue>,
         max_sse_event_size: usize,
     ) -> HttpResult<StreamableHttpPostResponse> {
+        self.saw(session_id.as_ref(), &custom_headers);
         self.inner
             .post_message_with_max_sse_event_size(
                 uri,
@@ -293,5 +305,69 @@ impl StreamableHttpClient for BearerClient {
                 max_sse_event_size,
             )
             .await
+    }
+}
+
+/// The upstream session rmcp's client last posted on: its id and protocol
+/// version header. rmcp keeps the session inside its worker; the wire is
+/// read from the requests it makes, so a session it re-initializes is seen
+/// on its next request.
+#[derive(Debug, Default)]
+pub struct Wire(arc_swap::ArcSwapOption<Posted>);
+
+/// One session's coordinates, as rmcp's client sends them.
+#[derive(Debug)]
+struct Posted {
+    session: Arc<str>,
+    version: Option<HeaderValue>,
+}
+
+const PROTOCOL_VERSION_HEADER: HeaderName = HeaderName::from_static("mcp-protocol-version");
+
+impl Wire {
+    fn saw(&self, session: &Arc<str>, headers: &HashMap<HeaderName, HeaderValue>) {
+        let version = headers.get(&PROTOCOL_VERSION_HEADER);
+        let current = self.0.load();
+        if current.as_ref().is_some_and(|p| p.session == *session && p.version.as_ref() == version) {
+            return;
+        }
+        self.0.store(Some(Arc::new(Posted { session: session.clone(), version: version.cloned() })));
+    }
+}
+
+/// Posts raw JSON-RPC messages on the session of a streamable-HTTP upstream
+/// that rmcp's client opened (same URL, session id, protocol version and
+/// credentials): the pass-through of `tools/call` (see `super::passthrough`).
+#[derive(Clone, Debug)]
+pub struct RawSender {
+    http: BearerClient,
+    uri: Arc<str>,
+    wire: Arc<Wire>,
+}
+
+impl RawSender {
+    /// Whether rmcp's client has posted on a session yet.
+    pub fn ready(&self) -> bool {
+        self.wire.0.load().is_some()
+    }
+
+    /// Posts `body` (one JSON-RPC message) on the session; the upstream's
+    /// HTTP answer as it comes (JSON or an event stream).
+    pub async fn post(&self, body: Vec<u8>) -> Result<reqwest::Response, String> {
+        let posted = self.wire.0.load_full().ok_or("no upstream session yet")?;
+        let mut request = self
+            .http
+            .inner
+            .post(&*self.uri)
+            .header(http::header::ACCEPT, "text/event-stream, application/json")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header("mcp-session-id", &*posted.session);
+        if let Some(version) = &posted.version {
+            request = request.header(PROTOCOL_VERSION_HEADER, version.clone());
+        }
+        if let Some(token) = self.http.token().await {
+            request = request.bearer_auth(token);
+        }
+        request.body(body).send().await.map_err(|e| e.to_string())
     }
 }

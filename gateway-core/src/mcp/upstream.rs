@@ -33,9 +33,10 @@ use super::drift_status::DriftBoard;
 use super::filter::ToolFilter;
 use super::logs::{self, LogFeed, UpstreamLog};
 use super::pin::{DriftLog, PinDrift};
-use super::transport::{self, ConnectError, Transport, UserCredential};
+use super::transport::{self, ConnectError, RawSender, Transport, UserCredential};
 use super::user_oauth::{UserOAuthError, UserTokensCell};
 use crate::routing::Breaker;
+use crate::routing::breaker::Permit;
 
 /// Failures before the breaker opens, and how long it stays open.
 const BREAKER_THRESHOLD: u32 = 5;
@@ -180,6 +181,8 @@ const SESSION_IDLE: Duration = Duration::from_secs(600);
 struct Live {
     peer: Peer<RoleClient>,
     offer: Arc<Offer>,
+    /// Posts raw messages on the same session (streamable HTTP only).
+    raw: Option<RawSender>,
 }
 
 /// Receives the upstream's notifications.
@@ -409,7 +412,8 @@ impl Upstream {
             .get_or_try_init(|| async {
                 let refresh = self.refresh.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
                 let refresh = refresh.unwrap_or_else(|| mpsc::unbounded_channel().0);
-                let session = connect(self, &self.links.client, self.handler(refresh, key.clone()), credential).await?;
+                let (session, _) =
+                    connect(self, &self.links.client, self.handler(refresh, key.clone()), credential).await?;
                 if let Some(level) = self.links.logs.level() {
                     set_log_level(self.name(), session.peer(), level).await;
                 }
@@ -527,6 +531,78 @@ impl Upstream {
             }
         }
         Ok(result)
+    }
+
+    /// The raw sender of its shared session, for the `tools/call`
+    /// pass-through: only a connected streamable-HTTP connection whose
+    /// credentials are the connection's own (not a per-user one) has one.
+    pub fn raw_sender(&self) -> Option<RawSender> {
+        if self.is_per_user() {
+            return None;
+        }
+        self.live.load().as_ref().and_then(|live| live.raw.clone()).filter(RawSender::ready)
+    }
+
+    /// Posts one raw JSON-RPC request with `sender` under the connection's
+    /// breaker (the same one [`Self::forward`] uses); the answer, to be read
+    /// by `deadline` (the connection's timeout), and the breaker's permit to
+    /// settle with [`Self::settle_raw`] once it is read.
+    pub async fn post_raw(
+        &self,
+        sender: &RawSender,
+        body: Vec<u8>,
+    ) -> Result<(reqwest::Response, Permit, tokio::time::Instant), ForwardError> {
+        let name = &self.config.name;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let permit = self.breaker.try_acquire().ok_or_else(|| ForwardError::BreakerOpen(name.clone()))?;
+        let failed = match tokio::time::timeout_at(deadline, sender.post(body)).await {
+            Ok(Ok(response)) if response.status().is_success() => return Ok((response, permit, deadline)),
+            Ok(Ok(response)) => ForwardError::Transport(name.clone(), format!("HTTP {}", response.status())),
+            Ok(Err(e)) => ForwardError::Transport(name.clone(), e),
+            Err(_) => ForwardError::Timeout(name.clone(), self.timeout.as_secs()),
+        };
+        self.settle_raw(permit, Err(&failed));
+        Err(failed)
+    }
+
+    /// Settles a raw request's breaker permit as [`Self::forward`] would its
+    /// outcome: a JSON-RPC error or a cancellation is an answer, a timeout or
+    /// a transport failure counts against the upstream (and a transport
+    /// failure has the session checked now).
+    pub fn settle_raw(&self, permit: Permit, outcome: Result<(), &ForwardError>) {
+        match outcome {
+            Ok(()) | Err(ForwardError::Upstream(_) | ForwardError::Cancelled) => permit.success(),
+            Err(ForwardError::Transport(..)) => {
+                permit.failure();
+                self.suspect.notify_one();
+            }
+            Err(_) => permit.failure(),
+        }
+    }
+
+    /// A notification the upstream sent on the stream of a raw request, as
+    /// its session's handler ([`UpstreamClient`]) takes it: log messages to the
+    /// hub's feed, list changes to the listing loop; anything else is dropped.
+    #[allow(deprecated)] // logging: see `logs`
+    pub fn on_raw_notification(&self, method: &str, params: Option<&serde_json::value::RawValue>) {
+        let refresh = match method {
+            "notifications/message" => {
+                let Some(params) = params.and_then(|p| serde_json::from_str(p.get()).ok()) else { return };
+                self.links.logs.publish(UpstreamLog {
+                    connection: self.config.name.as_str().into(),
+                    user: None,
+                    message: logs::prefixed(params, &self.config.prefix),
+                });
+                return;
+            }
+            "notifications/tools/list_changed" => Refresh::Tools,
+            "notifications/prompts/list_changed" => Refresh::Prompts,
+            "notifications/resources/list_changed" => Refresh::Resources,
+            _ => return,
+        };
+        if let Some(tx) = &*self.refresh.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            let _ = tx.send(refresh);
+        }
     }
 
     /// Sends `request` through the session for `context`'s revision.
@@ -740,7 +816,7 @@ pub(super) async fn run(
             _ = stop.changed() => break,
         };
         match connected {
-            Ok(session) => {
+            Ok((session, raw)) => {
                 delays = crate::backoff::Delays::new(BACKOFF_MIN, BACKOFF_MAX).peekable();
                 let peer = session.peer().clone();
                 let offer = tokio::select! {
@@ -756,10 +832,7 @@ pub(super) async fn run(
                             resources = offer.resources.len(),
                             "MCP connection up"
                         );
-                        if let Some(level) = upstream.links.logs.level() {
-                            set_log_level(&name, &peer, level).await;
-                        }
-                        upstream.live.store(Some(Arc::new(Live { peer: peer.clone(), offer: Arc::new(offer) })));
+                        go_live(&upstream, &peer, offer, &raw).await;
                         gauge.set(1.0);
                         publish();
                         let cancel = session.cancellation_token();
@@ -768,40 +841,37 @@ pub(super) async fn run(
                         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                         loop {
                             tokio::select! {
-                                    _ = &mut waiting => {
-                                        tracing::warn!(connection = %name, "MCP connection lost; its tools are withdrawn until it reconnects");
+                                _ = &mut waiting => {
+                                    tracing::warn!(connection = %name, "MCP connection lost; its tools are withdrawn until it reconnects");
+                                    break;
+                                }
+                                _ = async { tokio::select! { _ = ping.tick() => {}, () = upstream.suspect.notified() => {} } } => {
+                                    if let Err(e) = alive(&peer, upstream.timeout).await {
+                                        tracing::warn!(connection = %name, error = %e, "MCP connection lost (ping failed); its tools are withdrawn until it reconnects");
+                                        cancel.cancel();
                                         break;
                                     }
-                                    _ = async { tokio::select! { _ = ping.tick() => {}, () = upstream.suspect.notified() => {} } } => {
-                                        if let Err(e) = alive(&peer, upstream.timeout).await {
-                                            tracing::warn!(connection = %name, error = %e, "MCP connection lost (ping failed); its tools are withdrawn until it reconnects");
-                                            cancel.cancel();
-                                            break;
+                                }
+                                Some(what) = refresh_rx.recv() => {
+                                    tracing::info!(connection = %name, list = ?what, "upstream list changed; refreshing");
+                                    match list_offer(&upstream, &peer).await {
+                                        Ok(offer) => {
+                                            go_live(&upstream, &peer, offer, &raw).await;
+                                            publish();
                                         }
-                                    }
-                                    Some(what) = refresh_rx.recv() => {
-                                        tracing::info!(connection = %name, list = ?what, "upstream list changed; refreshing");
-                                        match list_offer(&upstream, &peer).await {
-                                            Ok(offer) => {
-                                                if let Some(level) = upstream.links.logs.level() {
-                                set_log_level(&name, &peer, level).await;
-                            }
-                            upstream.live.store(Some(Arc::new(Live { peer: peer.clone(), offer: Arc::new(offer) })));
-                                                publish();
-                                            }
-                                            Err(e) => tracing::warn!(connection = %name, error = %e, "refreshing the upstream lists failed"),
-                                        }
-                                    }
-                                    _ = stop.changed() => {
-                                        cancel.cancel();
-                                        let _ = waiting.await;
-                                        upstream.live.store(None);
-                                        gauge.set(0.0);
-                                        publish();
-                                        tracing::info!(connection = %name, "MCP connection closed (removed from the config)");
-                                        return;
+                                        Err(e) => tracing::warn!(connection = %name, error = %e, "refreshing the upstream lists failed"),
                                     }
                                 }
+                                _ = stop.changed() => {
+                                    cancel.cancel();
+                                    let _ = waiting.await;
+                                    upstream.live.store(None);
+                                    gauge.set(0.0);
+                                    publish();
+                                    tracing::info!(connection = %name, "MCP connection closed (removed from the config)");
+                                    return;
+                                }
+                            }
                         }
                     }
                     Err(e) => {
@@ -842,6 +912,15 @@ pub(super) async fn run(
     publish();
 }
 
+/// Makes a listing of the shared session `peer` the live one (asking the
+/// session for log messages first, when a client wants them).
+async fn go_live(upstream: &Upstream, peer: &Peer<RoleClient>, offer: Offer, raw: &Option<RawSender>) {
+    if let Some(level) = upstream.links.logs.level() {
+        set_log_level(upstream.name(), peer, level).await;
+    }
+    upstream.live.store(Some(Arc::new(Live { peer: peer.clone(), offer: Arc::new(offer), raw: raw.clone() })));
+}
+
 type Session = rmcp::service::RunningService<RoleClient, UpstreamClient>;
 
 async fn connect(
@@ -849,16 +928,16 @@ async fn connect(
     client: &reqwest::Client,
     handler: UpstreamClient,
     user: Option<UserCredential>,
-) -> Result<Session, ConnectError> {
+) -> Result<(Session, Option<RawSender>), ConnectError> {
     let secs = upstream.config.timeout_seconds.max(1);
     let handshake = async {
         let transport = transport::build(&upstream.config, client, user).await?;
-        let served = match transport {
-            Transport::Http(t) => handler.serve(t).await,
-            Transport::Sse(t) => handler.serve(t).await,
-            Transport::Stdio(t) => handler.serve(t).await,
+        let (served, raw) = match transport {
+            Transport::Http(t, raw) => (handler.serve(t).await, Some(raw)),
+            Transport::Sse(t) => (handler.serve(t).await, None),
+            Transport::Stdio(t) => (handler.serve(t).await, None),
         };
-        served.map_err(|e| ConnectError::Handshake(e.to_string()))
+        served.map(|s| (s, raw)).map_err(|e| ConnectError::Handshake(e.to_string()))
     };
     tokio::time::timeout(Duration::from_secs(u64::from(secs)), handshake)
         .await

@@ -182,6 +182,12 @@ impl Policies {
         Ok(Some(applied))
     }
 
+    /// Whether any policy applies to `identity` on a tool result (otherwise
+    /// [`Self::guard_tool_result`] finds nothing and changes nothing).
+    pub fn applies_to(&self, identity: &Identity) -> bool {
+        self.list.iter().any(|p| fits(&p.match_, identity, None))
+    }
+
     /// Runs the input guards of the policies that apply to `identity` on a
     /// tool result (untrusted text coming back from an MCP server): `block`
     /// refuses it, `redact` returns it redacted, `flag` only reports. With no

@@ -7,6 +7,10 @@
 //! otherwise, as for an expired session), and the message size limit (413,
 //! enforced by rmcp while it reads the body).
 //!
+//! A `tools/call` of a session that qualifies (see [`super::fast_path`]) is
+//! served by the pass-through (`passthrough` of the core's `mcp`) after the
+//! same checks, without rmcp's decoding; everything else goes to rmcp.
+//!
 //! When the tenant has Redis, sessions are shared by its replicas (see
 //! [`super::session_store`]): a session id unknown here but live in Redis for
 //! this subject is restored by rmcp, which replays the client's `initialize`.
@@ -23,6 +27,8 @@ use rmcp::transport::streamable_http_server::session::SessionManager;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 
+use super::fast_path::{self, FastSessions};
+use super::passthrough::{self, ToolCall};
 use super::server::AggregateServer;
 use super::session_store::SharedSessions;
 use super::sessions::{SessionBindings, SessionCheck};
@@ -41,6 +47,11 @@ struct Endpoint {
     /// Sessions shared with the other replicas (when the tenant has Redis).
     shared: Option<Arc<SharedSessions>>,
     allowed_origins: Arc<[String]>,
+    /// Sessions the `tools/call` pass-through may serve.
+    fast: Arc<FastSessions>,
+    /// Its calls in flight (their clients may cancel them).
+    calls: Arc<passthrough::InFlight>,
+    max_message_bytes: usize,
 }
 
 impl Endpoint {
@@ -66,6 +77,53 @@ impl Endpoint {
                 self.bindings.check(id, subject)
             }
         }
+    }
+}
+
+impl Endpoint {
+    /// The `tools/call` pass-through in front of rmcp (see [`super::fast_path`]):
+    /// `Err` with the answer when it served the request (or a cancellation of
+    /// one of its calls); otherwise the body for rmcp, and whether it is an
+    /// `initialize` that qualifies its session.
+    async fn pass_through(
+        &self,
+        state: &AppState,
+        caller: &crate::auth::Caller,
+        session: Option<&str>,
+        parts: &axum::http::request::Parts,
+        body: axum::body::Body,
+    ) -> Result<(axum::body::Body, bool), Response> {
+        if parts.method != Method::POST || !fast_path::headers_fit(&parts.headers) {
+            return Ok((body, false));
+        }
+        let read = |body| async move {
+            match fast_path::read_body(body, self.max_message_bytes).await {
+                Ok(bytes) => Ok(bytes),
+                Err(too_large) => Err(json_rpc_error(too_large, true).await),
+            }
+        };
+        let Some(id) = session else {
+            let bytes = read(body).await?;
+            let qualifies = fast_path::qualifies(&bytes);
+            return Ok((bytes.into(), qualifies));
+        };
+        if !self.fast.knows(id) {
+            return Ok((body, false));
+        }
+        let bytes = read(body).await?;
+        if self.fast.fits(id)
+            && let Some(call) = ToolCall::parse(&bytes)
+            && self.sessions.has_session(&id.into()).await.unwrap_or(false)
+        {
+            let mode = super::call::Mode::Tenant(state.tenant().clone());
+            let answer = passthrough::call_tool(state.carried().mcp(), &mode, &caller.0, &call, &self.calls, id).await;
+            if let Some(response) = fast_path::response(answer) {
+                return Err(response);
+            }
+        } else if self.calls.cancel(id, &bytes) {
+            return Err(StatusCode::ACCEPTED.into_response());
+        }
+        Ok((bytes.into(), false))
     }
 }
 
@@ -117,6 +175,9 @@ pub fn router(state: &AppState) -> Router<AppState> {
         bindings: Arc::new(SessionBindings::new(settings.session_lifetime)),
         shared,
         allowed_origins: settings.allowed_origins.into(),
+        fast: Arc::new(FastSessions::new(settings.session_idle)),
+        calls: Arc::default(),
+        max_message_bytes: settings.max_message_bytes,
     };
     Router::new().route(
         "/mcp",
@@ -151,10 +212,18 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
                     .into_response();
             }
             SessionCheck::Expired => {
+                endpoint.fast.remove(id);
                 let _ = endpoint.sessions.close_session(&id.as_str().into()).await;
                 return AppError::NotFound("the MCP session expired: send initialize again".into()).into_response();
             }
         }
+    }
+    let (body, qualifies) = match endpoint.pass_through(&state, &caller, session.as_deref(), &parts, body).await {
+        Ok(full) => full,
+        Err(answered) => return answered,
+    };
+    if let Some(id) = &session {
+        endpoint.fast.saw_full(id);
     }
     let subject = caller.0.subject.clone();
     let is_delete = parts.method == Method::DELETE;
@@ -169,6 +238,9 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
         None => {
             if let Some(id) = response.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()) {
                 endpoint.bindings.bind(id, &subject);
+                if qualifies {
+                    endpoint.fast.admit(id);
+                }
                 if let Some(shared) = &endpoint.shared
                     && let Err(e) = shared.bind(id, &subject).await
                 {
@@ -176,7 +248,10 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
                 }
             }
         }
-        Some(id) if is_delete && response.status().is_success() => endpoint.bindings.remove(id),
+        Some(id) if is_delete && response.status().is_success() => {
+            endpoint.bindings.remove(id);
+            endpoint.fast.remove(id);
+        }
         Some(_) => {}
     }
     let response = response.map(axum::body::Body::new);

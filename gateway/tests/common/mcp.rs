@@ -18,16 +18,7 @@ pub async fn post(
     session: Option<&str>,
     body: Value,
 ) -> (StatusCode, Option<String>, Value) {
-    let mut request = gw
-        .client
-        .post(format!("{}/mcp", gw.url))
-        .bearer_auth(token)
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", PROTOCOL)
-        .json(&body);
-    if let Some(id) = session {
-        request = request.header("mcp-session-id", id);
-    }
+    let request = request(gw, token, session, &body);
     let response = tokio::time::timeout(Duration::from_secs(20), request.send()).await.expect("in time").expect("send");
     let status = response.status();
     let session = response.headers().get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -48,6 +39,21 @@ pub async fn post(
         serde_json::from_str(&text).unwrap_or(Value::String(text))
     };
     (status, session, message)
+}
+
+/// A POST of `body` to `/mcp` as a streamable-HTTP client sends it.
+pub fn request(gw: &Gateway, token: &str, session: Option<&str>, body: &Value) -> reqwest::RequestBuilder {
+    let request = gw
+        .client
+        .post(format!("{}/mcp", gw.url))
+        .bearer_auth(token)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", PROTOCOL)
+        .json(body);
+    match session {
+        Some(id) => request.header("mcp-session-id", id),
+        None => request,
+    }
 }
 
 pub async fn initialize(gw: &Gateway, token: &str) -> String {
