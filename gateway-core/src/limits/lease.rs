@@ -204,6 +204,8 @@ impl std::fmt::Debug for Leases {
 struct Ask {
     need: [u64; BUCKETS],
     want: [u64; BUCKETS],
+    /// What the request already took from the slices here (the rest is `need`).
+    taken: [u64; BUCKETS],
 }
 
 impl Leases {
@@ -241,11 +243,30 @@ impl Leases {
             Err(ask) => ask,
         };
         if !self.redis.health.should_try() {
+            self.untake(user, &ask.taken);
             return Err(StoreError::Down);
         }
-        let answer =
-            self.redis.lease(&self.plan, user.map(|u| &**u), &buckets, &ask.need, &ask.want, None, "lease").await?;
-        Ok(self.apply(&buckets, &costs, user, &answer))
+        let answer = self.redis.lease(&self.plan, user.map(|u| &**u), &buckets, &ask.need, &ask.want, None, "lease");
+        match answer.await {
+            Ok(answer) => Ok(self.apply(&buckets, &ask, user, &answer)),
+            Err(e) => {
+                self.untake(user, &ask.taken);
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts back what a request took from the slices here when it was not admitted.
+    fn untake(&self, user: Option<&Arc<UserKeys>>, taken: &[u64; BUCKETS]) {
+        let mut state = self.state();
+        let (tenant, mut user_slice) = state.scopes(user, 0);
+        for (i, &t) in taken.iter().enumerate() {
+            let (is_user, k) = place(i);
+            let slice = if is_user { user_slice.as_deref_mut() } else { Some(&mut *tenant) };
+            if let Some(slice) = slice {
+                slice.balances[k].held += t as i64;
+            }
+        }
     }
 
     /// Takes `costs` from the slices here, or says what to ask Redis for.
@@ -262,7 +283,7 @@ impl Leases {
         let safe_day = state.clock.map(|c| c.day(now, Duration::from_secs(1)));
         let (tenant, mut user_slice) = state.scopes(user, day.unwrap_or(0));
         let mut covered = day.is_some();
-        let mut ask = Ask { need: [0; BUCKETS], want: [0; BUCKETS] };
+        let mut ask = Ask { need: [0; BUCKETS], want: [0; BUCKETS], taken: [0; BUCKETS] };
         for i in 0..BUCKETS {
             let (Some(b), Some(cost)) = (buckets[i], costs[i]) else { continue };
             let (is_user, k) = place(i);
@@ -273,10 +294,20 @@ impl Leases {
             if held < cost {
                 covered = false;
             }
-            ask.need[i] = cost.saturating_sub(held);
+            ask.taken[i] = held.min(cost);
+            ask.need[i] = cost - ask.taken[i];
             ask.want[i] = ask.need[i] + if slice.topping_up { 0 } else { slice.balances[k].aim(b.share) };
         }
         if !covered {
+            // Take what the slices here have now, so that concurrent requests
+            // cannot spend it too while this one asks Redis for the rest.
+            for (i, &t) in ask.taken.iter().enumerate() {
+                let (is_user, k) = place(i);
+                let slice = if is_user { user_slice.as_deref_mut() } else { Some(&mut *tenant) };
+                if let Some(slice) = slice {
+                    slice.balances[k].held -= t as i64;
+                }
+            }
             return Err(ask);
         }
         let mut outcomes = [None; 7];
@@ -307,7 +338,7 @@ impl Leases {
     fn apply(
         &self,
         buckets: &[Option<Bucket>; BUCKETS],
-        costs: &[Option<u64>; BUCKETS],
+        ask: &Ask,
         user: Option<&Arc<UserKeys>>,
         answer: &LeaseAnswer,
     ) -> Verdict {
@@ -330,15 +361,16 @@ impl Leases {
             let slice = if is_user { user_slice.as_deref_mut() } else { Some(&mut *tenant) };
             let Some(slice) = slice else { continue };
             if allowed {
-                let cost = costs[i].unwrap_or(0);
                 let balance = &mut slice.balances[k];
-                balance.held += grant.granted as i64 - cost as i64;
-                balance.used += cost;
+                balance.held += grant.granted as i64 - ask.need[i] as i64;
+                balance.used += ask.need[i] + ask.taken[i];
                 balance.shared_left = grant.remaining;
                 balance.reset_at = Some(now + Duration::from_micros(grant.reset_us.max(0.0) as u64));
                 slice.last_used = now;
                 outcomes[i] = Some(outcome(balance, now));
             } else {
+                // Refused: what it took here goes back.
+                slice.balances[k].held += ask.taken[i] as i64;
                 let held = slice.balances[k].held.max(0) as u64;
                 outcomes[i] = Some(Outcome {
                     allowed: grant.allowed,
@@ -383,7 +415,7 @@ impl Leases {
             let result =
                 this.redis.lease(&this.plan, user.as_deref(), &buckets, &[0; BUCKETS], &want, None, "top_up").await;
             if let Ok(answer) = &result {
-                this.apply(&buckets, &[Some(0); BUCKETS], user.as_ref(), answer);
+                this.apply(&buckets, &Ask { need: [0; BUCKETS], want, taken: [0; BUCKETS] }, user.as_ref(), answer);
             }
             let mut state = this.state();
             let (tenant, user_slice) = state.scopes(user.as_ref(), 0);
@@ -488,6 +520,11 @@ impl Leases {
                 tracing::warn!("no runtime to give rate limit slices back on; they come back as the buckets refill")
             }
         }
+    }
+
+    /// Units this replica holds of the tenant's requests, tokens per minute and tokens per day.
+    pub fn held(&self) -> [i64; 3] {
+        self.state().tenant.balances.map(|b| b.held)
     }
 
     /// Gives every slice back now (a replica shutting down), waiting for Redis.
@@ -621,6 +658,35 @@ mod tests {
         assert_eq!(balance.aim(50), 50, "capped at the share");
         balance.rate = 0.0;
         assert_eq!(balance.aim(50), 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_must_ask_redis_first_takes_what_the_slices_have() {
+        let endpoint = crate::redis_client::RedisEndpoint::new("redis://127.0.0.1:1/0", None);
+        let redis = RedisStore::connect(&endpoint, super::super::RedisSettings::default()).expect("store");
+        let p =
+            plan(Limits { requests_per_minute: Some(6_000), tokens_per_minute: Some(160_000), ..Default::default() });
+        let leases = Leases::new(Arc::new(p), redis);
+        {
+            let mut state = leases.state();
+            state.clock = Some(Clock { at: Instant::now(), redis_us: 1.7e15 });
+            state.tenant.balances[0].held = 1;
+            state.tenant.balances[1].held = 10;
+        }
+        let b = buckets(&leases.plan, false);
+        // One request covered here: admitted locally.
+        assert!(leases.take_local(&b, &costs(&b, 10), None).is_ok());
+        assert_eq!(leases.held()[..2], [0, 0]);
+        leases.state().tenant.balances[0].held = 1;
+        // The next one is short of tokens: it takes the one request unit now and asks for the tokens.
+        let Err(ask) = leases.take_local(&b, &costs(&b, 50), None) else { panic!("not covered") };
+        assert_eq!((ask.taken[0], ask.need[0]), (1, 0));
+        assert_eq!((ask.taken[2], ask.need[2]), (0, 50));
+        // Meanwhile a concurrent request finds nothing left to spend twice.
+        assert!(leases.take_local(&b, &costs(&b, 0), None).is_err());
+        // Refused (or Redis down): the unit goes back.
+        leases.untake(None, &ask.taken);
+        assert_eq!(leases.held()[0], 1);
     }
 
     #[test]
