@@ -200,6 +200,14 @@ impl std::fmt::Debug for Leases {
     }
 }
 
+/// What the slices here could do for a request.
+enum Local {
+    /// They covered it.
+    Admitted(Verdict),
+    /// They did not: ask Redis.
+    Ask(Ask),
+}
+
 /// Why a request cannot be admitted from the slices here: what to ask Redis for.
 struct Ask {
     need: [u64; BUCKETS],
@@ -239,8 +247,8 @@ impl Leases {
         let buckets = buckets(&self.plan, user.is_some());
         let costs = costs(&buckets, tokens);
         let ask = match self.take_local(&buckets, &costs, user) {
-            Ok(verdict) => return Ok(verdict),
-            Err(ask) => ask,
+            Local::Admitted(verdict) => return Ok(verdict),
+            Local::Ask(ask) => ask,
         };
         if !self.redis.health.should_try() {
             self.untake(user, &ask.taken);
@@ -275,7 +283,7 @@ impl Leases {
         buckets: &[Option<Bucket>; BUCKETS],
         costs: &[Option<u64>; BUCKETS],
         user: Option<&Arc<UserKeys>>,
-    ) -> Result<Verdict, Ask> {
+    ) -> Local {
         let now = Instant::now();
         let mut state = self.state();
         let day = state.clock.map(|c| c.day(now, Duration::ZERO));
@@ -308,7 +316,7 @@ impl Leases {
                     slice.balances[k].held -= t as i64;
                 }
             }
-            return Err(ask);
+            return Local::Ask(ask);
         }
         let mut outcomes = [None; 7];
         let mut low = false;
@@ -330,7 +338,7 @@ impl Leases {
         if low {
             self.top_up(user.cloned());
         }
-        Ok(verdict)
+        Local::Admitted(verdict)
     }
 
     /// Applies Redis' answer to a request's ask: its grants go into the
@@ -675,15 +683,15 @@ mod tests {
         }
         let b = buckets(&leases.plan, false);
         // One request covered here: admitted locally.
-        assert!(leases.take_local(&b, &costs(&b, 10), None).is_ok());
+        assert!(matches!(leases.take_local(&b, &costs(&b, 10), None), Local::Admitted(_)));
         assert_eq!(leases.held()[..2], [0, 0]);
         leases.state().tenant.balances[0].held = 1;
         // The next one is short of tokens: it takes the one request unit now and asks for the tokens.
-        let Err(ask) = leases.take_local(&b, &costs(&b, 50), None) else { panic!("not covered") };
+        let Local::Ask(ask) = leases.take_local(&b, &costs(&b, 50), None) else { panic!("not covered") };
         assert_eq!((ask.taken[0], ask.need[0]), (1, 0));
         assert_eq!((ask.taken[2], ask.need[2]), (0, 50));
         // Meanwhile a concurrent request finds nothing left to spend twice.
-        assert!(leases.take_local(&b, &costs(&b, 0), None).is_err());
+        assert!(matches!(leases.take_local(&b, &costs(&b, 0), None), Local::Ask(_)));
         // Refused (or Redis down): the unit goes back.
         leases.untake(None, &ask.taken);
         assert_eq!(leases.held()[0], 1);
