@@ -115,7 +115,13 @@ async fn connect(url: &str, token: Option<&str>, lifecycle: Lifecycle) -> Result
     }
     let transport = StreamableHttpClientTransport::from_config(config);
     Ok(match lifecycle {
-        Lifecycle::Session => ClientConfig::default().serve(transport).await?,
+        Lifecycle::Session => {
+            // A 2025-11-25 client names its revision in `initialize` (rmcp's
+            // default names 2026-07-28, which has no `initialize`).
+            let mut config = ClientConfig::default();
+            config.protocol_version = ProtocolVersion::V_2025_11_25;
+            config.serve(transport).await?
+        }
         Lifecycle::Stateless => {
             let discover = ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] };
             ClientConfig::default().serve_with_lifecycle(transport, discover).await?
