@@ -308,12 +308,17 @@ mod tests {
         assert!(second.is_ok(), "it is accepted once the first closes");
     }
 
-    #[tokio::test]
-    async fn at_the_cap_the_longest_idle_connection_is_asked_to_close_for_a_new_one() {
+    /// A shedding listener of `max` and `clients` connections to it, not accepted yet.
+    async fn shedding_with_clients(max: usize, clients: usize) -> (CappedListener, Vec<io::Result<TcpStream>>) {
         let inner = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = inner.local_addr().expect("addr");
-        let mut listener = CappedListener::new(inner, 2).shedding();
-        let _clients: Vec<_> = futures_util::future::join_all((0..4).map(|_| TcpStream::connect(addr))).await;
+        let listener = CappedListener::new(inner, max).shedding();
+        (listener, futures_util::future::join_all((0..clients).map(|_| TcpStream::connect(addr))).await)
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_longest_idle_connection_is_asked_to_close_for_a_new_one() {
+        let (mut listener, _clients) = shedding_with_clients(2, 4).await;
         let (busy, _) = listener.accept().await;
         let (idle, _) = listener.accept().await;
         let busy_activity = busy.activity().expect("served");
@@ -336,10 +341,7 @@ mod tests {
 
     #[tokio::test]
     async fn past_the_cap_a_quarter_more_are_accepted_to_be_shed_then_they_wait() {
-        let inner = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = inner.local_addr().expect("addr");
-        let mut listener = CappedListener::new(inner, 4).shedding();
-        let _clients: Vec<_> = futures_util::future::join_all((0..6).map(|_| TcpStream::connect(addr))).await;
+        let (mut listener, _clients) = shedding_with_clients(4, 6).await;
         let mut served = Vec::new();
         for _ in 0..4 {
             served.push(listener.accept().await.0);

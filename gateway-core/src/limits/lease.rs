@@ -165,16 +165,40 @@ struct State {
 
 impl State {
     /// The two scopes of a request: the tenant's slice and, with `user`, the user's.
-    fn scopes(&mut self, user: Option<&Arc<UserKeys>>, day: i64) -> (&mut Slice, Option<&mut Slice>) {
+    fn scopes(&mut self, user: Option<&Arc<UserKeys>>, day: i64) -> Scopes<'_> {
         let user =
             user.map(|u| &mut *self.users.entry(u.subject.clone()).or_insert_with(|| Slice::new(Some(u.clone()), day)));
-        (&mut self.tenant, user)
+        Scopes { tenant: &mut self.tenant, user }
     }
 }
 
-/// Which slice and balance bucket `i` is kept in.
-fn place(i: usize) -> (bool, usize) {
-    (i % 2 == 1, i / 2)
+/// The slices of a request's two scopes.
+struct Scopes<'a> {
+    tenant: &'a mut Slice,
+    user: Option<&'a mut Slice>,
+}
+
+impl Scopes<'_> {
+    /// The slice bucket `i` is kept in (`None`: a user bucket without a user)
+    /// and the index of its balance there.
+    fn of(&mut self, i: usize) -> Option<(&mut Slice, usize)> {
+        let slice = if i % 2 == 1 { self.user.as_deref_mut() } else { Some(&mut *self.tenant) };
+        slice.map(|s| (s, i / 2))
+    }
+
+    /// Both slices.
+    fn both(&mut self) -> impl Iterator<Item = &mut Slice> {
+        std::iter::once(&mut *self.tenant).chain(self.user.as_deref_mut())
+    }
+
+    /// Adds `sign` times `amounts` to the balances held.
+    fn add(&mut self, amounts: &[u64; BUCKETS], sign: i64) {
+        for (i, &a) in amounts.iter().enumerate() {
+            if let Some((slice, k)) = self.of(i) {
+                slice.balances[k].held += sign * a as i64;
+            }
+        }
+    }
 }
 
 /// Amounts to give back (positive) or charge (negative) per bucket.
@@ -267,14 +291,7 @@ impl Leases {
     /// Puts back what a request took from the slices here when it was not admitted.
     fn untake(&self, user: Option<&Arc<UserKeys>>, taken: &[u64; BUCKETS]) {
         let mut state = self.state();
-        let (tenant, mut user_slice) = state.scopes(user, 0);
-        for (i, &t) in taken.iter().enumerate() {
-            let (is_user, k) = place(i);
-            let slice = if is_user { user_slice.as_deref_mut() } else { Some(&mut *tenant) };
-            if let Some(slice) = slice {
-                slice.balances[k].held += t as i64;
-            }
-        }
+        state.scopes(user, 0).add(taken, 1);
     }
 
     /// Takes `costs` from the slices here, or says what to ask Redis for.
@@ -289,14 +306,12 @@ impl Leases {
         let day = state.clock.map(|c| c.day(now, Duration::ZERO));
         // The daily slices are used only while Redis' day (a second from now) is theirs.
         let safe_day = state.clock.map(|c| c.day(now, Duration::from_secs(1)));
-        let (tenant, mut user_slice) = state.scopes(user, day.unwrap_or(0));
+        let mut scopes = state.scopes(user, day.unwrap_or(0));
         let mut covered = day.is_some();
         let mut ask = Ask { need: [0; BUCKETS], want: [0; BUCKETS], taken: [0; BUCKETS] };
         for i in 0..BUCKETS {
             let (Some(b), Some(cost)) = (buckets[i], costs[i]) else { continue };
-            let (is_user, k) = place(i);
-            let slice = if is_user { user_slice.as_deref_mut() } else { Some(&mut *tenant) };
-            let Some(slice) = slice else { continue };
+            let Some((slice, k)) = scopes.of(i) else { continue };
             let usable = k < 2 || Some(slice.day) == safe_day;
             let held = if usable { slice.balances[k].held.max(0) as u64 } else { 0 };
             if held < cost {
@@ -309,22 +324,14 @@ impl Leases {
         if !covered {
             // Take what the slices here have now, so that concurrent requests
             // cannot spend it too while this one asks Redis for the rest.
-            for (i, &t) in ask.taken.iter().enumerate() {
-                let (is_user, k) = place(i);
-                let slice = if is_user { user_slice.as_deref_mut() } else { Some(&mut *tenant) };
-                if let Some(slice) = slice {
-                    slice.balances[k].held -= t as i64;
-                }
-            }
+            scopes.add(&ask.taken, -1);
             return Local::Ask(ask);
         }
         let mut outcomes = [None; 7];
         let mut low = false;
         for i in 0..BUCKETS {
             let (Some(b), Some(cost)) = (buckets[i], costs[i]) else { continue };
-            let (is_user, k) = place(i);
-            let slice = if is_user { user_slice.as_deref_mut() } else { Some(&mut *tenant) };
-            let Some(slice) = slice else { continue };
+            let Some((slice, k)) = scopes.of(i) else { continue };
             slice.last_used = now;
             let balance = &mut slice.balances[k];
             balance.held -= cost as i64;
@@ -353,8 +360,8 @@ impl Leases {
         let now = Instant::now();
         let mut state = self.state();
         state.clock = Some(Clock { at: now, redis_us: answer.now_us });
-        let (tenant, mut user_slice) = state.scopes(user, answer.day);
-        for slice in std::iter::once(&mut *tenant).chain(user_slice.as_deref_mut()) {
+        let mut scopes = state.scopes(user, answer.day);
+        for slice in scopes.both() {
             if slice.day != answer.day {
                 // Yesterday's daily slice is worth nothing today.
                 slice.balances[2].held = 0;
@@ -365,9 +372,7 @@ impl Leases {
         let mut outcomes = [None; 7];
         for i in 0..BUCKETS {
             let (Some(_), Some(grant)) = (buckets[i], answer.grants[i]) else { continue };
-            let (is_user, k) = place(i);
-            let slice = if is_user { user_slice.as_deref_mut() } else { Some(&mut *tenant) };
-            let Some(slice) = slice else { continue };
+            let Some((slice, k)) = scopes.of(i) else { continue };
             if allowed {
                 let balance = &mut slice.balances[k];
                 balance.held += grant.granted as i64 - ask.need[i] as i64;
@@ -401,22 +406,17 @@ impl Leases {
         let mut want = [0; BUCKETS];
         {
             let mut state = self.state();
-            let (tenant, mut user_slice) = state.scopes(user.as_ref(), 0);
+            let mut scopes = state.scopes(user.as_ref(), 0);
             for (i, b) in buckets.iter().enumerate() {
                 let Some(b) = b else { continue };
-                let (is_user, k) = place(i);
-                let slice = if is_user { user_slice.as_deref_mut() } else { Some(&mut *tenant) };
-                let Some(slice) = slice else { continue };
+                let Some((slice, k)) = scopes.of(i) else { continue };
                 let balance = &slice.balances[k];
                 want[i] = balance.aim(b.share).saturating_sub(balance.held.max(0) as u64);
             }
             if want.iter().all(|&w| w == 0) {
                 return;
             }
-            tenant.topping_up = true;
-            if let Some(u) = user_slice {
-                u.topping_up = true;
-            }
+            scopes.both().for_each(|s| s.topping_up = true);
         }
         let this = self.clone();
         tokio::spawn(async move {
@@ -426,11 +426,7 @@ impl Leases {
                 this.apply(&buckets, &Ask { need: [0; BUCKETS], want, taken: [0; BUCKETS] }, user.as_ref(), answer);
             }
             let mut state = this.state();
-            let (tenant, user_slice) = state.scopes(user.as_ref(), 0);
-            tenant.topping_up = false;
-            if let Some(u) = user_slice {
-                u.topping_up = false;
-            }
+            state.scopes(user.as_ref(), 0).both().for_each(|s| s.topping_up = false);
         });
     }
 
@@ -440,14 +436,12 @@ impl Leases {
         let mut now_amounts = [0i64; BUCKETS];
         {
             let mut state = self.state();
-            let (tenant, mut user_slice) = state.scopes(user, day);
+            let mut scopes = state.scopes(user, day);
             let deltas = settlement(&buckets, reserved, actual);
             for (i, b) in buckets.iter().enumerate().skip(2) {
                 let Some(b) = b else { continue };
                 let delta = deltas[i];
-                let (is_user, k) = place(i);
-                let slice = if is_user { user_slice.as_deref_mut() } else { Some(&mut *tenant) };
-                let Some(slice) = slice else { continue };
+                let Some((slice, k)) = scopes.of(i) else { continue };
                 if k == 2 && slice.day != day {
                     continue; // that day's quota is over
                 }
@@ -597,14 +591,12 @@ impl Leases {
         let mut state = self.state();
         for g in gives {
             let day = g.day;
-            let (tenant, user_slice) = state.scopes(g.user.as_ref(), day);
-            let slice = match user_slice {
-                Some(u) => u,
-                None => tenant,
-            };
+            let mut scopes = state.scopes(g.user.as_ref(), day);
             for (i, amount) in g.amounts.iter().enumerate() {
-                let (_, k) = place(i);
-                if *amount != 0 && (k < 2 || slice.day == day) {
+                if let Some((slice, k)) = scopes.of(i)
+                    && *amount != 0
+                    && (k < 2 || slice.day == day)
+                {
                     slice.balances[k].held += amount;
                 }
             }
