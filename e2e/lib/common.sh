@@ -163,6 +163,27 @@ start_bg() {
   echo $! >"$pidf"
 }
 
+# run_logged LOG COMMAND...: runs COMMAND with its stdout and stderr both on
+# stdout and copied to LOG, and returns its exit status.
+run_logged() {
+  local file=$1
+  shift
+  mkdir -p "$(dirname "$file")"
+  "$@" 2>&1 | tee "$file"
+}
+
+# command_tail LOG RC WHAT: after a failed run_logged (RC not 0), the last
+# lines of its LOG again on stderr, for a wrapper to print after its
+# components' logs: the reason then ends the output, where a CI log's tail
+# shows it. Removes LOG either way.
+command_tail() {
+  if (($2 != 0)) && [[ -s $1 ]]; then
+    printf '\n===== the last lines of: %s (exit %s) =====\n' "$3" "$2" >&2
+    tail -n 30 "$1" >&2
+  fi
+  rm -f "$1"
+}
+
 # tail_log FILE: the last 30 lines of a component's log, on stderr.
 tail_log() {
   [[ -f $1 ]] || return 0
