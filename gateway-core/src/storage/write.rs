@@ -1,6 +1,10 @@
 //! Batch inserts: one multi-row `INSERT .. ON CONFLICT (id) DO NOTHING` per
 //! table and chunk, in one transaction. Idempotent, so a batch may be written
 //! again after a failure whose outcome is unknown.
+//!
+//! The statements are not kept prepared (`persistent(false)`): each batch size
+//! is a statement of its own, and sqlx's cache (100 a connection) would keep up
+//! to a hundred of them, each compiled for up to 15,000 binds.
 
 use sqlx::QueryBuilder;
 
@@ -51,7 +55,7 @@ pub async fn insert(db: &Db, records: &[Record]) -> Result<(), sqlx::Error> {
                     .push_bind(u.request_id.as_deref());
             });
             q.push(" ON CONFLICT (id) DO NOTHING");
-            q.build().execute(&mut *tx).await?;
+            q.build().persistent(false).execute(&mut *tx).await?;
         }
         for chunk in audit.chunks(AUDIT_CHUNK) {
             let mut q = QueryBuilder::new(
@@ -76,7 +80,7 @@ pub async fn insert(db: &Db, records: &[Record]) -> Result<(), sqlx::Error> {
                     .push_bind(a.details.to_string());
             });
             q.push(" ON CONFLICT (id) DO NOTHING");
-            q.build().execute(&mut *tx).await?;
+            q.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await
     })
