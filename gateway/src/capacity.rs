@@ -15,8 +15,9 @@
 //!
 //! The nominal costs add up to 15/32 of the limit: with the process's own
 //! 30-odd MiB, under 60% of 256 MiB with every budget full. Measured at ten
-//! times capacity, peak RSS was 49% of 256 MiB on a quiet machine and 70%
-//! with a CI run beside it (`make bench-gateway`'s overload phase). Past a budget, requests get 503 with `Retry-After`
+//! times capacity (`make bench-gateway`'s overload phase), peak RSS was 33-36%
+//! of 256 MiB with a CI run beside it; 70-84% while the recorder still kept its
+//! batch INSERTs prepared (storage/write.rs). Past a budget, requests get 503 with `Retry-After`
 //! at once instead of queueing; past the connection cap, connections wait in
 //! the kernel's accept queue. Without a limit (none set, or `max`) the
 //! defaults below apply and bodies are not budgeted.
