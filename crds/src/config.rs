@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::pricing::PricingConfig;
 use crate::v1alpha1::{
     Audit, Guards, Limits, McpTools, MockProvider, Model, PolicyMatch, ProviderType, Routing, SystemPrompt,
 };
@@ -33,8 +34,11 @@ pub struct GatewayConfig {
     pub auth: AuthConfig,
     /// Upstream LLM APIs, in spec order.
     pub providers: Vec<ProviderConfig>,
-    /// Model names and their targets in failover order.
+    /// Model names and their targets in failover order (without prices: see `pricing`).
     pub models: Vec<Model>,
+    /// The priced targets and the tenant's currency; absent: no target has a price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<PricingConfig>,
     /// Retries, timeouts and circuit breaking.
     pub routing: Routing,
     /// Rate limits and quotas; absent: unlimited.

@@ -14,6 +14,7 @@ pub mod crd;
 pub mod files;
 pub mod issue;
 pub mod manifests;
+pub mod pricing;
 pub mod reference;
 pub mod render;
 pub mod template;

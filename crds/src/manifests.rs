@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::issue::{ConfigIssue, ObjectRef, Reason};
 use crate::render::{RenderError, RenderInput, RenderOptions, RenderedConfig, render, tenant_namespace};
-use crate::v1alpha1::{API_VERSION, GROUP, McpConnection, PromptPolicy, Tenant};
+use crate::v1alpha1::{API_VERSION, GROUP, McpConnection, ModelPrice, PromptPolicy, Tenant};
 
 /// Why a document was refused: the issue, and where its document is.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +43,8 @@ pub struct ManifestSet {
     pub mcp_connections: Vec<McpConnection>,
     /// PromptPolicies.
     pub prompt_policies: Vec<PromptPolicy>,
+    /// ModelPrices (cluster-scoped).
+    pub model_prices: Vec<ModelPrice>,
     /// Secrets (local mode lays them out as the projected volume would).
     pub secrets: Vec<Secret>,
     /// `Kind name` of documents of other kinds, which are not Tenantgate's business.
@@ -74,6 +76,7 @@ impl ManifestSet {
         self.tenants.append(&mut staged.tenants);
         self.mcp_connections.append(&mut staged.mcp_connections);
         self.prompt_policies.append(&mut staged.prompt_policies);
+        self.model_prices.append(&mut staged.model_prices);
         self.secrets.append(&mut staged.secrets);
         self.ignored.append(&mut staged.ignored);
         Ok(())
@@ -146,11 +149,14 @@ impl ManifestSet {
             (true, "Tenant", _) => self.tenants.push(decode_custom::<Tenant>(&value, at)?),
             (true, "McpConnection", _) => self.mcp_connections.push(decode_custom::<McpConnection>(&value, at)?),
             (true, "PromptPolicy", _) => self.prompt_policies.push(decode_custom::<PromptPolicy>(&value, at)?),
+            (true, "ModelPrice", _) => self.model_prices.push(decode_custom::<ModelPrice>(&value, at)?),
             (true, other, _) => {
                 return Err(vec![at.error(
                     Some("kind"),
                     Reason::InvalidSpec,
-                    format!("unknown kind {other:?} in {GROUP}: expected Tenant, McpConnection or PromptPolicy"),
+                    format!(
+                        "unknown kind {other:?} in {GROUP}: expected Tenant, McpConnection, PromptPolicy or ModelPrice"
+                    ),
                 )]);
             }
             (false, "Secret", "v1") => self.secrets.push(decode_strict::<Secret>(&value, at)?),
@@ -186,6 +192,7 @@ impl ManifestSet {
                 mcp_connections: &connections,
                 tenant_policies: &tenant_policies,
                 global_policies: &global_policies,
+                model_prices: &self.model_prices,
             },
             options,
         )

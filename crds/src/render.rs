@@ -12,8 +12,9 @@ use crate::config::{
     PolicyLayer, PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity,
 };
 use crate::issue::{ConfigIssue, ObjectRef, Reason};
+use crate::pricing::{self, TargetRef};
 use crate::v1alpha1::{
-    AzureProvider, BedrockProvider, McpConnection, McpTransport, PromptPolicy, SecretKeyRef, Tenant,
+    AzureProvider, BedrockProvider, McpConnection, McpTransport, ModelPrice, PromptPolicy, SecretKeyRef, Tenant,
     VertexWorkloadIdentity,
 };
 
@@ -91,6 +92,8 @@ pub struct RenderInput<'a> {
     pub tenant_policies: &'a [PromptPolicy],
     /// PromptPolicies in the operator's namespace.
     pub global_policies: &'a [PromptPolicy],
+    /// The cluster's ModelPrices.
+    pub model_prices: &'a [ModelPrice],
 }
 
 /// A rendered config and what it needs.
@@ -109,6 +112,8 @@ pub struct RenderedConfig {
     pub identity_token_audiences: BTreeSet<String>,
     /// McpConnections left out, with why.
     pub skipped: Vec<ConfigIssue>,
+    /// `provider/model` of the targets without a price in the tenant's currency, sorted.
+    pub unpriced_targets: Vec<String>,
 }
 
 /// Why a tenant's config could not be rendered; the old config stays in force.
@@ -345,6 +350,27 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
             }
         }
     }
+    let provider_type = |name: &str| spec.providers.iter().find(|p| p.name == name).map(|p| p.type_);
+    let targets = spec.models.iter().enumerate().flat_map(|(i, m)| {
+        m.targets.iter().enumerate().filter_map(move |(j, t)| {
+            Some(TargetRef {
+                provider: &t.provider,
+                provider_type: provider_type(&t.provider)?,
+                model: &t.model,
+                price: t.price.as_ref(),
+                field: format!("spec.models[{i}].targets[{j}].price"),
+            })
+        })
+    });
+    let prices = pricing::resolve(&spec.currency, targets, input.model_prices);
+    for (field, problem) in &prices.invalid {
+        r.issue(&tenant_obj, &format!("{field}.{}", problem.field), &problem.to_string(), Reason::InvalidSpec);
+    }
+    // The config carries each target's price once, resolved, in `pricing`.
+    let mut models = spec.models.clone();
+    for t in models.iter_mut().flat_map(|m| m.targets.iter_mut()) {
+        t.price = None;
+    }
 
     let storage = StorageConfig {
         redis_url_file: spec.storage.redis.as_ref().map(|s| r.secret_file(&s.url_secret_ref)),
@@ -415,7 +441,8 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         },
         auth,
         providers,
-        models: spec.models.clone(),
+        models,
+        pricing: (!prices.pricing.targets.is_empty()).then_some(prices.pricing),
         routing: spec.routing.clone(),
         limits: spec.limits.clone(),
         mcp,
@@ -433,6 +460,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         generated_secrets: r.generated,
         identity_token_audiences: r.identity_audiences,
         skipped,
+        unpriced_targets: prices.unpriced,
     })
 }
 

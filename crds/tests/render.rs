@@ -83,6 +83,7 @@ fn policies_compose_global_then_tenant_then_user_by_priority() {
             mcp_connections: &[],
             tenant_policies: &[same, high, low],
             global_policies: &[],
+            model_prices: &[],
         },
         &RenderOptions::default(),
     )
@@ -114,7 +115,7 @@ fn hash_is_stable_under_input_order_and_changes_with_content() {
         .collect();
     let run = |c: &[McpConnection], p: &[PromptPolicy]| {
         render(
-            RenderInput { tenant, mcp_connections: c, tenant_policies: p, global_policies: &global },
+            RenderInput { tenant, mcp_connections: c, tenant_policies: p, global_policies: &global, model_prices: &[] },
             &RenderOptions::default(),
         )
         .expect("renders")
@@ -215,12 +216,18 @@ fn a_stdio_connection_with_its_own_auth_is_skipped_naming_the_field() {
         mcp_connections: std::slice::from_ref(&connection),
         tenant_policies: &[],
         global_policies: &[],
+        model_prices: &[],
     };
     let rendered = render(input, &RenderOptions::default()).expect("renders without the connection");
     assert!(rendered.config.mcp.is_empty());
     let issue = rendered.skipped.first().expect("skipped").to_string();
     assert!(issue.contains("McpConnection tg-t/files: spec.auth") && issue.contains("remove spec.auth"), "{issue}");
     assert!(rendered.generated_secrets.iter().all(|s| s == "gateway-keys"), "{:?}", rendered.generated_secrets);
+}
+
+/// A render input of `tenant` alone: no connections, policies or prices.
+fn alone(tenant: &Tenant) -> RenderInput<'_> {
+    RenderInput { tenant, mcp_connections: &[], tenant_policies: &[], global_policies: &[], model_prices: &[] }
 }
 
 fn tenant_yaml(extra: &str) -> Tenant {
@@ -233,7 +240,7 @@ fn tenant_yaml(extra: &str) -> Tenant {
 #[test]
 fn local_upstreams_are_refused_unless_allowed() {
     let tenant = tenant_yaml("  providers: [{name: p, type: openai, baseUrl: 'http://169.254.169.254/v1'}]\n");
-    let input = RenderInput { tenant: &tenant, mcp_connections: &[], tenant_policies: &[], global_policies: &[] };
+    let input = alone(&tenant);
     let err = render(input, &RenderOptions::default()).expect_err("metadata address refused");
     let text = err.to_string();
     assert!(
@@ -246,7 +253,7 @@ fn local_upstreams_are_refused_unless_allowed() {
     let allowed = tenant_yaml(
         "  providers: [{name: p, type: openai, baseUrl: 'http://127.0.0.1:9000/v1'}]\n  network: {allowLocalUpstreams: true}\n",
     );
-    let input = RenderInput { tenant: &allowed, mcp_connections: &[], tenant_policies: &[], global_policies: &[] };
+    let input = alone(&allowed);
     assert!(render(input, &RenderOptions::default()).is_ok());
 }
 
@@ -254,12 +261,12 @@ fn local_upstreams_are_refused_unless_allowed() {
 fn a_local_token_endpoint_is_refused_unless_allowed() {
     let sts = "  providers: [{name: p, type: bedrock, bedrock: {region: us-east-1, webIdentity: {roleArn: 'arn:aws:iam::123456789012:role/r', stsUrl: 'http://127.0.0.1:9'}}}]\n";
     let tenant = tenant_yaml(sts);
-    let input = RenderInput { tenant: &tenant, mcp_connections: &[], tenant_policies: &[], global_policies: &[] };
+    let input = alone(&tenant);
     let err = render(input, &RenderOptions::default()).expect_err("a loopback STS refused");
     assert!(err.to_string().contains("spec.providers[0].bedrock.webIdentity.stsUrl"), "{err}");
     assert_eq!(err.issues[0].reason, "LocalUpstreamRefused");
     let allowed = tenant_yaml(&format!("{sts}  network: {{allowLocalUpstreams: true}}\n"));
-    let input = RenderInput { tenant: &allowed, mcp_connections: &[], tenant_policies: &[], global_policies: &[] };
+    let input = alone(&allowed);
     assert!(render(input, &RenderOptions::default()).is_ok());
 }
 
@@ -274,8 +281,13 @@ fn bad_policies_refuse_the_whole_config_naming_the_policy() {
         "apiVersion: tenantgate.dev/v1alpha1\nkind: PromptPolicy\nmetadata: {name: broken, namespace: tg-t}\nspec: {systemPrompt: {template: 'Hi {{ user.subject '}}\n",
     )
     .expect("yaml");
-    let input =
-        RenderInput { tenant: &tenant, mcp_connections: &[], tenant_policies: &[locked, broken], global_policies: &[] };
+    let input = RenderInput {
+        tenant: &tenant,
+        mcp_connections: &[],
+        tenant_policies: &[locked, broken],
+        global_policies: &[],
+        model_prices: &[],
+    };
     let err = render(input, &RenderOptions::default()).expect_err("refused");
     let objects: Vec<String> =
         err.issues.iter().map(|i| i.object.as_ref().map(ToString::to_string).unwrap_or_default()).collect();
@@ -300,7 +312,13 @@ fn connections_with_clashing_prefixes_are_skipped_not_fatal() {
         .expect("yaml")
     };
     let conns = [conn("b"), conn("a")];
-    let input = RenderInput { tenant: &tenant, mcp_connections: &conns, tenant_policies: &[], global_policies: &[] };
+    let input = RenderInput {
+        tenant: &tenant,
+        mcp_connections: &conns,
+        tenant_policies: &[],
+        global_policies: &[],
+        model_prices: &[],
+    };
     let rendered = render(input, &RenderOptions::default()).expect("renders");
     assert_eq!(rendered.config.mcp.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["a"]);
     assert_eq!(rendered.skipped.len(), 1);
@@ -337,7 +355,8 @@ fn golden_configs_parse_back_strictly() {
 fn render_tenant(
     tenant: &Tenant,
 ) -> Result<tenantgate_crds::render::RenderedConfig, tenantgate_crds::render::RenderError> {
-    let input = RenderInput { tenant, mcp_connections: &[], tenant_policies: &[], global_policies: &[] };
+    let input =
+        RenderInput { tenant, mcp_connections: &[], tenant_policies: &[], global_policies: &[], model_prices: &[] };
     render(input, &RenderOptions::default())
 }
 
@@ -393,8 +412,13 @@ fn tool_access_rules_reach_the_config_and_a_rule_granting_nobody_skips_the_conne
     );
     let nobody = connection("bad", "{access: [{tools: ['get_*']}]}");
     let connections = [good, nobody];
-    let input =
-        RenderInput { tenant: &tenant, mcp_connections: &connections, tenant_policies: &[], global_policies: &[] };
+    let input = RenderInput {
+        tenant: &tenant,
+        mcp_connections: &connections,
+        tenant_policies: &[],
+        global_policies: &[],
+        model_prices: &[],
+    };
     let rendered = render(input, &RenderOptions::default()).expect("renders");
     let names: Vec<_> = rendered.config.mcp.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(names, ["gh"]);
@@ -471,7 +495,7 @@ fn workload_identity_tokens_are_projected_files_one_per_audience() {
     assert_eq!(providers[2].service_account_key_file, None);
 
     // Local mode puts the tokens where the caller says (a test writes them itself).
-    let input = RenderInput { tenant: &tenant, mcp_connections: &[], tenant_policies: &[], global_policies: &[] };
+    let input = alone(&tenant);
     let local = render(input, &local()).expect("renders locally");
     assert_eq!(
         local.config.providers[1].azure.as_ref().and_then(|a| a.entra_id.clone()).map(|e| e.credential),
@@ -519,4 +543,90 @@ fn azure_and_vertex_need_exactly_one_credential() {
     assert!(refused(&vertex("{}")).contains("set exactly one of serviceAccountKeySecretRef or workloadIdentity"));
     let not_a_pool = vertex("{workloadIdentity: {audience: 'https://example.com'}}");
     assert!(refused(&not_a_pool).contains("must be a workload identity pool provider"));
+}
+
+#[test]
+fn targets_are_priced_from_the_tenant_the_cluster_or_the_defaults_and_the_rest_are_named() {
+    let mut set = ManifestSet::default();
+    set.add_yaml(
+        "t.yaml",
+        "apiVersion: tenantgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t}\nspec:\n  auth:\n    jwt: {issuer: i, audiences: [a], jwksUri: 'https://idp.example/jwks'}\n  providers: [{name: o, type: openai, baseUrl: 'https://api.openai.com/v1'}, {name: c, type: anthropic, baseUrl: 'https://api.anthropic.com/v1'}]\n  models:\n  - {name: own, targets: [{provider: o, model: gpt-4o, price: {inputPerMillion: '2.000', outputPerMillion: '8', perRequest: '0.01'}}]}\n  - {name: cluster, targets: [{provider: c, model: claude-sonnet-4-5}, {provider: o, model: my-finetune}]}\n  - {name: shipped, targets: [{provider: o, model: gpt-4o-mini}]}\n---\napiVersion: tenantgate.dev/v1alpha1\nkind: ModelPrice\nmetadata: {name: sonnet}\nspec: {provider: anthropic, model: claude-sonnet-4-5, price: {inputPerMillion: '2.5', outputPerMillion: '12'}}\n",
+    )
+    .expect("valid YAML");
+    let tenant = set.tenant("t").expect("tenant");
+    let rendered = set.render(tenant, OPERATOR_NAMESPACE, &RenderOptions::default()).expect("renders");
+    let pricing = rendered.config.pricing.as_ref().expect("pricing");
+    assert_eq!(pricing.currency, "USD");
+    let rows: Vec<String> = pricing
+        .targets
+        .iter()
+        .map(|t| {
+            format!(
+                "{}/{} {} {} {} {} {:?}",
+                t.provider,
+                t.model,
+                t.input_per_million,
+                t.output_per_million,
+                t.cached_input_per_million,
+                t.per_request,
+                t.source
+            )
+        })
+        .collect();
+    let shipped = tenantgate_crds::pricing::defaults().checked.clone();
+    assert_eq!(
+        rows,
+        [
+            "c/claude-sonnet-4-5 2.5 12 2.5 0 ModelPrice(\"sonnet\")".to_string(),
+            "o/gpt-4o 2 8 2 0.01 Tenant".to_string(),
+            format!("o/gpt-4o-mini 0.15 0.6 0.075 0 Default({shipped:?})"),
+        ]
+    );
+    assert_eq!(rendered.unpriced_targets, ["o/my-finetune"]);
+    // The config carries each price once: not in the models.
+    assert!(rendered.config.models.iter().flat_map(|m| &m.targets).all(|t| t.price.is_none()));
+
+    // A tenant counting in euros: the dollar prices do not apply.
+    let mut euro = tenant.clone();
+    euro.spec.currency = "EUR".into();
+    euro.spec.models.iter_mut().flat_map(|m| m.targets.iter_mut()).for_each(|t| t.price = None);
+    let input = RenderInput {
+        tenant: &euro,
+        mcp_connections: &[],
+        tenant_policies: &[],
+        global_policies: &[],
+        model_prices: &set.model_prices,
+    };
+    let rendered = render(input, &RenderOptions::default()).expect("renders");
+    assert!(rendered.config.pricing.is_none());
+    assert_eq!(rendered.unpriced_targets, ["c/claude-sonnet-4-5", "o/gpt-4o", "o/gpt-4o-mini", "o/my-finetune"]);
+}
+
+#[test]
+fn a_price_that_is_not_a_decimal_string_is_refused_naming_the_field() {
+    let yaml = |price: &str| {
+        format!(
+            "apiVersion: tenantgate.dev/v1alpha1\nkind: ModelPrice\nmetadata: {{name: p}}\nspec: {{provider: openai, model: m, price: {{inputPerMillion: '1', outputPerMillion: '{price}'}}}}\n"
+        )
+    };
+    let mut set = ManifestSet::default();
+    let err = set.add_yaml("p.yaml", &yaml("1.5e3")).expect_err("not a decimal");
+    let text = err.to_string();
+    assert!(text.contains("ModelPrice p") && text.contains("outputPerMillion") && text.contains("decimal"), "{text}");
+    set.add_yaml("p.yaml", &yaml("1.5")).expect("a decimal");
+    let err = set
+        .add_yaml("q.yaml", &yaml("1.5").replace("{name: p}", "{name: q}").replace("spec: {", "spec: {currency: usd, "))
+        .expect_err("lowercase currency");
+    assert!(err.to_string().contains("ISO 4217"), "{err}");
+    // Rendered without the API server's validation (a Tenant built in code): the render refuses it.
+    let mut tenant = tenant_yaml("  providers: [{name: p, type: openai, baseUrl: 'https://api.openai.com/v1'}]\n");
+    tenant.spec.models[0].targets[0].price =
+        Some(tenantgate_crds::v1alpha1::Price { input_per_million: "-1".into(), ..Default::default() });
+    let input = alone(&tenant);
+    let err = render(input, &RenderOptions::default()).expect_err("a negative price");
+    assert!(
+        err.to_string()
+            .contains("spec.models[0].targets[0].price.inputPerMillion: \"-1\" is not a non-negative decimal"),
+        "{err}"
+    );
 }

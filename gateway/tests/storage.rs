@@ -23,6 +23,15 @@ async fn wait_for_requests(gw: &Gateway, admin: &str, n: u64) -> Value {
     }
 }
 
+/// A decimal string of currency units as nano-units.
+fn nanos(v: &Value) -> i64 {
+    let text = v.as_str().unwrap_or_else(|| panic!("a decimal string: {v}"));
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    assert!(fraction.len() <= 9, "{text}");
+    let scaled = format!("{whole}{fraction:0<9}");
+    scaled.parse().unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
 async fn chat_events(gw: &Gateway, admin: &str) -> Vec<Value> {
     let (status, page) = gw.get_json("/admin/v1/audit?kind=chat&limit=1000", admin).await;
     assert_eq!(status, 200, "{page}");
@@ -65,6 +74,15 @@ async fn every_chat_request_is_recorded_and_survives_a_restart() {
     assert!(streamed.iter().any(|e| e["reason"].is_null() && e["details"]["completionTokens"].as_u64() > Some(0)));
     assert!(streamed.iter().any(|e| e["reason"] == "ClientClosed"), "{events:?}");
     assert!(events.iter().all(|e| e["actor"] == "tester" && e["requestId"].is_string()));
+    // Both models are priced: each answered request has a cost and its price version, the
+    // refused one none, and the report's cost is the sum of the events', in dollars.
+    let answered: Vec<_> = events.iter().filter(|e| e["status"] == 200).collect();
+    assert!(answered.iter().all(|e| e["details"]["cost"].is_string() && e["details"]["priceVersion"].is_string()));
+    assert!(events.iter().filter(|e| e["status"] == 404).all(|e| e["details"]["cost"].is_null()), "{events:?}");
+    let sum: i64 = answered.iter().map(|e| nanos(&e["details"]["cost"])).sum();
+    assert!(sum > 0, "{events:?}");
+    assert_eq!(nanos(&report["totals"]["cost"]), sum, "{report}");
+    assert_eq!((report["currency"].as_str(), report["totals"]["unpricedRequests"].as_i64()), (Some("USD"), Some(0)));
 
     // Restart on the same state directory: the data is still there.
     assert!(gw.interrupt(), "the gateway did not stop cleanly");

@@ -209,7 +209,13 @@ mod tests {
         .expect("connection");
         let connections = [connection];
         let rendered = render(
-            RenderInput { tenant: &tenant, mcp_connections: &connections, tenant_policies: &[], global_policies: &[] },
+            RenderInput {
+                tenant: &tenant,
+                mcp_connections: &connections,
+                tenant_policies: &[],
+                global_policies: &[],
+                model_prices: &[],
+            },
             &RenderOptions::default(),
         )
         .expect("renders");

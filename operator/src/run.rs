@@ -19,7 +19,7 @@ use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 use tenantgate_crds::render::tenant_namespace;
-use tenantgate_crds::v1alpha1::{McpConnection, PromptPolicy, Tenant};
+use tenantgate_crds::v1alpha1::{McpConnection, ModelPrice, PromptPolicy, Tenant};
 
 use crate::caches::reflect;
 use crate::context::{Context, ManagedCache, Stores};
@@ -150,6 +150,7 @@ async fn run_controllers(
     let (tenants, tenant_stream) = reflect(Api::<Tenant>::all(client.clone()), all());
     let (mcp, mcp_stream) = reflect(Api::<McpConnection>::all(client.clone()), all());
     let (policies, policy_stream) = reflect(Api::<PromptPolicy>::all(client.clone()), all());
+    let (model_prices, price_stream) = reflect(Api::<ModelPrice>::all(client.clone()), all());
     let (api_server, api_server_stream) = crate::api_server::watch(client.clone());
     let mut managed = Vec::new();
     let mut triggers = Vec::new();
@@ -158,8 +159,14 @@ async fn run_controllers(
         triggers.push((kind.clone(), stream));
         managed.push(ManagedCache { kind, cache });
     }
-    let stores =
-        Stores { tenants: tenants.clone(), mcp_connections: mcp, prompt_policies: policies, api_server, managed };
+    let stores = Stores {
+        tenants: tenants.clone(),
+        mcp_connections: mcp,
+        prompt_policies: policies,
+        model_prices,
+        api_server,
+        managed,
+    };
     let reporter = Reporter { controller: "tenantgate-operator".into(), instance: Some(opts.identity.clone()) };
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -199,6 +206,11 @@ async fn run_controllers(
             let all = all_tenants.clone();
             let operator_ns = operator_ns.clone();
             move |p: PromptPolicy| if p.namespace().as_deref() == Some(&operator_ns) { all() } else { f(p.namespace()) }
+        })
+        // A price may apply to any tenant.
+        .watches_stream(price_stream.predicate_filter(predicates::generation, PredicateConfig::default()), {
+            let all = all_tenants.clone();
+            move |_: ModelPrice| all()
         })
         // Every gateway's NetworkPolicy names the API server's addresses.
         .watches_stream(api_server_stream, {

@@ -39,7 +39,15 @@ fn yaml_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn crds_are_accepted_and_become_established() -> anyhow::Result<()> {
     let client = admin_client().await?;
     let names = install_crds(&client).await?;
-    assert_eq!(names, ["tenants.tenantgate.dev", "mcpconnections.tenantgate.dev", "promptpolicies.tenantgate.dev"]);
+    assert_eq!(
+        names,
+        [
+            "tenants.tenantgate.dev",
+            "mcpconnections.tenantgate.dev",
+            "promptpolicies.tenantgate.dev",
+            "modelprices.tenantgate.dev"
+        ]
+    );
     Ok(())
 }
 

@@ -14,7 +14,8 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use tenantgate_crds::v1alpha1::{McpConnection, PromptPolicy, Tenant};
+use tenantgate_crds::pricing::{PriceSource, TargetPrice};
+use tenantgate_crds::v1alpha1::{McpConnection, ModelPrice, PromptPolicy, Tenant};
 use tenantgate_tests::operator::*;
 use tenantgate_tests::*;
 
@@ -319,6 +320,38 @@ async fn full_tenant_converges_follows_changes_and_makes_no_writes_at_rest() -> 
         op.log_tail(30)
     );
 
+    // The cluster's price for gpt-4o-mini (acme/40-model-price.yaml) replaces the shipped
+    // default; the ModelPrice shows the version the usage rows priced with it carry, and an
+    // edit reaches the config. Every target of acme has a price.
+    let mini = |cm: &ConfigMap| -> anyhow::Result<Option<TargetPrice>> {
+        let yaml = cm.data.as_ref().and_then(|d| d.get("config.yaml")).cloned().unwrap_or_default();
+        let config = tenantgate_crds::config::GatewayConfig::from_yaml(&yaml)?;
+        Ok(config.pricing.into_iter().flat_map(|p| p.targets).find(|t| t.model == "gpt-4o-mini"))
+    };
+    let price = mini(&maps.get("gateway-config").await?)?.expect("gpt-4o-mini is priced");
+    assert_eq!(
+        (price.input_per_million.as_str(), &price.source),
+        ("0.135", &PriceSource::ModelPrice("openai-gpt-4o-mini".into()))
+    );
+    let prices: Api<ModelPrice> = Api::all(client.clone());
+    eventually("the ModelPrice shows its version", Duration::from_secs(15), Some(&op), || {
+        let (prices, version) = (prices.clone(), price.version.clone());
+        async move {
+            let status = prices.get("openai-gpt-4o-mini").await?.status.unwrap_or_default();
+            Ok(status.version == Some(version) && status.observed_generation.is_some())
+        }
+    })
+    .await?;
+    let unpriced = tenants.get("acme").await?.status.map(|s| s.unpriced_targets);
+    assert_eq!(unpriced, Some(vec![]), "every acme target has a price");
+    let patch = serde_json::json!({"spec": {"price": {"inputPerMillion": "0.12"}}});
+    prices.patch("openai-gpt-4o-mini", &PatchParams::default(), &Patch::Merge(patch)).await?;
+    eventually("a ModelPrice edit reaches the config", Duration::from_secs(15), Some(&op), || {
+        let maps = maps.clone();
+        async move { Ok(mini(&maps.get("gateway-config").await?)?.is_some_and(|p| p.input_per_million == "0.12")) }
+    })
+    .await?;
+
     // Faults: a deleted child comes back, a hand edit is undone.
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     services.delete("gateway", &DeleteParams::default()).await?;
@@ -369,6 +402,7 @@ async fn full_tenant_converges_follows_changes_and_makes_no_writes_at_rest() -> 
 
     delete_tenant_and_wait(&client, "acme", ns, &op).await?;
     kubectl(&["delete", "-f", &examples.join("global").display().to_string(), "--ignore-not-found"])?;
+    prices.delete("openai-gpt-4o-mini", &DeleteParams::default()).await?;
     Ok(())
 }
 
@@ -722,11 +756,13 @@ async fn an_api_server_restart_mid_reconcile_converges_without_duplicates_or_orp
 /// exactly this: nothing missing (the operator runs as the chart's account in
 /// every test here), nothing more.
 const NEEDED: &[(&str, &str, &[&str])] = &[
-    // Watches Tenants, McpConnections and PromptPolicies; writes only their status.
+    // Watches Tenants, McpConnections, PromptPolicies and ModelPrices; writes only their status.
     ("tenantgate.dev", "tenants", &["list", "watch"]),
     ("tenantgate.dev", "mcpconnections", &["list", "watch"]),
     ("tenantgate.dev", "promptpolicies", &["list", "watch"]),
+    ("tenantgate.dev", "modelprices", &["list", "watch"]),
     ("tenantgate.dev", "tenants/status", &["patch"]),
+    ("tenantgate.dev", "modelprices/status", &["patch"]),
     // get is never used, but held: the gateways' Roles grant it and RBAC lets the operator grant only what it holds.
     ("tenantgate.dev", "mcpconnections/status", &["get", "patch"]),
     ("tenantgate.dev", "promptpolicies/status", &["patch"]),

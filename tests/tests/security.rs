@@ -18,8 +18,12 @@ use tenantgate_tests::*;
 /// longer needs, patch status, record Events, and hold the leader Lease.
 /// Changing what the operator does means changing this list and the chart together.
 const OPERATOR_USES: &[(&str, &[&str], &[&str])] = &[
-    ("tenantgate.dev", &["tenants", "mcpconnections", "promptpolicies"], &["list", "watch"]),
-    ("tenantgate.dev", &["tenants/status", "mcpconnections/status", "promptpolicies/status"], &["patch"]),
+    ("tenantgate.dev", &["tenants", "mcpconnections", "promptpolicies", "modelprices"], &["list", "watch"]),
+    (
+        "tenantgate.dev",
+        &["tenants/status", "mcpconnections/status", "promptpolicies/status", "modelprices/status"],
+        &["patch"],
+    ),
     // Held to grant it to the gateways (RBAC forbids granting more than one holds).
     ("tenantgate.dev", &["mcpconnections/status"], &["get"]),
     ("rbac.authorization.k8s.io", &["roles", "rolebindings"], &["list", "watch", "create", "patch", "delete"]),

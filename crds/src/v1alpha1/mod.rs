@@ -2,11 +2,13 @@
 
 mod common;
 mod mcp_connection;
+mod model_price;
 mod prompt_policy;
 mod tenant;
 
 pub use common::{SecretKeyRef, conditions};
 pub use mcp_connection::*;
+pub use model_price::*;
 pub use prompt_policy::*;
 pub use tenant::*;
 

@@ -9,6 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::common::SecretKeyRef;
+use super::model_price::{Price, default_currency};
 
 /// Desired state of a tenant: identity, upstreams, limits, and how its gateway runs.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -65,6 +66,12 @@ pub struct TenantSpec {
     #[schemars(length(min = 1, max = 128))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub models: Vec<Model>,
+
+    /// ISO 4217 code of the currency the tenant's usage is priced in: prices (a target's own, the
+    /// cluster's ModelPrices, the shipped defaults) in another currency do not apply to it.
+    #[serde(default = "default_currency")]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Z]{3}$')").message("must be an ISO 4217 currency code: three capital letters, e.g. USD"))]
+    pub currency: String,
 
     /// Retry, timeout and circuit-breaker settings for calls to providers.
     #[serde(default)]
@@ -198,7 +205,7 @@ pub struct ApiKeys {
 }
 
 /// Wire protocol of an upstream LLM API.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum ProviderType {
     /// Any OpenAI-compatible Chat Completions API: OpenAI, Azure OpenAI, vLLM, Ollama, ...
@@ -494,6 +501,11 @@ pub struct ModelTarget {
     /// Model name sent to the provider.
     #[schemars(length(min = 1, max = 256))]
     pub model: String,
+    /// What this target costs, in spec.currency. Absent: the cluster's ModelPrice for the
+    /// provider's type and this model, else the shipped default list's price, else unpriced
+    /// (usage is recorded without a cost, and status.unpricedTargets names the target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<Price>,
 }
 
 /// Retries, timeouts and circuit breaking for calls to providers.
@@ -923,6 +935,10 @@ pub struct TenantStatus {
     /// Content hash of the GatewayConfig the gateway runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// Model targets (`provider/model`) without a price in spec.currency: their usage is
+    /// recorded without a cost.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unpriced_targets: Vec<String>,
     /// Ready, Reconciled, GatewayAvailable and Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]

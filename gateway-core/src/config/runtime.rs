@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde_json::json;
 use tenantgate_crds::config::{GatewayConfig, JwtKeys};
 use tenantgate_crds::issue::{ConfigIssue, Reason};
+use tenantgate_crds::pricing::Amounts;
 use tenantgate_crds::v1alpha1::{ModelType, ProviderType};
 
 use crate::auth::{JwtVerifier, KeySource};
@@ -25,6 +26,7 @@ use crate::llm::google_federation::WorkloadIdentity;
 use crate::llm::{Endpoint, EndpointError, Provider, Wire, anthropic::Anthropic, mock::Mock, openai::OpenAi};
 use crate::policy::Policies;
 use crate::routing::{Breaker, ModelRoute, RetryPolicy, Target};
+use crate::storage::Price;
 
 /// The config in force, compiled.
 #[derive(Debug)]
@@ -190,6 +192,13 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
 
     let breaker = &routing.circuit_breaker;
     let open_for = Duration::from_secs(u64::from(breaker.open_seconds));
+    let mut prices = HashMap::new();
+    for (i, t) in config.pricing.iter().flat_map(|p| p.targets.iter()).enumerate() {
+        let amounts = Amounts::of_target(t).map_err(|e| {
+            ConfigIssue::new(Reason::InvalidSpec, e.to_string()).at(format!("pricing.targets[{i}].{}", e.field))
+        })?;
+        prices.insert((t.provider.as_str(), t.model.as_str()), Price { amounts, version: t.version.as_str().into() });
+    }
     let mut models = HashMap::with_capacity(config.models.len());
     for (i, m) in config.models.iter().enumerate() {
         let mut targets = Vec::with_capacity(m.targets.len());
@@ -210,6 +219,7 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
                 model: t.model.as_str().into(),
                 breaker: carried.breaker(&label, breaker.failure_threshold, open_for),
                 label,
+                price: prices.get(&(t.provider.as_str(), t.model.as_str())).cloned(),
             });
         }
         models.insert(m.name.clone(), ModelRoute { name: m.name.as_str().into(), type_: m.type_, targets });

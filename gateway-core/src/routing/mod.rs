@@ -14,6 +14,8 @@ use tokio::time::Instant;
 
 pub use breaker::Breaker;
 
+use crate::storage::Price;
+
 use crate::llm::embeddings::{EmbeddingsReply, EmbeddingsRequest};
 use crate::llm::types::ChatRequest;
 use crate::llm::{Call, Provider, Reply, UpstreamError};
@@ -70,6 +72,8 @@ pub struct Target {
     pub label: Arc<str>,
     /// This target's breaker (kept across config reloads).
     pub breaker: Arc<Breaker>,
+    /// What it costs, when it has a price.
+    pub price: Option<Price>,
 }
 
 /// A tenant model and its targets in failover order.

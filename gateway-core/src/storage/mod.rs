@@ -24,7 +24,7 @@ use tenantgate_crds::config::{DatabaseConfig, StorageConfig};
 
 pub use api_keys::{ApiKey, ApiKeyError, KeyRecord, NewApiKey, Pepper};
 pub use queries::{AuditFilter, AuditPage, AuditRow, DayUsage, UsageFilter, UsageReport, UsageTotals};
-pub use recorder::{ChatRecord, Leftover, Recorder, RecorderConfig, SpillPlace};
+pub use recorder::{ChatRecord, Leftover, Price, Recorder, RecorderConfig, SpillPlace};
 pub use records::{Api, AuditEvent, AuditKind, ChatEntry, PolicyDecision, Record, UsageRow, new_id, now_ms};
 
 /// A database pool of either backend.

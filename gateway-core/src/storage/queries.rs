@@ -33,8 +33,31 @@ pub struct UsageTotals {
     pub prompt_tokens: i64,
     /// Completion tokens.
     pub completion_tokens: i64,
+    /// Of the prompt tokens, those read from the providers' prompt caches.
+    pub cached_tokens: i64,
+    /// What the requests cost, in units of the tenant's currency (a decimal string).
+    #[serde(rename = "cost", serialize_with = "decimal_of_nanos")]
+    pub cost_nanos: i64,
+    /// Requests a target answered without a price: their cost is not in `cost`.
+    pub unpriced_requests: i64,
     /// Requests answered with an error status.
     pub errors: i64,
+}
+
+fn decimal_of_nanos<S: serde::Serializer>(nanos: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&tenantgate_crds::pricing::format_nanos(*nanos))
+}
+
+impl UsageTotals {
+    fn add(&mut self, other: &Self) {
+        self.requests += other.requests;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cached_tokens += other.cached_tokens;
+        self.cost_nanos = self.cost_nanos.saturating_add(other.cost_nanos);
+        self.unpriced_requests += other.unpriced_requests;
+        self.errors += other.errors;
+    }
 }
 
 /// One UTC day of usage.
@@ -59,10 +82,8 @@ pub struct UsageReport {
 #[derive(sqlx::FromRow)]
 struct DayRow {
     day: i64,
-    requests: i64,
-    prompt_tokens: i64,
-    completion_tokens: i64,
-    errors: i64,
+    #[sqlx(flatten)]
+    totals: UsageTotals,
 }
 
 /// `tenant`'s usage matching `filter` (tenants may share a database).
@@ -72,6 +93,10 @@ pub async fn usage(db: &Db, tenant: &str, filter: &UsageFilter) -> Result<UsageR
             "SELECT ts_ms / 86400000 AS day, COUNT(*) AS requests, \
              CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
              CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
+             CAST(SUM(cached_tokens) AS BIGINT) AS cached_tokens, \
+             CAST(COALESCE(SUM(cost_nanos), 0) AS BIGINT) AS cost_nanos, \
+             CAST(SUM(CASE WHEN target IS NOT NULL AND cost_nanos IS NULL THEN 1 ELSE 0 END) AS BIGINT) \
+             AS unpriced_requests, \
              CAST(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END) AS BIGINT) AS errors \
              FROM usage WHERE tenant = ",
         );
@@ -95,19 +120,8 @@ pub async fn usage(db: &Db, tenant: &str, filter: &UsageFilter) -> Result<UsageR
     let days = rows
         .into_iter()
         .map(|r| {
-            totals.requests += r.requests;
-            totals.prompt_tokens += r.prompt_tokens;
-            totals.completion_tokens += r.completion_tokens;
-            totals.errors += r.errors;
-            DayUsage {
-                date: date_of_day(r.day),
-                totals: UsageTotals {
-                    requests: r.requests,
-                    prompt_tokens: r.prompt_tokens,
-                    completion_tokens: r.completion_tokens,
-                    errors: r.errors,
-                },
-            }
+            totals.add(&r.totals);
+            DayUsage { date: date_of_day(r.day), totals: r.totals }
         })
         .collect();
     Ok(UsageReport { totals, days })
@@ -253,6 +267,9 @@ mod tests {
             target: None,
             prompt_tokens: tokens,
             completion_tokens: 1,
+            cached_tokens: 0,
+            cost_nanos: None,
+            price_version: None,
             latency_ms: 1,
             status: 200,
             reason: None,

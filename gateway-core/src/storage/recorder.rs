@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tenantgate_crds::pricing::Amounts;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -22,6 +23,7 @@ use super::records::{Api, AuditEvent, ChatEntry, PolicyDecision, Record, UsageRo
 use super::spill::Spill;
 use super::write;
 use crate::auth::Identity;
+use crate::llm::types::Usage;
 
 /// Where the spill file lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -634,6 +636,8 @@ struct Pending {
     recorder: Recorder,
     started: Instant,
     usage: UsageRow,
+    /// The price of the target that answered, when it has one.
+    price: Option<Price>,
     policy: PolicyDecision,
     record_prompts: bool,
     stream: bool,
@@ -662,11 +666,15 @@ impl ChatRecord {
                 target: None,
                 prompt_tokens: 0,
                 completion_tokens: 0,
+                cached_tokens: 0,
+                cost_nanos: None,
+                price_version: None,
                 latency_ms: 0,
                 status: 500,
                 reason: Some("Unfinished".into()),
                 request_id,
             },
+            price: None,
             policy: PolicyDecision::default(),
             record_prompts,
             stream: false,
@@ -694,18 +702,24 @@ impl ChatRecord {
         }
     }
 
-    /// The target that answered.
-    pub fn target(&mut self, label: &str) {
+    /// The target that answered (`provider/model`) and its price: the request costs
+    /// the price's per-request amount from now on, and its tokens once they are known.
+    pub fn target(&mut self, label: &str, price: Option<&Price>) {
         if let Some(p) = &mut self.0 {
             p.usage.target = Some(label.to_owned());
+            p.price = price.cloned();
+            p.cost();
         }
     }
 
-    /// Tokens the upstream reported.
-    pub fn tokens(&mut self, prompt: u64, completion: u64) {
+    /// Tokens the upstream reported, and what they cost at the target's price.
+    pub fn tokens(&mut self, usage: &Usage) {
         if let Some(p) = &mut self.0 {
-            p.usage.prompt_tokens = i64::try_from(prompt).unwrap_or(i64::MAX);
-            p.usage.completion_tokens = i64::try_from(completion).unwrap_or(i64::MAX);
+            let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            p.usage.prompt_tokens = int(usage.prompt_tokens);
+            p.usage.completion_tokens = int(usage.completion_tokens);
+            p.usage.cached_tokens = int(usage.cached_tokens());
+            p.cost();
         }
     }
 
@@ -754,10 +768,37 @@ impl ChatRecord {
     }
 }
 
+impl Pending {
+    /// Prices the usage as it stands (the per-request amount alone until tokens are known).
+    fn cost(&mut self) {
+        let Some(price) = &self.price else { return };
+        let u = &mut self.usage;
+        let uint = |n: i64| u64::try_from(n).unwrap_or(0);
+        u.cost_nanos =
+            Some(price.amounts.cost_nanos(uint(u.prompt_tokens), uint(u.cached_tokens), uint(u.completion_tokens)));
+        if u.price_version.as_deref() != Some(&price.version) {
+            u.price_version = Some(price.version.to_string());
+        }
+    }
+}
+
+/// The price of a target, as the request path applies it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Price {
+    /// The amounts.
+    pub amounts: Amounts,
+    /// Their version (recorded with each cost).
+    pub version: Arc<str>,
+}
+
 impl Drop for ChatRecord {
     fn drop(&mut self) {
         let Some(p) = self.0.take() else { return };
-        let Pending { recorder, started, mut usage, mut policy, record_prompts, stream, completed, api } = *p;
+        let Pending { recorder, started, mut usage, price: _, mut policy, record_prompts, stream, completed, api } = *p;
+        if let Some(cost) = usage.cost_nanos.filter(|c| *c > 0) {
+            metrics::counter!("tenantgate_cost_nanounits_total", "model" => usage.model.clone())
+                .increment(u64::try_from(cost).unwrap_or(0));
+        }
         usage.latency_ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
         if stream && !completed && usage.reason.is_none() {
             usage.reason = Some("ClientClosed".into());
@@ -814,6 +855,9 @@ mod tests {
             target: Some("p/m".into()),
             prompt_tokens: 2,
             completion_tokens: 3,
+            cached_tokens: 0,
+            cost_nanos: None,
+            price_version: None,
             latency_ms: 1,
             status: 200,
             reason: None,
@@ -1064,18 +1108,46 @@ mod tests {
         let identity = Identity { subject: "bob".into(), roles: vec![], admin: false, expires_at: 0 };
         let mut outer = ChatRecord::start(&recorder, "t", &identity, Some("req-1".into()), false);
         outer.model("chat");
+        let price = Price {
+            amounts: Amounts::parse(&tenantgate_crds::v1alpha1::Price {
+                input_per_million: "2".into(),
+                output_per_million: Some("8".into()),
+                cached_input_per_million: Some("0.5".into()),
+                per_request: Some("0.001".into()),
+            })
+            .expect("price"),
+            version: "v1".into(),
+        };
+        outer.target("p/m", Some(&price));
         outer.stream_started();
         let mut stream = outer.take();
         outer.status(500, Some("ignored: taken"));
         drop(outer);
-        stream.tokens(7, 9);
+        stream.tokens(&Usage::new(7, 9).with_cached(3));
         drop(stream); // cut before the end
+        // No target answered: no cost, no price version.
+        drop(ChatRecord::start(&recorder, "t", &identity, Some("req-2".into()), false));
         recorder.close(Duration::from_secs(10)).await;
         let Db::Sqlite(pool) = &db else { unreachable!() };
         let (status, reason, tokens): (i32, Option<String>, i64) =
-            sqlx::query_as("SELECT status, reason, completion_tokens FROM usage").fetch_one(pool).await.expect("row");
+            sqlx::query_as("SELECT status, reason, completion_tokens FROM usage WHERE request_id = 'req-1'")
+                .fetch_one(pool)
+                .await
+                .expect("row");
         assert_eq!((status, reason.as_deref(), tokens), (200, Some("ClientClosed"), 9));
-        assert_eq!(count(&db, "audit_events").await, 1);
+        // 4 x 2 + 3 x 0.5 + 9 x 8 = 81.5 per million (81,500 nano-units), plus 0.001 a request.
+        type Cost = (Option<String>, i64, Option<i64>, Option<String>);
+        let costs: Vec<Cost> = sqlx::query_as(
+            "SELECT request_id, cached_tokens, cost_nanos, price_version FROM usage ORDER BY request_id",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("rows");
+        assert_eq!(
+            costs,
+            [(Some("req-1".into()), 3, Some(1_081_500), Some("v1".into())), (Some("req-2".into()), 0, None, None)]
+        );
+        assert_eq!(count(&db, "audit_events").await, 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -1096,8 +1168,8 @@ mod throughput {
         for _ in 0..N {
             let mut r = ChatRecord::start(&recorder, "t", &identity, Some("req".into()), false);
             r.model("chat");
-            r.target("p/m");
-            r.tokens(10, 20);
+            r.target("p/m", None);
+            r.tokens(&Usage::new(10, 20));
             r.status(200, None);
         }
         let enqueue = started.elapsed();

@@ -26,6 +26,16 @@ pub struct UsageRow {
     pub prompt_tokens: i64,
     /// Completion tokens the upstream reported.
     pub completion_tokens: i64,
+    /// Of the prompt tokens, those the provider read from its prompt cache.
+    #[serde(default)]
+    pub cached_tokens: i64,
+    /// What the request cost, in nano-units (1e-9) of the tenant's currency; absent when no
+    /// target answered or the one that did has no price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_nanos: Option<i64>,
+    /// Version of the price the cost was computed with (`TargetPrice::version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_version: Option<String>,
     /// Until the last byte, in milliseconds.
     pub latency_ms: i64,
     /// HTTP status sent.
@@ -215,6 +225,9 @@ impl ChatEntry {
             "stream": self.stream,
             "promptTokens": u.prompt_tokens,
             "completionTokens": u.completion_tokens,
+            "cachedTokens": u.cached_tokens,
+            "cost": u.cost_nanos.map(tenantgate_crds::pricing::format_nanos),
+            "priceVersion": u.price_version,
             "latencyMs": u.latency_ms,
         });
         audit
@@ -260,6 +273,9 @@ mod tests {
                 target: None,
                 prompt_tokens: 3,
                 completion_tokens: 0,
+                cached_tokens: 0,
+                cost_nanos: None,
+                price_version: None,
                 latency_ms: 1,
                 status: 200,
                 reason: None,

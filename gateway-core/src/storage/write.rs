@@ -11,7 +11,7 @@ use sqlx::QueryBuilder;
 use super::records::{AuditEvent, Record, UsageRow};
 use super::{Db, on_db};
 
-/// Rows per statement: 12 columns x 1000 stays under both backends' bind limits.
+/// Rows per statement: 15 columns x 1000 stays under both backends' bind limits.
 const USAGE_CHUNK: usize = 1000;
 /// 15 columns x 1000 binds.
 const AUDIT_CHUNK: usize = 1000;
@@ -38,7 +38,7 @@ pub async fn insert(db: &Db, records: &[Record]) -> Result<(), sqlx::Error> {
         for chunk in usage.chunks(USAGE_CHUNK) {
             let mut q = QueryBuilder::new(
                 "INSERT INTO usage (id, ts_ms, tenant, subject, model, target, prompt_tokens, completion_tokens, \
-                 latency_ms, status, reason, request_id) ",
+                 cached_tokens, cost_nanos, price_version, latency_ms, status, reason, request_id) ",
             );
             q.push_values(chunk, |mut b, u| {
                 b.push_bind(u.id.as_str())
@@ -49,6 +49,9 @@ pub async fn insert(db: &Db, records: &[Record]) -> Result<(), sqlx::Error> {
                     .push_bind(u.target.as_deref())
                     .push_bind(u.prompt_tokens)
                     .push_bind(u.completion_tokens)
+                    .push_bind(u.cached_tokens)
+                    .push_bind(u.cost_nanos)
+                    .push_bind(u.price_version.as_deref())
                     .push_bind(u.latency_ms)
                     .push_bind(u.status)
                     .push_bind(u.reason.as_deref())

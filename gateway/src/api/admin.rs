@@ -132,9 +132,11 @@ impl AdminRead for UsageQuery {
         let report = storage::queries::usage(&state.storage().db, &state.runtime().config.tenant.name, &filter)
             .await
             .map_err(db_error)?;
+        let currency = state.runtime().config.pricing.as_ref().map(|p| p.currency.clone());
         Ok(Json(json!({
             "object": "usage.report",
             "from": self.from, "to": self.to, "subject": self.subject, "model": self.model,
+            "currency": currency,
             "totals": report.totals,
             "days": report.days,
         }))

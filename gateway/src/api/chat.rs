@@ -197,7 +197,7 @@ impl Turn<'_> {
                 return Ok(Err(response));
             }
         };
-        record.target(&routed.target.label);
+        record.target(&routed.target.label, routed.target.price.as_ref());
         let added = since.elapsed().saturating_sub(routed.upstream_time);
         metrics::histogram!("tenantgate_added_latency_seconds").record(added.as_secs_f64());
         Ok(Ok(Dispatched { reply: routed.reply, admission, breaker: routed.target.breaker.clone() }))
@@ -206,7 +206,7 @@ impl Turn<'_> {
     /// Counts a whole reply's tokens against the record, the limits and the metrics.
     pub(super) fn count(&self, usage: Option<Usage>, record: &mut ChatRecord, admission: &mut Admission) {
         if let Some(usage) = usage {
-            record.tokens(usage.prompt_tokens, usage.completion_tokens);
+            record.tokens(&usage);
             admission.record_usage(usage.prompt_tokens + usage.completion_tokens);
             count_tokens(&self.model, usage);
         }
@@ -330,7 +330,7 @@ fn guard_stream(
                     if let Some(at) = usage_finder.find(&bytes)
                         && let Some(usage) = stream_usage(&model, &bytes, at)
                     {
-                        books.record.tokens(usage.prompt_tokens, usage.completion_tokens);
+                        books.record.tokens(&usage);
                         books.admission.record_usage(usage.prompt_tokens + usage.completion_tokens);
                     }
                     Some((Ok(bytes), Some((events, open, books))))

@@ -63,11 +63,11 @@ async fn embed(state: &AppState, caller: &Caller, body: Body, record: &mut ChatR
             return Ok(response);
         }
     };
-    record.target(&routed.target.label);
+    record.target(&routed.target.label, routed.target.price.as_ref());
     let added = started.elapsed().saturating_sub(routed.upstream_time);
     metrics::histogram!("tenantgate_added_latency_seconds").record(added.as_secs_f64());
     if let Some(usage) = routed.reply.usage {
-        record.tokens(usage.prompt_tokens, 0);
+        record.tokens(&usage);
         admission.record_usage(usage.prompt_tokens);
         metrics::counter!("tenantgate_tokens_total", "model" => route.name.to_string(), "kind" => "prompt")
             .increment(usage.prompt_tokens);

@@ -1,15 +1,18 @@
-"""Token accounting across every translation, as golden files a reviewer can
-read: gateway/tests/golden/tokens/<provider>-<client API>.json, one per pair.
-Each holds, for the same question asked whole and streamed, the usage the
-client got (in its API's fields) and the tokens the gateway recorded for the
-request (its audit event, the usage row's numbers). The upstream's own count
-is the mock model's (words, plus 4 per message); the test also checks that
-the client's numbers and the recorded ones agree, so a translation that loses
-or invents tokens fails even before the golden comparison.
+"""Token and cost accounting across every translation, as golden files a
+reviewer can read: gateway/tests/golden/tokens/<provider>-<client API>.json,
+one per pair. Each holds, for the same question asked whole and streamed, the
+usage the client got (in its API's fields) and the tokens and cost the gateway
+recorded for the request (its audit event, the usage row's numbers). The
+upstream's own count is the mock model's (words, plus 4 per message); the test
+also checks that the client's numbers and the recorded ones agree, and that
+the recorded cost is the target's price (PRICES, as the fixture declares it)
+applied to the recorded tokens, so a translation that loses or invents tokens
+or a wrong price fails even before the golden comparison.
 UPDATE_GOLDEN=1 rewrites the files."""
 
 import json
 import os
+from decimal import ROUND_HALF_UP, Decimal
 
 import httpx
 import pytest
@@ -22,6 +25,20 @@ PROVIDERS = {"openai": "chat", "anthropic": "claude", "azureOpenai": "azure-chat
              "bedrock": "bedrock-claude",
              "mock": "in-process"}
 EMBEDDERS = {"openai": "embed", "azureOpenai": "azure-embed"}
+# model -> (input, output, cached input, per request), per million tokens, in USD: as
+# gateway/tests/fixtures/tenant.yaml.tmpl declares them (a target's price, a ModelPrice)
+# or as the shipped default list has them (bedrock-claude, embed).
+PRICES = {
+    "chat": ("2.5", "10", "1.25", "0"),
+    "claude": ("3", "15", "0.3", "0"),
+    "azure-chat": ("2.75", "11", "2.75", "0"),
+    "gemini": ("0.3", "2.5", "0.03", "0"),
+    "vertex-gemini": ("1.25", "10", "0.125", "0"),
+    "bedrock-claude": ("3", "15", "0.3", "0"),
+    "in-process": ("1", "2", "1", "0.0005"),
+    "embed": ("0.02", "0", "0.02", "0"),
+    "azure-embed": ("0.13", "0", "0.13", "0"),
+}
 QUESTION = "Say hello to the golden files"
 
 
@@ -59,7 +76,17 @@ def ask(raw: httpx.Client, token: str, api: str, model: str, stream: bool, reque
 
 def recorded(gateway, request_id: str) -> dict:
     [event] = audit_events(gateway, request_id)
-    return {"prompt": event["details"]["promptTokens"], "completion": event["details"]["completionTokens"]}
+    d = event["details"]
+    return {"prompt": d["promptTokens"], "completion": d["completionTokens"], "cached": d["cachedTokens"],
+            "cost": d["cost"], "priceVersion": d["priceVersion"]}
+
+
+def expected_cost(model: str, books: dict) -> str:
+    """The price applied to the recorded tokens, rounded once to a nano-unit, half away from zero."""
+    inp, out, cached, per_request = map(Decimal, PRICES[model])
+    tokens = (books["prompt"] - books["cached"]) * inp + books["cached"] * cached + books["completion"] * out
+    cost = (tokens / Decimal(1_000_000) + per_request).quantize(Decimal("1e-9"), rounding=ROUND_HALF_UP)
+    return format(cost.normalize(), "f")
 
 
 def client_tokens(api: str, usage: dict) -> tuple[int, int]:
@@ -92,6 +119,7 @@ def test_token_accounting_matches_its_golden_file(gateway, raw, provider, api):
         usage = ask(raw, gateway.token, api, model, stream, request_id)
         books = recorded(gateway, request_id)
         assert client_tokens(api, usage) == (books["prompt"], books["completion"]), (usage, books)
+        assert books["cost"] == expected_cost(model, books), (model, books)
         doc["answers"].append({"stream": stream, "clientUsage": usage, "recorded": books})
     path = GOLDEN / f"{provider}-{api}.json"
     text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
@@ -120,5 +148,8 @@ def test_cached_tokens_reach_every_client_api(gateway, raw, upstream, provider, 
             assert cached_tokens(api, usage) == 3, (provider, api, usage)
             books = recorded(gateway, request_id)
             assert client_tokens(api, usage) == (books["prompt"], books["completion"]), (api, usage, books)
+            # The cache reads are charged at the cached price.
+            assert books["cached"] == 3, (api, books)
+            assert books["cost"] == expected_cost(PROVIDERS[provider], books), (api, books)
     finally:
         upstream.script(CACHING[provider], [])

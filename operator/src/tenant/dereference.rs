@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tenantgate_crds::render::tenant_namespace;
-use tenantgate_crds::v1alpha1::{McpConnection, PromptPolicy, Tenant};
+use tenantgate_crds::v1alpha1::{McpConnection, ModelPrice, PromptPolicy, Tenant};
 
 use crate::context::Stores;
 use crate::labels::{GATEWAY, TENANT_LABEL};
@@ -27,6 +27,8 @@ pub struct Dependencies {
     pub tenant_policies: Vec<PromptPolicy>,
     /// PromptPolicies in the operator namespace.
     pub global_policies: Vec<PromptPolicy>,
+    /// The cluster's ModelPrices, by name.
+    pub model_prices: Vec<ModelPrice>,
     /// resourceVersion of every Secret in the tenant namespace, by name.
     pub secret_versions: BTreeMap<String, String>,
     /// The gateway Deployment as last seen.
@@ -48,6 +50,8 @@ pub fn dereference(tenant: &Tenant, stores: &Stores, operator_namespace: &str) -
     let mcp_connections = in_namespace(&stores.mcp_connections, &namespace);
     let tenant_policies = in_namespace(&stores.prompt_policies, &namespace);
     let global_policies = in_namespace(&stores.prompt_policies, operator_namespace);
+    let mut model_prices: Vec<ModelPrice> = stores.model_prices.state().iter().map(|p| (**p).clone()).collect();
+    model_prices.sort_by_key(|p| p.name_any());
     let mut secret_versions = BTreeMap::new();
     let secrets = stores.store::<PartialObjectMeta<Secret>>().map(Store::state).unwrap_or_default();
     for s in secrets.iter().filter(|s| s.namespace().as_deref() == Some(namespace.as_str())) {
@@ -63,6 +67,7 @@ pub fn dereference(tenant: &Tenant, stores: &Stores, operator_namespace: &str) -
         mcp_connections,
         tenant_policies,
         global_policies,
+        model_prices,
         secret_versions,
         deployment,
     }

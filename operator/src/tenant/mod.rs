@@ -100,6 +100,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
             mcp_connections: &deps.mcp_connections,
             tenant_policies: &deps.tenant_policies,
             global_policies: &deps.global_policies,
+            model_prices: &deps.model_prices,
         },
         &RenderOptions::default(),
     );
@@ -245,6 +246,7 @@ async fn write_status(
         mcp_connections: rendered.map_or(previous.mcp_connections, |r| r.config.mcp.len() as u32),
         prompt_policies: rendered.map_or(previous.prompt_policies, |r| r.config.policies.len() as u32),
         config_hash: rendered.map(|r| r.config.config_hash.clone()).or(previous.config_hash.clone()),
+        unpriced_targets: rendered.map_or(previous.unpriced_targets.clone(), |r| r.unpriced_targets.clone()),
         conditions,
     };
     let unchanged = TenantStatus { conditions: Vec::new(), ..status.clone() }

@@ -21,7 +21,13 @@ pub(crate) fn tenant(extra: &str) -> Tenant {
 
 pub(crate) fn rendered(t: &Tenant, conns: &[McpConnection]) -> RenderedConfig {
     render(
-        RenderInput { tenant: t, mcp_connections: conns, tenant_policies: &[], global_policies: &[] },
+        RenderInput {
+            tenant: t,
+            mcp_connections: conns,
+            tenant_policies: &[],
+            global_policies: &[],
+            model_prices: &[],
+        },
         &RenderOptions::default(),
     )
     .expect("renders")

@@ -1,0 +1,419 @@
+//! Prices: which one applies to a tenant's model target, and what a request cost.
+//!
+//! A target's price is, first found: its own `price` in the Tenant, the
+//! cluster's [`ModelPrice`] for the provider's type and the model, the shipped
+//! default list ([`defaults`]). Only prices in the tenant's currency apply.
+//! Amounts are [`Decimal`]s, never floating point; a request's cost is kept as
+//! an integer count of nano-units of the currency (1e-9), rounded once per
+//! request, half away from zero.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use kube::ResourceExt;
+use rust_decimal::{Decimal, RoundingStrategy};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::v1alpha1::{ModelPrice, ModelPriceSpec, Price, ProviderType};
+
+/// The shipped default price list, as YAML (committed beside this file).
+pub const DEFAULTS_YAML: &str = include_str!("pricing/defaults.yaml");
+
+/// The shipped default price list.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DefaultPrices {
+    /// When the list was last checked against the providers' price pages.
+    pub checked: String,
+    /// One entry per provider type and model.
+    pub prices: Vec<ModelPriceSpec>,
+}
+
+/// The shipped default prices (parsed once; a test proves they parse).
+pub fn defaults() -> &'static DefaultPrices {
+    static DEFAULTS: OnceLock<DefaultPrices> = OnceLock::new();
+    DEFAULTS
+        .get_or_init(|| serde_yaml::from_str(DEFAULTS_YAML).unwrap_or_else(|e| panic!("pricing/defaults.yaml: {e}")))
+}
+
+/// Where a target's price came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum PriceSource {
+    /// The target's own `price` in the Tenant.
+    Tenant,
+    /// The cluster's ModelPrice of this name.
+    ModelPrice(String),
+    /// The shipped default list, checked on this date.
+    Default(String),
+}
+
+/// The price of one model target, as the gateway applies it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetPrice {
+    /// Provider name (spec.providers[].name).
+    pub provider: String,
+    /// Model name sent to the provider.
+    pub model: String,
+    /// Per million input tokens not read from a cache (a decimal string).
+    pub input_per_million: String,
+    /// Per million output tokens.
+    pub output_per_million: String,
+    /// Per million input tokens read from the provider's cache.
+    pub cached_input_per_million: String,
+    /// Per answered request.
+    pub per_request: String,
+    /// Where it came from.
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    #[schemars(with = "PriceSource")]
+    pub source: PriceSource,
+    /// Content hash of the currency and the four amounts: recorded with every cost computed
+    /// from this price, so a cost can be traced to the price that made it.
+    pub version: String,
+}
+
+/// The prices of a tenant's targets, in its currency.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PricingConfig {
+    /// ISO 4217 code.
+    pub currency: String,
+    /// One entry per priced target (`provider`, `model`), sorted.
+    pub targets: Vec<TargetPrice>,
+}
+
+/// Why a price cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not a non-negative decimal number with at most 9 digits before and after the point")]
+pub struct PriceError {
+    /// The field, relative to the price (`inputPerMillion`, ...).
+    pub field: &'static str,
+    /// What it says.
+    pub value: String,
+}
+
+/// A price's four amounts, parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Amounts {
+    /// Per million input tokens not read from a cache.
+    pub input: Decimal,
+    /// Per million output tokens.
+    pub output: Decimal,
+    /// Per million cached input tokens.
+    pub cached_input: Decimal,
+    /// Per answered request.
+    pub per_request: Decimal,
+}
+
+/// Nano-units in one unit of a currency.
+pub const NANOS_PER_UNIT: i64 = 1_000_000_000;
+
+fn amount(field: &'static str, value: &str) -> Result<Decimal, PriceError> {
+    let bad = || PriceError { field, value: value.to_owned() };
+    let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let shape = !whole.is_empty()
+        && whole.len() <= 9
+        && (whole == "0" || !whole.starts_with('0'))
+        && digits(whole)
+        && (fraction.len() <= 9 && digits(fraction))
+        && (value.contains('.') != fraction.is_empty());
+    if !shape {
+        return Err(bad());
+    }
+    Decimal::from_str(value).map(|d| d.normalize()).map_err(|_| bad())
+}
+
+impl Amounts {
+    /// Parses a CRD price: output and per-request default to zero, cached input to the input price.
+    pub fn parse(price: &Price) -> Result<Self, PriceError> {
+        let input = amount("inputPerMillion", &price.input_per_million)?;
+        let optional =
+            |field, value: &Option<String>, default| value.as_deref().map_or(Ok(default), |v| amount(field, v));
+        Ok(Self {
+            input,
+            output: optional("outputPerMillion", &price.output_per_million, Decimal::ZERO)?,
+            cached_input: optional("cachedInputPerMillion", &price.cached_input_per_million, input)?,
+            per_request: optional("perRequest", &price.per_request, Decimal::ZERO)?,
+        })
+    }
+
+    /// Parses a rendered target price.
+    pub fn of_target(price: &TargetPrice) -> Result<Self, PriceError> {
+        Ok(Self {
+            input: amount("inputPerMillion", &price.input_per_million)?,
+            output: amount("outputPerMillion", &price.output_per_million)?,
+            cached_input: amount("cachedInputPerMillion", &price.cached_input_per_million)?,
+            per_request: amount("perRequest", &price.per_request)?,
+        })
+    }
+
+    /// The content hash of these amounts in `currency`: 12 hex digits.
+    pub fn version(&self, currency: &str) -> String {
+        let text = format!("{currency}|{}|{}|{}|{}", self.input, self.output, self.cached_input, self.per_request);
+        hex::encode(&Sha256::digest(text.as_bytes())[..6])
+    }
+
+    /// What one answered request with this usage cost, in nano-units of the currency:
+    /// `prompt` input tokens of which `cached` were read from a cache, and
+    /// `completion` output tokens. Saturates at `i64::MAX` (no real usage comes near).
+    pub fn cost_nanos(&self, prompt: u64, cached: u64, completion: u64) -> i64 {
+        let cached = cached.min(prompt);
+        let per_million = |tokens: u64, price: Decimal| Decimal::from(tokens).checked_mul(price);
+        let total = [
+            per_million(prompt - cached, self.input),
+            per_million(cached, self.cached_input),
+            per_million(completion, self.output),
+        ]
+        .into_iter()
+        .try_fold(Decimal::ZERO, |sum, part| sum.checked_add(part?))
+        .and_then(|tokens| tokens.checked_div(Decimal::from(1_000_000)))
+        .and_then(|tokens| tokens.checked_add(self.per_request))
+        .and_then(|units| units.checked_mul(Decimal::from(NANOS_PER_UNIT)));
+        total
+            .map(|nanos| nanos.round_dp_with_strategy(0, RoundingStrategy::MidpointAwayFromZero))
+            .and_then(|nanos| i64::try_from(nanos).ok())
+            .unwrap_or(i64::MAX)
+    }
+}
+
+/// `nanos` nano-units as a decimal string of units (`1500000` is `"0.0015"`).
+pub fn format_nanos(nanos: i64) -> String {
+    Decimal::new(nanos, 9).normalize().to_string()
+}
+
+/// One target of a tenant: provider name and type, and the model.
+#[derive(Clone, Debug)]
+pub struct TargetRef<'a> {
+    /// Provider name.
+    pub provider: &'a str,
+    /// Its type.
+    pub provider_type: ProviderType,
+    /// Model sent to it.
+    pub model: &'a str,
+    /// The target's own price.
+    pub price: Option<&'a Price>,
+    /// Where its own price sits in the Tenant (`spec.models[0].targets[1].price`).
+    pub field: String,
+}
+
+/// What [`resolve`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resolved {
+    /// The priced targets.
+    pub pricing: PricingConfig,
+    /// `provider/model` of the targets without a price in the currency, sorted.
+    pub unpriced: Vec<String>,
+    /// Targets' own prices that do not parse: (field, problem).
+    pub invalid: Vec<(String, PriceError)>,
+}
+
+/// The price of every target in `currency`: its own, else the cluster's
+/// ModelPrice (the first by name when several match), else the default list's.
+/// ModelPrices whose amounts do not parse are passed over (the API server's
+/// validation keeps them out of a cluster).
+pub fn resolve<'a>(
+    currency: &str,
+    targets: impl IntoIterator<Item = TargetRef<'a>>,
+    model_prices: &[ModelPrice],
+) -> Resolved {
+    let mut cluster: BTreeMap<(ProviderType, &str), (&str, Amounts)> = BTreeMap::new();
+    let mut by_name: Vec<&ModelPrice> = model_prices.iter().filter(|p| p.spec.currency == currency).collect();
+    by_name.sort_by_key(|p| p.name_any());
+    for p in by_name {
+        if let Ok(amounts) = Amounts::parse(&p.spec.price) {
+            let name = p.metadata.name.as_deref().unwrap_or_default();
+            cluster.entry((p.spec.provider, p.spec.model.as_str())).or_insert((name, amounts));
+        }
+    }
+    let shipped = defaults();
+    let default_of = |provider: ProviderType, model: &str| {
+        shipped
+            .prices
+            .iter()
+            .find(|p| p.provider == provider && p.model == model && p.currency == currency)
+            .and_then(|p| Amounts::parse(&p.price).ok())
+    };
+    let mut out = Resolved {
+        pricing: PricingConfig { currency: currency.to_owned(), targets: Vec::new() },
+        ..Default::default()
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for t in targets {
+        if !seen.insert((t.provider.to_owned(), t.model.to_owned())) {
+            continue;
+        }
+        let found = match t.price.map(Amounts::parse) {
+            Some(Ok(amounts)) => Some((amounts, PriceSource::Tenant)),
+            Some(Err(e)) => {
+                out.invalid.push((t.field.clone(), e));
+                None
+            }
+            None => cluster
+                .get(&(t.provider_type, t.model))
+                .map(|(name, amounts)| (*amounts, PriceSource::ModelPrice((*name).to_owned())))
+                .or_else(|| {
+                    default_of(t.provider_type, t.model).map(|a| (a, PriceSource::Default(shipped.checked.clone())))
+                }),
+        };
+        match found {
+            Some((amounts, source)) => out.pricing.targets.push(TargetPrice {
+                provider: t.provider.to_owned(),
+                model: t.model.to_owned(),
+                input_per_million: amounts.input.to_string(),
+                output_per_million: amounts.output.to_string(),
+                cached_input_per_million: amounts.cached_input.to_string(),
+                per_request: amounts.per_request.to_string(),
+                source,
+                version: amounts.version(currency),
+            }),
+            None => out.unpriced.push(format!("{}/{}", t.provider, t.model)),
+        }
+    }
+    out.pricing.targets.sort_by(|a, b| (&a.provider, &a.model).cmp(&(&b.provider, &b.model)));
+    out.unpriced.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn price(input: &str, output: Option<&str>, cached: Option<&str>, per_request: Option<&str>) -> Price {
+        Price {
+            input_per_million: input.into(),
+            output_per_million: output.map(Into::into),
+            cached_input_per_million: cached.map(Into::into),
+            per_request: per_request.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn the_shipped_defaults_parse_and_name_each_model_once() {
+        let d = defaults();
+        assert!(d.prices.len() >= 10, "{} prices", d.prices.len());
+        let mut keys = std::collections::BTreeSet::new();
+        for p in &d.prices {
+            Amounts::parse(&p.price).unwrap_or_else(|e| panic!("{:?}/{}: {e}", p.provider, p.model));
+            assert!(keys.insert((p.provider, &p.model, &p.currency)), "{:?}/{} listed twice", p.provider, p.model);
+        }
+    }
+
+    #[test]
+    fn cost_is_exact_decimal_rounded_once_half_away_from_zero() {
+        // gpt-4o-mini: 0.15 / 0.60 / 0.075 per million.
+        let a = Amounts::parse(&price("0.15", Some("0.60"), Some("0.075"), None)).expect("price");
+        // 1000 prompt tokens (400 cached), 500 completion:
+        // 600*0.15 + 400*0.075 + 500*0.60 = 90 + 30 + 300 = 420 per million = 0.00042.
+        assert_eq!(a.cost_nanos(1000, 400, 500), 420_000);
+        // A token at 0.075 per million is 75 nano-units.
+        assert_eq!(a.cost_nanos(1, 1, 0), 75);
+        // Fractions of a nano-unit are rounded once per request, not per part.
+        let fine = Amounts::parse(&price("0.0375", Some("0.0001"), Some("0.0004"), None)).expect("price");
+        assert_eq!(fine.cost_nanos(1, 0, 0), 38); // 37.5 -> 38
+        assert_eq!(fine.cost_nanos(0, 0, 4), 0); // 0.4 -> 0
+        assert_eq!(fine.cost_nanos(1, 1, 4), 1); // 0.4 + 0.4 = 0.8 -> 1, where parts rounded apiece give 0
+        assert_eq!(fine.cost_nanos(0, 0, 5), 1); // 0.5 -> 1, half away from zero
+        // Absent cached price: the input price. Per-request fee added once.
+        let b = Amounts::parse(&price("3", Some("15"), None, Some("0.001"))).expect("price");
+        assert_eq!(b.cached_input, b.input);
+        assert_eq!(b.cost_nanos(1_000_000, 500_000, 0), 3_001_000_000);
+        // Cached beyond prompt is clamped; no overflow panics.
+        assert_eq!(b.cost_nanos(0, 10, 0), 1_000_000);
+        assert_eq!(b.cost_nanos(u64::MAX, 0, u64::MAX), i64::MAX);
+        assert_eq!(format_nanos(420_000), "0.00042");
+        assert_eq!(format_nanos(3_001_000_000), "3.001");
+        assert_eq!(format_nanos(0), "0");
+    }
+
+    #[test]
+    fn amounts_are_checked_field_by_field_and_the_version_ignores_spelling() {
+        for bad in ["", "-1", "1e3", "0.1234567891", "01", "1.", ".5", "1,5", "NaN", "1000000000"] {
+            let e = Amounts::parse(&price(bad, None, None, None)).expect_err(bad);
+            assert_eq!(e.field, "inputPerMillion", "{bad}");
+        }
+        let e = Amounts::parse(&price("1", None, Some("x"), None)).expect_err("cached");
+        assert_eq!(e.field, "cachedInputPerMillion");
+        assert_eq!(
+            e.to_string(),
+            "\"x\" is not a non-negative decimal number with at most 9 digits before and after the point"
+        );
+        let a = Amounts::parse(&price("0.150", Some("0.6"), None, None)).expect("price");
+        let b = Amounts::parse(&price("0.15", Some("0.600000"), Some("0.15"), Some("0"))).expect("price");
+        assert_eq!(a, b);
+        assert_eq!(a.version("USD"), b.version("USD"));
+        assert_ne!(a.version("USD"), a.version("EUR"));
+        let c = Amounts::parse(&price("0.15", Some("0.61"), None, None)).expect("price");
+        assert_ne!(a.version("USD"), c.version("USD"));
+    }
+
+    fn model_price(name: &str, provider: ProviderType, model: &str, currency: &str, input: &str) -> ModelPrice {
+        ModelPrice::new(
+            name,
+            ModelPriceSpec {
+                provider,
+                model: model.into(),
+                currency: currency.into(),
+                price: price(input, Some("1"), None, None),
+            },
+        )
+    }
+
+    #[test]
+    fn a_targets_own_price_beats_the_clusters_which_beats_the_default() {
+        let own = price("9", None, None, None);
+        let target = |provider, model, price| TargetRef {
+            provider,
+            provider_type: ProviderType::Openai,
+            model,
+            price,
+            field: "spec.models[0].targets[0].price".into(),
+        };
+        let cluster = [
+            model_price("z-late", ProviderType::Openai, "gpt-4o", "USD", "7"),
+            model_price("a-first", ProviderType::Openai, "gpt-4o", "USD", "5"),
+            model_price("euro", ProviderType::Openai, "gpt-4o-mini", "EUR", "4"),
+            model_price("anthropic", ProviderType::Anthropic, "gpt-4.1", "USD", "4"),
+        ];
+        let r = resolve(
+            "USD",
+            [
+                target("a", "gpt-4o", Some(&own)),
+                target("b", "gpt-4o", None),
+                target("b", "gpt-4o", None),
+                target("c", "gpt-4o-mini", None),
+                target("d", "gpt-4.1", None),
+                target("e", "my-finetune", None),
+            ],
+            &cluster,
+        );
+        let got: Vec<(&str, &str, &PriceSource)> =
+            r.pricing.targets.iter().map(|t| (t.provider.as_str(), t.input_per_million.as_str(), &t.source)).collect();
+        let checked = PriceSource::Default(defaults().checked.clone());
+        assert_eq!(
+            got,
+            [
+                ("a", "9", &PriceSource::Tenant),
+                ("b", "5", &PriceSource::ModelPrice("a-first".into())),
+                ("c", "0.15", &checked),
+                ("d", "2", &checked),
+            ]
+        );
+        assert_eq!(r.unpriced, ["e/my-finetune"]);
+        assert!(r.invalid.is_empty());
+        // In euros only the euro ModelPrice applies: the defaults are in dollars.
+        let r = resolve("EUR", [target("c", "gpt-4o-mini", None), target("b", "gpt-4o", None)], &cluster);
+        assert_eq!(r.pricing.targets.len(), 1);
+        assert_eq!(r.pricing.targets[0].input_per_million, "4");
+        assert_eq!(r.unpriced, ["b/gpt-4o"]);
+        let bad = price("x", None, None, None);
+        let r = resolve("USD", [target("a", "gpt-4o", Some(&bad))], &cluster);
+        assert_eq!(r.invalid.len(), 1);
+        assert_eq!(r.invalid[0].0, "spec.models[0].targets[0].price");
+        assert_eq!(r.unpriced, ["a/gpt-4o"]);
+    }
+}
