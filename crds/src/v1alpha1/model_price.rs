@@ -66,6 +66,7 @@ pub struct ModelPriceSpec {
     pub model: String,
     /// ISO 4217 code of the price's currency; it applies to tenants that count in this currency.
     #[serde(default = "default_currency")]
+    #[schemars(length(min = 3, max = 3))]
     #[x_kube(validation = Rule::new("self.matches('^[A-Z]{3}$')").message("must be an ISO 4217 currency code: three capital letters, e.g. USD"))]
     pub currency: String,
     /// The price.
@@ -100,18 +101,22 @@ const DECIMAL_MESSAGE: &str = "must be a non-negative decimal number written as 
 #[serde(rename_all = "camelCase")]
 pub struct Price {
     /// Per million input (prompt) tokens, e.g. `"0.15"`.
+    #[schemars(length(min = 1, max = 19))]
     #[x_kube(validation = Rule::new(DECIMAL_RULE).message(DECIMAL_MESSAGE))]
     pub input_per_million: String,
     /// Per million output (completion) tokens, reasoning tokens included. Absent: `"0"` (embeddings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 19))]
     #[x_kube(validation = Rule::new(DECIMAL_RULE).message(DECIMAL_MESSAGE))]
     pub output_per_million: Option<String>,
     /// Per million input tokens read from the provider's prompt cache. Absent: the input price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 19))]
     #[x_kube(validation = Rule::new(DECIMAL_RULE).message(DECIMAL_MESSAGE))]
     pub cached_input_per_million: Option<String>,
     /// A fixed amount per answered request, on top of the tokens. Absent: `"0"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 19))]
     #[x_kube(validation = Rule::new(DECIMAL_RULE).message(DECIMAL_MESSAGE))]
     pub per_request: Option<String>,
 }

@@ -70,6 +70,7 @@ pub struct TenantSpec {
     /// ISO 4217 code of the currency the tenant's usage is priced in: prices (a target's own, the
     /// cluster's ModelPrices, the shipped defaults) in another currency do not apply to it.
     #[serde(default = "default_currency")]
+    #[schemars(length(min = 3, max = 3))]
     #[x_kube(validation = Rule::new("self.matches('^[A-Z]{3}$')").message("must be an ISO 4217 currency code: three capital letters, e.g. USD"))]
     pub currency: String,
 
