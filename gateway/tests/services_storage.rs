@@ -193,6 +193,15 @@ async fn killing_postgres_under_load_loses_and_duplicates_nothing() {
     let per_day: u64 =
         report["days"].as_array().expect("days").iter().map(|d| d["requests"].as_u64().expect("n")).sum();
     assert_eq!(per_day, TOTAL as u64);
+    // And so is the cost: in-process's price (1 and 2 per million, 0.0005 a request) in
+    // nano-units is a whole number per request, so the sum is exact.
+    let nanos = |tokens_in: u64, tokens_out: u64| tokens_in * 1_000 + tokens_out * 2_000 + TOTAL as u64 * 500_000;
+    let expected = tenantgate_crds::pricing::format_nanos(nanos(prompt, completion) as i64);
+    assert_eq!(report["totals"]["cost"], expected, "{report}");
+    let (status, by_subject) = gw.get_json("/admin/v1/usage?groupBy=subject&model=in-process", &admin).await;
+    assert_eq!(status, 200, "{by_subject}");
+    assert_eq!(by_subject["groups"][0]["key"], "tester", "{by_subject}");
+    assert_eq!(by_subject["groups"][0]["cost"], expected, "{by_subject}");
     let (_, none) = gw.get_json("/admin/v1/usage?subject=nobody", &admin).await;
     assert_eq!(none["totals"]["requests"], 0);
     let (status, bad) = gw.get_json("/admin/v1/usage?from=yesterday", &admin).await;

@@ -83,6 +83,21 @@ async fn every_chat_request_is_recorded_and_survives_a_restart() {
     assert!(sum > 0, "{events:?}");
     assert_eq!(nanos(&report["totals"]["cost"]), sum, "{report}");
     assert_eq!((report["currency"].as_str(), report["totals"]["unpricedRequests"].as_i64()), (Some("USD"), Some(0)));
+    // Spend per model, the most costly first; the groups add up to the totals.
+    let (status, by_model) = gw.get_json("/admin/v1/usage?groupBy=model", &admin).await;
+    assert_eq!(status, 200, "{by_model}");
+    let groups = by_model["groups"].as_array().expect("groups");
+    let keys: Vec<_> = groups.iter().map(|g| (g["key"].as_str(), g["requests"].as_i64())).collect();
+    // in-process's per-request amount (0.0005) puts its one request ahead of chat's two.
+    assert_eq!(keys[..2], [(Some("in-process"), Some(1)), (Some("chat"), Some(2))], "{by_model}");
+    assert_eq!(groups.iter().map(|g| nanos(&g["cost"])).sum::<i64>(), sum, "{by_model}");
+    assert!(groups.iter().any(|g| g["key"] == "no-such-model" && g["cost"] == "0"), "{by_model}");
+    let (status, by_target) = gw.get_json("/admin/v1/usage?groupBy=target&model=chat", &admin).await;
+    assert_eq!(status, 200, "{by_target}");
+    assert_eq!(by_target["groups"][0]["key"], "up/primary", "{by_target}");
+    let (status, refused) = gw.get_json("/admin/v1/usage?groupBy=team", &admin).await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["error"]["message"].as_str().is_some_and(|m| m.contains("groupBy")), "{refused}");
 
     // Restart on the same state directory: the data is still there.
     assert!(gw.interrupt(), "the gateway did not stop cleanly");

@@ -23,7 +23,9 @@ use sqlx::{PgPool, SqlitePool};
 use tenantgate_crds::config::{DatabaseConfig, StorageConfig};
 
 pub use api_keys::{ApiKey, ApiKeyError, KeyRecord, NewApiKey, Pepper};
-pub use queries::{AuditFilter, AuditPage, AuditRow, DayUsage, UsageFilter, UsageReport, UsageTotals};
+pub use queries::{
+    AuditFilter, AuditPage, AuditRow, DayUsage, GroupBy, GroupUsage, UsageFilter, UsageReport, UsageTotals,
+};
 pub use recorder::{ChatRecord, Leftover, Price, Recorder, RecorderConfig, SpillPlace};
 pub use records::{Api, AuditEvent, AuditKind, ChatEntry, PolicyDecision, Record, UsageRow, new_id, now_ms};
 

@@ -79,18 +79,89 @@ pub struct UsageReport {
     pub days: Vec<DayUsage>,
 }
 
+/// What usage can be grouped by, besides the day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum GroupBy {
+    /// The caller: a token's `sub`, or `apikey:<prefix>` for an API key.
+    Subject,
+    /// The tenant model asked for.
+    Model,
+    /// The `provider/model` that answered.
+    Target,
+}
+
+impl GroupBy {
+    /// The column, from this fixed list only.
+    fn column(self) -> &'static str {
+        match self {
+            Self::Subject => "subject",
+            Self::Model => "model",
+            Self::Target => "target",
+        }
+    }
+}
+
+/// The usage of one group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GroupUsage {
+    /// The subject, model or target; null for requests no target answered (by target).
+    pub key: Option<String>,
+    /// Its sums.
+    #[serde(flatten)]
+    pub totals: UsageTotals,
+}
+
 #[derive(sqlx::FromRow)]
-struct DayRow {
-    day: i64,
+struct KeyRow {
+    #[sqlx(rename = "group_key")]
+    key: Option<String>,
     #[sqlx(flatten)]
     totals: UsageTotals,
 }
 
 /// `tenant`'s usage matching `filter` (tenants may share a database).
 pub async fn usage(db: &Db, tenant: &str, filter: &UsageFilter) -> Result<UsageReport, sqlx::Error> {
-    let rows: Vec<DayRow> = on_db!(db, pool => {
-        let mut q = QueryBuilder::new(
-            "SELECT ts_ms / 86400000 AS day, COUNT(*) AS requests, \
+    let rows = sums(db, tenant, filter, "CAST(ts_ms / 86400000 AS TEXT)").await?;
+    let mut totals = UsageTotals::default();
+    let mut days: Vec<(i64, UsageTotals)> =
+        rows.into_iter().map(|r| (r.key.and_then(|k| k.parse().ok()).unwrap_or(0), r.totals)).collect();
+    days.sort_by_key(|(day, _)| *day);
+    let days = days
+        .into_iter()
+        .map(|(day, t)| {
+            totals.add(&t);
+            DayUsage { date: date_of_day(day), totals: t }
+        })
+        .collect();
+    Ok(UsageReport { totals, days })
+}
+
+/// `tenant`'s usage matching `filter` per subject, model or target, the most costly
+/// first (then by request count, then by key).
+pub async fn usage_by(
+    db: &Db,
+    tenant: &str,
+    filter: &UsageFilter,
+    by: GroupBy,
+) -> Result<Vec<GroupUsage>, sqlx::Error> {
+    let mut groups: Vec<GroupUsage> = sums(db, tenant, filter, by.column())
+        .await?
+        .into_iter()
+        .map(|r| GroupUsage { key: r.key, totals: r.totals })
+        .collect();
+    groups.sort_by(|a, b| {
+        (b.totals.cost_nanos, b.totals.requests).cmp(&(a.totals.cost_nanos, a.totals.requests)).then(a.key.cmp(&b.key))
+    });
+    Ok(groups)
+}
+
+/// The sums of `tenant`'s rows matching `filter`, grouped by `key` (a text expression).
+async fn sums(db: &Db, tenant: &str, filter: &UsageFilter, key: &str) -> Result<Vec<KeyRow>, sqlx::Error> {
+    let rows: Vec<KeyRow> = on_db!(db, pool => {
+        let mut q = QueryBuilder::new("SELECT ");
+        q.push(key).push(
+            " AS group_key, COUNT(*) AS requests, \
              CAST(SUM(prompt_tokens) AS BIGINT) AS prompt_tokens, \
              CAST(SUM(completion_tokens) AS BIGINT) AS completion_tokens, \
              CAST(SUM(cached_tokens) AS BIGINT) AS cached_tokens, \
@@ -113,18 +184,10 @@ pub async fn usage(db: &Db, tenant: &str, filter: &UsageFilter) -> Result<UsageR
         if let Some(model) = &filter.model {
             q.push(" AND model = ").push_bind(model.as_str());
         }
-        q.push(" GROUP BY ts_ms / 86400000 ORDER BY day");
-        q.build_query_as::<DayRow>().fetch_all(pool).await?
+        q.push(" GROUP BY ").push(key);
+        q.build_query_as::<KeyRow>().fetch_all(pool).await?
     });
-    let mut totals = UsageTotals::default();
-    let days = rows
-        .into_iter()
-        .map(|r| {
-            totals.add(&r.totals);
-            DayUsage { date: date_of_day(r.day), totals: r.totals }
-        })
-        .collect();
-    Ok(UsageReport { totals, days })
+    Ok(rows)
 }
 
 fn date_of_day(day: i64) -> String {
@@ -295,6 +358,9 @@ mod tests {
         assert_eq!((a.totals.requests, a.totals.prompt_tokens), (2, 30));
         let b = usage(&db, "b", &UsageFilter::default()).await.expect("usage");
         assert_eq!((b.totals.requests, b.totals.prompt_tokens), (1, 400));
+        let by_subject = usage_by(&db, "a", &UsageFilter::default(), GroupBy::Subject).await.expect("groups");
+        assert_eq!(by_subject.len(), 1);
+        assert_eq!((by_subject[0].key.as_deref(), by_subject[0].totals.prompt_tokens), (Some("alice"), 30));
         // Naming the other tenant's subject finds nothing.
         let cross = UsageFilter { subject: Some("bob".into()), ..UsageFilter::default() };
         assert_eq!(usage(&db, "a", &cross).await.expect("usage").totals.requests, 0);

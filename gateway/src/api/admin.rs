@@ -16,7 +16,7 @@ use super::caller::require_admin;
 use crate::auth::Caller;
 use crate::error::AppError;
 use crate::state::AppState;
-use crate::storage::{self, AuditEvent, AuditFilter, AuditKind, NewApiKey, UsageFilter, api_keys};
+use crate::storage::{self, AuditEvent, AuditFilter, AuditKind, GroupBy, NewApiKey, UsageFilter, api_keys};
 
 /// Routes of the admin API.
 pub fn router() -> Router<AppState> {
@@ -120,18 +120,29 @@ struct UsageQuery {
     to: Option<String>,
     subject: Option<String>,
     model: Option<String>,
+    #[serde(rename = "groupBy")]
+    group_by: Option<GroupBy>,
 }
 
 impl AdminRead for UsageQuery {
     const ACTION: &'static str = "usage.read";
 
-    /// `GET /admin/v1/usage?from&to&subject&model`: totals and per-day rows.
+    /// `GET /admin/v1/usage?from&to&subject&model&groupBy`: totals, per-day rows, and
+    /// with `groupBy` (subject, model or target) a row per group.
     async fn run(self, state: &AppState) -> Result<Response, AppError> {
         let (from_ms, to_ms) = parse_range(self.from.as_deref(), self.to.as_deref())?;
         let filter = UsageFilter { from_ms, to_ms, subject: self.subject.clone(), model: self.model.clone() };
         let report = storage::queries::usage(&state.storage().db, &state.runtime().config.tenant.name, &filter)
             .await
             .map_err(db_error)?;
+        let groups = match self.group_by {
+            Some(by) => Some(
+                storage::queries::usage_by(&state.storage().db, &state.runtime().config.tenant.name, &filter, by)
+                    .await
+                    .map_err(db_error)?,
+            ),
+            None => None,
+        };
         let currency = state.runtime().config.pricing.as_ref().map(|p| p.currency.clone());
         Ok(Json(json!({
             "object": "usage.report",
@@ -139,6 +150,8 @@ impl AdminRead for UsageQuery {
             "currency": currency,
             "totals": report.totals,
             "days": report.days,
+            "groupBy": self.group_by,
+            "groups": groups,
         }))
         .into_response())
     }
