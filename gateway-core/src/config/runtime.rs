@@ -197,7 +197,7 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
         let amounts = Amounts::of_target(t).map_err(|e| {
             ConfigIssue::new(Reason::InvalidSpec, e.to_string()).at(format!("pricing.targets[{i}].{}", e.field))
         })?;
-        prices.insert((t.provider.as_str(), t.model.as_str()), Price { amounts, version: t.version.as_str().into() });
+        prices.insert((t.provider.as_str(), t.model.as_str()), Price::new(&amounts, &t.version));
     }
     let mut models = HashMap::with_capacity(config.models.len());
     for (i, m) in config.models.iter().enumerate() {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tenantgate_crds::pricing::Amounts;
+use tenantgate_crds::pricing::{Amounts, Rates};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -708,7 +708,6 @@ impl ChatRecord {
         if let Some(p) = &mut self.0 {
             p.usage.target = Some(label.to_owned());
             p.price = price.cloned();
-            p.cost();
         }
     }
 
@@ -719,7 +718,6 @@ impl ChatRecord {
             p.usage.prompt_tokens = int(usage.prompt_tokens);
             p.usage.completion_tokens = int(usage.completion_tokens);
             p.usage.cached_tokens = int(usage.cached_tokens());
-            p.cost();
         }
     }
 
@@ -768,33 +766,38 @@ impl ChatRecord {
     }
 }
 
-impl Pending {
-    /// Prices the usage as it stands (the per-request amount alone until tokens are known).
-    fn cost(&mut self) {
-        let Some(price) = &self.price else { return };
-        let u = &mut self.usage;
-        let uint = |n: i64| u64::try_from(n).unwrap_or(0);
-        u.cost_nanos =
-            Some(price.amounts.cost_nanos(uint(u.prompt_tokens), uint(u.cached_tokens), uint(u.completion_tokens)));
-        if u.price_version.as_deref() != Some(&price.version) {
-            u.price_version = Some(price.version.to_string());
-        }
-    }
-}
-
 /// The price of a target, as the request path applies it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Price {
-    /// The amounts.
-    pub amounts: Amounts,
-    /// Their version (recorded with each cost).
+    /// Nano-units per token and per request.
+    pub rates: Rates,
+    /// The version of the price (recorded with each cost).
     pub version: Arc<str>,
+}
+
+impl Price {
+    /// The price of `amounts`, of version `version`.
+    pub fn new(amounts: &Amounts, version: &str) -> Self {
+        Self { rates: amounts.rates(), version: version.into() }
+    }
+
+    /// Prices `usage` (the per-request amount alone until tokens are known).
+    fn charge(&self, usage: &mut UsageRow) {
+        let uint = |n: i64| u64::try_from(n).unwrap_or(0);
+        let cost =
+            self.rates.cost_nanos(uint(usage.prompt_tokens), uint(usage.cached_tokens), uint(usage.completion_tokens));
+        usage.cost_nanos = Some(cost);
+        usage.price_version = Some(self.version.to_string());
+    }
 }
 
 impl Drop for ChatRecord {
     fn drop(&mut self) {
         let Some(p) = self.0.take() else { return };
-        let Pending { recorder, started, mut usage, price: _, mut policy, record_prompts, stream, completed, api } = *p;
+        let Pending { recorder, started, mut usage, price, mut policy, record_prompts, stream, completed, api } = *p;
+        if let Some(price) = price {
+            price.charge(&mut usage);
+        }
         if let Some(cost) = usage.cost_nanos.filter(|c| *c > 0) {
             metrics::counter!("tenantgate_cost_nanounits_total", "model" => usage.model.clone())
                 .increment(u64::try_from(cost).unwrap_or(0));
@@ -1108,16 +1111,14 @@ mod tests {
         let identity = Identity { subject: "bob".into(), roles: vec![], admin: false, expires_at: 0 };
         let mut outer = ChatRecord::start(&recorder, "t", &identity, Some("req-1".into()), false);
         outer.model("chat");
-        let price = Price {
-            amounts: Amounts::parse(&tenantgate_crds::v1alpha1::Price {
-                input_per_million: "2".into(),
-                output_per_million: Some("8".into()),
-                cached_input_per_million: Some("0.5".into()),
-                per_request: Some("0.001".into()),
-            })
-            .expect("price"),
-            version: "v1".into(),
-        };
+        let amounts = Amounts::parse(&tenantgate_crds::v1alpha1::Price {
+            input_per_million: "2".into(),
+            output_per_million: Some("8".into()),
+            cached_input_per_million: Some("0.5".into()),
+            per_request: Some("0.001".into()),
+        })
+        .expect("price");
+        let price = Price::new(&amounts, "v1");
         outer.target("p/m", Some(&price));
         outer.stream_started();
         let mut stream = outer.take();
@@ -1156,23 +1157,45 @@ mod tests {
 mod throughput {
     use super::*;
 
-    /// Prints the enqueue cost of a chat record and SQLite's batch write rate.
+    /// Prints the enqueue cost of a chat record (unpriced and priced, alternating
+    /// blocks, so both see the same machine) and SQLite's batch write rate.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn enqueue_cost_and_sqlite_write_rate() {
         let dir = std::env::temp_dir().join(format!("tg-rec-rate-{}-{}", std::process::id(), fastrand::u64(..)));
         let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
         let recorder = Recorder::start(db.clone(), RecorderConfig::new(dir.join("spill"))).expect("start");
         let identity = Identity { subject: "bob".into(), roles: vec![], admin: false, expires_at: 0 };
+        let amounts = Amounts::parse(&tenantgate_crds::v1alpha1::Price {
+            input_per_million: "2.5".into(),
+            output_per_million: Some("10".into()),
+            cached_input_per_million: Some("1.25".into()),
+            per_request: None,
+        })
+        .expect("price");
+        let price = Price::new(&amounts, "v");
         const N: usize = 20_000;
+        const BLOCK: usize = 1_000;
         let started = Instant::now();
-        for _ in 0..N {
-            let mut r = ChatRecord::start(&recorder, "t", &identity, Some("req".into()), false);
-            r.model("chat");
-            r.target("p/m", None);
-            r.tokens(&Usage::new(10, 20));
-            r.status(200, None);
+        let mut spent = [Duration::ZERO; 2];
+        for block in 0..N / BLOCK {
+            let priced = block % 2 == 1;
+            let t = Instant::now();
+            for _ in 0..BLOCK {
+                let mut r = ChatRecord::start(&recorder, "t", &identity, Some("req".into()), false);
+                r.model("chat");
+                r.target("p/m", priced.then_some(&price));
+                r.tokens(&Usage::new(1_000, 200).with_cached(400));
+                r.status(200, None);
+            }
+            spent[usize::from(priced)] += t.elapsed();
         }
         let enqueue = started.elapsed();
+        let each = |d: Duration| d.as_secs_f64() * 1e6 / (N / 2) as f64;
+        eprintln!(
+            "chat record enqueue: unpriced {:.2} µs, priced {:.2} µs (cost computed and counted)",
+            each(spent[0]),
+            each(spent[1])
+        );
         recorder.close(Duration::from_secs(60)).await;
         let total = started.elapsed();
         let n: i64 = {
