@@ -702,8 +702,8 @@ impl ChatRecord {
         }
     }
 
-    /// The target that answered (`provider/model`) and its price: the request costs
-    /// the price's per-request amount from now on, and its tokens once they are known.
+    /// The target that answered (`provider/model`) and its price: the record is priced
+    /// with it when it is written (the per-request amount, and the tokens reported by then).
     pub fn target(&mut self, label: &str, price: Option<&Price>) {
         if let Some(p) = &mut self.0 {
             p.usage.target = Some(label.to_owned());
@@ -711,7 +711,7 @@ impl ChatRecord {
         }
     }
 
-    /// Tokens the upstream reported, and what they cost at the target's price.
+    /// Tokens the upstream reported (priced at the target's price when the record is written).
     pub fn tokens(&mut self, usage: &Usage) {
         if let Some(p) = &mut self.0 {
             let int = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
@@ -781,7 +781,7 @@ impl Price {
         Self { rates: amounts.rates(), version: version.into() }
     }
 
-    /// Prices `usage` (the per-request amount alone until tokens are known).
+    /// Prices `usage` as recorded (without reported tokens: the per-request amount alone).
     fn charge(&self, usage: &mut UsageRow) {
         let uint = |n: i64| u64::try_from(n).unwrap_or(0);
         let cost =
