@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
-use kube::ResourceExt;
 use rust_decimal::{Decimal, RoundingStrategy};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -170,11 +169,6 @@ impl Amounts {
             per_request: self.per_request * Decimal::from(NANOS_PER_UNIT),
         }
     }
-
-    /// What one answered request with this usage cost ([`Rates::cost_nanos`]).
-    pub fn cost_nanos(&self, prompt: u64, cached: u64, completion: u64) -> i64 {
-        self.rates().cost_nanos(prompt, cached, completion)
-    }
 }
 
 /// A price as the request path applies it: nano-units per token and per request.
@@ -249,7 +243,7 @@ pub fn resolve<'a>(
 ) -> Resolved {
     let mut cluster: BTreeMap<(ProviderType, &str), (&str, Amounts)> = BTreeMap::new();
     let mut by_name: Vec<&ModelPrice> = model_prices.iter().filter(|p| p.spec.currency == currency).collect();
-    by_name.sort_by_key(|p| p.name_any());
+    by_name.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     for p in by_name {
         if let Ok(amounts) = Amounts::parse(&p.spec.price) {
             let name = p.metadata.name.as_deref().unwrap_or_default();
@@ -270,7 +264,7 @@ pub fn resolve<'a>(
     };
     let mut seen = std::collections::BTreeSet::new();
     for t in targets {
-        if !seen.insert((t.provider.to_owned(), t.model.to_owned())) {
+        if !seen.insert((t.provider, t.model)) {
             continue;
         }
         let found = match t.price.map(Amounts::parse) {
@@ -318,6 +312,11 @@ mod tests {
         }
     }
 
+    /// What a request with this usage costs at `a`, as the gateway prices it.
+    fn cost(a: &Amounts, prompt: u64, cached: u64, completion: u64) -> i64 {
+        a.rates().cost_nanos(prompt, cached, completion)
+    }
+
     #[test]
     fn the_shipped_defaults_parse_and_name_each_model_once() {
         let d = defaults();
@@ -335,22 +334,22 @@ mod tests {
         let a = Amounts::parse(&price("0.15", Some("0.60"), Some("0.075"), None)).expect("price");
         // 1000 prompt tokens (400 cached), 500 completion:
         // 600*0.15 + 400*0.075 + 500*0.60 = 90 + 30 + 300 = 420 per million = 0.00042.
-        assert_eq!(a.cost_nanos(1000, 400, 500), 420_000);
+        assert_eq!(cost(&a, 1000, 400, 500), 420_000);
         // A token at 0.075 per million is 75 nano-units.
-        assert_eq!(a.cost_nanos(1, 1, 0), 75);
+        assert_eq!(cost(&a, 1, 1, 0), 75);
         // Fractions of a nano-unit are rounded once per request, not per part.
         let fine = Amounts::parse(&price("0.0375", Some("0.0001"), Some("0.0004"), None)).expect("price");
-        assert_eq!(fine.cost_nanos(1, 0, 0), 38); // 37.5 -> 38
-        assert_eq!(fine.cost_nanos(0, 0, 4), 0); // 0.4 -> 0
-        assert_eq!(fine.cost_nanos(1, 1, 4), 1); // 0.4 + 0.4 = 0.8 -> 1, where parts rounded apiece give 0
-        assert_eq!(fine.cost_nanos(0, 0, 5), 1); // 0.5 -> 1, half away from zero
+        assert_eq!(cost(&fine, 1, 0, 0), 38); // 37.5 -> 38
+        assert_eq!(cost(&fine, 0, 0, 4), 0); // 0.4 -> 0
+        assert_eq!(cost(&fine, 1, 1, 4), 1); // 0.4 + 0.4 = 0.8 -> 1, where parts rounded apiece give 0
+        assert_eq!(cost(&fine, 0, 0, 5), 1); // 0.5 -> 1, half away from zero
         // Absent cached price: the input price. Per-request fee added once.
         let b = Amounts::parse(&price("3", Some("15"), None, Some("0.001"))).expect("price");
         assert_eq!(b.cached_input, b.input);
-        assert_eq!(b.cost_nanos(1_000_000, 500_000, 0), 3_001_000_000);
+        assert_eq!(cost(&b, 1_000_000, 500_000, 0), 3_001_000_000);
         // Cached beyond prompt is clamped; no overflow panics.
-        assert_eq!(b.cost_nanos(0, 10, 0), 1_000_000);
-        assert_eq!(b.cost_nanos(u64::MAX, 0, u64::MAX), i64::MAX);
+        assert_eq!(cost(&b, 0, 10, 0), 1_000_000);
+        assert_eq!(cost(&b, u64::MAX, 0, u64::MAX), i64::MAX);
         assert_eq!(format_nanos(420_000), "0.00042");
         assert_eq!(format_nanos(3_001_000_000), "3.001");
         assert_eq!(format_nanos(0), "0");

@@ -27,7 +27,7 @@ pub struct Dependencies {
     pub tenant_policies: Vec<PromptPolicy>,
     /// PromptPolicies in the operator namespace.
     pub global_policies: Vec<PromptPolicy>,
-    /// The cluster's ModelPrices, by name.
+    /// The cluster's ModelPrices (pricing::resolve orders them).
     pub model_prices: Vec<ModelPrice>,
     /// resourceVersion of every Secret in the tenant namespace, by name.
     pub secret_versions: BTreeMap<String, String>,
@@ -50,8 +50,7 @@ pub fn dereference(tenant: &Tenant, stores: &Stores, operator_namespace: &str) -
     let mcp_connections = in_namespace(&stores.mcp_connections, &namespace);
     let tenant_policies = in_namespace(&stores.prompt_policies, &namespace);
     let global_policies = in_namespace(&stores.prompt_policies, operator_namespace);
-    let mut model_prices: Vec<ModelPrice> = stores.model_prices.state().iter().map(|p| (**p).clone()).collect();
-    model_prices.sort_by_key(|p| p.name_any());
+    let model_prices: Vec<ModelPrice> = stores.model_prices.state().iter().map(|p| (**p).clone()).collect();
     let mut secret_versions = BTreeMap::new();
     let secrets = stores.store::<PartialObjectMeta<Secret>>().map(Store::state).unwrap_or_default();
     for s in secrets.iter().filter(|s| s.namespace().as_deref() == Some(namespace.as_str())) {
