@@ -306,9 +306,10 @@ async fn serve_connections(
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let io = tokio::select! {
-            (io, _) = listener.accept() => io,
+            accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
+        let (io, peer) = io;
         if let Some(cap) = io.shed() {
             let refuse = hyper::service::service_fn(move |_| async move {
                 Ok::<_, std::convert::Infallible>(AppError::Overloaded(Shed::Connections(cap)).into_response())
@@ -324,6 +325,9 @@ async fn serve_connections(
             // Busy until the response body ends: a connection is idle (and may
             // be closed for a new one at the cap) only between requests.
             let busy = tracked.as_ref().map(|a| a.begin());
+            // The peer address: what an ApiKey's ipAllowList is checked against.
+            let mut request = request;
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             let call = tower::ServiceExt::oneshot(app.clone(), request);
             async move {
                 let response = call.await?;

@@ -1,11 +1,13 @@
 //! API group `tenantgate.dev`, version `v1alpha1`.
 
+mod api_key;
 mod common;
 mod mcp_connection;
 mod model_price;
 mod prompt_policy;
 mod tenant;
 
+pub use api_key::*;
 pub use common::{SecretKeyRef, conditions};
 pub use mcp_connection::*;
 pub use model_price::*;

@@ -1,5 +1,7 @@
 //! API-key authentication: `Authorization: Bearer tg_<prefix>_<secret>`.
-//! Keys are looked up by their peppered hash, with a short cache of answers
+//! A key declared as an ApiKey object is found by its peppered hash in the
+//! config in force ([`super::DeclaredKeys`]); any other is looked up in the
+//! database of admin-minted keys by the same hash, with a short cache of answers
 //! (found and not found), so a revocation on any replica takes effect here
 //! within [`CACHE_TTL`] and a flood of bad keys costs one query each per TTL.
 
@@ -88,6 +90,7 @@ impl ApiKeyVerifier {
             admin: record.roles.iter().any(|r| admin_roles.contains(r.as_str())),
             roles: record.roles.clone(),
             expires_at: record.expires_at_ms.map_or(u64::MAX, |ms| u64::try_from(ms / 1000).unwrap_or(0)),
+            allowed_models: Vec::new(),
         }))
     }
 
@@ -97,17 +100,26 @@ impl ApiKeyVerifier {
     }
 }
 
-/// Checks an API key for the tenant in force, when API keys are enabled.
+/// Checks an API key presented from `client` for the tenant in force, when API
+/// keys are enabled: a declared key first (in memory), else an admin-minted one.
 pub async fn verify(
     storage: &crate::storage::Storage,
     runtime: &crate::config::Runtime,
     token: &str,
+    client: Option<std::net::IpAddr>,
 ) -> Result<Arc<Identity>, AuthError> {
     if !runtime.config.auth.api_keys_enabled {
         return Err(AuthError::ApiKeysDisabled);
     }
+    if !runtime.declared_keys.is_empty()
+        && api_keys::key_prefix(token).is_some()
+        && let Some(pepper) = storage.pepper.as_ref()
+        && let Some(verdict) = runtime.declared_keys.check(&pepper.hash(token), client, now_ms())
+    {
+        return verdict;
+    }
     let tenant = &runtime.config.tenant.name;
-    let admin_roles = &runtime.config.auth.jwt.admin_roles;
+    let admin_roles = &runtime.config.auth.admin_roles;
     storage.api_keys.verify(&storage.db, tenant, storage.pepper.as_ref(), admin_roles, token).await
 }
 

@@ -42,6 +42,7 @@ pub(crate) fn who(subject: &str, roles: &[&str]) -> Identity {
         roles: roles.iter().map(|r| r.to_string()).collect(),
         admin: false,
         expires_at: 0,
+        allowed_models: Vec::new(),
     }
 }
 
