@@ -1,5 +1,6 @@
 //! The Tenant controller: `dereference → validate → build → apply → status`.
 
+pub mod api_keys;
 pub mod apply;
 pub mod build;
 pub mod dereference;
@@ -94,6 +95,14 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         write_status(ctx, tenant, &deps, None, Err(("NamespaceConflict", message))).await?;
         return Ok(Action::requeue(RESYNC));
     }
+    let enabled = tenant.spec.auth.api_keys.enabled;
+    // Keys are generated only for a tenant that accepts them.
+    let issuance = if enabled {
+        api_keys::issue(ctx, &name, &deps.namespace, &deps.api_keys).await
+    } else {
+        api_keys::Issuance::default()
+    };
+    let issued = &issuance.issued;
     let rendered = render(
         RenderInput {
             tenant,
@@ -110,6 +119,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         Err(e) => {
             warn(ctx, tenant, "RenderFailed", &e.to_string()).await;
             write_child_statuses(ctx, tenant, &deps, None, &e.issues).await?;
+            api_keys::write_statuses(ctx, &name, &deps.api_keys, enabled, &issuance, None).await?;
             write_status(ctx, tenant, &deps, None, Err(("InvalidConfig", e.to_string()))).await?;
             return Ok(Action::requeue(RESYNC));
         }
@@ -143,8 +153,10 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         tracing::info!(tenant = %name, writes, "applied the tenant's stack");
     }
     write_child_statuses(ctx, tenant, &deps, Some(&rendered), &rendered.skipped).await?;
+    api_keys::write_statuses(ctx, &name, &deps.api_keys, enabled, &issuance, Some(&rendered)).await?;
     write_status(ctx, tenant, &deps, Some(&rendered), Ok(())).await?;
-    Ok(Action::requeue(RESYNC))
+    // A key waiting for the tenant's gateway-keys Secret, which this reconcile may just have created.
+    Ok(Action::requeue(if issuance.waiting() { Duration::from_secs(2) } else { RESYNC }))
 }
 
 async fn warn(ctx: &Context, tenant: &Tenant, reason: &str, note: &str) {
@@ -184,8 +196,10 @@ async fn write_status(
         if !missing.is_empty() {
             degraded.push(("MissingSecret", missing_secrets_message(ctx, &deps.namespace, &missing)));
         }
-        if !r.skipped.is_empty() {
-            let list: Vec<String> = r.skipped.iter().map(ToString::to_string).collect();
+        let skipped: Vec<&ConfigIssue> =
+            r.skipped.iter().filter(|i| i.object.as_ref().is_some_and(|o| o.kind == "McpConnection")).collect();
+        if !skipped.is_empty() {
+            let list: Vec<String> = skipped.iter().map(ToString::to_string).collect();
             degraded.push(("McpConnectionSkipped", list.join("; ")));
         }
         if tenant.spec.storage.database.is_none() && tenant.spec.storage.volume.is_none() {
