@@ -18,10 +18,14 @@ use tenantgate_tests::*;
 /// longer needs, patch status, record Events, and hold the leader Lease.
 /// Changing what the operator does means changing this list and the chart together.
 const OPERATOR_USES: &[(&str, &[&str], &[&str])] = &[
-    ("tenantgate.dev", &["tenants", "mcpconnections", "promptpolicies", "modelprices"], &["list", "watch"]),
     (
         "tenantgate.dev",
-        &["tenants/status", "mcpconnections/status", "promptpolicies/status", "modelprices/status"],
+        &["tenants", "mcpconnections", "promptpolicies", "modelprices", "apikeys"],
+        &["list", "watch"],
+    ),
+    (
+        "tenantgate.dev",
+        &["tenants/status", "mcpconnections/status", "promptpolicies/status", "modelprices/status", "apikeys/status"],
         &["patch"],
     ),
     // Held to grant it to the gateways (RBAC forbids granting more than one holds).
@@ -30,8 +34,9 @@ const OPERATOR_USES: &[(&str, &[&str], &[&str])] = &[
     // The `kubernetes` EndpointSlice in default (resourceNames: that one), watched.
     ("discovery.k8s.io", &["endpointslices"], &["get", "list", "watch"]),
     ("", &["namespaces"], &["list", "watch", "create", "patch"]),
-    // Secrets: watched (metadata only) for the ones configs reference; gateway-keys is created once, never updated.
-    ("", &["secrets"], &["list", "watch", "create"]),
+    // Secrets: watched (metadata only) for the ones configs reference; gateway-keys is created once,
+    // never updated; get reads a tenant's API-key pepper, patch writes an ApiKey's own Secret.
+    ("", &["secrets"], &["get", "list", "watch", "create", "patch"]),
     ("", &["configmaps", "services", "serviceaccounts"], &["list", "watch", "create", "patch", "delete"]),
     ("", &["persistentvolumeclaims"], &["list", "watch", "create", "patch", "delete"]),
     ("apps", &["deployments"], &["list", "watch", "create", "patch", "delete"]),
@@ -101,8 +106,9 @@ fn the_chart_grants_exactly_what_the_operator_uses() -> anyhow::Result<()> {
     let missing: Vec<_> = uses.difference(&grants).collect();
     assert!(extra.is_empty(), "the chart grants more than the operator uses: {extra:?}");
     assert!(missing.is_empty(), "the chart lacks what the operator uses: {missing:?}");
-    // Secrets: never get/update/patch/delete (the operator never reads their values through RBAC beyond its watch).
-    for verb in ["get", "update", "patch", "delete"] {
+    // Secrets: never update or delete (patch only writes the Secrets generated for ApiKeys, which
+    // garbage collection deletes with them; get reads no more than list already does).
+    for verb in ["update", "delete"] {
         assert!(!grants.contains(&(String::new(), "secrets".into(), verb.into())), "secrets {verb}");
     }
     Ok(())
