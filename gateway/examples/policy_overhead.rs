@@ -28,7 +28,7 @@ fn config() -> GatewayConfig {
     serde_json::from_value(json!({
         "version": 1,
         "tenant": {"name": "acme", "displayName": "Acme Corp", "namespace": "tg-acme"},
-        "auth": {"jwt": {"issuer": "i", "audiences": ["a"], "keys": {"jwksFile": "/x"}, "rolesClaim": "roles", "adminRoles": [], "leewaySeconds": 0}, "apiKeysEnabled": false},
+        "auth": {"jwt": {"issuer": "i", "audiences": ["a"], "keys": {"jwksFile": "/x"}, "rolesClaim": "roles", "leewaySeconds": 0}, "adminRoles": [], "apiKeysEnabled": false},
         "providers": [], "models": [],
         "routing": {"maxRetries": 0, "initialBackoffMs": 1, "maxBackoffMs": 1, "connectTimeoutMs": 1, "firstByteTimeoutMs": 1, "totalTimeoutMs": 1, "circuitBreaker": {"failureThreshold": 1, "openSeconds": 1}},
         "mcp": [], "policies": policies,
