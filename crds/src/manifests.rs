@@ -132,7 +132,8 @@ impl ManifestSet {
                 format!("unsupported version {api_version:?}, expected {API_VERSION:?}"),
             )]);
         }
-        let namespaced = matches!((ours, kind.as_str()), (true, "McpConnection" | "PromptPolicy" | "ApiKey") | (false, "Secret"));
+        let namespaced =
+            matches!((ours, kind.as_str()), (true, "McpConnection" | "PromptPolicy" | "ApiKey") | (false, "Secret"));
         if namespaced && namespace.is_none() {
             return Err(vec![at.error(
                 Some("metadata.namespace"),

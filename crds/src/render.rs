@@ -7,16 +7,15 @@ use kube::ResourceExt;
 
 use crate::config::{
     AuthConfig, AwsCredentialsConfig, AzureConfig, BedrockConfig, CONFIG_VERSION, DatabaseConfig, DeclaredApiKey,
-    EntraCredential,
-    EntraIdConfig, EnvValue, GatewayConfig, GoogleWorkloadIdentityConfig, JwtConfig, JwtKeys, KeysConfig,
-    McpAuthConfig, McpConnectionConfig, McpEndpointTransport, McpResourceConfig, NetworkConfig, PolicyConfig,
-    PolicyLayer, PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity,
+    EntraCredential, EntraIdConfig, EnvValue, GatewayConfig, GoogleWorkloadIdentityConfig, JwtConfig, JwtKeys,
+    KeysConfig, McpAuthConfig, McpConnectionConfig, McpEndpointTransport, McpResourceConfig, NetworkConfig,
+    PolicyConfig, PolicyLayer, PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity,
 };
 use crate::issue::{ConfigIssue, ObjectRef, Reason};
 use crate::pricing::{self, TargetRef};
 use crate::v1alpha1::{
-    ApiKey, AzureProvider, BedrockProvider, McpConnection, McpTransport, ModelPrice, PromptPolicy, SecretKeyRef, Tenant,
-    VertexWorkloadIdentity,
+    ApiKey, AzureProvider, BedrockProvider, McpConnection, McpTransport, ModelPrice, PromptPolicy, SecretKeyRef,
+    Tenant, VertexWorkloadIdentity,
 };
 
 /// Where the gateway Deployment mounts the projected Secret volume.

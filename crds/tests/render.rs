@@ -116,7 +116,14 @@ fn hash_is_stable_under_input_order_and_changes_with_content() {
         .collect();
     let run = |c: &[McpConnection], p: &[PromptPolicy]| {
         render(
-            RenderInput { tenant, mcp_connections: c, tenant_policies: p, global_policies: &global, model_prices: &[], api_keys: &[] },
+            RenderInput {
+                tenant,
+                mcp_connections: c,
+                tenant_policies: p,
+                global_policies: &global,
+                model_prices: &[],
+                api_keys: &[],
+            },
             &RenderOptions::default(),
         )
         .expect("renders")
@@ -218,7 +225,7 @@ fn a_stdio_connection_with_its_own_auth_is_skipped_naming_the_field() {
         tenant_policies: &[],
         global_policies: &[],
         model_prices: &[],
-            api_keys: &[],
+        api_keys: &[],
     };
     let rendered = render(input, &RenderOptions::default()).expect("renders without the connection");
     assert!(rendered.config.mcp.is_empty());
@@ -229,7 +236,14 @@ fn a_stdio_connection_with_its_own_auth_is_skipped_naming_the_field() {
 
 /// A render input of `tenant` alone: no connections, policies or prices.
 fn alone(tenant: &Tenant) -> RenderInput<'_> {
-    RenderInput { tenant, mcp_connections: &[], tenant_policies: &[], global_policies: &[], model_prices: &[], api_keys: &[] }
+    RenderInput {
+        tenant,
+        mcp_connections: &[],
+        tenant_policies: &[],
+        global_policies: &[],
+        model_prices: &[],
+        api_keys: &[],
+    }
 }
 
 fn tenant_yaml(extra: &str) -> Tenant {
@@ -289,7 +303,7 @@ fn bad_policies_refuse_the_whole_config_naming_the_policy() {
         tenant_policies: &[locked, broken],
         global_policies: &[],
         model_prices: &[],
-            api_keys: &[],
+        api_keys: &[],
     };
     let err = render(input, &RenderOptions::default()).expect_err("refused");
     let objects: Vec<String> =
@@ -321,7 +335,7 @@ fn connections_with_clashing_prefixes_are_skipped_not_fatal() {
         tenant_policies: &[],
         global_policies: &[],
         model_prices: &[],
-            api_keys: &[],
+        api_keys: &[],
     };
     let rendered = render(input, &RenderOptions::default()).expect("renders");
     assert_eq!(rendered.config.mcp.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["a"]);
@@ -359,8 +373,14 @@ fn golden_configs_parse_back_strictly() {
 fn render_tenant(
     tenant: &Tenant,
 ) -> Result<tenantgate_crds::render::RenderedConfig, tenantgate_crds::render::RenderError> {
-    let input =
-        RenderInput { tenant, mcp_connections: &[], tenant_policies: &[], global_policies: &[], model_prices: &[], api_keys: &[] };
+    let input = RenderInput {
+        tenant,
+        mcp_connections: &[],
+        tenant_policies: &[],
+        global_policies: &[],
+        model_prices: &[],
+        api_keys: &[],
+    };
     render(input, &RenderOptions::default())
 }
 
@@ -422,7 +442,7 @@ fn tool_access_rules_reach_the_config_and_a_rule_granting_nobody_skips_the_conne
         tenant_policies: &[],
         global_policies: &[],
         model_prices: &[],
-            api_keys: &[],
+        api_keys: &[],
     };
     let rendered = render(input, &RenderOptions::default()).expect("renders");
     let names: Vec<_> = rendered.config.mcp.iter().map(|c| c.name.as_str()).collect();

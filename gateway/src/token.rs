@@ -69,7 +69,12 @@ pub fn mint(args: &TokenArgs) -> Result<String, TokenError> {
             _ => return Err(TokenError::ChooseTenant),
         },
     };
-    let jwt = tenant.spec.auth.jwt.as_ref().ok_or_else(|| TokenError::NoJwt(tenant.metadata.name.clone().unwrap_or_default()))?;
+    let jwt = tenant
+        .spec
+        .auth
+        .jwt
+        .as_ref()
+        .ok_or_else(|| TokenError::NoJwt(tenant.metadata.name.clone().unwrap_or_default()))?;
     // By default valid for the API and, when the tenant has an MCP resource, for `/mcp` too.
     let audience = match &args.audience {
         Some(a) => json!(a),

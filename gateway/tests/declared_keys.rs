@@ -92,6 +92,12 @@ async fn declared_keys_are_accepted_within_their_limits_listed_and_rotated() {
     assert_eq!(body["error"]["code"], "model_not_allowed", "{body}");
     assert_eq!(body["error"]["param"], "model", "{body}");
     assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("`other`")), "{body}");
+    // The model list shows it only what it may use.
+    let (status, models) = gw.get_json("/v1/models", &ci_key).await;
+    assert_eq!(status, 200, "{models}");
+    let ids: Vec<&str> = models["data"].as_array().expect("data").iter().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!(ids, ["m"]);
+    assert_eq!(gw.get_json("/v1/models/other", &ci_key).await.0, 403);
     // From outside its allow-list: 403 naming the key and the address.
     let (status, body) = chat(&gw, &far_key, "m").await;
     assert_eq!(status, 403, "{body}");
@@ -127,7 +133,9 @@ async fn declared_keys_are_accepted_within_their_limits_listed_and_rotated() {
         .await
         .expect("minted");
     let (_, list) = gw.get_json("/admin/v1/api-keys", &admin_key).await;
-    let origin_of = |name: &str| list["data"].as_array().and_then(|d| d.iter().find(|k| k["name"] == name)).map(|k| k["origin"].clone());
+    let origin_of = |name: &str| {
+        list["data"].as_array().and_then(|d| d.iter().find(|k| k["name"] == name)).map(|k| k["origin"].clone())
+    };
     assert_eq!(origin_of("minted"), Some(json!("admin")), "{list}");
     assert_eq!(chat(&gw, minted["key"].as_str().expect("key"), "other").await.0, 200, "admin-minted keys still work");
     // Not revocable here: 409 naming the object to delete.

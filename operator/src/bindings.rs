@@ -36,7 +36,8 @@ pub async fn sweep_unbound(ctx: Arc<Context>, interval: Duration) {
             if tenant_namespaces.contains(&ns) {
                 continue;
             }
-            let message = format!("namespace {ns} belongs to no Tenant: an ApiKey belongs to the tenant of its namespace");
+            let message =
+                format!("namespace {ns} belongs to no Tenant: an ApiKey belongs to the tenant of its namespace");
             if let Err(e) = crate::tenant::api_keys::write_unbound(&ctx, &k, &message).await {
                 tracing::warn!(object = %k.name_any(), namespace = %ns, error = %e, "could not write status");
             }

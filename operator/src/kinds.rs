@@ -215,7 +215,7 @@ mod tests {
                 tenant_policies: &[],
                 global_policies: &[],
                 model_prices: &[],
-            api_keys: &[],
+                api_keys: &[],
             },
             &RenderOptions::default(),
         )

@@ -14,8 +14,8 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
-use tenantgate_crds::pricing::{PriceSource, TargetPrice};
 use tenantgate_crds::config::GatewayConfig;
+use tenantgate_crds::pricing::{PriceSource, TargetPrice};
 use tenantgate_crds::v1alpha1::{ApiKey, McpConnection, ModelPrice, PromptPolicy, Tenant};
 use tenantgate_tests::operator::*;
 use tenantgate_tests::*;
@@ -856,9 +856,8 @@ async fn the_chart_grants_exactly_what_the_operator_uses() -> anyhow::Result<()>
 async fn api_key_state(client: &Client) -> anyhow::Result<(Option<String>, Option<ApiKey>, Option<GatewayConfig>)> {
     let ns = "tg-keys";
     let secret = Api::<Secret>::namespaced(client.clone(), ns).get_opt("ci").await?;
-    let value = secret
-        .and_then(|s| s.data)
-        .and_then(|d| d.get("apiKey").map(|v| String::from_utf8_lossy(&v.0).into_owned()));
+    let value =
+        secret.and_then(|s| s.data).and_then(|d| d.get("apiKey").map(|v| String::from_utf8_lossy(&v.0).into_owned()));
     let key = Api::<ApiKey>::namespaced(client.clone(), ns).get_opt("ci").await?;
     let cm = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt("gateway-config").await?;
     let config = match cm.as_ref().and_then(|c| c.data.as_ref()).and_then(|d| d.get("config.yaml")) {
@@ -947,11 +946,18 @@ async fn api_keys_are_generated_rotated_and_revoked_and_their_value_stays_in_the
     assert_eq!(status.tenant.as_deref(), Some("keys"));
     let secret = Api::<Secret>::namespaced(client.clone(), ns).get("ci").await?;
     let owner = secret.metadata.owner_references.clone().unwrap_or_default();
-    assert_eq!(owner.first().map(|o| (o.kind.as_str(), o.uid.as_str())), Some(("ApiKey", key.uid().unwrap_or_default().as_str())));
+    assert_eq!(
+        owner.first().map(|o| (o.kind.as_str(), o.uid.as_str())),
+        Some(("ApiKey", key.uid().unwrap_or_default().as_str()))
+    );
     let secret_part = value.rsplit('_').next().expect("secret part").to_owned();
     let seen = where_values_must_not_be(&client).await?;
     assert!(!seen.contains(&secret_part), "the key's value is in the ConfigMap, a status or an Event");
-    assert!(!std::fs::read_to_string(op.log_path())?.contains(&secret_part), "the key's value is in the operator's log");
+    assert!(seen.contains("KeyGenerated") && seen.contains(&prefix), "an Event names the new key by its prefix");
+    assert!(
+        !std::fs::read_to_string(op.log_path())?.contains(&secret_part),
+        "the key's value is in the operator's log"
+    );
     let listing = kubectl(&["get", "apikeys", "-n", ns])?;
     for column in ["TENANT", "SUBJECT", "PREFIX", "EXPIRES", "READY", "AGE", "apikey:ci", prefix.as_str(), "True"] {
         assert!(listing.contains(column), "{column} not in:\n{listing}");
@@ -982,6 +988,8 @@ async fn api_keys_are_generated_rotated_and_revoked_and_their_value_stays_in_the
     assert_eq!(key.status.as_ref().and_then(|s| s.prefix.as_deref()), Some(new_prefix));
     let seen = where_values_must_not_be(&client).await?;
     assert!(!seen.contains(new_value.rsplit('_').next().expect("secret")), "the new value leaked");
+    assert!(seen.contains("KeyRotated"), "the rotation is an Event");
+    assert!(!std::fs::read_to_string(op.log_path())?.contains(new_value.rsplit('_').next().expect("secret")));
 
     // Deletion revokes: the key leaves the config and its Secret goes with it.
     kubectl(&["delete", "apikey", "ci", "-n", ns, "--wait=true", "--timeout=60s"])?;

@@ -18,11 +18,7 @@ use tenantgate_tests::*;
 /// longer needs, patch status, record Events, and hold the leader Lease.
 /// Changing what the operator does means changing this list and the chart together.
 const OPERATOR_USES: &[(&str, &[&str], &[&str])] = &[
-    (
-        "tenantgate.dev",
-        &["tenants", "mcpconnections", "promptpolicies", "modelprices", "apikeys"],
-        &["list", "watch"],
-    ),
+    ("tenantgate.dev", &["tenants", "mcpconnections", "promptpolicies", "modelprices", "apikeys"], &["list", "watch"]),
     (
         "tenantgate.dev",
         &["tenants/status", "mcpconnections/status", "promptpolicies/status", "modelprices/status", "apikeys/status"],

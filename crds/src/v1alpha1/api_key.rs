@@ -6,8 +6,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 /// RFC 3339 date-time with a zone (`Z` or an offset), as `expiresAt` takes it.
-const RFC3339_RULE: &str =
-    "self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$')";
+const RFC3339_RULE: &str = "self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$')";
 
 /// An API key of the tenant that owns the namespace. The operator generates its value
 /// once into the Secret of the same name (key `apiKey`, owned by this object), puts
@@ -34,7 +33,12 @@ const RFC3339_RULE: &str =
         json_path = ".status.tenant",
         description = "Tenant this key belongs to"
     ),
-    printcolumn(name = "Subject", type_ = "string", json_path = ".status.subject", description = "Who the key acts as"),
+    printcolumn(
+        name = "Subject",
+        type_ = "string",
+        json_path = ".status.subject",
+        description = "Who the key acts as"
+    ),
     printcolumn(
         name = "Prefix",
         type_ = "string",

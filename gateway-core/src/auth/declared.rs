@@ -150,8 +150,9 @@ mod tests {
         }]))
         .expect_err("refused");
         assert!(bad.to_string().contains("auth.declaredApiKeys[0].ipAllowList"), "{bad}");
-        let bad = DeclaredKeys::compile(&auth(vec![DeclaredApiKey { expires_at: Some("soon".into()), ..key("t", "h") }]))
-            .expect_err("refused");
+        let bad =
+            DeclaredKeys::compile(&auth(vec![DeclaredApiKey { expires_at: Some("soon".into()), ..key("t", "h") }]))
+                .expect_err("refused");
         assert!(bad.to_string().contains("auth.declaredApiKeys[0].expiresAt"), "{bad}");
     }
 }

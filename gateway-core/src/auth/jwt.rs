@@ -174,8 +174,13 @@ impl JwtVerifier {
         let for_mcp = self.mcp_resource.as_ref().is_some_and(|r| named.contains(r));
         let roles = strings(claims.other.get(&self.roles_claim));
         let admin = roles.iter().any(|r| self.admin_roles.contains(r));
-        let identity =
-            Identity { subject: claims.sub.unwrap_or_default(), roles, admin, expires_at: claims.exp, allowed_models: Vec::new() };
+        let identity = Identity {
+            subject: claims.sub.unwrap_or_default(),
+            roles,
+            admin,
+            expires_at: claims.exp,
+            allowed_models: Vec::new(),
+        };
         Ok(Verified { identity: Arc::new(identity), for_api, for_mcp })
     }
 }

@@ -14,6 +14,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -22,8 +23,8 @@ use tenantgate_crds::issue::ConfigIssue;
 use tenantgate_crds::render::{API_KEY_PEPPER, GATEWAY_KEYS_SECRET, IssuedApiKey, RenderedConfig};
 use tenantgate_crds::v1alpha1::{ApiKey, ApiKeyStatus, conditions};
 
-use super::status::{condition, same_conditions};
 use super::Error;
+use super::status::{condition, same_conditions};
 use crate::context::Context;
 use crate::labels::{FIELD_MANAGER, labels};
 
@@ -86,7 +87,8 @@ fn current(key: &ApiKey, secret: &ObjectMeta, pepper_uid: &str) -> Result<Option
     let rotation = key.spec.rotation.as_deref().unwrap_or_default();
     match (get(PREFIX_ANNOTATION), get(HASH_ANNOTATION)) {
         (Some(prefix), Some(hash))
-            if get(ROTATION_ANNOTATION).unwrap_or_default() == rotation && get(PEPPER_ANNOTATION) == Some(pepper_uid) =>
+            if get(ROTATION_ANNOTATION).unwrap_or_default() == rotation
+                && get(PEPPER_ANNOTATION) == Some(pepper_uid) =>
         {
             Ok(Some((prefix.to_owned(), hash.to_owned())))
         }
@@ -237,6 +239,12 @@ async fn issue_one(
         .await
         .map_err(|e| failed("writing", e))?;
     let rotated = live.is_some();
+    let note = format!(
+        "generated {} key {prefix} into Secret {name}{}",
+        if rotated { "a new" } else { "the" },
+        if rotated { " (rotation)" } else { "" }
+    );
+    publish(ctx, key, EventType::Normal, if rotated { "KeyRotated" } else { "KeyGenerated" }, &note).await;
     tracing::info!(
         tenant,
         apikey = %name,
@@ -246,6 +254,20 @@ async fn issue_one(
         "generated an API key into its Secret"
     );
     Ok(IssuedApiKey { key: key.clone(), prefix, hash })
+}
+
+/// Records an Event on the ApiKey (never with the key in it: prefixes and reasons only).
+async fn publish(ctx: &Context, key: &ApiKey, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "IssueKey".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &key.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not publish an event");
+    }
 }
 
 /// The Ready condition of each ApiKey of the tenant, and its status, written when it changed.
@@ -261,7 +283,9 @@ pub async fn write_statuses(
         let name = k.name_any();
         let issued = issuance.issued.iter().find(|i| i.key.name_any() == name);
         let issue: Option<&ConfigIssue> = rendered.and_then(|r| {
-            r.skipped.iter().find(|i| i.object.as_ref().is_some_and(|o| o.is("ApiKey", k.namespace().as_deref(), &name)))
+            r.skipped
+                .iter()
+                .find(|i| i.object.as_ref().is_some_and(|o| o.is("ApiKey", k.namespace().as_deref(), &name)))
         });
         let in_config = rendered.is_some_and(|r| r.config.auth.declared_api_keys.iter().any(|d| d.name == name));
         let (ready, reason, message) = if !enabled {
@@ -293,8 +317,20 @@ pub async fn write_statuses(
             subject: Some(k.subject()),
             prefix: issued.map(|i| i.prefix.clone()).or(prev.prefix.clone()),
             secret_name: issued.map(|_| name.clone()).or(prev.secret_name.clone()),
-            conditions: vec![condition(&prev.conditions, conditions::READY, ready, reason, message, generation)],
+            conditions: vec![condition(
+                &prev.conditions,
+                conditions::READY,
+                ready,
+                reason,
+                message.clone(),
+                generation,
+            )],
         };
+        let was = prev.conditions.iter().find(|c| c.type_ == conditions::READY).map(|c| c.reason.as_str());
+        // A problem a human must fix, once when it appears (waiting for gateway-keys fixes itself).
+        if !ready && reason != WAITING_FOR_TENANT_KEYS && was != Some(reason) {
+            publish(ctx, k, EventType::Warning, reason, &message).await;
+        }
         write_status(ctx, k, &prev, status).await?;
     }
     Ok(())

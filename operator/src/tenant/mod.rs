@@ -110,7 +110,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
             tenant_policies: &deps.tenant_policies,
             global_policies: &deps.global_policies,
             model_prices: &deps.model_prices,
-            api_keys: &issued,
+            api_keys: issued,
         },
         &RenderOptions::default(),
     );
