@@ -27,16 +27,19 @@ fn issued(name: &str, spec: &str, fill: u8) -> (IssuedApiKey, String) {
     (IssuedApiKey { key: api_key(name, spec), prefix, hash }, key)
 }
 
-fn render_with(tenant: &Tenant, keys: &[IssuedApiKey]) -> tenantgate_crds::render::RenderedConfig {
-    let input = RenderInput {
+fn input<'a>(tenant: &'a Tenant, keys: &'a [IssuedApiKey]) -> RenderInput<'a> {
+    RenderInput {
         tenant,
         mcp_connections: &[],
         tenant_policies: &[],
         global_policies: &[],
         model_prices: &[],
         api_keys: keys,
-    };
-    render(input, &RenderOptions::default()).expect("renders")
+    }
+}
+
+fn render_with(tenant: &Tenant, keys: &[IssuedApiKey]) -> tenantgate_crds::render::RenderedConfig {
+    render(input(tenant, keys), &RenderOptions::default()).expect("renders")
 }
 
 #[test]
@@ -119,14 +122,6 @@ fn a_tenant_may_use_api_keys_alone() {
 
     // Neither JWT nor API keys: nobody could authenticate.
     let none = tenant("{}");
-    let input = RenderInput {
-        tenant: &none,
-        mcp_connections: &[],
-        tenant_policies: &[],
-        global_policies: &[],
-        model_prices: &[],
-        api_keys: &[],
-    };
-    let e = render(input, &RenderOptions::default()).expect_err("refused");
+    let e = render(input(&none, &[]), &RenderOptions::default()).expect_err("refused");
     assert!(e.to_string().contains("spec.auth: set jwt, or enable apiKeys"), "{e}");
 }

@@ -14,7 +14,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -258,16 +258,7 @@ async fn issue_one(
 
 /// Records an Event on the ApiKey (never with the key in it: prefixes and reasons only).
 async fn publish(ctx: &Context, key: &ApiKey, type_: EventType, reason: &str, note: &str) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "IssueKey".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &key.object_ref(&())).await {
-        tracing::debug!(error = %e, "could not publish an event");
-    }
+    super::publish(ctx, &key.object_ref(&()), type_, "IssueKey", reason, note).await;
 }
 
 /// The Ready condition of each ApiKey of the tenant, and its status, written when it changed.

@@ -161,14 +161,26 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
 
 async fn warn(ctx: &Context, tenant: &Tenant, reason: &str, note: &str) {
     tracing::warn!(tenant = %tenant.name_any(), reason, "{note}");
+    publish(ctx, &tenant.object_ref(&()), EventType::Warning, "Reconcile", reason, note).await;
+}
+
+/// Records an Event on `object`; a failure to record it is only logged.
+pub(crate) async fn publish(
+    ctx: &Context,
+    object: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    action: &str,
+    reason: &str,
+    note: &str,
+) {
     let event = Event {
-        type_: EventType::Warning,
+        type_,
         reason: reason.into(),
         note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
+        action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &tenant.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&event, object).await {
         tracing::debug!(error = %e, "could not publish an event");
     }
 }
