@@ -176,7 +176,7 @@ def test_helm_install_and_the_operator_as_the_charts_service_account():
     assert "STATUS: deployed" in out, out
     kubectl("wait", "--for=condition=Established", "crd/tenants.tenantgate.dev",
             "crd/mcpconnections.tenantgate.dev", "crd/promptpolicies.tenantgate.dev",
-            "crd/modelprices.tenantgate.dev", "--timeout=60s")
+            "crd/modelprices.tenantgate.dev", "crd/apikeys.tenantgate.dev", "--timeout=60s")
     S.operator = Operator()
     # The chart's RBAC is what the operator has: it can list tenants, and not, say, read Secrets' data.
     # The token the operator runs with is the chart's ServiceAccount, which is not a cluster admin.

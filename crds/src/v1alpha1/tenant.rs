@@ -178,7 +178,8 @@ pub struct JwtAuth {
     #[serde(default = "default_roles_claim")]
     #[schemars(length(min = 1, max = 256))]
     pub roles_claim: String,
-    /// Roles that may use the admin API.
+    /// Roles that may use the admin API, in a token's roles claim or among an API key's
+    /// roles. (A tenant without `jwt` has the admin role `tenant-admin`.)
     #[serde(default = "default_admin_roles")]
     #[schemars(length(max = 16))]
     pub admin_roles: Vec<String>,
