@@ -1,6 +1,9 @@
 //! ApiKeys in the rendered config: only their hash, never the key; keys that
 //! cannot be used are left out and named; a tenant may have no JWT settings.
 
+mod common;
+
+use common::alone;
 use tenantgate_crds::api_key::{format_key, hash};
 use tenantgate_crds::config::GatewayConfig;
 use tenantgate_crds::render::{IssuedApiKey, RenderInput, RenderOptions, render};
@@ -28,14 +31,7 @@ fn issued(name: &str, spec: &str, fill: u8) -> (IssuedApiKey, String) {
 }
 
 fn input<'a>(tenant: &'a Tenant, keys: &'a [IssuedApiKey]) -> RenderInput<'a> {
-    RenderInput {
-        tenant,
-        mcp_connections: &[],
-        tenant_policies: &[],
-        global_policies: &[],
-        model_prices: &[],
-        api_keys: keys,
-    }
+    RenderInput { api_keys: keys, ..alone(tenant) }
 }
 
 fn render_with(tenant: &Tenant, keys: &[IssuedApiKey]) -> tenantgate_crds::render::RenderedConfig {

@@ -234,18 +234,6 @@ fn a_stdio_connection_with_its_own_auth_is_skipped_naming_the_field() {
     assert!(rendered.generated_secrets.iter().all(|s| s == "gateway-keys"), "{:?}", rendered.generated_secrets);
 }
 
-/// A render input of `tenant` alone: no connections, policies or prices.
-fn alone(tenant: &Tenant) -> RenderInput<'_> {
-    RenderInput {
-        tenant,
-        mcp_connections: &[],
-        tenant_policies: &[],
-        global_policies: &[],
-        model_prices: &[],
-        api_keys: &[],
-    }
-}
-
 fn tenant_yaml(extra: &str) -> Tenant {
     serde_yaml::from_str(&format!(
         "apiVersion: tenantgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: t}}\nspec:\n  auth:\n    jwt: {{issuer: i, audiences: [a], jwksUri: 'https://idp.example/jwks'}}\n  models: [{{name: m, targets: [{{provider: p, model: x}}]}}]\n{extra}"
@@ -373,15 +361,7 @@ fn golden_configs_parse_back_strictly() {
 fn render_tenant(
     tenant: &Tenant,
 ) -> Result<tenantgate_crds::render::RenderedConfig, tenantgate_crds::render::RenderError> {
-    let input = RenderInput {
-        tenant,
-        mcp_connections: &[],
-        tenant_policies: &[],
-        global_policies: &[],
-        model_prices: &[],
-        api_keys: &[],
-    };
-    render(input, &RenderOptions::default())
+    render(alone(tenant), &RenderOptions::default())
 }
 
 #[test]
