@@ -256,6 +256,46 @@ async fn issue_one(
     Ok(IssuedApiKey { key: key.clone(), prefix, hash })
 }
 
+/// What an ApiKey's Ready condition says.
+#[derive(Debug, PartialEq, Eq)]
+struct Readiness<'a> {
+    ready: bool,
+    reason: &'a str,
+    message: String,
+}
+
+/// Whether an ApiKey of `tenant` is ready, and why not: the first of the tenant refusing API
+/// keys, its key not issued, the render leaving it out (`issue`), and the config not rendered.
+fn readiness<'a>(
+    tenant: &str,
+    enabled: bool,
+    pending: Option<&'a Pending>,
+    issue: Option<&'a ConfigIssue>,
+    in_config: bool,
+) -> Readiness<'a> {
+    let not = |reason: &'a str, message: String| Readiness { ready: false, reason, message };
+    if !enabled {
+        return not(
+            "ApiKeysDisabled",
+            format!("Tenant {tenant} does not accept API keys: set its spec.auth.apiKeys.enabled to true"),
+        );
+    }
+    match (pending, issue) {
+        (Some(p), _) => not(p.reason, p.message.clone()),
+        (None, Some(i)) => not(i.reason.as_str(), i.to_string()),
+        (None, None) if in_config => Readiness {
+            ready: true,
+            reason: "InConfig",
+            message: format!(
+                "the key's hash is in Tenant {tenant}'s gateway-config: gateways accept it once they reload it (the kubelet refreshes the volume within about a minute)"
+            ),
+        },
+        (None, None) => {
+            not("TenantConfigInvalid", format!("Tenant {tenant}'s config cannot be rendered; see its status"))
+        }
+    }
+}
+
 /// Records an Event on the ApiKey (never with the key in it: prefixes and reasons only).
 async fn publish(ctx: &Context, key: &ApiKey, type_: EventType, reason: &str, note: &str) {
     super::publish(ctx, &key.object_ref(&()), type_, "IssueKey", reason, note).await;
@@ -279,27 +319,8 @@ pub async fn write_statuses(
                 .find(|i| i.object.as_ref().is_some_and(|o| o.is("ApiKey", k.namespace().as_deref(), &name)))
         });
         let in_config = rendered.is_some_and(|r| r.config.auth.declared_api_keys.iter().any(|d| d.name == name));
-        let (ready, reason, message) = if !enabled {
-            (
-                false,
-                "ApiKeysDisabled",
-                format!("Tenant {tenant} does not accept API keys: set its spec.auth.apiKeys.enabled to true"),
-            )
-        } else if let Some(p) = issuance.pending.get(&name) {
-            (false, p.reason, p.message.clone())
-        } else if let Some(i) = issue {
-            (false, i.reason.as_str(), i.to_string())
-        } else if in_config {
-            (
-                true,
-                "InConfig",
-                format!(
-                    "the key's hash is in Tenant {tenant}'s gateway-config: gateways accept it once they reload it (the kubelet refreshes the volume within about a minute)"
-                ),
-            )
-        } else {
-            (false, "TenantConfigInvalid", format!("Tenant {tenant}'s config cannot be rendered; see its status"))
-        };
+        let Readiness { ready, reason, message } =
+            readiness(tenant, enabled, issuance.pending.get(&name), issue, in_config);
         let prev = k.status.clone().unwrap_or_default();
         let generation = k.meta().generation;
         let status = ApiKeyStatus {
@@ -394,6 +415,27 @@ mod tests {
         let mut foreign = s.metadata.clone();
         foreign.owner_references = None;
         assert_eq!(current(&key, &foreign, "pepper-uid").map_err(|p| p.reason), Err("SecretConflict"));
+    }
+
+    #[test]
+    fn readiness_names_the_first_thing_in_the_way() {
+        use tenantgate_crds::issue::{ObjectRef, Reason};
+        let pending = Pending { reason: "SecretConflict", message: "Secret ci exists".into() };
+        let issue = ConfigIssue::new(Reason::InvalidValue, "bad CIDR")
+            .on(ObjectRef::namespaced("ApiKey", "tg-acme", "ci"))
+            .at("spec.ipAllowList");
+        let r = readiness("acme", true, None, None, true);
+        assert_eq!((r.ready, r.reason), (true, "InConfig"));
+        let r = readiness("acme", false, Some(&pending), Some(&issue), true);
+        assert_eq!((r.ready, r.reason), (false, "ApiKeysDisabled"));
+        assert!(r.message.contains("spec.auth.apiKeys.enabled"), "{}", r.message);
+        let r = readiness("acme", true, Some(&pending), Some(&issue), false);
+        assert_eq!((r.ready, r.reason, r.message.as_str()), (false, "SecretConflict", "Secret ci exists"));
+        let r = readiness("acme", true, None, Some(&issue), false);
+        assert_eq!((r.ready, r.reason), (false, "InvalidValue"));
+        assert!(r.message.contains("spec.ipAllowList") && r.message.contains("bad CIDR"), "{}", r.message);
+        let r = readiness("acme", true, None, None, false);
+        assert_eq!((r.ready, r.reason), (false, "TenantConfigInvalid"));
     }
 
     #[test]
