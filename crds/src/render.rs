@@ -442,7 +442,8 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         auth,
         providers,
         models,
-        pricing: (!prices.pricing.targets.is_empty()).then_some(prices.pricing),
+        // With budgets the currency is named even when nothing is priced (every request is then refused).
+        pricing: (!prices.pricing.targets.is_empty() || has_budget(spec.limits.as_ref())).then_some(prices.pricing),
         routing: spec.routing.clone(),
         limits: spec.limits.clone(),
         mcp,
@@ -753,6 +754,11 @@ impl<'o> Renderer<'o> {
             allowed_models: spec.allowed_models.clone(),
         })
     }
+}
+
+/// Whether `limits` set a budget.
+fn has_budget(limits: Option<&crate::v1alpha1::Limits>) -> bool {
+    limits.is_some_and(|l| l.budget.is_some() || l.per_user.as_ref().is_some_and(|u| u.budget.is_some()))
 }
 
 #[cfg(test)]

@@ -48,12 +48,11 @@ async fn run(name: &str, limiter: Arc<RateLimiter>, seconds: u64) {
         let subject = subjects[i as usize % subjects.len()].clone();
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
-            let result =
-                limiter.admit_reservation(&subject, Reservation { prompt: 40, completion: 200 }, i % 10 == 0).await;
+            let result = limiter.admit_reservation(&subject, Reservation::tokens(40, 200), i % 10 == 0).await;
             let took = started.elapsed();
             latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(took);
             match result {
-                Ok(mut admission) => admission.record_usage(120),
+                Ok(mut admission) => admission.record_tokens(40, 0, 80),
                 Err(_) => *errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += 1,
             }
         }));

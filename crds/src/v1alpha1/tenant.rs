@@ -639,6 +639,10 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_concurrent_streams: Option<u32>,
+    /// Spend cap for the whole tenant, in spec.currency, reserved before each request goes
+    /// upstream and settled to its cost (docs/budgets.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
     /// Limits applied to each user (JWT subject or API key) separately.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_user: Option<UserLimits>,
@@ -668,6 +672,38 @@ pub struct UserLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub tokens_per_day: Option<u64>,
+    /// Spend cap for each user, in spec.currency; a user's spend also counts toward the
+    /// tenant's budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+/// Largest budget amount, in units of the currency: budgets are kept in nano-units in Redis,
+/// whose Lua numbers are exact integers only up to 2^53 (about 9.007e15 nano-units).
+pub const MAX_BUDGET_UNITS: u64 = 9_000_000;
+
+/// A spend cap over a calendar window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    /// The most that may be spent in one period, a decimal string in spec.currency, e.g.
+    /// `"250"` or `"12.50"`; at most `"9000000"`. `"0"` refuses every priced request.
+    #[schemars(length(min = 1, max = 17))]
+    #[x_kube(validation = Rule::new("self.matches('^(0|[1-9][0-9]{0,6})([.][0-9]{1,9})?$') && double(self) <= 9000000.0").message("must be a decimal amount written as a string, e.g. \"12.50\": at most \"9000000\", with up to 9 decimals"))]
+    pub amount: String,
+    /// The window the amount applies to: `Day` (a UTC day) or `Month` (a UTC calendar month).
+    #[serde(default)]
+    pub period: BudgetPeriod,
+}
+
+/// The calendar window of a budget, in UTC.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum BudgetPeriod {
+    /// From 00:00 UTC to the next midnight.
+    Day,
+    /// From the first of the month, 00:00 UTC, to the first of the next.
+    #[default]
+    Month,
 }
 
 /// The gateway Deployment.

@@ -192,6 +192,17 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
 
     let breaker = &routing.circuit_breaker;
     let open_for = Duration::from_secs(u64::from(breaker.open_seconds));
+    if let Some(limits) = &config.limits {
+        let budgets = [("limits.budget", limits.budget.as_ref())]
+            .into_iter()
+            .chain([("limits.perUser.budget", limits.per_user.as_ref().and_then(|u| u.budget.as_ref()))]);
+        for (at, budget) in budgets {
+            if let Some(b) = budget {
+                tenantgate_crds::pricing::budget_nanos(&b.amount)
+                    .map_err(|e| ConfigIssue::new(Reason::InvalidSpec, e).at(format!("{at}.amount")))?;
+            }
+        }
+    }
     let mut prices = HashMap::new();
     for (i, t) in config.pricing.iter().flat_map(|p| p.targets.iter()).enumerate() {
         let amounts = Amounts::of_target(t).map_err(|e| {
@@ -222,7 +233,8 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
                 price: prices.get(&(t.provider.as_str(), t.model.as_str())).cloned(),
             });
         }
-        models.insert(m.name.clone(), ModelRoute { name: m.name.as_str().into(), type_: m.type_, targets });
+        let worst = tenantgate_crds::pricing::Rates::worst(targets.iter().map(|t| t.price.as_ref().map(|p| &p.rates)));
+        models.insert(m.name.clone(), ModelRoute { name: m.name.as_str().into(), type_: m.type_, targets, worst });
     }
 
     let data: Vec<_> = config

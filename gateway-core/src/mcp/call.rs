@@ -173,13 +173,13 @@ pub async fn admit(
 
     // A tool call counts as one request against the caller's and the tenant's limits.
     if let Err(limited) = runtime.limiter.admit_reservation(&caller.subject, Reservation::default(), false).await {
-        audit.status = Some(429);
+        audit.status = Some(i32::from(limited.status().as_u16()));
         audit.reason = Some(limited.as_reason().into());
         audit.details = serde_json::json!({"connection": connection, "tool": &*route.name, "via": via.label(), "arguments": arguments});
         state.storage().recorder.audit(audit);
         return Err(ErrorData::invalid_request(
             limited.to_string(),
-            Some(serde_json::json!({"retryAfterSeconds": limited.retry_after().as_secs_f64().ceil()})),
+            Some(serde_json::json!({"retryAfterSeconds": limited.retry_after().map(|d| d.as_secs_f64().ceil())})),
         ));
     }
     let tenant =

@@ -85,6 +85,9 @@ pub struct ModelRoute {
     pub type_: ModelType,
     /// Targets in order.
     pub targets: Vec<Target>,
+    /// The highest of each rate among the targets: what a budget reserves
+    /// for a request (`None`: a target has no price).
+    pub worst: Option<tenantgate_crds::pricing::Rates>,
 }
 
 /// Retry and timeout settings.
