@@ -222,6 +222,13 @@ impl Rates {
     }
 }
 
+/// Parses a price per call (`pricePerCall` of an McpConnection) into nano-units.
+pub fn per_call_nanos(value: &str) -> Result<u64, PriceError> {
+    let d = amount("pricePerCall", value)?;
+    u64::try_from(d * Decimal::from(NANOS_PER_UNIT))
+        .map_err(|_| PriceError { field: "pricePerCall", value: value.into() })
+}
+
 /// Parses a budget amount (`"12.50"`) into nano-units: a decimal of at most
 /// [`MAX_BUDGET_UNITS`](crate::v1alpha1::MAX_BUDGET_UNITS) with up to 9 decimals.
 pub fn budget_nanos(value: &str) -> Result<u64, String> {

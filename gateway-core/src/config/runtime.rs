@@ -203,6 +203,13 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
             }
         }
     }
+    for (i, c) in config.mcp.iter().enumerate() {
+        if let Some(price) = &c.tools.price_per_call {
+            tenantgate_crds::pricing::per_call_nanos(price).map_err(|e| {
+                ConfigIssue::new(Reason::InvalidSpec, e.to_string()).at(format!("mcp[{i}].tools.pricePerCall"))
+            })?;
+        }
+    }
     let mut prices = HashMap::new();
     for (i, t) in config.pricing.iter().flat_map(|p| p.targets.iter()).enumerate() {
         let amounts = Amounts::of_target(t).map_err(|e| {

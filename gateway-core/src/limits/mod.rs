@@ -472,6 +472,13 @@ impl Admission {
         }
     }
 
+    /// The request cost `nanos` (a fixed price: an MCP tool call's).
+    pub fn record_cost(&mut self, nanos: u64) {
+        if let Some(p) = &mut self.pending {
+            p.usage = Some(Charge { tokens: 0, nanos });
+        }
+    }
+
     /// No target answered: nothing is charged.
     pub fn record_failure(&mut self) {
         if let Some(p) = &mut self.pending {

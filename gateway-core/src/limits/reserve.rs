@@ -59,6 +59,11 @@ impl Reservation {
         Self { prompt, completion, cost: 0 }
     }
 
+    /// The same reservation costing `nanos` (a fixed price, e.g. an MCP tool call's).
+    pub fn costing(self, nanos: u64) -> Self {
+        Self { cost: nanos, ..self }
+    }
+
     /// The same reservation with its worst-case cost at `worst` rates.
     pub fn priced(self, worst: &Rates) -> Self {
         Self { cost: cost(worst, self.prompt, 0, self.completion), ..self }
