@@ -168,6 +168,8 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         tokio::spawn(crate::mcp::pin::audit_drifts(drifts, state.tenant().clone()));
     }
     crate::mcp::drift_status::start(state.carried().mcp().drift_board());
+    let alerts = crate::limits::alerts::Alerts::in_cluster(&state.runtime().config.tenant.name);
+    tokio::spawn(crate::limits::alerts::watch(state.tenant().clone(), alerts));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let interval = Duration::from_millis(args.config_poll_ms.max(50));

@@ -84,12 +84,28 @@ async fn in_process_budgets_refuse_every_client_api_with_402_and_unpriced_models
     let r = gw.post("/v1/chat/completions", &body("in-process", false)).await;
     assert_eq!(r.status(), 402);
     assert_eq!(r.headers()["x-budget-scope"], "tenant");
+    let left = r.headers()["x-budget-remaining"].to_str().expect("ascii").to_owned();
     assert!(r.headers().contains_key("retry-after"));
     let e: Value = serde_json::from_str(&r.text().await.expect("body")).expect("JSON");
     assert_eq!(e["error"]["type"], "insufficient_quota", "{e}");
     assert_eq!(e["error"]["code"], "budget_exceeded", "{e}");
     let message = e["error"]["message"].as_str().expect("message");
     assert!(message.starts_with("The tenant budget of 0.002 USD per day (UTC) has 0.000"), "{message}");
+    // The admin API shows the budget as it stands.
+    let admin = token(json!({"roles": ["tenant-admin"], "sub": "auditor"}));
+    let (status, budgets) = gw.get_json("/admin/v1/budgets?subject=tester", &admin).await;
+    assert_eq!(status, 200, "{budgets}");
+    assert_eq!(budgets["currency"], "USD");
+    let tenant = &budgets["data"][0];
+    assert_eq!(
+        (&tenant["scope"], &tenant["amount"], &tenant["period"]),
+        (&json!("tenant"), &json!("0.002"), &json!("Day"))
+    );
+    assert_eq!(tenant["remaining"], left.as_str(), "{budgets}");
+    let spent: f64 = tenant["spent"].as_str().expect("spent").parse().expect("amount");
+    assert!((spent + left.parse::<f64>().expect("left") - 0.002).abs() < 1e-12, "{budgets}");
+    assert_eq!(tenant["window"], chrono::Utc::now().format("%Y-%m-%d").to_string());
+    assert_eq!(budgets["data"].as_array().map(Vec::len), Some(1), "no per-user budget: {budgets}");
     // The other client APIs are charged against the same budget.
     let messages = json!({"model": "in-process", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
     let r = gw

@@ -701,4 +701,16 @@ async fn a_users_budget_nests_in_the_tenants_across_replicas() {
     wait_used("tg:{lim-budget-user}:budget", first + second).await;
     wait_used("tg:{lim-budget-user}:budget:u:spender-0", first).await;
     wait_used("tg:{lim-budget-user}:budget:u:spender-1", second).await;
+    // The admin API reads the same counters from Redis.
+    let admin = token(json!({"roles": ["tenant-admin"], "sub": "auditor"}));
+    let (status, budgets) = b.get_json("/admin/v1/budgets?subject=spender-0", &admin).await;
+    assert_eq!(status, 200, "{budgets}");
+    let amounts: Vec<(&str, &str)> = budgets["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|b| (b["scope"].as_str().unwrap_or_default(), b["spent"].as_str().unwrap_or_default()))
+        .collect();
+    let (tenant, user) = (format_nanos((first + second) as i64), format_nanos(first as i64));
+    assert_eq!(amounts, [("tenant", tenant.as_str()), ("user", user.as_str())], "{budgets}");
 }

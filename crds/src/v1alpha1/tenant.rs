@@ -694,6 +694,23 @@ pub struct Budget {
     /// The window the amount applies to: `Day` (a UTC day) or `Month` (a UTC calendar month).
     #[serde(default)]
     pub period: BudgetPeriod,
+    /// Percentages of the amount at which the tenant's budget alerts, once per window each: a
+    /// Kubernetes Event in the tenant's namespace (reason `BudgetThreshold`, related to the
+    /// Tenant) and a log line. Not used for `perUser` budgets (no per-user alerts).
+    #[serde(default = "default_alert_at_percent")]
+    #[schemars(length(max = 8), inner(range(min = 1, max = 100)))]
+    pub alert_at_percent: Vec<u8>,
+}
+
+impl Budget {
+    /// A budget of `amount` per `period`, alerting at the default thresholds.
+    pub fn new(amount: &str, period: BudgetPeriod) -> Self {
+        Self { amount: amount.into(), period, alert_at_percent: default_alert_at_percent() }
+    }
+}
+
+fn default_alert_at_percent() -> Vec<u8> {
+    vec![80, 95, 100]
 }
 
 /// The calendar window of a budget, in UTC.

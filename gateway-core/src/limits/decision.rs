@@ -222,10 +222,7 @@ mod tests {
             "t",
             &Limits {
                 requests_per_minute: Some(600),
-                per_user: Some(UserLimits {
-                    budget: Some(Budget { amount: "1".into(), period: BudgetPeriod::Day }),
-                    ..Default::default()
-                }),
+                per_user: Some(UserLimits { budget: Some(Budget::new("1", BudgetPeriod::Day)), ..Default::default() }),
                 ..Default::default()
             },
         )

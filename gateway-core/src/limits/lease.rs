@@ -756,11 +756,8 @@ mod tests {
     fn budgets_are_buckets_of_nano_units_in_their_own_windows() {
         let p = plan(Limits {
             tokens_per_day: Some(6_400),
-            budget: Some(Budget { amount: "64".into(), period: BudgetPeriod::Month }),
-            per_user: Some(UserLimits {
-                budget: Some(Budget { amount: "1".into(), period: BudgetPeriod::Day }),
-                ..Default::default()
-            }),
+            budget: Some(Budget::new("64", BudgetPeriod::Month)),
+            per_user: Some(UserLimits { budget: Some(Budget::new("1", BudgetPeriod::Day)), ..Default::default() }),
             ..Default::default()
         });
         let b = buckets(&p, true);

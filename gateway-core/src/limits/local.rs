@@ -235,6 +235,17 @@ impl LocalStore {
         }
     }
 
+    /// Nano-units spent (and reserved) in budget window `window` by the
+    /// tenant, or by `subject`.
+    pub fn spent(&self, subject: Option<&str>, window: i64) -> u64 {
+        let state = self.lock();
+        let b = match subject {
+            None => Some(&state.tenant),
+            Some(s) => state.users.get(s),
+        };
+        b.filter(|b| b.budget_window == window).map_or(0, |b| b.spent)
+    }
+
     /// Streams open now.
     pub fn open_streams(&self) -> u32 {
         self.streams.load(Ordering::Acquire)
@@ -339,11 +350,8 @@ mod tests {
     #[test]
     fn budgets_reserve_the_worst_case_and_settle_to_the_cost() {
         let p = plan(Limits {
-            budget: Some(Budget { amount: "1".into(), period: BudgetPeriod::Month }),
-            per_user: Some(UserLimits {
-                budget: Some(Budget { amount: "0.4".into(), period: BudgetPeriod::Day }),
-                ..Default::default()
-            }),
+            budget: Some(Budget::new("1", BudgetPeriod::Month)),
+            per_user: Some(UserLimits { budget: Some(Budget::new("0.4", BudgetPeriod::Day)), ..Default::default() }),
             ..Default::default()
         });
         let store = LocalStore::default();

@@ -11,6 +11,7 @@
 //! requests are admitted from slices this replica leased ahead of need
 //! ([`lease`]), without a round trip.
 
+pub mod alerts;
 mod decision;
 mod gcra;
 mod headers;
@@ -506,6 +507,61 @@ impl Drop for Admission {
         if let Some(p) = self.pending.take() {
             p.finish();
         }
+    }
+}
+
+/// A budget as it stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetState {
+    /// The tenant's, or a user's.
+    pub scope: Scope,
+    /// The cap, in nano-units.
+    pub limit: u64,
+    /// Spent in the current window, reservations in flight (and, with Redis,
+    /// slices the replicas hold) included: what no request can take any more.
+    pub spent: u64,
+    /// The window kind.
+    pub period: Period,
+    /// The current window (day or month number).
+    pub window: i64,
+    /// Until the window ends.
+    pub resets_in: Duration,
+}
+
+impl RateLimiter {
+    /// The tenant's budget and, for `subject`, the user's, as they stand now.
+    pub async fn budgets(&self, subject: Option<&str>) -> Result<Vec<BudgetState>, StoreError> {
+        let Some(e) = &self.0 else { return Ok(Vec::new()) };
+        let now_us =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_micros() as f64);
+        let at = (now_us / 1e6).floor() as i64;
+        let user = e.plan.user.and_then(|u| u.budget).zip(subject);
+        let scopes = [(Scope::Tenant, e.plan.tenant.budget, None)]
+            .into_iter()
+            .chain(user.map(|(b, s)| (Scope::User, Some(b), Some(s))));
+        let mut out = Vec::new();
+        for (scope, budget, subject) in scopes {
+            let Some(b) = budget else { continue };
+            let window = b.period.window(at);
+            let spent = match &e.store {
+                Store::Local(local) => local.spent(subject, window),
+                Store::Redis(redis) => {
+                    let key = match subject {
+                        None => e.plan.keys.budget.clone(),
+                        Some(s) => e.plan.user_keys(s).budget,
+                    };
+                    redis.spent(&key, window).await?
+                }
+            };
+            let resets_in = Duration::from_micros(b.period.reset_us(now_us).max(0.0) as u64);
+            out.push(BudgetState { scope, limit: b.nanos, spent, period: b.period, window, resets_in });
+        }
+        Ok(out)
+    }
+
+    /// The tenant's currency.
+    pub fn currency(&self) -> &str {
+        self.0.as_ref().map_or("", |e| &e.currency)
     }
 }
 

@@ -59,6 +59,19 @@ impl Period {
     }
 }
 
+impl Period {
+    /// Window `window` as a date: `2026-12-06` (a day), `2026-12` (a month).
+    pub fn label(self, window: i64) -> String {
+        match self {
+            Self::Day => {
+                let (y, m) = civil(window);
+                format!("{y:04}-{m:02}-{:02}", window - first_of_month(y, m) + 1)
+            }
+            Self::Month => format!("{:04}-{:02}", window.div_euclid(12), window.rem_euclid(12) + 1),
+        }
+    }
+}
+
 /// Year and month (1-12) of day number `days` since 1970-01-01 (H. Hinnant's `civil_from_days`).
 fn civil(days: i64) -> (i64, i64) {
     let z = days + 719_468;
@@ -98,6 +111,9 @@ mod tests {
         assert_eq!(Period::Month.window(0), 1970 * 12);
         assert_eq!(first_of_month(2024, 3), 19_783);
         assert_eq!(first_of_month(1970, 1), 0);
+        assert_eq!(Period::Day.label(Period::Day.window(leap)), "2024-02-29");
+        assert_eq!(Period::Month.label(Period::Month.window(eve)), "2026-12");
+        assert_eq!(Period::Month.label(Period::Month.window(eve + 1)), "2027-01");
     }
 
     #[test]

@@ -207,11 +207,8 @@ mod tests {
     #[test]
     fn budgets_compile_to_nano_units_and_keys_of_their_own() {
         let limits = Limits {
-            budget: Some(Budget { amount: "250".into(), period: BudgetPeriod::Month }),
-            per_user: Some(UserLimits {
-                budget: Some(Budget { amount: "0.75".into(), period: BudgetPeriod::Day }),
-                ..Default::default()
-            }),
+            budget: Some(Budget::new("250", BudgetPeriod::Month)),
+            per_user: Some(UserLimits { budget: Some(Budget::new("0.75", BudgetPeriod::Day)), ..Default::default() }),
             ..Default::default()
         };
         let plan = Plan::new("acme", &limits).expect("a budget alone is a limit");
@@ -220,8 +217,7 @@ mod tests {
         assert!(plan.counts_cost() && !plan.counts_tokens());
         assert_eq!(plan.keys.budget, "tg:{acme}:budget");
         assert_eq!(plan.user_keys("alice").budget, "tg:{acme}:budget:u:alice");
-        let bad =
-            Limits { budget: Some(Budget { amount: "lots".into(), period: BudgetPeriod::Day }), ..Default::default() };
+        let bad = Limits { budget: Some(Budget::new("lots", BudgetPeriod::Day)), ..Default::default() };
         assert_eq!(Plan::new("t", &bad).and_then(|p| p.tenant.budget).map(|b| b.nanos), Some(0), "never unlimited");
     }
 

@@ -288,6 +288,20 @@ impl RedisStore {
         }
     }
 
+    /// What budget `key` counts spent (and reserved, slices included) in window `window`.
+    pub async fn spent(&self, key: &str, window: i64) -> Result<u64, StoreError> {
+        let mut connection = self.connection.clone();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(key).arg("d").arg("u");
+        let query = cmd.query_async::<(Option<i64>, Option<u64>)>(&mut connection);
+        let (w, u) = match tokio::time::timeout(self.settings.timeout, query).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(StoreError::Redis(e)),
+            Err(_) => return Err(StoreError::Timeout(self.settings.timeout)),
+        };
+        Ok(if w == Some(window) { u.unwrap_or(0) } else { 0 })
+    }
+
     /// Stream leases this replica holds.
     pub fn held_leases(&self) -> usize {
         self.leases().len()
