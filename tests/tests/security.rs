@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use tenantgate_crds::v1alpha1::McpConnection;
@@ -230,6 +230,29 @@ async fn a_tenant_gateway_cannot_read_another_tenants_secrets() -> anyhow::Resul
     let theirs = Api::<Event>::namespaced(gateway_a.clone(), &a);
     forbidden(theirs.list(&ListParams::default()).await.map(drop), "list Events")?;
     forbidden(theirs.delete(&names[0], &DeleteParams::default()).await.map(drop), "delete an Event")?;
+
+    // Spend: the gateway patches the gateway-spend ConfigMap (the operator makes it), no other.
+    for ns in [&a, &b] {
+        let map: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": alerts::SPEND_MAP}}))?;
+        Api::<ConfigMap>::namespaced(admin.clone(), ns).create(&PostParams::default(), &map).await?;
+    }
+    let alerts = Alerts::new(&a, Some((&a, gateway_a.clone())));
+    assert!(alerts.publish(&state, "USD").await, "published");
+    assert!(!alerts.publish(&state, "USD").await, "unchanged: not written again");
+    let map = Api::<ConfigMap>::namespaced(admin.clone(), &a).get(alerts::SPEND_MAP).await?;
+    let published = map.data.as_ref().and_then(tenantgate_crds::v1alpha1::BudgetStatus::from_data);
+    assert_eq!(published.map(|s| (s.spent, s.window)), Some(("81".into(), "2026-12".into())));
+    let write = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"x": "y"}});
+    let own_maps: Api<ConfigMap> = Api::namespaced(gateway_a.clone(), &a);
+    forbidden(own_maps.patch("gateway-config", &params, &Patch::Apply(&write)).await.map(drop), "patch its config")?;
+    forbidden(
+        Api::<ConfigMap>::namespaced(gateway_a.clone(), &b)
+            .patch(alerts::SPEND_MAP, &params, &Patch::Apply(&write))
+            .await
+            .map(drop),
+        "patch another tenant's spend",
+    )?;
+    forbidden(own_maps.get(alerts::SPEND_MAP).await.map(drop), "read a ConfigMap")?;
 
     for ns in [&a, &b] {
         Api::<Namespace>::all(admin.clone()).delete(ns, &DeleteParams::background()).await?;

@@ -27,6 +27,8 @@ use super::model_price::{Price, default_currency};
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the tenant's gateway is ready"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1, description = "Why the tenant is or is not ready"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", description = "URL tenants call"),
+    printcolumn(name = "Spent", type_ = "string", json_path = ".status.budget.spent", description = "What the tenant's budget has spent in its current window"),
+    printcolumn(name = "Budget", type_ = "string", json_path = ".status.budget.amount", description = "The tenant's budget per window, in status.budget.currency"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 60 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label of at most 60 characters (the default namespace is tg-<name>)"),
 )]
@@ -993,8 +995,72 @@ pub struct TenantStatus {
     /// recorded without a cost.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unpriced_targets: Vec<String>,
+    /// The tenant's budget (`spec.limits.budget`) as its gateway last published it: at most every
+    /// 30 s, never per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStatus>,
     /// Ready, Reconciled, GatewayAvailable and Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Where the tenant's budget stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetStatus {
+    /// The budget per window, in `currency`.
+    pub amount: String,
+    /// Spent in `window` (reservations in flight included), in `currency`.
+    pub spent: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// The current window: `2026-12` (a month) or `2026-12-06` (a day), UTC.
+    pub window: String,
+    /// When the gateway published it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+impl BudgetStatus {
+    /// Keys of the `gateway-spend` ConfigMap the gateway publishes it in.
+    pub const KEYS: [&'static str; 5] = ["amount", "spent", "currency", "window", "updatedAt"];
+
+    /// Reads it from the `gateway-spend` ConfigMap's data; `None` when a value
+    /// is missing or not of its shape (the gateway writes it, so it is checked).
+    pub fn from_data(data: &std::collections::BTreeMap<String, String>) -> Option<Self> {
+        let get = |k: &str| data.get(k).filter(|v| v.len() <= 64).cloned();
+        let amount = |k: &str| get(k).filter(|v| crate::pricing::budget_nanos(v).is_ok());
+        let status = Self {
+            amount: amount("amount")?,
+            spent: get("spent").filter(|v| crate::pricing::per_call_nanos(v).is_ok())?,
+            currency: get("currency").filter(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()))?,
+            window: get("window").filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit() || b == b'-'))?,
+            updated_at: get("updatedAt"),
+        };
+        Some(status)
+    }
+}
+
+#[cfg(test)]
+mod budget_status_tests {
+    use super::*;
+
+    #[test]
+    fn what_the_gateway_publishes_is_checked_before_it_reaches_status() {
+        let good: BTreeMap<String, String> =
+            [("amount", "500"), ("spent", "12.5"), ("currency", "EUR"), ("window", "2026-12")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        assert_eq!(BudgetStatus::from_data(&good).map(|s| s.spent), Some("12.5".into()));
+        for (key, bad) in [("spent", "lots"), ("currency", "eur"), ("window", "<script>"), ("amount", "9999999999")] {
+            let mut data = good.clone();
+            data.insert(key.into(), bad.into());
+            assert_eq!(BudgetStatus::from_data(&data), None, "{key}: {bad}");
+        }
+        let mut missing = good.clone();
+        missing.remove("window");
+        assert_eq!(BudgetStatus::from_data(&missing), None);
+    }
 }

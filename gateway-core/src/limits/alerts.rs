@@ -1,6 +1,8 @@
-//! Budget alerts: every [`CHECK_EVERY`] the gateway reads the tenant's budget
-//! as it stands ([`RateLimiter::budgets`](super::RateLimiter::budgets)), sets
-//! the `tenantgate_budget_*` gauges, and raises each threshold of
+//! Budget alerts and spend: every [`CHECK_EVERY`] the gateway reads the
+//! tenant's budget as it stands ([`RateLimiter::budgets`](super::RateLimiter::budgets)),
+//! sets the `tenantgate_budget_*` gauges, publishes it (at most every
+//! [`PUBLISH_EVERY`], when it changed) in the `gateway-spend` ConfigMap the
+//! operator copies into the Tenant's `status.budget`, and raises each threshold of
 //! `limits.budget.alertAtPercent` once per window: a log line, a counter,
 //! and, in a cluster, a Kubernetes Event in the tenant's namespace, regarding
 //! the gateway Deployment there and related to the Tenant (an Event of a
@@ -13,14 +15,14 @@
 //! not an error. Out of a cluster (no `KUBERNETES_SERVICE_HOST`) there are no
 //! Events; the log line and the counter remain.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use tenantgate_crds::pricing::format_nanos;
 
 use super::period::Period;
@@ -30,6 +32,15 @@ use crate::config::RuntimeHandle;
 /// How often the tenant's budget is looked at.
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 
+/// Spend is published at most this often.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(30);
+
+/// The ConfigMap the spend is published in (made, empty, by the operator).
+pub const SPEND_MAP: &str = "gateway-spend";
+
+/// The field manager of the gateway's writes.
+const FIELD_MANAGER: &str = "tenantgate-gateway";
+
 /// The controller named on the Events.
 pub const REPORTING_CONTROLLER: &str = "tenantgate.dev/gateway";
 
@@ -38,6 +49,10 @@ pub struct Alerts {
     tenant: String,
     /// The gateway's namespace and where its Events go.
     events: Option<(String, Api<Event>)>,
+    /// Where the spend is published.
+    spend: Option<Api<ConfigMap>>,
+    /// What was published last (without its time), and when.
+    published: Mutex<Option<(Instant, BTreeMap<String, String>)>>,
     /// This replica's name on the Events.
     instance: String,
     /// (window, threshold) pairs already raised by this replica.
@@ -54,9 +69,17 @@ impl Alerts {
     /// Alerts of tenant `tenant`, with Events created in namespace `namespace`
     /// through `client` (`None`: no Events).
     pub fn new(tenant: &str, events: Option<(&str, kube::Client)>) -> Self {
+        let spend = events.as_ref().map(|(ns, client)| Api::namespaced(client.clone(), ns));
         let events = events.map(|(ns, client)| (ns.to_owned(), Api::namespaced(client, ns)));
         let instance = std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".into());
-        Self { tenant: tenant.into(), events, instance, raised: Mutex::new(HashSet::new()) }
+        Self {
+            tenant: tenant.into(),
+            events,
+            spend,
+            published: Mutex::new(None),
+            instance,
+            raised: Mutex::new(HashSet::new()),
+        }
     }
 
     /// In a cluster, alerts whose Events go to the gateway's namespace through
@@ -116,6 +139,50 @@ impl Alerts {
     }
 }
 
+impl Alerts {
+    /// Publishes the tenant's budget `state` in the `gateway-spend` ConfigMap
+    /// when it changed and [`PUBLISH_EVERY`] has passed since the last time;
+    /// whether it wrote.
+    pub async fn publish(&self, state: &BudgetState, currency: &str) -> bool {
+        let Some(api) = &self.spend else { return false };
+        let data = spend_data(state, currency);
+        {
+            let published = self.published.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((at, last)) = &*published
+                && (last == &data || at.elapsed() < PUBLISH_EVERY)
+            {
+                return false;
+            }
+        }
+        let mut with_time = data.clone();
+        with_time.insert("updatedAt".into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        let patch = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": SPEND_MAP}, "data": with_time,
+        });
+        match api.patch(SPEND_MAP, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await {
+            Ok(_) => {
+                *self.published.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some((Instant::now(), data));
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the tenant's spend was not published");
+                false
+            }
+        }
+    }
+}
+
+/// The `gateway-spend` data of `state` (the Tenant's `status.budget`, without `updatedAt`).
+pub fn spend_data(state: &BudgetState, currency: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("amount".into(), format_nanos(state.limit as i64)),
+        ("spent".into(), format_nanos(state.spent as i64)),
+        ("currency".into(), currency.into()),
+        ("window".into(), state.period.label(state.window)),
+    ])
+}
+
 /// What an alert says: `The tenant budget of 500 USD per month (UTC) is 80% spent: 401.5 USD in 2026-12; it resets in 26h0m0s.`
 pub fn note(state: &BudgetState, threshold: u8, currency: &str) -> String {
     let per = match state.period {
@@ -172,8 +239,9 @@ pub async fn watch(handle: RuntimeHandle, alerts: Alerts) {
         let Some(budget) = runtime.config.limits.as_ref().and_then(|l| l.budget.as_ref()) else { continue };
         match runtime.limiter.budgets(None).await {
             Ok(states) => {
-                for state in &states {
+                for state in states.iter().filter(|s| s.scope == Scope::Tenant) {
                     alerts.check(state, &budget.alert_at_percent, runtime.limiter.currency()).await;
+                    alerts.publish(state, runtime.limiter.currency()).await;
                 }
             }
             Err(e) => tracing::debug!(error = %e, "the tenant's budget could not be read"),
@@ -206,6 +274,16 @@ mod tests {
         assert_eq!(alerts.check(&state(500_000_000_000, month), &[80, 95, 100], "USD").await, [100]);
         // A new month starts over.
         assert_eq!(alerts.check(&state(400_000_000_000, month + 1), &[80, 95, 100], "USD").await, [80]);
+    }
+
+    #[test]
+    fn the_published_spend_is_what_the_tenant_status_reads() {
+        let mut data = spend_data(&state(401_500_000_000, 2026 * 12 + 11), "USD");
+        data.insert("updatedAt".into(), "2026-12-06T12:00:00Z".into());
+        let status = tenantgate_crds::v1alpha1::BudgetStatus::from_data(&data).expect("status");
+        assert_eq!((status.amount.as_str(), status.spent.as_str()), ("500", "401.5"));
+        assert_eq!((status.currency.as_str(), status.window.as_str()), ("USD", "2026-12"));
+        assert_eq!(status.updated_at.as_deref(), Some("2026-12-06T12:00:00Z"));
     }
 
     #[test]
