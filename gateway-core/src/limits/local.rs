@@ -44,13 +44,13 @@ struct Buckets {
 }
 
 impl Buckets {
-    /// Whether nothing is held: a user whose budget window has spend is kept,
-    /// since forgetting it would reset the budget.
-    fn is_idle(&self, now: f64, day: i64) -> bool {
+    /// Whether nothing is held: a user with spend in the current budget
+    /// window (`budget_window`) is kept, since forgetting it would reset the budget.
+    fn is_idle(&self, now: f64, day: i64, budget_window: i64) -> bool {
         self.requests <= now
             && self.tokens_per_minute <= now
             && (self.day != day || self.used_today == 0)
-            && self.spent == 0
+            && (self.budget_window != budget_window || self.spent == 0)
     }
 }
 
@@ -204,7 +204,8 @@ impl LocalStore {
                         let mut b = Buckets::default();
                         apply(&mut b, w, day);
                         state.users.insert(subject.into(), b);
-                        sweep(&mut state, now, day);
+                        let window = plan.user.and_then(|u| u.budget).map_or(0, |b| b.period.window(at));
+                        sweep(&mut state, now, day, window);
                     }
                 }
             }
@@ -253,11 +254,11 @@ impl LocalStore {
 }
 
 /// Drops idle users once the map has doubled since the last sweep.
-fn sweep(state: &mut State, now: f64, day: i64) {
+fn sweep(state: &mut State, now: f64, day: i64, budget_window: i64) {
     if state.users.len() < state.sweep_at.max(SWEEP_FLOOR) {
         return;
     }
-    state.users.retain(|_, b| !b.is_idle(now, day));
+    state.users.retain(|_, b| !b.is_idle(now, day, budget_window));
     state.sweep_at = state.users.len() * 2;
 }
 
@@ -378,10 +379,11 @@ mod tests {
     }
 
     #[test]
-    fn a_user_with_spend_is_not_swept() {
+    fn a_user_with_spend_in_the_current_window_is_not_swept() {
         let b = Buckets { spent: 1, budget_window: 5, ..Default::default() };
-        assert!(!b.is_idle(f64::MAX, 0));
-        assert!(Buckets::default().is_idle(0.0, 0));
+        assert!(!b.is_idle(f64::MAX, 0, 5));
+        assert!(b.is_idle(f64::MAX, 0, 6), "last window's spend is over");
+        assert!(Buckets::default().is_idle(0.0, 0, 5));
     }
 
     #[test]
