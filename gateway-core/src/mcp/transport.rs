@@ -368,6 +368,11 @@ impl RawSender {
         if let Some(token) = self.http.token().await {
             request = request.bearer_auth(token);
         }
+        if crate::traces::active() {
+            let mut trace = http::HeaderMap::new();
+            crate::traces::inject(&mut trace);
+            request = request.headers(trace);
+        }
         request.body(body).send().await.map_err(|e| e.to_string())
     }
 }
