@@ -90,38 +90,46 @@ impl Attempt {
         target: &str,
         attempt: u32,
     ) -> Option<Self> {
-        Context::map_current(|cx| {
-            let ActiveTracer(tracer) = cx.get::<ActiveTracer>()?;
-            let span = tracer
-                .span_builder(format!("{operation} {model}"))
-                .with_kind(SpanKind::Client)
-                .with_attributes([
+        Self::client(|| {
+            (
+                format!("{operation} {model}"),
+                vec![
                     KeyValue::new("gen_ai.operation.name", operation),
                     KeyValue::new("gen_ai.provider.name", provider),
                     KeyValue::new("gen_ai.system", provider),
                     KeyValue::new("gen_ai.request.model", model.to_owned()),
                     KeyValue::new("tenantgate.target", target.to_owned()),
                     KeyValue::new("tenantgate.attempt", i64::from(attempt)),
-                ])
-                .start_with_context(tracer, cx);
-            Some(Self(cx.with_span(span)))
+                ],
+            )
         })
     }
 
     /// Starts the span of a call of MCP `method` (`tools/call`) for `tool` on
     /// the tenant's connection `connection`, when the current request is traced.
     pub fn start_mcp(method: &'static str, tool: &str, connection: &str) -> Option<Self> {
-        Context::map_current(|cx| {
-            let ActiveTracer(tracer) = cx.get::<ActiveTracer>()?;
-            let span = tracer
-                .span_builder(format!("{method} {tool}"))
-                .with_kind(SpanKind::Client)
-                .with_attributes([
+        Self::client(|| {
+            (
+                format!("{method} {tool}"),
+                vec![
                     KeyValue::new("mcp.method.name", method),
                     KeyValue::new("gen_ai.operation.name", "execute_tool"),
                     KeyValue::new("gen_ai.tool.name", tool.to_owned()),
                     KeyValue::new("tenantgate.mcp_connection", connection.to_owned()),
-                ])
+                ],
+            )
+        })
+    }
+
+    /// A CLIENT span named and described by `span` under the current one, when the request is traced.
+    fn client(span: impl FnOnce() -> (String, Vec<KeyValue>)) -> Option<Self> {
+        Context::map_current(|cx| {
+            let ActiveTracer(tracer) = cx.get::<ActiveTracer>()?;
+            let (name, attributes) = span();
+            let span = tracer
+                .span_builder(name)
+                .with_kind(SpanKind::Client)
+                .with_attributes(attributes)
                 .start_with_context(tracer, cx);
             Some(Self(cx.with_span(span)))
         })
