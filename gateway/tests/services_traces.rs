@@ -331,3 +331,18 @@ async fn the_collector_receives_a_trace_per_request_with_genai_and_mcp_spans() {
     assert_eq!(upstream_call[0].str("tenantgate.mcp_connection"), "echo");
     assert_eq!(ids(echo_saw.trim()), (s.trace_id.as_str(), upstream_call[0].span_id.as_str()), "{echo_saw}");
 }
+
+#[tokio::test]
+async fn a_collector_that_is_down_slows_no_request_and_the_log_says_so() {
+    let (upstream, echo) = (Upstream::start(), McpEcho::start());
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let mut gw = Gateway::start_logged(&manifests(&upstream, &echo, &nowhere, "http/protobuf"), &[]).await;
+    let started = Instant::now();
+    for _ in 0..20 {
+        chat(&gw, "chat", None).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "20 requests took {:?}", started.elapsed());
+    assert!(gw.terminate(), "the gateway stops cleanly, its last export failing");
+    let log = gw.log();
+    assert!(log.contains("BatchSpanProcessor") && log.contains("Export"), "the failed export is logged: {log}");
+}
