@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::mcp::{initialize, request, wait_for_tool};
+use common::mcp::{PROTOCOL, initialize, post, request, wait_for_tool};
 use common::{Gateway, McpEcho, Proc, Upstream, free_port, repo_root, temp_dir, tenant_yaml_with, token};
 use serde_json::{Value, json};
 
@@ -241,12 +241,28 @@ async fn the_collector_receives_a_trace_per_request_with_genai_and_mcp_spans() {
     let echo_saw =
         reqwest::get(format!("{}/last-traceparent", echo.url)).await.expect("GET").text().await.expect("body");
 
+    // The same call in a session on rmcp's full path (its client declared roots).
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": PROTOCOL,
+        "capabilities": {"roots": {"listChanged": true}}, "clientInfo": {"name": "trace-test", "version": "1"}}});
+    let (status, full_session, _) = post(&gw, &bob, None, init).await;
+    assert_eq!(status, 200);
+    let full_session = full_session.expect("a session");
+    let (status, ..) =
+        post(&gw, &bob, Some(&full_session), json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+    assert_eq!(status, 202);
+    let response = request(&gw, &bob, Some(&full_session), &call).send().await.expect("tools/call");
+    assert_eq!(response.status(), 200);
+    let full_request = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).expect("id").to_owned();
+    assert!(response.text().await.expect("body").contains("traced"));
+    let echo_saw_full =
+        reqwest::get(format!("{}/last-traceparent", echo.url)).await.expect("GET").text().await.expect("body");
+
     // Stopping flushes what is still batched.
     assert!(gw.terminate(), "the gateway stops cleanly");
     assert!(grpc.terminate(), "the gRPC gateway stops cleanly");
     let spans = collector
         .spans_until("every request's span", |spans| {
-            [&plain, &failover, &continued, &over_grpc, &mcp_request]
+            [&plain, &failover, &continued, &over_grpc, &mcp_request, &full_request]
                 .iter()
                 .all(|id| spans.iter().any(|s| s.kind == 2 && s.str("tenantgate.request_id") == id.as_str()))
         })
@@ -330,6 +346,16 @@ async fn the_collector_receives_a_trace_per_request_with_genai_and_mcp_spans() {
     assert_eq!(upstream_call.len(), 1, "{upstream_call:#?}");
     assert_eq!(upstream_call[0].str("tenantgate.mcp_connection"), "echo");
     assert_eq!(ids(echo_saw.trim()), (s.trace_id.as_str(), upstream_call[0].span_id.as_str()), "{echo_saw}");
+
+    // On the full path too: the request's span, the upstream call's under it, its traceparent at the server.
+    let s = request_span(&spans, &full_request);
+    assert_eq!(s.name, "tools/call echo_echo");
+    assert_eq!(s.str("mcp.session.id"), full_session);
+    let upstream_call = children(&spans, s);
+    assert_eq!(upstream_call.len(), 1, "{upstream_call:#?}");
+    assert_eq!(upstream_call[0].str("gen_ai.tool.name"), "echo_echo");
+    assert_eq!(upstream_call[0].str("tenantgate.mcp_connection"), "echo");
+    assert_eq!(ids(echo_saw_full.trim()), (s.trace_id.as_str(), upstream_call[0].span_id.as_str()), "{echo_saw_full}");
 }
 
 #[tokio::test]

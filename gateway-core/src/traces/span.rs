@@ -46,6 +46,12 @@ impl RequestSpan {
         Context::map_current(|cx| cx.get::<ActiveTracer>().is_some().then(|| Self(cx.clone())))
     }
 
+    /// The request's Context, to carry where the task changes (rmcp serves `/mcp` calls on a
+    /// session task of its own: the request's extensions take it there).
+    pub fn context(&self) -> Context {
+        self.0.clone()
+    }
+
     /// Sets `attributes` on the span.
     pub fn set(&self, attributes: impl IntoIterator<Item = KeyValue>) {
         self.0.span().set_attributes(attributes);
@@ -138,6 +144,14 @@ impl Attempt {
     /// The Context the attempt's call runs in (its `traceparent` names this span).
     pub fn context(&self) -> Context {
         self.0.clone()
+    }
+
+    /// The W3C `traceparent` naming this span, for a carrier other than HTTP headers
+    /// (an MCP request's `_meta`, SEP-414).
+    pub fn traceparent(&self) -> Option<String> {
+        let mut headers = HeaderMap::new();
+        TraceContextPropagator::new().inject_context(&self.0, &mut HeaderInjector(&mut headers));
+        headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned)
     }
 
     /// The attempt was answered.

@@ -218,8 +218,9 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
             }
         }
     }
-    let body = match crate::traces::RequestSpan::current() {
-        Some(span) => match traced_message(&span, &parts, body, endpoint.max_message_bytes, session.as_deref()).await {
+    let traced = crate::traces::RequestSpan::current();
+    let body = match &traced {
+        Some(span) => match traced_message(span, &parts, body, endpoint.max_message_bytes, session.as_deref()).await {
             Ok(body) => body,
             Err(too_large) => return json_rpc_error(too_large, true).await,
         },
@@ -240,6 +241,10 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     parts.extensions.insert(caller);
+    if let Some(span) = &traced {
+        // rmcp serves the call on the session's task: its handler finds the trace here.
+        parts.extensions.insert(span.context());
+    }
     let response = endpoint.service.handle(Request::from_parts(parts, body)).await;
     match &session {
         None => {
