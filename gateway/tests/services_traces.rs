@@ -204,6 +204,18 @@ fn manifests(upstream: &Upstream, echo: &McpEcho, endpoint: &str, protocol: &str
     tenant_yaml_with(&upstream.url, "test", &spec, &docs)
 }
 
+/// A `tools/call` of `echo_echo` in `session`: its `x-request-id`, and the `traceparent` the
+/// MCP server received with it.
+async fn call_echo(gw: &Gateway, token: &str, session: &str, echo: &McpEcho) -> (String, String) {
+    let call = json!({"jsonrpc": "2.0", "id": 42, "method": "tools/call", "params": {"name": "echo_echo", "arguments": {"text": "traced"}}});
+    let response = request(gw, token, Some(session), &call).send().await.expect("tools/call");
+    assert_eq!(response.status(), 200);
+    let id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).expect("id").to_owned();
+    assert!(response.text().await.expect("body").contains("traced"));
+    let saw = reqwest::get(format!("{}/last-traceparent", echo.url)).await.expect("GET").text().await.expect("body");
+    (id, saw)
+}
+
 /// The trace id and span id of a W3C `traceparent`.
 fn ids(traceparent: &str) -> (&str, &str) {
     let parts: Vec<&str> = traceparent.split('-').collect();
@@ -233,13 +245,7 @@ async fn the_collector_receives_a_trace_per_request_with_genai_and_mcp_spans() {
     let bob = token(json!({"sub": "bob"}));
     wait_for_tool(&gw, &bob, "echo_echo").await;
     let session = initialize(&gw, &bob).await;
-    let call = json!({"jsonrpc": "2.0", "id": 42, "method": "tools/call", "params": {"name": "echo_echo", "arguments": {"text": "traced"}}});
-    let response = request(&gw, &bob, Some(&session), &call).send().await.expect("tools/call");
-    assert_eq!(response.status(), 200);
-    let mcp_request = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).expect("id").to_owned();
-    assert!(response.text().await.expect("body").contains("traced"));
-    let echo_saw =
-        reqwest::get(format!("{}/last-traceparent", echo.url)).await.expect("GET").text().await.expect("body");
+    let (mcp_request, echo_saw) = call_echo(&gw, &bob, &session, &echo).await;
 
     // The same call in a session on rmcp's full path (its client declared roots).
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": PROTOCOL,
@@ -250,12 +256,7 @@ async fn the_collector_receives_a_trace_per_request_with_genai_and_mcp_spans() {
     let (status, ..) =
         post(&gw, &bob, Some(&full_session), json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
     assert_eq!(status, 202);
-    let response = request(&gw, &bob, Some(&full_session), &call).send().await.expect("tools/call");
-    assert_eq!(response.status(), 200);
-    let full_request = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).expect("id").to_owned();
-    assert!(response.text().await.expect("body").contains("traced"));
-    let echo_saw_full =
-        reqwest::get(format!("{}/last-traceparent", echo.url)).await.expect("GET").text().await.expect("body");
+    let (full_request, echo_saw_full) = call_echo(&gw, &bob, &full_session, &echo).await;
 
     // Stopping flushes what is still batched.
     assert!(gw.terminate(), "the gateway stops cleanly");
