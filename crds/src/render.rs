@@ -9,7 +9,7 @@ use crate::config::{
     AuthConfig, AwsCredentialsConfig, AzureConfig, BedrockConfig, CONFIG_VERSION, DatabaseConfig, EntraCredential,
     EntraIdConfig, EnvValue, GatewayConfig, GoogleWorkloadIdentityConfig, JwtConfig, JwtKeys, KeysConfig,
     McpAuthConfig, McpConnectionConfig, McpEndpointTransport, McpResourceConfig, NetworkConfig, PolicyConfig,
-    PolicyLayer, PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity,
+    PolicyLayer, PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity, TracingConfig,
 };
 use crate::issue::{ConfigIssue, ObjectRef, Reason};
 use crate::pricing::{self, TargetRef};
@@ -391,6 +391,26 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         api_key_pepper_file: r.generated_file(&SecretKeyRef::new(GATEWAY_KEYS_SECRET, API_KEY_PEPPER)),
     };
 
+    let tracing = spec.observability.as_ref().and_then(|o| o.tracing.as_ref()).map(|t| TracingConfig {
+        otlp_endpoint: t.otlp_endpoint.clone(),
+        protocol: t.protocol,
+        sample_ratio: t.sample_ratio,
+        headers_file: t.headers_secret_ref.as_ref().map(|s| r.secret_file(s)),
+    });
+    if let Some(t) = &tracing {
+        if let Err(problem) = tracing_endpoint_problem(&t.otlp_endpoint) {
+            r.issue(&tenant_obj, "spec.observability.tracing.otlpEndpoint", &problem, Reason::InvalidSpec);
+        }
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            r.issue(
+                &tenant_obj,
+                "spec.observability.tracing.sampleRatio",
+                "must be between 0 and 1",
+                Reason::InvalidSpec,
+            );
+        }
+    }
+
     let mut policies = Vec::new();
     for (origin, list) in [(PolicyOrigin::Global, input.global_policies), (PolicyOrigin::Tenant, input.tenant_policies)]
     {
@@ -452,6 +472,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         audit: spec.audit.clone(),
         network: NetworkConfig { allow_local_upstreams: spec.network.allow_local_upstreams },
         keys,
+        tracing,
         config_hash: String::new(),
     }
     .seal();
@@ -463,6 +484,19 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         skipped,
         unpriced_targets: prices.unpriced,
     })
+}
+
+/// Why an OTLP endpoint cannot be used: not an http(s) URL with a host, or
+/// carrying credentials (those belong in `headersSecretRef`, not the ConfigMap).
+fn tracing_endpoint_problem(endpoint: &str) -> Result<(), String> {
+    let url = url::Url::parse(endpoint).map_err(|e| format!("{endpoint:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{endpoint:?} must be an http:// or https:// URL with a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials: put them in headersSecretRef".into());
+    }
+    Ok(())
 }
 
 /// The audience of the service account token AWS STS accepts (as EKS projects it).

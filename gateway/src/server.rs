@@ -216,6 +216,9 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     if let Some(summary) = leftover.summary() {
         write_termination_message(&args.termination_message_path, &summary);
     }
+    // The spans of the last requests (their records are written now).
+    let traced = state.clone();
+    let _ = tokio::task::spawn_blocking(move || traced.carried().shutdown_traces()).await;
     let _ = ops_stop.send(());
     if let Some(ops_server) = ops_server {
         let _ = ops_server.await;

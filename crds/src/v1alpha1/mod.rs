@@ -3,12 +3,14 @@
 mod common;
 mod mcp_connection;
 mod model_price;
+mod observability;
 mod prompt_policy;
 mod tenant;
 
 pub use common::{SecretKeyRef, conditions};
 pub use mcp_connection::*;
 pub use model_price::*;
+pub use observability::*;
 pub use prompt_policy::*;
 pub use tenant::*;
 

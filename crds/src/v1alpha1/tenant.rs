@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::SecretKeyRef;
 use super::model_price::{Price, default_currency};
+use super::observability::Observability;
 
 /// Desired state of a tenant: identity, upstreams, limits, and how its gateway runs.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -108,6 +109,11 @@ pub struct TenantSpec {
     /// Metadata, RFC 9728) and which token audience `/mcp` requires (RFC 8707).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp: Option<TenantMcp>,
+
+    /// Telemetry the gateway exports beyond its logs and Prometheus metrics: OpenTelemetry
+    /// traces over OTLP. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability: Option<Observability>,
 }
 
 /// The tenant's `/mcp` endpoint as an OAuth 2.0 protected resource.

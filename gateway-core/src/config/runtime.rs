@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
-use tenantgate_crds::config::{GatewayConfig, JwtKeys};
+use tenantgate_crds::config::{GatewayConfig, JwtKeys, TracingConfig};
 use tenantgate_crds::issue::{ConfigIssue, Reason};
 use tenantgate_crds::pricing::Amounts;
 use tenantgate_crds::v1alpha1::{ModelType, ProviderType};
@@ -27,6 +27,7 @@ use crate::llm::{Endpoint, EndpointError, Provider, Wire, anthropic::Anthropic, 
 use crate::policy::Policies;
 use crate::routing::{Breaker, ModelRoute, RetryPolicy, Target};
 use crate::storage::Price;
+use crate::traces::{SharedTraces, Traces, TracesError};
 
 /// The config in force, compiled.
 #[derive(Debug)]
@@ -45,6 +46,8 @@ pub struct Runtime {
     pub limiter: RateLimiter,
     /// Prompt policies, compiled.
     pub policies: Policies,
+    /// The trace pipeline, when the tenant exports traces.
+    pub traces: Option<SharedTraces>,
 }
 
 /// What outlives one config: breakers keep their state across reloads, and
@@ -57,6 +60,7 @@ pub struct Carried {
     jwks_min_refresh: Duration,
     limits: LimitStores,
     mcp: crate::mcp::McpHub,
+    traces: Mutex<Option<(TracingConfig, SharedTraces)>>,
 }
 
 impl Carried {
@@ -69,6 +73,46 @@ impl Carried {
             jwks_min_refresh,
             limits: LimitStores::default(),
             mcp,
+            traces: Mutex::new(None),
+        }
+    }
+
+    /// The trace pipeline of `config`: the one in use while its settings stay, else a new one
+    /// (put in use by [`Self::keep_traces`] once the whole config compiled).
+    fn traces(&self, config: Option<&TracingConfig>, tenant: &str) -> Result<Option<SharedTraces>, TracesError> {
+        let Some(config) = config else { return Ok(None) };
+        let current = self.traces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((c, traces)) = current.as_ref()
+            && c == config
+        {
+            return Ok(Some(traces.clone()));
+        }
+        Ok(Some(Arc::new(Traces::new(config, tenant)?)))
+    }
+
+    /// Puts `traces` in use and flushes and stops the pipeline it replaces (in
+    /// the background: a flush waits on the collector).
+    fn keep_traces(&self, config: Option<&TracingConfig>, traces: Option<&SharedTraces>) {
+        let mut current = self.traces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = config.cloned().zip(traces.cloned());
+        let unchanged = match (current.as_ref(), next.as_ref()) {
+            (Some((_, old)), Some((_, new))) => Arc::ptr_eq(old, new),
+            (None, None) => true,
+            _ => false,
+        };
+        if unchanged {
+            return;
+        }
+        if let Some((_, old)) = std::mem::replace(&mut *current, next) {
+            tokio::task::spawn_blocking(move || old.shutdown());
+        }
+    }
+
+    /// Flushes and stops the trace pipeline in use (at exit; blocking).
+    pub fn shutdown_traces(&self) {
+        let current = self.traces.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some((_, traces)) = current {
+            traces.shutdown();
         }
     }
 
@@ -254,8 +298,12 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
     let limiter =
         carried.limits.limiter(&config).await.map_err(|e| ConfigIssue::new(Reason::Unavailable, e.to_string()))?;
     let policies = Policies::compile(&config)?;
+    let traces = carried
+        .traces(config.tracing.as_ref(), &config.tenant.name)
+        .map_err(|e| ConfigIssue::new(Reason::InvalidSpec, e.to_string()).at("tracing"))?;
     // Last, once nothing can fail: connections are (re)made in the background.
     carried.mcp.allow_local_upstreams(config.network.allow_local_upstreams);
     carried.mcp.reconcile(&config.mcp);
-    Ok(Runtime { config, auth, models, retry, models_body, limiter, policies })
+    carried.keep_traces(config.tracing.as_ref(), traces.as_ref());
+    Ok(Runtime { config, auth, models, retry, models_body, limiter, policies, traces })
 }

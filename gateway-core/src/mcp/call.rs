@@ -287,8 +287,14 @@ async fn forward(
 ) -> (Result<ServerResult, ForwardError>, &'static str) {
     let connection = route.upstream.name().to_string();
     let started = Instant::now();
+    // Traced: a span for the upstream call (the tool as the client named it), named in the
+    // request's `_meta.traceparent` (SEP-414), which the transport also sends as the HTTP header.
+    let span = crate::traces::Attempt::start_mcp("tools/call", &request.name, &connection);
     let mut upstream_params = request;
     upstream_params.name = route.name.to_string().into();
+    if let Some(traceparent) = span.as_ref().and_then(crate::traces::Attempt::traceparent) {
+        upstream_params.meta.get_or_insert_default().set_traceparent(traceparent);
+    }
     let forwarded = route
         .upstream
         .forward(ClientRequest::CallToolRequest(CallToolRequest::new(upstream_params)), context, subject)
@@ -297,6 +303,12 @@ async fn forward(
         Ok(_) => "ok",
         Err(e) => e.as_reason(),
     };
+    if let Some(span) = span {
+        match &forwarded {
+            Ok(_) => span.answered(),
+            Err(e) => span.failed(None, e.as_reason(), e.to_string()),
+        }
+    }
     record_forward(connection, outcome, started);
     (forwarded, outcome)
 }

@@ -99,6 +99,11 @@ fn start_record(state: &AppState, caller: &Caller, request_id: Option<String>, a
         runtime.config.audit.record_prompts,
     );
     record.api(api);
+    if let Some(pricing) = &runtime.config.pricing {
+        crate::traces::set_on_request(|| {
+            vec![crate::traces::KeyValue::new("tenantgate.currency", pricing.currency.clone())]
+        });
+    }
     record
 }
 
