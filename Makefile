@@ -28,7 +28,7 @@ test-gateway: ## Gateway end to end: the official openai, anthropic and MCP Pyth
 	gateway/tests/python/run
 
 .PHONY: bench-gateway
-bench-gateway: ## Gateway vs mock-llm direct (open loop, vegeta): added latency (chat; /v1/messages and /v1/responses beside it), saturation, streaming, RSS, ratios to a bare hyper forwarder, LiteLLM and Portkey alongside (BENCH_LITELLM=0, BENCH_PORTKEY=0 leave them out); ten times capacity under a 256 MiB limit (peak RSS, records lost, recovery); then with policies, Redis limits, PostgreSQL audit and a PostgreSQL stall. BENCH_BASELINE_GATEWAY=<binary>: an A/B in the same run
+bench-gateway: ## Gateway vs mock-llm direct (open loop, vegeta): added latency (chat; /v1/messages and /v1/responses beside it), saturation, streaming, RSS, ratios to a bare hyper forwarder, LiteLLM and Portkey alongside (BENCH_LITELLM=0, BENCH_PORTKEY=0 leave them out); ten times capacity under a 256 MiB limit (peak RSS, records lost, recovery); then with policies, Redis limits, PostgreSQL audit and a PostgreSQL stall; tracing off and on (OTLP to a real collector), A/B in the same run. BENCH_BASELINE_GATEWAY=<binary>: an A/B against that build in the same run
 	e2e/with-services e2e/bench/gateway
 
 .PHONY: chaos

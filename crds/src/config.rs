@@ -56,6 +56,9 @@ pub struct GatewayConfig {
     pub network: NetworkConfig,
     /// Files of the operator-generated `gateway-keys` Secret.
     pub keys: KeysConfig,
+    /// OpenTelemetry traces over OTLP. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
     /// SHA-256 of this document with this field empty: changes exactly when the config does.
     #[serde(default)]
     pub config_hash: String,
@@ -509,6 +512,21 @@ pub enum DatabaseConfig {
 pub struct NetworkConfig {
     /// Allow loopback and link-local upstream addresses.
     pub allow_local_upstreams: bool,
+}
+
+/// Where the gateway exports its traces (the Tenant's `spec.observability.tracing`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The OTLP receiver's URL (`/v1/traces` is appended for HTTP when it has no path).
+    pub otlp_endpoint: String,
+    /// gRPC or HTTP with protobuf bodies.
+    pub protocol: crate::v1alpha1::OtlpProtocol,
+    /// The share of new traces exported, 0 to 1; a client's sampled `traceparent` decides for its trace.
+    pub sample_ratio: f64,
+    /// File holding export headers, one `name: value` per line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_file: Option<String>,
 }
 
 /// Files of the `gateway-keys` Secret.

@@ -201,6 +201,46 @@ impl Rates {
     }
 }
 
+impl Rates {
+    /// The highest of each rate among `rates` (an input token priced at the higher of its
+    /// cached and uncached rates): what a request routed to any of them may cost at most.
+    /// `None` when `rates` is empty or one of them is `None` (an unpriced target).
+    pub fn worst<'a>(rates: impl IntoIterator<Item = Option<&'a Rates>>) -> Option<Rates> {
+        rates.into_iter().try_fold(None::<Rates>, |worst, r| {
+            let r = r?;
+            let input = r.input.max(r.cached_input);
+            Some(Some(match worst {
+                None => Rates { input, cached_input: input, output: r.output, per_request: r.per_request },
+                Some(w) => Rates {
+                    input: w.input.max(input),
+                    cached_input: w.input.max(input),
+                    output: w.output.max(r.output),
+                    per_request: w.per_request.max(r.per_request),
+                },
+            }))
+        })?
+    }
+}
+
+/// Parses a price per call (`pricePerCall` of an McpConnection) into nano-units.
+pub fn per_call_nanos(value: &str) -> Result<u64, PriceError> {
+    let d = amount("pricePerCall", value)?;
+    u64::try_from(d * Decimal::from(NANOS_PER_UNIT))
+        .map_err(|_| PriceError { field: "pricePerCall", value: value.into() })
+}
+
+/// Parses a budget amount (`"12.50"`) into nano-units: a decimal of at most
+/// [`MAX_BUDGET_UNITS`](crate::v1alpha1::MAX_BUDGET_UNITS) with up to 9 decimals.
+pub fn budget_nanos(value: &str) -> Result<u64, String> {
+    let max = crate::v1alpha1::MAX_BUDGET_UNITS;
+    let bad = || format!("{value:?} is not a decimal amount of at most {max} with up to 9 decimals");
+    let d = amount("amount", value).map_err(|_| bad())?;
+    if d > Decimal::from(max) {
+        return Err(bad());
+    }
+    u64::try_from(d * Decimal::from(NANOS_PER_UNIT)).map_err(|_| bad())
+}
+
 /// `nanos` nano-units as a decimal string of units (`1500000` is `"0.0015"`).
 pub fn format_nanos(nanos: i64) -> String {
     Decimal::new(nanos, 9).normalize().to_string()
@@ -315,6 +355,31 @@ mod tests {
     /// What a request with this usage costs at `a`, as the gateway prices it.
     fn cost(a: &Amounts, prompt: u64, cached: u64, completion: u64) -> i64 {
         a.rates().cost_nanos(prompt, cached, completion)
+    }
+
+    #[test]
+    fn budgets_parse_to_exact_nano_units_up_to_the_cap() {
+        assert_eq!(budget_nanos("12.50"), Ok(12_500_000_000));
+        assert_eq!(budget_nanos("0"), Ok(0));
+        assert_eq!(budget_nanos("0.000000001"), Ok(1));
+        assert_eq!(budget_nanos("9000000"), Ok(9_000_000_000_000_000));
+        assert!((9_000_000_000_000_000u64 as f64) < 2f64.powi(53), "exact in a Lua number");
+        for bad in ["9000000.5", "-1", "1e3", "", "01", "1.0000000001"] {
+            let e = budget_nanos(bad).expect_err(bad);
+            assert!(e.contains("at most 9000000"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_worst_rates_take_each_rate_at_its_highest() {
+        let a = Amounts::parse(&price("2", Some("8"), Some("0.5"), None)).expect("a").rates();
+        let b = Amounts::parse(&price("1", Some("10"), Some("3"), Some("0.01"))).expect("b").rates();
+        let w = Rates::worst([Some(&a), Some(&b)]).expect("priced");
+        // Input: b's cached rate (3) beats a's input (2); output 10; per request 0.01.
+        assert_eq!(w.cost_nanos(1_000_000, 0, 1_000_000), 3_000_000_000 + 10_000_000_000 + 10_000_000);
+        assert_eq!(w.cost_nanos(1_000_000, 1_000_000, 0), 3_010_000_000, "cached tokens cost the worst input rate");
+        assert_eq!(Rates::worst([Some(&a), None]), None, "an unpriced target has no worst case");
+        assert_eq!(Rates::worst(std::iter::empty()), None);
     }
 
     #[test]

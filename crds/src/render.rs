@@ -9,7 +9,7 @@ use crate::config::{
     AuthConfig, AwsCredentialsConfig, AzureConfig, BedrockConfig, CONFIG_VERSION, DatabaseConfig, DeclaredApiKey,
     EntraCredential, EntraIdConfig, EnvValue, GatewayConfig, GoogleWorkloadIdentityConfig, JwtConfig, JwtKeys,
     KeysConfig, McpAuthConfig, McpConnectionConfig, McpEndpointTransport, McpResourceConfig, NetworkConfig,
-    PolicyConfig, PolicyLayer, PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity,
+    PolicyConfig, PolicyLayer, PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity, TracingConfig,
 };
 use crate::issue::{ConfigIssue, ObjectRef, Reason};
 use crate::pricing::{self, TargetRef};
@@ -426,6 +426,26 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         api_key_pepper_file: r.generated_file(&SecretKeyRef::new(GATEWAY_KEYS_SECRET, API_KEY_PEPPER)),
     };
 
+    let tracing = spec.observability.as_ref().and_then(|o| o.tracing.as_ref()).map(|t| TracingConfig {
+        otlp_endpoint: t.otlp_endpoint.clone(),
+        protocol: t.protocol,
+        sample_ratio: t.sample_ratio,
+        headers_file: t.headers_secret_ref.as_ref().map(|s| r.secret_file(s)),
+    });
+    if let Some(t) = &tracing {
+        if let Err(problem) = tracing_endpoint_problem(&t.otlp_endpoint) {
+            r.issue(&tenant_obj, "spec.observability.tracing.otlpEndpoint", &problem, Reason::InvalidSpec);
+        }
+        if !(0.0..=1.0).contains(&t.sample_ratio) {
+            r.issue(
+                &tenant_obj,
+                "spec.observability.tracing.sampleRatio",
+                "must be between 0 and 1",
+                Reason::InvalidSpec,
+            );
+        }
+    }
+
     let mut policies = Vec::new();
     for (origin, list) in [(PolicyOrigin::Global, input.global_policies), (PolicyOrigin::Tenant, input.tenant_policies)]
     {
@@ -476,7 +496,8 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         auth,
         providers,
         models,
-        pricing: (!prices.pricing.targets.is_empty()).then_some(prices.pricing),
+        // With budgets the currency is named even when nothing is priced (every request is then refused).
+        pricing: (!prices.pricing.targets.is_empty() || has_budget(spec.limits.as_ref())).then_some(prices.pricing),
         routing: spec.routing.clone(),
         limits: spec.limits.clone(),
         mcp,
@@ -485,6 +506,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         audit: spec.audit.clone(),
         network: NetworkConfig { allow_local_upstreams: spec.network.allow_local_upstreams },
         keys,
+        tracing,
         config_hash: String::new(),
     }
     .seal();
@@ -546,6 +568,19 @@ fn declared_api_keys(
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// Why an OTLP endpoint cannot be used: not an http(s) URL with a host, or
+/// carrying credentials (those belong in `headersSecretRef`, not the ConfigMap).
+fn tracing_endpoint_problem(endpoint: &str) -> Result<(), String> {
+    let url = url::Url::parse(endpoint).map_err(|e| format!("{endpoint:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{endpoint:?} must be an http:// or https:// URL with a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials: put them in headersSecretRef".into());
+    }
+    Ok(())
 }
 
 /// The audience of the service account token AWS STS accepts (as EKS projects it).
@@ -837,6 +872,11 @@ impl<'o> Renderer<'o> {
             allowed_models: spec.allowed_models.clone(),
         })
     }
+}
+
+/// Whether `limits` set a budget.
+fn has_budget(limits: Option<&crate::v1alpha1::Limits>) -> bool {
+    limits.is_some_and(|l| l.budget.is_some() || l.per_user.as_ref().is_some_and(|u| u.budget.is_some()))
 }
 
 #[cfg(test)]

@@ -636,3 +636,37 @@ fn a_price_that_is_not_a_decimal_string_is_refused_naming_the_field() {
         "{err}"
     );
 }
+
+#[test]
+fn tracing_is_off_by_default_and_renders_its_endpoint_and_headers_file() {
+    let providers = "  providers: [{name: p, type: mock}]\n";
+    assert_eq!(render_tenant(&tenant_yaml(providers)).expect("renders").config.tracing, None);
+
+    let traced = tenant_yaml(&format!(
+        "{providers}  observability:\n    tracing: {{otlpEndpoint: 'http://otel.observability.svc:4317', protocol: grpc, sampleRatio: 0.25, headersSecretRef: {{name: otlp, key: headers}}}}\n"
+    ));
+    let rendered = render_tenant(&traced).expect("renders");
+    let tracing = rendered.config.tracing.as_ref().expect("tracing rendered");
+    assert_eq!(tracing.otlp_endpoint, "http://otel.observability.svc:4317");
+    assert_eq!(tracing.protocol, tenantgate_crds::v1alpha1::OtlpProtocol::Grpc);
+    assert_eq!(tracing.sample_ratio, 0.25);
+    let headers = tracing.headers_file.as_deref().expect("a headers file");
+    assert!(rendered.secret_refs.iter().any(|r| r.name == "otlp" && r.key == "headers"), "the Secret is mounted");
+    assert!(headers.ends_with("otlp/headers") || headers.contains("otlp"), "{headers}");
+
+    // The defaults: HTTP with protobuf, every trace.
+    let plain = tenant_yaml(&format!(
+        "{providers}  observability: {{tracing: {{otlpEndpoint: 'https://otlp.example.com'}}}}\n"
+    ));
+    let tracing = render_tenant(&plain).expect("renders").config.tracing.expect("tracing");
+    assert_eq!(tracing.protocol, tenantgate_crds::v1alpha1::OtlpProtocol::HttpProtobuf);
+    assert_eq!(tracing.sample_ratio, 1.0);
+
+    for (endpoint, says) in
+        [("'ftp://otel:21'", "http:// or https://"), ("'http://user:pw@otel:4318'", "headersSecretRef")]
+    {
+        let bad = tenant_yaml(&format!("{providers}  observability: {{tracing: {{otlpEndpoint: {endpoint}}}}}\n"));
+        let err = render_tenant(&bad).expect_err("refused").to_string();
+        assert!(err.contains("spec.observability.tracing.otlpEndpoint") && err.contains(says), "{err}");
+    }
+}

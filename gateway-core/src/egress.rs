@@ -144,12 +144,13 @@ impl HttpClient {
         Self { inner }
     }
 
-    /// POSTs `body` to `url` with `headers` (and the gateway's User-Agent) and
-    /// waits for the response's headers.
+    /// POSTs `body` to `url` with `headers` (and the gateway's User-Agent, and
+    /// the `traceparent` of a traced request's attempt) and waits for the response's headers.
     pub async fn post(&self, url: &url::Url, mut headers: HeaderMap, body: Vec<u8>) -> Result<Response, SendError> {
         let uri =
             http::Uri::try_from(url.as_str()).map_err(|e| SendError::Request(format!("the URL is not valid: {e}")))?;
         headers.entry(http::header::USER_AGENT).or_insert(HeaderValue::from_static(USER_AGENT));
+        crate::traces::inject(&mut headers);
         let mut request = http::Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = uri;

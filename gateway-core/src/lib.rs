@@ -20,3 +20,4 @@ pub mod redis_client;
 pub mod routing;
 pub mod storage;
 pub mod tls;
+pub mod traces;

@@ -6,12 +6,14 @@
 //! tokens per minute and per day), one in ten a stream taking a slot; each
 //! admission settles with a usage other than its reservation, so settlements
 //! (one more script call, off the request path) run alongside. Prints p50,
-//! p99 and p99.9 of `admit` as the request path sees it.
+//! p99 and p99.9 of `admit` as the request path sees it, for those limits
+//! alone and with a tenant budget and per-user budgets on top (each request
+//! reserving a worst-case cost and settling to less), A/B in one run.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tenantgate_crds::v1alpha1::{Limits, UserLimits};
+use tenantgate_crds::v1alpha1::{Budget, BudgetPeriod, Limits, UserLimits};
 use tenantgate_gateway::limits::{LocalStore, RateLimiter, RedisSettings, RedisStore, Reservation, Store};
 use tenantgate_gateway::redis_client::RedisEndpoint;
 
@@ -31,11 +33,24 @@ fn limits() -> Limits {
     }
 }
 
+/// [`limits`] with a tenant budget per month and a budget per user and day, both far from spent.
+fn limits_with_budgets() -> Limits {
+    let mut l = limits();
+    l.budget = Some(Budget::new("9000000", BudgetPeriod::Month));
+    if let Some(u) = &mut l.per_user {
+        u.budget = Some(Budget::new("100000", BudgetPeriod::Day));
+    }
+    l
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
 async fn run(name: &str, limiter: Arc<RateLimiter>, seconds: u64) {
+    // A worst case of 0.0025 (200 output tokens at 10 per million plus the prompt), settling to 0.001.
+    let priced = limiter.plan().is_some_and(|p| p.counts_cost());
+    let reservation = Reservation::tokens(40, 200).costing(if priced { 2_500_000 } else { 0 });
     let subjects: Vec<String> = (0..100).map(|i| format!("user-{i}")).collect();
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(seconds as usize * 1000)));
     let errors = Arc::new(Mutex::new(0u64));
@@ -48,12 +63,12 @@ async fn run(name: &str, limiter: Arc<RateLimiter>, seconds: u64) {
         let subject = subjects[i as usize % subjects.len()].clone();
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
-            let result =
-                limiter.admit_reservation(&subject, Reservation { prompt: 40, completion: 200 }, i % 10 == 0).await;
+            let result = limiter.admit_reservation(&subject, reservation, i % 10 == 0).await;
             let took = started.elapsed();
             latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(took);
             match result {
-                Ok(mut admission) => admission.record_usage(120),
+                Ok(mut admission) if priced => admission.record_cost(1_000_000),
+                Ok(mut admission) => admission.record_tokens(40, 0, 80),
                 Err(_) => *errors.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += 1,
             }
         }));
@@ -79,16 +94,21 @@ async fn main() {
     let seconds = std::env::var("TENANTGATE_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let local = RateLimiter::new("bench-local", Some(&limits()), Store::Local(Arc::new(LocalStore::default())));
     run("in-process", Arc::new(local), seconds).await;
+    let local =
+        RateLimiter::new("bench-local-b", Some(&limits_with_budgets()), Store::Local(Arc::new(LocalStore::default())));
+    run("in-process + budgets", Arc::new(local), seconds).await;
     let Ok(url) = std::env::var("TENANTGATE_REDIS_URL") else {
         eprintln!("TENANTGATE_REDIS_URL is not set: run under e2e/with-services for the Redis figures");
         std::process::exit(1);
     };
     let store =
         RedisStore::connect(&RedisEndpoint::new(url.clone(), None), RedisSettings::default()).expect("Redis store");
-    let redis = Arc::new(RateLimiter::new("bench-redis", Some(&limits()), Store::Redis(store)));
+    let redis = Arc::new(RateLimiter::new("bench-redis", Some(&limits()), Store::Redis(store.clone())));
     // Warm up: connect and load the scripts.
     for _ in 0..100 {
         let _ = redis.admit_reservation("warmup", Reservation::default(), false).await;
     }
     run("redis", redis, seconds).await;
+    let budgets = RateLimiter::new("bench-redis-b", Some(&limits_with_budgets()), Store::Redis(store));
+    run("redis + budgets", Arc::new(budgets), seconds).await;
 }

@@ -218,6 +218,8 @@ impl AppError {
             Self::Forbidden(_) | Self::ModelNotAllowed(_) => "permission_error",
             Self::Conflict(_) => "invalid_request_error",
             Self::RateLimited { .. } | Self::Limited(LimitError::Exceeded(_)) => "rate_limit_error",
+            Self::Limited(LimitError::Budget { .. }) => "insufficient_quota",
+            Self::Limited(LimitError::Unpriced { .. }) => "permission_error",
             Self::Limited(LimitError::StoreUnavailable) => "api_error",
             Self::UpstreamRejected { kind, .. } => kind,
             Self::Unavailable { .. } | Self::Overloaded(_) | Self::BadGateway(_) | Self::GatewayTimeout(_) => {
@@ -239,6 +241,8 @@ impl AppError {
             Self::RouteNotFound { .. } => Some("unknown_url"),
             Self::NotFound(_) => Some("not_found"),
             Self::RateLimited { .. } | Self::Limited(LimitError::Exceeded(_)) => Some("rate_limit_exceeded"),
+            Self::Limited(LimitError::Budget { .. }) => Some("budget_exceeded"),
+            Self::Limited(LimitError::Unpriced { .. }) => Some("model_unpriced"),
             Self::Limited(LimitError::StoreUnavailable) => Some("rate_limit_store_unavailable"),
             Self::Overloaded(_) => Some("overloaded"),
             Self::UpstreamRejected { code, .. } => code.as_deref(),
@@ -274,7 +278,7 @@ impl AppError {
         match self {
             Self::RateLimited { retry_after, .. } | Self::Unavailable { retry_after, .. } => *retry_after,
             Self::Overloaded(_) => Some(Duration::from_secs(1)),
-            Self::Limited(e) => Some(e.retry_after()),
+            Self::Limited(e) => e.retry_after(),
             _ => None,
         }
     }

@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub use tenantgate_gateway_core::{
-    auth, backoff, config, egress, limits, llm, policy, redis_client, routing, storage, tls,
+    auth, backoff, config, egress, limits, llm, policy, redis_client, routing, storage, tls, traces,
 };
 
 pub mod admission;

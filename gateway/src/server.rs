@@ -168,6 +168,8 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
         tokio::spawn(crate::mcp::pin::audit_drifts(drifts, state.tenant().clone()));
     }
     crate::mcp::drift_status::start(state.carried().mcp().drift_board());
+    let alerts = crate::limits::alerts::Alerts::in_cluster(&state.runtime().config.tenant.name);
+    tokio::spawn(crate::limits::alerts::watch(state.tenant().clone(), alerts));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let interval = Duration::from_millis(args.config_poll_ms.max(50));
@@ -214,6 +216,9 @@ pub async fn run(args: ServeArgs) -> Result<(), StartError> {
     if let Some(summary) = leftover.summary() {
         write_termination_message(&args.termination_message_path, &summary);
     }
+    // The spans of the last requests (their records are written now).
+    let traced = state.clone();
+    let _ = tokio::task::spawn_blocking(move || traced.carried().shutdown_traces()).await;
     let _ = ops_stop.send(());
     if let Some(ops_server) = ops_server {
         let _ = ops_server.await;

@@ -184,6 +184,44 @@ async fn the_pass_through_counts_calls_against_the_limits() {
 }
 
 #[tokio::test]
+async fn tool_calls_reserve_and_are_charged_their_price_on_both_paths() {
+    let (upstream, echo) = (Upstream::start(), McpEcho::start());
+    // A call costs 0.001; bob may spend 0.0025 a day: two calls, and the third's price does not fit.
+    let limits = "  limits:\n    perUser: { budget: { amount: \"0.0025\", period: Day } }\n";
+    let manifests = manifests(&upstream, &echo, limits).replacen(
+        "    prefix: echo\n",
+        "    prefix: echo\n    pricePerCall: \"0.001\"\n",
+        1,
+    );
+    assert!(manifests.contains("pricePerCall"));
+    let gw = Gateway::start(&manifests).await;
+    let bob = token(json!({"sub": "bob", "roles": ["developer"]}));
+    wait_for_tool(&gw, &bob, "echo_echo").await;
+    let (fast, full) = sessions(&gw, &bob).await;
+    let params = json!({"name": "echo_echo", "arguments": {"text": "hi"}});
+    for session in [&fast, &full] {
+        let (_, _, answered) = call(&gw, &bob, session, json!(7), params.clone()).await;
+        assert_eq!(answered["result"]["content"][0]["text"], "hi", "{answered}");
+    }
+    let (_, _, refused) = call(&gw, &bob, &fast, json!(8), params.clone()).await;
+    assert_eq!(refused["error"]["data"]["reason"], "BudgetExceeded", "{refused}");
+    let message = refused["error"]["message"].as_str().expect("message");
+    assert!(message.starts_with("The user budget of 0.0025 USD per day (UTC) has 0.0005 USD left"), "{message}");
+    // Another user has a budget of their own.
+    let alice = token(json!({"sub": "alice", "roles": ["developer"]}));
+    let alice_session = session(&gw, &alice, json!({})).await;
+    let (_, _, answered) = call(&gw, &alice, &alice_session, json!(9), params).await;
+    assert_eq!(answered["result"]["content"][0]["text"], "hi", "{answered}");
+    // The audit trail carries each answered call's cost, and the refusal.
+    let charged = audit_events(&gw, "toolCall", 3, |e| e["status"] == 200).await;
+    assert!(charged.iter().all(|e| e["details"]["cost"] == "0.001"), "{charged:?}");
+    let refusals = audit_events(&gw, "toolCall", 1, |e| e["status"] == 402).await;
+    assert_eq!(refusals[0]["reason"], "BudgetExceeded", "{refusals:?}");
+    let m = gw.metrics().await;
+    assert!(m.contains("tenantgate_mcp_tool_cost_nanounits_total{connection=\"echo\"} 3000000"), "{m}");
+}
+
+#[tokio::test]
 async fn a_cancelled_call_is_cancelled_upstream_and_audited() {
     let (upstream, echo) = (Upstream::start(), McpEcho::start());
     let gw = Gateway::start(&manifests(&upstream, &echo, "")).await;

@@ -1,7 +1,7 @@
 //! Rate limits and quotas against a real Redis shared by two or four gateway
 //! processes: exact request limits, leased slices (caps never exceeded, most
 //! requests admitted without a Redis call, everything unused given back),
-//! token quotas under concurrent streaming, concurrent streams, stream leases
+//! token quotas and budgets under concurrent streaming, concurrent streams, stream leases
 //! of a crashed replica, and Redis going away and coming back under both fail
 //! modes.
 //!
@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{Value, json};
-use tenantgate_crds::v1alpha1::Limits;
+use tenantgate_crds::pricing::{Amounts, Rates, format_nanos};
+use tenantgate_crds::v1alpha1::{Limits, Price};
 use tenantgate_gateway::limits::{IDLE, RATE_SHARE, RateLimiter, RedisSettings, RedisStore, Reservation, SWEEP, Store};
 use tenantgate_gateway::redis_client::RedisEndpoint;
 
@@ -343,7 +344,7 @@ async fn daily_token_quota_holds_under_concurrent_streaming() {
     assert!(served + reservation > 1500, "refused with {} of 1500 left (reservation {reservation})", 1500 - served);
 }
 
-/// Waits until Redis counts `served` tokens used today in `key`.
+/// Waits until Redis counts `served` units (tokens, nano-units) used in the current window of `key`.
 async fn wait_used(key: &str, served: u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -351,7 +352,7 @@ async fn wait_used(key: &str, served: u64) {
         if used == served {
             return;
         }
-        assert!(Instant::now() < deadline, "Redis counts {used} tokens used, the clients were served {served}");
+        assert!(Instant::now() < deadline, "Redis counts {used} units used in {key}, the clients were served {served}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -551,4 +552,165 @@ async fn redis_outage_fails_open_or_closed_and_recovers_without_restart() {
     for gw in [&open, &closed] {
         assert_eq!(metric(&gw.metrics().await, "tenantgate_ratelimit_backend_up"), Some(1.0));
     }
+}
+
+/// What the "chat" model's target charges (its price in the test fixture):
+/// 2.5 per million input tokens (1.25 cached), 10 per million output tokens.
+fn chat_rates() -> Rates {
+    let price = Price {
+        input_per_million: "2.5".into(),
+        output_per_million: Some("10".into()),
+        cached_input_per_million: Some("1.25".into()),
+        per_request: None,
+    };
+    Amounts::parse(&price).expect("price").rates()
+}
+
+/// What a served answer cost at `rates`, from the usage it reported.
+fn cost_of(usage: &Value, rates: &Rates) -> u64 {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let cached = n(&usage["prompt_tokens_details"]["cached_tokens"]);
+    rates.cost_nanos(n(&usage["prompt_tokens"]), cached, n(&usage["completion_tokens"])) as u64
+}
+
+/// Sends chat requests of `body` as the concurrent users `users` over the
+/// gateways in turn until each has been refused three times in a row;
+/// returns the nano-units the served answers cost and the refusals' messages.
+async fn spend_until_refused(gateways: &[&Gateway], body: &Value, users: std::ops::Range<usize>) -> (u64, Vec<String>) {
+    let rates = chat_rates();
+    let stream = body["stream"] == true;
+    let runs = users.map(|u| {
+        let (body, rates) = (body.to_string(), rates);
+        let user = token(json!({"sub": format!("spender-{u}")}));
+        async move {
+            let (mut spent, mut refusals, mut in_a_row, mut i) = (0, Vec::new(), 0, u);
+            while in_a_row < 3 {
+                let gw = gateways[i % gateways.len()];
+                i += 1;
+                let r = gw.post_raw("/v1/chat/completions", body.clone(), Some(&user)).await;
+                if r.status() == 402 {
+                    refusals.push(assert_over_budget(r).await);
+                    in_a_row += 1;
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    continue;
+                }
+                assert_eq!(r.status(), 200);
+                assert!(header(&r, "x-budget-remaining").is_some(), "budget headers on an answer");
+                in_a_row = 0;
+                let text = r.text().await.expect("answer");
+                let usage = if stream {
+                    text.lines()
+                        .filter_map(|l| l.strip_prefix("data: "))
+                        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                        .find_map(|v| v.get("usage").filter(|u| u.is_object()).cloned())
+                        .expect("a usage chunk")
+                } else {
+                    serde_json::from_str::<Value>(&text).expect("JSON")["usage"].clone()
+                };
+                spent += cost_of(&usage, &rates);
+            }
+            (spent, refusals)
+        }
+    });
+    let all = futures_util::future::join_all(runs).await;
+    (all.iter().map(|(s, _)| s).sum(), all.into_iter().flat_map(|(_, r)| r).collect())
+}
+
+/// Asserts a budget refusal (402, `x-budget-*` headers, OpenAI's error shape) and returns its message.
+async fn assert_over_budget(r: reqwest::Response) -> String {
+    assert_eq!(r.status(), 402);
+    for name in ["x-budget-limit", "x-budget-remaining", "x-budget-reset", "x-budget-scope", "retry-after"] {
+        assert!(header(&r, name).is_some(), "{name} on a budget refusal");
+    }
+    let body: Value = serde_json::from_str(&r.text().await.expect("body")).expect("JSON error");
+    assert_eq!(body["error"]["type"], "insufficient_quota", "{body}");
+    assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+    body["error"]["message"].as_str().expect("message").to_string()
+}
+
+#[tokio::test]
+async fn a_budget_of_exactly_n_worst_cases_is_never_overspent_by_two_replicas() {
+    let _shared = REDIS.read().await;
+    let upstream = Upstream::start();
+    let (streamed, whole) = (chat_body("chat", true), chat_body("chat", false));
+    let worst = |body: &Value| {
+        let request = serde_json::from_value(body.clone()).expect("request");
+        Reservation::of(&request, body.to_string().len()).priced(&chat_rates()).cost
+    };
+    // The budget allows exactly 40 streamed requests' worst case.
+    let n = 40;
+    let budget = n * worst(&streamed);
+    let limits = format!("    budget: {{ amount: \"{}\", period: Month }}\n", format_nanos(budget as i64));
+    let (a, b) = two_gateways(&upstream.url, "lim-budget", &limits).await;
+    let key = "tg:{lim-budget}:budget";
+    // Many users at once, streamed and whole answers, over both replicas.
+    let (mut spent, mut refusals) = (0, Vec::new());
+    for (body, users) in [(&streamed, 0..12), (&whole, 12..16)] {
+        let (s, r) = spend_until_refused(&[&a, &b], body, users).await;
+        spent += s;
+        refusals.extend(r);
+    }
+    assert!(spent <= budget, "spent {spent} of a budget of {budget}");
+    assert!(!refusals.is_empty());
+    assert!(refusals.iter().all(|m| m.contains("The tenant budget of") && m.contains("USD per month")), "{refusals:?}");
+    // Every reservation settles to the cost of its answer: Redis counts exactly what was spent.
+    wait_used(key, spent).await;
+    // With nothing in flight, one user spends what is left: refused only once
+    // less than one request's worst case remains.
+    loop {
+        let (s, r) = spend_until_refused(&[&a, &b], &whole, 0..1).await;
+        spent += s;
+        wait_used(key, spent).await;
+        if s == 0 {
+            assert!(!r.is_empty());
+            break;
+        }
+    }
+    assert!(spent <= budget, "spent {spent} of a budget of {budget}");
+    let left = budget - spent;
+    assert!(left < worst(&whole), "refused with {left} of {budget} left (a worst case is {})", worst(&whole));
+    println!(
+        "budget {budget} nano-units ({n} worst cases): spent {spent} ({:.1}%), left {left} (under one worst case of {})",
+        100.0 * spent as f64 / budget as f64,
+        worst(&whole)
+    );
+}
+
+#[tokio::test]
+async fn a_users_budget_nests_in_the_tenants_across_replicas() {
+    let _shared = REDIS.read().await;
+    let upstream = Upstream::start();
+    let body = chat_body("chat", false);
+    let request = serde_json::from_value(body.clone()).expect("request");
+    let worst = Reservation::of(&request, body.to_string().len()).priced(&chat_rates()).cost;
+    // Each user may spend three worst cases a day; the tenant five.
+    let limits = format!(
+        "    budget: {{ amount: \"{}\", period: Month }}\n    perUser:\n      budget: {{ amount: \"{}\", period: Day }}\n",
+        format_nanos(5 * worst as i64),
+        format_nanos(3 * worst as i64)
+    );
+    let (a, b) = two_gateways(&upstream.url, "lim-budget-user", &limits).await;
+    let (first, refusals) = spend_until_refused(&[&a, &b], &body, 0..1).await;
+    assert!(first <= 3 * worst);
+    assert!(refusals.iter().all(|m| m.contains("The user budget of") && m.contains("per day (UTC)")), "{refusals:?}");
+    // Another user spends the rest of the tenant's month, then the tenant's budget refuses.
+    let (second, refusals) = spend_until_refused(&[&a, &b], &body, 1..2).await;
+    assert!(second > 0, "the second user has a budget of their own");
+    assert!(first + second <= 5 * worst, "spent {} of {}", first + second, 5 * worst);
+    assert!(refusals.iter().any(|m| m.contains("The tenant budget of")), "{refusals:?}");
+    wait_used("tg:{lim-budget-user}:budget", first + second).await;
+    wait_used("tg:{lim-budget-user}:budget:u:spender-0", first).await;
+    wait_used("tg:{lim-budget-user}:budget:u:spender-1", second).await;
+    // The admin API reads the same counters from Redis.
+    let admin = token(json!({"roles": ["tenant-admin"], "sub": "auditor"}));
+    let (status, budgets) = b.get_json("/admin/v1/budgets?subject=spender-0", &admin).await;
+    assert_eq!(status, 200, "{budgets}");
+    let amounts: Vec<(&str, &str)> = budgets["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|b| (b["scope"].as_str().unwrap_or_default(), b["spent"].as_str().unwrap_or_default()))
+        .collect();
+    let (tenant, user) = (format_nanos((first + second) as i64), format_nanos(first as i64));
+    assert_eq!(amounts, [("tenant", tenant.as_str()), ("user", user.as_str())], "{budgets}");
 }

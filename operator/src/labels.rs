@@ -27,6 +27,9 @@ pub const GATEWAY_STATUS_WRITER: &str = "gateway-mcp-status";
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Name of the ConfigMap holding the GatewayConfig.
 pub const GATEWAY_CONFIG: &str = "gateway-config";
+/// Name of the ConfigMap the gateway publishes the tenant's budget spend in
+/// (the operator makes it empty; the gateway writes its data, the operator copies it to status).
+pub const GATEWAY_SPEND: &str = "gateway-spend";
 /// Key of the GatewayConfig in its ConfigMap.
 pub const CONFIG_KEY: &str = "config.yaml";
 /// Port the gateway serves on (HTTP API, probes and metrics).

@@ -353,6 +353,24 @@ async fn full_tenant_converges_follows_changes_and_makes_no_writes_at_rest() -> 
     })
     .await?;
 
+    // The budget the gateway publishes (as it would: its own field manager) reaches the Tenant's
+    // status, and the operator's applies leave the gateway's data alone.
+    let spend = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {
+        "amount": "2000", "spent": "401.5", "currency": "USD", "window": "2026-12", "updatedAt": "2026-12-06T12:00:00Z"}});
+    maps.patch("gateway-spend", &PatchParams::apply("tenantgate-gateway").force(), &Patch::Apply(&spend)).await?;
+    eventually("the published spend reaches status.budget", Duration::from_secs(15), Some(&op), || {
+        let tenants = tenants.clone();
+        async move {
+            let budget = tenants.get("acme").await?.status.and_then(|s| s.budget);
+            Ok(budget.is_some_and(|b| {
+                (b.spent.as_str(), b.amount.as_str(), b.window.as_str()) == ("401.5", "2000", "2026-12")
+            }))
+        }
+    })
+    .await?;
+    let map = maps.get("gateway-spend").await?;
+    assert_eq!(map.data.unwrap_or_default().get("spent").map(String::as_str), Some("401.5"), "not overwritten");
+
     // Faults: a deleted child comes back, a hand edit is undone.
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     services.delete("gateway", &DeleteParams::default()).await?;
@@ -734,7 +752,10 @@ async fn an_api_server_restart_mid_reconcile_converges_without_duplicates_or_orp
         let ns = format!("tg-restart-{i}");
         let lp = ListParams::default().labels("app.kubernetes.io/managed-by=tenantgate-operator");
         assert_eq!(Api::<Deployment>::namespaced(client.clone(), &ns).list(&lp).await?.items.len(), 1, "{ns}");
-        assert_eq!(Api::<ConfigMap>::namespaced(client.clone(), &ns).list(&lp).await?.items.len(), 1, "{ns}");
+        let maps = Api::<ConfigMap>::namespaced(client.clone(), &ns).list(&lp).await?.items;
+        let mut names: Vec<String> = maps.iter().map(ResourceExt::name_any).collect();
+        names.sort();
+        assert_eq!(names, ["gateway-config", "gateway-spend"], "{ns}");
         assert_eq!(Api::<Service>::namespaced(client.clone(), &ns).list(&lp).await?.items.len(), 1, "{ns}");
         let secrets = Api::<Secret>::namespaced(client.clone(), &ns).list(&ListParams::default()).await?;
         assert_eq!(secrets.items.iter().filter(|s| s.name_any() == "gateway-keys").count(), 1, "{ns}");

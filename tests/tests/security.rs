@@ -6,9 +6,12 @@
 
 use std::collections::BTreeSet;
 
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use tenantgate_crds::v1alpha1::McpConnection;
+use tenantgate_gateway_core::limits::alerts::{self, Alerts};
+use tenantgate_gateway_core::limits::{BudgetState, Period, Scope};
 use tenantgate_tests::operator::workspace_binary;
 use tenantgate_tests::*;
 
@@ -197,6 +200,61 @@ async fn a_tenant_gateway_cannot_read_another_tenants_secrets() -> anyhow::Resul
     )?;
     forbidden(own.patch("tools", &params, &Patch::Apply(&status)).await.map(drop), "patch an McpConnection's spec")?;
     forbidden(own.list(&ListParams::default()).await.map(drop), "list McpConnections")?;
+
+    // Budget alerts: the gateway creates its tenant's Events in its own namespace. Two replicas
+    // seeing the same crossing make one Event between them (its name is the window and threshold).
+    let state = BudgetState {
+        scope: Scope::Tenant,
+        limit: 100_000_000_000,
+        spent: 81_000_000_000,
+        period: Period::Month,
+        window: 2026 * 12 + 11,
+        resets_in: std::time::Duration::from_secs(3_600),
+    };
+    for _replica in 0..2 {
+        let alerts = Alerts::new(&a, Some((&a, gateway_a.clone())));
+        assert_eq!(alerts.check(&state, &[50, 80, 95], "USD").await, [50, 80]);
+    }
+    let events: Vec<Event> = Api::<Event>::namespaced(admin.clone(), &a).list(&ListParams::default()).await?.items;
+    let mut names: Vec<_> = events.iter().filter_map(|e| e.metadata.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, [format!("{a}.budget.2026-12.50"), format!("{a}.budget.2026-12.80")]);
+    let eighty = events.iter().find(|e| e.metadata.name.as_deref().is_some_and(|n| n.ends_with(".80"))).expect("80%");
+    assert_eq!(eighty.reason.as_deref(), Some("BudgetThreshold"));
+    assert_eq!(eighty.related.as_ref().and_then(|r| r.name.as_deref()), Some(a.as_str()), "related to the Tenant");
+    assert_eq!(eighty.regarding.as_ref().and_then(|r| r.name.as_deref()), Some("gateway"));
+    assert!(eighty.note.as_deref().is_some_and(|n| n.contains("is 80% spent: 81 USD in 2026-12")), "{eighty:?}");
+    let event = alerts::event(&a, &b, "gw", &state, 95, "x".into());
+    forbidden(
+        Api::<Event>::namespaced(gateway_a.clone(), &b).create(&PostParams::default(), &event).await.map(drop),
+        "create an Event in another tenant's namespace",
+    )?;
+    let theirs = Api::<Event>::namespaced(gateway_a.clone(), &a);
+    forbidden(theirs.list(&ListParams::default()).await.map(drop), "list Events")?;
+    forbidden(theirs.delete(&names[0], &DeleteParams::default()).await.map(drop), "delete an Event")?;
+
+    // Spend: the gateway patches the gateway-spend ConfigMap (the operator makes it), no other.
+    for ns in [&a, &b] {
+        let map: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": alerts::SPEND_MAP}}))?;
+        Api::<ConfigMap>::namespaced(admin.clone(), ns).create(&PostParams::default(), &map).await?;
+    }
+    let alerts = Alerts::new(&a, Some((&a, gateway_a.clone())));
+    assert!(alerts.publish(&state, "USD").await, "published");
+    assert!(!alerts.publish(&state, "USD").await, "unchanged: not written again");
+    let map = Api::<ConfigMap>::namespaced(admin.clone(), &a).get(alerts::SPEND_MAP).await?;
+    let published = map.data.as_ref().and_then(tenantgate_crds::v1alpha1::BudgetStatus::from_data);
+    assert_eq!(published.map(|s| (s.spent, s.window)), Some(("81".into(), "2026-12".into())));
+    let write = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"x": "y"}});
+    let own_maps: Api<ConfigMap> = Api::namespaced(gateway_a.clone(), &a);
+    forbidden(own_maps.patch("gateway-config", &params, &Patch::Apply(&write)).await.map(drop), "patch its config")?;
+    forbidden(
+        Api::<ConfigMap>::namespaced(gateway_a.clone(), &b)
+            .patch(alerts::SPEND_MAP, &params, &Patch::Apply(&write))
+            .await
+            .map(drop),
+        "patch another tenant's spend",
+    )?;
+    forbidden(own_maps.get(alerts::SPEND_MAP).await.map(drop), "read a ConfigMap")?;
 
     for ns in [&a, &b] {
         Api::<Namespace>::all(admin.clone()).delete(ns, &DeleteParams::background()).await?;

@@ -202,6 +202,13 @@ pub struct McpTools {
     /// `deny` (nobody: every tool must be granted by a rule).
     #[serde(default, skip_serializing_if = "AccessDefault::is_allow")]
     pub access_default: AccessDefault,
+    /// What one answered tool call costs, a decimal string in the tenant's `spec.currency`
+    /// (e.g. `"0.002"`): recorded with the call's audit event and charged to the caller's and the
+    /// tenant's budgets, which reserve it before the call is forwarded. Absent: calls are free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 19))]
+    #[x_kube(validation = Rule::new(super::model_price::DECIMAL_RULE).message(super::model_price::DECIMAL_MESSAGE))]
+    pub price_per_call: Option<String>,
 }
 
 /// One grant of `tools.access`.

@@ -4,6 +4,7 @@ mod api_key;
 mod common;
 mod mcp_connection;
 mod model_price;
+mod observability;
 mod prompt_policy;
 mod tenant;
 
@@ -11,6 +12,7 @@ pub use api_key::*;
 pub use common::{SecretKeyRef, conditions};
 pub use mcp_connection::*;
 pub use model_price::*;
+pub use observability::*;
 pub use prompt_policy::*;
 pub use tenant::*;
 

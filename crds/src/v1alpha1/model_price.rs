@@ -92,9 +92,9 @@ pub fn default_currency() -> String {
 }
 
 /// CEL rule text of a non-negative decimal with at most 9 digits on each side of the point.
-const DECIMAL_RULE: &str = "self.matches('^(0|[1-9][0-9]{0,8})([.][0-9]{1,9})?$')";
+pub(crate) const DECIMAL_RULE: &str = "self.matches('^(0|[1-9][0-9]{0,8})([.][0-9]{1,9})?$')";
 /// Message of [`DECIMAL_RULE`].
-const DECIMAL_MESSAGE: &str = "must be a non-negative decimal number written as a string, e.g. \"0.15\" (at most 9 digits before and after the point)";
+pub(crate) const DECIMAL_MESSAGE: &str = "must be a non-negative decimal number written as a string, e.g. \"0.15\" (at most 9 digits before and after the point)";
 
 /// What a model costs, in decimal strings of the currency's units (never floating point).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]

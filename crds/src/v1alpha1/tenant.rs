@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::SecretKeyRef;
 use super::model_price::{Price, default_currency};
+use super::observability::Observability;
 
 /// Desired state of a tenant: identity, upstreams, limits, and how its gateway runs.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -27,6 +28,8 @@ use super::model_price::{Price, default_currency};
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the tenant's gateway is ready"),
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1, description = "Why the tenant is or is not ready"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", description = "URL tenants call"),
+    printcolumn(name = "Spent", type_ = "string", json_path = ".status.budget.spent", description = "What the tenant's budget has spent in its current window"),
+    printcolumn(name = "Budget", type_ = "string", json_path = ".status.budget.amount", description = "The tenant's budget per window, in status.budget.currency"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 60 && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS label of at most 60 characters (the default namespace is tg-<name>)"),
 )]
@@ -106,6 +109,11 @@ pub struct TenantSpec {
     /// Metadata, RFC 9728) and which token audience `/mcp` requires (RFC 8707).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcp: Option<TenantMcp>,
+
+    /// Telemetry the gateway exports beyond its logs and Prometheus metrics: OpenTelemetry
+    /// traces over OTLP. Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observability: Option<Observability>,
 }
 
 /// The tenant's `/mcp` endpoint as an OAuth 2.0 protected resource.
@@ -646,6 +654,10 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_concurrent_streams: Option<u32>,
+    /// Spend cap for the whole tenant, in spec.currency, reserved before each request goes
+    /// upstream and settled to its cost (docs/budgets.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
     /// Limits applied to each user (JWT subject or API key) separately.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_user: Option<UserLimits>,
@@ -675,6 +687,55 @@ pub struct UserLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub tokens_per_day: Option<u64>,
+    /// Spend cap for each user, in spec.currency; a user's spend also counts toward the
+    /// tenant's budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+}
+
+/// Largest budget amount, in units of the currency: budgets are kept in nano-units in Redis,
+/// whose Lua numbers are exact integers only up to 2^53 (about 9.007e15 nano-units).
+pub const MAX_BUDGET_UNITS: u64 = 9_000_000;
+
+/// A spend cap over a calendar window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Budget {
+    /// The most that may be spent in one period, a decimal string in spec.currency, e.g.
+    /// `"250"` or `"12.50"`; at most `"9000000"`. `"0"` refuses every priced request.
+    #[schemars(length(min = 1, max = 17))]
+    #[x_kube(validation = Rule::new("self.matches('^(0|[1-9][0-9]{0,6})([.][0-9]{1,9})?$') && double(self) <= 9000000.0").message("must be a decimal amount written as a string, e.g. \"12.50\": at most \"9000000\", with up to 9 decimals"))]
+    pub amount: String,
+    /// The window the amount applies to: `Day` (a UTC day) or `Month` (a UTC calendar month).
+    #[serde(default)]
+    pub period: BudgetPeriod,
+    /// Percentages of the amount at which the tenant's budget alerts, once per window each: a
+    /// Kubernetes Event in the tenant's namespace (reason `BudgetThreshold`, related to the
+    /// Tenant) and a log line. Not used for `perUser` budgets (no per-user alerts).
+    #[serde(default = "default_alert_at_percent")]
+    #[schemars(length(max = 8), inner(range(min = 1, max = 100)))]
+    pub alert_at_percent: Vec<u8>,
+}
+
+impl Budget {
+    /// A budget of `amount` per `period`, alerting at the default thresholds.
+    pub fn new(amount: &str, period: BudgetPeriod) -> Self {
+        Self { amount: amount.into(), period, alert_at_percent: default_alert_at_percent() }
+    }
+}
+
+fn default_alert_at_percent() -> Vec<u8> {
+    vec![80, 95, 100]
+}
+
+/// The calendar window of a budget, in UTC.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum BudgetPeriod {
+    /// From 00:00 UTC to the next midnight.
+    Day,
+    /// From the first of the month, 00:00 UTC, to the first of the next.
+    #[default]
+    Month,
 }
 
 /// The gateway Deployment.
@@ -947,8 +1008,72 @@ pub struct TenantStatus {
     /// recorded without a cost.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unpriced_targets: Vec<String>,
+    /// The tenant's budget (`spec.limits.budget`) as its gateway last published it: at most every
+    /// 30 s, never per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStatus>,
     /// Ready, Reconciled, GatewayAvailable and Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Where the tenant's budget stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetStatus {
+    /// The budget per window, in `currency`.
+    pub amount: String,
+    /// Spent in `window` (reservations in flight included), in `currency`.
+    pub spent: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// The current window: `2026-12` (a month) or `2026-12-06` (a day), UTC.
+    pub window: String,
+    /// When the gateway published it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+impl BudgetStatus {
+    /// Keys of the `gateway-spend` ConfigMap the gateway publishes it in.
+    pub const KEYS: [&'static str; 5] = ["amount", "spent", "currency", "window", "updatedAt"];
+
+    /// Reads it from the `gateway-spend` ConfigMap's data; `None` when a value
+    /// is missing or not of its shape (the gateway writes it, so it is checked).
+    pub fn from_data(data: &std::collections::BTreeMap<String, String>) -> Option<Self> {
+        let get = |k: &str| data.get(k).filter(|v| v.len() <= 64).cloned();
+        let amount = |k: &str| get(k).filter(|v| crate::pricing::budget_nanos(v).is_ok());
+        let status = Self {
+            amount: amount("amount")?,
+            spent: get("spent").filter(|v| crate::pricing::per_call_nanos(v).is_ok())?,
+            currency: get("currency").filter(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()))?,
+            window: get("window").filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit() || b == b'-'))?,
+            updated_at: get("updatedAt"),
+        };
+        Some(status)
+    }
+}
+
+#[cfg(test)]
+mod budget_status_tests {
+    use super::*;
+
+    #[test]
+    fn what_the_gateway_publishes_is_checked_before_it_reaches_status() {
+        let good: BTreeMap<String, String> =
+            [("amount", "500"), ("spent", "12.5"), ("currency", "EUR"), ("window", "2026-12")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        assert_eq!(BudgetStatus::from_data(&good).map(|s| s.spent), Some("12.5".into()));
+        for (key, bad) in [("spent", "lots"), ("currency", "eur"), ("window", "<script>"), ("amount", "9999999999")] {
+            let mut data = good.clone();
+            data.insert(key.into(), bad.into());
+            assert_eq!(BudgetStatus::from_data(&data), None, "{key}: {bad}");
+        }
+        let mut missing = good.clone();
+        missing.remove("window");
+        assert_eq!(BudgetStatus::from_data(&missing), None);
+    }
 }

@@ -12,7 +12,8 @@
 //! count is served at `GET /calls` (HTTP mode) so tests can prove that a call
 //! the gateway refused never reached this server. `GET /cancelled` counts
 //! `slow` calls that were cancelled; `GET /last-auth` is the last MCP request's
-//! `Authorization` header; `GET /log-level` the level the last
+//! `Authorization` header, `GET /last-traceparent` the last W3C `traceparent` one carried;
+//! `GET /log-level` the level the last
 //! `logging/setLevel` asked for; with `--require-auth` a request without one gets 401.
 #![allow(deprecated)] // logging (rmcp marks it deprecated, SEP-2577): the gateway passes it on for 2025 clients
 
@@ -60,6 +61,8 @@ struct Counters {
     last_auth: std::sync::Mutex<String>,
     /// The level the last `logging/setLevel` asked for.
     log_level: std::sync::Mutex<Option<LoggingLevel>>,
+    /// The W3C `traceparent` header of the last MCP request that had one (trace tests).
+    last_traceparent: std::sync::Mutex<String>,
 }
 
 /// The severity of a log level: rmcp declares them from debug (lowest) to emergency.
@@ -262,6 +265,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let auth = counters.clone();
     let seen = counters.clone();
     let level = counters.clone();
+    let traced = counters.clone();
     let require_auth = args.require_auth;
     let app = axum::Router::new()
         .route("/calls", axum::routing::get(move || async move { calls.calls.load(Ordering::Acquire).to_string() }))
@@ -272,6 +276,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route(
             "/last-auth",
             axum::routing::get(move || async move { auth.last_auth.lock().map(|a| a.clone()).unwrap_or_default() }),
+        )
+        .route(
+            "/last-traceparent",
+            axum::routing::get(
+                move || async move { traced.last_traceparent.lock().map(|t| t.clone()).unwrap_or_default() },
+            ),
         )
         .route(
             "/log-level",
@@ -293,6 +303,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 if request.uri().path() == "/mcp"
                     && let Some(v) = request.headers().get("authorization").and_then(|v| v.to_str().ok())
                     && let Ok(mut last) = seen.last_auth.lock()
+                {
+                    *last = v.to_string();
+                }
+                if request.uri().path() == "/mcp"
+                    && let Some(v) = request.headers().get("traceparent").and_then(|v| v.to_str().ok())
+                    && let Ok(mut last) = seen.last_traceparent.lock()
                 {
                     *last = v.to_string();
                 }

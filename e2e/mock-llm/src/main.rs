@@ -17,7 +17,7 @@
 //!   steps are used in order by the next requests for `m`; `default` applies
 //!   when none is left (omit it to answer normally).
 //! - `POST /_control/reset`, `GET /_control/stats` (requests per model),
-//!   `GET /_control/last?model=m` (the last request's body and credentials header),
+//!   `GET /_control/last?model=m` (the last request's body, credentials header and W3C `traceparent`),
 //!   `GET /_control/requests?model=m` (the bodies of the last 64 requests, oldest first).
 //!
 //! A Step: `{"status": 503, "retry_after": 1, "hang": true, "latency_ms": 50,
@@ -196,7 +196,9 @@ impl Mock {
                 history.pop_front();
             }
             history.push_back(body.clone());
-            s.last.insert(model.to_string(), json!({"body": body, "credential": credential}));
+            let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+            s.last
+                .insert(model.to_string(), json!({"body": body, "credential": credential, "traceparent": traceparent}));
         }
         if let Some(queue) = s.steps.get_mut(model)
             && let Some(front) = queue.front_mut()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
-use tenantgate_crds::config::{GatewayConfig, JwtKeys};
+use tenantgate_crds::config::{GatewayConfig, JwtKeys, TracingConfig};
 use tenantgate_crds::issue::{ConfigIssue, Reason};
 use tenantgate_crds::pricing::Amounts;
 use tenantgate_crds::v1alpha1::{ModelType, ProviderType};
@@ -27,6 +27,7 @@ use crate::llm::{Endpoint, EndpointError, Provider, Wire, anthropic::Anthropic, 
 use crate::policy::Policies;
 use crate::routing::{Breaker, ModelRoute, RetryPolicy, Target};
 use crate::storage::Price;
+use crate::traces::{SharedTraces, Traces, TracesError};
 
 /// The config in force, compiled.
 #[derive(Debug)]
@@ -47,6 +48,8 @@ pub struct Runtime {
     pub limiter: RateLimiter,
     /// Prompt policies, compiled.
     pub policies: Policies,
+    /// The trace pipeline, when the tenant exports traces.
+    pub traces: Option<SharedTraces>,
 }
 
 /// What outlives one config: breakers keep their state across reloads, and
@@ -59,6 +62,7 @@ pub struct Carried {
     jwks_min_refresh: Duration,
     limits: LimitStores,
     mcp: crate::mcp::McpHub,
+    traces: Mutex<Option<(TracingConfig, SharedTraces)>>,
 }
 
 impl Carried {
@@ -71,6 +75,46 @@ impl Carried {
             jwks_min_refresh,
             limits: LimitStores::default(),
             mcp,
+            traces: Mutex::new(None),
+        }
+    }
+
+    /// The trace pipeline of `config`: the one in use while its settings stay, else a new one
+    /// (put in use by [`Self::keep_traces`] once the whole config compiled).
+    fn traces(&self, config: Option<&TracingConfig>, tenant: &str) -> Result<Option<SharedTraces>, TracesError> {
+        let Some(config) = config else { return Ok(None) };
+        let current = self.traces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((c, traces)) = current.as_ref()
+            && c == config
+        {
+            return Ok(Some(traces.clone()));
+        }
+        Ok(Some(Arc::new(Traces::new(config, tenant)?)))
+    }
+
+    /// Puts `traces` in use and flushes and stops the pipeline it replaces (in
+    /// the background: a flush waits on the collector).
+    fn keep_traces(&self, config: Option<&TracingConfig>, traces: Option<&SharedTraces>) {
+        let mut current = self.traces.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let next = config.cloned().zip(traces.cloned());
+        let unchanged = match (current.as_ref(), next.as_ref()) {
+            (Some((_, old)), Some((_, new))) => Arc::ptr_eq(old, new),
+            (None, None) => true,
+            _ => false,
+        };
+        if unchanged {
+            return;
+        }
+        if let Some((_, old)) = std::mem::replace(&mut *current, next) {
+            tokio::task::spawn_blocking(move || old.shutdown());
+        }
+    }
+
+    /// Flushes and stops the trace pipeline in use (at exit; blocking).
+    pub fn shutdown_traces(&self) {
+        let current = self.traces.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some((_, traces)) = current {
+            traces.shutdown();
         }
     }
 
@@ -203,6 +247,24 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
 
     let breaker = &routing.circuit_breaker;
     let open_for = Duration::from_secs(u64::from(breaker.open_seconds));
+    if let Some(limits) = &config.limits {
+        let budgets = [("limits.budget", limits.budget.as_ref())]
+            .into_iter()
+            .chain([("limits.perUser.budget", limits.per_user.as_ref().and_then(|u| u.budget.as_ref()))]);
+        for (at, budget) in budgets {
+            if let Some(b) = budget {
+                tenantgate_crds::pricing::budget_nanos(&b.amount)
+                    .map_err(|e| ConfigIssue::new(Reason::InvalidSpec, e).at(format!("{at}.amount")))?;
+            }
+        }
+    }
+    for (i, c) in config.mcp.iter().enumerate() {
+        if let Some(price) = &c.tools.price_per_call {
+            tenantgate_crds::pricing::per_call_nanos(price).map_err(|e| {
+                ConfigIssue::new(Reason::InvalidSpec, e.to_string()).at(format!("mcp[{i}].tools.pricePerCall"))
+            })?;
+        }
+    }
     let mut prices = HashMap::new();
     for (i, t) in config.pricing.iter().flat_map(|p| p.targets.iter()).enumerate() {
         let amounts = Amounts::of_target(t).map_err(|e| {
@@ -233,7 +295,8 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
                 price: prices.get(&(t.provider.as_str(), t.model.as_str())).cloned(),
             });
         }
-        models.insert(m.name.clone(), ModelRoute { name: m.name.as_str().into(), type_: m.type_, targets });
+        let worst = tenantgate_crds::pricing::Rates::worst(targets.iter().map(|t| t.price.as_ref().map(|p| &p.rates)));
+        models.insert(m.name.clone(), ModelRoute { name: m.name.as_str().into(), type_: m.type_, targets, worst });
     }
 
     let data: Vec<_> = config
@@ -246,8 +309,12 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
     let limiter =
         carried.limits.limiter(&config).await.map_err(|e| ConfigIssue::new(Reason::Unavailable, e.to_string()))?;
     let policies = Policies::compile(&config)?;
+    let traces = carried
+        .traces(config.tracing.as_ref(), &config.tenant.name)
+        .map_err(|e| ConfigIssue::new(Reason::InvalidSpec, e.to_string()).at("tracing"))?;
     // Last, once nothing can fail: connections are (re)made in the background.
     carried.mcp.allow_local_upstreams(config.network.allow_local_upstreams);
     carried.mcp.reconcile(&config.mcp);
-    Ok(Runtime { config, auth, declared_keys, models, retry, models_body, limiter, policies })
+    carried.keep_traces(config.tracing.as_ref(), traces.as_ref());
+    Ok(Runtime { config, auth, declared_keys, models, retry, models_body, limiter, policies, traces })
 }

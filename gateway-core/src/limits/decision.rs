@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::period::Period;
 use super::plan::Plan;
 
 /// Which limit a check is.
@@ -15,6 +16,8 @@ pub enum LimitKind {
     TokensPerMinute,
     /// Tokens per UTC day.
     TokensPerDay,
+    /// Spend per day or month (nano-units).
+    Budget,
     /// Streams open at once.
     Streams,
 }
@@ -29,15 +32,23 @@ pub enum Scope {
 }
 
 /// The checks of one decision, in the order of `lease.lua`'s KEYS and results.
-pub const CHECKS: [(LimitKind, Scope); 7] = [
+pub const CHECKS: [(LimitKind, Scope); N] = [
     (LimitKind::Requests, Scope::Tenant),
     (LimitKind::Requests, Scope::User),
     (LimitKind::TokensPerMinute, Scope::Tenant),
     (LimitKind::TokensPerMinute, Scope::User),
     (LimitKind::TokensPerDay, Scope::Tenant),
     (LimitKind::TokensPerDay, Scope::User),
+    (LimitKind::Budget, Scope::Tenant),
+    (LimitKind::Budget, Scope::User),
     (LimitKind::Streams, Scope::Tenant),
 ];
+
+/// How many checks a decision has.
+pub const N: usize = 9;
+
+/// The outcome of every check of a decision (`None`: not configured).
+pub type Outcomes = [Option<Outcome>; N];
 
 /// The outcome of one configured check.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -63,13 +74,15 @@ pub struct Window {
     pub reset: Duration,
 }
 
-/// The request and token windows of a decision.
+/// The request, token and budget windows of a decision.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// The tightest request limit.
     pub requests: Option<Window>,
     /// The tightest token limit (per minute or per day: the one with the least left).
     pub tokens: Option<Window>,
+    /// The tightest budget (tenant or user: the one with the least left), in nano-units.
+    pub budget: Option<Window>,
 }
 
 /// Why a request was refused.
@@ -83,6 +96,10 @@ pub struct Denial {
     pub limit: u64,
     /// When to try again.
     pub retry_after: Duration,
+    /// The window of a budget that refused.
+    pub period: Option<Period>,
+    /// What the refusing limit had left.
+    pub remaining: u64,
     /// Headers to send.
     pub snapshot: Snapshot,
 }
@@ -90,12 +107,13 @@ pub struct Denial {
 /// A decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Admitted; `day` is the UTC day number the tokens were reserved on.
+    /// Admitted.
     Allowed {
         /// Headers to send.
         snapshot: Snapshot,
-        /// Days since the Unix epoch, by the store's clock.
-        day: i64,
+        /// Seconds since the Unix epoch by the store's clock: the windows
+        /// (day, month) the reservation was taken in.
+        at: i64,
     },
     /// Refused; nothing was taken.
     Denied(Denial),
@@ -115,12 +133,13 @@ pub fn limit_of(plan: &Plan, i: usize) -> Option<u64> {
         LimitKind::Requests => scope?.requests.map(|g| (60e6 / g.interval_us).round() as u64),
         LimitKind::TokensPerMinute => scope?.tokens_per_minute.map(|g| g.capacity),
         LimitKind::TokensPerDay => scope?.tokens_per_day,
+        LimitKind::Budget => scope?.budget.map(|b| b.nanos),
         LimitKind::Streams => plan.max_streams.map(u64::from),
     }
 }
 
 /// Assembles the outcomes of the configured checks (`None`: not configured).
-pub fn verdict(plan: &Plan, outcomes: &[Option<Outcome>; 7], day: i64) -> Verdict {
+pub fn verdict(plan: &Plan, outcomes: &Outcomes, at: i64) -> Verdict {
     let window = |slots: &[usize]| {
         slots
             .iter()
@@ -128,31 +147,37 @@ pub fn verdict(plan: &Plan, outcomes: &[Option<Outcome>; 7], day: i64) -> Verdic
             .min_by_key(|(_, o)| o.remaining)
             .map(|(limit, o)| Window { limit, remaining: o.remaining, reset: micros(o.reset_us) })
     };
-    let snapshot = Snapshot { requests: window(&[0, 1]), tokens: window(&[2, 3, 4, 5]) };
+    let snapshot = Snapshot { requests: window(&[0, 1]), tokens: window(&[2, 3, 4, 5]), budget: window(&[6, 7]) };
     let worst = (0..CHECKS.len())
         .filter_map(|i| outcomes[i].filter(|o| !o.allowed).map(|o| (i, o)))
         .max_by(|(_, a), (_, b)| a.retry_us.total_cmp(&b.retry_us));
     match worst {
-        None => Verdict::Allowed { snapshot, day },
+        None => Verdict::Allowed { snapshot, at },
         Some((i, o)) => Verdict::Denied(Denial {
             kind: CHECKS[i].0,
             scope: CHECKS[i].1,
             limit: limit_of(plan, i).unwrap_or(0),
             retry_after: micros(o.retry_us),
+            period: budget_period(plan, i),
+            remaining: o.remaining,
             snapshot,
         }),
     }
 }
 
-/// Microseconds from `now_us` (since the epoch) to the next UTC midnight.
-pub fn until_midnight_us(now_us: f64) -> f64 {
-    let day = (now_us / 86_400e6).floor();
-    (day + 1.0) * 86_400e6 - now_us
+/// The period of check `i` when it is a budget.
+pub fn budget_period(plan: &Plan, i: usize) -> Option<Period> {
+    let scope = match CHECKS[i] {
+        (LimitKind::Budget, Scope::Tenant) => Some(plan.tenant),
+        (LimitKind::Budget, Scope::User) => plan.user,
+        _ => None,
+    };
+    scope?.budget.map(|b| b.period)
 }
 
 #[cfg(test)]
 mod tests {
-    use tenantgate_crds::v1alpha1::{Limits, UserLimits};
+    use tenantgate_crds::v1alpha1::{Budget, BudgetPeriod, Limits, UserLimits};
 
     use super::*;
 
@@ -175,9 +200,9 @@ mod tests {
 
     #[test]
     fn headers_show_the_tightest_scope() {
-        let v = verdict(&plan(), &[ok(50), ok(3), ok(9_000), None, None, None, None], 7);
-        let Verdict::Allowed { snapshot, day } = v else { panic!("{v:?}") };
-        assert_eq!(day, 7);
+        let v = verdict(&plan(), &[ok(50), ok(3), ok(9_000), None, None, None, None, None, None], 7);
+        let Verdict::Allowed { snapshot, at } = v else { panic!("{v:?}") };
+        assert_eq!(at, 7);
         assert_eq!(snapshot.requests, Some(Window { limit: 60, remaining: 3, reset: Duration::from_secs(1) }));
         assert_eq!(snapshot.tokens.map(|w| (w.limit, w.remaining)), Some((10_000, 9_000)));
     }
@@ -185,15 +210,28 @@ mod tests {
     #[test]
     fn the_denial_that_frees_up_last_is_reported() {
         let deny = |retry_us| Some(Outcome { allowed: false, retry_us, remaining: 0, reset_us: retry_us });
-        let v = verdict(&plan(), &[deny(100_000.0), deny(2_500_000.0), ok(1), None, None, None, None], 0);
+        let v = verdict(&plan(), &[deny(100_000.0), deny(2_500_000.0), ok(1), None, None, None, None, None, None], 0);
         let Verdict::Denied(d) = v else { panic!("{v:?}") };
         assert_eq!((d.kind, d.scope, d.limit), (LimitKind::Requests, Scope::User, 60));
         assert_eq!(d.retry_after, Duration::from_millis(2500));
     }
 
     #[test]
-    fn midnight_is_counted_in_utc() {
-        let noon = (20_000.0 * 86_400.0 + 43_200.0) * 1e6;
-        assert!((until_midnight_us(noon) - 43_200e6).abs() < 1.0);
+    fn a_budget_denial_names_its_period_and_what_was_left() {
+        let p = Plan::new(
+            "t",
+            &Limits {
+                requests_per_minute: Some(600),
+                per_user: Some(UserLimits { budget: Some(Budget::new("1", BudgetPeriod::Day)), ..Default::default() }),
+                ..Default::default()
+            },
+        )
+        .expect("plan");
+        let refused = Some(Outcome { allowed: false, retry_us: 3_600e6, remaining: 40, reset_us: 3_600e6 });
+        let v = verdict(&p, &[ok(10), None, None, None, None, None, None, refused, None], 0);
+        let Verdict::Denied(d) = v else { panic!("{v:?}") };
+        assert_eq!((d.kind, d.scope, d.limit, d.remaining), (LimitKind::Budget, Scope::User, 1_000_000_000, 40));
+        assert_eq!(d.period, Some(Period::Day));
+        assert_eq!(d.snapshot.budget.map(|w| w.remaining), Some(40));
     }
 }

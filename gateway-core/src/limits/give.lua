@@ -4,14 +4,16 @@
 -- Mirrors Gcra::settle; a bucket never holds more than its capacity.
 --
 -- KEYS: 1 tenant rpm, 2 user rpm, 3 tenant tpm, 4 user tpm, 5 tenant tpd,
---       6 user tpd, 7 tenant streams
--- ARGV: for each bucket two numbers: interval_us or daily limit (0 = skip), amount;
---       13 the day the daily amounts were taken on, 14 stream slot member ('' = none)
+--       6 user tpd, 7 tenant budget, 8 user budget, 9 tenant streams
+-- ARGV: for each bucket three numbers: interval_us or windowed limit (0 = skip),
+--       amount, and the window a windowed amount was taken in (a windowed
+--       amount of an earlier window is dropped: that window is over);
+--       25 stream slot member ('' = none)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 for i = 1, 4 do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local amount = tonumber(ARGV[2 * i])
+  local interval = tonumber(ARGV[3 * i - 2])
+  local amount = tonumber(ARGV[3 * i - 1])
   if interval > 0 and amount ~= 0 then
     local tat = math.max(tonumber(redis.call('GET', KEYS[i]) or '0'), now)
     local new = tat - amount * interval
@@ -22,18 +24,18 @@ for i = 1, 4 do
     end
   end
 end
-local day = tonumber(ARGV[13])
-for i = 5, 6 do
-  local limit = tonumber(ARGV[2 * i - 1])
-  local amount = tonumber(ARGV[2 * i])
+for i = 5, 8 do
+  local limit = tonumber(ARGV[3 * i - 2])
+  local amount = tonumber(ARGV[3 * i - 1])
+  local w = tonumber(ARGV[3 * i])
   if limit > 0 and amount ~= 0 then
     local v = redis.call('HMGET', KEYS[i], 'd', 'u')
-    if tonumber(v[1]) == day then
-      redis.call('HSET', KEYS[i], 'u', math.max(0, (tonumber(v[2]) or 0) - amount))
+    if tonumber(v[1]) == w then
+      redis.call('HSET', KEYS[i], 'u', string.format('%d', math.max(0, (tonumber(v[2]) or 0) - amount)))
     end
   end
 end
-if ARGV[14] ~= '' then
-  redis.call('ZREM', KEYS[7], ARGV[14])
+if ARGV[25] ~= '' then
+  redis.call('ZREM', KEYS[9], ARGV[25])
 end
 return 1

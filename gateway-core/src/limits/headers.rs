@@ -1,9 +1,11 @@
-//! The `x-ratelimit-*` headers OpenAI sends, from a decision's snapshot.
+//! The `x-ratelimit-*` headers OpenAI sends, and the `x-budget-*` headers
+//! of budgets (amounts in the tenant's currency), from a decision's snapshot.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use tenantgate_crds::pricing::format_nanos;
 
 use super::decision::{Snapshot, Window};
 
@@ -13,6 +15,10 @@ const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-re
 const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
 const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
 const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+const LIMIT_BUDGET: HeaderName = HeaderName::from_static("x-budget-limit");
+const REMAINING_BUDGET: HeaderName = HeaderName::from_static("x-budget-remaining");
+const RESET_BUDGET: HeaderName = HeaderName::from_static("x-budget-reset");
+const SCOPE_BUDGET: HeaderName = HeaderName::from_static("x-budget-scope");
 
 /// Sets the headers of every window the snapshot has.
 pub fn apply(snapshot: &Snapshot, headers: &mut HeaderMap) {
@@ -28,6 +34,22 @@ pub fn apply(snapshot: &Snapshot, headers: &mut HeaderMap) {
     };
     set(&snapshot.requests, [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS]);
     set(&snapshot.tokens, [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS]);
+    if let Some(w) = &snapshot.budget {
+        let amount = |nanos: u64| HeaderValue::try_from(format_nanos(nanos as i64)).ok();
+        for (name, value) in [(LIMIT_BUDGET, amount(w.limit)), (REMAINING_BUDGET, amount(w.remaining))] {
+            if let Some(v) = value {
+                headers.insert(name, v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&go_duration(w.reset)) {
+            headers.insert(RESET_BUDGET, v);
+        }
+    }
+}
+
+/// Names the budget that refused (`tenant` or `user`).
+pub fn budget_scope(scope: &'static str, headers: &mut HeaderMap) {
+    headers.insert(SCOPE_BUDGET, HeaderValue::from_static(scope));
 }
 
 /// A duration as OpenAI writes resets (Go's format): `20ms`, `1.5s`, `6m0s`,
@@ -72,10 +94,21 @@ mod tests {
     fn sets_request_and_token_headers() {
         let mut h = HeaderMap::new();
         let w = Window { limit: 60, remaining: 3, reset: Duration::from_millis(2500) };
-        apply(&Snapshot { requests: Some(w), tokens: None }, &mut h);
+        apply(&Snapshot { requests: Some(w), ..Default::default() }, &mut h);
         assert_eq!(h["x-ratelimit-limit-requests"], "60");
         assert_eq!(h["x-ratelimit-remaining-requests"], "3");
         assert_eq!(h["x-ratelimit-reset-requests"], "2.5s");
         assert!(!h.contains_key("x-ratelimit-limit-tokens"));
+        assert!(!h.contains_key("x-budget-limit"));
+    }
+
+    #[test]
+    fn budget_headers_are_amounts_of_the_currency() {
+        let mut h = HeaderMap::new();
+        let w = Window { limit: 25_000_000_000, remaining: 1_250_000, reset: Duration::from_secs(3_600) };
+        apply(&Snapshot { budget: Some(w), ..Default::default() }, &mut h);
+        assert_eq!(h["x-budget-limit"], "25");
+        assert_eq!(h["x-budget-remaining"], "0.00125");
+        assert_eq!(h["x-budget-reset"], "1h0m0s");
     }
 }

@@ -7,13 +7,16 @@
 -- arithmetic mirrors gateway-core/src/limits/gcra.rs and local.rs.
 --
 -- KEYS: 1 tenant rpm, 2 user rpm, 3 tenant tpm, 4 user tpm, 5 tenant tpd,
---       6 user tpd, 7 tenant streams (sorted set of stream slots)
--- ARGV: for each of the six buckets, four numbers:
+--       6 user tpd, 7 tenant budget, 8 user budget,
+--       9 tenant streams (sorted set of stream slots)
+-- ARGV: for each of the eight buckets, four numbers:
 --         GCRA (1-4): interval_us (0 = not configured), capacity, need, want
---         daily (5-6): limit (0 = not configured), 0, need, want
+--         windowed (5-8): limit (0 = not configured), period (0 = UTC day,
+--         1 = UTC month), need, want; budgets count nano-units, exact while
+--         below 2^53 (the CRD caps a budget at 9e15)
 --       `need` units must be granted or nothing is taken; up to `want` are
 --       granted when the bucket has them.
---       25 max streams (0 = no slot wanted), 26 slot member, 27 slot lease ms
+--       33 max streams (0 = no slot wanted), 34 slot member, 35 slot lease ms
 -- Returns: {now_us, day, then for each bucket and the stream slot: state
 --          (-1 off, 0 refused, 1 granted), granted, retry_us, remaining, reset_us}
 local t = redis.call('TIME')
@@ -22,6 +25,39 @@ local day = math.floor(tonumber(t[1]) / 86400)
 local out = {now, day}
 local writes = {}
 local ok = true
+
+-- Year and month of day number `d` (H. Hinnant's civil_from_days), and the
+-- day number of the first of a month: the same as gateway-core/src/limits/period.rs.
+local function civil(d)
+  local z = d + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m
+end
+
+local function first_of_month(y, m)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + math.floor((153 * mp + 2) / 5)
+  return era * 146097 + doe - 719468
+end
+
+-- The window of `period` holding now, and microseconds until it ends.
+local function window(period)
+  if period == 0 then return day, (day + 1) * 86400000000 - now end
+  local y, m = civil(day)
+  local ny, nm = y, m + 1
+  if nm == 13 then ny, nm = y + 1, 1 end
+  return y * 12 + m - 1, first_of_month(ny, nm) * 86400000000 - now
+end
 
 local function push(state, granted, retry, remaining, reset)
   out[#out + 1] = state
@@ -50,17 +86,17 @@ local function gcra(i, interval, capacity, need, want)
   push(1, granted, 0, math.max(0, available - granted), new - now)
 end
 
-local function daily(i, limit, need, want)
+local function windowed(i, limit, period, need, want)
   if limit <= 0 then return push(-1, 0, 0, 0, 0) end
   need = math.min(need, limit)
   want = math.min(math.max(want, need), limit)
+  local w, reset = window(period)
   local v = redis.call('HMGET', KEYS[i], 'd', 'u')
   local used = 0
-  if tonumber(v[1]) == day then used = tonumber(v[2]) or 0 end
-  local reset = (day + 1) * 86400000000 - now
+  if tonumber(v[1]) == w then used = tonumber(v[2]) or 0 end
   if used + need > limit then return push(0, 0, reset, math.max(0, limit - used), reset) end
   local granted = math.max(need, math.min(want, limit - used))
-  if granted > 0 then writes[#writes + 1] = {'daily', KEYS[i], used + granted, reset} end
+  if granted > 0 then writes[#writes + 1] = {'window', KEYS[i], used + granted, reset, w} end
   push(1, granted, 0, limit - used - granted, reset)
 end
 
@@ -68,17 +104,17 @@ for i = 1, 4 do
   local a = 4 * (i - 1)
   gcra(i, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]))
 end
-for i = 5, 6 do
+for i = 5, 8 do
   local a = 4 * (i - 1)
-  daily(i, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]))
+  windowed(i, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]))
 end
 
-local max_streams = tonumber(ARGV[25])
+local max_streams = tonumber(ARGV[33])
 local now_ms = math.floor(now / 1000)
 if max_streams > 0 then
   -- Slots of crashed replicas expire here.
-  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', now_ms)
-  local open = redis.call('ZCARD', KEYS[7])
+  redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', now_ms)
+  local open = redis.call('ZCARD', KEYS[9])
   if open >= max_streams then
     push(0, 0, 1000000, 0, 0)
   else
@@ -90,15 +126,15 @@ end
 
 if ok then
   if max_streams > 0 then
-    local lease = tonumber(ARGV[27])
-    redis.call('ZADD', KEYS[7], now_ms + lease, ARGV[26])
-    redis.call('PEXPIRE', KEYS[7], 2 * lease)
+    local lease = tonumber(ARGV[35])
+    redis.call('ZADD', KEYS[9], now_ms + lease, ARGV[34])
+    redis.call('PEXPIRE', KEYS[9], 2 * lease)
   end
   for _, w in ipairs(writes) do
     if w[1] == 'gcra' then
       redis.call('SET', w[2], string.format('%.17g', w[3]), 'PX', math.ceil((w[3] - now) / 1000) + 1000)
     else
-      redis.call('HSET', w[2], 'd', day, 'u', w[3])
+      redis.call('HSET', w[2], 'd', w[5], 'u', string.format('%d', w[3]))
       redis.call('PEXPIRE', w[2], math.ceil(w[4] / 1000) + 86400000)
     end
   end

@@ -34,9 +34,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use super::decision::{Outcome, Verdict, verdict};
+use super::decision::{N, Outcome, Outcomes, Verdict, verdict};
+use super::period::Period;
 use super::plan::{Plan, UserKeys};
 use super::redis_store::{Grant, LeaseAnswer, RedisStore, StoreError};
+use super::reserve::Charge;
 
 /// A slice aims to cover this much of the replica's recent demand.
 pub const HORIZON: Duration = Duration::from_millis(200);
@@ -47,55 +49,85 @@ pub const IDLE: Duration = Duration::from_millis(500);
 pub const SWEEP: Duration = Duration::from_millis(100);
 /// The largest slice of a per-minute bucket is its capacity divided by this.
 pub const RATE_SHARE: u64 = 16;
-/// The largest slice of a daily quota is the quota divided by this.
+/// The largest slice of a daily quota or a budget is the quota divided by this.
 pub const DAY_SHARE: u64 = 64;
 
-/// Buckets in the order of `lease.lua`'s keys: requests, tokens per minute and
-/// tokens per day, each for the tenant then the user.
-pub(super) const BUCKETS: usize = 6;
+/// Buckets in the order of `lease.lua`'s keys: requests, tokens per minute,
+/// tokens per day and budget, each for the tenant then the user.
+pub(super) const BUCKETS: usize = 8;
 
 /// One configured bucket of a plan.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(super) struct Bucket {
-    /// GCRA interval in microseconds, or the daily limit.
+    /// GCRA interval in microseconds, or the windowed limit.
     pub a: f64,
-    /// GCRA capacity (0 for a daily quota).
+    /// GCRA capacity (0 for a windowed limit).
     pub capacity: u64,
-    /// The most a request can take (the capacity, or the daily limit).
+    /// The most a request can take (the capacity, or the windowed limit).
     pub max: u64,
     /// The largest slice (0: decided in Redis per request).
     pub share: u64,
+    /// The window of a daily quota or a budget (`None`: a GCRA bucket).
+    pub period: Option<Period>,
 }
 
-/// The six buckets of `plan` (`None`: not configured, or a user bucket without a user).
+/// The buckets of `plan` (`None`: not configured, or a user bucket without a user).
 pub(super) fn buckets(plan: &Plan, has_user: bool) -> [Option<Bucket>; BUCKETS] {
     let user = plan.user.filter(|_| has_user);
     let gcra = |g: Option<super::gcra::Gcra>| {
-        g.map(|g| Bucket { a: g.interval_us, capacity: g.capacity, max: g.capacity, share: g.capacity / RATE_SHARE })
+        g.map(|g| Bucket {
+            a: g.interval_us,
+            capacity: g.capacity,
+            max: g.capacity,
+            share: g.capacity / RATE_SHARE,
+            period: None,
+        })
     };
-    let day = |d: Option<u64>| d.map(|d| Bucket { a: d as f64, capacity: 0, max: d, share: d / DAY_SHARE });
+    let window = |limit: Option<u64>, period: Period| {
+        limit.map(|l| Bucket { a: l as f64, capacity: 0, max: l, share: l / DAY_SHARE, period: Some(period) })
+    };
+    let budget = |s: Option<super::plan::ScopeLimits>| {
+        let b = s.and_then(|s| s.budget)?;
+        window(Some(b.nanos), b.period)
+    };
     [
         gcra(plan.tenant.requests),
         gcra(user.and_then(|u| u.requests)),
         gcra(plan.tenant.tokens_per_minute),
         gcra(user.and_then(|u| u.tokens_per_minute)),
-        day(plan.tenant.tokens_per_day),
-        day(user.and_then(|u| u.tokens_per_day)),
+        window(plan.tenant.tokens_per_day, Period::Day),
+        window(user.and_then(|u| u.tokens_per_day), Period::Day),
+        budget(Some(plan.tenant)),
+        budget(user),
     ]
 }
 
-/// What one request takes from each configured bucket.
-pub(super) fn costs(buckets: &[Option<Bucket>; BUCKETS], tokens: u64) -> [Option<u64>; BUCKETS] {
-    std::array::from_fn(|i| buckets[i].map(|b| if i < 2 { 1 } else { tokens }.min(b.max)))
+/// What bucket `i` counts of a charge: requests, tokens or nano-units.
+fn units(i: usize, charge: Charge) -> u64 {
+    match i {
+        0 | 1 => 1,
+        2..6 => charge.tokens,
+        _ => charge.nanos,
+    }
 }
 
-/// What settling a reservation of `reserved` tokens that used `actual` gives
-/// back to each token bucket (negative: charges).
-pub(super) fn settlement(buckets: &[Option<Bucket>; BUCKETS], reserved: u64, actual: u64) -> [i64; BUCKETS] {
+/// What one request takes from each configured bucket.
+pub(super) fn costs(buckets: &[Option<Bucket>; BUCKETS], charge: Charge) -> [Option<u64>; BUCKETS] {
+    std::array::from_fn(|i| buckets[i].map(|b| units(i, charge).min(b.max)))
+}
+
+/// What settling a reservation of `reserved` that used `actual` gives back to
+/// each token and budget bucket (negative: charges).
+pub(super) fn settlement(buckets: &[Option<Bucket>; BUCKETS], reserved: Charge, actual: Charge) -> [i64; BUCKETS] {
     std::array::from_fn(|i| match buckets[i] {
-        Some(b) if i >= 2 => reserved.min(b.max) as i64 - actual as i64,
+        Some(b) if i >= 2 => units(i, reserved).min(b.max) as i64 - units(i, actual) as i64,
         _ => 0,
     })
+}
+
+/// The window each bucket's units were taken in at second `at` (0 for GCRA buckets).
+pub(super) fn windows(buckets: &[Option<Bucket>; BUCKETS], at: i64) -> [i64; BUCKETS] {
+    std::array::from_fn(|i| buckets[i].and_then(|b| b.period).map_or(0, |p| p.window(at)))
 }
 
 /// This replica's slice of one bucket.
@@ -121,12 +153,12 @@ impl Balance {
 }
 
 /// The slices of one scope (the tenant, or one user): requests, tokens per
-/// minute, tokens per day.
+/// minute, tokens per day, budget.
 #[derive(Debug)]
 struct Slice {
-    balances: [Balance; 3],
-    /// The UTC day (by Redis' clock) the daily balance belongs to.
-    day: i64,
+    balances: [Balance; 4],
+    /// The windows (by Redis' clock) the daily and budget balances belong to.
+    windows: [i64; 2],
     last_used: Instant,
     /// A background top-up is on its way.
     topping_up: bool,
@@ -135,8 +167,13 @@ struct Slice {
 }
 
 impl Slice {
-    fn new(keys: Option<Arc<UserKeys>>, day: i64) -> Self {
-        Self { balances: [Balance::default(); 3], day, last_used: Instant::now(), topping_up: false, keys }
+    fn new(keys: Option<Arc<UserKeys>>, windows: [i64; 2]) -> Self {
+        Self { balances: [Balance::default(); 4], windows, last_used: Instant::now(), topping_up: false, keys }
+    }
+
+    /// The window balance `k` (2: tokens per day, 3: budget) belongs to.
+    fn window(&self, k: usize) -> i64 {
+        self.windows[k - 2]
     }
 }
 
@@ -148,10 +185,10 @@ struct Clock {
 }
 
 impl Clock {
-    /// The UTC day Redis will have `ahead` from `now`.
-    fn day(&self, now: Instant, ahead: Duration) -> i64 {
+    /// The second Redis will be at `ahead` from `now`.
+    fn at(&self, now: Instant, ahead: Duration) -> i64 {
         let us = self.redis_us + (now.saturating_duration_since(self.at) + ahead).as_micros() as f64;
-        (us / 86_400e6).floor() as i64
+        (us / 1e6).floor() as i64
     }
 }
 
@@ -164,12 +201,18 @@ struct State {
 }
 
 impl State {
-    /// The two scopes of a request: the tenant's slice and, with `user`, the user's.
-    fn scopes(&mut self, user: Option<&Arc<UserKeys>>, day: i64) -> Scopes<'_> {
-        let user =
-            user.map(|u| &mut *self.users.entry(u.subject.clone()).or_insert_with(|| Slice::new(Some(u.clone()), day)));
+    /// The two scopes of a request: the tenant's slice and, with `user`, the
+    /// user's (new ones in `windows`).
+    fn scopes(&mut self, user: Option<&Arc<UserKeys>>, windows: [i64; 2]) -> Scopes<'_> {
+        let user = user
+            .map(|u| &mut *self.users.entry(u.subject.clone()).or_insert_with(|| Slice::new(Some(u.clone()), windows)));
         Scopes { tenant: &mut self.tenant, user }
     }
+}
+
+/// The daily and budget windows of a user's slice, from bucket windows.
+fn user_windows(w: &[i64; BUCKETS]) -> [i64; 2] {
+    [w[5], w[7]]
 }
 
 /// The slices of a request's two scopes.
@@ -204,11 +247,11 @@ impl Scopes<'_> {
 /// Amounts to give back (positive) or charge (negative) per bucket.
 type Amounts = [i64; BUCKETS];
 
-/// A give-back to send: whose keys, the amounts, the day of the daily amounts.
+/// A give-back to send: whose keys, the amounts, the windows of the windowed amounts.
 struct Give {
     user: Option<Arc<UserKeys>>,
     amounts: Amounts,
-    day: i64,
+    windows: [i64; BUCKETS],
 }
 
 /// The slices this replica holds for one plan over one Redis store.
@@ -248,7 +291,7 @@ impl Leases {
             plan,
             redis,
             state: Mutex::new(State {
-                tenant: Slice::new(None, 0),
+                tenant: Slice::new(None, [0; 2]),
                 users: HashMap::new(),
                 clock: None,
                 last_sweep: now,
@@ -264,12 +307,12 @@ impl Leases {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Admits a request taking one request and `tokens` tokens, from the slices
+    /// Admits a request taking one request and `charge`, from the slices
     /// held here when they cover it, else with one call to Redis that takes
     /// what is missing plus a new slice.
-    pub async fn admit(self: &Arc<Self>, user: Option<&Arc<UserKeys>>, tokens: u64) -> Result<Verdict, StoreError> {
+    pub async fn admit(self: &Arc<Self>, user: Option<&Arc<UserKeys>>, charge: Charge) -> Result<Verdict, StoreError> {
         let buckets = buckets(&self.plan, user.is_some());
-        let costs = costs(&buckets, tokens);
+        let costs = costs(&buckets, charge);
         let ask = match self.take_local(&buckets, &costs, user) {
             Local::Admitted(verdict) => return Ok(verdict),
             Local::Ask(ask) => ask,
@@ -291,7 +334,7 @@ impl Leases {
     /// Puts back what a request took from the slices here when it was not admitted.
     fn untake(&self, user: Option<&Arc<UserKeys>>, taken: &[u64; BUCKETS]) {
         let mut state = self.state();
-        state.scopes(user, 0).add(taken, 1);
+        state.scopes(user, [0; 2]).add(taken, 1);
     }
 
     /// Takes `costs` from the slices here, or says what to ask Redis for.
@@ -303,16 +346,16 @@ impl Leases {
     ) -> Local {
         let now = Instant::now();
         let mut state = self.state();
-        let day = state.clock.map(|c| c.day(now, Duration::ZERO));
-        // The daily slices are used only while Redis' day (a second from now) is theirs.
-        let safe_day = state.clock.map(|c| c.day(now, Duration::from_secs(1)));
-        let mut scopes = state.scopes(user, day.unwrap_or(0));
-        let mut covered = day.is_some();
+        let at = state.clock.map(|c| c.at(now, Duration::ZERO));
+        // The windowed slices are used only while Redis' window (a second from now) is theirs.
+        let safe = state.clock.map(|c| windows(buckets, c.at(now, Duration::from_secs(1))));
+        let mut scopes = state.scopes(user, user_windows(&windows(buckets, at.unwrap_or(0))));
+        let mut covered = at.is_some();
         let mut ask = Ask { need: [0; BUCKETS], want: [0; BUCKETS], taken: [0; BUCKETS] };
         for i in 0..BUCKETS {
             let (Some(b), Some(cost)) = (buckets[i], costs[i]) else { continue };
             let Some((slice, k)) = scopes.of(i) else { continue };
-            let usable = k < 2 || Some(slice.day) == safe_day;
+            let usable = k < 2 || safe.is_some_and(|w| w[i] == slice.window(k));
             let held = if usable { slice.balances[k].held.max(0) as u64 } else { 0 };
             if held < cost {
                 covered = false;
@@ -327,7 +370,7 @@ impl Leases {
             scopes.add(&ask.taken, -1);
             return Local::Ask(ask);
         }
-        let mut outcomes = [None; 7];
+        let mut outcomes: Outcomes = [None; N];
         let mut low = false;
         for i in 0..BUCKETS {
             let (Some(b), Some(cost)) = (buckets[i], costs[i]) else { continue };
@@ -339,7 +382,7 @@ impl Leases {
             low |= !slice.topping_up && b.share > 0 && (balance.held.max(0) as u64) < balance.aim(b.share) / 2;
             outcomes[i] = Some(outcome(balance, now));
         }
-        let verdict = verdict(&self.plan, &outcomes, day.unwrap_or_default());
+        let verdict = verdict(&self.plan, &outcomes, at.unwrap_or_default());
         drop(state);
         metrics::counter!("tenantgate_ratelimit_local_admissions_total").increment(1);
         if low {
@@ -360,16 +403,19 @@ impl Leases {
         let now = Instant::now();
         let mut state = self.state();
         state.clock = Some(Clock { at: now, redis_us: answer.now_us });
-        let mut scopes = state.scopes(user, answer.day);
-        for slice in scopes.both() {
-            if slice.day != answer.day {
-                // Yesterday's daily slice is worth nothing today.
-                slice.balances[2].held = 0;
-                slice.day = answer.day;
+        let at = (answer.now_us / 1e6).floor() as i64;
+        let current = windows(buckets, at);
+        let mut scopes = state.scopes(user, user_windows(&current));
+        for i in 4..BUCKETS {
+            let Some((slice, k)) = buckets[i].and_then(|_| scopes.of(i)) else { continue };
+            if slice.window(k) != current[i] {
+                // Yesterday's daily slice (last month's budget slice) is worth nothing now.
+                slice.balances[k].held = 0;
+                slice.windows[k - 2] = current[i];
             }
         }
         let allowed = answer.grants.iter().flatten().all(|g| g.allowed);
-        let mut outcomes = [None; 7];
+        let mut outcomes: Outcomes = [None; N];
         for i in 0..BUCKETS {
             let (Some(_), Some(grant)) = (buckets[i], answer.grants[i]) else { continue };
             let Some((slice, k)) = scopes.of(i) else { continue };
@@ -393,7 +439,7 @@ impl Leases {
                 });
             }
         }
-        verdict(&self.plan, &outcomes, answer.day)
+        verdict(&self.plan, &outcomes, at)
     }
 
     /// Tops up, in the background, the slices of the tenant and `user` that
@@ -406,7 +452,7 @@ impl Leases {
         let mut want = [0; BUCKETS];
         {
             let mut state = self.state();
-            let mut scopes = state.scopes(user.as_ref(), 0);
+            let mut scopes = state.scopes(user.as_ref(), [0; 2]);
             for (i, b) in buckets.iter().enumerate() {
                 let Some(b) = b else { continue };
                 let Some((slice, k)) = scopes.of(i) else { continue };
@@ -426,24 +472,25 @@ impl Leases {
                 this.apply(&buckets, &Ask { need: [0; BUCKETS], want, taken: [0; BUCKETS] }, user.as_ref(), answer);
             }
             let mut state = this.state();
-            state.scopes(user.as_ref(), 0).both().for_each(|s| s.topping_up = false);
+            state.scopes(user.as_ref(), [0; 2]).both().for_each(|s| s.topping_up = false);
         });
     }
 
-    /// Settles a reservation of `reserved` tokens that used `actual`, taken on `day`.
-    pub fn settle(self: &Arc<Self>, user: Option<&Arc<UserKeys>>, reserved: u64, actual: u64, day: i64) {
+    /// Settles a reservation of `reserved` that used `actual`, taken at second `at`.
+    pub fn settle(self: &Arc<Self>, user: Option<&Arc<UserKeys>>, reserved: Charge, actual: Charge, at: i64) {
         let buckets = buckets(&self.plan, user.is_some());
+        let taken_in = windows(&buckets, at);
         let mut now_amounts = [0i64; BUCKETS];
         {
             let mut state = self.state();
-            let mut scopes = state.scopes(user, day);
+            let mut scopes = state.scopes(user, user_windows(&taken_in));
             let deltas = settlement(&buckets, reserved, actual);
             for (i, b) in buckets.iter().enumerate().skip(2) {
                 let Some(b) = b else { continue };
                 let delta = deltas[i];
                 let Some((slice, k)) = scopes.of(i) else { continue };
-                if k == 2 && slice.day != day {
-                    continue; // that day's quota is over
+                if k >= 2 && slice.window(k) != taken_in[i] {
+                    continue; // that window is over
                 }
                 if b.share == 0 {
                     now_amounts[i] = delta;
@@ -453,7 +500,7 @@ impl Leases {
             }
         }
         if now_amounts.iter().any(|&a| a != 0) {
-            self.send(vec![Give { user: user.cloned(), amounts: now_amounts, day }]);
+            self.send(vec![Give { user: user.cloned(), amounts: now_amounts, windows: taken_in }]);
         }
     }
 
@@ -484,7 +531,11 @@ impl Leases {
                     balance.rate = 0.0;
                 }
             }
-            (amounts.iter().any(|&a| a != 0)).then(|| Give { user: slice.keys.clone(), amounts, day: slice.day })
+            let mut windows = [0; BUCKETS];
+            for k in 2..4 {
+                windows[2 * k + offset] = slice.window(k);
+            }
+            (amounts.iter().any(|&a| a != 0)).then(|| Give { user: slice.keys.clone(), amounts, windows })
         };
         gives.extend(sweep(&mut state.tenant, 0, &tenant_buckets));
         let mut gone = Vec::new();
@@ -524,8 +575,8 @@ impl Leases {
         }
     }
 
-    /// Units this replica holds of the tenant's requests, tokens per minute and tokens per day.
-    pub fn held(&self) -> [i64; 3] {
+    /// Units this replica holds of the tenant's requests, tokens per minute, tokens per day and budget.
+    pub fn held(&self) -> [i64; 4] {
         self.state().tenant.balances.map(|b| b.held)
     }
 
@@ -543,7 +594,7 @@ impl Leases {
 async fn give_all(redis: Arc<RedisStore>, plan: Arc<Plan>, gives: Vec<Give>) -> Vec<Give> {
     let mut failed = Vec::new();
     for g in gives {
-        if !redis.give(&plan, g.user.as_deref(), &g.amounts, g.day, None).await {
+        if !redis.give(&plan, g.user.as_deref(), &g.amounts, &g.windows, None).await {
             failed.push(g);
         }
     }
@@ -590,12 +641,11 @@ impl Leases {
     fn restore(&self, gives: Vec<Give>) {
         let mut state = self.state();
         for g in gives {
-            let day = g.day;
-            let mut scopes = state.scopes(g.user.as_ref(), day);
+            let mut scopes = state.scopes(g.user.as_ref(), user_windows(&g.windows));
             for (i, amount) in g.amounts.iter().enumerate() {
                 if let Some((slice, k)) = scopes.of(i)
                     && *amount != 0
-                    && (k < 2 || slice.day == day)
+                    && (k < 2 || slice.window(k) == g.windows[i])
                 {
                     slice.balances[k].held += amount;
                 }
@@ -617,9 +667,13 @@ pub(super) fn grant(state: i64, granted: i64, retry_us: i64, remaining: i64, res
 
 #[cfg(test)]
 mod tests {
-    use tenantgate_crds::v1alpha1::{Limits, UserLimits};
+    use tenantgate_crds::v1alpha1::{Budget, BudgetPeriod, Limits, UserLimits};
 
     use super::*;
+
+    fn tokens(tokens: u64) -> Charge {
+        Charge { tokens, nanos: 0 }
+    }
 
     fn plan(limits: Limits) -> Plan {
         Plan::new("t", &limits).expect("plan")
@@ -648,7 +702,7 @@ mod tests {
     fn costs_are_capped_at_what_a_bucket_can_ever_hold() {
         let p = plan(Limits { requests_per_minute: Some(600), tokens_per_minute: Some(1_000), ..Default::default() });
         let b = buckets(&p, false);
-        assert_eq!(costs(&b, 5_000), [Some(1), None, Some(1_000), None, None, None]);
+        assert_eq!(costs(&b, tokens(5_000)), [Some(1), None, Some(1_000), None, None, None, None, None]);
     }
 
     #[test]
@@ -675,15 +729,15 @@ mod tests {
         }
         let b = buckets(&leases.plan, false);
         // One request covered here: admitted locally.
-        assert!(matches!(leases.take_local(&b, &costs(&b, 10), None), Local::Admitted(_)));
+        assert!(matches!(leases.take_local(&b, &costs(&b, tokens(10)), None), Local::Admitted(_)));
         assert_eq!(leases.held()[..2], [0, 0]);
         leases.state().tenant.balances[0].held = 1;
         // The next one is short of tokens: it takes the one request unit now and asks for the tokens.
-        let Local::Ask(ask) = leases.take_local(&b, &costs(&b, 50), None) else { panic!("not covered") };
+        let Local::Ask(ask) = leases.take_local(&b, &costs(&b, tokens(50)), None) else { panic!("not covered") };
         assert_eq!((ask.taken[0], ask.need[0]), (1, 0));
         assert_eq!((ask.taken[2], ask.need[2]), (0, 50));
         // Meanwhile a concurrent request finds nothing left to spend twice.
-        assert!(matches!(leases.take_local(&b, &costs(&b, 0), None), Local::Ask(_)));
+        assert!(matches!(leases.take_local(&b, &costs(&b, tokens(0)), None), Local::Ask(_)));
         // Refused (or Redis down): the unit goes back.
         leases.untake(None, &ask.taken);
         assert_eq!(leases.held()[0], 1);
@@ -694,7 +748,36 @@ mod tests {
         let at = Instant::now();
         let day = 20_000i64;
         let clock = Clock { at, redis_us: (day as f64 + 1.0) * 86_400e6 - 500_000.0 };
-        assert_eq!(clock.day(at, Duration::ZERO), day);
-        assert_eq!(clock.day(at, Duration::from_secs(1)), day + 1, "half a second before midnight");
+        assert_eq!(Period::Day.window(clock.at(at, Duration::ZERO)), day);
+        assert_eq!(Period::Day.window(clock.at(at, Duration::from_secs(1))), day + 1, "half a second before midnight");
+    }
+
+    #[test]
+    fn budgets_are_buckets_of_nano_units_in_their_own_windows() {
+        let p = plan(Limits {
+            tokens_per_day: Some(6_400),
+            budget: Some(Budget::new("64", BudgetPeriod::Month)),
+            per_user: Some(UserLimits { budget: Some(Budget::new("1", BudgetPeriod::Day)), ..Default::default() }),
+            ..Default::default()
+        });
+        let b = buckets(&p, true);
+        assert_eq!(
+            b[6].map(|b| (b.max, b.share, b.period)),
+            Some((64_000_000_000, 1_000_000_000, Some(Period::Month)))
+        );
+        assert_eq!(b[7].map(|b| (b.max, b.period)), Some((1_000_000_000, Some(Period::Day))));
+        let charge = Charge { tokens: 700, nanos: 2_000_000_000 };
+        assert_eq!(
+            costs(&b, charge),
+            [None, None, None, None, Some(700), None, Some(2_000_000_000), Some(1_000_000_000)],
+            "a cost above a budget is capped at the budget (and refused by it)"
+        );
+        let back = settlement(&b, charge, Charge { tokens: 100, nanos: 300_000_000 });
+        assert_eq!(back[4], 600);
+        assert_eq!(back[6], 1_700_000_000);
+        assert_eq!(back[7], 700_000_000, "the user's bucket gives back what it took, less the cost");
+        // 2026-12-06 00:00 UTC: day 20,793 and month 2026-12.
+        let w = windows(&b, 1_796_515_200);
+        assert_eq!((w[4], w[6], w[7], w[0]), (20_793, 2026 * 12 + 11, 20_793, 0));
     }
 }

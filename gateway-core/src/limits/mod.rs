@@ -1,8 +1,9 @@
-//! Rate limits and quotas: requests per minute with burst (GCRA), tokens per
-//! minute and per UTC day (reserved up front, settled with the real usage),
-//! and streams open at once, for the tenant and for each user. Shared by all
-//! replicas through Redis when `storage.redisUrlFile` is set, in-process
-//! otherwise, with the same semantics.
+//! Rate limits, quotas and budgets: requests per minute with burst (GCRA),
+//! tokens per minute and per UTC day, and spend per UTC day or month (both
+//! reserved up front, settled with the real usage), and streams open at once,
+//! for the tenant and for each user. Shared by all replicas through Redis
+//! when `storage.redisUrlFile` is set, in-process otherwise, with the same
+//! semantics.
 //!
 //! A request calls [`RateLimiter::admit`] once and gets an [`Admission`];
 //! dropping the admission settles its reservation and frees its stream slot,
@@ -10,12 +11,14 @@
 //! requests are admitted from slices this replica leased ahead of need
 //! ([`lease`]), without a round trip.
 
+pub mod alerts;
 mod decision;
 mod gcra;
 mod headers;
 mod health;
 mod lease;
 mod local;
+mod period;
 mod plan;
 mod redis_store;
 mod reserve;
@@ -25,6 +28,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
 use tenantgate_crds::config::GatewayConfig;
+use tenantgate_crds::pricing::{Rates, format_nanos};
 use tenantgate_crds::v1alpha1::{FailMode, Limits};
 
 pub use decision::{Denial, LimitKind, Scope, Snapshot, Verdict, Window};
@@ -33,11 +37,12 @@ pub use headers::go_duration;
 pub use health::PROBE_INTERVAL;
 pub use lease::{DAY_SHARE, HORIZON, IDLE, Leases, RATE_SHARE, SWEEP};
 pub use local::LocalStore;
-pub use plan::{Plan, UserKeys, default_burst};
+pub use period::Period;
+pub use plan::{BudgetLimit, Plan, UserKeys, default_burst};
 pub use redis_store::{RedisSettings, RedisStore, StoreError};
-pub use reserve::{BYTES_PER_TOKEN, DEFAULT_COMPLETION_RESERVE, Reservation};
+pub use reserve::{BYTES_PER_TOKEN, Charge, DEFAULT_COMPLETION_RESERVE, Reservation};
 
-use crate::llm::types::ChatRequest;
+use crate::llm::types::{ChatRequest, Usage};
 use crate::redis_client::{RedisConfigError, RedisEndpoint};
 
 /// Per-user key names kept for this many recent subjects.
@@ -57,7 +62,28 @@ pub enum Store {
 pub enum LimitError {
     /// A limit is reached.
     #[error("{}", denial_message(.0))]
-    Exceeded(Denial),
+    Exceeded(Box<Denial>),
+    /// A budget has less left than the request may cost.
+    #[error("{}", budget_message(.denial, .currency))]
+    Budget {
+        /// Which budget, and what it had left.
+        denial: Box<Denial>,
+        /// The tenant's currency.
+        currency: Arc<str>,
+    },
+    /// The tenant has budgets and a target of the model has no price: its
+    /// requests could not be charged.
+    #[error(
+        "model {model:?} cannot be used under this tenant's budgets: {unpriced}; ask the platform team to price it (a ModelPrice or the target's price) in {currency}"
+    )]
+    Unpriced {
+        /// The model asked for.
+        model: String,
+        /// What is unpriced.
+        unpriced: &'static str,
+        /// The tenant's currency.
+        currency: Arc<str>,
+    },
     /// Redis is unreachable and `limits.failMode` is `closed`.
     #[error(
         "rate limits cannot be checked right now: the limit store is unreachable and this tenant's limits.failMode is closed; try again shortly"
@@ -65,25 +91,46 @@ pub enum LimitError {
     StoreUnavailable,
 }
 
-fn denial_message(d: &Denial) -> String {
-    let scope = match d.scope {
+fn scope_name(scope: Scope) -> &'static str {
+    match scope {
         Scope::Tenant => "tenant",
         Scope::User => "user",
-    };
+    }
+}
+
+fn denial_message(d: &Denial) -> String {
     let what = match d.kind {
         LimitKind::Requests => "Rate limit reached for requests per minute",
         LimitKind::TokensPerMinute => "Rate limit reached for tokens per minute",
         LimitKind::TokensPerDay => "Quota reached for tokens per day",
+        LimitKind::Budget => "Budget reached",
         LimitKind::Streams => "Too many streams open at once",
     };
+    let scope = scope_name(d.scope);
     format!("{what} ({scope} limit {}). Please try again in {}.", d.limit, go_duration(d.retry_after))
 }
 
+fn budget_message(d: &Denial, currency: &str) -> String {
+    let per = match d.period {
+        Some(Period::Day) => "day (UTC)",
+        Some(Period::Month) | None => "month (UTC)",
+    };
+    let (limit, left) = (format_nanos(d.limit as i64), format_nanos(d.remaining as i64));
+    format!(
+        "The {} budget of {limit} {currency} per {per} has {left} {currency} left, less than this request may cost. It resets in {}.",
+        scope_name(d.scope),
+        go_duration(d.retry_after)
+    )
+}
+
 impl LimitError {
-    /// HTTP status: 429, or 503 when the store is down and failing closed.
+    /// HTTP status: 429; 402 for a budget; 403 for a model that cannot be
+    /// charged; 503 when the store is down and failing closed.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Exceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Budget { .. } => StatusCode::PAYMENT_REQUIRED,
+            Self::Unpriced { .. } => StatusCode::FORBIDDEN,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -94,24 +141,33 @@ impl LimitError {
             Self::Exceeded(d) => match d.kind {
                 LimitKind::Requests => "RateLimited",
                 LimitKind::TokensPerMinute | LimitKind::TokensPerDay => "TokenQuotaExceeded",
+                LimitKind::Budget => "BudgetExceeded",
                 LimitKind::Streams => "TooManyStreams",
             },
+            Self::Budget { .. } => "BudgetExceeded",
+            Self::Unpriced { .. } => "ModelUnpriced",
             Self::StoreUnavailable => "LimitStoreUnavailable",
         }
     }
 
-    /// When to try again.
-    pub fn retry_after(&self) -> Duration {
+    /// When to try again (`None`: not by waiting).
+    pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Exceeded(d) => d.retry_after,
-            Self::StoreUnavailable => PROBE_INTERVAL,
+            Self::Exceeded(d) | Self::Budget { denial: d, .. } => Some(d.retry_after),
+            Self::Unpriced { .. } => None,
+            Self::StoreUnavailable => Some(PROBE_INTERVAL),
         }
     }
 
-    /// Adds the `x-ratelimit-*` headers of the decision.
+    /// Adds the `x-ratelimit-*` and `x-budget-*` headers of the decision.
     pub fn apply_headers(&self, headers: &mut HeaderMap) {
-        if let Self::Exceeded(d) = self {
-            headers::apply(&d.snapshot, headers);
+        match self {
+            Self::Exceeded(d) => headers::apply(&d.snapshot, headers),
+            Self::Budget { denial, .. } => {
+                headers::apply(&denial.snapshot, headers);
+                headers::budget_scope(scope_name(denial.scope), headers);
+            }
+            Self::Unpriced { .. } | Self::StoreUnavailable => {}
         }
     }
 }
@@ -119,6 +175,8 @@ impl LimitError {
 #[derive(Debug)]
 struct Enforced {
     plan: Arc<Plan>,
+    /// The tenant's currency, for budget messages.
+    currency: Arc<str>,
     store: Store,
     users: Option<quick_cache::sync::Cache<String, Arc<UserKeys>>>,
     /// This replica's slices of the shared buckets (Redis only).
@@ -142,7 +200,15 @@ impl RateLimiter {
             Store::Redis(r) => Some(Leases::new(plan.clone(), r.clone())),
             Store::Local(_) => None,
         };
-        Self(Some(Enforced { plan, store, users, leases }))
+        Self(Some(Enforced { plan, store, users, leases, currency: "".into() }))
+    }
+
+    /// Names budgets in `currency` (the tenant's).
+    pub fn with_currency(mut self, currency: &str) -> Self {
+        if let Some(e) = &mut self.0 {
+            e.currency = currency.into();
+        }
+        self
     }
 
     /// No limits.
@@ -165,12 +231,40 @@ impl RateLimiter {
         self.0.as_ref().map(|e| &*e.plan)
     }
 
-    /// Admits one chat request of `subject` (body of `body_len` bytes) or says which limit refuses it.
-    pub async fn admit(&self, subject: &str, request: &ChatRequest, body_len: usize) -> Result<Admission, LimitError> {
+    /// Admits one chat request of `subject` (body of `body_len` bytes) to a
+    /// model whose targets' worst rates are `worst` (`None`: a target has no
+    /// price), or says which limit refuses it.
+    pub async fn admit(
+        &self,
+        subject: &str,
+        request: &ChatRequest,
+        body_len: usize,
+        worst: Option<&Rates>,
+    ) -> Result<Admission, LimitError> {
         if self.0.is_none() {
             return Ok(Admission::default());
         }
-        self.admit_reservation(subject, Reservation::of(request, body_len), request.stream).await
+        let reservation = self.price(Reservation::of(request, body_len), worst, &request.model)?;
+        self.admit_reservation(subject, reservation, request.stream).await
+    }
+
+    /// `reservation` with its worst-case cost at `worst` when budgets apply;
+    /// refused when they do and a target of `model` has no price.
+    pub fn price(
+        &self,
+        reservation: Reservation,
+        worst: Option<&Rates>,
+        model: &str,
+    ) -> Result<Reservation, LimitError> {
+        let Some(e) = self.0.as_ref().filter(|e| e.plan.counts_cost()) else { return Ok(reservation) };
+        match worst {
+            Some(rates) => Ok(reservation.priced(rates)),
+            None => Err(LimitError::Unpriced {
+                model: model.to_owned(),
+                unpriced: "one of its targets has no price",
+                currency: e.currency.clone(),
+            }),
+        }
     }
 
     /// Admits a request reserving `reservation` tokens, and a stream slot when `stream`.
@@ -183,7 +277,11 @@ impl RateLimiter {
         let Some(e) = &self.0 else { return Ok(Admission::default()) };
         let plan = &e.plan;
         let counts_tokens = plan.counts_tokens();
-        let cost = if counts_tokens { reservation.total() } else { 0 };
+        let counts_cost = plan.counts_cost();
+        let charge = Charge {
+            tokens: if counts_tokens { reservation.total() } else { 0 },
+            nanos: if counts_cost { reservation.cost } else { 0 },
+        };
         let user = e.users.as_ref().map(|cache| {
             cache.get(subject).unwrap_or_else(|| {
                 let keys = Arc::new(plan.user_keys(subject));
@@ -194,18 +292,18 @@ impl RateLimiter {
         let (verdict, lease) = match &e.store {
             Store::Local(local) => {
                 let stream = stream && plan.max_streams.is_some();
-                let v = local.admit(plan, user.as_ref().map(|u| &*u.subject), cost, stream);
+                let v = local.admit(plan, user.as_ref().map(|u| &*u.subject), charge, stream);
                 (Ok(v), stream.then_some(Lease::Local))
             }
             // A stream that needs a slot is decided in Redis (slots are not leased).
             Store::Redis(redis) if stream && plan.max_streams.is_some() => {
-                match redis.admit(plan, user.as_deref(), cost, stream).await {
+                match redis.admit(plan, user.as_deref(), charge, stream).await {
                     Ok((v, member)) => (Ok(v), member.map(Lease::Redis)),
                     Err(err) => (Err(err), None),
                 }
             }
             Store::Redis(_) => match &e.leases {
-                Some(leases) => (leases.admit(user.as_ref(), cost).await, None),
+                Some(leases) => (leases.admit(user.as_ref(), charge).await, None),
                 None => unreachable!("a Redis store always has leases"),
             },
         };
@@ -214,25 +312,30 @@ impl RateLimiter {
             _ => None,
         };
         match verdict {
-            Ok(Verdict::Allowed { snapshot, day }) => {
-                let pending = (counts_tokens || lease.is_some()).then(|| Pending {
+            Ok(Verdict::Allowed { snapshot, at }) => {
+                let pending = (counts_tokens || counts_cost || lease.is_some()).then(|| Pending {
                     store: e.store.clone(),
                     leased,
                     plan: e.plan.clone(),
                     user,
                     reservation,
                     counts_tokens,
-                    day,
+                    counts_cost,
+                    at,
                     lease,
                     usage: None,
                     events: None,
+                    rates: None,
                 });
                 Ok(Admission { snapshot, pending })
             }
             Ok(Verdict::Denied(denial)) => {
-                metrics::counter!("tenantgate_ratelimit_denied_total", "reason" => LimitError::Exceeded(denial).as_reason())
-                    .increment(1);
-                Err(LimitError::Exceeded(denial))
+                let error = match denial.kind {
+                    LimitKind::Budget => LimitError::Budget { denial: Box::new(denial), currency: e.currency.clone() },
+                    _ => LimitError::Exceeded(Box::new(denial)),
+                };
+                metrics::counter!("tenantgate_ratelimit_denied_total", "reason" => error.as_reason()).increment(1);
+                Err(error)
             }
             // Counted and logged once per outage by the store's health.
             Err(_) => match plan.fail_mode {
@@ -258,28 +361,42 @@ struct Pending {
     user: Option<Arc<UserKeys>>,
     reservation: Reservation,
     counts_tokens: bool,
-    day: i64,
+    counts_cost: bool,
+    /// When it was admitted (seconds since the epoch, by the store's clock).
+    at: i64,
     lease: Option<Lease>,
-    usage: Option<u64>,
+    /// What the reply used, when it said.
+    usage: Option<Charge>,
     events: Option<u64>,
+    /// The rates of the target that answered.
+    rates: Option<Rates>,
 }
 
 impl Pending {
-    fn reserved(&self) -> u64 {
-        if self.counts_tokens { self.reservation.total() } else { 0 }
+    fn reserved(&self) -> Charge {
+        Charge {
+            tokens: if self.counts_tokens { self.reservation.total() } else { 0 },
+            nanos: if self.counts_cost { self.reservation.cost } else { 0 },
+        }
     }
 
-    /// The tokens to charge: the reported usage; for a stream without one,
-    /// the prompt estimate plus one token per event received; otherwise the
-    /// reservation.
-    fn actual(&self) -> u64 {
-        if !self.counts_tokens {
-            return 0;
-        }
-        match (self.usage, self.events) {
-            (Some(total), _) => total,
-            (None, Some(events)) => self.reservation.prompt + events.min(self.reservation.completion),
-            (None, None) => self.reservation.total(),
+    /// What to charge: the reported usage (at the answering target's price);
+    /// for a stream without one, the prompt estimate plus one token per event
+    /// received; otherwise the reservation.
+    fn actual(&self) -> Charge {
+        let r = &self.reservation;
+        let actual = match (self.usage, self.events) {
+            (Some(usage), _) => usage,
+            (None, Some(events)) => {
+                let completion = events.min(r.completion);
+                let nanos = self.rates.map_or(r.cost, |rates| reserve::cost(&rates, r.prompt, 0, completion));
+                Charge { tokens: r.prompt + completion, nanos }
+            }
+            (None, None) => Charge { tokens: r.total(), nanos: r.cost },
+        };
+        Charge {
+            tokens: if self.counts_tokens { actual.tokens } else { 0 },
+            nanos: if self.counts_cost { actual.nanos } else { 0 },
         }
     }
 
@@ -287,25 +404,25 @@ impl Pending {
         let (reserved, actual) = (self.reserved(), self.actual());
         if let Some(leases) = &self.leased {
             if reserved != actual {
-                leases.settle(self.user.as_ref(), reserved, actual, self.day);
+                leases.settle(self.user.as_ref(), reserved, actual, self.at);
             }
             return;
         }
         let subject = self.user.as_ref().map(|u| &*u.subject);
         match (&self.store, self.lease) {
             (Store::Local(local), lease) => {
-                local.settle(&self.plan, subject, reserved, actual, self.day, lease.is_some());
+                local.settle(&self.plan, subject, reserved, actual, self.at, lease.is_some());
             }
             (Store::Redis(redis), lease) => {
                 let member = match lease {
                     Some(Lease::Redis(m)) => Some(m),
                     _ => None,
                 };
-                let (redis, plan, user, day) = (redis.clone(), self.plan, self.user, self.day);
+                let (redis, plan, user, at) = (redis.clone(), self.plan, self.user, self.at);
                 match tokio::runtime::Handle::try_current() {
                     Ok(rt) => {
                         rt.spawn(
-                            async move { redis.settle(&plan, user.as_deref(), reserved, actual, day, member).await },
+                            async move { redis.settle(&plan, user.as_deref(), reserved, actual, at, member).await },
                         );
                     }
                     Err(_) => tracing::warn!("no runtime to settle a rate limit reservation on; its lease will expire"),
@@ -329,15 +446,44 @@ impl Admission {
         &self.snapshot
     }
 
-    /// Adds the `x-ratelimit-*` headers.
+    /// Adds the `x-ratelimit-*` and `x-budget-*` headers.
     pub fn apply_headers(&self, headers: &mut HeaderMap) {
         headers::apply(&self.snapshot, headers);
     }
 
-    /// The upstream reported `total` tokens (prompt plus completion).
-    pub fn record_usage(&mut self, total: u64) {
+    /// The target that answered charges `rates` (`None`: no price).
+    pub fn answered_at(&mut self, rates: Option<&Rates>) {
         if let Some(p) = &mut self.pending {
-            p.usage = Some(total);
+            p.rates = rates.copied();
+        }
+    }
+
+    /// The upstream reported `usage`: charged at the answering target's rates.
+    pub fn record_usage(&mut self, usage: &Usage) {
+        let cached = usage.prompt_tokens_details.cached_tokens;
+        self.record_tokens(usage.prompt_tokens, cached, usage.completion_tokens);
+    }
+
+    /// The upstream reported `prompt` input tokens (`cached` of them from a
+    /// cache) and `completion` output tokens.
+    pub fn record_tokens(&mut self, prompt: u64, cached: u64, completion: u64) {
+        if let Some(p) = &mut self.pending {
+            let nanos = p.rates.map_or(p.reservation.cost, |r| reserve::cost(&r, prompt, cached, completion));
+            p.usage = Some(Charge { tokens: prompt + completion, nanos });
+        }
+    }
+
+    /// The request cost `nanos` (a fixed price: an MCP tool call's).
+    pub fn record_cost(&mut self, nanos: u64) {
+        if let Some(p) = &mut self.pending {
+            p.usage = Some(Charge { tokens: 0, nanos });
+        }
+    }
+
+    /// No target answered: nothing is charged.
+    pub fn record_failure(&mut self) {
+        if let Some(p) = &mut self.pending {
+            p.usage = Some(Charge::default());
         }
     }
 
@@ -361,6 +507,61 @@ impl Drop for Admission {
         if let Some(p) = self.pending.take() {
             p.finish();
         }
+    }
+}
+
+/// A budget as it stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetState {
+    /// The tenant's, or a user's.
+    pub scope: Scope,
+    /// The cap, in nano-units.
+    pub limit: u64,
+    /// Spent in the current window, reservations in flight (and, with Redis,
+    /// slices the replicas hold) included: what no request can take any more.
+    pub spent: u64,
+    /// The window kind.
+    pub period: Period,
+    /// The current window (day or month number).
+    pub window: i64,
+    /// Until the window ends.
+    pub resets_in: Duration,
+}
+
+impl RateLimiter {
+    /// The tenant's budget and, for `subject`, the user's, as they stand now.
+    pub async fn budgets(&self, subject: Option<&str>) -> Result<Vec<BudgetState>, StoreError> {
+        let Some(e) = &self.0 else { return Ok(Vec::new()) };
+        let now_us =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_micros() as f64);
+        let at = (now_us / 1e6).floor() as i64;
+        let user = e.plan.user.and_then(|u| u.budget).zip(subject);
+        let scopes = [(Scope::Tenant, e.plan.tenant.budget, None)]
+            .into_iter()
+            .chain(user.map(|(b, s)| (Scope::User, Some(b), Some(s))));
+        let mut out = Vec::new();
+        for (scope, budget, subject) in scopes {
+            let Some(b) = budget else { continue };
+            let window = b.period.window(at);
+            let spent = match &e.store {
+                Store::Local(local) => local.spent(subject, window),
+                Store::Redis(redis) => {
+                    let key = match subject {
+                        None => e.plan.keys.budget.clone(),
+                        Some(s) => e.plan.user_keys(s).budget,
+                    };
+                    redis.spent(&key, window).await?
+                }
+            };
+            let resets_in = Duration::from_micros(b.period.reset_us(now_us).max(0.0) as u64);
+            out.push(BudgetState { scope, limit: b.nanos, spent, period: b.period, window, resets_in });
+        }
+        Ok(out)
+    }
+
+    /// The tenant's currency.
+    pub fn currency(&self) -> &str {
+        self.0.as_ref().map_or("", |e| &e.currency)
     }
 }
 
@@ -409,7 +610,8 @@ impl LimitStores {
                 }
             }
         };
-        let limiter = RateLimiter::new(&config.tenant.name, Some(limits), store.clone());
+        let currency = config.pricing.as_ref().map_or("", |p| &p.currency);
+        let limiter = RateLimiter::new(&config.tenant.name, Some(limits), store.clone()).with_currency(currency);
         // A new Redis connection is made before the limiter serves (after the
         // fail mode is known, for the log line): its TLS handshake must not
         // eat the first decisions' time budget.
@@ -432,7 +634,7 @@ mod tests {
     }
 
     fn res(prompt: u64, completion: u64) -> Reservation {
-        Reservation { prompt, completion }
+        Reservation::tokens(prompt, completion)
     }
 
     #[tokio::test]
@@ -441,7 +643,7 @@ mod tests {
         let mut a = l.admit_reservation("u", res(100, 800), false).await.expect("admitted");
         assert_eq!(a.snapshot().tokens.map(|w| w.remaining), Some(100));
         assert!(l.admit_reservation("u", res(100, 100), false).await.is_err());
-        a.record_usage(150);
+        a.record_tokens(150, 0, 0);
         drop(a);
         // 850 came back.
         let b = l.admit_reservation("u", res(100, 700), false).await.expect("admitted after settling");

@@ -1,8 +1,27 @@
 //! `GatewayConfig.limits` compiled into buckets and Redis key names.
 
-use tenantgate_crds::v1alpha1::{FailMode, Limits};
+use tenantgate_crds::v1alpha1::{Budget, FailMode, Limits};
 
 use super::gcra::Gcra;
+use super::period::Period;
+
+/// A spend cap: nano-units of the tenant's currency per period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BudgetLimit {
+    /// The cap, in nano-units.
+    pub nanos: u64,
+    /// The window it applies to.
+    pub period: Period,
+}
+
+impl BudgetLimit {
+    /// The cap of `budget`; an amount that does not parse (the config load
+    /// refuses it first) caps at zero, never at unlimited.
+    fn new(budget: &Budget) -> Self {
+        let nanos = tenantgate_crds::pricing::budget_nanos(&budget.amount).unwrap_or(0);
+        Self { nanos, period: budget.period.into() }
+    }
+}
 
 /// The buckets of one scope (the tenant, or one user).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -13,14 +32,17 @@ pub struct ScopeLimits {
     pub tokens_per_minute: Option<Gcra>,
     /// Tokens per UTC day.
     pub tokens_per_day: Option<u64>,
+    /// Spend per period.
+    pub budget: Option<BudgetLimit>,
 }
 
 impl ScopeLimits {
-    fn new(rpm: Option<u32>, burst: Option<u32>, tpm: Option<u64>, tpd: Option<u64>) -> Self {
+    fn new(rpm: Option<u32>, burst: Option<u32>, tpm: Option<u64>, tpd: Option<u64>, budget: Option<&Budget>) -> Self {
         Self {
             requests: rpm.map(|r| Gcra::per_minute(u64::from(r), u64::from(burst.unwrap_or_else(|| default_burst(r))))),
             tokens_per_minute: tpm.map(|t| Gcra::per_minute(t, t)),
             tokens_per_day: tpd,
+            budget: budget.map(BudgetLimit::new),
         }
     }
 
@@ -30,7 +52,7 @@ impl ScopeLimits {
     }
 
     fn is_empty(&self) -> bool {
-        self.requests.is_none() && !self.counts_tokens()
+        self.requests.is_none() && !self.counts_tokens() && self.budget.is_none()
     }
 }
 
@@ -67,6 +89,8 @@ pub struct TenantKeys {
     pub tokens_per_minute: String,
     /// Token-per-day hash `{d: day, u: used}`.
     pub tokens_per_day: String,
+    /// Budget hash `{d: window, u: nano-units spent}`.
+    pub budget: String,
     /// Sorted set of stream leases, scored by expiry.
     pub streams: String,
 }
@@ -83,17 +107,32 @@ pub struct UserKeys {
     pub tokens_per_minute: String,
     /// Token-per-day hash.
     pub tokens_per_day: String,
+    /// Budget hash.
+    pub budget: String,
 }
 
 impl Plan {
     /// The plan of `limits` for tenant `tenant`; `None` when nothing is limited.
     pub fn new(tenant: &str, limits: &Limits) -> Option<Self> {
-        let scope =
-            ScopeLimits::new(limits.requests_per_minute, limits.burst, limits.tokens_per_minute, limits.tokens_per_day);
+        let scope = ScopeLimits::new(
+            limits.requests_per_minute,
+            limits.burst,
+            limits.tokens_per_minute,
+            limits.tokens_per_day,
+            limits.budget.as_ref(),
+        );
         let user = limits
             .per_user
             .as_ref()
-            .map(|u| ScopeLimits::new(u.requests_per_minute, u.burst, u.tokens_per_minute, u.tokens_per_day))
+            .map(|u| {
+                ScopeLimits::new(
+                    u.requests_per_minute,
+                    u.burst,
+                    u.tokens_per_minute,
+                    u.tokens_per_day,
+                    u.budget.as_ref(),
+                )
+            })
             .filter(|u| !u.is_empty());
         if scope.is_empty() && user.is_none() && limits.max_concurrent_streams.is_none() {
             return None;
@@ -103,6 +142,7 @@ impl Plan {
             requests: format!("{prefix}rpm"),
             tokens_per_minute: format!("{prefix}tpm"),
             tokens_per_day: format!("{prefix}tpd"),
+            budget: format!("{prefix}budget"),
             streams: format!("{prefix}streams"),
             prefix,
         };
@@ -123,6 +163,7 @@ impl Plan {
             requests: format!("{p}rpm:u:{subject}"),
             tokens_per_minute: format!("{p}tpm:u:{subject}"),
             tokens_per_day: format!("{p}tpd:u:{subject}"),
+            budget: format!("{p}budget:u:{subject}"),
         }
     }
 
@@ -130,11 +171,16 @@ impl Plan {
     pub fn counts_tokens(&self) -> bool {
         self.tenant.counts_tokens() || self.user.is_some_and(|u| u.counts_tokens())
     }
+
+    /// Whether any budget applies (then requests reserve their worst-case cost).
+    pub fn counts_cost(&self) -> bool {
+        self.tenant.budget.is_some() || self.user.is_some_and(|u| u.budget.is_some())
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use tenantgate_crds::v1alpha1::UserLimits;
+    use tenantgate_crds::v1alpha1::{BudgetPeriod, UserLimits};
 
     use super::*;
 
@@ -155,6 +201,24 @@ mod tests {
         assert_eq!(plan.keys.requests, "tg:{acme}:rpm");
         assert_eq!(plan.user_keys("alice").requests, "tg:{acme}:rpm:u:alice");
         assert!(plan.counts_tokens());
+        assert!(!plan.counts_cost());
+    }
+
+    #[test]
+    fn budgets_compile_to_nano_units_and_keys_of_their_own() {
+        let limits = Limits {
+            budget: Some(Budget::new("250", BudgetPeriod::Month)),
+            per_user: Some(UserLimits { budget: Some(Budget::new("0.75", BudgetPeriod::Day)), ..Default::default() }),
+            ..Default::default()
+        };
+        let plan = Plan::new("acme", &limits).expect("a budget alone is a limit");
+        assert_eq!(plan.tenant.budget, Some(BudgetLimit { nanos: 250_000_000_000, period: Period::Month }));
+        assert_eq!(plan.user.and_then(|u| u.budget), Some(BudgetLimit { nanos: 750_000_000, period: Period::Day }));
+        assert!(plan.counts_cost() && !plan.counts_tokens());
+        assert_eq!(plan.keys.budget, "tg:{acme}:budget");
+        assert_eq!(plan.user_keys("alice").budget, "tg:{acme}:budget:u:alice");
+        let bad = Limits { budget: Some(Budget::new("lots", BudgetPeriod::Day)), ..Default::default() };
+        assert_eq!(Plan::new("t", &bad).and_then(|p| p.tenant.budget).map(|b| b.nanos), Some(0), "never unlimited");
     }
 
     #[test]

@@ -10,10 +10,11 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::{Script, ScriptInvocation};
 
-use super::decision::{Outcome, Verdict, verdict};
+use super::decision::{N, Outcome, Outcomes, Verdict, verdict};
 use super::health::Health;
-use super::lease::{BUCKETS, Bucket, buckets, costs, grant, settlement};
+use super::lease::{BUCKETS, Bucket, buckets, costs, grant, settlement, windows};
 use super::plan::{Plan, UserKeys};
+use super::reserve::Charge;
 use crate::redis_client::{RedisConfigError, RedisEndpoint};
 
 /// How the store talks to Redis.
@@ -78,14 +79,20 @@ pub struct LeaseAnswer {
 }
 
 impl LeaseAnswer {
+    /// Seconds since the epoch by Redis' clock.
+    pub fn at(&self) -> i64 {
+        (self.now_us / 1e6).floor() as i64
+    }
+
     /// The outcome of each check, in the order of [`super::decision::CHECKS`].
-    pub fn outcomes(&self) -> [Option<Outcome>; 7] {
+    pub fn outcomes(&self) -> Outcomes {
         let outcome = |g: &Grant| Outcome {
             allowed: g.allowed,
             retry_us: g.retry_us,
             remaining: g.remaining,
             reset_us: g.reset_us,
         };
+        const _: () = assert!(N == BUCKETS + 1, "a check per bucket, then the stream slot");
         std::array::from_fn(|i| self.grants.get(i).copied().unwrap_or(self.slot).as_ref().map(outcome))
     }
 }
@@ -158,26 +165,26 @@ impl RedisStore {
         result
     }
 
-    /// One decision in Redis for a request costing one request and `tokens`
-    /// tokens; `stream` takes a stream slot and returns its lease member.
+    /// One decision in Redis for a request costing one request and `charge`;
+    /// `stream` takes a stream slot and returns its lease member.
     pub async fn admit(
         &self,
         plan: &Plan,
         user: Option<&UserKeys>,
-        tokens: u64,
+        charge: Charge,
         stream: bool,
     ) -> Result<(Verdict, Option<String>), StoreError> {
         if !self.health.should_try() {
             return Err(StoreError::Down);
         }
         let buckets = buckets(plan, user.is_some());
-        let costs = costs(&buckets, tokens).map(Option::unwrap_or_default);
+        let costs = costs(&buckets, charge).map(Option::unwrap_or_default);
         let max_streams = plan.max_streams.filter(|_| stream).unwrap_or(0);
         let member =
             (max_streams > 0).then(|| format!("{}:{}", self.replica, self.next_lease.fetch_add(1, Ordering::Relaxed)));
         let slot = member.as_deref().map(|m| (max_streams, m));
         let answer = self.lease(plan, user, &buckets, &costs, &costs, slot, "admit").await?;
-        let v = verdict(plan, &answer.outcomes(), answer.day);
+        let v = verdict(plan, &answer.outcomes(), answer.at());
         let member = match (v, member) {
             (Verdict::Allowed { .. }, Some(m)) => {
                 self.leases().insert(m.clone(), plan.keys.streams.clone());
@@ -194,9 +201,9 @@ impl RedisStore {
         &self,
         plan: &Plan,
         user: Option<&UserKeys>,
-        reserved: u64,
-        actual: u64,
-        day: i64,
+        reserved: Charge,
+        actual: Charge,
+        at: i64,
         lease: Option<String>,
     ) {
         if let Some(m) = &lease {
@@ -207,16 +214,17 @@ impl RedisStore {
         if lease.is_none() && amounts.iter().all(|&a| a == 0) {
             return;
         }
-        self.give(plan, user, &amounts, day, lease.as_deref()).await;
+        self.give(plan, user, &amounts, &windows(&buckets, at), lease.as_deref()).await;
     }
 
-    /// The seven keys of `lease.lua` and `give.lua`.
+    /// The nine keys of `lease.lua` and `give.lua`.
     fn bucket_keys(inv: &mut ScriptInvocation<'_>, plan: &Plan, user: Option<&UserKeys>) {
         let k = &plan.keys;
-        let (ur, ut, ud) = user.map_or((&k.requests, &k.tokens_per_minute, &k.tokens_per_day), |u| {
-            (&u.requests, &u.tokens_per_minute, &u.tokens_per_day)
+        let (ur, ut, ud, ub) = user.map_or((&k.requests, &k.tokens_per_minute, &k.tokens_per_day, &k.budget), |u| {
+            (&u.requests, &u.tokens_per_minute, &u.tokens_per_day, &u.budget)
         });
-        inv.key(&k.requests).key(ur).key(&k.tokens_per_minute).key(ut).key(&k.tokens_per_day).key(ud).key(&k.streams);
+        inv.key(&k.requests).key(ur).key(&k.tokens_per_minute).key(ut).key(&k.tokens_per_day).key(ud);
+        inv.key(&k.budget).key(ub).key(&k.streams);
     }
 
     /// Takes `need` units of each configured bucket (or nothing at all), up
@@ -237,6 +245,7 @@ impl RedisStore {
         Self::bucket_keys(&mut inv, plan, user);
         for (i, b) in buckets.iter().enumerate() {
             match b {
+                Some(b @ Bucket { period: Some(p), .. }) => inv.arg(b.max).arg(p.code()).arg(need[i]).arg(want[i]),
                 Some(b) => inv.arg(b.a).arg(b.capacity).arg(need[i]).arg(want[i]),
                 None => inv.arg(0).arg(0).arg(0).arg(0),
             };
@@ -249,22 +258,26 @@ impl RedisStore {
     }
 
     /// Gives back (positive) or charges (negative) `amounts` of each bucket
-    /// (the daily amounts belong to `day`) and frees stream slot `member`;
-    /// whether Redis took them. Errors are counted by [`Health`].
+    /// (the windowed amounts belong to `windows`) and frees stream slot
+    /// `member`; whether Redis took them. Errors are counted by [`Health`].
     pub(super) async fn give(
         &self,
         plan: &Plan,
         user: Option<&UserKeys>,
         amounts: &[i64; BUCKETS],
-        day: i64,
+        windows: &[i64; BUCKETS],
         member: Option<&str>,
     ) -> bool {
         let mut inv = self.give.prepare_invoke();
         Self::bucket_keys(&mut inv, plan, user);
         for (i, b) in buckets(plan, user.is_some()).iter().enumerate() {
-            inv.arg(b.map_or(0.0, |b| b.a)).arg(amounts[i]);
+            match b {
+                Some(b @ Bucket { period: Some(_), .. }) => inv.arg(b.max).arg(amounts[i]).arg(windows[i]),
+                Some(b) => inv.arg(b.a).arg(amounts[i]).arg(0),
+                None => inv.arg(0).arg(0).arg(0),
+            };
         }
-        inv.arg(day).arg(member.unwrap_or(""));
+        inv.arg(member.unwrap_or(""));
         metrics::counter!("tenantgate_ratelimit_redis_calls_total", "call" => "give").increment(1);
         match self.call::<i64>(&inv).await {
             Ok(_) => true,
@@ -273,6 +286,20 @@ impl RedisStore {
                 false
             }
         }
+    }
+
+    /// What budget `key` counts spent (and reserved, slices included) in window `window`.
+    pub async fn spent(&self, key: &str, window: i64) -> Result<u64, StoreError> {
+        let mut connection = self.connection.clone();
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(key).arg("d").arg("u");
+        let query = cmd.query_async::<(Option<i64>, Option<u64>)>(&mut connection);
+        let (w, u) = match tokio::time::timeout(self.settings.timeout, query).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return Err(StoreError::Redis(e)),
+            Err(_) => return Err(StoreError::Timeout(self.settings.timeout)),
+        };
+        Ok(if w == Some(window) { u.unwrap_or(0) } else { 0 })
     }
 
     /// Stream leases this replica holds.
@@ -333,11 +360,11 @@ mod tests {
         let mut raw = vec![1_700_000_000_000_000, 20_000];
         raw.extend([1, 5, 0, 4, 1_000_000]);
         raw.extend([0, 0, 250_000, 0, 500_000]);
-        for _ in 2..7 {
+        for _ in 2..=BUCKETS {
             raw.extend([-1, 0, 0, 0, 0]);
         }
         let a = parse_lease(&raw).expect("parse");
-        assert_eq!(a.day, 20_000);
+        assert_eq!((a.day, a.at()), (20_000, 1_700_000_000));
         assert_eq!(a.grants[0].map(|g| (g.allowed, g.granted, g.remaining)), Some((true, 5, 4)));
         assert_eq!(a.grants[1].map(|g| (g.allowed, g.retry_us)), Some((false, 250_000.0)));
         assert!(a.grants[2..].iter().all(Option::is_none) && a.slot.is_none());

@@ -8,6 +8,13 @@
 //! nothing when the caller sets a completion limit and the prompt estimate is
 //! not below the real prompt; otherwise the overrun of each request in flight,
 //! which is charged when it settles so later requests wait for it.
+//!
+//! Under a budget the request also reserves its worst-case cost: the prompt
+//! estimate and the completion limit at the highest rates among the model's
+//! targets ([`Rates::worst`]), settled to what the target that answered
+//! charges for the usage it reported.
+
+use tenantgate_crds::pricing::Rates;
 
 use crate::llm::types::ChatRequest;
 
@@ -26,6 +33,17 @@ pub struct Reservation {
     pub prompt: u64,
     /// Completion tokens the request may use.
     pub completion: u64,
+    /// The most it may cost, in nano-units (zero when not priced).
+    pub cost: u64,
+}
+
+/// What a request takes from the token buckets and the budgets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Charge {
+    /// Tokens.
+    pub tokens: u64,
+    /// Nano-units of the tenant's currency.
+    pub nanos: u64,
 }
 
 impl Reservation {
@@ -33,13 +51,34 @@ impl Reservation {
     pub fn of(request: &ChatRequest, body_len: usize) -> Self {
         let completion =
             request.max_completion_tokens.or(request.max_tokens).map_or(DEFAULT_COMPLETION_RESERVE, u64::from);
-        Self { prompt: (body_len as u64).div_ceil(BYTES_PER_TOKEN), completion }
+        Self { prompt: (body_len as u64).div_ceil(BYTES_PER_TOKEN), completion, cost: 0 }
+    }
+
+    /// A reservation of `prompt` and `completion` tokens.
+    pub fn tokens(prompt: u64, completion: u64) -> Self {
+        Self { prompt, completion, cost: 0 }
+    }
+
+    /// The same reservation costing `nanos` (a fixed price, e.g. an MCP tool call's).
+    pub fn costing(self, nanos: u64) -> Self {
+        Self { cost: nanos, ..self }
+    }
+
+    /// The same reservation with its worst-case cost at `worst` rates.
+    pub fn priced(self, worst: &Rates) -> Self {
+        Self { cost: cost(worst, self.prompt, 0, self.completion), ..self }
     }
 
     /// Tokens reserved.
     pub fn total(&self) -> u64 {
         self.prompt + self.completion
     }
+}
+
+/// What `prompt` input tokens (`cached` of them from a cache) and
+/// `completion` output tokens cost at `rates`, in nano-units.
+pub fn cost(rates: &Rates, prompt: u64, cached: u64, completion: u64) -> u64 {
+    u64::try_from(rates.cost_nanos(prompt, cached, completion)).unwrap_or(0)
 }
 
 #[cfg(test)]

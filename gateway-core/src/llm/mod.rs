@@ -312,6 +312,19 @@ impl Provider {
     }
 
     /// Provider kind, for metrics.
+    /// The provider as OpenTelemetry's GenAI conventions name it (`gen_ai.provider.name`).
+    pub fn semconv_name(&self) -> &'static str {
+        match self {
+            Self::OpenAi(_) => "openai",
+            Self::Anthropic(_) => "anthropic",
+            Self::Azure(_) => "azure.ai.openai",
+            Self::Gemini(_) => "gcp.gemini",
+            Self::Vertex(_) => "gcp.vertex_ai",
+            Self::Bedrock(_) => "aws.bedrock",
+            Self::Mock(_) => "tenantgate.mock",
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::OpenAi(_) => "openai",

@@ -119,6 +119,8 @@ struct TenantCall {
     audit: AuditEvent,
     via: &'static str,
     arguments: Option<String>,
+    /// The call's place under the limits and budgets: settled when it is dropped.
+    admission: crate::limits::Admission,
 }
 
 /// The per-call policy before a `tools/call` is forwarded: the exposed
@@ -171,19 +173,34 @@ pub async fn admit(
         return Err(refusal);
     }
 
-    // A tool call counts as one request against the caller's and the tenant's limits.
-    if let Err(limited) = runtime.limiter.admit_reservation(&caller.subject, Reservation::default(), false).await {
-        audit.status = Some(429);
-        audit.reason = Some(limited.as_reason().into());
-        audit.details = serde_json::json!({"connection": connection, "tool": &*route.name, "via": via.label(), "arguments": arguments});
-        state.storage().recorder.audit(audit);
-        return Err(ErrorData::invalid_request(
-            limited.to_string(),
-            Some(serde_json::json!({"retryAfterSeconds": limited.retry_after().as_secs_f64().ceil()})),
-        ));
-    }
-    let tenant =
-        TenantCall { state: state.clone(), runtime, caller: caller.clone(), audit, via: via.label(), arguments };
+    // A tool call counts as one request against the caller's and the tenant's limits, and
+    // reserves its price (`tools.pricePerCall`) in their budgets.
+    let reservation = Reservation::default().costing(route.upstream.price_per_call());
+    let admission = runtime.limiter.admit_reservation(&caller.subject, reservation, false).await;
+    let admission = match admission {
+        Ok(admission) => admission,
+        Err(limited) => {
+            audit.status = Some(i32::from(limited.status().as_u16()));
+            audit.reason = Some(limited.as_reason().into());
+            audit.details = serde_json::json!({"connection": connection, "tool": &*route.name, "via": via.label(), "arguments": arguments});
+            state.storage().recorder.audit(audit);
+            return Err(ErrorData::invalid_request(
+                limited.to_string(),
+                Some(
+                    serde_json::json!({"reason": limited.as_reason(), "retryAfterSeconds": limited.retry_after().map(|d| d.as_secs_f64().ceil())}),
+                ),
+            ));
+        }
+    };
+    let tenant = TenantCall {
+        state: state.clone(),
+        runtime,
+        caller: caller.clone(),
+        audit,
+        via: via.label(),
+        arguments,
+        admission,
+    };
     Ok(Admitted { route: route.clone(), connection, tenant: Some(tenant) })
 }
 
@@ -217,6 +234,17 @@ impl Admitted {
     /// was sent. Returns the connection's name.
     pub fn finish(self, outcome: &str, findings: &[Finding], started: Instant) -> String {
         let Some(mut t) = self.tenant else { return self.connection };
+        // An answered call costs its price; a failed one nothing.
+        let price = self.route.upstream.price_per_call();
+        let cost = (outcome == "ok" && price > 0).then_some(price);
+        match cost {
+            Some(nanos) => {
+                t.admission.record_cost(nanos);
+                metrics::counter!("tenantgate_mcp_tool_cost_nanounits_total", "connection" => self.connection.clone())
+                    .increment(nanos);
+            }
+            None => t.admission.record_failure(),
+        }
         t.audit.status = Some(if outcome == "ok" { 200 } else { 502 });
         t.audit.reason = (outcome != "ok").then(|| outcome.to_string());
         t.audit.findings = crate::policy::audit::findings(findings);
@@ -227,6 +255,7 @@ impl Admitted {
             "outcome": outcome,
             "via": t.via,
             "arguments": t.arguments,
+            "cost": cost.map(|nanos| tenantgate_crds::pricing::format_nanos(nanos as i64)),
         });
         t.state.storage().recorder.audit(t.audit);
         self.connection
@@ -258,8 +287,14 @@ async fn forward(
 ) -> (Result<ServerResult, ForwardError>, &'static str) {
     let connection = route.upstream.name().to_string();
     let started = Instant::now();
+    // Traced: a span for the upstream call (the tool as the client named it), named in the
+    // request's `_meta.traceparent` (SEP-414), which the transport also sends as the HTTP header.
+    let span = crate::traces::Attempt::start_mcp("tools/call", &request.name, &connection);
     let mut upstream_params = request;
     upstream_params.name = route.name.to_string().into();
+    if let Some(traceparent) = span.as_ref().and_then(crate::traces::Attempt::traceparent) {
+        upstream_params.meta.get_or_insert_default().set_traceparent(traceparent);
+    }
     let forwarded = route
         .upstream
         .forward(ClientRequest::CallToolRequest(CallToolRequest::new(upstream_params)), context, subject)
@@ -268,6 +303,12 @@ async fn forward(
         Ok(_) => "ok",
         Err(e) => e.as_reason(),
     };
+    if let Some(span) = span {
+        match &forwarded {
+            Ok(_) => span.answered(),
+            Err(e) => span.failed(None, e.as_reason(), e.to_string()),
+        }
+    }
     record_forward(connection, outcome, started);
     (forwarded, outcome)
 }

@@ -37,6 +37,7 @@ use crate::auth::Identity;
 use crate::llm::sse::{data_event, events};
 use crate::policy::Finding;
 use crate::routing::breaker::Permit;
+use crate::traces::{self, FutureExt as _};
 
 /// The `_meta` key under which the full path tells the upstream what the
 /// client declared of sampling, elicitation and roots (here: none of them).
@@ -281,7 +282,19 @@ pub async fn call_tool(
     let body = call.upstream_body(&admitted.route.name, &upstream_id);
     let upstream = admitted.route.upstream.clone();
     let started = Instant::now();
-    let (response, permit, deadline) = match upstream.post_raw(&sender, body).await {
+    let span = traces::Attempt::start_mcp("tools/call", call.name(), admitted.connection());
+    let posting = upstream.post_raw(&sender, body);
+    let posted = match &span {
+        Some(span) => posting.with_context(span.context()).await,
+        None => posting.await,
+    };
+    if let Some(span) = span {
+        match &posted {
+            Ok(_) => span.answered(),
+            Err(e) => span.failed(None, e.as_reason(), e.to_string()),
+        }
+    }
+    let (response, permit, deadline) = match posted {
         Ok(posted) => posted,
         Err(e) => {
             let outcome = e.as_reason();

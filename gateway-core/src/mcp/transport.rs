@@ -228,6 +228,23 @@ impl BearerClient {
 
 type HttpResult<T> = Result<T, StreamableHttpError<reqwest::Error>>;
 
+/// The headers of a POST, with the W3C `traceparent` of a `tools/call` whose `_meta` names one
+/// (a traced request's: [`super::call`] puts it there), so an upstream that reads only HTTP
+/// headers joins the trace too.
+fn with_traceparent(
+    message: &ClientJsonRpcMessage,
+    mut headers: HashMap<HeaderName, HeaderValue>,
+) -> HashMap<HeaderName, HeaderValue> {
+    if let rmcp::model::JsonRpcMessage::Request(request) = message
+        && let rmcp::model::ClientRequest::CallToolRequest(call) = &request.request
+        && let Some(traceparent) = call.params.meta.as_ref().and_then(|m| m.get_traceparent())
+        && let Ok(value) = HeaderValue::from_str(traceparent)
+    {
+        headers.insert(HeaderName::from_static("traceparent"), value);
+    }
+    headers
+}
+
 impl StreamableHttpClient for BearerClient {
     type Error = reqwest::Error;
 
@@ -240,6 +257,7 @@ impl StreamableHttpClient for BearerClient {
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> HttpResult<StreamableHttpPostResponse> {
         self.saw(session_id.as_ref(), &custom_headers);
+        let custom_headers = with_traceparent(&message, custom_headers);
         self.inner.post_message(uri, message, session_id, self.token().await, custom_headers).await
     }
 
@@ -253,6 +271,7 @@ impl StreamableHttpClient for BearerClient {
         max_sse_event_size: usize,
     ) -> HttpResult<StreamableHttpPostResponse> {
         self.saw(session_id.as_ref(), &custom_headers);
+        let custom_headers = with_traceparent(&message, custom_headers);
         self.inner
             .post_message_with_max_sse_event_size(
                 uri,
@@ -367,6 +386,11 @@ impl RawSender {
         }
         if let Some(token) = self.http.token().await {
             request = request.bearer_auth(token);
+        }
+        if crate::traces::active() {
+            let mut trace = http::HeaderMap::new();
+            crate::traces::inject(&mut trace);
+            request = request.headers(trace);
         }
         request.body(body).send().await.map_err(|e| e.to_string())
     }

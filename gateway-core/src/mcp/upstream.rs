@@ -130,6 +130,8 @@ type Askers = Mutex<HashMap<(SessionKey, RequestId), (Peer<RoleServer>, RequestI
 #[derive(Debug)]
 pub struct Upstream {
     config: McpConnectionConfig,
+    /// What one answered tool call costs, in nano-units (`tools.pricePerCall`).
+    price_per_call: u64,
     filter: ToolFilter,
     access: ToolAccess,
     timeout: Duration,
@@ -338,7 +340,15 @@ impl Upstream {
     /// finds are sent to the hub's feed, once per tool and definition.
     pub fn new(config: McpConnectionConfig, links: HubLinks) -> Self {
         let label: Arc<str> = format!("mcp/{}", config.name).into();
+        // A price that does not parse never gets here: the config load refuses it.
+        let price_per_call = config.tools.price_per_call.as_deref().map_or(0, |p| {
+            tenantgate_crds::pricing::per_call_nanos(p).unwrap_or_else(|e| {
+                tracing::error!(connection = %config.name, error = %e, "tools.pricePerCall does not parse; calls are charged nothing");
+                0
+            })
+        });
         Self {
+            price_per_call,
             filter: ToolFilter::new(&config.tools),
             access: ToolAccess::new(&config.tools),
             timeout: Duration::from_secs(u64::from(config.timeout_seconds.max(1))),
@@ -456,6 +466,11 @@ impl Upstream {
     /// The connection's config.
     pub fn config(&self) -> &McpConnectionConfig {
         &self.config
+    }
+
+    /// What one answered tool call costs, in nano-units (0: free).
+    pub fn price_per_call(&self) -> u64 {
+        self.price_per_call
     }
 
     /// metadata.name of the connection.

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 pub use breaker::Breaker;
 
 use crate::storage::Price;
+use crate::traces::{self, FutureExt as _};
 
 use crate::llm::embeddings::{EmbeddingsReply, EmbeddingsRequest};
 use crate::llm::types::ChatRequest;
@@ -85,6 +86,9 @@ pub struct ModelRoute {
     pub type_: ModelType,
     /// Targets in order.
     pub targets: Vec<Target>,
+    /// The highest of each rate among the targets: what a budget reserves
+    /// for a request (`None`: a target has no price).
+    pub worst: Option<tenantgate_crds::pricing::Rates>,
 }
 
 /// Retry and timeout settings.
@@ -142,7 +146,7 @@ pub async fn route<'r>(
     policy: &RetryPolicy,
     request: &ChatRequest,
 ) -> Result<Routed<'r>, RouteError> {
-    route_with(route, policy, |target, timing| {
+    route_with(route, policy, "chat", |target, timing| {
         let call = Call { request, model: &target.model, first_byte_timeout: timing.0, deadline: timing.1 };
         target.provider.call(call)
     })
@@ -155,7 +159,7 @@ pub async fn route_embeddings<'r>(
     policy: &RetryPolicy,
     request: &EmbeddingsRequest,
 ) -> Result<Routed<'r, EmbeddingsReply>, RouteError> {
-    route_with(route, policy, |target, timing| {
+    route_with(route, policy, "embeddings", |target, timing| {
         let call = Call { request, model: &target.model, first_byte_timeout: timing.0, deadline: timing.1 };
         target.provider.embed(call)
     })
@@ -164,9 +168,13 @@ pub async fn route_embeddings<'r>(
 
 /// Calls `send(target, (first-byte timeout, deadline))` on the targets of
 /// `route` in order, with retries, backoff and breakers, until one answers.
+/// In a traced request each attempt is a span of `operation` (a
+/// `gen_ai.operation.name`), and the call runs in its Context (so the
+/// provider's request carries its `traceparent`).
 async fn route_with<'r, R, F, Fut>(
     route: &'r ModelRoute,
     policy: &RetryPolicy,
+    operation: &'static str,
     mut send: F,
 ) -> Result<Routed<'r, R>, RouteError>
 where
@@ -180,14 +188,28 @@ where
     'targets: for target in &route.targets {
         let provider = target.provider.kind();
         for attempt in 0..=policy.max_retries {
+            let span = traces::Attempt::start(
+                operation,
+                target.provider.semconv_name(),
+                &target.model,
+                &target.label,
+                attempt,
+            );
             let Some(permit) = target.breaker.try_acquire() else {
+                if let Some(span) = span {
+                    span.skipped("breaker_open");
+                }
                 let wait = target.breaker.retry_in();
                 soonest_probe = Some(soonest_probe.map_or(wait, |s| s.min(wait)));
                 metrics::counter!("tenantgate_upstream_requests_total", "target" => target.label.to_string(), "outcome" => "breaker_open").increment(1);
                 continue 'targets;
             };
             let started = Instant::now();
-            let result = send(target, (policy.first_byte_timeout, deadline)).await;
+            let call = send(target, (policy.first_byte_timeout, deadline));
+            let result = match &span {
+                Some(span) => call.with_context(span.context()).await,
+                None => call.await,
+            };
             let elapsed = started.elapsed();
             upstream_time += elapsed;
             metrics::histogram!("tenantgate_upstream_latency_seconds", "provider" => provider)
@@ -195,10 +217,21 @@ where
             match result {
                 Ok(reply) => {
                     permit.success();
+                    if let Some(span) = span {
+                        span.answered();
+                        traces::set_on_request(|| answered_by(operation, target));
+                    }
                     metrics::counter!("tenantgate_upstream_requests_total", "target" => target.label.to_string(), "outcome" => "ok").increment(1);
                     return Ok(Routed { reply, target, upstream_time });
                 }
                 Err(e) => {
+                    if let Some(span) = span {
+                        let status = match &e {
+                            UpstreamError::Status { status, .. } => Some(status.as_u16()),
+                            _ => None,
+                        };
+                        span.failed(status, e.as_label(), e.to_string());
+                    }
                     metrics::counter!("tenantgate_upstream_requests_total", "target" => target.label.to_string(), "outcome" => e.as_label()).increment(1);
                     tracing::info!(target_name = %target.label, attempt, error = %e, "upstream attempt failed");
                     if e.is_client_error() {
@@ -225,6 +258,19 @@ where
         }
     }
     Err(exhausted(&route.name, last_error, soonest_probe))
+}
+
+/// What the request's span says of the target that answered.
+fn answered_by(operation: &'static str, target: &Target) -> Vec<opentelemetry::KeyValue> {
+    use opentelemetry::KeyValue;
+    let provider = target.provider.semconv_name();
+    vec![
+        KeyValue::new("gen_ai.operation.name", operation),
+        KeyValue::new("gen_ai.provider.name", provider),
+        KeyValue::new("gen_ai.system", provider),
+        KeyValue::new("gen_ai.response.model", target.model.to_string()),
+        KeyValue::new("tenantgate.target", target.label.to_string()),
+    ]
 }
 
 fn rejected(e: UpstreamError) -> RouteError {

@@ -24,6 +24,7 @@ use super::spill::Spill;
 use super::write;
 use crate::auth::Identity;
 use crate::llm::types::Usage;
+use crate::traces::RequestSpan;
 
 /// Where the spill file lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -643,6 +644,8 @@ struct Pending {
     stream: bool,
     completed: bool,
     api: Api,
+    /// The request's span, when it is traced: it ends when this record is written.
+    span: Option<RequestSpan>,
 }
 
 impl ChatRecord {
@@ -680,6 +683,7 @@ impl ChatRecord {
             stream: false,
             completed: false,
             api: Api::ChatCompletions,
+            span: RequestSpan::current(),
         })))
     }
 
@@ -794,9 +798,13 @@ impl Price {
 impl Drop for ChatRecord {
     fn drop(&mut self) {
         let Some(p) = self.0.take() else { return };
-        let Pending { recorder, started, mut usage, price, mut policy, record_prompts, stream, completed, api } = *p;
+        let Pending { recorder, started, mut usage, price, mut policy, record_prompts, stream, completed, api, span } =
+            *p;
         if let Some(price) = price {
             price.charge(&mut usage);
+        }
+        if let Some(span) = span {
+            trace(&span, &usage, api, stream && !completed && usage.reason.is_none());
         }
         if let Some(cost) = usage.cost_nanos.filter(|c| *c > 0) {
             metrics::counter!("tenantgate_cost_nanounits_total", "model" => usage.model.clone())
@@ -810,6 +818,45 @@ impl Drop for ChatRecord {
             policy.redacted_prompt = None;
         }
         recorder.record(Record::Chat(Box::new(ChatEntry { usage, audit_id: new_id(), policy, stream, api })));
+    }
+}
+
+/// Puts what the record says on the request's span (GenAI conventions; the
+/// cost in the currency's units as `tenantgate.cost`): the span ends once its
+/// last holder, this record or the request, lets it go.
+fn trace(span: &RequestSpan, usage: &UsageRow, api: Api, client_closed: bool) {
+    use opentelemetry::KeyValue;
+    let operation = if api == Api::Embeddings { "embeddings" } else { "chat" };
+    if !usage.model.is_empty() {
+        span.rename(format!("{operation} {}", usage.model));
+    }
+    let mut attributes = vec![
+        KeyValue::new("gen_ai.operation.name", operation),
+        KeyValue::new("gen_ai.request.model", usage.model.clone()),
+        KeyValue::new("gen_ai.usage.input_tokens", usage.prompt_tokens),
+        KeyValue::new("gen_ai.usage.output_tokens", usage.completion_tokens),
+        KeyValue::new("tenantgate.api", api.action()),
+    ];
+    if usage.cached_tokens > 0 {
+        attributes.push(KeyValue::new("gen_ai.usage.cache_read.input_tokens", usage.cached_tokens));
+    }
+    if let Some(nanos) = usage.cost_nanos {
+        // A span attribute is for dashboards: a double is exact to well below a nano-unit
+        // up to millions of units; the usage row keeps the exact amount.
+        attributes.push(KeyValue::new("tenantgate.cost", nanos as f64 / 1e9));
+        attributes.push(KeyValue::new("tenantgate.cost_nanos", nanos));
+    }
+    if let Some(version) = &usage.price_version {
+        attributes.push(KeyValue::new("tenantgate.price_version", version.clone()));
+    }
+    if let Some(id) = &usage.request_id {
+        attributes.push(KeyValue::new("tenantgate.request_id", id.clone()));
+    }
+    span.set(attributes);
+    match &usage.reason {
+        Some(reason) => span.failed(reason),
+        None if client_closed => span.failed("ClientClosed"),
+        None => {}
     }
 }
 

@@ -24,6 +24,7 @@ use crate::storage::{self, AuditEvent, AuditFilter, AuditKind, GroupBy, NewApiKe
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/admin/v1/usage", get(read::<UsageQuery>))
+        .route("/admin/v1/budgets", get(read::<BudgetsQuery>))
         .route("/admin/v1/audit", get(read::<AuditQuery>))
         .route("/admin/v1/api-keys", get(list_keys).post(create_key))
         .route("/admin/v1/api-keys/{id}", delete(revoke_key))
@@ -154,6 +155,58 @@ impl AdminRead for UsageQuery {
             "days": report.days,
             "groupBy": self.group_by,
             "groups": groups,
+        }))
+        .into_response())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetsQuery {
+    subject: Option<String>,
+}
+
+impl AdminRead for BudgetsQuery {
+    const ACTION: &'static str = "budgets.read";
+
+    /// `GET /admin/v1/budgets?subject`: the tenant's budget and, with `subject`, that
+    /// user's, as they stand in the current window.
+    async fn run(self, state: &AppState) -> Result<Response, AppError> {
+        let runtime = state.runtime();
+        let states = runtime.limiter.budgets(self.subject.as_deref()).await.map_err(|e| {
+            tracing::warn!(error = %e, "admin API: the limit store did not answer");
+            AppError::Unavailable {
+                message: "the limit store is unavailable, try again later".into(),
+                retry_after: None,
+            }
+        })?;
+        let now = chrono::Utc::now();
+        let data: Vec<_> = states
+            .iter()
+            .map(|b| {
+                let (scope, subject) = match b.scope {
+                    crate::limits::Scope::Tenant => ("tenant", None),
+                    crate::limits::Scope::User => ("user", self.subject.as_deref()),
+                };
+                let nanos = |n: u64| tenantgate_crds::pricing::format_nanos(n as i64);
+                let resets_at = chrono::TimeDelta::from_std(b.resets_in).ok().map(|d| (now + d).to_rfc3339());
+                json!({
+                    "scope": scope,
+                    "subject": subject,
+                    "amount": nanos(b.limit),
+                    "period": match b.period { crate::limits::Period::Day => "Day", crate::limits::Period::Month => "Month" },
+                    "window": b.period.label(b.window),
+                    "spent": nanos(b.spent),
+                    "remaining": nanos(b.limit.saturating_sub(b.spent)),
+                    "resetsAt": resets_at,
+                })
+            })
+            .collect();
+        Ok(Json(json!({
+            "object": "budgets",
+            "currency": runtime.limiter.currency(),
+            "subject": self.subject,
+            "data": data,
         }))
         .into_response())
     }

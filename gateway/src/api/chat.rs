@@ -99,6 +99,11 @@ fn start_record(state: &AppState, caller: &Caller, request_id: Option<String>, a
         runtime.config.audit.record_prompts,
     );
     record.api(api);
+    if let Some(pricing) = &runtime.config.pricing {
+        crate::traces::set_on_request(|| {
+            vec![crate::traces::KeyValue::new("tenantgate.currency", pricing.currency.clone())]
+        });
+    }
     record
 }
 
@@ -187,17 +192,19 @@ impl Turn<'_> {
         since: Instant,
     ) -> Result<Result<Dispatched, Response>, AppError> {
         let runtime = self.state.runtime();
-        let mut admission = runtime.limiter.admit(&self.caller.0.subject, request, self.body_len).await?;
+        let worst = self.route.worst.as_ref();
+        let mut admission = runtime.limiter.admit(&self.caller.0.subject, request, self.body_len, worst).await?;
         let routed = match routing::route(self.route, &runtime.retry, request).await {
             Ok(r) => r,
             Err(e) => {
-                admission.record_usage(0);
+                admission.record_failure();
                 let mut response = AppError::from(e).into_response();
                 response.extensions_mut().insert(ModelLabel(self.model.clone()));
                 return Ok(Err(response));
             }
         };
         record.target(&routed.target.label, routed.target.price.as_ref());
+        admission.answered_at(routed.target.price.as_ref().map(|p| &p.rates));
         let added = since.elapsed().saturating_sub(routed.upstream_time);
         metrics::histogram!("tenantgate_added_latency_seconds").record(added.as_secs_f64());
         Ok(Ok(Dispatched { reply: routed.reply, admission, breaker: routed.target.breaker.clone() }))
@@ -207,7 +214,7 @@ impl Turn<'_> {
     pub(super) fn count(&self, usage: Option<Usage>, record: &mut ChatRecord, admission: &mut Admission) {
         if let Some(usage) = usage {
             record.tokens(&usage);
-            admission.record_usage(usage.prompt_tokens + usage.completion_tokens);
+            admission.record_usage(&usage);
             count_tokens(&self.model, usage);
         }
     }
@@ -331,7 +338,7 @@ fn guard_stream(
                         && let Some(usage) = stream_usage(&model, &bytes, at)
                     {
                         books.record.tokens(&usage);
-                        books.admission.record_usage(usage.prompt_tokens + usage.completion_tokens);
+                        books.admission.record_usage(&usage);
                     }
                     Some((Ok(bytes), Some((events, open, books))))
                 }

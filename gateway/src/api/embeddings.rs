@@ -51,24 +51,26 @@ async fn embed(state: &AppState, caller: &Caller, body: Body, record: &mut ChatR
         }
     };
     record.policy(audit::decision(&decision, runtime.config.audit.record_prompts.then_some(&request.input)));
-    let reservation = Reservation { prompt: request.input.estimated_tokens(), completion: 0 };
+    let reservation = Reservation::tokens(request.input.estimated_tokens(), 0);
+    let reservation = runtime.limiter.price(reservation, route.worst.as_ref(), &request.model)?;
     let mut admission = runtime.limiter.admit_reservation(&caller.0.subject, reservation, false).await?;
     let label = ModelLabel(route.name.clone());
     let routed = match routing::route_embeddings(route, &runtime.retry, &request).await {
         Ok(routed) => routed,
         Err(e) => {
-            admission.record_usage(0);
+            admission.record_failure();
             let mut response = AppError::from(e).into_response();
             response.extensions_mut().insert(label);
             return Ok(response);
         }
     };
     record.target(&routed.target.label, routed.target.price.as_ref());
+    admission.answered_at(routed.target.price.as_ref().map(|p| &p.rates));
     let added = started.elapsed().saturating_sub(routed.upstream_time);
     metrics::histogram!("tenantgate_added_latency_seconds").record(added.as_secs_f64());
     if let Some(usage) = routed.reply.usage {
         record.tokens(&usage);
-        admission.record_usage(usage.prompt_tokens);
+        admission.record_usage(&usage);
         metrics::counter!("tenantgate_tokens_total", "model" => route.name.to_string(), "kind" => "prompt")
             .increment(usage.prompt_tokens);
     }

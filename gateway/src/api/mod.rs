@@ -61,6 +61,7 @@ pub fn router(state: AppState, request_timeout: Duration, with_ops: bool) -> Rou
         .merge(api)
         .merge(anthropic)
         .merge(crate::mcp::router(&state).route_layer(middleware::from_fn_with_state(state.clone(), admit)));
+    let app = app.layer(middleware::from_fn_with_state(state.clone(), traced));
     let app = if with_ops { app.merge(ops_routes()) } else { app };
     app.fallback(not_found)
         .layer(middleware::map_response(error_shape))
@@ -146,6 +147,28 @@ async fn access_log(mut request: Request, next: Next) -> Response {
         reason,
         "request"
     );
+    response
+}
+
+/// Serves an API request in its trace when the tenant exports traces: a
+/// SERVER span continuing the client's W3C `traceparent`, which the domain
+/// code below finds in the request's Context (routing makes a span per
+/// upstream attempt, the provider and MCP clients send its `traceparent`). It
+/// ends with the response, or once a model request's record is written (a
+/// stream outlives this). Untraced, one config look-up.
+async fn traced(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    use crate::traces::{FutureExt as _, KeyValue};
+    let Some(traces) = state.runtime().traces.clone() else { return next.run(request).await };
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    let mut attributes =
+        vec![KeyValue::new("http.request.method", method.clone()), KeyValue::new("url.path", path.clone())];
+    if let Some(id) = request.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        attributes.push(KeyValue::new("tenantgate.request_id", id.to_owned()));
+    }
+    let cx = traces.start_request(format!("{method} {path}"), request.headers(), attributes);
+    let response = next.run(request).with_context(cx.clone()).await;
+    crate::traces::responded(&cx, response.status().as_u16());
     response
 }
 

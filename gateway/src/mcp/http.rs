@@ -220,6 +220,14 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
             }
         }
     }
+    let traced = crate::traces::RequestSpan::current();
+    let body = match &traced {
+        Some(span) => match traced_message(span, &parts, body, endpoint.max_message_bytes, session.as_deref()).await {
+            Ok(body) => body,
+            Err(too_large) => return json_rpc_error(too_large, true).await,
+        },
+        None => body,
+    };
     let (body, qualifies) = match endpoint.pass_through(&state, &caller, session.as_deref(), &parts, body).await {
         Ok(full) => full,
         Err(answered) => return answered,
@@ -235,6 +243,10 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     parts.extensions.insert(caller);
+    if let Some(span) = &traced {
+        // rmcp serves the call on the session's task: its handler finds the trace here.
+        parts.extensions.insert(span.context());
+    }
     let response = endpoint.service.handle(Request::from_parts(parts, body)).await;
     match &session {
         None => {
@@ -261,6 +273,65 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
         return json_rpc_error(response, sent_json).await;
     }
     response
+}
+
+/// The MCP attributes of a traced request's span (semantic conventions for
+/// MCP: `mcp.method.name`, `gen_ai.tool.name`, `mcp.session.id`, ...), from
+/// its JSON-RPC message, read here whole (at most `limit` bytes, as rmcp
+/// would) and handed on as bytes.
+async fn traced_message(
+    span: &crate::traces::RequestSpan,
+    parts: &axum::http::request::Parts,
+    body: axum::body::Body,
+    limit: usize,
+    session: Option<&str>,
+) -> Result<axum::body::Body, Response> {
+    use crate::traces::KeyValue;
+    #[derive(serde::Deserialize)]
+    struct Message<'a> {
+        #[serde(borrow)]
+        method: Option<std::borrow::Cow<'a, str>>,
+        id: Option<&'a serde_json::value::RawValue>,
+        #[serde(borrow)]
+        params: Option<Params<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow)]
+        name: Option<std::borrow::Cow<'a, str>>,
+    }
+    let mut attributes = Vec::new();
+    if let Some(id) = session {
+        attributes.push(KeyValue::new("mcp.session.id", id.to_owned()));
+    }
+    if let Some(version) = parts.headers.get("mcp-protocol-version").and_then(|v| v.to_str().ok()) {
+        attributes.push(KeyValue::new("mcp.protocol.version", version.to_owned()));
+    }
+    if parts.method != Method::POST {
+        span.set(attributes);
+        return Ok(body);
+    }
+    let bytes = fast_path::read_body(body, limit).await?;
+    // A batch or a message that is not JSON-RPC: rmcp answers it; the span says no more.
+    if let Ok(message) = serde_json::from_slice::<Message<'_>>(&bytes)
+        && let Some(method) = message.method
+    {
+        let tool = message.params.and_then(|p| p.name).filter(|_| method == "tools/call");
+        span.rename(match &tool {
+            Some(tool) => format!("{method} {tool}"),
+            None => method.to_string(),
+        });
+        attributes.push(KeyValue::new("mcp.method.name", method.into_owned()));
+        if let Some(id) = message.id {
+            attributes.push(KeyValue::new("jsonrpc.request.id", id.get().trim_matches('"').to_owned()));
+        }
+        if let Some(tool) = tool {
+            attributes.push(KeyValue::new("gen_ai.operation.name", "execute_tool"));
+            attributes.push(KeyValue::new("gen_ai.tool.name", tool.into_owned()));
+        }
+    }
+    span.set(attributes);
+    Ok(bytes.into())
 }
 
 /// rmcp answers transport-level failures with a plain-text body; give clients

@@ -250,8 +250,19 @@ impl ServerHandler for AggregateServer {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        use crate::traces::FutureExt as _;
         let caller = caller(&context);
-        super::call::call_tool(&self.hub, &self.mode, caller.as_deref(), request, super::call::Via::Mcp(&context)).await
+        let trace = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<crate::traces::Context>())
+            .cloned();
+        let call =
+            super::call::call_tool(&self.hub, &self.mode, caller.as_deref(), request, super::call::Via::Mcp(&context));
+        match trace {
+            Some(trace) => call.with_context(trace).await,
+            None => call.await,
+        }
     }
 
     async fn list_prompts(

@@ -5,6 +5,7 @@ one provider type to the other."""
 
 import anthropic
 import httpx
+import openai
 import pytest
 
 from conftest import Gateway, audit_events
@@ -144,5 +145,28 @@ def test_a_token_quota_counts_every_api(upstream):
         with pytest.raises(anthropic.RateLimitError) as e:
             claude.messages.create(model="chat", max_tokens=400, messages=HELLO)
         assert e.value.body["error"]["type"] == "rate_limit_error" and "tokens per day" in e.value.body["error"]["message"]
+    finally:
+        g.stop()
+
+
+def test_a_budget_refuses_both_sdks_with_402_which_they_do_not_retry(upstream):
+    """A spent budget is a 402 in each API's shape; the SDKs, at their default retries, send it once."""
+    g = Gateway(upstream, tenant_spec='  limits: { budget: { amount: "0.0001", period: Day } }\n')
+    try:
+        # "chat" costs 2.5/M input and 10/M output: 16 output tokens fit, 400 do not.
+        ok = g.client().chat.completions.with_raw_response.create(model="chat", max_tokens=4, messages=HELLO)
+        assert ok.headers["x-budget-limit"] == "0.0001"
+        sdk = openai.OpenAI(base_url=g.url + "/v1", api_key=g.token)  # default max_retries: 2
+        with pytest.raises(openai.APIStatusError) as e:
+            sdk.chat.completions.create(model="chat", max_tokens=400, messages=HELLO)
+        assert e.value.status_code == 402
+        assert e.value.body["code"] == "budget_exceeded" and "The tenant budget of 0.0001 USD per day" in e.value.body["message"]
+        assert e.value.response.headers["x-budget-scope"] == "tenant"
+        claude = anthropic.Anthropic(base_url=g.url, api_key=g.token)  # default max_retries: 2
+        with pytest.raises(anthropic.APIStatusError) as e:
+            claude.messages.create(model="chat", max_tokens=400, messages=HELLO)
+        assert e.value.status_code == 402 and e.value.body["error"]["type"] == "billing_error"
+        metrics = httpx.get(g.url + "/metrics").text
+        assert 'tenantgate_ratelimit_denied_total{reason="BudgetExceeded"} 2' in metrics, "one request each: no retries"
     finally:
         g.stop()

@@ -3,16 +3,16 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::Resource;
 use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tenantgate_crds::render::tenant_namespace;
-use tenantgate_crds::v1alpha1::{ApiKey, McpConnection, ModelPrice, PromptPolicy, Tenant};
+use tenantgate_crds::v1alpha1::{ApiKey, BudgetStatus, McpConnection, ModelPrice, PromptPolicy, Tenant};
 
 use crate::context::Stores;
-use crate::labels::{GATEWAY, TENANT_LABEL};
+use crate::labels::{GATEWAY, GATEWAY_SPEND, TENANT_LABEL};
 
 /// What a tenant's stack depends on.
 #[derive(Clone, Debug, Default)]
@@ -35,6 +35,8 @@ pub struct Dependencies {
     pub secret_versions: BTreeMap<String, String>,
     /// The gateway Deployment as last seen.
     pub deployment: Option<Deployment>,
+    /// The tenant's budget as its gateway last published it (the `gateway-spend` ConfigMap).
+    pub budget: Option<BudgetStatus>,
 }
 
 /// Reads a tenant's dependencies from the caches.
@@ -63,7 +65,12 @@ pub fn dereference(tenant: &Tenant, stores: &Stores, operator_namespace: &str) -
         .store::<Deployment>()
         .and_then(|s| s.get(&ObjectRef::new(GATEWAY).within(&namespace)))
         .map(|d| (*d).clone());
+    let budget = stores
+        .store::<ConfigMap>()
+        .and_then(|s| s.get(&ObjectRef::new(GATEWAY_SPEND).within(&namespace)))
+        .and_then(|m| m.data.as_ref().and_then(BudgetStatus::from_data));
     Dependencies {
+        budget,
         namespace,
         namespace_conflict,
         mcp_connections,

@@ -274,6 +274,8 @@ async fn write_status(
         prompt_policies: rendered.map_or(previous.prompt_policies, |r| r.config.policies.len() as u32),
         config_hash: rendered.map(|r| r.config.config_hash.clone()).or(previous.config_hash.clone()),
         unpriced_targets: rendered.map_or(previous.unpriced_targets.clone(), |r| r.unpriced_targets.clone()),
+        // Only while the tenant has a budget: what a gateway published before it was removed goes.
+        budget: deps.budget.clone().filter(|_| tenant.spec.limits.as_ref().is_some_and(|l| l.budget.is_some())),
         conditions,
     };
     let unchanged = TenantStatus { conditions: Vec::new(), ..status.clone() }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::{BuildError, BuildInput, meta};
-use crate::labels::{CONFIG_HASH_ANNOTATION, CONFIG_KEY, GATEWAY_CONFIG};
+use crate::labels::{CONFIG_HASH_ANNOTATION, CONFIG_KEY, GATEWAY_CONFIG, GATEWAY_SPEND};
 
 /// The rendered GatewayConfig (no secret values: only file paths). Fails only
 /// if the config does not serialize as YAML (a bug).
@@ -15,6 +15,13 @@ pub fn build_config_map(input: &BuildInput<'_>) -> Result<ConfigMap, BuildError>
     let mut metadata = meta(input, GATEWAY_CONFIG, "config");
     metadata.annotations = Some(BTreeMap::from([(CONFIG_HASH_ANNOTATION.into(), config.config_hash.clone())]));
     Ok(ConfigMap { metadata, data: Some(BTreeMap::from([(CONFIG_KEY.into(), yaml)])), ..ConfigMap::default() })
+}
+
+/// The ConfigMap the gateway publishes its budget spend in, without data: the
+/// gateway owns its `data` (its own field manager), the operator its metadata,
+/// so applying it never undoes what the gateway wrote. Owned by the Tenant.
+pub fn build_spend_map(input: &BuildInput<'_>) -> ConfigMap {
+    ConfigMap { metadata: meta(input, GATEWAY_SPEND, "budget"), ..ConfigMap::default() }
 }
 
 #[cfg(test)]
@@ -32,5 +39,14 @@ mod tests {
         let yaml = map.data.as_ref().and_then(|d| d.get(CONFIG_KEY)).expect("config");
         let config: tenantgate_crds::config::GatewayConfig = serde_yaml::from_str(yaml).expect("parses");
         assert_eq!(config.config_hash, hash);
+    }
+
+    #[test]
+    fn the_spend_map_is_applied_without_data() {
+        let t = tenant("");
+        let s = stack_of(&t, &[], &BTreeMap::new());
+        let map = s.get::<ConfigMap>(GATEWAY_SPEND).expect("spend map");
+        assert_eq!(map.data, None, "the gateway's data is never overwritten");
+        assert!(map.metadata.owner_references.is_some());
     }
 }

@@ -28,7 +28,7 @@ use serde::Serialize;
 use tenantgate_crds::render::{GATEWAY_KEYS_SECRET, RenderedConfig, tenant_namespace};
 use tenantgate_crds::v1alpha1::{McpConnection, Tenant};
 
-pub use self::config::build_config_map;
+pub use self::config::{build_config_map, build_spend_map};
 pub use self::data_volume::{DATA_CLAIM, build_data_claim, data_is_durable};
 pub use self::deployment::{build_deployment, build_service, pod_checksum};
 pub use self::exposure::{HttpRoute, HttpRouteSpec, build_http_route, build_ingress};
@@ -259,6 +259,7 @@ pub fn build(input: &BuildInput<'_>) -> Result<TenantStack, BuildError> {
         stack.push(&build_gateway_keys(input)?)?;
     }
     stack.push(&build_config_map(input)?)?;
+    stack.push(&build_spend_map(input))?;
     if let Some(claim) = build_data_claim(input) {
         stack.push(&claim)?;
     }

@@ -85,7 +85,8 @@ fn api_server_egress(endpoints: &[std::net::SocketAddr]) -> Vec<NetworkPolicyEgr
         .collect()
 }
 
-/// Every URL the gateway calls out to: providers, MCP servers, the JWKS and OAuth token endpoints.
+/// Every URL the gateway calls out to: providers, MCP servers, the JWKS and OAuth token
+/// endpoints, the OTLP collector.
 fn upstream_urls(input: &BuildInput<'_>) -> BTreeSet<String> {
     let config = &input.rendered.config;
     let mut urls: BTreeSet<String> = BTreeSet::new();
@@ -103,6 +104,8 @@ fn upstream_urls(input: &BuildInput<'_>) -> BTreeSet<String> {
         }
     }
     urls.extend(config.mcp.iter().filter_map(|c| c.url.clone()));
+    // The OpenTelemetry Collector the traces go to.
+    urls.extend(config.tracing.as_ref().map(|t| t.otlp_endpoint.clone()));
     if let Some(JwtKeys::JwksUri(uri)) = config.auth.jwt.as_ref().map(|j| &j.keys) {
         urls.insert(uri.clone());
     }
@@ -241,6 +244,31 @@ mod tests {
             egress.iter().flatten().flat_map(|r| r.ports.iter().flatten()).filter_map(|p| p.port.clone()).collect();
         assert!(ports.contains(&IntOrString::Int(8443)), "STS's port: {ports:?}");
         assert!(ports.contains(&IntOrString::Int(443)), "the Bedrock runtime's (the default baseUrl): {ports:?}");
+    }
+
+    #[test]
+    fn traces_open_the_way_to_the_collector_and_nothing_without_them() {
+        let ports = |t: &tenantgate_crds::v1alpha1::Tenant| -> Vec<serde_json::Value> {
+            let r = rendered(t, &[]);
+            let egress = build_network_policy(&input(t, &r, &BuildSettings::default())).spec.and_then(|s| s.egress);
+            egress.iter().flatten().map(|rule| serde_json::to_value(rule).expect("json")).collect()
+        };
+        let without = ports(&tenant(""));
+        assert!(!without.iter().any(|r| r.to_string().contains("4317")), "no collector without traces: {without:?}");
+        let mut t = tenant("");
+        t.spec.observability = Some(
+            serde_json::from_value(json!({"tracing": {"otlpEndpoint": "http://otel-collector.observability.svc:4317", "protocol": "grpc"}}))
+                .expect("observability"),
+        );
+        let rules = ports(&t);
+        let collector = rules
+            .iter()
+            .find(|r| r["ports"] == json!([{"port": 4317, "protocol": "TCP"}]))
+            .unwrap_or_else(|| panic!("a rule for the collector's port: {rules:?}"));
+        assert_eq!(
+            collector["to"],
+            json!([{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}])
+        );
     }
 
     #[test]

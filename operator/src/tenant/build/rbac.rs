@@ -7,7 +7,7 @@ use tenantgate_crds::render::tenant_namespace;
 use tenantgate_crds::v1alpha1::McpConnection;
 
 use super::{BuildInput, meta};
-use crate::labels::{GATEWAY, GATEWAY_STATUS_WRITER};
+use crate::labels::{GATEWAY, GATEWAY_SPEND, GATEWAY_STATUS_WRITER};
 
 /// The gateway's ServiceAccount. No token is automounted: the gateway
 /// container alone gets one, through its own projected volume.
@@ -21,17 +21,34 @@ pub fn build_service_account(input: &BuildInput<'_>) -> ServiceAccount {
 
 /// What the gateway may do against the API server: get and patch the status
 /// of the McpConnections of its own namespace, to publish
-/// `status.driftedTools` (it alone sees the upstream tools). Scoped by
-/// namespace, not by name: resourceNames cannot name connections created later.
+/// `status.driftedTools` (it alone sees the upstream tools), create Events
+/// there and patch the `gateway-spend` ConfigMap (budget alerts and spend: it
+/// alone sees what is spent). Scoped by namespace, not by name, for
+/// McpConnections and Events: resourceNames cannot name objects created later.
 pub fn build_role(input: &BuildInput<'_>) -> Role {
     Role {
         metadata: meta(input, GATEWAY_STATUS_WRITER, "gateway"),
-        rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![McpConnection::group(&()).into_owned()]),
-            resources: Some(vec![format!("{}/status", McpConnection::plural(&()))]),
-            verbs: vec!["get".into(), "patch".into()],
-            ..PolicyRule::default()
-        }]),
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![McpConnection::group(&()).into_owned()]),
+                resources: Some(vec![format!("{}/status", McpConnection::plural(&()))]),
+                verbs: vec!["get".into(), "patch".into()],
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec!["events.k8s.io".into()]),
+                resources: Some(vec!["events".into()]),
+                verbs: vec!["create".into()],
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".into()]),
+                resource_names: Some(vec![GATEWAY_SPEND.into()]),
+                verbs: vec!["patch".into()],
+                ..PolicyRule::default()
+            },
+        ]),
     }
 }
 
@@ -59,14 +76,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_gateway_may_patch_mcp_connection_status_in_its_namespace_only() {
+    fn the_gateway_may_patch_mcp_connection_status_its_spend_and_create_events_in_its_namespace_only() {
         let role = built::<Role>(GATEWAY_STATUS_WRITER);
         assert_eq!(role.metadata.namespace.as_deref(), Some("tg-acme"));
         let rules = role.rules.clone().unwrap_or_default();
-        assert_eq!(rules.len(), 1, "{rules:?}");
+        assert_eq!(rules.len(), 3, "{rules:?}");
         assert_eq!(rules[0].api_groups.clone().unwrap_or_default(), ["tenantgate.dev"]);
         assert_eq!(rules[0].resources.clone().unwrap_or_default(), ["mcpconnections/status"]);
         assert_eq!(rules[0].verbs, ["get", "patch"]);
+        assert_eq!(rules[1].api_groups.clone().unwrap_or_default(), ["events.k8s.io"]);
+        assert_eq!(rules[1].resources.clone().unwrap_or_default(), ["events"]);
+        assert_eq!(rules[1].verbs, ["create"], "budget alerts: create only, never read or change others' Events");
+        assert_eq!(rules[2].resources.clone().unwrap_or_default(), ["configmaps"]);
+        assert_eq!(rules[2].resource_names.clone().unwrap_or_default(), [GATEWAY_SPEND], "that one ConfigMap only");
+        assert_eq!(rules[2].verbs, ["patch"]);
         let binding = &built::<RoleBinding>(GATEWAY_STATUS_WRITER);
         assert_eq!(binding.metadata.namespace.as_deref(), Some("tg-acme"));
         assert_eq!((binding.role_ref.kind.as_str(), binding.role_ref.name.as_str()), ("Role", GATEWAY_STATUS_WRITER));

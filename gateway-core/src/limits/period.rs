@@ -1,0 +1,129 @@
+//! The calendar windows of quotas and budgets, in UTC: a day, or a month.
+//! `lease.lua` computes the same windows on Redis' clock.
+
+use tenantgate_crds::v1alpha1::BudgetPeriod;
+
+/// A calendar window kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    /// A UTC day.
+    Day,
+    /// A UTC calendar month.
+    Month,
+}
+
+impl From<BudgetPeriod> for Period {
+    fn from(p: BudgetPeriod) -> Self {
+        match p {
+            BudgetPeriod::Day => Self::Day,
+            BudgetPeriod::Month => Self::Month,
+        }
+    }
+}
+
+const DAY_US: f64 = 86_400e6;
+
+impl Period {
+    /// The number `lease.lua` and `give.lua` know the period by.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Day => 0,
+            Self::Month => 1,
+        }
+    }
+
+    /// The window holding second `s` since the epoch: the day number, or the
+    /// month number (`year * 12 + month - 1`).
+    pub fn window(self, s: i64) -> i64 {
+        let day = s.div_euclid(86_400);
+        match self {
+            Self::Day => day,
+            Self::Month => {
+                let (y, m) = civil(day);
+                y * 12 + m - 1
+            }
+        }
+    }
+
+    /// Microseconds from `now_us` (since the epoch) to the end of its window.
+    pub fn reset_us(self, now_us: f64) -> f64 {
+        let day = (now_us / DAY_US).floor();
+        match self {
+            Self::Day => (day + 1.0) * DAY_US - now_us,
+            Self::Month => {
+                let (y, m) = civil(day as i64);
+                let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+                first_of_month(y, m) as f64 * DAY_US - now_us
+            }
+        }
+    }
+}
+
+impl Period {
+    /// Window `window` as a date: `2026-12-06` (a day), `2026-12` (a month).
+    pub fn label(self, window: i64) -> String {
+        match self {
+            Self::Day => {
+                let (y, m) = civil(window);
+                format!("{y:04}-{m:02}-{:02}", window - first_of_month(y, m) + 1)
+            }
+            Self::Month => format!("{:04}-{:02}", window.div_euclid(12), window.rem_euclid(12) + 1),
+        }
+    }
+}
+
+/// Year and month (1-12) of day number `days` since 1970-01-01 (H. Hinnant's `civil_from_days`).
+fn civil(days: i64) -> (i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m)
+}
+
+/// Day number of the first of month `m` of year `y` (`days_from_civil`).
+fn first_of_month(y: i64, m: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_follow_the_calendar() {
+        // 2024-02-29 12:00 UTC (a leap day), 2026-12-31 23:59:59 UTC, 1970-01-01.
+        let leap = 1_709_208_000;
+        assert_eq!(Period::Month.window(leap), 2024 * 12 + 1);
+        assert_eq!(Period::Day.window(leap), 19_782);
+        let eve = 1_798_761_599;
+        assert_eq!(Period::Month.window(eve), 2026 * 12 + 11);
+        assert_eq!(Period::Month.window(eve + 1), 2027 * 12, "a second later is January");
+        assert_eq!(Period::Month.window(0), 1970 * 12);
+        assert_eq!(first_of_month(2024, 3), 19_783);
+        assert_eq!(first_of_month(1970, 1), 0);
+        assert_eq!(Period::Day.label(Period::Day.window(leap)), "2024-02-29");
+        assert_eq!(Period::Month.label(Period::Month.window(eve)), "2026-12");
+        assert_eq!(Period::Month.label(Period::Month.window(eve + 1)), "2027-01");
+    }
+
+    #[test]
+    fn resets_are_at_the_next_midnight_and_first_of_month() {
+        let leap_us = 1_709_208_000e6;
+        assert!((Period::Day.reset_us(leap_us) - 43_200e6).abs() < 1.0);
+        // From noon on 29 February 2024 to 1 March: half a day.
+        assert!((Period::Month.reset_us(leap_us) - 43_200e6).abs() < 1.0);
+        // From 2026-12-06 00:00 to 2027-01-01: 26 days.
+        let dec6 = 1_796_515_200e6;
+        assert!((Period::Month.reset_us(dec6) - 26.0 * DAY_US).abs() < 1.0);
+    }
+}
