@@ -1,7 +1,11 @@
 //! The API key format both kinds of key share, admin-minted and declared as
-//! ApiKey objects: `tg_<prefix>_<secret>`, stored only as an HMAC-SHA256 of
-//! the whole key with the tenant's pepper. Pure: the caller brings the random
-//! bytes (the gateway for admin-minted keys, the operator for ApiKeys).
+//! ApiKey objects: `tg_<prefix>_<secret>`, with 256 random bits in the secret.
+//! An admin-minted key is stored only as an HMAC-SHA256 with the tenant's
+//! pepper (the gateway holds the pepper); a declared key only as its SHA-256,
+//! which the operator computes as it generates the key without ever holding
+//! the pepper: against 256 random bits a pepper adds nothing. Pure: the caller
+//! brings the random bytes (the gateway for admin-minted keys, the operator for
+//! ApiKeys).
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -44,6 +48,24 @@ pub fn hash(pepper: &[u8], key: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
+/// The stored hash of a key declared as an ApiKey object: hex SHA-256 of the whole key.
+pub fn declared_hash(key: &str) -> String {
+    use sha2::Digest;
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// The Secret holding the key of the ApiKey `name` generated for `rotation`: the
+/// ApiKey's own name until a rotation is asked for, then the name and the first
+/// 10 hex digits of the rotation token's SHA-256 (the operator only ever creates
+/// Secrets, so each rotation's key gets a Secret of its own).
+pub fn secret_name(name: &str, rotation: Option<&str>) -> String {
+    use sha2::Digest;
+    match rotation.filter(|r| !r.is_empty()) {
+        None => name.to_owned(),
+        Some(r) => format!("{name}-{}", &hex::encode(Sha256::digest(r.as_bytes()))[..10]),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +83,18 @@ mod tests {
         assert_eq!(h.len(), 64);
         assert_ne!(h, hash(b"another pepper of enough bytes", &key));
         assert!(!h.contains(&key[3..]));
+        let d = declared_hash(&key);
+        assert_eq!((d.len(), d == h), (64, false));
+        assert_eq!(declared_hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn each_rotation_has_a_secret_of_its_own() {
+        assert_eq!(secret_name("ci", None), "ci");
+        assert_eq!(secret_name("ci", Some("")), "ci", "an empty token is no rotation");
+        let (a, b) = (secret_name("ci", Some("2026-12")), secret_name("ci", Some("2027-01")));
+        assert!(a.starts_with("ci-") && a.len() == "ci-".len() + 10, "{a}");
+        assert_ne!(a, b);
+        assert_eq!(a, secret_name("ci", Some("2026-12")), "stable");
     }
 }

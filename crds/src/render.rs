@@ -9,7 +9,8 @@ use crate::config::{
     AuthConfig, AwsCredentialsConfig, AzureConfig, BedrockConfig, CONFIG_VERSION, DatabaseConfig, DeclaredApiKey,
     EntraCredential, EntraIdConfig, EnvValue, GatewayConfig, GoogleWorkloadIdentityConfig, JwtConfig, JwtKeys,
     KeysConfig, McpAuthConfig, McpConnectionConfig, McpEndpointTransport, McpResourceConfig, NetworkConfig,
-    PolicyConfig, PolicyLayer, PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity, TracingConfig,
+    PolicyConfig, PolicyLayer, PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity,
+    TracingConfig,
 };
 use crate::issue::{ConfigIssue, ObjectRef, Reason};
 use crate::pricing::{self, TargetRef};

@@ -4,7 +4,7 @@
 mod common;
 
 use common::alone;
-use tenantgate_crds::api_key::{format_key, hash};
+use tenantgate_crds::api_key::{declared_hash, format_key};
 use tenantgate_crds::config::GatewayConfig;
 use tenantgate_crds::render::{IssuedApiKey, RenderInput, RenderOptions, render};
 use tenantgate_crds::v1alpha1::{ApiKey, Tenant};
@@ -26,7 +26,7 @@ fn api_key(name: &str, spec: &str) -> ApiKey {
 /// An ApiKey with a fresh key: the issued material and the key itself.
 fn issued(name: &str, spec: &str, fill: u8) -> (IssuedApiKey, String) {
     let (key, prefix) = format_key(&[fill; 6], &[fill.wrapping_add(1); 32]);
-    let hash = hash(b"a pepper long enough for tests", &key);
+    let hash = declared_hash(&key);
     (IssuedApiKey { key: api_key(name, spec), prefix, hash }, key)
 }
 

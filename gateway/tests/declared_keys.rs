@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{Gateway, temp_dir, token};
 use serde_json::{Value, json};
-use tenantgate_crds::api_key::{format_key, hash};
+use tenantgate_crds::api_key::{declared_hash, format_key};
 use tenantgate_crds::render::{IssuedApiKey, RenderInput, RenderOptions, render};
 use tenantgate_crds::v1alpha1::{ApiKey, Tenant};
 
@@ -24,8 +24,7 @@ fn issue(name: &str, spec: &str, fill: u8) -> (IssuedApiKey, String) {
     ))
     .expect("ApiKey");
     let (value, prefix) = format_key(&[fill; 6], &[fill; 32]);
-    let pepper = tenantgate_crds::api_key::pepper_bytes(PEPPER).expect("pepper");
-    (IssuedApiKey { key, prefix, hash: hash(&pepper, &value) }, value)
+    (IssuedApiKey { key, prefix, hash: declared_hash(&value) }, value)
 }
 
 /// Renders the tenant with `keys` into `dir/config.yaml`, its Secret files under `dir/secrets`.

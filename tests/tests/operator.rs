@@ -792,9 +792,8 @@ const NEEDED: &[(&str, &str, &[&str])] = &[
     ("tenantgate.dev", "promptpolicies/status", &["patch"]),
     // Server-side apply creates what does not exist yet: patch and create.
     ("", "namespaces", &["list", "watch", "create", "patch"]),
-    // Watched as metadata; gateway-keys created once; get reads a tenant's API-key pepper and an
-    // ApiKey's Secret, patch writes (and on rotation replaces) the key in an ApiKey's own Secret.
-    ("", "secrets", &["get", "list", "watch", "create", "patch"]),
+    // Watched as metadata; gateway-keys and each ApiKey's key (one Secret per rotation) created once.
+    ("", "secrets", &["list", "watch", "create"]),
     ("", "configmaps", &["list", "watch", "create", "patch", "delete"]),
     ("", "services", &["list", "watch", "create", "patch", "delete"]),
     ("", "serviceaccounts", &["list", "watch", "create", "patch", "delete"]),
@@ -876,10 +875,15 @@ async fn the_chart_grants_exactly_what_the_operator_uses() -> anyhow::Result<()>
 /// The ApiKey `ci` of the tenant `keys`, as a test reads it back.
 async fn api_key_state(client: &Client) -> anyhow::Result<(Option<String>, Option<ApiKey>, Option<GatewayConfig>)> {
     let ns = "tg-keys";
-    let secret = Api::<Secret>::namespaced(client.clone(), ns).get_opt("ci").await?;
+    let key = Api::<ApiKey>::namespaced(client.clone(), ns).get_opt("ci").await?;
+    // The Secret the ApiKey names (the status may lag the spec: only one of the current rotation).
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    let secret = match key.as_ref().and_then(|k| k.status.as_ref()?.secret_name.clone()) {
+        Some(name) if key.as_ref().is_some_and(|k| k.secret_name() == name) => secrets.get_opt(&name).await?,
+        _ => None,
+    };
     let value =
         secret.and_then(|s| s.data).and_then(|d| d.get("apiKey").map(|v| String::from_utf8_lossy(&v.0).into_owned()));
-    let key = Api::<ApiKey>::namespaced(client.clone(), ns).get_opt("ci").await?;
     let cm = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt("gateway-config").await?;
     let config = match cm.as_ref().and_then(|c| c.data.as_ref()).and_then(|d| d.get("config.yaml")) {
         Some(text) => Some(GatewayConfig::from_yaml(text)?),
@@ -953,19 +957,18 @@ async fn api_keys_are_generated_rotated_and_revoked_and_their_value_stays_in_the
     let declared = config.expect("config").auth.declared_api_keys.into_iter().find(|k| k.name == "ci").expect("ci");
     assert!(value.starts_with("tg_") && value.len() > 50, "same format as admin-minted keys");
     let prefix = tenantgate_crds::api_key::key_prefix(&value).expect("well-formed").to_owned();
-    let keys = Api::<Secret>::namespaced(client.clone(), ns).get("gateway-keys").await?;
-    let pepper = keys.data.as_ref().and_then(|d| d.get("api-key-pepper")).expect("pepper");
-    let pepper = tenantgate_crds::api_key::pepper_bytes(&pepper.0).expect("pepper bytes");
-    assert_eq!(declared.hash, tenantgate_crds::api_key::hash(&pepper, &value), "the config holds the key's hash");
+    assert_eq!(declared.hash, tenantgate_crds::api_key::declared_hash(&value), "the config holds the key's hash");
     assert_eq!(declared.prefix, prefix);
     assert_eq!(declared.subject, "apikey:ci");
     assert_eq!(declared.allowed_models, ["chat"]);
     assert_eq!(declared.ip_allow_list, ["10.0.0.0/8"]);
     let status = key.status.clone().expect("status");
     assert_eq!(status.prefix.as_deref(), Some(prefix.as_str()));
-    assert_eq!(status.secret_name.as_deref(), Some("ci"));
+    let first_secret = key.secret_name();
+    assert_eq!(status.secret_name.as_deref(), Some(first_secret.as_str()));
     assert_eq!(status.tenant.as_deref(), Some("keys"));
-    let secret = Api::<Secret>::namespaced(client.clone(), ns).get("ci").await?;
+    let secret = Api::<Secret>::namespaced(client.clone(), ns).get(&first_secret).await?;
+    assert_eq!(secret.immutable, Some(true));
     let owner = secret.metadata.owner_references.clone().unwrap_or_default();
     assert_eq!(
         owner.first().map(|o| (o.kind.as_str(), o.uid.as_str())),
@@ -986,7 +989,7 @@ async fn api_keys_are_generated_rotated_and_revoked_and_their_value_stays_in_the
     // At rest: no new key on a reconcile (the Secret is not rewritten).
     let version = secret.metadata.resource_version.clone();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let again = Api::<Secret>::namespaced(client.clone(), ns).get("ci").await?;
+    let again = Api::<Secret>::namespaced(client.clone(), ns).get(&first_secret).await?;
     assert_eq!(again.metadata.resource_version, version, "the Secret was rewritten without a rotation");
 
     // Rotation: a new value and a new hash; the old hash leaves the config.
@@ -1004,7 +1007,13 @@ async fn api_keys_are_generated_rotated_and_revoked_and_their_value_stays_in_the
     let (new_value, key, config) = api_key_state(&client).await?;
     let (new_value, key) = (new_value.expect("value"), key.expect("ApiKey"));
     let hashes: Vec<String> = config.expect("config").auth.declared_api_keys.into_iter().map(|k| k.hash).collect();
-    assert_eq!(hashes, [tenantgate_crds::api_key::hash(&pepper, &new_value)]);
+    assert_eq!(hashes, [tenantgate_crds::api_key::declared_hash(&new_value)]);
+    // A Secret of its own: the operator only creates Secrets, never rewrites one.
+    let new_secret = key.secret_name();
+    assert_ne!(new_secret, first_secret);
+    assert_eq!(key.status.as_ref().and_then(|s| s.secret_name.as_deref()), Some(new_secret.as_str()));
+    let old = Api::<Secret>::namespaced(client.clone(), ns).get(&first_secret).await?;
+    assert_eq!(old.metadata.resource_version, version, "the old key's Secret is left as it was");
     let new_prefix = tenantgate_crds::api_key::key_prefix(&new_value).expect("well-formed");
     assert_eq!(key.status.as_ref().and_then(|s| s.prefix.as_deref()), Some(new_prefix));
     let seen = where_values_must_not_be(&client).await?;
@@ -1014,11 +1023,17 @@ async fn api_keys_are_generated_rotated_and_revoked_and_their_value_stays_in_the
 
     // Deletion revokes: the key leaves the config and its Secret goes with it.
     kubectl(&["delete", "apikey", "ci", "-n", ns, "--wait=true", "--timeout=60s"])?;
-    eventually("the key gone from the config and its Secret deleted", Duration::from_secs(90), Some(&op), || {
+    eventually("the key gone from the config and its Secrets deleted", Duration::from_secs(90), Some(&op), || {
         let client = client.clone();
+        let names = [first_secret.clone(), new_secret.clone()];
         async move {
-            let (value, _, config) = api_key_state(&client).await?;
-            Ok(value.is_none() && config.is_some_and(|c| c.auth.declared_api_keys.is_empty()))
+            let (_, _, config) = api_key_state(&client).await?;
+            let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+            let mut left = 0;
+            for name in &names {
+                left += usize::from(secrets.get_opt(name).await?.is_some());
+            }
+            Ok(left == 0 && config.is_some_and(|c| c.auth.declared_api_keys.is_empty()))
         }
     })
     .await?;

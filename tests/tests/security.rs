@@ -33,9 +33,9 @@ const OPERATOR_USES: &[(&str, &[&str], &[&str])] = &[
     // The `kubernetes` EndpointSlice in default (resourceNames: that one), watched.
     ("discovery.k8s.io", &["endpointslices"], &["get", "list", "watch"]),
     ("", &["namespaces"], &["list", "watch", "create", "patch"]),
-    // Secrets: watched (metadata only) for the ones configs reference; gateway-keys is created once,
-    // never updated; get reads a tenant's API-key pepper, patch writes an ApiKey's own Secret.
-    ("", &["secrets"], &["get", "list", "watch", "create", "patch"]),
+    // Secrets: watched (metadata only) for the ones configs reference; gateway-keys and each
+    // ApiKey's key (one Secret per rotation) are created once, never read or updated.
+    ("", &["secrets"], &["list", "watch", "create"]),
     ("", &["configmaps", "services", "serviceaccounts"], &["list", "watch", "create", "patch", "delete"]),
     ("", &["persistentvolumeclaims"], &["list", "watch", "create", "patch", "delete"]),
     ("apps", &["deployments"], &["list", "watch", "create", "patch", "delete"]),

@@ -9,15 +9,16 @@ use serde::{Deserialize, Serialize};
 const RFC3339_RULE: &str = "self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$')";
 
 /// An API key of the tenant that owns the namespace. The operator generates its value
-/// once into the Secret of the same name (key `apiKey`, owned by this object), puts
-/// only its peppered hash into the gateway config, and generates a new value whenever
-/// `spec.rotation` changes. Deleting the object revokes the key and deletes the Secret.
+/// once into a Secret (key `apiKey`, owned by this object, named in
+/// `status.secretName`), puts only its SHA-256 into the gateway config, and generates
+/// a new key into a new Secret whenever `spec.rotation` changes. Deleting the object
+/// revokes the key and deletes its Secrets.
 // Several printcolumns repeat `type_`, which clippy mistakes for a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "tenantgate.dev",
-    doc = "An API key of the tenant that owns the namespace. The operator generates the key into the Secret of the same name (key apiKey) and puts only its hash into the gateway config; changing spec.rotation generates a new key; deleting the object revokes it.",
+    doc = "An API key of the tenant that owns the namespace. The operator generates the key into the Secret named in status.secretName (key apiKey) and puts only its hash into the gateway config; changing spec.rotation generates a new key into a new Secret; deleting the object revokes it.",
     version = "v1alpha1",
     derive = "PartialEq",
     derive = "Default",
@@ -87,8 +88,9 @@ pub struct ApiKeySpec {
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("each entry must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32 (one address: /32 or /128)"))]
     pub ip_allow_list: Vec<String>,
     /// Rotation trigger: any string (a date, a counter). Whenever it changes, the operator
-    /// generates a new key into the Secret and the old one stops working as soon as the
-    /// gateways reload their config. Committing a new value to git rotates the key.
+    /// generates a new key into a new Secret (`<name>-<10 hex digits>`, named in
+    /// `status.secretName`) and the old key stops working as soon as the gateways have
+    /// the new config. Committing a new value to git rotates the key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub rotation: Option<String>,
@@ -111,7 +113,8 @@ pub struct ApiKeyStatus {
     /// the admin API's listing and in logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
-    /// The Secret (in this namespace) holding the key under `apiKey`.
+    /// The Secret (in this namespace) holding the current key under `apiKey`: the
+    /// ApiKey's name until its first rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
     /// Ready: the key's hash is in the tenant's gateway config.
@@ -130,5 +133,11 @@ impl ApiKey {
     pub fn subject(&self) -> String {
         use kube::ResourceExt;
         self.spec.subject.clone().unwrap_or_else(|| default_api_key_subject(&self.name_any()))
+    }
+
+    /// The Secret that holds (or is to hold) the key of the current `spec.rotation`.
+    pub fn secret_name(&self) -> String {
+        use kube::ResourceExt;
+        crate::api_key::secret_name(&self.name_any(), self.spec.rotation.as_deref())
     }
 }

@@ -1,5 +1,5 @@
 //! API-key authentication: `Authorization: Bearer tg_<prefix>_<secret>`.
-//! A key declared as an ApiKey object is found by its peppered hash in the
+//! A key declared as an ApiKey object is found by its SHA-256 in the
 //! config in force ([`super::DeclaredKeys`]); any other is looked up in the
 //! database of admin-minted keys by the same hash, with a short cache of answers
 //! (found and not found), so a revocation on any replica takes effect here
@@ -13,6 +13,7 @@ use quick_cache::sync::Cache;
 
 use super::{AuthError, Identity};
 use crate::storage::{Db, KeyRecord, Pepper, api_keys, now_ms};
+use tenantgate_crds::api_key::declared_hash;
 
 /// How long an answer from the database is reused.
 pub const CACHE_TTL: Duration = Duration::from_secs(2);
@@ -113,8 +114,7 @@ pub async fn verify(
     }
     if !runtime.declared_keys.is_empty()
         && api_keys::key_prefix(token).is_some()
-        && let Some(pepper) = storage.pepper.as_ref()
-        && let Some(verdict) = runtime.declared_keys.check(&pepper.hash(token), client, now_ms())
+        && let Some(verdict) = runtime.declared_keys.check(&declared_hash(token), client, now_ms())
     {
         return verdict;
     }

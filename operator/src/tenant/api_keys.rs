@@ -1,10 +1,11 @@
 //! Step 1b of the pipeline, between dereference and render: the key of each
-//! ApiKey of the tenant. The key lives only in the Secret named after the
-//! ApiKey (owned by it, so it goes with it); that Secret's annotations carry
-//! the key's prefix and peppered hash, the rotation token it was generated for
-//! and the `gateway-keys` Secret (by uid) whose pepper made the hash. A key is
-//! generated when its Secret is missing or was made for another rotation or
-//! pepper; otherwise the metadata cache is enough and no request is made.
+//! ApiKey of the tenant. The key lives only in the Secret the ApiKey names in
+//! `status.secretName` (its own name until the first rotation, then one Secret
+//! per rotation token: see [`ApiKey::secret_name`]), owned by the ApiKey so it
+//! goes with it. That Secret's annotations carry the key's prefix and SHA-256,
+//! and the rotation token it was generated for; the metadata cache is enough to
+//! read them, so the operator never reads a Secret's data and only ever
+//! creates Secrets (no get, update or patch on Secrets: see the chart's RBAC).
 //! The key's value is never logged, put in status, in an Event or in the
 //! config: only its hash reaches the config.
 
@@ -13,14 +14,14 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tenantgate_crds::api_key::{PREFIX_BYTES, SECRET_BYTES, format_key, hash, pepper_bytes};
+use tenantgate_crds::api_key::{PREFIX_BYTES, SECRET_BYTES, declared_hash, format_key};
 use tenantgate_crds::issue::ConfigIssue;
-use tenantgate_crds::render::{API_KEY_PEPPER, GATEWAY_KEYS_SECRET, IssuedApiKey, RenderedConfig};
+use tenantgate_crds::render::{IssuedApiKey, RenderedConfig};
 use tenantgate_crds::v1alpha1::{ApiKey, ApiKeyStatus, conditions};
 
 use super::Error;
@@ -30,16 +31,16 @@ use crate::labels::{FIELD_MANAGER, labels};
 
 /// Key of the API key in its Secret.
 pub const API_KEY_SECRET_KEY: &str = "apiKey";
-/// Annotation of an ApiKey's Secret: the key's peppered hash (what the config holds).
-pub const HASH_ANNOTATION: &str = "tenantgate.dev/api-key-hash";
+/// Annotation of an ApiKey's Secret: the key's SHA-256 (what the config holds).
+pub const HASH_ANNOTATION: &str = "tenantgate.dev/api-key-sha256";
 /// Annotation of an ApiKey's Secret: the key's public prefix.
 pub const PREFIX_ANNOTATION: &str = "tenantgate.dev/api-key-prefix";
 /// Annotation of an ApiKey's Secret: the `spec.rotation` the key was generated for.
 pub const ROTATION_ANNOTATION: &str = "tenantgate.dev/api-key-rotation";
-/// Annotation of an ApiKey's Secret: uid of the `gateway-keys` Secret whose pepper made the hash.
-pub const PEPPER_ANNOTATION: &str = "tenantgate.dev/api-key-pepper-uid";
 /// Label of an ApiKey's Secret naming the ApiKey.
 pub const API_KEY_LABEL: &str = "tenantgate.dev/api-key";
+/// Longest Secret name the API server takes.
+const MAX_NAME: usize = 253;
 
 /// Why an ApiKey has no key in the config (yet).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,39 +61,38 @@ pub struct Issuance {
 }
 
 impl Issuance {
-    /// Whether some key waits on something that comes by itself (the tenant's keys).
+    /// Whether some key waits on something that comes by itself (the cache seeing a Secret).
     pub fn waiting(&self) -> bool {
-        self.pending.values().any(|p| p.reason == WAITING_FOR_TENANT_KEYS)
+        self.pending.values().any(|p| p.reason == WAITING_FOR_SECRET)
     }
 }
 
-const WAITING_FOR_TENANT_KEYS: &str = "WaitingForTenantKeys";
+const WAITING_FOR_SECRET: &str = "WaitingForSecret";
 
-/// What a Secret's metadata says of the key of `key`: its prefix and hash when it
-/// still fits (same ApiKey, rotation and pepper), `Ok(None)` when a new key is
-/// needed, `Err` when the Secret is someone else's.
-fn current(key: &ApiKey, secret: &ObjectMeta, pepper_uid: &str) -> Result<Option<(String, String)>, Pending> {
+/// What a Secret's metadata says of the key of `key`: its prefix and hash, or
+/// `Err` when the Secret is someone else's or not one the operator made.
+fn current(key: &ApiKey, secret: &ObjectMeta) -> Result<(String, String), Pending> {
+    let name = key.secret_name();
     let owned = secret.owner_references.iter().flatten().any(|o| Some(&o.uid) == key.meta().uid.as_ref());
     if !owned {
         return Err(Pending {
             reason: "SecretConflict",
             message: format!(
-                "Secret {} exists and does not belong to this ApiKey: the operator never overwrites it; delete or rename it (or rename the ApiKey)",
-                key.name_any()
+                "Secret {name} exists and does not belong to this ApiKey: the operator never overwrites it; delete or rename it (or rename the ApiKey)"
             ),
         });
     }
     let annotations = secret.annotations.as_ref();
     let get = |k: &str| annotations.and_then(|a| a.get(k)).map(String::as_str);
     let rotation = key.spec.rotation.as_deref().unwrap_or_default();
-    match (get(PREFIX_ANNOTATION), get(HASH_ANNOTATION)) {
-        (Some(prefix), Some(hash))
-            if get(ROTATION_ANNOTATION).unwrap_or_default() == rotation
-                && get(PEPPER_ANNOTATION) == Some(pepper_uid) =>
-        {
-            Ok(Some((prefix.to_owned(), hash.to_owned())))
-        }
-        _ => Ok(None),
+    match (get(PREFIX_ANNOTATION), get(HASH_ANNOTATION), get(ROTATION_ANNOTATION)) {
+        (Some(prefix), Some(hash), Some(r)) if r == rotation => Ok((prefix.to_owned(), hash.to_owned())),
+        _ => Err(Pending {
+            reason: "SecretConflict",
+            message: format!(
+                "Secret {name} belongs to this ApiKey but does not say which key it holds (its annotations were edited): delete it and a new key is generated"
+            ),
+        }),
     }
 }
 
@@ -102,8 +102,7 @@ pub fn build_api_key_secret(
     key: &ApiKey,
     tenant: &str,
     value: &str,
-    (prefix, hash): (&str, &str),
-    pepper_uid: &str,
+    prefix: &str,
     extra_labels: &BTreeMap<String, String>,
 ) -> Secret {
     let mut labels = labels(tenant, "api-key");
@@ -112,13 +111,12 @@ pub fn build_api_key_secret(
     labels.extend(extra_labels.clone());
     let annotations = BTreeMap::from([
         (PREFIX_ANNOTATION.into(), prefix.to_owned()),
-        (HASH_ANNOTATION.into(), hash.to_owned()),
+        (HASH_ANNOTATION.into(), declared_hash(value)),
         (ROTATION_ANNOTATION.into(), key.spec.rotation.clone().unwrap_or_default()),
-        (PEPPER_ANNOTATION.into(), pepper_uid.to_owned()),
     ]);
     Secret {
         metadata: ObjectMeta {
-            name: Some(key.name_any()),
+            name: Some(key.secret_name()),
             namespace: key.namespace(),
             labels: Some(labels),
             annotations: Some(annotations),
@@ -128,11 +126,12 @@ pub fn build_api_key_secret(
                 name: key.name_any(),
                 uid: key.uid().unwrap_or_default(),
                 controller: Some(true),
-                ..OwnerReference::default()
+                block_owner_deletion: Some(true),
             }]),
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".into()),
+        immutable: Some(true),
         data: Some(BTreeMap::from([(API_KEY_SECRET_KEY.into(), ByteString(value.as_bytes().to_vec()))])),
         ..Secret::default()
     }
@@ -146,55 +145,21 @@ fn generate() -> Option<(String, String)> {
 }
 
 /// The key of each of `keys` (the tenant's ApiKeys in `namespace`): read from the
-/// Secrets' metadata in the cache, or generated into the Secret when missing or stale.
+/// Secrets' metadata in the cache, or generated into a new Secret when missing.
 pub async fn issue(ctx: &Context, tenant: &str, namespace: &str, keys: &[ApiKey]) -> Issuance {
     let mut out = Issuance::default();
     let secrets = ctx.stores.store::<PartialObjectMeta<Secret>>();
     let cached = |name: &str| secrets.and_then(|s| s.get(&ObjectRef::new(name).within(namespace)));
-    let Some(pepper_uid) = cached(GATEWAY_KEYS_SECRET).and_then(|s| s.uid()) else {
-        for k in keys {
-            out.pending.insert(k.name_any(), waiting_for_keys(namespace));
-        }
-        return out;
-    };
-    let mut stale = Vec::new();
-    for k in keys {
-        match cached(&k.name_any()).map(|s| current(k, &s.metadata, &pepper_uid)) {
-            Some(Ok(Some((prefix, hash)))) => out.issued.push(IssuedApiKey { key: k.clone(), prefix, hash }),
-            Some(Err(p)) => {
-                out.pending.insert(k.name_any(), p);
-            }
-            Some(Ok(None)) | None => stale.push(k),
-        }
-    }
-    if stale.is_empty() {
-        return out;
-    }
-    // Something to generate: the pepper, read once, and each Secret as it is now
-    // (the cache may not have seen a key generated a moment ago: never generate twice).
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let pepper = match api.get_opt(GATEWAY_KEYS_SECRET).await {
-        Ok(Some(s)) if s.uid().as_deref() == Some(pepper_uid.as_str()) => {
-            s.data.as_ref().and_then(|d| d.get(API_KEY_PEPPER)).and_then(|v| pepper_bytes(&v.0))
-        }
-        Ok(_) => None,
-        Err(e) => {
-            tracing::warn!(namespace, error = %e, "could not read the tenant's API-key pepper");
-            None
-        }
-    };
-    let Some(pepper) = pepper else {
-        for k in stale {
-            out.pending.insert(k.name_any(), waiting_for_keys(namespace));
-        }
-        return out;
-    };
-    for k in stale {
-        let name = k.name_any();
-        match issue_one(ctx, &api, tenant, k, &pepper, &pepper_uid).await {
-            Ok(issued) => out.issued.push(issued),
+    for k in keys {
+        let found = match cached(&k.secret_name()) {
+            Some(s) => current(k, &s.metadata),
+            None => issue_one(ctx, &api, tenant, k).await,
+        };
+        match found {
+            Ok((prefix, hash)) => out.issued.push(IssuedApiKey { key: k.clone(), prefix, hash }),
             Err(p) => {
-                out.pending.insert(name, p);
+                out.pending.insert(k.name_any(), p);
             }
         }
     }
@@ -202,58 +167,54 @@ pub async fn issue(ctx: &Context, tenant: &str, namespace: &str, keys: &[ApiKey]
     out
 }
 
-fn waiting_for_keys(namespace: &str) -> Pending {
-    Pending {
-        reason: WAITING_FOR_TENANT_KEYS,
-        message: format!("the tenant's {GATEWAY_KEYS_SECRET} Secret in {namespace} does not exist yet"),
-    }
-}
-
-async fn issue_one(
-    ctx: &Context,
-    api: &Api<Secret>,
-    tenant: &str,
-    key: &ApiKey,
-    pepper: &[u8],
-    pepper_uid: &str,
-) -> Result<IssuedApiKey, Pending> {
-    let name = key.name_any();
-    let failed = |what: &str, e: kube::Error| Pending {
-        reason: "SecretWriteFailed",
-        message: format!("{what} Secret {name}: {e}"),
-    };
-    let live = api.get_opt(&name).await.map_err(|e| failed("reading", e))?;
-    if let Some(live) = &live
-        && let Some((prefix, hash)) = current(key, &live.metadata, pepper_uid)?
-    {
-        return Ok(IssuedApiKey { key: key.clone(), prefix, hash });
+/// Generates the key of `key` into its Secret, created (never replaced: a Secret of that
+/// name that the cache has not seen yet means a key was generated a moment ago).
+async fn issue_one(ctx: &Context, api: &Api<Secret>, tenant: &str, key: &ApiKey) -> Result<(String, String), Pending> {
+    let name = key.secret_name();
+    if name.len() > MAX_NAME {
+        return Err(Pending {
+            reason: "InvalidValue",
+            message: format!(
+                "the Secret of a rotated key is named <ApiKey name>-<10 hex digits>, {} characters here, more than {MAX_NAME}: shorten the ApiKey's name",
+                name.len()
+            ),
+        });
     }
     let (value, prefix) = generate().ok_or_else(|| Pending {
         reason: "NoRandomness",
         message: "the operating system gave no randomness to generate a key with".into(),
     })?;
-    let hash = hash(pepper, &value);
-    let secret =
-        build_api_key_secret(key, tenant, &value, (&prefix, &hash), pepper_uid, &ctx.settings.secret_watch_labels);
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&secret))
-        .await
-        .map_err(|e| failed("writing", e))?;
-    let rotated = live.is_some();
-    let note = format!(
-        "generated {} key {prefix} into Secret {name}{}",
-        if rotated { "a new" } else { "the" },
-        if rotated { " (rotation)" } else { "" }
-    );
-    publish(ctx, key, EventType::Normal, if rotated { "KeyRotated" } else { "KeyGenerated" }, &note).await;
+    let secret = build_api_key_secret(key, tenant, &value, &prefix, &ctx.settings.secret_watch_labels);
+    match api.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() }, &secret).await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            return Err(Pending {
+                reason: WAITING_FOR_SECRET,
+                message: format!("Secret {name} was just created; waiting to see it"),
+            });
+        }
+        Err(e) => return Err(Pending { reason: "SecretWriteFailed", message: format!("creating Secret {name}: {e}") }),
+    }
+    let previous = key.status.as_ref().and_then(|s| s.secret_name.as_deref()).filter(|p| *p != name);
+    let note = match previous {
+        Some(old) => format!(
+            "generated a new key {prefix} into Secret {name} (rotation); the key in Secret {old} stops working with this config, and that Secret may be deleted (it goes with the ApiKey otherwise)"
+        ),
+        None => format!("generated the key {prefix} into Secret {name}"),
+    };
+    let reason = if previous.is_some() { "KeyRotated" } else { "KeyGenerated" };
+    publish(ctx, key, EventType::Normal, reason, &note).await;
     tracing::info!(
         tenant,
-        apikey = %name,
+        apikey = %key.name_any(),
         namespace = key.namespace().unwrap_or_default(),
+        secret = %name,
         prefix = %prefix,
-        rotated,
+        rotated = previous.is_some(),
         "generated an API key into its Secret"
     );
-    Ok(IssuedApiKey { key: key.clone(), prefix, hash })
+    Ok((prefix, secret.annotations().get(HASH_ANNOTATION).cloned().unwrap_or_default()))
 }
 
 /// What an ApiKey's Ready condition says.
@@ -328,7 +289,7 @@ pub async fn write_statuses(
             tenant: Some(tenant.to_owned()),
             subject: Some(k.subject()),
             prefix: issued.map(|i| i.prefix.clone()).or(prev.prefix.clone()),
-            secret_name: issued.map(|_| name.clone()).or(prev.secret_name.clone()),
+            secret_name: issued.map(|i| i.key.secret_name()).or(prev.secret_name.clone()),
             conditions: vec![condition(
                 &prev.conditions,
                 conditions::READY,
@@ -339,8 +300,8 @@ pub async fn write_statuses(
             )],
         };
         let was = prev.conditions.iter().find(|c| c.type_ == conditions::READY).map(|c| c.reason.as_str());
-        // A problem a human must fix, once when it appears (waiting for gateway-keys fixes itself).
-        if !ready && reason != WAITING_FOR_TENANT_KEYS && was != Some(reason) {
+        // A problem a human must fix, once when it appears (waiting for the cache fixes itself).
+        if !ready && reason != WAITING_FOR_SECRET && was != Some(reason) {
             publish(ctx, k, EventType::Warning, reason, &message).await;
         }
         write_status(ctx, k, &prev, status).await?;
@@ -393,9 +354,12 @@ mod tests {
     fn the_secret_holds_the_key_and_its_annotations_what_the_config_needs() {
         let key = api_key(Some("2026-12"));
         let extra = BTreeMap::from([("tenantgate.dev/watch".to_string(), "true".to_string())]);
-        let s = build_api_key_secret(&key, "acme", "tg_abc_secret", ("abc", "h1"), "pepper-uid", &extra);
-        assert_eq!(s.metadata.name.as_deref(), Some("ci"));
+        let s = build_api_key_secret(&key, "acme", "tg_abc_secret", "abc", &extra);
+        assert_eq!(s.metadata.name, Some(key.secret_name()));
+        assert_ne!(key.secret_name(), "ci", "a rotated key has a Secret of its own");
+        assert_eq!(api_key(None).secret_name(), "ci");
         assert_eq!(s.metadata.namespace.as_deref(), Some("tg-acme"));
+        assert_eq!(s.immutable, Some(true));
         let owner = &s.metadata.owner_references.as_ref().expect("owned")[0];
         assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()), ("ApiKey", "ci", "u-1"));
         let data = s.data.as_ref().expect("data");
@@ -406,15 +370,18 @@ mod tests {
         let annotations = s.metadata.annotations.as_ref().expect("annotations");
         assert!(annotations.values().all(|v| !v.contains("secret")), "the value is in data only: {annotations:?}");
 
-        // What the Secret says fits the same rotation and pepper only.
-        assert_eq!(current(&key, &s.metadata, "pepper-uid"), Ok(Some(("abc".into(), "h1".into()))));
-        assert_eq!(current(&api_key(Some("2027-01")), &s.metadata, "pepper-uid"), Ok(None), "rotated");
-        assert_eq!(current(&api_key(None), &s.metadata, "pepper-uid"), Ok(None), "rotation cleared");
-        assert_eq!(current(&key, &s.metadata, "another-pepper"), Ok(None), "gateway-keys was replaced");
-        // Somebody else's Secret of the same name is never taken over.
+        // The metadata says which key the Secret holds: no read of its data needed.
+        let hash = declared_hash("tg_abc_secret");
+        assert_eq!(current(&key, &s.metadata), Ok(("abc".into(), hash)));
+        // Annotations edited away, or somebody else's Secret of the same name: never taken over.
+        let mut edited = s.metadata.clone();
+        edited.annotations = None;
+        assert_eq!(current(&key, &edited).map_err(|p| p.reason), Err("SecretConflict"));
         let mut foreign = s.metadata.clone();
         foreign.owner_references = None;
-        assert_eq!(current(&key, &foreign, "pepper-uid").map_err(|p| p.reason), Err("SecretConflict"));
+        let refused = current(&key, &foreign).expect_err("foreign");
+        assert_eq!(refused.reason, "SecretConflict");
+        assert!(refused.message.contains(&key.secret_name()), "{}", refused.message);
     }
 
     #[test]
