@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use tenantgate_crds::v1alpha1::McpConnection;
+use tenantgate_gateway_core::config::ApiCopy;
 use tenantgate_gateway_core::limits::alerts::{self, Alerts};
 use tenantgate_gateway_core::limits::{BudgetState, Period, Scope};
 use tenantgate_tests::operator::workspace_binary;
@@ -255,6 +256,47 @@ async fn a_tenant_gateway_cannot_read_another_tenants_secrets() -> anyhow::Resul
         "patch another tenant's spend",
     )?;
     forbidden(own_maps.get(alerts::SPEND_MAP).await.map(drop), "read a ConfigMap")?;
+
+    // Its config: watched through the API server (that one ConfigMap, by name), changes seen in seconds.
+    let config_map = |text: &str| -> anyhow::Result<ConfigMap> {
+        Ok(serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "gateway-config"}, "data": {"config.yaml": text}}),
+        )?)
+    };
+    for ns in [&a, &b] {
+        Api::<ConfigMap>::namespaced(admin.clone(), ns).create(&PostParams::default(), &config_map("first")?).await?;
+    }
+    let copy = ApiCopy::start(gateway_a.clone(), &a, "gateway-config", "config.yaml");
+    let delivered = |want: &'static str| {
+        let copy = copy.clone();
+        async move {
+            for _ in 0..600 {
+                if copy.latest().as_deref() == Some(want) {
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(anyhow::anyhow!("the gateway's watch never delivered {want:?}: {:?}", copy.latest()))
+        }
+    };
+    delivered("first").await?;
+    let replace = PatchParams::apply("tenantgate-test").force();
+    Api::<ConfigMap>::namespaced(admin.clone(), &a)
+        .patch(
+            "gateway-config",
+            &replace,
+            &Patch::Apply(
+                &serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"config.yaml": "second"}}),
+            ),
+        )
+        .await?;
+    delivered("second").await?;
+    let named = ListParams::default().fields("metadata.name=gateway-config");
+    forbidden(own_maps.list(&ListParams::default()).await.map(drop), "list its namespace's ConfigMaps")?;
+    forbidden(
+        Api::<ConfigMap>::namespaced(gateway_a.clone(), &b).list(&named).await.map(drop),
+        "list another tenant's config",
+    )?;
 
     for ns in [&a, &b] {
         Api::<Namespace>::all(admin.clone()).delete(ns, &DeleteParams::background()).await?;

@@ -248,7 +248,7 @@ fn readiness<'a>(
             ready: true,
             reason: "InConfig",
             message: format!(
-                "the key's hash is in Tenant {tenant}'s gateway-config: gateways accept it once they reload it (the kubelet refreshes the volume within about a minute)"
+                "the key's hash is in Tenant {tenant}'s gateway-config: its gateways, which watch that ConfigMap, accept it within seconds"
             ),
         },
         (None, None) => {
