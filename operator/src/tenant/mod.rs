@@ -155,7 +155,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
     write_child_statuses(ctx, tenant, &deps, Some(&rendered), &rendered.skipped).await?;
     api_keys::write_statuses(ctx, &name, &deps.api_keys, enabled, &issuance, Some(&rendered)).await?;
     write_status(ctx, tenant, &deps, Some(&rendered), Ok(())).await?;
-    // A key waiting for the tenant's gateway-keys Secret, which this reconcile may just have created.
+    // A key whose Secret was created a moment ago and is not in the cache yet.
     Ok(Action::requeue(if issuance.waiting() { Duration::from_secs(2) } else { RESYNC }))
 }
 
