@@ -80,13 +80,71 @@ pub struct TenantIdentity {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AuthConfig {
-    /// JWT validation.
-    pub jwt: JwtConfig,
-    /// Whether API keys minted through the admin API are accepted.
+    /// JWT validation; absent: the tenant accepts API keys only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtConfig>,
+    /// Roles (of a JWT or an API key) allowed on the admin API.
+    pub admin_roles: Vec<String>,
+    /// Whether API keys are accepted: those minted through the admin API and `declaredApiKeys`.
     pub api_keys_enabled: bool,
+    /// API keys declared as ApiKey objects, sorted by name: their hashes, never their values.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub declared_api_keys: Vec<DeclaredApiKey>,
     /// `/mcp` as an OAuth 2.0 protected resource.
     #[serde(default, skip_serializing_if = "McpResourceConfig::is_empty")]
     pub mcp: McpResourceConfig,
+}
+
+/// An API key declared as an ApiKey object: what the gateway checks a presented key against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeclaredApiKey {
+    /// metadata.name of the ApiKey (the admin API lists the key under it).
+    pub name: String,
+    /// The key's public prefix (`tg_<prefix>_...`).
+    pub prefix: String,
+    /// Hex HMAC-SHA256 of the whole key with the tenant's API-key pepper.
+    pub hash: String,
+    /// Who the key acts as.
+    pub subject: String,
+    /// Roles it grants.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// Model globs it may use; empty: every model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_models: Vec<String>,
+    /// When it stops working (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// CIDRs of the client addresses it is accepted from; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_allow_list: Vec<String>,
+}
+
+impl DeclaredApiKey {
+    /// `expires_at` in milliseconds since the epoch; `Err` names what does not parse.
+    pub fn expires_at_ms(&self) -> Result<Option<i64>, String> {
+        self.expires_at.as_deref().map(parse_rfc3339_ms).transpose()
+    }
+
+    /// `ip_allow_list` parsed; `Err` names the first entry that is not a CIDR.
+    pub fn networks(&self) -> Result<Vec<ipnet::IpNet>, String> {
+        self.ip_allow_list.iter().map(|c| parse_cidr(c)).collect()
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time.
+pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
+    let at: k8s_openapi::jiff::Timestamp =
+        text.parse().map_err(|e| format!("{text:?} is not an RFC 3339 time with a zone: {e}"))?;
+    Ok(at.as_millisecond())
+}
+
+/// A CIDR (`10.0.0.0/8`, `2001:db8::/32`), its host bits cleared.
+pub fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .map(|n| n.trunc())
+        .map_err(|_| format!("{text:?} is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32"))
 }
 
 /// `/mcp` as an OAuth 2.0 protected resource (RFC 9728, RFC 8707).
@@ -123,8 +181,6 @@ pub struct JwtConfig {
     pub keys: JwtKeys,
     /// Claim holding roles.
     pub roles_claim: String,
-    /// Roles allowed on the admin API.
-    pub admin_roles: Vec<String>,
     /// Tolerated clock skew in seconds.
     pub leeway_seconds: u32,
 }

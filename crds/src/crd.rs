@@ -3,11 +3,11 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::v1alpha1::{McpConnection, ModelPrice, PromptPolicy, Tenant};
+use crate::v1alpha1::{ApiKey, McpConnection, ModelPrice, PromptPolicy, Tenant};
 
 /// Every CRD of the API, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![Tenant::crd(), McpConnection::crd(), PromptPolicy::crd(), ModelPrice::crd()]
+    vec![Tenant::crd(), McpConnection::crd(), PromptPolicy::crd(), ModelPrice::crd(), ApiKey::crd()]
 }
 
 /// The CRDs as one multi-document YAML stream, as committed under

@@ -85,6 +85,8 @@ pub enum Reason {
     Unavailable,
     /// No tenant, or an ambiguous choice of tenant.
     NoTenant,
+    /// An ApiKey of a tenant whose `spec.auth.apiKeys.enabled` is off.
+    ApiKeysDisabled,
     /// A bug or an environment problem, not the config's fault.
     Internal,
 }
@@ -111,6 +113,7 @@ impl Reason {
             Self::InvalidHeader => "InvalidHeader",
             Self::Unavailable => "Unavailable",
             Self::NoTenant => "NoTenant",
+            Self::ApiKeysDisabled => "ApiKeysDisabled",
             Self::Internal => "Internal",
         }
     }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod api_key;
 pub mod config;
 pub mod crd;
 #[cfg(feature = "files")]

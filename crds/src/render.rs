@@ -6,16 +6,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use kube::ResourceExt;
 
 use crate::config::{
-    AuthConfig, AwsCredentialsConfig, AzureConfig, BedrockConfig, CONFIG_VERSION, DatabaseConfig, EntraCredential,
-    EntraIdConfig, EnvValue, GatewayConfig, GoogleWorkloadIdentityConfig, JwtConfig, JwtKeys, KeysConfig,
-    McpAuthConfig, McpConnectionConfig, McpEndpointTransport, McpResourceConfig, NetworkConfig, PolicyConfig,
-    PolicyLayer, PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity, TracingConfig,
+    AuthConfig, AwsCredentialsConfig, AzureConfig, BedrockConfig, CONFIG_VERSION, DatabaseConfig, DeclaredApiKey,
+    EntraCredential, EntraIdConfig, EnvValue, GatewayConfig, GoogleWorkloadIdentityConfig, JwtConfig, JwtKeys,
+    KeysConfig, McpAuthConfig, McpConnectionConfig, McpEndpointTransport, McpResourceConfig, NetworkConfig,
+    PolicyConfig, PolicyLayer, PolicyOrigin, ProviderConfig, StdioProcess, StorageConfig, TenantIdentity,
+    TracingConfig,
 };
 use crate::issue::{ConfigIssue, ObjectRef, Reason};
 use crate::pricing::{self, TargetRef};
 use crate::v1alpha1::{
-    AzureProvider, BedrockProvider, McpConnection, McpTransport, ModelPrice, PromptPolicy, SecretKeyRef, Tenant,
-    VertexWorkloadIdentity,
+    ApiKey, AzureProvider, BedrockProvider, McpConnection, McpTransport, ModelPrice, PromptPolicy, SecretKeyRef,
+    Tenant, VertexWorkloadIdentity,
 };
 
 /// Where the gateway Deployment mounts the projected Secret volume.
@@ -94,7 +95,25 @@ pub struct RenderInput<'a> {
     pub global_policies: &'a [PromptPolicy],
     /// The cluster's ModelPrices.
     pub model_prices: &'a [ModelPrice],
+    /// ApiKeys in the tenant's namespace with the key the operator generated for each
+    /// (those without one yet are not here).
+    pub api_keys: &'a [IssuedApiKey],
 }
+
+/// An ApiKey and what the operator generated for it: the key's prefix and its
+/// peppered hash (never the key).
+#[derive(Clone, Debug, PartialEq)]
+pub struct IssuedApiKey {
+    /// The object.
+    pub key: ApiKey,
+    /// The key's public prefix.
+    pub prefix: String,
+    /// Hex HMAC-SHA256 of the key with the tenant's pepper.
+    pub hash: String,
+}
+
+/// Admin roles of a tenant without JWT settings.
+pub const DEFAULT_ADMIN_ROLES: &[&str] = &["tenant-admin"];
 
 /// A rendered config and what it needs.
 #[derive(Clone, Debug, PartialEq)]
@@ -207,30 +226,47 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
     let namespace = tenant_namespace(tenant);
     let tenant_obj = ObjectRef::cluster("Tenant", &tenant.name_any());
 
-    let jwt = &spec.auth.jwt;
-    let keys = match (&jwt.jwks_uri, &jwt.jwks_secret_ref, &jwt.hmac_secret_ref) {
-        (Some(uri), None, None) => JwtKeys::JwksUri(uri.clone()),
-        (None, Some(secret), None) => JwtKeys::JwksFile(r.secret_file(secret)),
-        (None, None, Some(secret)) => JwtKeys::HmacSecretFile(r.secret_file(secret)),
-        _ => {
-            r.issue(
-                &tenant_obj,
-                "spec.auth.jwt",
-                "set exactly one of jwksUri, jwksSecretRef or hmacSecretRef",
-                Reason::InvalidSpec,
-            );
-            JwtKeys::JwksUri(String::new())
-        }
-    };
-    let auth = AuthConfig {
-        jwt: JwtConfig {
+    let jwt = spec.auth.jwt.as_ref().map(|jwt| {
+        let keys = match (&jwt.jwks_uri, &jwt.jwks_secret_ref, &jwt.hmac_secret_ref) {
+            (Some(uri), None, None) => JwtKeys::JwksUri(uri.clone()),
+            (None, Some(secret), None) => JwtKeys::JwksFile(r.secret_file(secret)),
+            (None, None, Some(secret)) => JwtKeys::HmacSecretFile(r.secret_file(secret)),
+            _ => {
+                r.issue(
+                    &tenant_obj,
+                    "spec.auth.jwt",
+                    "set exactly one of jwksUri, jwksSecretRef or hmacSecretRef",
+                    Reason::InvalidSpec,
+                );
+                JwtKeys::JwksUri(String::new())
+            }
+        };
+        JwtConfig {
             issuer: jwt.issuer.clone(),
             audiences: jwt.audiences.clone(),
             keys,
             roles_claim: jwt.roles_claim.clone(),
-            admin_roles: jwt.admin_roles.clone(),
             leeway_seconds: jwt.leeway_seconds,
-        },
+        }
+    });
+    if jwt.is_none() && !spec.auth.api_keys.enabled {
+        r.issue(
+            &tenant_obj,
+            "spec.auth",
+            "set jwt, or enable apiKeys: a tenant needs at least one way to authenticate callers",
+            Reason::InvalidSpec,
+        );
+    }
+    let admin_roles = match &spec.auth.jwt {
+        Some(jwt) => jwt.admin_roles.clone(),
+        None => DEFAULT_ADMIN_ROLES.iter().map(|r| (*r).to_owned()).collect(),
+    };
+    let mut skipped = Vec::new();
+    let declared_api_keys = declared_api_keys(input.api_keys, &namespace, spec.auth.api_keys.enabled, &mut skipped);
+    let auth = AuthConfig {
+        jwt,
+        admin_roles,
+        declared_api_keys,
         api_keys_enabled: spec.auth.api_keys.enabled,
         mcp: McpResourceConfig {
             resource: mcp_resource(tenant),
@@ -428,7 +464,6 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
 
     let mut connections: Vec<&McpConnection> = input.mcp_connections.iter().collect();
     connections.sort_by_key(|c| c.name_any());
-    let mut skipped = Vec::new();
     let mut prefixes: BTreeMap<String, String> = BTreeMap::new();
     let mut mcp = Vec::new();
     for c in connections {
@@ -484,6 +519,56 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
         skipped,
         unpriced_targets: prices.unpriced,
     })
+}
+
+/// The declared API keys of the config, by name; a key that cannot be used is left
+/// out and reported in `skipped` (one bad ApiKey never stalls the tenant).
+fn declared_api_keys(
+    keys: &[IssuedApiKey],
+    namespace: &str,
+    enabled: bool,
+    skipped: &mut Vec<ConfigIssue>,
+) -> Vec<DeclaredApiKey> {
+    let mut out = Vec::new();
+    for issued in keys {
+        let k = &issued.key;
+        let object = ObjectRef::namespaced("ApiKey", namespace, &k.name_any());
+        let mut refuse = |field: &str, message: String, reason: Reason| {
+            skipped.push(ConfigIssue::new(reason, message).on(object.clone()).at(field));
+        };
+        if !enabled {
+            refuse(
+                "spec",
+                "the tenant does not accept API keys: its spec.auth.apiKeys.enabled is false".into(),
+                Reason::ApiKeysDisabled,
+            );
+            continue;
+        }
+        let declared = DeclaredApiKey {
+            name: k.name_any(),
+            prefix: issued.prefix.clone(),
+            hash: issued.hash.clone(),
+            subject: k.subject(),
+            roles: k.spec.roles.clone(),
+            allowed_models: k.spec.allowed_models.clone(),
+            expires_at: k.spec.expires_at.clone(),
+            ip_allow_list: k.spec.ip_allow_list.clone(),
+        };
+        let problems = [
+            declared.expires_at_ms().err().map(|e| ("spec.expiresAt", e)),
+            declared.networks().err().map(|e| ("spec.ipAllowList", e)),
+        ];
+        let mut usable = true;
+        for (field, e) in problems.into_iter().flatten() {
+            refuse(field, e, Reason::InvalidValue);
+            usable = false;
+        }
+        if usable {
+            out.push(declared);
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// Why an OTLP endpoint cannot be used: not an http(s) URL with a host, or

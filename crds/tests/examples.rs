@@ -47,7 +47,7 @@ fn defaults_are_applied() {
     let set = load(&valid_example_files()).expect("examples load");
     let quickstart = set.tenant("quickstart").expect("quickstart tenant");
     assert_eq!(quickstart.spec.gateway.replicas, 1);
-    assert_eq!(quickstart.spec.auth.jwt.roles_claim, "roles");
+    assert_eq!(quickstart.spec.auth.jwt.as_ref().expect("jwt").roles_claim, "roles");
     assert_eq!(quickstart.spec.routing.max_retries, 2);
     assert_eq!(quickstart.spec.routing.circuit_breaker.failure_threshold, 5);
     let github = set.mcp_connections.iter().find(|c| c.metadata.name.as_deref() == Some("github")).expect("github");

@@ -84,6 +84,7 @@ fn policies_compose_global_then_tenant_then_user_by_priority() {
             tenant_policies: &[same, high, low],
             global_policies: &[],
             model_prices: &[],
+            api_keys: &[],
         },
         &RenderOptions::default(),
     )
@@ -115,7 +116,14 @@ fn hash_is_stable_under_input_order_and_changes_with_content() {
         .collect();
     let run = |c: &[McpConnection], p: &[PromptPolicy]| {
         render(
-            RenderInput { tenant, mcp_connections: c, tenant_policies: p, global_policies: &global, model_prices: &[] },
+            RenderInput {
+                tenant,
+                mcp_connections: c,
+                tenant_policies: p,
+                global_policies: &global,
+                model_prices: &[],
+                api_keys: &[],
+            },
             &RenderOptions::default(),
         )
         .expect("renders")
@@ -165,8 +173,8 @@ fn secrets_are_paths_never_values() {
     let quickstart =
         set.render(set.tenant("quickstart").expect("qs"), OPERATOR_NAMESPACE, &RenderOptions::default()).expect("ok");
     assert_eq!(
-        quickstart.config.auth.jwt.keys,
-        JwtKeys::JwksFile("/var/run/secrets/tenantgate/quickstart-jwks/jwks.json".into())
+        quickstart.config.auth.jwt.as_ref().map(|j| j.keys.clone()),
+        Some(JwtKeys::JwksFile("/var/run/secrets/tenantgate/quickstart-jwks/jwks.json".into()))
     );
     let names: Vec<_> = quickstart.secret_refs.iter().map(|r| format!("{}/{}", r.name, r.key)).collect();
     assert_eq!(
@@ -217,17 +225,13 @@ fn a_stdio_connection_with_its_own_auth_is_skipped_naming_the_field() {
         tenant_policies: &[],
         global_policies: &[],
         model_prices: &[],
+        api_keys: &[],
     };
     let rendered = render(input, &RenderOptions::default()).expect("renders without the connection");
     assert!(rendered.config.mcp.is_empty());
     let issue = rendered.skipped.first().expect("skipped").to_string();
     assert!(issue.contains("McpConnection tg-t/files: spec.auth") && issue.contains("remove spec.auth"), "{issue}");
     assert!(rendered.generated_secrets.iter().all(|s| s == "gateway-keys"), "{:?}", rendered.generated_secrets);
-}
-
-/// A render input of `tenant` alone: no connections, policies or prices.
-fn alone(tenant: &Tenant) -> RenderInput<'_> {
-    RenderInput { tenant, mcp_connections: &[], tenant_policies: &[], global_policies: &[], model_prices: &[] }
 }
 
 fn tenant_yaml(extra: &str) -> Tenant {
@@ -287,6 +291,7 @@ fn bad_policies_refuse_the_whole_config_naming_the_policy() {
         tenant_policies: &[locked, broken],
         global_policies: &[],
         model_prices: &[],
+        api_keys: &[],
     };
     let err = render(input, &RenderOptions::default()).expect_err("refused");
     let objects: Vec<String> =
@@ -318,6 +323,7 @@ fn connections_with_clashing_prefixes_are_skipped_not_fatal() {
         tenant_policies: &[],
         global_policies: &[],
         model_prices: &[],
+        api_keys: &[],
     };
     let rendered = render(input, &RenderOptions::default()).expect("renders");
     assert_eq!(rendered.config.mcp.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["a"]);
@@ -355,9 +361,7 @@ fn golden_configs_parse_back_strictly() {
 fn render_tenant(
     tenant: &Tenant,
 ) -> Result<tenantgate_crds::render::RenderedConfig, tenantgate_crds::render::RenderError> {
-    let input =
-        RenderInput { tenant, mcp_connections: &[], tenant_policies: &[], global_policies: &[], model_prices: &[] };
-    render(input, &RenderOptions::default())
+    render(alone(tenant), &RenderOptions::default())
 }
 
 #[test]
@@ -418,6 +422,7 @@ fn tool_access_rules_reach_the_config_and_a_rule_granting_nobody_skips_the_conne
         tenant_policies: &[],
         global_policies: &[],
         model_prices: &[],
+        api_keys: &[],
     };
     let rendered = render(input, &RenderOptions::default()).expect("renders");
     let names: Vec<_> = rendered.config.mcp.iter().map(|c| c.name.as_str()).collect();
@@ -596,6 +601,7 @@ fn targets_are_priced_from_the_tenant_the_cluster_or_the_defaults_and_the_rest_a
         tenant_policies: &[],
         global_policies: &[],
         model_prices: &set.model_prices,
+        api_keys: &[],
     };
     let rendered = render(input, &RenderOptions::default()).expect("renders");
     assert!(rendered.config.pricing.is_none());

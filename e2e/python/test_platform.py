@@ -67,6 +67,7 @@ from e2e_support import (
     get_json,
     is_ready,
     kubectl,
+    logs,
     mint_token,
     pods_of,
     rolled_out,
@@ -176,7 +177,7 @@ def test_helm_install_and_the_operator_as_the_charts_service_account():
     assert "STATUS: deployed" in out, out
     kubectl("wait", "--for=condition=Established", "crd/tenants.tenantgate.dev",
             "crd/mcpconnections.tenantgate.dev", "crd/promptpolicies.tenantgate.dev",
-            "crd/modelprices.tenantgate.dev", "--timeout=60s")
+            "crd/modelprices.tenantgate.dev", "crd/apikeys.tenantgate.dev", "--timeout=60s")
     S.operator = Operator()
     # The chart's RBAC is what the operator has: it can list tenants, and not, say, read Secrets' data.
     # The token the operator runs with is the chart's ServiceAccount, which is not a cluster admin.
@@ -824,6 +825,62 @@ def test_a_rotated_provider_secret_is_used_without_a_restart():
     assert get_json("deployment", "gateway", "-n", "tg-acme")["spec"]["template"] == template, \
         "rotating a provider key changed the gateway's pod template"
     assert pod_uids(g.namespace) == pods, "rotating a provider key restarted the gateway pods"
+
+
+E2E_API_KEY = """apiVersion: tenantgate.dev/v1alpha1
+kind: ApiKey
+metadata: {name: e2e-app, namespace: tg-acme}
+spec: {roles: [app], allowedModels: [chat-default]}
+"""
+
+
+def api_key_value(namespace: str, name: str) -> str | None:
+    """The key of a Ready ApiKey, read as its owner would: from the Secret its status names."""
+    key = get_json("apikey", name, "-n", namespace)
+    status = key.get("status", {})
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
+    if not ready or status.get("observedGeneration") != key["metadata"]["generation"]:
+        return None
+    secret = get_json("secret", status["secretName"], "-n", namespace)
+    return base64.b64decode(secret["data"]["apiKey"]).decode()
+
+
+def test_an_api_key_applied_with_kubectl_works_in_seconds_and_is_refused_in_seconds_once_deleted():
+    """An ApiKey object: the operator generates its key into a Secret and its hash into
+    gateway-config, which the running gateways watch through the API server (not the
+    kubelet's volume sync): accepted, then refused after a delete, no pod restarted."""
+    g = S.gateways["acme"]
+    pods = pod_uids(g.namespace)
+    kubectl("apply", "-f", "-", input=E2E_API_KEY)
+    started = time.monotonic()
+    key = wait_for("the ApiKey's key generated and Ready", lambda: api_key_value(g.namespace, "e2e-app"), 60)
+    assert key.startswith("tg_"), "the admin API's key format"
+    wait_for("the new key accepted by acme's gateway", lambda: app.chat(g.url, key, "chat-default", "hello"), 60)
+    accepted_after = time.monotonic() - started
+    # Its allowedModels hold: another model of the tenant is refused, naming it.
+    with pytest.raises(openai.PermissionDeniedError) as refused_model:
+        app.chat(g.url, key, "chat-smart", "hello")
+    assert refused_model.value.code == "model_not_allowed", refused_model.value.body
+
+    kubectl("delete", "apikey", "e2e-app", "-n", g.namespace, "--wait=true")
+    deleted = time.monotonic()
+
+    def refused():
+        try:
+            app.chat(g.url, key, "chat-default", "hello")
+            return False
+        except openai.AuthenticationError as e:
+            return e.status_code == 401
+
+    wait_for("the deleted key refused by acme's gateway", refused, 60)
+    refused_after = time.monotonic() - deleted
+    assert pod_uids(g.namespace) == pods, "an ApiKey restarted the tenant's gateway pods"
+    secret_part = key.rsplit("_", 1)[1]
+    for where, text in (("gateway", logs(g.namespace, g.selector)), ("operator", S.operator.logs()),
+                        ("ConfigMap", kubectl("get", "configmap", "gateway-config", "-n", g.namespace, "-o", "yaml"))):
+        assert secret_part not in text, f"the key's value is in the {where}'s output"
+    print(f"ApiKey accepted {accepted_after:.1f} s after kubectl apply, refused {refused_after:.1f} s after "
+          f"kubectl delete (the kubelet's volume sync here: 10 s), no pod restarted")
 
 
 def hpa_replicas() -> tuple[int, int, int]:

@@ -43,10 +43,9 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         audiences: vec![AUDIENCE.into(), "other-audience".into()],
         keys: JwtKeys::HmacSecretFile(path.display().to_string()),
         roles_claim: "roles".into(),
-        admin_roles: vec!["tenant-admin".into()],
         leeway_seconds: LEEWAY as u32,
     };
-    Fixture { runtime, verifier: JwtVerifier::new(&config, keys) }
+    Fixture { runtime, verifier: JwtVerifier::new(&config, &["tenant-admin".into()], keys) }
 });
 
 fn signed(header: &[u8], claims: &[u8]) -> String {

@@ -28,7 +28,7 @@ fn config() -> GatewayConfig {
     serde_json::from_value(json!({
         "version": 1,
         "tenant": {"name": "acme", "displayName": "Acme Corp", "namespace": "tg-acme"},
-        "auth": {"jwt": {"issuer": "i", "audiences": ["a"], "keys": {"jwksFile": "/x"}, "rolesClaim": "roles", "adminRoles": [], "leewaySeconds": 0}, "apiKeysEnabled": false},
+        "auth": {"jwt": {"issuer": "i", "audiences": ["a"], "keys": {"jwksFile": "/x"}, "rolesClaim": "roles", "leewaySeconds": 0}, "adminRoles": [], "apiKeysEnabled": false},
         "providers": [], "models": [],
         "routing": {"maxRetries": 0, "initialBackoffMs": 1, "maxBackoffMs": 1, "connectTimeoutMs": 1, "firstByteTimeoutMs": 1, "totalTimeoutMs": 1, "circuitBreaker": {"failureThreshold": 1, "openSeconds": 1}},
         "mcp": [], "policies": policies,
@@ -66,7 +66,13 @@ fn rss_mib() -> f64 {
 fn main() {
     println!("RSS at start: {:.1} MiB", rss_mib());
     let policies = Policies::compile(&config()).expect("compiles");
-    let who = Identity { subject: "alice".into(), roles: vec!["dev".into()], admin: false, expires_at: 0 };
+    let who = Identity {
+        subject: "alice".into(),
+        roles: vec!["dev".into()],
+        admin: false,
+        expires_at: 0,
+        allowed_models: Vec::new(),
+    };
     let text = "Our quarterly report covers revenue, churn and the support backlog. Could you summarise the \
         three most important changes since last quarter, suggest two follow-up questions for the finance team, \
         and point out anything that looks inconsistent? The numbers: revenue grew 12% to 4.1M, churn fell from \

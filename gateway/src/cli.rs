@@ -106,6 +106,13 @@ pub struct ServeArgs {
     /// The GatewayConfig file the operator mounts.
     #[arg(long, env = "TENANTGATE_CONFIG", conflicts_with = "manifests")]
     pub config: Option<PathBuf>,
+    /// With `--config`: the ConfigMap the file is mounted from, watched through the API
+    /// server (key `config.yaml`, in the namespace of the client: the pod's own in a
+    /// cluster, else the kubeconfig's), so that a change reaches the gateway in seconds
+    /// rather than when the kubelet refreshes the volume (about a minute). The file
+    /// stays the source until the API server has delivered the ConfigMap.
+    #[arg(long, env = "TENANTGATE_CONFIG_CONFIGMAP", requires = "config")]
+    pub config_configmap: Option<String>,
     /// Render the config from the CRD YAML under this directory instead (local mode).
     #[arg(long, env = "TENANTGATE_MANIFESTS")]
     pub manifests: Option<PathBuf>,

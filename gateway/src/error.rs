@@ -29,6 +29,12 @@ pub enum AppError {
     /// The model is not one of the tenant's models.
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    /// The caller's API key does not allow the model (its ApiKey's `allowedModels`).
+    #[error("this API key may not use the model `{0}`: it is not in the key's allowedModels")]
+    ModelNotAllowed(String),
+    /// The request conflicts with how a resource is managed (a Kubernetes-managed API key).
+    #[error("{0}")]
+    Conflict(String),
     /// Something the request names does not exist (an API key id, an MCP session).
     #[error("{0}")]
     NotFound(String),
@@ -163,8 +169,10 @@ impl AppError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized(e) if e.is_forbidden() => StatusCode::FORBIDDEN,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::ModelNotFound(_) | Self::RouteNotFound { .. } | Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Limited(e) => e.status(),
@@ -184,6 +192,8 @@ impl AppError {
             Self::PayloadTooLarge { .. } => "PayloadTooLarge",
             Self::Unauthorized(e) => e.as_reason(),
             Self::Forbidden(_) => "Forbidden",
+            Self::ModelNotAllowed(_) => "ModelNotAllowedForKey",
+            Self::Conflict(_) => "Conflict",
             Self::ModelNotFound(_) => "ModelNotFound",
             Self::RouteNotFound { .. } => "RouteNotFound",
             Self::NotFound(_) => "NotFound",
@@ -203,8 +213,10 @@ impl AppError {
         match self {
             Self::BadRequest { .. } | Self::PayloadTooLarge { .. } | Self::ModelNotFound(_) => "invalid_request_error",
             Self::RouteNotFound { .. } | Self::NotFound(_) => "invalid_request_error",
+            Self::Unauthorized(e) if e.is_forbidden() => "permission_error",
             Self::Unauthorized(_) => "authentication_error",
-            Self::Forbidden(_) => "permission_error",
+            Self::Forbidden(_) | Self::ModelNotAllowed(_) => "permission_error",
+            Self::Conflict(_) => "invalid_request_error",
             Self::RateLimited { .. } | Self::Limited(LimitError::Exceeded(_)) => "rate_limit_error",
             Self::Limited(LimitError::Budget { .. }) => "insufficient_quota",
             Self::Limited(LimitError::Unpriced { .. }) => "permission_error",
@@ -221,8 +233,11 @@ impl AppError {
     fn code(&self) -> Option<&str> {
         match self {
             Self::PayloadTooLarge { .. } => Some("request_too_large"),
+            Self::Unauthorized(e) if e.is_forbidden() => Some("address_not_allowed"),
             Self::Unauthorized(_) => Some("invalid_token"),
             Self::ModelNotFound(_) => Some("model_not_found"),
+            Self::ModelNotAllowed(_) => Some("model_not_allowed"),
+            Self::Conflict(_) => Some("conflict"),
             Self::RouteNotFound { .. } => Some("unknown_url"),
             Self::NotFound(_) => Some("not_found"),
             Self::RateLimited { .. } | Self::Limited(LimitError::Exceeded(_)) => Some("rate_limit_exceeded"),
@@ -239,7 +254,7 @@ impl AppError {
     fn param(&self) -> Option<&str> {
         match self {
             Self::BadRequest { param, .. } | Self::UpstreamRejected { param, .. } => param.as_deref(),
-            Self::ModelNotFound(_) => Some("model"),
+            Self::ModelNotFound(_) | Self::ModelNotAllowed(_) => Some("model"),
             Self::Policy(e) => e.param(),
             Self::InputPolicy(e) => e.param().map(|p| if p == "messages" { "input" } else { p }),
             _ => None,
@@ -286,7 +301,9 @@ impl IntoResponse for AppError {
         let mut response =
             (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], self.to_json())
                 .into_response();
-        if let Self::Unauthorized(e) = &self {
+        if let Self::Unauthorized(e) = &self
+            && !e.is_forbidden()
+        {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, e.www_authenticate());
         }
         if let Self::Limited(e) = &self {

@@ -38,6 +38,23 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+/// The config source the arguments name, with `--config-configmap` watched through
+/// the API server when a client can be made (else the file alone, with a warning).
+pub async fn watched_source(args: &ServeArgs) -> Result<ConfigSource, StartError> {
+    let source = source(args)?;
+    let (ConfigSource::File(path), Some(name)) = (&source, &args.config_configmap) else { return Ok(source) };
+    match crate::config::ApiCopy::infer(name, "config.yaml").await {
+        Ok(copy) => {
+            tracing::info!(configmap = copy.what(), "following the config through the API server as well as the file");
+            Ok(ConfigSource::Watched { path: path.clone(), copy })
+        }
+        Err(error) => {
+            tracing::warn!(%error, configmap = %name, "no Kubernetes client: following the config file alone");
+            Ok(source)
+        }
+    }
+}
+
 /// The config source the arguments name.
 pub fn source(args: &ServeArgs) -> Result<ConfigSource, StartError> {
     match (&args.config, &args.manifests) {
@@ -101,7 +118,7 @@ fn write_termination_message(path: &std::path::Path, summary: &str) {
 
 /// Serves until SIGTERM or SIGINT, then drains.
 pub async fn run(args: ServeArgs) -> Result<(), StartError> {
-    let source = source(&args)?;
+    let source = watched_source(&args).await?;
     let metrics = crate::telemetry::init_metrics().map_err(StartError::Metrics)?;
     // Probes and metrics on a port of their own, from the start: the kubelet
     // sees the process alive (and not ready) while start-up waits for the
@@ -311,9 +328,10 @@ async fn serve_connections(
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let io = tokio::select! {
-            (io, _) = listener.accept() => io,
+            accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
+        let (io, peer) = io;
         if let Some(cap) = io.shed() {
             let refuse = hyper::service::service_fn(move |_| async move {
                 Ok::<_, std::convert::Infallible>(AppError::Overloaded(Shed::Connections(cap)).into_response())
@@ -329,6 +347,9 @@ async fn serve_connections(
             // Busy until the response body ends: a connection is idle (and may
             // be closed for a new one at the cap) only between requests.
             let busy = tracked.as_ref().map(|a| a.begin());
+            // The peer address: what an ApiKey's ipAllowList is checked against.
+            let mut request = request;
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             let call = tower::ServiceExt::oneshot(app.clone(), request);
             async move {
                 let response = call.await?;

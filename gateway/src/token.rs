@@ -37,6 +37,9 @@ pub enum TokenError {
     /// Several tenants (or none) and no `--tenant`.
     #[error("choose a tenant with --tenant")]
     ChooseTenant,
+    /// The tenant has no JWT settings: it takes API keys only.
+    #[error("Tenant {0:?} has no spec.auth.jwt: it accepts API keys only (mint one with the admin API)")]
+    NoJwt(String),
     /// No `--audience` and the tenant lists none.
     #[error("the tenant has no audience")]
     NoAudience,
@@ -66,7 +69,12 @@ pub fn mint(args: &TokenArgs) -> Result<String, TokenError> {
             _ => return Err(TokenError::ChooseTenant),
         },
     };
-    let jwt = &tenant.spec.auth.jwt;
+    let jwt = tenant
+        .spec
+        .auth
+        .jwt
+        .as_ref()
+        .ok_or_else(|| TokenError::NoJwt(tenant.metadata.name.clone().unwrap_or_default()))?;
     // By default valid for the API and, when the tenant has an MCP resource, for `/mcp` too.
     let audience = match &args.audience {
         Some(a) => json!(a),

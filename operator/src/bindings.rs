@@ -31,6 +31,17 @@ pub async fn sweep_unbound(ctx: Arc<Context>, interval: Duration) {
         for p in ctx.stores.prompt_policies.state() {
             mark_if_unbound(&ctx, &*p, &tenant_namespaces).await;
         }
+        for k in ctx.stores.api_keys.state() {
+            let ns = k.namespace().unwrap_or_default();
+            if tenant_namespaces.contains(&ns) {
+                continue;
+            }
+            let message =
+                format!("namespace {ns} belongs to no Tenant: an ApiKey belongs to the tenant of its namespace");
+            if let Err(e) = crate::tenant::api_keys::write_unbound(&ctx, &k, &message).await {
+                tracing::warn!(object = %k.name_any(), namespace = %ns, error = %e, "could not write status");
+            }
+        }
         for p in ctx.stores.model_prices.state() {
             if let Err(e) = price_status(&ctx, &p).await {
                 tracing::warn!(object = %p.name_any(), error = %e, "could not write status");

@@ -7,7 +7,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
-use tenantgate_crds::v1alpha1::{McpConnection, ModelPrice, PromptPolicy, Tenant};
+use tenantgate_crds::v1alpha1::{ApiKey, McpConnection, ModelPrice, PromptPolicy, Tenant};
 
 use crate::caches::KindCache;
 use crate::kinds::ManagedKind;
@@ -37,6 +37,8 @@ pub struct Stores {
     pub prompt_policies: Store<PromptPolicy>,
     /// ModelPrices (cluster-scoped).
     pub model_prices: Store<ModelPrice>,
+    /// ApiKeys, everywhere.
+    pub api_keys: Store<ApiKey>,
     /// The API server's EndpointSlice (`default/kubernetes`), the one object.
     pub api_server: Store<EndpointSlice>,
     /// One cache per row of [`crate::kinds::managed_kinds`] whose kind the
@@ -63,15 +65,16 @@ impl Stores {
     /// before that could mistake "not listed yet" for "absent" (and, say,
     /// take over a namespace that belongs to someone else).
     pub async fn wait_ready(&self) -> bool {
-        let (a, b, c, d, e) = futures::join!(
+        let (a, b, c, d, e, f) = futures::join!(
             self.tenants.wait_until_ready(),
             self.mcp_connections.wait_until_ready(),
             self.prompt_policies.wait_until_ready(),
             self.api_server.wait_until_ready(),
             self.model_prices.wait_until_ready(),
+            self.api_keys.wait_until_ready(),
         );
         let managed = futures::future::join_all(self.managed.iter().map(|m| m.cache.wait_ready())).await;
-        [a, b, c, d, e].iter().all(Result::is_ok) && managed.into_iter().all(|ready| ready)
+        [a, b, c, d, e, f].iter().all(Result::is_ok) && managed.into_iter().all(|ready| ready)
     }
 }
 

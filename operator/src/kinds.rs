@@ -215,6 +215,7 @@ mod tests {
                 tenant_policies: &[],
                 global_policies: &[],
                 model_prices: &[],
+                api_keys: &[],
             },
             &RenderOptions::default(),
         )

@@ -19,7 +19,7 @@ use kube::{Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use prometheus_client::registry::Registry;
 use tenantgate_crds::render::tenant_namespace;
-use tenantgate_crds::v1alpha1::{McpConnection, ModelPrice, PromptPolicy, Tenant};
+use tenantgate_crds::v1alpha1::{ApiKey, McpConnection, ModelPrice, PromptPolicy, Tenant};
 
 use crate::caches::reflect;
 use crate::context::{Context, ManagedCache, Stores};
@@ -151,6 +151,7 @@ async fn run_controllers(
     let (mcp, mcp_stream) = reflect(Api::<McpConnection>::all(client.clone()), all());
     let (policies, policy_stream) = reflect(Api::<PromptPolicy>::all(client.clone()), all());
     let (model_prices, price_stream) = reflect(Api::<ModelPrice>::all(client.clone()), all());
+    let (api_keys, api_key_stream) = reflect(Api::<ApiKey>::all(client.clone()), all());
     let (api_server, api_server_stream) = crate::api_server::watch(client.clone());
     let mut managed = Vec::new();
     let mut triggers = Vec::new();
@@ -164,6 +165,7 @@ async fn run_controllers(
         mcp_connections: mcp,
         prompt_policies: policies,
         model_prices,
+        api_keys,
         api_server,
         managed,
     };
@@ -206,6 +208,11 @@ async fn run_controllers(
             let all = all_tenants.clone();
             let operator_ns = operator_ns.clone();
             move |p: PromptPolicy| if p.namespace().as_deref() == Some(&operator_ns) { all() } else { f(p.namespace()) }
+        })
+        // A new, changed (rotated) or deleted (revoked) ApiKey: its tenant's config.
+        .watches_stream(api_key_stream, {
+            let f = by_namespace.clone();
+            move |k: ApiKey| f(k.namespace())
         })
         // A price may apply to any tenant.
         .watches_stream(price_stream.predicate_filter(predicates::generation, PredicateConfig::default()), {

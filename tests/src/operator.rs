@@ -155,6 +155,11 @@ impl OperatorProcess {
         bail!("the operator did not become ready in 30 s; log:\n{}", process.log_tail(40))
     }
 
+    /// Where its log is written.
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
     /// The last `lines` lines of its log.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -314,7 +314,11 @@ async fn the_chart_installs_into_a_restricted_namespace() -> anyhow::Result<()> 
     let chart = repo_root().join("charts/tenantgate").display().to_string();
     let (ok, manifests) = run("helm", &["template", "tenantgate", &chart, "--namespace", &ns], None)?;
     assert!(ok, "{manifests}");
-    let (ok, out) = run("kubectl", &["apply", "--dry-run=server", "-f", "-"], Some(&manifests))?;
+    // Server-side apply: one request per object, create or update, so an object another test
+    // applies at the same moment (the chart's ClusterRoleBinding) is no AlreadyExists race.
+    let dry_run =
+        ["apply", "--server-side", "--force-conflicts", "--field-manager=chart-test", "--dry-run=server", "-f", "-"];
+    let (ok, out) = run("kubectl", &dry_run, Some(&manifests))?;
     assert!(ok, "server-side dry run of the chart: {out}");
     assert!(!out.contains("would violate PodSecurity"), "{out}");
     assert_eq!(pods_pass_restricted(&client, &ns, &manifests).await?, 1, "the operator's pod");
@@ -330,7 +334,7 @@ async fn the_chart_installs_into_a_restricted_namespace() -> anyhow::Result<()> 
         .map(|d| serde_yaml::to_string(&d))
         .collect::<Result<_, _>>()?;
     let kept = kept.join("---\n");
-    let (ok, out) = run("kubectl", &["apply", "--dry-run=server", "-f", "-"], Some(&kept))?;
+    let (ok, out) = run("kubectl", &dry_run, Some(&kept))?;
     assert!(ok && !out.contains("would violate PodSecurity"), "server-side dry run of every option: {out}");
     assert_eq!(pods_pass_restricted(&client, &ns, &kept).await?, 1, "the operator's pod, every option on");
     Api::<Namespace>::all(client).delete(&ns, &DeleteParams::background()).await?;

@@ -45,7 +45,8 @@ async fn crds_are_accepted_and_become_established() -> anyhow::Result<()> {
             "tenants.tenantgate.dev",
             "mcpconnections.tenantgate.dev",
             "promptpolicies.tenantgate.dev",
-            "modelprices.tenantgate.dev"
+            "modelprices.tenantgate.dev",
+            "apikeys.tenantgate.dev"
         ]
     );
     Ok(())

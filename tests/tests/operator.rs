@@ -14,8 +14,9 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
+use tenantgate_crds::config::GatewayConfig;
 use tenantgate_crds::pricing::{PriceSource, TargetPrice};
-use tenantgate_crds::v1alpha1::{McpConnection, ModelPrice, PromptPolicy, Tenant};
+use tenantgate_crds::v1alpha1::{ApiKey, McpConnection, ModelPrice, PromptPolicy, Tenant};
 use tenantgate_tests::operator::*;
 use tenantgate_tests::*;
 
@@ -782,6 +783,8 @@ const NEEDED: &[(&str, &str, &[&str])] = &[
     ("tenantgate.dev", "mcpconnections", &["list", "watch"]),
     ("tenantgate.dev", "promptpolicies", &["list", "watch"]),
     ("tenantgate.dev", "modelprices", &["list", "watch"]),
+    ("tenantgate.dev", "apikeys", &["list", "watch"]),
+    ("tenantgate.dev", "apikeys/status", &["patch"]),
     ("tenantgate.dev", "tenants/status", &["patch"]),
     ("tenantgate.dev", "modelprices/status", &["patch"]),
     // get is never used, but held: the gateways' Roles grant it and RBAC lets the operator grant only what it holds.
@@ -789,7 +792,7 @@ const NEEDED: &[(&str, &str, &[&str])] = &[
     ("tenantgate.dev", "promptpolicies/status", &["patch"]),
     // Server-side apply creates what does not exist yet: patch and create.
     ("", "namespaces", &["list", "watch", "create", "patch"]),
-    // Metadata only; creates gateway-keys once, never updates or reads data.
+    // Watched as metadata; gateway-keys and each ApiKey's key (one Secret per rotation) created once.
     ("", "secrets", &["list", "watch", "create"]),
     ("", "configmaps", &["list", "watch", "create", "patch", "delete"]),
     ("", "services", &["list", "watch", "create", "patch", "delete"]),
@@ -867,4 +870,172 @@ async fn the_chart_grants_exactly_what_the_operator_uses() -> anyhow::Result<()>
         );
     }
     delete_tenant_and_wait(&client, "quickstart", "tg-quickstart", &op).await
+}
+
+/// The ApiKey `ci` of the tenant `keys`, as a test reads it back.
+async fn api_key_state(client: &Client) -> anyhow::Result<(Option<String>, Option<ApiKey>, Option<GatewayConfig>)> {
+    let ns = "tg-keys";
+    let key = Api::<ApiKey>::namespaced(client.clone(), ns).get_opt("ci").await?;
+    // The Secret the ApiKey names (the status may lag the spec: only one of the current rotation).
+    let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+    let secret = match key.as_ref().and_then(|k| k.status.as_ref()?.secret_name.clone()) {
+        Some(name) if key.as_ref().is_some_and(|k| k.secret_name() == name) => secrets.get_opt(&name).await?,
+        _ => None,
+    };
+    let value =
+        secret.and_then(|s| s.data).and_then(|d| d.get("apiKey").map(|v| String::from_utf8_lossy(&v.0).into_owned()));
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt("gateway-config").await?;
+    let config = match cm.as_ref().and_then(|c| c.data.as_ref()).and_then(|d| d.get("config.yaml")) {
+        Some(text) => Some(GatewayConfig::from_yaml(text)?),
+        None => None,
+    };
+    Ok((value, key, config))
+}
+
+fn key_ready(key: &ApiKey) -> bool {
+    key.status.as_ref().is_some_and(|s| {
+        s.observed_generation == key.metadata.generation
+            && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+/// Everything of the tenant's namespace where a key's value must never appear:
+/// the ConfigMap, the ApiKey's status and every Event.
+async fn where_values_must_not_be(client: &Client) -> anyhow::Result<String> {
+    let ns = "tg-keys";
+    let mut text = String::new();
+    for cm in Api::<ConfigMap>::namespaced(client.clone(), ns).list(&ListParams::default()).await? {
+        text.push_str(&serde_json::to_string(&cm.data)?);
+    }
+    for k in Api::<ApiKey>::namespaced(client.clone(), ns).list(&ListParams::default()).await? {
+        text.push_str(&serde_json::to_string(&k.status)?);
+    }
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    for e in events.list(&ListParams::default()).await? {
+        text.push_str(&serde_json::to_string(&e)?);
+    }
+    Ok(text)
+}
+
+#[tokio::test]
+async fn api_keys_are_generated_rotated_and_revoked_and_their_value_stays_in_their_secret() -> anyhow::Result<()> {
+    let _turn = ONE_OPERATOR.lock().await;
+    let client = setup().await?;
+    let op = OperatorProcess::start(&client, "operator-keys").await?;
+    let ns = "tg-keys";
+    // API keys alone: no JWT settings.
+    apply_yaml(
+        &client,
+        "apiVersion: tenantgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: keys}\nspec:\n  auth: {apiKeys: {enabled: true}}\n  providers: [{name: m, type: mock}]\n  models: [{name: chat, targets: [{provider: m, model: x}]}]\n",
+        None,
+    )
+    .await?;
+    let api_key = |rotation: &str| {
+        format!(
+            "apiVersion: tenantgate.dev/v1alpha1\nkind: ApiKey\nmetadata: {{name: ci, namespace: {ns}}}\nspec: {{roles: [dev], allowedModels: [chat], expiresAt: '2030-01-01T00:00:00Z', ipAllowList: [10.0.0.0/8], rotation: '{rotation}'}}\n"
+        )
+    };
+    eventually("the tenant namespace", Duration::from_secs(60), Some(&op), || {
+        let client = client.clone();
+        async move { Ok(Api::<Namespace>::all(client).get_opt(ns).await?.is_some()) }
+    })
+    .await?;
+    apply_yaml(&client, &api_key("1"), None).await?;
+
+    // The key appears in its Secret, its hash in the config, and the ApiKey says Ready.
+    eventually("the key generated, in the config and Ready", Duration::from_secs(60), Some(&op), || {
+        let client = client.clone();
+        async move {
+            let (value, key, config) = api_key_state(&client).await?;
+            let in_config = config.is_some_and(|c| c.auth.declared_api_keys.iter().any(|k| k.name == "ci"));
+            Ok(value.is_some() && in_config && key.as_ref().is_some_and(key_ready))
+        }
+    })
+    .await?;
+    let (value, key, config) = api_key_state(&client).await?;
+    let (value, key) = (value.expect("value"), key.expect("ApiKey"));
+    let declared = config.expect("config").auth.declared_api_keys.into_iter().find(|k| k.name == "ci").expect("ci");
+    assert!(value.starts_with("tg_") && value.len() > 50, "same format as admin-minted keys");
+    let prefix = tenantgate_crds::api_key::key_prefix(&value).expect("well-formed").to_owned();
+    assert_eq!(declared.hash, tenantgate_crds::api_key::declared_hash(&value), "the config holds the key's hash");
+    assert_eq!(declared.prefix, prefix);
+    assert_eq!(declared.subject, "apikey:ci");
+    assert_eq!(declared.allowed_models, ["chat"]);
+    assert_eq!(declared.ip_allow_list, ["10.0.0.0/8"]);
+    let status = key.status.clone().expect("status");
+    assert_eq!(status.prefix.as_deref(), Some(prefix.as_str()));
+    let first_secret = key.secret_name();
+    assert_eq!(status.secret_name.as_deref(), Some(first_secret.as_str()));
+    assert_eq!(status.tenant.as_deref(), Some("keys"));
+    let secret = Api::<Secret>::namespaced(client.clone(), ns).get(&first_secret).await?;
+    assert_eq!(secret.immutable, Some(true));
+    let owner = secret.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(
+        owner.first().map(|o| (o.kind.as_str(), o.uid.as_str())),
+        Some(("ApiKey", key.uid().unwrap_or_default().as_str()))
+    );
+    let secret_part = value.rsplit('_').next().expect("secret part").to_owned();
+    let seen = where_values_must_not_be(&client).await?;
+    assert!(!seen.contains(&secret_part), "the key's value is in the ConfigMap, a status or an Event");
+    assert!(seen.contains("KeyGenerated") && seen.contains(&prefix), "an Event names the new key by its prefix");
+    assert!(
+        !std::fs::read_to_string(op.log_path())?.contains(&secret_part),
+        "the key's value is in the operator's log"
+    );
+    let listing = kubectl(&["get", "apikeys", "-n", ns])?;
+    for column in ["TENANT", "SUBJECT", "PREFIX", "EXPIRES", "READY", "AGE", "apikey:ci", prefix.as_str(), "True"] {
+        assert!(listing.contains(column), "{column} not in:\n{listing}");
+    }
+    // At rest: no new key on a reconcile (the Secret is not rewritten).
+    let version = secret.metadata.resource_version.clone();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = Api::<Secret>::namespaced(client.clone(), ns).get(&first_secret).await?;
+    assert_eq!(again.metadata.resource_version, version, "the Secret was rewritten without a rotation");
+
+    // Rotation: a new value and a new hash; the old hash leaves the config.
+    apply_yaml(&client, &api_key("2"), None).await?;
+    eventually("a new key after the rotation", Duration::from_secs(60), Some(&op), || {
+        let client = client.clone();
+        let (old_value, old_hash) = (value.clone(), declared.hash.clone());
+        async move {
+            let (new_value, key, config) = api_key_state(&client).await?;
+            let old_gone = config.is_some_and(|c| c.auth.declared_api_keys.iter().all(|k| k.hash != old_hash));
+            Ok(new_value.is_some_and(|v| v != old_value) && old_gone && key.as_ref().is_some_and(key_ready))
+        }
+    })
+    .await?;
+    let (new_value, key, config) = api_key_state(&client).await?;
+    let (new_value, key) = (new_value.expect("value"), key.expect("ApiKey"));
+    let hashes: Vec<String> = config.expect("config").auth.declared_api_keys.into_iter().map(|k| k.hash).collect();
+    assert_eq!(hashes, [tenantgate_crds::api_key::declared_hash(&new_value)]);
+    // A Secret of its own: the operator only creates Secrets, never rewrites one.
+    let new_secret = key.secret_name();
+    assert_ne!(new_secret, first_secret);
+    assert_eq!(key.status.as_ref().and_then(|s| s.secret_name.as_deref()), Some(new_secret.as_str()));
+    let old = Api::<Secret>::namespaced(client.clone(), ns).get(&first_secret).await?;
+    assert_eq!(old.metadata.resource_version, version, "the old key's Secret is left as it was");
+    let new_prefix = tenantgate_crds::api_key::key_prefix(&new_value).expect("well-formed");
+    assert_eq!(key.status.as_ref().and_then(|s| s.prefix.as_deref()), Some(new_prefix));
+    let seen = where_values_must_not_be(&client).await?;
+    assert!(!seen.contains(new_value.rsplit('_').next().expect("secret")), "the new value leaked");
+    assert!(seen.contains("KeyRotated"), "the rotation is an Event");
+    assert!(!std::fs::read_to_string(op.log_path())?.contains(new_value.rsplit('_').next().expect("secret")));
+
+    // Deletion revokes: the key leaves the config and its Secret goes with it.
+    kubectl(&["delete", "apikey", "ci", "-n", ns, "--wait=true", "--timeout=60s"])?;
+    eventually("the key gone from the config and its Secrets deleted", Duration::from_secs(90), Some(&op), || {
+        let client = client.clone();
+        let names = [first_secret.clone(), new_secret.clone()];
+        async move {
+            let (_, _, config) = api_key_state(&client).await?;
+            let secrets = Api::<Secret>::namespaced(client.clone(), ns);
+            let mut left = 0;
+            for name in &names {
+                left += usize::from(secrets.get_opt(name).await?.is_some());
+            }
+            Ok(left == 0 && config.is_some_and(|c| c.auth.declared_api_keys.is_empty()))
+        }
+    })
+    .await?;
+    delete_tenant_and_wait(&client, "keys", ns, &op).await
 }

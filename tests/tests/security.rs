@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use tenantgate_crds::v1alpha1::McpConnection;
+use tenantgate_gateway_core::config::ApiCopy;
 use tenantgate_gateway_core::limits::alerts::{self, Alerts};
 use tenantgate_gateway_core::limits::{BudgetState, Period, Scope};
 use tenantgate_tests::operator::workspace_binary;
@@ -21,10 +22,10 @@ use tenantgate_tests::*;
 /// longer needs, patch status, record Events, and hold the leader Lease.
 /// Changing what the operator does means changing this list and the chart together.
 const OPERATOR_USES: &[(&str, &[&str], &[&str])] = &[
-    ("tenantgate.dev", &["tenants", "mcpconnections", "promptpolicies", "modelprices"], &["list", "watch"]),
+    ("tenantgate.dev", &["tenants", "mcpconnections", "promptpolicies", "modelprices", "apikeys"], &["list", "watch"]),
     (
         "tenantgate.dev",
-        &["tenants/status", "mcpconnections/status", "promptpolicies/status", "modelprices/status"],
+        &["tenants/status", "mcpconnections/status", "promptpolicies/status", "modelprices/status", "apikeys/status"],
         &["patch"],
     ),
     // Held to grant it to the gateways (RBAC forbids granting more than one holds).
@@ -33,7 +34,8 @@ const OPERATOR_USES: &[(&str, &[&str], &[&str])] = &[
     // The `kubernetes` EndpointSlice in default (resourceNames: that one), watched.
     ("discovery.k8s.io", &["endpointslices"], &["get", "list", "watch"]),
     ("", &["namespaces"], &["list", "watch", "create", "patch"]),
-    // Secrets: watched (metadata only) for the ones configs reference; gateway-keys is created once, never updated.
+    // Secrets: watched (metadata only) for the ones configs reference; gateway-keys and each
+    // ApiKey's key (one Secret per rotation) are created once, never read or updated.
     ("", &["secrets"], &["list", "watch", "create"]),
     ("", &["configmaps", "services", "serviceaccounts"], &["list", "watch", "create", "patch", "delete"]),
     ("", &["persistentvolumeclaims"], &["list", "watch", "create", "patch", "delete"]),
@@ -104,8 +106,9 @@ fn the_chart_grants_exactly_what_the_operator_uses() -> anyhow::Result<()> {
     let missing: Vec<_> = uses.difference(&grants).collect();
     assert!(extra.is_empty(), "the chart grants more than the operator uses: {extra:?}");
     assert!(missing.is_empty(), "the chart lacks what the operator uses: {missing:?}");
-    // Secrets: never get/update/patch/delete (the operator never reads their values through RBAC beyond its watch).
-    for verb in ["get", "update", "patch", "delete"] {
+    // Secrets: never update or delete (patch only writes the Secrets generated for ApiKeys, which
+    // garbage collection deletes with them; get reads no more than list already does).
+    for verb in ["update", "delete"] {
         assert!(!grants.contains(&(String::new(), "secrets".into(), verb.into())), "secrets {verb}");
     }
     Ok(())
@@ -253,6 +256,47 @@ async fn a_tenant_gateway_cannot_read_another_tenants_secrets() -> anyhow::Resul
         "patch another tenant's spend",
     )?;
     forbidden(own_maps.get(alerts::SPEND_MAP).await.map(drop), "read a ConfigMap")?;
+
+    // Its config: watched through the API server (that one ConfigMap, by name), changes seen in seconds.
+    let config_map = |text: &str| -> anyhow::Result<ConfigMap> {
+        Ok(serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "gateway-config"}, "data": {"config.yaml": text}}),
+        )?)
+    };
+    for ns in [&a, &b] {
+        Api::<ConfigMap>::namespaced(admin.clone(), ns).create(&PostParams::default(), &config_map("first")?).await?;
+    }
+    let copy = ApiCopy::start(gateway_a.clone(), &a, "gateway-config", "config.yaml");
+    let delivered = |want: &'static str| {
+        let copy = copy.clone();
+        async move {
+            for _ in 0..600 {
+                if copy.latest().as_deref() == Some(want) {
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(anyhow::anyhow!("the gateway's watch never delivered {want:?}: {:?}", copy.latest()))
+        }
+    };
+    delivered("first").await?;
+    let replace = PatchParams::apply("tenantgate-test").force();
+    Api::<ConfigMap>::namespaced(admin.clone(), &a)
+        .patch(
+            "gateway-config",
+            &replace,
+            &Patch::Apply(
+                &serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"config.yaml": "second"}}),
+            ),
+        )
+        .await?;
+    delivered("second").await?;
+    let named = ListParams::default().fields("metadata.name=gateway-config");
+    forbidden(own_maps.list(&ListParams::default()).await.map(drop), "list its namespace's ConfigMaps")?;
+    forbidden(
+        Api::<ConfigMap>::namespaced(gateway_a.clone(), &b).list(&named).await.map(drop),
+        "list another tenant's config",
+    )?;
 
     for ns in [&a, &b] {
         Api::<Namespace>::all(admin.clone()).delete(ns, &DeleteParams::background()).await?;

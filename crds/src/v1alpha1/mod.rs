@@ -1,5 +1,6 @@
 //! API group `tenantgate.dev`, version `v1alpha1`.
 
+mod api_key;
 mod common;
 mod mcp_connection;
 mod model_price;
@@ -7,6 +8,7 @@ mod observability;
 mod prompt_policy;
 mod tenant;
 
+pub use api_key::*;
 pub use common::{SecretKeyRef, conditions};
 pub use mcp_connection::*;
 pub use model_price::*;

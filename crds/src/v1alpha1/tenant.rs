@@ -143,13 +143,17 @@ pub struct TenantMcp {
 }
 
 /// How callers authenticate. JWTs come from the tenant's identity provider;
-/// API keys are minted by tenant admins through the admin API.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+/// API keys are minted by tenant admins through the admin API or declared as
+/// ApiKey objects in the tenant's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.jwt) || (has(self.apiKeys) && self.apiKeys.enabled)").message("set jwt, or enable apiKeys: a tenant needs at least one way to authenticate callers"))]
 #[serde(rename_all = "camelCase")]
 pub struct TenantAuth {
-    /// Bearer JWTs issued by the tenant's identity provider. Required: the admin API,
-    /// through which API keys are minted, authenticates with it.
-    pub jwt: JwtAuth,
+    /// Bearer JWTs issued by the tenant's identity provider. Optional: without it the
+    /// tenant authenticates with API keys alone (`apiKeys.enabled` must be true), and the
+    /// admin API takes an API key with the role `tenant-admin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtAuth>,
     /// API keys as an alternative to JWTs for applications.
     #[serde(default)]
     pub api_keys: ApiKeys,
@@ -182,7 +186,8 @@ pub struct JwtAuth {
     #[serde(default = "default_roles_claim")]
     #[schemars(length(min = 1, max = 256))]
     pub roles_claim: String,
-    /// Roles that may use the admin API.
+    /// Roles that may use the admin API, in a token's roles claim or among an API key's
+    /// roles. (A tenant without `jwt` has the admin role `tenant-admin`.)
     #[serde(default = "default_admin_roles")]
     #[schemars(length(max = 16))]
     pub admin_roles: Vec<String>,
@@ -208,7 +213,9 @@ fn default_leeway_seconds() -> u32 {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApiKeys {
-    /// Accept API keys minted through the admin API. Only their hashes are stored.
+    /// Accept API keys: those minted through the admin API (only their hashes are stored)
+    /// and the ApiKey objects of the tenant's namespace (only their hashes reach the
+    /// gateway config). Off: ApiKey objects are not used and say so in their status.
     #[serde(default)]
     pub enabled: bool,
 }

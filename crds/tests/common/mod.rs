@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use tenantgate_crds::manifests::{ManifestErrors, ManifestSet};
+use tenantgate_crds::render::RenderInput;
+use tenantgate_crds::v1alpha1::Tenant;
 
 pub const OPERATOR_NAMESPACE: &str = "tenantgate-system";
 
@@ -38,4 +40,16 @@ pub fn load(files: &[PathBuf]) -> Result<ManifestSet, ManifestErrors> {
 /// The `# expect: ...` lines of an invalid example.
 pub fn expectations(text: &str) -> Vec<String> {
     text.lines().filter_map(|l| l.strip_prefix("# expect: ")).map(str::to_owned).collect()
+}
+
+/// A render input of `tenant` alone: no connections, policies, prices or API keys.
+pub fn alone(tenant: &Tenant) -> RenderInput<'_> {
+    RenderInput {
+        tenant,
+        mcp_connections: &[],
+        tenant_policies: &[],
+        global_policies: &[],
+        model_prices: &[],
+        api_keys: &[],
+    }
 }

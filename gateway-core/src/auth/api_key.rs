@@ -1,5 +1,7 @@
 //! API-key authentication: `Authorization: Bearer tg_<prefix>_<secret>`.
-//! Keys are looked up by their peppered hash, with a short cache of answers
+//! A key declared as an ApiKey object is found by its SHA-256 in the
+//! config in force ([`super::DeclaredKeys`]); any other is looked up in the
+//! database of admin-minted keys by the same hash, with a short cache of answers
 //! (found and not found), so a revocation on any replica takes effect here
 //! within [`CACHE_TTL`] and a flood of bad keys costs one query each per TTL.
 
@@ -11,6 +13,7 @@ use quick_cache::sync::Cache;
 
 use super::{AuthError, Identity};
 use crate::storage::{Db, KeyRecord, Pepper, api_keys, now_ms};
+use tenantgate_crds::api_key::declared_hash;
 
 /// How long an answer from the database is reused.
 pub const CACHE_TTL: Duration = Duration::from_secs(2);
@@ -88,6 +91,7 @@ impl ApiKeyVerifier {
             admin: record.roles.iter().any(|r| admin_roles.contains(r.as_str())),
             roles: record.roles.clone(),
             expires_at: record.expires_at_ms.map_or(u64::MAX, |ms| u64::try_from(ms / 1000).unwrap_or(0)),
+            allowed_models: Vec::new(),
         }))
     }
 
@@ -97,17 +101,25 @@ impl ApiKeyVerifier {
     }
 }
 
-/// Checks an API key for the tenant in force, when API keys are enabled.
+/// Checks an API key presented from `client` for the tenant in force, when API
+/// keys are enabled: a declared key first (in memory), else an admin-minted one.
 pub async fn verify(
     storage: &crate::storage::Storage,
     runtime: &crate::config::Runtime,
     token: &str,
+    client: Option<std::net::IpAddr>,
 ) -> Result<Arc<Identity>, AuthError> {
     if !runtime.config.auth.api_keys_enabled {
         return Err(AuthError::ApiKeysDisabled);
     }
+    if !runtime.declared_keys.is_empty()
+        && api_keys::key_prefix(token).is_some()
+        && let Some(verdict) = runtime.declared_keys.check(&declared_hash(token), client, now_ms())
+    {
+        return verdict;
+    }
     let tenant = &runtime.config.tenant.name;
-    let admin_roles = &runtime.config.auth.jwt.admin_roles;
+    let admin_roles = &runtime.config.auth.admin_roles;
     storage.api_keys.verify(&storage.db, tenant, storage.pepper.as_ref(), admin_roles, token).await
 }
 

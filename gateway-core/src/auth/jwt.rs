@@ -63,15 +63,15 @@ struct Claims {
 }
 
 impl JwtVerifier {
-    /// A verifier for `config`, with keys from `keys`.
-    pub fn new(config: &JwtConfig, keys: Arc<KeySource>) -> Self {
+    /// A verifier for `config`, with keys from `keys`; `admin_roles` open the admin API.
+    pub fn new(config: &JwtConfig, admin_roles: &[String], keys: Arc<KeySource>) -> Self {
         Self {
             issuer: config.issuer.clone(),
             audiences: config.audiences.clone(),
             mcp_resource: None,
             leeway: u64::from(config.leeway_seconds),
             roles_claim: config.roles_claim.clone(),
-            admin_roles: config.admin_roles.iter().cloned().collect(),
+            admin_roles: admin_roles.iter().cloned().collect(),
             keys,
             cache: Cache::new(CACHE_ENTRIES),
         }
@@ -174,7 +174,13 @@ impl JwtVerifier {
         let for_mcp = self.mcp_resource.as_ref().is_some_and(|r| named.contains(r));
         let roles = strings(claims.other.get(&self.roles_claim));
         let admin = roles.iter().any(|r| self.admin_roles.contains(r));
-        let identity = Identity { subject: claims.sub.unwrap_or_default(), roles, admin, expires_at: claims.exp };
+        let identity = Identity {
+            subject: claims.sub.unwrap_or_default(),
+            roles,
+            admin,
+            expires_at: claims.exp,
+            allowed_models: Vec::new(),
+        };
         Ok(Verified { identity: Arc::new(identity), for_api, for_mcp })
     }
 }
@@ -219,7 +225,6 @@ mod tests {
             audiences: vec!["tenantgate".into()],
             keys: JwtKeys::HmacSecretFile(String::new()),
             roles_claim: "roles".into(),
-            admin_roles: vec!["tenant-admin".into()],
             leeway_seconds: 0,
         }
     }
@@ -229,7 +234,7 @@ mod tests {
         std::fs::write(&path.0, SECRET).expect("write secret");
         let keys = Arc::new(KeySource::hmac_file(path.0.clone(), Duration::from_secs(30)));
         keys.load().await.expect("keys load");
-        (JwtVerifier::new(&config(), keys), path)
+        (JwtVerifier::new(&config(), &["tenant-admin".into()], keys), path)
     }
 
     fn token(claims: Value, alg: Algorithm) -> String {

@@ -2,6 +2,7 @@
 //! API keys minted through the admin API.
 
 pub mod api_key;
+mod declared;
 mod jwt;
 mod keys;
 
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
+pub use declared::DeclaredKeys;
 pub use jwt::{Audience, JwtVerifier};
 pub use keys::{KeyError, KeySource};
 
@@ -23,6 +25,15 @@ pub struct Identity {
     pub admin: bool,
     /// `exp` of the token, seconds since the epoch.
     pub expires_at: u64,
+    /// Model globs an API key declared with `allowedModels` may use; empty: every model.
+    pub allowed_models: Vec<String>,
+}
+
+impl Identity {
+    /// Whether the caller may use tenant model `model` (an ApiKey's `allowedModels`).
+    pub fn may_use_model(&self, model: &str) -> bool {
+        self.allowed_models.is_empty() || crate::policy::glob::any(&self.allowed_models, model)
+    }
 }
 
 /// Why a caller was not authenticated. The message says what is wrong with the
@@ -79,6 +90,17 @@ pub enum AuthError {
     /// API keys cannot be checked now (database down, nothing cached).
     #[error("API keys cannot be checked right now, try again later")]
     ApiKeysUnavailable,
+    /// A JWT presented to a tenant without JWT settings.
+    #[error("this tenant does not accept JWTs: authenticate with an API key")]
+    JwtDisabled,
+    /// A declared API key used from an address outside its `ipAllowList` (a 403: the key is valid).
+    #[error("API key {key} is not accepted from {address}: the address is outside the key's ipAllowList")]
+    AddressNotAllowed {
+        /// metadata.name of the ApiKey.
+        key: String,
+        /// The client address the gateway saw (`unknown` when it saw none).
+        address: String,
+    },
 }
 
 impl AuthError {
@@ -101,7 +123,14 @@ impl AuthError {
             Self::ExpiredApiKey => "ExpiredApiKey",
             Self::ApiKeysDisabled => "ApiKeysDisabled",
             Self::ApiKeysUnavailable => "ApiKeysUnavailable",
+            Self::JwtDisabled => "JwtDisabled",
+            Self::AddressNotAllowed { .. } => "AddressNotAllowed",
         }
+    }
+
+    /// Whether the credentials are valid but not allowed here (403, not 401).
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Self::AddressNotAllowed { .. })
     }
 
     /// RFC 6750 challenge.

@@ -1,5 +1,6 @@
 //! Loading, compiling and hot-reloading the GatewayConfig.
 
+mod api_copy;
 mod handle;
 mod runtime;
 mod source;
@@ -9,6 +10,7 @@ use tenantgate_crds::issue::{ConfigIssue, Reason};
 use tenantgate_crds::manifests::ManifestErrors;
 use tenantgate_crds::render::RenderError;
 
+pub use api_copy::ApiCopy;
 pub use handle::RuntimeHandle;
 pub use runtime::{Carried, Runtime, compile};
 pub use source::{ConfigSource, Snapshot};

@@ -13,7 +13,7 @@ use tenantgate_crds::issue::{ConfigIssue, Reason};
 use tenantgate_crds::pricing::Amounts;
 use tenantgate_crds::v1alpha1::{ModelType, ProviderType};
 
-use crate::auth::{JwtVerifier, KeySource};
+use crate::auth::{DeclaredKeys, JwtVerifier, KeySource};
 use crate::limits::{LimitStores, RateLimiter};
 use crate::llm::access_token::{AccessTokens, Grant};
 use crate::llm::aws_auth::AwsAuth;
@@ -34,8 +34,10 @@ use crate::traces::{SharedTraces, Traces, TracesError};
 pub struct Runtime {
     /// The config it was compiled from.
     pub config: GatewayConfig,
-    /// Bearer token verification.
-    pub auth: JwtVerifier,
+    /// JWT verification; `None` when the tenant accepts API keys only.
+    pub auth: Option<JwtVerifier>,
+    /// The API keys declared as ApiKey objects, by hash.
+    pub declared_keys: DeclaredKeys,
     /// Tenant model name -> route.
     pub models: HashMap<String, ModelRoute>,
     /// Retries and timeouts.
@@ -167,16 +169,25 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
     // The providers' requests go through hyper-util's client; token endpoints and the JWKS through reqwest.
     let http = crate::egress::HttpClient::new(&local, settings);
 
-    let (keys, fresh) = carried.key_source(&config.auth.jwt.keys, &client);
-    if fresh {
-        match (&config.auth.jwt.keys, keys.load().await) {
-            (_, Ok(())) => {}
-            // The identity provider may be down: start without keys, refresh on demand, readiness says so.
-            (JwtKeys::JwksUri(url), Err(e)) => tracing::warn!(%url, error = %e, "JWKS not loaded yet"),
-            (_, Err(e)) => return Err(ConfigIssue::new(Reason::InvalidKeys, e.to_string()).at("auth.jwt.keys")),
+    let auth = match &config.auth.jwt {
+        Some(jwt) => {
+            let (keys, fresh) = carried.key_source(&jwt.keys, &client);
+            if fresh {
+                match (&jwt.keys, keys.load().await) {
+                    (_, Ok(())) => {}
+                    // The identity provider may be down: start without keys, refresh on demand, readiness says so.
+                    (JwtKeys::JwksUri(url), Err(e)) => tracing::warn!(%url, error = %e, "JWKS not loaded yet"),
+                    (_, Err(e)) => {
+                        return Err(ConfigIssue::new(Reason::InvalidKeys, e.to_string()).at("auth.jwt.keys"));
+                    }
+                }
+            }
+            let verifier = JwtVerifier::new(jwt, &config.auth.admin_roles, keys);
+            Some(verifier.with_mcp_resource(config.auth.mcp.resource.clone()))
         }
-    }
-    let auth = JwtVerifier::new(&config.auth.jwt, keys).with_mcp_resource(config.auth.mcp.resource.clone());
+        None => None,
+    };
+    let declared_keys = DeclaredKeys::compile(&config.auth)?;
 
     let mut providers: HashMap<&str, Arc<Provider>> = HashMap::new();
     for (i, p) in config.providers.iter().enumerate() {
@@ -305,5 +316,5 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
     carried.mcp.allow_local_upstreams(config.network.allow_local_upstreams);
     carried.mcp.reconcile(&config.mcp);
     carried.keep_traces(config.tracing.as_ref(), traces.as_ref());
-    Ok(Runtime { config, auth, models, retry, models_body, limiter, policies, traces })
+    Ok(Runtime { config, auth, declared_keys, models, retry, models_body, limiter, policies, traces })
 }

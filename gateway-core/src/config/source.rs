@@ -21,6 +21,14 @@ fn unreadable(path: &Path, e: impl std::fmt::Display) -> ConfigIssue {
 pub enum ConfigSource {
     /// A rendered GatewayConfig file (the ConfigMap volume).
     File(PathBuf),
+    /// The same file, and the ConfigMap it comes from watched through the API server
+    /// (seconds, not the kubelet's minute): its content once delivered, else the file.
+    Watched {
+        /// The mounted file.
+        path: PathBuf,
+        /// What the API server delivered of the ConfigMap.
+        copy: super::ApiCopy,
+    },
     /// CRD YAML under a directory, rendered locally.
     Manifests {
         /// Directory of YAML files (read recursively).
@@ -42,11 +50,30 @@ pub struct Snapshot {
     files: Vec<(String, String)>,
 }
 
+impl Snapshot {
+    /// The snapshot of these files (name, content).
+    fn of(files: Vec<(String, String)>) -> Self {
+        let mut hasher = Sha256::new();
+        for (name, text) in &files {
+            hasher.update(name.as_bytes());
+            hasher.update([0]);
+            hasher.update(text.as_bytes());
+            hasher.update([0]);
+        }
+        Self { fingerprint: hasher.finalize().into(), files }
+    }
+}
+
 impl ConfigSource {
     /// Reads the source. Following symlinks on every read is what makes a
     /// Kubernetes ConfigMap update (an atomic `..data` symlink swap) visible.
     pub async fn read(&self) -> Result<Snapshot, ConfigIssue> {
         let paths = match self {
+            Self::Watched { path, copy } => match copy.latest() {
+                // Named as the file is: the same content has the same fingerprint either way.
+                Some(text) => return Ok(Snapshot::of(vec![(path.display().to_string(), text.to_string())])),
+                None => vec![path.clone()],
+            },
             Self::File(path) => vec![path.clone()],
             Self::Manifests { dir, .. } => {
                 let dir = dir.clone();
@@ -56,25 +83,19 @@ impl ConfigSource {
                     .map_err(|e| ConfigIssue::new(Reason::Unreadable, e.to_string()))?
             }
         };
-        let mut hasher = Sha256::new();
         let mut files = Vec::with_capacity(paths.len());
         for path in paths {
             let text = tokio::fs::read_to_string(&path).await.map_err(|e| unreadable(&path, e))?;
-            let name = path.display().to_string();
-            hasher.update(name.as_bytes());
-            hasher.update([0]);
-            hasher.update(text.as_bytes());
-            hasher.update([0]);
-            files.push((name, text));
+            files.push((path.display().to_string(), text));
         }
-        Ok(Snapshot { fingerprint: hasher.finalize().into(), files })
+        Ok(Snapshot::of(files))
     }
 
     /// Turns a snapshot into a config; for manifests this also writes the
     /// tenant's Secrets where the config points.
     pub fn config(&self, snapshot: &Snapshot) -> Result<GatewayConfig, ConfigError> {
         match self {
-            Self::File(path) => {
+            Self::File(path) | Self::Watched { path, .. } => {
                 let (_, text) = snapshot.files.first().ok_or_else(|| unreadable(path, "no content"))?;
                 let config = GatewayConfig::from_yaml(text)
                     .map_err(|e| ConfigIssue::new(Reason::InvalidValue, format!("{}: {e}", path.display())))?;
@@ -179,4 +200,37 @@ fn write_private(path: &Path, value: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     f.write_all(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_watched_file_is_read_until_the_api_server_delivers_the_configmap() {
+        let dir = std::env::temp_dir().join(format!("tg-source-{}-{}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("config.yaml");
+        std::fs::write(&path, "from the volume").expect("file");
+        let (tx, rx) = tokio::sync::watch::channel(None::<Arc<str>>);
+        let file = ConfigSource::File(path.clone());
+        let watched =
+            ConfigSource::Watched { path: path.clone(), copy: super::super::ApiCopy::from_receiver(rx, "cm") };
+        let text = |s: &Snapshot| s.files[0].1.clone();
+
+        let before = watched.read().await.expect("read");
+        assert_eq!(text(&before), "from the volume", "nothing delivered yet: the file");
+        assert_eq!(before.fingerprint, file.read().await.expect("read").fingerprint);
+
+        tx.send_replace(Some("from the API server".into()));
+        let after = watched.read().await.expect("read");
+        assert_eq!(text(&after), "from the API server", "the kubelet has not refreshed the file yet");
+        assert_ne!(after.fingerprint, before.fingerprint);
+        // The kubelet catches up: the same content is the same fingerprint (no second reload).
+        std::fs::write(&path, "from the API server").expect("file");
+        assert_eq!(file.read().await.expect("read").fingerprint, after.fingerprint);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }

@@ -230,6 +230,7 @@ mod tests {
             roles: roles.iter().map(|r| r.to_string()).collect(),
             admin: false,
             expires_at: 0,
+            allowed_models: Vec::new(),
         };
         let (dev, ops) = (who(&["dev"]), who(&["ops"]));
         assert!(catalog.shows_connection("open", &dev) && catalog.shows_connection("open", &ops));

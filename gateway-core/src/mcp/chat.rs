@@ -327,7 +327,13 @@ mod tests {
     }
 
     fn caller() -> Identity {
-        Identity { subject: "alice".into(), roles: vec!["dev".into()], admin: false, expires_at: 0 }
+        Identity {
+            subject: "alice".into(),
+            roles: vec!["dev".into()],
+            admin: false,
+            expires_at: 0,
+            allowed_models: Vec::new(),
+        }
     }
 
     fn take(body: Value) -> (ChatRequest, Result<Option<ChatTools>, ChatToolsError>) {

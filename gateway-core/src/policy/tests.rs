@@ -11,7 +11,7 @@ fn config(policies: Value) -> GatewayConfig {
     let mut v = json!({
         "version": 1,
         "tenant": {"name": "acme", "displayName": "Acme Corp", "namespace": "tg-acme"},
-        "auth": {"jwt": {"issuer": "i", "audiences": ["a"], "keys": {"jwksFile": "/x"}, "rolesClaim": "roles", "adminRoles": [], "leewaySeconds": 0}, "apiKeysEnabled": false},
+        "auth": {"jwt": {"issuer": "i", "audiences": ["a"], "keys": {"jwksFile": "/x"}, "rolesClaim": "roles", "leewaySeconds": 0}, "adminRoles": [], "apiKeysEnabled": false},
         "providers": [], "models": [],
         "routing": {"maxRetries": 0, "initialBackoffMs": 1, "maxBackoffMs": 1, "connectTimeoutMs": 1, "firstByteTimeoutMs": 1, "totalTimeoutMs": 1, "circuitBreaker": {"failureThreshold": 1, "openSeconds": 1}},
         "mcp": [], "policies": [],
@@ -42,6 +42,7 @@ pub(crate) fn who(subject: &str, roles: &[&str]) -> Identity {
         roles: roles.iter().map(|r| r.to_string()).collect(),
         admin: false,
         expires_at: 0,
+        allowed_models: Vec::new(),
     }
 }
 

@@ -5,21 +5,14 @@
 
 use std::path::Path;
 
-use base64::Engine;
-use hmac::{Hmac, Mac};
 use serde::Serialize;
-use sha2::Sha256;
+use tenantgate_crds::api_key::{self as format, PREFIX_BYTES, SECRET_BYTES};
 
 use super::queries::rfc3339;
 use super::records::{new_id, now_ms};
 use super::{Db, on_db};
 
-/// Prefix of every key.
-pub const KEY_PREFIX: &str = "tg_";
-/// Random bytes in the display prefix (hex: twice as many characters).
-const PREFIX_BYTES: usize = 6;
-/// Random bytes in the secret part.
-const SECRET_BYTES: usize = 32;
+pub use tenantgate_crds::api_key::{KEY_PREFIX, key_prefix};
 
 /// Why an API key operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -68,41 +61,22 @@ impl Pepper {
 
     /// A pepper from the file's bytes.
     pub fn from_bytes(raw: &[u8]) -> Result<Self, PepperError> {
-        let trimmed = raw.trim_ascii();
-        let bytes = base64::engine::general_purpose::STANDARD.decode(trimmed).unwrap_or_else(|_| trimmed.to_vec());
-        if bytes.len() < 16 {
-            return Err(PepperError::TooShort);
-        }
-        Ok(Self(bytes))
+        format::pepper_bytes(raw).map(Self).ok_or(PepperError::TooShort)
     }
 
     /// The stored hash of a key: hex HMAC-SHA256.
     pub fn hash(&self, key: &str) -> String {
-        // HMAC takes keys of any length.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!());
-        mac.update(key.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+        format::hash(&self.0, key)
     }
-}
-
-/// The display prefix of a well-formed key (`tg_<12 hex>_<secret>`).
-pub fn key_prefix(key: &str) -> Option<&str> {
-    let (prefix, secret) = key.strip_prefix(KEY_PREFIX)?.split_once('_')?;
-    (prefix.len() == PREFIX_BYTES * 2 && prefix.bytes().all(|b| b.is_ascii_hexdigit()) && !secret.is_empty())
-        .then_some(prefix)
-}
-
-fn random(n: usize) -> Result<Vec<u8>, ApiKeyError> {
-    let mut bytes = vec![0u8; n];
-    getrandom::fill(&mut bytes).map_err(|e| ApiKeyError::Random(e.to_string()))?;
-    Ok(bytes)
 }
 
 /// A fresh key and its display prefix.
 fn generate() -> Result<(String, String), ApiKeyError> {
-    let prefix = hex::encode(random(PREFIX_BYTES)?);
-    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random(SECRET_BYTES)?);
-    Ok((format!("{KEY_PREFIX}{prefix}_{secret}"), prefix))
+    let (mut prefix, mut secret) = ([0u8; PREFIX_BYTES], [0u8; SECRET_BYTES]);
+    getrandom::fill(&mut prefix)
+        .and_then(|()| getrandom::fill(&mut secret))
+        .map_err(|e| ApiKeyError::Random(e.to_string()))?;
+    Ok(format::format_key(&prefix, &secret))
 }
 
 /// What a new key is for.
@@ -177,6 +151,8 @@ pub struct KeyView<'a> {
     expires_at: Option<String>,
     revoked_at: Option<String>,
     state: &'static str,
+    /// `admin`: minted through the admin API (an ApiKey object's key is `kubernetes`).
+    origin: &'static str,
 }
 
 impl KeyRecord {
@@ -203,6 +179,7 @@ impl KeyRecord {
             expires_at: self.expires_at_ms.map(rfc3339),
             revoked_at: self.revoked_at_ms.map(rfc3339),
             state: self.state(now_ms()),
+            origin: "admin",
         }
     }
 }

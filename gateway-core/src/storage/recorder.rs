@@ -1155,7 +1155,8 @@ mod tests {
         let dir = temp_dir("chat");
         let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
         let recorder = Recorder::start(db.clone(), fast(dir.join("spill"))).expect("start");
-        let identity = Identity { subject: "bob".into(), roles: vec![], admin: false, expires_at: 0 };
+        let identity =
+            Identity { subject: "bob".into(), roles: vec![], admin: false, expires_at: 0, allowed_models: Vec::new() };
         let mut outer = ChatRecord::start(&recorder, "t", &identity, Some("req-1".into()), false);
         outer.model("chat");
         let amounts = Amounts::parse(&tenantgate_crds::v1alpha1::Price {
@@ -1211,7 +1212,8 @@ mod throughput {
         let dir = std::env::temp_dir().join(format!("tg-rec-rate-{}-{}", std::process::id(), fastrand::u64(..)));
         let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
         let recorder = Recorder::start(db.clone(), RecorderConfig::new(dir.join("spill"))).expect("start");
-        let identity = Identity { subject: "bob".into(), roles: vec![], admin: false, expires_at: 0 };
+        let identity =
+            Identity { subject: "bob".into(), roles: vec![], admin: false, expires_at: 0, allowed_models: Vec::new() };
         let amounts = Amounts::parse(&tenantgate_crds::v1alpha1::Price {
             input_per_million: "2.5".into(),
             output_per_million: Some("10".into()),

@@ -16,6 +16,8 @@ use super::caller::require_admin;
 use crate::auth::Caller;
 use crate::error::AppError;
 use crate::state::AppState;
+use tenantgate_crds::config::DeclaredApiKey;
+
 use crate::storage::{self, AuditEvent, AuditFilter, AuditKind, GroupBy, NewApiKey, UsageFilter, api_keys};
 
 /// Routes of the admin API.
@@ -332,16 +334,46 @@ fn api_keys_enabled(state: &AppState) -> Result<(), AppError> {
     }
 }
 
-/// `GET /admin/v1/api-keys`: every key, never a secret.
+/// `GET /admin/v1/api-keys`: every key, never a secret nor a hash: those
+/// declared as ApiKey objects (`origin: kubernetes`, by name) and those
+/// minted here (`origin: admin`, newest first).
 async fn list_keys(State(state): State<AppState>, caller: Caller) -> Result<Response, AppError> {
     let result = async {
         require_admin(&caller)?;
-        let keys = api_keys::list(&state.storage().db, &state.runtime().config.tenant.name).await.map_err(db_error)?;
-        let data: Vec<_> = keys.iter().map(storage::KeyRecord::view).collect();
+        let runtime = state.runtime();
+        let keys = api_keys::list(&state.storage().db, &runtime.config.tenant.name).await.map_err(db_error)?;
+        let now = storage::now_ms();
+        let mut data: Vec<serde_json::Value> =
+            runtime.config.auth.declared_api_keys.iter().map(|k| declared_view(k, now)).collect();
+        data.extend(keys.iter().map(|k| serde_json::to_value(k.view()).unwrap_or_default()));
         Ok(Json(json!({"object": "list", "data": data})).into_response())
     }
     .await;
     audited(&state, &caller, "apiKeys.list", None, json!({}), result)
+}
+
+/// The id of a declared key in the admin API.
+fn declared_id(key: &DeclaredApiKey) -> String {
+    format!("kubernetes:{}", key.name)
+}
+
+/// The admin API's view of a key declared as an ApiKey object.
+fn declared_view(key: &DeclaredApiKey, now_ms: i64) -> serde_json::Value {
+    let expired = key.expires_at_ms().ok().flatten().is_some_and(|e| e <= now_ms);
+    json!({
+        "id": declared_id(key),
+        "name": key.name,
+        "prefix": key.prefix,
+        "roles": key.roles,
+        "subject": key.subject,
+        "allowedModels": key.allowed_models,
+        "ipAllowList": key.ip_allow_list,
+        "createdBy": "kubernetes",
+        "expiresAt": key.expires_at,
+        "revokedAt": null,
+        "state": if expired { "expired" } else { "active" },
+        "origin": "kubernetes",
+    })
 }
 
 /// `DELETE /admin/v1/api-keys/{id}`: revokes the key (effective on every
@@ -353,6 +385,13 @@ async fn revoke_key(
 ) -> Result<Response, AppError> {
     let result = async {
         require_admin(&caller)?;
+        let runtime = state.runtime();
+        if let Some(k) = runtime.config.auth.declared_api_keys.iter().find(|k| declared_id(k) == id || k.prefix == id) {
+            return Err(AppError::Conflict(format!(
+                "API key {} is managed by Kubernetes (ApiKey {}/{}): revoke it by deleting that object (kubectl delete apikey {} -n {}), or rotate it by changing its spec.rotation",
+                k.name, runtime.config.tenant.namespace, k.name, k.name, runtime.config.tenant.namespace
+            )));
+        }
         let storage = state.storage();
         let revoked = api_keys::revoke(&storage.db, &state.runtime().config.tenant.name, &id, &caller.0.subject)
             .await

@@ -1,7 +1,9 @@
 //! The [`Caller`] extractor: authenticates a request's bearer token (a JWT
 //! or an API key) against the config in force.
 
-use axum::extract::FromRequestParts;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 
@@ -36,9 +38,13 @@ pub async fn authenticate(parts: &Parts, state: &AppState, audience: Audience) -
     .ok_or(AuthError::Missing)?;
     let runtime = state.runtime();
     let verified = if api_key::is_api_key(token) {
-        api_key::verify(state.storage(), &runtime, token).await
+        let client = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        api_key::verify(state.storage(), &runtime, token, client).await
     } else {
-        runtime.auth.verify_for(token, audience).await
+        match &runtime.auth {
+            Some(jwt) => jwt.verify_for(token, audience).await,
+            None => Err(AuthError::JwtDisabled),
+        }
     };
     match verified {
         Ok(identity) => {

@@ -142,7 +142,7 @@ pub(super) async fn serve(
     record.model(&request.model);
     let runtime = state.runtime();
     let mcp = ChatTools::take(&mut request, state.carried().mcp(), &runtime.config.mcp, &caller.0)?;
-    let route = super::model_route(&runtime, &request.model, ModelType::Chat)?;
+    let route = super::model_route(&runtime, &caller.0, &request.model, ModelType::Chat)?;
     let target_model = route.targets.first().map(|t| &*t.model);
     let decision = match runtime.policies.apply(&caller.0, target_model, &mut request) {
         Ok(decision) => Arc::new(decision),

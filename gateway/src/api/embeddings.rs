@@ -41,7 +41,7 @@ async fn embed(state: &AppState, caller: &Caller, body: Body, record: &mut ChatR
     let mut request = EmbeddingsRequest::parse(&body)?;
     record.model(&request.model);
     let runtime = state.runtime();
-    let route = super::model_route(&runtime, &request.model, ModelType::Embedding)?;
+    let route = super::model_route(&runtime, &caller.0, &request.model, ModelType::Embedding)?;
     let target_model = route.targets.first().map(|t| &*t.model);
     let decision = match runtime.policies.apply_embeddings(&caller.0, target_model, &mut request) {
         Ok(decision) => decision,

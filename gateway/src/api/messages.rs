@@ -85,7 +85,7 @@ pub async fn count_tokens(
     let body = read_body(body, state.max_body_bytes()).await?;
     let mut request = messages::parse(&body, true)?;
     let runtime = state.runtime();
-    let route = super::model_route(&runtime, &request.model, ModelType::Chat)?;
+    let route = super::model_route(&runtime, &caller.0, &request.model, ModelType::Chat)?;
     let target_model = route.targets.first().map(|t| &*t.model);
     runtime.policies.apply(&caller.0, target_model, &mut request)?;
     Ok(Json(json!({"input_tokens": tokens::count(&request, target_model)})).into_response())

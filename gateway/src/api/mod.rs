@@ -96,14 +96,19 @@ pub fn ops_router(ops: ops::Ops) -> Router {
         .with_state(ops)
 }
 
-/// The route of tenant model `name`, which must be of `type_`: a model of
-/// the other type names the API that serves it.
+/// The route of tenant model `name` for `caller`, which must be of `type_`: a
+/// model of the other type names the API that serves it, and an API key that
+/// names its models may use only those.
 pub(crate) fn model_route<'r>(
     runtime: &'r crate::config::Runtime,
+    caller: &crate::auth::Identity,
     name: &str,
     type_: ModelType,
 ) -> Result<&'r crate::routing::ModelRoute, AppError> {
     let route = runtime.models.get(name).ok_or_else(|| AppError::ModelNotFound(name.to_owned()))?;
+    if !caller.may_use_model(name) {
+        return Err(AppError::ModelNotAllowed(name.to_owned()));
+    }
     if route.type_ == type_ {
         return Ok(route);
     }

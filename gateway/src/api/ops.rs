@@ -67,7 +67,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     if state.is_shutting_down() {
         problems.push("shutting down");
     }
-    if !runtime.auth.keys().is_loaded() {
+    if runtime.auth.as_ref().is_some_and(|a| !a.keys().is_loaded()) {
         problems.push("token keys are not loaded (identity provider unreachable?)");
     }
     let body = json!({"ready": problems.is_empty(), "configHash": runtime.config.config_hash, "problems": problems});

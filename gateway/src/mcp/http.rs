@@ -196,10 +196,12 @@ async fn handle(endpoint: Endpoint, state: AppState, request: Request) -> Respon
     let caller = match crate::api::caller::authenticate(&parts, &state, Audience::Mcp).await {
         Ok(c) => c,
         Err(e) => {
-            let challenge =
-                super::resource::challenge(&state.runtime().config.auth.mcp, &parts.headers, &parts.uri, &e);
+            let challenge = (!e.is_forbidden())
+                .then(|| super::resource::challenge(&state.runtime().config.auth.mcp, &parts.headers, &parts.uri, &e));
             let mut response = AppError::from(e).into_response();
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+            if let Some(challenge) = challenge {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+            }
             return response;
         }
     };

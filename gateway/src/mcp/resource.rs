@@ -94,7 +94,8 @@ fn metadata(state: &AppState, headers: &HeaderMap, uri: &Uri, suffix: Option<&st
     }
     let mut body = serde_json::json!({
         "resource": resource.id,
-        "authorization_servers": [config.auth.jwt.issuer],
+        // Without JWT settings there is no authorization server to name: clients use API keys.
+        "authorization_servers": config.auth.jwt.as_ref().map(|j| vec![j.issuer.as_str()]).unwrap_or_default(),
         "bearer_methods_supported": ["header"],
         "resource_name": config.tenant.display_name,
     });

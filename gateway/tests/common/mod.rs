@@ -272,6 +272,32 @@ impl Gateway {
         gw
     }
 
+    /// Starts over a rendered GatewayConfig file (`--config`, as in a cluster, where
+    /// the operator renders it) in `dir`, which is removed on drop.
+    pub async fn start_config(dir: &Path, config: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_tenantgate-gateway"))
+            .arg("--config")
+            .arg(config)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--config-poll-ms", "200", "--shutdown-delay-ms", "0"])
+            .env("RUST_LOG", std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start gateway");
+        let gw = Self {
+            proc: Some(Proc(child)),
+            url: format!("http://127.0.0.1:{port}"),
+            dir: dir.to_path_buf(),
+            client: reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(1)).build().expect("http client"),
+            token: token(json!({})),
+            owns_dir: true,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
     /// Runs a gateway over `manifests` that is expected not to start: waits
     /// (at most 30 s) for it to exit and returns whether it exited cleanly and
     /// its stderr.

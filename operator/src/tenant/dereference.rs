@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tenantgate_crds::render::tenant_namespace;
-use tenantgate_crds::v1alpha1::{BudgetStatus, McpConnection, ModelPrice, PromptPolicy, Tenant};
+use tenantgate_crds::v1alpha1::{ApiKey, BudgetStatus, McpConnection, ModelPrice, PromptPolicy, Tenant};
 
 use crate::context::Stores;
 use crate::labels::{GATEWAY, GATEWAY_SPEND, TENANT_LABEL};
@@ -25,6 +25,8 @@ pub struct Dependencies {
     pub mcp_connections: Vec<McpConnection>,
     /// PromptPolicies in the tenant namespace.
     pub tenant_policies: Vec<PromptPolicy>,
+    /// ApiKeys in the tenant namespace, by name.
+    pub api_keys: Vec<ApiKey>,
     /// PromptPolicies in the operator namespace.
     pub global_policies: Vec<PromptPolicy>,
     /// The cluster's ModelPrices (pricing::resolve orders them).
@@ -51,6 +53,7 @@ pub fn dereference(tenant: &Tenant, stores: &Stores, operator_namespace: &str) -
     });
     let mcp_connections = in_namespace(&stores.mcp_connections, &namespace);
     let tenant_policies = in_namespace(&stores.prompt_policies, &namespace);
+    let api_keys = in_namespace(&stores.api_keys, &namespace);
     let global_policies = in_namespace(&stores.prompt_policies, operator_namespace);
     let model_prices: Vec<ModelPrice> = stores.model_prices.state().iter().map(|p| (**p).clone()).collect();
     let mut secret_versions = BTreeMap::new();
@@ -72,6 +75,7 @@ pub fn dereference(tenant: &Tenant, stores: &Stores, operator_namespace: &str) -
         namespace_conflict,
         mcp_connections,
         tenant_policies,
+        api_keys,
         global_policies,
         model_prices,
         secret_versions,

@@ -1,5 +1,6 @@
 //! The Tenant controller: `dereference → validate → build → apply → status`.
 
+pub mod api_keys;
 pub mod apply;
 pub mod build;
 pub mod dereference;
@@ -94,6 +95,14 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         write_status(ctx, tenant, &deps, None, Err(("NamespaceConflict", message))).await?;
         return Ok(Action::requeue(RESYNC));
     }
+    let enabled = tenant.spec.auth.api_keys.enabled;
+    // Keys are generated only for a tenant that accepts them.
+    let issuance = if enabled {
+        api_keys::issue(ctx, &name, &deps.namespace, &deps.api_keys).await
+    } else {
+        api_keys::Issuance::default()
+    };
+    let issued = &issuance.issued;
     let rendered = render(
         RenderInput {
             tenant,
@@ -101,6 +110,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
             tenant_policies: &deps.tenant_policies,
             global_policies: &deps.global_policies,
             model_prices: &deps.model_prices,
+            api_keys: issued,
         },
         &RenderOptions::default(),
     );
@@ -109,6 +119,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         Err(e) => {
             warn(ctx, tenant, "RenderFailed", &e.to_string()).await;
             write_child_statuses(ctx, tenant, &deps, None, &e.issues).await?;
+            api_keys::write_statuses(ctx, &name, &deps.api_keys, enabled, &issuance, None).await?;
             write_status(ctx, tenant, &deps, None, Err(("InvalidConfig", e.to_string()))).await?;
             return Ok(Action::requeue(RESYNC));
         }
@@ -142,20 +153,34 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         tracing::info!(tenant = %name, writes, "applied the tenant's stack");
     }
     write_child_statuses(ctx, tenant, &deps, Some(&rendered), &rendered.skipped).await?;
+    api_keys::write_statuses(ctx, &name, &deps.api_keys, enabled, &issuance, Some(&rendered)).await?;
     write_status(ctx, tenant, &deps, Some(&rendered), Ok(())).await?;
-    Ok(Action::requeue(RESYNC))
+    // A key whose Secret was created a moment ago and is not in the cache yet.
+    Ok(Action::requeue(if issuance.waiting() { Duration::from_secs(2) } else { RESYNC }))
 }
 
 async fn warn(ctx: &Context, tenant: &Tenant, reason: &str, note: &str) {
     tracing::warn!(tenant = %tenant.name_any(), reason, "{note}");
+    publish(ctx, &tenant.object_ref(&()), EventType::Warning, "Reconcile", reason, note).await;
+}
+
+/// Records an Event on `object`; a failure to record it is only logged.
+pub(crate) async fn publish(
+    ctx: &Context,
+    object: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    action: &str,
+    reason: &str,
+    note: &str,
+) {
     let event = Event {
-        type_: EventType::Warning,
+        type_,
         reason: reason.into(),
         note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
+        action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &tenant.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&event, object).await {
         tracing::debug!(error = %e, "could not publish an event");
     }
 }
@@ -183,8 +208,10 @@ async fn write_status(
         if !missing.is_empty() {
             degraded.push(("MissingSecret", missing_secrets_message(ctx, &deps.namespace, &missing)));
         }
-        if !r.skipped.is_empty() {
-            let list: Vec<String> = r.skipped.iter().map(ToString::to_string).collect();
+        let skipped: Vec<&ConfigIssue> =
+            r.skipped.iter().filter(|i| i.object.as_ref().is_some_and(|o| o.kind == "McpConnection")).collect();
+        if !skipped.is_empty() {
+            let list: Vec<String> = skipped.iter().map(ToString::to_string).collect();
             degraded.push(("McpConnectionSkipped", list.join("; ")));
         }
         if tenant.spec.storage.database.is_none() && tenant.spec.storage.volume.is_none() {

@@ -249,6 +249,9 @@ pub fn build_deployment(input: &BuildInput<'_>) -> Deployment {
         args: Some(vec![
             "--config".into(),
             format!("/etc/tenantgate/{CONFIG_KEY}"),
+            // The same ConfigMap through the API server: changes in seconds, not the kubelet's minute.
+            "--config-configmap".into(),
+            GATEWAY_CONFIG.into(),
             "--listen".into(),
             format!("0.0.0.0:{GATEWAY_PORT}"),
             "--ops-listen".into(),
@@ -443,6 +446,10 @@ mod tests {
         let c = &pod(&s).containers[0];
         let args = c.args.clone().unwrap_or_default();
         assert!(args.windows(2).any(|w| w == ["--ops-listen", "0.0.0.0:9090"]), "{args:?}");
+        assert!(
+            args.windows(2).any(|w| w == ["--config-configmap", GATEWAY_CONFIG]),
+            "followed through the API: {args:?}"
+        );
         for probe in [&c.liveness_probe, &c.readiness_probe, &c.startup_probe] {
             let port = probe.as_ref().and_then(|p| p.http_get.as_ref()).map(|h| h.port.clone());
             assert_eq!(port, Some(IntOrString::String("ops".into())), "probes go to the ops port");

@@ -106,7 +106,7 @@ fn upstream_urls(input: &BuildInput<'_>) -> BTreeSet<String> {
     urls.extend(config.mcp.iter().filter_map(|c| c.url.clone()));
     // The OpenTelemetry Collector the traces go to.
     urls.extend(config.tracing.as_ref().map(|t| t.otlp_endpoint.clone()));
-    if let JwtKeys::JwksUri(uri) = &config.auth.jwt.keys {
+    if let Some(JwtKeys::JwksUri(uri)) = config.auth.jwt.as_ref().map(|j| &j.keys) {
         urls.insert(uri.clone());
     }
     for c in &config.mcp {

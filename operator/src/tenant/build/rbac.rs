@@ -7,7 +7,7 @@ use tenantgate_crds::render::tenant_namespace;
 use tenantgate_crds::v1alpha1::McpConnection;
 
 use super::{BuildInput, meta};
-use crate::labels::{GATEWAY, GATEWAY_SPEND, GATEWAY_STATUS_WRITER};
+use crate::labels::{GATEWAY, GATEWAY_CONFIG, GATEWAY_SPEND, GATEWAY_STATUS_WRITER};
 
 /// The gateway's ServiceAccount. No token is automounted: the gateway
 /// container alone gets one, through its own projected volume.
@@ -23,7 +23,9 @@ pub fn build_service_account(input: &BuildInput<'_>) -> ServiceAccount {
 /// of the McpConnections of its own namespace, to publish
 /// `status.driftedTools` (it alone sees the upstream tools), create Events
 /// there and patch the `gateway-spend` ConfigMap (budget alerts and spend: it
-/// alone sees what is spent). Scoped by namespace, not by name, for
+/// alone sees what is spent), and watch its `gateway-config` ConfigMap (a change
+/// reaches it in seconds, not when the kubelet refreshes the volume: an ApiKey
+/// deleted is refused at once). Scoped by namespace, not by name, for
 /// McpConnections and Events: resourceNames cannot name objects created later.
 pub fn build_role(input: &BuildInput<'_>) -> Role {
     Role {
@@ -46,6 +48,14 @@ pub fn build_role(input: &BuildInput<'_>) -> Role {
                 resources: Some(vec!["configmaps".into()]),
                 resource_names: Some(vec![GATEWAY_SPEND.into()]),
                 verbs: vec!["patch".into()],
+                ..PolicyRule::default()
+            },
+            // A list or watch with the field selector metadata.name=gateway-config matches resourceNames.
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".into()]),
+                resource_names: Some(vec![GATEWAY_CONFIG.into()]),
+                verbs: vec!["list".into(), "watch".into()],
                 ..PolicyRule::default()
             },
         ]),
@@ -76,11 +86,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_gateway_may_patch_mcp_connection_status_its_spend_and_create_events_in_its_namespace_only() {
+    fn the_gateway_may_patch_mcp_connection_status_its_spend_watch_its_config_and_create_events_in_its_namespace_only()
+    {
         let role = built::<Role>(GATEWAY_STATUS_WRITER);
         assert_eq!(role.metadata.namespace.as_deref(), Some("tg-acme"));
         let rules = role.rules.clone().unwrap_or_default();
-        assert_eq!(rules.len(), 3, "{rules:?}");
+        assert_eq!(rules.len(), 4, "{rules:?}");
         assert_eq!(rules[0].api_groups.clone().unwrap_or_default(), ["tenantgate.dev"]);
         assert_eq!(rules[0].resources.clone().unwrap_or_default(), ["mcpconnections/status"]);
         assert_eq!(rules[0].verbs, ["get", "patch"]);
@@ -90,6 +101,9 @@ mod tests {
         assert_eq!(rules[2].resources.clone().unwrap_or_default(), ["configmaps"]);
         assert_eq!(rules[2].resource_names.clone().unwrap_or_default(), [GATEWAY_SPEND], "that one ConfigMap only");
         assert_eq!(rules[2].verbs, ["patch"]);
+        assert_eq!(rules[3].resources.clone().unwrap_or_default(), ["configmaps"]);
+        assert_eq!(rules[3].resource_names.clone().unwrap_or_default(), [GATEWAY_CONFIG], "its config only");
+        assert_eq!(rules[3].verbs, ["list", "watch"], "read, never written");
         let binding = &built::<RoleBinding>(GATEWAY_STATUS_WRITER);
         assert_eq!(binding.metadata.namespace.as_deref(), Some("tg-acme"));
         assert_eq!((binding.role_ref.kind.as_str(), binding.role_ref.name.as_str()), ("Role", GATEWAY_STATUS_WRITER));

@@ -27,6 +27,7 @@ pub(crate) fn rendered(t: &Tenant, conns: &[McpConnection]) -> RenderedConfig {
             tenant_policies: &[],
             global_policies: &[],
             model_prices: &[],
+            api_keys: &[],
         },
         &RenderOptions::default(),
     )
