@@ -790,9 +790,9 @@ def test_a_prompt_policy_edit_reaches_the_running_gateway_in_seconds():
             assert e.code == "policy_violation" and "tg-quickstart/assistant" in str(e), (e.code, e.body)
             return True
 
-    # The config change reaches the tenant's pods through the kubelet's sync of the configMap
-    # volume (the node runs with syncFrequency 10s, the kubelet's default is 1 minute; the
-    # gateway polls the file each second and reloads it).
+    # The config change reaches the tenant's pods through their watch on gateway-config (the
+    # API server), and the kubelet's sync of the configMap volume (syncFrequency 10s on this
+    # node, the kubelet's default is 1 minute) would bring it too; the gateway reloads it.
     wait_for("the edited PromptPolicy enforced by the tenant's gateway", refused, 120)
     took = time.monotonic() - started
     # Back to what git says: allowed again.

@@ -65,7 +65,8 @@ fn egress_for_url(url: &str) -> Option<NetworkPolicyEgressRule> {
     })
 }
 
-/// The gateway's way to the API server (it publishes McpConnection status).
+/// The gateway's way to the API server (it publishes McpConnection status, budget Events
+/// and spend, and watches its gateway-config).
 /// NetworkPolicy implementations match traffic after the Service's DNAT, so
 /// the `kubernetes` Service's ClusterIP would match nothing: the rule names
 /// its endpoints, the API servers' own addresses and port (a control plane
