@@ -32,6 +32,12 @@ pub fn key_prefix(key: &str) -> Option<&str> {
         .then_some(prefix)
 }
 
+/// The secret part of a well-formed key (after `tg_<prefix>_`; it may itself hold `_`).
+pub fn key_secret(key: &str) -> Option<&str> {
+    key_prefix(key)?;
+    key.strip_prefix(KEY_PREFIX)?.split_once('_').map(|(_, secret)| secret)
+}
+
 /// The pepper's bytes from the `api-key-pepper` file or Secret value: base64 (as the
 /// operator writes it), or raw bytes; `None` when fewer than 16.
 pub fn pepper_bytes(raw: &[u8]) -> Option<Vec<u8>> {
@@ -76,6 +82,8 @@ mod tests {
         assert_eq!(prefix, "abababababab");
         assert_eq!(key_prefix(&key), Some("abababababab"));
         assert_eq!(key_prefix("tg_zz_secret"), None);
+        assert_eq!(key_secret("tg_abababababab_se_cr_et"), Some("se_cr_et"), "base64url holds underscores");
+        assert_eq!(key_secret("tg_zz_secret"), None);
         let pepper = pepper_bytes(b"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n").expect("pepper");
         assert_eq!(pepper, b"0123456789abcdef0123456789abcdef");
         assert_eq!(pepper_bytes(b"short"), None);

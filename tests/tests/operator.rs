@@ -974,7 +974,8 @@ async fn api_keys_are_generated_rotated_and_revoked_and_their_value_stays_in_the
         owner.first().map(|o| (o.kind.as_str(), o.uid.as_str())),
         Some(("ApiKey", key.uid().unwrap_or_default().as_str()))
     );
-    let secret_part = value.rsplit('_').next().expect("secret part").to_owned();
+    // The whole secret part: base64url may hold `_`, so never only what follows the last one.
+    let secret_part = tenantgate_crds::api_key::key_secret(&value).expect("secret part").to_owned();
     let seen = where_values_must_not_be(&client).await?;
     assert!(!seen.contains(&secret_part), "the key's value is in the ConfigMap, a status or an Event");
     assert!(seen.contains("KeyGenerated") && seen.contains(&prefix), "an Event names the new key by its prefix");
@@ -1017,9 +1018,12 @@ async fn api_keys_are_generated_rotated_and_revoked_and_their_value_stays_in_the
     let new_prefix = tenantgate_crds::api_key::key_prefix(&new_value).expect("well-formed");
     assert_eq!(key.status.as_ref().and_then(|s| s.prefix.as_deref()), Some(new_prefix));
     let seen = where_values_must_not_be(&client).await?;
-    assert!(!seen.contains(new_value.rsplit('_').next().expect("secret")), "the new value leaked");
+    assert!(!seen.contains(tenantgate_crds::api_key::key_secret(&new_value).expect("secret")), "the new value leaked");
     assert!(seen.contains("KeyRotated"), "the rotation is an Event");
-    assert!(!std::fs::read_to_string(op.log_path())?.contains(new_value.rsplit('_').next().expect("secret")));
+    assert!(
+        !std::fs::read_to_string(op.log_path())?
+            .contains(tenantgate_crds::api_key::key_secret(&new_value).expect("secret"))
+    );
 
     // Deletion revokes: the key leaves the config and its Secret goes with it.
     kubectl(&["delete", "apikey", "ci", "-n", ns, "--wait=true", "--timeout=60s"])?;
