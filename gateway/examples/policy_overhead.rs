@@ -72,6 +72,7 @@ fn main() {
         admin: false,
         expires_at: 0,
         allowed_models: Vec::new(),
+        api_key: None,
     };
     let text = "Our quarterly report covers revenue, churn and the support backlog. Could you summarise the \
         three most important changes since last quarter, suggest two follow-up questions for the finance team, \

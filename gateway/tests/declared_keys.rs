@@ -171,4 +171,24 @@ async fn declared_keys_are_accepted_within_their_limits_listed_and_rotated() {
     let (_, list) = gw.get_json("/admin/v1/api-keys", &admin_key).await;
     let names: Vec<&str> = list["data"].as_array().expect("data").iter().filter_map(|k| k["name"].as_str()).collect();
     assert_eq!(names, ["admin", "ci", "minted"], "{list}");
+
+    // Usage by key: each request is recorded with the key it was made with, by its admin API id.
+    let minted_id = minted["id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let groups = loop {
+        let (status, report) = gw.get_json("/admin/v1/usage?groupBy=apiKey", &admin_key).await;
+        assert_eq!(status, 200, "{report}");
+        let groups = report["groups"].as_array().cloned().unwrap_or_default();
+        let requests = |id: &str| groups.iter().find(|g| g["key"] == id).and_then(|g| g["requests"].as_i64());
+        // The recorder writes in batches: wait for the last chat of each key.
+        if requests("kubernetes:ci").is_some_and(|n| n >= 3) && requests(&minted_id) == Some(1) {
+            break groups;
+        }
+        assert!(Instant::now() < deadline, "usage by key never showed both keys: {report}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(groups.iter().all(|g| g["key"] != ci.hash.as_str()), "keys are grouped by id, never by hash");
+    let ci_requests = groups.iter().find(|g| g["key"] == "kubernetes:ci").map(|g| g["requests"].clone());
+    let (_, one) = gw.get_json("/admin/v1/usage?apiKey=kubernetes:ci", &admin_key).await;
+    assert_eq!(Some(one["totals"]["requests"].clone()), ci_requests, "the filter sums what the group does: {one}");
 }

@@ -333,6 +333,13 @@ async fn api_keys_are_shown_once_stored_hashed_and_revoked_across_replicas() {
         assert!(Instant::now() < deadline, "usage of the key not recorded: {report}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // In PostgreSQL too, each row names the key by its id: spend per key, and one key's.
+    let (status, by_key) = a.get_json("/admin/v1/usage?groupBy=apiKey", &admin).await;
+    assert_eq!(status, 200, "{by_key}");
+    let group = by_key["groups"].as_array().and_then(|g| g.iter().find(|g| g["key"] == id.as_str())).cloned();
+    assert_eq!(group.map(|g| g["requests"].clone()), Some(json!(2)), "{by_key}");
+    let (_, one) = a.get_json(&format!("/admin/v1/usage?apiKey={id}"), &admin).await;
+    assert_eq!(one["totals"]["requests"], 2, "{one}");
 
     // Revoked on A: refused on A at once, on B within seconds.
     let revoked_at = Instant::now();

@@ -12,6 +12,11 @@ use tenantgate_crds::issue::{ConfigIssue, Reason};
 
 use super::{AuthError, Identity};
 
+/// The id of the ApiKey object `name` in the admin API and in usage rows.
+pub fn declared_key_id(name: &str) -> String {
+    format!("kubernetes:{name}")
+}
+
 /// The declared keys of one config, by hash.
 #[derive(Debug, Default)]
 pub struct DeclaredKeys {
@@ -42,6 +47,7 @@ impl DeclaredKeys {
                 admin: k.roles.iter().any(|r| auth.admin_roles.contains(r)),
                 expires_at: expires_at_ms.map_or(u64::MAX, |ms| u64::try_from(ms / 1000).unwrap_or(0)),
                 allowed_models: k.allowed_models.clone(),
+                api_key: Some(declared_key_id(&k.name)),
             };
             let key = DeclaredKey { name: k.name.clone(), identity: Arc::new(identity), expires_at_ms, networks };
             if by_hash.insert(k.hash.clone(), key).is_some() {

@@ -180,6 +180,7 @@ impl JwtVerifier {
             admin,
             expires_at: claims.exp,
             allowed_models: Vec::new(),
+            api_key: None,
         };
         Ok(Verified { identity: Arc::new(identity), for_api, for_mcp })
     }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-pub use declared::DeclaredKeys;
+pub use declared::{DeclaredKeys, declared_key_id};
 pub use jwt::{Audience, JwtVerifier};
 pub use keys::{KeyError, KeySource};
 
@@ -27,6 +27,10 @@ pub struct Identity {
     pub expires_at: u64,
     /// Model globs an API key declared with `allowedModels` may use; empty: every model.
     pub allowed_models: Vec<String>,
+    /// The API key the caller presented, by the id the admin API lists it under
+    /// (`kubernetes:<name>` for an ApiKey object, the key's id for an admin-minted one);
+    /// `None` for a JWT. Recorded with each usage row, so spend can be grouped by key.
+    pub api_key: Option<String>,
 }
 
 impl Identity {

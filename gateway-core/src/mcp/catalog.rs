@@ -231,6 +231,7 @@ mod tests {
             admin: false,
             expires_at: 0,
             allowed_models: Vec::new(),
+            api_key: None,
         };
         let (dev, ops) = (who(&["dev"]), who(&["ops"]));
         assert!(catalog.shows_connection("open", &dev) && catalog.shows_connection("open", &ops));

@@ -333,6 +333,7 @@ mod tests {
             admin: false,
             expires_at: 0,
             allowed_models: Vec::new(),
+            api_key: None,
         }
     }
 

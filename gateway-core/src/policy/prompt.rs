@@ -50,8 +50,14 @@ impl Templates {
         }
         let templates = Self { env, tenant };
         let roles = vec!["role".to_string()];
-        let sample =
-            Identity { subject: "subject".into(), roles, admin: false, expires_at: 0, allowed_models: Vec::new() };
+        let sample = Identity {
+            subject: "subject".into(),
+            roles,
+            admin: false,
+            expires_at: 0,
+            allowed_models: Vec::new(),
+            api_key: None,
+        };
         for p in policies.iter().filter(|p| p.system_prompt.is_some()) {
             let scope = templates.scope(&sample, "model");
             templates.env.get_template(&p.id).and_then(|t| t.render(&scope)).map_err(|e| {
@@ -230,6 +236,7 @@ mod tests {
             admin: false,
             expires_at: 0,
             allowed_models: Vec::new(),
+            api_key: None,
         };
         let out = t.render(&Arc::from("tg-acme/base"), &t.scope(&who, "chat")).expect("renders");
         assert!(out.starts_with("Acme Corp/acme alice dev,ops chat 20"), "{out}");

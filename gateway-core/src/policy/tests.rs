@@ -43,6 +43,7 @@ pub(crate) fn who(subject: &str, roles: &[&str]) -> Identity {
         admin: false,
         expires_at: 0,
         allowed_models: Vec::new(),
+        api_key: None,
     }
 }
 

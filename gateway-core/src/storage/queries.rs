@@ -21,6 +21,8 @@ pub struct UsageFilter {
     pub subject: Option<String>,
     /// Only this tenant model.
     pub model: Option<String>,
+    /// Only requests made with this API key (its admin API id).
+    pub api_key: Option<String>,
 }
 
 /// Sums over some requests.
@@ -89,6 +91,9 @@ pub enum GroupBy {
     Model,
     /// The `provider/model` that answered.
     Target,
+    /// The API key the request was made with (`kubernetes:<name>` or an admin-minted
+    /// key's id); requests made with a JWT form the group without a key (`null`).
+    ApiKey,
 }
 
 impl GroupBy {
@@ -98,6 +103,7 @@ impl GroupBy {
             Self::Subject => "subject",
             Self::Model => "model",
             Self::Target => "target",
+            Self::ApiKey => "api_key",
         }
     }
 }
@@ -105,7 +111,8 @@ impl GroupBy {
 /// The usage of one group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GroupUsage {
-    /// The subject, model or target; null for requests no target answered (by target).
+    /// The subject, model, target or API key; null for requests no target answered (by
+    /// target) or made with a JWT (by API key).
     pub key: Option<String>,
     /// Its sums.
     #[serde(flatten)]
@@ -183,6 +190,9 @@ async fn sums(db: &Db, tenant: &str, filter: &UsageFilter, key: &str) -> Result<
         }
         if let Some(model) = &filter.model {
             q.push(" AND model = ").push_bind(model.as_str());
+        }
+        if let Some(key) = &filter.api_key {
+            q.push(" AND api_key = ").push_bind(key.as_str());
         }
         q.push(" GROUP BY ").push(key);
         q.build_query_as::<KeyRow>().fetch_all(pool).await?
@@ -337,7 +347,36 @@ mod tests {
             status: 200,
             reason: None,
             request_id: None,
+            api_key: None,
         })
+    }
+
+    #[tokio::test]
+    async fn usage_groups_by_the_api_key_it_was_made_with() {
+        let dir = std::env::temp_dir().join(format!("tg-by-key-{}-{}", std::process::id(), fastrand::u64(..)));
+        let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
+        let with_key = |key: Option<&str>, tokens: i64| match usage_of("a", "alice", tokens) {
+            Record::Usage(u) => {
+                Record::Usage(UsageRow { api_key: key.map(str::to_owned), cost_nanos: Some(tokens), ..u })
+            }
+            other => other,
+        };
+        let records = [
+            with_key(Some("kubernetes:ci"), 10),
+            with_key(Some("kubernetes:ci"), 5),
+            with_key(Some("0190e1c2"), 7),
+            with_key(None, 100),
+        ];
+        insert(&db, &records).await.expect("insert");
+        let groups = usage_by(&db, "a", &UsageFilter::default(), GroupBy::ApiKey).await.expect("groups");
+        let got: Vec<(Option<&str>, i64, i64)> =
+            groups.iter().map(|g| (g.key.as_deref(), g.totals.requests, g.totals.cost_nanos)).collect();
+        // Most spent first; a JWT's requests are the group without a key.
+        assert_eq!(got, [(None, 1, 100), (Some("kubernetes:ci"), 2, 15), (Some("0190e1c2"), 1, 7)]);
+        let one = UsageFilter { api_key: Some("kubernetes:ci".into()), ..UsageFilter::default() };
+        let report = usage(&db, "a", &one).await.expect("usage");
+        assert_eq!((report.totals.requests, report.totals.cost_nanos), (2, 15), "one key's spend");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

@@ -676,6 +676,7 @@ impl ChatRecord {
                 status: 500,
                 reason: Some("Unfinished".into()),
                 request_id,
+                api_key: identity.api_key.clone(),
             },
             price: None,
             policy: PolicyDecision::default(),
@@ -912,6 +913,7 @@ mod tests {
             status: 200,
             reason: None,
             request_id: None,
+            api_key: None,
         })
     }
 
@@ -1155,8 +1157,7 @@ mod tests {
         let dir = temp_dir("chat");
         let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
         let recorder = Recorder::start(db.clone(), fast(dir.join("spill"))).expect("start");
-        let identity =
-            Identity { subject: "bob".into(), roles: vec![], admin: false, expires_at: 0, allowed_models: Vec::new() };
+        let identity = crate::policy::tests::who("bob", &[]);
         let mut outer = ChatRecord::start(&recorder, "t", &identity, Some("req-1".into()), false);
         outer.model("chat");
         let amounts = Amounts::parse(&tenantgate_crds::v1alpha1::Price {
@@ -1212,8 +1213,7 @@ mod throughput {
         let dir = std::env::temp_dir().join(format!("tg-rec-rate-{}-{}", std::process::id(), fastrand::u64(..)));
         let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
         let recorder = Recorder::start(db.clone(), RecorderConfig::new(dir.join("spill"))).expect("start");
-        let identity =
-            Identity { subject: "bob".into(), roles: vec![], admin: false, expires_at: 0, allowed_models: Vec::new() };
+        let identity = crate::policy::tests::who("bob", &[]);
         let amounts = Amounts::parse(&tenantgate_crds::v1alpha1::Price {
             input_per_million: "2.5".into(),
             output_per_million: Some("10".into()),

@@ -44,6 +44,10 @@ pub struct UsageRow {
     pub reason: Option<String>,
     /// `x-request-id`.
     pub request_id: Option<String>,
+    /// The API key the request was made with, by its admin API id (`kubernetes:<name>` for
+    /// an ApiKey object); `None` for a JWT. Absent in spill files of older gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
 }
 
 /// Who did what, kept forever (the table refuses updates and deletes).
@@ -280,6 +284,7 @@ mod tests {
                 status: 200,
                 reason: None,
                 request_id: None,
+                api_key: None,
             },
             audit_id: new_id(),
             policy: PolicyDecision::default(),

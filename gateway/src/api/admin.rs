@@ -123,6 +123,8 @@ struct UsageQuery {
     to: Option<String>,
     subject: Option<String>,
     model: Option<String>,
+    #[serde(rename = "apiKey")]
+    api_key: Option<String>,
     #[serde(rename = "groupBy")]
     group_by: Option<GroupBy>,
 }
@@ -130,11 +132,17 @@ struct UsageQuery {
 impl AdminRead for UsageQuery {
     const ACTION: &'static str = "usage.read";
 
-    /// `GET /admin/v1/usage?from&to&subject&model&groupBy`: totals, per-day rows, and
-    /// with `groupBy` (subject, model or target) a row per group.
+    /// `GET /admin/v1/usage?from&to&subject&model&apiKey&groupBy`: totals, per-day rows, and
+    /// with `groupBy` (subject, model, target or apiKey) a row per group.
     async fn run(self, state: &AppState) -> Result<Response, AppError> {
         let (from_ms, to_ms) = parse_range(self.from.as_deref(), self.to.as_deref())?;
-        let filter = UsageFilter { from_ms, to_ms, subject: self.subject.clone(), model: self.model.clone() };
+        let filter = UsageFilter {
+            from_ms,
+            to_ms,
+            subject: self.subject.clone(),
+            model: self.model.clone(),
+            api_key: self.api_key.clone(),
+        };
         let report = storage::queries::usage(&state.storage().db, &state.runtime().config.tenant.name, &filter)
             .await
             .map_err(db_error)?;
@@ -354,7 +362,7 @@ async fn list_keys(State(state): State<AppState>, caller: Caller) -> Result<Resp
 
 /// The id of a declared key in the admin API.
 fn declared_id(key: &DeclaredApiKey) -> String {
-    format!("kubernetes:{}", key.name)
+    tenantgate_gateway_core::auth::declared_key_id(&key.name)
 }
 
 /// The admin API's view of a key declared as an ApiKey object.
