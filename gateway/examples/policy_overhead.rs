@@ -66,14 +66,7 @@ fn rss_mib() -> f64 {
 fn main() {
     println!("RSS at start: {:.1} MiB", rss_mib());
     let policies = Policies::compile(&config()).expect("compiles");
-    let who = Identity {
-        subject: "alice".into(),
-        roles: vec!["dev".into()],
-        admin: false,
-        expires_at: 0,
-        allowed_models: Vec::new(),
-        api_key: None,
-    };
+    let who = Identity::with_roles("alice", &["dev"]);
     let text = "Our quarterly report covers revenue, churn and the support backlog. Could you summarise the \
         three most important changes since last quarter, suggest two follow-up questions for the finance team, \
         and point out anything that looks inconsistent? The numbers: revenue grew 12% to 4.1M, churn fell from \

@@ -34,6 +34,19 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// A caller with `roles` and nothing else: not an admin, no expiry recorded, every model,
+    /// no API key (tests, examples and the sample the prompt templates are checked with).
+    pub fn with_roles(subject: &str, roles: &[&str]) -> Self {
+        Self {
+            subject: subject.into(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            admin: false,
+            expires_at: 0,
+            allowed_models: Vec::new(),
+            api_key: None,
+        }
+    }
+
     /// Whether the caller may use tenant model `model` (an ApiKey's `allowedModels`).
     pub fn may_use_model(&self, model: &str) -> bool {
         self.allowed_models.is_empty() || crate::policy::glob::any(&self.allowed_models, model)

@@ -84,9 +84,4 @@ impl ApiCopy {
     pub fn what(&self) -> &str {
         &self.what
     }
-
-    /// Waits for the next content the API server delivers (a change).
-    pub async fn changed(&mut self) -> bool {
-        self.latest.changed().await.is_ok()
-    }
 }

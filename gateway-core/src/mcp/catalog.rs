@@ -225,14 +225,7 @@ mod tests {
             (upstream("ops", ops_only.clone()), offer(&["restart", "drain"])),
             (upstream("prompts", ops_only), offer(&[])),
         ]);
-        let who = |roles: &[&str]| crate::auth::Identity {
-            subject: "alice".into(),
-            roles: roles.iter().map(|r| r.to_string()).collect(),
-            admin: false,
-            expires_at: 0,
-            allowed_models: Vec::new(),
-            api_key: None,
-        };
+        let who = |roles: &[&str]| crate::auth::Identity::with_roles("alice", roles);
         let (dev, ops) = (who(&["dev"]), who(&["ops"]));
         assert!(catalog.shows_connection("open", &dev) && catalog.shows_connection("open", &ops));
         assert!(!catalog.shows_connection("ops", &dev), "every tool is for ops");

@@ -327,14 +327,7 @@ mod tests {
     }
 
     fn caller() -> Identity {
-        Identity {
-            subject: "alice".into(),
-            roles: vec!["dev".into()],
-            admin: false,
-            expires_at: 0,
-            allowed_models: Vec::new(),
-            api_key: None,
-        }
+        Identity::with_roles("alice", &["dev"])
     }
 
     fn take(body: Value) -> (ChatRequest, Result<Option<ChatTools>, ChatToolsError>) {

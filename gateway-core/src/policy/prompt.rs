@@ -49,15 +49,7 @@ impl Templates {
             }
         }
         let templates = Self { env, tenant };
-        let roles = vec!["role".to_string()];
-        let sample = Identity {
-            subject: "subject".into(),
-            roles,
-            admin: false,
-            expires_at: 0,
-            allowed_models: Vec::new(),
-            api_key: None,
-        };
+        let sample = Identity::with_roles("subject", &["role"]);
         for p in policies.iter().filter(|p| p.system_prompt.is_some()) {
             let scope = templates.scope(&sample, "model");
             templates.env.get_template(&p.id).and_then(|t| t.render(&scope)).map_err(|e| {
@@ -230,14 +222,7 @@ mod tests {
             "{{ tenant.displayName }}/{{ tenant.name }} {{ user.subject }} {{ user.roles | join(',') }} {{ model }} {{ now[:4] }}",
         );
         let t = Templates::compile(&tenant, std::slice::from_ref(&policy)).expect("compiles");
-        let who = Identity {
-            subject: "alice".into(),
-            roles: vec!["dev".into(), "ops".into()],
-            admin: false,
-            expires_at: 0,
-            allowed_models: Vec::new(),
-            api_key: None,
-        };
+        let who = Identity::with_roles("alice", &["dev", "ops"]);
         let out = t.render(&Arc::from("tg-acme/base"), &t.scope(&who, "chat")).expect("renders");
         assert!(out.starts_with("Acme Corp/acme alice dev,ops chat 20"), "{out}");
     }

@@ -37,14 +37,7 @@ fn policy(id: &str, layer: &str, priority: i32, extra: Value) -> Value {
 
 /// A caller with `roles` (also for other modules' tests).
 pub(crate) fn who(subject: &str, roles: &[&str]) -> Identity {
-    Identity {
-        subject: subject.into(),
-        roles: roles.iter().map(|r| r.to_string()).collect(),
-        admin: false,
-        expires_at: 0,
-        allowed_models: Vec::new(),
-        api_key: None,
-    }
+    Identity::with_roles(subject, roles)
 }
 
 fn chat(messages: Value) -> ChatRequest {

@@ -10,6 +10,7 @@ use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use tenantgate_gateway_core::auth::declared_key_id;
 
 use super::body::read_body;
 use super::caller::require_admin;
@@ -360,16 +361,11 @@ async fn list_keys(State(state): State<AppState>, caller: Caller) -> Result<Resp
     audited(&state, &caller, "apiKeys.list", None, json!({}), result)
 }
 
-/// The id of a declared key in the admin API.
-fn declared_id(key: &DeclaredApiKey) -> String {
-    tenantgate_gateway_core::auth::declared_key_id(&key.name)
-}
-
 /// The admin API's view of a key declared as an ApiKey object.
 fn declared_view(key: &DeclaredApiKey, now_ms: i64) -> serde_json::Value {
     let expired = key.expires_at_ms().ok().flatten().is_some_and(|e| e <= now_ms);
     json!({
-        "id": declared_id(key),
+        "id": declared_key_id(&key.name),
         "name": key.name,
         "prefix": key.prefix,
         "roles": key.roles,
@@ -394,7 +390,7 @@ async fn revoke_key(
     let result = async {
         require_admin(&caller)?;
         let runtime = state.runtime();
-        if let Some(k) = runtime.config.auth.declared_api_keys.iter().find(|k| declared_id(k) == id || k.prefix == id) {
+        if let Some(k) = runtime.config.auth.declared_api_keys.iter().find(|k| declared_key_id(&k.name) == id || k.prefix == id) {
             return Err(AppError::Conflict(format!(
                 "API key {} is managed by Kubernetes (ApiKey {}/{}): revoke it by deleting that object (kubectl delete apikey {} -n {}), or rotate it by changing its spec.rotation",
                 k.name, runtime.config.tenant.namespace, k.name, k.name, runtime.config.tenant.namespace
