@@ -119,6 +119,12 @@ pub struct DeclaredApiKey {
     /// CIDRs of the client addresses it is accepted from; empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_allow_list: Vec<String>,
+    /// The team its spend counts toward (over what its roles say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// Its spend cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::v1alpha1::Budget>,
 }
 
 impl DeclaredApiKey {
@@ -181,6 +187,9 @@ pub struct JwtConfig {
     pub keys: JwtKeys,
     /// Claim holding roles.
     pub roles_claim: String,
+    /// Claim naming the caller's team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_claim: Option<String>,
     /// Tolerated clock skew in seconds.
     pub leeway_seconds: u32,
 }

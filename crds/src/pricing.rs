@@ -241,6 +241,19 @@ pub fn budget_nanos(value: &str) -> Result<u64, String> {
     u64::try_from(d * Decimal::from(NANOS_PER_UNIT)).map_err(|_| bad())
 }
 
+/// Checks what the API server's validation may not have (a config written by
+/// hand, an older CRD): the amount, and a fixed window's start and length.
+pub fn check_budget(budget: &crate::v1alpha1::Budget) -> Result<(), String> {
+    use crate::v1alpha1::BudgetPeriod;
+    budget_nanos(&budget.amount).map_err(|e| format!("amount: {e}"))?;
+    match (budget.period, &budget.fixed_window) {
+        (BudgetPeriod::Fixed, Some(w)) => w.seconds().map(|_| ()),
+        (BudgetPeriod::Fixed, None) => Err("period Fixed needs fixedWindow".into()),
+        (_, Some(_)) => Err("fixedWindow is only for period Fixed".into()),
+        (_, None) => Ok(()),
+    }
+}
+
 /// `nanos` nano-units as a decimal string of units (`1500000` is `"0.0015"`).
 pub fn format_nanos(nanos: i64) -> String {
     Decimal::new(nanos, 9).normalize().to_string()

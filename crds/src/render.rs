@@ -246,6 +246,7 @@ pub fn render(input: RenderInput<'_>, options: &RenderOptions) -> Result<Rendere
             audiences: jwt.audiences.clone(),
             keys,
             roles_claim: jwt.roles_claim.clone(),
+            team_claim: jwt.team_claim.clone(),
             leeway_seconds: jwt.leeway_seconds,
         }
     });
@@ -553,10 +554,13 @@ fn declared_api_keys(
             allowed_models: k.spec.allowed_models.clone(),
             expires_at: k.spec.expires_at.clone(),
             ip_allow_list: k.spec.ip_allow_list.clone(),
+            team: k.spec.team.clone(),
+            budget: k.spec.budget.clone(),
         };
         let problems = [
             declared.expires_at_ms().err().map(|e| ("spec.expiresAt", e)),
             declared.networks().err().map(|e| ("spec.ipAllowList", e)),
+            declared.budget.as_ref().and_then(|b| crate::pricing::check_budget(b).err()).map(|e| ("spec.budget", e)),
         ];
         let mut usable = true;
         for (field, e) in problems.into_iter().flatten() {

@@ -206,6 +206,7 @@ async fn a_tenant_gateway_cannot_read_another_tenants_secrets() -> anyhow::Resul
     // seeing the same crossing make one Event between them (its name is the window and threshold).
     let state = BudgetState {
         scope: Scope::Tenant,
+        id: String::new(),
         limit: 100_000_000_000,
         spent: 81_000_000_000,
         period: Period::Month,

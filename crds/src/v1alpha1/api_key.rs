@@ -5,8 +5,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use super::tenant::Budget;
+
 /// RFC 3339 date-time with a zone (`Z` or an offset), as `expiresAt` takes it.
-const RFC3339_RULE: &str = "self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$')";
+pub(crate) const RFC3339_RULE: &str = "self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$')";
 
 /// An API key of the tenant that owns the namespace. The operator generates its value
 /// once into a Secret (key `apiKey`, owned by this object, named in
@@ -87,6 +89,17 @@ pub struct ApiKeySpec {
     #[schemars(length(max = 64), inner(length(min = 1, max = 64)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("each entry must be a CIDR such as 10.0.0.0/8 or 2001:db8::/32 (one address: /32 or /128)"))]
     pub ip_allow_list: Vec<String>,
+    /// The team the key's spend counts toward (team budgets, usage and spend by team),
+    /// whatever its roles say. Absent: the team its roles name under
+    /// `spec.limits.perTeam.rolePrefix`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub team: Option<String>,
+    /// Spend cap of this key, in the tenant's currency. The key's spend also counts toward its
+    /// subject's (`perUser`), its team's and the tenant's budgets: a request needs room in all.
+    /// Spent so far shows in `status.budget`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
     /// Rotation trigger: any string (a date, a counter). Whenever it changes, the operator
     /// generates a new key into a new Secret (`<name>-<10 hex digits>`, named in
     /// `status.secretName`) and the old key stops working as soon as the gateways have

@@ -8,6 +8,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+use super::api_key::RFC3339_RULE;
+
 use super::common::SecretKeyRef;
 use super::model_price::{Price, default_currency};
 use super::observability::Observability;
@@ -186,6 +188,12 @@ pub struct JwtAuth {
     #[serde(default = "default_roles_claim")]
     #[schemars(length(min = 1, max = 256))]
     pub roles_claim: String,
+    /// Claim naming the caller's team (a string; a list of strings: its first entry), for
+    /// team budgets (`spec.limits.perTeam`), usage and spend by team. Absent: teams come
+    /// from roles (`spec.limits.perTeam.rolePrefix`) or not at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub team_claim: Option<String>,
     /// Roles that may use the admin API, in a token's roles claim or among an API key's
     /// roles. (A tenant without `jwt` has the admin role `tenant-admin`.)
     #[serde(default = "default_admin_roles")]
@@ -661,6 +669,11 @@ pub struct Limits {
     /// Limits applied to each user (JWT subject or API key) separately.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_user: Option<UserLimits>,
+    /// Budgets of teams. A caller's team is named by the token's `spec.auth.jwt.teamClaim`,
+    /// an ApiKey's `spec.team`, or else its first role starting with `rolePrefix`. A team's
+    /// spend also counts toward the tenant's budget; a user's and a key's toward their team's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_team: Option<TeamLimits>,
     /// Behaviour when Redis is unreachable.
     #[serde(default)]
     pub fail_mode: FailMode,
@@ -693,12 +706,44 @@ pub struct UserLimits {
     pub budget: Option<Budget>,
 }
 
+/// Budgets of teams.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TeamLimits {
+    /// A caller without a team from `spec.auth.jwt.teamClaim` or an ApiKey's `spec.team`
+    /// belongs to the team named by its first role that starts with this prefix, less the
+    /// prefix: role `team:search` with prefix `team:` is team `search`. Absent: roles name no team.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub role_prefix: Option<String>,
+    /// The budget of each team not listed in `teams`. Absent: only listed teams have budgets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+    /// Teams with budgets of their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub teams: Vec<TeamBudget>,
+}
+
+/// One team's budget.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TeamBudget {
+    /// The team, as the claim, key or role names it.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// Its spend cap, in spec.currency.
+    pub budget: Budget,
+}
+
 /// Largest budget amount, in units of the currency: budgets are kept in nano-units in Redis,
 /// whose Lua numbers are exact integers only up to 2^53 (about 9.007e15 nano-units).
 pub const MAX_BUDGET_UNITS: u64 = 9_000_000;
 
-/// A spend cap over a calendar window.
+/// A spend cap over a calendar or fixed window.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.fixedWindow) == (has(self.period) && self.period == 'Fixed')").message("fixedWindow is set exactly when period is Fixed"))]
 #[serde(rename_all = "camelCase")]
 pub struct Budget {
     /// The most that may be spent in one period, a decimal string in spec.currency, e.g.
@@ -706,9 +751,13 @@ pub struct Budget {
     #[schemars(length(min = 1, max = 17))]
     #[x_kube(validation = Rule::new("self.matches('^(0|[1-9][0-9]{0,6})([.][0-9]{1,9})?$') && double(self) <= 9000000.0").message("must be a decimal amount written as a string, e.g. \"12.50\": at most \"9000000\", with up to 9 decimals"))]
     pub amount: String,
-    /// The window the amount applies to: `Day` (a UTC day) or `Month` (a UTC calendar month).
+    /// The window the amount applies to: `Day` (a UTC day), `Month` (a UTC calendar month) or
+    /// `Fixed` (windows of `fixedWindow.length` one after another from `fixedWindow.start`).
     #[serde(default)]
     pub period: BudgetPeriod,
+    /// The windows of a `Fixed` period (required then, refused otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fixed_window: Option<FixedWindow>,
     /// Percentages of the amount at which the tenant's budget alerts, once per window each: a
     /// Kubernetes Event in the tenant's namespace (reason `BudgetThreshold`, related to the
     /// Tenant) and a log line. Not used for `perUser` budgets (no per-user alerts).
@@ -720,8 +769,71 @@ pub struct Budget {
 impl Budget {
     /// A budget of `amount` per `period`, alerting at the default thresholds.
     pub fn new(amount: &str, period: BudgetPeriod) -> Self {
-        Self { amount: amount.into(), period, alert_at_percent: default_alert_at_percent() }
+        Self { amount: amount.into(), period, fixed_window: None, alert_at_percent: default_alert_at_percent() }
     }
+
+    /// A budget of `amount` per window of `length` from `start`.
+    pub fn fixed(amount: &str, start: &str, length: &str) -> Self {
+        Self {
+            fixed_window: Some(FixedWindow { start: start.into(), length: length.into() }),
+            ..Self::new(amount, BudgetPeriod::Fixed)
+        }
+    }
+}
+
+impl FixedWindow {
+    /// The start (seconds since the epoch) and length (seconds); `Err` names what does not parse.
+    pub fn seconds(&self) -> Result<(i64, i64), String> {
+        let start = crate::config::parse_rfc3339_ms(&self.start)
+            .map_err(|e| format!("fixedWindow.start: {e}"))?
+            .div_euclid(1000);
+        let length = parse_hms(&self.length).filter(|l| (3_600..=87_600 * 3_600).contains(l)).ok_or_else(|| {
+            format!("fixedWindow.length {:?} is not a duration from 1h to 87600h, e.g. 168h", self.length)
+        })?;
+        Ok((start, length))
+    }
+}
+
+/// Seconds of a duration written `1h30m`, `90m`, `45s` (hours, minutes, seconds, in that order).
+fn parse_hms(text: &str) -> Option<i64> {
+    let (mut total, mut rest, mut last) = (0i64, text, 0u8);
+    if text.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let n: i64 = rest[..digits].parse().ok()?;
+        let (unit, scale) = match rest.as_bytes().get(digits)? {
+            b'h' => (1, 3_600),
+            b'm' => (2, 60),
+            b's' => (3, 1),
+            _ => return None,
+        };
+        if unit <= last {
+            return None;
+        }
+        last = unit;
+        total = total.checked_add(n.checked_mul(scale)?)?;
+        rest = &rest[digits + 1..];
+    }
+    Some(total)
+}
+
+/// Back-to-back windows of one length from a start: a sprint, a billing cycle that does not
+/// follow the calendar, a one-off event (one long window).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FixedWindow {
+    /// Start of the first window, an RFC 3339 time (e.g. `2026-12-01T09:00:00Z`). Before it,
+    /// spend counts toward the window that ends at it.
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new(RFC3339_RULE).message("must be an RFC 3339 time with a zone, e.g. 2026-12-01T09:00:00Z"))]
+    pub start: String,
+    /// Length of each window, a duration in hours, minutes and seconds (e.g. `168h` for a
+    /// week, `336h` for two); from 1h to 87600h (ten years).
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self != '' && duration(self) >= duration('1h') && duration(self) <= duration('87600h')").message("must be a duration such as 168h or 90m, from 1h to 87600h"))]
+    pub length: String,
 }
 
 fn default_alert_at_percent() -> Vec<u8> {
@@ -736,6 +848,8 @@ pub enum BudgetPeriod {
     /// From the first of the month, 00:00 UTC, to the first of the next.
     #[default]
     Month,
+    /// Windows of `fixedWindow.length` one after another from `fixedWindow.start`.
+    Fixed,
 }
 
 /// The gateway Deployment.
@@ -1058,6 +1172,18 @@ impl BudgetStatus {
 #[cfg(test)]
 mod budget_status_tests {
     use super::*;
+
+    #[test]
+    fn fixed_windows_take_hours_minutes_and_seconds() {
+        assert_eq!(parse_hms("168h"), Some(604_800));
+        assert_eq!(parse_hms("1h30m"), Some(5_400));
+        assert_eq!(parse_hms("90m15s"), Some(5_415));
+        for bad in ["", "h", "7d", "30m1h", "1h1h", "1.5h", "-1h"] {
+            assert_eq!(parse_hms(bad), None, "{bad}");
+        }
+        let w = FixedWindow { start: "2026-12-01T09:00:00Z".into(), length: "30m".into() };
+        assert!(w.seconds().expect_err("too short").contains("from 1h"));
+    }
 
     #[test]
     fn what_the_gateway_publishes_is_checked_before_it_reaches_status() {

@@ -93,6 +93,7 @@ impl ApiKeyVerifier {
             expires_at: record.expires_at_ms.map_or(u64::MAX, |ms| u64::try_from(ms / 1000).unwrap_or(0)),
             allowed_models: Vec::new(),
             api_key: Some(record.id.clone()),
+            team: None,
         }))
     }
 

@@ -48,6 +48,7 @@ impl DeclaredKeys {
                 expires_at: expires_at_ms.map_or(u64::MAX, |ms| u64::try_from(ms / 1000).unwrap_or(0)),
                 allowed_models: k.allowed_models.clone(),
                 api_key: Some(declared_key_id(&k.name)),
+                team: k.team.clone(),
             };
             let key = DeclaredKey { name: k.name.clone(), identity: Arc::new(identity), expires_at_ms, networks };
             if by_hash.insert(k.hash.clone(), key).is_some() {
@@ -112,6 +113,8 @@ mod tests {
             allowed_models: Vec::new(),
             expires_at: None,
             ip_allow_list: Vec::new(),
+            team: None,
+            budget: None,
         }
     }
 

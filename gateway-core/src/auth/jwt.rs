@@ -37,6 +37,7 @@ pub struct JwtVerifier {
     mcp_resource: Option<String>,
     leeway: u64,
     roles_claim: String,
+    team_claim: Option<String>,
     admin_roles: HashSet<String>,
     keys: Arc<KeySource>,
     /// SHA-256 of the token -> the identity it proved, until `exp`.
@@ -71,6 +72,7 @@ impl JwtVerifier {
             mcp_resource: None,
             leeway: u64::from(config.leeway_seconds),
             roles_claim: config.roles_claim.clone(),
+            team_claim: config.team_claim.clone(),
             admin_roles: admin_roles.iter().cloned().collect(),
             keys,
             cache: Cache::new(CACHE_ENTRIES),
@@ -174,7 +176,9 @@ impl JwtVerifier {
         let for_mcp = self.mcp_resource.as_ref().is_some_and(|r| named.contains(r));
         let roles = strings(claims.other.get(&self.roles_claim));
         let admin = roles.iter().any(|r| self.admin_roles.contains(r));
+        let team = self.team_claim.as_ref().and_then(|c| team(claims.other.get(c)));
         let identity = Identity {
+            team,
             subject: claims.sub.unwrap_or_default(),
             roles,
             admin,
@@ -204,6 +208,16 @@ fn strings(value: Option<&Value>) -> Vec<String> {
     }
 }
 
+/// A team claim: a string, or the first string of a list.
+fn team(value: Option<&Value>) -> Option<String> {
+    let name = match value? {
+        Value::Array(items) => items.iter().find_map(Value::as_str)?,
+        Value::String(s) => s,
+        _ => return None,
+    };
+    Some(name.trim()).filter(|t| !t.is_empty()).map(str::to_owned)
+}
+
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -226,6 +240,7 @@ mod tests {
             audiences: vec!["tenantgate".into()],
             keys: JwtKeys::HmacSecretFile(String::new()),
             roles_claim: "roles".into(),
+            team_claim: None,
             leeway_seconds: 0,
         }
     }
@@ -261,6 +276,27 @@ mod tests {
         assert!(id.admin);
         assert_eq!(id.roles, ["tenant-admin", "dev"]);
         assert!(Arc::ptr_eq(&id, &v.verify(&t).await.expect("cached")));
+    }
+
+    #[tokio::test]
+    async fn the_team_claim_names_the_team_and_roles_name_it_only_without_one() {
+        let path = tempfile_path::TempPath::new("hmac-team");
+        std::fs::write(&path.0, SECRET).expect("write secret");
+        let keys = Arc::new(KeySource::hmac_file(path.0.clone(), Duration::from_secs(30)));
+        keys.load().await.expect("keys load");
+        let v = JwtVerifier::new(&JwtConfig { team_claim: Some("team".into()), ..config() }, &[], keys);
+        let team = |c| async { v.verify(&token(claims(c), Algorithm::HS256)).await.expect("valid").team.clone() };
+        assert_eq!(team(json!({"team": "search ranking"})).await.as_deref(), Some("search ranking"), "a whole string");
+        assert_eq!(team(json!({"team": ["ml", "infra"]})).await.as_deref(), Some("ml"), "a list: its first entry");
+        assert_eq!(team(json!({"team": 7})).await, None);
+        assert_eq!(team(json!({})).await, None);
+        let (plain, _p) = verifier().await;
+        let id = plain.verify(&token(claims(json!({"team": "ml"})), Algorithm::HS256)).await.expect("valid");
+        assert_eq!(id.team, None, "no teamClaim configured");
+        let by_role = Arc::new(Identity::with_roles("a", &["dev", "team:infra"])).with_team_from_roles(Some("team:"));
+        assert_eq!(by_role.team.as_deref(), Some("infra"));
+        let claimed = Arc::new(Identity { team: Some("ml".into()), ..Identity::with_roles("a", &["team:infra"]) });
+        assert_eq!(claimed.with_team_from_roles(Some("team:")).team.as_deref(), Some("ml"), "the claim wins");
     }
 
     #[tokio::test]

@@ -31,6 +31,9 @@ pub struct Identity {
     /// (`kubernetes:<name>` for an ApiKey object, the key's id for an admin-minted one);
     /// `None` for a JWT. Recorded with each usage row, so spend can be grouped by key.
     pub api_key: Option<String>,
+    /// The caller's team: the token's team claim (`spec.auth.jwt.teamClaim`), an ApiKey's
+    /// `spec.team`, or the first role under `limits.perTeam.rolePrefix`; `None`: no team.
+    pub team: Option<String>,
 }
 
 impl Identity {
@@ -44,6 +47,20 @@ impl Identity {
             expires_at: 0,
             allowed_models: Vec::new(),
             api_key: None,
+            team: None,
+        }
+    }
+
+    /// The same caller with `team` when it has none of its own and one of its
+    /// roles starts with `prefix` (the role less the prefix names the team).
+    pub fn with_team_from_roles(self: std::sync::Arc<Self>, prefix: Option<&str>) -> std::sync::Arc<Self> {
+        let Some(prefix) = prefix.filter(|_| self.team.is_none()) else { return self };
+        match self.roles.iter().find_map(|r| r.strip_prefix(prefix).filter(|t| !t.is_empty())) {
+            Some(team) => {
+                let team = Some(team.to_owned());
+                std::sync::Arc::new(Self { team, ..(*self).clone() })
+            }
+            None => self,
         }
     }
 

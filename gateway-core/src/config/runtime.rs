@@ -29,6 +29,25 @@ use crate::routing::{Breaker, ModelRoute, RetryPolicy, Target};
 use crate::storage::Price;
 use crate::traces::{SharedTraces, Traces, TracesError};
 
+/// Every budget of `config`, with where it is.
+fn budgets_of(config: &GatewayConfig) -> Vec<(String, &tenantgate_crds::v1alpha1::Budget)> {
+    let mut out = Vec::new();
+    if let Some(limits) = &config.limits {
+        out.extend(limits.budget.iter().map(|b| ("limits.budget".to_owned(), b)));
+        out.extend(limits.per_user.iter().flat_map(|u| &u.budget).map(|b| ("limits.perUser.budget".to_owned(), b)));
+        if let Some(team) = &limits.per_team {
+            out.extend(team.budget.iter().map(|b| ("limits.perTeam.budget".to_owned(), b)));
+            for (i, t) in team.teams.iter().enumerate() {
+                out.push((format!("limits.perTeam.teams[{i}].budget"), &t.budget));
+            }
+        }
+    }
+    for (i, k) in config.auth.declared_api_keys.iter().enumerate() {
+        out.extend(k.budget.iter().map(|b| (format!("auth.declaredApiKeys[{i}].budget"), b)));
+    }
+    out
+}
+
 /// The config in force, compiled.
 #[derive(Debug)]
 pub struct Runtime {
@@ -50,6 +69,13 @@ pub struct Runtime {
     pub policies: Policies,
     /// The trace pipeline, when the tenant exports traces.
     pub traces: Option<SharedTraces>,
+}
+
+impl Runtime {
+    /// The prefix of the roles that name a caller's team (`limits.perTeam.rolePrefix`).
+    pub fn team_role_prefix(&self) -> Option<&str> {
+        self.config.limits.as_ref()?.per_team.as_ref()?.role_prefix.as_deref()
+    }
 }
 
 /// What outlives one config: breakers keep their state across reloads, and
@@ -247,16 +273,8 @@ pub async fn compile(config: GatewayConfig, carried: &Carried) -> Result<Runtime
 
     let breaker = &routing.circuit_breaker;
     let open_for = Duration::from_secs(u64::from(breaker.open_seconds));
-    if let Some(limits) = &config.limits {
-        let budgets = [("limits.budget", limits.budget.as_ref())]
-            .into_iter()
-            .chain([("limits.perUser.budget", limits.per_user.as_ref().and_then(|u| u.budget.as_ref()))]);
-        for (at, budget) in budgets {
-            if let Some(b) = budget {
-                tenantgate_crds::pricing::budget_nanos(&b.amount)
-                    .map_err(|e| ConfigIssue::new(Reason::InvalidSpec, e).at(format!("{at}.amount")))?;
-            }
-        }
+    for (at, budget) in budgets_of(&config) {
+        tenantgate_crds::pricing::check_budget(budget).map_err(|e| ConfigIssue::new(Reason::InvalidSpec, e).at(at))?;
     }
     for (i, c) in config.mcp.iter().enumerate() {
         if let Some(price) = &c.tools.price_per_call {

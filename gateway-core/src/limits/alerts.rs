@@ -25,7 +25,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tenantgate_crds::pricing::format_nanos;
 
-use super::period::Period;
 use super::{BudgetState, Scope};
 use crate::config::RuntimeHandle;
 
@@ -183,12 +182,14 @@ pub fn spend_data(state: &BudgetState, currency: &str) -> BTreeMap<String, Strin
     ])
 }
 
+/// A window label as part of an object name: `2026-12-01t090000z` for a fixed window's start.
+fn name_part(label: &str) -> String {
+    label.chars().filter(|c| *c != ':').map(|c| c.to_ascii_lowercase()).collect()
+}
+
 /// What an alert says: `The tenant budget of 500 USD per month (UTC) is 80% spent: 401.5 USD in 2026-12; it resets in 26h0m0s.`
 pub fn note(state: &BudgetState, threshold: u8, currency: &str) -> String {
-    let per = match state.period {
-        Period::Day => "day (UTC)",
-        Period::Month => "month (UTC)",
-    };
+    let per = state.period.describe();
     format!(
         "The tenant budget of {} {currency} per {per} is {threshold}% spent: {} {currency} in {}; it resets in {}.",
         format_nanos(state.limit as i64),
@@ -202,7 +203,7 @@ pub fn note(state: &BudgetState, threshold: u8, currency: &str) -> String {
 pub fn event(tenant: &str, namespace: &str, instance: &str, state: &BudgetState, threshold: u8, note: String) -> Event {
     Event {
         metadata: ObjectMeta {
-            name: Some(format!("{tenant}.budget.{}.{threshold}", state.period.label(state.window))),
+            name: Some(format!("{tenant}.budget.{}.{threshold}", name_part(&state.period.label(state.window)))),
             ..ObjectMeta::default()
         },
         event_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
@@ -251,11 +252,13 @@ pub async fn watch(handle: RuntimeHandle, alerts: Alerts) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::period::Period;
     use super::*;
 
     fn state(spent: u64, window: i64) -> BudgetState {
         BudgetState {
             scope: Scope::Tenant,
+            id: String::new(),
             limit: 500_000_000_000,
             spent,
             period: Period::Month,

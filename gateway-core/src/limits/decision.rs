@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::period::Period;
-use super::plan::Plan;
+use super::plan::{Plan, Who};
 
 /// Which limit a check is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +29,10 @@ pub enum Scope {
     Tenant,
     /// One user (subject or API key).
     User,
+    /// One team.
+    Team,
+    /// One API key (its own budget).
+    Key,
 }
 
 /// The checks of one decision, in the order of `lease.lua`'s KEYS and results.
@@ -41,11 +45,13 @@ pub const CHECKS: [(LimitKind, Scope); N] = [
     (LimitKind::TokensPerDay, Scope::User),
     (LimitKind::Budget, Scope::Tenant),
     (LimitKind::Budget, Scope::User),
+    (LimitKind::Budget, Scope::Team),
+    (LimitKind::Budget, Scope::Key),
     (LimitKind::Streams, Scope::Tenant),
 ];
 
 /// How many checks a decision has.
-pub const N: usize = 9;
+pub const N: usize = 11;
 
 /// The outcome of every check of a decision (`None`: not configured).
 pub type Outcomes = [Option<Outcome>; N];
@@ -81,7 +87,7 @@ pub struct Snapshot {
     pub requests: Option<Window>,
     /// The tightest token limit (per minute or per day: the one with the least left).
     pub tokens: Option<Window>,
-    /// The tightest budget (tenant or user: the one with the least left), in nano-units.
+    /// The tightest budget (tenant, user, team or key: the one with the least left), in nano-units.
     pub budget: Option<Window>,
 }
 
@@ -123,11 +129,13 @@ fn micros(us: f64) -> Duration {
     Duration::from_micros(us.max(0.0).ceil() as u64)
 }
 
-/// The configured value of check `i` in `plan`.
-pub fn limit_of(plan: &Plan, i: usize) -> Option<u64> {
+/// The configured value of check `i` in `plan` for `who`.
+pub fn limit_of(plan: &Plan, who: &Who, i: usize) -> Option<u64> {
     let scope = match CHECKS[i].1 {
         Scope::Tenant => Some(plan.tenant),
         Scope::User => plan.user,
+        Scope::Team => return who.team.as_ref().map(|t| t.limit.nanos),
+        Scope::Key => return who.key.as_ref().map(|k| k.limit.nanos),
     };
     match CHECKS[i].0 {
         LimitKind::Requests => scope?.requests.map(|g| (60e6 / g.interval_us).round() as u64),
@@ -139,15 +147,15 @@ pub fn limit_of(plan: &Plan, i: usize) -> Option<u64> {
 }
 
 /// Assembles the outcomes of the configured checks (`None`: not configured).
-pub fn verdict(plan: &Plan, outcomes: &Outcomes, at: i64) -> Verdict {
+pub fn verdict(plan: &Plan, who: &Who, outcomes: &Outcomes, at: i64) -> Verdict {
     let window = |slots: &[usize]| {
         slots
             .iter()
-            .filter_map(|&i| Some((limit_of(plan, i)?, outcomes[i]?)))
+            .filter_map(|&i| Some((limit_of(plan, who, i)?, outcomes[i]?)))
             .min_by_key(|(_, o)| o.remaining)
             .map(|(limit, o)| Window { limit, remaining: o.remaining, reset: micros(o.reset_us) })
     };
-    let snapshot = Snapshot { requests: window(&[0, 1]), tokens: window(&[2, 3, 4, 5]), budget: window(&[6, 7]) };
+    let snapshot = Snapshot { requests: window(&[0, 1]), tokens: window(&[2, 3, 4, 5]), budget: window(&[6, 7, 8, 9]) };
     let worst = (0..CHECKS.len())
         .filter_map(|i| outcomes[i].filter(|o| !o.allowed).map(|o| (i, o)))
         .max_by(|(_, a), (_, b)| a.retry_us.total_cmp(&b.retry_us));
@@ -156,9 +164,9 @@ pub fn verdict(plan: &Plan, outcomes: &Outcomes, at: i64) -> Verdict {
         Some((i, o)) => Verdict::Denied(Denial {
             kind: CHECKS[i].0,
             scope: CHECKS[i].1,
-            limit: limit_of(plan, i).unwrap_or(0),
+            limit: limit_of(plan, who, i).unwrap_or(0),
             retry_after: micros(o.retry_us),
-            period: budget_period(plan, i),
+            period: budget_period(plan, who, i),
             remaining: o.remaining,
             snapshot,
         }),
@@ -166,10 +174,12 @@ pub fn verdict(plan: &Plan, outcomes: &Outcomes, at: i64) -> Verdict {
 }
 
 /// The period of check `i` when it is a budget.
-pub fn budget_period(plan: &Plan, i: usize) -> Option<Period> {
+pub fn budget_period(plan: &Plan, who: &Who, i: usize) -> Option<Period> {
     let scope = match CHECKS[i] {
         (LimitKind::Budget, Scope::Tenant) => Some(plan.tenant),
         (LimitKind::Budget, Scope::User) => plan.user,
+        (LimitKind::Budget, Scope::Team) => return who.team.as_ref().map(|t| t.limit.period),
+        (LimitKind::Budget, Scope::Key) => return who.key.as_ref().map(|k| k.limit.period),
         _ => None,
     };
     scope?.budget.map(|b| b.period)
@@ -200,7 +210,12 @@ mod tests {
 
     #[test]
     fn headers_show_the_tightest_scope() {
-        let v = verdict(&plan(), &[ok(50), ok(3), ok(9_000), None, None, None, None, None, None], 7);
+        let v = verdict(
+            &plan(),
+            &Who::default(),
+            &[ok(50), ok(3), ok(9_000), None, None, None, None, None, None, None, None],
+            7,
+        );
         let Verdict::Allowed { snapshot, at } = v else { panic!("{v:?}") };
         assert_eq!(at, 7);
         assert_eq!(snapshot.requests, Some(Window { limit: 60, remaining: 3, reset: Duration::from_secs(1) }));
@@ -210,7 +225,12 @@ mod tests {
     #[test]
     fn the_denial_that_frees_up_last_is_reported() {
         let deny = |retry_us| Some(Outcome { allowed: false, retry_us, remaining: 0, reset_us: retry_us });
-        let v = verdict(&plan(), &[deny(100_000.0), deny(2_500_000.0), ok(1), None, None, None, None, None, None], 0);
+        let v = verdict(
+            &plan(),
+            &Who::default(),
+            &[deny(100_000.0), deny(2_500_000.0), ok(1), None, None, None, None, None, None, None, None],
+            0,
+        );
         let Verdict::Denied(d) = v else { panic!("{v:?}") };
         assert_eq!((d.kind, d.scope, d.limit), (LimitKind::Requests, Scope::User, 60));
         assert_eq!(d.retry_after, Duration::from_millis(2500));
@@ -228,7 +248,8 @@ mod tests {
         )
         .expect("plan");
         let refused = Some(Outcome { allowed: false, retry_us: 3_600e6, remaining: 40, reset_us: 3_600e6 });
-        let v = verdict(&p, &[ok(10), None, None, None, None, None, None, refused, None], 0);
+        let v =
+            verdict(&p, &Who::default(), &[ok(10), None, None, None, None, None, None, refused, None, None, None], 0);
         let Verdict::Denied(d) = v else { panic!("{v:?}") };
         assert_eq!((d.kind, d.scope, d.limit, d.remaining), (LimitKind::Budget, Scope::User, 1_000_000_000, 40));
         assert_eq!(d.period, Some(Period::Day));

@@ -4,11 +4,12 @@
 -- Mirrors Gcra::settle; a bucket never holds more than its capacity.
 --
 -- KEYS: 1 tenant rpm, 2 user rpm, 3 tenant tpm, 4 user tpm, 5 tenant tpd,
---       6 user tpd, 7 tenant budget, 8 user budget, 9 tenant streams
+--       6 user tpd, 7 tenant budget, 8 user budget, 9 team budget,
+--       10 key budget, 11 tenant streams
 -- ARGV: for each bucket three numbers: interval_us or windowed limit (0 = skip),
 --       amount, and the window a windowed amount was taken in (a windowed
 --       amount of an earlier window is dropped: that window is over);
---       25 stream slot member ('' = none)
+--       31 stream slot member ('' = none)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 for i = 1, 4 do
@@ -24,7 +25,7 @@ for i = 1, 4 do
     end
   end
 end
-for i = 5, 8 do
+for i = 5, 10 do
   local limit = tonumber(ARGV[3 * i - 2])
   local amount = tonumber(ARGV[3 * i - 1])
   local w = tonumber(ARGV[3 * i])
@@ -35,7 +36,7 @@ for i = 5, 8 do
     end
   end
 end
-if ARGV[25] ~= '' then
-  redis.call('ZREM', KEYS[9], ARGV[25])
+if ARGV[31] ~= '' then
+  redis.call('ZREM', KEYS[11], ARGV[31])
 end
 return 1

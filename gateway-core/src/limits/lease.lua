@@ -1,4 +1,4 @@
--- Takes units of a tenant's (and a user's) limits for one replica,
+-- Takes units of a tenant's (and a user's, team's, key's) limits for one replica,
 -- atomically, on Redis' own clock: a request's own units (need = want = its
 -- cost), or a slice ahead of need that the replica admits requests from
 -- without calling Redis and gives back when unused (give.lua). A slice is
@@ -7,21 +7,24 @@
 -- arithmetic mirrors gateway-core/src/limits/gcra.rs and local.rs.
 --
 -- KEYS: 1 tenant rpm, 2 user rpm, 3 tenant tpm, 4 user tpm, 5 tenant tpd,
---       6 user tpd, 7 tenant budget, 8 user budget,
---       9 tenant streams (sorted set of stream slots)
--- ARGV: for each of the eight buckets, four numbers:
---         GCRA (1-4): interval_us (0 = not configured), capacity, need, want
---         windowed (5-8): limit (0 = not configured), period (0 = UTC day,
---         1 = UTC month), need, want; budgets count nano-units, exact while
---         below 2^53 (the CRD caps a budget at 9e15)
+--       6 user tpd, 7 tenant budget, 8 user budget, 9 team budget,
+--       10 key budget, 11 tenant streams (sorted set of stream slots)
+-- ARGV: for each of the ten buckets, six numbers:
+--         GCRA (1-4): interval_us (0 = not configured), capacity, need, want, 0, 0
+--         windowed (5-10): limit (0 = not configured), period (0 = UTC day,
+--         1 = UTC month, 2 = fixed), need, want, and for a fixed period the
+--         first window's start (epoch seconds) and the windows' length
+--         (seconds); budgets count nano-units, exact while below 2^53 (the
+--         CRD caps a budget at 9e15)
 --       `need` units must be granted or nothing is taken; up to `want` are
 --       granted when the bucket has them.
---       33 max streams (0 = no slot wanted), 34 slot member, 35 slot lease ms
+--       61 max streams (0 = no slot wanted), 62 slot member, 63 slot lease ms
 -- Returns: {now_us, day, then for each bucket and the stream slot: state
 --          (-1 off, 0 refused, 1 granted), granted, retry_us, remaining, reset_us}
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local day = math.floor(tonumber(t[1]) / 86400)
+local sec = tonumber(t[1])
+local now = sec * 1000000 + tonumber(t[2])
+local day = math.floor(sec / 86400)
 local out = {now, day}
 local writes = {}
 local ok = true
@@ -50,9 +53,15 @@ local function first_of_month(y, m)
   return era * 146097 + doe - 719468
 end
 
--- The window of `period` holding now, and microseconds until it ends.
-local function window(period)
+-- The window of `period` holding now, and microseconds until it ends: the
+-- day number, the month number, or a fixed window's first second (as
+-- gateway-core/src/limits/period.rs numbers them).
+local function window(period, start, length)
   if period == 0 then return day, (day + 1) * 86400000000 - now end
+  if period == 2 then
+    local w = start + math.floor((sec - start) / length) * length
+    return w, (w + length) * 1000000 - now
+  end
   local y, m = civil(day)
   local ny, nm = y, m + 1
   if nm == 13 then ny, nm = y + 1, 1 end
@@ -86,11 +95,11 @@ local function gcra(i, interval, capacity, need, want)
   push(1, granted, 0, math.max(0, available - granted), new - now)
 end
 
-local function windowed(i, limit, period, need, want)
+local function windowed(i, limit, period, need, want, start, length)
   if limit <= 0 then return push(-1, 0, 0, 0, 0) end
   need = math.min(need, limit)
   want = math.min(math.max(want, need), limit)
-  local w, reset = window(period)
+  local w, reset = window(period, start, length)
   local v = redis.call('HMGET', KEYS[i], 'd', 'u')
   local used = 0
   if tonumber(v[1]) == w then used = tonumber(v[2]) or 0 end
@@ -101,20 +110,21 @@ local function windowed(i, limit, period, need, want)
 end
 
 for i = 1, 4 do
-  local a = 4 * (i - 1)
+  local a = 6 * (i - 1)
   gcra(i, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]))
 end
-for i = 5, 8 do
-  local a = 4 * (i - 1)
-  windowed(i, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]))
+for i = 5, 10 do
+  local a = 6 * (i - 1)
+  windowed(i, tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]),
+    tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]))
 end
 
-local max_streams = tonumber(ARGV[33])
+local max_streams = tonumber(ARGV[61])
 local now_ms = math.floor(now / 1000)
 if max_streams > 0 then
   -- Slots of crashed replicas expire here.
-  redis.call('ZREMRANGEBYSCORE', KEYS[9], '-inf', now_ms)
-  local open = redis.call('ZCARD', KEYS[9])
+  redis.call('ZREMRANGEBYSCORE', KEYS[11], '-inf', now_ms)
+  local open = redis.call('ZCARD', KEYS[11])
   if open >= max_streams then
     push(0, 0, 1000000, 0, 0)
   else
@@ -126,9 +136,9 @@ end
 
 if ok then
   if max_streams > 0 then
-    local lease = tonumber(ARGV[35])
-    redis.call('ZADD', KEYS[9], now_ms + lease, ARGV[34])
-    redis.call('PEXPIRE', KEYS[9], 2 * lease)
+    local lease = tonumber(ARGV[63])
+    redis.call('ZADD', KEYS[11], now_ms + lease, ARGV[62])
+    redis.call('PEXPIRE', KEYS[11], 2 * lease)
   end
   for _, w in ipairs(writes) do
     if w[1] == 'gcra' then

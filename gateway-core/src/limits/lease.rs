@@ -34,9 +34,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use super::decision::{N, Outcome, Outcomes, Verdict, verdict};
+use super::decision::{N, Outcome, Outcomes, Scope, Verdict, verdict};
 use super::period::Period;
-use super::plan::{Plan, UserKeys};
+use super::plan::{BudgetKeys, Plan, UserKeys, Who};
 use super::redis_store::{Grant, LeaseAnswer, RedisStore, StoreError};
 use super::reserve::Charge;
 
@@ -53,8 +53,29 @@ pub const RATE_SHARE: u64 = 16;
 pub const DAY_SHARE: u64 = 64;
 
 /// Buckets in the order of `lease.lua`'s keys: requests, tokens per minute,
-/// tokens per day and budget, each for the tenant then the user.
-pub(super) const BUCKETS: usize = 8;
+/// tokens per day and budget, each for the tenant then the user; then the
+/// team's budget and the API key's.
+pub(super) const BUCKETS: usize = 10;
+
+/// Whose bucket each one is, and which balance of that scope's slice holds
+/// it (0 requests, 1 tokens per minute, 2 tokens per day, 3 budget).
+const PLACES: [(Scope, usize); BUCKETS] = [
+    (Scope::Tenant, 0),
+    (Scope::User, 0),
+    (Scope::Tenant, 1),
+    (Scope::User, 1),
+    (Scope::Tenant, 2),
+    (Scope::User, 2),
+    (Scope::Tenant, 3),
+    (Scope::User, 3),
+    (Scope::Team, 3),
+    (Scope::Key, 3),
+];
+
+/// The bucket balance `k` of `scope`'s slice holds (`None`: that scope has no such bucket).
+pub(super) fn index(scope: Scope, k: usize) -> Option<usize> {
+    PLACES.iter().position(|&p| p == (scope, k))
+}
 
 /// One configured bucket of a plan.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -71,9 +92,10 @@ pub(super) struct Bucket {
     pub period: Option<Period>,
 }
 
-/// The buckets of `plan` (`None`: not configured, or a user bucket without a user).
-pub(super) fn buckets(plan: &Plan, has_user: bool) -> [Option<Bucket>; BUCKETS] {
-    let user = plan.user.filter(|_| has_user);
+/// The buckets of `plan` for `who` (`None`: not configured, or a bucket of a
+/// scope the request does not count in).
+pub(super) fn buckets(plan: &Plan, who: &Who) -> [Option<Bucket>; BUCKETS] {
+    let user = plan.user.filter(|_| who.user.is_some());
     let gcra = |g: Option<super::gcra::Gcra>| {
         g.map(|g| Bucket {
             a: g.interval_us,
@@ -90,6 +112,7 @@ pub(super) fn buckets(plan: &Plan, has_user: bool) -> [Option<Bucket>; BUCKETS] 
         let b = s.and_then(|s| s.budget)?;
         window(Some(b.nanos), b.period)
     };
+    let own = |k: &Option<Arc<BudgetKeys>>| k.as_ref().and_then(|k| window(Some(k.limit.nanos), k.limit.period));
     [
         gcra(plan.tenant.requests),
         gcra(user.and_then(|u| u.requests)),
@@ -99,6 +122,8 @@ pub(super) fn buckets(plan: &Plan, has_user: bool) -> [Option<Bucket>; BUCKETS] 
         window(user.and_then(|u| u.tokens_per_day), Period::Day),
         budget(Some(plan.tenant)),
         budget(user),
+        own(&who.team),
+        own(&who.key),
     ]
 }
 
@@ -152,8 +177,38 @@ impl Balance {
     }
 }
 
-/// The slices of one scope (the tenant, or one user): requests, tokens per
-/// minute, tokens per day, budget.
+/// Whose slices: the tenant's, or one user's, team's or key's (with its Redis keys).
+#[derive(Clone, Debug)]
+enum Owner {
+    Tenant,
+    User(Arc<UserKeys>),
+    Team(Arc<BudgetKeys>),
+    Key(Arc<BudgetKeys>),
+}
+
+impl Owner {
+    fn scope(&self) -> Scope {
+        match self {
+            Self::Tenant => Scope::Tenant,
+            Self::User(_) => Scope::User,
+            Self::Team(_) => Scope::Team,
+            Self::Key(_) => Scope::Key,
+        }
+    }
+
+    /// A request counting in this scope alone (besides the tenant).
+    fn who(&self) -> Who {
+        match self {
+            Self::Tenant => Who::default(),
+            Self::User(u) => Who { user: Some(u.clone()), ..Who::default() },
+            Self::Team(t) => Who { team: Some(t.clone()), ..Who::default() },
+            Self::Key(k) => Who { key: Some(k.clone()), ..Who::default() },
+        }
+    }
+}
+
+/// The slices of one scope: requests, tokens per minute, tokens per day,
+/// budget (a team or a key has only a budget).
 #[derive(Debug)]
 struct Slice {
     balances: [Balance; 4],
@@ -162,13 +217,15 @@ struct Slice {
     last_used: Instant,
     /// A background top-up is on its way.
     topping_up: bool,
-    /// The user's Redis keys (`None` for the tenant).
-    keys: Option<Arc<UserKeys>>,
+    owner: Owner,
 }
 
 impl Slice {
-    fn new(keys: Option<Arc<UserKeys>>, windows: [i64; 2]) -> Self {
-        Self { balances: [Balance::default(); 4], windows, last_used: Instant::now(), topping_up: false, keys }
+    /// `owner`'s slices, their windows taken from the bucket windows `w`.
+    fn new(owner: Owner, w: &[i64; BUCKETS]) -> Self {
+        let scope = owner.scope();
+        let windows = [2, 3].map(|k| index(scope, k).map_or(0, |i| w[i]));
+        Self { balances: [Balance::default(); 4], windows, last_used: Instant::now(), topping_up: false, owner }
     }
 
     /// The window balance `k` (2: tokens per day, 3: budget) belongs to.
@@ -196,42 +253,64 @@ impl Clock {
 struct State {
     tenant: Slice,
     users: HashMap<Box<str>, Slice>,
+    teams: HashMap<Box<str>, Slice>,
+    keys: HashMap<Box<str>, Slice>,
     clock: Option<Clock>,
     last_sweep: Instant,
 }
 
+/// The slice of `id` in `map`, made (with the bucket windows `w`) when new.
+fn slice_of<'a>(
+    map: &'a mut HashMap<Box<str>, Slice>,
+    id: &str,
+    owner: impl FnOnce() -> Owner,
+    w: &[i64; BUCKETS],
+) -> &'a mut Slice {
+    if !map.contains_key(id) {
+        map.insert(id.into(), Slice::new(owner(), w));
+    }
+    map.get_mut(id).expect("just inserted")
+}
+
 impl State {
-    /// The two scopes of a request: the tenant's slice and, with `user`, the
-    /// user's (new ones in `windows`).
-    fn scopes(&mut self, user: Option<&Arc<UserKeys>>, windows: [i64; 2]) -> Scopes<'_> {
-        let user = user
-            .map(|u| &mut *self.users.entry(u.subject.clone()).or_insert_with(|| Slice::new(Some(u.clone()), windows)));
-        Scopes { tenant: &mut self.tenant, user }
+    /// The scopes of a request: the tenant's slice and those of `who` (new
+    /// ones in the bucket windows `w`).
+    fn scopes(&mut self, who: &Who, w: &[i64; BUCKETS]) -> Scopes<'_> {
+        let user = who.user.as_ref().map(|u| slice_of(&mut self.users, &u.subject, || Owner::User(u.clone()), w));
+        let team = who.team.as_ref().map(|t| slice_of(&mut self.teams, &t.id, || Owner::Team(t.clone()), w));
+        let key = who.key.as_ref().map(|k| slice_of(&mut self.keys, &k.id, || Owner::Key(k.clone()), w));
+        Scopes { tenant: &mut self.tenant, user, team, key }
     }
 }
 
-/// The daily and budget windows of a user's slice, from bucket windows.
-fn user_windows(w: &[i64; BUCKETS]) -> [i64; 2] {
-    [w[5], w[7]]
-}
-
-/// The slices of a request's two scopes.
+/// The slices of a request's scopes.
 struct Scopes<'a> {
     tenant: &'a mut Slice,
     user: Option<&'a mut Slice>,
+    team: Option<&'a mut Slice>,
+    key: Option<&'a mut Slice>,
 }
 
 impl Scopes<'_> {
-    /// The slice bucket `i` is kept in (`None`: a user bucket without a user)
-    /// and the index of its balance there.
+    /// The slice bucket `i` is kept in (`None`: a bucket of a scope the
+    /// request does not count in) and the index of its balance there.
     fn of(&mut self, i: usize) -> Option<(&mut Slice, usize)> {
-        let slice = if i % 2 == 1 { self.user.as_deref_mut() } else { Some(&mut *self.tenant) };
-        slice.map(|s| (s, i / 2))
+        let (scope, k) = PLACES[i];
+        let slice = match scope {
+            Scope::Tenant => Some(&mut *self.tenant),
+            Scope::User => self.user.as_deref_mut(),
+            Scope::Team => self.team.as_deref_mut(),
+            Scope::Key => self.key.as_deref_mut(),
+        };
+        slice.map(|s| (s, k))
     }
 
-    /// Both slices.
-    fn both(&mut self) -> impl Iterator<Item = &mut Slice> {
-        std::iter::once(&mut *self.tenant).chain(self.user.as_deref_mut())
+    /// Every slice of the request.
+    fn all(&mut self) -> impl Iterator<Item = &mut Slice> {
+        std::iter::once(&mut *self.tenant)
+            .chain(self.user.as_deref_mut())
+            .chain(self.team.as_deref_mut())
+            .chain(self.key.as_deref_mut())
     }
 
     /// Adds `sign` times `amounts` to the balances held.
@@ -249,7 +328,7 @@ type Amounts = [i64; BUCKETS];
 
 /// A give-back to send: whose keys, the amounts, the windows of the windowed amounts.
 struct Give {
-    user: Option<Arc<UserKeys>>,
+    who: Who,
     amounts: Amounts,
     windows: [i64; BUCKETS],
 }
@@ -291,8 +370,10 @@ impl Leases {
             plan,
             redis,
             state: Mutex::new(State {
-                tenant: Slice::new(None, [0; 2]),
+                tenant: Slice::new(Owner::Tenant, &[0; BUCKETS]),
                 users: HashMap::new(),
+                teams: HashMap::new(),
+                keys: HashMap::new(),
                 clock: None,
                 last_sweep: now,
             }),
@@ -310,31 +391,31 @@ impl Leases {
     /// Admits a request taking one request and `charge`, from the slices
     /// held here when they cover it, else with one call to Redis that takes
     /// what is missing plus a new slice.
-    pub async fn admit(self: &Arc<Self>, user: Option<&Arc<UserKeys>>, charge: Charge) -> Result<Verdict, StoreError> {
-        let buckets = buckets(&self.plan, user.is_some());
+    pub async fn admit(self: &Arc<Self>, who: &Who, charge: Charge) -> Result<Verdict, StoreError> {
+        let buckets = buckets(&self.plan, who);
         let costs = costs(&buckets, charge);
-        let ask = match self.take_local(&buckets, &costs, user) {
+        let ask = match self.take_local(&buckets, &costs, who) {
             Local::Admitted(verdict) => return Ok(verdict),
             Local::Ask(ask) => ask,
         };
         if !self.redis.health.should_try() {
-            self.untake(user, &ask.taken);
+            self.untake(who, &ask.taken);
             return Err(StoreError::Down);
         }
-        let answer = self.redis.lease(&self.plan, user.map(|u| &**u), &buckets, &ask.need, &ask.want, None, "lease");
+        let answer = self.redis.lease(&self.plan, who, &buckets, &ask.need, &ask.want, None, "lease");
         match answer.await {
-            Ok(answer) => Ok(self.apply(&buckets, &ask, user, &answer)),
+            Ok(answer) => Ok(self.apply(&buckets, &ask, who, &answer)),
             Err(e) => {
-                self.untake(user, &ask.taken);
+                self.untake(who, &ask.taken);
                 Err(e)
             }
         }
     }
 
     /// Puts back what a request took from the slices here when it was not admitted.
-    fn untake(&self, user: Option<&Arc<UserKeys>>, taken: &[u64; BUCKETS]) {
+    fn untake(&self, who: &Who, taken: &[u64; BUCKETS]) {
         let mut state = self.state();
-        state.scopes(user, [0; 2]).add(taken, 1);
+        state.scopes(who, &[0; BUCKETS]).add(taken, 1);
     }
 
     /// Takes `costs` from the slices here, or says what to ask Redis for.
@@ -342,14 +423,14 @@ impl Leases {
         self: &Arc<Self>,
         buckets: &[Option<Bucket>; BUCKETS],
         costs: &[Option<u64>; BUCKETS],
-        user: Option<&Arc<UserKeys>>,
+        who: &Who,
     ) -> Local {
         let now = Instant::now();
         let mut state = self.state();
         let at = state.clock.map(|c| c.at(now, Duration::ZERO));
         // The windowed slices are used only while Redis' window (a second from now) is theirs.
         let safe = state.clock.map(|c| windows(buckets, c.at(now, Duration::from_secs(1))));
-        let mut scopes = state.scopes(user, user_windows(&windows(buckets, at.unwrap_or(0))));
+        let mut scopes = state.scopes(who, &windows(buckets, at.unwrap_or(0)));
         let mut covered = at.is_some();
         let mut ask = Ask { need: [0; BUCKETS], want: [0; BUCKETS], taken: [0; BUCKETS] };
         for i in 0..BUCKETS {
@@ -382,30 +463,24 @@ impl Leases {
             low |= !slice.topping_up && b.share > 0 && (balance.held.max(0) as u64) < balance.aim(b.share) / 2;
             outcomes[i] = Some(outcome(balance, now));
         }
-        let verdict = verdict(&self.plan, &outcomes, at.unwrap_or_default());
+        let verdict = verdict(&self.plan, who, &outcomes, at.unwrap_or_default());
         drop(state);
         metrics::counter!("tenantgate_ratelimit_local_admissions_total").increment(1);
         if low {
-            self.top_up(user.cloned());
+            self.top_up(who.clone());
         }
         Local::Admitted(verdict)
     }
 
     /// Applies Redis' answer to a request's ask: its grants go into the
     /// slices, the request's costs come out of them.
-    fn apply(
-        &self,
-        buckets: &[Option<Bucket>; BUCKETS],
-        ask: &Ask,
-        user: Option<&Arc<UserKeys>>,
-        answer: &LeaseAnswer,
-    ) -> Verdict {
+    fn apply(&self, buckets: &[Option<Bucket>; BUCKETS], ask: &Ask, who: &Who, answer: &LeaseAnswer) -> Verdict {
         let now = Instant::now();
         let mut state = self.state();
         state.clock = Some(Clock { at: now, redis_us: answer.now_us });
         let at = (answer.now_us / 1e6).floor() as i64;
         let current = windows(buckets, at);
-        let mut scopes = state.scopes(user, user_windows(&current));
+        let mut scopes = state.scopes(who, &current);
         for i in 4..BUCKETS {
             let Some((slice, k)) = buckets[i].and_then(|_| scopes.of(i)) else { continue };
             if slice.window(k) != current[i] {
@@ -439,20 +514,20 @@ impl Leases {
                 });
             }
         }
-        verdict(&self.plan, &outcomes, at)
+        verdict(&self.plan, who, &outcomes, at)
     }
 
-    /// Tops up, in the background, the slices of the tenant and `user` that
+    /// Tops up, in the background, the slices of the tenant and `who` that
     /// run below half their aim.
-    fn top_up(self: &Arc<Self>, user: Option<Arc<UserKeys>>) {
+    fn top_up(self: &Arc<Self>, who: Who) {
         if !self.redis.health.is_up() {
             return;
         }
-        let buckets = buckets(&self.plan, user.is_some());
+        let buckets = buckets(&self.plan, &who);
         let mut want = [0; BUCKETS];
         {
             let mut state = self.state();
-            let mut scopes = state.scopes(user.as_ref(), [0; 2]);
+            let mut scopes = state.scopes(&who, &[0; BUCKETS]);
             for (i, b) in buckets.iter().enumerate() {
                 let Some(b) = b else { continue };
                 let Some((slice, k)) = scopes.of(i) else { continue };
@@ -462,28 +537,27 @@ impl Leases {
             if want.iter().all(|&w| w == 0) {
                 return;
             }
-            scopes.both().for_each(|s| s.topping_up = true);
+            scopes.all().for_each(|s| s.topping_up = true);
         }
         let this = self.clone();
         tokio::spawn(async move {
-            let result =
-                this.redis.lease(&this.plan, user.as_deref(), &buckets, &[0; BUCKETS], &want, None, "top_up").await;
+            let result = this.redis.lease(&this.plan, &who, &buckets, &[0; BUCKETS], &want, None, "top_up").await;
             if let Ok(answer) = &result {
-                this.apply(&buckets, &Ask { need: [0; BUCKETS], want, taken: [0; BUCKETS] }, user.as_ref(), answer);
+                this.apply(&buckets, &Ask { need: [0; BUCKETS], want, taken: [0; BUCKETS] }, &who, answer);
             }
             let mut state = this.state();
-            state.scopes(user.as_ref(), [0; 2]).both().for_each(|s| s.topping_up = false);
+            state.scopes(&who, &[0; BUCKETS]).all().for_each(|s| s.topping_up = false);
         });
     }
 
     /// Settles a reservation of `reserved` that used `actual`, taken at second `at`.
-    pub fn settle(self: &Arc<Self>, user: Option<&Arc<UserKeys>>, reserved: Charge, actual: Charge, at: i64) {
-        let buckets = buckets(&self.plan, user.is_some());
+    pub fn settle(self: &Arc<Self>, who: &Who, reserved: Charge, actual: Charge, at: i64) {
+        let buckets = buckets(&self.plan, who);
         let taken_in = windows(&buckets, at);
         let mut now_amounts = [0i64; BUCKETS];
         {
             let mut state = self.state();
-            let mut scopes = state.scopes(user, user_windows(&taken_in));
+            let mut scopes = state.scopes(who, &taken_in);
             let deltas = settlement(&buckets, reserved, actual);
             for (i, b) in buckets.iter().enumerate().skip(2) {
                 let Some(b) = b else { continue };
@@ -500,7 +574,7 @@ impl Leases {
             }
         }
         if now_amounts.iter().any(|&a| a != 0) {
-            self.send(vec![Give { user: user.cloned(), amounts: now_amounts, windows: taken_in }]);
+            self.send(vec![Give { who: who.clone(), amounts: now_amounts, windows: taken_in }]);
         }
     }
 
@@ -511,42 +585,41 @@ impl Leases {
         let mut state = self.state();
         let elapsed = now.saturating_duration_since(state.last_sweep).as_secs_f64().max(1e-3);
         state.last_sweep = now;
-        let tenant_buckets = buckets(&self.plan, false);
-        let user_buckets = buckets(&self.plan, true);
+        let plan = &self.plan;
         let mut gives = Vec::new();
-        let sweep = |slice: &mut Slice, offset: usize, b: &[Option<Bucket>; BUCKETS]| {
+        let mut sweep = |slice: &mut Slice| {
             let idle = all || now.saturating_duration_since(slice.last_used) >= IDLE;
-            let mut amounts = [0i64; BUCKETS];
+            let (scope, who) = (slice.owner.scope(), slice.owner.who());
+            let b = buckets(plan, &who);
+            let (mut amounts, mut windows) = ([0i64; BUCKETS], [0i64; BUCKETS]);
             for (k, balance) in slice.balances.iter_mut().enumerate() {
                 balance.rate = 0.5 * balance.rate + 0.5 * balance.used as f64 / elapsed;
                 balance.used = 0;
-                let Some(bucket) = b[2 * k + offset] else { continue };
+                if idle {
+                    balance.rate = 0.0;
+                }
+                let Some(i) = index(scope, k) else { continue };
+                let Some(bucket) = b[i] else { continue };
                 let keep = if idle { 0 } else { 2 * balance.aim(bucket.share) as i64 };
                 if balance.held < 0 || balance.held > keep {
                     let give = if balance.held < 0 { balance.held } else { balance.held - keep };
                     balance.held -= give;
-                    amounts[2 * k + offset] = give;
+                    amounts[i] = give;
                 }
-                if idle {
-                    balance.rate = 0.0;
+                if k >= 2 {
+                    windows[i] = slice.windows[k - 2];
                 }
             }
-            let mut windows = [0; BUCKETS];
-            for k in 2..4 {
-                windows[2 * k + offset] = slice.window(k);
+            if amounts.iter().any(|&a| a != 0) {
+                gives.push(Give { who, amounts, windows });
             }
-            (amounts.iter().any(|&a| a != 0)).then(|| Give { user: slice.keys.clone(), amounts, windows })
+            // An idle slice holds nothing any more: it is forgotten.
+            idle && !slice.topping_up
         };
-        gives.extend(sweep(&mut state.tenant, 0, &tenant_buckets));
-        let mut gone = Vec::new();
-        for (subject, slice) in state.users.iter_mut() {
-            gives.extend(sweep(slice, 1, &user_buckets));
-            if now.saturating_duration_since(slice.last_used) >= IDLE && !slice.topping_up {
-                gone.push(subject.clone());
-            }
-        }
-        for subject in gone {
-            state.users.remove(&subject);
+        sweep(&mut state.tenant);
+        let state = &mut *state;
+        for map in [&mut state.users, &mut state.teams, &mut state.keys] {
+            map.retain(|_, slice| !sweep(slice));
         }
         gives
     }
@@ -594,7 +667,7 @@ impl Leases {
 async fn give_all(redis: Arc<RedisStore>, plan: Arc<Plan>, gives: Vec<Give>) -> Vec<Give> {
     let mut failed = Vec::new();
     for g in gives {
-        if !redis.give(&plan, g.user.as_deref(), &g.amounts, &g.windows, None).await {
+        if !redis.give(&plan, &g.who, &g.amounts, &g.windows, None).await {
             failed.push(g);
         }
     }
@@ -641,7 +714,7 @@ impl Leases {
     fn restore(&self, gives: Vec<Give>) {
         let mut state = self.state();
         for g in gives {
-            let mut scopes = state.scopes(g.user.as_ref(), user_windows(&g.windows));
+            let mut scopes = state.scopes(&g.who, &g.windows);
             for (i, amount) in g.amounts.iter().enumerate() {
                 if let Some((slice, k)) = scopes.of(i)
                     && *amount != 0
@@ -679,6 +752,10 @@ mod tests {
         Plan::new("t", &limits).expect("plan")
     }
 
+    fn with_user(p: &Plan) -> Who {
+        Who { user: Some(Arc::new(p.user_keys("u"))), ..Who::default() }
+    }
+
     #[test]
     fn small_buckets_get_no_slices_and_large_ones_a_share() {
         let p = plan(Limits {
@@ -689,20 +766,20 @@ mod tests {
             per_user: Some(UserLimits { requests_per_minute: Some(6_000), burst: Some(320), ..Default::default() }),
             ..Default::default()
         });
-        let b = buckets(&p, true);
+        let b = buckets(&p, &with_user(&p));
         assert_eq!(b[0].map(|b| b.share), Some(0), "a burst of 10 is decided per request");
         assert_eq!(b[1].map(|b| b.share), Some(20));
         assert_eq!(b[2].map(|b| b.share), Some(10_000));
         assert_eq!(b[4].map(|b| (b.share, b.max)), Some((100, 6_400)));
         assert_eq!(b[3], None);
-        assert_eq!(buckets(&p, false)[1], None, "no user, no user buckets");
+        assert_eq!(buckets(&p, &Who::default())[1], None, "no user, no user buckets");
     }
 
     #[test]
     fn costs_are_capped_at_what_a_bucket_can_ever_hold() {
         let p = plan(Limits { requests_per_minute: Some(600), tokens_per_minute: Some(1_000), ..Default::default() });
-        let b = buckets(&p, false);
-        assert_eq!(costs(&b, tokens(5_000)), [Some(1), None, Some(1_000), None, None, None, None, None]);
+        let b = buckets(&p, &Who::default());
+        assert_eq!(costs(&b, tokens(5_000)), [Some(1), None, Some(1_000), None, None, None, None, None, None, None]);
     }
 
     #[test]
@@ -727,19 +804,21 @@ mod tests {
             state.tenant.balances[0].held = 1;
             state.tenant.balances[1].held = 10;
         }
-        let b = buckets(&leases.plan, false);
+        let b = buckets(&leases.plan, &Who::default());
         // One request covered here: admitted locally.
-        assert!(matches!(leases.take_local(&b, &costs(&b, tokens(10)), None), Local::Admitted(_)));
+        assert!(matches!(leases.take_local(&b, &costs(&b, tokens(10)), &Who::default()), Local::Admitted(_)));
         assert_eq!(leases.held()[..2], [0, 0]);
         leases.state().tenant.balances[0].held = 1;
         // The next one is short of tokens: it takes the one request unit now and asks for the tokens.
-        let Local::Ask(ask) = leases.take_local(&b, &costs(&b, tokens(50)), None) else { panic!("not covered") };
+        let Local::Ask(ask) = leases.take_local(&b, &costs(&b, tokens(50)), &Who::default()) else {
+            panic!("not covered")
+        };
         assert_eq!((ask.taken[0], ask.need[0]), (1, 0));
         assert_eq!((ask.taken[2], ask.need[2]), (0, 50));
         // Meanwhile a concurrent request finds nothing left to spend twice.
-        assert!(matches!(leases.take_local(&b, &costs(&b, tokens(0)), None), Local::Ask(_)));
+        assert!(matches!(leases.take_local(&b, &costs(&b, tokens(0)), &Who::default()), Local::Ask(_)));
         // Refused (or Redis down): the unit goes back.
-        leases.untake(None, &ask.taken);
+        leases.untake(&Who::default(), &ask.taken);
         assert_eq!(leases.held()[0], 1);
     }
 
@@ -760,7 +839,7 @@ mod tests {
             per_user: Some(UserLimits { budget: Some(Budget::new("1", BudgetPeriod::Day)), ..Default::default() }),
             ..Default::default()
         });
-        let b = buckets(&p, true);
+        let b = buckets(&p, &with_user(&p));
         assert_eq!(
             b[6].map(|b| (b.max, b.share, b.period)),
             Some((64_000_000_000, 1_000_000_000, Some(Period::Month)))
@@ -769,7 +848,7 @@ mod tests {
         let charge = Charge { tokens: 700, nanos: 2_000_000_000 };
         assert_eq!(
             costs(&b, charge),
-            [None, None, None, None, Some(700), None, Some(2_000_000_000), Some(1_000_000_000)],
+            [None, None, None, None, Some(700), None, Some(2_000_000_000), Some(1_000_000_000), None, None],
             "a cost above a budget is capped at the budget (and refused by it)"
         );
         let back = settlement(&b, charge, Charge { tokens: 100, nanos: 300_000_000 });

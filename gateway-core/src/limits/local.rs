@@ -7,13 +7,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::decision::{N, Outcome, Outcomes, Verdict, verdict};
+use super::decision::{N, Outcome, Outcomes, Scope, Verdict, verdict};
 use super::gcra::{Check, Gcra};
+use super::lease::index;
 use super::period::Period;
-use super::plan::{Plan, ScopeLimits};
+use super::plan::{Plan, ScopeLimits, Who};
 use super::reserve::Charge;
 
-/// Users kept before idle ones are swept out.
+/// Users (teams, keys) kept before idle ones are swept out.
 const SWEEP_FLOOR: usize = 1024;
 
 /// Limit state in this process.
@@ -28,7 +29,35 @@ pub struct LocalStore {
 #[derive(Debug, Default)]
 struct State {
     tenant: Buckets,
-    users: HashMap<Box<str>, Buckets>,
+    users: Scoped,
+    teams: Scoped,
+    keys: Scoped,
+}
+
+impl State {
+    /// The buckets of the users, teams or keys.
+    fn scoped(&mut self, scope: Scope) -> Option<&mut Scoped> {
+        match scope {
+            Scope::Tenant => None,
+            Scope::User => Some(&mut self.users),
+            Scope::Team => Some(&mut self.teams),
+            Scope::Key => Some(&mut self.keys),
+        }
+    }
+
+    /// The buckets of `id` in `scope` as they stand (default: nothing used).
+    fn get(&mut self, scope: Scope, id: &str) -> Buckets {
+        match self.scoped(scope) {
+            None => self.tenant,
+            Some(s) => s.map.get(id).copied().unwrap_or_default(),
+        }
+    }
+}
+
+/// The buckets of each user (team, key), by subject (team, key id).
+#[derive(Debug, Default)]
+struct Scoped {
+    map: HashMap<Box<str>, Buckets>,
     sweep_at: usize,
 }
 
@@ -38,19 +67,22 @@ struct Buckets {
     tokens_per_minute: f64,
     day: i64,
     used_today: u64,
-    /// The budget's window (day or month number) and the nano-units spent in it.
+    /// The budget's window (day or month number, a fixed window's start) and
+    /// the nano-units spent in it.
     budget_window: i64,
     spent: u64,
+    /// When that window ends (microseconds since the epoch).
+    budget_until: f64,
 }
 
 impl Buckets {
-    /// Whether nothing is held: a user with spend in the current budget
-    /// window (`budget_window`) is kept, since forgetting it would reset the budget.
-    fn is_idle(&self, now: f64, day: i64, budget_window: i64) -> bool {
+    /// Whether nothing is held: spend in a budget window that is not over
+    /// is kept, since forgetting it would reset the budget.
+    fn is_idle(&self, now: f64, day: i64) -> bool {
         self.requests <= now
             && self.tokens_per_minute <= now
             && (self.day != day || self.used_today == 0)
-            && (self.budget_window != budget_window || self.spent == 0)
+            && (self.spent == 0 || self.budget_until <= now)
     }
 }
 
@@ -60,7 +92,8 @@ struct Write {
     requests: Option<f64>,
     tokens_per_minute: Option<f64>,
     used_today: Option<u64>,
-    spent: Option<(i64, u64)>,
+    /// The window, what is spent in it, when it ends.
+    spent: Option<(i64, u64, f64)>,
 }
 
 impl Default for LocalStore {
@@ -94,9 +127,12 @@ fn window_outcome(limit: u64, used: u64, period: Period, now: f64, cost: u64) ->
     }
 }
 
-fn check_scope(s: &ScopeLimits, b: &Buckets, now: f64, at: i64, charge: Charge, out: &mut [Option<Outcome>]) -> Write {
+/// The checks of one scope's limits (requests, tokens per minute, tokens per
+/// day, budget) and what to write when the request is admitted.
+fn check_scope(s: &ScopeLimits, b: &Buckets, now: f64, at: i64, charge: Charge) -> ([Option<Outcome>; 4], Write) {
     let (day, cost) = (Period::Day.window(at), charge.tokens);
     let mut w = Write::default();
+    let mut out = [None; 4];
     if let Some(g) = &s.requests {
         let (o, tat) = gcra_outcome(g, b.requests, now, 1);
         out[0] = Some(o);
@@ -104,23 +140,34 @@ fn check_scope(s: &ScopeLimits, b: &Buckets, now: f64, at: i64, charge: Charge, 
     }
     if let Some(g) = &s.tokens_per_minute {
         let (o, tat) = gcra_outcome(g, b.tokens_per_minute, now, cost);
-        out[2] = Some(o);
+        out[1] = Some(o);
         w.tokens_per_minute = tat;
     }
     if let Some(limit) = s.tokens_per_day {
         let used = if b.day == day { b.used_today } else { 0 };
         let (o, used) = window_outcome(limit, used, Period::Day, now, cost);
-        out[4] = Some(o);
+        out[2] = Some(o);
         w.used_today = used;
     }
     if let Some(budget) = s.budget {
         let window = budget.period.window(at);
         let spent = if b.budget_window == window { b.spent } else { 0 };
         let (o, spent) = window_outcome(budget.nanos, spent, budget.period, now, charge.nanos);
-        out[6] = Some(o);
-        w.spent = spent.map(|s| (window, s));
+        out[3] = Some(o);
+        w.spent = spent.map(|s| (window, s, now + o.reset_us));
     }
-    w
+    (out, w)
+}
+
+/// The scopes `who` counts in, with their ids and limits (the tenant's first).
+fn scopes<'a>(plan: &Plan, who: &'a Who) -> [Option<(Scope, &'a str, ScopeLimits)>; 4] {
+    let own = |l: super::plan::BudgetLimit| ScopeLimits { budget: Some(l), ..ScopeLimits::default() };
+    [
+        Some((Scope::Tenant, "", plan.tenant)),
+        who.user.as_ref().zip(plan.user).map(|(u, l)| (Scope::User, &*u.subject, l)),
+        who.team.as_ref().map(|t| (Scope::Team, &*t.id, own(t.limit))),
+        who.key.as_ref().map(|k| (Scope::Key, &*k.id, own(k.limit))),
+    ]
 }
 
 fn apply(b: &mut Buckets, w: Write, day: i64) {
@@ -134,9 +181,10 @@ fn apply(b: &mut Buckets, w: Write, day: i64) {
         b.day = day;
         b.used_today = u;
     }
-    if let Some((window, spent)) = w.spent {
+    if let Some((window, spent, until)) = w.spent {
         b.budget_window = window;
         b.spent = spent;
+        b.budget_until = until;
     }
 }
 
@@ -168,48 +216,51 @@ impl LocalStore {
 
     /// Checks every limit of `plan` for one request of `subject` reserving
     /// `cost` tokens (and a stream slot when `stream`); takes all or nothing.
-    pub fn admit(&self, plan: &Plan, subject: Option<&str>, charge: Charge, stream: bool) -> Verdict {
+    pub fn admit(&self, plan: &Plan, who: &Who, charge: Charge, stream: bool) -> Verdict {
         let now = self.now();
         let at = (now / 1e6).floor() as i64;
         let day = Period::Day.window(at);
         let mut outcomes: Outcomes = [None; N];
         let mut state = self.lock();
-        let tenant_write = check_scope(&plan.tenant, &state.tenant, now, at, charge, &mut outcomes[0..]);
-        // The user's checks land in the odd slots: write them to a scratch array first.
-        let mut user_out = [None; 7];
-        let user = plan.user.as_ref().zip(subject);
-        let user_write = user.map(|(limits, subject)| {
-            let b = state.users.get(subject).copied().unwrap_or_default();
-            check_scope(limits, &b, now, at, charge, &mut user_out)
-        });
-        for i in [0, 2, 4, 6] {
-            outcomes[i + 1] = user_out[i];
+        let scopes = scopes(plan, who);
+        let mut writes = [None; 4];
+        for (j, (scope, id, limits)) in scopes.iter().enumerate().filter_map(|(j, s)| Some((j, s.as_ref()?))) {
+            let (out, write) = check_scope(limits, &state.get(*scope, id), now, at, charge);
+            for (k, o) in out.into_iter().enumerate() {
+                if let Some(i) = index(*scope, k) {
+                    outcomes[i] = o;
+                }
+            }
+            writes[j] = Some(write);
         }
+        let slot = N - 1;
         if let Some(max) = plan.max_streams.filter(|_| stream) {
             let open = self.streams.load(Ordering::Acquire);
-            outcomes[8] = Some(Outcome {
+            outcomes[slot] = Some(Outcome {
                 allowed: open < max,
                 retry_us: 1e6,
                 remaining: u64::from(max.saturating_sub(open + 1)),
                 reset_us: 0.0,
             });
         }
-        let v = verdict(plan, &outcomes, at);
+        let v = verdict(plan, who, &outcomes, at);
         if matches!(v, Verdict::Allowed { .. }) {
-            apply(&mut state.tenant, tenant_write, day);
-            if let (Some((_, subject)), Some(w)) = (user, user_write) {
-                match state.users.get_mut(subject) {
-                    Some(b) => apply(b, w, day),
-                    None => {
-                        let mut b = Buckets::default();
-                        apply(&mut b, w, day);
-                        state.users.insert(subject.into(), b);
-                        let window = plan.user.and_then(|u| u.budget).map_or(0, |b| b.period.window(at));
-                        sweep(&mut state, now, day, window);
-                    }
+            for (s, w) in scopes.iter().zip(writes) {
+                let (Some((scope, id, _)), Some(w)) = (s, w) else { continue };
+                match state.scoped(*scope) {
+                    None => apply(&mut state.tenant, w, day),
+                    Some(scoped) => match scoped.map.get_mut(*id) {
+                        Some(b) => apply(b, w, day),
+                        None => {
+                            let mut b = Buckets::default();
+                            apply(&mut b, w, day);
+                            scoped.map.insert((*id).into(), b);
+                            sweep(scoped, now, day);
+                        }
+                    },
                 }
             }
-            if outcomes[8].is_some() {
+            if outcomes[slot].is_some() {
                 self.streams.fetch_add(1, Ordering::AcqRel);
             }
         }
@@ -218,7 +269,7 @@ impl LocalStore {
 
     /// Replaces a reservation of `reserved` tokens and nano-units made at
     /// second `at` by the `actual` usage, and frees the stream slot when `stream`.
-    pub fn settle(&self, plan: &Plan, subject: Option<&str>, reserved: Charge, actual: Charge, at: i64, stream: bool) {
+    pub fn settle(&self, plan: &Plan, who: &Who, reserved: Charge, actual: Charge, at: i64, stream: bool) {
         if stream {
             // Saturating: a slot taken under an older config is released exactly once too.
             let _ = self.streams.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
@@ -228,23 +279,22 @@ impl LocalStore {
         }
         let now = self.now();
         let mut state = self.lock();
-        settle_scope(&plan.tenant, &mut state.tenant, now, reserved, actual, at);
-        if let (Some(limits), Some(subject)) = (&plan.user, subject)
-            && let Some(b) = state.users.get_mut(subject)
-        {
-            settle_scope(limits, b, now, reserved, actual, at);
+        for (scope, id, limits) in scopes(plan, who).iter().flatten() {
+            let b = match state.scoped(*scope) {
+                None => Some(&mut state.tenant),
+                Some(scoped) => scoped.map.get_mut(*id),
+            };
+            if let Some(b) = b {
+                settle_scope(limits, b, now, reserved, actual, at);
+            }
         }
     }
 
-    /// Nano-units spent (and reserved) in budget window `window` by the
-    /// tenant, or by `subject`.
-    pub fn spent(&self, subject: Option<&str>, window: i64) -> u64 {
-        let state = self.lock();
-        let b = match subject {
-            None => Some(&state.tenant),
-            Some(s) => state.users.get(s),
-        };
-        b.filter(|b| b.budget_window == window).map_or(0, |b| b.spent)
+    /// Nano-units spent (and reserved) in budget window `window` by `id` of
+    /// `scope` (the tenant: any id).
+    pub fn spent(&self, scope: Scope, id: &str, window: i64) -> u64 {
+        let b = self.lock().get(scope, id);
+        if b.budget_window == window { b.spent } else { 0 }
     }
 
     /// Streams open now.
@@ -253,13 +303,13 @@ impl LocalStore {
     }
 }
 
-/// Drops idle users once the map has doubled since the last sweep.
-fn sweep(state: &mut State, now: f64, day: i64, budget_window: i64) {
-    if state.users.len() < state.sweep_at.max(SWEEP_FLOOR) {
+/// Drops idle users (teams, keys) once the map has doubled since the last sweep.
+fn sweep(scoped: &mut Scoped, now: f64, day: i64) {
+    if scoped.map.len() < scoped.sweep_at.max(SWEEP_FLOOR) {
         return;
     }
-    state.users.retain(|_, b| !b.is_idle(now, day, budget_window));
-    state.sweep_at = state.users.len() * 2;
+    scoped.map.retain(|_, b| !b.is_idle(now, day));
+    scoped.sweep_at = scoped.map.len() * 2;
 }
 
 #[cfg(test)]
@@ -271,6 +321,10 @@ mod tests {
 
     fn plan(limits: Limits) -> Plan {
         Plan::new("t", &limits).expect("plan")
+    }
+
+    fn u(p: &Plan, subject: &str) -> Who {
+        Who { user: Some(std::sync::Arc::new(p.user_keys(subject))), ..Who::default() }
     }
 
     fn t(tokens: u64) -> Charge {
@@ -297,14 +351,14 @@ mod tests {
             ..Default::default()
         });
         let store = LocalStore::default();
-        assert_eq!(denied(store.admit(&p, Some("a"), t(0), false)), None);
-        assert_eq!(denied(store.admit(&p, Some("a"), t(0), false)), None);
-        assert_eq!(denied(store.admit(&p, Some("a"), t(0), false)), Some((LimitKind::Requests, Scope::User)));
+        assert_eq!(denied(store.admit(&p, &u(&p, "a"), t(0), false)), None);
+        assert_eq!(denied(store.admit(&p, &u(&p, "a"), t(0), false)), None);
+        assert_eq!(denied(store.admit(&p, &u(&p, "a"), t(0), false)), Some((LimitKind::Requests, Scope::User)));
         // Another user still has room, until the tenant burst of 5 is spent.
-        assert_eq!(denied(store.admit(&p, Some("b"), t(0), false)), None);
-        assert_eq!(denied(store.admit(&p, Some("b"), t(0), false)), None);
-        assert_eq!(denied(store.admit(&p, Some("c"), t(0), false)), None);
-        assert_eq!(denied(store.admit(&p, Some("d"), t(0), false)), Some((LimitKind::Requests, Scope::Tenant)));
+        assert_eq!(denied(store.admit(&p, &u(&p, "b"), t(0), false)), None);
+        assert_eq!(denied(store.admit(&p, &u(&p, "b"), t(0), false)), None);
+        assert_eq!(denied(store.admit(&p, &u(&p, "c"), t(0), false)), None);
+        assert_eq!(denied(store.admit(&p, &u(&p, "d"), t(0), false)), Some((LimitKind::Requests, Scope::Tenant)));
     }
 
     #[test]
@@ -316,13 +370,16 @@ mod tests {
             ..Default::default()
         });
         let store = LocalStore::default();
-        assert_eq!(denied(store.admit(&p, None, t(80), false)), None);
+        assert_eq!(denied(store.admit(&p, &Who::default(), t(80), false)), None);
         // 80 + 30 > 100: refused, and the request did not count against the burst.
-        assert_eq!(denied(store.admit(&p, None, t(30), false)), Some((LimitKind::TokensPerDay, Scope::Tenant)));
+        assert_eq!(
+            denied(store.admit(&p, &Who::default(), t(30), false)),
+            Some((LimitKind::TokensPerDay, Scope::Tenant))
+        );
         for _ in 0..9 {
-            assert_eq!(denied(store.admit(&p, None, t(0), false)), None);
+            assert_eq!(denied(store.admit(&p, &Who::default(), t(0), false)), None);
         }
-        assert_eq!(denied(store.admit(&p, None, t(0), false)), Some((LimitKind::Requests, Scope::Tenant)));
+        assert_eq!(denied(store.admit(&p, &Who::default(), t(0), false)), Some((LimitKind::Requests, Scope::Tenant)));
     }
 
     #[test]
@@ -333,17 +390,17 @@ mod tests {
             ..Default::default()
         });
         let store = LocalStore::default();
-        let Verdict::Allowed { at, snapshot } = store.admit(&p, Some("a"), t(400), false) else { panic!() };
+        let Verdict::Allowed { at, snapshot } = store.admit(&p, &u(&p, "a"), t(400), false) else { panic!() };
         assert_eq!(snapshot.tokens.map(|w| w.remaining), Some(100), "the user's day quota is tighter");
-        assert!(denied(store.admit(&p, Some("a"), t(400), false)).is_some());
-        store.settle(&p, Some("a"), t(400), t(50), at, false);
+        assert!(denied(store.admit(&p, &u(&p, "a"), t(400), false)).is_some());
+        store.settle(&p, &u(&p, "a"), t(400), t(50), at, false);
         // 450 of the user's day left, 950 of the tenant's minute.
-        assert_eq!(denied(store.admit(&p, Some("a"), t(450), false)), None);
-        assert_eq!(denied(store.admit(&p, Some("a"), t(1), false)), Some((LimitKind::TokensPerDay, Scope::User)));
+        assert_eq!(denied(store.admit(&p, &u(&p, "a"), t(450), false)), None);
+        assert_eq!(denied(store.admit(&p, &u(&p, "a"), t(1), false)), Some((LimitKind::TokensPerDay, Scope::User)));
         // Overuse is charged to the minute bucket: 450 reserved, 900 used.
-        store.settle(&p, Some("a"), t(450), t(900), at, false);
+        store.settle(&p, &u(&p, "a"), t(450), t(900), at, false);
         assert_eq!(
-            denied(store.admit(&p, Some("b"), t(100), false)),
+            denied(store.admit(&p, &u(&p, "b"), t(100), false)),
             Some((LimitKind::TokensPerMinute, Scope::Tenant))
         );
     }
@@ -356,48 +413,137 @@ mod tests {
             ..Default::default()
         });
         let store = LocalStore::default();
-        let Verdict::Allowed { at, snapshot } = store.admit(&p, Some("a"), usd(300_000_000), false) else { panic!() };
+        let Verdict::Allowed { at, snapshot } = store.admit(&p, &u(&p, "a"), usd(300_000_000), false) else { panic!() };
         assert_eq!(snapshot.budget.map(|w| w.remaining), Some(100_000_000), "the user's day budget is tighter");
         // 0.3 reserved: another 0.3 is refused by the user's budget, with its window's reset.
-        let Verdict::Denied(d) = store.admit(&p, Some("a"), usd(300_000_000), false) else { panic!() };
+        let Verdict::Denied(d) = store.admit(&p, &u(&p, "a"), usd(300_000_000), false) else { panic!() };
         assert_eq!(
             (d.kind, d.scope, d.remaining, d.period),
             (LimitKind::Budget, Scope::User, 100_000_000, Some(Period::Day))
         );
         assert!(d.retry_after <= std::time::Duration::from_secs(86_400));
         // It cost 0.05: 0.35 is left to the user.
-        store.settle(&p, Some("a"), usd(300_000_000), usd(50_000_000), at, false);
-        assert_eq!(denied(store.admit(&p, Some("a"), usd(350_000_000), false)), None);
-        assert_eq!(denied(store.admit(&p, Some("a"), usd(1), false)), Some((LimitKind::Budget, Scope::User)));
+        store.settle(&p, &u(&p, "a"), usd(300_000_000), usd(50_000_000), at, false);
+        assert_eq!(denied(store.admit(&p, &u(&p, "a"), usd(350_000_000), false)), None);
+        assert_eq!(denied(store.admit(&p, &u(&p, "a"), usd(1), false)), Some((LimitKind::Budget, Scope::User)));
         // Users b and c spend toward the tenant's month: 0.05 + 0.35 + 0.4 + 0.2 = 1.
-        assert_eq!(denied(store.admit(&p, Some("b"), usd(400_000_000), false)), None);
-        assert_eq!(denied(store.admit(&p, Some("c"), usd(200_000_000), false)), None);
-        assert_eq!(denied(store.admit(&p, Some("c"), usd(1), false)), Some((LimitKind::Budget, Scope::Tenant)));
+        assert_eq!(denied(store.admit(&p, &u(&p, "b"), usd(400_000_000), false)), None);
+        assert_eq!(denied(store.admit(&p, &u(&p, "c"), usd(200_000_000), false)), None);
+        assert_eq!(denied(store.admit(&p, &u(&p, "c"), usd(1), false)), Some((LimitKind::Budget, Scope::Tenant)));
         // A request that used more than it reserved is charged in full.
-        store.settle(&p, Some("c"), usd(200_000_000), usd(250_000_000), at, false);
+        store.settle(&p, &u(&p, "c"), usd(200_000_000), usd(250_000_000), at, false);
         assert_eq!(store.lock().tenant.spent, 1_050_000_000);
     }
 
     #[test]
+    fn a_keys_spend_counts_toward_its_user_team_and_tenant_and_each_can_refuse() {
+        use tenantgate_crds::config::DeclaredApiKey;
+        use tenantgate_crds::v1alpha1::{TeamBudget, TeamLimits};
+        let limits = Limits {
+            budget: Some(Budget::new("10", BudgetPeriod::Month)),
+            per_user: Some(UserLimits { budget: Some(Budget::new("4", BudgetPeriod::Month)), ..Default::default() }),
+            per_team: Some(TeamLimits {
+                role_prefix: None,
+                budget: Some(Budget::new("6", BudgetPeriod::Month)),
+                teams: vec![TeamBudget { name: "ml".into(), budget: Budget::new("5", BudgetPeriod::Month) }],
+            }),
+            ..Default::default()
+        };
+        let key = |name: &str, amount: &str| DeclaredApiKey {
+            name: name.into(),
+            prefix: "p".into(),
+            hash: name.into(),
+            subject: format!("apikey:{name}"),
+            roles: Vec::new(),
+            allowed_models: Vec::new(),
+            expires_at: None,
+            ip_allow_list: Vec::new(),
+            team: Some("ml".into()),
+            budget: Some(Budget::new(amount, BudgetPeriod::Month)),
+        };
+        let p = Plan::of("t", Some(&limits), &[key("ci", "1"), key("bot", "3")]).expect("plan");
+        let who = |subject: &str, team: &str, key: Option<&str>| Who {
+            user: Some(std::sync::Arc::new(p.user_keys(subject))),
+            team: p.team_keys(team),
+            key: key.and_then(|k| p.key_budgets.get(k).cloned()),
+        };
+        let unit = 1_000_000_000;
+        let store = LocalStore::default();
+        let ci = who("alice", "ml", Some("kubernetes:ci"));
+        // The key's own budget of 1 refuses first, naming the key.
+        assert_eq!(denied(store.admit(&p, &ci, usd(unit), false)), None);
+        let Verdict::Denied(d) = store.admit(&p, &ci, usd(1), false) else { panic!("over the key's budget") };
+        assert_eq!((d.kind, d.scope, d.limit, d.remaining), (LimitKind::Budget, Scope::Key, unit, 0));
+        // Alice without the key has 3 of her 4 left; her spend through the key counted.
+        let alice = who("alice", "ml", None);
+        assert_eq!(denied(store.admit(&p, &alice, usd(3 * unit + 1), false)), Some((LimitKind::Budget, Scope::User)));
+        assert_eq!(denied(store.admit(&p, &alice, usd(3 * unit), false)), None);
+        // Team ml (5) has 1 left: bob's key (3 of its own) is refused by the team.
+        let bob = who("bob", "ml", Some("kubernetes:bot"));
+        assert_eq!(denied(store.admit(&p, &bob, usd(2 * unit), false)), Some((LimitKind::Budget, Scope::Team)));
+        assert_eq!(denied(store.admit(&p, &bob, usd(unit), false)), None);
+        // Team search takes the default of 6, but the tenant's 10 has 5 left, all for carol.
+        let carol = who("carol", "search", None);
+        assert_eq!(carol.team.as_ref().map(|t| t.limit.nanos), Some(6 * unit));
+        assert_eq!(denied(store.admit(&p, &carol, usd(5 * unit), false)), None);
+        let dave = who("dave", "search", None);
+        assert_eq!(denied(store.admit(&p, &dave, usd(1), false)), Some((LimitKind::Budget, Scope::Tenant)));
+        // Settling gives back to every scope: the key's request cost nothing in the end.
+        store.settle(&p, &ci, usd(unit), usd(0), at_now(&store), false);
+        assert_eq!(
+            denied(store.admit(&p, &ci, usd(unit), false)),
+            None,
+            "the key, alice, ml and the tenant had it back"
+        );
+        assert_eq!(store.spent(Scope::Team, "ml", Period::Month.window(at_now(&store))), 5 * unit);
+        assert_eq!(store.spent(Scope::Key, "kubernetes:ci", Period::Month.window(at_now(&store))), unit);
+    }
+
+    fn at_now(store: &LocalStore) -> i64 {
+        (store.now() / 1e6).floor() as i64
+    }
+
+    #[test]
+    fn a_fixed_window_budget_counts_in_its_window() {
+        let start = (LocalStore::default().now() / 1e6) as i64 - 10;
+        let stamp = |s: i64| {
+            let d = s.div_euclid(86_400);
+            let r = s.rem_euclid(86_400);
+            format!("{}T{:02}:{:02}:{:02}Z", Period::Day.label(d), r / 3600, r / 60 % 60, r % 60)
+        };
+        let p = plan(Limits { budget: Some(Budget::fixed("2", &stamp(start), "1h")), ..Default::default() });
+        let store = LocalStore::default();
+        let Verdict::Allowed { snapshot, .. } = store.admit(&p, &Who::default(), usd(1_500_000_000), false) else {
+            panic!("admitted")
+        };
+        let window = snapshot.budget.expect("a budget window");
+        assert_eq!(window.remaining, 500_000_000);
+        assert!(window.reset <= std::time::Duration::from_secs(3_600 - 10), "{:?}", window.reset);
+        let Verdict::Denied(d) = store.admit(&p, &Who::default(), usd(1_000_000_000), false) else { panic!("refused") };
+        assert_eq!(d.period, Some(Period::Fixed { start, length: 3_600 }));
+        assert_eq!(store.spent(Scope::Tenant, "", start), 1_500_000_000, "a fixed window is numbered by its start");
+    }
+
+    #[test]
     fn a_user_with_spend_in_the_current_window_is_not_swept() {
-        let b = Buckets { spent: 1, budget_window: 5, ..Default::default() };
-        assert!(!b.is_idle(f64::MAX, 0, 5));
-        assert!(b.is_idle(f64::MAX, 0, 6), "last window's spend is over");
-        assert!(Buckets::default().is_idle(0.0, 0, 5));
+        let b = Buckets { spent: 1, budget_window: 5, budget_until: 1e6, ..Default::default() };
+        assert!(!b.is_idle(0.0, 0));
+        assert!(b.is_idle(1e6, 0), "the window's spend is over when it ends");
+        assert!(Buckets::default().is_idle(0.0, 0));
     }
 
     #[test]
     fn stream_slots_are_taken_and_given_back() {
         let p = plan(Limits { max_concurrent_streams: Some(2), ..Default::default() });
         let store = LocalStore::default();
-        assert_eq!(denied(store.admit(&p, None, t(0), true)), None);
-        assert_eq!(denied(store.admit(&p, None, t(0), true)), None);
-        assert_eq!(denied(store.admit(&p, None, t(0), true)), Some((LimitKind::Streams, Scope::Tenant)));
+        assert_eq!(denied(store.admit(&p, &Who::default(), t(0), true)), None);
+        assert_eq!(denied(store.admit(&p, &Who::default(), t(0), true)), None);
+        assert_eq!(denied(store.admit(&p, &Who::default(), t(0), true)), Some((LimitKind::Streams, Scope::Tenant)));
         // Non-streaming requests do not need a slot.
-        assert_eq!(denied(store.admit(&p, None, t(0), false)), None);
-        store.settle(&p, None, t(0), t(0), 0, true);
+        assert_eq!(denied(store.admit(&p, &Who::default(), t(0), false)), None);
+        store.settle(&p, &Who::default(), t(0), t(0), 0, true);
         assert_eq!(store.open_streams(), 1);
-        assert_eq!(denied(store.admit(&p, None, t(0), true)), None);
+        assert_eq!(denied(store.admit(&p, &Who::default(), t(0), true)), None);
     }
 
     #[test]
@@ -408,9 +554,9 @@ mod tests {
         });
         let store = LocalStore::default();
         for i in 0..3 * SWEEP_FLOOR {
-            store.admit(&p, Some(&format!("u{i}")), t(0), false);
+            store.admit(&p, &u(&p, &format!("u{i}")), t(0), false);
         }
         // Each user's bucket refills in 10 µs, so most were idle at each sweep.
-        assert!(store.lock().users.len() < 2 * SWEEP_FLOOR, "{}", store.lock().users.len());
+        assert!(store.lock().users.map.len() < 2 * SWEEP_FLOOR, "{}", store.lock().users.map.len());
     }
 }

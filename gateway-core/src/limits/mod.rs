@@ -38,15 +38,46 @@ pub use health::PROBE_INTERVAL;
 pub use lease::{DAY_SHARE, HORIZON, IDLE, Leases, RATE_SHARE, SWEEP};
 pub use local::LocalStore;
 pub use period::Period;
-pub use plan::{BudgetLimit, Plan, UserKeys, default_burst};
+pub use plan::{BudgetKeys, BudgetLimit, Plan, TeamBudgets, UserKeys, Who, default_burst};
 pub use redis_store::{RedisSettings, RedisStore, StoreError};
 pub use reserve::{BYTES_PER_TOKEN, Charge, DEFAULT_COMPLETION_RESERVE, Reservation};
 
 use crate::llm::types::{ChatRequest, Usage};
 use crate::redis_client::{RedisConfigError, RedisEndpoint};
 
-/// Per-user key names kept for this many recent subjects.
+/// Per-user (per-team) key names kept for this many recent subjects (teams).
 const USER_KEY_CACHE: usize = 10_000;
+
+/// Whom a request is charged to: its subject, and its team and API key when it has them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Account<'a> {
+    /// The subject (`sub`, or the API key's subject).
+    pub subject: &'a str,
+    /// The team.
+    pub team: Option<&'a str>,
+    /// The API key's id (`kubernetes:<name>` for an ApiKey object).
+    pub api_key: Option<&'a str>,
+}
+
+impl<'a> From<&'a str> for Account<'a> {
+    /// A subject without a team or key.
+    fn from(subject: &'a str) -> Self {
+        Self { subject, team: None, api_key: None }
+    }
+}
+
+impl<'a> From<&'a String> for Account<'a> {
+    /// A subject without a team or key.
+    fn from(subject: &'a String) -> Self {
+        Self::from(subject.as_str())
+    }
+}
+
+impl<'a> From<&'a crate::auth::Identity> for Account<'a> {
+    fn from(id: &'a crate::auth::Identity) -> Self {
+        Self { subject: &id.subject, team: id.team.as_deref(), api_key: id.api_key.as_deref() }
+    }
+}
 
 /// Where limit state lives.
 #[derive(Clone, Debug)]
@@ -95,6 +126,8 @@ fn scope_name(scope: Scope) -> &'static str {
     match scope {
         Scope::Tenant => "tenant",
         Scope::User => "user",
+        Scope::Team => "team",
+        Scope::Key => "apiKey",
     }
 }
 
@@ -111,14 +144,16 @@ fn denial_message(d: &Denial) -> String {
 }
 
 fn budget_message(d: &Denial, currency: &str) -> String {
-    let per = match d.period {
-        Some(Period::Day) => "day (UTC)",
-        Some(Period::Month) | None => "month (UTC)",
-    };
+    let per = d.period.unwrap_or(Period::Month).describe();
     let (limit, left) = (format_nanos(d.limit as i64), format_nanos(d.remaining as i64));
+    let whose = match d.scope {
+        Scope::Tenant => "tenant",
+        Scope::User => "user",
+        Scope::Team => "team",
+        Scope::Key => "API key",
+    };
     format!(
-        "The {} budget of {limit} {currency} per {per} has {left} {currency} left, less than this request may cost. It resets in {}.",
-        scope_name(d.scope),
+        "The {whose} budget of {limit} {currency} per {per} has {left} {currency} left, less than this request may cost. It resets in {}.",
         go_duration(d.retry_after)
     )
 }
@@ -179,6 +214,8 @@ struct Enforced {
     currency: Arc<str>,
     store: Store,
     users: Option<quick_cache::sync::Cache<String, Arc<UserKeys>>>,
+    /// Keys of teams under the default team budget (listed teams are in the plan).
+    teams: Option<quick_cache::sync::Cache<String, Arc<BudgetKeys>>>,
     /// This replica's slices of the shared buckets (Redis only).
     leases: Option<Arc<Leases>>,
 }
@@ -190,17 +227,23 @@ pub struct RateLimiter(Option<Enforced>);
 impl RateLimiter {
     /// Enforces `limits` of tenant `tenant` in `store`.
     pub fn new(tenant: &str, limits: Option<&Limits>, store: Store) -> Self {
-        let Some(plan) = limits.and_then(|l| Plan::new(tenant, l)) else { return Self::unlimited() };
+        Self::of(limits.and_then(|l| Plan::new(tenant, l)), store)
+    }
+
+    /// Enforces `plan` (`None`: nothing is limited) in `store`.
+    pub fn of(plan: Option<Plan>, store: Store) -> Self {
+        let Some(plan) = plan else { return Self::unlimited() };
         if let Store::Redis(r) = &store {
             r.health.set_fail_open(plan.fail_mode == FailMode::Open);
         }
         let users = plan.user.map(|_| quick_cache::sync::Cache::new(USER_KEY_CACHE));
+        let teams = plan.teams.as_ref().and_then(|t| t.default).map(|_| quick_cache::sync::Cache::new(USER_KEY_CACHE));
         let plan = Arc::new(plan);
         let leases = match &store {
             Store::Redis(r) => Some(Leases::new(plan.clone(), r.clone())),
             Store::Local(_) => None,
         };
-        Self(Some(Enforced { plan, store, users, leases, currency: "".into() }))
+        Self(Some(Enforced { plan, store, users, teams, leases, currency: "".into() }))
     }
 
     /// Names budgets in `currency` (the tenant's).
@@ -236,7 +279,7 @@ impl RateLimiter {
     /// price), or says which limit refuses it.
     pub async fn admit(
         &self,
-        subject: &str,
+        account: impl Into<Account<'_>>,
         request: &ChatRequest,
         body_len: usize,
         worst: Option<&Rates>,
@@ -245,7 +288,7 @@ impl RateLimiter {
             return Ok(Admission::default());
         }
         let reservation = self.price(Reservation::of(request, body_len), worst, &request.model)?;
-        self.admit_reservation(subject, reservation, request.stream).await
+        self.admit_reservation(account, reservation, request.stream).await
     }
 
     /// `reservation` with its worst-case cost at `worst` when budgets apply;
@@ -270,11 +313,12 @@ impl RateLimiter {
     /// Admits a request reserving `reservation` tokens, and a stream slot when `stream`.
     pub async fn admit_reservation(
         &self,
-        subject: &str,
+        account: impl Into<Account<'_>>,
         reservation: Reservation,
         stream: bool,
     ) -> Result<Admission, LimitError> {
         let Some(e) = &self.0 else { return Ok(Admission::default()) };
+        let account = account.into();
         let plan = &e.plan;
         let counts_tokens = plan.counts_tokens();
         let counts_cost = plan.counts_cost();
@@ -282,28 +326,22 @@ impl RateLimiter {
             tokens: if counts_tokens { reservation.total() } else { 0 },
             nanos: if counts_cost { reservation.cost } else { 0 },
         };
-        let user = e.users.as_ref().map(|cache| {
-            cache.get(subject).unwrap_or_else(|| {
-                let keys = Arc::new(plan.user_keys(subject));
-                cache.insert(subject.to_owned(), keys.clone());
-                keys
-            })
-        });
+        let who = e.who(account);
         let (verdict, lease) = match &e.store {
             Store::Local(local) => {
                 let stream = stream && plan.max_streams.is_some();
-                let v = local.admit(plan, user.as_ref().map(|u| &*u.subject), charge, stream);
+                let v = local.admit(plan, &who, charge, stream);
                 (Ok(v), stream.then_some(Lease::Local))
             }
             // A stream that needs a slot is decided in Redis (slots are not leased).
             Store::Redis(redis) if stream && plan.max_streams.is_some() => {
-                match redis.admit(plan, user.as_deref(), charge, stream).await {
+                match redis.admit(plan, &who, charge, stream).await {
                     Ok((v, member)) => (Ok(v), member.map(Lease::Redis)),
                     Err(err) => (Err(err), None),
                 }
             }
             Store::Redis(_) => match &e.leases {
-                Some(leases) => (leases.admit(user.as_ref(), charge).await, None),
+                Some(leases) => (leases.admit(&who, charge).await, None),
                 None => unreachable!("a Redis store always has leases"),
             },
         };
@@ -317,7 +355,7 @@ impl RateLimiter {
                     store: e.store.clone(),
                     leased,
                     plan: e.plan.clone(),
-                    user,
+                    who,
                     reservation,
                     counts_tokens,
                     counts_cost,
@@ -346,6 +384,33 @@ impl RateLimiter {
     }
 }
 
+impl Enforced {
+    /// The scopes below the tenant that `account`'s requests count in.
+    fn who(&self, account: Account<'_>) -> Who {
+        let plan = &self.plan;
+        let user = self.users.as_ref().map(|cache| {
+            cache.get(account.subject).unwrap_or_else(|| {
+                let keys = Arc::new(plan.user_keys(account.subject));
+                cache.insert(account.subject.to_owned(), keys.clone());
+                keys
+            })
+        });
+        let team = account.team.and_then(|team| match plan.teams.as_ref()?.named.get(team) {
+            Some(keys) => Some(keys.clone()),
+            None => {
+                let cache = self.teams.as_ref()?;
+                Some(cache.get(team).unwrap_or_else(|| {
+                    let keys = plan.team_keys(team).expect("a default team budget (it has a cache)");
+                    cache.insert(team.to_owned(), keys.clone());
+                    keys
+                }))
+            }
+        });
+        let key = account.api_key.and_then(|k| plan.key_budgets.get(k).cloned());
+        Who { user, team, key }
+    }
+}
+
 #[derive(Debug)]
 enum Lease {
     Local,
@@ -358,7 +423,7 @@ struct Pending {
     /// Settles into this replica's slices (admitted from them).
     leased: Option<Arc<Leases>>,
     plan: Arc<Plan>,
-    user: Option<Arc<UserKeys>>,
+    who: Who,
     reservation: Reservation,
     counts_tokens: bool,
     counts_cost: bool,
@@ -404,26 +469,23 @@ impl Pending {
         let (reserved, actual) = (self.reserved(), self.actual());
         if let Some(leases) = &self.leased {
             if reserved != actual {
-                leases.settle(self.user.as_ref(), reserved, actual, self.at);
+                leases.settle(&self.who, reserved, actual, self.at);
             }
             return;
         }
-        let subject = self.user.as_ref().map(|u| &*u.subject);
         match (&self.store, self.lease) {
             (Store::Local(local), lease) => {
-                local.settle(&self.plan, subject, reserved, actual, self.at, lease.is_some());
+                local.settle(&self.plan, &self.who, reserved, actual, self.at, lease.is_some());
             }
             (Store::Redis(redis), lease) => {
                 let member = match lease {
                     Some(Lease::Redis(m)) => Some(m),
                     _ => None,
                 };
-                let (redis, plan, user, at) = (redis.clone(), self.plan, self.user, self.at);
+                let (redis, plan, who, at) = (redis.clone(), self.plan, self.who, self.at);
                 match tokio::runtime::Handle::try_current() {
                     Ok(rt) => {
-                        rt.spawn(
-                            async move { redis.settle(&plan, user.as_deref(), reserved, actual, at, member).await },
-                        );
+                        rt.spawn(async move { redis.settle(&plan, &who, reserved, actual, at, member).await });
                     }
                     Err(_) => tracing::warn!("no runtime to settle a rate limit reservation on; its lease will expire"),
                 }
@@ -513,8 +575,10 @@ impl Drop for Admission {
 /// A budget as it stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BudgetState {
-    /// The tenant's, or a user's.
+    /// The tenant's, a user's, a team's or an API key's.
     pub scope: Scope,
+    /// The user's subject, the team, or the key id (empty for the tenant).
+    pub id: String,
     /// The cap, in nano-units.
     pub limit: u64,
     /// Spent in the current window, reservations in flight (and, with Redis,
@@ -529,39 +593,58 @@ pub struct BudgetState {
 }
 
 impl RateLimiter {
-    /// The tenant's budget and, for `subject`, the user's, as they stand now.
-    pub async fn budgets(&self, subject: Option<&str>) -> Result<Vec<BudgetState>, StoreError> {
+    /// The tenant's budget and, for `account`, its user's, team's and key's,
+    /// as they stand now.
+    pub async fn budgets(&self, account: Option<Account<'_>>) -> Result<Vec<BudgetState>, StoreError> {
         let Some(e) = &self.0 else { return Ok(Vec::new()) };
-        let now_us =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_micros() as f64);
-        let at = (now_us / 1e6).floor() as i64;
-        let user = e.plan.user.and_then(|u| u.budget).zip(subject);
-        let scopes = [(Scope::Tenant, e.plan.tenant.budget, None)]
-            .into_iter()
-            .chain(user.map(|(b, s)| (Scope::User, Some(b), Some(s))));
-        let mut out = Vec::new();
-        for (scope, budget, subject) in scopes {
-            let Some(b) = budget else { continue };
-            let window = b.period.window(at);
-            let spent = match &e.store {
-                Store::Local(local) => local.spent(subject, window),
-                Store::Redis(redis) => {
-                    let key = match subject {
-                        None => e.plan.keys.budget.clone(),
-                        Some(s) => e.plan.user_keys(s).budget,
-                    };
-                    redis.spent(&key, window).await?
-                }
-            };
-            let resets_in = Duration::from_micros(b.period.reset_us(now_us).max(0.0) as u64);
-            out.push(BudgetState { scope, limit: b.nanos, spent, period: b.period, window, resets_in });
+        let plan = &e.plan;
+        let mut scopes = Vec::new();
+        scopes.extend(plan.tenant.budget.map(|b| (Scope::Tenant, String::new(), b, plan.keys.budget.clone())));
+        if let Some(account) = account {
+            let who = e.who(account);
+            if let (Some(u), Some(b)) = (&who.user, plan.user.and_then(|u| u.budget)) {
+                scopes.push((Scope::User, u.subject.to_string(), b, u.budget.clone()));
+            }
+            scopes.extend(who.team.map(|t| (Scope::Team, t.id.to_string(), t.limit, t.budget.clone())));
+            scopes.extend(who.key.map(|k| (Scope::Key, k.id.to_string(), k.limit, k.budget.clone())));
         }
-        Ok(out)
+        e.states(scopes).await
+    }
+
+    /// The budgets of every declared API key that has one, and of every
+    /// listed team, as they stand now (what the gateway publishes).
+    pub async fn own_budgets(&self) -> Result<Vec<BudgetState>, StoreError> {
+        let Some(e) = &self.0 else { return Ok(Vec::new()) };
+        let plan = &e.plan;
+        let teams = plan.teams.iter().flat_map(|t| t.named.values()).map(|t| (Scope::Team, t));
+        let keys = plan.key_budgets.values().map(|k| (Scope::Key, k));
+        let scopes = teams.chain(keys).map(|(s, k)| (s, k.id.to_string(), k.limit, k.budget.clone())).collect();
+        e.states(scopes).await
     }
 
     /// The tenant's currency.
     pub fn currency(&self) -> &str {
         self.0.as_ref().map_or("", |e| &e.currency)
+    }
+}
+
+impl Enforced {
+    /// How each of `scopes` (scope, id, cap, Redis key) stands now.
+    async fn states(&self, scopes: Vec<(Scope, String, BudgetLimit, String)>) -> Result<Vec<BudgetState>, StoreError> {
+        let now_us =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_micros() as f64);
+        let at = (now_us / 1e6).floor() as i64;
+        let mut out = Vec::with_capacity(scopes.len());
+        for (scope, id, b, key) in scopes {
+            let window = b.period.window(at);
+            let spent = match &self.store {
+                Store::Local(local) => local.spent(scope, &id, window),
+                Store::Redis(redis) => redis.spent(&key, window).await?,
+            };
+            let resets_in = Duration::from_micros(b.period.reset_us(now_us).max(0.0) as u64);
+            out.push(BudgetState { scope, id, limit: b.nanos, spent, period: b.period, window, resets_in });
+        }
+        Ok(out)
     }
 }
 
@@ -591,7 +674,8 @@ impl LimitStores {
 
     /// The limiter of `config`, over the carried store when its Redis URL did not change.
     pub async fn limiter(&self, config: &GatewayConfig) -> Result<RateLimiter, RedisConfigError> {
-        let Some(limits) = config.limits.as_ref().filter(|l| Plan::new(&config.tenant.name, l).is_some()) else {
+        let keys = &config.auth.declared_api_keys;
+        let Some(plan) = Plan::of(&config.tenant.name, config.limits.as_ref(), keys) else {
             return Ok(RateLimiter::unlimited());
         };
         let endpoint = RedisEndpoint::from_config(&config.storage)?;
@@ -611,7 +695,7 @@ impl LimitStores {
             }
         };
         let currency = config.pricing.as_ref().map_or("", |p| &p.currency);
-        let limiter = RateLimiter::new(&config.tenant.name, Some(limits), store.clone()).with_currency(currency);
+        let limiter = RateLimiter::of(Some(plan), store.clone()).with_currency(currency);
         // A new Redis connection is made before the limiter serves (after the
         // fail mode is known, for the log line): its TLS handshake must not
         // eat the first decisions' time budget.

@@ -1,22 +1,38 @@
-//! The calendar windows of quotas and budgets, in UTC: a day, or a month.
-//! `lease.lua` computes the same windows on Redis' clock.
+//! The windows of quotas and budgets: a UTC day, a UTC month, or fixed
+//! windows of one length from a start. `lease.lua` computes the same windows
+//! on Redis' clock.
 
-use tenantgate_crds::v1alpha1::BudgetPeriod;
+use tenantgate_crds::v1alpha1::{Budget, BudgetPeriod};
 
-/// A calendar window kind.
+/// A window kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Period {
     /// A UTC day.
     Day,
     /// A UTC calendar month.
     Month,
+    /// Back-to-back windows of `length` seconds from second `start` since the epoch.
+    Fixed {
+        /// Start of the first window.
+        start: i64,
+        /// Length of each window (positive).
+        length: i64,
+    },
 }
 
-impl From<BudgetPeriod> for Period {
-    fn from(p: BudgetPeriod) -> Self {
-        match p {
-            BudgetPeriod::Day => Self::Day,
-            BudgetPeriod::Month => Self::Month,
+impl Period {
+    /// The period of `budget`; `Err` names what does not parse (the config
+    /// load refuses it before any limiter is built).
+    pub fn of(budget: &Budget) -> Result<Self, String> {
+        match (budget.period, &budget.fixed_window) {
+            (BudgetPeriod::Day, None) => Ok(Self::Day),
+            (BudgetPeriod::Month, None) => Ok(Self::Month),
+            (BudgetPeriod::Fixed, Some(w)) => {
+                let (start, length) = w.seconds()?;
+                Ok(Self::Fixed { start, length })
+            }
+            (BudgetPeriod::Fixed, None) => Err("period Fixed needs fixedWindow".into()),
+            (_, Some(_)) => Err("fixedWindow is only for period Fixed".into()),
         }
     }
 }
@@ -29,11 +45,21 @@ impl Period {
         match self {
             Self::Day => 0,
             Self::Month => 1,
+            Self::Fixed { .. } => 2,
         }
     }
 
-    /// The window holding second `s` since the epoch: the day number, or the
-    /// month number (`year * 12 + month - 1`).
+    /// The start and length of a fixed window, as `lease.lua` takes them (zero otherwise).
+    pub fn fixed(self) -> (i64, i64) {
+        match self {
+            Self::Fixed { start, length } => (start, length),
+            Self::Day | Self::Month => (0, 0),
+        }
+    }
+
+    /// The window holding second `s` since the epoch: the day number, the
+    /// month number (`year * 12 + month - 1`), or the first second of a fixed
+    /// window (so that a changed start or length never lands in an old window).
     pub fn window(self, s: i64) -> i64 {
         let day = s.div_euclid(86_400);
         match self {
@@ -42,6 +68,7 @@ impl Period {
                 let (y, m) = civil(day);
                 y * 12 + m - 1
             }
+            Self::Fixed { start, length } => start + (s - start).div_euclid(length) * length,
         }
     }
 
@@ -55,21 +82,45 @@ impl Period {
                 let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
                 first_of_month(y, m) as f64 * DAY_US - now_us
             }
+            Self::Fixed { length, .. } => {
+                let w = self.window((now_us / 1e6).floor() as i64);
+                (w + length) as f64 * 1e6 - now_us
+            }
         }
     }
 }
 
 impl Period {
-    /// Window `window` as a date: `2026-12-06` (a day), `2026-12` (a month).
+    /// Window `window` as a date: `2026-12-06` (a day), `2026-12` (a month),
+    /// `2026-12-01T09:00:00Z` (the start of a fixed window).
     pub fn label(self, window: i64) -> String {
         match self {
-            Self::Day => {
-                let (y, m) = civil(window);
-                format!("{y:04}-{m:02}-{:02}", window - first_of_month(y, m) + 1)
-            }
+            Self::Day => date(window),
             Self::Month => format!("{:04}-{:02}", window.div_euclid(12), window.rem_euclid(12) + 1),
+            Self::Fixed { .. } => {
+                let s = window.rem_euclid(86_400);
+                format!("{}T{:02}:{:02}:{:02}Z", date(window.div_euclid(86_400)), s / 3600, s / 60 % 60, s % 60)
+            }
         }
     }
+
+    /// What the window is, in words: `day (UTC)`, `month (UTC)`, `window of 168h`.
+    pub fn describe(self) -> String {
+        match self {
+            Self::Day => "day (UTC)".into(),
+            Self::Month => "month (UTC)".into(),
+            Self::Fixed { length, .. } if length % 3600 == 0 => format!("window of {}h", length / 3600),
+            Self::Fixed { length, .. } => {
+                format!("window of {}", super::go_duration(std::time::Duration::from_secs(length.unsigned_abs())))
+            }
+        }
+    }
+}
+
+/// Day number `day` as `2026-12-06`.
+fn date(day: i64) -> String {
+    let (y, m) = civil(day);
+    format!("{y:04}-{m:02}-{:02}", day - first_of_month(y, m) + 1)
 }
 
 /// Year and month (1-12) of day number `days` since 1970-01-01 (H. Hinnant's `civil_from_days`).
@@ -125,5 +176,27 @@ mod tests {
         // From 2026-12-06 00:00 to 2027-01-01: 26 days.
         let dec6 = 1_796_515_200e6;
         assert!((Period::Month.reset_us(dec6) - 26.0 * DAY_US).abs() < 1.0);
+    }
+
+    #[test]
+    fn fixed_windows_follow_each_other_from_their_start() {
+        let budget = Budget::fixed("10", "2026-12-01T09:00:00Z", "168h");
+        let p = Period::of(&budget).expect("period");
+        let start = 1_796_115_600; // 2026-12-01 09:00 UTC
+        assert_eq!(p, Period::Fixed { start, length: 604_800 });
+        assert_eq!(p.window(start), start);
+        assert_eq!(p.window(start + 604_799), start);
+        assert_eq!(p.window(start + 604_800), start + 604_800, "the second week");
+        assert_eq!(p.window(start - 1), start - 604_800, "before the start: the window ending at it");
+        assert_eq!(p.label(p.window(start + 700_000)), "2026-12-08T09:00:00Z");
+        let now_us = (start + 3_600) as f64 * 1e6;
+        assert!((p.reset_us(now_us) - 601_200e6).abs() < 1.0, "an hour in, 167 hours left");
+        assert_eq!(p.describe(), "window of 168h");
+        let mut broken = budget.clone();
+        broken.period = BudgetPeriod::Month;
+        assert!(Period::of(&broken).is_err(), "fixedWindow without Fixed");
+        broken.fixed_window = None;
+        broken.period = BudgetPeriod::Fixed;
+        assert!(Period::of(&broken).is_err(), "Fixed without fixedWindow");
     }
 }

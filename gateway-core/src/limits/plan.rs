@@ -1,5 +1,9 @@
 //! `GatewayConfig.limits` compiled into buckets and Redis key names.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tenantgate_crds::config::DeclaredApiKey;
 use tenantgate_crds::v1alpha1::{Budget, FailMode, Limits};
 
 use super::gcra::Gcra;
@@ -19,7 +23,7 @@ impl BudgetLimit {
     /// refuses it first) caps at zero, never at unlimited.
     fn new(budget: &Budget) -> Self {
         let nanos = tenantgate_crds::pricing::budget_nanos(&budget.amount).unwrap_or(0);
-        Self { nanos, period: budget.period.into() }
+        Self { nanos, period: Period::of(budget).unwrap_or(Period::Month) }
     }
 }
 
@@ -68,6 +72,10 @@ pub struct Plan {
     pub tenant: ScopeLimits,
     /// Limits of each user, when `perUser` is set.
     pub user: Option<ScopeLimits>,
+    /// Budgets of teams, when `perTeam` sets any.
+    pub teams: Option<TeamBudgets>,
+    /// Budgets of the declared API keys that have one, by key id (`kubernetes:<name>`).
+    pub key_budgets: HashMap<Box<str>, Arc<BudgetKeys>>,
     /// Streams open at once for the tenant.
     pub max_streams: Option<u32>,
     /// What to do when Redis cannot be reached.
@@ -95,6 +103,39 @@ pub struct TenantKeys {
     pub streams: String,
 }
 
+/// The budgets of teams: the listed ones, and the default of the others.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TeamBudgets {
+    /// Teams with budgets of their own.
+    pub named: HashMap<Box<str>, Arc<BudgetKeys>>,
+    /// Every other team's budget.
+    pub default: Option<BudgetLimit>,
+}
+
+/// A budget below the tenant's that is not a user's (a team's, an API key's):
+/// its cap and its Redis key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetKeys {
+    /// The team, or the key id.
+    pub id: Box<str>,
+    /// The cap.
+    pub limit: BudgetLimit,
+    /// Budget hash `{d: window, u: nano-units spent}`; the id comes last.
+    pub budget: String,
+}
+
+/// The scopes below the tenant that one request counts in: its user, its
+/// team and its API key, each when a limit applies to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Who {
+    /// The user's keys, when `perUser` limits apply.
+    pub user: Option<Arc<UserKeys>>,
+    /// The team's budget, when the caller has a team with a budget.
+    pub team: Option<Arc<BudgetKeys>>,
+    /// The API key's budget, when the caller presented a key with one.
+    pub key: Option<Arc<BudgetKeys>>,
+}
+
 /// Redis key names of one user; the subject comes last so no subject can
 /// produce another subject's key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,6 +155,34 @@ pub struct UserKeys {
 impl Plan {
     /// The plan of `limits` for tenant `tenant`; `None` when nothing is limited.
     pub fn new(tenant: &str, limits: &Limits) -> Option<Self> {
+        Self::of(tenant, Some(limits), &[])
+    }
+
+    /// The plan of `limits` and the budgets of the declared API `keys` for
+    /// tenant `tenant`; `None` when nothing is limited.
+    pub fn of(tenant: &str, limits: Option<&Limits>, keys: &[DeclaredApiKey]) -> Option<Self> {
+        let default = Limits::default();
+        let limits = limits.unwrap_or(&default);
+        let prefix = format!("tg:{{{tenant}}}:");
+        let budget_keys = |kind: &str, id: &str, budget: &Budget| {
+            Arc::new(BudgetKeys {
+                id: id.into(),
+                limit: BudgetLimit::new(budget),
+                budget: format!("{prefix}budget:{kind}:{id}"),
+            })
+        };
+        let teams = limits.per_team.as_ref().map(|t| TeamBudgets {
+            named: t.teams.iter().map(|n| (n.name.as_str().into(), budget_keys("t", &n.name, &n.budget))).collect(),
+            default: t.budget.as_ref().map(BudgetLimit::new),
+        });
+        let teams = teams.filter(|t| !t.named.is_empty() || t.default.is_some());
+        let key_budgets: HashMap<Box<str>, Arc<BudgetKeys>> = keys
+            .iter()
+            .filter_map(|k| {
+                let id = crate::auth::declared_key_id(&k.name);
+                k.budget.as_ref().map(|b| (id.as_str().into(), budget_keys("k", &id, b)))
+            })
+            .collect();
         let scope = ScopeLimits::new(
             limits.requests_per_minute,
             limits.burst,
@@ -134,10 +203,14 @@ impl Plan {
                 )
             })
             .filter(|u| !u.is_empty());
-        if scope.is_empty() && user.is_none() && limits.max_concurrent_streams.is_none() {
+        if scope.is_empty()
+            && user.is_none()
+            && teams.is_none()
+            && key_budgets.is_empty()
+            && limits.max_concurrent_streams.is_none()
+        {
             return None;
         }
-        let prefix = format!("tg:{{{tenant}}}:");
         let keys = TenantKeys {
             requests: format!("{prefix}rpm"),
             tokens_per_minute: format!("{prefix}tpm"),
@@ -149,6 +222,8 @@ impl Plan {
         Some(Self {
             tenant: scope,
             user,
+            teams,
+            key_budgets,
             max_streams: limits.max_concurrent_streams,
             fail_mode: limits.fail_mode,
             keys,
@@ -172,9 +247,22 @@ impl Plan {
         self.tenant.counts_tokens() || self.user.is_some_and(|u| u.counts_tokens())
     }
 
+    /// The budget of `team` (`None`: it has none).
+    pub fn team_keys(&self, team: &str) -> Option<Arc<BudgetKeys>> {
+        let teams = self.teams.as_ref()?;
+        if let Some(keys) = teams.named.get(team) {
+            return Some(keys.clone());
+        }
+        let limit = teams.default?;
+        Some(Arc::new(BudgetKeys { id: team.into(), limit, budget: format!("{}budget:t:{team}", self.keys.prefix) }))
+    }
+
     /// Whether any budget applies (then requests reserve their worst-case cost).
     pub fn counts_cost(&self) -> bool {
-        self.tenant.budget.is_some() || self.user.is_some_and(|u| u.budget.is_some())
+        self.tenant.budget.is_some()
+            || self.user.is_some_and(|u| u.budget.is_some())
+            || self.teams.is_some()
+            || !self.key_budgets.is_empty()
     }
 }
 
@@ -219,6 +307,48 @@ mod tests {
         assert_eq!(plan.user_keys("alice").budget, "tg:{acme}:budget:u:alice");
         let bad = Limits { budget: Some(Budget::new("lots", BudgetPeriod::Day)), ..Default::default() };
         assert_eq!(Plan::new("t", &bad).and_then(|p| p.tenant.budget).map(|b| b.nanos), Some(0), "never unlimited");
+    }
+
+    #[test]
+    fn team_and_key_budgets_have_caps_and_keys_of_their_own() {
+        use tenantgate_crds::v1alpha1::{TeamBudget, TeamLimits};
+        let limits = Limits {
+            per_team: Some(TeamLimits {
+                role_prefix: None,
+                budget: Some(Budget::new("10", BudgetPeriod::Month)),
+                teams: vec![TeamBudget { name: "ml".into(), budget: Budget::new("100", BudgetPeriod::Day) }],
+            }),
+            ..Default::default()
+        };
+        let key = DeclaredApiKey {
+            name: "ci".into(),
+            prefix: "p".into(),
+            hash: "h".into(),
+            subject: "apikey:ci".into(),
+            roles: Vec::new(),
+            allowed_models: Vec::new(),
+            expires_at: None,
+            ip_allow_list: Vec::new(),
+            team: None,
+            budget: Some(Budget::fixed("5", "2026-12-01T00:00:00Z", "24h")),
+        };
+        let plan = Plan::of("acme", Some(&limits), &[key]).expect("team and key budgets are limits");
+        assert!(plan.counts_cost());
+        let ml = plan.team_keys("ml").expect("listed");
+        assert_eq!(
+            (ml.limit.nanos, ml.limit.period, &*ml.budget),
+            (100_000_000_000, Period::Day, "tg:{acme}:budget:t:ml")
+        );
+        let other = plan.team_keys("search").expect("the default");
+        assert_eq!((other.limit.nanos, &*other.budget), (10_000_000_000, "tg:{acme}:budget:t:search"));
+        let ci = plan.key_budgets.get("kubernetes:ci").expect("the key's budget");
+        assert_eq!(ci.budget, "tg:{acme}:budget:k:kubernetes:ci");
+        assert_eq!(ci.limit.period, Period::Fixed { start: 1_796_083_200, length: 86_400 });
+        let only_listed = Limits {
+            per_team: Some(TeamLimits { budget: None, ..limits.per_team.clone().expect("set") }),
+            ..Default::default()
+        };
+        assert_eq!(Plan::new("acme", &only_listed).and_then(|p| p.team_keys("search")), None, "no default budget");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use redis::{Script, ScriptInvocation};
 use super::decision::{N, Outcome, Outcomes, Verdict, verdict};
 use super::health::Health;
 use super::lease::{BUCKETS, Bucket, buckets, costs, grant, settlement, windows};
-use super::plan::{Plan, UserKeys};
+use super::plan::{Plan, Who};
 use super::reserve::Charge;
 use crate::redis_client::{RedisConfigError, RedisEndpoint};
 
@@ -170,21 +170,21 @@ impl RedisStore {
     pub async fn admit(
         &self,
         plan: &Plan,
-        user: Option<&UserKeys>,
+        who: &Who,
         charge: Charge,
         stream: bool,
     ) -> Result<(Verdict, Option<String>), StoreError> {
         if !self.health.should_try() {
             return Err(StoreError::Down);
         }
-        let buckets = buckets(plan, user.is_some());
+        let buckets = buckets(plan, who);
         let costs = costs(&buckets, charge).map(Option::unwrap_or_default);
         let max_streams = plan.max_streams.filter(|_| stream).unwrap_or(0);
         let member =
             (max_streams > 0).then(|| format!("{}:{}", self.replica, self.next_lease.fetch_add(1, Ordering::Relaxed)));
         let slot = member.as_deref().map(|m| (max_streams, m));
-        let answer = self.lease(plan, user, &buckets, &costs, &costs, slot, "admit").await?;
-        let v = verdict(plan, &answer.outcomes(), answer.at());
+        let answer = self.lease(plan, who, &buckets, &costs, &costs, slot, "admit").await?;
+        let v = verdict(plan, who, &answer.outcomes(), answer.at());
         let member = match (v, member) {
             (Verdict::Allowed { .. }, Some(m)) => {
                 self.leases().insert(m.clone(), plan.keys.streams.clone());
@@ -200,7 +200,7 @@ impl RedisStore {
     pub async fn settle(
         &self,
         plan: &Plan,
-        user: Option<&UserKeys>,
+        who: &Who,
         reserved: Charge,
         actual: Charge,
         at: i64,
@@ -209,22 +209,26 @@ impl RedisStore {
         if let Some(m) = &lease {
             self.leases().remove(m);
         }
-        let buckets = buckets(plan, user.is_some());
+        let buckets = buckets(plan, who);
         let amounts = settlement(&buckets, reserved, actual);
         if lease.is_none() && amounts.iter().all(|&a| a == 0) {
             return;
         }
-        self.give(plan, user, &amounts, &windows(&buckets, at), lease.as_deref()).await;
+        self.give(plan, who, &amounts, &windows(&buckets, at), lease.as_deref()).await;
     }
 
-    /// The nine keys of `lease.lua` and `give.lua`.
-    fn bucket_keys(inv: &mut ScriptInvocation<'_>, plan: &Plan, user: Option<&UserKeys>) {
+    /// The eleven keys of `lease.lua` and `give.lua`; a scope `who` does not
+    /// count in names the tenant's key (its bucket is off, so it is not touched).
+    fn bucket_keys(inv: &mut ScriptInvocation<'_>, plan: &Plan, who: &Who) {
         let k = &plan.keys;
-        let (ur, ut, ud, ub) = user.map_or((&k.requests, &k.tokens_per_minute, &k.tokens_per_day, &k.budget), |u| {
-            (&u.requests, &u.tokens_per_minute, &u.tokens_per_day, &u.budget)
-        });
+        let (ur, ut, ud, ub) =
+            who.user.as_ref().map_or((&k.requests, &k.tokens_per_minute, &k.tokens_per_day, &k.budget), |u| {
+                (&u.requests, &u.tokens_per_minute, &u.tokens_per_day, &u.budget)
+            });
+        let team = who.team.as_ref().map_or(&k.budget, |t| &t.budget);
+        let key = who.key.as_ref().map_or(&k.budget, |t| &t.budget);
         inv.key(&k.requests).key(ur).key(&k.tokens_per_minute).key(ut).key(&k.tokens_per_day).key(ud);
-        inv.key(&k.budget).key(ub).key(&k.streams);
+        inv.key(&k.budget).key(ub).key(team).key(key).key(&k.streams);
     }
 
     /// Takes `need` units of each configured bucket (or nothing at all), up
@@ -234,7 +238,7 @@ impl RedisStore {
     pub(super) async fn lease(
         &self,
         plan: &Plan,
-        user: Option<&UserKeys>,
+        who: &Who,
         buckets: &[Option<Bucket>; BUCKETS],
         need: &[u64; BUCKETS],
         want: &[u64; BUCKETS],
@@ -242,12 +246,15 @@ impl RedisStore {
         call: &'static str,
     ) -> Result<LeaseAnswer, StoreError> {
         let mut inv = self.lease.prepare_invoke();
-        Self::bucket_keys(&mut inv, plan, user);
+        Self::bucket_keys(&mut inv, plan, who);
         for (i, b) in buckets.iter().enumerate() {
             match b {
-                Some(b @ Bucket { period: Some(p), .. }) => inv.arg(b.max).arg(p.code()).arg(need[i]).arg(want[i]),
-                Some(b) => inv.arg(b.a).arg(b.capacity).arg(need[i]).arg(want[i]),
-                None => inv.arg(0).arg(0).arg(0).arg(0),
+                Some(b @ Bucket { period: Some(p), .. }) => {
+                    let (start, length) = p.fixed();
+                    inv.arg(b.max).arg(p.code()).arg(need[i]).arg(want[i]).arg(start).arg(length)
+                }
+                Some(b) => inv.arg(b.a).arg(b.capacity).arg(need[i]).arg(want[i]).arg(0).arg(0),
+                None => inv.arg(0).arg(0).arg(0).arg(0).arg(0).arg(0),
             };
         }
         let (max_streams, member) = slot.unwrap_or((0, ""));
@@ -263,14 +270,14 @@ impl RedisStore {
     pub(super) async fn give(
         &self,
         plan: &Plan,
-        user: Option<&UserKeys>,
+        who: &Who,
         amounts: &[i64; BUCKETS],
         windows: &[i64; BUCKETS],
         member: Option<&str>,
     ) -> bool {
         let mut inv = self.give.prepare_invoke();
-        Self::bucket_keys(&mut inv, plan, user);
-        for (i, b) in buckets(plan, user.is_some()).iter().enumerate() {
+        Self::bucket_keys(&mut inv, plan, who);
+        for (i, b) in buckets(plan, who).iter().enumerate() {
             match b {
                 Some(b @ Bucket { period: Some(_), .. }) => inv.arg(b.max).arg(amounts[i]).arg(windows[i]),
                 Some(b) => inv.arg(b.a).arg(amounts[i]).arg(0),

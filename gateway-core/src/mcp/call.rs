@@ -176,7 +176,7 @@ pub async fn admit(
     // A tool call counts as one request against the caller's and the tenant's limits, and
     // reserves its price (`tools.pricePerCall`) in their budgets.
     let reservation = Reservation::default().costing(route.upstream.price_per_call());
-    let admission = runtime.limiter.admit_reservation(&caller.subject, reservation, false).await;
+    let admission = runtime.limiter.admit_reservation(caller, reservation, false).await;
     let admission = match admission {
         Ok(admission) => admission,
         Err(limited) => {

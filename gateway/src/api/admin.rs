@@ -173,16 +173,34 @@ impl AdminRead for UsageQuery {
 #[serde(deny_unknown_fields)]
 struct BudgetsQuery {
     subject: Option<String>,
+    team: Option<String>,
+    #[serde(rename = "apiKey")]
+    api_key: Option<String>,
 }
 
 impl AdminRead for BudgetsQuery {
     const ACTION: &'static str = "budgets.read";
 
-    /// `GET /admin/v1/budgets?subject`: the tenant's budget and, with `subject`, that
-    /// user's, as they stand in the current window.
+    /// `GET /admin/v1/budgets?subject&team&apiKey`: the tenant's budget and, with
+    /// any of `subject`, `team` or `apiKey`, the budgets a request of that account
+    /// counts against (its user's, team's and key's); without them, every listed
+    /// team's and every key's budget. As they stand in the current window.
     async fn run(self, state: &AppState) -> Result<Response, AppError> {
         let runtime = state.runtime();
-        let states = runtime.limiter.budgets(self.subject.as_deref()).await.map_err(|e| {
+        let account =
+            (self.subject.is_some() || self.team.is_some() || self.api_key.is_some()).then(|| crate::limits::Account {
+                subject: self.subject.as_deref().unwrap_or(""),
+                team: self.team.as_deref(),
+                api_key: self.api_key.as_deref(),
+            });
+        let states = async {
+            let mut states = runtime.limiter.budgets(account).await?;
+            if account.is_none() {
+                states.extend(runtime.limiter.own_budgets().await?);
+            }
+            Ok::<_, crate::limits::StoreError>(states)
+        };
+        let states = states.await.map_err(|e| {
             tracing::warn!(error = %e, "admin API: the limit store did not answer");
             AppError::Unavailable {
                 message: "the limit store is unavailable, try again later".into(),
@@ -193,28 +211,36 @@ impl AdminRead for BudgetsQuery {
         let data: Vec<_> = states
             .iter()
             .map(|b| {
-                let (scope, subject) = match b.scope {
-                    crate::limits::Scope::Tenant => ("tenant", None),
-                    crate::limits::Scope::User => ("user", self.subject.as_deref()),
+                use crate::limits::{Period, Scope};
+                let (scope, field) = match b.scope {
+                    Scope::Tenant => ("tenant", None),
+                    Scope::User => ("user", Some("subject")),
+                    Scope::Team => ("team", Some("team")),
+                    Scope::Key => ("apiKey", Some("apiKey")),
                 };
                 let nanos = |n: u64| tenantgate_crds::pricing::format_nanos(n as i64);
                 let resets_at = chrono::TimeDelta::from_std(b.resets_in).ok().map(|d| (now + d).to_rfc3339());
-                json!({
+                let mut entry = json!({
                     "scope": scope,
-                    "subject": subject,
                     "amount": nanos(b.limit),
-                    "period": match b.period { crate::limits::Period::Day => "Day", crate::limits::Period::Month => "Month" },
+                    "period": match b.period { Period::Day => "Day", Period::Month => "Month", Period::Fixed { .. } => "Fixed" },
                     "window": b.period.label(b.window),
                     "spent": nanos(b.spent),
                     "remaining": nanos(b.limit.saturating_sub(b.spent)),
                     "resetsAt": resets_at,
-                })
+                });
+                if let Some(field) = field {
+                    entry[field] = json!(b.id);
+                }
+                entry
             })
             .collect();
         Ok(Json(json!({
             "object": "budgets",
             "currency": runtime.limiter.currency(),
             "subject": self.subject,
+            "team": self.team,
+            "apiKey": self.api_key,
             "data": data,
         }))
         .into_response())

@@ -48,6 +48,7 @@ pub async fn authenticate(parts: &Parts, state: &AppState, audience: Audience) -
     };
     match verified {
         Ok(identity) => {
+            let identity = identity.with_team_from_roles(runtime.team_role_prefix());
             if let Some(slot) = parts.extensions.get::<SubjectSlot>() {
                 slot.fill(&identity);
             }

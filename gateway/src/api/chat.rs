@@ -193,7 +193,7 @@ impl Turn<'_> {
     ) -> Result<Result<Dispatched, Response>, AppError> {
         let runtime = self.state.runtime();
         let worst = self.route.worst.as_ref();
-        let mut admission = runtime.limiter.admit(&self.caller.0.subject, request, self.body_len, worst).await?;
+        let mut admission = runtime.limiter.admit(&*self.caller.0, request, self.body_len, worst).await?;
         let routed = match routing::route(self.route, &runtime.retry, request).await {
             Ok(r) => r,
             Err(e) => {
