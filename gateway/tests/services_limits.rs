@@ -577,11 +577,21 @@ fn cost_of(usage: &Value, rates: &Rates) -> u64 {
 /// gateways in turn until each has been refused three times in a row;
 /// returns the nano-units the served answers cost and the refusals' messages.
 async fn spend_until_refused(gateways: &[&Gateway], body: &Value, users: std::ops::Range<usize>) -> (u64, Vec<String>) {
+    spend_as_team(gateways, body, users, None).await
+}
+
+/// [`spend_until_refused`] by users whose tokens name `team` in their `team` claim.
+async fn spend_as_team(
+    gateways: &[&Gateway],
+    body: &Value,
+    users: std::ops::Range<usize>,
+    team: Option<&str>,
+) -> (u64, Vec<String>) {
     let rates = chat_rates();
     let stream = body["stream"] == true;
     let runs = users.map(|u| {
         let (body, rates) = (body.to_string(), rates);
-        let user = token(json!({"sub": format!("spender-{u}")}));
+        let user = token(json!({"sub": format!("spender-{u}"), "team": team}));
         async move {
             let (mut spent, mut refusals, mut in_a_row, mut i) = (0, Vec::new(), 0, u);
             while in_a_row < 3 {
@@ -713,4 +723,155 @@ async fn a_users_budget_nests_in_the_tenants_across_replicas() {
         .collect();
     let (tenant, user) = (format_nanos((first + second) as i64), format_nanos(first as i64));
     assert_eq!(amounts, [("tenant", tenant.as_str()), ("user", user.as_str())], "{budgets}");
+}
+
+#[tokio::test]
+async fn team_budgets_hold_across_replicas_for_listed_teams_and_the_default() {
+    let _shared = REDIS.read().await;
+    let upstream = Upstream::start();
+    let body = chat_body("chat", false);
+    let request = serde_json::from_value(body.clone()).expect("request");
+    let worst = Reservation::of(&request, body.to_string().len()).priced(&chat_rates()).cost;
+    let amount = |n: u64| format_nanos((n * worst) as i64);
+    // Team ml may spend 7 worst cases in a fixed window of a day that began an hour ago; any
+    // other team 2 a month; each user 3 a day; the tenant 40 a month.
+    let start = chrono::Utc::now() - chrono::Duration::hours(1);
+    let limits = format!(
+        "    budget: {{ amount: \"{}\", period: Month }}\n    perUser:\n      budget: {{ amount: \"{}\", period: Day }}\n    perTeam:\n      budget: {{ amount: \"{}\", period: Month }}\n      teams:\n        - name: ml\n          budget: {{ amount: \"{}\", period: Fixed, fixedWindow: {{ start: \"{}\", length: 24h }} }}\n",
+        amount(40),
+        amount(3),
+        amount(2),
+        amount(7),
+        start.format("%Y-%m-%dT%H:%M:%SZ"),
+    );
+    let (a, b) = {
+        clear_tenant("lim-team").await;
+        let m = manifests(&upstream.url, "lim-team", &limits);
+        assert!(m.contains("      adminRoles: [tenant-admin]\n"), "the fixture's auth block moved");
+        let m = m.replacen("      adminRoles: [tenant-admin]\n", "      adminRoles: [tenant-admin]\n      teamClaim: team\n", 1);
+        (Gateway::start(&m).await, Gateway::start(&m).await)
+    };
+    // Six members of ml at once over both replicas: the team's budget binds before theirs.
+    let (mut ml, refusals) = spend_as_team(&[&a, &b], &body, 0..6, Some("ml")).await;
+    assert!(ml <= 7 * worst, "team ml spent {ml} of {}", 7 * worst);
+    assert!(
+        refusals.iter().any(|m| m.contains("The team budget of") && m.contains("per window of 24h")),
+        "{refusals:?}"
+    );
+    wait_used("tg:{lim-team}:budget:t:ml", ml).await;
+    // With nothing in flight, one member spends what is left: refused only once less than
+    // one worst case remains.
+    loop {
+        let (s, _) = spend_as_team(&[&a, &b], &body, 0..1, Some("ml")).await;
+        ml += s;
+        wait_used("tg:{lim-team}:budget:t:ml", ml).await;
+        if s == 0 {
+            break;
+        }
+    }
+    assert!(ml <= 7 * worst && 7 * worst - ml < worst, "team ml spent {ml} of {}", 7 * worst);
+    // Team search has no budget of its own: it takes the default of 2.
+    let (search, refusals) = spend_as_team(&[&a, &b], &body, 10..12, Some("search")).await;
+    assert!(search <= 2 * worst, "team search spent {search} of {}", 2 * worst);
+    assert!(refusals.iter().any(|m| m.contains("The team budget of") && m.contains("per month")), "{refusals:?}");
+    wait_used("tg:{lim-team}:budget:t:search", search).await;
+    // Every team's spend counts toward the tenant's.
+    wait_used("tg:{lim-team}:budget", ml + search).await;
+    // The admin API lists the listed team's budget, and a team's on request.
+    let admin = token(json!({"roles": ["tenant-admin"], "sub": "auditor"}));
+    let (status, budgets) = a.get_json("/admin/v1/budgets", &admin).await;
+    assert_eq!(status, 200, "{budgets}");
+    let entry = |scope: &str, budgets: &Value| {
+        budgets["data"].as_array().expect("data").iter().find(|b| b["scope"] == scope).cloned().unwrap_or_default()
+    };
+    let team = entry("team", &budgets);
+    assert_eq!((team["team"].as_str(), team["period"].as_str()), (Some("ml"), Some("Fixed")), "{budgets}");
+    assert_eq!(team["spent"].as_str(), Some(format_nanos(ml as i64).as_str()), "{budgets}");
+    assert_eq!(team["window"].as_str(), Some(start.format("%Y-%m-%dT%H:%M:%SZ").to_string().as_str()), "{budgets}");
+    let (_, budgets) = b.get_json("/admin/v1/budgets?team=search", &admin).await;
+    assert_eq!(entry("team", &budgets)["spent"].as_str(), Some(format_nanos(search as i64).as_str()), "{budgets}");
+    println!(
+        "team ml: {ml} of {} ({:.1}%); team search (default): {search} of {}",
+        7 * worst,
+        100.0 * ml as f64 / (7 * worst) as f64,
+        2 * worst
+    );
+}
+
+#[tokio::test]
+async fn an_api_keys_budget_is_leased_and_nested_in_its_users_and_teams() {
+    use tenantgate_crds::config::DeclaredApiKey;
+    use tenantgate_crds::v1alpha1::{Budget, BudgetPeriod, TeamLimits};
+    use tenantgate_gateway::limits::{Account, Plan};
+    let _shared = REDIS.read().await;
+    clear_tenant("lim-key").await;
+    let unit = 1_000_000_000u64;
+    let limits = Limits {
+        per_user: Some(tenantgate_crds::v1alpha1::UserLimits {
+            budget: Some(Budget::new("100", BudgetPeriod::Month)),
+            ..Default::default()
+        }),
+        per_team: Some(TeamLimits { budget: Some(Budget::new("1000", BudgetPeriod::Month)), ..Default::default() }),
+        ..Default::default()
+    };
+    let key = DeclaredApiKey {
+        name: "ci".into(),
+        prefix: "p".into(),
+        hash: "h".into(),
+        subject: "apikey:ci".into(),
+        roles: Vec::new(),
+        allowed_models: Vec::new(),
+        expires_at: None,
+        ip_allow_list: Vec::new(),
+        team: Some("ml".into()),
+        // 64 units: large enough for slices (a 64th each), so most admissions are local.
+        budget: Some(Budget::new("64", BudgetPeriod::Month)),
+    };
+    let replica = || {
+        let store = RedisStore::connect(&RedisEndpoint::new(redis_url(), None), RedisSettings::default()).expect("store");
+        let plan = Plan::of("lim-key", Some(&limits), std::slice::from_ref(&key));
+        RateLimiter::of(plan, Store::Redis(store))
+    };
+    let (a, b) = (replica(), replica());
+    let ci = Account { subject: "apikey:ci", team: Some("ml"), api_key: Some("kubernetes:ci") };
+    // Two replicas take 1-unit requests in turn until the key's budget refuses; a replica
+    // may be refused while the other holds an unused slice, so then both give their
+    // slices back and one of them takes the rest: exactly the key's 64, never more.
+    let mut admitted = Vec::new();
+    let mut refused = None;
+    for i in 0..200 {
+        let limiter = if i % 2 == 1 && refused.is_none() { &b } else { &a };
+        match limiter.admit_reservation(ci, Reservation::default().costing(unit), false).await {
+            Ok(admission) => admitted.push(admission),
+            Err(e) if refused.is_none() => {
+                assert!(admitted.len() <= 64);
+                a.release(Duration::from_secs(2)).await;
+                b.release(Duration::from_secs(2)).await;
+                refused = Some(e);
+            }
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the key's budget refuses");
+    assert_eq!(admitted.len(), 64, "exactly the key's budget");
+    assert!(refused.to_string().contains("The API key budget of 64 "), "{refused}");
+    let mut headers = axum::http::HeaderMap::new();
+    refused.apply_headers(&mut headers);
+    assert_eq!(headers["x-budget-scope"], "apiKey");
+    // Half cost nothing in the end: their units come back to the key, its user and its team.
+    for mut admission in admitted.drain(..32) {
+        admission.record_cost(0);
+    }
+    drop(admitted);
+    a.release(Duration::from_secs(2)).await;
+    b.release(Duration::from_secs(2)).await;
+    wait_used("tg:{lim-key}:budget:k:kubernetes:ci", 32 * unit).await;
+    wait_used("tg:{lim-key}:budget:u:apikey:ci", 32 * unit).await;
+    wait_used("tg:{lim-key}:budget:t:ml", 32 * unit).await;
+    // The same subject without the key is held by its own 100 only.
+    let plain = Account { api_key: None, ..ci };
+    a.admit_reservation(plain, Reservation::default().costing(60 * unit), false).await.expect("the user has 68 left");
 }

@@ -23,6 +23,8 @@ pub struct UsageFilter {
     pub model: Option<String>,
     /// Only requests made with this API key (its admin API id).
     pub api_key: Option<String>,
+    /// Only requests of this team.
+    pub team: Option<String>,
 }
 
 /// Sums over some requests.
@@ -94,6 +96,8 @@ pub enum GroupBy {
     /// The API key the request was made with (`kubernetes:<name>` or an admin-minted
     /// key's id); requests made with a JWT form the group without a key (`null`).
     ApiKey,
+    /// The caller's team; requests of callers without a team form the group without one (`null`).
+    Team,
 }
 
 impl GroupBy {
@@ -104,6 +108,7 @@ impl GroupBy {
             Self::Model => "model",
             Self::Target => "target",
             Self::ApiKey => "api_key",
+            Self::Team => "team",
         }
     }
 }
@@ -111,8 +116,8 @@ impl GroupBy {
 /// The usage of one group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GroupUsage {
-    /// The subject, model, target or API key; null for requests no target answered (by
-    /// target) or made with a JWT (by API key).
+    /// The subject, model, target, API key or team; null for requests no target answered
+    /// (by target), made with a JWT (by API key) or of callers without a team (by team).
     pub key: Option<String>,
     /// Its sums.
     #[serde(flatten)]
@@ -193,6 +198,9 @@ async fn sums(db: &Db, tenant: &str, filter: &UsageFilter, key: &str) -> Result<
         }
         if let Some(key) = &filter.api_key {
             q.push(" AND api_key = ").push_bind(key.as_str());
+        }
+        if let Some(team) = &filter.team {
+            q.push(" AND team = ").push_bind(team.as_str());
         }
         q.push(" GROUP BY ").push(key);
         q.build_query_as::<KeyRow>().fetch_all(pool).await?
@@ -348,6 +356,7 @@ mod tests {
             reason: None,
             request_id: None,
             api_key: None,
+            team: None,
         })
     }
 
@@ -376,6 +385,32 @@ mod tests {
         let one = UsageFilter { api_key: Some("kubernetes:ci".into()), ..UsageFilter::default() };
         let report = usage(&db, "a", &one).await.expect("usage");
         assert_eq!((report.totals.requests, report.totals.cost_nanos), (2, 15), "one key's spend");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn usage_groups_by_team() {
+        let dir = std::env::temp_dir().join(format!("tg-by-team-{}-{}", std::process::id(), fastrand::u64(..)));
+        let db = Db::sqlite(&dir.join("gateway.db")).await.expect("sqlite");
+        let of_team = |team: Option<&str>, subject: &str, cost: i64| match usage_of("a", subject, cost) {
+            Record::Usage(u) => Record::Usage(UsageRow { team: team.map(str::to_owned), cost_nanos: Some(cost), ..u }),
+            other => other,
+        };
+        let records = [
+            of_team(Some("ml"), "alice", 40),
+            of_team(Some("ml"), "bob", 30),
+            of_team(Some("search"), "carol", 50),
+            of_team(None, "dave", 1),
+        ];
+        insert(&db, &records).await.expect("insert");
+        let groups = usage_by(&db, "a", &UsageFilter::default(), GroupBy::Team).await.expect("groups");
+        let got: Vec<(Option<&str>, i64, i64)> =
+            groups.iter().map(|g| (g.key.as_deref(), g.totals.requests, g.totals.cost_nanos)).collect();
+        assert_eq!(got, [(Some("ml"), 2, 70), (Some("search"), 1, 50), (None, 1, 1)]);
+        let ml = UsageFilter { team: Some("ml".into()), ..UsageFilter::default() };
+        let by_subject = usage_by(&db, "a", &ml, GroupBy::Subject).await.expect("ml by subject");
+        let got: Vec<(Option<&str>, i64)> = by_subject.iter().map(|g| (g.key.as_deref(), g.totals.cost_nanos)).collect();
+        assert_eq!(got, [(Some("alice"), 40), (Some("bob"), 30)], "one team's spend per member");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -677,6 +677,7 @@ impl ChatRecord {
                 reason: Some("Unfinished".into()),
                 request_id,
                 api_key: identity.api_key.clone(),
+                team: identity.team.clone(),
             },
             price: None,
             policy: PolicyDecision::default(),
@@ -914,6 +915,7 @@ mod tests {
             reason: None,
             request_id: None,
             api_key: None,
+            team: None,
         })
     }
 

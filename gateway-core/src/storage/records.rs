@@ -48,6 +48,9 @@ pub struct UsageRow {
     /// an ApiKey object); `None` for a JWT. Absent in spill files of older gateways.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    /// The caller's team; `None`: none. Absent in spill files of older gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
 }
 
 /// Who did what, kept forever (the table refuses updates and deletes).
@@ -285,6 +288,7 @@ mod tests {
                 reason: None,
                 request_id: None,
                 api_key: None,
+                team: None,
             },
             audit_id: new_id(),
             policy: PolicyDecision::default(),

@@ -38,7 +38,7 @@ pub async fn insert(db: &Db, records: &[Record]) -> Result<(), sqlx::Error> {
         for chunk in usage.chunks(USAGE_CHUNK) {
             let mut q = QueryBuilder::new(
                 "INSERT INTO usage (id, ts_ms, tenant, subject, model, target, prompt_tokens, completion_tokens, \
-                 cached_tokens, cost_nanos, price_version, latency_ms, status, reason, request_id, api_key) ",
+                 cached_tokens, cost_nanos, price_version, latency_ms, status, reason, request_id, api_key, team) ",
             );
             q.push_values(chunk, |mut b, u| {
                 b.push_bind(u.id.as_str())
@@ -56,7 +56,8 @@ pub async fn insert(db: &Db, records: &[Record]) -> Result<(), sqlx::Error> {
                     .push_bind(u.status)
                     .push_bind(u.reason.as_deref())
                     .push_bind(u.request_id.as_deref())
-                    .push_bind(u.api_key.as_deref());
+                    .push_bind(u.api_key.as_deref())
+                    .push_bind(u.team.as_deref());
             });
             q.push(" ON CONFLICT (id) DO NOTHING");
             q.build().persistent(false).execute(&mut *tx).await?;

@@ -126,6 +126,7 @@ struct UsageQuery {
     model: Option<String>,
     #[serde(rename = "apiKey")]
     api_key: Option<String>,
+    team: Option<String>,
     #[serde(rename = "groupBy")]
     group_by: Option<GroupBy>,
 }
@@ -133,8 +134,8 @@ struct UsageQuery {
 impl AdminRead for UsageQuery {
     const ACTION: &'static str = "usage.read";
 
-    /// `GET /admin/v1/usage?from&to&subject&model&apiKey&groupBy`: totals, per-day rows, and
-    /// with `groupBy` (subject, model, target or apiKey) a row per group.
+    /// `GET /admin/v1/usage?from&to&subject&model&apiKey&team&groupBy`: totals, per-day rows,
+    /// and with `groupBy` (subject, model, target, apiKey or team) a row per group.
     async fn run(self, state: &AppState) -> Result<Response, AppError> {
         let (from_ms, to_ms) = parse_range(self.from.as_deref(), self.to.as_deref())?;
         let filter = UsageFilter {
@@ -143,6 +144,7 @@ impl AdminRead for UsageQuery {
             subject: self.subject.clone(),
             model: self.model.clone(),
             api_key: self.api_key.clone(),
+            team: self.team.clone(),
         };
         let report = storage::queries::usage(&state.storage().db, &state.runtime().config.tenant.name, &filter)
             .await
@@ -158,7 +160,7 @@ impl AdminRead for UsageQuery {
         let currency = state.runtime().config.pricing.as_ref().map(|p| p.currency.clone());
         Ok(Json(json!({
             "object": "usage.report",
-            "from": self.from, "to": self.to, "subject": self.subject, "model": self.model,
+            "from": self.from, "to": self.to, "subject": self.subject, "model": self.model, "team": self.team,
             "currency": currency,
             "totals": report.totals,
             "days": report.days,
