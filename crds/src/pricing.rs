@@ -371,6 +371,21 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_is_checked_whole_amount_and_window() {
+        use crate::v1alpha1::{Budget, BudgetPeriod};
+        assert_eq!(check_budget(&Budget::fixed("5", "2026-12-07T09:00:00Z", "336h")), Ok(()));
+        assert!(check_budget(&Budget::new("lots", BudgetPeriod::Day)).expect_err("amount").starts_with("amount: "));
+        let e = check_budget(&Budget::fixed("5", "next monday", "336h")).expect_err("start");
+        assert!(e.starts_with("fixedWindow.start: "), "{e}");
+        let e = check_budget(&Budget::fixed("5", "2026-12-07T09:00:00Z", "2w")).expect_err("length");
+        assert!(e.contains("fixedWindow.length \"2w\""), "{e}");
+        let e = check_budget(&Budget { period: BudgetPeriod::Day, ..Budget::fixed("5", "2026-12-07T09:00:00Z", "1h") });
+        assert_eq!(e, Err("fixedWindow is only for period Fixed".into()));
+        let e = check_budget(&Budget::new("5", BudgetPeriod::Fixed));
+        assert_eq!(e, Err("period Fixed needs fixedWindow".into()));
+    }
+
+    #[test]
     fn budgets_parse_to_exact_nano_units_up_to_the_cap() {
         assert_eq!(budget_nanos("12.50"), Ok(12_500_000_000));
         assert_eq!(budget_nanos("0"), Ok(0));

@@ -748,7 +748,11 @@ async fn team_budgets_hold_across_replicas_for_listed_teams_and_the_default() {
         clear_tenant("lim-team").await;
         let m = manifests(&upstream.url, "lim-team", &limits);
         assert!(m.contains("      adminRoles: [tenant-admin]\n"), "the fixture's auth block moved");
-        let m = m.replacen("      adminRoles: [tenant-admin]\n", "      adminRoles: [tenant-admin]\n      teamClaim: team\n", 1);
+        let m = m.replacen(
+            "      adminRoles: [tenant-admin]\n",
+            "      adminRoles: [tenant-admin]\n      teamClaim: team\n",
+            1,
+        );
         (Gateway::start(&m).await, Gateway::start(&m).await)
     };
     // Six members of ml at once over both replicas: the team's budget binds before theirs.
@@ -828,7 +832,8 @@ async fn an_api_keys_budget_is_leased_and_nested_in_its_users_and_teams() {
         budget: Some(Budget::new("64", BudgetPeriod::Month)),
     };
     let replica = || {
-        let store = RedisStore::connect(&RedisEndpoint::new(redis_url(), None), RedisSettings::default()).expect("store");
+        let store =
+            RedisStore::connect(&RedisEndpoint::new(redis_url(), None), RedisSettings::default()).expect("store");
         let plan = Plan::of("lim-key", Some(&limits), std::slice::from_ref(&key));
         RateLimiter::of(plan, Store::Redis(store))
     };

@@ -781,6 +781,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_callers_team_comes_from_its_identity_and_its_budget_refuses_by_name() {
+        use tenantgate_crds::v1alpha1::{Budget, TeamLimits};
+        let limits = Limits {
+            per_team: Some(TeamLimits {
+                role_prefix: Some("team:".into()),
+                budget: Some(Budget::fixed("1", "2026-01-01T00:00:00Z", "168h")),
+                teams: Vec::new(),
+            }),
+            ..Default::default()
+        };
+        let l =
+            RateLimiter::new("t", Some(&limits), Store::Local(Arc::new(LocalStore::default()))).with_currency("EUR");
+        let alice =
+            Arc::new(crate::auth::Identity::with_roles("alice", &["team:ml"])).with_team_from_roles(Some("team:"));
+        let bob = Arc::new(crate::auth::Identity::with_roles("bob", &["team:ml"])).with_team_from_roles(Some("team:"));
+        let loner = crate::auth::Identity::with_roles("carol", &[]);
+        let cost = |nanos| Reservation::default().costing(nanos);
+        let _a = l.admit_reservation(&*alice, cost(600_000_000), false).await.expect("ml has 1");
+        let e = l.admit_reservation(&*bob, cost(600_000_000), false).await.expect_err("ml has 0.4 left");
+        assert_eq!(e.status(), StatusCode::PAYMENT_REQUIRED);
+        let message = e.to_string();
+        assert!(message.starts_with("The team budget of 1 EUR per window of 168h has 0.4 EUR left"), "{message}");
+        let mut h = HeaderMap::new();
+        e.apply_headers(&mut h);
+        assert_eq!(h["x-budget-scope"], "team");
+        assert_eq!(h["x-budget-remaining"], "0.4");
+        // A caller without a team is not held by any team's budget.
+        l.admit_reservation(&loner, cost(900_000_000), false).await.expect("no team, no team budget");
+        let budgets = l.budgets(Some((&*alice).into())).await.expect("budgets");
+        let team: Vec<_> =
+            budgets.iter().filter(|b| b.scope == Scope::Team).map(|b| (b.id.as_str(), b.spent)).collect();
+        assert_eq!(team, [("ml", 600_000_000)]);
+    }
+
+    #[tokio::test]
     async fn a_config_without_limits_admits_everything_for_free() {
         let l = RateLimiter::unlimited();
         for _ in 0..1000 {

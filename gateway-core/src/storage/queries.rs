@@ -409,7 +409,8 @@ mod tests {
         assert_eq!(got, [(Some("ml"), 2, 70), (Some("search"), 1, 50), (None, 1, 1)]);
         let ml = UsageFilter { team: Some("ml".into()), ..UsageFilter::default() };
         let by_subject = usage_by(&db, "a", &ml, GroupBy::Subject).await.expect("ml by subject");
-        let got: Vec<(Option<&str>, i64)> = by_subject.iter().map(|g| (g.key.as_deref(), g.totals.cost_nanos)).collect();
+        let got: Vec<(Option<&str>, i64)> =
+            by_subject.iter().map(|g| (g.key.as_deref(), g.totals.cost_nanos)).collect();
         assert_eq!(got, [(Some("alice"), 40), (Some("bob"), 30)], "one team's spend per member");
         let _ = std::fs::remove_dir_all(&dir);
     }
