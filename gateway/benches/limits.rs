@@ -8,13 +8,18 @@
 //! (one more script call, off the request path) run alongside. Prints p50,
 //! p99 and p99.9 of `admit` as the request path sees it, for those limits
 //! alone and with a tenant budget and per-user budgets on top (each request
-//! reserving a worst-case cost and settling to less), A/B in one run.
+//! reserving a worst-case cost and settling to less), and with team and
+//! API-key budgets nested under those (ten teams, each request through one
+//! of ten keys with a budget of its own), A/B in one run.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tenantgate_crds::v1alpha1::{Budget, BudgetPeriod, Limits, UserLimits};
-use tenantgate_gateway::limits::{LocalStore, RateLimiter, RedisSettings, RedisStore, Reservation, Store};
+use tenantgate_crds::config::DeclaredApiKey;
+use tenantgate_crds::v1alpha1::{Budget, BudgetPeriod, Limits, TeamLimits, UserLimits};
+use tenantgate_gateway::limits::{
+    Account, LocalStore, Plan, RateLimiter, RedisSettings, RedisStore, Reservation, Store,
+};
 use tenantgate_gateway::redis_client::RedisEndpoint;
 
 fn limits() -> Limits {
@@ -43,6 +48,27 @@ fn limits_with_budgets() -> Limits {
     l
 }
 
+/// [`limits_with_budgets`] with a budget for every team and ten API keys with budgets of their own.
+fn plan_with_nested_budgets(tenant: &str) -> Option<Plan> {
+    let mut l = limits_with_budgets();
+    l.per_team = Some(TeamLimits { budget: Some(Budget::new("1000000", BudgetPeriod::Month)), ..Default::default() });
+    let keys: Vec<DeclaredApiKey> = (0..10)
+        .map(|i| DeclaredApiKey {
+            name: format!("key-{i}"),
+            prefix: format!("p{i}"),
+            hash: format!("h{i}"),
+            subject: format!("apikey:key-{i}"),
+            roles: Vec::new(),
+            allowed_models: Vec::new(),
+            expires_at: None,
+            ip_allow_list: Vec::new(),
+            team: None,
+            budget: Some(Budget::fixed("100000", "2026-01-01T00:00:00Z", "168h")),
+        })
+        .collect();
+    Plan::of(tenant, Some(&l), &keys)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
@@ -51,7 +77,10 @@ async fn run(name: &str, limiter: Arc<RateLimiter>, seconds: u64) {
     // A worst case of 0.0025 (200 output tokens at 10 per million plus the prompt), settling to 0.001.
     let priced = limiter.plan().is_some_and(|p| p.counts_cost());
     let reservation = Reservation::tokens(40, 200).costing(if priced { 2_500_000 } else { 0 });
+    let nested = limiter.plan().is_some_and(|p| p.teams.is_some());
     let subjects: Vec<String> = (0..100).map(|i| format!("user-{i}")).collect();
+    let teams: Vec<String> = (0..10).map(|i| format!("team-{i}")).collect();
+    let keys: Vec<String> = (0..10).map(|i| format!("kubernetes:key-{i}")).collect();
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(seconds as usize * 1000)));
     let errors = Arc::new(Mutex::new(0u64));
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -61,9 +90,14 @@ async fn run(name: &str, limiter: Arc<RateLimiter>, seconds: u64) {
         tick.tick().await;
         let (limiter, latencies, errors) = (limiter.clone(), latencies.clone(), errors.clone());
         let subject = subjects[i as usize % subjects.len()].clone();
+        let (team, key) = match nested {
+            true => (Some(teams[i as usize % 10].clone()), Some(keys[i as usize / 10 % 10].clone())),
+            false => (None, None),
+        };
         tasks.push(tokio::spawn(async move {
+            let account = Account { subject: &subject, team: team.as_deref(), api_key: key.as_deref() };
             let started = Instant::now();
-            let result = limiter.admit_reservation(&subject, reservation, i % 10 == 0).await;
+            let result = limiter.admit_reservation(account, reservation, i % 10 == 0).await;
             let took = started.elapsed();
             latencies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(took);
             match result {
@@ -97,6 +131,9 @@ async fn main() {
     let local =
         RateLimiter::new("bench-local-b", Some(&limits_with_budgets()), Store::Local(Arc::new(LocalStore::default())));
     run("in-process + budgets", Arc::new(local), seconds).await;
+    let local =
+        RateLimiter::of(plan_with_nested_budgets("bench-local-n"), Store::Local(Arc::new(LocalStore::default())));
+    run("in-process + budgets + team and key budgets", Arc::new(local), seconds).await;
     let Ok(url) = std::env::var("TENANTGATE_REDIS_URL") else {
         eprintln!("TENANTGATE_REDIS_URL is not set: run under e2e/with-services for the Redis figures");
         std::process::exit(1);
@@ -109,6 +146,8 @@ async fn main() {
         let _ = redis.admit_reservation("warmup", Reservation::default(), false).await;
     }
     run("redis", redis, seconds).await;
-    let budgets = RateLimiter::new("bench-redis-b", Some(&limits_with_budgets()), Store::Redis(store));
+    let budgets = RateLimiter::new("bench-redis-b", Some(&limits_with_budgets()), Store::Redis(store.clone()));
     run("redis + budgets", Arc::new(budgets), seconds).await;
+    let nested = RateLimiter::of(plan_with_nested_budgets("bench-redis-n"), Store::Redis(store));
+    run("redis + budgets + team and key budgets", Arc::new(nested), seconds).await;
 }
