@@ -830,7 +830,7 @@ def test_a_rotated_provider_secret_is_used_without_a_restart():
 E2E_API_KEY = """apiVersion: tenantgate.dev/v1alpha1
 kind: ApiKey
 metadata: {name: e2e-app, namespace: tg-acme}
-spec: {roles: [app], allowedModels: [chat-default]}
+spec: {roles: [app], allowedModels: [chat-default], team: apps, budget: {amount: "0.01", period: Day}}
 """
 
 
@@ -861,6 +861,14 @@ def test_an_api_key_applied_with_kubectl_works_in_seconds_and_is_refused_in_seco
     with pytest.raises(openai.PermissionDeniedError) as refused_model:
         app.chat(g.url, key, "chat-smart", "hello")
     assert refused_model.value.code == "model_not_allowed", refused_model.value.body
+    # Its budget holds: a request whose worst case (4000 output tokens at the fallback target's
+    # 4 USD per million) is more than the key's 0.01 USD is refused before it goes upstream.
+    with pytest.raises(openai.APIStatusError) as over_budget:
+        app.client(g.url, key).chat.completions.create(
+            model="chat-default", messages=[{"role": "user", "content": "hello"}], max_tokens=4000)
+    assert over_budget.value.status_code == 402, over_budget.value.body
+    assert over_budget.value.response.headers.get("x-budget-scope") == "apiKey", over_budget.value.response.headers
+    assert "The API key budget of 0.01 USD per day (UTC)" in str(over_budget.value.body), over_budget.value.body
 
     kubectl("delete", "apikey", "e2e-app", "-n", g.namespace, "--wait=true")
     deleted = time.monotonic()

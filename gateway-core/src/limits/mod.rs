@@ -287,19 +287,24 @@ impl RateLimiter {
         if self.0.is_none() {
             return Ok(Admission::default());
         }
-        let reservation = self.price(Reservation::of(request, body_len), worst, &request.model)?;
+        let account = account.into();
+        let reservation = self.price(account, Reservation::of(request, body_len), worst, &request.model)?;
         self.admit_reservation(account, reservation, request.stream).await
     }
 
-    /// `reservation` with its worst-case cost at `worst` when budgets apply;
-    /// refused when they do and a target of `model` has no price.
-    pub fn price(
+    /// `reservation` with its worst-case cost at `worst` when a budget applies
+    /// to `account`'s requests; refused when one does and a target of `model`
+    /// has no price. (A budget on one API key or team does not stop the
+    /// tenant's other callers from using unpriced models.)
+    pub fn price<'a>(
         &self,
+        account: impl Into<Account<'a>>,
         reservation: Reservation,
         worst: Option<&Rates>,
         model: &str,
     ) -> Result<Reservation, LimitError> {
-        let Some(e) = self.0.as_ref().filter(|e| e.plan.counts_cost()) else { return Ok(reservation) };
+        let account = account.into();
+        let Some(e) = self.0.as_ref().filter(|e| e.charges(account)) else { return Ok(reservation) };
         match worst {
             Some(rates) => Ok(reservation.priced(rates)),
             None => Err(LimitError::Unpriced {
@@ -385,6 +390,15 @@ impl RateLimiter {
 }
 
 impl Enforced {
+    /// Whether any budget applies to `account`'s requests.
+    fn charges(&self, account: Account<'_>) -> bool {
+        let plan = &self.plan;
+        let team =
+            plan.teams.as_ref().zip(account.team).is_some_and(|(t, n)| t.default.is_some() || t.named.contains_key(n));
+        let key = account.api_key.is_some_and(|k| plan.key_budgets.contains_key(k));
+        plan.tenant.budget.is_some() || plan.user.is_some_and(|u| u.budget.is_some()) || team || key
+    }
+
     /// The scopes below the tenant that `account`'s requests count in.
     fn who(&self, account: Account<'_>) -> Who {
         let plan = &self.plan;
@@ -813,6 +827,30 @@ mod tests {
         let team: Vec<_> =
             budgets.iter().filter(|b| b.scope == Scope::Team).map(|b| (b.id.as_str(), b.spent)).collect();
         assert_eq!(team, [("ml", 600_000_000)]);
+    }
+
+    #[test]
+    fn only_callers_under_a_budget_need_priced_models() {
+        use tenantgate_crds::config::DeclaredApiKey;
+        use tenantgate_crds::v1alpha1::Budget;
+        let key = DeclaredApiKey {
+            name: "ci".into(),
+            prefix: "p".into(),
+            hash: "h".into(),
+            subject: "apikey:ci".into(),
+            roles: Vec::new(),
+            allowed_models: Vec::new(),
+            expires_at: None,
+            ip_allow_list: Vec::new(),
+            team: None,
+            budget: Some(Budget::new("5", tenantgate_crds::v1alpha1::BudgetPeriod::Day)),
+        };
+        let plan = Plan::of("t", None, &[key]);
+        let l = RateLimiter::of(plan, Store::Local(Arc::new(LocalStore::default())));
+        let with_key = Account { subject: "apikey:ci", team: None, api_key: Some("kubernetes:ci") };
+        let e = l.price(with_key, res(10, 10), None, "free-model").expect_err("the key's requests must be charged");
+        assert_eq!((e.status(), e.as_reason()), (StatusCode::FORBIDDEN, "ModelUnpriced"));
+        assert!(l.price("alice", res(10, 10), None, "free-model").is_ok(), "alice is under no budget");
     }
 
     #[tokio::test]

@@ -52,7 +52,7 @@ async fn embed(state: &AppState, caller: &Caller, body: Body, record: &mut ChatR
     };
     record.policy(audit::decision(&decision, runtime.config.audit.record_prompts.then_some(&request.input)));
     let reservation = Reservation::tokens(request.input.estimated_tokens(), 0);
-    let reservation = runtime.limiter.price(reservation, route.worst.as_ref(), &request.model)?;
+    let reservation = runtime.limiter.price(&*caller.0, reservation, route.worst.as_ref(), &request.model)?;
     let mut admission = runtime.limiter.admit_reservation(&*caller.0, reservation, false).await?;
     let label = ModelLabel(route.name.clone());
     let routed = match routing::route_embeddings(route, &runtime.retry, &request).await {
