@@ -22,7 +22,7 @@ static POLICIES: LazyLock<Policies> =
     LazyLock::new(|| Policies::compile(&quickstart_config()).expect("the quickstart policies compile"));
 
 fn identity() -> Identity {
-    Identity { subject: "alice@example.com".into(), roles: vec!["dev".into()], admin: false, expires_at: u64::MAX, allowed_models: Vec::new(), api_key: None }
+    Identity { expires_at: u64::MAX, ..Identity::with_roles("alice@example.com", &["dev"]) }
 }
 
 /// The body the gateway sends on (the target's model name put back).
