@@ -18,5 +18,6 @@ pub mod manifests;
 pub mod pricing;
 pub mod reference;
 pub mod render;
+pub mod spend;
 pub mod template;
 pub mod v1alpha1;

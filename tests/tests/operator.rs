@@ -917,29 +917,35 @@ async fn where_values_must_not_be(client: &Client) -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// Applies the tenant `name` that takes API keys alone (no JWT settings) and waits for its
+/// namespace, `tg-<name>`.
+async fn keys_only_tenant(client: &Client, name: &str, op: &OperatorProcess) -> anyhow::Result<()> {
+    apply_yaml(
+        client,
+        &format!("apiVersion: tenantgate.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}}}\nspec:\n  auth: {{apiKeys: {{enabled: true}}}}\n  providers: [{{name: m, type: mock}}]\n  models: [{{name: chat, targets: [{{provider: m, model: x}}]}}]\n"),
+        None,
+    )
+    .await?;
+    let ns = format!("tg-{name}");
+    eventually("the tenant namespace", Duration::from_secs(60), Some(op), || {
+        let (client, ns) = (client.clone(), ns.clone());
+        async move { Ok(Api::<Namespace>::all(client).get_opt(&ns).await?.is_some()) }
+    })
+    .await
+}
+
 #[tokio::test]
 async fn api_keys_are_generated_rotated_and_revoked_and_their_value_stays_in_their_secret() -> anyhow::Result<()> {
     let _turn = ONE_OPERATOR.lock().await;
     let client = setup().await?;
     let op = OperatorProcess::start(&client, "operator-keys").await?;
     let ns = "tg-keys";
-    // API keys alone: no JWT settings.
-    apply_yaml(
-        &client,
-        "apiVersion: tenantgate.dev/v1alpha1\nkind: Tenant\nmetadata: {name: keys}\nspec:\n  auth: {apiKeys: {enabled: true}}\n  providers: [{name: m, type: mock}]\n  models: [{name: chat, targets: [{provider: m, model: x}]}]\n",
-        None,
-    )
-    .await?;
+    keys_only_tenant(&client, "keys", &op).await?;
     let api_key = |rotation: &str| {
         format!(
             "apiVersion: tenantgate.dev/v1alpha1\nkind: ApiKey\nmetadata: {{name: ci, namespace: {ns}}}\nspec: {{roles: [dev], allowedModels: [chat], expiresAt: '2030-01-01T00:00:00Z', ipAllowList: [10.0.0.0/8], rotation: '{rotation}'}}\n"
         )
     };
-    eventually("the tenant namespace", Duration::from_secs(60), Some(&op), || {
-        let client = client.clone();
-        async move { Ok(Api::<Namespace>::all(client).get_opt(ns).await?.is_some()) }
-    })
-    .await?;
     apply_yaml(&client, &api_key("1"), None).await?;
 
     // The key appears in its Secret, its hash in the config, and the ApiKey says Ready.
@@ -1042,4 +1048,89 @@ async fn api_keys_are_generated_rotated_and_revoked_and_their_value_stays_in_the
     })
     .await?;
     delete_tenant_and_wait(&client, "keys", ns, &op).await
+}
+
+#[tokio::test]
+async fn api_key_spend_reaches_its_status_and_a_malformed_entry_does_not() -> anyhow::Result<()> {
+    let _turn = ONE_OPERATOR.lock().await;
+    let client = setup().await?;
+    let op = OperatorProcess::start(&client, "operator-key-spend").await?;
+    let ns = "tg-keyspend";
+    keys_only_tenant(&client, "keyspend", &op).await?;
+    let api_key = |name: &str, budget: &str| {
+        format!(
+            "apiVersion: tenantgate.dev/v1alpha1\nkind: ApiKey\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{roles: [dev]{budget}}}\n"
+        )
+    };
+    apply_yaml(&client, &api_key("ci", ", budget: {amount: '50'}"), None).await?;
+    apply_yaml(&client, &api_key("ops", ", budget: {amount: '20', period: Day}"), None).await?;
+    let keys: Api<ApiKey> = Api::namespaced(client.clone(), ns);
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    eventually("both keys Ready and the spend map made", Duration::from_secs(60), Some(&op), || {
+        let (keys, maps) = (keys.clone(), maps.clone());
+        async move {
+            let ready = keys.list(&ListParams::default()).await?.items.iter().filter(|k| key_ready(k)).count();
+            Ok(ready == 2 && maps.get_opt("gateway-spend").await?.is_some())
+        }
+    })
+    .await?;
+    // As the gateway publishes: its own field manager, every entry in one apply.
+    let publish = |ci: &str, updated_at: &str| {
+        let maps = maps.clone();
+        let data = serde_json::json!({
+            "apikey.ci": ci,
+            "apikey.ops": r#"{"amount":"20","currency":"USD","spent":"3","window":"2026-12-06"}"#,
+            "updatedAt": updated_at,
+        });
+        async move {
+            let map = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "data": data});
+            maps.patch("gateway-spend", &PatchParams::apply("tenantgate-gateway").force(), &Patch::Apply(&map)).await
+        }
+    };
+    let budget_of = |name: &'static str| {
+        let keys = keys.clone();
+        async move { anyhow::Ok(keys.get(name).await?.status.and_then(|s| s.budget)) }
+    };
+
+    // A malformed entry is refused; the well-formed one beside it reaches its key's status.
+    publish(r#"{"amount":"50","currency":"USD","spent":"<b>lots</b>","window":"2026-12"}"#, "2026-12-06T12:00:00Z")
+        .await?;
+    eventually("ops's published spend reaches its status", Duration::from_secs(15), Some(&op), || async {
+        Ok(budget_of("ops").await?.is_some_and(|b| (b.spent.as_str(), b.window.as_str()) == ("3", "2026-12-06")))
+    })
+    .await?;
+    assert_eq!(budget_of("ci").await?, None, "a malformed entry is not copied");
+
+    // Well-formed: copied, and shown in the columns.
+    publish(r#"{"amount":"50","currency":"USD","spent":"12.5","window":"2026-12"}"#, "2026-12-06T12:00:30Z").await?;
+    eventually("ci's published spend reaches its status", Duration::from_secs(15), Some(&op), || async {
+        Ok(budget_of("ci").await?.is_some())
+    })
+    .await?;
+    let ci = budget_of("ci").await?.expect("ci's budget");
+    assert_eq!(
+        (ci.amount.as_str(), ci.spent.as_str(), ci.currency.as_str(), ci.window.as_str()),
+        ("50", "12.5", "USD", "2026-12")
+    );
+    assert_eq!(ci.updated_at.as_deref(), Some("2026-12-06T12:00:30Z"));
+    let listing = kubectl(&["get", "apikeys", "-n", ns])?;
+    let header = listing.lines().next().unwrap_or_default();
+    assert!(header.contains("SPENT") && header.contains("BUDGET"), "{listing}");
+    assert!(listing.lines().any(|l| l.starts_with("ci ") && l.contains("12.5") && l.contains("50")), "{listing}");
+    // ops's figures did not change: its status was not rewritten, and still dates them by their first publication.
+    let ops = keys.get("ops").await?;
+    assert_eq!(
+        ops.status.as_ref().and_then(|s| s.budget.as_ref()).and_then(|b| b.updated_at.as_deref()),
+        Some("2026-12-06T12:00:00Z")
+    );
+    let ops_version = ops.resource_version();
+
+    // The budget gone from the spec: status.budget cleared, though the map still has the entry.
+    apply_yaml(&client, &api_key("ci", ""), None).await?;
+    eventually("ci's status.budget cleared with its spec.budget", Duration::from_secs(15), Some(&op), || async {
+        Ok(budget_of("ci").await?.is_none())
+    })
+    .await?;
+    assert_eq!(keys.get("ops").await?.resource_version(), ops_version, "ops's status rewritten for nothing");
+    delete_tenant_and_wait(&client, "keyspend", ns, &op).await
 }

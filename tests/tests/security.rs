@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use tenantgate_crds::v1alpha1::McpConnection;
+use tenantgate_crds::v1alpha1::{BudgetStatus, McpConnection};
+use tenantgate_gateway_core::auth::declared_key_id;
 use tenantgate_gateway_core::config::ApiCopy;
 use tenantgate_gateway_core::limits::alerts::{self, Alerts};
 use tenantgate_gateway_core::limits::{BudgetState, Period, Scope};
@@ -202,8 +203,9 @@ async fn a_tenant_gateway_cannot_read_another_tenants_secrets() -> anyhow::Resul
     forbidden(own.patch("tools", &params, &Patch::Apply(&status)).await.map(drop), "patch an McpConnection's spec")?;
     forbidden(own.list(&ListParams::default()).await.map(drop), "list McpConnections")?;
 
-    // Budget alerts: the gateway creates its tenant's Events in its own namespace. Two replicas
-    // seeing the same crossing make one Event between them (its name is the window and threshold).
+    // Budget alerts: the gateway creates its tenant's and its ApiKeys' Events in its own namespace.
+    // Two replicas seeing the same crossing make one Event between them (its name is the object,
+    // the window and the threshold).
     let state = BudgetState {
         scope: Scope::Tenant,
         id: String::new(),
@@ -213,20 +215,44 @@ async fn a_tenant_gateway_cannot_read_another_tenants_secrets() -> anyhow::Resul
         window: 2026 * 12 + 11,
         resets_in: std::time::Duration::from_secs(3_600),
     };
+    // An ApiKey named like its tenant: its Event is its own.
+    let key = BudgetState {
+        scope: Scope::Key,
+        id: declared_key_id(&a),
+        limit: 10_000_000_000,
+        spent: 9_000_000_000,
+        ..state.clone()
+    };
     for _replica in 0..2 {
         let alerts = Alerts::new(&a, Some((&a, gateway_a.clone())));
         assert_eq!(alerts.check(&state, &[50, 80, 95], "USD").await, [50, 80]);
+        assert_eq!(alerts.check(&key, &[80, 95], "USD").await, [80]);
     }
     let events: Vec<Event> = Api::<Event>::namespaced(admin.clone(), &a).list(&ListParams::default()).await?.items;
     let mut names: Vec<_> = events.iter().filter_map(|e| e.metadata.name.clone()).collect();
     names.sort();
-    assert_eq!(names, [format!("{a}.budget.2026-12.50"), format!("{a}.budget.2026-12.80")]);
-    let eighty = events.iter().find(|e| e.metadata.name.as_deref().is_some_and(|n| n.ends_with(".80"))).expect("80%");
+    assert_eq!(
+        names,
+        [format!("{a}.apikey-budget.2026-12.80"), format!("{a}.budget.2026-12.50"), format!("{a}.budget.2026-12.80")]
+    );
+    let named = |name: &str| events.iter().find(|e| e.metadata.name.as_deref() == Some(name)).expect(name);
+    let eighty = named(&format!("{a}.budget.2026-12.80"));
     assert_eq!(eighty.reason.as_deref(), Some("BudgetThreshold"));
     assert_eq!(eighty.related.as_ref().and_then(|r| r.name.as_deref()), Some(a.as_str()), "related to the Tenant");
     assert_eq!(eighty.regarding.as_ref().and_then(|r| r.name.as_deref()), Some("gateway"));
     assert!(eighty.note.as_deref().is_some_and(|n| n.contains("is 80% spent: 81 USD in 2026-12")), "{eighty:?}");
-    let event = alerts::event(&a, &b, "gw", &state, 95, "x".into());
+    let of_key = named(&format!("{a}.apikey-budget.2026-12.80"));
+    let regarding = of_key.regarding.as_ref().map(|r| (r.kind.as_deref(), r.name.as_deref(), r.namespace.as_deref()));
+    assert_eq!(regarding, Some((Some("ApiKey"), Some(a.as_str()), Some(a.as_str()))));
+    assert_eq!(of_key.related.as_ref().and_then(|r| r.kind.as_deref()), Some("Tenant"));
+    assert!(of_key.note.as_deref().is_some_and(|n| n.contains("'s budget of 10 USD")), "{of_key:?}");
+    // As docs/api-keys.md tells a tenant admin to look for it.
+    let listed =
+        std::process::Command::new("kubectl").args(["events", "-n", &a, "--for", &format!("apikey/{a}")]).output()?;
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.contains("BudgetThreshold") && listed.contains("80% spent"), "{listed}");
+    assert!(!listed.contains("81 USD"), "only the key's Event: {listed}");
+    let event = alerts::event(&a, &b, "gw", &state, 95, "x".into()).expect("the tenant's Event");
     forbidden(
         Api::<Event>::namespaced(gateway_a.clone(), &b).create(&PostParams::default(), &event).await.map(drop),
         "create an Event in another tenant's namespace",
@@ -241,11 +267,25 @@ async fn a_tenant_gateway_cannot_read_another_tenants_secrets() -> anyhow::Resul
         Api::<ConfigMap>::namespaced(admin.clone(), ns).create(&PostParams::default(), &map).await?;
     }
     let alerts = Alerts::new(&a, Some((&a, gateway_a.clone())));
-    assert!(alerts.publish(&state, "USD").await, "published");
-    assert!(!alerts.publish(&state, "USD").await, "unchanged: not written again");
-    let map = Api::<ConfigMap>::namespaced(admin.clone(), &a).get(alerts::SPEND_MAP).await?;
-    let published = map.data.as_ref().and_then(tenantgate_crds::v1alpha1::BudgetStatus::from_data);
+    assert!(!alerts.publish(&[], "USD").await, "nothing to publish: no write");
+    let both = [state.clone(), key.clone()];
+    assert!(alerts.publish(&both, "USD").await, "published");
+    assert!(!alerts.publish(&both, "USD").await, "unchanged: not written again");
+    let spend_data = || async {
+        let map = Api::<ConfigMap>::namespaced(admin.clone(), &a).get(alerts::SPEND_MAP).await?;
+        anyhow::Ok(map.data.unwrap_or_default())
+    };
+    let data = spend_data().await?;
+    let published = BudgetStatus::from_data(&data);
     assert_eq!(published.map(|s| (s.spent, s.window)), Some(("81".into(), "2026-12".into())));
+    let keys = tenantgate_crds::spend::api_key_budgets(&data);
+    assert_eq!(keys.get(&a).map(|s| (s.amount.as_str(), s.spent.as_str())), Some(("10", "9")));
+    // Each apply replaces what the manager applied before: another replica's apply without the
+    // key drops its entry. That is why every apply carries every budget.
+    assert!(Alerts::new(&a, Some((&a, gateway_a.clone()))).publish(std::slice::from_ref(&state), "USD").await);
+    let data = spend_data().await?;
+    assert!(tenantgate_crds::spend::api_key_budgets(&data).is_empty(), "{data:?}");
+    assert!(BudgetStatus::from_data(&data).is_some());
     let write = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"x": "y"}});
     let own_maps: Api<ConfigMap> = Api::namespaced(gateway_a.clone(), &a);
     forbidden(own_maps.patch("gateway-config", &params, &Patch::Apply(&write)).await.map(drop), "patch its config")?;

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::tenant::Budget;
+use super::tenant::{Budget, BudgetStatus};
 
 /// RFC 3339 date-time with a zone (`Z` or an offset), as `expiresAt` takes it.
 pub(crate) const RFC3339_RULE: &str = "self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$')";
@@ -56,6 +56,18 @@ pub(crate) const RFC3339_RULE: &str = "self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
         priority = 1
     ),
+    printcolumn(
+        name = "Spent",
+        type_ = "string",
+        json_path = ".status.budget.spent",
+        description = "What the key's budget has spent in its current window"
+    ),
+    printcolumn(
+        name = "Budget",
+        type_ = "string",
+        json_path = ".status.budget.amount",
+        description = "The key's budget per window, in status.budget.currency"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -97,7 +109,8 @@ pub struct ApiKeySpec {
     pub team: Option<String>,
     /// Spend cap of this key, in the tenant's currency. The key's spend also counts toward its
     /// subject's (`perUser`), its team's and the tenant's budgets: a request needs room in all.
-    /// Spent so far shows in `status.budget`.
+    /// Spent so far shows in `status.budget` and the `Spent` column; `alertAtPercent` raises
+    /// Events regarding this ApiKey.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<Budget>,
     /// Rotation trigger: any string (a date, a counter). Whenever it changes, the operator
@@ -130,6 +143,12 @@ pub struct ApiKeyStatus {
     /// ApiKey's name until its first rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// The key's budget (`spec.budget`) as its tenant's gateway last published it: at most every
+    /// 30 s and only when it changed, never per request. `updatedAt` is when these figures
+    /// were published. Absent while the key has no budget, and until the gateway first
+    /// publishes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStatus>,
     /// Ready: the key's hash is in the tenant's gateway config.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]

@@ -758,9 +758,11 @@ pub struct Budget {
     /// The windows of a `Fixed` period (required then, refused otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fixed_window: Option<FixedWindow>,
-    /// Percentages of the amount at which the tenant's budget alerts, once per window each: a
-    /// Kubernetes Event in the tenant's namespace (reason `BudgetThreshold`, related to the
-    /// Tenant) and a log line. Not used for `perUser` budgets (no per-user alerts).
+    /// Percentages of the amount at which the budget alerts, once per window each: a log line,
+    /// the counter `tenantgate_budget_alerts_total` and, for the tenant's budget and an ApiKey's,
+    /// a Kubernetes Event in the tenant's namespace (reason `BudgetThreshold`, related to the
+    /// Tenant; an ApiKey's regards the ApiKey). A listed team's (`perTeam.teams`) alerts without
+    /// an Event; `perTeam.budget` and `perUser` budgets do not alert.
     #[serde(default = "default_alert_at_percent")]
     #[schemars(length(max = 8), inner(range(min = 1, max = 100)))]
     pub alert_at_percent: Vec<u8>,
@@ -1132,7 +1134,7 @@ pub struct TenantStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// Where the tenant's budget stands.
+/// Where a budget (the tenant's or an ApiKey's) stands.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BudgetStatus {
@@ -1142,7 +1144,8 @@ pub struct BudgetStatus {
     pub spent: String,
     /// ISO 4217 code.
     pub currency: String,
-    /// The current window: `2026-12` (a month) or `2026-12-06` (a day), UTC.
+    /// The current window, UTC: `2026-12` (a month), `2026-12-06` (a day) or
+    /// `2026-12-01T09:00:00Z` (the start of a fixed window).
     pub window: String,
     /// When the gateway published it (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1162,7 +1165,9 @@ impl BudgetStatus {
             amount: amount("amount")?,
             spent: get("spent").filter(|v| crate::pricing::per_call_nanos(v).is_ok())?,
             currency: get("currency").filter(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()))?,
-            window: get("window").filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit() || b == b'-'))?,
+            window: get("window").filter(|w| {
+                !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'-' | b':' | b'T' | b'Z'))
+            })?,
             updated_at: get("updatedAt"),
         };
         Some(status)
@@ -1193,6 +1198,9 @@ mod budget_status_tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect();
         assert_eq!(BudgetStatus::from_data(&good).map(|s| s.spent), Some("12.5".into()));
+        let mut fixed = good.clone();
+        fixed.insert("window".into(), "2026-12-01T09:00:00Z".into());
+        assert_eq!(BudgetStatus::from_data(&fixed).map(|s| s.window), Some("2026-12-01T09:00:00Z".into()));
         for (key, bad) in [("spent", "lots"), ("currency", "eur"), ("window", "<script>"), ("amount", "9999999999")] {
             let mut data = good.clone();
             data.insert(key.into(), bad.into());

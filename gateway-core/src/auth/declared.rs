@@ -12,9 +12,17 @@ use tenantgate_crds::issue::{ConfigIssue, Reason};
 
 use super::{AuthError, Identity};
 
+/// What the id of a declared key starts with.
+const DECLARED_KEY_ID_PREFIX: &str = "kubernetes:";
+
 /// The id of the ApiKey object `name` in the admin API and in usage rows.
 pub fn declared_key_id(name: &str) -> String {
-    format!("kubernetes:{name}")
+    format!("{DECLARED_KEY_ID_PREFIX}{name}")
+}
+
+/// The ApiKey name of the declared key `id` ([`declared_key_id`] undone).
+pub fn declared_key_name(id: &str) -> Option<&str> {
+    id.strip_prefix(DECLARED_KEY_ID_PREFIX)
 }
 
 /// The declared keys of one config, by hash.
@@ -116,6 +124,13 @@ mod tests {
             team: None,
             budget: None,
         }
+    }
+
+    #[test]
+    fn a_declared_keys_id_names_its_api_key() {
+        assert_eq!(declared_key_id("ci"), "kubernetes:ci");
+        assert_eq!(declared_key_name(&declared_key_id("ci.bot")), Some("ci.bot"));
+        assert_eq!(declared_key_name("3f9a0c17b2e4"), None, "an admin-minted key's id");
     }
 
     #[test]

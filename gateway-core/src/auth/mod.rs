@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-pub use declared::{DeclaredKeys, declared_key_id};
+pub use declared::{DeclaredKeys, declared_key_id, declared_key_name};
 pub use jwt::{Audience, JwtVerifier};
 pub use keys::{KeyError, KeySource};
 

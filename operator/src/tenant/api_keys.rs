@@ -22,9 +22,10 @@ use serde_json::json;
 use tenantgate_crds::api_key::{PREFIX_BYTES, SECRET_BYTES, declared_hash, format_key};
 use tenantgate_crds::issue::ConfigIssue;
 use tenantgate_crds::render::{IssuedApiKey, RenderedConfig};
-use tenantgate_crds::v1alpha1::{ApiKey, ApiKeyStatus, conditions};
+use tenantgate_crds::v1alpha1::{ApiKey, ApiKeyStatus, BudgetStatus, conditions};
 
 use super::Error;
+use super::dereference::Dependencies;
 use super::status::{condition, same_conditions};
 use crate::context::Context;
 use crate::labels::{FIELD_MANAGER, labels};
@@ -262,16 +263,29 @@ async fn publish(ctx: &Context, key: &ApiKey, type_: EventType, reason: &str, no
     super::publish(ctx, &key.object_ref(&()), type_, "IssueKey", reason, note).await;
 }
 
-/// The Ready condition of each ApiKey of the tenant, and its status, written when it changed.
+/// What an ApiKey's `status.budget` becomes: the budget its gateway `published` while the key
+/// has one, none without. Figures the same as `prev`'s stay as they were, `updatedAt`
+/// included, so a publication that changed other budgets writes nothing to this key.
+fn budget_status(key: &ApiKey, published: Option<&BudgetStatus>, prev: Option<&BudgetStatus>) -> Option<BudgetStatus> {
+    key.spec.budget.as_ref()?;
+    let published = published?;
+    let undated = |s: &BudgetStatus| BudgetStatus { updated_at: None, ..s.clone() };
+    match prev {
+        Some(prev) if undated(prev) == undated(published) => Some(prev.clone()),
+        _ => Some(published.clone()),
+    }
+}
+
+/// The Ready condition and budget of each ApiKey of the tenant, and its status, written when it changed.
 pub async fn write_statuses(
     ctx: &Context,
     tenant: &str,
-    keys: &[ApiKey],
+    deps: &Dependencies,
     enabled: bool,
     issuance: &Issuance,
     rendered: Option<&RenderedConfig>,
 ) -> Result<(), Error> {
-    for k in keys {
+    for k in &deps.api_keys {
         let name = k.name_any();
         let issued = issuance.issued.iter().find(|i| i.key.name_any() == name);
         let issue: Option<&ConfigIssue> = rendered.and_then(|r| {
@@ -290,6 +304,7 @@ pub async fn write_statuses(
             subject: Some(k.subject()),
             prefix: issued.map(|i| i.prefix.clone()).or(prev.prefix.clone()),
             secret_name: issued.map(|i| i.key.secret_name()).or(prev.secret_name.clone()),
+            budget: budget_status(k, deps.api_key_budgets.get(&name), prev.budget.as_ref()),
             conditions: vec![condition(
                 &prev.conditions,
                 conditions::READY,
@@ -403,6 +418,33 @@ mod tests {
         assert!(r.message.contains("spec.ipAllowList") && r.message.contains("bad CIDR"), "{}", r.message);
         let r = readiness("acme", true, None, None, false);
         assert_eq!((r.ready, r.reason), (false, "TenantConfigInvalid"));
+    }
+
+    #[test]
+    fn the_budget_status_is_what_was_published_while_the_key_has_a_budget() {
+        let budgeted = || {
+            let mut k = api_key(None);
+            k.spec.budget = Some(tenantgate_crds::v1alpha1::Budget::new("50", Default::default()));
+            k
+        };
+        let at = |spent: &str, updated_at: &str| BudgetStatus {
+            amount: "50".into(),
+            spent: spent.into(),
+            currency: "USD".into(),
+            window: "2026-12".into(),
+            updated_at: Some(updated_at.into()),
+        };
+        let first = at("10", "2026-12-06T12:00:00Z");
+        assert_eq!(budget_status(&budgeted(), Some(&first), None), Some(first.clone()));
+        // The same figures published again (another key's changed): nothing to write.
+        let again = at("10", "2026-12-06T12:00:30Z");
+        assert_eq!(budget_status(&budgeted(), Some(&again), Some(&first)), Some(first.clone()));
+        let more = at("12.5", "2026-12-06T12:01:00Z");
+        assert_eq!(budget_status(&budgeted(), Some(&more), Some(&first)), Some(more.clone()));
+        // No entry (or one refused as malformed): no figures.
+        assert_eq!(budget_status(&budgeted(), None, Some(&first)), None);
+        // The budget removed from the spec: cleared, whatever the map still says.
+        assert_eq!(budget_status(&api_key(None), Some(&more), Some(&first)), None);
     }
 
     #[test]

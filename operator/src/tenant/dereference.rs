@@ -9,6 +9,7 @@ use kube::ResourceExt;
 use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tenantgate_crds::render::tenant_namespace;
+use tenantgate_crds::spend::api_key_budgets;
 use tenantgate_crds::v1alpha1::{ApiKey, BudgetStatus, McpConnection, ModelPrice, PromptPolicy, Tenant};
 
 use crate::context::Stores;
@@ -37,6 +38,8 @@ pub struct Dependencies {
     pub deployment: Option<Deployment>,
     /// The tenant's budget as its gateway last published it (the `gateway-spend` ConfigMap).
     pub budget: Option<BudgetStatus>,
+    /// The budget of each ApiKey as the gateway last published it, by ApiKey name.
+    pub api_key_budgets: BTreeMap<String, BudgetStatus>,
 }
 
 /// Reads a tenant's dependencies from the caches.
@@ -65,12 +68,11 @@ pub fn dereference(tenant: &Tenant, stores: &Stores, operator_namespace: &str) -
         .store::<Deployment>()
         .and_then(|s| s.get(&ObjectRef::new(GATEWAY).within(&namespace)))
         .map(|d| (*d).clone());
-    let budget = stores
-        .store::<ConfigMap>()
-        .and_then(|s| s.get(&ObjectRef::new(GATEWAY_SPEND).within(&namespace)))
-        .and_then(|m| m.data.as_ref().and_then(BudgetStatus::from_data));
+    let spend = stores.store::<ConfigMap>().and_then(|s| s.get(&ObjectRef::new(GATEWAY_SPEND).within(&namespace)));
+    let spend = spend.as_ref().and_then(|m| m.data.as_ref());
     Dependencies {
-        budget,
+        budget: spend.and_then(BudgetStatus::from_data),
+        api_key_budgets: spend.map(api_key_budgets).unwrap_or_default(),
         namespace,
         namespace_conflict,
         mcp_connections,

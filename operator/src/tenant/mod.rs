@@ -119,7 +119,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         Err(e) => {
             warn(ctx, tenant, "RenderFailed", &e.to_string()).await;
             write_child_statuses(ctx, tenant, &deps, None, &e.issues).await?;
-            api_keys::write_statuses(ctx, &name, &deps.api_keys, enabled, &issuance, None).await?;
+            api_keys::write_statuses(ctx, &name, &deps, enabled, &issuance, None).await?;
             write_status(ctx, tenant, &deps, None, Err(("InvalidConfig", e.to_string()))).await?;
             return Ok(Action::requeue(RESYNC));
         }
@@ -153,7 +153,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         tracing::info!(tenant = %name, writes, "applied the tenant's stack");
     }
     write_child_statuses(ctx, tenant, &deps, Some(&rendered), &rendered.skipped).await?;
-    api_keys::write_statuses(ctx, &name, &deps.api_keys, enabled, &issuance, Some(&rendered)).await?;
+    api_keys::write_statuses(ctx, &name, &deps, enabled, &issuance, Some(&rendered)).await?;
     write_status(ctx, tenant, &deps, Some(&rendered), Ok(())).await?;
     // A key whose Secret was created a moment ago and is not in the cache yet.
     Ok(Action::requeue(if issuance.waiting() { Duration::from_secs(2) } else { RESYNC }))
