@@ -95,7 +95,7 @@ async fn every_chat_request_is_recorded_and_survives_a_restart() {
     let (status, by_target) = gw.get_json("/admin/v1/usage?groupBy=target&model=chat", &admin).await;
     assert_eq!(status, 200, "{by_target}");
     assert_eq!(by_target["groups"][0]["key"], "up/primary", "{by_target}");
-    let (status, refused) = gw.get_json("/admin/v1/usage?groupBy=team", &admin).await;
+    let (status, refused) = gw.get_json("/admin/v1/usage?groupBy=weekday", &admin).await;
     assert_eq!(status, 400, "{refused}");
     assert!(refused["error"]["message"].as_str().is_some_and(|m| m.contains("groupBy")), "{refused}");
 
