@@ -43,6 +43,8 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         audiences: vec![AUDIENCE.into(), "other-audience".into()],
         keys: JwtKeys::HmacSecretFile(path.display().to_string()),
         roles_claim: "roles".into(),
+        // Fuzzed tokens reach the team claim's parsing too.
+        team_claim: Some("team".into()),
         leeway_seconds: LEEWAY as u32,
     };
     Fixture { runtime, verifier: JwtVerifier::new(&config, &["tenant-admin".into()], keys) }
