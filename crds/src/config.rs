@@ -128,6 +128,23 @@ pub struct DeclaredApiKey {
 }
 
 impl DeclaredApiKey {
+    /// The ApiKey `name` (subject `apikey:<name>`, no roles or restrictions) with
+    /// hash `hash` and budget `budget`: how benchmarks and tests declare one.
+    pub fn with_budget(name: &str, hash: &str, budget: Option<crate::v1alpha1::Budget>) -> Self {
+        Self {
+            name: name.into(),
+            prefix: String::new(),
+            hash: hash.into(),
+            subject: crate::v1alpha1::default_api_key_subject(name),
+            roles: Vec::new(),
+            allowed_models: Vec::new(),
+            expires_at: None,
+            ip_allow_list: Vec::new(),
+            team: None,
+            budget,
+        }
+    }
+
     /// `expires_at` in milliseconds since the epoch; `Err` names what does not parse.
     pub fn expires_at_ms(&self) -> Result<Option<i64>, String> {
         self.expires_at.as_deref().map(parse_rfc3339_ms).transpose()

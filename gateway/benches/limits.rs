@@ -53,17 +53,9 @@ fn plan_with_nested_budgets(tenant: &str) -> Option<Plan> {
     let mut l = limits_with_budgets();
     l.per_team = Some(TeamLimits { budget: Some(Budget::new("1000000", BudgetPeriod::Month)), ..Default::default() });
     let keys: Vec<DeclaredApiKey> = (0..10)
-        .map(|i| DeclaredApiKey {
-            name: format!("key-{i}"),
-            prefix: format!("p{i}"),
-            hash: format!("h{i}"),
-            subject: format!("apikey:key-{i}"),
-            roles: Vec::new(),
-            allowed_models: Vec::new(),
-            expires_at: None,
-            ip_allow_list: Vec::new(),
-            team: None,
-            budget: Some(Budget::fixed("100000", "2026-01-01T00:00:00Z", "168h")),
+        .map(|i| {
+            let budget = Budget::fixed("100000", "2026-01-01T00:00:00Z", "168h");
+            DeclaredApiKey::with_budget(&format!("key-{i}"), &format!("h{i}"), Some(budget))
         })
         .collect();
     Plan::of(tenant, Some(&l), &keys)

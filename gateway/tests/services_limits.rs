@@ -818,18 +818,10 @@ async fn an_api_keys_budget_is_leased_and_nested_in_its_users_and_teams() {
         per_team: Some(TeamLimits { budget: Some(Budget::new("1000", BudgetPeriod::Month)), ..Default::default() }),
         ..Default::default()
     };
+    // 64 units: large enough for slices (a 64th each), so most admissions are local.
     let key = DeclaredApiKey {
-        name: "ci".into(),
-        prefix: "p".into(),
-        hash: "h".into(),
-        subject: "apikey:ci".into(),
-        roles: Vec::new(),
-        allowed_models: Vec::new(),
-        expires_at: None,
-        ip_allow_list: Vec::new(),
         team: Some("ml".into()),
-        // 64 units: large enough for slices (a 64th each), so most admissions are local.
-        budget: Some(Budget::new("64", BudgetPeriod::Month)),
+        ..DeclaredApiKey::with_budget("ci", "h", Some(Budget::new("64", BudgetPeriod::Month)))
     };
     let replica = || {
         let store =

@@ -450,16 +450,8 @@ mod tests {
             ..Default::default()
         };
         let key = |name: &str, amount: &str| DeclaredApiKey {
-            name: name.into(),
-            prefix: "p".into(),
-            hash: name.into(),
-            subject: format!("apikey:{name}"),
-            roles: Vec::new(),
-            allowed_models: Vec::new(),
-            expires_at: None,
-            ip_allow_list: Vec::new(),
             team: Some("ml".into()),
-            budget: Some(Budget::new(amount, BudgetPeriod::Month)),
+            ..DeclaredApiKey::with_budget(name, name, Some(Budget::new(amount, BudgetPeriod::Month)))
         };
         let p = Plan::of("t", Some(&limits), &[key("ci", "1"), key("bot", "3")]).expect("plan");
         let who = |subject: &str, team: &str, key: Option<&str>| Who {

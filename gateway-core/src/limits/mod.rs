@@ -833,18 +833,11 @@ mod tests {
     fn only_callers_under_a_budget_need_priced_models() {
         use tenantgate_crds::config::DeclaredApiKey;
         use tenantgate_crds::v1alpha1::Budget;
-        let key = DeclaredApiKey {
-            name: "ci".into(),
-            prefix: "p".into(),
-            hash: "h".into(),
-            subject: "apikey:ci".into(),
-            roles: Vec::new(),
-            allowed_models: Vec::new(),
-            expires_at: None,
-            ip_allow_list: Vec::new(),
-            team: None,
-            budget: Some(Budget::new("5", tenantgate_crds::v1alpha1::BudgetPeriod::Day)),
-        };
+        let key = DeclaredApiKey::with_budget(
+            "ci",
+            "h",
+            Some(Budget::new("5", tenantgate_crds::v1alpha1::BudgetPeriod::Day)),
+        );
         let plan = Plan::of("t", None, &[key]);
         let l = RateLimiter::of(plan, Store::Local(Arc::new(LocalStore::default())));
         let with_key = Account { subject: "apikey:ci", team: None, api_key: Some("kubernetes:ci") };

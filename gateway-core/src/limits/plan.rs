@@ -320,18 +320,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let key = DeclaredApiKey {
-            name: "ci".into(),
-            prefix: "p".into(),
-            hash: "h".into(),
-            subject: "apikey:ci".into(),
-            roles: Vec::new(),
-            allowed_models: Vec::new(),
-            expires_at: None,
-            ip_allow_list: Vec::new(),
-            team: None,
-            budget: Some(Budget::fixed("5", "2026-12-01T00:00:00Z", "24h")),
-        };
+        let key = DeclaredApiKey::with_budget("ci", "h", Some(Budget::fixed("5", "2026-12-01T00:00:00Z", "24h")));
         let plan = Plan::of("acme", Some(&limits), &[key]).expect("team and key budgets are limits");
         assert!(plan.counts_cost());
         let ml = plan.team_keys("ml").expect("listed");
